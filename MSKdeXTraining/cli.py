@@ -1,0 +1,45 @@
+"""``mskdex`` command line: one subcommand per module in :mod:`MSKdeXTraining.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``; this file only dispatches. Errors from bad input are printed as one
+clear line (exit code 2) instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .imaging.volume import InputError
+from .objects import ObjectMapError
+
+#: Subcommands in the order a user meets them.
+COMMANDS = ("drr", "cohort", "register", "prepare", "train", "decompose", "evaluate",
+            "ablation", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mskdex", description="MSKdeX: musculoskeletal decomposition of hip radiographs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f".commands.{name}", __package__)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (InputError, ObjectMapError, FileNotFoundError, FileExistsError) as e:
+        print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``mskdex`` CLI, one module each (see :mod:`MSKdeXTraining.cli`)."""

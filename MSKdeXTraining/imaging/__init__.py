@@ -1,0 +1,1 @@
+"""Imaging: HU conversions, volumes, projection geometry, the DRR projector, registration."""

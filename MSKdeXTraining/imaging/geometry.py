@@ -1,0 +1,137 @@
+"""Projection geometry and pose conventions (see README, "Geometry convention v1").
+
+World frame: LPS millimetres, as SimpleITK/DICOM (x to the patient's Left, y Posterior,
+z Superior). A CT's voxel (i, j, k) maps to the world by its index-to-world affine.
+
+Camera frame (millimetres): origin at the X-ray source (perspective) and z along the central
+ray, from the source towards the detector; x along detector columns, y along detector rows.
+The detector plane is z = SDD; pixel (row r, column c) has its centre at
+``u = (c - (cols-1)/2) * col_spacing``, ``v = (r - (rows-1)/2) * row_spacing``.
+A *pose* is a 4x4 rigid transform from world (LPS) to camera coordinates.
+
+Default AP view: the beam runs anterior -> posterior (camera z = +y LPS), image columns run
+from the patient's right to left (camera x = +x LPS, patient's right on the viewer's left),
+rows run head to foot (camera y = -z LPS), so the radiograph looks as a radiologist hangs it.
+Parallel geometry drops the divergence: ``u = x, v = y``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+#: World (LPS) -> camera rotation of the default AP view (rows are camera axes in LPS).
+AP_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """X-ray geometry: source, detector size (pixels) and pixel spacing (mm).
+
+    ``sdd`` is the source-to-detector distance and ``sod`` the source-to-isocentre distance
+    (mm); ``parallel=True`` makes a parallel-beam projection (``sdd``/``sod`` then only place
+    the isocentre). ``pixel_spacing`` is (row, column) spacing in mm.
+    """
+
+    rows: int = 256
+    cols: int = 256
+    pixel_spacing: tuple[float, float] = (1.6, 1.6)
+    sdd: float = 1100.0
+    sod: float = 880.0
+    parallel: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rows < 1 or self.cols < 1:
+            raise ValueError(f"detector size must be >= 1 pixel, got {self.rows}x{self.cols}")
+        if min(self.pixel_spacing) <= 0:
+            raise ValueError(f"pixel_spacing must be > 0 mm, got {self.pixel_spacing}")
+        if not 0 < self.sod < self.sdd:
+            raise ValueError(f"need 0 < sod < sdd (mm), got sod={self.sod}, sdd={self.sdd}")
+        object.__setattr__(self, "pixel_spacing", tuple(float(s) for s in self.pixel_spacing))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    @property
+    def pixel_area_cm2(self) -> float:
+        """Area of one detector pixel (cm2): the factor from pixel sums to volume/mass."""
+        return self.pixel_spacing[0] * self.pixel_spacing[1] / 100.0
+
+    @property
+    def magnification(self) -> float:
+        """Magnification at the isocentre (1 for parallel geometry)."""
+        return 1.0 if self.parallel else self.sdd / self.sod
+
+    @property
+    def detector_origin(self) -> tuple[float, float]:
+        """Detector (u, v) in mm of the centre of pixel (0, 0)."""
+        return (-(self.cols - 1) / 2 * self.pixel_spacing[1],
+                -(self.rows - 1) / 2 * self.pixel_spacing[0])
+
+    def resized(self, rows: int, cols: int | None = None) -> Geometry:
+        """Same field of view sampled with another number of pixels."""
+        cols = rows if cols is None else cols
+        fov = (self.rows * self.pixel_spacing[0], self.cols * self.pixel_spacing[1])
+        return replace(self, rows=rows, cols=cols, pixel_spacing=(fov[0] / rows, fov[1] / cols))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["pixel_spacing"] = list(self.pixel_spacing)
+        d["units"] = "mm"
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Geometry:
+        keys = ("rows", "cols", "pixel_spacing", "sdd", "sod", "parallel")
+        return cls(**{k: (tuple(d[k]) if k == "pixel_spacing" else d[k]) for k in keys if k in d})
+
+
+def rigid(rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0),
+          center_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 rigid transform: rotate about ``center_mm`` then translate.
+
+    Rotation angles are extrinsic x-y-z Euler angles in degrees (about the axes of the frame
+    the transform acts in); translation in mm. ``x -> R (x - c) + c + t``.
+    """
+    m = np.eye(4)
+    r = Rotation.from_euler("xyz", rotation_deg, degrees=True).as_matrix()
+    c = np.asarray(center_mm, float)
+    m[:3, :3] = r
+    m[:3, 3] = c - r @ c + np.asarray(translation_mm, float)
+    return m
+
+
+def rigid_params(m: np.ndarray, center_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Inverse of :func:`rigid`: (rx, ry, rz in degrees, tx, ty, tz in mm)."""
+    r = m[:3, :3]
+    c = np.asarray(center_mm, float)
+    angles = Rotation.from_matrix(r).as_euler("xyz", degrees=True)
+    return np.concatenate([angles, m[:3, 3] - c + r @ c])
+
+
+def default_ap_pose(isocenter_lps, geometry: Geometry) -> np.ndarray:
+    """World->camera pose of the AP view with ``isocenter_lps`` (mm) on the central ray at SOD."""
+    pose = np.eye(4)
+    pose[:3, :3] = AP_ROTATION
+    pose[:3, 3] = np.array([0.0, 0.0, geometry.sod]) - AP_ROTATION @ np.asarray(isocenter_lps, float)
+    return pose
+
+
+def project(points_cam: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Detector pixel coordinates (row, col) of camera-frame points (..., 3) in mm."""
+    p = np.asarray(points_cam, float)
+    if geometry.parallel:
+        u, v = p[..., 0], p[..., 1]
+    else:
+        u = geometry.sdd * p[..., 0] / p[..., 2]
+        v = geometry.sdd * p[..., 1] / p[..., 2]
+    u0, v0 = geometry.detector_origin
+    return np.stack([(v - v0) / geometry.pixel_spacing[0], (u - u0) / geometry.pixel_spacing[1]], -1)
+
+
+def apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 transform to points (..., 3)."""
+    return points @ transform[:3, :3].T + transform[:3, 3]

@@ -1,0 +1,150 @@
+"""3D images with their geometry, read and validated at the file boundary.
+
+:class:`Volume` holds a numpy array indexed ``[k, j, i]`` (slice, row, column: SimpleITK's
+numpy order) and the LPS geometry of SimpleITK: ``spacing`` and ``origin`` in (i, j, k)
+order, millimetres, and ``direction`` whose columns are the i, j, k axes in LPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+
+class InputError(ValueError):
+    """Input data that MSKdeX cannot use; the message names the file and the field."""
+
+
+@dataclass
+class Volume:
+    """A 3D image: voxel array ``[k, j, i]`` plus LPS geometry (mm)."""
+
+    array: np.ndarray
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.spacing = np.asarray(self.spacing, float).reshape(3)
+        self.origin = np.asarray(self.origin, float).reshape(3)
+        self.direction = np.asarray(self.direction, float).reshape(3, 3)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 index (i, j, k) -> world LPS (mm)."""
+        a = np.eye(4)
+        a[:3, :3] = self.direction * self.spacing
+        a[:3, 3] = self.origin
+        return a
+
+    @property
+    def voxel_volume_cm3(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def center(self) -> np.ndarray:
+        """World position (LPS mm) of the centre of the image."""
+        size = np.array(self.array.shape[::-1], float)
+        return self.affine[:3, :3] @ ((size - 1) / 2) + self.origin
+
+    def same_grid(self, other: Volume, tol: float = 1e-4) -> list[str]:
+        """Names of the geometry fields that differ from ``other`` (empty when identical)."""
+        diff = []
+        if self.array.shape != other.array.shape:
+            diff.append(f"size {self.array.shape[::-1]} vs {other.array.shape[::-1]}")
+        for name in ("spacing", "origin", "direction"):
+            a, b = getattr(self, name), getattr(other, name)
+            if not np.allclose(a, b, atol=tol * max(1.0, float(np.abs(a).max()))):
+                diff.append(f"{name} {np.round(a, 4).tolist()} vs {np.round(b, 4).tolist()}")
+        return diff
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        return Volume(array, self.spacing, self.origin, self.direction)
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> Volume:
+        return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),
+                   image.GetDirection())
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        image.SetSpacing(self.spacing.tolist())
+        image.SetOrigin(self.origin.tolist())
+        image.SetDirection(self.direction.ravel().tolist())
+        return image
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read any SimpleITK format; a directory is read as a DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise InputError(f"{path}: directory holds no DICOM series")
+            reader.SetFileNames(files)
+            return reader.Execute()
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+
+
+def read_ct(path: str | Path) -> Volume:
+    """Read a CT in HU; rejects non-3D images and non-finite values, naming the file."""
+    image = read_image(path)
+    _require_3d(image, path, "CT")
+    vol = Volume.from_sitk(image)
+    if vol.array.dtype.kind == "f":
+        bad = ~np.isfinite(vol.array)
+        if bad.any():
+            k, j, i = np.argwhere(bad)[0]
+            raise InputError(f"{path}: CT holds {int(bad.sum())} NaN/inf voxels "
+                             f"(first at index i={i}, j={j}, k={k}); expected finite HU values")
+    return vol
+
+
+def read_labels(path: str | Path) -> Volume:
+    """Read a label map; rejects non-3D images and non-integer values, naming the file."""
+    image = read_image(path)
+    _require_3d(image, path, "label map")
+    vol = Volume.from_sitk(image)
+    a = vol.array
+    if a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+            raise InputError(f"{path}: label map holds non-integer values (pixel type "
+                             f"{image.GetPixelIDTypeAsString()}); expected integer labels")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "iu":
+        raise InputError(f"{path}: label map pixel type {image.GetPixelIDTypeAsString()} "
+                         "is not an integer type")
+    if a.min(initial=0) < 0:
+        raise InputError(f"{path}: label map holds negative values (min {a.min()})")
+    return vol.with_array(a)
+
+
+def check_same_grid(ct: Volume, labels: Volume, ct_path: str, labels_path: str) -> None:
+    """Raise :class:`InputError` listing every geometry field where the grids differ."""
+    diff = ct.same_grid(labels)
+    if diff:
+        raise InputError(
+            f"{labels_path}: label grid differs from CT {ct_path}: " + "; ".join(diff)
+            + ". Resample the labels onto the CT grid (e.g. `--resample-labels`, nearest neighbour).")
+
+
+def resample_labels(labels: Volume, ct: Volume) -> Volume:
+    """Labels resampled onto the CT grid by nearest neighbour (labels stay labels)."""
+    out = sitk.Resample(labels.to_sitk(), ct.to_sitk(), sitk.Transform(), sitk.sitkNearestNeighbor,
+                        0, labels.to_sitk().GetPixelID())
+    return Volume.from_sitk(out)
+
+
+def _require_3d(image: sitk.Image, path, what: str) -> None:
+    size = image.GetSize()
+    if image.GetDimension() != 3 or min(size) < 2:
+        raise InputError(f"{path}: {what} must be a 3D image, got size {size}")

@@ -1,0 +1,204 @@
+"""The object catalogue: which bones and muscles are decomposed, and how label maps name them.
+
+An *object map* (JSON, format ``mskdex-object-map`` version 1) maps the integer values of a
+label map to objects::
+
+    {"format": "mskdex-object-map", "version": 1, "name": "pelvic-reference",
+     "unmapped_labels": "error",            # or "ignore": other non-zero labels are skipped
+     "objects": [
+        {"name": "femur", "kind": "bone", "labels": [2]},
+        {"name": "gluteus_maximus", "kind": "muscle", "labels": [80, 81],
+         "sides": {"left": [80], "right": [81]}},   # optional: per-side label values
+        ...]}
+
+Label 0 is always background. Objects are listed in channel order; the DRR stack has one
+channel per object in that order. ``sides`` lets the same map be expanded into per-side
+objects (:meth:`ObjectMap.per_side`) and lets registration move each femur on its own.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+FORMAT = "mskdex-object-map"
+FORMAT_VERSION = 1
+
+#: The paper's objects, in channel order: six muscles, then three bones.
+DEFAULT_MUSCLES = (
+    "gluteus_maximus", "gluteus_medius", "gluteus_minimus",
+    "iliacus", "obturator_externus", "pectineus",
+)
+DEFAULT_BONES = ("pelvis", "femur", "sacrum")
+DEFAULT_OBJECTS = DEFAULT_MUSCLES + DEFAULT_BONES
+#: Bones whose DRRs are aligned with the radiograph by 2D/3D registration (paper Sec. 2.2).
+ALIGNED_BONES = ("pelvis", "femur")
+#: Short names used in tables and figures (paper Table 1).
+DISPLAY_NAMES = {
+    "gluteus_maximus": "Glu. max.", "gluteus_medius": "Glu. med.",
+    "gluteus_minimus": "Glu. min.", "iliacus": "Ilia.", "obturator_externus": "Obt. ext.",
+    "pectineus": "Pec.", "pelvis": "Pelv.", "femur": "Fem.", "sacrum": "Sac.",
+}
+
+Kind = Literal["muscle", "bone"]
+
+
+class ObjectMapError(ValueError):
+    """An object map or a label map does not fit the expected format."""
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One decomposed object: a bone or a muscle and the label values that make it up."""
+
+    name: str
+    kind: Kind
+    labels: tuple[int, ...]
+    sides: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False, compare=True)
+
+    @property
+    def is_muscle(self) -> bool:
+        return self.kind == "muscle"
+
+
+@dataclass(frozen=True)
+class ObjectMap:
+    """An ordered set of objects plus the policy for label values no object claims."""
+
+    name: str
+    objects: tuple[ObjectSpec, ...]
+    unmapped_labels: Literal["error", "ignore"] = "error"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.objects)
+
+    @property
+    def kinds(self) -> tuple[Kind, ...]:
+        return tuple(o.kind for o in self.objects)
+
+    def __len__(self) -> int:
+        return len(self.objects)
+
+    def __getitem__(self, name: str) -> ObjectSpec:
+        for o in self.objects:
+            if o.name == name:
+                return o
+        raise KeyError(f"object {name!r} is not in object map {self.name!r} (has {self.names})")
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def lookup_table(self, labels: np.ndarray, source: str = "label map") -> np.ndarray:
+        """Table ``t`` with ``t[label] = object index`` (-1 for background and ignored labels).
+
+        Raises :class:`ObjectMapError` naming ``source`` if ``labels`` holds negative values,
+        or values no object claims while ``unmapped_labels`` is ``"error"``.
+        """
+        present = np.unique(labels)
+        if present.size and present[0] < 0:
+            raise ObjectMapError(f"{source}: label values must be >= 0, found {present[0]}")
+        top = int(max(present.max(initial=0), max((max(o.labels) for o in self.objects), default=0)))
+        table = np.full(top + 1, -1, dtype=np.int64)
+        for i, o in enumerate(self.objects):
+            table[list(o.labels)] = i
+        unknown = [int(v) for v in present if v != 0 and table[v] < 0]
+        if unknown and self.unmapped_labels == "error":
+            raise ObjectMapError(
+                f"{source}: label values {unknown} are not in object map {self.name!r}; "
+                f"add them to an object or set \"unmapped_labels\": \"ignore\" in the map")
+        return table
+
+    def per_side(self) -> ObjectMap:
+        """Expand objects that declare ``sides`` into ``<name>_<side>`` objects."""
+        out: list[ObjectSpec] = []
+        for o in self.objects:
+            if o.sides:
+                out += [ObjectSpec(f"{o.name}_{s}", o.kind, v) for s, v in o.sides.items()]
+            else:
+                out.append(o)
+        return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels)
+
+    def select(self, names: tuple[str, ...] | list[str]) -> ObjectMap:
+        """The sub-map with the named objects, in the given order."""
+        return ObjectMap(self.name, tuple(self[n] for n in names), self.unmapped_labels)
+
+    def to_json(self) -> dict:
+        objs = []
+        for o in self.objects:
+            d = {"name": o.name, "kind": o.kind, "labels": list(o.labels)}
+            if o.sides:
+                d["sides"] = {k: list(v) for k, v in o.sides.items()}
+            objs.append(d)
+        return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
+                "unmapped_labels": self.unmapped_labels, "objects": objs}
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "object map") -> ObjectMap:
+        """Parse and validate the JSON form; errors name ``source`` and the offending field."""
+        def fail(msg: str) -> ObjectMapError:
+            return ObjectMapError(f"{source}: {msg}")
+
+        if data.get("format") != FORMAT:
+            raise fail(f"field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
+        if data.get("version") != FORMAT_VERSION:
+            raise fail(f"field 'version' must be {FORMAT_VERSION}, got {data.get('version')!r}")
+        policy = data.get("unmapped_labels", "error")
+        if policy not in ("error", "ignore"):
+            raise fail(f"field 'unmapped_labels' must be 'error' or 'ignore', got {policy!r}")
+        raw = data.get("objects")
+        if not isinstance(raw, list) or not raw:
+            raise fail("field 'objects' must be a non-empty list")
+        objects, seen_names, seen_labels = [], set(), {}
+        for k, o in enumerate(raw):
+            where = f"objects[{k}]"
+            name = o.get("name")
+            if not isinstance(name, str) or not name:
+                raise fail(f"{where}.name must be a non-empty string, got {name!r}")
+            if name in seen_names:
+                raise fail(f"{where}.name {name!r} appears twice")
+            if o.get("kind") not in ("muscle", "bone"):
+                raise fail(f"{where}.kind must be 'muscle' or 'bone', got {o.get('kind')!r}")
+            labels = o.get("labels")
+            if not isinstance(labels, list) or not labels or not all(
+                    isinstance(v, int) and v > 0 for v in labels):
+                raise fail(f"{where}.labels must be a non-empty list of positive integers, got {labels!r}")
+            for v in labels:
+                if v in seen_labels:
+                    raise fail(f"{where}.labels: value {v} already belongs to {seen_labels[v]!r}")
+                seen_labels[v] = name
+            sides = {s: tuple(v) for s, v in (o.get("sides") or {}).items()}
+            if sides and sorted(x for v in sides.values() for x in v) != sorted(labels):
+                raise fail(f"{where}.sides must partition {where}.labels {labels}, got {o['sides']}")
+            seen_names.add(name)
+            objects.append(ObjectSpec(name, o["kind"], tuple(labels), sides))
+        return cls(str(data.get("name", source)), tuple(objects), policy)
+
+
+def builtin_maps() -> list[str]:
+    """Names of the object maps shipped with MSKdeX (``mappings/<name>.json``)."""
+    files = resources.files(__package__).joinpath("mappings").iterdir()
+    return sorted(Path(f.name).stem for f in files if f.name.endswith(".json"))
+
+
+def load_object_map(name_or_path: str | Path) -> ObjectMap:
+    """Load a shipped map by name (see :func:`builtin_maps`) or a JSON file by path."""
+    path = Path(name_or_path)
+    if path.suffix != ".json" and str(name_or_path) in builtin_maps():
+        text = resources.files(__package__).joinpath(f"mappings/{name_or_path}.json").read_text()
+        source = f"built-in object map {name_or_path!r}"
+    elif path.is_file():
+        text, source = path.read_text(), str(path)
+    else:
+        raise ObjectMapError(
+            f"object map {str(name_or_path)!r} is neither a file nor a built-in map {builtin_maps()}")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ObjectMapError(f"{source}: not valid JSON ({e})") from None
+    return ObjectMap.from_json(data, source)

@@ -148,3 +148,6 @@ def _require_3d(image: sitk.Image, path, what: str) -> None:
     size = image.GetSize()
     if image.GetDimension() != 3 or min(size) < 2:
         raise InputError(f"{path}: {what} must be a 3D image, got size {size}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: {what} must have one value per voxel, got pixel type "
+                         f"{image.GetPixelIDTypeAsString()}")

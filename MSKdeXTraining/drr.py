@@ -1,0 +1,194 @@
+"""Object-wise DRRs of a CT and its label map: read, validate, render, write, check.
+
+The high-level entry point of the DRR engine, shared by ``mskdex drr``, the Slicer module
+and the dataset preparation. :func:`render_drr` works on volumes in memory,
+:func:`drr_from_files` adds reading, validation and output.
+
+Outputs (``write_drr``): one stack per DRR type, ``wvdrr.nrrd``, ``vdrr.nrrd``,
+``mdrr.nrrd``: 3D float32 images of size (cols, rows, N objects); the first two axes are the
+detector with spacing = detector pixel spacing (mm) and origin at the centre of pixel (0, 0)
+in detector (u, v) mm, the third axis is the object (spacing 1). The NRRD header holds
+``mskdex_format``, ``mskdex_version``, ``drr_type``, ``units``, ``objects`` (JSON list),
+``geometry`` and ``pose`` (JSON). ``metrics.json`` (format ``mskdex-drr-metrics`` v1) holds,
+per object, volume (cm3) and mass (g) from the 3D voxels and from the DRR sums.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .fileio import refuse_overwrite, write_atomic, write_json
+from .imaging import hu as hu_conv
+from .imaging.geometry import Geometry, default_ap_pose
+from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
+from .imaging.volume import (InputError, Volume, check_same_grid, read_ct, read_labels,
+                             resample_labels)
+from .objects import ObjectMap, load_object_map
+
+METRICS_FORMAT = "mskdex-drr-metrics"
+STACK_FORMAT = "mskdex-drr-stack"
+FORMAT_VERSION = 1
+#: Relative tolerance between DRR sums and 3D values (objects inside the field of view).
+SUM_TOLERANCE = 1e-3
+
+
+@dataclass
+class DRRResult:
+    """A rendered stack, its metrics (JSON-ready dict) and the pose used (world->camera)."""
+
+    stack: DRRStack
+    metrics: dict
+    pose: np.ndarray
+
+
+def load_inputs(ct_path: str | Path, labels_path: str | Path,
+                resample: bool = False) -> tuple[Volume, Volume]:
+    """Read a CT (HU) and its label map; the grids must match unless ``resample`` is set.
+
+    Raises :class:`InputError` naming the file and field: unreadable files, non-3D images,
+    NaN/inf HU, non-integer labels, differing grids (size, spacing, origin, direction).
+    ``resample`` resamples the labels onto the CT grid by nearest neighbour.
+    """
+    ct = read_ct(ct_path)
+    labels = read_labels(labels_path)
+    if resample and ct.same_grid(labels):
+        labels = resample_labels(labels, ct)
+    check_same_grid(ct, labels, str(ct_path), str(labels_path))
+    return ct, labels
+
+
+def voxel_metrics(ct: Volume, labels: Volume, objects: ObjectMap,
+                  source: str = "label map") -> dict[str, np.ndarray]:
+    """Per-object values straight from the 3D voxels (float64).
+
+    Returns ``voxels`` (N,), ``volume_cm3`` (N,), ``mass_g`` (N,) (MDRR mass: lean mass for
+    muscles, mass for bones) and ``attenuation_cm2`` (N,) (integral of mu over the volume; the
+    WVDRR sum equals it only in parallel geometry, since line integrals weight by depth).
+    """
+    table = objects.lookup_table(labels.array, source)
+    obj = table.astype(np.int16)[labels.array.reshape(-1)]  # small dtype: CTs are large
+    inside = np.flatnonzero(obj >= 0)
+    obj = obj[inside].astype(np.int64)
+    hu = ct.array.reshape(-1)[inside].astype(np.float64)
+    is_muscle = np.array([o.is_muscle for o in objects.objects])[obj]
+    n, v = len(objects), ct.voxel_volume_cm3
+    return {
+        "voxels": np.bincount(obj, minlength=n),
+        "volume_cm3": np.bincount(obj, minlength=n) * v,
+        "mass_g": np.bincount(obj, hu_conv.mdrr_density(hu, is_muscle), minlength=n) * v,
+        "attenuation_cm2": np.bincount(obj, hu_conv.attenuation(hu), minlength=n) * v,
+    }
+
+
+def render_drr(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Geometry | None = None,
+               pose: np.ndarray | None = None, device: str = "cpu", source: str = "label map",
+               progress: Progress | None = None) -> DRRResult:
+    """Render the (3, N, H, W) stack and compare its sums with the 3D values.
+
+    ``pose`` (4x4 world->camera, mm) defaults to the AP view centred on the CT
+    (:func:`imaging.geometry.default_ap_pose`). Objects absent from the labels get zero
+    channels and ``"absent": true`` in the metrics.
+    """
+    geometry = geometry or Geometry()
+    pose = default_ap_pose(ct.center, geometry) if pose is None else np.asarray(pose, float)
+    stack = project_objects(ct, labels, objects, geometry, pose, device=device, source=source,
+                            progress=progress)
+    return DRRResult(stack, drr_metrics(stack, voxel_metrics(ct, labels, objects, source),
+                                        objects, ct.voxel_volume_cm3), pose)
+
+
+def drr_metrics(stack: DRRStack, voxels: dict[str, np.ndarray], objects: ObjectMap,
+                voxel_cm3: float) -> dict:
+    """JSON-ready metrics: per object 3D and DRR-sum volume/mass, lost fractions, flags."""
+    sums, lost = stack.sums(), stack.lost_fraction()
+    rows = []
+    for i, o in enumerate(objects.objects):
+        v3, m3 = float(voxels["volume_cm3"][i]), float(voxels["mass_g"][i])
+        vd, md = float(sums[1, i]), float(sums[2, i])
+        rows.append({
+            "name": o.name, "kind": o.kind, "labels": list(o.labels),
+            "voxels": int(voxels["voxels"][i]), "absent": bool(voxels["voxels"][i] == 0),
+            "volume_cm3_3d": v3, "volume_cm3_drr": vd, "mass_g_3d": m3, "mass_g_drr": md,
+            "attenuation_cm2_3d": float(voxels["attenuation_cm2"][i]),
+            "wvdrr_sum_cm2": float(sums[0, i]),
+            "lost_fraction": {t: float(lost[k, i]) for k, t in enumerate(DRR_TYPES)},
+            "volume_rel_error": _rel(vd, v3), "mass_rel_error": _rel(md, m3),
+        })
+    worst = max((max(abs(r["volume_rel_error"]), abs(r["mass_rel_error"])) for r in rows), default=0)
+    return {"format": METRICS_FORMAT, "version": FORMAT_VERSION, "object_map": objects.name,
+            "geometry": stack.geometry.to_json(), "voxel_volume_cm3": voxel_cm3,
+            "units": {"volume": "cm3", "mass": "g", "attenuation": "cm2", **DRR_UNITS},
+            "absent": [r["name"] for r in rows if r["absent"]],
+            "outside_fov": [r["name"] for r in rows if r["lost_fraction"]["vdrr"] > 0],
+            "max_rel_error": worst, "sums_within_tolerance": bool(worst <= SUM_TOLERANCE),
+            "objects": rows}
+
+
+def _rel(a: float, b: float) -> float:
+    return 0.0 if a == b else (a - b) / b if b else float("inf")
+
+
+def write_drr(result: DRRResult, out_dir: str | Path, inputs: list[str | Path] = ()) -> dict[str, Path]:
+    """Write ``wvdrr.nrrd``, ``vdrr.nrrd``, ``mdrr.nrrd`` and ``metrics.json`` atomically."""
+    out_dir = Path(out_dir)
+    stack = result.stack
+    g = stack.geometry
+    data = stack.data.detach().float().cpu().numpy()
+    files = {}
+    for k, t in enumerate(DRR_TYPES):
+        path = out_dir / f"{t}.nrrd"
+        refuse_overwrite(path, list(inputs))
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data[k]))  # (N, H, W) -> size (W, H, N)
+        image.SetSpacing((g.pixel_spacing[1], g.pixel_spacing[0], 1.0))
+        image.SetOrigin((*g.detector_origin, 0.0))
+        for key, value in {"mskdex_format": STACK_FORMAT, "mskdex_version": str(FORMAT_VERSION),
+                           "drr_type": t, "units": DRR_UNITS[t], "objects": json.dumps(stack.names),
+                           "geometry": json.dumps(g.to_json()),
+                           "pose": json.dumps(np.asarray(result.pose).tolist())}.items():
+            image.SetMetaData(key, value)
+        files[t] = write_atomic(path, lambda p, im=image: sitk.WriteImage(im, str(p), True))
+    metrics_path = out_dir / "metrics.json"
+    refuse_overwrite(metrics_path, list(inputs))
+    metrics = dict(result.metrics, files={t: p.name for t, p in files.items()})
+    files["metrics"] = write_json(metrics_path, metrics)
+    return files
+
+
+def read_drr_stack(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Read one stack written by :func:`write_drr`: array (N, H, W) and its metadata."""
+    image = sitk.ReadImage(str(path))
+    meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    if meta.get("mskdex_format") != STACK_FORMAT:
+        raise InputError(f"{path}: field 'mskdex_format' must be {STACK_FORMAT!r}, "
+                         f"got {meta.get('mskdex_format')!r}")
+    if meta.get("mskdex_version") != str(FORMAT_VERSION):
+        raise InputError(f"{path}: field 'mskdex_version' must be {FORMAT_VERSION}, "
+                         f"got {meta.get('mskdex_version')!r}")
+    for key in ("objects", "geometry", "pose"):
+        meta[key] = json.loads(meta[key])
+    return sitk.GetArrayFromImage(image), meta
+
+
+def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | Path,
+                   objects: str | Path | ObjectMap = "synthetic", geometry: Geometry | None = None,
+                   resample: bool = False, per_side: bool = False, device: str = "cpu",
+                   progress: Progress | None = None) -> DRRResult:
+    """Read CT + labels, render every object's DRRs and write them to ``out_dir``.
+
+    ``objects`` is an :class:`ObjectMap`, a built-in map name or a JSON path; ``per_side``
+    splits objects that declare sides into ``<name>_left`` / ``<name>_right``.
+    """
+    omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
+    if per_side:
+        omap = omap.per_side()
+    ct, labels = load_inputs(ct_path, labels_path, resample)
+    result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
+                        progress=progress)
+    result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample)
+    write_drr(result, out_dir, [ct_path, labels_path])
+    return result

@@ -1,0 +1,155 @@
+"""mskdex drr: the real CT (sums = voxel values), output files, union of masks, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MSKdeXTraining.commands import drr as drr_command
+from MSKdeXTraining.drr import drr_from_files, load_inputs, read_drr_stack, render_drr
+from MSKdeXTraining.imaging.geometry import Geometry
+from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
+
+WIDE = Geometry(rows=160, cols=160, pixel_spacing=(3.0, 3.0))  # holds the whole example CT
+
+
+@pytest.fixture(scope="module")
+def example(shared_data):
+    d = shared_data / "totalsegmentator-example"
+    return d / "example_ct.nii.gz", d / "example_seg_fast_force_split.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def example_result(example):
+    ct, labels = load_inputs(*example)
+    return ct, labels, render_drr(ct, labels, load_object_map("totalsegmentator"), WIDE)
+
+
+def test_real_ct_drr_sums_equal_voxel_volume_and_mass(example_result):
+    _, _, result = example_result
+    rows = result.metrics["objects"]
+    assert [r["name"] for r in rows] == list(load_object_map("totalsegmentator").names)
+    for r in rows:
+        assert not r["absent"] and r["voxels"] > 1000
+        assert r["lost_fraction"] == {"wvdrr": 0.0, "vdrr": 0.0, "mdrr": 0.0}
+        assert r["volume_cm3_drr"] == pytest.approx(r["volume_cm3_3d"], rel=1e-3)
+        assert r["mass_g_drr"] == pytest.approx(r["mass_g_3d"], rel=1e-3)
+    assert result.metrics["sums_within_tolerance"]
+
+
+def test_sum_of_object_wvdrrs_is_the_drr_of_the_union(example_result):
+    ct, labels, result = example_result
+    omap = load_object_map("totalsegmentator")
+    union = ObjectMap("union", (ObjectSpec("all", "muscle", tuple(v for o in omap.objects for v in o.labels)),),
+                      "ignore")
+    whole = render_drr(ct, labels, union, WIDE).stack.data
+    summed = result.stack.data.sum(dim=1)
+    np.testing.assert_allclose(summed[:2].numpy(), whole[:2, 0].numpy(), rtol=1e-4, atol=1e-6)
+    assert float(whole[0].max()) > 1.0  # a real line integral through the pelvis
+
+
+def _write(path, array, spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.fixture()
+def phantom(tmp_path):
+    """Small CT + labels in the synthetic convention: pelvis (1) and gluteus maximus L (11)."""
+    k, j, i = np.mgrid[:20, :24, :28]
+    labels = np.zeros((20, 24, 28), np.uint8)
+    labels[((i - 10) ** 2 + (j - 12) ** 2 + (k - 10) ** 2) < 36] = 1
+    labels[((i - 19) ** 2 + (j - 12) ** 2 + (k - 9) ** 2) < 25] = 11
+    ct = np.where(labels == 1, 600, np.where(labels == 11, 45, -80)).astype(np.int16)
+    return _write(tmp_path / "ct.nii.gz", ct), _write(tmp_path / "labels.nrrd", labels), ct, labels
+
+
+def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path):
+    ct_path, labels_path, _, labels = phantom
+    out = tmp_path / "out"
+    parser = __import__("argparse").ArgumentParser()
+    drr_command.add_arguments(parser)
+    args = parser.parse_args(["--ct", str(ct_path), "--labels", str(labels_path), "--out", str(out),
+                              "--rows", "40", "--cols", "48", "--pixel-spacing", "2.5", "2.0",
+                              "--sdd", "1000", "--sod", "700"])
+    assert drr_command.run(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mdrr.nrrd", "metrics.json", "vdrr.nrrd", "wvdrr.nrrd"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = list(load_object_map("synthetic").names)
+    for t, unit in (("wvdrr", "1 (line integral of mu)"), ("vdrr", "cm (cm3/cm2)"), ("mdrr", "g/cm2")):
+        array, meta = read_drr_stack(out / f"{t}.nrrd")
+        image = sitk.ReadImage(str(out / f"{t}.nrrd"))
+        assert array.shape == (9, 40, 48) and image.GetSize() == (48, 40, 9)
+        assert image.GetSpacing() == pytest.approx((2.0, 2.5, 1.0))
+        assert image.GetOrigin() == pytest.approx((-47 * 1.0, -39 * 1.25, 0.0))
+        assert meta["drr_type"] == t and meta["units"] == unit and meta["objects"] == names
+        assert Geometry.from_json(meta["geometry"]) == Geometry(40, 48, (2.5, 2.0), 1000, 700)
+    vdrr, _ = read_drr_stack(out / "vdrr.nrrd")
+    pelvis = metrics["objects"][names.index("pelvis")]
+    assert vdrr[names.index("pelvis")].sum() * 0.05 == pytest.approx(pelvis["volume_cm3_drr"], rel=1e-5)
+    assert pelvis["volume_cm3_3d"] == pytest.approx((labels == 1).sum() * 0.01, rel=1e-9)
+    assert metrics["objects"][0]["voxels"] == (labels == 11).sum()
+    absent = [r["name"] for r in metrics["objects"] if r["absent"]]
+    assert absent == [n for n in names if n not in ("pelvis", "gluteus_maximus")] == metrics["absent"]
+    assert all(not vdrr[names.index(n)].any() for n in absent)
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_per_side_and_resampled_labels(phantom, tmp_path):
+    ct_path, _, _, labels = phantom
+    shifted = _write(tmp_path / "shifted.nii.gz", labels, spacing=(2.0, 2.0, 2.5), origin=(2.0, 0.0, 0.0))
+    with pytest.raises(InputError, match=r"shifted.nii.gz.*origin"):
+        load_inputs(ct_path, shifted)
+    result = drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48), resample=True,
+                            per_side=True)
+    names = [r["name"] for r in result.metrics["objects"]]
+    assert "gluteus_maximus_left" in names and "femur_right" in names
+    left = result.metrics["objects"][names.index("gluteus_maximus_left")]
+    assert left["voxels"] == np.roll(labels == 11, -1, axis=2)[:, :, :-1].sum()  # shifted by one voxel
+    assert result.metrics["resampled_labels"] is True
+
+
+@pytest.mark.parametrize("case, field", [
+    ("grid", "spacing"), ("nan", "NaN"), ("float_labels", "non-integer"), ("unmapped", "label values [7]"),
+    ("2d", "3D image"), ("missing", "file not found"),
+])
+def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
+    ct_path, labels_path, ct, labels = phantom
+    objects = "synthetic"
+    if case == "grid":
+        labels_path = _write(tmp_path / "bad.nii.gz", labels, spacing=(2.0, 2.0, 3.0))
+    elif case == "nan":
+        # NIfTI writers turn NaN into 0: MetaImage keeps them
+        ct_path = _write(tmp_path / "bad.nii.gz.mha", np.where(labels == 1, np.nan, ct.astype(np.float32)))
+    elif case == "float_labels":
+        labels_path = _write(tmp_path / "bad.nii.gz", labels.astype(np.float32) + 0.5)
+    elif case == "unmapped":
+        labels_path = _write(tmp_path / "bad.nii.gz", np.where(labels == 11, 7, labels).astype(np.uint8))
+        objects = tmp_path / "map.json"
+        strict = ObjectMap("strict", (ObjectSpec("pelvis", "bone", (1,)),), "error")
+        objects.write_text(json.dumps(strict.to_json()))
+    elif case == "2d":
+        ct_path = _write(tmp_path / "bad.nii.gz", ct[10], spacing=(2.0, 2.0), origin=(0.0, 0.0))
+    else:
+        ct_path = tmp_path / "bad.nii.gz"
+    with pytest.raises((InputError, ObjectMapError)) as err:
+        drr_from_files(ct_path, labels_path, tmp_path / "out", objects, Geometry(32, 32))
+    assert "bad.nii.gz" in str(err.value) and field in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_main_reports_bad_input_as_one_line(phantom, tmp_path, capsys):
+    from MSKdeXTraining.cli import main
+
+    ct_path, labels_path, _, _ = phantom
+    try:
+        code = main(["drr", "--ct", str(tmp_path / "nope.nii.gz"), "--labels", str(labels_path),
+                     "--out", str(tmp_path / "o")])
+    except ModuleNotFoundError as e:  # another engineer's subcommand is not written yet
+        pytest.skip(f"cli not complete: {e}")
+    assert code == 2 and "nope.nii.gz: file not found" in capsys.readouterr().err

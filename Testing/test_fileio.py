@@ -1,0 +1,40 @@
+"""Atomic writes leave either the old file or the complete new one, never a partial file."""
+
+import json
+
+import pytest
+
+from MSKdeXTraining.fileio import atomic_path, refuse_overwrite, write_json
+
+
+def test_write_json_creates_parents_and_replaces(tmp_path):
+    target = tmp_path / "a" / "b.json"
+    write_json(target, {"x": 1})
+    write_json(target, {"x": 2})
+    assert json.loads(target.read_text()) == {"x": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["b.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "out.nii.gz"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+            tmp.write_text("half")
+            raise RuntimeError("writer crashed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_refuse_overwrite_detects_the_same_file(tmp_path):
+    src = tmp_path / "ct.nii.gz"
+    src.write_text("ct")
+    with pytest.raises(FileExistsError, match="overwrite the input"):
+        refuse_overwrite(tmp_path / "." / "ct.nii.gz", [src])
+    refuse_overwrite(tmp_path / "other.nii.gz", [src])
+
+
+def test_atomic_output_gets_the_usual_permissions(tmp_path):
+    target = write_json(tmp_path / "m.json", {})
+    assert target.stat().st_mode & 0o644 == 0o644

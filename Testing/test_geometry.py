@@ -1,0 +1,54 @@
+"""Projection geometry: the AP convention, pose round trips, projection vs the projector."""
+
+import numpy as np
+import pytest
+import torch
+
+from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, project, rigid,
+                                             rigid_params)
+from MSKdeXTraining.imaging.projector import Splatter
+
+
+def test_default_ap_view_orientation():
+    g = Geometry(rows=101, cols=101, pixel_spacing=(1.0, 1.0), sdd=1000, sod=800)
+    iso = np.array([10.0, -20.0, 30.0])
+    pose = default_ap_pose(iso, g)
+    centre = project(apply(pose, iso), g)
+    np.testing.assert_allclose(centre, [50, 50])  # isocentre on the central ray
+    assert apply(pose, iso)[2] == pytest.approx(800)
+    left, back, head = (project(apply(pose, iso + d), g) - centre for d in np.eye(3) * 10)
+    assert left[1] > 0 and abs(left[0]) < 1e-9       # patient's left -> larger column
+    np.testing.assert_allclose(back, [0, 0], atol=1e-9)  # the central ray runs along +y (A -> P)
+    assert head[0] < 0                                # superior -> upper rows
+    assert apply(pose, iso + [0, -10, 0])[2] < 800    # anterior is nearer the source
+
+
+def test_rigid_round_trip_and_centre():
+    m = rigid((10, -20, 35), (1, 2, 3), center_mm=(5, 6, 7))
+    np.testing.assert_allclose(rigid_params(m, (5, 6, 7)), [10, -20, 35, 1, 2, 3], atol=1e-9)
+    np.testing.assert_allclose(apply(m, np.array([5.0, 6, 7])), [6, 8, 10])
+    np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-12)
+
+
+def test_geometry_json_resize_and_validation():
+    g = Geometry(rows=100, cols=80, pixel_spacing=(1.5, 2.0), sdd=1200, sod=900, parallel=True)
+    assert Geometry.from_json(g.to_json()) == g
+    r = g.resized(50)
+    assert (r.rows, r.cols) == (50, 50) and r.pixel_spacing == (3.0, 3.2)
+    assert g.pixel_area_cm2 == pytest.approx(0.03) and g.magnification == 1.0
+    for bad in (dict(rows=0), dict(pixel_spacing=(0, 1)), dict(sod=1200, sdd=1100)):
+        with pytest.raises(ValueError):
+            Geometry(**bad)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_splatted_point_lands_where_project_says(parallel):
+    g = Geometry(rows=40, cols=50, pixel_spacing=(1.2, 0.9), sdd=1000, sod=700, parallel=parallel)
+    point = np.array([7.3, -5.1, 650.0])
+    row, col = project(point, g)
+    sp = Splatter(g, 1, (False,))
+    sp.add(torch.tensor(point[None], dtype=torch.float32), torch.ones(1, 1), torch.zeros(1, dtype=torch.long))
+    image = sp.result()[0][0, 0].double().numpy()
+    rr, cc = np.mgrid[:40, :50]
+    assert (image * rr).sum() / image.sum() == pytest.approx(row, abs=1e-4)
+    assert (image * cc).sum() / image.sum() == pytest.approx(col, abs=1e-4)

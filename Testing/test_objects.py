@@ -1,0 +1,43 @@
+"""Object maps: built-in maps, the paper's object set, validation, per-side expansion."""
+
+import json
+
+import numpy as np
+import pytest
+
+from MSKdeXTraining.objects import (DEFAULT_OBJECTS, ObjectMap, ObjectMapError, builtin_maps,
+                                    load_object_map)
+
+
+def test_builtin_maps_follow_the_paper_object_set():
+    assert builtin_maps() == ["pelvic_reference", "synthetic", "totalsegmentator"]
+    for name in ("pelvic_reference", "synthetic"):
+        assert load_object_map(name).names == DEFAULT_OBJECTS
+    ts = load_object_map("totalsegmentator")
+    assert ts.names == tuple(n for n in DEFAULT_OBJECTS if n not in ("obturator_externus", "pectineus"))
+    assert ts["iliacus"].labels == (88, 89)  # iliopsoas stands in for iliacus
+
+
+def test_totalsegmentator_map_matches_the_shared_label_names(shared_data):
+    names = json.loads((shared_data / "totalsegmentator-example" / "labels.json").read_text())["labels"]
+    ts = load_object_map("totalsegmentator")
+    for o in ts.objects:
+        for side, values in o.sides.items():
+            assert all(names[str(v)].endswith(side) for v in values)
+
+
+def test_per_side_lookup_table_and_errors():
+    synthetic = load_object_map("synthetic")
+    sides = synthetic.per_side()
+    assert "femur_left" in sides.names and "pelvis" in sides.names and len(sides) == 16
+    table = synthetic.lookup_table(np.array([0, 1, 3, 4, 31]))
+    assert table[3] == table[4] == synthetic.index("femur") and table[31] == -1 and table[0] == -1
+    strict = ObjectMap.from_json(dict(synthetic.to_json(), unmapped_labels="error"))
+    with pytest.raises(ObjectMapError, match=r"labels.nii: label values \[31\]"):
+        strict.lookup_table(np.array([0, 1, 31]), "labels.nii")
+    bad = synthetic.to_json()
+    bad["objects"][1]["labels"] = [11]
+    with pytest.raises(ObjectMapError, match=r"objects\[1\].labels: value 11 already belongs"):
+        ObjectMap.from_json(bad, "map.json")
+    with pytest.raises(ObjectMapError, match="field 'version'"):
+        ObjectMap.from_json(dict(synthetic.to_json(), version=9))

@@ -1,0 +1,52 @@
+"""Gradient correlation: invariances, sign, masking and gradients."""
+
+import torch
+
+from MSKdeXTraining.imaging.similarity import gradient_correlation, sobel
+
+
+def _image(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.avg_pool2d(torch.rand(1, 1, 40, 40, generator=g), 3, 1, 1)[0, 0]
+
+
+def test_gc_is_one_for_gain_and_offset_and_minus_one_for_inversion():
+    a = _image()
+    assert torch.isclose(gradient_correlation(a, 3 * a + 7), torch.tensor(1.0), atol=1e-5)
+    assert torch.isclose(gradient_correlation(a, -a), torch.tensor(-1.0), atol=1e-5)
+
+
+def test_gc_of_unrelated_images_is_small_and_of_a_flat_image_zero():
+    a, b = _image(0), _image(1)
+    assert abs(float(gradient_correlation(a, b))) < 0.2
+    assert float(gradient_correlation(a, torch.full_like(a, 5.0))) == 0.0
+
+
+def test_gc_ignores_low_frequency_ramps_only_partly_but_ranks_shifts():
+    a = _image()
+    shifted = torch.roll(a, 4, dims=1)
+    assert gradient_correlation(a, a + 0.01 * torch.linspace(0, 1, 40)) > gradient_correlation(a, shifted)
+
+
+def test_sobel_of_a_ramp_is_constant():
+    ramp = torch.arange(10.0).repeat(8, 1)  # increases along columns
+    gx, gy = sobel(ramp)
+    assert gx.shape == (6, 8) and torch.allclose(gx, torch.full_like(gx, 8.0)) and torch.all(gy == 0)
+
+
+def test_mask_restricts_the_region():
+    a, b = _image(0), _image(1)
+    mixed = torch.cat([a[:, :20], b[:, 20:]], dim=1)
+    mask = torch.zeros_like(a)
+    mask[:, :18] = 1
+    assert float(gradient_correlation(a, mixed, mask)) > 0.99
+    assert float(gradient_correlation(a, mixed)) < 0.8
+
+
+def test_gc_is_differentiable_and_batched():
+    a = torch.stack([_image(0), _image(1)])[None]  # (1, 2, H, W)
+    b = a.clone().requires_grad_(True)
+    gc = gradient_correlation(a, b + 0.1 * torch.roll(b, 1, -1))
+    assert gc.shape == (1, 2)
+    gc.sum().backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0

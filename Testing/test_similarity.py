@@ -50,3 +50,9 @@ def test_gc_is_differentiable_and_batched():
     assert gc.shape == (1, 2)
     gc.sum().backward()
     assert b.grad is not None and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
+
+
+def test_gradient_is_finite_for_a_flat_prediction():
+    flat = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    gradient_correlation(_image()[None, None][..., :16, :16], flat).sum().backward()
+    assert torch.isfinite(flat.grad).all()

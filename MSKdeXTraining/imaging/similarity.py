@@ -37,8 +37,10 @@ def ncc(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) ->
     am = a - (weight * a).sum(dim=(-1, -2), keepdim=True) / wsum
     bm = b - (weight * b).sum(dim=(-1, -2), keepdim=True) / wsum
     num = (weight * am * bm).sum(dim=(-1, -2))
-    den = torch.sqrt((weight * am * am).sum(dim=(-1, -2)) * (weight * bm * bm).sum(dim=(-1, -2)))
-    return num / (den + _EPS)
+    # eps inside the root keeps the gradient finite for a flat image (variance 0)
+    den = torch.sqrt((weight * am * am).sum(dim=(-1, -2)) * (weight * bm * bm).sum(dim=(-1, -2))
+                     + _EPS ** 2)
+    return num / den
 
 
 def gradient_correlation(a: torch.Tensor, b: torch.Tensor,

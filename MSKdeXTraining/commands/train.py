@@ -1,0 +1,52 @@
+"""``mskdex train``: train the decomposition model on a prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..training.config import builtin_configs, load_config, parse_overrides
+from ..training.trainer import train
+
+HELP = "Train the decomposition model (G: radiograph -> object-wise DRRs) on a prepared dataset."
+
+
+def parse_fold(text: str) -> tuple[int, int]:
+    """``"k/K"`` -> (k, K) with 0 <= k < K (k counts from 0)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--fold must look like k/K (e.g. 0/4), got {text!r}") from None
+    if not 0 <= k < n or n < 2:
+        raise argparse.ArgumentTypeError(f"--fold k/K needs K >= 2 and 0 <= k < K, got {text!r}")
+    return k, n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="small",
+                        help=f"built-in config {builtin_configs()} or a YAML/JSON file")
+    parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder (mskdex prepare)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder to write (model + checkpoints)")
+    parser.add_argument("--fold", type=parse_fold, default=None, metavar="k/K",
+                        help="train on all folds but k of a K-fold split by patient (k from 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. epochs=10 lambda_is=0 bone_loss=false")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:K (overrides the config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.set)
+    if args.device:
+        overrides["device"] = args.device
+    config = load_config(args.config, overrides)
+    with tqdm(total=1000, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = int(1000 * fraction)
+            bar.set_postfix_str(message, refresh=False)
+            bar.refresh()
+        out = train(config, args.data, args.out, fold=args.fold, resume=args.resume, progress=progress)
+    print(f"model written to {out / 'model.safetensors'} (+ model.json)")
+    return 0

@@ -1,0 +1,211 @@
+"""Model files: safetensors weights + JSON metadata (run folder v1, ``mskdex-model``).
+
+Nothing is ever unpickled: tensors are read with safetensors only, after checking that the
+file *is* a safetensors file (a pickle or ``torch.save`` archive renamed ``.safetensors`` is
+refused with :class:`ModelFormatError`).
+
+``model.json`` fields (besides format/version): ``code_version`` (MSKdeX that wrote it),
+``config`` (the TrainConfig), ``objects``/``kinds``/``aligned_bones``, ``drr_types``,
+``units``, ``scale`` (3, N) - physical value = network output x scale (units of the DRR
+type: 1, cm, g/cm2; the training-set mean pixel value of the channel), ``geometry`` (the
+model grid: dataset geometry resampled to the training image size; pixel spacing in mm),
+``input`` (radiograph normalisation ``(x - mean) / std``, x in [0, 1]), ``ood`` (training
+radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case ids).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .fileio import write_atomic, write_json
+from .imaging.geometry import Geometry
+from .models import Generator
+
+FORMAT = "mskdex-model"
+VERSION = 1
+DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]
+UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2",
+         "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
+_META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
+                "input", "ood")
+
+
+class ModelFormatError(ValueError):
+    """A model or checkpoint file that MSKdeX refuses to load (the message says why)."""
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; refuses pickles and anything else without unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with path.open("rb") as fh:
+        head = fh.read(10)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise ModelFormatError(
+            f"{path}: this is a Python pickle / torch.save archive, not a safetensors file. "
+            "MSKdeX never unpickles model files (unpickling can run arbitrary code); "
+            "use a model written by `mskdex train`")
+    size = path.stat().st_size
+    if len(head) < 10 or struct.unpack("<Q", head[:8])[0] > size - 8 or head[8:9] != b"{":
+        raise ModelFormatError(f"{path}: not a safetensors file (bad header)")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ModelFormatError(f"{path}: corrupt safetensors file ({e})") from None
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write contiguous CPU copies of ``tensors`` atomically."""
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return write_atomic(path, lambda p: save_file(data, str(p)))
+
+
+def _version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(v).split(".")[:2] if p.isdigit())
+
+
+def check_code_version(model_version: str, source: str) -> None:
+    """Refuse a model written by an incompatible MSKdeX (other major, or a newer minor)."""
+    mine, theirs = _version_tuple(__version__), _version_tuple(model_version)
+    if len(theirs) < 2 or theirs[0] != mine[0] or theirs > mine:
+        raise ModelFormatError(
+            f"{source}: model written by MSKdeX {model_version}, this is MSKdeX {__version__}; "
+            f"models from the same major version and not newer are accepted - retrain or upgrade")
+
+
+def check_dataset(meta: dict, manifest: dict, source: str) -> None:
+    """Refuse a model whose objects, DRR types or geometry do not match a dataset manifest."""
+    for key in ("objects", "drr_types"):
+        if list(meta[key]) != list(manifest[key]):
+            raise ModelFormatError(f"{source}: field {key!r} is {meta[key]} but the dataset has "
+                                   f"{manifest[key]}")
+    model_geo = Geometry.from_json(meta["geometry"])
+    data_geo = Geometry.from_json(manifest["geometry"]).resized(model_geo.rows, model_geo.cols)
+    if not np.allclose([data_geo.sdd, data_geo.sod, *data_geo.pixel_spacing],
+                       [model_geo.sdd, model_geo.sod, *model_geo.pixel_spacing], rtol=1e-6) \
+            or data_geo.parallel != model_geo.parallel:
+        raise ModelFormatError(f"{source}: field 'geometry' {model_geo} does not match the "
+                               f"dataset geometry resampled to the model grid {data_geo}")
+
+
+def save_model(run: str | Path, generator: Generator, meta: dict) -> Path:
+    """Write ``run/model.safetensors`` (G's weights) and ``run/model.json`` (``meta``)."""
+    run = Path(run)
+    write_safetensors(run / "model.safetensors", generator.state_dict())
+    write_json(run / "model.json", {"format": FORMAT, "version": VERSION, "code_version": __version__,
+                                    "drr_types": DRR_TYPES, "units": UNITS, **meta})
+    return run
+
+
+def read_meta(run: str | Path) -> dict:
+    """Read and validate ``run/model.json``."""
+    path = Path(run) / "model.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: not a model run folder (no model.json); run `mskdex train`")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelFormatError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
+    if meta.get("version") != VERSION:
+        raise ModelFormatError(f"{path}: field 'version' must be {VERSION}, got {meta.get('version')!r}")
+    missing = [k for k in _META_FIELDS if k not in meta]
+    if missing:
+        raise ModelFormatError(f"{path}: missing fields {missing}")
+    check_code_version(meta["code_version"], str(path))
+    if list(meta["drr_types"]) != DRR_TYPES:
+        raise ModelFormatError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {meta['drr_types']}")
+    if np.shape(meta["scale"]) != (3, len(meta["objects"])):
+        raise ModelFormatError(f"{path}: field 'scale' must have shape (3, {len(meta['objects'])}), "
+                               f"got {np.shape(meta['scale'])}")
+    return meta
+
+
+@dataclass
+class LoadedModel:
+    """A trained G with its metadata; :meth:`predict` returns DRRs in physical units."""
+
+    meta: dict
+    generator: Generator
+    device: torch.device
+
+    @property
+    def geometry(self) -> Geometry:
+        """The model grid (rows, cols, pixel spacing in mm) a radiograph must be sampled on."""
+        return Geometry.from_json(self.meta["geometry"])
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """(3, N) physical units per network unit."""
+        return torch.tensor(self.meta["scale"], dtype=torch.float32, device=self.device)
+
+    def _input(self, xray: torch.Tensor) -> torch.Tensor:
+        geo = self.geometry
+        if xray.ndim != 4 or xray.shape[1] != 1 or tuple(xray.shape[-2:]) != geo.shape:
+            raise ValueError(f"radiograph must have shape (B, 1, {geo.rows}, {geo.cols}) "
+                             f"(the model grid), got {tuple(xray.shape)}")
+        norm = self.meta["input"]
+        return (xray.to(self.device, torch.float32) - norm["mean"]) / norm["std"]
+
+    @torch.no_grad()
+    def predict(self, xray: torch.Tensor) -> torch.Tensor:
+        """``xray`` (B, 1, H, W) in [0, 1] -> DRRs (B, 3, N, H, W): WVDRR (1), VDRR (cm), MDRR (g/cm2)."""
+        return self.generator(self._input(xray)) * self.scale[None, :, :, None, None]
+
+    @torch.no_grad()
+    def features(self, xray: torch.Tensor) -> torch.Tensor:
+        """Pooled head features (B, C) of G, the descriptor of the OOD check."""
+        return self.generator.pooled_features(self._input(xray))
+
+    @torch.no_grad()
+    def ood(self, xray: torch.Tensor) -> dict[str, np.ndarray]:
+        """Out-of-distribution scores per image (B,), relative to the training radiographs.
+
+        ``feature_score``: Mahalanobis distance of the pooled G features to the training
+        mean, divided by the 99th percentile over the training images (> 1: unusual);
+        ``intensity_z``: largest |z| of the image's mean and std of intensity.
+        """
+        stats = self.meta["ood"]
+        f = self.features(xray).double().cpu().numpy()
+        mean = np.asarray(stats["feature_mean"])
+        prec = np.linalg.inv(np.asarray(stats["feature_cov"]))
+        d = f - mean
+        maha = np.sqrt(np.einsum("bi,ij,bj->b", d, prec, d))
+        x = xray.double().cpu().numpy().reshape(len(xray), -1)
+        z_mean = np.abs(x.mean(1) - stats["intensity_mean"][0]) / stats["intensity_mean"][1]
+        z_std = np.abs(x.std(1) - stats["intensity_std"][0]) / stats["intensity_std"][1]
+        return {"feature_score": maha / stats["feature_p99"], "intensity_z": np.maximum(z_mean, z_std)}
+
+
+def load_model(run: str | Path, device: str | torch.device = "cpu",
+               manifest: dict | None = None) -> LoadedModel:
+    """Load ``run/model.safetensors`` + ``run/model.json``; ``manifest`` (a dataset manifest)
+    is checked for compatibility when given. Raises :class:`ModelFormatError` when refused."""
+    from .training.config import TrainConfig
+    run = Path(run)
+    meta = read_meta(run)
+    if manifest is not None:
+        check_dataset(meta, manifest, str(run / "model.json"))
+    try:
+        config = TrainConfig.from_dict(meta["config"], f"{run / 'model.json'} field 'config'")
+    except ValueError as e:
+        raise ModelFormatError(str(e)) from None
+    generator = Generator(len(meta["objects"]), config.g_spec)
+    state = read_safetensors(run / "model.safetensors")
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelFormatError(f"{run / 'model.safetensors'}: weights do not fit the network "
+                               f"described in model.json ({str(e).splitlines()[0]})") from None
+    device = torch.device(device)
+    return LoadedModel(meta, generator.to(device).eval(), device)

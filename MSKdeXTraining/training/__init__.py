@@ -1,0 +1,1 @@
+"""Training of the decomposition model: config, prepared-dataset reader, trainer, checkpoints."""

@@ -1,0 +1,89 @@
+"""Training checkpoints as safetensors + JSON (format ``mskdex-checkpoint`` v1).
+
+A checkpoint is any nested structure of dicts, lists, numbers, strings and tensors (model
+and optimiser state dicts, scheduler state, RNG states, image pools). Tensors go to
+``epoch_XXXX.safetensors`` under their path in the structure; the rest goes to
+``epoch_XXXX.json`` with ``{"__tensor__": key}`` placeholders. The JSON is written last, so
+a checkpoint exists only when both files are complete. Loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..fileio import write_json
+from ..modelio import ModelFormatError, read_safetensors, write_safetensors
+
+FORMAT = "mskdex-checkpoint"
+VERSION = 1
+_NAME = re.compile(r"^epoch_(\d{4,})\.json$")
+
+
+def split_tensors(obj, prefix: str = "", tensors: dict | None = None):
+    """(JSON-able structure, {key: tensor}) for a nested structure containing tensors."""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}, tensors
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: split_tensors(v, f"{prefix}.{k}", tensors)[0] for k, v in obj.items()}, tensors
+        return {"__items__": [[k, split_tensors(v, f"{prefix}.{k}", tensors)[0]]
+                              for k, v in obj.items()]}, tensors
+    if isinstance(obj, tuple):
+        return {"__tuple__": [split_tensors(v, f"{prefix}.{i}", tensors)[0]
+                              for i, v in enumerate(obj)]}, tensors
+    if isinstance(obj, list):
+        return [split_tensors(v, f"{prefix}.{i}", tensors)[0] for i, v in enumerate(obj)], tensors
+    return obj, tensors
+
+
+def join_tensors(obj, tensors: dict[str, torch.Tensor]):
+    """Inverse of :func:`split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: join_tensors(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(join_tensors(v, tensors) for v in obj["__tuple__"])
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(folder: str | Path, epoch: int, state: dict) -> Path:
+    """Write ``folder/epoch_XXXX.{safetensors,json}``; returns the JSON path."""
+    folder = Path(folder)
+    structure, tensors = split_tensors(state)
+    stem = f"epoch_{epoch:04d}"
+    write_safetensors(folder / f"{stem}.safetensors", tensors)
+    return write_json(folder / f"{stem}.json", {"format": FORMAT, "version": VERSION, "epoch": epoch,
+                                                 "tensors": f"{stem}.safetensors", "state": structure})
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """JSON path of the checkpoint with the highest epoch in ``folder`` (None if none)."""
+    folder = Path(folder)
+    found = sorted((int(m.group(1)), p) for p in folder.glob("epoch_*.json")
+                   if (m := _NAME.match(p.name)))
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; refuses unknown formats."""
+    path = Path(path)
+    try:
+        head = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if head.get("format") != FORMAT or head.get("version") != VERSION:
+        raise ModelFormatError(f"{path}: expected format {FORMAT!r} version {VERSION}, got "
+                               f"{head.get('format')!r} version {head.get('version')!r}")
+    tensors = read_safetensors(path.parent / head["tensors"])
+    return join_tensors(head["state"], tensors)

@@ -1,0 +1,168 @@
+"""Reader of the prepared dataset v1 (``mskdex-dataset``, see docs/formats.md).
+
+Each case file ``cases/<id>.safetensors`` holds ``xray`` (H, W) in [0, 1], ``drr``
+(3, N, H, W) and ``aligned`` (3, Nb, H, W) in physical units (WVDRR 1, VDRR cm, MDRR g/cm2),
+and ``volume_cm3`` / ``mass_g`` (N,). Images are resampled to the model's grid by area
+averaging: DRR values are per detector area, so a mean-preserving resampling keeps
+``sum x pixel area`` (cm3, g) unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..imaging.geometry import Geometry
+from ..imaging.volume import InputError
+
+FORMAT = "mskdex-dataset"
+VERSION = 1
+DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]
+_REQUIRED = ("geometry", "objects", "kinds", "aligned_bones", "drr_types", "cases")
+
+
+def read_manifest(root: str | Path) -> dict:
+    """Read and validate ``root/manifest.json``; raises InputError naming the field."""
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise InputError(f"{root}: not a prepared dataset (no manifest.json); run `mskdex prepare`")
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    if m.get("format") != FORMAT:
+        raise InputError(f"{path}: field 'format' must be {FORMAT!r}, got {m.get('format')!r}")
+    if m.get("version") != VERSION:
+        raise InputError(f"{path}: field 'version' must be {VERSION}, got {m.get('version')!r}")
+    for key in _REQUIRED:
+        if key not in m:
+            raise InputError(f"{path}: missing field {key!r}")
+    if list(m["drr_types"]) != DRR_TYPES:
+        raise InputError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {m['drr_types']}")
+    missing = [b for b in m["aligned_bones"] if b not in m["objects"]]
+    if missing:
+        raise InputError(f"{path}: aligned_bones {missing} are not in 'objects' {m['objects']}")
+    for k, case in enumerate(m["cases"]):
+        for key in ("id", "patient", "file", "status"):
+            if key not in case:
+                raise InputError(f"{path}: cases[{k}] has no field {key!r}")
+    return m
+
+
+def ok_ids(manifest: dict) -> list[str]:
+    """Ids of the cases usable for training (status "ok"), in manifest order."""
+    return [c["id"] for c in manifest["cases"] if c["status"] == "ok"]
+
+
+def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """K-fold cross-validation split by patient: ``[(train ids, test ids)] * k``.
+
+    Patients are shuffled with ``seed`` and dealt round-robin into folds, so all cases of a
+    patient fall into the same fold. Only cases with status "ok" are used.
+    """
+    ids = ok_ids(manifest)
+    patient = {c["id"]: str(c["patient"]) for c in manifest["cases"]}
+    patients = sorted({patient[i] for i in ids})
+    if k < 2 or k > len(patients):
+        raise ValueError(f"number of folds must be in 2..{len(patients)} (patients), got {k}")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    fold_of = {patients[p]: n % k for n, p in enumerate(order)}
+    return [([i for i in ids if fold_of[patient[i]] != f], [i for i in ids if fold_of[patient[i]] == f])
+            for f in range(k)]
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resample ``(..., H, W)`` to ``size``: area averaging down, bilinear up (mean-preserving)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    lead = images.shape[:-2]
+    x = images.reshape(1, -1, *images.shape[-2:])
+    down = size[0] <= x.shape[-2] and size[1] <= x.shape[-1]
+    x = F.interpolate(x, size=size, mode="area") if down else \
+        F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return x.reshape(*lead, *size)
+
+
+class PreparedDataset(Dataset):
+    """Cases of a prepared dataset as tensors on the model grid.
+
+    ``ids``: the cases to use (default: all with status "ok"); ``size``: (rows, cols) of the
+    model grid (default: the dataset's). Item ``i`` is a dict with ``xray`` (1, H, W),
+    ``drr`` (3, N, H, W), ``aligned`` (3, Nb, H, W), ``volume_cm3``/``mass_g`` (N,) and, for
+    the unpaired losses, ``drr_unpaired``: the DRRs of case ``pairing[i]`` (see
+    :meth:`set_epoch`). With ``flip_seed`` set, whole cases are flipped left-right at random
+    (per epoch and case; image sums and the xray-aligned pairing are unchanged).
+    """
+
+    def __init__(self, root: str | Path, ids: list[str] | None = None,
+                 size: tuple[int, int] | None = None, flip_seed: int | None = None) -> None:
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        usable = ok_ids(self.manifest)
+        self.ids = list(usable if ids is None else ids)
+        bad = [i for i in self.ids if i not in usable]
+        if bad:
+            raise InputError(f"{self.root / 'manifest.json'}: cases {bad} are missing or not 'ok'")
+        if not self.ids:
+            raise InputError(f"{self.root}: no usable cases (status 'ok')")
+        self.files = {c["id"]: self.root / c["file"] for c in self.manifest["cases"]}
+        self.objects = list(self.manifest["objects"])
+        self.kinds = list(self.manifest["kinds"])
+        self.bone_index = [self.objects.index(b) for b in self.manifest["aligned_bones"]]
+        self.dataset_geometry = Geometry.from_json(self.manifest["geometry"])
+        self.size = tuple(size) if size else self.dataset_geometry.shape
+        self.geometry = self.dataset_geometry.resized(*self.size)
+        self.flip_seed = flip_seed
+        self.epoch = 0
+        self.pairing = np.arange(len(self.ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Draw the unpaired DRR partner of every case for ``epoch`` (a seeded permutation)."""
+        self.epoch = epoch
+        self.pairing = np.random.default_rng([seed, epoch, 1]).permutation(len(self.ids))
+
+    def load(self, index: int) -> dict[str, torch.Tensor]:
+        """Case ``index`` on the model grid, without pairing or augmentation."""
+        from ..modelio import read_safetensors
+        case_id = self.ids[index]
+        path = self.files[case_id]
+        if not path.is_file():
+            raise InputError(f"{path}: case file of {case_id!r} listed in the manifest is missing")
+        t = read_safetensors(path)
+        n, nb = len(self.objects), len(self.bone_index)
+        rows, cols = self.dataset_geometry.shape
+        expect = {"xray": (rows, cols), "drr": (3, n, rows, cols), "aligned": (3, nb, rows, cols),
+                  "volume_cm3": (n,), "mass_g": (n,)}
+        for key, shape in expect.items():
+            if key not in t:
+                raise InputError(f"{path}: missing tensor {key!r}")
+            if tuple(t[key].shape) != shape:
+                raise InputError(f"{path}: tensor {key!r} has shape {tuple(t[key].shape)}, expected {shape}")
+        return {"xray": resize(t["xray"].float()[None], self.size),
+                "drr": resize(t["drr"].float(), self.size),
+                "aligned": resize(t["aligned"].float(), self.size),
+                "volume_cm3": t["volume_cm3"].double(), "mass_g": t["mass_g"].double()}
+
+    def _flip(self, index: int, stream: int) -> bool:
+        if self.flip_seed is None:
+            return False
+        return bool(np.random.default_rng([self.flip_seed, self.epoch, index, stream]).random() < 0.5)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = self.load(index)
+        if self._flip(index, 0):
+            for key in ("xray", "drr", "aligned"):
+                item[key] = item[key].flip(-1)
+        partner = int(self.pairing[index])
+        drr_u = self.load(partner)["drr"]
+        item["drr_unpaired"] = drr_u.flip(-1) if self._flip(partner, 1) else drr_u
+        item["index"] = torch.tensor(index)
+        return item

@@ -1,0 +1,98 @@
+"""Data-parallel training with torch.distributed, launched by ``torchrun``.
+
+Each process holds full copies of the networks and a shard of every global batch; after
+each backward pass the gradients are averaged over processes (all-reduce), so N processes
+with global batch B take the same steps as one process with batch B (all normalisations
+are per sample). Backend: gloo on CPU, nccl on CUDA. Without torchrun (no ``WORLD_SIZE``
+in the environment) everything runs in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank and world size of this process and the device it computes on."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local CUDA device if any, else CPU; otherwise ``name`` as given."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def init(device_name: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun; otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local, device)
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
+    """All-reduce the mean of ``module``'s gradients over processes (one flat buffer)."""
+    if info.world == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= info.world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Average a tensor of loss values over processes (for logging)."""
+    if info.world == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values / info.world
+
+
+def gather(obj, info: DistInfo) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every process (pickled in memory only)."""
+    if info.world == 1:
+        return [obj]
+    out = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.world > 1:
+        dist.barrier()

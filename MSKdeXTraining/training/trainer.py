@@ -1,0 +1,345 @@
+"""The training loop: run folder v1, checkpoints, exact resume, data parallelism.
+
+``train`` writes (rank 0 only) ``config.yaml``, ``manifest.json``, ``environment.json``,
+``log.csv`` (every loss, mean per epoch), ``checkpoints/epoch_XXXX.*`` every
+``checkpoint_every`` epochs and at the end, then ``model.safetensors`` + ``model.json``.
+A checkpoint holds everything that determines the future of the run (networks,
+optimisers, schedulers, image pools and RNG states of every process, normalisation), so
+``resume=True`` continues from the last one exactly as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .. import __version__
+from ..fileio import refuse_overwrite, write_atomic, write_json
+from ..models import Generator, PatchGAN, ResnetTranslator
+from ..modelio import save_model
+from . import distributed
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, dump_config
+from .data import PreparedDataset, ok_ids, read_manifest, split_folds
+from .objective import LOSS_NAMES, Networks, Normalisation, Objective
+from .pool import ImagePool
+
+Progress = Callable[[float, str], None]
+LOG_COLUMNS = ("epoch", "lr", "lambda_is", "seconds") + LOSS_NAMES
+#: Shrinkage of the feature covariance towards its mean variance (OOD statistics).
+COV_SHRINKAGE = 0.1
+
+
+def build_networks(config: TrainConfig, n_objects: int) -> Networks:
+    """G, F and critics for ``n_objects`` objects, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    ch = 3 * n_objects
+    G = Generator(n_objects, config.g_spec)
+    F = ResnetTranslator(ch, 1, config.f_width, config.f_down, config.f_blocks) if config.uses_f else None
+    DX = PatchGAN(1, config.d_width, config.d_layers, config.d_scales) if config.gan else None
+    DD = PatchGAN(ch, config.d_width, config.d_layers, config.d_scales) if config.gan else None
+    return Networks(G, F, DX, DD)
+
+
+@dataclass
+class TrainingParts:
+    """Networks, optimisers, SGDR schedulers and the step function of one process."""
+
+    nets: Networks
+    objective: Objective
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list
+
+
+def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
+                   info: distributed.DistInfo, norm: Normalisation | None = None) -> TrainingParts:
+    """Everything a process needs to take steps (``norm`` may be set later on the objective).
+
+    On CUDA the networks use channels_last when configured, and ``compile`` wraps them in
+    torch.compile for the steps (the saved state dicts stay those of the plain modules).
+    """
+    nets = build_networks(config, n_objects)
+    dev = info.device
+    cuda = dev.type == "cuda"
+    for net in nets.generators() + nets.critics():
+        net.to(dev)
+        if cuda and config.channels_last:
+            net.to(memory_format=torch.channels_last)
+    betas = (config.beta1, config.beta2)
+    opt_g = torch.optim.AdamW([p for n in nets.generators() for p in n.parameters()],
+                              lr=config.lr, betas=betas, weight_decay=config.weight_decay)
+    opt_d = torch.optim.AdamW([p for n in nets.critics() for p in n.parameters()], lr=config.lr,
+                              betas=betas, weight_decay=config.weight_decay) if config.gan else None
+    optims = [o for o in (opt_g, opt_d) if o is not None]
+    scheds = [torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        o, T_0=config.sgdr_t0, T_mult=config.sgdr_t_mult, eta_min=config.lr_min) for o in optims]
+    pools = (ImagePool(config.pool_size, [config.seed, info.rank, 0]),
+             ImagePool(config.pool_size, [config.seed, info.rank, 1]))
+    run = nets
+    if cuda and config.compile:
+        run = Networks(*(torch.compile(m) if m is not None else None
+                         for m in (nets.G, nets.F, nets.DX, nets.DD)))
+    objective = Objective(config, run, opt_g, opt_d, pools, norm, bone_index, info)
+    return TrainingParts(nets, objective, optims, scheds)
+
+
+def normalisation(ds: PreparedDataset) -> Normalisation:
+    """Radiograph mean/std and the (3, N) scale constants (mean pixel value per channel,
+    physical units) over the training cases on the model grid."""
+    n = len(ds)
+    s_x = s_xx = 0.0
+    s_drr = torch.zeros(3, len(ds.objects), dtype=torch.float64)
+    for i in range(n):
+        item = ds.load(i)
+        x = item["xray"].double()
+        s_x += float(x.mean())
+        s_xx += float((x * x).mean())
+        s_drr += item["drr"].double().mean(dim=(-1, -2))
+    mean = s_x / n
+    std = max((s_xx / n - mean * mean) ** 0.5, 1e-6)
+    scale = s_drr / n
+    scale = scale.clamp_min(float(scale.max()) * 1e-6).float()
+    return Normalisation(mean, std, scale)
+
+
+@torch.no_grad()
+def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
+                   device: torch.device) -> dict:
+    """Training-set statistics for the out-of-distribution check (:meth:`LoadedModel.ood`):
+    mean/std over images of the per-image intensity mean and std; mean and shrunk
+    covariance of G's pooled head features and the 99th percentile of the training
+    images' Mahalanobis distances."""
+    G.eval()
+    feats, means, stds = [], [], []
+    for i in range(len(ds)):
+        x = ds.load(i)["xray"][None].to(device)
+        feats.append(G.pooled_features(norm.xin(x)).double().cpu()[0])
+        means.append(float(x.mean()))
+        stds.append(float(x.std()))
+    G.train()
+    f = torch.stack(feats).numpy()
+    mu = f.mean(0)
+    cov = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1], f.shape[1]))
+    cov = np.atleast_2d(cov)
+    avg_var = max(float(np.trace(cov)) / len(cov), 1e-12)
+    cov = (1 - COV_SHRINKAGE) * cov + COV_SHRINKAGE * avg_var * np.eye(len(cov))
+    d = f - mu
+    maha = np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
+    return {"intensity_mean": [float(np.mean(means)), max(float(np.std(means)), 1e-6)],
+            "intensity_std": [float(np.mean(stds)), max(float(np.std(stds)), 1e-6)],
+            "feature_mean": mu.tolist(), "feature_cov": cov.tolist(),
+            "feature_p99": max(float(np.percentile(maha, 99)), 1e-6), "n_images": len(f),
+            "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE}
+
+
+def _rng_state() -> dict:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="")
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+
+
+def _environment(info: distributed.DistInfo) -> dict:
+    env = {"mskdex": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "platform": platform.platform(), "device": str(info.device),
+           "world_size": info.world, "threads": torch.get_num_threads()}
+    if info.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(info.device)
+    return env
+
+
+def _check_resume_config(out: Path, config: TrainConfig) -> None:
+    import yaml
+    old = yaml.safe_load((out / "config.yaml").read_text())
+    new = config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"{out}: cannot resume with a different config (changed: {diff}); "
+                         "only 'epochs' may change")
+
+
+def train(config: TrainConfig, data: str | Path, out: str | Path,
+          fold: tuple[int, int] | None = None, resume: bool = False,
+          progress: Progress | None = None) -> Path:
+    """Train G (and F and the critics) on the prepared dataset ``data``; returns ``out``.
+
+    ``fold=(k, K)`` trains on the other folds of a K-fold split by patient
+    (:func:`split_folds` with ``config.fold_seed``; k in 0..K-1) and records the held-out
+    ids in model.json. ``resume`` continues from the last checkpoint in ``out``.
+    Under ``torchrun`` every process calls this; rank 0 writes the files.
+    """
+    info = distributed.init(config.device)
+    try:
+        return _train(config, Path(data), Path(out), fold, resume, progress, info)
+    finally:
+        distributed.shutdown(info)
+
+
+def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
+           progress: Progress | None, info: distributed.DistInfo) -> Path:
+    refuse_overwrite(out, [data])
+    manifest = read_manifest(data)
+    if fold is not None:
+        k, n_folds = fold
+        if not 0 <= k < n_folds:
+            raise ValueError(f"fold index must be in 0..{n_folds - 1}, got {k}")
+        train_ids, test_ids = split_folds(manifest, n_folds, config.fold_seed)[k]
+    else:
+        train_ids, test_ids = ok_ids(manifest), []
+    if config.batch_size % info.world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of "
+                         f"processes {info.world}")
+    if len(train_ids) < config.batch_size:
+        raise ValueError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
+                         f"{config.batch_size}")
+    ckpt_dir = out / "checkpoints"
+    last = latest_checkpoint(ckpt_dir) if resume else None
+    if resume and last is None:
+        raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/epoch_*.json)")
+    if not resume and ((out / "model.json").exists() or latest_checkpoint(ckpt_dir) is not None):
+        raise FileExistsError(f"{out}: a run folder already exists here; pass --resume to continue "
+                              "it or choose another output folder")
+    if resume:
+        _check_resume_config(out, config)
+
+    ds = PreparedDataset(data, train_ids, config.size,
+                         flip_seed=config.seed if config.augment_flip else None)
+    parts = build_training(config, len(ds.objects), ds.bone_index, info)
+    nets, objective = parts.nets, parts.objective
+    optims, scheds, pools = parts.optimizers, parts.schedulers, objective.pools
+    dev = info.device
+
+    start = 0
+    if last is not None:
+        state = load_checkpoint(last)
+        if state["world_size"] != info.world:
+            raise ValueError(f"{last}: written by {state['world_size']} processes; resume with the "
+                             f"same number (now {info.world}) to continue exactly")
+        norm = Normalisation(state["x_mean"], state["x_std"], state["scale"].to(dev))
+        for name, net in zip(("G", "F", "DX", "DD"), (nets.G, nets.F, nets.DX, nets.DD)):
+            if net is not None:
+                net.load_state_dict(state["nets"][name])
+        for o, s in zip(optims, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(scheds, state["schedulers"]):
+            sch.load_state_dict(s)
+        mine = state["ranks"][info.rank]
+        pools[0].load_state(mine["pool_x"], dev)
+        pools[1].load_state(mine["pool_d"], dev)
+        _set_rng_state(mine["rng"])
+        start = state["epoch"]
+    else:
+        norm = normalisation(ds)
+        norm.scale = norm.scale.to(dev)
+        if info.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+            write_json(out / "manifest.json", manifest)
+    if info.main:
+        write_json(out / "environment.json", _environment(info))
+    rows = _read_log(out / "log.csv", start) if info.main else []
+
+    objective.norm = norm
+    sampler = DistributedSampler(ds, num_replicas=info.world, rank=info.rank, shuffle=True,
+                                 seed=config.seed, drop_last=True)
+    loader = DataLoader(ds, batch_size=config.batch_size // info.world, sampler=sampler,
+                        drop_last=True, num_workers=config.num_workers,
+                        pin_memory=dev.type == "cuda")
+    steps = len(loader)
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        ds.set_epoch(epoch, config.seed)
+        sampler.set_epoch(epoch)
+        w_is = config.lambda_is * (min(1.0, epoch / config.owis_warmup_epochs)
+                                   if config.owis_warmup_epochs else 1.0)
+        lr = optims[0].param_groups[0]["lr"]
+        sums: dict[str, float] = {}
+        for s, batch in enumerate(loader):
+            values = objective.step(batch, w_is)
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if progress is not None:
+                shown = " ".join(f"{k}={sums[k] / (s + 1):.4g}" for k in ("g_total", "owis", "bone", "cycle")
+                                 if k in sums)
+                progress(((epoch - 1) + (s + 1) / steps) / config.epochs,
+                         f"epoch {epoch}/{config.epochs} {shown}")
+        names = sorted(sums)
+        means = distributed.mean_over_processes(
+            torch.tensor([sums[k] / steps for k in names], dtype=torch.float64), info)
+        for sch in scheds:
+            sch.step()
+        row = {"epoch": epoch, "lr": f"{lr:.6g}", "lambda_is": f"{w_is:.6g}",
+               "seconds": f"{time.perf_counter() - t0:.2f}"}
+        row.update({k: f"{float(v):.8g}" for k, v in zip(names, means)})
+        rows.append(row)
+        if info.main:
+            _write_log(out / "log.csv", rows)
+        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+            _checkpoint(ckpt_dir, epoch, nets, optims, scheds, pools, norm, info)
+    if info.main:
+        meta = {"config": config.to_dict(), "objects": ds.objects, "kinds": ds.kinds,
+                "aligned_bones": list(manifest["aligned_bones"]),
+                "scale": norm.scale.cpu().tolist(), "geometry": ds.geometry.to_json(),
+                "input": {"range": [0.0, 1.0], "mean": norm.x_mean, "std": norm.x_std,
+                          "normalisation": "(x - mean) / std"},
+                "ood": ood_statistics(nets.G, ds, norm, dev),
+                "split": {"fold": list(fold) if fold else None, "fold_seed": config.fold_seed,
+                          "train_ids": train_ids, "test_ids": test_ids},
+                "dataset": {"path": str(data), "n_train": len(train_ids)},
+                "epochs_trained": config.epochs, "world_size": info.world}
+        save_model(out, nets.G, meta)
+    distributed.barrier(info)
+    return out
+
+
+def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools, norm: Normalisation,
+                info: distributed.DistInfo) -> None:
+    """Gather every process's pools and RNG states; rank 0 writes the checkpoint."""
+    mine = {"pool_x": pools[0].state(), "pool_d": pools[1].state(), "rng": _rng_state()}
+    ranks = distributed.gather(mine, info)
+    if info.main:
+        state = {"epoch": epoch, "world_size": info.world,
+                 "nets": {k: m.state_dict() for k, m in zip(("G", "F", "DX", "DD"),
+                                                            (nets.G, nets.F, nets.DX, nets.DD))
+                          if m is not None},
+                 "optimizers": [o.state_dict() for o in optims],
+                 "schedulers": [s.state_dict() for s in scheds],
+                 "ranks": ranks, "x_mean": norm.x_mean, "x_std": norm.x_std,
+                 "scale": norm.scale.cpu()}
+        save_checkpoint(folder, epoch, state)
+    distributed.barrier(info)

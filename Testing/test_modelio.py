@@ -1,0 +1,116 @@
+"""Model files: safetensors + JSON only, refusal of pickles and mismatched metadata."""
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from MSKdeXTraining.modelio import ModelFormatError, load_model, read_safetensors
+from MSKdeXTraining.training.checkpoint import join_tensors, load_checkpoint, split_tensors
+from MSKdeXTraining.training.config import load_config
+from MSKdeXTraining.training.data import PreparedDataset, read_manifest
+from MSKdeXTraining.training.toy import write_toy_dataset
+from MSKdeXTraining.training.trainer import train
+
+TINY = {"image_size": 24, "batch_size": 2, "g_width": 4, "g_branches": 2, "g_blocks": 1,
+        "g_stem_stride": 2, "f_width": 4, "f_down": 1, "f_blocks": 1, "d_width": 4, "d_layers": 1,
+        "pool_size": 2, "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("modelio")
+    data = write_toy_dataset(root / "data", n_cases=4, size=32)
+    return train(load_config("small", TINY), data, root / "run"), data
+
+
+def copy_run(run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_predict_physical_units(run):
+    path, data = run
+    model = load_model(path, manifest=read_manifest(data))
+    ds = PreparedDataset(data, size=model.geometry.shape)
+    x = torch.stack([ds.load(i)["xray"] for i in range(2)])
+    y = model.predict(x)
+    assert y.shape == (2, 3, 9, 24, 24) and torch.all(y >= 0)
+    expected = model.generator((x - model.meta["input"]["mean"]) / model.meta["input"]["std"])
+    torch.testing.assert_close(y, expected.detach() * model.scale[None, :, :, None, None])
+    assert model.geometry.pixel_spacing == pytest.approx((240 / 24, 240 / 24))  # resampled grid (mm)
+    with pytest.raises(ValueError, match=r"\(B, 1, 24, 24\)"):
+        model.predict(torch.zeros(1, 1, 32, 32))
+
+
+def test_ood_scores_flag_foreign_images(run):
+    path, data = run
+    model = load_model(path)
+    ds = PreparedDataset(data, size=model.geometry.shape)
+    train_x = torch.stack([ds.load(i)["xray"] for i in range(len(ds))])
+    noise = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    own, foreign = model.ood(train_x), model.ood(noise)
+    assert own["feature_score"].max() < 1.05  # scores are relative to the training p99
+    assert foreign["intensity_z"].min() > own["intensity_z"].max()
+
+
+def test_pickle_renamed_as_safetensors_is_refused(run, tmp_path):
+    path, _ = run
+    dst = copy_run(path, tmp_path)
+    torch.save(read_safetensors(path / "model.safetensors"), dst / "model.safetensors")  # zip pickle
+    with pytest.raises(ModelFormatError, match="pickle.*never unpickles"):
+        load_model(dst)
+    (dst / "model.safetensors").write_bytes(pickle.dumps({"evil": 1}))  # raw pickle protocol
+    with pytest.raises(ModelFormatError, match="pickle"):
+        load_model(dst)
+    (dst / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ModelFormatError, match="not a safetensors file"):
+        load_model(dst)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("code_version", "9.0.0", "written by MSKdeX 9.0.0"),
+    ("format", "other", "field 'format'"),
+    ("scale", [[1.0]], "field 'scale' must have shape"),
+])
+def test_bad_metadata_is_refused(run, tmp_path, field, value, message):
+    dst = copy_run(run[0], tmp_path)
+    meta = json.loads((dst / "model.json").read_text())
+    meta[field] = value
+    (dst / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=message):
+        load_model(dst)
+
+
+def test_dataset_mismatch_is_refused(run):
+    path, data = run
+    manifest = read_manifest(data)
+    with pytest.raises(ModelFormatError, match="field 'objects'"):
+        load_model(path, manifest={**manifest, "objects": list(reversed(manifest["objects"]))})
+    geo = {**manifest["geometry"], "sdd": 1500.0}
+    with pytest.raises(ModelFormatError, match="field 'geometry'"):
+        load_model(path, manifest={**manifest, "geometry": geo})
+
+
+def test_weights_not_fitting_config_are_refused(run, tmp_path):
+    dst = copy_run(run[0], tmp_path)
+    meta = json.loads((dst / "model.json").read_text())
+    meta["config"]["g_width"] = 8
+    (dst / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="do not fit"):
+        load_model(dst)
+
+
+def test_checkpoint_round_trip_without_pickle(run):
+    path, _ = run
+    state = load_checkpoint(path / "checkpoints" / "epoch_0001.json")
+    assert set(state["nets"]) == {"G", "F", "DX", "DD"} and state["epoch"] == 1
+    assert isinstance(state["optimizers"][0]["state"], dict) and 0 in state["optimizers"][0]["state"]
+    nested = {"a": torch.arange(3), "b": {1: (torch.ones(2), "x")}, "c": [None, 2.5]}
+    structure, tensors = split_tensors(nested)
+    json.dumps(structure)
+    back = join_tensors(json.loads(json.dumps(structure)), tensors)
+    assert torch.equal(back["a"], nested["a"]) and back["b"][1][1] == "x" and back["c"] == [None, 2.5]

@@ -1,0 +1,57 @@
+"""Networks: output shapes, non-negativity, any image size, per-sample independence."""
+
+import pytest
+import torch
+
+from MSKdeXTraining.models import Generator, HRNetSpec, PatchGAN, ResnetTranslator
+
+
+@pytest.mark.parametrize("spec", [
+    HRNetSpec(width=4, branches=1, blocks=1, stem_stride=1),
+    HRNetSpec(width=4, branches=2, blocks=1, stem_stride=2),
+    HRNetSpec(width=4, branches=4, modules=2, blocks=1, stem_stride=4, head_width=12),
+])
+@pytest.mark.parametrize("size", [(32, 32), (37, 45)])
+def test_generator_shape_and_non_negative(spec, size):
+    torch.manual_seed(0)
+    g = Generator(5, spec)
+    x = torch.randn(2, 1, *size) * 3
+    y = g(x)
+    assert y.shape == (2, 3, 5, *size)
+    assert torch.all(y >= 0) and torch.isfinite(y).all()
+    assert g.pooled_features(x).shape == (2, spec.head_width or sum(spec.widths))
+
+
+def test_generator_starts_near_scale_constant_and_is_per_sample():
+    torch.manual_seed(0)
+    g = Generator(3, HRNetSpec(width=8, branches=3, blocks=1, stem_stride=2))
+    x = torch.rand(3, 1, 40, 40)
+    with torch.no_grad():
+        y = g(x)
+    assert 0.8 < float(y.mean()) < 1.2  # softplus bias = 1 network unit = the channel's mean
+    assert float(y.std()) > 0  # not flat: GC needs gradients
+    with torch.no_grad():
+        torch.testing.assert_close(g(x[1:2])[0], y[1], rtol=1e-5, atol=1e-6)  # GroupNorm: no batch coupling
+
+
+def test_hrnet_fuses_all_branches():
+    """Changing the input changes the lowest-resolution branch output at the head."""
+    g = Generator(2, HRNetSpec(width=4, branches=3, blocks=1, stem_stride=2))
+    assert len(g.net.stages) == 3 and len(g.net.stages[2][0].fuse.paths) == 3
+    assert g.net.head[0].in_channels == 4 + 8 + 16
+
+
+def test_translator_and_patchgan_shapes():
+    f = ResnetTranslator(27, 1, width=8, n_down=2, n_blocks=2)
+    x = torch.rand(2, 27, 33, 50)
+    y = f(x)
+    assert y.shape == (2, 1, 33, 50) and torch.all((y >= 0) & (y <= 1))
+    d = PatchGAN(27, width=8, n_layers=3, scales=2)
+    out = d(torch.rand(2, 27, 64, 64))
+    assert len(out) == 2 and out[0].shape == (2, 1, 6, 6) and out[1].shape == (2, 1, 2, 2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(branches=5), dict(stem_stride=3), dict(width=0)])
+def test_hrnet_spec_rejects_bad_values(kwargs):
+    with pytest.raises(ValueError, match="HRNet"):
+        HRNetSpec(**kwargs)

@@ -1,0 +1,98 @@
+"""Training throughput (images/s) and peak memory of the MSKdeX objective.
+
+Runs real optimisation steps (G, F, both critics, all losses) on batches of a small toy
+prepared dataset resampled to the configuration's image size; content does not change
+the cost. Prints one line per variant plus the ratio to the first (baseline) variant run
+in the same process; on CUDA the baseline is fp32 without channels_last, the others add
+bf16 autocast + channels_last (+ torch.compile with --compile). The paper's anchor:
+4 min/epoch for 404 images of 512^2 at batch 2 on an RTX A6000, about 1.7 images/s.
+
+    python benchmarks/bench_training.py --config small --steps 10
+    python benchmarks/bench_training.py --config paper --steps 3 --device cuda --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import resource
+import tempfile
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from MSKdeXTraining.training.config import load_config, parse_overrides
+from MSKdeXTraining.training.data import PreparedDataset
+from MSKdeXTraining.training.distributed import DistInfo, pick_device
+from MSKdeXTraining.training.toy import write_toy_dataset
+from MSKdeXTraining.training.trainer import build_training, normalisation
+
+PAPER_IMAGES_PER_S = 404 / (4 * 60)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+def bench(config, data, device: torch.device, steps: int, warmup: int) -> tuple[float, float]:
+    """(images/s, peak memory MiB) of ``steps`` timed steps after ``warmup`` steps."""
+    info = DistInfo(0, 1, 0, device)
+    ds = PreparedDataset(data, size=config.size)
+    parts = build_training(config, len(ds.objects), ds.bone_index, info)
+    norm = normalisation(ds)
+    norm.scale = norm.scale.to(device)
+    parts.objective.norm = norm
+    loader = DataLoader(ds, batch_size=config.batch_size, shuffle=False, drop_last=True)
+    batches = [b for _, b in zip(range(2), loader)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for k in range(warmup + steps):
+        if k == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+        parts.objective.step(batches[k % len(batches)], config.lambda_is)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    return steps * config.batch_size / dt, peak_memory_mb(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="small", help="built-in config name or YAML/JSON file")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, caches)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config, parse_overrides(args.set))
+    device = pick_device(args.device)
+    variants = [("baseline fp32", dict(amp_bf16=False, channels_last=False, compile=False))]
+    if device.type == "cuda":
+        variants.append(("bf16 + channels_last", dict(amp_bf16=True, channels_last=True, compile=False)))
+        if args.compile:
+            variants.append(("bf16 + channels_last + compile", dict(amp_bf16=True, channels_last=True, compile=True)))
+    print(f"config {config.name}: image {config.size}, batch {config.batch_size}, G HRNet "
+          f"width {config.g_width} x {config.g_branches} branches, device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+             f", {torch.get_num_threads()} threads"))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_toy_dataset(tmp, n_cases=max(2, config.batch_size), size=64)
+        base = None
+        for name, flags in variants:
+            ips, mem = bench(dataclasses.replace(config, **flags), data, device, args.steps, args.warmup)
+            base = base or ips
+            print(f"{name:34s} {ips:8.2f} images/s  x{ips / base:5.2f} vs baseline  "
+                  f"x{ips / PAPER_IMAGES_PER_S:6.2f} vs paper (1.68 img/s)  peak memory {mem:8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

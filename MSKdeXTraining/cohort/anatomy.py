@@ -1,0 +1,301 @@
+"""Anatomy templates: real label maps turned into the label values of the synthetic cohort.
+
+A *template folder* holds a label map (``label.*`` or ``labels.*``: MetaImage, NIfTI, NRRD),
+optionally a body mask (``mask.*``), and a ``template.json`` (in the folder or its parent)::
+
+    {"format": "mskdex-template", "version": 1,
+     "object_map": "pelvic_reference",     # built-in object map name or a JSON path
+     "spine_labels": [4],                  # optional: label values of the spine (bone)
+     "other_labels": "muscle",             # other non-zero labels: "muscle" or "soft_tissue"
+     "label_file": "label.mhd", "mask_file": "mask.mhd"}   # optional file names
+
+Objects of the template's map are matched by name to the built-in map ``synthetic``; objects
+with ``sides`` keep them, the others (e.g. the pelvic reference labels, where left and right
+are merged) are split at the mid-sagittal plane (the LPS x of the pelvis + sacrum centroid;
++x is the patient's left). Without a body mask the body is the labelled region closed and
+dilated by 10 mm. The bundled templates (``MSKdeXTraining/data/templates``) are four manually
+labelled pelvic CTs, direction identity, 1 x 1 x 3 mm: their voxel axes run to the patient's
+left, posterior and superior (checked on the anatomy: rectus abdominis at low j, erector
+spinae at high j, femurs at low k, spine at high k), i.e. their world frame is LPS as stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..imaging.volume import InputError, Volume, read_labels
+from ..objects import ObjectMap, load_object_map
+
+TEMPLATE_FORMAT = "mskdex-template"
+#: Internal label of body voxels that no structure claims (fat / other soft tissue).
+BODY = 255
+#: Cohort label values of tissues outside the object map (see docs/formats.md).
+OTHER_MUSCLE = 30
+SPINE = 31
+LABEL_SUFFIXES = (".mhd", ".mha", ".nii.gz", ".nii", ".nrrd")
+
+
+@dataclass(frozen=True)
+class Template:
+    """An anatomy template on its native grid, cropped to the body.
+
+    ``labels.array`` holds cohort label values (``synthetic`` map, 30 other muscle, 31 spine),
+    :data:`BODY` for unlabelled body voxels and 0 outside the body. ``hip_centres`` are the
+    femoral head centres (LPS mm) per side, ``mid_x`` the mid-sagittal plane (LPS x, mm).
+    """
+
+    name: str
+    labels: Volume
+    hip_centres: dict[str, np.ndarray]
+    mid_x: float
+
+    @property
+    def centre(self) -> np.ndarray:
+        """Midpoint of the two hip centres (LPS mm): the patient's reference point."""
+        return (self.hip_centres["left"] + self.hip_centres["right"]) / 2
+
+
+def bundled_templates_dir() -> Path:
+    """Folder of the bundled pelvic templates (package data)."""
+    return Path(str(resources.files("MSKdeXTraining").joinpath("data/templates")))
+
+
+def find_templates(paths: list[str | Path] | None = None) -> list[Path]:
+    """Template folders under ``paths`` (each a template folder or a folder of them), sorted.
+
+    ``None`` gives the bundled templates. Raises :class:`InputError` naming a path that
+    holds no template.
+    """
+    roots = [bundled_templates_dir()] if not paths else [Path(p) for p in paths]
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            raise InputError(f"{root}: template folder not found")
+        if _label_file(root, {}) is not None:
+            found.append(root)
+            continue
+        subs = sorted(d for d in root.iterdir() if d.is_dir() and _label_file(d, {}) is not None)
+        if not subs:
+            raise InputError(f"{root}: holds no label map (label.* / labels.* with suffix "
+                             f"{LABEL_SUFFIXES}) nor sub-folders with one")
+        found += subs
+    return found
+
+
+def template_settings(folder: Path) -> tuple[dict, Path | None]:
+    """The ``template.json`` of ``folder`` (or of its parent) and its path (None if absent)."""
+    for candidate in (folder / "template.json", folder.parent / "template.json"):
+        if candidate.is_file():
+            try:
+                data = json.loads(candidate.read_text())
+            except json.JSONDecodeError as e:
+                raise InputError(f"{candidate}: not valid JSON ({e})") from None
+            if data.get("format") != TEMPLATE_FORMAT or data.get("version") != 1:
+                raise InputError(f"{candidate}: fields 'format'/'version' must be "
+                                 f"{TEMPLATE_FORMAT!r}/1, got {data.get('format')!r}/{data.get('version')!r}")
+            return data, candidate
+    raise InputError(f"{folder}: no template.json in the folder or its parent; it names the "
+                     "object map of the labels (see docs/cohort.md, 'Your own templates')")
+
+
+@lru_cache(maxsize=16)
+def load_template(folder: str | Path) -> Template:
+    """Read a template folder (cached per process) and convert it to cohort label values."""
+    folder = Path(folder)
+    settings, settings_path = template_settings(folder)
+    source = str(settings_path)
+    label_path = _label_file(folder, settings)
+    if label_path is None:
+        raise InputError(f"{folder}: no label map found (expected label.* or labels.*)")
+    raw = read_labels(label_path)
+    objects = load_object_map(settings.get("object_map", "pelvic_reference"))
+    other = settings.get("other_labels", "muscle")
+    if other not in ("muscle", "soft_tissue"):
+        raise InputError(f"{source}: field 'other_labels' must be 'muscle' or 'soft_tissue', got {other!r}")
+    spine = settings.get("spine_labels", [])
+    if not isinstance(spine, list) or not all(isinstance(v, int) and v > 0 for v in spine):
+        raise InputError(f"{source}: field 'spine_labels' must be a list of positive integers, got {spine!r}")
+    body = _body_mask(folder, settings, raw)
+    labels = convert_labels(raw, objects, tuple(spine), other, body, str(label_path))
+    labels = _crop(labels, labels.array > 0)
+    mid_x = mid_sagittal_x(labels)
+    hips = {side: hip_centre(labels, value, str(label_path))
+            for side, value in (("left", FEMUR["left"]), ("right", FEMUR["right"]))}
+    return Template(folder.name, labels, hips, mid_x)
+
+
+#: Cohort label values of the femurs per side (built-in map ``synthetic``).
+FEMUR = {"left": 3, "right": 4}
+PELVIS_LABELS = (1, 2)  # pelvis, sacrum
+
+
+def synthetic_map() -> ObjectMap:
+    return load_object_map("synthetic")
+
+
+def convert_labels(raw: Volume, objects: ObjectMap, spine_labels: tuple[int, ...], other: str,
+                   body: np.ndarray, source: str) -> Volume:
+    """Template label values -> cohort label values (and :data:`BODY` for unlabelled body)."""
+    target = synthetic_map()
+    a = raw.array
+    top = int(a.max())
+    table = np.full(top + 1, OTHER_MUSCLE if other == "muscle" else BODY, np.uint8)
+    table[0] = 0
+    for v in spine_labels:
+        if v <= top:
+            table[v] = SPINE
+    split: list[tuple[tuple[int, ...], int, int]] = []  # (template values, left, right)
+    found = False
+    for o in objects.objects:
+        vals = [v for v in o.labels if v <= top]
+        if o.name not in target.names:
+            table[vals] = OTHER_MUSCLE if o.is_muscle else SPINE
+            continue
+        t = target[o.name]
+        found = True
+        if not t.sides:
+            table[vals] = t.labels[0]
+        elif o.sides and set(o.sides) == set(t.sides):
+            for side, sv in o.sides.items():
+                table[[v for v in sv if v <= top]] = t.sides[side][0]
+        else:
+            split.append((tuple(vals), t.sides["left"][0], t.sides["right"][0]))
+    if not found:
+        raise InputError(f"{source}: object map {objects.name!r} names none of the cohort "
+                         f"objects {target.names}")
+    out = table[a]
+    if split:
+        # mid-sagittal plane from the pelvis + sacrum (already converted), else the body
+        ref = (out == PELVIS_LABELS[0]) | (out == PELVIS_LABELS[1])
+        mid = _centroid_x(raw, ref if ref.any() else body)
+        is_left = _world_coordinate(raw, 0) > mid
+        for vals, left, right in split:
+            lut = np.zeros(top + 1, bool)
+            lut[list(vals)] = True
+            sel = lut[a]
+            out[sel & is_left] = left
+            out[sel & ~is_left] = right
+    out[(out == 0) & body] = BODY
+    return raw.with_array(out)
+
+
+def mid_sagittal_x(labels: Volume) -> float:
+    """LPS x (mm) of the pelvis + sacrum centroid: the mid-sagittal plane."""
+    a = labels.array
+    ref = (a == PELVIS_LABELS[0]) | (a == PELVIS_LABELS[1])
+    return _centroid_x(labels, ref if ref.any() else a > 0)
+
+
+def hip_centre(labels: Volume, femur_value: int, source: str) -> np.ndarray:
+    """Femoral head centre (LPS mm): sphere fitted to the femur surface facing the acetabulum.
+
+    Uses femur voxels within 6 mm of the pelvis in the top 80 mm of the femur; falls back to
+    the deepest femur point (largest inscribed ball) of that region when the fit is not a
+    plausible head (radius outside 12-40 mm).
+    """
+    femur = labels.array == femur_value
+    if not femur.any():
+        raise InputError(f"{source}: template has no femur with cohort label {femur_value}; "
+                         "cannot place the hip centre")
+    zyx = np.argwhere(femur)
+    z = _index_to_world(labels, zyx)[:, 2]
+    top = z.max()
+    near_top = zyx[z > top - 80.0]
+    pad = np.ceil(20.0 / labels.spacing[::-1]).astype(int)
+    lo = np.maximum(near_top.min(0) - pad, 0)
+    hi = np.minimum(near_top.max(0) + pad + 1, labels.array.shape)
+    sub = labels.array[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    head = (sub == femur_value) & (_world_coordinate(labels, 2, lo, sub.shape) > top - 80.0)
+    pelvis = (sub == PELVIS_LABELS[0]) | (sub == PELVIS_LABELS[1])
+    if pelvis.any():
+        dist = ndimage.distance_transform_edt(~pelvis, sampling=labels.spacing[::-1])
+        contact = head & (dist <= 6.0)
+        if contact.sum() >= 20:
+            centre, radius = _fit_sphere(_index_to_world(labels, np.argwhere(contact) + lo))
+            if 12.0 <= radius <= 40.0:
+                return centre
+    inside = ndimage.distance_transform_edt(head, sampling=labels.spacing[::-1])
+    best = np.unravel_index(int(np.argmax(inside)), inside.shape)
+    return _index_to_world(labels, np.array([best]) + lo)[0]
+
+
+def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares sphere through ``points`` (n, 3) mm: centre and radius."""
+    a = np.c_[2 * points, np.ones(len(points))]
+    b = (points ** 2).sum(1)
+    sol = np.linalg.lstsq(a, b, rcond=None)[0]
+    centre = sol[:3]
+    return centre, float(np.sqrt(sol[3] + centre @ centre))
+
+
+def _index_to_world(vol: Volume, kji: np.ndarray) -> np.ndarray:
+    ijk = np.asarray(kji, float)[:, ::-1]
+    return ijk @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+
+
+def _world_coordinate(vol: Volume, axis: int, lo=(0, 0, 0), shape=None) -> np.ndarray:
+    """World coordinate ``axis`` (0 x, 1 y, 2 z; mm) of the voxels of the box starting at
+    index ``lo`` (k, j, i) with ``shape`` (default: the whole volume), broadcastable."""
+    shape = vol.array.shape if shape is None else shape
+    row = vol.affine[axis]
+    k, j, i = (np.arange(l, l + n, dtype=float) for l, n in zip(lo, shape))
+    out = np.full((1, 1, 1), row[3])
+    for coef, values in ((row[2], k[:, None, None]), (row[1], j[None, :, None]), (row[0], i[None, None, :])):
+        if coef != 0.0:
+            out = out + coef * values
+    return out
+
+
+def _centroid_x(vol: Volume, mask: np.ndarray) -> float:
+    """Mean LPS x (mm) of the ``mask`` voxels (from per-axis counts: no voxel list)."""
+    row = vol.affine[0]
+    n = mask.sum()
+    mean_index = [(mask.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(mask.shape[ax])).sum() / n
+                  for ax in (2, 1, 0)]  # i, j, k
+    return float(row[:3] @ np.array(mean_index) + row[3])
+
+
+def _label_file(folder: Path, settings: dict) -> Path | None:
+    if settings.get("label_file"):
+        p = folder / settings["label_file"]
+        return p if p.is_file() else None
+    for stem in ("label", "labels"):
+        for suffix in LABEL_SUFFIXES:
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    return None
+
+
+def _body_mask(folder: Path, settings: dict, raw: Volume) -> np.ndarray:
+    name = settings.get("mask_file")
+    candidates = [folder / name] if name else [folder / f"mask{s}" for s in LABEL_SUFFIXES]
+    for path in candidates:
+        if path.is_file():
+            mask = read_labels(path)
+            if raw.same_grid(mask):
+                raise InputError(f"{path}: body mask grid differs from the label map: "
+                                 + "; ".join(raw.same_grid(mask)))
+            return mask.array > 0
+    if name:
+        raise InputError(f"{folder / name}: body mask named by 'mask_file' not found")
+    labelled = raw.array > 0
+    radius = np.maximum(np.round(10.0 / raw.spacing[::-1]).astype(int), 1)
+    structure = np.ones(tuple(2 * r + 1 for r in radius), bool)
+    body = ndimage.binary_closing(labelled, structure)
+    body = np.stack([ndimage.binary_fill_holes(s) for s in body])
+    return ndimage.binary_dilation(body, structure)
+
+
+def _crop(vol: Volume, mask: np.ndarray) -> Volume:
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0), idx.max(0) + 1
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    origin = vol.affine[:3, :3] @ lo[::-1].astype(float) + vol.origin
+    return Volume(np.ascontiguousarray(vol.array[box]), vol.spacing, origin, vol.direction)

@@ -1,0 +1,268 @@
+"""Cohort orchestration: layout ``mskdex-cohort`` v1 (docs/formats.md), parallel, resumable,
+deterministic.
+
+Case ``i`` of a cohort with seed ``S`` draws all its random parameters from
+``numpy.random.SeedSequence(S, spawn_key=(i,))`` first (:func:`sample_case`), then everything
+is computed from those parameters (:func:`build_case`), so any case can be replayed alone and
+the same seed gives the same bytes. A case is written into a hidden temporary folder that is
+renamed to ``case_XXXX`` when complete; an interrupted run leaves only temporary folders,
+which the next run removes and redoes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .. import __version__
+from ..fileio import write_json
+from ..imaging import hu as hu_conv
+from ..imaging.geometry import Geometry, default_ap_pose, rigid
+from ..imaging.volume import Volume
+from .anatomy import FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map
+from .patient import build_patient, sample_patient
+from .radiograph import Radiograph, RigidBody, XraySettings, simulate_radiograph
+
+COHORT_FORMAT = "mskdex-cohort"
+TRUTH_FORMAT = "mskdex-truth"
+XRAY_FORMAT = "mskdex-xray"
+VERSION = 1
+#: Version of the generator's model; a cohort refuses to resume under another one.
+GENERATOR_VERSION = 1
+#: The detector's central ray passes this far above the hip-centre midpoint (mm, superior).
+ISOCENTRE_ABOVE_HIPS_MM = 25.0
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class CohortSize:
+    """Resolution preset: CT voxel size (mm, isotropic) and detector (pixels, mm)."""
+
+    ct_spacing_mm: float
+    detector_px: int
+    pixel_mm: float
+
+
+#: ``demo``: fast (about 2-3 s per case on 2 cores); ``full``: closer to clinical sampling;
+#: ``test``: coarse, for quick checks.
+SIZES = {
+    "demo": CohortSize(3.0, 256, 1.7),
+    "full": CohortSize(1.5, 512, 0.85),
+    "test": CohortSize(5.0, 128, 3.4),
+}
+
+
+def case_id(index: int) -> str:
+    return f"case_{index:04d}"
+
+
+def case_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator of case ``index`` of a cohort with ``seed``."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+
+
+def sample_case(rng: np.random.Generator, template: Template) -> dict:
+    """All random parameters of one case: the patient and its radiograph (JSON-able)."""
+    u = rng.uniform
+    patient = sample_patient(rng, template)
+
+    def femur() -> dict:
+        return {"flexion_deg": float(u(-10.0, 15.0)), "abduction_deg": float(u(-10.0, 10.0)),
+                "rotation_deg": float(u(-15.0, 15.0))}
+
+    xray = {
+        "sid_mm": float(u(1000.0, 1150.0)),
+        "object_to_detector_mm": float(u(150.0, 220.0)),
+        "isocentre_offset_mm": [float(u(-15, 15)), float(u(-10, 10)), float(u(-15, 15))],
+        "pelvis_rotation_deg": [float(u(-5, 5)), float(u(-3, 3)), float(u(-5, 5))],
+        "femur_left": femur(),
+        "femur_right": femur(),
+        "photons_per_pixel": float(np.exp(u(np.log(2e4), np.log(1e5)))),
+        "scatter_fraction": float(u(0.05, 0.3)),
+        "scatter_sigma_mm": float(u(25.0, 60.0)),
+        "blur_sigma_px": float(u(0.5, 0.9)),
+        "unsharp_weight": float(u(0.5, 1.5)),
+        "unsharp_sigma_mm": float(u(15.0, 35.0)),
+        "window_percentiles": [float(u(0.2, 2.0)), float(u(99.0, 99.9))],
+        "gamma": float(u(1.0, 1.6)),
+        "noise_seed": int(rng.integers(2**31)),
+    }
+    return {"patient": patient, "xray": xray}
+
+
+def femur_motion(side: str, angles: dict, centre: np.ndarray) -> np.ndarray:
+    """World (LPS) motion of a femur about its hip centre from anatomical angles (degrees).
+
+    Flexion brings the knee anterior (-y), abduction brings it lateral (+x on the left,
+    -x on the right), internal rotation turns the femur's front medially.
+    """
+    sign = 1.0 if side == "left" else -1.0
+    rx = -angles["flexion_deg"]
+    ry = -sign * angles["abduction_deg"]
+    rz = -sign * angles["rotation_deg"]
+    return rigid((rx, ry, rz), (0.0, 0.0, 0.0), centre)
+
+
+def case_geometry(size: CohortSize, xray: dict) -> Geometry:
+    sid = xray["sid_mm"]
+    return Geometry(size.detector_px, size.detector_px, (size.pixel_mm, size.pixel_mm), sid,
+                    sid - xray["object_to_detector_mm"], False)
+
+
+def build_case(template: Template, params: dict, size: CohortSize
+               ) -> tuple[Volume, Volume, Radiograph, dict[str, np.ndarray], dict]:
+    """CT, labels, radiograph, rigid-body poses (world->camera) and derived values of a case."""
+    ct, labels, derived = build_patient(template, params["patient"], size.ct_spacing_mm)
+    x = params["xray"]
+    geometry = case_geometry(size, x)
+    hips = {k: np.array(v) for k, v in derived["hip_centres_mm"].items()}
+    centre = (hips["left"] + hips["right"]) / 2
+    iso = centre + np.array([0.0, 0.0, ISOCENTRE_ABOVE_HIPS_MM]) + np.array(x["isocentre_offset_mm"])
+    pelvis = default_ap_pose(iso, geometry) @ rigid(x["pelvis_rotation_deg"], (0, 0, 0), centre)
+    poses = {"pelvis": pelvis}
+    bodies = {"pelvis": RigidBody(PELVIS_LABELS, pelvis)}
+    for side in ("left", "right"):
+        p = pelvis @ femur_motion(side, x[f"femur_{side}"], hips[side])
+        poses[f"femur_{side}"] = p
+        bodies[f"femur_{side}"] = RigidBody((FEMUR[side],), p, tuple(hips[side]))
+    settings = XraySettings(
+        photons_per_pixel=x["photons_per_pixel"], scatter_fraction=x["scatter_fraction"],
+        scatter_sigma_mm=x["scatter_sigma_mm"], blur_sigma_mm=x["blur_sigma_px"] * size.pixel_mm,
+        window_percentiles=tuple(x["window_percentiles"]), gamma=x["gamma"],
+        unsharp_weight=x["unsharp_weight"], unsharp_sigma_mm=x["unsharp_sigma_mm"],
+        noise_seed=x["noise_seed"])
+    radiograph = simulate_radiograph(ct, labels, geometry, pelvis, bodies, settings)
+    return ct, labels, radiograph, poses, derived
+
+
+def truth_objects(ct: Volume, labels: Volume, per_side: bool = False) -> dict[str, dict]:
+    """Volume (cm3) and MDRR mass (g; lean mass of muscles, bone mass of bones) of every
+    object of the ``synthetic`` map (``per_side``: of its per-side objects, ``<name>_<side>``)."""
+    objects = synthetic_map().per_side() if per_side else synthetic_map()
+    hu = ct.array.astype(np.float64)
+    out: dict[str, dict] = {}
+    for o in objects.objects:
+        sel = np.isin(labels.array, o.labels)
+        rho = hu_conv.mdrr_density(hu[sel], o.is_muscle)
+        out[o.name] = {"kind": o.kind, "volume_cm3": float(sel.sum() * ct.voxel_volume_cm3),
+                       "mass_g": float(rho.sum() * ct.voxel_volume_cm3)}
+    return out
+
+
+def generate_case(index: int, seed: int, out: Path, size: str = "demo",
+                  templates: list[Path] | None = None) -> Path:
+    """Generate case ``index`` of the cohort ``seed`` into ``out/case_XXXX`` (atomically)."""
+    preset = _size(size)
+    dirs = find_templates(templates)
+    template = load_template(dirs[index % len(dirs)])
+    params = sample_case(case_rng(seed, index), template)
+    ct, labels, radiograph, poses, derived = build_case(template, params, preset)
+    final = Path(out) / case_id(index)
+    tmp = Path(out) / f".{case_id(index)}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    _write_image(ct.to_sitk(), tmp / "ct.nii.gz")
+    _write_image(labels.to_sitk(), tmp / "labels.nii.gz")
+    g = radiograph.geometry
+    image = sitk.GetImageFromArray(radiograph.image)
+    image.SetSpacing((g.pixel_spacing[1], g.pixel_spacing[0]))
+    image.SetOrigin(g.detector_origin)
+    _write_image(image, tmp / "xray.mha")
+    write_json(tmp / "xray.json", {
+        "format": XRAY_FORMAT, "version": VERSION, "geometry": g.to_json(),
+        "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, "processing": radiograph.processing})
+    write_json(tmp / "truth.json", {
+        "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
+        "objects": truth_objects(ct, labels),
+        "objects_per_side": truth_objects(ct, labels, per_side=True),
+        "poses": {k: v.tolist() for k, v in poses.items()},
+        "params": {"cohort_seed": seed, "index": index, "size": size, **params},
+        "derived": derived})
+    os.replace(tmp, final)
+    return final
+
+
+def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: int | None = None,
+                    templates: list[Path] | None = None, progress: Progress | None = None) -> Path:
+    """Generate (or finish) an ``n``-case cohort in ``out``; returns ``out``.
+
+    ``workers`` processes (default: all cores; 1 runs in this process). Cases already complete
+    are kept; a run with other settings than ``out/cohort.json`` records is refused.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1 case, got {n}")
+    preset = _size(size)
+    out = Path(out)
+    dirs = find_templates(templates)
+    header = {"format": COHORT_FORMAT, "version": VERSION, "seed": int(seed), "n": int(n),
+              "size": size, "size_settings": asdict(preset),
+              "object_map": synthetic_map().to_json(),
+              "generator": {"name": "mskdex cohort", "version": GENERATOR_VERSION,
+                            "code_version": __version__,
+                            "templates": [d.name for d in dirs],
+                            "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV}}
+    _check_resume(out / "cohort.json", header)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".case_*.partial-*"):
+        shutil.rmtree(stale)
+    write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
+    todo = [i for i in range(n) if not (out / case_id(i) / "truth.json").is_file()]
+    done = n - len(todo)
+    report = progress or (lambda f, m: None)
+    report(done / n, f"{done}/{n} cases")
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    paths = [str(d) for d in dirs]
+    if workers == 1:
+        for i in todo:
+            generate_case(i, seed, out, size, paths)
+            done += 1
+            report(done / n, f"{done}/{n} cases")
+    elif todo:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futures = [pool.submit(generate_case, i, seed, out, size, paths) for i in todo]
+            for f in as_completed(futures):
+                f.result()
+                done += 1
+                report(done / n, f"{done}/{n} cases")
+    write_json(out / "cohort.json", {**header, "complete": True, "cases": [case_id(i) for i in range(n)]})
+    return out
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _size(size: str) -> CohortSize:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    return SIZES[size]
+
+
+def _check_resume(path: Path, header: dict) -> None:
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); remove the folder or choose another --out") from None
+    for key in ("format", "version", "seed", "size", "generator"):
+        if old.get(key) != header[key]:
+            raise ValueError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
+                             f"{header[key]!r}; resume with the same settings or choose another --out")
+
+
+def _write_image(image: sitk.Image, path: Path) -> None:
+    """Write with compression; ITK writes no time stamps, so equal images give equal bytes."""
+    sitk.WriteImage(image, str(path), True)

@@ -1,0 +1,245 @@
+"""A synthetic patient: a template deformed, re-proportioned and given CT intensities (HU).
+
+:func:`sample_patient` draws every random parameter (a JSON-able dict, recorded in
+``truth.json``); :func:`build_patient` turns a template and those parameters into a CT and a
+label map, deterministically (random fields come from seeds stored in the parameters).
+
+Steps, on the output grid (isotropic ``spacing`` mm, LPS, identity direction):
+1. backward warp of the template: global scaling about the hip-centre midpoint (body size) plus
+   a smooth random displacement that fades to zero within 20 mm of bone, so bones keep their
+   shape exactly (up to the global scale);
+2. per-muscle volume change: each muscle is re-thresholded on its signed distance so that it
+   holds ``factor`` times its voxels; it grows only into unlabelled body voxels (no
+   overlaps), and what it frees becomes intermuscular fat (no holes);
+3. body fat: the skin moves out (or in, through unlabelled tissue only) by a sampled amount;
+   unlabelled tissue shallower than the subcutaneous depth is fat, deeper tissue is a smooth
+   mixture of fat and organ-like soft tissue;
+4. HU: muscles mix lean muscle and fat by a per-muscle, spatially varying fat fraction;
+   bones have a cortical shell and a cancellous interior from the depth below the bone
+   surface; air outside; then scanner blur and noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from ..imaging.volume import Volume
+from .anatomy import BODY, OTHER_MUSCLE, SPINE, Template, synthetic_map
+from .fields import coarse_distance, smooth_field
+
+#: Internal label of fat freed by a shrinking muscle or added under the skin.
+FAT = 254
+BONE_LABELS = (1, 2, 3, 4, SPINE)
+AIR_HU = -1000.0
+#: Output HU range (int16 CT).
+HU_MIN, HU_MAX = -1024, 3071
+
+
+def muscle_sides() -> dict[str, int]:
+    """Per-side muscle names of the ``synthetic`` map -> cohort label value."""
+    m = synthetic_map().per_side()
+    return {o.name: o.labels[0] for o in m.objects if o.is_muscle}
+
+
+def sample_patient(rng: np.random.Generator, template: Template) -> dict:
+    """Draw all random parameters of one synthetic patient (JSON-able dict)."""
+    u = rng.uniform
+    muscles = muscle_sides()
+    return {
+        "template": template.name,
+        "scale": float(u(0.88, 1.12)),
+        "deformation": {"amplitude_mm": float(u(2.0, 7.0)), "length_mm": float(u(50.0, 90.0)),
+                        "seed": int(rng.integers(2**31))},
+        "volume_factor": {n: float(u(0.7, 1.3)) for n in muscles},
+        "fat_infiltration": {n: float(u(0.0, 0.5)) for n in muscles},
+        "other_muscle_fat_infiltration": float(u(0.0, 0.3)),
+        "infiltration_texture": {"length_mm": float(u(8.0, 20.0)), "contrast": float(u(0.3, 0.8)),
+                                 "seed": int(rng.integers(2**31))},
+        "skin_shift_mm": float(u(-8.0, 25.0)),
+        "subcutaneous_depth_mm": float(u(15.0, 35.0)),
+        "hu": {"lean_muscle": float(u(45.0, 62.0)), "fat": float(u(-115.0, -85.0)),
+               "soft_tissue": float(u(25.0, 45.0)), "cortical": float(u(1100.0, 1600.0)),
+               "cancellous": float(u(150.0, 350.0)), "marrow": float(u(-20.0, 60.0)),
+               "cortical_thickness_mm": {"femur": float(u(3.5, 6.0)), "other": float(u(1.0, 2.5))}},
+        "ct": {"blur_sigma_mm": float(u(1.0, 1.6)), "noise_sd_hu": float(u(5.0, 20.0)),
+               "noise_seed": int(rng.integers(2**31))},
+        "visceral_seed": int(rng.integers(2**31)),
+    }
+
+
+def build_patient(template: Template, params: dict, spacing: float,
+                  z_range_mm: tuple[float, float] = (-200.0, 240.0)) -> tuple[Volume, Volume, dict]:
+    """CT (int16 HU) and labels (uint8 cohort values) of the patient ``params`` describes.
+
+    ``spacing`` is the isotropic voxel size (mm); ``z_range_mm`` the superior-inferior extent
+    kept around the hip centres (before scaling). Returns ``(ct, labels, derived)`` where
+    ``derived`` holds realised quantities (volume factors actually reached, hip centres).
+    """
+    s = params["scale"]
+    grid = _output_grid(template, s, spacing, params["skin_shift_mm"], z_range_mm)
+    centre = template.centre
+    pts = _grid_points(grid)  # (k, j, i, 3) world mm
+    similar = centre + (pts - centre) / s
+    bone = np.isin(_sample_labels(template.labels, similar), BONE_LABELS)
+    fade = np.clip(coarse_distance(bone, spacing) / 20.0, 0.0, 1.0)
+    fade = fade * fade * (3 - 2 * fade)  # smoothstep: 0 at bone, 1 from 20 mm away
+    d = params["deformation"]
+    disp = smooth_field(d["seed"], grid.array.shape, spacing, d["length_mm"], 3) * d["amplitude_mm"]
+    labels = _sample_labels(template.labels, similar - fade[..., None] * disp)
+    realised = change_muscle_volumes(labels, params["volume_factor"], spacing)
+    body = labels > 0
+    depth = _skin_depth(labels, params["skin_shift_mm"], spacing)
+    hu = _hu(labels, depth, params, spacing)
+    ct = params["ct"]
+    hu = ndimage.gaussian_filter(hu, ct["blur_sigma_mm"] / spacing)
+    noise = np.random.default_rng(ct["noise_seed"]).standard_normal(hu.shape, dtype=np.float32)
+    hu = np.clip(np.round(hu + ct["noise_sd_hu"] * noise), HU_MIN, HU_MAX).astype(np.int16)
+    out_labels = np.where(labels >= FAT, 0, labels).astype(np.uint8)
+    derived = {"volume_factor_realised": realised,
+               "hip_centres_mm": {k: (centre + s * (v - centre)).tolist()
+                                  for k, v in template.hip_centres.items()},
+               "body_voxels": int(body.sum())}
+    return grid.with_array(hu), grid.with_array(out_labels), derived
+
+
+def change_muscle_volumes(labels: np.ndarray, factors: dict[str, float], spacing: float,
+                          reach_mm: float = 20.0) -> dict[str, float]:
+    """Scale each muscle's voxel count by its factor, in place; returns the realised factors.
+
+    A muscle keeps the voxels nearest its surface (signed distance) up to the target count,
+    taking only its own or unlabelled body voxels within ``reach_mm``; voxels it gives up
+    become :data:`FAT`.
+    """
+    pad = int(np.ceil(reach_mm / spacing)) + 1
+    realised = {}
+    for name, value in muscle_sides().items():
+        inside_all = labels == value
+        n = int(inside_all.sum())
+        if n == 0:
+            realised[name] = 1.0
+            continue
+        idx = np.argwhere(inside_all)
+        lo = np.maximum(idx.min(0) - pad, 0)
+        hi = np.minimum(idx.max(0) + pad + 1, labels.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        sub = labels[box]
+        inside = sub == value
+        target = int(round(factors[name] * n))
+        if target >= n:  # grow: all own voxels plus the nearest unlabelled body voxels
+            dist = ndimage.distance_transform_edt(~inside, sampling=spacing)
+            candidate = (sub == BODY) & (dist <= reach_mm)
+            count = target - n
+        else:  # shrink: keep the voxels deepest inside
+            dist = -ndimage.distance_transform_edt(inside, sampling=spacing)
+            candidate, count = inside, target
+        order = np.flatnonzero(candidate.ravel())
+        order = order[np.argsort(dist.ravel()[order], kind="stable")][:count]
+        keep = np.zeros(sub.size, bool)
+        keep[order] = True
+        keep = keep.reshape(sub.shape) | (inside if target >= n else False)
+        sub[inside & ~keep] = FAT
+        sub[keep] = value
+        realised[name] = float(keep.sum() / n)
+    return realised
+
+
+def _skin_depth(labels: np.ndarray, shift_mm: float, spacing: float) -> np.ndarray:
+    """Move the skin by ``shift_mm`` (in place) and return the depth below the new skin (mm)."""
+    body = labels > 0
+    if shift_mm > 0:
+        labels[~body & (coarse_distance(body, spacing) <= shift_mm)] = FAT
+    else:
+        free = (labels == BODY) | (labels == FAT)
+        labels[free & (coarse_distance(~body, spacing) <= -shift_mm)] = 0
+    return coarse_distance(labels == 0, spacing)
+
+
+def _hu(labels: np.ndarray, depth: np.ndarray, params: dict, spacing: float) -> np.ndarray:
+    """Noise-free HU of every voxel (float32)."""
+    h = params["hu"]
+    shape = labels.shape
+    hu = np.full(shape, AIR_HU, np.float32)
+    fat = (labels == FAT) | ((labels == BODY) & (depth <= params["subcutaneous_depth_mm"]))
+    hu[fat] = h["fat"]
+    deep = (labels == BODY) & ~fat
+    if deep.any():
+        mix = smooth_field(params["visceral_seed"], shape, spacing, 25.0, 1)[..., 0][deep]
+        organ = 1.0 / (1.0 + np.exp(-3.0 * (mix + 0.3)))
+        hu[deep] = h["fat"] + (h["soft_tissue"] - h["fat"]) * organ
+    tex = params["infiltration_texture"]
+    texture = smooth_field(tex["seed"], shape, spacing, tex["length_mm"], 1)[..., 0]
+    fractions = {v: params["fat_infiltration"][n] for n, v in muscle_sides().items()}
+    fractions[OTHER_MUSCLE] = params["other_muscle_fat_infiltration"]
+    for value, f in fractions.items():
+        sel = labels == value
+        if sel.any():
+            phi = np.clip(f * (1.0 + tex["contrast"] * texture[sel]), 0.0, 1.0)
+            hu[sel] = (1.0 - phi) * h["lean_muscle"] + phi * h["fat"]
+    for value in BONE_LABELS:
+        _bone_hu(hu, labels, value, h, spacing)
+    return hu
+
+
+def _bone_hu(hu: np.ndarray, labels: np.ndarray, value: int, h: dict, spacing: float) -> None:
+    """Cortical shell + cancellous interior of one bone from the depth below its surface."""
+    sel = labels == value
+    if not sel.any():
+        return
+    idx = np.argwhere(sel)
+    lo, hi = np.maximum(idx.min(0) - 1, 0), np.minimum(idx.max(0) + 2, labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    inside = sel[box]
+    # voxel (centre) depth below the surface; the outermost voxel spans depth [0, spacing]
+    top = ndimage.distance_transform_edt(inside, sampling=spacing) - spacing
+    t = h["cortical_thickness_mm"]["femur" if value in (3, 4) else "other"]
+    cortex = np.clip((t - top) / spacing, 0.0, 1.0)
+    centre_depth = top + spacing / 2
+    cancellous = h["marrow"] + (h["cancellous"] - h["marrow"]) * np.exp(-centre_depth / 15.0)
+    values = cortex * h["cortical"] + (1.0 - cortex) * cancellous
+    region = hu[box]
+    region[inside] = values[inside]
+
+
+def _output_grid(template: Template, scale: float, spacing: float, skin_shift: float,
+                 z_range_mm: tuple[float, float]) -> Volume:
+    """Axis-aligned LPS grid holding the scaled body (plus room for the skin shift)."""
+    lab = template.labels
+    shape = np.array(lab.array.shape[::-1])
+    corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in shape], indexing="ij")).reshape(3, -1).T
+    world = corners @ lab.affine[:3, :3].T + lab.affine[:3, 3]
+    c = template.centre
+    lo = c + scale * (world.min(0) - c)
+    hi = c + scale * (world.max(0) - c)
+    margin = max(skin_shift, 0.0) + 2 * spacing
+    lo, hi = lo - margin, hi + margin
+    lo[2] = c[2] + scale * z_range_mm[0]
+    hi[2] = c[2] + scale * z_range_mm[1]
+    size = np.maximum(np.ceil((hi - lo) / spacing).astype(int), 2)
+    origin = lo + spacing / 2
+    return Volume(np.zeros(size[::-1], np.uint8), (spacing,) * 3, origin, np.eye(3))
+
+
+def _grid_points(grid: Volume) -> np.ndarray:
+    """World (LPS mm) coordinates of every voxel centre, ``(k, j, i, 3)`` float64."""
+    k, j, i = [np.arange(n, dtype=float) for n in grid.array.shape]
+    a = grid.affine
+    x = a[0, 0] * i + a[0, 3]
+    y = a[1, 1] * j + a[1, 3]
+    z = a[2, 2] * k + a[2, 3]
+    out = np.empty(grid.array.shape + (3,))
+    out[..., 0] = x[None, None, :]
+    out[..., 1] = y[None, :, None]
+    out[..., 2] = z[:, None, None]
+    return out
+
+
+def _sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour labels at world points ``(..., 3)``: 0 outside the template's
+    in-plane extent, its end slices repeated beyond its superior/inferior ends."""
+    inv = np.linalg.inv(labels.affine)
+    ijk = world @ inv[:3, :3].T + inv[:3, 3]
+    coords = np.moveaxis(ijk[..., ::-1], -1, 0)  # (k, j, i) index order
+    # beyond the template's first/last slice the body continues as its end slices
+    np.clip(coords[0], 0, labels.array.shape[0] - 1, out=coords[0])
+    return ndimage.map_coordinates(labels.array, coords, order=0, mode="constant", cval=0)

@@ -1,0 +1,219 @@
+"""Synthetic cohort: templates, determinism and resume, HU ranges, pose deformation, radiograph pose."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from MSKdeXTraining.cohort import anatomy, deformation, generate, patient, radiograph
+from MSKdeXTraining.commands import cohort as cohort_command
+from MSKdeXTraining.imaging import hu as hu_conv
+from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
+from MSKdeXTraining.imaging.projector import Splatter, project_objects
+from MSKdeXTraining.imaging.similarity import gradient_correlation
+from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
+from MSKdeXTraining.objects import load_object_map
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The cohort's torch work is many small ops: one thread avoids oversubscribing 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bodies(truth: dict) -> dict[str, deformation.RigidBody]:
+    poses = {k: np.array(v) for k, v in truth["poses"].items()}
+    hips = truth["derived"]["hip_centres_mm"]
+    return {"pelvis": deformation.RigidBody((1, 2), poses["pelvis"]),
+            "femur_left": deformation.RigidBody((3,), poses["femur_left"], tuple(hips["left"])),
+            "femur_right": deformation.RigidBody((4,), poses["femur_right"], tuple(hips["right"]))}
+
+
+@pytest.fixture(scope="module")
+def demo_case(tmp_path_factory) -> Path:
+    """One case at the demo size (3 mm CT, 256 x 256 detector)."""
+    return generate.generate_case(3, 11, tmp_path_factory.mktemp("demo"), "demo")
+
+
+def test_bundled_templates_are_lps_and_split_left_right():
+    dirs = anatomy.find_templates()
+    assert [d.name for d in dirs] == ["Pelvic-Ref-001", "Pelvic-Ref-002", "Pelvic-Ref-004", "Pelvic-Ref-005"]
+    for d in dirs:
+        assert (d / "label.mhd").is_file() and (d / "mask.mhd").is_file()
+    assert (dirs[0].parent / "LICENSE").is_file() and (dirs[0].parent / "ATTRIBUTION.md").is_file()
+    t = anatomy.load_template(dirs[-1])
+    a = t.labels.array
+    world = lambda mask: anatomy._index_to_world(t.labels, np.argwhere(mask)).mean(0)  # noqa: E731
+    # LPS: +x is the patient's left, +z superior (spine above the femurs)
+    assert world(a == 3)[0] > t.mid_x > world(a == 4)[0]
+    assert world(a == 11)[0] > t.mid_x > world(a == 12)[0]
+    assert world(a == anatomy.SPINE)[2] > world(a == 1)[2] > world(a == 3)[2]
+    left, right = t.hip_centres["left"], t.hip_centres["right"]
+    assert 140 < left[0] - right[0] < 230 and abs(left[2] - right[2]) < 20
+    # the hip centre lies inside the femoral head, near the top of the femur
+    k, j, i = np.round(np.linalg.inv(t.labels.affine) @ np.r_[left, 1.0])[:3][::-1].astype(int)
+    assert a[k, j, i] == 3
+    assert set(np.unique(a)) <= {0, 1, 2, 3, 4, *range(11, 23), 30, 31, anatomy.BODY}
+
+
+def test_user_label_map_with_object_map_is_a_template(shared_data, tmp_path):
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    shutil.copy(shared_data / "totalsegmentator-example" / "example_seg_fast_force_split.nii.gz",
+                folder / "labels.nii.gz")
+    (folder / "template.json").write_text(json.dumps({
+        "format": "mskdex-template", "version": 1, "object_map": "totalsegmentator",
+        "other_labels": "soft_tissue"}))
+    t = anatomy.load_template(folder)
+    a = t.labels.array
+    for value in (1, 2, 3, 4, 11, 12, 13, 14, 17, 18):
+        assert (a == value).any(), value
+    assert t.hip_centres["left"][0] > t.hip_centres["right"][0]
+    params = patient.sample_patient(np.random.default_rng(0), t)
+    ct, labels, _ = patient.build_patient(t, params, 6.0)
+    assert ct.array.dtype == np.int16 and labels.same_grid(ct) == []
+    assert (labels.array == 11).sum() > 100
+    (folder / "template.json").write_text(json.dumps({"format": "mskdex-template", "version": 2}))
+    with pytest.raises(InputError, match="template.json"):
+        anatomy.template_settings(folder)
+
+
+def test_same_seed_same_bytes_and_resume(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    parser = argparse.ArgumentParser()
+    cohort_command.add_arguments(parser)
+    assert cohort_command.run(parser.parse_args(
+        ["--n", "2", "--seed", "3", "--out", str(a), "--size", "test", "--workers", "1"])) == 0
+    generate.generate_cohort(2, 3, b, "test", workers=1)
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert len(files) == 11
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # resume: a removed case and a half-written one are redone, identically
+    shutil.rmtree(b / "case_0001")
+    (b / ".case_0001.partial-99").mkdir()
+    (b / ".case_0001.partial-99" / "ct.nii.gz").write_bytes(b"broken")
+    generate.generate_cohort(2, 3, b, "test", workers=1)
+    assert not list(b.glob(".case_*"))
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    meta = json.loads((b / "cohort.json").read_text())
+    assert meta["complete"] and meta["cases"] == ["case_0000", "case_0001"]
+    assert meta["object_map"]["name"] == "synthetic"
+    with pytest.raises(ValueError, match="seed"):
+        generate.generate_cohort(2, 4, b, "test", workers=1)
+
+
+def test_hu_ranges_per_tissue():
+    t = anatomy.load_template(anatomy.find_templates()[0])
+    params = patient.sample_patient(np.random.default_rng(5), t)
+    params["ct"]["noise_sd_hu"] = 0.0
+    ct, labels, _ = patient.build_patient(t, params, 4.0)
+    hu, lab = ct.array.astype(float), labels.array
+    h = params["hu"]
+    outside = ndimage.binary_erosion(lab == 0, iterations=2) & (hu < -500)
+    assert np.median(hu[outside]) == pytest.approx(-1000, abs=5)
+    for value in range(11, 23):  # muscles: between fat and lean muscle
+        v = hu[ndimage.binary_erosion(lab == value)]
+        assert h["fat"] - 10 <= np.percentile(v, 5) and np.percentile(v, 95) <= h["lean_muscle"] + 10
+    lean = hu[ndimage.binary_erosion(lab == 30)]  # other muscle, little infiltration
+    assert -40 < np.median(lean) < 70
+    for value in (1, 3, 4):  # bones: cortical shell much denser than the interior
+        bone = lab == value
+        shell = bone & ~ndimage.binary_erosion(bone)
+        core = ndimage.binary_erosion(bone, iterations=3)
+        assert np.median(hu[shell]) > 300 and np.median(hu[core]) < 400
+        assert np.median(hu[shell]) > np.median(hu[core]) + 100
+    subcutaneous = (lab == 0) & (hu > -500) & ndimage.binary_dilation(lab == 0, iterations=1) \
+        & ~ndimage.binary_erosion(hu > -500, iterations=2)
+    assert np.median(hu[subcutaneous]) < -20  # the layer under the skin is fat
+
+
+def test_pose_deformation_keeps_muscle_volume_and_mass(demo_case):
+    ct, labels = read_ct(demo_case / "ct.nii.gz"), read_labels(demo_case / "labels.nii.gz")
+    truth = json.loads((demo_case / "truth.json").read_text())
+    bodies = _bodies(truth)
+    pose = bodies["pelvis"].pose
+    det = deformation.jacobian_determinant(labels, pose, bodies)
+    geometry = Geometry.from_json(json.loads((demo_case / "xray.json").read_text())["geometry"])
+    muscles = load_object_map("synthetic").per_side().select(
+        [n for n in patient.muscle_sides()])
+    table = torch.from_numpy(muscles.lookup_table(labels.array))
+    splat = Splatter(geometry, len(muscles), (False, False))
+    hu = torch.from_numpy(ct.array.reshape(-1).astype(np.float32))
+    lab = torch.from_numpy(labels.array.reshape(-1).astype(np.int64))
+    select = np.isin(labels.array.reshape(-1), [o.labels[0] for o in muscles.objects])
+    for batch in radiograph.moved_points(ct, labels, geometry, pose, bodies, select):
+        h = hu[batch.voxels]
+        amounts = torch.stack([torch.ones_like(h), hu_conv.mdrr_density(h, True)], 1)
+        splat.add(batch.points, amounts * (ct.voxel_volume_cm3 / batch.points_per_voxel),
+                  table[lab[batch.voxels]], batch.footprint_mm)
+    images, lost = splat.result()
+    sums = images.double().sum(dim=(-1, -2)).numpy() * geometry.pixel_area_cm2 + lost.numpy()
+    moved = False
+    for k, o in enumerate(muscles.objects):
+        sel = labels.array == o.labels[0]
+        ref = truth["objects_per_side"][o.name]
+        volume_after = det[sel].sum() * ct.voxel_volume_cm3
+        assert volume_after == pytest.approx(ref["volume_cm3"], rel=0.01), o.name
+        assert sums[0, k] == pytest.approx(ref["volume_cm3"], rel=1e-4), o.name
+        assert sums[1, k] == pytest.approx(ref["mass_g"], rel=1e-4), o.name
+        moved |= bool(np.abs(det[sel] - 1).max() > 0.05)
+    assert moved  # the muscles really are deformed, not just carried rigidly
+    merged = truth["objects"]["gluteus_medius"]["mass_g"]
+    sides = [truth["objects_per_side"][f"gluteus_medius_{s}"]["mass_g"] for s in ("left", "right")]
+    assert merged == pytest.approx(sum(sides), rel=1e-9)
+
+
+def test_bones_sit_at_their_recorded_pose(demo_case):
+    ct, labels = read_ct(demo_case / "ct.nii.gz"), read_labels(demo_case / "labels.nii.gz")
+    truth = json.loads((demo_case / "truth.json").read_text())
+    xray_meta = json.loads((demo_case / "xray.json").read_text())
+    geometry = Geometry.from_json(xray_meta["geometry"])
+    image = sitk.ReadImage(str(demo_case / "xray.mha"))
+    assert image.GetSpacing() == pytest.approx(geometry.pixel_spacing[::-1])
+    xray = torch.from_numpy(sitk.GetArrayFromImage(image))
+    assert xray.shape == geometry.shape and 0 <= float(xray.min()) and float(xray.max()) <= 1
+    objects = load_object_map("synthetic").per_side()
+    for body, names in (("pelvis", ["pelvis", "sacrum"]), ("femur_left", ["femur_left"]),
+                        ("femur_right", ["femur_right"])):
+        gc = []
+        for shift in (0.0, 10.0):
+            pose = np.array(truth["poses"][body])
+            pose[0, 3] += shift
+            drr = project_objects(ct, labels, objects.select(names), geometry, pose).data[0].sum(0)
+            region = ndimage.binary_dilation(drr.numpy() > 0, iterations=4)
+            region = torch.from_numpy(region.astype(np.float32))
+            gc.append(float(gradient_correlation(drr, xray, region)))
+        assert gc[0] > 0.4 and gc[0] > gc[1] + 0.2, (body, gc)
+
+
+def test_radiograph_orientation_and_processing():
+    """Patient's right on the image left, bright = attenuating, no deformation without bodies."""
+    shape = (40, 40, 40)
+    ct_array = np.full(shape, -1000, np.int16)
+    ct_array[10:30, 10:30, 22:30] = 1000  # dense block on the patient's left (+x, high i)
+    ct = Volume(ct_array, (2.0, 2.0, 2.0), (-40.0, -40.0, -40.0), np.eye(3))
+    geometry = Geometry(64, 64, (2.0, 2.0), 1000.0, 800.0)
+    pose = default_ap_pose(ct.center, geometry)
+    settings = radiograph.XraySettings(photons_per_pixel=1e5, noise_seed=1)
+    r = radiograph.simulate_radiograph(ct, None, geometry, pose, None, settings)
+    assert r.image.shape == (64, 64) and r.image.dtype == np.float32
+    assert r.image[24:40, 36:44].mean() > r.image[24:40, 20:28].mean() + 0.3
+    li_sum = r.line_integral.sum() * geometry.pixel_area_cm2
+    expected = (hu_conv.attenuation(ct_array.astype(float)).sum() * ct.voxel_volume_cm3)
+    magnification = geometry.sdd / geometry.sod
+    assert li_sum == pytest.approx(expected * magnification ** 2, rel=0.03)
+    again = radiograph.simulate_radiograph(ct, None, geometry, pose, None, settings)
+    assert np.array_equal(r.image, again.image)

@@ -11,8 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .imaging.volume import InputError
-from .objects import ObjectMapError
+from .errors import InputError
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "register", "prepare", "train", "decompose", "evaluate",
@@ -36,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (InputError, ObjectMapError, FileNotFoundError, FileExistsError) as e:
+    except (InputError, FileNotFoundError, FileExistsError) as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
 

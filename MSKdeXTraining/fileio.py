@@ -52,3 +52,28 @@ def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:
     for i in inputs:
         if Path(i).resolve() == out:
             raise FileExistsError(f"{output}: output would overwrite the input {i}; choose another path")
+
+
+def read_format_json(path: str | Path, fmt: str, version: int, required: tuple[str, ...] = (),
+                     error: type[Exception] = ValueError, missing_hint: str = "") -> dict:
+    """Read a versioned MSKdeX JSON file, checking its ``format``, ``version`` and fields.
+
+    Raises ``error`` naming the file and the field when the file is absent (adding
+    ``missing_hint``) or its content does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found{'; ' + missing_hint if missing_hint else ''}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: field 'format' must be {fmt!r}, got {got!r}")
+    if data.get("version") != version:
+        raise error(f"{path}: field 'version' must be {version}, got {data.get('version')!r}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{path}: missing field(s) {missing}")
+    return data

@@ -15,7 +15,6 @@ radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case id
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +24,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
-from .fileio import write_atomic, write_json
+from .errors import InputError
+from .fileio import read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
+from .imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
 from .models import Generator
 
 FORMAT = "mskdex-model"
 VERSION = 1
-DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]
+DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2",
          "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(InputError):
     """A model or checkpoint file that MSKdeX refuses to load (the message says why)."""
 
 
@@ -109,19 +110,8 @@ def save_model(run: str | Path, generator: Generator, meta: dict) -> Path:
 def read_meta(run: str | Path) -> dict:
     """Read and validate ``run/model.json``."""
     path = Path(run) / "model.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run}: not a model run folder (no model.json); run `mskdex train`")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelFormatError(f"{path}: field 'format' must be {FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: field 'version' must be {VERSION}, got {meta.get('version')!r}")
-    missing = [k for k in _META_FIELDS if k not in meta]
-    if missing:
-        raise ModelFormatError(f"{path}: missing fields {missing}")
+    meta = read_format_json(path, FORMAT, VERSION, _META_FIELDS, ModelFormatError,
+                            f"{run} is not a model run folder; run `mskdex train`")
     check_code_version(meta["code_version"], str(path))
     if list(meta["drr_types"]) != DRR_TYPES:
         raise ModelFormatError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {meta['drr_types']}")

@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from .errors import InputError
+
 FORMAT = "mskdex-object-map"
 FORMAT_VERSION = 1
 
@@ -48,7 +50,7 @@ DISPLAY_NAMES = {
 Kind = Literal["muscle", "bone"]
 
 
-class ObjectMapError(ValueError):
+class ObjectMapError(InputError):
     """An object map or a label map does not fit the expected format."""
 
 

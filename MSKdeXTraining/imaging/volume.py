@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-
-class InputError(ValueError):
-    """Input data that MSKdeX cannot use; the message names the file and the field."""
+from ..errors import InputError
 
 
 @dataclass

@@ -9,7 +9,6 @@ averaging: DRR values are per detector area, so a mean-preserving resampling kee
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
+from ..imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
 from ..imaging.volume import InputError
 
 FORMAT = "mskdex-dataset"
 VERSION = 1
-DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]
+DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 _REQUIRED = ("geometry", "objects", "kinds", "aligned_bones", "drr_types", "cases")
 
 
 def read_manifest(root: str | Path) -> dict:
     """Read and validate ``root/manifest.json``; raises InputError naming the field."""
     path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"{root}: not a prepared dataset (no manifest.json); run `mskdex prepare`")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from None
-    if m.get("format") != FORMAT:
-        raise InputError(f"{path}: field 'format' must be {FORMAT!r}, got {m.get('format')!r}")
-    if m.get("version") != VERSION:
-        raise InputError(f"{path}: field 'version' must be {VERSION}, got {m.get('version')!r}")
-    for key in _REQUIRED:
-        if key not in m:
-            raise InputError(f"{path}: missing field {key!r}")
+    m = read_format_json(path, FORMAT, VERSION, _REQUIRED, InputError,
+                         f"{root} is not a prepared dataset (no manifest.json); run `mskdex prepare`")
     if list(m["drr_types"]) != DRR_TYPES:
         raise InputError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {m['drr_types']}")
     missing = [b for b in m["aligned_bones"] if b not in m["objects"]]

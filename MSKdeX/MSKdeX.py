@@ -1,0 +1,398 @@
+"""MSKdeX 3D Slicer module: per-muscle lean mass (g) and volume (cm3) from one hip radiograph.
+
+Thin shell: the module descriptor, the parameter node, the widget (built from
+Resources/UI/MSKdeX.ui and bound with connectGui), a thin Logic and the self-test. The work
+is done by MSKdeXLib (MRML <-> backend bridge, no Qt) and the backend package MSKdeXTraining.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from MSKdeXTraining.objects import builtin_maps
+
+# Only modules that load without torch: the module must load before "Check dependencies" ran.
+from MSKdeXLib.dependencies import ensure_requirements, ensure_torch
+from MSKdeXLib.pose_nodes import ACCEPTED_ATTRIBUTE, pose_from_transform_node, pose_node_name
+from MSKdeXLib.progress import ProgressRelay
+from MSKdeXLib.sample_data import example_ct_source
+
+DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
+BONES = ["pelvis", "femur_left", "femur_right"]  # = keys of imaging.registration.rigid_bodies
+QC_COLOURS = {"failed": (255, 170, 170), "warning": (255, 235, 160)}  # row backgrounds (RGB)
+
+
+class MSKdeX(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MSKdeX")
+        self.parent.categories = ["Quantification"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MSKdeX developers"]
+        self.parent.helpText = _(
+            "Estimates per-muscle lean muscle mass (g) and volume (cm3) from one hip radiograph by "
+            "decomposing it into object-wise DRRs. Sections: <b>Inputs</b> (CT, segmentation, radiograph, "
+            "segmentation QC), <b>DRRs</b>, <b>Bone alignment</b> (2D/3D registration), <b>Training</b> "
+            "(runs the backend in a separate process) and <b>Decompose</b>. "
+            "See <a href='https://github.com/mskdex/MSKdeX'>the documentation</a>.")
+        self.parent.acknowledgementText = _(
+            "Method: Gu Y, Otake Y, Uemura K, Takao M, Soufi M, Hiasa Y, Talbot H, Okada S, "
+            "Sugano N, Sato Y. MSKdeX: Musculoskeletal (MSK) decomposition from an X-ray image for "
+            "fine-grained estimation of lean muscle mass and muscle volume. MICCAI 2023 "
+            "(arXiv:2305.19920). Sample data: TotalSegmentator test files (Apache-2.0).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Register the TotalSegmentator example CT and its segmentation (Apache-2.0) as sample data."""
+    import SampleData
+
+    icon = str(Path(__file__).parent / "Resources" / "Icons" / "MSKdeX.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(**example_ct_source(icon))
+
+
+@parameterNodeWrapper
+class MSKdeXParameterNode:
+    """Everything the GUI edits; the buttons read only this (one source of truth)."""
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    radiograph: vtkMRMLScalarVolumeNode
+    objectMap: str = "totalsegmentator"
+    detectorSize: Annotated[int, WithinRange(32, 1024)] = 256
+    pixelSpacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.6  # mm at the detector
+    sourceDetectorDistance: Annotated[float, WithinRange(100.0, 3000.0)] = 1100.0  # mm
+    sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 2900.0)] = 880.0  # mm
+    drrType: Annotated[str, Choice(DRR_TYPES)] = "vdrr"
+    bone: Annotated[str, Choice(BONES)] = "pelvis"
+    registrationPreset: Annotated[str, Choice(["fast", "accurate"])] = "fast"
+    datasetFolder: Path
+    trainConfig: str = "small"
+    trainOutput: Path
+    resumeTraining: bool = False
+    modelFolder: Path
+    tta: Annotated[int, WithinRange(1, 32)] = 8
+    resultsTable: vtkMRMLTableNode
+
+
+class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel. ``logic`` can be passed in (tests drive the buttons with their own)."""
+
+    def __init__(self, parent=None, logic: MSKdeXLogic | None = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = logic
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._relay: ProgressRelay | None = None
+        self._training = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(250)
+        self._timer.timeout.connect(self.onTrainingPoll)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MSKdeX.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.logic or MSKdeXLogic()
+        self.ui.objectMapLineEdit.toolTip = f"Built-in object map ({', '.join(builtin_maps())}) or a JSON file"
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
+        self.ui.qcButton.connect("clicked(bool)", self.onSegmentationQC)
+        self.ui.drrButton.connect("clicked(bool)", self.onComputeDRRs)
+        # deferred, so that connectGui has stored the new DRR type in the parameter node first
+        for combo in (self.ui.drrObjectComboBox, self.ui.drrTypeComboBox):
+            combo.connect("currentIndexChanged(int)", lambda _i: qt.QTimer.singleShot(0, self.onShowDRR))
+        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        self.ui.redoButton.connect("clicked(bool)", lambda: self.onRegister(redo=True))
+        self.ui.acceptPoseButton.connect("clicked(bool)", self.onAcceptPose)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
+        self.ui.cancelTrainButton.connect("clicked(bool)", self.onCancelTraining)
+        self.ui.decomposeButton.connect("clicked(bool)", self.onDecompose)
+        self.ui.cancelWorkButton.connect("clicked(bool)", self.onCancelWork)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+        self.onCancelTraining()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: MSKdeXParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+
+    # -- in-process steps: progress bar, Cancel button, errors shown -----------------------
+    def _runWork(self, what: str, work) -> None:
+        """Run ``work(progress)``; the progress callback updates the bar, processes GUI events
+        (so Cancel works) and raises Cancelled at its next call once Cancel is clicked."""
+        def report(fraction: float, text: str) -> None:
+            self.ui.workProgressBar.value = int(100 * fraction)
+            self.ui.statusLabel.text = text
+            slicer.app.processEvents()
+
+        self._relay = relay = ProgressRelay(report)
+        self.ui.cancelWorkButton.enabled = True
+        report(0.0, f"{what}...")
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{what} failed.").format(what=what), waitCursor=True):
+                work(relay)
+        finally:
+            self._relay = None
+            self.ui.cancelWorkButton.enabled = False
+            self.ui.statusLabel.text = f"{what}: {'done' if relay.fraction >= 1.0 else 'stopped'}."
+
+    def onCancelWork(self) -> None:
+        if self._relay is not None:
+            self._relay.cancel()
+
+    # -- buttons ------------------------------------------------------------------------
+    def onDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("MSKdeX dependencies are missing."), waitCursor=True):
+            installed = self.logic.ensureDependencies(
+                lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="MSKdeX"))
+            self.ui.statusLabel.text = ("Installed: " + ", ".join(installed)) if installed else "All dependencies present."
+
+    def onSegmentationQC(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Segmentation QC failed."), waitCursor=True):
+            rows = self.logic.segmentationQC(self._parameterNode)
+            table = self.ui.qcTableWidget
+            columns = list(rows[0]) if rows else []
+            table.clear()
+            table.setColumnCount(len(columns))
+            table.setRowCount(len(rows))
+            table.setHorizontalHeaderLabels(columns)
+            for r, row in enumerate(rows):
+                for c, key in enumerate(columns):
+                    item = qt.QTableWidgetItem(str(row[key]))
+                    if row["status"] != "ok":
+                        item.setBackground(qt.QBrush(qt.QColor(*QC_COLOURS[row["status"]])))
+                    table.setItem(r, c, item)
+            failed = [row["object"] for row in rows if row["status"] == "failed"]
+            self.ui.statusLabel.text = f"QC: {len(failed)} object(s) failed: {', '.join(failed)}" if failed else "QC: all objects passed."
+
+    def onComputeDRRs(self) -> None:
+        def work(progress: ProgressRelay) -> None:
+            self.ui.drrObjectComboBox.clear()
+            self.ui.drrObjectComboBox.addItems(self.logic.computeDRRs(self._parameterNode, progress))
+            self.onShowDRR()
+
+        self._runWork("Computing DRRs", work)
+
+    def onShowDRR(self, *_args) -> None:
+        """Show the DRR layer picked in the object and type boxes (over the radiograph if any)."""
+        p = self._parameterNode
+        layer = self.logic.drrLayer(self.ui.drrObjectComboBox.currentText, p.drrType) if p else None
+        if layer is None:
+            return
+        if p.radiograph is not None:
+            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6, fit=True)
+        else:
+            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True)
+
+    def onRegister(self, redo: bool = False) -> None:
+        """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
+        def work(progress: ProgressRelay) -> None:
+            result, layer = self.logic.register(self._parameterNode, progress, redo)
+            self.ui.gcLabel.text = f"GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=layer,
+                                             foregroundOpacity=0.5, fit=True)
+            self.ui.acceptPoseButton.enabled = True
+
+        self._runWork(f"Registering {self._parameterNode.bone}", work)
+
+    def onAcceptPose(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Accepting the pose failed.")):
+            self.logic.acceptPose(self._parameterNode.bone)
+            self.ui.gcLabel.text += " - accepted"
+            self.ui.acceptPoseButton.enabled = False
+
+    def onTrain(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
+            self._training = self.logic.startTraining(self._parameterNode)
+            self.ui.trainLogTextEdit.clear()
+            self.ui.trainLogTextEdit.appendPlainText(" ".join(self._training.command))
+            self.ui.trainButton.enabled = False
+            self.ui.cancelTrainButton.enabled = True
+            self._timer.start()
+
+    def onTrainingPoll(self) -> None:
+        if self._training is None:
+            return
+        for event in self._training.poll():
+            if event.kind == "log":
+                self.ui.trainLogTextEdit.appendPlainText(event.text)
+            elif event.kind == "progress":
+                self.ui.trainProgressBar.value = int(100 * event.fraction)
+                self.ui.trainProgressBar.setFormat(f"{event.text} %p%")
+            else:
+                state = "cancelled" if event.text else f"finished with exit code {event.returncode}"
+                self.ui.trainLogTextEdit.appendPlainText(f"Training {state}.")
+                self._timer.stop()
+                self._training = None
+                self.ui.trainButton.enabled = True
+                self.ui.cancelTrainButton.enabled = False
+                if event.returncode == 0 and not event.text:
+                    self._parameterNode.modelFolder = self._parameterNode.trainOutput
+
+    def onCancelTraining(self) -> None:
+        if self._training is not None:
+            self._training.cancel()
+
+    def onDecompose(self) -> None:
+        """Decompose the radiograph: layers per object and type, results table and bar chart."""
+        def work(progress: ProgressRelay) -> None:
+            out = self.logic.decompose(self._parameterNode, progress)
+            ood = out.decomposition.ood
+            self.ui.oodLabel.text = ("Out of distribution: " + "; ".join(ood.reasons)) if ood.flag else "In distribution."
+            self.logic.showResults(self._parameterNode, out)
+
+        self._runWork("Decomposing", work)
+
+
+class MSKdeXLogic(ScriptedLoadableModuleLogic):
+    """Thin: reads the parameter node and calls :class:`MSKdeXLib.pipeline.Pipeline`."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._pipeline = None
+        self.drrLayers: dict = {}
+
+    @property
+    def pipeline(self):
+        """MSKdeXLib's Pipeline on the application scene (imported on first use: it needs torch,
+        which ensure_torch offers to install through the PyTorch extension)."""
+        if self._pipeline is None:
+            ensure_torch()
+            from MSKdeXLib.pipeline import Pipeline
+
+            self._pipeline = Pipeline(slicer.mrmlScene)
+        return self._pipeline
+
+    def getParameterNode(self) -> MSKdeXParameterNode:
+        return MSKdeXParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def ensureDependencies(confirm) -> list[str]:
+        ensure_torch()
+        return ensure_requirements(confirm)
+
+    def _geometry(self, p: MSKdeXParameterNode):
+        from MSKdeXTraining.imaging.geometry import Geometry
+
+        return Geometry(p.detectorSize, p.detectorSize, (p.pixelSpacing, p.pixelSpacing),
+                        p.sourceDetectorDistance, p.sourceIsocenterDistance)
+
+    def segmentationQC(self, p: MSKdeXParameterNode) -> list[dict]:
+        from MSKdeXLib.qc_table import qc_rows
+
+        qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap))
+        return qc_rows(qc)
+
+    def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> list[str]:
+        result, self.drrLayers = self.pipeline.compute_drrs(
+            p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
+        return list(result.stack.names)
+
+    def drrLayer(self, name: str, drrType: str):
+        return self.drrLayers.get((name, drrType))
+
+    def register(self, p: MSKdeXParameterNode, progress: ProgressRelay, redo: bool = False):
+        start = pose_from_transform_node(self.poseNode(p.bone)) if redo else None
+        result, _transform, layer = self.pipeline.register(
+            p.ctVolume, p.segmentation, p.radiograph, self.pipeline.object_map(p.objectMap), p.bone,
+            p.sourceDetectorDistance, p.sourceIsocenterDistance, p.registrationPreset, progress, start)
+        return result, layer
+
+    @staticmethod
+    def poseNode(bone: str):
+        node = slicer.mrmlScene.GetFirstNodeByName(pose_node_name(bone))
+        if node is None:
+            raise ValueError(f"no registered pose for {bone}; click Register first")
+        return node
+
+    def acceptPose(self, bone: str) -> None:
+        self.poseNode(bone).SetAttribute(ACCEPTED_ATTRIBUTE, "1")
+
+    def startTraining(self, p: MSKdeXParameterNode):
+        return self.pipeline.training_process(p.datasetFolder, p.trainConfig, p.trainOutput, p.resumeTraining)
+
+    def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay):
+        out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress)
+        p.resultsTable = out.table
+        return out
+
+    @staticmethod
+    def showResults(p: MSKdeXParameterNode, out) -> None:
+        """Table + bar chart in the layout, the first muscle's MDRR over the radiograph."""
+        layoutManager = slicer.app.layoutManager()
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        slicer.modules.plots.logic().ShowChartInLayout(out.chart)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(out.table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        first = out.layers[(out.decomposition.names[0], "mdrr")]
+        slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=first, foregroundOpacity=0.5, fit=True)
+
+
+class MSKdeXTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: the bridge on a synthetic CT/segmentation and the module's GUI wiring."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_bridge_round_trip()
+        self.test_widget_binds_parameters()
+
+    def test_bridge_round_trip(self) -> None:
+        """The MSKdeXLib tests (Testing/MSKdeXLibTest.py) against this application's MRML."""
+        import unittest
+
+        suite = unittest.defaultTestLoader.discover(str(Path(__file__).parent / "Testing"), pattern="MSKdeXLibTest.py")
+        result = unittest.TextTestRunner(verbosity=2).run(suite)
+        self.assertTrue(result.wasSuccessful() and result.testsRun > 0)
+        self.delayDisplay("bridge tests passed")
+
+    def test_widget_binds_parameters(self) -> None:
+        widget = slicer.modules.mskdex.widgetRepresentation().self()
+        p = widget.logic.getParameterNode()
+        p.pixelSpacing = 2.5
+        self.assertAlmostEqual(widget.ui.pixelSpacingSpinBox.value, 2.5)
+        widget.ui.ttaSpinBox.value = 3
+        self.assertEqual(p.tta, 3)
+        self.delayDisplay("parameter node bound to the GUI")

@@ -1,0 +1,186 @@
+"""Run the backend CLI (``mskdex ...``) in a child process: progress, log and cancel.
+
+The GUI must not freeze during training, so the backend runs out of process. Its output
+(stdout and stderr together) is read line by line on a background thread and queued;
+:meth:`BackendProcess.poll` drains the queue without blocking (call it from a GUI timer).
+tqdm progress bars (``desc:  45%|####   | 9/20 [...]``) become progress events, every other
+line a log event. :meth:`BackendProcess.cancel` stops the whole process group.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import MSKdeXTraining
+
+#: A tqdm bar: optional description, percentage, bar, then the rest (n/total, times, postfix).
+_TQDM = re.compile(r"^\s*(?:(?P<desc>[^|]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|(?P<rest>.*)$")
+_COUNTS = re.compile(r"^\s*(?P<n>[\d.]+[kM]?)/(?P<total>[\d.]+[kM]?)")
+#: n/total, then "[elapsed<remaining, rate]" or "elapsed<remaining", at the start of the rest.
+_COUNTS_AND_TIMES = re.compile(r"^\s*(?:[\d.]+[kM]?/[\d.]+[kM]?)?\s*(?:\[[^\]]*\]|[\d:]+<[\d:?]+)?[,\s]*")
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    """One thing the child process said: a log line, a progress update, or its end."""
+
+    kind: Literal["log", "progress", "finished"]
+    text: str = ""
+    fraction: float | None = None
+    returncode: int | None = None
+
+
+def parse_progress(line: str) -> tuple[float, str] | None:
+    """(fraction 0..1, message) of a tqdm progress line, or None for any other line.
+
+    The fraction is n/total when the bar shows it, else its percentage; the message is the
+    bar's description and/or its postfix (``mskdex train`` shows "epoch k/N, losses" there).
+    """
+    m = _TQDM.match(line)
+    if m is None:
+        return None
+    counts = _COUNTS.match(m["rest"])
+    total = _count(counts["total"]) if counts else 0.0
+    fraction = _count(counts["n"]) / total if total > 0 else int(m["pct"]) / 100.0
+    desc = (m["desc"] or "").strip()
+    postfix = _COUNTS_AND_TIMES.sub("", m["rest"], count=1).strip()
+    message = f"{desc}: {postfix}" if desc and postfix else desc or postfix
+    return min(max(fraction, 0.0), 1.0), message
+
+
+def _count(text: str) -> float:
+    scale = {"k": 1e3, "M": 1e6}.get(text[-1], 1.0)
+    return float(text.rstrip("kM")) * scale
+
+
+def python_executable() -> str:
+    """The Python that runs the backend: Slicer's ``PythonSlicer`` when present, else this one."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def backend_command(subcommand: str, arguments: list[str], python: str | None = None) -> list[str]:
+    """Command line running ``mskdex <subcommand> <arguments>`` with the bundled backend."""
+    return [python or python_executable(), "-m", "MSKdeXTraining.cli", subcommand, *map(str, arguments)]
+
+
+class BackendProcess:
+    """A started child process whose output is parsed line by line; never blocks the caller."""
+
+    def __init__(self, command: list[str], cwd: str | Path | None = None):
+        env = dict(os.environ)
+        package_root = str(Path(MSKdeXTraining.__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.command = list(command)
+        self.fraction = 0.0
+        self.message = ""
+        self.log: list[str] = []
+        self._events: queue.Queue[ProcessEvent] = queue.Queue()
+        self._cancelled = False
+        try:
+            self._process = subprocess.Popen(
+                self.command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, bufsize=0,
+                start_new_session=(os.name == "posix"))
+        except OSError as e:
+            raise RuntimeError(f"cannot start {self.command[0]!r}: {e}") from None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        """Split the raw output on \\n and \\r (tqdm redraws with \\r); a redraw still waiting
+        for its terminator is parsed at once, so progress is never one update late."""
+        fd = self._process.stdout.fileno()
+        pending, shown = b"", ""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            *lines, pending = re.split(rb"[\r\n]", pending + chunk)
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if line != shown:
+                    self._emit(line)
+                shown = ""
+            text = pending.decode(errors="replace")
+            if text != shown and parse_progress(text) is not None:
+                self._emit(text)
+                shown = text
+        if pending and pending.decode(errors="replace") != shown:
+            self._emit(pending.decode(errors="replace"))
+        self._process.stdout.close()
+        code = self._process.wait()
+        self._events.put(ProcessEvent("finished", "cancelled" if self._cancelled else "", returncode=code))
+
+    def _emit(self, line: str) -> None:
+        if not line.strip():
+            return
+        progress = parse_progress(line)
+        if progress is None:
+            self._events.put(ProcessEvent("log", line))
+        else:
+            self._events.put(ProcessEvent("progress", progress[1], progress[0]))
+
+    @property
+    def running(self) -> bool:
+        return self._reader.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.running else self._process.returncode
+
+    def poll(self) -> list[ProcessEvent]:
+        """Every event since the last call (possibly none); updates :attr:`fraction`,
+        :attr:`message` and :attr:`log`."""
+        events = []
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return events
+            if event.kind == "progress":
+                self.fraction, self.message = event.fraction, event.text
+            elif event.kind == "log":
+                self.log.append(event.text)
+            events.append(event)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Block until the process ends (tests and batch use); returns its exit code."""
+        self._reader.join(timeout)
+        if self._reader.is_alive():
+            raise TimeoutError(f"{self.command[:4]} still running after {timeout} s")
+        return self._process.returncode
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the process (and its children): SIGTERM, then SIGKILL after ``grace_s`` seconds."""
+        if not self.running:
+            return
+        self._cancelled = True
+        self._signal(signal.SIGTERM)
+        self._reader.join(grace_s)
+        if self._reader.is_alive():
+            self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+            self._reader.join(grace_s)
+
+    def _signal(self, sig: int) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self._process.pid, sig)
+            else:
+                self._process.terminate()
+        except ProcessLookupError:
+            pass

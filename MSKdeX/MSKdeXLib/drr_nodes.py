@@ -1,0 +1,82 @@
+"""Object-wise DRR stacks ``(3, N, H, W)`` as overlay layers: one volume node per object and type.
+
+Each layer is a one-slice scalar volume named ``<prefix> <object> <TYPE>`` with attributes
+:data:`OBJECT_ATTRIBUTE`, :data:`TYPE_ATTRIBUTE` and :data:`UNIT_ATTRIBUTE` (WVDRR 1, VDRR cm,
+MDRR g/cm2), windowed from 0 to its maximum, with a colour map when the scene has one, and
+filed in a subject-hierarchy folder named ``prefix``. Running again with the same prefix updates
+the same nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import slicer
+
+from MSKdeXTraining.imaging.projector import DRR_TYPES
+from MSKdeXTraining.imaging.volume import InputError
+
+from .radiograph_nodes import detector_volume, place_like
+from .volume_nodes import volume_from_node, volume_to_node
+
+OBJECT_ATTRIBUTE = "MSKdeX.Object"
+TYPE_ATTRIBUTE = "MSKdeX.DRRType"
+UNIT_ATTRIBUTE = "MSKdeX.Unit"
+#: Units of each DRR type (see docs/formats.md, "DRR units").
+DRR_UNIT = {"wvdrr": "1", "vdrr": "cm", "mdrr": "g/cm2"}
+#: Colour maps tried for each type (Slicer's built-in colour nodes; grey when absent).
+COLOR_NODE = {"wvdrr": "vtkMRMLColorTableNodeGrey", "vdrr": "vtkMRMLColorTableNodeFileViridis.txt",
+              "mdrr": "vtkMRMLColorTableNodeFileInferno.txt"}
+
+
+def layer_name(prefix: str, name: str, drr_type: str) -> str:
+    return f"{prefix} {name} {drr_type.upper()}"
+
+
+def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[float, float], scene,
+               prefix: str, reference_node=None) -> dict[tuple[str, str], object]:
+    """Create or update the 3N layer nodes of ``data`` (3, N, H, W) in physical units.
+
+    ``pixel_spacing`` (row, column) mm of the DRR detector; with ``reference_node`` (a
+    radiograph node) the layers lie in its plane, centred on it.
+    Returns {(object, type): node}.
+    """
+    data = np.asarray(data)
+    if data.ndim != 4 or data.shape[0] != len(DRR_TYPES) or data.shape[1] != len(names):
+        raise InputError(f"{prefix}: DRR stack must be (3, {len(names)}, H, W), got {data.shape}")
+    nodes = {}
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    folder = hierarchy.GetItemChildWithName(hierarchy.GetSceneItemID(), prefix) or \
+        hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), prefix)
+    for t, drr_type in enumerate(DRR_TYPES):
+        for n, name in enumerate(names):
+            label = layer_name(prefix, name, drr_type)
+            node = scene.GetFirstNodeByName(label)
+            image = np.ascontiguousarray(data[t, n], dtype=np.float32)
+            node = volume_to_node(detector_volume(image, pixel_spacing), scene, label, node)
+            if reference_node is not None:
+                place_like(node, reference_node, pixel_spacing)
+            node.SetAttribute(OBJECT_ATTRIBUTE, name)
+            node.SetAttribute(TYPE_ATTRIBUTE, drr_type)
+            node.SetAttribute(UNIT_ATTRIBUTE, DRR_UNIT[drr_type])
+            _display(node, image, drr_type, scene)
+            hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(folder, node), folder)
+            nodes[(name, drr_type)] = node
+    return nodes
+
+
+def stack_from_layers(nodes: dict[tuple[str, str], object], names: Sequence[str]) -> np.ndarray:
+    """(3, N, H, W) float32 stack back from the layer nodes of :func:`drr_layers`."""
+    return np.stack([np.stack([volume_from_node(nodes[(n, t)]).array[0] for n in names])
+                     for t in DRR_TYPES])
+
+
+def _display(node, image: np.ndarray, drr_type: str, scene) -> None:
+    display = node.GetDisplayNode()
+    color = COLOR_NODE[drr_type]
+    if scene.GetNodeByID(color) is not None:
+        display.SetAndObserveColorNodeID(color)
+    top = float(image.max())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, top if top > 0 else 1.0)

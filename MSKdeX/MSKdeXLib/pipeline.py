@@ -1,0 +1,172 @@
+"""What the MSKdeX module does, on MRML nodes, without Qt: the Slicer module's Logic and the
+batch script both call this.
+
+Each step reads nodes, converts them through the bridge (:mod:`volume_nodes`,
+:mod:`segmentation_nodes`, :mod:`radiograph_nodes`), runs the backend, and writes output
+nodes (:mod:`drr_nodes`, :mod:`results_table`, :mod:`pose_nodes`). Errors are raised
+(:class:`InputError` naming the node and field); nothing here shows dialogs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from MSKdeXTraining.drr import DRRResult, render_drr
+from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
+from MSKdeXTraining.imaging.projector import project_objects
+from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
+
+from .backend_process import BackendProcess, backend_command
+from .drr_nodes import drr_layers
+from .progress import ProgressRelay
+from .radiograph_nodes import radiograph_from_node
+from .results_table import results_chart, results_table
+from .segmentation_nodes import label_names, labels_from_segmentation
+from .volume_nodes import volume_from_node
+
+#: Names of the output nodes (a re-run updates the same nodes).
+DRR_PREFIX = "MSKdeX DRR"
+ALIGNED_PREFIX = "MSKdeX aligned"
+RESULT_PREFIX = "MSKdeX"
+TABLE_NAME = "MSKdeX results"
+CHART_NAME = "MSKdeX results chart"
+QC_TABLE_NAME = "MSKdeX segmentation QC"
+
+
+@dataclass
+class DecomposeOutput:
+    """A decomposition and the nodes showing it."""
+
+    decomposition: object  # MSKdeXTraining.inference.Decomposition
+    layers: dict
+    table: object
+    chart: object
+
+
+class Pipeline:
+    """The MSKdeX steps on the nodes of one MRML ``scene``."""
+
+    def __init__(self, scene):
+        self.scene = scene
+
+    # -- inputs -------------------------------------------------------------------------
+    @staticmethod
+    def object_map(name_or_path: str) -> ObjectMap:
+        """A built-in object map by name or a JSON file (see ``MSKdeXTraining.objects``)."""
+        return load_object_map(name_or_path)
+
+    def inputs(self, ct_node, segmentation_node, objects: ObjectMap) -> tuple[Volume, Volume]:
+        """(CT in HU, label map on the CT grid) from the nodes; segments are matched to label
+        values by their object-map names (see :func:`label_names`) or their MSKdeX tag;
+        other segments are ignored."""
+        ct = volume_from_node(ct_node, "CT")
+        values = {name: value for value, name in label_names(objects).items()}
+        labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
+        return ct, labels
+
+    def segmentation_qc(self, ct_node, segmentation_node, objects: ObjectMap):
+        """Backend segmentation QC of the selected segmentation; returns (qc, table node)."""
+        from MSKdeXTraining.qc import segmentation_qc
+
+        from .qc_table import qc_table
+
+        _, labels = self.inputs(ct_node, segmentation_node, objects)
+        qc = segmentation_qc(labels, objects)
+        table = qc_table(qc, self.scene, QC_TABLE_NAME, self.scene.GetFirstNodeByName(QC_TABLE_NAME))
+        return qc, table
+
+    # -- DRRs ---------------------------------------------------------------------------
+    @staticmethod
+    def reference_pose(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Geometry) -> np.ndarray:
+        """Default AP pose centred on the pelvis (pelvis + sacrum centroid), or on the CT centre
+        when the map has no pelvis."""
+        try:
+            from MSKdeXTraining.imaging.registration import default_isocenter
+
+            center = default_isocenter(labels, objects)
+        except (ObjectMapError, InputError, ImportError):
+            center = ct.center
+        return default_ap_pose(center, geometry)
+
+    def compute_drrs(self, ct_node, segmentation_node, objects: ObjectMap, geometry: Geometry,
+                     reference_node=None, progress: ProgressRelay | None = None) -> tuple[DRRResult, dict]:
+        """Object-wise DRRs of the CT in the default AP pose (:meth:`reference_pose`) as layers;
+        returns (result with the stack and its metrics (DRR sums vs 3D volume/mass), layers)."""
+        ct, labels = self.inputs(ct_node, segmentation_node, objects)
+        result = render_drr(ct, labels, objects, geometry, self.reference_pose(ct, labels, objects, geometry),
+                            source=f"segmentation {segmentation_node.GetName()!r}", progress=progress)
+        layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
+                            DRR_PREFIX, reference_node)
+        return result, layers
+
+    # -- bone alignment -----------------------------------------------------------------
+    def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,
+                 sdd: float, sod: float, preset: str = "fast", progress: ProgressRelay | None = None,
+                 start_pose: np.ndarray | None = None):
+        """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
+        radiograph (SDD/SOD in mm); returns (result, transform node, aligned bone DRR layer).
+
+        ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
+        from the transform node after the user moved it (Redo)."""
+        from MSKdeXTraining.imaging.registration import RegistrationSettings, register_bone, rigid_bodies
+
+        from .pose_nodes import pose_node_name, pose_to_transform_node
+
+        bodies = rigid_bodies(objects)
+        if body not in bodies:
+            raise InputError(f"bone: expected one of {sorted(bodies)}, got {body!r}")
+        ct, labels = self.inputs(ct_node, segmentation_node, objects)
+        radiograph = radiograph_from_node(radiograph_node)
+        geometry = Geometry(radiograph.array.shape[0], radiograph.array.shape[1],
+                            radiograph.pixel_spacing, sdd, sod)
+        result = register_bone(ct, labels, bodies[body], radiograph.array, geometry, start_pose,
+                               settings=RegistrationSettings.preset(preset), progress=progress)
+        reference = self.reference_pose(ct, labels, objects, geometry)
+        transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
+                                           gc=result.gc)
+        bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")
+        drr = project_objects(ct, labels, bone, geometry, result.pose)
+        layer = drr_layers(drr.data.numpy(), bone.names, geometry.pixel_spacing, self.scene,
+                           ALIGNED_PREFIX, radiograph_node)[(body, "wvdrr")]
+        return result, transform, layer
+
+    # -- training -----------------------------------------------------------------------
+    @staticmethod
+    def training_process(dataset: Path, config: str, out: Path, resume: bool = False) -> BackendProcess:
+        """Start ``mskdex train`` in a child process (see :class:`BackendProcess`)."""
+        if not (Path(dataset) / "manifest.json").is_file():
+            raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
+                             "`mskdex prepare` (dataset layout v1, see docs/formats.md)")
+        if not str(out).strip() or Path(out) == Path("."):
+            raise InputError("training output folder: choose a folder for the model run")
+        arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
+        return BackendProcess(backend_command("train", arguments + (["--resume"] if resume else [])))
+
+    # -- decompose ----------------------------------------------------------------------
+    def decompose(self, model: Path, radiograph_node, tta: int = 8, seed: int = 0,
+                  progress: ProgressRelay | None = None) -> DecomposeOutput:
+        """Decompose the radiograph with the model run folder ``model``: one layer per object
+        and DRR type, the results table (one row per object, units) and its bar chart."""
+        import torch
+
+        from MSKdeXTraining.inference import Decomposer
+
+        model = Path(model)
+        if not (model / "model.json").is_file():
+            raise InputError(f"model folder {model}: no model.json; expected a run folder written by "
+                             "`mskdex train` (model.safetensors + model.json)")
+        radiograph = radiograph_from_node(radiograph_node)
+        decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
+        layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,
+                            RESULT_PREFIX, radiograph_node)
+        table = results_table(result.table, self.scene, TABLE_NAME, self.scene.GetFirstNodeByName(TABLE_NAME))
+        table.SetAttribute("MSKdeX.OOD", "1" if result.ood.flag else "0")
+        table.SetAttribute("MSKdeX.OODReasons", "; ".join(result.ood.reasons))
+        table.SetAttribute("MSKdeX.Model", str(model.resolve()))
+        chart = results_chart(table, self.scene, CHART_NAME, node=self.scene.GetFirstNodeByName(CHART_NAME))
+        return DecomposeOutput(result, layers, table, chart)

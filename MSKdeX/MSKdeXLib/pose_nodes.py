@@ -1,0 +1,61 @@
+"""Bone poses (4x4 world LPS -> camera, mm) as linear transform nodes.
+
+A registered pose ``P`` of a bone and the reference (default AP) pose ``P0`` of the CT
+differ by a motion of the bone in the world: ``M = P0^-1 @ P`` (LPS). The transform node
+holds ``M`` in RAS as its transform to parent, so a bone model or segment placed under it
+shows where the registration put the bone. The raw poses are kept as node attributes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from MSKdeXTraining.imaging.volume import InputError
+
+from .coordinates import from_vtk_matrix, lps_to_ras_transform, ras_to_lps_transform, to_vtk_matrix
+
+POSE_ATTRIBUTE = "MSKdeX.Pose"
+REFERENCE_ATTRIBUTE = "MSKdeX.ReferencePose"
+GC_ATTRIBUTE = "MSKdeX.GradientCorrelation"
+ACCEPTED_ATTRIBUTE = "MSKdeX.Accepted"
+
+
+def pose_node_name(body: str) -> str:
+    """Name of the transform node holding the registered pose of ``body`` (e.g. ``pelvis``)."""
+    return f"MSKdeX aligned {body} pose"
+
+
+def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, name: str,
+                           node=None, gc: float | None = None):
+    """Create or update a linear transform node for ``pose`` relative to ``reference_pose``."""
+    pose, reference_pose = _check(pose, name), _check(reference_pose, name)
+    motion_lps = np.linalg.inv(reference_pose) @ pose
+    if node is None:
+        node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(to_vtk_matrix(lps_to_ras_transform(motion_lps)))
+    node.SetAttribute(POSE_ATTRIBUTE, json.dumps(pose.tolist()))
+    node.SetAttribute(REFERENCE_ATTRIBUTE, json.dumps(reference_pose.tolist()))
+    node.SetAttribute(ACCEPTED_ATTRIBUTE, "0")
+    if gc is not None:
+        node.SetAttribute(GC_ATTRIBUTE, repr(float(gc)))
+    return node
+
+
+def pose_from_transform_node(node) -> np.ndarray:
+    """The world->camera pose (4x4, LPS mm) a transform node stands for (after any user edit)."""
+    text = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
+    if not text:
+        raise InputError(f"transform {node.GetName() if node else None!r}: not a MSKdeX bone pose "
+                         f"(attribute {REFERENCE_ATTRIBUTE} missing)")
+    matrix = to_vtk_matrix(np.eye(4))
+    node.GetMatrixTransformToParent(matrix)
+    return np.array(json.loads(text)) @ ras_to_lps_transform(from_vtk_matrix(matrix))
+
+
+def _check(m: np.ndarray, name: str) -> np.ndarray:
+    m = np.asarray(m, float)
+    if m.shape != (4, 4) or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6):
+        raise InputError(f"{name}: a pose must be a 4x4 rigid transform, got {np.round(m, 4).tolist()}")
+    return m

@@ -1,0 +1,32 @@
+"""Progress reporting that can be cancelled, for long in-process work (no Qt).
+
+Backend functions take ``progress(fraction 0..1, message)``; a :class:`ProgressRelay`
+forwards each call (the widget's hook updates a progress bar and processes GUI events) and
+raises :class:`Cancelled` at the next call after :meth:`ProgressRelay.cancel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Cancelled(RuntimeError):
+    """The user stopped the work."""
+
+
+class ProgressRelay:
+    def __init__(self, report: Callable[[float, str], None] | None = None):
+        self.report = report
+        self.cancelled = False
+        self.fraction = 0.0
+        self.message = ""
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.cancelled:
+            raise Cancelled(f"cancelled at {100 * self.fraction:.0f} % ({self.message})")
+        self.fraction, self.message = float(fraction), str(message)
+        if self.report is not None:
+            self.report(self.fraction, self.message)

@@ -1,0 +1,65 @@
+"""Segmentation QC (``MSKdeXTraining.qc``) as rows and as a table node.
+
+One row per object: volume (cm3), connected components, enclosed holes, share of the volume
+in the largest component (%), flags, and a ``status``: ``failed`` (a flag that fails the
+case: missing, volume_low, volume_high), ``warning`` (fragmented, holes) or ``ok``.
+"""
+
+from __future__ import annotations
+
+import vtk
+
+from MSKdeXTraining.qc import FAILING_FLAGS, SegmentationQC
+
+#: (column, unit, description) of the numeric columns.
+NUMERIC = (
+    ("volume_cm3", "cm3", "Object volume in the segmentation"),
+    ("components", "", "Connected components (26-connectivity), summed over sides"),
+    ("holes", "", "Enclosed background cavities"),
+    ("largest_percent", "%", "Share of the volume in the largest component (smallest over sides)"),
+)
+
+
+def qc_rows(qc: SegmentationQC) -> list[dict]:
+    """One dict per object: object, status, the :data:`NUMERIC` fields, flags, messages."""
+    rows = []
+    for name, o in qc.objects.items():
+        status = "failed" if any(f in FAILING_FLAGS for f in o.flags) else "warning" if o.flags else "ok"
+        rows.append({"object": name, "status": status, "volume_cm3": round(o.volume_cm3, 3),
+                     "components": o.components, "holes": o.holes,
+                     "largest_percent": round(100.0 * o.largest_fraction, 1),
+                     "flags": ", ".join(o.flags), "messages": "; ".join(o.messages)})
+    return rows
+
+
+def qc_table(qc: SegmentationQC, scene, name: str, node=None):
+    """Create or fill a table node with :func:`qc_rows`; returns it."""
+    rows = qc_rows(qc)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = node.GetTable()
+    table.Initialize()
+    for column in ("object", "status"):
+        table.AddColumn(_strings(column, [r[column] for r in rows]))
+    for column, unit, description in NUMERIC:
+        array = vtk.vtkDoubleArray()
+        array.SetName(column)
+        for r in rows:
+            array.InsertNextValue(float(r[column]))
+        table.AddColumn(array)
+        node.SetColumnDescription(column, description)
+        if unit:
+            node.SetColumnUnitLabel(column, unit)
+    for column in ("flags", "messages"):
+        table.AddColumn(_strings(column, [r[column] for r in rows]))
+    node.SetAttribute("MSKdeX.QCFailed", "1" if qc.failed else "0")
+    node.Modified()
+    return node
+
+
+def _strings(name: str, values: list[str]) -> vtk.vtkStringArray:
+    array = vtk.vtkStringArray()
+    array.SetName(name)
+    for v in values:
+        array.InsertNextValue(str(v))
+    return array

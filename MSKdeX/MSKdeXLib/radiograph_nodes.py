@@ -1,0 +1,83 @@
+"""Radiographs and other detector images as one-slice volume nodes.
+
+A radiograph ``(H, W)`` with pixel spacing (row, column) mm becomes a volume node of one
+slice: i runs along detector columns, j along rows, spacing (column, row, 1) mm. A new node
+is placed in the coronal plane the way the default AP view sees the patient (columns from
+the patient's right to left, rows head to foot; see ``imaging.geometry.AP_ROTATION``), centred
+on the world origin, so Slicer's coronal view shows it as a radiologist hangs it. A radiograph
+loaded by Slicer itself (DICOM DX/CR, PNG) keeps its own placement; detector layers computed
+from it (DRRs, overlays) take its plane and centre via :func:`place_like`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import slicer.util
+
+from MSKdeXTraining.imaging.geometry import AP_ROTATION
+from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.radiograph_io import Radiograph
+
+from .coordinates import node_geometry, set_node_geometry
+from .volume_nodes import volume_to_node
+
+#: Node attribute holding the radiograph's source record (JSON).
+SOURCE_ATTRIBUTE = "MSKdeX.Source"
+#: ITU-R BT.601 luma weights, for colour pictures loaded as vector volumes.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Volume:
+    """A one-slice :class:`Volume` of a detector image ``(H, W)`` in the default AP placement."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise InputError(f"detector image must be 2D (H, W), got shape {image.shape}")
+    rows, cols = image.shape
+    row_mm, col_mm = (float(s) for s in pixel_spacing)
+    direction = AP_ROTATION.T  # columns: camera x, y, z axes in LPS
+    corner = np.array([-(cols - 1) / 2 * col_mm, -(rows - 1) / 2 * row_mm, 0.0])
+    return Volume(image[None], (col_mm, row_mm, 1.0), direction @ corner, direction)
+
+
+def radiograph_to_node(radiograph: Radiograph, scene, name: str, node=None):
+    """A scalar volume node (one slice) holding ``radiograph``; returns the node."""
+    node = volume_to_node(detector_volume(radiograph.array, radiograph.pixel_spacing), scene, name, node)
+    node.SetAttribute(SOURCE_ATTRIBUTE, json.dumps(radiograph.source, default=str))
+    display = node.GetDisplayNode()
+    lo, hi = float(np.min(radiograph.array)), float(np.max(radiograph.array))
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1.0)
+    return node
+
+
+def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
+    """The :class:`Radiograph` (array (H, W) float32, spacing (row, column) mm) of a one-slice node.
+
+    Colour (vector) volumes are turned into grey with the BT.601 luma weights.
+    """
+    if node is None or node.GetImageData() is None:
+        raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
+    array = np.asarray(slicer.util.arrayFromVolume(node))
+    if array.ndim == 4:
+        array = array[..., :3] @ _LUMA if array.shape[-1] >= 3 else array[..., 0]
+    if array.shape[0] != 1:
+        raise InputError(f"{what} ({node.GetName()}): expected a one-slice image, got "
+                         f"{array.shape[0]} slices of {array.shape[1]}x{array.shape[2]}")
+    spacing, _, _ = node_geometry(node)
+    source = json.loads(node.GetAttribute(SOURCE_ATTRIBUTE) or "{}")
+    source.setdefault("node", node.GetName())
+    return Radiograph(np.array(array[0], dtype=np.float32), (float(spacing[1]), float(spacing[0])), source)
+
+
+def place_like(node, reference_node, pixel_spacing: tuple[float, float]) -> None:
+    """Put the one-slice ``node`` (pixel spacing (row, column) mm) in the plane of
+    ``reference_node``: same orientation, same image centre (detector images are centred on
+    the central ray, as ``inference.to_detector`` resamples them)."""
+    ref_spacing, ref_origin, direction = node_geometry(reference_node)
+    ref_dims = np.array(reference_node.GetImageData().GetDimensions(), float)
+    dims = np.array(node.GetImageData().GetDimensions(), float)
+    spacing = np.array([pixel_spacing[1], pixel_spacing[0], ref_spacing[2]], float)
+    centre = ref_origin + direction @ ((ref_dims - 1) / 2 * ref_spacing)
+    set_node_geometry(node, spacing, centre - direction @ ((dims - 1) / 2 * spacing), direction)

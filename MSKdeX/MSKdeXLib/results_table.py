@@ -1,0 +1,110 @@
+"""The per-object results as a table node (units in column names and properties) and a bar chart.
+
+Columns (as in the backend's CSV): ``object``, ``kind`` (muscle/bone), ``volume_cm3``,
+``volume_sd_cm3``, ``mass_g`` (lean mass for muscles, bone mass for bones), ``mass_sd_g``
+(the SDs are the test-time-augmentation uncertainty). Each numeric column carries its unit
+(``cm3``/``g``), a title and a description, which Slicer saves in the table's schema file.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import slicer
+import vtk
+
+from MSKdeXTraining.fileio import write_atomic
+from MSKdeXTraining.imaging.volume import InputError
+
+#: (column, title, unit, description) of the numeric columns, in order.
+NUMERIC_COLUMNS = (
+    ("volume_cm3", "Volume", "cm3", "Object volume estimated from its VDRR"),
+    ("volume_sd_cm3", "Volume SD", "cm3", "Uncertainty of the volume (SD over test-time augmentation)"),
+    ("mass_g", "Mass (lean muscle / bone)", "g", "Lean muscle mass (muscles) or bone mass (bones) from the MDRR"),
+    ("mass_sd_g", "Mass SD", "g", "Uncertainty of the mass (SD over test-time augmentation)"),
+)
+TEXT_COLUMNS = ("object", "kind")
+COLUMNS = TEXT_COLUMNS + tuple(c[0] for c in NUMERIC_COLUMNS)
+
+
+def results_table(rows: Sequence[Mapping], scene, name: str, node=None):
+    """Create or fill a table node with one row per object; returns the node.
+
+    Each row needs the keys :data:`COLUMNS`; SD values may be None (written as NaN).
+    """
+    missing = [c for c in COLUMNS if any(c not in r for r in rows)]
+    if missing:
+        raise InputError(f"{name}: result rows lack the fields {missing}; expected {list(COLUMNS)}")
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = node.GetTable()
+    table.Initialize()
+    for column in TEXT_COLUMNS:
+        array = vtk.vtkStringArray()
+        array.SetName(column)
+        for r in rows:
+            array.InsertNextValue(str(r[column]))
+        table.AddColumn(array)
+    for column, title, unit, description in NUMERIC_COLUMNS:
+        array = vtk.vtkDoubleArray()
+        array.SetName(column)
+        for r in rows:
+            value = r[column]
+            array.InsertNextValue(float("nan") if value is None else float(value))
+        table.AddColumn(array)
+        node.SetColumnUnitLabel(column, unit)
+        node.SetColumnTitle(column, f"{title} ({unit})")
+        node.SetColumnDescription(column, description)
+    node.SetUseColumnTitleAsColumnHeader(True)
+    node.Modified()
+    return node
+
+
+def table_rows(node) -> list[dict]:
+    """The rows of a results table node as dicts (numbers as float)."""
+    table = node.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        row = {}
+        for c in range(table.GetNumberOfColumns()):
+            column = table.GetColumn(c)
+            value = column.GetValue(r)
+            row[column.GetName()] = str(value) if column.GetName() in TEXT_COLUMNS else float(value)
+        rows.append(row)
+    return rows
+
+
+def results_chart(table_node, scene, name: str, column: str = "mass_g", node=None):
+    """A bar chart node of ``column`` per object of ``table_node``; returns the chart node."""
+    if column not in dict((c[0], c) for c in NUMERIC_COLUMNS):
+        raise InputError(f"{name}: cannot chart column {column!r}; choose one of "
+                         f"{[c[0] for c in NUMERIC_COLUMNS]}")
+    series_name = f"{name} series"
+    series = scene.GetFirstNodeByName(series_name) or scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", series_name)
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName("object")
+    series.SetLabelColumnName("object")
+    series.SetYColumnName(column)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeBar)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    node.RemoveAllPlotSeriesNodeIDs()
+    node.AddAndObservePlotSeriesNodeID(series.GetID())
+    title = dict((c[0], f"{c[1]} ({c[2]})") for c in NUMERIC_COLUMNS)[column]
+    node.SetTitle(title)
+    node.SetXAxisTitle("object")
+    node.SetYAxisTitle(title)
+    return node
+
+
+def write_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
+    """Write the rows as CSV with the :data:`COLUMNS` header (units in the names), atomically."""
+    def writer(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    return write_atomic(path, writer)

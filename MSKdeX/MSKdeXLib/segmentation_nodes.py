@@ -1,0 +1,148 @@
+"""Segmentation nodes <-> backend label maps (integer values per object map).
+
+A label map imported here becomes one segment per label value, named after the object map
+(``gluteus_maximus_left``, ``pelvis``, ...) and tagged with its value (segment tag
+:data:`VALUE_TAG`), so exporting it again gives back the same values on the same grid. A
+segmentation made elsewhere (Segment Editor, TotalSegmentator) is exported by segment name:
+pass ``values`` (name -> label value), e.g. from :func:`label_names` inverted; segments named
+``Label_<value>`` or ``Segment_<value>`` (how Slicer names segments of an imported label map
+without a colour table) give that value.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import slicer
+import vtk
+
+from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.objects import ObjectMap
+
+from .volume_nodes import labels_from_node, volume_to_node
+
+#: Segment tag that records the label value a segment stands for.
+VALUE_TAG = "MSKdeX.LabelValue"
+#: Segment names that carry their label value.
+_VALUE_NAME = re.compile(r"^(?:label|segment)[_ ]?(\d+)$", re.IGNORECASE)
+
+
+def label_names(objects: ObjectMap) -> dict[int, str]:
+    """Segment name for every label value of ``objects``: ``<object>_<side>`` for sided
+    objects, the object name for one-label objects, ``<object>_<value>`` otherwise."""
+    names: dict[int, str] = {}
+    for o in objects.objects:
+        for side, values in o.sides.items():
+            for v in values:
+                names[v] = f"{o.name}_{side}" if len(values) == 1 else f"{o.name}_{side}_{v}"
+        for v in o.labels:
+            names.setdefault(v, o.name if len(o.labels) == 1 else f"{o.name}_{v}")
+    return names
+
+
+def _color_table(scene, names: Mapping[int, str], node_name: str):
+    """A user colour table whose entry ``value`` is named ``names[value]`` (others unnamed)."""
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", node_name)
+    table.SetTypeToUser()
+    top = max(names)
+    table.SetNumberOfColors(top + 1)
+    rng = np.random.default_rng(0)  # fixed colours: the same label always looks the same
+    for v in range(top + 1):
+        table.SetColor(v, names.get(v, ""), *rng.uniform(0.2, 1.0, 3).tolist(), 1.0 if v in names else 0.0)
+    return table
+
+
+def labels_to_segmentation(labels: Volume, scene, name: str,
+                           names: Mapping[int, str] | None = None, node=None):
+    """A segmentation node with one segment per non-zero label value of ``labels``.
+
+    ``names`` gives segment names (default ``label_<value>``); every segment carries its value
+    in the :data:`VALUE_TAG` tag. Returns the segmentation node.
+    """
+    values = [int(v) for v in np.unique(labels.array) if v != 0]
+    if not values:
+        raise InputError(f"{name}: the label map is empty (only background 0)")
+    names = {v: (names or {}).get(v, f"label_{v}") for v in values}
+    labelmap = volume_to_node(labels, scene, f"__{name}_labels__", node_class="vtkMRMLLabelMapVolumeNode")
+    table = _color_table(scene, names, f"__{name}_names__")
+    labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.GetSegmentation().RemoveAllSegments()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node):
+            raise InputError(f"{name}: Slicer could not import the label map into a segmentation")
+    finally:
+        scene.RemoveNode(labelmap)
+        scene.RemoveNode(table)
+    segmentation = node.GetSegmentation()
+    by_name = {n: v for v, n in names.items()}
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        segment.SetTag(VALUE_TAG, str(by_name[segment.GetName()]))
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    return node
+
+
+def segment_values(node, values: Mapping[str, int] | None = None,
+                   skip_unknown: bool = False) -> dict[str, int]:
+    """Segment ID -> label value, from ``values`` (by segment name) first, then the
+    :data:`VALUE_TAG` tag, then a ``Label_<value>`` name. Segments with none of these raise
+    :class:`InputError` listing them, unless ``skip_unknown``."""
+    segmentation = node.GetSegmentation()
+    out, unknown = {}, []
+    for i in range(segmentation.GetNumberOfSegments()):
+        sid = segmentation.GetNthSegmentID(i)
+        segment = segmentation.GetSegment(sid)
+        tag = vtk.mutable("")
+        if values is not None and segment.GetName() in values:
+            out[sid] = int(values[segment.GetName()])
+        elif segment.GetTag(VALUE_TAG, tag):
+            out[sid] = int(str(tag))
+        elif _VALUE_NAME.match(segment.GetName()):
+            out[sid] = int(_VALUE_NAME.match(segment.GetName()).group(1))
+        else:
+            unknown.append(segment.GetName())
+    if unknown and not skip_unknown:
+        raise InputError(
+            f"segmentation {node.GetName()!r}: segments {unknown} have no label value; name them "
+            f"after the object map (e.g. 'femur_left') or pass a name -> value mapping")
+    return out
+
+
+def labels_from_segmentation(node, reference_node, values: Mapping[str, int] | None = None,
+                             skip_unknown: bool = False) -> Volume:
+    """Label map (backend :class:`Volume`) of a segmentation on the grid of ``reference_node``.
+
+    Label values come from :func:`segment_values`. Where segments overlap, the later segment wins.
+    """
+    if node is None or node.GetSegmentation().GetNumberOfSegments() == 0:
+        raise InputError("segmentation: no segmentation selected, or it has no segments")
+    if reference_node is None or reference_node.GetImageData() is None:
+        raise InputError("segmentation: a reference volume (the CT) is needed to export it")
+    ids_to_value = segment_values(node, values, skip_unknown)
+    if not ids_to_value:
+        raise InputError(f"segmentation {node.GetName()!r}: no segment has a label value")
+    scene = node.GetScene()
+    segmentation = node.GetSegmentation()
+    names = {v: segmentation.GetSegment(sid).GetName() for sid, v in ids_to_value.items()}
+    if len(names) != len(ids_to_value):
+        raise InputError(f"segmentation {node.GetName()!r}: two segments map to the same label value")
+    table = _color_table(scene, names, "__export_names__")
+    ids = vtk.vtkStringArray()
+    for sid in ids_to_value:
+        ids.InsertNextValue(sid)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__export_labels__")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            node, ids, labelmap, reference_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, table)
+        if not ok:
+            raise InputError(f"segmentation {node.GetName()!r}: export to a label map failed")
+        return labels_from_node(labelmap, f"segmentation {node.GetName()!r}")
+    finally:
+        scene.RemoveNode(labelmap)
+        scene.RemoveNode(table)

@@ -1,0 +1,110 @@
+"""MSKdeX batch mode: decompose one radiograph headless and write the results table.
+
+Inside Slicer::
+
+    Slicer --no-main-window --python-script mskdex_batch.py --model RUN --xray X --out table.csv
+
+or under plain Python with the slicer-core wheel (``python mskdex_batch.py ...``). The
+radiograph goes through the same MRML nodes and pipeline as the module's Decompose button;
+``--scene DIR`` also saves the scene (radiograph, DRR layers, table, chart) for Slicer.
+
+Exit codes: 0 success, 2 bad input (message names the file/field), 1 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+# The module folder holds MSKdeXLib (and, in an installed extension, MSKdeXTraining).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mskdex_batch.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, type=Path, help="model run folder (model.safetensors + model.json)")
+    p.add_argument("--xray", required=True, type=Path, help="radiograph: DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG")
+    p.add_argument("--out", required=True, type=Path, help="results table to write (.csv; volumes cm3, masses g)")
+    p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
+                   help="detector pixel spacing (row [column]) in mm; required for PNG/JPEG")
+    p.add_argument("--tta", type=int, default=8, help="test-time augmentations for the uncertainty (1 = none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations")
+    p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder")
+    return p
+
+
+def run(argv: list[str]) -> int:
+    """Parse ``argv`` and run; returns the exit code (errors are printed, never raised)."""
+    args = build_parser().parse_args(argv)
+    try:
+        import slicer
+
+        from MSKdeXTraining.fileio import refuse_overwrite
+        from MSKdeXTraining.imaging.volume import InputError
+        from MSKdeXTraining.objects import ObjectMapError
+        from MSKdeXTraining.radiograph_io import read_radiograph
+
+        from MSKdeXLib.pipeline import Pipeline
+        from MSKdeXLib.radiograph_nodes import radiograph_to_node
+        from MSKdeXLib.results_table import table_rows, write_csv
+        from MSKdeXLib.scene_io import save_scene
+    except ImportError as e:
+        print(f"mskdex_batch: error: {e}. Run inside 3D Slicer with the MSKdeX extension, or in a "
+              "Python environment with MSKdeX and slicer-core installed.", file=sys.stderr)
+        return EXIT_ERROR
+    input_errors = (InputError, ObjectMapError, FileNotFoundError, FileExistsError)
+    try:
+        from MSKdeXTraining.modelio import ModelFormatError
+        input_errors += (ModelFormatError,)
+    except ImportError:
+        pass
+    try:
+        if args.tta < 1:
+            raise InputError(f"--tta must be >= 1, got {args.tta}")
+        refuse_overwrite(args.out, [args.xray, args.model])
+        scene = getattr(slicer, "mrmlScene", None)  # the application's scene inside Slicer
+        if scene is None:
+            scene = slicer.vtkMRMLScene()
+        radiograph = read_radiograph(args.xray, args.pixel_spacing)
+        node = radiograph_to_node(radiograph, scene, args.xray.name.split(".")[0])
+
+        def report(fraction: float, message: str) -> None:
+            print(f"mskdex_batch: {100 * fraction:3.0f}% {message}", flush=True)
+
+        out = Pipeline(scene).decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
+        write_csv(table_rows(out.table), args.out)
+        if args.scene is not None:
+            save_scene(scene, args.scene, "mskdex")
+        ood = out.decomposition.ood
+        if ood.flag:
+            print("mskdex_batch: warning: out of distribution: " + "; ".join(ood.reasons), file=sys.stderr)
+        print(f"mskdex_batch: wrote {args.out} ({len(out.decomposition.table)} objects)")
+        return EXIT_OK
+    except input_errors as e:
+        print(f"mskdex_batch: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception:  # report anything else with its traceback, and fail
+        traceback.print_exc()
+        return EXIT_ERROR
+
+
+def main() -> None:
+    code = run(sys.argv[1:])
+    try:
+        import slicer
+
+        if hasattr(slicer, "app"):  # inside Slicer: quit the application with the code
+            slicer.util.exit(code)
+            return
+    except ImportError:
+        pass
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Batch mode (MSKdeX/Scripts/mskdex_batch.py) under plain Python with the slicer-core wheel."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+pytest.importorskip("slicer")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "MSKdeX" / "Scripts" / "mskdex_batch.py"
+
+pytestmark = pytest.mark.slicer
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("mskdex_batch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_and_xray(tmp_path_factory):
+    """A tiny trained run folder and one of its toy radiographs as an .mha file (spacing in the file)."""
+    pytest.importorskip("MSKdeXTraining.inference")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_slicer_bridge import train_tiny_model
+
+    from MSKdeXTraining.modelio import read_safetensors
+    from MSKdeXTraining.training.data import read_manifest
+
+    root = tmp_path_factory.mktemp("batch")
+    run = train_tiny_model(root)
+    manifest = read_manifest(root / "toy")
+    case = manifest["cases"][0]
+    xray = read_safetensors(root / "toy" / case["file"])["xray"].numpy()
+    # the toy detector has 7.5 mm pixels; a radiograph file has detector-like pixels: same field
+    # of view at 1.5 mm (the decomposer resamples it onto the model's detector)
+    factor = 5
+    image = sitk.GetImageFromArray(ndimage.zoom(xray.astype(np.float32), factor, order=1, grid_mode=True,
+                                                  mode="nearest"))
+    row, col = manifest["geometry"]["pixel_spacing"]
+    image.SetSpacing((col / factor, row / factor))
+    path = root / "xray.mha"
+    sitk.WriteImage(image, str(path))
+    return run, path
+
+
+def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
+    run, xray = model_and_xray
+    out = tmp_path / "table.csv"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(run), "--xray", str(xray), "--out", str(out),
+                           "--tta", "2", "--scene", str(tmp_path / "scene")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    from MSKdeXTraining.inference import Decomposer
+    from MSKdeXTraining.radiograph_io import read_radiograph
+
+    expected = Decomposer.from_run(run).decompose(read_radiograph(xray), tta=2).table
+    assert [r["object"] for r in rows] == [e["object"] for e in expected]
+    assert list(rows[0]) == ["object", "kind", "volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g"]
+    for r, e in zip(rows, expected):
+        assert float(r["volume_cm3"]) == pytest.approx(e["volume_cm3"], rel=1e-9, abs=1e-12)
+        assert float(r["mass_g"]) == pytest.approx(e["mass_g"], rel=1e-9, abs=1e-12)
+        assert float(r["mass_sd_g"]) == pytest.approx(e["mass_sd_g"], rel=1e-9, abs=1e-12)
+    assert (tmp_path / "scene" / "mskdex.mrml").is_file()
+    assert "wrote" in proc.stdout and "100%" in proc.stdout
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_xray", "file not found"),
+    ("png_without_spacing", "pixel spacing"),
+    ("overwrite_input", "would overwrite the input"),
+    ("no_model", "no model.json"),
+    ("bad_tta", "--tta must be >= 1"),
+])
+def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
+    run, xray = model_and_xray
+    png = tmp_path / "x.png"
+    sitk.WriteImage(sitk.GetImageFromArray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)), str(png))
+    argv = {"missing_xray": ["--model", str(run), "--xray", str(tmp_path / "nope.dcm"), "--out", str(tmp_path / "t.csv")],
+            "png_without_spacing": ["--model", str(run), "--xray", str(png), "--out", str(tmp_path / "t.csv")],
+            "overwrite_input": ["--model", str(run), "--xray", str(xray), "--out", str(xray)],
+            "no_model": ["--model", str(tmp_path), "--xray", str(xray), "--out", str(tmp_path / "t.csv")],
+            "bad_tta": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv"), "--tta", "0"]}[case]
+    assert load_script().run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mskdex_batch: error:") and message in err
+    assert not (tmp_path / "t.csv").exists()
+
+
+def test_batch_help_exits_0():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--xray" in proc.stdout and "--model" in proc.stdout

@@ -1,0 +1,272 @@
+"""Static checks of the Slicer extension: CMake lists, the module file, the .ui, the index JSON.
+
+These read files only (MSKdeX.py needs the full Slicer application to import, so it is
+checked through its syntax tree).
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "MSKdeX"
+UI = MODULE / "Resources" / "UI" / "MSKdeX.ui"
+MODULE_PY = MODULE / "MSKdeX.py"
+
+#: Properties allowed by the Extensions Index description schema
+#: (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json, additionalProperties: false).
+INDEX_ALLOWED = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+                 "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+INDEX_REQUIRED = {"$schema", "category", "scm_url"}
+
+#: Widget classes the parameterNodeWrapper GUI connectors accept for each field type
+#: (Slicer's parameterNodeWrapper/guiConnectors.py; they compare the exact widget type).
+CONNECTORS = {"bool": {"QCheckBox", "QPushButton"}, "int": {"QSpinBox", "QSlider"},
+              "float": {"QDoubleSpinBox", "ctkSliderWidget"}, "str": {"QLineEdit", "QTextEdit"},
+              "choice": {"QComboBox"}, "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
+              "node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"}}
+
+
+def cmake_list(text: str, variable: str) -> list[str]:
+    """Items of ``set(VARIABLE ...)`` in a CMake file, with ${MODULE_NAME} substituted."""
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, f"set({variable} ...) not found"
+    items = [i for i in m.group(1).split() if not i.startswith("#")]
+    return [i.replace("${MODULE_NAME}", "MSKdeX") for i in items]
+
+
+def cmake_vars(text: str) -> dict[str, str]:
+    return {k: v for k, v in re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text)}
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def parameter_fields() -> dict[str, str]:
+    """Field name -> kind (bool/int/float/str/choice/Path/node) of the @parameterNodeWrapper class."""
+    tree = ast.parse(MODULE_PY.read_text())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+                getattr(d, "id", None) == "parameterNodeWrapper" for d in node.decorator_list):
+            fields = {}
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign):
+                    text = ast.unparse(stmt.annotation)
+                    if "Choice(" in text:
+                        kind = "choice"
+                    elif text.startswith("vtkMRML"):
+                        kind = "node"
+                    else:
+                        kind = re.sub(r"Annotated\[(\w+),.*", r"\1", text)
+                    fields[stmt.target.id] = kind
+            return fields
+    raise AssertionError("no @parameterNodeWrapper class in MSKdeX.py")
+
+
+def test_module_cmake_lists_every_file_and_only_existing_files():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
+    missing = [f for f in scripts + resources if not (MODULE / f).is_file()]
+    assert not missing, f"listed in MSKdeX/CMakeLists.txt but absent: {missing}"
+    on_disk = {p.relative_to(MODULE).as_posix() for p in MODULE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert on_disk - set(scripts) == set(), f"module .py files not listed: {on_disk - set(scripts)}"
+    resource_files = {p.relative_to(MODULE).as_posix() for p in (MODULE / "Resources").rglob("*") if p.is_file()}
+    assert resource_files - set(resources) == set(), f"resources not listed: {resource_files - set(resources)}"
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS", text, re.S)
+    assert "add_subdirectory(Testing)" in text and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+
+
+def test_testing_cmake_scripts_exist():
+    text = (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT\s+(\S+)\)", text)
+    assert scripts
+    for s in scripts:
+        assert (MODULE / "Testing" / s.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "")).is_file(), s
+
+
+def test_top_level_cmake_follows_the_extension_template():
+    text = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(MSKdeX\)", text, re.M)
+    variables = cmake_vars(text)
+    for name in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert variables.get(name), f"{name} missing or empty"
+    assert variables["EXTENSION_CATEGORY"] == "Quantification"
+    assert variables["EXTENSION_DEPENDS"] == "PyTorch"
+    for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                 "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
+        assert line in text, line
+    for sub in re.findall(r"add_subdirectory\((\w+)\)", text):
+        assert (ROOT / sub / "CMakeLists.txt").is_file(), sub
+    assert {"MSKdeX", "MSKdeXTraining"} <= set(re.findall(r"add_subdirectory\((\w+)\)", text))
+    # the icon and screenshot the index shows are files of this repository
+    for url in (variables["EXTENSION_ICONURL"], variables["EXTENSION_SCREENSHOTURLS"]):
+        assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
+
+
+def test_backend_cmake_installs_every_package_file():
+    text = (ROOT / "MSKdeXTraining" / "CMakeLists.txt").read_text()
+    patterns = [p.replace("${CMAKE_CURRENT_SOURCE_DIR}/", "") for p in
+                re.findall(r"\$\{CMAKE_CURRENT_SOURCE_DIR\}/[^\s)]+", text) if "*" in p]
+    assert "*.py" in patterns
+    package = ROOT / "MSKdeXTraining"
+    unshipped = []
+    for path in package.rglob("*"):
+        rel = path.relative_to(package).as_posix()
+        if path.is_dir() or "__pycache__" in path.parts or rel == "CMakeLists.txt":
+            continue
+        # GLOB_RECURSE: "*.py" matches at any depth, "data/*" anything under data/
+        if not any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(path.name, p) and "/" not in p
+                   for p in patterns):
+            unshipped.append(rel)
+    assert not unshipped, f"backend files the extension would not ship: {unshipped}"
+    assert "ctkMacroCompilePythonScript" in text and "Slicer_QTSCRIPTEDMODULES_LIB_DIR" in text
+
+
+def test_module_file_compiles_and_is_thin():
+    source = MODULE_PY.read_text()
+    compile(source, str(MODULE_PY), "exec")
+    classes = [n.name for n in ast.parse(source).body if isinstance(n, ast.ClassDef)]
+    assert classes == ["MSKdeX", "MSKdeXParameterNode", "MSKdeXWidget", "MSKdeXLogic", "MSKdeXTest"]
+    assert len(source.splitlines()) < 400
+
+
+def test_every_widget_the_module_uses_exists_in_the_ui():
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_PY.read_text()))
+    used |= set(re.findall(r"widget\.ui\.(\w+)", MODULE_PY.read_text()))
+    missing = used - set(ui_widgets())
+    assert used and not missing, f"MSKdeX.py uses widgets absent from MSKdeX.ui: {sorted(missing)}"
+
+
+def test_ui_parameter_names_are_parameter_node_fields_of_a_fitting_type():
+    fields = parameter_fields()
+    bound = {}
+    for name, w in ui_widgets().items():
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[prop.find("string").text] = (name, w.get("class"))
+    unknown = set(bound) - set(fields)
+    assert not unknown, f"SlicerParameterName values that are not parameter-node fields: {unknown}"
+    unbound = set(fields) - set(bound)
+    assert not unbound, f"parameter-node fields no widget edits: {unbound}"
+    for field, (widget, cls) in bound.items():
+        assert cls in CONNECTORS[fields[field]], f"{widget} ({cls}) cannot edit {field} ({fields[field]})"
+
+
+def test_ui_declares_its_custom_widgets_and_scene_connections():
+    root = ET.parse(UI).getroot()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    custom = {c for c in used if c.startswith(("ctk", "qMRML"))}
+    assert custom <= declared, f"custom widgets not declared: {custom - declared}"
+    receivers = {c.findtext("receiver") for c in root.iter("connection")
+                 if c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"}
+    selectors = {w.get("name") for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}
+    assert selectors <= receivers, f"node selectors without a scene: {selectors - receivers}"
+
+
+def test_index_json_has_exactly_the_allowed_fields_and_matches_the_project():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    project = re.search(r"^project\((\w+)\)", cmake, re.M).group(1)
+    path = ROOT / f"{project}.json"
+    assert path.is_file(), "the description file must be named after project()"
+    data = json.loads(path.read_text())
+    assert set(data) <= INDEX_ALLOWED, f"fields the schema forbids: {set(data) - INDEX_ALLOWED}"
+    assert INDEX_REQUIRED <= set(data)
+    assert data["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    variables = cmake_vars(cmake)
+    assert data["category"] == variables["EXTENSION_CATEGORY"]
+    assert data["build_dependencies"] == variables["EXTENSION_DEPENDS"].split(";")
+    assert isinstance(data["tier"], int) and 1 <= data["tier"] <= 5
+    assert data["scm_url"].startswith("https://") and data["scm_revision"]
+
+
+def test_requirements_are_backend_dependencies():
+    """Resources/requirements.txt parses and asks only for packages the backend declares."""
+    import sys
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    from packaging.requirements import Requirement
+
+    sys.path.insert(0, str(MODULE))
+    from MSKdeXLib.dependencies import REQUIREMENTS, read_requirements
+
+    assert REQUIREMENTS == MODULE / "Resources" / "requirements.txt"
+    declared = {Requirement(d).name.lower() for d in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    wanted = {r.name.lower() for r in read_requirements()}
+    assert wanted and wanted <= declared, f"not backend dependencies: {wanted - declared}"
+    assert "torch" not in wanted, "torch comes from the PyTorch extension, never from pip here"
+
+
+def test_icon_is_a_128_pixel_png():
+    for path in (MODULE / "Resources" / "Icons" / "MSKdeX.png", ROOT / "Resources" / "MSKdeX.png"):
+        header = path.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert struct.unpack(">II", header[16:24]) == (128, 128), path
+
+
+def test_lib_never_imports_qt():
+    for path in (MODULE / "MSKdeXLib").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                assert not n.split(".")[0] in ("qt", "ctk", "PythonQt", "PySide6", "PyQt5"), f"{path.name}: {n}"
+
+
+def test_module_loads_without_torch():
+    """MSKdeX.py imports at load time only MSKdeX modules that work before PyTorch is installed."""
+    import subprocess
+    import sys
+
+    tree = ast.parse(MODULE_PY.read_text())
+    lib = [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("MSKdeX")]
+    assert lib
+    code = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1])\n"
+            + "".join(f"import {m}\n" for m in lib))
+    proc = subprocess.run([sys.executable, "-c", code, str(MODULE)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_module_constants_match_the_backend():
+    from MSKdeXTraining.imaging.projector import DRR_TYPES
+    from MSKdeXTraining.imaging.registration import rigid_bodies
+    from MSKdeXTraining.objects import load_object_map
+
+    constants = {}
+    for node in ast.parse(MODULE_PY.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    assert constants["DRR_TYPES"] == list(DRR_TYPES)
+    assert constants["BONES"] == list(rigid_bodies(load_object_map("synthetic")))
+
+
+def test_sample_data_checksums_match_the_files(shared_data):
+    import hashlib
+    import sys
+
+    sys.path.insert(0, str(MODULE))
+    from MSKdeXLib.sample_data import example_ct_source
+
+    source = example_ct_source("icon.png")
+    folder = shared_data / "totalsegmentator-example"
+    for name, checksum in zip(source["fileNames"], source["checksums"]):
+        assert checksum == "SHA256:" + hashlib.sha256((folder / name).read_bytes()).hexdigest(), name
+    assert len(source["uris"]) == len(source["nodeNames"]) == len(source["loadFileType"]) == 2

@@ -11,9 +11,9 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
   get the same light Gaussian blur, which removes splatting ripple;
 * coarse-to-fine levels (detector downsampled by ``Level.downsample``), each optimised by
   CMA-ES (global, batched over the population) or Powell (local refinement);
-* parameters ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm; :func:`.geometry.rigid`) about the
-  body's centroid in the camera frame, applied on top of the start pose:
-  ``pose = rigid(params, centre) @ start_pose``.
+* parameters ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm) about a centre (the body's
+  centroid, or a femoral head) in the camera frame, applied on top of the start pose; depth
+  ``tz`` runs along the ray through the centre (:func:`pose_from_params`).
 
 The result carries the final GC at the radiograph's resolution and ``ok = gc >=
 settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohort: correct
@@ -25,20 +25,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cma
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 from scipy import ndimage, optimize
 
 from ..objects import ObjectMap, ObjectMapError
 from . import hu as hu_conv
-from .geometry import Geometry, apply, default_ap_pose, project, rigid, rigid_params
+from .geometry import Geometry, apply, default_ap_pose, project, rigid
 from .projector import Splatter, sub_offsets
 from .similarity import gradient_correlation
 from .volume import InputError, Volume
@@ -47,7 +46,19 @@ Progress = Callable[[float, str], None]
 
 #: GC (at the radiograph's resolution, inside the bone region) below which a registration
 #: is flagged as failed. Correct poses on the synthetic cohort score well above it.
-GC_THRESHOLD = 0.3
+GC_THRESHOLD = 0.35
+#: Threshold for a femur (:func:`register_bodies`): less clutter around it than around the
+#: pelvis, so correct femur poses score higher (about 0.6-0.8 on the cohort).
+FEMUR_GC_THRESHOLD = 0.5
+#: GC cost of a translation of one prior SD (``RegistrationSettings.translation_sd_mm``)^2.
+PRIOR_WEIGHT = 0.005
+#: Search scale of a femur registered after the pelvis (deg x3, mm x3): it turns about its
+#: head by up to ~15-20 degrees, its head moves little.
+FEMUR_SCALE = (8.0, 8.0, 8.0, 3.0, 3.0, 3.0)
+#: Translation prior (mm) of a femur's head relative to the registered pelvis.
+FEMUR_TRANSLATION_SD_MM = 3.0
+#: In-plane shifts (mm, +-) searched when the pelvis starts from the default AP view.
+START_SEARCH_MM = 48.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +93,15 @@ class RegistrationSettings:
     """Optimiser settings; :meth:`preset` gives the documented ``"accurate"``/``"fast"`` ones.
 
     ``scale`` (deg, deg, deg, mm, mm, mm): one search unit per parameter (the expected start
-    error; depth is less observable, so wider). ``bounds`` (search units) limit the search.
+    error; depth is less observable, so wider). ``bounds`` (search units) limit each level's search about its start.
     ``footprint_px``: largest projected size of a rendered sample (detector pixels);
     ``blur_px``: Gaussian sigma applied to both images; ``mask_margin_mm``: GC is computed
     within this distance (detector mm) of the projected body at the level's start (None: the
-    whole image). ``seed`` makes CMA-ES deterministic.
+    whole image). ``translation_sd_mm``: Gaussian prior on the translation away from the start
+    (None: none); each SD costs :data:`PRIOR_WEIGHT` of GC (a femur registered after the
+    pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
+    first level's optimiser, try every in-plane shift on this grid (a start far from the
+    truth, e.g. the default AP view). ``seed`` makes CMA-ES deterministic.
     """
 
     levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
@@ -94,9 +109,11 @@ class RegistrationSettings:
     scale: tuple[float, ...] = (5.0, 5.0, 5.0, 8.0, 8.0, 20.0)
     bounds: float = 4.0
     popsize: int = 12
-    footprint_px: float = 1.0
-    blur_px: float = 0.7
+    footprint_px: float = 1.25
+    blur_px: float = 0.25
     mask_margin_mm: float | None = 15.0
+    translation_sd_mm: float | None = None
+    grid_search_mm: tuple[float, float] | None = None
     gc_threshold: float = GC_THRESHOLD
     seed: int = 1
 
@@ -254,7 +271,7 @@ class BodyRenderer:
         """Build the sample cloud for renders in ``geometry`` near ``pose``."""
         mag = 1.0 if geometry.parallel else geometry.sdd / float(apply(pose, self.centroid)[2])
         iso_px = min(geometry.pixel_spacing) / mag
-        block = np.maximum(1, np.round(iso_px * footprint_px / self.ct.spacing[::-1])).astype(int)
+        block = np.maximum(1, np.floor(iso_px * footprint_px / self.ct.spacing[::-1])).astype(int)
         a = self.amount
         pad = [(0, (-n) % b) for n, b in zip(a.shape, block)]
         a = np.pad(a, pad)
@@ -293,6 +310,14 @@ class BodyRenderer:
         return splat.result()[0][0]
 
 
+def render_body(ct: Volume, labels: Volume, body_labels: tuple[int, ...], pose: np.ndarray,
+                geometry: Geometry) -> np.ndarray:
+    """WVDRR (rows, cols; line integral of mu) of one body at ``pose``, e.g. for QC images."""
+    renderer = BodyRenderer(ct, labels, body_labels)
+    renderer.prepare(geometry, pose, footprint_px=0.5)
+    return renderer.render(np.asarray(pose, float)[None], geometry)[0].numpy()
+
+
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(..., H, W)`` images (sigma in pixels, edges replicated)."""
     if sigma_px <= 0:
@@ -309,44 +334,48 @@ def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
 
 
 class _Objective:
-    """-GC of the body's DRR (+ fixed background) against the radiograph at one level."""
+    """-GC (+ translation prior) of the body's DRR against the radiograph at one level."""
 
     def __init__(self, renderer: BodyRenderer, xray: torch.Tensor, geometry: Geometry,
                  start_pose: np.ndarray, center_cam: np.ndarray, scale: np.ndarray,
-                 settings: RegistrationSettings, x_ref: np.ndarray,
-                 fixed: list[tuple[BodyRenderer, np.ndarray]]):
+                 settings: RegistrationSettings, x_ref: np.ndarray):
         self.renderer, self.geometry, self.settings = renderer, geometry, settings
         self.start_pose, self.center_cam, self.scale = start_pose, center_cam, scale
         renderer.prepare(geometry, self.pose(x_ref), settings.footprint_px)
-        self.background = torch.zeros(geometry.shape)
-        for body, pose in fixed:
-            body.prepare(geometry, pose, settings.footprint_px)
-            self.background += body.render(pose[None], geometry)[0]
         self.xray = gaussian_blur(xray, settings.blur_px)
         self.mask = self._mask(x_ref)
         self.evaluations = 0
 
     def pose(self, x: np.ndarray) -> np.ndarray:
-        p = np.asarray(x, float) * self.scale
-        return rigid(p[:3], p[3:], self.center_cam) @ self.start_pose
+        return pose_from_params(np.asarray(x, float) * self.scale, self.center_cam,
+                                self.start_pose)
 
-    def _mask(self, x: np.ndarray) -> torch.Tensor | None:
+    def _mask(self, x: np.ndarray) -> torch.Tensor:
         margin = self.settings.mask_margin_mm
+        g, pose = self.geometry, self.pose(x)
         if margin is None:
-            return None
-        drr = self.renderer.render(self.pose(x)[None], self.geometry)[0].numpy()
-        inside = drr > 1e-3 * max(float(drr.max()), 1e-12)
-        dist = ndimage.distance_transform_edt(~inside, sampling=self.geometry.pixel_spacing)
-        return torch.from_numpy((dist <= margin).astype(np.float32))
+            keep = np.ones(g.shape, bool)
+        else:
+            drr = self.renderer.render(pose[None], g)[0].numpy()
+            inside = drr > 1e-3 * max(float(drr.max()), 1e-12)
+            keep = ndimage.distance_transform_edt(~inside, sampling=g.pixel_spacing) <= margin
+        return torch.from_numpy(keep.astype(np.float32))
 
     def __call__(self, xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
         poses = np.stack([self.pose(x) for x in xs])
-        drr = self.renderer.render(poses, self.geometry) + self.background
-        drr = gaussian_blur(drr, self.settings.blur_px)
-        gc = gradient_correlation(drr, self.xray.expand_as(drr), self.mask)
+        drr = gaussian_blur(self.renderer.render(poses, self.geometry), self.settings.blur_px)
+        gc = gradient_correlation(drr, self.xray.expand_as(drr), self.mask).double().numpy()
         self.evaluations += len(xs)
-        return -gc.double().numpy()
+        return -gc + self.penalty(xs)
+
+    def penalty(self, xs: np.ndarray) -> np.ndarray:
+        """Prior cost of the translations of ``xs`` (B, 6), zero without a prior."""
+        sd = self.settings.translation_sd_mm
+        if sd is None:
+            return np.zeros(len(xs))
+        t = np.atleast_2d(xs)[:, 3:] * self.scale[3:] / sd
+        return PRIOR_WEIGHT * (t ** 2).sum(axis=1)
 
 
 def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
@@ -354,18 +383,14 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
                   start_pose: np.ndarray | None = None,
                   settings: RegistrationSettings | None = None,
                   progress: Progress | None = None,
-                  center_world: np.ndarray | None = None,
-                  fixed_bodies: Mapping[tuple[int, ...], np.ndarray] | None = None
-                  ) -> RegistrationResult:
+                  center_world: np.ndarray | None = None) -> RegistrationResult:
     """Register one rigid body (label values ``body_labels``) to a radiograph.
 
     ``ct`` in HU and ``labels`` on the same grid; ``radiograph`` (rows, cols), bright =
     attenuating, in ``geometry``; ``start_pose`` (4x4 world -> camera) defaults to the AP view
     centred on the body's centroid. Rotations turn about ``center_world`` (LPS mm; default
     the body's centroid; a femur turns best about its head, :func:`femoral_head_center`).
-    ``fixed_bodies`` {label values: pose} are rendered at fixed poses and added to the DRR
-    (e.g. the registered pelvis while a femur is registered). Returns the pose with the best
-    GC (see module docs).
+    Returns the pose with the best GC (see module docs).
     """
     radiograph = np.asarray(radiograph)
     if radiograph.ndim != 2:
@@ -378,8 +403,6 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()
     renderer = BodyRenderer(ct, labels, body_labels)
-    fixed = [(BodyRenderer(ct, labels, tuple(b)), np.asarray(p, float))
-             for b, p in (fixed_bodies or {}).items()]
     if start_pose is None:
         start_pose = default_ap_pose(renderer.centroid, geometry)
     start_pose = np.asarray(start_pose, float)
@@ -392,22 +415,77 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     for li, level in enumerate(levels):
         g = level.geometry(geometry)
         xray = torch.from_numpy(resample_image(radiograph, geometry, g))
-        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x, fixed)
+        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x)
+        if li == 0 and settings.grid_search_mm is not None:
+            x = _grid_search(obj, x, settings.grid_search_mm, scale)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
         else:
             x, f = _run_powell(obj, x, level, settings.bounds)
         evaluations += obj.evaluations
-        level_gc.append(-f)
+        level_gc.append(float(-f + obj.penalty(x[None])[0]))
         if progress is not None:
             progress((li + 1) / (len(levels) + 1), f"level {li + 1}/{len(levels)}: GC {-f:.3f}")
     final = _Objective(renderer, torch.from_numpy(np.asarray(radiograph, np.float32)), geometry,
-                       start_pose, center_cam, scale, settings, x, fixed)
-    gc = float(-final(x[None])[0])
+                       start_pose, center_cam, scale, settings, x)
+    gc = float(-final(x[None])[0] + final.penalty(x[None])[0])
     if progress is not None:
         progress(1.0, f"done: GC {gc:.3f}")
     return RegistrationResult(final.pose(x), gc, gc >= settings.gc_threshold, x * scale,
                               center_cam, evaluations + 1, time.perf_counter() - t0, level_gc)
+
+
+def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.ndarray
+                     ) -> np.ndarray:
+    """Pose (world -> camera) from ``(rx, ry, rz, tx, ty, tz)`` (deg, mm) about ``center_cam``.
+
+    Rotations: extrinsic x-y-z about ``center_cam`` (camera mm). Translations: ``tx, ty``
+    along the detector axes and ``tz`` along the ray from the source through ``center_cam``,
+    so a depth change only scales the body's projection about its centre (in perspective
+    geometry depth and in-plane shift are otherwise coupled for bodies off the central ray).
+    """
+    c = np.asarray(center_cam, float)
+    ray = c / np.linalg.norm(c) if np.linalg.norm(c) > 0 else np.array([0.0, 0.0, 1.0])
+    t = params[3] * np.array([1.0, 0.0, 0.0]) + params[4] * np.array([0.0, 1.0, 0.0]) + params[5] * ray
+    return rigid(params[:3], t, c) @ start_pose
+
+
+def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: np.ndarray,
+                    geometry: Geometry, start_pose: np.ndarray | None = None,
+                    settings: RegistrationSettings | None = None,
+                    progress: Progress | None = None) -> dict[str, RegistrationResult]:
+    """Register the pelvis, then each femur, of one CT to its radiograph.
+
+    The pelvis (with sacrum) starts from ``start_pose`` (default: the AP view about
+    :func:`default_isocenter`, with a search over in-plane shifts of +-:data:`START_SEARCH_MM`). Each femur then starts from the registered pelvis pose (the
+    CT's hip posture), turns about its head (:func:`femoral_head_center`) and has a
+    translation prior of :data:`FEMUR_TRANSLATION_SD_MM` (the head stays in the
+    acetabulum).
+    """
+    settings = settings or RegistrationSettings()
+    bodies = rigid_bodies(objects)
+    pelvis_settings = settings
+    if start_pose is None:
+        start_pose = default_ap_pose(default_isocenter(labels, objects), geometry)
+        pelvis_settings = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))
+    results: dict[str, RegistrationResult] = {}
+    names = list(bodies)
+    for k, name in enumerate(names):
+        def sub(f: float, msg: str, k: int = k, name: str = name) -> None:
+            if progress is not None:
+                progress((k + f) / len(names), f"{name}: {msg}")
+
+        if name == "pelvis":
+            results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry,
+                                          start_pose, pelvis_settings, sub)
+        else:
+            pelvis = results["pelvis"].pose
+            results[name] = register_bone(
+                ct, labels, bodies[name], radiograph, geometry, pelvis,
+                replace(settings, scale=FEMUR_SCALE, translation_sd_mm=FEMUR_TRANSLATION_SD_MM,
+                        gc_threshold=max(settings.gc_threshold, FEMUR_GC_THRESHOLD)),
+                sub, center_world=femoral_head_center(labels, bodies[name]))
+    return results
 
 
 def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm: float = 25.0
@@ -424,9 +502,22 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
     return pts[pts[:, 2] >= pts[:, 2].max() - depth_mm].mean(axis=0)
 
 
+def _grid_search(obj: _Objective, x0: np.ndarray, grid: tuple[float, float], scale: np.ndarray
+                 ) -> np.ndarray:
+    """Best in-plane shift (tx, ty) of ``x0`` on a square grid (range, step in mm)."""
+    extent, step = grid
+    steps = np.arange(-extent, extent + 1e-9, step)
+    tx, ty = np.meshgrid(steps, steps, indexing="ij")
+    xs = np.repeat(np.asarray(x0, float)[None], tx.size, axis=0)
+    xs[:, 3] += tx.ravel() / scale[3]
+    xs[:, 4] += ty.ravel() / scale[4]
+    f = np.concatenate([obj(xs[k:k + 64]) for k in range(0, len(xs), 64)])
+    return xs[int(np.argmin(f))]
+
+
 def _run_cma(obj: _Objective, x0: np.ndarray, level: Level, settings: RegistrationSettings,
              level_index: int) -> tuple[np.ndarray, float]:
-    bounds = [[-settings.bounds] * 6, [settings.bounds] * 6]
+    bounds = [list(np.asarray(x0) - settings.bounds), list(np.asarray(x0) + settings.bounds)]
     opts = {"popsize": settings.popsize, "seed": settings.seed * 1000 + level_index + 1,
             "maxiter": level.iterations, "bounds": bounds, "verbose": -9,
             "tolfun": 1e-5, "tolx": 1e-3, "CMA_diagonal": False}
@@ -445,7 +536,7 @@ def _run_cma(obj: _Objective, x0: np.ndarray, level: Level, settings: Registrati
 def _run_powell(obj: _Objective, x0: np.ndarray, level: Level, bound: float
                 ) -> tuple[np.ndarray, float]:
     res = optimize.minimize(lambda x: float(obj(x[None])[0]), x0, method="Powell",
-                            bounds=[(-bound, bound)] * 6,
+                            bounds=[(v - bound, v + bound) for v in x0],
                             options={"maxfev": level.iterations, "xtol": 1e-3, "ftol": 1e-6})
     f0 = float(obj(x0[None])[0])
     return (np.asarray(res.x, float), float(res.fun)) if res.fun <= f0 else (x0, f0)
@@ -453,48 +544,51 @@ def _run_powell(obj: _Objective, x0: np.ndarray, level: Level, bound: float
 
 def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None,
               sdd: float | None = None, sod: float | None = None) -> tuple[np.ndarray, Geometry]:
-    """Read a 2D radiograph (float32 (rows, cols)) and its :class:`Geometry`.
+    """Read a 2D radiograph (float32 (rows, cols), bright = attenuating) and its :class:`Geometry`.
 
-    Geometry comes, in order of priority, from the arguments (mm), a ``<name>.json`` sidecar
-    in the ``mskdex-xray`` format (the synthetic cohort), and the image's own metadata (DICOM
-    PixelSpacing/ImagerPixelSpacing and distances, or the spacing of MHA/NRRD/NIfTI files).
-    Raises :class:`InputError` for an image that is not 2D or has no pixel spacing.
+    A radiograph with a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic
+    cohort) takes its geometry from there. Any other file is read by
+    :func:`MSKdeXTraining.radiograph_io.read_radiograph` (which refuses images that are not 2D
+    and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given).
+    Source distances (mm), by priority: the
+    arguments, a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic cohort),
+    else the defaults of :class:`Geometry` (SDD 1100, SOD 880).
     """
+    from ..radiograph_io import read_radiograph
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
-    size = image.GetSize()
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: radiograph must be single-channel (grey), got "
-                         f"{image.GetNumberOfComponentsPerPixel()} components per pixel")
-    if image.GetDimension() == 3 and size[2] == 1:
-        image = image[:, :, 0]
-    if image.GetDimension() != 2 or min(image.GetSize()) < 2:
-        raise InputError(f"{path}: radiograph must be a 2D image, got size {size}")
-    array = sitk.GetArrayFromImage(image).astype(np.float32)
-    sidecar = _xray_sidecar(path)
-    meta: dict = dict(sidecar or {})
-    if not meta:
-        meta.update(_image_geometry(image, path))
-    if pixel_spacing is not None:
-        meta["pixel_spacing"] = tuple(float(s) for s in pixel_spacing)
-    if sdd is not None:
-        meta["sdd"] = float(sdd)
-    if sod is not None:
-        meta["sod"] = float(sod)
-    if "pixel_spacing" not in meta:
-        raise InputError(f"{path}: no pixel spacing in the file (field PixelSpacing / "
-                         "ImagerPixelSpacing or image spacing); give it with --pixel-spacing ROW COL (mm)")
-    meta["rows"], meta["cols"] = array.shape
+    sidecar = _xray_sidecar(path) or {}
+    if sidecar and pixel_spacing is None:
+        array = _read_cohort_image(path)  # simulated: the sidecar's geometry is exact
+        spacing = tuple(float(v) for v in sidecar["pixel_spacing"])
+    else:
+        radiograph = read_radiograph(path, pixel_spacing)
+        array, spacing = radiograph.array, radiograph.pixel_spacing
+    meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
+            "parallel": bool(sidecar.get("parallel", False))}
+    for name, value in (("sdd", sdd), ("sod", sod)):
+        if value is not None:
+            meta[name] = float(value)
+        elif name in sidecar:
+            meta[name] = float(sidecar[name])
     try:
         geometry = Geometry.from_json(meta)
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: invalid geometry ({e})") from None
     return array, geometry
+
+
+def _read_cohort_image(path: Path) -> np.ndarray:
+    """The 2D float32 image of a cohort radiograph (MHA written by `mskdex cohort`)."""
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+    if image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: radiograph must be a 2D grey image, got size {image.GetSize()}")
+    return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
 def _xray_sidecar(path: Path) -> dict | None:
@@ -507,31 +601,6 @@ def _xray_sidecar(path: Path) -> dict | None:
         return None
     if data.get("version") != 1:
         raise InputError(f"{side}: field 'version' must be 1, got {data.get('version')!r}")
-    if "geometry" not in data:
-        raise InputError(f"{side}: field 'geometry' is missing")
+    if not isinstance(data.get("geometry"), dict) or "pixel_spacing" not in data["geometry"]:
+        raise InputError(f"{side}: field 'geometry' (with 'pixel_spacing') is missing")
     return dict(data["geometry"])
-
-
-def _image_geometry(image: sitk.Image, path: Path) -> dict:
-    """Pixel spacing (row, col mm) and distances (mm) from the image's metadata."""
-    meta: dict = {}
-    keys = set(image.GetMetaDataKeys())
-    for tag in ("0018|1164", "0028|0030"):  # ImagerPixelSpacing, PixelSpacing (row\col)
-        if tag in keys:
-            try:
-                row, col = (float(v) for v in image.GetMetaData(tag).strip().split("\\")[:2])
-            except ValueError:
-                raise InputError(f"{path}: DICOM tag {tag} (pixel spacing) is not 'row\\col' in mm: "
-                                 f"{image.GetMetaData(tag)!r}") from None
-            meta["pixel_spacing"] = (row, col)
-            break
-    for tag, name in (("0018|1110", "sdd"), ("0018|1111", "sod")):
-        if tag in keys:
-            meta[name] = float(image.GetMetaData(tag))
-    is_dicom = any(k.startswith("0008|") for k in keys)
-    if "pixel_spacing" not in meta and not is_dicom and path.suffix.lower() not in (
-            ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        col, row = image.GetSpacing()[:2]
-        meta["pixel_spacing"] = (row, col)
-    return meta
-

@@ -1,0 +1,80 @@
+"""``mskdex prepare``: a synthetic cohort -> a training dataset (layout ``mskdex-dataset`` v1)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = ("Prepare a cohort for training: segmentation QC, bone registration, object-wise DRRs "
+        "(default AP pose), aligned bone DRRs (registered poses), resampled radiographs; "
+        "parallel, resumable, shardable")
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..imaging.registration import PRESETS
+
+    parser.add_argument("--cohort", type=Path, help="cohort folder (written by `mskdex cohort`)")
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--image-size", type=int, metavar="PX",
+                      help="square dataset detector (pixels), same field of view as the radiographs")
+    size.add_argument("--rows", type=int, help="dataset detector rows (with --cols)")
+    parser.add_argument("--cols", type=int, help="dataset detector columns (with --rows)")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
+                        help="prepare only cases with index %% N == I (for cluster jobs)")
+    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    parser.add_argument("--include-failed", action="store_true",
+                        help="keep cases failing segmentation QC or registration (reasons stay "
+                             "in the manifest)")
+    parser.add_argument("--preset", default="accurate", choices=PRESETS,
+                        help="registration settings: accurate or fast")
+    parser.add_argument("--merge", action="store_true",
+                        help="only rebuild manifest.json from the case files of all shards")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ..imaging.registration import RegistrationSettings
+    from ..imaging.volume import InputError
+    from ..prepare import dataset_geometry, merge_manifest, prepare_dataset
+
+    if args.merge:
+        path = merge_manifest(args.out, args.cohort)
+        print(f"wrote {path}")
+        return 0
+    if args.cohort is None:
+        raise InputError("--cohort is required (unless --merge)")
+    if (args.rows is None) != (args.cols is None):
+        raise InputError("--rows and --cols go together; or use --image-size")
+    rows = args.image_size or args.rows
+    cols = args.image_size or args.cols
+    geometry = dataset_geometry(args.cohort, rows, cols)
+    with tqdm(total=100, unit="%", desc="preparing") as bar:
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(100 * fraction)
+            bar.set_postfix_str(message, refresh=True)
+
+        out = prepare_dataset(args.cohort, args.out, geometry, args.shard, args.workers,
+                              args.include_failed, progress,
+                              RegistrationSettings.preset(args.preset))
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        counts = json.loads(manifest.read_text())["counts"]
+        print(f"wrote {manifest}: {counts['ok']} ok, {counts['excluded']} excluded of {counts['cases']}")
+    else:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done in {out}; the manifest is written when "
+              "all shards are (or run `mskdex prepare --merge --out DATASET`)")
+    return 0

@@ -1,0 +1,247 @@
+"""Turn a cohort (layout ``mskdex-cohort`` v1) into a training dataset (``mskdex-dataset`` v1).
+
+Per case (docs/formats.md, "Prepared dataset v1"):
+
+1. segmentation QC (:func:`MSKdeXTraining.qc.segmentation_qc`); a failing case is excluded
+   (and not registered) unless ``include_failed``;
+2. 2D/3D registration of the pelvis and each femur to the radiograph, at the radiograph's own
+   geometry (:func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
+   is below the threshold marks the case excluded (reason recorded) unless ``include_failed``;
+3. rendering on the dataset detector (same field of view, possibly fewer pixels; the case's
+   own source distances): the object-wise DRR stack (3, N, H, W) of the CT in its default AP
+   pose (the unpaired targets), the aligned bones (3, 2, H, W: pelvis at the pelvis pose,
+   femur = each femur at its own pose) at the *registered* poses (never the truth poses), and
+   the radiograph resampled onto the dataset detector;
+4. ``cases/<id>.safetensors`` and its manifest entry ``cases/<id>.json``, each written
+   atomically: a finished case is skipped when the run is repeated (resume).
+
+Sharding: shard ``i`` of ``n`` takes the cases whose index in ``cohort.json`` is ``i`` modulo
+``n``. Every run rebuilds ``manifest.json`` from the case entries once all cases have one, so
+the last shard to finish writes it; :func:`merge_manifest` does the same on demand.
+``prepare.json`` records the settings; a run with other settings into the same folder is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from .fileio import atomic_path, write_json
+from .imaging.geometry import Geometry, default_ap_pose
+from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
+from .imaging.registration import (RegistrationSettings, default_isocenter, read_xray,
+                                   register_bodies, resample_image, rigid_bodies)
+from .imaging.volume import InputError, read_ct, read_labels
+from .objects import ALIGNED_BONES, ObjectMap
+from .qc import segmentation_qc
+
+FORMAT = "mskdex-dataset"
+VERSION = 1
+COHORT_FORMAT = "mskdex-cohort"
+TRUTH_FORMAT = "mskdex-truth"
+SETTINGS_FILE = "prepare.json"
+
+Progress = Callable[[float, str], None]
+
+
+def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
+    """``cohort.json`` (validated) and its object map."""
+    path = Path(cohort) / "cohort.json"
+    if not path.is_file():
+        raise InputError(f"{path}: not found; expected a cohort folder written by `mskdex cohort`")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != COHORT_FORMAT:
+        raise InputError(f"{path}: field 'format' must be {COHORT_FORMAT!r}, got {meta.get('format')!r}")
+    if meta.get("version") != 1:
+        raise InputError(f"{path}: field 'version' must be 1, got {meta.get('version')!r}")
+    if not isinstance(meta.get("cases"), list) or not meta["cases"]:
+        raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
+    if "object_map" not in meta:
+        raise InputError(f"{path}: field 'object_map' is missing")
+    return meta, ObjectMap.from_json(meta["object_map"], f"{path} (object_map)")
+
+
+def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = None) -> Geometry:
+    """The first case's radiograph detector, optionally resampled to ``rows`` x ``cols``."""
+    meta, _ = read_cohort(cohort)
+    _, g = read_xray(Path(cohort) / meta["cases"][0] / "xray.mha")
+    if rows is None and cols is None:
+        return g
+    return g.resized(rows or cols, cols or rows)
+
+
+def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geometry,
+                 settings: RegistrationSettings, include_failed: bool, out: Path) -> dict:
+    """Prepare one case into ``out/cases``; returns its manifest entry (also written)."""
+    t0 = time.perf_counter()
+    ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
+    xray, xray_geometry = read_xray(case_dir / "xray.mha")
+    truth = _read_truth(case_dir / "truth.json", objects)
+    qc = segmentation_qc(labels, objects)
+    entry: dict = {"id": case_id, "patient": case_id, "file": None, "status": "excluded",
+                   "reasons": list(qc.failed), "qc": qc.to_json(), "registration": {}}
+    if qc.failed and not include_failed:
+        return _finish(entry, out, t0)
+    try:
+        results = register_bodies(ct, labels, objects, xray, xray_geometry, settings=settings)
+    except InputError as e:
+        entry["reasons"].append(f"registration impossible: {e}")
+        return _finish(entry, out, t0)
+    for name, r in results.items():
+        entry["registration"][name] = r.to_json()
+        if not r.ok:
+            entry["reasons"].append(f"registration of {name} failed: GC {r.gc:.3f} < "
+                                    f"{settings.gc_threshold:g}")
+    g = replace(xray_geometry, rows=geometry.rows, cols=geometry.cols,
+                pixel_spacing=geometry.pixel_spacing)
+    drr = project_objects(ct, labels, objects, g,
+                          default_ap_pose(default_isocenter(labels, objects), g))
+    aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
+    tensors = {
+        "xray": torch.from_numpy(resample_image(xray, xray_geometry, g)),
+        "drr": drr.data.float().contiguous(),
+        "aligned": aligned.data.float().contiguous(),
+        "volume_cm3": torch.tensor([truth[n]["volume_cm3"] for n in objects.names], dtype=torch.float64),
+        "mass_g": torch.tensor([truth[n]["mass_g"] for n in objects.names], dtype=torch.float64),
+    }
+    entry["qc"]["drr_lost_fraction"] = round(float(drr.lost_fraction().max()), 6)
+    entry["geometry"] = g.to_json()
+    entry["file"] = f"cases/{case_id}.safetensors"
+    entry["status"] = "ok" if include_failed or not entry["reasons"] else "excluded"
+    with atomic_path(out / entry["file"]) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "id": case_id})
+    return _finish(entry, out, t0)
+
+
+def _finish(entry: dict, out: Path, t0: float) -> dict:
+    entry["seconds"] = round(time.perf_counter() - t0, 2)
+    write_json(out / "cases" / f"{entry['id']}.json", entry)
+    return entry
+
+
+def _read_truth(path: Path, objects: ObjectMap) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: not found; every cohort case needs truth.json")
+    data = json.loads(path.read_text())
+    if data.get("format") != TRUTH_FORMAT or data.get("version") != 1:
+        raise InputError(f"{path}: expected format {TRUTH_FORMAT!r} version 1, got "
+                         f"{data.get('format')!r} version {data.get('version')!r}")
+    found = data.get("objects", {})
+    missing = [n for n in objects.names if n not in found]
+    if missing:
+        raise InputError(f"{path}: field 'objects' lacks {missing}")
+    return found
+
+
+def _aligned_bones(ct, labels, objects: ObjectMap, geometry: Geometry,
+                   poses: dict[str, np.ndarray]):
+    """(3, 2, H, W) DRRs of pelvis (at the pelvis pose) and femur (each side at its pose)."""
+    bones = ObjectMap(objects.name, objects.select(ALIGNED_BONES).objects, "ignore")
+    femur = objects["femur"]
+    label_poses = {v: poses[f"femur_{side}"] for side in ("left", "right") for v in femur.sides[side]}
+    return project_objects(ct, labels, bones, geometry, poses["pelvis"], label_poses=label_poses)
+
+
+def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
+    """Rebuild ``out/manifest.json`` from the case entries; error if any case lacks one."""
+    out = Path(out)
+    settings = _read_settings(out)
+    cohort = Path(cohort or settings["cohort"])
+    meta, objects = read_cohort(cohort)
+    missing = [c for c in meta["cases"] if not (out / "cases" / f"{c}.json").is_file()]
+    if missing:
+        raise InputError(f"{out}: {len(missing)} case(s) not prepared yet (first: {missing[:5]}); "
+                         "run the missing shards first")
+    cases = [json.loads((out / "cases" / f"{c}.json").read_text()) for c in meta["cases"]]
+    manifest = {
+        "format": FORMAT, "version": VERSION, "geometry": settings["geometry"],
+        "objects": list(objects.names), "kinds": list(objects.kinds),
+        "aligned_bones": list(ALIGNED_BONES), "drr_types": list(DRR_TYPES),
+        "units": {**DRR_UNITS, "xray": "processed radiograph in [0, 1]", "volume_cm3": "cm3",
+                  "mass_g": "g", "geometry": "mm"},
+        "object_map": objects.to_json(), "cohort": str(cohort),
+        "prepare": {k: v for k, v in settings.items() if k not in ("geometry", "cohort")},
+        "counts": {"cases": len(cases), "ok": sum(c["status"] == "ok" for c in cases),
+                   "excluded": sum(c["status"] != "ok" for c in cases)},
+        "cases": cases,
+    }
+    return write_json(out / "manifest.json", manifest)
+
+
+def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
+                    shard: tuple[int, int] = (0, 1), workers: int | None = None,
+                    include_failed: bool = False, progress: Progress | None = None,
+                    settings: RegistrationSettings | None = None) -> Path:
+    """Prepare the cases of ``cohort`` (this shard's share) into ``out``; returns ``out``.
+
+    ``geometry``: the dataset detector (default: the first radiograph's); ``shard`` (i, n);
+    ``workers`` processes (default: all cores; 1 runs in this process); ``settings`` of the
+    registration (default: the accurate preset). Finished cases are kept (resume).
+    ``out/manifest.json`` is written when every case of the cohort is prepared.
+    """
+    cohort, out = Path(cohort), Path(out)
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    meta, objects = read_cohort(cohort)
+    rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
+    geometry = geometry or dataset_geometry(cohort)
+    settings = settings or RegistrationSettings()
+    _check_settings(out, {"cohort": str(cohort.resolve()), "geometry": geometry.to_json(),
+                          "registration": settings.to_json(), "include_failed": include_failed})
+    todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
+            and not (out / "cases" / f"{c}.json").is_file()]
+    done, total = 0, len(todo)
+    report = progress or (lambda f, m: None)
+    report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")
+    jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out) for c in todo]
+    workers = min(workers or os.cpu_count() or 1, max(total, 1))
+    if workers <= 1:
+        for job in jobs:
+            entry = prepare_case(*job)
+            done += 1
+            report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_init_worker) as pool:
+            futures = [pool.submit(prepare_case, *job) for job in jobs]
+            for fut in as_completed(futures):
+                entry = fut.result()
+                done += 1
+                report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
+    if all((out / "cases" / f"{c}.json").is_file() for c in meta["cases"]):
+        merge_manifest(out, cohort)
+    return out
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(settings)):
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings)).get(k))
+            raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
+                             "differ); use another --out folder or the same settings")
+    else:
+        write_json(path, settings)
+
+
+def _read_settings(out: Path) -> dict:
+    path = out / SETTINGS_FILE
+    if not path.is_file():
+        raise InputError(f"{path}: not found; {out} is not a dataset folder being prepared")
+    return json.loads(path.read_text())

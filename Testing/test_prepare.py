@@ -1,0 +1,110 @@
+"""`mskdex prepare`: a tiny cohort -> a valid dataset; resume, shards, failed cases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from safetensors.torch import load_file
+
+from MSKdeXTraining.cohort import generate_cohort
+from MSKdeXTraining.imaging.registration import Level, RegistrationSettings
+from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.prepare import dataset_geometry, merge_manifest, prepare_dataset
+
+#: Registration budget for the tests: the data flow is tested here, accuracy elsewhere.
+CHEAP = RegistrationSettings(levels=(Level(8.0, "cma", 4, 1.0),), popsize=6)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three `test`-size cases; case_0002 lost its right gluteus minimus (failed segmentation)."""
+    out = generate_cohort(3, 5, tmp_path_factory.mktemp("cohort") / "c", size="test", workers=1)
+    path = out / "case_0002" / "labels.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    array[array == 16] = 0
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(image)
+    sitk.WriteImage(broken, str(path))
+    return out
+
+
+def _prepare(cohort, out, **kw):
+    return prepare_dataset(cohort, out, dataset_geometry(cohort, 32), workers=1, settings=CHEAP, **kw)
+
+
+def _entries(manifest: dict) -> list[dict]:
+    """Case entries without the timings (the only values that may differ between runs)."""
+    out = []
+    for c in manifest["cases"]:
+        c = {k: v for k, v in c.items() if k != "seconds"}
+        c["registration"] = {b: {k: v for k, v in r.items() if k != "seconds"}
+                             for b, r in c["registration"].items()}
+        out.append(c)
+    return out
+
+
+def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
+    out = _prepare(cohort, tmp_path / "ds")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "mskdex-dataset" and m["version"] == 1
+    assert m["geometry"]["rows"] == 32 and m["aligned_bones"] == ["pelvis", "femur"]
+    n = len(m["objects"])
+    status = {c["id"]: c["status"] for c in m["cases"]}
+    assert status["case_0002"] == "excluded" and m["counts"]["cases"] == 3
+    broken = m["cases"][2]
+    assert any("gluteus_minimus" in r and "right side" in r for r in broken["reasons"])
+    assert broken["file"] is None and broken["registration"] == {}
+    for c in m["cases"][:2]:
+        assert set(c["registration"]) == {"pelvis", "femur_left", "femur_right"}
+        assert all(np.array(r["pose"]).shape == (4, 4) for r in c["registration"].values())
+        # a failed registration is excluded with its reason, never silently "ok"
+        failed = [b for b, r in c["registration"].items() if not r["ok"]]
+        assert (c["status"] == "ok") == (not failed and not c["reasons"])
+        t = load_file(out / c["file"])
+        assert t["drr"].shape == (3, n, 32, 32) and t["aligned"].shape == (3, 2, 32, 32)
+        assert t["xray"].shape == (32, 32) and 0 <= float(t["xray"].min()) <= float(t["xray"].max()) <= 1
+        truth = json.loads((cohort / c["id"] / "truth.json").read_text())["objects"]
+        np.testing.assert_allclose(t["volume_cm3"].numpy(), [truth[o]["volume_cm3"] for o in m["objects"]])
+        # VDRR sums are the volumes of the objects inside the field of view
+        g = m["geometry"]
+        area = g["pixel_spacing"][0] * g["pixel_spacing"][1] / 100
+        sums = t["drr"][1].double().sum((-1, -2)).numpy() * area
+        lost = c["qc"]["drr_lost_fraction"]
+        assert np.all(sums <= t["volume_cm3"].numpy() * (1 + 1e-4))
+        assert np.all(sums >= t["volume_cm3"].numpy() * (1 - lost - 1e-3))
+    assert not (out / "cases" / "case_0002.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_resume_shards_and_include_failed(cohort, tmp_path):
+    full = _prepare(cohort, tmp_path / "full")
+    before = (full / "cases" / "case_0000.json").stat().st_mtime_ns
+    _prepare(cohort, full)  # resume: nothing left to do
+    assert (full / "cases" / "case_0000.json").stat().st_mtime_ns == before
+    sharded = tmp_path / "sharded"
+    _prepare(cohort, sharded, shard=(1, 2))
+    assert not (sharded / "manifest.json").exists()
+    with pytest.raises(InputError, match="not prepared yet"):
+        merge_manifest(sharded)
+    _prepare(cohort, sharded, shard=(0, 2))
+    a = json.loads((full / "manifest.json").read_text())
+    b = json.loads((sharded / "manifest.json").read_text())
+    assert _entries(a) == _entries(b)
+    for c in a["cases"][:2]:
+        ta, tb = load_file(full / c["file"]), load_file(sharded / c["file"])
+        assert all(np.array_equal(ta[k].numpy(), tb[k].numpy()) for k in ta)
+    shutil.copy(sharded / "manifest.json", tmp_path / "m.json")
+    (sharded / "manifest.json").unlink()
+    merge_manifest(sharded)
+    assert (sharded / "manifest.json").read_text() == (tmp_path / "m.json").read_text()
+    with pytest.raises(InputError, match="other settings"):
+        _prepare(cohort, full, include_failed=True)
+    kept = json.loads((_prepare(cohort, tmp_path / "all", include_failed=True) / "manifest.json").read_text())
+    broken = kept["cases"][2]
+    assert broken["status"] == "ok" and broken["reasons"] and broken["file"]
+    assert set(broken["registration"]) == {"pelvis", "femur_left", "femur_right"}

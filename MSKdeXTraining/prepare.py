@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from .fileio import atomic_path, write_json
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
-from .imaging.registration import (RegistrationSettings, default_isocenter, read_xray,
+from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, resample_image, rigid_bodies)
 from .imaging.volume import InputError, read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
@@ -50,6 +50,8 @@ VERSION = 1
 COHORT_FORMAT = "mskdex-cohort"
 TRUTH_FORMAT = "mskdex-truth"
 SETTINGS_FILE = "prepare.json"
+#: Largest fraction of an object that may project outside the detector in the default view.
+MAX_LOST_FRACTION = 0.005
 
 Progress = Callable[[float, str], None]
 
@@ -104,8 +106,8 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
                                     f"{settings.gc_threshold:g}")
     g = replace(xray_geometry, rows=geometry.rows, cols=geometry.cols,
                 pixel_spacing=geometry.pixel_spacing)
-    drr = project_objects(ct, labels, objects, g,
-                          default_ap_pose(default_isocenter(labels, objects), g))
+    # unpaired targets: the CT in its own default AP view, centred on the CT
+    drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))
     aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
     tensors = {
         "xray": torch.from_numpy(resample_image(xray, xray_geometry, g)),
@@ -114,7 +116,12 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         "volume_cm3": torch.tensor([truth[n]["volume_cm3"] for n in objects.names], dtype=torch.float64),
         "mass_g": torch.tensor([truth[n]["mass_g"] for n in objects.names], dtype=torch.float64),
     }
-    entry["qc"]["drr_lost_fraction"] = round(float(drr.lost_fraction().max()), 6)
+    lost = drr.lost_fraction().max(axis=0)
+    entry["qc"]["drr_lost_fraction"] = round(float(lost.max()), 6)
+    outside = [n for n, f in zip(objects.names, lost) if f > MAX_LOST_FRACTION]
+    if outside:
+        entry["reasons"].append(f"objects partly outside the detector in the default AP view "
+                                f"(> {MAX_LOST_FRACTION:.1%} lost): {outside}")
     entry["geometry"] = g.to_json()
     entry["file"] = f"cases/{case_id}.safetensors"
     entry["status"] = "ok" if include_failed or not entry["reasons"] else "excluded"

@@ -48,13 +48,15 @@ class Template:
 
     ``labels.array`` holds cohort label values (``synthetic`` map, 30 other muscle, 31 spine),
     :data:`BODY` for unlabelled body voxels and 0 outside the body. ``hip_centres`` are the
-    femoral head centres (LPS mm) per side, ``mid_x`` the mid-sagittal plane (LPS x, mm).
+    femoral head centres (LPS mm) per side, ``mid_x`` the mid-sagittal plane (LPS x, mm),
+    ``region_z`` the superior-inferior extent (LPS z, mm) of the :func:`region_labels`.
     """
 
     name: str
     labels: Volume
     hip_centres: dict[str, np.ndarray]
     mid_x: float
+    region_z: tuple[float, float]
 
     @property
     def centre(self) -> np.ndarray:
@@ -128,7 +130,10 @@ def load_template(folder: str | Path) -> Template:
     mid_x = mid_sagittal_x(labels)
     hips = {side: hip_centre(labels, value, str(label_path))
             for side, value in (("left", FEMUR["left"]), ("right", FEMUR["right"]))}
-    return Template(folder.name, labels, hips, mid_x)
+    region = np.isin(labels.array, region_labels())
+    if not region.any():
+        raise InputError(f"{label_path}: template has none of the pelvis, sacrum or muscle labels")
+    return Template(folder.name, labels, hips, mid_x, z_extent(labels, region))
 
 
 #: Cohort label values of the femurs per side (built-in map ``synthetic``).
@@ -138,6 +143,22 @@ PELVIS_LABELS = (1, 2)  # pelvis, sacrum
 
 def synthetic_map() -> ObjectMap:
     return load_object_map("synthetic")
+
+
+def region_labels() -> tuple[int, ...]:
+    """Cohort label values of the clinically relevant region of a hip CT: pelvis, sacrum and
+    the muscles of the ``synthetic`` map (a synthetic CT is cropped to their extent)."""
+    muscles = [v for o in synthetic_map().objects if o.is_muscle for v in o.labels]
+    return PELVIS_LABELS + tuple(sorted(muscles))
+
+
+def z_extent(vol: Volume, mask: np.ndarray) -> tuple[float, float]:
+    """LPS z range (mm) covered by the ``mask`` voxels (their index bounding box, voxel edges)."""
+    idx = np.argwhere(mask)
+    lo, hi = idx.min(0) - 0.5, idx.max(0) + 0.5
+    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T
+    z = _index_to_world(vol, corners)[:, 2]
+    return float(z.min()), float(z.max())
 
 
 def convert_labels(raw: Volume, objects: ObjectMap, spine_labels: tuple[int, ...], other: str,

@@ -38,9 +38,8 @@ TRUTH_FORMAT = "mskdex-truth"
 XRAY_FORMAT = "mskdex-xray"
 VERSION = 1
 #: Version of the generator's model; a cohort refuses to resume under another one.
-GENERATOR_VERSION = 1
-#: The detector's central ray passes this far above the hip-centre midpoint (mm, superior).
-ISOCENTRE_ABOVE_HIPS_MM = 25.0
+#: 2: CT cropped to pelvis, sacrum and muscles; radiograph centred on the CT centre.
+GENERATOR_VERSION = 2
 
 Progress = Callable[[float, str], None]
 
@@ -54,12 +53,19 @@ class CohortSize:
     pixel_mm: float
 
 
+#: Detector field of view (mm, square) of every size: it holds every object of the largest
+#: patient (scale 1.12, muscles 1.3x, SID 1000 mm, isocentre 220 mm above the detector,
+#: shifted 15 mm) in the radiograph's pose and in the default AP view about the CT centre,
+#: whose projected extent reaches +-285 mm. Larger than a 43 cm cassette: the objects of big
+#: patients magnified 1.28x span up to 57 cm.
+DETECTOR_FOV_MM = 588.8
+
 #: ``demo``: fast (about 2-3 s per case on 2 cores); ``full``: closer to clinical sampling;
 #: ``test``: coarse, for quick checks.
 SIZES = {
-    "demo": CohortSize(3.0, 256, 1.7),
-    "full": CohortSize(1.5, 512, 0.85),
-    "test": CohortSize(5.0, 128, 3.4),
+    "demo": CohortSize(3.0, 256, DETECTOR_FOV_MM / 256),
+    "full": CohortSize(1.5, 512, DETECTOR_FOV_MM / 512),
+    "test": CohortSize(5.0, 128, DETECTOR_FOV_MM / 128),
 }
 
 
@@ -128,7 +134,8 @@ def build_case(template: Template, params: dict, size: CohortSize
     geometry = case_geometry(size, x)
     hips = {k: np.array(v) for k, v in derived["hip_centres_mm"].items()}
     centre = (hips["left"] + hips["right"]) / 2
-    iso = centre + np.array([0.0, 0.0, ISOCENTRE_ABOVE_HIPS_MM]) + np.array(x["isocentre_offset_mm"])
+    # centred on the CT centre (the region's centre, see patient.py), as the default AP view
+    iso = ct.center + np.array(x["isocentre_offset_mm"])
     pelvis = default_ap_pose(iso, geometry) @ rigid(x["pelvis_rotation_deg"], (0, 0, 0), centre)
     poses = {"pelvis": pelvis}
     bodies = {"pelvis": RigidBody(PELVIS_LABELS, pelvis)}

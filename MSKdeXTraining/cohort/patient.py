@@ -16,7 +16,12 @@ Steps, on the output grid (isotropic ``spacing`` mm, LPS, identity direction):
    mixture of fat and organ-like soft tissue;
 4. HU: muscles mix lean muscle and fat by a per-muscle, spatially varying fat fraction;
    bones have a cortical shell and a cancellous interior from the depth below the bone
-   surface; air outside; then scanner blur and noise.
+   surface; air outside; then scanner blur and noise;
+5. crop, as a hip CT is acquired: superior-inferior to the extent of pelvis, sacrum and the
+   muscles (:func:`~.anatomy.region_labels`) plus :data:`CROP_MARGIN_MM` (where the
+   template reaches that far), so the femur shafts and the spine are cut at that level. The
+   truth is computed from the cropped CT, and the CT centre is the region's centre
+   (superior-inferior), where the radiograph and the default AP view are centred.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..imaging.volume import Volume
-from .anatomy import BODY, OTHER_MUSCLE, SPINE, Template, synthetic_map
+from .anatomy import BODY, OTHER_MUSCLE, SPINE, Template, region_labels, synthetic_map
 from .fields import coarse_distance, smooth_field
 
 #: Internal label of fat freed by a shrinking muscle or added under the skin.
@@ -34,6 +39,11 @@ BONE_LABELS = (1, 2, 3, 4, SPINE)
 AIR_HU = -1000.0
 #: Output HU range (int16 CT).
 HU_MIN, HU_MAX = -1024, 3071
+#: Superior-inferior margin (mm) of the CT around the pelvis, sacrum and muscles.
+CROP_MARGIN_MM = 10.0
+#: Room (mm) the synthesis grid keeps beyond the crop margin: muscle growth (<= 20 mm) and the
+#: smooth deformation (<= 7 mm) may move the region's ends.
+GRID_ROOM_MM = 30.0
 
 
 def muscle_sides() -> dict[str, int]:
@@ -69,15 +79,16 @@ def sample_patient(rng: np.random.Generator, template: Template) -> dict:
 
 
 def build_patient(template: Template, params: dict, spacing: float,
-                  z_range_mm: tuple[float, float] = (-200.0, 240.0)) -> tuple[Volume, Volume, dict]:
+                  margin_mm: float = CROP_MARGIN_MM) -> tuple[Volume, Volume, dict]:
     """CT (int16 HU) and labels (uint8 cohort values) of the patient ``params`` describes.
 
-    ``spacing`` is the isotropic voxel size (mm); ``z_range_mm`` the superior-inferior extent
-    kept around the hip centres (before scaling). Returns ``(ct, labels, derived)`` where
-    ``derived`` holds realised quantities (volume factors actually reached, hip centres).
+    ``spacing`` is the isotropic voxel size (mm); the CT spans the pelvis, sacrum and muscles
+    plus ``margin_mm`` superior and inferior (as far as the template reaches). Returns
+    ``(ct, labels, derived)`` where ``derived`` holds realised quantities (volume factors
+    actually reached, hip centres, the CT's z range in mm).
     """
     s = params["scale"]
-    grid = _output_grid(template, s, spacing, params["skin_shift_mm"], z_range_mm)
+    grid = _output_grid(template, s, spacing, params["skin_shift_mm"], margin_mm + GRID_ROOM_MM)
     centre = template.centre
     pts = _grid_points(grid)  # (k, j, i, 3) world mm
     similar = centre + (pts - centre) / s
@@ -96,11 +107,33 @@ def build_patient(template: Template, params: dict, spacing: float,
     noise = np.random.default_rng(ct["noise_seed"]).standard_normal(hu.shape, dtype=np.float32)
     hu = np.clip(np.round(hu + ct["noise_sd_hu"] * noise), HU_MIN, HU_MAX).astype(np.int16)
     out_labels = np.where(labels >= FAT, 0, labels).astype(np.uint8)
+    keep = _crop_slices(out_labels, margin_mm, spacing)
+    ct_vol, label_vol = (_crop_z(grid.with_array(a), keep) for a in (hu, out_labels))
+    z = ct_vol.origin[2] + spacing * np.array([-0.5, ct_vol.array.shape[0] - 0.5])
     derived = {"volume_factor_realised": realised,
                "hip_centres_mm": {k: (centre + s * (v - centre)).tolist()
                                   for k, v in template.hip_centres.items()},
-               "body_voxels": int(body.sum())}
-    return grid.with_array(hu), grid.with_array(out_labels), derived
+               "body_voxels": int(body[keep].sum()),
+               "ct_z_range_mm": z.tolist()}
+    return ct_vol, label_vol, derived
+
+
+def _crop_slices(labels: np.ndarray, margin_mm: float, spacing: float) -> slice:
+    """Axial slices (k) holding the :func:`region_labels` plus ``margin_mm``, within the grid."""
+    table = np.zeros(256, bool)
+    table[list(region_labels())] = True
+    k = np.flatnonzero(table[labels].any(axis=(1, 2)))
+    if k.size == 0:
+        raise ValueError("synthetic patient has no pelvis, sacrum or muscle voxels to crop to")
+    m = int(np.ceil(margin_mm / spacing - 1e-9))
+    return slice(max(int(k[0]) - m, 0), min(int(k[-1]) + m + 1, labels.shape[0]))
+
+
+def _crop_z(vol: Volume, keep: slice) -> Volume:
+    """The axial slices ``keep`` of an axis-aligned volume."""
+    origin = np.array(vol.origin, float)
+    origin[2] += keep.start * vol.spacing[2]
+    return Volume(np.ascontiguousarray(vol.array[keep]), vol.spacing, origin, vol.direction)
 
 
 def change_muscle_volumes(labels: np.ndarray, factors: dict[str, float], spacing: float,
@@ -202,8 +235,10 @@ def _bone_hu(hu: np.ndarray, labels: np.ndarray, value: int, h: dict, spacing: f
 
 
 def _output_grid(template: Template, scale: float, spacing: float, skin_shift: float,
-                 z_range_mm: tuple[float, float]) -> Volume:
-    """Axis-aligned LPS grid holding the scaled body (plus room for the skin shift)."""
+                 room_mm: float) -> Volume:
+    """Axis-aligned LPS grid holding the scaled body (plus room for the skin shift) in-plane,
+    and the scaled region (:attr:`Template.region_z`) plus ``room_mm`` superior-inferior,
+    within the template's own superior-inferior extent."""
     lab = template.labels
     shape = np.array(lab.array.shape[::-1])
     corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in shape], indexing="ij")).reshape(3, -1).T
@@ -212,9 +247,10 @@ def _output_grid(template: Template, scale: float, spacing: float, skin_shift: f
     lo = c + scale * (world.min(0) - c)
     hi = c + scale * (world.max(0) - c)
     margin = max(skin_shift, 0.0) + 2 * spacing
+    z_lo = max(c[2] + scale * (template.region_z[0] - c[2]) - room_mm, lo[2])
+    z_hi = min(c[2] + scale * (template.region_z[1] - c[2]) + room_mm, hi[2])
     lo, hi = lo - margin, hi + margin
-    lo[2] = c[2] + scale * z_range_mm[0]
-    hi[2] = c[2] + scale * z_range_mm[1]
+    lo[2], hi[2] = z_lo, z_hi
     size = np.maximum(np.ceil((hi - lo) / spacing).astype(int), 2)
     origin = lo + spacing / 2
     return Volume(np.zeros(size[::-1], np.uint8), (spacing,) * 3, origin, np.eye(3))

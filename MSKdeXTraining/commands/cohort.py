@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (same seed, same bytes)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it exists)")
     parser.add_argument("--size", choices=sorted(SIZES), default="demo",
-                        help="resolution preset: demo = 3 mm CT, 256x256 detector at 2.3 mm; "
-                             "full = 1.5 mm CT, 512x512 at 0.85 mm; test = 5 mm CT, 128x128 at 3.4 mm")
+                        help="resolution preset: " + "; ".join(
+                            f"{k} = {v.ct_spacing_mm:g} mm CT, {v.detector_px}x{v.detector_px} "
+                            f"detector at {v.pixel_mm:.2f} mm" for k, v in SIZES.items()))
     parser.add_argument("--workers", type=int, default=None,
                         help="parallel processes (default: all cores)")
     parser.add_argument("--templates", type=Path, nargs="+", default=None, metavar="DIR",

@@ -1,0 +1,244 @@
+"""K-fold cross-validation by patient (paper Sec. 3): train, predict held-out cases, score.
+
+Layout written by :func:`evaluate` (every stage resumable: a fold whose predictions exist is
+not redone, training continues from its last checkpoint)::
+
+    OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``)
+    OUT/fold_<i>/predictions.json  held-out cases of fold i: true and predicted volume (cm3)
+                                   and mass (g) per object, PSNR/SSIM of the aligned bones
+    OUT/predictions.csv            all folds, one row per case and object
+    OUT/metrics.csv, metrics.md    per object PCC, ICC(2,1), MAE; bone PSNR/SSIM; ANOVA
+    OUT/*.png, OUT/report.html     figures and the self-contained report
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fileio import write_json
+from ..objects import DEFAULT_MUSCLES
+from . import metrics
+
+Progress = Callable[[float, str], None]
+PRED_FORMAT = "mskdex-predictions"
+PRED_VERSION = 1
+#: Columns of predictions.csv: one row per case and object (cm3, g).
+ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
+              "mass_true_g", "mass_pred_g"]
+
+
+@dataclass
+class Predictions:
+    """Held-out predictions of one or more folds: arrays (M cases, N objects) in cm3 and g."""
+
+    ids: list[str]
+    patients: list[str]
+    folds: np.ndarray
+    names: list[str]
+    kinds: list[str]
+    aligned_bones: list[str]
+    volume_true: np.ndarray
+    volume_pred: np.ndarray
+    mass_true: np.ndarray
+    mass_pred: np.ndarray
+    image: list[dict]  # per case: {bone: {drr_type: {"psnr", "ssim"}}}
+
+    @classmethod
+    def from_json(cls, docs: list[dict]) -> Predictions:
+        cases = [(d["fold"], c) for d in docs for c in d["cases"]]
+        first = docs[0]
+        arr = lambda key: np.array([c[key] for _, c in cases], float).reshape(len(cases), -1)
+        return cls([c["id"] for _, c in cases], [str(c["patient"]) for _, c in cases],
+                   np.array([f for f, _ in cases], int), list(first["objects"]), list(first["kinds"]),
+                   list(first["aligned_bones"]), arr("volume_true_cm3"), arr("volume_pred_cm3"),
+                   arr("mass_true_g"), arr("mass_pred_g"), [c["image"] for _, c in cases])
+
+    def rows(self) -> list[list]:
+        """Long format, columns :data:`ROW_HEADER`."""
+        return [[cid, self.patients[m], int(self.folds[m]), n, self.kinds[i],
+                 self.volume_true[m, i], self.volume_pred[m, i], self.mass_true[m, i], self.mass_pred[m, i]]
+                for m, cid in enumerate(self.ids) for i, n in enumerate(self.names)]
+
+    def object_metrics(self) -> list[dict]:
+        """Per object: agreement (n, pcc, icc, mae) of mass (g) and volume (cm3)."""
+        return [{"object": n, "kind": self.kinds[i],
+                 "mass": metrics.agreement(self.mass_pred[:, i], self.mass_true[:, i]),
+                 "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i])}
+                for i, n in enumerate(self.names)]
+
+    def mean_muscle_pcc(self, quantity: str = "mass") -> float:
+        """Mean PCC over the paper's six muscles present in this model (or all muscles)."""
+        per = {m["object"]: m[quantity]["pcc"] for m in self.object_metrics() if m["kind"] == "muscle"}
+        chosen = [per[n] for n in DEFAULT_MUSCLES if n in per] or list(per.values())
+        return float(np.nanmean(chosen)) if chosen else float("nan")
+
+    def image_metrics(self) -> list[dict]:
+        """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the cases."""
+        out = []
+        for bone in self.aligned_bones:
+            for dtype in self.image[0][bone]:
+                vals = np.array([[c[bone][dtype]["psnr"], c[bone][dtype]["ssim"]] for c in self.image])
+                finite = np.isfinite(vals[:, 0])
+                out.append({"bone": bone, "drr_type": dtype,
+                            "psnr": float(vals[finite, 0].mean()) if finite.any() else float("nan"),
+                            "ssim": float(np.nanmean(vals[:, 1]))})
+        return out
+
+
+def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
+                  progress: Progress | None = None) -> dict:
+    """Predict the cases ``ids`` of a prepared dataset with the model in ``run`` (no test-time
+    augmentation); returns the predictions document (format ``mskdex-predictions`` v1)."""
+    from ..inference import Decomposer
+    from ..modelio import load_model
+    from ..training.data import PreparedDataset
+
+    report = progress or (lambda f, m: None)
+    model = load_model(run)
+    decomposer = Decomposer(model)
+    data = PreparedDataset(dataset, ids, size=model.geometry.shape)
+    area = model.geometry.pixel_area_cm2
+    bones = list(data.manifest["aligned_bones"])
+    bone_index = [decomposer.names.index(b) for b in bones]
+    case_patient = {c["id"]: c["patient"] for c in data.manifest["cases"]}
+    cases = []
+    for m, cid in enumerate(data.ids):
+        item = data.load(m)
+        pred = decomposer.predict(item["xray"].numpy())[0]  # (3, N, H, W)
+        sums = pred.astype(np.float64).sum(axis=(-1, -2)) * area
+        aligned = item["aligned"].numpy()
+        image = {b: {t: {"psnr": metrics.psnr(pred[k, bone_index[j]], aligned[k, j]),
+                         "ssim": metrics.ssim(pred[k, bone_index[j]], aligned[k, j])}
+                     for k, t in enumerate(decomposer.drr_types)} for j, b in enumerate(bones)}
+        cases.append({"id": cid, "patient": case_patient[cid],
+                      "volume_true_cm3": item["volume_cm3"].tolist(),
+                      "volume_pred_cm3": sums[decomposer.drr_types.index("vdrr")].tolist(),
+                      "mass_true_g": item["mass_g"].tolist(),
+                      "mass_pred_g": sums[decomposer.drr_types.index("mdrr")].tolist(),
+                      "image": image})
+        report((m + 1) / len(data.ids), f"predicted {cid}")
+    return {"format": PRED_FORMAT, "version": PRED_VERSION, "run": str(run), "fold": fold,
+            "objects": decomposer.names, "kinds": decomposer.kinds, "aligned_bones": bones,
+            "drr_types": decomposer.drr_types, "units": {"volume": "cm3", "mass": "g", "psnr": "dB"},
+            "cases": cases}
+
+
+def read_predictions(path: Path) -> dict:
+    """Read a predictions document, checking its format and version."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("format") != PRED_FORMAT or doc.get("version") != PRED_VERSION:
+        raise ValueError(f"{path}: fields 'format'/'version' must be {PRED_FORMAT!r}/{PRED_VERSION}, "
+                         f"got {doc.get('format')!r}/{doc.get('version')!r}")
+    return doc
+
+
+def load_predictions(out: Path) -> Predictions:
+    """All ``fold_*/predictions.json`` under an evaluation folder."""
+    files = sorted(Path(out).glob("fold_*/predictions.json"))
+    if not files:
+        raise FileNotFoundError(f"{out}: no fold_*/predictions.json; run `mskdex evaluate` first")
+    return Predictions.from_json([read_predictions(f) for f in files])
+
+
+def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides: dict | None = None,
+              k: int = 4, folds: list[int] | None = None, threads: int | None = None,
+              progress: Progress | None = None) -> Predictions:
+    """Train and predict the folds ``folds`` (default all ``k``) of a K-fold split by patient
+    (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept, an
+    interrupted training continues from its last checkpoint. Returns the predictions."""
+    from ..training.config import load_config
+    from ..training.data import read_manifest, split_folds
+    from ..training.checkpoint import latest_checkpoint
+    from ..training.trainer import train
+
+    report = progress or (lambda f, m: None)
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = load_config(config, overrides)
+    dataset, out = Path(dataset), Path(out)
+    splits = split_folds(read_manifest(dataset), k, seed=cfg.fold_seed)
+    folds = list(range(k)) if folds is None else list(folds)
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise ValueError(f"folds must be in 0..{k - 1}, got {bad}")
+    for n, f in enumerate(folds):
+        target = out / f"fold_{f}" / "predictions.json"
+        if target.is_file():
+            continue
+        span = 1.0 / len(folds)
+        sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
+        run = out / f"fold_{f}" / "run"
+        if not (run / "model.json").is_file():
+            train(cfg, dataset, run, fold=(f, k),
+                  resume=latest_checkpoint(run / "checkpoints") is not None,
+                  progress=lambda frac, msg: sub(0.9 * frac, msg))
+        doc = predict_cases(run, dataset, splits[f][1], fold=f,
+                            progress=lambda frac, msg: sub(0.9 + 0.1 * frac, msg))
+        write_json(target, doc)
+    report(1.0, "folds done")
+    return Predictions.from_json([read_predictions(out / f"fold_{f}" / "predictions.json") for f in folds])
+
+
+def anova(a: Predictions, b: Predictions) -> list[dict]:
+    """Per object: one-way ANOVA of the absolute errors of two evaluations on their common
+    cases (mass and volume): F and p."""
+    common = [i for i in a.ids if i in set(b.ids)]
+    if len(common) < 2:
+        raise ValueError(f"the two evaluations share {len(common)} cases; need >= 2 for ANOVA")
+    ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
+    out = []
+    for i, name in enumerate(a.names):
+        j = b.names.index(name)
+        row = {"object": name, "n": len(common)}
+        for q, (pa, ta, pb, tb) in {"mass": (a.mass_pred, a.mass_true, b.mass_pred, b.mass_true),
+                                    "volume": (a.volume_pred, a.volume_true, b.volume_pred, b.volume_true)}.items():
+            ea, eb = np.abs(pa[ia, i] - ta[ia, i]), np.abs(pb[ib, j] - tb[ib, j])
+            row[q] = dict(zip(("f", "p"), metrics.anova_oneway(ea, eb)),
+                          mae_a=float(ea.mean()), mae_b=float(eb.mean()))
+        out.append(row)
+    return out
+
+
+def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Radiograph (H, W), predicted DRRs and reference DRRs ((3, N, H, W), physical units) of
+    one case on the model grid. The reference is the CT's DRR stack, with the aligned bone
+    channels replaced by the DRRs at the registered pose (what the radiograph shows)."""
+    from ..inference import Decomposer
+    from ..modelio import load_model
+    from ..training.data import PreparedDataset
+
+    model = load_model(run)
+    data = PreparedDataset(dataset, [case_id], size=model.geometry.shape)
+    item = data.load(0)
+    xray = item["xray"][0].numpy()
+    pred = Decomposer(model).predict(xray[None])[0]
+    ref = item["drr"].numpy().copy()
+    for j, b in enumerate(data.manifest["aligned_bones"]):
+        ref[:, data.objects.index(b)] = item["aligned"][:, j].numpy()
+    return xray, pred, ref
+
+
+def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: dict | None = None,
+             k: int = 4, folds: list[int] | None = None, compare: Path | None = None,
+             title: str = "MSKdeX cross-validation", threads: int | None = None,
+             progress: Progress | None = None) -> Predictions:
+    """Cross-validate (see :func:`run_folds`), then write predictions.csv, the metric tables
+    (CSV, Markdown), figures and report.html into ``out``. ``compare``: another evaluation
+    folder whose absolute errors are compared per object by one-way ANOVA."""
+    from .summary import write_evaluation
+
+    report = progress or (lambda f, m: None)
+    preds = run_folds(dataset, out, config, overrides, k, folds, threads,
+                      progress=lambda f, m: report(0.95 * f, m))
+    other = load_predictions(Path(compare)) if compare else None
+    report(0.96, "writing the report")
+    write_evaluation(Path(out), preds, Path(dataset), title=title, compare=other,
+                     compare_label=Path(compare).name if compare else "")
+    report(1.0, "evaluation done")
+    return preds

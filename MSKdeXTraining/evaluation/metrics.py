@@ -1,0 +1,114 @@
+"""Agreement and image-quality metrics of the paper's evaluation (Sec. 3, Table 1).
+
+* :func:`pcc` - Pearson correlation coefficient (scipy.stats.pearsonr);
+* :func:`icc_a1` - ICC(2,1): two-way random effects, absolute agreement, single rater
+  (Shrout & Fleiss 1979, Psychol Bull 86:420, their case 2; McGraw & Wong 1996 "ICC(A,1)");
+* :func:`mae` - mean absolute error, in the unit of the inputs (cm3 or g);
+* :func:`psnr` / :func:`ssim` - of a predicted DRR against the reference DRR (scikit-image),
+  with the data range of the *reference* image;
+* :func:`anova_oneway` - one-way ANOVA (scipy.stats.f_oneway), as the paper compares the
+  absolute errors of two methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+
+def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=np.float64).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f"prediction and truth must have the same length, got {p.size} and {t.size}")
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
+        raise ValueError("prediction and truth must be finite")
+    return p, t
+
+
+def pcc(pred, truth) -> float:
+    """Pearson correlation coefficient of two 1D samples; NaN when either is constant or n < 2."""
+    p, t = _pair(pred, truth)
+    if p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0:
+        return float("nan")
+    return float(stats.pearsonr(p, t).statistic)
+
+
+def icc_a1(ratings) -> float:
+    """ICC(2,1) of an ``(n_subjects, k_raters)`` table (absolute agreement, single rater).
+
+    From the two-way ANOVA mean squares of rows (MSR), columns (MSC) and residual (MSE):
+    ``(MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n)``. NaN for n < 2 or a table
+    without any variance.
+    """
+    x = np.asarray(ratings, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 2:
+        raise ValueError(f"ratings must be (n_subjects, k_raters >= 2), got shape {x.shape}")
+    n, k = x.shape
+    if n < 2:
+        return float("nan")
+    grand = x.mean()
+    ss_rows = k * np.sum((x.mean(axis=1) - grand) ** 2)
+    ss_cols = n * np.sum((x.mean(axis=0) - grand) ** 2)
+    ss_err = np.sum((x - grand) ** 2) - ss_rows - ss_cols
+    msr, msc = ss_rows / (n - 1), ss_cols / (k - 1)
+    mse = ss_err / ((n - 1) * (k - 1))
+    den = msr + (k - 1) * mse + k * (msc - mse) / n
+    return float((msr - mse) / den) if den > 0 else float("nan")
+
+
+def icc(pred, truth) -> float:
+    """ICC(2,1) between predictions and ground truth (two 'raters' of the same subjects)."""
+    p, t = _pair(pred, truth)
+    return icc_a1(np.stack([p, t], axis=1))
+
+
+def mae(pred, truth) -> float:
+    """Mean absolute error, in the unit of the inputs."""
+    p, t = _pair(pred, truth)
+    return float(np.mean(np.abs(p - t))) if p.size else float("nan")
+
+
+def _images(pred, ref) -> tuple[np.ndarray, np.ndarray, float]:
+    p = np.asarray(pred, dtype=np.float64)
+    r = np.asarray(ref, dtype=np.float64)
+    if p.shape != r.shape or p.ndim != 2:
+        raise ValueError(f"need two 2D images of the same shape, got {p.shape} and {r.shape}")
+    return p, r, float(np.ptp(r))
+
+
+def psnr(pred, ref) -> float:
+    """PSNR (dB) of ``pred`` against ``ref`` with data range ``max(ref) - min(ref)``.
+
+    ``inf`` for identical images, NaN for a flat reference.
+    """
+    p, r, rng = _images(pred, ref)
+    if rng == 0:
+        return float("nan")
+    if np.array_equal(p, r):
+        return float("inf")
+    return float(peak_signal_noise_ratio(r, p, data_range=rng))
+
+
+def ssim(pred, ref) -> float:
+    """SSIM (scikit-image defaults: 7x7 window) with data range ``max(ref) - min(ref)``."""
+    p, r, rng = _images(pred, ref)
+    if rng == 0:
+        return float("nan")
+    return float(structural_similarity(r, p, data_range=rng))
+
+
+def anova_oneway(*groups) -> tuple[float, float]:
+    """One-way ANOVA of two or more samples: (F statistic, p value)."""
+    arrays = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
+    if len(arrays) < 2 or any(a.size < 2 for a in arrays):
+        raise ValueError("one-way ANOVA needs at least two groups of at least two values")
+    res = stats.f_oneway(*arrays)
+    return float(res.statistic), float(res.pvalue)
+
+
+def agreement(pred, truth) -> dict[str, float]:
+    """PCC, ICC(2,1) and MAE of one quantity of one object, plus n."""
+    p, t = _pair(pred, truth)
+    return {"n": int(p.size), "pcc": pcc(p, t), "icc": icc(p, t), "mae": mae(p, t)}

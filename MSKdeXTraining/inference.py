@@ -1,0 +1,295 @@
+"""Decompose a radiograph with a trained model: object-wise DRRs, volumes, masses, flags.
+
+:class:`Decomposer` brings a :class:`~MSKdeXTraining.radiograph_io.Radiograph` onto the
+model's detector (same pixel spacing and field of view, centred; Gaussian anti-aliasing
+when shrinking), windows its intensities to [0, 1] as the training radiographs were
+(:func:`unit_range`), predicts the
+(3, N, H, W) DRR stack in physical units and reads the per-object volume (cm3, VDRR sum x
+pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it.
+
+Uncertainty: the standard deviation of the volumes/masses over ``tta`` test-time
+augmentations (sub-pixel-to-few-pixel shifts and a small gain/gamma jitter, sampled from a
+seeded generator and recorded). The table's values are those of the un-augmented prediction,
+so they equal the sums of the returned DRRs exactly.
+
+Out-of-distribution flag (:class:`OODResult`): image-level checks (colour image, 8-bit data,
+field-of-view coverage, flat content) plus the model's own scores against its training
+radiographs (``model.json["ood"]``: Mahalanobis distance of G's pooled features, intensity
+z-score; :meth:`MSKdeXTraining.modelio.LoadedModel.ood`). The score is the larger of the two
+model scores relative to its threshold (> 1: unlike the training data).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from scipy import ndimage
+
+from .fileio import write_atomic, write_json
+from .imaging.geometry import Geometry
+from .radiograph_io import Radiograph, read_radiograph
+
+Progress = Callable[[float, str], None]
+
+TABLE_FORMAT = "mskdex-decomposition"
+TABLE_VERSION = 1
+#: Intensity |z| (image mean/std vs the training radiographs) above which a radiograph is flagged.
+OOD_Z = 4.0
+#: Feature score (Mahalanobis distance / training 99th percentile) above which it is flagged.
+OOD_FEATURE = 1.5
+#: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
+WINDOW_PERCENTILES = (1.0, 99.5)
+#: Fraction of the model's field of view the radiograph must cover.
+MIN_COVERAGE = 0.8
+
+
+@dataclass
+class Augmentation:
+    """One test-time augmentation: shift (rows, cols, pixels), gain and gamma of [0, 1] input."""
+
+    shift: tuple[float, float] = (0.0, 0.0)
+    gain: float = 1.0
+    gamma: float = 1.0
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        y = np.clip(x, 0.0, 1.0) ** self.gamma * self.gain
+        if self.shift != (0.0, 0.0):
+            y = ndimage.shift(y, self.shift, order=1, mode="constant", cval=0.0)
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+def sample_augmentations(n: int, seed: int = 0, max_shift_px: float = 4.0,
+                         jitter: float = 0.05) -> list[Augmentation]:
+    """``n`` augmentations: the identity first, then random shifts/gain/gamma (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = [Augmentation()]
+    for _ in range(max(0, n - 1)):
+        out.append(Augmentation(tuple(float(v) for v in rng.uniform(-max_shift_px, max_shift_px, 2)),
+                                float(1.0 + rng.uniform(-jitter, jitter)),
+                                float(np.exp(rng.uniform(-jitter, jitter)))))
+    return out
+
+
+@dataclass
+class OODResult:
+    """Out-of-distribution verdict: ``flag``, ``score`` (> 1: a model score beyond its
+    threshold), human-readable ``reasons`` and the ``features`` they were computed from."""
+
+    flag: bool
+    score: float
+    reasons: list[str]
+    features: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Decomposition:
+    """The result for one radiograph (see module docstring)."""
+
+    drr: np.ndarray                  # (3, N, H, W) float32, WVDRR 1, VDRR cm, MDRR g/cm2
+    xray: np.ndarray                 # (H, W) model input in [0, 1] on ``geometry``
+    geometry: Geometry
+    names: list[str]
+    kinds: list[str]
+    drr_types: list[str]
+    table: list[dict]
+    ood: OODResult
+    source: dict
+    augmentations: list[Augmentation]
+
+    def write(self, out_dir: str | Path, stem: str = "decomposition") -> dict[str, Path]:
+        """Write ``<stem>.csv``, ``<stem>.json`` and one ``<stem>_<type>.nii.gz`` stack per DRR
+        type (detector rows x columns x objects, spacing in mm), each atomically."""
+        out = Path(out_dir)
+        paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+        cols = list(self.table[0])
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols + ["ood"], lineterminator="\n")
+        w.writeheader()
+        for row in self.table:
+            w.writerow({**row, "ood": int(self.ood.flag)})
+        write_atomic(paths["csv"], lambda p: p.write_text(buf.getvalue()))
+        for t, dtype in enumerate(self.drr_types):
+            paths[dtype] = out / f"{stem}_{dtype}.nii.gz"
+            image = sitk.GetImageFromArray(np.ascontiguousarray(self.drr[t]))  # (N, H, W) -> x=col
+            image.SetSpacing((self.geometry.pixel_spacing[1], self.geometry.pixel_spacing[0], 1.0))
+            u0, v0 = self.geometry.detector_origin
+            image.SetOrigin((u0, v0, 0.0))
+            write_atomic(paths[dtype], lambda p, im=image: sitk.WriteImage(im, str(p), True))
+        write_json(paths["json"], {
+            "format": TABLE_FORMAT, "version": TABLE_VERSION,
+            "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": {"wvdrr": "1", "vdrr": "cm",
+                                                                    "mdrr": "g/cm2"}},
+            "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
+            "source": self.source, "augmentations": [asdict(a) for a in self.augmentations],
+            "drr_stacks": {t: paths[t].name for t in self.drr_types}})
+        return paths
+
+
+def to_detector(array: np.ndarray, spacing: tuple[float, float],
+                geometry: Geometry) -> tuple[np.ndarray, float]:
+    """Resample a centred image with pixel ``spacing`` (row, col mm) onto ``geometry``'s
+    detector (same centre; bilinear, with Gaussian anti-aliasing of sigma (f - 1) / 2 input
+    pixels when shrinking by f). Outside the image is 0. Returns (image, coverage), coverage
+    being the fraction of the detector that the image covers."""
+    a = np.asarray(array, np.float64)
+    f = np.array(geometry.pixel_spacing) / np.array(spacing, float)  # input px per output px
+    sigma = np.maximum(0.0, (f - 1.0) / 2.0)
+    if np.any(sigma > 0):
+        a = ndimage.gaussian_filter(a, sigma, mode="nearest")
+    rows = (np.arange(geometry.rows) - (geometry.rows - 1) / 2) * f[0] + (a.shape[0] - 1) / 2
+    cols = (np.arange(geometry.cols) - (geometry.cols - 1) / 2) * f[1] + (a.shape[1] - 1) / 2
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    out = ndimage.map_coordinates(a, [rr, cc], order=1, mode="constant", cval=0.0)
+    inside = (rr >= -0.5) & (rr <= a.shape[0] - 0.5) & (cc >= -0.5) & (cc <= a.shape[1] - 0.5)
+    return out.astype(np.float32), float(inside.mean())
+
+
+def unit_range(radiograph: Radiograph,
+               percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> tuple[np.ndarray, str]:
+    """The radiograph's values in [0, 1], bright = attenuating, as the training radiographs.
+
+    Floating-point data already in [0, 1] (processed radiographs such as the cohort's) are
+    used as they are. Anything else gets the training radiographs' clinical processing: a
+    window from its ``percentiles`` to [0, 1]. Returns the image and the method used.
+    """
+    a = np.asarray(radiograph.array, np.float64)
+    if radiograph.source.get("value_range") is None and a.min() >= 0.0 and a.max() <= 1.0:
+        return a.astype(np.float32), "already in [0, 1]: used as it is"
+    lo, hi = np.percentile(a, percentiles)
+    method = f"window [{lo:g}, {hi:g}] (percentiles {percentiles[0]:g}, {percentiles[1]:g}) -> [0, 1]"
+    if hi <= lo:
+        return np.zeros_like(a, dtype=np.float32), method
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), method
+
+
+class Decomposer:
+    """A trained model ready to decompose radiographs (see the module docstring).
+
+    ``model`` is a :class:`MSKdeXTraining.modelio.LoadedModel` (``predict``: (B, 1, H, W) in
+    [0, 1] -> (B, 3, N, H, W) physical DRRs; ``ood``: per-image scores against the training
+    radiographs; ``geometry``; ``meta``).
+    """
+
+    def __init__(self, model, batch_size: int = 4) -> None:
+        self.model = model
+        self.geometry: Geometry = model.geometry
+        self.names = list(model.meta["objects"])
+        self.kinds = list(model.meta["kinds"])
+        self.drr_types = list(model.meta["drr_types"])
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "cpu") -> Decomposer:
+        """Load ``RUN/model.safetensors`` + ``model.json`` (never unpickles)."""
+        from .modelio import load_model
+
+        return cls(load_model(Path(run), device=device))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(B, H, W) model inputs in [0, 1] -> (B, 3, N, H, W) float32 physical DRRs."""
+        outs = []
+        for b in range(0, len(x), self.batch_size):
+            t = torch.from_numpy(np.ascontiguousarray(x[b:b + self.batch_size], np.float32))[:, None]
+            outs.append(self.model.predict(t).float().cpu().numpy())
+        return np.concatenate(outs)
+
+    def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, dict]:
+        """The radiograph in [0, 1] on the model's detector, plus what was done to it."""
+        x, method = unit_range(radiograph)
+        x, coverage = to_detector(x, radiograph.pixel_spacing, self.geometry)
+        return x, {"input_shape": list(radiograph.shape),
+                   "input_pixel_spacing_mm": list(radiograph.pixel_spacing),
+                   "model_pixel_spacing_mm": list(self.geometry.pixel_spacing),
+                   "model_shape": list(self.geometry.shape), "coverage": coverage,
+                   "intensity": method}
+
+    def decompose(self, radiograph: Radiograph, tta: int = 8, seed: int = 0,
+                  progress: Progress | None = None) -> Decomposition:
+        """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity)."""
+        if tta < 1:
+            raise ValueError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
+        report = progress or (lambda f, m: None)
+        x, info = self.model_input(radiograph)
+        augs = sample_augmentations(tta, seed)
+        report(0.1, "predicting")
+        drrs = self.predict(np.stack([a.apply(x) for a in augs]))
+        report(0.9, "tabulating")
+        sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * self.geometry.pixel_area_cm2  # (T, 3, N)
+        vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
+        vol_sd = vol.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
+        mass_sd = mass.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
+        table = [{"object": n, "kind": k, "volume_cm3": float(vol[0, i]),
+                  "volume_sd_cm3": float(vol_sd[i]), "mass_g": float(mass[0, i]),
+                  "mass_sd_g": float(mass_sd[i])}
+                 for i, (n, k) in enumerate(zip(self.names, self.kinds))]
+        ood = self.check_ood(x, radiograph.source, info)
+        source = {**radiograph.source, "resampling": info, "tta": tta, "seed": seed}
+        report(1.0, "done")
+        return Decomposition(drrs[0], x, self.geometry, self.names, self.kinds, self.drr_types,
+                             table, ood, source, augs)
+
+    def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
+        """Image-level checks plus the model's scores against its training radiographs:
+        the Mahalanobis distance of G's pooled features (in units of the training 99th
+        percentile; flagged above :data:`OOD_FEATURE`) and the intensity z-score (flagged
+        above :data:`OOD_Z`)."""
+        scores = self.model.ood(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None])
+        feats = {"feature_score": float(scores["feature_score"][0]),
+                 "intensity_z": float(scores["intensity_z"][0]),
+                 "coverage": info["coverage"], "std": float(np.std(x))}
+        reasons = []
+        if source.get("colour"):
+            reasons.append("colour image (its channels differ); radiographs are grey")
+        if source.get("bits_stored", 16) <= 8:
+            reasons.append(f"{source['bits_stored']}-bit image: a processed export, unlike the "
+                           "training radiographs (continuous detector values)")
+        if info["coverage"] < MIN_COVERAGE:
+            reasons.append(f"the radiograph covers {100 * info['coverage']:.0f} % of the model's "
+                           f"field of view (< {100 * MIN_COVERAGE:.0f} %): check the pixel spacing")
+        if feats["std"] < 0.02:
+            reasons.append("nearly uniform image (intensity std < 0.02)")
+        if feats["feature_score"] > OOD_FEATURE:
+            reasons.append(f"image features unlike the training radiographs (score "
+                           f"{feats['feature_score']:.2f} > {OOD_FEATURE}, 1 = training 99th percentile)")
+        if feats["intensity_z"] > OOD_Z:
+            reasons.append(f"intensity statistics {feats['intensity_z']:.1f} SD from the training radiographs")
+        flag = bool(reasons)
+        if str(source.get("spacing_field", "")).startswith("argument"):
+            reasons.append("note: pixel spacing given by the user, not read from the file "
+                           "(volumes and masses scale with its square)")
+        score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
+        return OODResult(flag, float(score), reasons, feats)
+
+
+def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
+                    pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
+                    progress: Progress | None = None) -> list[dict]:
+    """Decompose every file in ``inputs`` into ``out/<file stem>/``; returns one summary per
+    file (name, ood flag, reasons, output paths, seconds). Files already done (their JSON
+    exists) are skipped, so an interrupted batch resumes."""
+    report = progress or (lambda f, m: None)
+    summaries = []
+    for k, path in enumerate(inputs):
+        stem = path.name.split(".")[0]
+        target = out / stem
+        report(k / max(1, len(inputs)), f"{path.name}")
+        done = target / "decomposition.json"
+        if done.is_file():
+            summaries.append({"input": str(path), "output": str(target), "skipped": True})
+            continue
+        t0 = time.perf_counter()
+        result = decomposer.decompose(read_radiograph(path, pixel_spacing), tta=tta, seed=seed)
+        paths = result.write(target)
+        summaries.append({"input": str(path), "output": str(target), "ood": result.ood.flag,
+                          "reasons": result.ood.reasons, "seconds": time.perf_counter() - t0,
+                          "files": {k: str(v) for k, v in paths.items()}})
+    report(1.0, "done")
+    return summaries

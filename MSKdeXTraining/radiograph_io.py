@@ -1,0 +1,246 @@
+"""Reading radiographs: DICOM DX/CR, NIfTI/NRRD/MHA (SimpleITK) and PNG/JPEG.
+
+:func:`read_radiograph` returns a :class:`Radiograph`: a 2D float32 array in which *bright
+means attenuating* (DICOM MONOCHROME1 is inverted, the modality rescale is applied), the
+detector pixel spacing (row, column) in mm, and a record of where each value came from.
+
+Pixel spacing is never guessed. For DICOM, ImagerPixelSpacing (0018,1164, at the detector)
+is used, else PixelSpacing (0028,0030). A PixelSpacing of exactly 1.0 x 1.0 without
+ImagerPixelSpacing is the placeholder many converters write when the spacing is unknown and
+is refused, as is a missing or implausible spacing (outside
+:data:`SPACING_RANGE_MM`, a field of view outside :data:`FOV_RANGE_MM`, or a row/column
+aspect beyond 2): the error names the file and the field and says to pass the spacing
+explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .imaging.volume import InputError
+
+#: Plausible detector pixel spacing of a projection radiograph (mm).
+SPACING_RANGE_MM = (0.02, 2.0)
+#: Plausible detector field of view (mm) along either axis.
+FOV_RANGE_MM = (50.0, 1000.0)
+#: Suffixes read with SimpleITK (they store the spacing in the file).
+ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Suffixes read as plain pictures (no spacing in the file).
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Suffixes treated as DICOM (files without a suffix are tried as DICOM too).
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
+#: Every suffix :func:`read_radiograph` accepts (used by folder batch mode).
+SUFFIXES = ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES
+#: Luma weights (ITU-R BT.601) used when a colour file has to be turned into grey.
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+@dataclass
+class Radiograph:
+    """A 2D radiograph: ``array`` (H, W) float32, bright = attenuating; ``pixel_spacing``
+    (row, column) in mm at the detector; ``source`` describes the file (path, format,
+    spacing field, bit depth, photometric interpretation, colour, ``value_range``: the range
+    the stored values can take, ``None`` for floating-point data, ...)."""
+
+    array: np.ndarray
+    pixel_spacing: tuple[float, float]
+    source: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.array.shape
+
+    @property
+    def field_of_view_mm(self) -> tuple[float, float]:
+        """Detector extent (rows, columns) in mm."""
+        return (self.array.shape[0] * self.pixel_spacing[0], self.array.shape[1] * self.pixel_spacing[1])
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES[:-1]:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def read_radiograph(path: str | Path,
+                    pixel_spacing: tuple[float, float] | float | None = None) -> Radiograph:
+    """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
+    overrides whatever the file says and is required for PNG/JPEG.
+
+    Raises :class:`InputError` naming the file and field for unreadable files, images that
+    are not 2D, and a missing, placeholder or implausible pixel spacing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    explicit = _explicit_spacing(pixel_spacing)
+    suffix = _suffix(path)
+    if suffix in ITK_SUFFIXES:
+        array, spacing, source, value_range = _read_itk(path)
+    elif suffix in PICTURE_SUFFIXES:
+        array, spacing, source, value_range = _read_picture(path)
+    else:
+        array, spacing, source, value_range = _read_dicom(path)
+    if explicit is not None:
+        source["spacing_field"] = "argument (pixel_spacing)"
+        source["spacing_in_file"] = None if spacing is None else list(spacing)
+        spacing = explicit
+    elif spacing is None:
+        raise InputError(
+            f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
+            "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
+    _check_spacing(path, array.shape, spacing, source["spacing_field"])
+    source["path"] = str(path)
+    source["shape"] = list(array.shape)
+    source["value_range"] = None if value_range is None else [float(v) for v in value_range]
+    return Radiograph(array.astype(np.float32), (float(spacing[0]), float(spacing[1])), source)
+
+
+def _explicit_spacing(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    v = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    if v.size == 1:
+        v = np.repeat(v, 2)
+    if v.size != 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        raise InputError(f"pixel_spacing must be one or two positive numbers (row, column mm), got {value!r}")
+    return float(v[0]), float(v[1])
+
+
+def _check_spacing(path: Path, shape, spacing, fieldname: str) -> None:
+    lo, hi = SPACING_RANGE_MM
+    fov = [n * s for n, s in zip(shape, spacing)]
+    problems = []
+    if not all(lo <= s <= hi for s in spacing):
+        problems.append(f"spacing {list(spacing)} mm is outside [{lo}, {hi}] mm")
+    elif not all(FOV_RANGE_MM[0] <= f <= FOV_RANGE_MM[1] for f in fov):
+        problems.append(f"field of view {np.round(fov, 1).tolist()} mm is outside "
+                        f"[{FOV_RANGE_MM[0]}, {FOV_RANGE_MM[1]}] mm")
+    elif max(spacing) / min(spacing) > 2.0:
+        problems.append(f"row/column spacing ratio {max(spacing) / min(spacing):.2f} is above 2")
+    if problems:
+        raise InputError(f"{path}: implausible pixel spacing from {fieldname}: {problems[0]}; "
+                         "expected a projection radiograph's detector spacing; pass the right "
+                         "value explicitly, e.g. --pixel-spacing 0.15")
+
+
+def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
+    """(H, W) from (H, W), (H, W, 3) or (H, W, 4); records whether the colour channels differed."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        rgb = a[..., :3].astype(np.float64)
+        source["colour"] = bool(np.ptp(rgb, axis=-1).max() > 0)
+        return rgb @ _LUMA if source["colour"] else rgb[..., 0]
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 2:
+        source["colour"] = False
+        return a.astype(np.float64)
+    raise InputError(f"{path}: expected a 2D image (one frame, grey or RGB), got array shape {a.shape}")
+
+
+def _read_dicom(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError) as e:
+        raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
+                         f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
+    if "PixelData" not in ds:
+        raise InputError(f"{path}: DICOM file has no PixelData (7FE0,0010)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames}; expected one 2D radiograph")
+    try:
+        raw = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for undecodable pixel data
+        raise InputError(f"{path}: cannot decode PixelData (transfer syntax "
+                         f"{ds.file_meta.get('TransferSyntaxUID', '?')}): {e}") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = int(ds.get("BitsStored", 8 * raw.dtype.itemsize))
+    source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
+              "photometric_interpretation": photometric, "bits_stored": bits,
+              "rescale": [float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))]}
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    stored = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if photometric == "MONOCHROME1":
+        # Bright = low value: invert the stored values within their bit depth.
+        raw = (-1 - raw) if signed else (stored[1] - raw)
+    if photometric.startswith("MONOCHROME"):
+        array = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+        slope, intercept = source["rescale"]
+        value_range = tuple(sorted(slope * v + intercept for v in stored))
+        source["colour"] = False
+    else:
+        array = _to_grey(raw, path, source)
+        value_range = stored
+    spacing = None
+    for keyword, tag in (("ImagerPixelSpacing", "(0018,1164)"), ("PixelSpacing", "(0028,0030)")):
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        try:
+            v = [float(x) for x in value]
+        except (TypeError, ValueError):
+            v = []
+        if len(v) != 2:
+            source["spacing_problem"] = f"{keyword} {tag} is {value!r}, expected two numbers"
+            continue
+        if keyword == "PixelSpacing" and v == [1.0, 1.0]:
+            source["spacing_problem"] = (f"{keyword} {tag} is 1.0\\1.0 without ImagerPixelSpacing, "
+                                         "the placeholder converters write when the spacing is unknown")
+            continue
+        spacing, source["spacing_field"] = (v[0], v[1]), f"{keyword} {tag}"
+        break
+    else:
+        source.setdefault("spacing_problem", "neither ImagerPixelSpacing (0018,1164) nor "
+                                             "PixelSpacing (0028,0030) is present")
+    source.setdefault("spacing_field", "none")
+    return array, spacing, source, value_range
+
+
+def _read_itk(path: Path):
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+    size = image.GetSize()
+    if image.GetDimension() == 3 and size[2] == 1:
+        image = image[:, :, 0]
+    if image.GetDimension() != 2:
+        raise InputError(f"{path}: a radiograph must be a 2D image (or one slice), got size {size}")
+    source = {"format": "itk", "pixel_type": image.GetPixelIDTypeAsString(),
+              "spacing_field": "image spacing"}
+    raw = sitk.GetArrayFromImage(image)
+    value_range = None
+    if raw.dtype.kind in "iu":
+        value_range = (np.iinfo(raw.dtype).min, np.iinfo(raw.dtype).max)
+        source["bits_stored"] = 8 * raw.dtype.itemsize
+    array = _to_grey(raw, path, source)
+    sx, sy = image.GetSpacing()  # ITK order (column, row)
+    return array, (sy, sx), source, value_range
+
+
+def _read_picture(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            array = np.asarray(im.convert("I;16") if mode == "I;16B" else im)
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: cannot be read as a picture ({e})") from None
+    source = {"format": "picture", "mode": mode, "bits_stored": 16 if array.dtype.itemsize >= 2 else 8,
+              "spacing_field": "none",
+              "spacing_problem": f"{path.suffix} files store no pixel spacing"}
+    value_range = None if array.dtype.kind == "f" else (0, (1 << source["bits_stored"]) - 1)
+    return _to_grey(array, path, source), None, source, value_range

@@ -1,0 +1,116 @@
+"""Cross-validation, report and ablation on the toy phantom dataset with a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from MSKdeXTraining.evaluation import figures
+from MSKdeXTraining.evaluation.ablation import ablation
+from MSKdeXTraining.evaluation.crossval import anova, evaluate, load_predictions
+from MSKdeXTraining.evaluation.report import Section, Table, write_html
+from MSKdeXTraining.inference import Decomposer
+from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_folds
+from MSKdeXTraining.training.toy import write_toy_dataset
+
+from test_inference import tiny_config
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    write_toy_dataset(root / "data", n_cases=8, size=32, seed=1)
+    tiny_config(root, epochs=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy) -> tuple[Path, object]:
+    out = toy / "eval"
+    preds = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
+    return out, preds
+
+
+def _embedded_pngs(html: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+
+def test_report_written_with_figures(evaluated):
+    out, preds = evaluated
+    html = (out / "report.html").read_text()
+    pngs = _embedded_pngs(html)
+    assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert pngs[0] == (out / "scatter_mass.png").read_bytes()
+    assert "ICC" in html and "gluteus_medius" in html
+    assert (out / "metrics.md").read_text().count("|") > 50
+
+
+def test_predictions_are_the_held_out_fold(toy, evaluated):
+    out, preds = evaluated
+    held_out = split_folds(read_manifest(toy / "data"), 2, seed=0)[0][1]
+    assert sorted(preds.ids) == sorted(held_out)
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(held_out) * 9
+    # predicted values are the decomposer's DRR sums; truth is the dataset's
+    data = PreparedDataset(toy / "data", [preds.ids[0]], size=(32, 32))
+    item = data.load(0)
+    result = Decomposer.from_run(out / "fold_0" / "run").decompose(
+        _as_radiograph(item["xray"][0].numpy(), data.geometry), tta=1)
+    np.testing.assert_allclose(preds.mass_pred[0], [r["mass_g"] for r in result.table], rtol=1e-5)
+    np.testing.assert_allclose(preds.volume_true[0], item["volume_cm3"].numpy())
+    # the metrics table agrees with a recomputation from predictions.csv
+    with (out / "metrics.csv").open() as fh:
+        first = next(csv.DictReader(fh))
+    t = [float(r["mass_true_g"]) for r in rows if r["object"] == first["object"]]
+    p = [float(r["mass_pred_g"]) for r in rows if r["object"] == first["object"]]
+    assert float(first["mass MAE (g)"]) == pytest.approx(np.mean(np.abs(np.subtract(p, t))))
+
+
+def _as_radiograph(x, geometry):
+    from MSKdeXTraining.radiograph_io import Radiograph
+    return Radiograph(x, geometry.pixel_spacing, {"bits_stored": 32})
+
+
+def test_resume_keeps_finished_folds(toy, evaluated):
+    out, preds = evaluated
+    model = out / "fold_0" / "run" / "model.safetensors"
+    stamp = model.stat().st_mtime_ns
+    again = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
+    assert model.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.mass_pred, preds.mass_pred)
+    assert load_predictions(out).ids == preds.ids
+
+
+def test_anova_of_two_evaluations(evaluated):
+    _, preds = evaluated
+    rows = anova(preds, preds)
+    assert rows[0]["mass"]["f"] == pytest.approx(0.0) and rows[0]["mass"]["p"] == pytest.approx(1.0)
+
+
+def test_figures_and_html(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(50, 150, (12, 2))
+    png = figures.scatter_figure(truth, truth * 1.1, ["iliacus", "pelvis"], "Mass", "g", tmp_path / "s.png")
+    x = rng.random((24, 24))
+    drr = rng.random((3, 2, 24, 24))
+    panel = figures.decomposition_figure(x, drr, drr, ["iliacus", "pelvis"], tmp_path / "d.png")
+    html = write_html(tmp_path / "r.html", "t", [Section("s", "text", [Table(["a", "b"], [["x", float("nan")]])],
+                                                            [(png, "scatter"), (panel, "panel")])])
+    text = html.read_text()
+    assert "n/a" in text and len(_embedded_pngs(text)) == 2
+
+
+@pytest.mark.slow
+def test_ablation_table2_layout(toy):
+    rows = ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(0.0, 100.0),
+                    bone_losses=(False,), k=2, workers=2)
+    assert [(r["lambda_is"], r["bone_loss"]) for r in rows] == [(0.0, False), (100.0, False)]
+    md = (toy / "ablation" / "ablation.md").read_text()
+    assert "Glu. max." in md and "muscle mean" in md
+    assert (toy / "ablation" / "lis100_bone0" / "fold_0" / "predictions.json").is_file()

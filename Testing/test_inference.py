@@ -1,0 +1,130 @@
+"""Decompose with a tiny model trained here on the toy phantom dataset: sums equal the table,
+outputs written and resumable, the out-of-distribution flag, real DICOMs, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MSKdeXTraining.commands import decompose as decompose_cmd
+from MSKdeXTraining.inference import Decomposer, decompose_files, to_detector
+from MSKdeXTraining.radiograph_io import Radiograph
+from MSKdeXTraining.training.config import load_config
+from MSKdeXTraining.training.data import PreparedDataset
+from MSKdeXTraining.training.toy import write_toy_dataset
+from MSKdeXTraining.training.trainer import train
+
+TINY = {"name": "tiny", "epochs": 2, "batch_size": 2, "image_size": 32, "g_width": 8,
+        "g_branches": 2, "g_blocks": 1, "g_stem_stride": 2, "f_width": 8, "f_blocks": 1,
+        "d_width": 8, "d_layers": 2, "checkpoint_every": 2}
+
+
+def tiny_config(folder: Path, **overrides) -> Path:
+    """Write the tiny training config as a YAML file and return its path."""
+    import yaml
+
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(dataset, run): 8 toy cases on a 32^2 detector, G trained for 2 epochs."""
+    root = tmp_path_factory.mktemp("tiny")
+    data = write_toy_dataset(root / "data", n_cases=8, size=32, seed=0)
+    run = train(load_config(tiny_config(root)), data, root / "run", fold=(0, 4))
+    return data, run
+
+
+@pytest.fixture(scope="module")
+def decomposer(trained) -> Decomposer:
+    return Decomposer.from_run(trained[1])
+
+
+def toy_radiograph(data: Path, index: int) -> Radiograph:
+    ds = PreparedDataset(data)
+    x = ds.load(index)["xray"][0].numpy()
+    return Radiograph(x, ds.geometry.pixel_spacing, {"format": "test", "bits_stored": 32})
+
+
+def test_table_equals_drr_sums(trained, decomposer):
+    result = decomposer.decompose(toy_radiograph(trained[0], 5), tta=4)
+    area = result.geometry.pixel_area_cm2
+    assert result.drr.shape == (3, 9, 32, 32) and area == pytest.approx(0.75 * 0.75)
+    for i, row in enumerate(result.table):
+        assert row["object"] == result.names[i]
+        assert row["volume_cm3"] == pytest.approx(result.drr[1, i].astype(np.float64).sum() * area, rel=1e-9)
+        assert row["mass_g"] == pytest.approx(result.drr[2, i].astype(np.float64).sum() * area, rel=1e-9)
+        assert row["volume_sd_cm3"] >= 0 and row["mass_sd_g"] >= 0
+    assert any(r["mass_sd_g"] > 0 for r in result.table)  # augmentations change the prediction
+    single = decomposer.decompose(toy_radiograph(trained[0], 5), tta=1)
+    assert all(r["mass_sd_g"] == 0 for r in single.table)
+    assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
+
+
+def test_resampling_keeps_field_of_view():
+    from MSKdeXTraining.imaging.geometry import Geometry
+
+    geo = Geometry(rows=40, cols=40, pixel_spacing=(2.0, 2.0))
+    rr, cc = np.mgrid[0:160, 0:160]
+    disc = (((rr - 79.5) ** 2 + (cc - 79.5) ** 2) < 40 ** 2).astype(np.float32)  # r = 20 mm at 0.5 mm
+    out, coverage = to_detector(disc, (0.5, 0.5), geo)
+    assert coverage == 1.0
+    # the disc keeps its area in mm2 (pi r^2) after a 4x reduction with anti-aliasing
+    assert out.sum() * 4.0 == pytest.approx(np.pi * 20 ** 2, rel=0.02)
+    small, coverage = to_detector(disc[40:120, 40:120], (0.5, 0.5), geo)  # 40 mm image, 80 mm detector
+    assert coverage == pytest.approx(0.25, abs=0.03) and small[0, 0] == 0
+
+
+def test_ood_flags(trained, decomposer):
+    inside = decomposer.decompose(toy_radiograph(trained[0], 0), tta=1)  # a training case
+    assert not inside.ood.flag, inside.ood.reasons
+    rng = np.random.default_rng(0)
+    noise = Radiograph(rng.random((240, 240)).astype(np.float32), (1.0, 1.0), {"bits_stored": 32})
+    flagged = decomposer.decompose(noise, tta=1)
+    assert flagged.ood.flag and flagged.ood.score > 1
+    assert any("training radiographs" in r for r in flagged.ood.reasons)
+    colour = toy_radiograph(trained[0], 0)
+    colour.source["colour"] = True
+    assert decomposer.decompose(colour, tta=1).ood.flag
+
+
+def test_write_and_batch_resume(trained, decomposer, tmp_path):
+    result = decomposer.decompose(toy_radiograph(trained[0], 2), tta=2)
+    paths = result.write(tmp_path / "one")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["format"] == "mskdex-decomposition" and len(doc["objects"]) == 9
+    with paths["csv"].open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["object"] for r in rows] == result.names
+    assert float(rows[3]["mass_g"]) == pytest.approx(result.table[3]["mass_g"])
+    stack = sitk.ReadImage(str(paths["mdrr"]))
+    assert stack.GetSize() == (32, 32, 9) and stack.GetSpacing()[:2] == pytest.approx((7.5, 7.5))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(stack), result.drr[2])
+
+
+def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path):
+    folder = shared_data / "pediatric-ap-radiographs"
+    files = sorted(folder.glob("*.dcm"))[:2]
+    out = tmp_path / "ped"
+    summaries = decompose_files(decomposer, files, out, pixel_spacing=(1.0, 1.0), tta=2)
+    assert all(s["ood"] for s in summaries)
+    assert all(any("8-bit" in r for r in s["reasons"]) for s in summaries)
+    again = decompose_files(decomposer, files, out, pixel_spacing=(1.0, 1.0), tta=2)
+    assert all(s["skipped"] for s in again)
+    # the CLI over a folder, without a spacing: the placeholder is refused, naming the field
+    args = argparse.Namespace(model=trained[1], xray=files[0], out=tmp_path / "cli", pixel_spacing=None,
+                              tta=1, seed=0, device="cpu")
+    from MSKdeXTraining.imaging.volume import InputError
+    with pytest.raises(InputError, match="PixelSpacing"):
+        decompose_cmd.run(args)
+    args.pixel_spacing = [1.0]
+    assert decompose_cmd.run(args) == 0
+    assert (tmp_path / "cli" / "decomposition.csv").is_file()

@@ -1,0 +1,83 @@
+"""Evaluation metrics against scipy/numpy/scikit-image and hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from skimage.metrics import structural_similarity
+
+from MSKdeXTraining.evaluation import metrics
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(3)
+    truth = rng.uniform(100, 300, 40)
+    return truth + rng.normal(0, 20, 40), truth
+
+
+def test_pcc_matches_numpy(pair):
+    pred, truth = pair
+    assert metrics.pcc(pred, truth) == pytest.approx(np.corrcoef(pred, truth)[0, 1], abs=1e-12)
+    assert np.isnan(metrics.pcc(np.ones(5), np.arange(5)))
+
+
+def test_mae_matches_numpy(pair):
+    pred, truth = pair
+    assert metrics.mae(pred, truth) == pytest.approx(np.abs(pred - truth).mean())
+
+
+def test_icc_hand_computed_offset():
+    # pred = truth + 1 for three subjects: rows 1.5/2.5/3.5 -> MSR = 2; columns 2/3 -> MSC = 1.5;
+    # MSE = 0, so ICC(2,1) = 2 / (2 + 0 + 2 * 1.5 / 3) = 2/3 while PCC = 1.
+    truth = np.array([1.0, 2.0, 3.0])
+    assert metrics.icc(truth + 1, truth) == pytest.approx(2 / 3, abs=1e-12)
+    assert metrics.pcc(truth + 1, truth) == pytest.approx(1.0)
+    assert metrics.icc(truth, truth) == pytest.approx(1.0)
+
+
+def test_icc_shrout_fleiss_table():
+    # Shrout & Fleiss (1979), Table 2: 6 targets x 4 judges; ICC(2,1) = 0.29 in their Table 4.
+    ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8],
+                        [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
+    assert metrics.icc_a1(ratings) == pytest.approx(0.29, abs=0.005)
+
+
+def test_icc_rejects_bad_shape():
+    with pytest.raises(ValueError, match="n_subjects"):
+        metrics.icc_a1(np.arange(5.0))
+    with pytest.raises(ValueError, match="same length"):
+        metrics.icc([1, 2, 3], [1, 2])
+
+
+def test_psnr_ssim_match_definitions():
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(0, 2, (48, 40))
+    pred = ref + rng.normal(0, 0.05, ref.shape)
+    rng_ref = ref.max() - ref.min()
+    expected = 10 * np.log10(rng_ref ** 2 / np.mean((pred - ref) ** 2))
+    assert metrics.psnr(pred, ref) == pytest.approx(expected, rel=1e-9)
+    assert metrics.ssim(pred, ref) == pytest.approx(
+        structural_similarity(ref, pred, data_range=rng_ref), rel=1e-12)
+    assert metrics.psnr(ref, ref) == np.inf
+    assert metrics.ssim(ref, ref) == pytest.approx(1.0)
+    assert metrics.ssim(pred, ref) < 1.0
+
+
+def test_anova_matches_scipy():
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 5.0, 7.0, 9.0])
+    f, p = metrics.anova_oneway(a, b)
+    ref = stats.f_oneway(a, b)
+    assert (f, p) == pytest.approx((ref.statistic, ref.pvalue))
+    # two groups: F equals the square of the pooled two-sample t statistic
+    assert f == pytest.approx(stats.ttest_ind(a, b).statistic ** 2)
+    with pytest.raises(ValueError):
+        metrics.anova_oneway(a)
+
+
+def test_agreement_bundle(pair):
+    pred, truth = pair
+    out = metrics.agreement(pred, truth)
+    assert out == {"n": 40, "pcc": metrics.pcc(pred, truth), "icc": metrics.icc(pred, truth),
+                   "mae": metrics.mae(pred, truth)}

@@ -1,0 +1,129 @@
+"""Radiograph reading: real DICOMs, DICOMs written here (spacing fields, MONOCHROME1,
+16-bit, rescale), ITK images and pictures; spacing is never guessed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.radiograph_io import read_radiograph
+
+
+def write_dicom(path, array: np.ndarray, photometric="MONOCHROME2", bits=16, **fields):
+    """A minimal DX DICOM file (explicit VR little endian) holding ``array``."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits > 8 else 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    for k, v in fields.items():
+        setattr(ds, k, v)
+    ds.PixelData = array.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def ramp() -> np.ndarray:
+    return (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16)
+
+
+def test_dicom_imager_pixel_spacing_16bit(tmp_path, ramp):
+    f = write_dicom(tmp_path / "a.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
+                    PixelSpacing=[0.45, 0.36])
+    r = read_radiograph(f)
+    assert r.pixel_spacing == (0.5, 0.4)  # detector spacing wins over the calibrated one
+    assert "ImagerPixelSpacing" in r.source["spacing_field"] and r.source["bits_stored"] == 12
+    np.testing.assert_array_equal(r.array, ramp)
+    assert r.array.dtype == np.float32 and r.field_of_view_mm == (100.0, 64.0)
+
+
+def test_dicom_pixel_spacing_and_rescale(tmp_path, ramp):
+    f = write_dicom(tmp_path / "b.dcm", ramp, bits=12, PixelSpacing=[0.6, 0.6],
+                    RescaleSlope=2, RescaleIntercept=-10)
+    r = read_radiograph(f)
+    assert r.pixel_spacing == (0.6, 0.6) and "PixelSpacing" in r.source["spacing_field"]
+    np.testing.assert_allclose(r.array, 2.0 * ramp - 10)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path, ramp):
+    f = write_dicom(tmp_path / "c.dcm", ramp, photometric="MONOCHROME1", bits=12,
+                    ImagerPixelSpacing=[0.5, 0.5])
+    np.testing.assert_array_equal(read_radiograph(f).array, 4095 - ramp.astype(np.float32))
+
+
+def test_dicom_without_spacing_is_an_error_unless_given(tmp_path, ramp):
+    f = write_dicom(tmp_path / "d.dcm", ramp, bits=12)
+    with pytest.raises(InputError, match=r"d\.dcm.*ImagerPixelSpacing.*PixelSpacing.*--pixel-spacing"):
+        read_radiograph(f)
+    r = read_radiograph(f, pixel_spacing=0.5)
+    assert r.pixel_spacing == (0.5, 0.5) and r.source["spacing_field"].startswith("argument")
+
+
+def test_implausible_spacing_is_an_error(tmp_path, ramp):
+    f = write_dicom(tmp_path / "e.dcm", ramp, bits=12, ImagerPixelSpacing=[5.0, 5.0])
+    with pytest.raises(InputError, match=r"e\.dcm.*ImagerPixelSpacing.*outside"):
+        read_radiograph(f)
+    with pytest.raises(InputError, match="field of view"):
+        read_radiograph(f, pixel_spacing=(0.1, 0.1))  # 20 mm x 16 mm: not a hip radiograph
+    with pytest.raises(InputError, match="positive"):
+        read_radiograph(f, pixel_spacing=(-1, 1))
+
+
+def test_real_pediatric_dicoms(shared_data):
+    files = sorted((shared_data / "pediatric-ap-radiographs").glob("*.dcm"))
+    assert len(files) == 10
+    with pytest.raises(InputError, match=r"331_DDH.*PixelSpacing \(0028,0030\) is 1\.0.*placeholder"):
+        read_radiograph(files[0])
+    for f in files:
+        r = read_radiograph(f, pixel_spacing=1.0)
+        assert r.shape == (331, 331) and r.source["bits_stored"] == 8
+        assert r.source["colour"] is False  # stored as RGB with three equal channels
+        assert 0 <= r.array.min() < r.array.max() <= 255
+
+
+def test_itk_image_spacing_order(tmp_path):
+    a = np.random.default_rng(0).random((120, 90)).astype(np.float32)
+    img = sitk.GetImageFromArray(a)
+    img.SetSpacing((0.8, 1.2))  # (column, row) in ITK order
+    sitk.WriteImage(img, str(tmp_path / "x.mha"))
+    r = read_radiograph(tmp_path / "x.mha")
+    assert r.pixel_spacing == (1.2, 0.8)
+    np.testing.assert_array_equal(r.array, a)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 50, 50), np.float32)), str(tmp_path / "v.nii.gz"))
+    with pytest.raises(InputError, match="2D"):
+        read_radiograph(tmp_path / "v.nii.gz")
+
+
+def test_png_needs_explicit_spacing(tmp_path):
+    a = (np.random.default_rng(1).random((100, 80)) * 255).astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "p.png")
+    with pytest.raises(InputError, match=r"p\.png.*no usable pixel spacing.*--pixel-spacing"):
+        read_radiograph(tmp_path / "p.png")
+    r = read_radiograph(tmp_path / "p.png", pixel_spacing=(1.0, 1.0))
+    np.testing.assert_array_equal(r.array, a)
+    rgb = np.stack([a, a // 2, a // 3], -1)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert read_radiograph(tmp_path / "c.png", 1.0).source["colour"] is True
+
+
+def test_unreadable_files(tmp_path):
+    (tmp_path / "junk.dcm").write_bytes(b"not a dicom file at all")
+    with pytest.raises(InputError, match="junk.dcm"):
+        read_radiograph(tmp_path / "junk.dcm")
+    with pytest.raises(InputError, match="not found"):
+        read_radiograph(tmp_path / "missing.dcm")

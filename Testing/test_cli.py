@@ -1,0 +1,33 @@
+"""The ``mskdex`` CLI: every subcommand is registered and bad input ends as one clear line."""
+
+import pytest
+import SimpleITK as sitk
+
+from MSKdeXTraining.cli import COMMANDS, build_parser, main
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([name, "--help"])
+        assert stop.value.code == 0
+        assert "usage: mskdex " + name in capsys.readouterr().out
+
+
+def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
+    flat = tmp_path / "flat.mha"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(flat))
+    code = main(["drr", "--ct", str(flat), "--labels", str(flat), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    line = err[err.index("mskdex drr: error: "):]
+    assert code == 2
+    assert "must be a 3D image" in line and str(flat) in line and line.count("\n") == 1
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_invalid_training_config_value_is_reported_not_raised(tmp_path, capsys):
+    code = main(["train", "--config", "small", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
+                 "--set", "no_such_key=1"])
+    assert code == 2
+    assert "no_such_key" in capsys.readouterr().err

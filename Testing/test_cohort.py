@@ -81,7 +81,8 @@ def test_user_label_map_with_object_map_is_a_template(shared_data, tmp_path):
         assert (a == value).any(), value
     assert t.hip_centres["left"][0] > t.hip_centres["right"][0]
     params = patient.sample_patient(np.random.default_rng(0), t)
-    ct, labels, _ = patient.build_patient(t, params, 6.0)
+    p = patient.build_patient(t, params, 6.0)
+    ct, labels = p.ct, p.labels
     assert ct.array.dtype == np.int16 and labels.same_grid(ct) == []
     assert (labels.array == 11).sum() > 100
     (folder / "template.json").write_text(json.dumps({"format": "mskdex-template", "version": 2}))
@@ -119,7 +120,8 @@ def test_hu_ranges_per_tissue():
     t = anatomy.load_template(anatomy.find_templates()[0])
     params = patient.sample_patient(np.random.default_rng(5), t)
     params["ct"]["noise_sd_hu"] = 0.0
-    ct, labels, _ = patient.build_patient(t, params, 4.0)
+    p = patient.build_patient(t, params, 4.0)
+    ct, labels = p.ct, p.labels
     hu, lab = ct.array.astype(float), labels.array
     h = params["hu"]
     outside = ndimage.binary_erosion(lab == 0, iterations=2) & (hu < -500)
@@ -141,8 +143,16 @@ def test_hu_ranges_per_tissue():
 
 
 def test_pose_deformation_keeps_muscle_volume_and_mass(demo_case):
-    ct, labels = read_ct(demo_case / "ct.nii.gz"), read_labels(demo_case / "labels.nii.gz")
+    """On the whole body the radiograph is simulated from (the saved CT is its crop)."""
     truth = json.loads((demo_case / "truth.json").read_text())
+    p = truth["params"]
+    template = anatomy.load_template(anatomy.find_templates()[p["index"] % 4])
+    body = patient.build_patient(template, p["patient"], generate.SIZES[p["size"]].ct_spacing_mm)
+    saved = read_ct(demo_case / "ct.nii.gz")
+    assert np.array_equal(saved.array, body.body_ct.array[body.crop])
+    assert saved.origin == pytest.approx(body.ct.origin)
+    assert body.body_ct.array.shape[0] > saved.array.shape[0] + 80  # >= 12 cm more body
+    ct, labels = body.body_ct, body.body_labels
     bodies = _bodies(truth)
     pose = bodies["pelvis"].pose
     det = deformation.jacobian_determinant(labels, pose, bodies)
@@ -246,15 +256,25 @@ def test_ct_is_cropped_to_the_region_and_every_object_projects_inside_the_detect
         assert geometry.shape == (256, 256)
         k = np.flatnonzero(np.isin(labels.array, anatomy.region_labels()).any(axis=(1, 2)))
         n = labels.array.shape[0]
-        # cut at the region + margin (or where the template ends) ...
-        assert k[0] <= margin and k[-1] >= n - 1 - margin
-        if k[0] == margin:  # ... through both femur shafts
-            assert (labels.array[0] == 3).any() and (labels.array[0] == 4).any()
+        # cut at the region + margin, through both femur shafts
+        assert k[0] == margin and k[-1] == n - 1 - margin
+        assert (labels.array[0] == 3).any() and (labels.array[0] == 4).any()
         default = project_objects(ct, labels, objects, geometry, default_ap_pose(ct.center, geometry))
         lost = default.lost_fraction()
         assert lost.max() < 0.005, dict(zip(objects.names, lost.max(0).round(4)))
         lost = _lost_in_radiograph_pose(ct, labels, geometry, _bodies(truth), objects)
         assert lost.max() < 0.005, dict(zip(objects.names, lost.round(4)))
+
+
+def test_radiograph_shows_the_body_past_its_top_and_bottom_edges(demo_case):
+    """Abdomen and thighs run off the image (no band of body with air above and below), and
+    the window is set on the body: air is black, the body spans the grey range."""
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_case / "xray.mha")))
+    for rows in (image[:3], image[-3:]):
+        assert (rows > 0.02).mean() > 0.4
+    body = image > 0.02
+    assert body.mean() > 0.6
+    assert np.percentile(image[body], 5) < 0.3 and np.percentile(image[body], 99) > 0.8
 
 
 def test_radiograph_orientation_and_processing():

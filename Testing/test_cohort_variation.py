@@ -24,7 +24,8 @@ def test_volume_and_lean_density_independent_and_lean_mass_varies():
     for i in range(N_CASES):
         template = anatomy.load_template(dirs[i % len(dirs)])
         params = sample_case(case_rng(123, i), template)["patient"]
-        ct, labels, derived = patient.build_patient(template, params, 6.0)
+        p = patient.build_patient(template, params, 6.0)
+        ct, labels, derived = p.ct, p.labels, p.derived
         hu = ct.array.astype(float)
         for name, value in muscles.items():
             sel = labels.array == value

@@ -39,7 +39,8 @@ XRAY_FORMAT = "mskdex-xray"
 VERSION = 1
 #: Version of the generator's model; a cohort refuses to resume under another one.
 #: 2: CT cropped to pelvis, sacrum and muscles; radiograph centred on the CT centre.
-GENERATOR_VERSION = 2
+#: 3: radiograph of the whole body (continued past the template's ends), window on the body.
+GENERATOR_VERSION = 3
 
 Progress = Callable[[float, str], None]
 
@@ -128,8 +129,10 @@ def case_geometry(size: CohortSize, xray: dict) -> Geometry:
 
 def build_case(template: Template, params: dict, size: CohortSize
                ) -> tuple[Volume, Volume, Radiograph, dict[str, np.ndarray], dict]:
-    """CT, labels, radiograph, rigid-body poses (world->camera) and derived values of a case."""
-    ct, labels, derived = build_patient(template, params["patient"], size.ct_spacing_mm)
+    """CT, labels (cropped), radiograph (of the whole body), rigid-body poses (world->camera)
+    and derived values of a case."""
+    patient = build_patient(template, params["patient"], size.ct_spacing_mm)
+    ct, labels, derived = patient.ct, patient.labels, patient.derived
     x = params["xray"]
     geometry = case_geometry(size, x)
     hips = {k: np.array(v) for k, v in derived["hip_centres_mm"].items()}
@@ -149,7 +152,8 @@ def build_case(template: Template, params: dict, size: CohortSize
         window_percentiles=tuple(x["window_percentiles"]), gamma=x["gamma"],
         unsharp_weight=x["unsharp_weight"], unsharp_sigma_mm=x["unsharp_sigma_mm"],
         noise_seed=x["noise_seed"])
-    radiograph = simulate_radiograph(ct, labels, geometry, pelvis, bodies, settings)
+    radiograph = simulate_radiograph(patient.body_ct, patient.body_labels, geometry, pelvis,
+                                     bodies, settings)
     return ct, labels, radiograph, poses, derived
 
 

@@ -18,13 +18,21 @@ Steps, on the output grid (isotropic ``spacing`` mm, LPS, identity direction):
    bones have a cortical shell and a cancellous interior from the depth below the bone
    surface; air outside; then scanner blur and noise;
 5. crop, as a hip CT is acquired: superior-inferior to the extent of pelvis, sacrum and the
-   muscles (:func:`~.anatomy.region_labels`) plus :data:`CROP_MARGIN_MM` (where the
-   template reaches that far), so the femur shafts and the spine are cut at that level. The
-   truth is computed from the cropped CT, and the CT centre is the region's centre
-   (superior-inferior), where the radiograph and the default AP view are centred.
+   muscles (:func:`~.anatomy.region_labels`) plus :data:`CROP_MARGIN_MM`, so the femur
+   shafts and the spine are cut at that level. The truth is computed from the cropped CT,
+   and the CT centre is the region's centre (superior-inferior), where the radiograph and
+   the default AP view are centred.
+
+The grid spans the region plus :data:`BODY_ROOM_MM` superior and inferior, the whole body
+the radiograph sees (:attr:`Patient.body_ct`): a hip film shows abdomen and thighs running
+off its edges. Where the template ends before that, its end slices are repeated (body mask,
+soft tissue, spine and femur shafts; object muscles become other muscle, pelvis and sacrum
+unlabelled tissue), so the body continues smoothly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -41,9 +49,26 @@ AIR_HU = -1000.0
 HU_MIN, HU_MAX = -1024, 3071
 #: Superior-inferior margin (mm) of the CT around the pelvis, sacrum and muscles.
 CROP_MARGIN_MM = 10.0
-#: Room (mm) the synthesis grid keeps beyond the crop margin: muscle growth (<= 20 mm) and the
-#: smooth deformation (<= 7 mm) may move the region's ends.
-GRID_ROOM_MM = 30.0
+#: Superior-inferior extent (mm) synthesised beyond the region (scaled) for the radiograph:
+#: the 58.9 cm detector sees up to about 290 mm either side of its central ray (region centre
+#: +- 15 mm) at the detector, about 230 mm at the front of the body, so the body reaches past
+#: every edge of the image. Also room for muscle growth (<= 20 mm) and deformation (<= 7 mm).
+BODY_ROOM_MM = 150.0
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A synthetic patient: ``ct`` (int16 HU) and ``labels`` (uint8 cohort values) cropped like
+    a hip CT (the saved CT; the truth is computed from it), ``body_ct`` and ``body_labels``
+    on the whole synthesised grid (the body the radiograph sees; ``ct`` is its slices
+    ``crop``), and ``derived`` realised quantities (JSON-able)."""
+
+    ct: Volume
+    labels: Volume
+    body_ct: Volume
+    body_labels: Volume
+    crop: slice
+    derived: dict
 
 
 def muscle_sides() -> dict[str, int]:
@@ -79,16 +104,18 @@ def sample_patient(rng: np.random.Generator, template: Template) -> dict:
 
 
 def build_patient(template: Template, params: dict, spacing: float,
-                  margin_mm: float = CROP_MARGIN_MM) -> tuple[Volume, Volume, dict]:
-    """CT (int16 HU) and labels (uint8 cohort values) of the patient ``params`` describes.
+                  margin_mm: float = CROP_MARGIN_MM, room_mm: float = BODY_ROOM_MM) -> Patient:
+    """The patient ``params`` describes, on an isotropic grid of ``spacing`` mm.
 
-    ``spacing`` is the isotropic voxel size (mm); the CT spans the pelvis, sacrum and muscles
-    plus ``margin_mm`` superior and inferior (as far as the template reaches). Returns
-    ``(ct, labels, derived)`` where ``derived`` holds realised quantities (volume factors
-    actually reached, hip centres, the CT's z range in mm).
+    The CT spans the pelvis, sacrum and muscles plus ``margin_mm`` superior and inferior; the
+    body (for the radiograph) the same plus ``room_mm`` (>= ``margin_mm`` + 30 mm).
+    ``derived`` holds the volume factors actually reached, hip centres and the z ranges (mm)
+    of CT and body.
     """
+    if room_mm < margin_mm + 30.0:
+        raise ValueError(f"room_mm must be >= margin_mm + 30 mm, got {room_mm} and {margin_mm}")
     s = params["scale"]
-    grid = _output_grid(template, s, spacing, params["skin_shift_mm"], margin_mm + GRID_ROOM_MM)
+    grid = _output_grid(template, s, spacing, params["skin_shift_mm"], room_mm)
     centre = template.centre
     pts = _grid_points(grid)  # (k, j, i, 3) world mm
     similar = centre + (pts - centre) / s
@@ -108,18 +135,23 @@ def build_patient(template: Template, params: dict, spacing: float,
     hu = np.clip(np.round(hu + ct["noise_sd_hu"] * noise), HU_MIN, HU_MAX).astype(np.int16)
     out_labels = np.where(labels >= FAT, 0, labels).astype(np.uint8)
     keep = _crop_slices(out_labels, margin_mm, spacing)
-    ct_vol, label_vol = (_crop_z(grid.with_array(a), keep) for a in (hu, out_labels))
-    z = ct_vol.origin[2] + spacing * np.array([-0.5, ct_vol.array.shape[0] - 0.5])
+    body_ct, body_labels = grid.with_array(hu), grid.with_array(out_labels)
+    ct_vol, label_vol = (_crop_z(v, keep) for v in (body_ct, body_labels))
     derived = {"volume_factor_realised": realised,
                "hip_centres_mm": {k: (centre + s * (v - centre)).tolist()
                                   for k, v in template.hip_centres.items()},
                "body_voxels": int(body[keep].sum()),
-               "ct_z_range_mm": z.tolist()}
-    return ct_vol, label_vol, derived
+               "ct_z_range_mm": _z_range(ct_vol), "body_z_range_mm": _z_range(body_ct)}
+    return Patient(ct_vol, label_vol, body_ct, body_labels, keep, derived)
+
+
+def _z_range(vol: Volume) -> list[float]:
+    """LPS z range (mm, voxel edges) of an axis-aligned volume."""
+    return (vol.origin[2] + vol.spacing[2] * np.array([-0.5, vol.array.shape[0] - 0.5])).tolist()
 
 
 def _crop_slices(labels: np.ndarray, margin_mm: float, spacing: float) -> slice:
-    """Axial slices (k) holding the :func:`region_labels` plus ``margin_mm``, within the grid."""
+    """Axial slices (k) holding the :func:`region_labels` plus ``margin_mm`` (within the grid)."""
     table = np.zeros(256, bool)
     table[list(region_labels())] = True
     k = np.flatnonzero(table[labels].any(axis=(1, 2)))
@@ -237,8 +269,8 @@ def _bone_hu(hu: np.ndarray, labels: np.ndarray, value: int, h: dict, spacing: f
 def _output_grid(template: Template, scale: float, spacing: float, skin_shift: float,
                  room_mm: float) -> Volume:
     """Axis-aligned LPS grid holding the scaled body (plus room for the skin shift) in-plane,
-    and the scaled region (:attr:`Template.region_z`) plus ``room_mm`` superior-inferior,
-    within the template's own superior-inferior extent."""
+    and the scaled region (:attr:`Template.region_z`) plus ``room_mm`` superior-inferior
+    (beyond the template's ends too, see :func:`_sample_labels`)."""
     lab = template.labels
     shape = np.array(lab.array.shape[::-1])
     corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in shape], indexing="ij")).reshape(3, -1).T
@@ -247,8 +279,8 @@ def _output_grid(template: Template, scale: float, spacing: float, skin_shift: f
     lo = c + scale * (world.min(0) - c)
     hi = c + scale * (world.max(0) - c)
     margin = max(skin_shift, 0.0) + 2 * spacing
-    z_lo = max(c[2] + scale * (template.region_z[0] - c[2]) - room_mm, lo[2])
-    z_hi = min(c[2] + scale * (template.region_z[1] - c[2]) + room_mm, hi[2])
+    z_lo = c[2] + scale * (template.region_z[0] - c[2]) - room_mm
+    z_hi = c[2] + scale * (template.region_z[1] - c[2]) + room_mm
     lo, hi = lo - margin, hi + margin
     lo[2], hi[2] = z_lo, z_hi
     size = np.maximum(np.ceil((hi - lo) / spacing).astype(int), 2)
@@ -272,10 +304,19 @@ def _grid_points(grid: Volume) -> np.ndarray:
 
 def _sample_labels(labels: Volume, world: np.ndarray) -> np.ndarray:
     """Nearest-neighbour labels at world points ``(..., 3)``: 0 outside the template's
-    in-plane extent, its end slices repeated beyond its superior/inferior ends."""
+    in-plane extent; beyond its superior/inferior ends the body continues as its end slices
+    (body mask, soft tissue, spine, femurs), object muscles there become :data:`OTHER_MUSCLE`
+    and pelvis/sacrum unlabelled tissue, so the continuation adds nothing to the region."""
     inv = np.linalg.inv(labels.affine)
     ijk = world @ inv[:3, :3].T + inv[:3, 3]
     coords = np.moveaxis(ijk[..., ::-1], -1, 0)  # (k, j, i) index order
-    # beyond the template's first/last slice the body continues as its end slices
-    np.clip(coords[0], 0, labels.array.shape[0] - 1, out=coords[0])
-    return ndimage.map_coordinates(labels.array, coords, order=0, mode="constant", cval=0)
+    n = labels.array.shape[0]
+    beyond = (coords[0] < -0.5) | (coords[0] > n - 0.5)
+    np.clip(coords[0], 0, n - 1, out=coords[0])
+    out = ndimage.map_coordinates(labels.array, coords, order=0, mode="constant", cval=0)
+    if beyond.any():
+        continued = np.arange(256, dtype=np.uint8)
+        continued[list(region_labels())] = BODY
+        continued[list(muscle_sides().values())] = OTHER_MUSCLE
+        out[beyond] = continued[out[beyond]]
+    return out

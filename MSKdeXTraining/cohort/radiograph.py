@@ -13,7 +13,9 @@ Detector: primary ``P = N0 exp(-L)`` (quanta per pixel), scatter (after the anti
 = ``scatter_fraction`` times ``P (1 - exp(-L))`` blurred over ``scatter_sigma_mm`` (a crude
 model of photons scattered in the body), Poisson quantum noise, Gaussian detector blur, then
 clinical processing: ``-log(counts / N0)``, unsharp masking, a window between two percentiles
-mapped to [0, 1] (bright = attenuating) and a gamma.
+of the body's pixels (line integral above :data:`BODY_LINE_INTEGRAL`; air is left out, as a
+film's automatic processing looks at the collimated anatomy) mapped to [0, 1] (bright =
+attenuating) and a gamma.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from .deformation import RigidBody, soft_tissue_field
 AIR_HU = -900.0
 #: Largest projected sub-voxel footprint (pixels) of the radiograph simulation.
 FOOTPRINT_PX = 1.0
+#: Pixels whose noise-free line integral of mu exceeds this (about 2.5 cm of water at 60 keV)
+#: see the body; the window's percentiles are taken over them (all pixels if there are none).
+BODY_LINE_INTEGRAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class XraySettings:
     ``blur_sigma_mm``: Gaussian blur (detector mm) of the scatter and of the detector;
     ``unsharp_weight``, ``unsharp_sigma_mm``: unsharp masking of the log image,
     ``log + w (log - blur(log))`` (the dynamic-range compression of clinical processing);
-    ``window_percentiles``: the percentiles of the result mapped to 0 and 1; ``gamma``
+    ``window_percentiles``: the percentiles of the result over the body's pixels mapped to 0
+    and 1 (see :data:`BODY_LINE_INTEGRAL`); ``gamma``
     applied after windowing; ``noise_seed``: seed of the Poisson noise (``None``: no noise).
     """
 
@@ -188,7 +194,8 @@ def expose(li: np.ndarray, geometry: Geometry, settings: XraySettings) -> Radiog
     if s.unsharp_weight:
         background = ndimage.gaussian_filter(log, s.unsharp_sigma_mm / px, mode="nearest")
         log = log + s.unsharp_weight * (log - background)
-    lo, hi = np.percentile(log, s.window_percentiles)
+    body = li > BODY_LINE_INTEGRAL
+    lo, hi = np.percentile(log[body] if body.any() else log, s.window_percentiles)
     image = np.clip((log - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** s.gamma
     processing = {"log": "-ln(counts / photons_per_pixel)", "window": [float(lo), float(hi)],
                   "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, **s.to_json()}

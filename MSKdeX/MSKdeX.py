@@ -46,7 +46,7 @@ class MSKdeX(ScriptedLoadableModule):
             "(runs the backend in a separate process) and <b>Decompose</b>. "
             "See <a href='https://github.com/mskdex/MSKdeX'>the documentation</a>.")
         self.parent.acknowledgementText = _(
-            "Method: Gu Y, Otake Y, Uemura K, Takao M, Soufi M, Hiasa Y, Talbot H, Okada S, "
+            "Method: Gu Y, Otake Y, Uemura K, Takao M, Soufi M, Hiasa Y, Talbot H, Okata S, "
             "Sugano N, Sato Y. MSKdeX: Musculoskeletal (MSK) decomposition from an X-ray image for "
             "fine-grained estimation of lean muscle mass and muscle volume. MICCAI 2023 "
             "(arXiv:2305.19920). Sample data: TotalSegmentator test files (Apache-2.0).")

@@ -8,14 +8,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MSKdeXTraining.cohort import RigidBody, XraySettings, simulate_radiograph
 from MSKdeXTraining.imaging.geometry import Geometry, apply, default_ap_pose, rigid
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
-    Level, RegistrationSettings, body_centroid, default_isocenter, femoral_head_center,
+    PRESETS, Level, RegistrationSettings, _FixedGC, body_centroid, default_isocenter, femoral_head_center,
     read_xray, register_bodies, register_bone, registration_errors, render_body,
     resample_image, rigid_bodies, surface_points)
+from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
 
@@ -73,6 +75,29 @@ def test_registration_errors_of_known_shift():
     e = registration_errors(pose, shifted, pts, g)
     assert e["mtre_mm"] == pytest.approx(2.0) and e["depth_mm"] == pytest.approx(0.0)
     assert e["projected_mm"] == pytest.approx(2.0 * g.sdd / g.sod, rel=0.05)  # magnified
+
+
+def test_fixed_gc_equals_gradient_correlation():
+    """The cached-fixed-image GC of the optimiser is the GC of :mod:`.similarity`."""
+    rng = np.random.default_rng(2)
+    fixed = torch.from_numpy(rng.random((30, 40)).astype(np.float32))
+    moving = torch.from_numpy(rng.random((5, 30, 40)).astype(np.float32))
+    moving[0] = 3.0 * fixed + 1.0  # same image up to gain and offset: GC 1
+    mask = torch.zeros(30, 40)
+    mask[4:25, 6:33] = 1.0
+    expected = gradient_correlation(moving, fixed.expand_as(moving), mask)
+    got = _FixedGC(fixed, mask)(moving)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert float(got[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_presets_end_at_full_resolution_and_unknown_name_is_refused():
+    for name in PRESETS:
+        levels = RegistrationSettings.preset(name).levels
+        assert levels[-1].pixel_mm == 0.0 and levels[-1].optimizer == "powell"
+        assert [lv.pixel_mm for lv in levels] == sorted((lv.pixel_mm for lv in levels), reverse=True)
+    with pytest.raises(ValueError, match="preset"):
+        RegistrationSettings.preset("slow")
 
 
 def test_phantom_pose_recovered_deterministically(phantom_case):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -115,14 +116,21 @@ def main() -> None:
     offsets = rng.uniform(-1, 1, (len(cases), 6)) * np.array([OFFSET_DEG] * 3 + [OFFSET_MM] * 3)
     presets = PRESETS if args.preset == "both" else (args.preset,)
     print(f"{len(cases)} cases of {cohort}, start offsets up to +-{OFFSET_MM:g} mm / "
-          f"+-{OFFSET_DEG:g} deg (seed {args.seed}), torch threads {args.threads}")
+          f"+-{OFFSET_DEG:g} deg (seed {args.seed}), torch threads {args.threads}, "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
     times = {}
     for preset in presets:
         settings = RegistrationSettings.preset(preset)
         t0 = time.perf_counter()
-        rows = [run_case(c, objects, o, settings) for c, o in zip(cases, offsets)]
+        rows = []
+        for case, offset in zip(cases, offsets):
+            rows.append(run_case(case, objects, offset, settings))
+            print(f"  {case.name}: " + "  ".join(
+                f"{n} {r['projected_mm']:.2f}/{r['mtre_mm']:.2f} mm {r['seconds']:.1f} s"
+                for n, r in rows[-1].items()), flush=True)
         times[preset] = time.perf_counter() - t0
         check(summarise(rows, preset))
+        print(f"load average after {preset!r}: {os.getloadavg()[0]:.1f}")
     if len(presets) == 2:
         print(f"\nwall time: accurate {times['accurate']:.1f} s, fast {times['fast']:.1f} s "
               f"(fast/accurate = {times['fast'] / times['accurate']:.2f})")

@@ -9,8 +9,12 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
 * renderer: the body's attenuation (mu x volume, cm2) block-summed to a grid about as fine
   as the level's detector pixels and splatted by :class:`.projector.Splatter`; both images
   get the same light Gaussian blur, which removes splatting ripple;
-* coarse-to-fine levels (detector downsampled by ``Level.downsample``), each optimised by
-  CMA-ES (global, batched over the population) or Powell (local refinement);
+* coarse-to-fine levels (detector pixels of ``Level.pixel_mm``, 0 = the radiograph's own),
+  each optimised by CMA-ES (global, batched over the population) or Powell (local
+  refinement); both presets end with a small-step CMA-ES and Powell at full resolution
+  (depth and out-of-plane rotation are only seen there);
+* speed: each level crops both images to the bounding box of its GC region and computes
+  the radiograph's gradients once (:class:`_FixedGC`);
 * parameters ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm) about a centre (the body's
   centroid, or a femoral head) in the camera frame, applied on top of the start pose; depth
   ``tz`` runs along the ray through the centre (:func:`pose_from_params`).
@@ -18,6 +22,11 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
 The result carries the final GC at the radiograph's resolution and ``ok = gc >=
 settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohort: correct
 poses score above it, gross failures below).
+
+Known limit: GC of the bone's DRR alone is pulled by the structures overlapping the bone in
+the radiograph (soft tissue, other bones): on the synthetic cohort its optimum lies ~0.4 px
+(median ~0.6 mm projected) from the true pose; against the exact DRR of everything else it
+falls to ~0.1 mm (docs/registration.md).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from ..objects import ObjectMap, ObjectMapError
 from . import hu as hu_conv
 from .geometry import Geometry, apply, default_ap_pose, project, rigid
 from .projector import Splatter, sub_offsets
-from .similarity import gradient_correlation
+from .similarity import sobel
 from .volume import InputError, Volume
 
 Progress = Callable[[float, str], None]
@@ -105,7 +114,7 @@ class RegistrationSettings:
     """
 
     levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
-                                 Level(0.0, "powell", 150))
+                                 Level(0.0, "cma", 15, 0.1), Level(0.0, "powell", 100))
     scale: tuple[float, ...] = (5.0, 5.0, 5.0, 8.0, 8.0, 20.0)
     bounds: float = 4.0
     popsize: int = 12
@@ -119,11 +128,16 @@ class RegistrationSettings:
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:
-        """``"accurate"`` (default, <= ~10 s per bone) or ``"fast"`` (~2 s per bone)."""
+        """``"accurate"`` (default) or ``"fast"`` (about half the evaluations).
+
+        Measured on the demo cohort (one torch thread): accurate ~3 s pelvis, ~1 s femur;
+        fast ~2 s pelvis, ~0.6 s femur (docs/registration.md).
+        """
         if name == "accurate":
             return cls()
         if name == "fast":
-            return cls(levels=(Level(6.0, "cma", 25, 1.0), Level(3.0, "cma", 15, 0.3)), popsize=10)
+            return cls(levels=(Level(6.0, "cma", 25, 1.0), Level(3.0, "cma", 25, 0.3),
+                               Level(0.0, "cma", 12, 0.1), Level(0.0, "powell", 80)), popsize=10)
         raise ValueError(f"registration preset must be one of {PRESETS}, got {name!r}")
 
     def to_json(self) -> dict:
@@ -333,8 +347,36 @@ def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return t.reshape(shape)
 
 
+class _FixedGC:
+    """Gradient correlation against one fixed image, its gradients computed once.
+
+    Same value as :func:`.similarity.gradient_correlation` (``fixed`` and ``mask`` (H, W));
+    moving images (B, H, W) only need their own Sobel gradients.
+    """
+
+    def __init__(self, fixed: torch.Tensor, mask: torch.Tensor):
+        self.w = mask[1:-1, 1:-1]
+        wsum = self.w.sum().clamp_min(1e-8)
+        self.wn = self.w / wsum
+        self.fixed = []
+        for g in sobel(fixed):
+            g = g - (self.wn * g).sum()
+            self.fixed.append(g * self.w / torch.sqrt((self.w * g * g).sum() + 1e-16))
+
+    def __call__(self, moving: torch.Tensor) -> torch.Tensor:
+        out = 0.0
+        for g, f in zip(sobel(moving), self.fixed):
+            g = g - (self.wn * g).sum(dim=(-1, -2), keepdim=True)
+            num = (g * f).sum(dim=(-1, -2))
+            out = out + num / torch.sqrt((self.w * g * g).sum(dim=(-1, -2)) + 1e-16)
+        return 0.5 * out
+
+
 class _Objective:
-    """-GC (+ translation prior) of the body's DRR against the radiograph at one level."""
+    """-GC (+ translation prior) of the body's DRR against the radiograph at one level.
+
+    Images are cropped to the mask's bounding box (plus a border for the filters).
+    """
 
     def __init__(self, renderer: BodyRenderer, xray: torch.Tensor, geometry: Geometry,
                  start_pose: np.ndarray, center_cam: np.ndarray, scale: np.ndarray,
@@ -342,8 +384,12 @@ class _Objective:
         self.renderer, self.geometry, self.settings = renderer, geometry, settings
         self.start_pose, self.center_cam, self.scale = start_pose, center_cam, scale
         renderer.prepare(geometry, self.pose(x_ref), settings.footprint_px)
-        self.xray = gaussian_blur(xray, settings.blur_px)
-        self.mask = self._mask(x_ref)
+        mask = self._mask(x_ref)
+        border = 2 + int(math.ceil(3 * settings.blur_px))
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        self.crop = (slice(max(0, rows[0] - border), rows[-1] + border + 1),
+                     slice(max(0, cols[0] - border), cols[-1] + border + 1))
+        self.gc = _FixedGC(gaussian_blur(xray, settings.blur_px)[self.crop], mask[self.crop])
         self.evaluations = 0
 
     def pose(self, x: np.ndarray) -> np.ndarray:
@@ -359,13 +405,15 @@ class _Objective:
             drr = self.renderer.render(pose[None], g)[0].numpy()
             inside = drr > 1e-3 * max(float(drr.max()), 1e-12)
             keep = ndimage.distance_transform_edt(~inside, sampling=g.pixel_spacing) <= margin
+            if not inside.any():  # the body misses the detector: nothing to restrict to
+                keep = np.ones(g.shape, bool)
         return torch.from_numpy(keep.astype(np.float32))
 
     def __call__(self, xs: np.ndarray) -> np.ndarray:
         xs = np.atleast_2d(xs)
         poses = np.stack([self.pose(x) for x in xs])
-        drr = gaussian_blur(self.renderer.render(poses, self.geometry), self.settings.blur_px)
-        gc = gradient_correlation(drr, self.xray.expand_as(drr), self.mask).double().numpy()
+        drr = self.renderer.render(poses, self.geometry)[(slice(None),) + self.crop]
+        gc = self.gc(gaussian_blur(drr, self.settings.blur_px)).double().numpy()
         self.evaluations += len(xs)
         return -gc + self.penalty(xs)
 
@@ -479,9 +527,8 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
             results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry,
                                           start_pose, pelvis_settings, sub)
         else:
-            pelvis = results["pelvis"].pose
             results[name] = register_bone(
-                ct, labels, bodies[name], radiograph, geometry, pelvis,
+                ct, labels, bodies[name], radiograph, geometry, results["pelvis"].pose,
                 replace(settings, scale=FEMUR_SCALE, translation_sd_mm=FEMUR_TRANSLATION_SD_MM,
                         gc_threshold=max(settings.gc_threshold, FEMUR_GC_THRESHOLD)),
                 sub, center_world=femoral_head_center(labels, bodies[name]))

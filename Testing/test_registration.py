@@ -184,7 +184,7 @@ def test_real_ct_hip_bones_recovered(shared_data):
     objects = load_object_map("totalsegmentator")
     bodies = rigid_bodies(objects)
     g = Geometry(rows=128, cols=128, pixel_spacing=(3.0, 3.0), sdd=1100.0, sod=880.0)
-    base = default_ap_pose(default_isocenter(labels, objects), g)
+    base = default_ap_pose(default_isocenter(labels), g)
     centre = apply(base, body_centroid(labels, bodies["pelvis"]))
     truth = {"pelvis": rigid((2.0, -3.0, 4.0), (6.0, -5.0, 8.0), centre) @ base}
     for side, angles in (("left", (8.0, -4.0, 6.0)), ("right", (-5.0, 3.0, -7.0))):

@@ -167,7 +167,7 @@ def test_drrs_through_the_bridge_equal_the_backend(example):
     stack = result.stack
     assert steps and steps[-1] == 1.0
     ct, labels, objects = example["ct"], example["labels"], example["objects"]
-    pose = Pipeline.reference_pose(ct, labels, objects, geometry)
+    pose = Pipeline.reference_pose(ct, geometry)
     direct = project_objects(ct, labels, objects, geometry, pose)
     assert np.array_equal(stack.data.numpy(), direct.data.numpy())
     assert len(layers) == 3 * len(objects)
@@ -221,7 +221,7 @@ def test_bone_alignment_through_the_bridge():
     ct_node = volume_to_node(ct, scene, "CT")
     seg_node = labels_to_segmentation(labels, scene, "segmentation", label_names(objects))
     geometry = Geometry(48, 48, (4.0, 4.0))
-    reference = Pipeline.reference_pose(ct, labels, objects, geometry)
+    reference = Pipeline.reference_pose(ct, geometry)
     truth = rigid((0.0, 0.0, 3.0), (4.0, -3.0, 0.0)) @ reference
     drr = project_objects(ct, labels, objects.select(["pelvis"]), geometry, truth).data[0, 0].numpy()
     xray_node = radiograph_to_node(Radiograph((drr / drr.max()).astype(np.float32), (4.0, 4.0), {}), scene, "xray")
@@ -314,7 +314,7 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
 
     table = results_table(rows, scene, "results")
     results_chart(table, scene, "chart")
-    reference = Pipeline.reference_pose(ct, labels, objects, Geometry())
+    reference = Pipeline.reference_pose(ct, Geometry())
     pose = reference.copy()
     pose[:3, 3] += [3.0, -2.0, 1.5]
     pose_to_transform_node(pose, reference, scene, "pelvis pose", gc=0.7)

@@ -18,7 +18,7 @@ from MSKdeXTraining.drr import DRRResult, render_drr
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.volume import InputError, Volume
-from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
+from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers
@@ -81,23 +81,16 @@ class Pipeline:
 
     # -- DRRs ---------------------------------------------------------------------------
     @staticmethod
-    def reference_pose(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Geometry) -> np.ndarray:
-        """Default AP pose centred on the pelvis (pelvis + sacrum centroid), or on the CT centre
-        when the map has no pelvis."""
-        try:
-            from MSKdeXTraining.imaging.registration import default_isocenter
-
-            center = default_isocenter(labels, objects)
-        except (ObjectMapError, InputError, ImportError):
-            center = ct.center
-        return default_ap_pose(center, geometry)
+    def reference_pose(ct: Volume, geometry: Geometry) -> np.ndarray:
+        """Default AP pose about the CT centre (the convention of docs/formats.md)."""
+        return default_ap_pose(ct.center, geometry)
 
     def compute_drrs(self, ct_node, segmentation_node, objects: ObjectMap, geometry: Geometry,
                      reference_node=None, progress: ProgressRelay | None = None) -> tuple[DRRResult, dict]:
         """Object-wise DRRs of the CT in the default AP pose (:meth:`reference_pose`) as layers;
         returns (result with the stack and its metrics (DRR sums vs 3D volume/mass), layers)."""
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
-        result = render_drr(ct, labels, objects, geometry, self.reference_pose(ct, labels, objects, geometry),
+        result = render_drr(ct, labels, objects, geometry, self.reference_pose(ct, geometry),
                             source=f"segmentation {segmentation_node.GetName()!r}", progress=progress)
         layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
                             DRR_PREFIX, reference_node)
@@ -125,7 +118,7 @@ class Pipeline:
                             radiograph.pixel_spacing, sdd, sod)
         result = register_bone(ct, labels, bodies[body], radiograph.array, geometry, start_pose,
                                settings=RegistrationSettings.preset(preset), progress=progress)
-        reference = self.reference_pose(ct, labels, objects, geometry)
+        reference = self.reference_pose(ct, geometry)
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)
         bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")

@@ -203,9 +203,13 @@ def body_centroid(labels: Volume, body_labels: tuple[int, ...]) -> np.ndarray:
     return apply(labels.affine, idx.mean(axis=0)[::-1])
 
 
-def default_isocenter(labels: Volume, objects: ObjectMap) -> np.ndarray:
-    """Isocentre (LPS mm) of a CT's default AP view: the pelvis body's centroid."""
-    return body_centroid(labels, rigid_bodies(objects)["pelvis"])
+def default_isocenter(labels: Volume) -> np.ndarray:
+    """Isocentre (LPS mm) of a CT's default AP view: the image centre (docs/formats.md).
+
+    A hip CT is centred on the hip region, as a hip radiograph is; the pelvis search then
+    covers in-plane offsets of +-:data:`START_SEARCH_MM` from there.
+    """
+    return labels.center
 
 
 def surface_points(labels: Volume, body_labels: tuple[int, ...], max_points: int = 4000
@@ -514,7 +518,7 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     bodies = rigid_bodies(objects)
     pelvis_settings = settings
     if start_pose is None:
-        start_pose = default_ap_pose(default_isocenter(labels, objects), geometry)
+        start_pose = default_ap_pose(default_isocenter(labels), geometry)
         pelvis_settings = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))
     results: dict[str, RegistrationResult] = {}
     names = list(bodies)

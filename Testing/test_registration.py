@@ -184,7 +184,8 @@ def test_real_ct_hip_bones_recovered(shared_data):
     objects = load_object_map("totalsegmentator")
     bodies = rigid_bodies(objects)
     g = Geometry(rows=128, cols=128, pixel_spacing=(3.0, 3.0), sdd=1100.0, sod=880.0)
-    base = default_ap_pose(default_isocenter(labels), g)
+    # the film is centred on the pelvis; the search starts about the hips (default_isocenter)
+    base = default_ap_pose(body_centroid(labels, bodies["pelvis"]), g)
     centre = apply(base, body_centroid(labels, bodies["pelvis"]))
     truth = {"pelvis": rigid((2.0, -3.0, 4.0), (6.0, -5.0, 8.0), centre) @ base}
     for side, angles in (("left", (8.0, -4.0, 6.0)), ("right", (-5.0, 3.0, -7.0))):
@@ -202,3 +203,13 @@ def test_real_ct_hip_bones_recovered(shared_data):
         assert start["projected_mm"] > 5.0
         assert r.ok, (name, r.gc)
         assert e["projected_mm"] < tolerance[name][0] and e["mtre_mm"] < tolerance[name][1], (name, e)
+
+
+def test_search_starts_between_the_femoral_heads_or_at_the_image_centre(shared_data):
+    labels = read_labels(shared_data / "totalsegmentator-example" / "example_seg_fast_force_split.nii.gz")
+    objects = load_object_map("totalsegmentator")
+    bodies = rigid_bodies(objects)
+    heads = [femoral_head_center(labels, bodies[f"femur_{s}"]) for s in ("left", "right")]
+    np.testing.assert_allclose(default_isocenter(labels, objects), (heads[0] + heads[1]) / 2)
+    no_femurs = labels.with_array(np.where(np.isin(labels.array, (75, 76)), 0, labels.array))
+    np.testing.assert_allclose(default_isocenter(no_femurs, objects), labels.center)

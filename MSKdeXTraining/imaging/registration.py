@@ -203,13 +203,18 @@ def body_centroid(labels: Volume, body_labels: tuple[int, ...]) -> np.ndarray:
     return apply(labels.affine, idx.mean(axis=0)[::-1])
 
 
-def default_isocenter(labels: Volume) -> np.ndarray:
-    """Isocentre (LPS mm) of a CT's default AP view: the image centre (docs/formats.md).
+def default_isocenter(labels: Volume, objects: ObjectMap) -> np.ndarray:
+    """Start isocentre (LPS mm) of the pelvis search: the midpoint of the femoral heads.
 
-    A hip CT is centred on the hip region, as a hip radiograph is; the pelvis search then
-    covers in-plane offsets of +-:data:`START_SEARCH_MM` from there.
+    Hip radiographs are centred on the hip joints; the pelvis search then covers in-plane
+    offsets of +-:data:`START_SEARCH_MM` from there. Without both femurs: the image centre.
     """
-    return labels.center
+    bodies = rigid_bodies(objects)
+    try:
+        heads = [femoral_head_center(labels, bodies[f"femur_{side}"]) for side in ("left", "right")]
+    except (KeyError, InputError):
+        return labels.center
+    return (heads[0] + heads[1]) / 2
 
 
 def surface_points(labels: Volume, body_labels: tuple[int, ...], max_points: int = 4000
@@ -518,7 +523,7 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     bodies = rigid_bodies(objects)
     pelvis_settings = settings
     if start_pose is None:
-        start_pose = default_ap_pose(default_isocenter(labels), geometry)
+        start_pose = default_ap_pose(default_isocenter(labels, objects), geometry)
         pelvis_settings = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))
     results: dict[str, RegistrationResult] = {}
     names = list(bodies)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, read_format_json, write_json
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -59,17 +59,10 @@ Progress = Callable[[float, str], None]
 def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
     """``cohort.json`` (validated) and its object map."""
     path = Path(cohort) / "cohort.json"
-    if not path.is_file():
-        raise InputError(f"{path}: not found; expected a cohort folder written by `mskdex cohort`")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != COHORT_FORMAT:
-        raise InputError(f"{path}: field 'format' must be {COHORT_FORMAT!r}, got {meta.get('format')!r}")
-    if meta.get("version") != 1:
-        raise InputError(f"{path}: field 'version' must be 1, got {meta.get('version')!r}")
+    meta = read_format_json(path, COHORT_FORMAT, 1, ("object_map",), InputError,
+                            "expected a cohort folder written by `mskdex cohort`")
     if not isinstance(meta.get("cases"), list) or not meta["cases"]:
         raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
-    if "object_map" not in meta:
-        raise InputError(f"{path}: field 'object_map' is missing")
     return meta, ObjectMap.from_json(meta["object_map"], f"{path} (object_map)")
 
 
@@ -137,12 +130,8 @@ def _finish(entry: dict, out: Path, t0: float) -> dict:
 
 
 def _read_truth(path: Path, objects: ObjectMap) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: not found; every cohort case needs truth.json")
-    data = json.loads(path.read_text())
-    if data.get("format") != TRUTH_FORMAT or data.get("version") != 1:
-        raise InputError(f"{path}: expected format {TRUTH_FORMAT!r} version 1, got "
-                         f"{data.get('format')!r} version {data.get('version')!r}")
+    data = read_format_json(path, TRUTH_FORMAT, 1, ("objects",), InputError,
+                            "every cohort case needs truth.json")
     found = data.get("objects", {})
     missing = [n for n in objects.names if n not in found]
     if missing:

@@ -34,7 +34,7 @@ import torch
 from scipy import ndimage
 
 from .fileio import write_atomic, write_json
-from .imaging.geometry import Geometry
+from .imaging.geometry import Geometry, resample_image
 from .radiograph_io import Radiograph, read_radiograph
 
 Progress = Callable[[float, str], None]
@@ -136,20 +136,17 @@ class Decomposition:
 def to_detector(array: np.ndarray, spacing: tuple[float, float],
                 geometry: Geometry) -> tuple[np.ndarray, float]:
     """Resample a centred image with pixel ``spacing`` (row, col mm) onto ``geometry``'s
-    detector (same centre; bilinear, with Gaussian anti-aliasing of sigma (f - 1) / 2 input
-    pixels when shrinking by f). Outside the image is 0. Returns (image, coverage), coverage
-    being the fraction of the detector that the image covers."""
-    a = np.asarray(array, np.float64)
+    detector (same centre, :func:`~MSKdeXTraining.imaging.geometry.resample_image`). Returns
+    (image, coverage), coverage being the fraction of the detector that the image covers."""
+    source = Geometry(rows=array.shape[0], cols=array.shape[1], pixel_spacing=spacing)
     f = np.array(geometry.pixel_spacing) / np.array(spacing, float)  # input px per output px
-    sigma = np.maximum(0.0, (f - 1.0) / 2.0)
-    if np.any(sigma > 0):
-        a = ndimage.gaussian_filter(a, sigma, mode="nearest")
-    rows = (np.arange(geometry.rows) - (geometry.rows - 1) / 2) * f[0] + (a.shape[0] - 1) / 2
-    cols = (np.arange(geometry.cols) - (geometry.cols - 1) / 2) * f[1] + (a.shape[1] - 1) / 2
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    out = ndimage.map_coordinates(a, [rr, cc], order=1, mode="constant", cval=0.0)
-    inside = (rr >= -0.5) & (rr <= a.shape[0] - 0.5) & (cc >= -0.5) & (cc <= a.shape[1] - 0.5)
-    return out.astype(np.float32), float(inside.mean())
+
+    def covered(n_in: int, n_out: int, step: float) -> float:
+        pos = (np.arange(n_out) - (n_out - 1) / 2) * step + (n_in - 1) / 2
+        return float(((pos >= -0.5) & (pos <= n_in - 0.5)).mean())
+
+    coverage = covered(array.shape[0], geometry.rows, f[0]) * covered(array.shape[1], geometry.cols, f[1])
+    return resample_image(array, source, geometry), coverage
 
 
 def unit_range(radiograph: Radiograph,

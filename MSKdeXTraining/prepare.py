@@ -37,10 +37,10 @@ import torch
 from safetensors.torch import save_file
 
 from .fileio import atomic_path, read_format_json, write_json
-from .imaging.geometry import Geometry, default_ap_pose
+from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
-                                   register_bodies, resample_image, rigid_bodies)
+                                   register_bodies, rigid_bodies)
 from .imaging.volume import InputError, read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
 from .qc import segmentation_qc

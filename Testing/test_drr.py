@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_image
 import SimpleITK as sitk
 
 from MSKdeXTraining.commands import drr as drr_command
@@ -51,11 +52,7 @@ def test_sum_of_object_wvdrrs_is_the_drr_of_the_union(example_result):
 
 
 def _write(path, array, spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_image(path, array, spacing, origin)
 
 
 @pytest.fixture()

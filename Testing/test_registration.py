@@ -11,12 +11,12 @@ import SimpleITK as sitk
 import torch
 
 from MSKdeXTraining.cohort import RigidBody, XraySettings, simulate_radiograph
-from MSKdeXTraining.imaging.geometry import Geometry, apply, default_ap_pose, rigid
+from MSKdeXTraining.imaging.geometry import Geometry, apply, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
     PRESETS, Level, RegistrationSettings, _FixedGC, body_centroid, default_isocenter, femoral_head_center,
     read_xray, register_bodies, register_bone, registration_errors, render_body,
-    resample_image, rigid_bodies, surface_points)
+    rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map

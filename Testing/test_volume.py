@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import write_image
 import SimpleITK as sitk
 
 from MSKdeXTraining.imaging.volume import (InputError, Volume, read_ct, read_labels,
@@ -9,11 +10,7 @@ from MSKdeXTraining.imaging.volume import (InputError, Volume, read_ct, read_lab
 
 
 def _write(path, array, spacing=(1.0, 2.0, 3.0), origin=(4.0, 5.0, 6.0)):
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    sitk.WriteImage(image, str(path))
-    return path
+    return write_image(path, array, spacing, origin)
 
 
 def test_round_trip_affine_and_resampling(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 #: World (LPS) -> camera rotation of the default AP view (rows are camera axes in LPS).
@@ -135,3 +136,24 @@ def project(points_cam: np.ndarray, geometry: Geometry) -> np.ndarray:
 def apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a 4x4 transform to points (..., 3)."""
     return points @ transform[:3, :3].T + transform[:3, 3]
+
+
+def resample_image(image: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """Resample a detector image from ``source`` to ``target`` pixels (float32, (rows, cols)).
+
+    Pixels are matched by their detector position (u, v in mm); target pixels outside the
+    source detector get 0. Downsampling is anti-aliased with a Gaussian of sigma
+    ``(ratio - 1) / 2`` source pixels.
+    """
+    image = np.asarray(image, np.float32)
+    ratio = np.array(target.pixel_spacing) / np.array(source.pixel_spacing)
+    sigma = np.maximum(ratio - 1.0, 0.0) / 2.0
+    if sigma.max() > 0:
+        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
+    tu0, tv0 = target.detector_origin
+    su0, sv0 = source.detector_origin
+    rows = (tv0 + np.arange(target.rows) * target.pixel_spacing[0] - sv0) / source.pixel_spacing[0]
+    cols = (tu0 + np.arange(target.cols) * target.pixel_spacing[1] - su0) / source.pixel_spacing[1]
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(image, [rr, cc], order=1, mode="constant", cval=0.0
+                                   ).astype(np.float32)

@@ -46,7 +46,7 @@ from scipy import ndimage, optimize
 
 from ..objects import ObjectMap, ObjectMapError
 from . import hu as hu_conv
-from .geometry import Geometry, apply, default_ap_pose, project, rigid
+from .geometry import Geometry, apply, default_ap_pose, project, resample_image, rigid
 from .projector import Splatter, sub_offsets
 from .similarity import sobel
 from .volume import InputError, Volume
@@ -243,27 +243,6 @@ def registration_errors(true_pose: np.ndarray, found_pose: np.ndarray, points_wo
     return {"projected_mm": float(np.linalg.norm(d2, axis=1).mean()),
             "mtre_mm": float(np.linalg.norm(a - b, axis=1).mean()),
             "depth_mm": float(np.abs(a[:, 2] - b[:, 2]).mean())}
-
-
-def resample_image(image: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
-    """Resample a detector image from ``source`` to ``target`` pixels (float32, (rows, cols)).
-
-    Pixels are matched by their detector position (u, v in mm); target pixels outside the
-    source detector get 0. Downsampling is anti-aliased with a Gaussian of sigma
-    ``(ratio - 1) / 2`` source pixels.
-    """
-    image = np.asarray(image, np.float32)
-    ratio = np.array(target.pixel_spacing) / np.array(source.pixel_spacing)
-    sigma = np.maximum(ratio - 1.0, 0.0) / 2.0
-    if sigma.max() > 0:
-        image = ndimage.gaussian_filter(image, sigma, mode="nearest")
-    tu0, tv0 = target.detector_origin
-    su0, sv0 = source.detector_origin
-    rows = (tv0 + np.arange(target.rows) * target.pixel_spacing[0] - sv0) / source.pixel_spacing[0]
-    cols = (tu0 + np.arange(target.cols) * target.pixel_spacing[1] - su0) / source.pixel_spacing[1]
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return ndimage.map_coordinates(image, [rr, cc], order=1, mode="constant", cval=0.0
-                                   ).astype(np.float32)
 
 
 class BodyRenderer:

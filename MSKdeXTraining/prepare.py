@@ -96,7 +96,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         entry["registration"][name] = r.to_json()
         if not r.ok:
             entry["reasons"].append(f"registration of {name} failed: GC {r.gc:.3f} < "
-                                    f"{settings.gc_threshold:g}")
+                                    f"{r.gc_threshold:g}")
     g = replace(xray_geometry, rows=geometry.rows, cols=geometry.cols,
                 pixel_spacing=geometry.pixel_spacing)
     # unpaired targets: the CT in its own default AP view, centred on the CT

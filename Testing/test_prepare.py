@@ -65,6 +65,9 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         # a failed registration is excluded with its reason, never silently "ok"
         failed = [b for b, r in c["registration"].items() if not r["ok"]]
         assert (c["status"] == "ok") == (not failed and not c["reasons"])
+        for b in failed:  # the reason quotes the body's own threshold (femurs: stricter)
+            assert any(b in r and f"< {c['registration'][b]['gc_threshold']:g}" in r for r in c["reasons"])
+        assert c["registration"]["femur_left"]["gc_threshold"] == 0.5
         t = load_file(out / c["file"])
         assert t["drr"].shape == (3, n, 32, 32) and t["aligned"].shape == (3, 2, 32, 32)
         assert t["xray"].shape == (32, 32) and 0 <= float(t["xray"].min()) <= float(t["xray"].max()) <= 1

@@ -40,7 +40,8 @@ VERSION = 1
 #: Version of the generator's model; a cohort refuses to resume under another one.
 #: 2: CT cropped to pelvis, sacrum and muscles; radiograph centred on the CT centre.
 #: 3: radiograph of the whole body (continued past the template's ends), window on the body.
-GENERATOR_VERSION = 3
+#: 4: fat infiltration = a systemic (patient) level + a per-muscle deviation.
+GENERATOR_VERSION = 4
 
 Progress = Callable[[float, str], None]
 

@@ -14,7 +14,8 @@ Steps, on the output grid (isotropic ``spacing`` mm, LPS, identity direction):
 3. body fat: the skin moves out (or in, through unlabelled tissue only) by a sampled amount;
    unlabelled tissue shallower than the subcutaneous depth is fat, deeper tissue is a smooth
    mixture of fat and organ-like soft tissue;
-4. HU: muscles mix lean muscle and fat by a per-muscle, spatially varying fat fraction;
+4. HU: muscles mix lean muscle and fat by a per-muscle, spatially varying fat fraction (a
+   systemic level of the patient plus the muscle's own deviation);
    bones have a cortical shell and a cancellous interior from the depth below the bone
    surface; air outside; then scanner blur and noise;
 5. crop, as a hip CT is acquired: superior-inferior to the extent of pelvis, sacrum and the
@@ -54,6 +55,12 @@ CROP_MARGIN_MM = 10.0
 #: +- 15 mm) at the detector, about 230 mm at the front of the body, so the body reaches past
 #: every edge of the image. Also room for muscle growth (<= 20 mm) and deformation (<= 7 mm).
 BODY_ROOM_MM = 150.0
+#: Fat infiltration of a muscle = the patient's systemic level, uniform in [0, SYSTEMIC_FAT_MAX],
+#: plus the muscle's own deviation, uniform in +-FAT_DEVIATION, clipped to [0, FAT_MAX]. Muscle
+#: fat is largely systemic (age, inactivity, metabolic disease), so the muscles of one patient
+#: correlate (r about 0.7 per side before clipping), while each muscle's density stays
+#: independent of its volume.
+SYSTEMIC_FAT_MAX, FAT_DEVIATION, FAT_MAX = 0.35, 0.12, 0.5
 
 
 @dataclass(frozen=True)
@@ -81,14 +88,19 @@ def sample_patient(rng: np.random.Generator, template: Template) -> dict:
     """Draw all random parameters of one synthetic patient (JSON-able dict)."""
     u = rng.uniform
     muscles = muscle_sides()
+    systemic = float(u(0.0, SYSTEMIC_FAT_MAX))
+
+    def infiltration() -> float:
+        return float(np.clip(systemic + u(-FAT_DEVIATION, FAT_DEVIATION), 0.0, FAT_MAX))
     return {
         "template": template.name,
         "scale": float(u(0.88, 1.12)),
         "deformation": {"amplitude_mm": float(u(2.0, 7.0)), "length_mm": float(u(50.0, 90.0)),
                         "seed": int(rng.integers(2**31))},
         "volume_factor": {n: float(u(0.7, 1.3)) for n in muscles},
-        "fat_infiltration": {n: float(u(0.0, 0.5)) for n in muscles},
-        "other_muscle_fat_infiltration": float(u(0.0, 0.3)),
+        "systemic_fat_infiltration": systemic,
+        "fat_infiltration": {n: infiltration() for n in muscles},
+        "other_muscle_fat_infiltration": infiltration(),
         "infiltration_texture": {"length_mm": float(u(8.0, 20.0)), "contrast": float(u(0.3, 0.8)),
                                  "seed": int(rng.integers(2**31))},
         "skin_shift_mm": float(u(-8.0, 25.0)),

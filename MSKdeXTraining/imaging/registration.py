@@ -150,10 +150,11 @@ class RegistrationSettings:
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:
-        """``"accurate"`` (default) or ``"fast"`` (about half the evaluations).
+        """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
+        evaluations, no joint refinement).
 
-        Measured on the demo cohort (one torch thread): accurate ~3 s pelvis, ~1 s femur;
-        fast ~2 s pelvis, ~0.6 s femur (docs/registration.md).
+        Measured on the demo cohort (one torch thread): accurate ~7 s pelvis, ~3 s femur;
+        fast ~2.7 s pelvis, ~1 s femur (docs/registration.md).
         """
         if name == "accurate":
             return cls()

@@ -635,11 +635,10 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
                 progress((step + f) / steps, f"{name}: {msg}")
         return report
 
+    pelvis_search = settings  # the first pelvis pass searches in-plane from the default view
     if start_pose is None:
         start_pose = default_ap_pose(default_isocenter(labels, objects), geometry)
-        first = {"pelvis": replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))}
-    else:
-        first = {"pelvis": settings}
+        pelvis_search = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))
     results: dict[str, RegistrationResult] = {}
     jobs: dict[str, tuple[np.ndarray, RegistrationSettings, np.ndarray | None]] = {}
     for k, name in enumerate(names):
@@ -652,7 +651,8 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
                 femoral_head_center(labels, bodies[name]))
         start, body_settings, centre = jobs[name]
         results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry, start,
-                                      first.get(name, body_settings), sub(k, name), centre)
+                                      pelvis_search if name == "pelvis" else body_settings,
+                                      sub(k, name), centre)
     if settings.refine:
         results = refine_jointly(ct, labels, bodies, radiograph, geometry, results, jobs,
                                  lambda name, k: sub(len(names) + k, f"refine {name}"))

@@ -351,7 +351,8 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         return self.pipeline.training_process(p.datasetFolder, p.trainConfig, p.trainOutput, p.resumeTraining)
 
     def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay):
-        out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress)
+        out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress,
+                                      magnification=p.sourceDetectorDistance / p.sourceIsocenterDistance)
         p.resultsTable = out.table
         return out
 

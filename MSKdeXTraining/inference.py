@@ -1,11 +1,14 @@
 """Decompose a radiograph with a trained model: object-wise DRRs, volumes, masses, flags.
 
-:class:`Decomposer` brings a :class:`~MSKdeXTraining.radiograph_io.Radiograph` onto the
-model's detector (same pixel spacing and field of view, centred; Gaussian anti-aliasing
-when shrinking), windows its intensities to [0, 1] as the training radiographs were
-(:func:`unit_range`), predicts the
-(3, N, H, W) DRR stack in physical units and reads the per-object volume (cm3, VDRR sum x
-pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it.
+:class:`Decomposer` brings a :class:`~MSKdeXTraining.radiograph_io.Radiograph` onto its
+*matched* detector (:meth:`~MSKdeXTraining.imaging.geometry.Geometry.matched`: the model's
+pixels, centred, with the model's pixel size at the isocentre given the radiograph's
+magnification; Gaussian anti-aliasing when shrinking), windows its intensities to [0, 1] as
+the training radiographs were (:func:`unit_range`), predicts the (3, N, H, W) DRR stack in
+physical units per area of that detector and reads the per-object volume (cm3, VDRR sum x
+pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it. A radiograph of
+unknown magnification is taken at the model's reference magnification, and the result says
+so (volumes and masses scale with the square of the magnification's error).
 
 Uncertainty: the standard deviation of the volumes/masses over ``tta`` test-time
 augmentations (sub-pixel-to-few-pixel shifts and a small gain/gamma jitter, sampled from a
@@ -35,6 +38,7 @@ from scipy import ndimage
 
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
+from .imaging.projector import per_pixel_area
 from .radiograph_io import Radiograph, read_radiograph
 
 Progress = Callable[[float, str], None]
@@ -198,15 +202,25 @@ class Decomposer:
             outs.append(self.model.predict(t).float().cpu().numpy())
         return np.concatenate(outs)
 
-    def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, dict]:
-        """The radiograph in [0, 1] on the model's detector, plus what was done to it."""
+    def detector(self, radiograph: Radiograph) -> Geometry:
+        """The radiograph's matched detector (its magnification, else the model's)."""
+        m = radiograph.magnification or self.geometry.magnification
+        sdd = float(radiograph.source.get("sdd_mm") or self.geometry.sdd)
+        return Geometry(*radiograph.shape, radiograph.pixel_spacing, sdd, sdd / m).matched(self.geometry)
+
+    def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, Geometry, dict]:
+        """The radiograph in [0, 1] on its matched detector, that detector, and what was done."""
         x, method = unit_range(radiograph)
-        x, coverage = to_detector(x, radiograph.pixel_spacing, self.geometry)
-        return x, {"input_shape": list(radiograph.shape),
-                   "input_pixel_spacing_mm": list(radiograph.pixel_spacing),
-                   "model_pixel_spacing_mm": list(self.geometry.pixel_spacing),
-                   "model_shape": list(self.geometry.shape), "coverage": coverage,
-                   "intensity": method}
+        detector = self.detector(radiograph)
+        x, coverage = to_detector(x, radiograph.pixel_spacing, detector)
+        return x, detector, {
+            "input_shape": list(radiograph.shape),
+            "input_pixel_spacing_mm": list(radiograph.pixel_spacing),
+            "magnification": detector.magnification,
+            "magnification_field": radiograph.source.get("magnification_field", "none")
+            if radiograph.magnification else f"assumed: the model's reference {detector.magnification:.3f}",
+            "detector_pixel_spacing_mm": list(detector.pixel_spacing),
+            "model_shape": list(self.geometry.shape), "coverage": coverage, "intensity": method}
 
     def decompose(self, radiograph: Radiograph, tta: int = 8, seed: int = 0,
                   progress: Progress | None = None) -> Decomposition:
@@ -214,12 +228,13 @@ class Decomposer:
         if tta < 1:
             raise ValueError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
         report = progress or (lambda f, m: None)
-        x, info = self.model_input(radiograph)
+        x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)
         report(0.1, "predicting")
-        drrs = self.predict(np.stack([a.apply(x) for a in augs]))
+        drrs = per_pixel_area(self.predict(np.stack([a.apply(x) for a in augs])),
+                              self.geometry.pixel_area_cm2, detector.pixel_area_cm2)
         report(0.9, "tabulating")
-        sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * self.geometry.pixel_area_cm2  # (T, 3, N)
+        sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * detector.pixel_area_cm2  # (T, 3, N)
         vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
         vol_sd = vol.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
         mass_sd = mass.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
@@ -230,7 +245,7 @@ class Decomposer:
         ood = self.check_ood(x, radiograph.source, info)
         source = {**radiograph.source, "resampling": info, "tta": tta, "seed": seed}
         report(1.0, "done")
-        return Decomposition(drrs[0], x, self.geometry, self.names, self.kinds, self.drr_types,
+        return Decomposition(drrs[0], x, detector, self.names, self.kinds, self.drr_types,
                              table, ood, source, augs)
 
     def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
@@ -262,16 +277,22 @@ class Decomposer:
         if str(source.get("spacing_field", "")).startswith("argument"):
             reasons.append("note: pixel spacing given by the user, not read from the file "
                            "(volumes and masses scale with its square)")
+        if info["magnification_field"].startswith("assumed"):
+            reasons.append(f"note: magnification unknown, {info['magnification_field']} "
+                           "(volumes and masses scale with the square of its error); give it "
+                           "with --magnification")
         score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
         return OODResult(flag, float(score), reasons, feats)
 
 
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
-                    progress: Progress | None = None) -> list[dict]:
+                    progress: Progress | None = None, magnification: float | None = None
+                    ) -> list[dict]:
     """Decompose every file in ``inputs`` into ``out/<file stem>/``; returns one summary per
-    file (name, ood flag, reasons, output paths, seconds). Files already done (their JSON
-    exists) are skipped, so an interrupted batch resumes."""
+    file (name, ood flag, reasons, output paths, seconds). ``pixel_spacing`` and
+    ``magnification`` override the files' (:func:`read_radiograph`). Files already done
+    (their JSON exists) are skipped, so an interrupted batch resumes."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, path in enumerate(inputs):
@@ -283,7 +304,8 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
             summaries.append({"input": str(path), "output": str(target), "skipped": True})
             continue
         t0 = time.perf_counter()
-        result = decomposer.decompose(read_radiograph(path, pixel_spacing), tta=tta, seed=seed)
+        result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification),
+                                      tta=tta, seed=seed)
         paths = result.write(target)
         summaries.append({"input": str(path), "output": str(target), "ood": result.ood.flag,
                           "reasons": result.ood.reasons, "seconds": time.perf_counter() - t0,

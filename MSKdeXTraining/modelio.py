@@ -1,4 +1,4 @@
-"""Model files: safetensors weights + JSON metadata (run folder v1, ``mskdex-model``).
+"""Model files: safetensors weights + JSON metadata (run folder v2, ``mskdex-model``).
 
 Nothing is ever unpickled: tensors are read with safetensors only, after checking that the
 file *is* a safetensors file (a pickle or ``torch.save`` archive renamed ``.safetensors`` is
@@ -8,7 +8,9 @@ refused with :class:`ModelFormatError`).
 ``config`` (the TrainConfig), ``objects``/``kinds``/``aligned_bones``, ``drr_types``,
 ``units``, ``scale`` (3, N) - physical value = network output x scale (units of the DRR
 type: 1, cm, g/cm2; the training-set mean pixel value of the channel), ``geometry`` (the
-model grid: dataset geometry resampled to the training image size; pixel spacing in mm),
+model grid: the dataset's reference geometry resampled to the training image size, pixel
+spacing in mm; radiographs are seen on it matched to their magnification, see
+:meth:`~MSKdeXTraining.imaging.geometry.Geometry.matched`),
 ``input`` (radiograph normalisation ``(x - mean) / std``, x in [0, 1]), ``ood`` (training
 radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case ids).
 """
@@ -31,7 +33,7 @@ from .imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
 from .models import Generator
 
 FORMAT = "mskdex-model"
-VERSION = 1
+VERSION = 2
 DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2",
          "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}

@@ -1,17 +1,19 @@
-"""Turn a cohort (layout ``mskdex-cohort`` v1) into a training dataset (``mskdex-dataset`` v1).
+"""Turn a cohort (layout ``mskdex-cohort`` v1) into a training dataset (``mskdex-dataset`` v2).
 
-Per case (docs/formats.md, "Prepared dataset v1"):
+Per case (docs/formats.md, "Prepared dataset v2"):
 
 1. segmentation QC (:func:`MSKdeXTraining.qc.segmentation_qc`); a failing case is excluded
    (and not registered) unless ``include_failed``;
 2. 2D/3D registration of the pelvis and each femur to the radiograph, at the radiograph's own
    geometry (:func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
    is below the threshold marks the case excluded (reason recorded) unless ``include_failed``;
-3. rendering on the dataset detector (same field of view, possibly fewer pixels; the case's
-   own source distances): the object-wise DRR stack (3, N, H, W) of the CT in its default AP
-   pose (the unpaired targets), the aligned bones (3, 2, H, W: pelvis at the pelvis pose,
-   femur = each femur at its own pose) at the *registered* poses (never the truth poses), and
-   the radiograph resampled onto the dataset detector;
+3. rendering on the case's *matched* detector (:meth:`Geometry.matched`: the dataset
+   detector's pixels, the case's own source distances, the pixel spacing scaled by the case's
+   magnification over the dataset's, so every case shows its patient at the same pixel size at
+   the isocentre; values per area of that detector): the object-wise DRR stack (3, N, H, W)
+   of the CT in its default AP pose (the unpaired targets), the aligned bones (3, 2, H, W:
+   pelvis at the pelvis pose, femur = each femur at its own pose) at the *registered* poses
+   (never the truth poses), and the radiograph resampled onto the same detector;
 4. ``cases/<id>.safetensors`` and its manifest entry ``cases/<id>.json``, each written
    atomically: a finished case is skipped when the run is repeated (resume).
 
@@ -28,7 +30,6 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from .objects import ALIGNED_BONES, ObjectMap
 from .qc import segmentation_qc
 
 FORMAT = "mskdex-dataset"
-VERSION = 1
+VERSION = 2
 COHORT_FORMAT = "mskdex-cohort"
 TRUTH_FORMAT = "mskdex-truth"
 SETTINGS_FILE = "prepare.json"
@@ -97,8 +98,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         if not r.ok:
             entry["reasons"].append(f"registration of {name} failed: GC {r.gc:.3f} < "
                                     f"{r.gc_threshold:g}")
-    g = replace(xray_geometry, rows=geometry.rows, cols=geometry.cols,
-                pixel_spacing=geometry.pixel_spacing)
+    g = xray_geometry.matched(geometry)
     # unpaired targets: the CT in its own default AP view, centred on the CT
     drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))
     aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})

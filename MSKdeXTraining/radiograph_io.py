@@ -11,10 +11,20 @@ is refused, as is a missing or implausible spacing (outside
 :data:`SPACING_RANGE_MM`, a field of view outside :data:`FOV_RANGE_MM`, or a row/column
 aspect beyond 2): the error names the file and the field and says to pass the spacing
 explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence.
+
+Magnification (source-detector over source-isocentre distance, which models need to see
+every patient at the same scale) is read when the file has it: DICOM
+DistanceSourceToDetector (0018,1110) / DistanceSourceToPatient (0018,1111), else
+EstimatedRadiographicMagnificationFactor (0018,1114); a PixelSpacing calibrated at the patient
+(PixelSpacingCalibrationType (0028,0A02) present, no ImagerPixelSpacing) already is at the
+patient's scale (magnification 1 for it); a cohort radiograph's ``mskdex-xray`` sidecar. An
+explicit ``magnification=`` / ``--magnification`` takes precedence; a value outside
+:data:`MAGNIFICATION_RANGE` is refused. It stays ``None`` when unknown (the caller decides).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +37,10 @@ from .imaging.volume import InputError
 SPACING_RANGE_MM = (0.02, 2.0)
 #: Plausible detector field of view (mm) along either axis.
 FOV_RANGE_MM = (50.0, 1000.0)
+#: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
+MAGNIFICATION_RANGE = (1.0, 2.0)
+#: Format of the JSON sidecar (``<stem>.json``) of a cohort radiograph.
+SIDECAR_FORMAT = "mskdex-xray"
 #: Suffixes read with SimpleITK (they store the spacing in the file).
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Suffixes read as plain pictures (no spacing in the file).
@@ -44,7 +58,8 @@ class Radiograph:
     """A 2D radiograph: ``array`` (H, W) float32, bright = attenuating; ``pixel_spacing``
     (row, column) in mm at the detector; ``source`` describes the file (path, format,
     spacing field, bit depth, photometric interpretation, colour, ``value_range``: the range
-    the stored values can take, ``None`` for floating-point data, ...)."""
+    the stored values can take, ``None`` for floating-point data, ``magnification`` and
+    ``magnification_field``, ``sdd_mm`` when known, ...)."""
 
     array: np.ndarray
     pixel_spacing: tuple[float, float]
@@ -59,6 +74,12 @@ class Radiograph:
         """Detector extent (rows, columns) in mm."""
         return (self.array.shape[0] * self.pixel_spacing[0], self.array.shape[1] * self.pixel_spacing[1])
 
+    @property
+    def magnification(self) -> float | None:
+        """Magnification at the patient (SDD / SOD), ``None`` when unknown."""
+        m = self.source.get("magnification")
+        return None if m is None else float(m)
+
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
@@ -69,12 +90,15 @@ def _suffix(path: Path) -> str:
 
 
 def read_radiograph(path: str | Path,
-                    pixel_spacing: tuple[float, float] | float | None = None) -> Radiograph:
+                    pixel_spacing: tuple[float, float] | float | None = None,
+                    magnification: float | None = None) -> Radiograph:
     """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
-    overrides whatever the file says and is required for PNG/JPEG.
+    overrides whatever the file says and is required for PNG/JPEG; ``magnification``
+    (SDD / SOD) overrides the file's.
 
     Raises :class:`InputError` naming the file and field for unreadable files, images that
-    are not 2D, and a missing, placeholder or implausible pixel spacing.
+    are not 2D, a missing, placeholder or implausible pixel spacing and an implausible
+    magnification.
     """
     path = Path(path)
     if not path.is_file():
@@ -96,6 +120,9 @@ def read_radiograph(path: str | Path,
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
     _check_spacing(path, array.shape, spacing, source["spacing_field"])
+    if magnification is not None:
+        source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
+    _check_magnification(path, source)
     source["path"] = str(path)
     source["shape"] = list(array.shape)
     source["value_range"] = None if value_range is None else [float(v) for v in value_range]
@@ -128,6 +155,38 @@ def _check_spacing(path: Path, shape, spacing, fieldname: str) -> None:
         raise InputError(f"{path}: implausible pixel spacing from {fieldname}: {problems[0]}; "
                          "expected a projection radiograph's detector spacing; pass the right "
                          "value explicitly, e.g. --pixel-spacing 0.15")
+
+
+def _check_magnification(path: Path, source: dict) -> None:
+    source.setdefault("magnification", None)
+    source.setdefault("magnification_field", "none")
+    m = source["magnification"]
+    lo, hi = MAGNIFICATION_RANGE
+    if m is not None and not lo <= m <= hi:
+        raise InputError(f"{path}: implausible magnification {m:g} from {source['magnification_field']}; "
+                         f"expected SDD / SOD in [{lo:g}, {hi:g}]; pass the right value explicitly, "
+                         "e.g. --magnification 1.2")
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The geometry (Geometry JSON) of a cohort radiograph's ``<stem>.json`` sidecar
+    (format ``mskdex-xray`` v1), or ``None`` when there is none."""
+    path = Path(path)
+    side = path.with_name(path.name.split(".")[0] + ".json")
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{side}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        return None
+    if data.get("version") != 1:
+        raise InputError(f"{side}: field 'version' must be 1, got {data.get('version')!r}")
+    geometry = data.get("geometry")
+    if not isinstance(geometry, dict) or not {"pixel_spacing", "sdd", "sod"} <= set(geometry):
+        raise InputError(f"{side}: field 'geometry' must hold 'pixel_spacing', 'sdd' and 'sod'")
+    return dict(geometry)
 
 
 def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
@@ -205,7 +264,34 @@ def _read_dicom(path: Path):
         source.setdefault("spacing_problem", "neither ImagerPixelSpacing (0018,1164) nor "
                                              "PixelSpacing (0028,0030) is present")
     source.setdefault("spacing_field", "none")
+    _dicom_magnification(ds, source)
     return array, spacing, source, value_range
+
+
+def _dicom_magnification(ds, source: dict) -> None:
+    """Magnification (SDD / SOD) from the DICOM attributes (see the module docstring)."""
+    def number(keyword: str) -> float | None:
+        try:
+            v = float(ds.get(keyword))
+        except (TypeError, ValueError):
+            return None
+        return v if v > 0 else None
+
+    sdd, sod = number("DistanceSourceToDetector"), number("DistanceSourceToPatient")
+    factor = number("EstimatedRadiographicMagnificationFactor")
+    if sdd is not None:
+        source["sdd_mm"] = sdd
+    if source["spacing_field"].startswith("PixelSpacing") and "PixelSpacingCalibrationType" in ds:
+        source["magnification"] = 1.0
+        source["magnification_field"] = ("PixelSpacing (0028,0030) calibrated at the patient "
+                                         "(PixelSpacingCalibrationType (0028,0A02))")
+    elif sdd is not None and sod is not None:
+        source["magnification"] = sdd / sod
+        source["magnification_field"] = ("DistanceSourceToDetector (0018,1110) / "
+                                         "DistanceSourceToPatient (0018,1111)")
+    elif factor is not None:
+        source["magnification"] = factor
+        source["magnification_field"] = "EstimatedRadiographicMagnificationFactor (0018,1114)"
 
 
 def _read_itk(path: Path):
@@ -227,6 +313,11 @@ def _read_itk(path: Path):
         source["bits_stored"] = 8 * raw.dtype.itemsize
     array = _to_grey(raw, path, source)
     sx, sy = image.GetSpacing()  # ITK order (column, row)
+    sidecar = read_sidecar(path)
+    if sidecar is not None:
+        source["sdd_mm"] = float(sidecar["sdd"])
+        source["magnification"] = float(sidecar["sdd"]) / float(sidecar["sod"])
+        source["magnification_field"] = f"{SIDECAR_FORMAT} sidecar (geometry sdd / sod)"
     return array, (sy, sx), source, value_range
 
 

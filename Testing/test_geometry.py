@@ -52,3 +52,15 @@ def test_splatted_point_lands_where_project_says(parallel):
     rr, cc = np.mgrid[:40, :50]
     assert (image * rr).sum() / image.sum() == pytest.approx(row, abs=1e-4)
     assert (image * cc).sum() / image.sum() == pytest.approx(col, abs=1e-4)
+
+
+def test_matched_detector_has_the_reference_pixel_size_at_the_isocentre():
+    ref = Geometry(rows=64, cols=48, pixel_spacing=(2.0, 2.5), sdd=1100.0, sod=900.0)
+    g = Geometry(rows=512, cols=512, pixel_spacing=(0.3, 0.3), sdd=1000.0, sod=760.0).matched(ref)
+    assert (g.rows, g.cols, g.sdd, g.sod) == (64, 48, 1000.0, 760.0)
+    iso = np.array(g.pixel_spacing) / g.magnification
+    np.testing.assert_allclose(iso, np.array(ref.pixel_spacing) / ref.magnification)
+    # a point at the isocentre plane lands on the same pixel in both
+    pose_ref, pose_g = default_ap_pose(np.zeros(3), ref), default_ap_pose(np.zeros(3), g)
+    point = np.array([40.0, 0.0, -30.0])
+    np.testing.assert_allclose(project(apply(pose_g, point), g), project(apply(pose_ref, point), ref))

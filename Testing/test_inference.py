@@ -69,6 +69,25 @@ def test_table_equals_drr_sums(trained, decomposer):
     assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
 
 
+def test_magnification_is_matched(trained, decomposer):
+    """A radiograph magnified 1.1x more on 1.1x larger pixels shows the same scale at the
+    isocentre: the same model input, a 1.1x matched detector, the same table."""
+    r = toy_radiograph(trained[0], 3)
+    m_ref = decomposer.geometry.magnification
+    base = decomposer.decompose(Radiograph(r.array, r.pixel_spacing, {**r.source, "magnification": m_ref}), tta=1)
+    assert not any("magnification" in reason for reason in base.ood.reasons)
+    unknown = decomposer.decompose(r, tta=1)  # taken at the model's reference, and noted
+    assert any("magnification unknown" in reason for reason in unknown.ood.reasons)
+    assert [row["mass_g"] for row in unknown.table] == pytest.approx([row["mass_g"] for row in base.table])
+    big = Radiograph(r.array, tuple(1.1 * s for s in r.pixel_spacing), {**r.source, "magnification": 1.1 * m_ref})
+    result = decomposer.decompose(big, tta=1)
+    np.testing.assert_allclose(result.geometry.pixel_spacing, np.array(decomposer.geometry.pixel_spacing) * 1.1)
+    np.testing.assert_allclose(result.xray, base.xray, atol=1e-6)
+    for row, ref in zip(result.table, base.table):
+        assert row["volume_cm3"] == pytest.approx(ref["volume_cm3"], rel=1e-5)
+        assert row["mass_g"] == pytest.approx(ref["mass_g"], rel=1e-5)
+
+
 def test_resampling_keeps_field_of_view():
     from MSKdeXTraining.imaging.geometry import Geometry
 
@@ -120,8 +139,10 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     again = decompose_files(decomposer, files, out, pixel_spacing=(1.0, 1.0), tta=2)
     assert all(s["skipped"] for s in again)
     # the CLI over a folder, without a spacing: the placeholder is refused, naming the field
-    args = argparse.Namespace(model=trained[1], xray=files[0], out=tmp_path / "cli", pixel_spacing=None,
-                              tta=1, seed=0, device="cpu")
+    parser = argparse.ArgumentParser()
+    decompose_cmd.add_arguments(parser)
+    args = parser.parse_args(["--model", str(trained[1]), "--xray", str(files[0]),
+                              "--out", str(tmp_path / "cli"), "--tta", "1"])
     from MSKdeXTraining.imaging.volume import InputError
     with pytest.raises(InputError, match="PixelSpacing"):
         decompose_cmd.run(args)

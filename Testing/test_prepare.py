@@ -51,7 +51,7 @@ def _entries(manifest: dict) -> list[dict]:
 def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
     out = _prepare(cohort, tmp_path / "ds")
     m = json.loads((out / "manifest.json").read_text())
-    assert m["format"] == "mskdex-dataset" and m["version"] == 1
+    assert m["format"] == "mskdex-dataset" and m["version"] == 2
     assert m["geometry"]["rows"] == 32 and m["aligned_bones"] == ["pelvis", "femur"]
     n = len(m["objects"])
     status = {c["id"]: c["status"] for c in m["cases"]}
@@ -73,8 +73,11 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         assert t["xray"].shape == (32, 32) and 0 <= float(t["xray"].min()) <= float(t["xray"].max()) <= 1
         truth = json.loads((cohort / c["id"] / "truth.json").read_text())["objects"]
         np.testing.assert_allclose(t["volume_cm3"].numpy(), [truth[o]["volume_cm3"] for o in m["objects"]])
-        # VDRR sums are the volumes of the objects inside the field of view
-        g = m["geometry"]
+        # the case's detector is matched: the dataset's pixel size at the isocentre
+        g, ref = c["geometry"], m["geometry"]
+        iso = [s * g["sod"] / g["sdd"] for s in g["pixel_spacing"]]
+        np.testing.assert_allclose(iso, [s * ref["sod"] / ref["sdd"] for s in ref["pixel_spacing"]])
+        # VDRR sums (per area of the case's detector) are the volumes inside the field of view
         area = g["pixel_spacing"][0] * g["pixel_spacing"][1] / 100
         sums = t["drr"][1].double().sum((-1, -2)).numpy() * area
         lost = c["qc"]["drr_lost_fraction"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -94,6 +95,41 @@ def test_real_pediatric_dicoms(shared_data):
         assert r.shape == (331, 331) and r.source["bits_stored"] == 8
         assert r.source["colour"] is False  # stored as RGB with three equal channels
         assert 0 <= r.array.min() < r.array.max() <= 255
+
+
+def test_dicom_magnification_fields(tmp_path, ramp):
+    f = write_dicom(tmp_path / "m.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                    DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0,
+                    EstimatedRadiographicMagnificationFactor=1.1)
+    r = read_radiograph(f)
+    assert r.magnification == pytest.approx(1150 / 920) and r.source["sdd_mm"] == 1150.0
+    assert "(0018,1111)" in r.source["magnification_field"]  # the distances win over the estimate
+    f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                    EstimatedRadiographicMagnificationFactor=1.15)
+    assert read_radiograph(f).magnification == pytest.approx(1.15)
+    assert read_radiograph(f, magnification=1.3).magnification == 1.3  # the argument wins
+    # a spacing calibrated at the patient is already at the patient's scale
+    f = write_dicom(tmp_path / "c.dcm", ramp, PixelSpacing=[0.45, 0.45], PixelSpacingCalibrationType="GEOMETRY",
+                    DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    assert read_radiograph(f).magnification == 1.0
+    plain = read_radiograph(write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5]))
+    assert plain.magnification is None and plain.source["magnification_field"] == "none"
+    bad = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                      EstimatedRadiographicMagnificationFactor=3.5)
+    with pytest.raises(InputError, match=r"b.dcm: implausible magnification 3.5 from EstimatedRadiographic"):
+        read_radiograph(bad)
+
+
+def test_cohort_sidecar_gives_magnification(tmp_path):
+    img = sitk.GetImageFromArray(np.zeros((64, 64), np.float32))
+    img.SetSpacing((2.0, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "xray.mha"))
+    geometry = {"rows": 64, "cols": 64, "pixel_spacing": [2.0, 2.0], "sdd": 1100.0, "sod": 900.0}
+    (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": geometry}))
+    assert read_radiograph(tmp_path / "xray.mha").magnification == pytest.approx(1100 / 900)
+    (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": {}}))
+    with pytest.raises(InputError, match="xray.json: field 'geometry' must hold"):
+        read_radiograph(tmp_path / "xray.mha")
 
 
 def test_itk_image_spacing_order(tmp_path):

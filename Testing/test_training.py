@@ -68,7 +68,7 @@ def test_manifest_validation(tmp_path, dataset):
     data = json.loads((dataset / "manifest.json").read_text())
     data["version"] = 7
     (tmp_path / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(InputError, match="manifest.json: field 'version' must be 1, got 7"):
+    with pytest.raises(InputError, match="manifest.json: field 'version' must be 2, got 7"):
         read_manifest(tmp_path)
     with pytest.raises(InputError, match="no manifest.json"):
         read_manifest(tmp_path / "missing")

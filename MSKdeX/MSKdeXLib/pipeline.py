@@ -133,7 +133,7 @@ class Pipeline:
         """Start ``mskdex train`` in a child process (see :class:`BackendProcess`)."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
-                             "`mskdex prepare` (dataset layout v1, see docs/formats.md)")
+                             "`mskdex prepare` (dataset layout v2, see docs/formats.md)")
         if not str(out).strip() or Path(out) == Path("."):
             raise InputError("training output folder: choose a folder for the model run")
         arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
@@ -141,9 +141,12 @@ class Pipeline:
 
     # -- decompose ----------------------------------------------------------------------
     def decompose(self, model: Path, radiograph_node, tta: int = 8, seed: int = 0,
-                  progress: ProgressRelay | None = None) -> DecomposeOutput:
+                  progress: ProgressRelay | None = None,
+                  magnification: float | None = None) -> DecomposeOutput:
         """Decompose the radiograph with the model run folder ``model``: one layer per object
-        and DRR type, the results table (one row per object, units) and its bar chart."""
+        and DRR type, the results table (one row per object, units) and its bar chart.
+
+        ``magnification`` (SDD / SOD) is used when the radiograph's file did not state one."""
         import torch
 
         from MSKdeXTraining.inference import Decomposer
@@ -153,6 +156,9 @@ class Pipeline:
             raise InputError(f"model folder {model}: no model.json; expected a run folder written by "
                              "`mskdex train` (model.safetensors + model.json)")
         radiograph = radiograph_from_node(radiograph_node)
+        if radiograph.magnification is None and magnification is not None:
+            radiograph.source.update(magnification=float(magnification),
+                                     magnification_field="acquisition geometry given in MSKdeX (SDD / SOD)")
         decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")
         result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector pixel spacing in mm (one value, or row and column); "
                              "required for PNG/JPEG and files without a usable spacing; "
                              "overrides the file's value")
+    parser.add_argument("--magnification", type=float, metavar="M",
+                        help="magnification at the patient, SDD / SOD (default: from the file, "
+                             "e.g. DICOM (0018,1110)/(0018,1111); else the model's reference, noted)")
     parser.add_argument("--tta", type=int, default=8,
                         help="test-time augmentations for the uncertainty (1 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     decomposer = Decomposer.from_run(args.model, device=args.device)
     if args.xray.is_file():
         refuse_overwrite(args.out, [args.xray])
-        result = decomposer.decompose(read_radiograph(args.xray, spacing), tta=args.tta, seed=args.seed)
+        result = decomposer.decompose(read_radiograph(args.xray, spacing, args.magnification),
+                                      tta=args.tta, seed=args.seed)
         paths = result.write(args.out)
         print(_format(result.table))
         _print_ood(args.xray.name, result.ood.flag, result.ood.reasons)
@@ -61,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     files = _inputs(args.xray)
     with progress_bar("decompose") as bar:
-        summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar)
+        summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
+                                    args.magnification)
     for s in summaries:
         if not s.get("skipped"):
             _print_ood(Path(s["input"]).name, s["ood"], s["reasons"])

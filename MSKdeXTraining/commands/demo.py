@@ -15,7 +15,7 @@ HELP = ("End-to-end demo: synthetic cohort from the bundled anatomy -> prepare -
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("mskdex-demo"),
                         help="demo folder; re-running with the same folder continues")
-    parser.add_argument("--n", type=int, default=64, help="number of synthetic patients")
+    parser.add_argument("--n", type=int, default=96, help="number of synthetic patients")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")
     parser.add_argument("--size", default="demo", help="cohort resolution preset (demo, full, test)")
     parser.add_argument("--workers", type=int, help="processes for cohort and prepare (default: all cores)")

@@ -19,7 +19,7 @@ Progress = Callable[[float, str], None]
 STAGES = (("cohort", 0.15), ("prepare", 0.35), ("evaluate", 0.5))
 
 
-def run_demo(out: Path, n: int = 64, seed: int = 0, config: str | Path = "small",
+def run_demo(out: Path, n: int = 96, seed: int = 0, config: str | Path = "small",
              k: int = 4, size: str = "demo", workers: int | None = None,
              overrides: dict | None = None, registration: str = "fast", dataset_px: int = 128,
              progress: Progress | None = None) -> Predictions:

@@ -13,6 +13,10 @@ Default AP view: the beam runs anterior -> posterior (camera z = +y LPS), image 
 from the patient's right to left (camera x = +x LPS, patient's right on the viewer's left),
 rows run head to foot (camera y = -z LPS), so the radiograph looks as a radiologist hangs it.
 Parallel geometry drops the divergence: ``u = x, v = y``.
+
+Matched detector (dataset v2, model v2): a model sees every radiograph on the detector
+:meth:`Geometry.matched` to its reference geometry, i.e. at a fixed pixel size *at the
+isocentre*, so the apparent size of the anatomy does not depend on the magnification SDD/SOD.
 """
 
 from __future__ import annotations
@@ -77,6 +81,16 @@ class Geometry:
         cols = rows if cols is None else cols
         fov = (self.rows * self.pixel_spacing[0], self.cols * self.pixel_spacing[1])
         return replace(self, rows=rows, cols=cols, pixel_spacing=(fov[0] / rows, fov[1] / cols))
+
+    def matched(self, reference: Geometry) -> Geometry:
+        """This radiograph's source distances on ``reference``'s detector grid, with the pixel
+        spacing that gives ``reference``'s pixel size at the isocentre:
+        ``reference.pixel_spacing * M / M_ref`` (M: :attr:`magnification`). A radiograph
+        resampled onto its matched detector shows the patient at the same scale in pixels as
+        every other one, whatever its magnification."""
+        f = self.magnification / reference.magnification
+        return replace(self, rows=reference.rows, cols=reference.cols,
+                       pixel_spacing=(reference.pixel_spacing[0] * f, reference.pixel_spacing[1] * f))
 
     def to_json(self) -> dict:
         d = asdict(self)

@@ -37,6 +37,20 @@ from .volume import Volume
 
 DRR_TYPES = ("wvdrr", "vdrr", "mdrr")
 DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2"}
+#: DRR types whose pixels are amounts per detector area (their sums times pixel area are cm3, g).
+PER_AREA_TYPES = ("vdrr", "mdrr")
+
+
+def per_pixel_area(drr, from_area_cm2: float, to_area_cm2: float):
+    """DRR stack ``(..., 3, N, H, W)`` (numpy or torch) whose per-area types
+    (:data:`PER_AREA_TYPES`) are re-expressed from pixels of ``from_area_cm2`` to pixels of
+    ``to_area_cm2``: the amount in each pixel is unchanged, so ``sum x to_area`` equals
+    ``sum x from_area``. WVDRR pixels (line integrals) are unchanged."""
+    s = np.array([from_area_cm2 / to_area_cm2 if t in PER_AREA_TYPES else 1.0 for t in DRR_TYPES])
+    s = s.reshape(3, 1, 1, 1)
+    if isinstance(drr, torch.Tensor):
+        return drr * torch.from_numpy(s).to(drr)
+    return (drr * s).astype(drr.dtype)
 #: Largest projected sub-voxel footprint, in pixels, along the detector rows and columns.
 #: Box footprints as wide as the sub-voxel spacing tile the detector, so one pixel suffices.
 MAX_FOOTPRINT_PX = 1.0

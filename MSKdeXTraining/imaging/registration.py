@@ -33,7 +33,6 @@ body's own share following it in 2D (:class:`_Attached`) (docs/registration.md).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -765,10 +764,10 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     arguments, a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic cohort),
     else the defaults of :class:`Geometry` (SDD 1100, SOD 880).
     """
-    from ..radiograph_io import read_radiograph
+    from ..radiograph_io import read_radiograph, read_sidecar
 
     path = Path(path)
-    sidecar = _xray_sidecar(path) or {}
+    sidecar = read_sidecar(path) or {}
     if sidecar and pixel_spacing is None:
         array = _read_cohort_image(path)  # simulated: the sidecar's geometry is exact
         spacing = tuple(float(v) for v in sidecar["pixel_spacing"])
@@ -800,18 +799,3 @@ def _read_cohort_image(path: Path) -> np.ndarray:
     if image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: radiograph must be a 2D grey image, got size {image.GetSize()}")
     return sitk.GetArrayFromImage(image).astype(np.float32)
-
-
-def _xray_sidecar(path: Path) -> dict | None:
-    """Geometry from ``<stem>.json`` (format ``mskdex-xray`` version 1), if present."""
-    side = path.with_name(path.name.split(".")[0] + ".json")
-    if not side.is_file():
-        return None
-    data = json.loads(side.read_text())
-    if data.get("format") != "mskdex-xray":
-        return None
-    if data.get("version") != 1:
-        raise InputError(f"{side}: field 'version' must be 1, got {data.get('version')!r}")
-    if not isinstance(data.get("geometry"), dict) or "pixel_spacing" not in data["geometry"]:
-        raise InputError(f"{side}: field 'geometry' (with 'pixel_spacing') is missing")
-    return dict(data["geometry"])

@@ -1,10 +1,12 @@
-"""Reader of the prepared dataset v1 (``mskdex-dataset``, see docs/formats.md).
+"""Reader of the prepared dataset v2 (``mskdex-dataset``, see docs/formats.md).
 
 Each case file ``cases/<id>.safetensors`` holds ``xray`` (H, W) in [0, 1], ``drr``
-(3, N, H, W) and ``aligned`` (3, Nb, H, W) in physical units (WVDRR 1, VDRR cm, MDRR g/cm2),
-and ``volume_cm3`` / ``mass_g`` (N,). Images are resampled to the model's grid by area
-averaging: DRR values are per detector area, so a mean-preserving resampling keeps
-``sum x pixel area`` (cm3, g) unchanged.
+(3, N, H, W) and ``aligned`` (3, Nb, H, W) in physical units (WVDRR 1, VDRR cm, MDRR g/cm2)
+on the case's matched detector (its manifest entry's ``geometry``), and ``volume_cm3`` /
+``mass_g`` (N,). The loader re-expresses the per-area DRRs per pixel of the dataset
+geometry (:func:`~MSKdeXTraining.imaging.projector.per_pixel_area`), so that for every case
+``sum x dataset pixel area`` is the volume/mass, and resamples the images to the model's grid
+by area averaging (mean-preserving: the same holds on the model grid).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from torch.utils.data import Dataset
 from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
 from ..imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
+from ..imaging.projector import per_pixel_area
 from ..imaging.volume import InputError
 
 FORMAT = "mskdex-dataset"
-VERSION = 1
+VERSION = 2
 DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 _REQUIRED = ("geometry", "objects", "kinds", "aligned_bones", "drr_types", "cases")
 
@@ -41,6 +44,8 @@ def read_manifest(root: str | Path) -> dict:
         for key in ("id", "patient", "file", "status"):
             if key not in case:
                 raise InputError(f"{path}: cases[{k}] has no field {key!r}")
+        if case["status"] == "ok" and "geometry" not in case:
+            raise InputError(f"{path}: cases[{k}] ({case['id']}) has no field 'geometry'")
     return m
 
 
@@ -101,6 +106,8 @@ class PreparedDataset(Dataset):
         if not self.ids:
             raise InputError(f"{self.root}: no usable cases (status 'ok')")
         self.files = {c["id"]: self.root / c["file"] for c in self.manifest["cases"]}
+        self.case_geometry = {c["id"]: Geometry.from_json(c["geometry"])
+                              for c in self.manifest["cases"] if c["status"] == "ok"}
         self.objects = list(self.manifest["objects"])
         self.kinds = list(self.manifest["kinds"])
         self.bone_index = [self.objects.index(b) for b in self.manifest["aligned_bones"]]
@@ -136,9 +143,10 @@ class PreparedDataset(Dataset):
                 raise InputError(f"{path}: missing tensor {key!r}")
             if tuple(t[key].shape) != shape:
                 raise InputError(f"{path}: tensor {key!r} has shape {tuple(t[key].shape)}, expected {shape}")
+        areas = (self.case_geometry[case_id].pixel_area_cm2, self.dataset_geometry.pixel_area_cm2)
         return {"xray": resize(t["xray"].float()[None], self.size),
-                "drr": resize(t["drr"].float(), self.size),
-                "aligned": resize(t["aligned"].float(), self.size),
+                "drr": resize(per_pixel_area(t["drr"].float(), *areas), self.size),
+                "aligned": resize(per_pixel_area(t["aligned"].float(), *areas), self.size),
                 "volume_cm3": t["volume_cm3"].double(), "mass_g": t["mass_g"].double()}
 
     def _flip(self, index: int, stream: int) -> bool:

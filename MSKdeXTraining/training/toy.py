@@ -1,15 +1,17 @@
-"""A tiny prepared dataset v1 of ellipsoid phantoms, for tests, benchmarks and smoke runs.
+"""A tiny prepared dataset v2 of ellipsoid phantoms, for tests, benchmarks and smoke runs.
 
 Each case is a small CT (HU) of a water-like body with one ellipsoid per object (size set
 by a per-patient factor, so volumes and masses vary between cases), projected with the
 real projector: ``drr`` in the default AP pose, the radiograph and ``aligned`` in a
-slightly rotated and shifted pose (as a radiograph taken in another position). The
-radiograph is the total line integral of mu windowed to [0, 1] plus a little noise.
-Image sums times pixel area equal the phantoms' volumes and masses.
+slightly rotated and shifted pose (as a radiograph taken in another position), all on the
+case's matched detector (each case has its own source-isocentre distance, so its own
+magnification). The radiograph is the total line integral of mu windowed to [0, 1] plus a
+little noise. Image sums times the case's pixel area equal the phantoms' volumes and masses.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +53,7 @@ def _phantom(rng: np.random.Generator, objects: tuple[str, ...], shape: int, spa
 
 def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: int = 0,
                       objects: tuple[str, ...] = DEFAULT_OBJECTS, excluded: int = 0) -> Path:
-    """Write a prepared dataset v1 of ``n_cases`` phantom cases on a ``size``^2 detector.
+    """Write a prepared dataset v2 of ``n_cases`` phantom cases on a ``size``^2 detector.
 
     ``excluded`` extra cases are listed with status "excluded" (and no file). Two cases
     share each patient id (patients p000, p001, ...), to exercise splits by patient.
@@ -72,11 +74,12 @@ def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: i
         origin = -(shape - 1) / 2 * spacing * np.ones(3)
         ct = Volume(hu.astype(np.float32), [spacing] * 3, origin, np.eye(3))
         lab = Volume(labels, [spacing] * 3, origin, np.eye(3))
-        pose_a = default_ap_pose(np.zeros(3), geometry)
+        case_geometry = replace(geometry, sod=rng.uniform(840.0, 920.0)).matched(geometry)
+        pose_a = default_ap_pose(np.zeros(3), case_geometry)
         move = rigid(rng.uniform(-4, 4, 3), rng.uniform(-6, 6, 3))
         pose_b = pose_a @ move
-        drr = project_objects(ct, lab, omap, geometry, pose_a)
-        seen = project_objects(ct, lab, omap, geometry, pose_b)
+        drr = project_objects(ct, lab, omap, case_geometry, pose_a)
+        seen = project_objects(ct, lab, omap, case_geometry, pose_b)
         total = seen.data[0].sum(0)
         xray = ((total - WINDOW[0]) / (WINDOW[1] - WINDOW[0])).clamp(0, 1)
         xray = (xray + torch.from_numpy(rng.normal(0, 0.005, xray.shape)).float()).clamp(0, 1)
@@ -85,12 +88,13 @@ def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: i
             "xray": xray, "drr": drr.data[:, :len(objects)], "aligned": seen.data[:, bone_idx],
             "volume_cm3": torch.from_numpy(sums[1]), "mass_g": torch.from_numpy(sums[2])})
         cases.append({"id": case_id, "patient": f"p{n // 2:03d}", "file": f"cases/{case_id}.safetensors",
-                      "status": "ok", "reasons": [], "qc": {}, "registration": {}})
+                      "status": "ok", "reasons": [], "qc": {}, "registration": {},
+                      "geometry": case_geometry.to_json()})
     cases += [{"id": f"toy_x{n:03d}", "patient": f"px{n:03d}", "file": f"cases/toy_x{n:03d}.safetensors",
                "status": "excluded", "reasons": ["toy exclusion"], "qc": {}, "registration": {}}
               for n in range(excluded)]
     write_json(out / "manifest.json", {
-        "format": "mskdex-dataset", "version": 1, "geometry": geometry.to_json(),
+        "format": "mskdex-dataset", "version": 2, "geometry": geometry.to_json(),
         "objects": list(objects), "kinds": [o.kind for o in omap.objects[:len(objects)]],
         "aligned_bones": bones, "drr_types": list(DRR_TYPES), "units": dict(DRR_UNITS),
         "cases": cases, "generator": {"name": "toy", "seed": seed, "window": list(WINDOW)}})

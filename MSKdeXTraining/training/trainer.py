@@ -1,4 +1,4 @@
-"""The training loop: run folder v1, checkpoints, exact resume, data parallelism.
+"""The training loop: run folder v2, checkpoints, exact resume, data parallelism.
 
 ``train`` writes (rank 0 only) ``config.yaml``, ``manifest.json``, ``environment.json``,
 ``log.csv`` (every loss, mean per epoch), ``checkpoints/epoch_XXXX.*`` every

@@ -28,7 +28,7 @@ import csv
 import io
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -203,10 +203,16 @@ class Decomposer:
         return np.concatenate(outs)
 
     def detector(self, radiograph: Radiograph) -> Geometry:
-        """The radiograph's matched detector (its magnification, else the model's)."""
+        """The radiograph's matched detector (its magnification, else the model's). A
+        magnification of 1 (spacing calibrated at the patient) is a parallel view."""
         m = radiograph.magnification or self.geometry.magnification
-        sdd = float(radiograph.source.get("sdd_mm") or self.geometry.sdd)
-        return Geometry(*radiograph.shape, radiograph.pixel_spacing, sdd, sdd / m).matched(self.geometry)
+        if m <= 1.0:
+            own = replace(self.geometry, rows=radiograph.shape[0], cols=radiograph.shape[1],
+                          pixel_spacing=radiograph.pixel_spacing, parallel=True)
+        else:
+            sdd = float(radiograph.source.get("sdd_mm") or self.geometry.sdd)
+            own = Geometry(*radiograph.shape, radiograph.pixel_spacing, sdd, sdd / m)
+        return own.matched(self.geometry)
 
     def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, Geometry, dict]:
         """The radiograph in [0, 1] on its matched detector, that detector, and what was done."""

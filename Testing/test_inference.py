@@ -83,9 +83,15 @@ def test_magnification_is_matched(trained, decomposer):
     result = decomposer.decompose(big, tta=1)
     np.testing.assert_allclose(result.geometry.pixel_spacing, np.array(decomposer.geometry.pixel_spacing) * 1.1)
     np.testing.assert_allclose(result.xray, base.xray, atol=1e-6)
-    for row, ref in zip(result.table, base.table):
-        assert row["volume_cm3"] == pytest.approx(ref["volume_cm3"], rel=1e-5)
-        assert row["mass_g"] == pytest.approx(ref["mass_g"], rel=1e-5)
+    # a spacing calibrated at the patient (magnification 1): the same scale again
+    patient = Radiograph(r.array, tuple(s / m_ref for s in r.pixel_spacing), {**r.source, "magnification": 1.0})
+    calibrated = decomposer.decompose(patient, tta=1)
+    assert calibrated.geometry.parallel
+    np.testing.assert_allclose(calibrated.xray, base.xray, atol=1e-6)
+    for other in (result, calibrated):
+        for row, ref in zip(other.table, base.table):
+            assert row["volume_cm3"] == pytest.approx(ref["volume_cm3"], rel=1e-5)
+            assert row["mass_g"] == pytest.approx(ref["mass_g"], rel=1e-5)
 
 
 def test_resampling_keeps_field_of_view():

@@ -223,8 +223,8 @@ class Decomposer:
             "input_shape": list(radiograph.shape),
             "input_pixel_spacing_mm": list(radiograph.pixel_spacing),
             "magnification": detector.magnification,
-            "magnification_field": radiograph.source.get("magnification_field", "none")
-            if radiograph.magnification else f"assumed: the model's reference {detector.magnification:.3f}",
+            "magnification_field": f"assumed: the model's reference {detector.magnification:.3f}"
+            if radiograph.magnification is None else radiograph.source.get("magnification_field", "none"),
             "detector_pixel_spacing_mm": list(detector.pixel_spacing),
             "model_shape": list(self.geometry.shape), "coverage": coverage, "intensity": method}
 
@@ -283,7 +283,7 @@ class Decomposer:
         if str(source.get("spacing_field", "")).startswith("argument"):
             reasons.append("note: pixel spacing given by the user, not read from the file "
                            "(volumes and masses scale with its square)")
-        if info["magnification_field"].startswith("assumed"):
+        if source.get("magnification") is None:
             reasons.append(f"note: magnification unknown, {info['magnification_field']} "
                            "(volumes and masses scale with the square of its error); give it "
                            "with --magnification")

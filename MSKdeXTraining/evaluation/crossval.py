@@ -66,10 +66,16 @@ class Predictions:
                 for m, cid in enumerate(self.ids) for i, n in enumerate(self.names)]
 
     def object_metrics(self) -> list[dict]:
-        """Per object: agreement (n, pcc, icc, mae) of mass (g) and volume (cm3)."""
+        """Per object: agreement (n, pcc, icc, mae) of mass (g), volume (cm3) and density
+        (g/cm3, mass / volume: for a muscle its lean fraction, what fat infiltration lowers)."""
+        def density(i: int) -> dict[str, float]:  # over the cases with both volumes > 0
+            keep = (self.volume_pred[:, i] > 0) & (self.volume_true[:, i] > 0)
+            return metrics.agreement(self.mass_pred[keep, i] / self.volume_pred[keep, i],
+                                     self.mass_true[keep, i] / self.volume_true[keep, i])
         return [{"object": n, "kind": self.kinds[i],
                  "mass": metrics.agreement(self.mass_pred[:, i], self.mass_true[:, i]),
-                 "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i])}
+                 "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i]),
+                 "density": density(i)}
                 for i, n in enumerate(self.names)]
 
     def mean_muscle_pcc(self, quantity: str = "mass") -> float:

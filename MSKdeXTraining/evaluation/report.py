@@ -109,14 +109,16 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
 
 
 def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
-    """Per object: n, then PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3)."""
+    """Per object: n, then PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and the PCC
+    of the density (mass / volume, g/cm3)."""
     header = ["object", "kind", "n", "mass PCC", "mass ICC", "mass MAE (g)",
-              "volume PCC", "volume ICC", "volume MAE (cm3)"]
+              "volume PCC", "volume ICC", "volume MAE (cm3)", "density PCC"]
     rows = [[m["object"], m["kind"], m["mass"]["n"], m["mass"]["pcc"], m["mass"]["icc"],
-             m["mass"]["mae"], m["volume"]["pcc"], m["volume"]["icc"], m["volume"]["mae"]]
-            for m in object_metrics]
+             m["mass"]["mae"], m["volume"]["pcc"], m["volume"]["icc"], m["volume"]["mae"],
+             m["density"]["pcc"]] for m in object_metrics]
     return Table(header, rows, caption or "Mass and volume from the predicted DRR sums vs the 3D CT "
-                 "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater)",
+                 "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
+                 "density: mass / volume, for a muscle its lean fraction)",
                  {"mass MAE (g)": 1, "volume MAE (cm3)": 1})
 
 

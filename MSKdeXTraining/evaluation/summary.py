@@ -38,7 +38,8 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     folds = sorted(set(preds.folds.tolist()))
     summary = (f"{len(preds.ids)} held-out cases of {len(set(preds.patients))} patients, folds {folds}. "
                f"Mean lean-mass PCC over the muscles: {preds.mean_muscle_pcc('mass'):.3f}; "
-               f"mean volume PCC: {preds.mean_muscle_pcc('volume'):.3f}.")
+               f"mean volume PCC: {preds.mean_muscle_pcc('volume'):.3f}; "
+               f"mean lean-density PCC: {preds.mean_muscle_pcc('density'):.3f}.")
     sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
     if compare is not None:
         rows = anova(preds, compare)
@@ -70,4 +71,6 @@ def print_table(preds: Predictions) -> str:
     """The per-object table as Markdown text (for the terminal)."""
     text = markdown(agreement_table(preds.object_metrics()))
     muscles = [n for n in DEFAULT_MUSCLES if n in preds.names]
-    return text + (f"\nMean lean-mass PCC over {len(muscles)} muscles: {preds.mean_muscle_pcc('mass'):.3f}\n")
+    return text + (f"\nMean lean-mass PCC over {len(muscles)} muscles: {preds.mean_muscle_pcc('mass'):.3f} "
+                   f"(volume {preds.mean_muscle_pcc('volume'):.3f}, "
+                   f"lean density {preds.mean_muscle_pcc('density'):.3f})\n")

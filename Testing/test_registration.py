@@ -249,3 +249,19 @@ def test_search_starts_between_the_femoral_heads_or_at_the_image_centre(shared_d
     np.testing.assert_allclose(default_isocenter(labels, objects), (heads[0] + heads[1]) / 2)
     no_femurs = labels.with_array(np.where(np.isin(labels.array, (75, 76)), 0, labels.array))
     np.testing.assert_allclose(default_isocenter(no_femurs, objects), labels.center)
+
+
+def test_femoral_head_center_is_the_head_sphere_not_the_top_centroid():
+    # a proximal femur on a 2 mm grid (LPS, z superior): a 23 mm head on a neck to a shaft
+    # whose greater trochanter rises as high as the head's top
+    k, j, i = np.mgrid[:60, :40, :50].astype(float) * 2.0
+    head = np.array([30.0, 40.0, 90.0])  # x, y, z (mm)
+    femur = (i - head[0]) ** 2 + (j - head[1]) ** 2 + (k - head[2]) ** 2 <= 23.0 ** 2
+    t = np.clip(((i - 30) * 1.0 + (k - 90) * -1.0) / 2.0, 0, 30)  # neck axis, down and lateral
+    femur |= (i - 30 - t) ** 2 + (j - 40) ** 2 + (k - 90 + t) ** 2 <= 12.0 ** 2
+    femur |= ((i - 68) ** 2 + (j - 40) ** 2 <= 14.0 ** 2) & (k <= 112)  # shaft + trochanter
+    labels = Volume(femur.astype(np.uint8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    np.testing.assert_allclose(femoral_head_center(labels, (1,)), head, atol=1.0)
+    top = np.argwhere(femur)[:, ::-1] * 2.0
+    centroid = top[top[:, 2] >= top[:, 2].max() - 25.0].mean(axis=0)  # the old estimate
+    assert np.linalg.norm(centroid - head) > 10.0

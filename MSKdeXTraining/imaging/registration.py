@@ -574,9 +574,14 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
         bg = None if background is None else torch.from_numpy(resample_image(background, geometry, g))
         att = None if attached is None else _Attached(resample_image(attached, geometry, g),
                                                        first_pose, center, g)
-        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x, bg, att)
         if li == 0 and settings.grid_search_mm is not None:
-            x = _grid_search(obj, x, settings.grid_search_mm, scale)
+            # every shift is judged within the margin of where it puts the body
+            margin = settings.mask_margin_mm
+            wide = replace(settings, mask_margin_mm=None if margin is None
+                           else margin + settings.grid_search_mm[0])
+            x = _grid_search(_Objective(renderer, xray, g, start_pose, center_cam, scale, wide, x,
+                                        bg, att), x, settings.grid_search_mm, scale)
+        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x, bg, att)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
         else:
@@ -698,18 +703,45 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
     return results
 
 
-def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm: float = 25.0
-                        ) -> np.ndarray:
-    """Approximate femoral head centre (LPS mm): centroid of the femur's top ``depth_mm``.
+def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm: float = 40.0,
+                        radius_mm: tuple[float, float] = (15.0, 32.0), tolerance_mm: float = 1.5,
+                        trials: int = 400) -> np.ndarray:
+    """Femoral head centre (LPS mm): a sphere fitted to the femur's surface near its top.
 
-    The top of the femur (largest superior coordinate) is the head; the centroid of the
-    voxels within ``depth_mm`` of it lies near the head's centre.
+    The head is the largest sphere-like surface among the femur's surface voxels within
+    ``depth_mm`` of its top (which also hold the greater trochanter and the neck): a seeded
+    RANSAC over sphere fits to 4 points, radius within ``radius_mm``, keeps the sphere with
+    the most surface points within ``tolerance_mm``, refined by a least-squares fit to them.
+    Without such a sphere (a stump, a coarse label), the centroid of those voxels.
     """
-    idx = np.argwhere(np.isin(labels.array, femur_labels))
-    if idx.size == 0:
+    mask = np.isin(labels.array, femur_labels)
+    if not mask.any():
         raise InputError(f"label map has no voxels with values {list(femur_labels)}")
-    pts = apply(labels.affine, idx[:, ::-1].astype(float))
-    return pts[pts[:, 2] >= pts[:, 2].max() - depth_mm].mean(axis=0)
+    surface = mask & ~ndimage.binary_erosion(mask)
+    pts = apply(labels.affine, np.argwhere(surface)[:, ::-1].astype(float))
+    pts = pts[pts[:, 2] >= pts[:, 2].max() - depth_mm]
+    rng = np.random.default_rng(0)
+    best, best_count = None, 0
+    for _ in range(trials if len(pts) >= 4 else 0):
+        sphere = _fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
+        if sphere is None or not radius_mm[0] <= sphere[1] <= radius_mm[1]:
+            continue
+        count = int((np.abs(np.linalg.norm(pts - sphere[0], axis=1) - sphere[1]) <= tolerance_mm).sum())
+        if count > best_count:
+            best, best_count = sphere, count
+    for _ in range(3 if best is not None else 0):
+        inliers = np.abs(np.linalg.norm(pts - best[0], axis=1) - best[1]) <= tolerance_mm
+        best = _fit_sphere(pts[inliers]) or best
+    return pts.mean(axis=0) if best is None else best[0]
+
+
+def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Least-squares sphere (centre, radius) through >= 4 points; None when degenerate."""
+    a = np.c_[2.0 * points, np.ones(len(points))]
+    b = (points ** 2).sum(axis=1)
+    x, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
+    r2 = x[3] + x[:3] @ x[:3]
+    return (x[:3], float(np.sqrt(r2))) if rank == 4 and r2 > 0 else None
 
 
 def _grid_search(obj: _Objective, x0: np.ndarray, grid: tuple[float, float], scale: np.ndarray

@@ -705,14 +705,15 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
 
 def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm: float = 40.0,
                         radius_mm: tuple[float, float] = (15.0, 32.0), tolerance_mm: float = 1.5,
-                        trials: int = 400) -> np.ndarray:
+                        trials: int = 400, min_inliers: float = 0.2) -> np.ndarray:
     """Femoral head centre (LPS mm): a sphere fitted to the femur's surface near its top.
 
     The head is the largest sphere-like surface among the femur's surface voxels within
     ``depth_mm`` of its top (which also hold the greater trochanter and the neck): a seeded
     RANSAC over sphere fits to 4 points, radius within ``radius_mm``, keeps the sphere with
-    the most surface points within ``tolerance_mm``, refined by a least-squares fit to them.
-    Without such a sphere (a stump, a coarse label), the centroid of those voxels.
+    the most surface points within ``tolerance_mm``, refined by a least-squares fit to them
+    (a head holds 35-50 % of those points). Without a sphere holding ``min_inliers`` of them
+    (a stump, a coarse label), the centroid of the surface points.
     """
     mask = np.isin(labels.array, femur_labels)
     if not mask.any():
@@ -729,6 +730,8 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
         count = int((np.abs(np.linalg.norm(pts - sphere[0], axis=1) - sphere[1]) <= tolerance_mm).sum())
         if count > best_count:
             best, best_count = sphere, count
+    if best_count < min_inliers * len(pts):
+        best = None
     for _ in range(3 if best is not None else 0):
         inliers = np.abs(np.linalg.norm(pts - best[0], axis=1) - best[1]) <= tolerance_mm
         best = _fit_sphere(pts[inliers]) or best

@@ -727,15 +727,20 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
         sphere = _fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
         if sphere is None or not radius_mm[0] <= sphere[1] <= radius_mm[1]:
             continue
-        count = int((np.abs(np.linalg.norm(pts - sphere[0], axis=1) - sphere[1]) <= tolerance_mm).sum())
+        count = int(_on_sphere(pts, sphere, tolerance_mm).sum())
         if count > best_count:
             best, best_count = sphere, count
     if best_count < min_inliers * len(pts):
         best = None
     for _ in range(3 if best is not None else 0):
-        inliers = np.abs(np.linalg.norm(pts - best[0], axis=1) - best[1]) <= tolerance_mm
-        best = _fit_sphere(pts[inliers]) or best
+        best = _fit_sphere(pts[_on_sphere(pts, best, tolerance_mm)]) or best
     return pts.mean(axis=0) if best is None else best[0]
+
+
+def _on_sphere(points: np.ndarray, sphere: tuple[np.ndarray, float], tolerance_mm: float
+               ) -> np.ndarray:
+    """Which ``points`` (P, 3) lie within ``tolerance_mm`` of the sphere's surface."""
+    return np.abs(np.linalg.norm(points - sphere[0], axis=1) - sphere[1]) <= tolerance_mm
 
 
 def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:

@@ -265,3 +265,14 @@ def test_femoral_head_center_is_the_head_sphere_not_the_top_centroid():
     top = np.argwhere(femur)[:, ::-1] * 2.0
     centroid = top[top[:, 2] >= top[:, 2].max() - 25.0].mean(axis=0)  # the old estimate
     assert np.linalg.norm(centroid - head) > 10.0
+
+
+def test_grid_search_finds_a_far_start(phantom_case):
+    # 35 mm off in-plane: beyond the local optimiser's reach, within the +-32 mm grid
+    ct, labels, g, base, truth, xray = phantom_case
+    start = rigid((0.0, 0.0, 0.0), (25.0, -25.0, 0.0)) @ truth
+    points = surface_points(labels, (1,))
+    r = register_bone(ct, labels, (1,), xray, g, start, replace(QUICK, grid_search_mm=(32.0, 8.0)))
+    assert r.ok and registration_errors(truth, r.pose, points, g)["projected_mm"] < 4.0
+    plain = register_bone(ct, labels, (1,), xray, g, start, QUICK)
+    assert registration_errors(truth, plain.pose, points, g)["projected_mm"] > 20.0

@@ -67,11 +67,14 @@ class Predictions:
 
     def object_metrics(self) -> list[dict]:
         """Per object: agreement (n, pcc, icc, mae) of mass (g), volume (cm3) and density
-        (g/cm3, mass / volume: for a muscle its lean fraction, what fat infiltration lowers)."""
-        def density(i: int) -> dict[str, float]:  # over the cases with both volumes > 0
-            keep = (self.volume_pred[:, i] > 0) & (self.volume_true[:, i] > 0)
-            return metrics.agreement(self.mass_pred[keep, i] / self.volume_pred[keep, i],
-                                     self.mass_true[keep, i] / self.volume_true[keep, i])
+        (mass / volume, g/cm3: for a muscle its lean mass per cm3, which fat infiltration
+        lowers), the last over the cases where both densities are finite."""
+        def density(i: int) -> dict[str, float]:
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                pred = self.mass_pred[:, i] / self.volume_pred[:, i]
+                true = self.mass_true[:, i] / self.volume_true[:, i]
+            keep = np.isfinite(pred) & np.isfinite(true)
+            return metrics.agreement(pred[keep], true[keep])
         return [{"object": n, "kind": self.kinds[i],
                  "mass": metrics.agreement(self.mass_pred[:, i], self.mass_true[:, i]),
                  "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i]),

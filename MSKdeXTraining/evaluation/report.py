@@ -118,7 +118,8 @@ def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
              m["density"]["pcc"]] for m in object_metrics]
     return Table(header, rows, caption or "Mass and volume from the predicted DRR sums vs the 3D CT "
                  "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
-                 "density: mass / volume, for a muscle its lean fraction)",
+                 "density: mass / volume in g/cm3, for a muscle its lean mass per cm3, over the "
+                 "cases where it is finite)",
                  {"mass MAE (g)": 1, "volume MAE (cm3)": 1})
 
 

@@ -152,8 +152,8 @@ class RegistrationSettings:
         """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
         evaluations, no joint refinement).
 
-        Measured on the demo cohort (one torch thread): accurate ~7 s pelvis, ~3 s femur;
-        fast ~2.7 s pelvis, ~1 s femur (docs/registration.md).
+        Measured on the demo cohort (one torch thread): accurate ~8 s pelvis, ~3.5 s femur;
+        fast ~3.3 s pelvis, ~0.8 s femur (docs/registration.md).
         """
         if name == "accurate":
             return cls()
@@ -242,15 +242,17 @@ def default_isocenter(labels: Volume, objects: ObjectMap) -> np.ndarray:
     return (heads[0] + heads[1]) / 2
 
 
-def surface_points(labels: Volume, body_labels: tuple[int, ...], max_points: int = 4000
+def surface_points(labels: Volume, body_labels: tuple[int, ...], max_points: int | None = 4000
                    ) -> np.ndarray:
-    """World (LPS mm) centres of a body's surface voxels, evenly thinned to ``max_points``."""
+    """World (LPS mm) centres of a body's surface voxels, evenly thinned to ``max_points``
+    (None: all of them)."""
     mask = np.isin(labels.array, body_labels)
     surface = mask & ~ndimage.binary_erosion(mask)
     idx = np.argwhere(surface)
     if idx.size == 0:
         raise InputError(f"label map has no voxels with values {list(body_labels)}")
-    idx = idx[:: max(1, len(idx) // max_points)]
+    if max_points is not None:
+        idx = idx[:: max(1, len(idx) // max_points)]
     return apply(labels.affine, idx[:, ::-1].astype(float))
 
 
@@ -575,7 +577,7 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
         att = None if attached is None else _Attached(resample_image(attached, geometry, g),
                                                        first_pose, center, g)
         if li == 0 and settings.grid_search_mm is not None:
-            # every shift is judged within the margin of where it puts the body
+            # one GC region for all shifts: the start's, widened by the grid's extent
             margin = settings.mask_margin_mm
             wide = replace(settings, mask_margin_mm=None if margin is None
                            else margin + settings.grid_search_mm[0])
@@ -708,24 +710,22 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
                         trials: int = 400, min_inliers: float = 0.2) -> np.ndarray:
     """Femoral head centre (LPS mm): a sphere fitted to the femur's surface near its top.
 
-    The head is the largest sphere-like surface among the femur's surface voxels within
-    ``depth_mm`` of its top (which also hold the greater trochanter and the neck): a seeded
-    RANSAC over sphere fits to 4 points, radius within ``radius_mm``, keeps the sphere with
-    the most surface points within ``tolerance_mm``, refined by a least-squares fit to them
-    (a head holds 35-50 % of those points). Without a sphere holding ``min_inliers`` of them
-    (a stump, a coarse label), the centroid of the surface points.
+    Among the femur's surface voxels within ``depth_mm`` of its top (the head, but also the
+    greater trochanter and the neck), a seeded RANSAC over sphere fits to 4 points, radius
+    within ``radius_mm``, keeps the sphere with the most points within ``tolerance_mm`` of
+    its surface (a head holds 35-50 % of them), refitted to those points. Without a sphere
+    holding ``min_inliers`` of them (a stump, a coarse label), the centroid of the points.
     """
-    mask = np.isin(labels.array, femur_labels)
-    if not mask.any():
-        raise InputError(f"label map has no voxels with values {list(femur_labels)}")
-    surface = mask & ~ndimage.binary_erosion(mask)
-    pts = apply(labels.affine, np.argwhere(surface)[:, ::-1].astype(float))
+    pts = surface_points(labels, femur_labels, max_points=None)
     pts = pts[pts[:, 2] >= pts[:, 2].max() - depth_mm]
     rng = np.random.default_rng(0)
     best, best_count = None, 0
+    def plausible(sphere: tuple[np.ndarray, float] | None) -> bool:
+        return sphere is not None and radius_mm[0] <= sphere[1] <= radius_mm[1]
+
     for _ in range(trials if len(pts) >= 4 else 0):
         sphere = _fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
-        if sphere is None or not radius_mm[0] <= sphere[1] <= radius_mm[1]:
+        if not plausible(sphere):
             continue
         count = int(_on_sphere(pts, sphere, tolerance_mm).sum())
         if count > best_count:
@@ -733,7 +733,9 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
     if best_count < min_inliers * len(pts):
         best = None
     for _ in range(3 if best is not None else 0):
-        best = _fit_sphere(pts[_on_sphere(pts, best, tolerance_mm)]) or best
+        refit = _fit_sphere(pts[_on_sphere(pts, best, tolerance_mm)])
+        if plausible(refit):
+            best = refit
     return pts.mean(axis=0) if best is None else best[0]
 
 
@@ -744,7 +746,8 @@ def _on_sphere(points: np.ndarray, sphere: tuple[np.ndarray, float], tolerance_m
 
 
 def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Least-squares sphere (centre, radius) through >= 4 points; None when degenerate."""
+    """Algebraic least-squares sphere (centre, radius) of >= 4 points (Kasa fit); None when
+    degenerate."""
     a = np.c_[2.0 * points, np.ones(len(points))]
     b = (points ** 2).sum(axis=1)
     x, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)

@@ -51,6 +51,8 @@ def per_pixel_area(drr, from_area_cm2: float, to_area_cm2: float):
     if isinstance(drr, torch.Tensor):
         return drr * torch.from_numpy(s).to(drr)
     return (drr * s).astype(drr.dtype)
+
+
 #: Largest projected sub-voxel footprint, in pixels, along the detector rows and columns.
 #: Box footprints as wide as the sub-voxel spacing tile the detector, so one pixel suffices.
 MAX_FOOTPRINT_PX = 1.0

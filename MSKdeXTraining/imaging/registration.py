@@ -247,10 +247,12 @@ def surface_points(labels: Volume, body_labels: tuple[int, ...], max_points: int
     """World (LPS mm) centres of a body's surface voxels, evenly thinned to ``max_points``
     (None: all of them)."""
     mask = np.isin(labels.array, body_labels)
-    surface = mask & ~ndimage.binary_erosion(mask)
-    idx = np.argwhere(surface)
-    if idx.size == 0:
+    if not mask.any():
         raise InputError(f"label map has no voxels with values {list(body_labels)}")
+    # erode only the body's bounding box (plus one voxel): same surface, far less work
+    box = tuple(slice(max(s.start - 1, 0), s.stop + 1)
+                for s in ndimage.find_objects(mask.astype(np.uint8))[0])
+    idx = np.argwhere(mask[box] & ~ndimage.binary_erosion(mask[box])) + [s.start for s in box]
     if max_points is not None:
         idx = idx[:: max(1, len(idx) // max_points)]
     return apply(labels.affine, idx[:, ::-1].astype(float))
@@ -716,13 +718,13 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
     its surface (a head holds 35-50 % of them), refitted to those points. Without a sphere
     holding ``min_inliers`` of them (a stump, a coarse label), the centroid of the points.
     """
+    def plausible(sphere: tuple[np.ndarray, float] | None) -> bool:
+        return sphere is not None and radius_mm[0] <= sphere[1] <= radius_mm[1]
+
     pts = surface_points(labels, femur_labels, max_points=None)
     pts = pts[pts[:, 2] >= pts[:, 2].max() - depth_mm]
     rng = np.random.default_rng(0)
     best, best_count = None, 0
-    def plausible(sphere: tuple[np.ndarray, float] | None) -> bool:
-        return sphere is not None and radius_mm[0] <= sphere[1] <= radius_mm[1]
-
     for _ in range(trials if len(pts) >= 4 else 0):
         sphere = _fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
         if not plausible(sphere):

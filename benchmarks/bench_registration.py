@@ -115,7 +115,10 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     offsets = rng.uniform(-1, 1, (len(cases), 6)) * np.array([OFFSET_DEG] * 3 + [OFFSET_MM] * 3)
     presets = PRESETS if args.preset == "both" else (args.preset,)
-    print(f"{len(cases)} cases of {cohort}, start offsets up to +-{OFFSET_MM:g} mm / "
+    size = meta.get("size_settings", {})
+    print(f"{len(cases)} cases of {cohort} (CT {size.get('ct_spacing_mm')} mm, detector "
+          f"{size.get('detector_px')} px of {size.get('pixel_mm', float('nan')):.2f} mm), "
+          f"start offsets up to +-{OFFSET_MM:g} mm / "
           f"+-{OFFSET_DEG:g} deg (seed {args.seed}), torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     times = {}

@@ -24,7 +24,7 @@ settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohor
 poses score above it, gross failures below).
 
 Overlap: GC of the bone's DRR alone is pulled by the structures overlapping the bone in the
-radiograph (soft tissue, other bones): on the synthetic cohort its optimum lies ~0.6 mm
+radiograph (soft tissue, other bones): on a synthetic cohort (1.7 mm pixels) its optimum lies ~0.6 mm
 (projected) from the true pose. :func:`register_bodies` therefore ends with a refinement of
 each body against its DRR plus the rest of the patient at the current poses: the other
 bones, and the CT's soft tissue split between the bodies (:class:`SoftTissueRenderer`), the
@@ -152,8 +152,8 @@ class RegistrationSettings:
         """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
         evaluations, no joint refinement).
 
-        Measured on the demo cohort (one torch thread): accurate ~8 s pelvis, ~3.5 s femur;
-        fast ~3.3 s pelvis, ~0.8 s femur (docs/registration.md).
+        Measured on the demo cohort (one torch thread): accurate ~9.5 s pelvis, ~2.7 s femur;
+        fast ~3.7 s pelvis, ~1 s femur (docs/registration.md).
         """
         if name == "accurate":
             return cls()

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from MSKdeXTraining.cohort.generate import GENERATOR_VERSION
 from MSKdeXTraining.imaging.geometry import apply, rigid
 from MSKdeXTraining.imaging.registration import (
     PRESETS, RegistrationSettings, body_centroid, read_xray, register_bodies, registration_errors,
@@ -115,9 +116,12 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     offsets = rng.uniform(-1, 1, (len(cases), 6)) * np.array([OFFSET_DEG] * 3 + [OFFSET_MM] * 3)
     presets = PRESETS if args.preset == "both" else (args.preset,)
-    size = meta.get("size_settings", {})
-    print(f"{len(cases)} cases of {cohort} (CT {size.get('ct_spacing_mm')} mm, detector "
-          f"{size.get('detector_px')} px of {size.get('pixel_mm', float('nan')):.2f} mm), "
+    size, made_by = meta.get("size_settings", {}), meta.get("generator", {}).get("version")
+    if made_by != GENERATOR_VERSION:
+        print(f"WARNING: {cohort} was made by cohort generator v{made_by}, this code makes "
+              f"v{GENERATOR_VERSION}: regenerate it to measure the current product")
+    print(f"{len(cases)} cases of {cohort} (generator v{made_by}; CT {size.get('ct_spacing_mm')} mm, "
+          f"detector {size.get('detector_px')} px of {size.get('pixel_mm', float('nan')):.2f} mm), "
           f"start offsets up to +-{OFFSET_MM:g} mm / "
           f"+-{OFFSET_DEG:g} deg (seed {args.seed}), torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)

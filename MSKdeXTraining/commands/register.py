@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sod", type=float, help="source-to-isocentre distance (mm); default: the "
                                                   "radiograph's xray.json, else 880")
     parser.add_argument("--preset", default="accurate", choices=PRESETS,
-                        help="registration settings: accurate (~1-4 s per bone) or fast (~1-2.5 s)")
+                        help="registration settings: accurate (~3-10 s per bone, 1 thread) or fast (~1-4 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the CMA-ES search")
 
 

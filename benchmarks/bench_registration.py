@@ -36,6 +36,7 @@ from MSKdeXTraining.imaging.registration import (
     rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.volume import read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap
+from MSKdeXTraining.prepare import read_cohort
 
 OFFSET_MM = 15.0
 OFFSET_DEG = 10.0
@@ -110,8 +111,7 @@ def main() -> None:
         cohort = generate_cohort(args.generate, 1, args.out, size=args.size)
     if cohort is None:
         ap.error("give --cohort DIR or --generate N")
-    meta = json.loads((cohort / "cohort.json").read_text())
-    objects = ObjectMap.from_json(meta["object_map"], str(cohort / "cohort.json"))
+    meta, objects = read_cohort(cohort)
     cases = [cohort / c for c in meta["cases"][: args.cases]]
     rng = np.random.default_rng(args.seed)
     offsets = rng.uniform(-1, 1, (len(cases), 6)) * np.array([OFFSET_DEG] * 3 + [OFFSET_MM] * 3)

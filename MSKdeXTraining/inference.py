@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -39,7 +40,7 @@ from scipy import ndimage
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.projector import per_pixel_area
-from .radiograph_io import Radiograph, read_radiograph
+from .radiograph_io import Radiograph, read_radiograph, stem
 
 Progress = Callable[[float, str], None]
 
@@ -291,22 +292,37 @@ class Decomposer:
         return OODResult(flag, float(score), reasons, feats)
 
 
+def output_names(inputs: list[Path]) -> list[str]:
+    """Output folder names of radiographs in batch mode: each file name without its format
+    suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs would share one (``hip.dcm``,
+    ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``)."""
+    stems = [stem(p) for p in inputs]
+    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if stems.count(s) > 1 else s
+             for s, p in zip(stems, inputs)]
+    if len(set(names)) < len(names):
+        raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")
+    return names
+
+
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
                     progress: Progress | None = None, magnification: float | None = None
                     ) -> list[dict]:
-    """Decompose every file in ``inputs`` into ``out/<file stem>/``; returns one summary per
-    file (name, ood flag, reasons, output paths, seconds). ``pixel_spacing`` and
-    ``magnification`` override the files' (:func:`read_radiograph`). Files already done
-    (their JSON exists) are skipped, so an interrupted batch resumes."""
+    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_name`); returns one
+    summary per file (name, ood flag, reasons, output paths, seconds). ``pixel_spacing`` and
+    ``magnification`` override the files' (:func:`read_radiograph`). A file whose folder already
+    holds the result of that same input is skipped, so an interrupted batch resumes."""
     report = progress or (lambda f, m: None)
     summaries = []
-    for k, path in enumerate(inputs):
-        stem = path.name.split(".")[0]
-        target = out / stem
+    for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
+        target = out / name
         report(k / max(1, len(inputs)), f"{path.name}")
         done = target / "decomposition.json"
         if done.is_file():
+            previous = Path(str(_recorded_input(done)))
+            if previous.name != path.name:
+                raise FileExistsError(f"{done}: holds the result of {previous}, not of {path}; "
+                                      "choose another output folder")
             summaries.append({"input": str(path), "output": str(target), "skipped": True})
             continue
         t0 = time.perf_counter()
@@ -318,3 +334,11 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                           "files": {k: str(v) for k, v in paths.items()}})
     report(1.0, "done")
     return summaries
+
+
+def _recorded_input(table: Path) -> str | None:
+    """The input path recorded in a decomposition table (``source.path``), None if unreadable."""
+    try:
+        return json.loads(table.read_text())["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

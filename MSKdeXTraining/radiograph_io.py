@@ -81,12 +81,27 @@ class Radiograph:
         return None if m is None else float(m)
 
 
-def _suffix(path: Path) -> str:
+def known_suffix(path: Path) -> str:
+    """The format suffix of ``path`` that :func:`read_radiograph` knows (lower case), or ""."""
     name = path.name.lower()
-    for s in ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES[:-1]:
-        if name.endswith(s):
-            return s
-    return path.suffix.lower()
+    return next((s for s in ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES if s and name.endswith(s)), "")
+
+
+def stem(path: Path) -> str:
+    """The file name without its format suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``)."""
+    return path.name[:len(path.name) - len(known_suffix(path))]
+
+
+def is_radiograph_file(path: Path) -> bool:
+    """Whether batch mode should read ``path``: a known suffix, or a DICOM file without one
+    (a ``DICM`` preamble, as PACS exports such as ``IM00001`` have)."""
+    if known_suffix(path):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 def read_radiograph(path: str | Path,
@@ -104,7 +119,7 @@ def read_radiograph(path: str | Path,
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     explicit = _explicit_spacing(pixel_spacing)
-    suffix = _suffix(path)
+    suffix = known_suffix(path) or path.suffix.lower()
     if suffix in ITK_SUFFIXES:
         array, spacing, source, value_range = _read_itk(path)
     elif suffix in PICTURE_SUFFIXES:
@@ -172,7 +187,7 @@ def read_sidecar(path: str | Path) -> dict | None:
     """The geometry (Geometry JSON) of a cohort radiograph's ``<stem>.json`` sidecar
     (format ``mskdex-xray`` v1), or ``None`` when there is none."""
     path = Path(path)
-    side = path.with_name(path.name.split(".")[0] + ".json")
+    side = path.with_name(stem(path) + ".json")
     if not side.is_file():
         return None
     try:

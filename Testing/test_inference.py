@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from MSKdeXTraining.commands import decompose as decompose_cmd
-from MSKdeXTraining.inference import Decomposer, decompose_files, to_detector
+from MSKdeXTraining.inference import Decomposer, decompose_files, output_names, to_detector
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import PreparedDataset
@@ -133,6 +134,34 @@ def test_write_and_batch_resume(trained, decomposer, tmp_path):
     stack = sitk.ReadImage(str(paths["mdrr"]))
     assert stack.GetSize() == (32, 32, 9) and stack.GetSpacing()[:2] == pytest.approx((7.5, 7.5))
     np.testing.assert_allclose(sitk.GetArrayFromImage(stack), result.drr[2])
+
+
+def test_batch_output_names_are_distinct():
+    names = output_names([Path("a/hip.dcm"), Path("a/hip.png"), Path("a/1.2.840.1.dcm"),
+                          Path("a/1.2.840.2.dcm"), Path("a/IM00001"), Path("a/ct.nii.gz")])
+    assert names == ["hip_dcm", "hip_png", "1.2.840.1", "1.2.840.2", "IM00001", "ct"]
+    with pytest.raises(FileExistsError, match="same name"):
+        output_names([Path("a/x.dcm"), Path("b/x.dcm")])
+
+
+def test_batch_over_uid_named_and_suffixless_dicoms(shared_data, decomposer, tmp_path):
+    """PACS exports: UID file names and no suffix. Each file gets its own result; a resume into
+    a folder holding another input's result is refused."""
+    source = sorted((shared_data / "pediatric-ap-radiographs").glob("*.dcm"))[:3]
+    folder = tmp_path / "pacs"
+    folder.mkdir()
+    for name, src in zip(["1.2.840.113619.1.dcm", "1.2.840.113619.2.dcm", "IM00001"], source):
+        shutil.copyfile(src, folder / name)
+    (folder / "notes.txt").write_text("not a radiograph")
+    files = decompose_cmd._inputs(folder)
+    assert [f.name for f in files] == ["1.2.840.113619.1.dcm", "1.2.840.113619.2.dcm", "IM00001"]
+    summaries = decompose_files(decomposer, files, tmp_path / "out", pixel_spacing=(1.0, 1.0), tta=1)
+    assert [Path(s["output"]).name for s in summaries] == ["1.2.840.113619.1", "1.2.840.113619.2", "IM00001"]
+    assert not any(s.get("skipped") for s in summaries)
+    (folder / "IM00001").rename(folder / "1.2.840.113619.1")  # another file, same output folder
+    with pytest.raises(FileExistsError, match="holds the result of"):
+        decompose_files(decomposer, [folder / "1.2.840.113619.1"], tmp_path / "out",
+                        pixel_spacing=(1.0, 1.0), tta=1)
 
 
 def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path):

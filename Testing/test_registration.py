@@ -187,6 +187,25 @@ def test_read_xray_uses_cohort_sidecar(tmp_path):
     assert read_xray(tmp_path / "xray.mha")[1] == g
 
 
+def test_read_xray_takes_the_dicom_source_distances(tmp_path):
+    from test_radiograph_io import write_dicom
+
+    ramp = np.tile(np.arange(256, dtype=np.uint16) * 10, (200, 1))
+    f = write_dicom(tmp_path / "d.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                    DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    g = read_xray(f)[1]
+    assert (g.sdd, g.sod, g.pixel_spacing) == (1150.0, pytest.approx(920.0), (0.5, 0.5))
+    assert read_xray(f, sod=900.0)[1].sod == 900.0  # the argument wins
+    factor = write_dicom(tmp_path / "m.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                         EstimatedRadiographicMagnificationFactor=1.25)
+    with pytest.warns(UserWarning, match="no SDD"):
+        assert read_xray(factor)[1].sod == pytest.approx(1100.0 / 1.25)  # the default SDD
+    plain = write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5])
+    with pytest.warns(UserWarning, match="no SDD in the file or arguments; assuming 1100 mm"):
+        g = read_xray(plain)[1]
+    assert (g.sdd, g.sod) == (1100.0, 880.0)
+
+
 def test_resample_image_identity_and_constant():
     g = Geometry(rows=40, cols=40, pixel_spacing=(1.0, 1.0))
     img = np.random.default_rng(0).random((40, 40)).astype(np.float32)

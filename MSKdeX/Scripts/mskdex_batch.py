@@ -47,7 +47,7 @@ def run(argv: list[str]) -> int:
         from MSKdeXTraining.fileio import refuse_overwrite
         from MSKdeXTraining.imaging.volume import InputError
         from MSKdeXTraining.objects import ObjectMapError
-        from MSKdeXTraining.radiograph_io import read_radiograph
+        from MSKdeXTraining.radiograph_io import read_radiograph, stem
 
         from MSKdeXLib.pipeline import Pipeline
         from MSKdeXLib.radiograph_nodes import radiograph_to_node
@@ -71,7 +71,7 @@ def run(argv: list[str]) -> int:
         if scene is None:
             scene = slicer.vtkMRMLScene()
         radiograph = read_radiograph(args.xray, args.pixel_spacing)
-        node = radiograph_to_node(radiograph, scene, args.xray.name.split(".")[0])
+        node = radiograph_to_node(radiograph, scene, stem(args.xray))
 
         def report(fraction: float, message: str) -> None:
             print(f"mskdex_batch: {100 * fraction:3.0f}% {message}", flush=True)

@@ -30,13 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inputs(path: Path) -> list[Path]:
-    from ..radiograph_io import SUFFIXES
+    from ..radiograph_io import SUFFIXES, is_radiograph_file
 
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and any(p.name.lower().endswith(s) for s in SUFFIXES if s))
+                       and is_radiograph_file(p))
         if not files:
-            raise FileNotFoundError(f"{path}: folder holds no radiograph files ({', '.join(s for s in SUFFIXES if s)})")
+            raise FileNotFoundError(f"{path}: folder holds no radiograph files "
+                                    f"({', '.join(s for s in SUFFIXES if s)}, or DICOM without a suffix)")
         return files
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")

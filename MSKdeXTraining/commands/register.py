@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="detector pixel spacing (mm): one value or row and column; required "
                              "when the file has none (PNG/JPEG, placeholder DICOM spacing)")
     parser.add_argument("--sdd", type=float, help="source-to-detector distance (mm); default: the "
-                                                  "radiograph's xray.json, else 1100")
+                                                  "radiograph's xray.json or DICOM (0018,1110), else 1100")
     parser.add_argument("--sod", type=float, help="source-to-isocentre distance (mm); default: the "
-                                                  "radiograph's xray.json, else 880")
+                                                  "radiograph's xray.json or DICOM magnification, else 880")
     parser.add_argument("--preset", default="accurate", choices=PRESETS,
                         help="registration settings: accurate (~3-10 s per bone, 1 thread) or fast (~1-4 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the CMA-ES search")

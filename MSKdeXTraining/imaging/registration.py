@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -805,9 +806,10 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     cohort) takes its geometry from there. Any other file is read by
     :func:`MSKdeXTraining.radiograph_io.read_radiograph` (which refuses images that are not 2D
     and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given).
-    Source distances (mm), by priority: the
-    arguments, a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic cohort),
-    else the defaults of :class:`Geometry` (SDD 1100, SOD 880).
+    Source distances (mm), by priority: the arguments, a ``<name>.json`` sidecar in the
+    ``mskdex-xray`` format (the synthetic cohort), the file's (DICOM (0018,1110) SDD, and the
+    SOD from the magnification :func:`read_radiograph` found, with the default SDD if the file
+    has none), else the defaults of :class:`Geometry` (SDD 1100, SOD 880), with a warning.
     """
     from ..radiograph_io import read_radiograph, read_sidecar
 
@@ -816,21 +818,38 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     if sidecar and pixel_spacing is None:
         array = _read_cohort_image(path)  # simulated: the sidecar's geometry is exact
         spacing = tuple(float(v) for v in sidecar["pixel_spacing"])
+        known = sidecar
     else:
         radiograph = read_radiograph(path, pixel_spacing)
         array, spacing = radiograph.array, radiograph.pixel_spacing
+        known = _file_distances(radiograph.source)
     meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
             "parallel": bool(sidecar.get("parallel", False))}
     for name, value in (("sdd", sdd), ("sod", sod)):
         if value is not None:
             meta[name] = float(value)
-        elif name in sidecar:
-            meta[name] = float(sidecar[name])
+        elif name in known:
+            meta[name] = float(known[name])
+        else:
+            warnings.warn(f"{path}: no {name.upper()} in the file or arguments; assuming "
+                          f"{getattr(Geometry, name):g} mm", stacklevel=2)
     try:
         geometry = Geometry.from_json(meta)
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: invalid geometry ({e})") from None
     return array, geometry
+
+
+def _file_distances(source: dict) -> dict[str, float]:
+    """SDD / SOD (mm) from what :func:`read_radiograph` found in a file: the SDD, and the SOD
+    from the magnification (with the default SDD when the file gives only the factor)."""
+    out = {}
+    if source.get("sdd_mm") is not None:
+        out["sdd"] = float(source["sdd_mm"])
+    m = source.get("magnification")
+    if m is not None and m > 1.0:
+        out["sod"] = out.get("sdd", Geometry.sdd) / float(m)
+    return out
 
 
 def _read_cohort_image(path: Path) -> np.ndarray:

@@ -76,12 +76,13 @@ def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
 
 
 def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Average a tensor of loss values over processes (for logging)."""
+    """Average a tensor of loss values over processes (for logging). The reduction runs on
+    ``info.device`` (NCCL reduces CUDA tensors only); the result is on ``values``' device."""
     if info.world == 1:
         return values
-    values = values.clone()
-    dist.all_reduce(values)
-    return values / info.world
+    summed = values.to(info.device, copy=True)
+    dist.all_reduce(summed)
+    return (summed / info.world).to(values.device)
 
 
 def gather(obj, info: DistInfo) -> list:

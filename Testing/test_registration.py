@@ -198,10 +198,10 @@ def test_read_xray_takes_the_dicom_source_distances(tmp_path):
     assert read_xray(f, sod=900.0)[1].sod == 900.0  # the argument wins
     factor = write_dicom(tmp_path / "m.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                          EstimatedRadiographicMagnificationFactor=1.25)
-    with pytest.warns(UserWarning, match="no SDD"):
+    with pytest.warns(UserWarning, match="assuming SDD 1100 mm$"):
         assert read_xray(factor)[1].sod == pytest.approx(1100.0 / 1.25)  # the default SDD
     plain = write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5])
-    with pytest.warns(UserWarning, match="no SDD in the file or arguments; assuming 1100 mm"):
+    with pytest.warns(UserWarning, match="not in the file or arguments; assuming SDD 1100 mm, SOD 880 mm"):
         g = read_xray(plain)[1]
     assert (g.sdd, g.sod) == (1100.0, 880.0)
 

@@ -825,14 +825,17 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
         known = _file_distances(radiograph.source)
     meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
             "parallel": bool(sidecar.get("parallel", False))}
+    assumed = []
     for name, value in (("sdd", sdd), ("sod", sod)):
         if value is not None:
             meta[name] = float(value)
         elif name in known:
             meta[name] = float(known[name])
         else:
-            warnings.warn(f"{path}: no {name.upper()} in the file or arguments; assuming "
-                          f"{getattr(Geometry, name):g} mm", stacklevel=2)
+            assumed.append(f"{name.upper()} {getattr(Geometry, name):g} mm")
+    if assumed:
+        warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
+                      f"{', '.join(assumed)}", stacklevel=2)
     try:
         geometry = Geometry.from_json(meta)
     except (TypeError, ValueError) as e:

@@ -111,7 +111,8 @@ class Decomposition:
 
     def write(self, out_dir: str | Path, stem: str = "decomposition") -> dict[str, Path]:
         """Write ``<stem>.csv``, ``<stem>.json`` and one ``<stem>_<type>.nii.gz`` stack per DRR
-        type (detector rows x columns x objects, spacing in mm), each atomically."""
+        type (image axes: detector columns x rows x objects; spacing column, row in mm), each
+        atomically."""
         out = Path(out_dir)
         paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
         cols = list(self.table[0])

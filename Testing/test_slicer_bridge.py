@@ -69,8 +69,6 @@ def example(shared_data):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    pytest.importorskip("MSKdeXTraining.training.trainer")
-    pytest.importorskip("MSKdeXTraining.inference")
     return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
@@ -208,7 +206,6 @@ def test_bone_alignment_through_the_bridge():
     from MSKdeXTraining.imaging.volume import Volume
     from MSKdeXTraining.radiograph_io import Radiograph
 
-    pytest.importorskip("MSKdeXTraining.imaging.registration")
     objects = load_object_map("synthetic")
     z, y, x = np.mgrid[:28, :28, :28].astype(float)
     labels = np.zeros(x.shape, np.uint8)
@@ -358,11 +355,6 @@ def test_backend_process_reports_progress_and_cancels():
 
 def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
     """The Training section's path: `mskdex train` in a child process, progress parsed, run folder written."""
-    cli = pytest.importorskip("MSKdeXTraining.cli")
-    try:
-        cli.build_parser()
-    except ModuleNotFoundError as e:
-        pytest.skip(f"the mskdex CLI is not complete yet ({e})")
     data = tiny_model.parent / "toy"  # the toy dataset the fixture trained on
     config = tmp_path / "tiny.yaml"
     config.write_text("epochs: 2\nimage_size: 32\ngan: false\nlambda_cyc: 0.0\ng_width: 4\ng_branches: 1\n"

@@ -74,7 +74,8 @@ def backend_command(subcommand: str, arguments: list[str], python: str | None = 
 
 
 class BackendProcess:
-    """A started child process whose output is parsed line by line; never blocks the caller."""
+    """A started child process whose output is parsed line by line without blocking the caller
+    (:meth:`cancel` waits up to twice its grace period for the process to end)."""
 
     def __init__(self, command: list[str], cwd: str | Path | None = None):
         env = dict(os.environ)

@@ -180,7 +180,7 @@ def expose(li: np.ndarray, geometry: Geometry, settings: XraySettings) -> Radiog
     px = np.array(geometry.pixel_spacing)
     n0 = s.photons_per_pixel
     primary = n0 * np.exp(-li.astype(np.float64))
-    # scatter comes from the photons that interacted in the body: N0 - primary behind it
+    # a crude scatter source: the primary behind the body times the fraction that interacts, P (1 - exp(-L))
     interacted = primary * -np.expm1(-li.astype(np.float64))
     scatter = s.scatter_fraction * ndimage.gaussian_filter(interacted, s.scatter_sigma_mm / px,
                                                            mode="nearest")

@@ -1,4 +1,4 @@
-"""``mskdex prepare``: a synthetic cohort -> a training dataset (layout ``mskdex-dataset`` v1)."""
+"""``mskdex prepare``: a synthetic cohort -> a training dataset (layout ``mskdex-dataset`` v2)."""
 
 from __future__ import annotations
 

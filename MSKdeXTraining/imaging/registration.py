@@ -24,8 +24,8 @@ settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohor
 poses score above it, gross failures below).
 
 Overlap: GC of the bone's DRR alone is pulled by the structures overlapping the bone in the
-radiograph (soft tissue, other bones): on a synthetic cohort (1.7 mm pixels) its optimum lies ~0.6 mm
-(projected) from the true pose. :func:`register_bodies` therefore ends with a refinement of
+radiograph (soft tissue, other bones): on the first cohort generator's cases (1.7 mm pixels, CT
+not cropped) its optimum lay ~0.6 mm (projected) from the true pose. :func:`register_bodies` therefore ends with a refinement of
 each body against its DRR plus the rest of the patient at the current poses: the other
 bones, and the CT's soft tissue split between the bodies (:class:`SoftTissueRenderer`), the
 body's own share following it in 2D (:class:`_Attached`) (docs/registration.md).
@@ -193,7 +193,9 @@ class RegistrationResult:
     def to_json(self) -> dict:
         return {"pose": np.asarray(self.pose).tolist(), "gc": round(float(self.gc), 5),
                 "ok": bool(self.ok), "params": [round(float(p), 4) for p in self.params],
-                "params_units": "deg, deg, deg, mm, mm, mm (about center_cam, after the start pose)",
+                "params_units": ("deg, deg, deg, mm, mm, mm: rotations about center_cam (camera), tx/ty along "
+                                 "the detector axes, tz along the source->center_cam ray, after the start "
+                                 "pose (registration.pose_from_params)"),
                 "center_cam": [round(float(c), 3) for c in self.center_cam],
                 "evaluations": int(self.evaluations), "seconds": round(float(self.seconds), 3),
                 "level_gc": [round(float(g), 5) for g in self.level_gc],

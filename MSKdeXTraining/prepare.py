@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .fileio import atomic_path, read_format_json, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
@@ -48,8 +49,6 @@ from .qc import segmentation_qc
 
 FORMAT = "mskdex-dataset"
 VERSION = 2
-COHORT_FORMAT = "mskdex-cohort"
-TRUTH_FORMAT = "mskdex-truth"
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
 MAX_LOST_FRACTION = 0.005
@@ -62,6 +61,9 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
     path = Path(cohort) / "cohort.json"
     meta = read_format_json(path, COHORT_FORMAT, 1, ("object_map",), InputError,
                             "expected a cohort folder written by `mskdex cohort`")
+    if meta.get("complete") is not True:
+        raise InputError(f"{path}: field 'complete' is not true: the cohort is still being written "
+                         "or its run was interrupted; rerun the same `mskdex cohort` command to finish it")
     if not isinstance(meta.get("cases"), list) or not meta["cases"]:
         raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
     return meta, ObjectMap.from_json(meta["object_map"], f"{path} (object_map)")

@@ -21,6 +21,7 @@ from MSKdeXTraining.imaging.projector import Splatter, project_objects
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import load_object_map
+from MSKdeXTraining.prepare import read_cohort
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -114,6 +115,13 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     assert meta["object_map"]["name"] == "synthetic"
     with pytest.raises(ValueError, match="seed"):
         generate.generate_cohort(2, 4, b, "test", workers=1)
+    with pytest.raises(ValueError, match="not shrink it to 1"):
+        generate.generate_cohort(1, 3, b, "test", workers=1)
+    # a cohort whose run did not finish is refused by prepare, with what to do
+    meta["complete"] = False
+    (b / "cohort.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="'complete' is not true.*rerun the same `mskdex cohort`"):
+        read_cohort(b)
 
 
 def test_hu_ranges_per_tissue():

@@ -210,7 +210,8 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     """Generate (or finish) an ``n``-case cohort in ``out``; returns ``out``.
 
     ``workers`` processes (default: all cores; 1 runs in this process). Cases already complete
-    are kept; a run with other settings than ``out/cohort.json`` records is refused.
+    are kept; a run with other settings than ``out/cohort.json`` records, or with a smaller
+    ``n``, is refused.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1 case, got {n}")
@@ -273,6 +274,9 @@ def _check_resume(path: Path, header: dict) -> None:
         if old.get(key) != header[key]:
             raise ValueError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
                              f"{header[key]!r}; resume with the same settings or choose another --out")
+    if isinstance(old.get("n"), int) and old["n"] > header["n"]:
+        raise ValueError(f"{path}: the cohort has n = {old['n']} cases; a rerun may finish or extend "
+                         f"it, not shrink it to {header['n']}; choose another --out")
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:

@@ -31,3 +31,18 @@ def test_invalid_training_config_value_is_reported_not_raised(tmp_path, capsys):
                  "--set", "no_such_key=1"])
     assert code == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_outputs_never_overwrite_an_input(tmp_path, capsys):
+    """A radiograph stored where `register` or `decompose` would write is refused, untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    xray = out / "qc_all.png"
+    xray.write_bytes(b"a radiograph")
+    code = main(["register", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
+                 "--xray", str(xray), "--out", str(out), "--pixel-spacing", "0.2"])
+    assert code == 2 and "would overwrite the input" in capsys.readouterr().err
+    xray = xray.rename(out / "decomposition_mdrr.nii.gz")
+    code = main(["decompose", "--model", str(tmp_path), "--xray", str(xray), "--out", str(out)])
+    assert code == 2 and "would overwrite the input" in capsys.readouterr().err
+    assert xray.read_bytes() == b"a radiograph"

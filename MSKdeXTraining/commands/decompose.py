@@ -46,6 +46,7 @@ def _inputs(path: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
+    from ..imaging.projector import DRR_TYPES
     from ..imaging.volume import InputError
     from ..inference import Decomposer, decompose_files
     from ..evaluation.progress import progress_bar
@@ -54,9 +55,13 @@ def run(args: argparse.Namespace) -> int:
     spacing = tuple(args.pixel_spacing) if args.pixel_spacing else None
     if spacing is not None and len(spacing) > 2:
         raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(spacing)}")
+    single = args.xray.is_file()
+    if single:
+        for name in ["decomposition.csv", "decomposition.json",
+                     *(f"decomposition_{t}.nii.gz" for t in DRR_TYPES)]:
+            refuse_overwrite(args.out / name, [args.xray])
     decomposer = Decomposer.from_run(args.model, device=args.device)
-    if args.xray.is_file():
-        refuse_overwrite(args.out, [args.xray])
+    if single:
         result = decomposer.decompose(read_radiograph(args.xray, spacing, args.magnification),
                                       tta=args.tta, seed=args.seed)
         paths = result.write(args.out)

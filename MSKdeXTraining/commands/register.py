@@ -50,10 +50,10 @@ def run(args: argparse.Namespace) -> int:
     spacing = args.pixel_spacing
     if spacing is not None and len(spacing) not in (1, 2):
         raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(spacing)}")
-    for p in (args.ct, args.labels, args.xray):
-        refuse_overwrite(args.out / "poses.json", [p])
     objects = load_object_map(args.objects)
     bodies = rigid_bodies(objects)
+    for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]:
+        refuse_overwrite(args.out / name, [args.ct, args.labels, args.xray])
     ct, labels = read_ct(args.ct), read_labels(args.labels)
     check_same_grid(ct, labels, str(args.ct), str(args.labels))
     spacing = None if spacing is None else tuple(spacing * 2)[:2]

@@ -74,16 +74,12 @@ def owis_terms(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     """Eq. 3 per DRR type: (1/(N H W)) sum_i |S(pred_i) - S(true_i)|, batch mean -> (3,).
 
     ``pred`` is G's output for a radiograph and ``true`` the DRRs of the *same patient*'s
-    CT: paired in image sums, not in pixels (any pose or deformation of the muscles).
+    CT: paired in image sums, not in pixels (any pose or deformation of the muscles). The sum
+    of the three is the paper's L_IS^all.
     """
     n, h, w = pred.shape[-3:]
     diff = (pred.sum(dim=(-1, -2)) - true.sum(dim=(-1, -2))).abs()  # (B, 3, N)
     return diff.sum(dim=-1).mean(dim=0) / (n * h * w)
-
-
-def owis_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
-    """L_IS^all = L_IS(WVDRR) + L_IS(VDRR) + L_IS(MDRR)."""
-    return owis_terms(pred, true).sum()
 
 
 def bone_terms(pred_bones: torch.Tensor, aligned: torch.Tensor, lambda_l1: float) -> torch.Tensor:
@@ -91,13 +87,9 @@ def bone_terms(pred_bones: torch.Tensor, aligned: torch.Tensor, lambda_l1: float
 
     ``pred_bones`` and ``aligned`` are (B, 3, N_b, H, W): G's output at the aligned-bone
     channels and the bones' DRRs at their registered poses. ||.||_1 is the mean absolute
-    difference over pixels (as CycleGAN's L1). Returns the batch mean per type, shape (3,).
+    difference over pixels (as CycleGAN's L1). Returns the batch mean per type, shape (3,);
+    their sum is the paper's L_B^all.
     """
     l1 = (pred_bones - aligned).abs().mean(dim=(-1, -2))  # (B, 3, Nb)
     gc = gradient_correlation(pred_bones, aligned)        # (B, 3, Nb)
     return (lambda_l1 * l1 - gc).mean(dim=-1).mean(dim=0)
-
-
-def bone_loss(pred_bones: torch.Tensor, aligned: torch.Tensor, lambda_l1: float) -> torch.Tensor:
-    """L_B^all = L_B(WVDRR) + L_B(VDRR) + L_B(MDRR)."""
-    return bone_terms(pred_bones, aligned, lambda_l1).sum()

@@ -15,16 +15,6 @@ import vtk
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def lps_to_ras_affine(affine_lps: np.ndarray) -> np.ndarray:
-    """Index -> RAS (mm) from an index -> LPS affine (mm), both 4x4."""
-    return LPS_TO_RAS @ np.asarray(affine_lps, float)
-
-
-def ras_to_lps_affine(affine_ras: np.ndarray) -> np.ndarray:
-    """Index -> LPS (mm) from an index -> RAS affine (mm), both 4x4."""
-    return LPS_TO_RAS @ np.asarray(affine_ras, float)
-
-
 def lps_to_ras_transform(transform_lps: np.ndarray) -> np.ndarray:
     """A 4x4 rigid motion written in LPS coordinates, rewritten in RAS coordinates."""
     return LPS_TO_RAS @ np.asarray(transform_lps, float) @ LPS_TO_RAS

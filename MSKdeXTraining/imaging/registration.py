@@ -327,10 +327,6 @@ class BodyRenderer:
         self.points = torch.from_numpy(samples).float()
         self.values = torch.from_numpy(values).float()[:, None]
 
-    @property
-    def n_samples(self) -> int:
-        return 0 if self.points is None else int(self.points.shape[0])
-
     def render(self, poses: np.ndarray, geometry: Geometry) -> torch.Tensor:
         """WVDRRs (B, rows, cols) of the body at ``poses`` (B, 4, 4) world -> camera."""
         if self.points is None:

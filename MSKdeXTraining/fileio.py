@@ -61,18 +61,30 @@ def read_format_json(path: str | Path, fmt: str, version: int, required: tuple[s
     Raises ``error`` naming the file and the field when the file is absent (adding
     ``missing_hint``) or its content does not fit.
     """
+    data = read_json_object(path, (), error, missing_hint)
+    if data.get("format") != fmt:
+        raise error(f"{path}: field 'format' must be {fmt!r}, got {data.get('format')!r}")
+    if data.get("version") != version:
+        raise error(f"{path}: field 'version' must be {version}, got {data.get('version')!r}")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise error(f"{path}: missing field(s) {missing}")
+    return data
+
+
+def read_json_object(path: str | Path, required: tuple[str, ...] = (),
+                     error: type[Exception] = ValueError, missing_hint: str = "") -> dict:
+    """Read a JSON object with the ``required`` fields; raises ``error`` naming the file (and
+    the field) when it is absent (adding ``missing_hint``), not JSON or lacks a field."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: file not found{'; ' + missing_hint if missing_hint else ''}")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise error(f"{path}: field 'format' must be {fmt!r}, got {got!r}")
-    if data.get("version") != version:
-        raise error(f"{path}: field 'version' must be {version}, got {data.get('version')!r}")
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
     missing = [k for k in required if k not in data]
     if missing:
         raise error(f"{path}: missing field(s) {missing}")

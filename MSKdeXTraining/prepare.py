@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import save_file
 
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
-from .fileio import atomic_path, read_format_json, write_json
+from .fileio import atomic_path, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -160,7 +160,7 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
     if missing:
         raise InputError(f"{out}: {len(missing)} case(s) not prepared yet (first: {missing[:5]}); "
                          "run the missing shards first")
-    cases = [json.loads((out / "cases" / f"{c}.json").read_text()) for c in meta["cases"]]
+    cases = [read_json_object(out / "cases" / f"{c}.json", ("status",), InputError) for c in meta["cases"]]
     manifest = {
         "format": FORMAT, "version": VERSION, "geometry": settings["geometry"],
         "objects": list(objects.names), "kinds": list(objects.kinds),
@@ -229,9 +229,10 @@ def _init_worker() -> None:
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(settings)):
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != json.loads(json.dumps(settings)).get(k))
+        old = read_json_object(path, (), InputError)
+        new = json.loads(json.dumps(settings))
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
     else:
@@ -239,7 +240,5 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def _read_settings(out: Path) -> dict:
-    path = out / SETTINGS_FILE
-    if not path.is_file():
-        raise InputError(f"{path}: not found; {out} is not a dataset folder being prepared")
-    return json.loads(path.read_text())
+    return read_json_object(out / SETTINGS_FILE, ("cohort", "geometry"), InputError,
+                            f"{out} is not a dataset folder being prepared")

@@ -38,3 +38,18 @@ def test_refuse_overwrite_detects_the_same_file(tmp_path):
 def test_atomic_output_gets_the_usual_permissions(tmp_path):
     target = write_json(tmp_path / "m.json", {})
     assert target.stat().st_mode & 0o644 == 0o644
+
+
+def test_damaged_settings_files_name_the_file_and_field(tmp_path, capsys):
+    """prepare.json cut short or emptied: one line naming the file (and the field), no traceback."""
+    from MSKdeXTraining.cli import main
+
+    settings = tmp_path / "ds" / "prepare.json"
+    settings.parent.mkdir()
+    for text, expected in (('{"cohort": ', "prepare.json: not valid JSON"),
+                           ("[]", "prepare.json: expected a JSON object, got list"),
+                           ("{}", "prepare.json: missing field(s) ['cohort', 'geometry']")):
+        settings.write_text(text)
+        assert main(["prepare", "--merge", "--out", str(settings.parent)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, err

@@ -13,7 +13,6 @@ not redone, training continues from its last checkpoint)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import write_json
+from ..fileio import read_format_json, write_json
 from ..objects import DEFAULT_MUSCLES
 from . import metrics
 
@@ -140,11 +139,7 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
 
 def read_predictions(path: Path) -> dict:
     """Read a predictions document, checking its format and version."""
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != PRED_FORMAT or doc.get("version") != PRED_VERSION:
-        raise ValueError(f"{path}: fields 'format'/'version' must be {PRED_FORMAT!r}/{PRED_VERSION}, "
-                         f"got {doc.get('format')!r}/{doc.get('version')!r}")
-    return doc
+    return read_format_json(path, PRED_FORMAT, PRED_VERSION)
 
 
 def load_predictions(out: Path) -> Predictions:

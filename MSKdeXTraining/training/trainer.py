@@ -184,7 +184,13 @@ def _environment(info: distributed.DistInfo) -> dict:
 
 def _check_resume_config(out: Path, config: TrainConfig) -> None:
     import yaml
-    old = yaml.safe_load((out / "config.yaml").read_text())
+    path = out / "config.yaml"
+    try:
+        old = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
     new = config.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
     if diff:

@@ -82,6 +82,7 @@ class MSKdeXParameterNode:
     resumeTraining: bool = False
     modelFolder: Path
     tta: Annotated[int, WithinRange(1, 32)] = 8
+    radiographMagnification: Annotated[float, WithinRange(0.0, 2.0)] = 0.0  # SDD / SOD; 0: the file's
     resultsTable: vtkMRMLTableNode
 
 
@@ -108,7 +109,6 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.logic or MSKdeXLogic()
         self.ui.objectMapLineEdit.toolTip = f"Built-in object map ({', '.join(builtin_maps())}) or a JSON file"
-
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
@@ -352,7 +352,7 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
 
     def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay):
         out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress,
-                                      magnification=p.sourceDetectorDistance / p.sourceIsocenterDistance)
+                                      magnification=p.radiographMagnification or None)
         p.resultsTable = out.table
         return out
 

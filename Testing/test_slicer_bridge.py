@@ -404,3 +404,16 @@ def test_slicer_side_unittests_pass():
     result = unittest.TextTestRunner(verbosity=0).run(
         unittest.defaultTestLoader.loadTestsFromModule(MSKdeXLibTest))
     assert result.wasSuccessful() and result.testsRun >= 6, result.failures + result.errors
+
+
+def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
+    """The panel's magnification replaces the file's and is recorded; outside 1-2 it is refused."""
+    from MSKdeXTraining.radiograph_io import Radiograph
+
+    scene = slicer.vtkMRMLScene()
+    image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    node = radiograph_to_node(Radiograph(image, (4.0, 4.0), {"magnification": 1.1}), scene, "xray")
+    source = Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=1.2).decomposition.source
+    assert (source["magnification"], source["magnification_field"]) == (1.2, "given in MSKdeX (Magnification)")
+    with pytest.raises(InputError, match="panel field 'Magnification' is 0.8"):
+        Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=0.8)

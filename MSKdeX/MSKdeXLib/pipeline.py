@@ -19,6 +19,7 @@ from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.volume import InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
+from MSKdeXTraining.radiograph_io import MAGNIFICATION_RANGE
 
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers
@@ -146,7 +147,8 @@ class Pipeline:
         """Decompose the radiograph with the model run folder ``model``: one layer per object
         and DRR type, the results table (one row per object, units) and its bar chart.
 
-        ``magnification`` (SDD / SOD) is used when the radiograph's file did not state one."""
+        ``magnification`` (SDD / SOD at the patient, in :data:`MAGNIFICATION_RANGE`) replaces
+        the file's; without either, the model's reference is assumed and the result notes it."""
         import torch
 
         from MSKdeXTraining.inference import Decomposer
@@ -156,9 +158,13 @@ class Pipeline:
             raise InputError(f"model folder {model}: no model.json; expected a run folder written by "
                              "`mskdex train` (model.safetensors + model.json)")
         radiograph = radiograph_from_node(radiograph_node)
-        if radiograph.magnification is None and magnification is not None:
+        if magnification is not None:
+            lo, hi = MAGNIFICATION_RANGE
+            if not lo <= magnification <= hi:
+                raise InputError(f"MSKdeX panel field 'Magnification' is {magnification:g}; expected "
+                                 f"SDD / SOD in [{lo:g}, {hi:g}], or 'from the file'")
             radiograph.source.update(magnification=float(magnification),
-                                     magnification_field="acquisition geometry given in MSKdeX (SDD / SOD)")
+                                     magnification_field="given in MSKdeX (Magnification)")
         decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")
         result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,

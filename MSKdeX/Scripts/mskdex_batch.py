@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="results table to write (.csv; volumes cm3, masses g)")
     p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                    help="detector pixel spacing (row [column]) in mm; required for PNG/JPEG")
+    p.add_argument("--magnification", type=float, metavar="M",
+                   help="magnification at the patient, SDD / SOD (default: the file's, else the "
+                        "model's reference, noted)")
     p.add_argument("--tta", type=int, default=8, help="test-time augmentations for the uncertainty (1 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations")
     p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder")
@@ -70,7 +73,7 @@ def run(argv: list[str]) -> int:
         scene = getattr(slicer, "mrmlScene", None)  # the application's scene inside Slicer
         if scene is None:
             scene = slicer.vtkMRMLScene()
-        radiograph = read_radiograph(args.xray, args.pixel_spacing)
+        radiograph = read_radiograph(args.xray, args.pixel_spacing, args.magnification)
         node = radiograph_to_node(radiograph, scene, stem(args.xray))
 
         def report(fraction: float, message: str) -> None:

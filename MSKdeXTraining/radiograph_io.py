@@ -50,7 +50,7 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 #: Every suffix :func:`read_radiograph` accepts (used by folder batch mode).
 SUFFIXES = ITK_SUFFIXES + PICTURE_SUFFIXES + DICOM_SUFFIXES
 #: Luma weights (ITU-R BT.601) used when a colour file has to be turned into grey.
-_LUMA = np.array([0.299, 0.587, 0.114])
+LUMA = np.array([0.299, 0.587, 0.114])
 
 
 @dataclass
@@ -210,7 +210,7 @@ def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         rgb = a[..., :3].astype(np.float64)
         source["colour"] = bool(np.ptp(rgb, axis=-1).max() > 0)
-        return rgb @ _LUMA if source["colour"] else rgb[..., 0]
+        return rgb @ LUMA if source["colour"] else rgb[..., 0]
     if a.ndim == 3 and a.shape[0] == 1:
         a = a[0]
     if a.ndim == 2:

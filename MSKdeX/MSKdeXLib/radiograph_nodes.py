@@ -18,15 +18,13 @@ import slicer.util
 
 from MSKdeXTraining.imaging.geometry import AP_ROTATION
 from MSKdeXTraining.imaging.volume import InputError, Volume
-from MSKdeXTraining.radiograph_io import Radiograph
+from MSKdeXTraining.radiograph_io import LUMA, Radiograph
 
 from .coordinates import node_geometry, set_node_geometry
 from .volume_nodes import volume_to_node
 
 #: Node attribute holding the radiograph's source record (JSON).
 SOURCE_ATTRIBUTE = "MSKdeX.Source"
-#: ITU-R BT.601 luma weights, for colour pictures loaded as vector volumes.
-_LUMA = np.array([0.299, 0.587, 0.114])
 
 
 def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Volume:
@@ -61,7 +59,7 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
         raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
     array = np.asarray(slicer.util.arrayFromVolume(node))
     if array.ndim == 4:
-        array = array[..., :3] @ _LUMA if array.shape[-1] >= 3 else array[..., 0]
+        array = array[..., :3] @ LUMA if array.shape[-1] >= 3 else array[..., 0]
     if array.shape[0] != 1:
         raise InputError(f"{what} ({node.GetName()}): expected a one-slice image, got "
                          f"{array.shape[0]} slices of {array.shape[1]}x{array.shape[2]}")

@@ -39,13 +39,14 @@ import numpy as np
 from scipy import ndimage
 
 from ..imaging.volume import Volume
-from .anatomy import BODY, OTHER_MUSCLE, SPINE, Template, region_labels, synthetic_map
+from .anatomy import BODY, FEMUR, OTHER_MUSCLE, SPINE, Template, region_labels, synthetic_map
 from .fields import coarse_distance, smooth_field
 
 #: Internal label of fat freed by a shrinking muscle or added under the skin.
 FAT = 254
 BONE_LABELS = (1, 2, 3, 4, SPINE)
-AIR_HU = -1000.0
+#: CT number given to air outside the body.
+AIR_VALUE_HU = -1000.0
 #: Output HU range (int16 CT).
 HU_MIN, HU_MAX = -1024, 3071
 #: Superior-inferior margin (mm) of the CT around the pelvis, sacrum and muscles.
@@ -236,7 +237,7 @@ def _hu(labels: np.ndarray, depth: np.ndarray, params: dict, spacing: float) -> 
     """Noise-free HU of every voxel (float32)."""
     h = params["hu"]
     shape = labels.shape
-    hu = np.full(shape, AIR_HU, np.float32)
+    hu = np.full(shape, AIR_VALUE_HU, np.float32)
     fat = (labels == FAT) | ((labels == BODY) & (depth <= params["subcutaneous_depth_mm"]))
     hu[fat] = h["fat"]
     deep = (labels == BODY) & ~fat
@@ -269,7 +270,7 @@ def _bone_hu(hu: np.ndarray, labels: np.ndarray, value: int, h: dict, spacing: f
     inside = sel[box]
     # voxel (centre) depth below the surface; the outermost voxel spans depth [0, spacing]
     top = ndimage.distance_transform_edt(inside, sampling=spacing) - spacing
-    t = h["cortical_thickness_mm"]["femur" if value in (3, 4) else "other"]
+    t = h["cortical_thickness_mm"]["femur" if value in FEMUR.values() else "other"]
     cortex = np.clip((t - top) / spacing, 0.0, 1.0)
     centre_depth = top + spacing / 2
     cancellous = h["marrow"] + (h["cancellous"] - h["marrow"]) * np.exp(-centre_depth / 15.0)

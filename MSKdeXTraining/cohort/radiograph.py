@@ -1,6 +1,6 @@
 """Radiograph of a CT in another pose: moving mass elements, Beer-Lambert, detector physics.
 
-Every CT voxel above :data:`AIR_HU` is cut into sub-voxel points (projected footprint <= 1
+Every CT voxel above :data:`~MSKdeXTraining.imaging.hu.AIR_HU` is cut into sub-voxel points (projected footprint <= 1
 pixel) carrying ``mu x volume``; the points are moved to the radiograph's pose and splatted
 (:class:`~MSKdeXTraining.imaging.projector.Splatter`, line-integral weighting), which gives the
 line integral of mu through the whole body. Nothing is resampled, so every voxel's mass and
@@ -34,8 +34,6 @@ from ..imaging.projector import Splatter, footprint_mm, sub_offsets, subdivision
 from ..imaging.volume import Volume
 from .deformation import RigidBody, soft_tissue_field
 
-#: Voxels at or below this CT number (HU) are treated as air and not projected.
-AIR_HU = -900.0
 #: Largest projected sub-voxel footprint (pixels) of the radiograph simulation.
 FOOTPRINT_PX = 1.0
 #: Pixels whose noise-free line integral of mu exceeds this (about 2.5 cm of water at 60 keV)
@@ -102,7 +100,7 @@ def line_integral(ct: Volume, labels: Volume | None, geometry: Geometry, pose: n
     """Noise-free line integral of mu (H, W) at the effective energy, all tissue above air."""
     hu_flat = torch.from_numpy(np.ascontiguousarray(ct.array).reshape(-1).astype(np.float32))
     splat = Splatter(geometry, 1, (True,))
-    select = ct.array.reshape(-1) > AIR_HU
+    select = ct.array.reshape(-1) > hu_conv.AIR_HU
     for batch in moved_points(ct, labels, geometry, pose, bodies, select):
         mu_v = hu_conv.attenuation(hu_flat[batch.voxels]) * (ct.voxel_volume_cm3 / batch.points_per_voxel)
         splat.add(batch.points, mu_v[:, None], torch.zeros(batch.voxels.shape[0], dtype=torch.long),

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import pixel_spacing_option
+
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
         "lean muscle / bone mass (g), uncertainty and an out-of-distribution flag")
 
@@ -47,14 +49,11 @@ def _inputs(path: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
     from ..imaging.projector import DRR_TYPES
-    from ..imaging.volume import InputError
     from ..inference import Decomposer, decompose_files
     from ..evaluation.progress import progress_bar
     from ..radiograph_io import read_radiograph
 
-    spacing = tuple(args.pixel_spacing) if args.pixel_spacing else None
-    if spacing is not None and len(spacing) > 2:
-        raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(spacing)}")
+    spacing = pixel_spacing_option(args.pixel_spacing)
     single = args.xray.is_file()
     if single:
         for name in ["decomposition.csv", "decomposition.json",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import pixel_spacing_option
+
 HELP = ("Render the object-wise DRRs (WVDRR, VDRR cm, MDRR g/cm2) of a CT and its label map; "
         "writes wvdrr/vdrr/mdrr.nrrd and metrics.json (volume cm3, mass g: 3D vs DRR sums)")
 
@@ -30,11 +32,8 @@ def geometry_from_args(args: argparse.Namespace):
     from ..imaging.geometry import Geometry
     from ..imaging.volume import InputError
 
-    spacing = list(args.pixel_spacing)
-    if len(spacing) not in (1, 2):
-        raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(spacing)}")
     try:
-        return Geometry(rows=args.rows, cols=args.cols, pixel_spacing=tuple(spacing * 2)[:2],
+        return Geometry(rows=args.rows, cols=args.cols, pixel_spacing=pixel_spacing_option(args.pixel_spacing),
                         sdd=args.sdd, sod=args.sod, parallel=args.parallel)
     except ValueError as e:
         raise InputError(f"geometry options: {e}") from None

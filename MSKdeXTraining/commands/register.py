@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import pixel_spacing_option
+
 HELP = ("Register the pelvis (with sacrum) and each femur of a CT to a radiograph (6-DoF, "
         "gradient correlation); writes poses.json and QC overlays (qc_<body>.png)")
 
@@ -44,19 +46,16 @@ def run(args: argparse.Namespace) -> int:
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies)
-    from ..imaging.volume import InputError, check_same_grid, read_ct, read_labels
+    from ..imaging.volume import check_same_grid, read_ct, read_labels
     from ..objects import load_object_map
 
-    spacing = args.pixel_spacing
-    if spacing is not None and len(spacing) not in (1, 2):
-        raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(spacing)}")
+    spacing = pixel_spacing_option(args.pixel_spacing)
     objects = load_object_map(args.objects)
     bodies = rigid_bodies(objects)
     for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]:
         refuse_overwrite(args.out / name, [args.ct, args.labels, args.xray])
     ct, labels = read_ct(args.ct), read_labels(args.labels)
     check_same_grid(ct, labels, str(args.ct), str(args.labels))
-    spacing = None if spacing is None else tuple(spacing * 2)[:2]
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)
     settings = replace(RegistrationSettings.preset(args.preset), seed=args.seed)
     with tqdm(total=100, unit="%", desc="registering", leave=False) as bar:

@@ -20,6 +20,9 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 #: Effective photon energy of the simulated hip radiograph (keV): the mean energy of an
 #: 80 kVp beam with ~3 mm Al filtration, the usual setting for an AP pelvis.
 EFFECTIVE_ENERGY_KEV = 60.0
+#: CT numbers (HU) at or below this are air: the radiograph simulation does not project them
+#: and the registration's soft-tissue model leaves them out (the two must agree).
+AIR_HU = -900.0
 #: Linear attenuation coefficient of water at 60 keV (1/cm): mass attenuation coefficient
 #: 0.2059 cm2/g (NIST XCOM, Hubbell & Seltzer, NISTIR 5632) times 1.000 g/cm3.
 MU_WATER_PER_CM = 0.2059

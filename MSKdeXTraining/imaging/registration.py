@@ -70,8 +70,6 @@ FEMUR_SCALE = (8.0, 8.0, 8.0, 3.0, 3.0, 3.0)
 FEMUR_TRANSLATION_SD_MM = 3.0
 #: In-plane shifts (mm, +-) searched when the pelvis starts from the default AP view.
 START_SEARCH_MM = 48.0
-#: CT numbers (HU) at or below this are air: not rendered as soft tissue.
-AIR_HU = -900.0
 #: Softening distance (mm) of the soft tissue's blend weights (:class:`SoftTissueRenderer`):
 #: tissue within about this distance of a bone moves with it.
 BLEND_SOFTENING_MM = 1.0
@@ -349,7 +347,7 @@ class SoftTissueRenderer:
     """Renders the CT's tissue outside the rigid bodies as one share per body.
 
     Soft tissue is not rigid: muscles around a turned femur move partly with it. Every
-    sample (voxels above :data:`AIR_HU`, block-summed as in :class:`BodyRenderer` with
+    sample (voxels above :data:`~MSKdeXTraining.imaging.hu.AIR_HU`, block-summed as in :class:`BodyRenderer` with
     footprint :data:`SOFT_FOOTPRINT_PX`) is split between the bodies with weights
     ``w_b`` proportional to ``1 / (d_b^2 + BLEND_SOFTENING_MM^2)`` (``d_b``: distance (mm) to
     body ``b``), and body ``b``'s share moves rigidly with it: tissue next to a bone moves
@@ -362,7 +360,7 @@ class SoftTissueRenderer:
         if diff:
             raise InputError(f"label grid differs from the CT grid: {'; '.join(diff)}")
         bone = np.isin(labels.array, sum(bodies.values(), ()))
-        soft = Volume(((~bone) & (ct.array > AIR_HU)).astype(np.uint8), ct.spacing, ct.origin,
+        soft = Volume(((~bone) & (ct.array > hu_conv.AIR_HU)).astype(np.uint8), ct.spacing, ct.origin,
                       ct.direction)
         renderer = BodyRenderer(ct, soft, (1,))
         renderer.prepare(geometry, pose, SOFT_FOOTPRINT_PX)

@@ -40,7 +40,7 @@ from scipy import ndimage
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.projector import per_pixel_area
-from .radiograph_io import Radiograph, read_radiograph, stem
+from .radiograph_io import Radiograph, read_radiograph, stem as file_stem
 
 Progress = Callable[[float, str], None]
 
@@ -297,7 +297,7 @@ def output_names(inputs: list[Path]) -> list[str]:
     """Output folder names of radiographs in batch mode: each file name without its format
     suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs would share one (``hip.dcm``,
     ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``)."""
-    stems = [stem(p) for p in inputs]
+    stems = [file_stem(p) for p in inputs]
     names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if stems.count(s) > 1 else s
              for s, p in zip(stems, inputs)]
     if len(set(names)) < len(names):
@@ -309,7 +309,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
                     progress: Progress | None = None, magnification: float | None = None
                     ) -> list[dict]:
-    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_name`); returns one
+    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`); returns one
     summary per file (name, ood flag, reasons, output paths, seconds). ``pixel_spacing`` and
     ``magnification`` override the files' (:func:`read_radiograph`). A file whose folder already
     holds the result of that same input is skipped, so an interrupted batch resumes."""
@@ -320,10 +320,10 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         report(k / max(1, len(inputs)), f"{path.name}")
         done = target / "decomposition.json"
         if done.is_file():
-            previous = Path(str(_recorded_input(done)))
-            if previous.name != path.name:
-                raise FileExistsError(f"{done}: holds the result of {previous}, not of {path}; "
-                                      "choose another output folder")
+            previous = _recorded_input(done)
+            if previous is None or Path(previous).name != path.name:
+                raise FileExistsError(f"{done}: holds the result of {previous or 'another input'}, "
+                                      f"not of {path}; choose another output folder")
             summaries.append({"input": str(path), "output": str(target), "skipped": True})
             continue
         t0 = time.perf_counter()

@@ -1,7 +1,8 @@
 """Radiograph of a CT in another pose: moving mass elements, Beer-Lambert, detector physics.
 
-Every CT voxel above :data:`~MSKdeXTraining.imaging.hu.AIR_HU` is cut into sub-voxel points (projected footprint <= 1
-pixel) carrying ``mu x volume``; the points are moved to the radiograph's pose and splatted
+Every CT voxel above :data:`~MSKdeXTraining.imaging.hu.AIR_HU` is cut into sub-voxel points
+(projected footprint <= 1 pixel) carrying ``mu x volume``; the points are moved to the
+radiograph's pose and splatted
 (:class:`~MSKdeXTraining.imaging.projector.Splatter`, line-integral weighting), which gives the
 line integral of mu through the whole body. Nothing is resampled, so every voxel's mass and
 attenuation reach the detector exactly once.

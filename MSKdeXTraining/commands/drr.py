@@ -33,7 +33,8 @@ def geometry_from_args(args: argparse.Namespace):
     from ..imaging.volume import InputError
 
     try:
-        return Geometry(rows=args.rows, cols=args.cols, pixel_spacing=pixel_spacing_option(args.pixel_spacing),
+        return Geometry(rows=args.rows, cols=args.cols,
+                        pixel_spacing=pixel_spacing_option(args.pixel_spacing),
                         sdd=args.sdd, sod=args.sod, parallel=args.parallel)
     except ValueError as e:
         raise InputError(f"geometry options: {e}") from None

@@ -24,9 +24,9 @@ settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohor
 poses score above it, gross failures below).
 
 Overlap: GC of the bone's DRR alone is pulled by the structures overlapping the bone in the
-radiograph (soft tissue, other bones): on the first cohort generator's cases (1.7 mm pixels, CT
-not cropped) its optimum lay ~0.6 mm (projected) from the true pose. :func:`register_bodies` therefore ends with a refinement of
-each body against its DRR plus the rest of the patient at the current poses: the other
+radiograph (soft tissue, other bones): on the first cohort generator's cases (1.7 mm pixels,
+CT not cropped) its optimum lay ~0.6 mm (projected) from the true pose.
+:func:`register_bodies` therefore ends with a refinement of each body against its DRR plus the rest of the patient at the current poses: the other
 bones, and the CT's soft tissue split between the bodies (:class:`SoftTissueRenderer`), the
 body's own share following it in 2D (:class:`_Attached`) (docs/registration.md).
 """
@@ -347,10 +347,10 @@ class SoftTissueRenderer:
     """Renders the CT's tissue outside the rigid bodies as one share per body.
 
     Soft tissue is not rigid: muscles around a turned femur move partly with it. Every
-    sample (voxels above :data:`~MSKdeXTraining.imaging.hu.AIR_HU`, block-summed as in :class:`BodyRenderer` with
-    footprint :data:`SOFT_FOOTPRINT_PX`) is split between the bodies with weights
-    ``w_b`` proportional to ``1 / (d_b^2 + BLEND_SOFTENING_MM^2)`` (``d_b``: distance (mm) to
-    body ``b``), and body ``b``'s share moves rigidly with it: tissue next to a bone moves
+    sample (voxels above :data:`~MSKdeXTraining.imaging.hu.AIR_HU`, block-summed as in
+    :class:`BodyRenderer` with footprint :data:`SOFT_FOOTPRINT_PX`) is split between the
+    bodies with weights ``w_b`` proportional to ``1 / (d_b^2 + BLEND_SOFTENING_MM^2)``
+    (``d_b``: distance (mm) to body ``b``), and body ``b``'s share moves rigidly with it: tissue next to a bone moves
     with the bone, tissue between bones is a blend of both images.
     """
 

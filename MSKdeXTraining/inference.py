@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -298,7 +299,8 @@ def output_names(inputs: list[Path]) -> list[str]:
     suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs would share one (``hip.dcm``,
     ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``)."""
     stems = [file_stem(p) for p in inputs]
-    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if stems.count(s) > 1 else s
+    counts = Counter(stems)
+    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if counts[s] > 1 else s
              for s, p in zip(stems, inputs)]
     if len(set(names)) < len(names):
         raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")

@@ -97,9 +97,10 @@ def is_radiograph_file(path: Path) -> bool:
     (a ``DICM`` preamble, as PACS exports such as ``IM00001`` have)."""
     if known_suffix(path):
         return True
+    from pydicom.misc import is_dicom
+
     try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 

@@ -1,9 +1,10 @@
 """``mskdex`` command line: one subcommand per module in :mod:`MSKdeXTraining.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; this file only dispatches. Bad input (:class:`InputError` and the other
-``ValueError``s raised for invalid values, missing or existing files) is printed as one clear
-line with exit code 2 instead of a traceback.
+``run(args) -> int``; this file only dispatches. Bad input (:class:`~.errors.InputError`:
+invalid files, fields and values; a missing input; an output that exists or would overwrite an
+input) is printed as one clear line with exit code 2; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from .errors import InputError
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "register", "prepare", "train", "decompose", "evaluate",
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (InputError, FileNotFoundError, FileExistsError) as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -170,7 +170,10 @@ def read_drr_stack(path: str | Path) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: field 'mskdex_version' must be {FORMAT_VERSION}, "
                          f"got {meta.get('mskdex_version')!r}")
     for key in ("objects", "geometry", "pose"):
-        meta[key] = json.loads(meta[key])
+        try:
+            meta[key] = json.loads(meta[key])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: field {key!r} missing or not JSON ({e})") from None
     return sitk.GetArrayFromImage(image), meta
 
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import InputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -55,7 +57,7 @@ def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:
 
 
 def read_format_json(path: str | Path, fmt: str, version: int, required: tuple[str, ...] = (),
-                     error: type[Exception] = ValueError, missing_hint: str = "") -> dict:
+                     error: type[Exception] = InputError, missing_hint: str = "") -> dict:
     """Read a versioned MSKdeX JSON file, checking its ``format``, ``version`` and fields.
 
     Raises ``error`` naming the file and the field when the file is absent (adding
@@ -73,7 +75,7 @@ def read_format_json(path: str | Path, fmt: str, version: int, required: tuple[s
 
 
 def read_json_object(path: str | Path, required: tuple[str, ...] = (),
-                     error: type[Exception] = ValueError, missing_hint: str = "") -> dict:
+                     error: type[Exception] = InputError, missing_hint: str = "") -> dict:
     """Read a JSON object with the ``required`` fields; raises ``error`` naming the file (and
     the field) when it is absent (adding ``missing_hint``), not JSON or lacks a field."""
     path = Path(path)

@@ -38,6 +38,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.projector import per_pixel_area
@@ -235,7 +236,7 @@ class Decomposer:
                   progress: Progress | None = None) -> Decomposition:
         """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity)."""
         if tta < 1:
-            raise ValueError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
+            raise InputError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
         report = progress or (lambda f, m: None)
         x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)

@@ -190,7 +190,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     cohort, out = Path(cohort), Path(out)
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+        raise InputError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     meta, objects = read_cohort(cohort)
     rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
     geometry = geometry or dataset_geometry(cohort)

@@ -26,11 +26,29 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 
-def test_invalid_training_config_value_is_reported_not_raised(tmp_path, capsys):
-    code = main(["train", "--config", "small", "--data", str(tmp_path), "--out", str(tmp_path / "r"),
-                 "--set", "no_such_key=1"])
-    assert code == 2
-    assert "no_such_key" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, says", [
+    (["train", "--config", "small", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "no_such_key=1"],
+     "unknown config keys ['no_such_key']"),
+    (["train", "--config", "small", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "epochs=many"],
+     "config key 'epochs' must be int, got 'many'"),
+    (["cohort", "--n", "0", "--out", "{tmp}/c"], "--n must be >= 1, got 0"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
+      "--pixel-spacing", "0"], "pixel_spacing must be > 0 mm"),
+])
+def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only bad input becomes a one-line error: a ValueError from a bug is not disguised as one."""
+    def broken(args):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr("MSKdeXTraining.commands.cohort.run", broken)
+    with pytest.raises(ValueError, match="internal invariant"):
+        main(["cohort", "--n", "1", "--out", str(tmp_path / "c")])
 
 
 def test_outputs_never_overwrite_an_input(tmp_path, capsys):

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
+from ..errors import InputError
 from ..fileio import write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
@@ -214,7 +215,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     ``n``, is refused.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1 case, got {n}")
+        raise InputError(f"n must be >= 1 case, got {n}")
     preset = _size(size)
     out = Path(out)
     dirs = find_templates(templates)
@@ -259,7 +260,7 @@ def _init_worker() -> None:
 
 def _size(size: str) -> CohortSize:
     if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+        raise InputError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     return SIZES[size]
 
 
@@ -269,13 +270,13 @@ def _check_resume(path: Path, header: dict) -> None:
     try:
         old = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); remove the folder or choose another --out") from None
+        raise InputError(f"{path}: not valid JSON ({e}); remove the folder or choose another --out") from None
     for key in ("format", "version", "seed", "size", "generator"):
         if old.get(key) != header[key]:
-            raise ValueError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
+            raise InputError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
                              f"{header[key]!r}; resume with the same settings or choose another --out")
     if isinstance(old.get("n"), int) and old["n"] > header["n"]:
-        raise ValueError(f"{path}: the cohort has n = {old['n']} cases; a rerun may finish or extend "
+        raise InputError(f"{path}: the cohort has n = {old['n']} cases; a rerun may finish or extend "
                          f"it, not shrink it to {header['n']}; choose another --out")
 
 

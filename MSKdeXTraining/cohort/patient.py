@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..errors import InputError
 from ..imaging.volume import Volume
 from .anatomy import BODY, FEMUR, OTHER_MUSCLE, SPINE, Template, region_labels, synthetic_map
 from .fields import coarse_distance, smooth_field
@@ -169,7 +170,7 @@ def _crop_slices(labels: np.ndarray, margin_mm: float, spacing: float) -> slice:
     table[list(region_labels())] = True
     k = np.flatnonzero(table[labels].any(axis=(1, 2)))
     if k.size == 0:
-        raise ValueError("synthetic patient has no pelvis, sacrum or muscle voxels to crop to")
+        raise InputError("synthetic patient has no pelvis, sacrum or muscle voxels to crop to")
     m = int(np.ceil(margin_mm / spacing - 1e-9))
     return slice(max(int(k[0]) - m, 0), min(int(k[-1]) + m + 1, labels.shape[0]))
 

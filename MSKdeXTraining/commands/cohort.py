@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..cohort.generate import SIZES, generate_cohort
+from ..errors import InputError
 
 HELP = "Generate a synthetic cohort of paired CTs and radiographs (layout mskdex-cohort v1)."
 
@@ -29,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
+        raise InputError(f"--n must be >= 1, got {args.n}")
     if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
     with tqdm(total=args.n, unit="case", desc="cohort") as bar:
         def progress(fraction: float, message: str) -> None:
             bar.n = round(fraction * args.n)

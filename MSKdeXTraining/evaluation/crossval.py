@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..fileio import read_format_json, write_json
 from ..objects import DEFAULT_MUSCLES
 from . import metrics
@@ -170,7 +171,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     folds = list(range(k)) if folds is None else list(folds)
     bad = [f for f in folds if not 0 <= f < k]
     if bad:
-        raise ValueError(f"folds must be in 0..{k - 1}, got {bad}")
+        raise InputError(f"folds must be in 0..{k - 1}, got {bad}")
     for n, f in enumerate(folds):
         target = out / f"fold_{f}" / "predictions.json"
         if target.is_file():
@@ -194,7 +195,7 @@ def anova(a: Predictions, b: Predictions) -> list[dict]:
     cases (mass and volume): F and p."""
     common = [i for i in a.ids if i in set(b.ids)]
     if len(common) < 2:
-        raise ValueError(f"the two evaluations share {len(common)} cases; need >= 2 for ANOVA")
+        raise InputError(f"the two evaluations share {len(common)} cases; need >= 2 for ANOVA")
     ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
     out = []
     for i, name in enumerate(a.names):

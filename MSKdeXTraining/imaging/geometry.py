@@ -27,6 +27,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
+from ..errors import InputError
+
 #: World (LPS) -> camera rotation of the default AP view (rows are camera axes in LPS).
 AP_ROTATION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 
@@ -49,11 +51,11 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
-            raise ValueError(f"detector size must be >= 1 pixel, got {self.rows}x{self.cols}")
+            raise InputError(f"detector size must be >= 1 pixel, got {self.rows}x{self.cols}")
         if min(self.pixel_spacing) <= 0:
-            raise ValueError(f"pixel_spacing must be > 0 mm, got {self.pixel_spacing}")
+            raise InputError(f"pixel_spacing must be > 0 mm, got {self.pixel_spacing}")
         if not 0 < self.sod < self.sdd:
-            raise ValueError(f"need 0 < sod < sdd (mm), got sod={self.sod}, sdd={self.sdd}")
+            raise InputError(f"need 0 < sod < sdd (mm), got sod={self.sod}, sdd={self.sdd}")
         object.__setattr__(self, "pixel_spacing", tuple(float(s) for s in self.pixel_spacing))
 
     @property

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..objects import ObjectMap
 from . import hu as hu_conv
 from .geometry import Geometry
@@ -127,7 +128,7 @@ def subdivision(axes_cam: np.ndarray, z_min: float, geometry: Geometry,
           & (np.linalg.norm(axes[:2, a] / pix) * mag / na <= limit + 1e-9)
           & (np.linalg.norm(axes[:2, b] / pix) * mag / nb <= limit + 1e-9))
     if not ok.any():
-        raise ValueError(f"voxels project to more than 256 pixels (edges {axes.T.tolist()} mm at "
+        raise InputError(f"voxels project to more than 256 pixels (edges {axes.T.tolist()} mm at "
                          f"magnification {mag:.3g}); use a coarser detector or resample the CT")
     cost = np.where(ok, na * nb, np.iinfo(np.int64).max)
     best = np.unravel_index(np.argmin(cost), cost.shape)
@@ -159,7 +160,7 @@ def _lattice_footprint(edge_a: np.ndarray, edge_b: np.ndarray, na, nb):
     (p, r), (q, t) = edge_a, edge_b
     det = abs(p * t - q * r)
     if det < 1e-12 * max(np.abs(edge_a).max(), np.abs(edge_b).max(), 1e-12) ** 2:
-        raise ValueError(f"degenerate voxel axes {edge_a}, {edge_b}: they project onto a line")
+        raise InputError(f"degenerate voxel axes {edge_a}, {edge_b}: they project onto a line")
     wx = det / np.maximum(abs(t) * na, abs(r) * nb)
     wy = det / np.maximum(abs(q) * na, abs(p) * nb)
     return wx, wy
@@ -326,7 +327,7 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     """
     diff = ct.same_grid(labels)
     if diff:
-        raise ValueError(f"{source}: label grid differs from the CT grid: {'; '.join(diff)}")
+        raise InputError(f"{source}: label grid differs from the CT grid: {'; '.join(diff)}")
     device = torch.device(device)
     chunk = chunk or (CHUNK_GPU if device.type == "cuda" else CHUNK_CPU)
     table = objects.lookup_table(labels.array, source)
@@ -345,7 +346,7 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
         lin = m[:3, :3]
         z_min = _depth_range(index, ct.array.shape, m)
         if not geometry.parallel and z_min <= 0:
-            raise ValueError(f"{source}: objects reach {z_min:.1f} mm behind the X-ray source; "
+            raise InputError(f"{source}: objects reach {z_min:.1f} mm behind the X-ray source; "
                              "expected a pose that places them between source and detector")
         n_sub = subdivision(lin, z_min, geometry)
         foot = footprint_mm(lin, n_sub)

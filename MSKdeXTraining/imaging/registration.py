@@ -160,7 +160,7 @@ class RegistrationSettings:
             return cls(levels=(Level(6.0, "cma", 25, 1.0), Level(3.0, "cma", 25, 0.3),
                                Level(0.0, "cma", 12, 0.1), Level(0.0, "powell", 80)), popsize=10,
                        refine=False)
-        raise ValueError(f"registration preset must be one of {PRESETS}, got {name!r}")
+        raise InputError(f"registration preset must be one of {PRESETS}, got {name!r}")
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InputError
 from ..losses import GAN_MODES
 from ..models import HRNetSpec
 
@@ -75,7 +76,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def need(ok: bool, field: str, what: str) -> None:
             if not ok:
-                raise ValueError(f"config field {field!r} must be {what}, got {getattr(self, field)!r}")
+                raise InputError(f"config field {field!r} must be {what}, got {getattr(self, field)!r}")
         for f in ("epochs", "batch_size", "sgdr_t0", "sgdr_t_mult", "checkpoint_every"):
             need(getattr(self, f) >= 1, f, ">= 1")
         for f in ("lr", "lr_min", "weight_decay", "lambda_gan", "lambda_cyc", "lambda_gca",
@@ -111,11 +112,11 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         """Build from a mapping; unknown keys and wrong types raise ValueError naming ``source``."""
         if not isinstance(data, dict):
-            raise ValueError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
+            raise InputError(f"{source}: expected a mapping of config keys, got {type(data).__name__}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ValueError(f"{source}: unknown config keys {unknown}; valid keys: {sorted(known)}")
+            raise InputError(f"{source}: unknown config keys {unknown}; valid keys: {sorted(known)}")
         values = {}
         for key, value in data.items():
             default = getattr(cls, key)
@@ -123,7 +124,7 @@ class TrainConfig:
         try:
             return cls(**values)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}") from None
+            raise InputError(f"{source}: {e}") from None
 
 
 def _coerce(value, default, key: str, source: str):
@@ -132,12 +133,12 @@ def _coerce(value, default, key: str, source: str):
         ok = value is None and key == "g_head_width" or isinstance(value, int) and not isinstance(value, bool) \
             or key == "image_size" and isinstance(value, list) and all(isinstance(v, int) for v in value)
         if not ok:
-            raise ValueError(f"{source}: config key {key!r} must be an int{' or [rows, cols]' if key == 'image_size' else ''}, got {value!r}")
+            raise InputError(f"{source}: config key {key!r} must be an int{' or [rows, cols]' if key == 'image_size' else ''}, got {value!r}")
         return value
     kind = type(default)
     if kind is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{source}: config key {key!r} must be true/false, got {value!r}")
+            raise InputError(f"{source}: config key {key!r} must be true/false, got {value!r}")
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -145,7 +146,7 @@ def _coerce(value, default, key: str, source: str):
         return value
     if kind is str and isinstance(value, str):
         return value
-    raise ValueError(f"{source}: config key {key!r} must be {kind.__name__}, got {value!r}")
+    raise InputError(f"{source}: config key {key!r} must be {kind.__name__}, got {value!r}")
 
 
 def builtin_configs() -> list[str]:
@@ -160,7 +161,7 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise InputError(f"override {item!r} must look like key=value")
         parsed = yaml.safe_load(value)
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
             try:
@@ -186,7 +187,7 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> Trai
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{source}: cannot parse ({e})") from None
+        raise InputError(f"{source}: cannot parse ({e})") from None
     data = dict(data or {})
     data.update(overrides or {})
     return TrainConfig.from_dict(data, source)

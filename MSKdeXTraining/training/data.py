@@ -64,7 +64,7 @@ def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], 
     patient = {c["id"]: str(c["patient"]) for c in manifest["cases"]}
     patients = sorted({patient[i] for i in ids})
     if k < 2 or k > len(patients):
-        raise ValueError(f"number of folds must be in 2..{len(patients)} (patients), got {k}")
+        raise InputError(f"number of folds must be in 2..{len(patients)} (patients), got {k}")
     order = np.random.default_rng(seed).permutation(len(patients))
     fold_of = {patients[p]: n % k for n, p in enumerate(order)}
     return [([i for i in ids if fold_of[patient[i]] != f], [i for i in ids if fold_of[patient[i]] == f])

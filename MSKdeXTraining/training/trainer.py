@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
+from ..errors import InputError
 from ..fileio import refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import save_model
@@ -188,13 +189,13 @@ def _check_resume_config(out: Path, config: TrainConfig) -> None:
     try:
         old = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+        raise InputError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(old, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
+        raise InputError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
     new = config.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
     if diff:
-        raise ValueError(f"{out}: cannot resume with a different config (changed: {diff}); "
+        raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
                          "only 'epochs' may change")
 
 
@@ -222,15 +223,15 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     if fold is not None:
         k, n_folds = fold
         if not 0 <= k < n_folds:
-            raise ValueError(f"fold index must be in 0..{n_folds - 1}, got {k}")
+            raise InputError(f"fold index must be in 0..{n_folds - 1}, got {k}")
         train_ids, test_ids = split_folds(manifest, n_folds, config.fold_seed)[k]
     else:
         train_ids, test_ids = ok_ids(manifest), []
     if config.batch_size % info.world:
-        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the number of "
+        raise InputError(f"batch_size {config.batch_size} must be a multiple of the number of "
                          f"processes {info.world}")
     if len(train_ids) < config.batch_size:
-        raise ValueError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
+        raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
                          f"{config.batch_size}")
     ckpt_dir = out / "checkpoints"
     last = latest_checkpoint(ckpt_dir) if resume else None
@@ -253,7 +254,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     if last is not None:
         state = load_checkpoint(last)
         if state["world_size"] != info.world:
-            raise ValueError(f"{last}: written by {state['world_size']} processes; resume with the "
+            raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
                              f"same number (now {info.world}) to continue exactly")
         norm = Normalisation(state["x_mean"], state["x_std"], state["scale"].to(dev))
         for name, net in zip(("G", "F", "DX", "DD"), (nets.G, nets.F, nets.DX, nets.DD)):

@@ -7,6 +7,7 @@ is done by MSKdeXLib (MRML <-> backend bridge, no Qt) and the backend package MS
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +25,7 @@ from MSKdeXTraining.objects import builtin_maps
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
 from MSKdeXLib.dependencies import ensure_requirements, ensure_torch
 from MSKdeXLib.pose_nodes import ACCEPTED_ATTRIBUTE, pose_from_transform_node, pose_node_name
-from MSKdeXLib.progress import ProgressRelay
+from MSKdeXLib.progress import Cancelled, ProgressRelay
 from MSKdeXLib.sample_data import example_ct_source
 
 DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
@@ -114,10 +115,12 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
         self.ui.qcButton.connect("clicked(bool)", self.onSegmentationQC)
         self.ui.drrButton.connect("clicked(bool)", self.onComputeDRRs)
-        # deferred, so that connectGui has stored the new DRR type in the parameter node first
-        for combo in (self.ui.drrObjectComboBox, self.ui.drrTypeComboBox):
-            combo.connect("currentIndexChanged(int)", lambda _i: qt.QTimer.singleShot(0, self.onShowDRR))
-        self.ui.registerButton.connect("clicked(bool)", self.onRegister)
+        # deferred, so that connectGui has stored the new DRR type in the parameter node first;
+        # the type box on user picks only ("activated"): connectGui refills it on every enter()
+        showDRR = lambda _i: qt.QTimer.singleShot(0, self.onShowDRR)
+        self.ui.drrObjectComboBox.connect("currentIndexChanged(int)", showDRR)
+        self.ui.drrTypeComboBox.connect("activated(int)", showDRR)
+        self.ui.registerButton.connect("clicked(bool)", lambda: self.onRegister(redo=False))
         self.ui.redoButton.connect("clicked(bool)", lambda: self.onRegister(redo=True))
         self.ui.acceptPoseButton.connect("clicked(bool)", self.onAcceptPose)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
@@ -128,7 +131,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._timer.stop()
         self.onCancelTraining()
+        self._training = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -140,6 +145,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.logic.drrLayers = {}  # their nodes go with the scene
+        self.ui.drrObjectComboBox.clear()
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -158,18 +165,22 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- in-process steps: progress bar, Cancel button, errors shown -----------------------
     def _runWork(self, what: str, work) -> None:
         """Run ``work(progress)``; the progress callback updates the bar, processes GUI events
-        (so Cancel works) and raises Cancelled at its next call once Cancel is clicked."""
+        (so Cancel works) and raises Cancelled at its next call once Cancel is clicked (no error
+        shown then). A step clicked while another runs (through those events) is ignored."""
         def report(fraction: float, text: str) -> None:
             self.ui.workProgressBar.value = int(100 * fraction)
             self.ui.statusLabel.text = text
             slicer.app.processEvents()
 
+        if self._relay is not None:
+            return
         self._relay = relay = ProgressRelay(report)
         self.ui.cancelWorkButton.enabled = True
         report(0.0, f"{what}...")
         try:
             with slicer.util.tryWithErrorDisplay(_("{what} failed.").format(what=what), waitCursor=True):
-                work(relay)
+                with contextlib.suppress(Cancelled):
+                    work(relay)
         finally:
             self._relay = None
             self.ui.cancelWorkButton.enabled = False
@@ -265,7 +276,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._training = None
                 self.ui.trainButton.enabled = True
                 self.ui.cancelTrainButton.enabled = False
-                if event.returncode == 0 and not event.text:
+                if event.returncode == 0 and not event.text and self._parameterNode:
                     self._parameterNode.modelFolder = self._parameterNode.trainOutput
 
     def onCancelTraining(self) -> None:

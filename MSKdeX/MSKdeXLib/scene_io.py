@@ -19,6 +19,7 @@ def save_scene(scene, folder: str | Path, name: str = "scene") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     nodes = scene.GetNodesByClass("vtkMRMLStorableNode")
+    nodes.UnRegister(None)  # returned with a reference the caller owns (vtkMRMLScene.h)
     for i in range(nodes.GetNumberOfItems()):
         node = nodes.GetItemAsObject(i)
         if node.GetHideFromEditors() and node.GetStorageNode() is None:

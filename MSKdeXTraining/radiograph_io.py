@@ -14,10 +14,12 @@ explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes preced
 
 Magnification (source-detector over source-isocentre distance, which models need to see
 every patient at the same scale) is read when the file has it: DICOM
-DistanceSourceToDetector (0018,1110) / DistanceSourceToPatient (0018,1111), else
-EstimatedRadiographicMagnificationFactor (0018,1114); a PixelSpacing calibrated at the patient
-(PixelSpacingCalibrationType (0028,0A02) present, no ImagerPixelSpacing) already is at the
-patient's scale (magnification 1 for it); a cohort radiograph's ``mskdex-xray`` sidecar. An
+EstimatedRadiographicMagnificationFactor (0018,1114), else DistanceSourceToDetector (0018,1110) /
+DistanceSourceToPatient (0018,1111) (the latter reaches the table side of the patient, so this
+slightly underestimates the hips' magnification); a PixelSpacing calibrated at the patient
+(PixelSpacingCalibrationType (0028,0A02) present, no ImagerPixelSpacing, no spacing given by the
+caller) already is at the patient's scale (magnification 1 for it); a cohort radiograph's
+``mskdex-xray`` sidecar. An
 explicit ``magnification=`` / ``--magnification`` takes precedence; a value outside
 :data:`MAGNIFICATION_RANGE` is refused. It stays ``None`` when unknown (the caller decides).
 """
@@ -126,7 +128,7 @@ def read_radiograph(path: str | Path,
     elif suffix in PICTURE_SUFFIXES:
         array, spacing, source, value_range = _read_picture(path)
     else:
-        array, spacing, source, value_range = _read_dicom(path)
+        array, spacing, source, value_range = _read_dicom(path, file_spacing=explicit is None)
     if explicit is not None:
         source["spacing_field"] = "argument (pixel_spacing)"
         source["spacing_in_file"] = None if spacing is None else list(spacing)
@@ -220,7 +222,9 @@ def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
     raise InputError(f"{path}: expected a 2D image (one frame, grey or RGB), got array shape {a.shape}")
 
 
-def _read_dicom(path: Path):
+def _read_dicom(path: Path, file_spacing: bool = True):
+    """Array, spacing, source and value range of a DICOM radiograph; ``file_spacing`` False: the
+    caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
@@ -247,13 +251,14 @@ def _read_dicom(path: Path):
               "rescale": [float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))]}
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    if photometric == "MONOCHROME1":
-        # Bright = low value: invert the stored values within their bit depth.
-        raw = (-1 - raw) if signed else (stored[1] - raw)
     if photometric.startswith("MONOCHROME"):
+        # the modality LUT (rescale or LUT sequence) maps stored values; MONOCHROME1 (bright =
+        # low value) is a display step after it: mirror the result within the LUT's range
         array = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-        slope, intercept = source["rescale"]
-        value_range = tuple(sorted(slope * v + intercept for v in stored))
+        ends = np.asarray(apply_modality_lut(np.array(stored, dtype=np.int64), ds), dtype=np.float64)
+        value_range = (float(ends.min()), float(ends.max()))
+        if photometric == "MONOCHROME1":
+            array = value_range[0] + value_range[1] - array
         source["colour"] = False
     else:
         array = _to_grey(raw, path, source)
@@ -280,12 +285,14 @@ def _read_dicom(path: Path):
         source.setdefault("spacing_problem", "neither ImagerPixelSpacing (0018,1164) nor "
                                              "PixelSpacing (0028,0030) is present")
     source.setdefault("spacing_field", "none")
-    _dicom_magnification(ds, source)
+    _dicom_magnification(ds, source, calibrated=file_spacing and "PixelSpacingCalibrationType" in ds
+                         and source["spacing_field"].startswith("PixelSpacing"))
     return array, spacing, source, value_range
 
 
-def _dicom_magnification(ds, source: dict) -> None:
-    """Magnification (SDD / SOD) from the DICOM attributes (see the module docstring)."""
+def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
+    """Magnification (SDD / SOD) from the DICOM attributes (see the module docstring);
+    ``calibrated``: the spacing used is a PixelSpacing calibrated at the patient (magnification 1)."""
     def number(keyword: str) -> float | None:
         try:
             v = float(ds.get(keyword))
@@ -297,17 +304,20 @@ def _dicom_magnification(ds, source: dict) -> None:
     factor = number("EstimatedRadiographicMagnificationFactor")
     if sdd is not None:
         source["sdd_mm"] = sdd
-    if source["spacing_field"].startswith("PixelSpacing") and "PixelSpacingCalibrationType" in ds:
+    if calibrated:
         source["magnification"] = 1.0
         source["magnification_field"] = ("PixelSpacing (0028,0030) calibrated at the patient "
                                          "(PixelSpacingCalibrationType (0028,0A02))")
-    elif sdd is not None and sod is not None:
-        source["magnification"] = sdd / sod
-        source["magnification_field"] = ("DistanceSourceToDetector (0018,1110) / "
-                                         "DistanceSourceToPatient (0018,1111)")
     elif factor is not None:
         source["magnification"] = factor
         source["magnification_field"] = "EstimatedRadiographicMagnificationFactor (0018,1114)"
+    elif sdd is not None and sod is not None:
+        # DistanceSourceToPatient reaches the table side of the patient: the hips lie nearer
+        # the source, so this slightly underestimates their magnification
+        source["magnification"] = sdd / sod
+        source["magnification_field"] = ("DistanceSourceToDetector (0018,1110) / "
+                                         "DistanceSourceToPatient (0018,1111), at the table side "
+                                         "of the patient (a lower bound for the hips)")
 
 
 def _read_itk(path: Path):
@@ -343,7 +353,8 @@ def _read_picture(path: Path):
     try:
         with Image.open(path) as im:
             mode = im.mode
-            array = np.asarray(im.convert("I;16") if mode == "I;16B" else im)
+            converted = {"I;16B": "I;16", "P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L"}.get(mode)
+            array = np.asarray(im.convert(converted) if converted else im)
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: cannot be read as a picture ({e})") from None
     source = {"format": "picture", "mode": mode, "bits_stored": 16 if array.dtype.itemsize >= 2 else 8,

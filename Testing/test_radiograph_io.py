@@ -67,6 +67,22 @@ def test_dicom_monochrome1_is_inverted(tmp_path, ramp):
     np.testing.assert_array_equal(read_radiograph(f).array, 4095 - ramp.astype(np.float32))
 
 
+def test_dicom_monochrome1_inverts_after_a_modality_lut(tmp_path, ramp):
+    """The LUT is indexed by the stored value; MONOCHROME1's inversion comes after it."""
+    from pydicom.dataset import Dataset
+
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.ModalityLUTType = "US"
+    table = np.round(np.sqrt(np.arange(4096) / 4095) * 1000).astype(np.uint16)
+    lut.LUTData = table.tobytes()
+    f = write_dicom(tmp_path / "l.dcm", ramp, photometric="MONOCHROME1", bits=12,
+                    ImagerPixelSpacing=[0.5, 0.5], ModalityLUTSequence=[lut])
+    r = read_radiograph(f)
+    np.testing.assert_array_equal(r.array, 1000.0 - table[ramp])
+    assert r.source["value_range"] == [0.0, 1000.0]
+
+
 def test_dicom_without_spacing_is_an_error_unless_given(tmp_path, ramp):
     f = write_dicom(tmp_path / "d.dcm", ramp, bits=12)
     with pytest.raises(InputError, match=r"d\.dcm.*ImagerPixelSpacing.*PixelSpacing.*--pixel-spacing"):
@@ -102,8 +118,13 @@ def test_dicom_magnification_fields(tmp_path, ramp):
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0,
                     EstimatedRadiographicMagnificationFactor=1.1)
     r = read_radiograph(f)
-    assert r.magnification == pytest.approx(1150 / 920) and r.source["sdd_mm"] == 1150.0
-    assert "(0018,1111)" in r.source["magnification_field"]  # the distances win over the estimate
+    assert r.magnification == pytest.approx(1.1) and r.source["sdd_mm"] == 1150.0
+    # SID / SOD beats SDD / DistanceSourceToPatient, which is measured to the table side
+    assert "(0018,1114)" in r.source["magnification_field"]
+    f = write_dicom(tmp_path / "d.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                    DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    r = read_radiograph(f)
+    assert r.magnification == pytest.approx(1150 / 920) and "(0018,1111)" in r.source["magnification_field"]
     f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     EstimatedRadiographicMagnificationFactor=1.15)
     assert read_radiograph(f).magnification == pytest.approx(1.15)
@@ -112,6 +133,8 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     f = write_dicom(tmp_path / "c.dcm", ramp, PixelSpacing=[0.45, 0.45], PixelSpacingCalibrationType="GEOMETRY",
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     assert read_radiograph(f).magnification == 1.0
+    # ... but not once the user gives the (detector) spacing: then the distances count
+    assert read_radiograph(f, pixel_spacing=0.5).magnification == pytest.approx(1150 / 920)
     plain = read_radiograph(write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5]))
     assert plain.magnification is None and plain.source["magnification_field"] == "none"
     bad = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
@@ -155,6 +178,16 @@ def test_png_needs_explicit_spacing(tmp_path):
     rgb = np.stack([a, a // 2, a // 3], -1)
     Image.fromarray(rgb).save(tmp_path / "c.png")
     assert read_radiograph(tmp_path / "c.png", 1.0).source["colour"] is True
+
+
+@pytest.mark.parametrize("mode", ["P", "LA"])
+def test_palette_and_grey_alpha_pictures_read_as_their_grey_values(tmp_path, mode):
+    grey = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (80, 1))
+    image = Image.fromarray(grey)
+    image = image.convert("LA") if mode == "LA" else image.quantize(64)
+    assert image.mode == mode
+    image.save(tmp_path / "q.png")
+    np.testing.assert_allclose(read_radiograph(tmp_path / "q.png", 1.0).array, grey, atol=1)
 
 
 def test_unreadable_files(tmp_path):

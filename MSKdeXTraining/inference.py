@@ -25,6 +25,7 @@ model scores relative to its threshold (> 1: unlike the training data).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -110,6 +111,7 @@ class Decomposition:
     ood: OODResult
     source: dict
     augmentations: list[Augmentation]
+    model: dict = field(default_factory=dict)  # the model's origin (run folder, weights SHA-256)
 
     def write(self, out_dir: str | Path, stem: str = "decomposition") -> dict[str, Path]:
         """Write ``<stem>.csv``, ``<stem>.json`` and one ``<stem>_<type>.nii.gz`` stack per DRR
@@ -136,7 +138,8 @@ class Decomposition:
             "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": {"wvdrr": "1", "vdrr": "cm",
                                                                     "mdrr": "g/cm2"}},
             "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
-            "source": self.source, "augmentations": [asdict(a) for a in self.augmentations],
+            "source": self.source, "model": self.model,
+            "augmentations": [asdict(a) for a in self.augmentations],
             "drr_stacks": {t: paths[t].name for t in self.drr_types}})
         return paths
 
@@ -256,7 +259,7 @@ class Decomposer:
         source = {**radiograph.source, "resampling": info, "tta": tta, "seed": seed}
         report(1.0, "done")
         return Decomposition(drrs[0], x, detector, self.names, self.kinds, self.drr_types,
-                             table, ood, source, augs)
+                             table, ood, source, augs, self.model.origin)
 
     def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
         """Image-level checks plus the model's scores against its training radiographs:
@@ -313,25 +316,35 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     progress: Progress | None = None, magnification: float | None = None
                     ) -> list[dict]:
     """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`); returns one
-    summary per file (name, ood flag, reasons, output paths, seconds). ``pixel_spacing`` and
-    ``magnification`` override the files' (:func:`read_radiograph`). A file whose folder already
-    holds the result of that same input is skipped, so an interrupted batch resumes."""
+    summary per file (input, output, ood flag, reasons, output paths, seconds; ``error`` for a
+    file that could not be used, which does not stop the others). ``pixel_spacing`` and
+    ``magnification`` override the files' (:func:`read_radiograph`). A folder that already holds
+    the result of the same file content, settings and model is skipped, so an interrupted batch
+    resumes; one holding anything else is refused (FileExistsError), never overwritten."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
         target = out / name
         report(k / max(1, len(inputs)), f"{path.name}")
+        key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+               "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
+               "magnification": magnification, "tta": tta, "seed": seed,
+               "model_sha256": decomposer.model.origin.get("weights_sha256")}
         done = target / "decomposition.json"
         if done.is_file():
-            previous = _recorded_input(done)
-            if previous is None or Path(previous).name != path.name:
-                raise FileExistsError(f"{done}: holds the result of {previous or 'another input'}, "
-                                      f"not of {path}; choose another output folder")
+            if _recorded_batch_key(done) != key:
+                raise FileExistsError(f"{done}: holds a result of other input content, settings or "
+                                      f"model than {path} with these options; choose another output folder")
             summaries.append({"input": str(path), "output": str(target), "skipped": True})
             continue
         t0 = time.perf_counter()
-        result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification),
-                                      tta=tta, seed=seed)
+        try:
+            result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification),
+                                          tta=tta, seed=seed)
+        except InputError as e:
+            summaries.append({"input": str(path), "output": str(target), "error": str(e)})
+            continue
+        result.source["batch"] = key
         paths = result.write(target)
         summaries.append({"input": str(path), "output": str(target), "ood": result.ood.flag,
                           "reasons": result.ood.reasons, "seconds": time.perf_counter() - t0,
@@ -340,9 +353,9 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     return summaries
 
 
-def _recorded_input(table: Path) -> str | None:
-    """The input path recorded in a decomposition table (``source.path``), None if unreadable."""
+def _recorded_batch_key(table: Path) -> dict | None:
+    """What a batch result was made from (``source.batch``), None if unreadable."""
     try:
-        return json.loads(table.read_text())["source"]["path"]
+        return json.loads(table.read_text())["source"]["batch"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

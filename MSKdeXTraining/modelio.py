@@ -17,8 +17,9 @@ radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case id
 
 from __future__ import annotations
 
+import hashlib
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,8 @@ class LoadedModel:
     meta: dict
     generator: Generator
     device: torch.device
+    #: where it was loaded from: ``run`` folder and ``weights_sha256`` of model.safetensors
+    origin: dict = field(default_factory=dict)
 
     @property
     def geometry(self) -> Geometry:
@@ -200,4 +203,6 @@ def load_model(run: str | Path, device: str | torch.device = "cpu",
         raise ModelFormatError(f"{run / 'model.safetensors'}: weights do not fit the network "
                                f"described in model.json ({str(e).splitlines()[0]})") from None
     device = torch.device(device)
-    return LoadedModel(meta, generator.to(device).eval(), device)
+    origin = {"run": str(run.resolve()),
+              "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()}
+    return LoadedModel(meta, generator.to(device).eval(), device, origin)

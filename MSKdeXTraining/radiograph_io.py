@@ -26,6 +26,7 @@ explicit ``magnification=`` / ``--magnification`` takes precedence; a value outs
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ from .imaging.volume import InputError
 SPACING_RANGE_MM = (0.02, 2.0)
 #: Plausible detector field of view (mm) along either axis.
 FOV_RANGE_MM = (50.0, 1000.0)
+#: SOP class of a DICOM media directory (DICOMDIR), listed beside the images of an export.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
 MAGNIFICATION_RANGE = (1.0, 2.0)
 #: Format of the JSON sidecar (``<stem>.json``) of a cohort radiograph.
@@ -96,14 +99,17 @@ def stem(path: Path) -> str:
 
 def is_radiograph_file(path: Path) -> bool:
     """Whether batch mode should read ``path``: a known suffix, or a DICOM file without one
-    (a ``DICM`` preamble, as PACS exports such as ``IM00001`` have)."""
+    (a ``DICM`` preamble, as PACS exports such as ``IM00001`` have) that is not a media
+    directory (``DICOMDIR``)."""
     if known_suffix(path):
         return True
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_file_meta_info
     from pydicom.misc import is_dicom
 
     try:
-        return is_dicom(path)
-    except OSError:
+        return is_dicom(path) and read_file_meta_info(path).get("MediaStorageSOPClassUID") != DICOMDIR_SOP_CLASS
+    except (OSError, InvalidDicomError):
         return False
 
 
@@ -142,6 +148,7 @@ def read_radiograph(path: str | Path,
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
     source["path"] = str(path)
+    source["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     source["shape"] = list(array.shape)
     source["value_range"] = None if value_range is None else [float(v) for v in value_range]
     return Radiograph(array.astype(np.float32), (float(spacing[0]), float(spacing[1])), source)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -159,9 +160,54 @@ def test_batch_over_uid_named_and_suffixless_dicoms(shared_data, decomposer, tmp
     assert [Path(s["output"]).name for s in summaries] == ["1.2.840.113619.1", "1.2.840.113619.2", "IM00001"]
     assert not any(s.get("skipped") for s in summaries)
     (folder / "IM00001").rename(folder / "1.2.840.113619.1")  # another file, same output folder
-    with pytest.raises(FileExistsError, match="holds the result of"):
+    with pytest.raises(FileExistsError, match="holds a result of other input content"):
         decompose_files(decomposer, [folder / "1.2.840.113619.1"], tmp_path / "out",
                         pixel_spacing=(1.0, 1.0), tta=1)
+
+
+def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, decomposer, tmp_path, capsys):
+    """A result is reused only for the same file content, options and model; a file that cannot
+    be read is reported and the others are still decomposed; a DICOMDIR is not an input."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from MSKdeXTraining.cli import main
+    from MSKdeXTraining.radiograph_io import DICOMDIR_SOP_CLASS
+
+    data, run = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds = PreparedDataset(data)
+    for i in range(2):
+        image = sitk.GetImageFromArray(ds.load(i)["xray"][0].numpy())
+        image.SetSpacing((2.0, 2.0))  # plausible for a radiograph: 2 mm pixels, 64 mm across
+        sitk.WriteImage(image, str(folder / f"hip{i}.mha"))
+    (folder / "broken.dcm").write_bytes(b"not a DICOM file")
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.MediaStorageSOPClassUID = DICOMDIR_SOP_CLASS
+    directory.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.save_as(folder / "DICOMDIR", enforce_file_format=True)
+    files = decompose_cmd._inputs(folder)
+    assert [f.name for f in files] == ["broken.dcm", "hip0.mha", "hip1.mha"]
+    out = tmp_path / "out"
+    first = decompose_files(decomposer, files, out, tta=2)
+    assert "broken.dcm" in first[0]["error"] and all("ood" in s for s in first[1:]), first
+    table = json.loads((out / "hip0" / "decomposition.json").read_text())
+    weights = (run / "model.safetensors").read_bytes()
+    assert table["model"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert all(s["skipped"] for s in decompose_files(decomposer, files[1:], out, tta=2))
+    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+        decompose_files(decomposer, files[1:], out, tta=3)
+    shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
+    with pytest.raises(FileExistsError, match="hip0.mha"):
+        decompose_files(decomposer, files[1:], out, tta=2)
+    code = main(["decompose", "--model", str(run), "--xray", str(folder), "--out", str(tmp_path / "cli"),
+                 "--tta", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.dcm" in err and "1 of 3 file(s) could not be used" in err
+    assert (tmp_path / "cli" / "hip1" / "decomposition.json").is_file()
 
 
 def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path):

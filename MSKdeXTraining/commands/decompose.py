@@ -72,14 +72,18 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("decompose") as bar:
         summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
                                     args.magnification)
-    for s in summaries:
-        if not s.get("skipped"):
-            _print_ood(Path(s["input"]).name, s["ood"], s["reasons"])
-    done = [s for s in summaries if not s.get("skipped")]
+    done = [s for s in summaries if "ood" in s]
+    failed = [s for s in summaries if "error" in s]
+    for s in done:
+        _print_ood(Path(s["input"]).name, s["ood"], s["reasons"])
+    for s in failed:
+        print(f"mskdex decompose: error: {s['error']}", file=sys.stderr)
     if done:
         print(f"{len(done)} radiograph(s), {sum(s['seconds'] for s in done) / len(done):.2f} s each; "
               f"{sum(s['ood'] for s in done)} flagged out-of-distribution; results in {args.out}")
-    return 0
+    if failed:
+        print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _format(table: list[dict]) -> str:

@@ -82,14 +82,20 @@ def owis_terms(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return diff.sum(dim=-1).mean(dim=0) / (n * h * w)
 
 
-def bone_terms(pred_bones: torch.Tensor, aligned: torch.Tensor, lambda_l1: float) -> torch.Tensor:
+def bone_terms(pred_bones: torch.Tensor, aligned: torch.Tensor, lambda_l1: float,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 4 per DRR type: (1/N_b) sum_{i in K} [lambda_l1 ||pred_i - a_i||_1 - GC(pred_i, a_i)].
 
     ``pred_bones`` and ``aligned`` are (B, 3, N_b, H, W): G's output at the aligned-bone
     channels and the bones' DRRs at their registered poses. ||.||_1 is the mean absolute
-    difference over pixels (as CycleGAN's L1). Returns the batch mean per type, shape (3,);
+    difference over pixels (as CycleGAN's L1). ``valid`` (B, N_b) bool, optional: bones whose
+    registration failed contribute nothing (the mean still counts them, so the weight of a
+    batch does not depend on its neighbours). Returns the batch mean per type, shape (3,);
     their sum is the paper's L_B^all.
     """
     l1 = (pred_bones - aligned).abs().mean(dim=(-1, -2))  # (B, 3, Nb)
     gc = gradient_correlation(pred_bones, aligned)        # (B, 3, Nb)
-    return (lambda_l1 * l1 - gc).mean(dim=-1).mean(dim=0)
+    terms = lambda_l1 * l1 - gc
+    if valid is not None:
+        terms = terms * valid[:, None, :].to(terms.dtype)
+    return terms.mean(dim=-1).mean(dim=0)

@@ -77,6 +77,12 @@ def test_bone_loss_hand_computed():
     assert float(losses.bone_terms(pred, a, 100.0).sum()) == pytest.approx(3 * (10 - 1), rel=1e-5)
     flipped = a.flip(-1)  # different structure: GC < 1, L1 > 0
     assert float(losses.bone_terms(flipped, a, 0.0).sum()) > -3 + 1e-3
+    # a bone whose registration failed contributes nothing; the mean still counts it
+    valid = torch.tensor([[True, False]])
+    torch.testing.assert_close(losses.bone_terms(pred, a, 100.0, valid), terms / 2)
+    wrong = a.clone()
+    wrong[:, :, 1] = wrong[:, :, 1].flip(-1)  # the failed bone's DRR is elsewhere: ignored
+    torch.testing.assert_close(losses.bone_terms(pred, wrong, 100.0, valid), terms / 2)
 
 
 def test_gan_losses():

@@ -13,7 +13,7 @@ from MSKdeXTraining.commands import train as train_cmd
 from MSKdeXTraining.imaging.volume import InputError
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
-from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_folds
+from MSKdeXTraining.training.data import PreparedDataset, aligned_ok, read_manifest, split_folds
 from MSKdeXTraining.training.toy import write_toy_dataset
 from MSKdeXTraining.training.distributed import DistInfo
 from MSKdeXTraining.training.trainer import build_training, normalisation, train
@@ -88,13 +88,23 @@ def test_split_folds_by_patient(dataset):
         split_folds(manifest, 4)  # only 3 patients
 
 
-def test_dataset_resampling_keeps_volumes_and_masses(dataset):
-    ds = PreparedDataset(dataset, size=(16, 16))
+@pytest.mark.parametrize("size", [(16, 16), (20, 20), (8, 48)])
+def test_dataset_resampling_keeps_volumes_and_masses(dataset, size):
+    """Whole-block, non-integer and mixed up/down factors all keep the image sums."""
+    ds = PreparedDataset(dataset, size=size)
     item = ds.load(2)
     sums = item["drr"].double().sum(dim=(-1, -2)) * ds.geometry.pixel_area_cm2
     np.testing.assert_allclose(sums[1], item["volume_cm3"], rtol=1e-4)
     np.testing.assert_allclose(sums[2], item["mass_g"], rtol=1e-4)
-    assert item["aligned"].shape == (3, 2, 16, 16)
+    assert item["aligned"].shape == (3, 2, *size)
+
+
+def test_bones_of_a_failed_registration_are_marked(dataset):
+    """A case kept by `prepare --include-failed` trains the bone loss only on its good bones."""
+    case = {"registration": {"pelvis": {"ok": True}, "femur_left": {"ok": True}, "femur_right": {"ok": False}}}
+    assert aligned_ok(case, ["pelvis", "femur"]).tolist() == [True, False]
+    assert aligned_ok({"registration": {}}, ["pelvis", "femur"]).tolist() == [True, True]  # not registered (toy)
+    assert PreparedDataset(dataset).load(0)["aligned_ok"].tolist() == [True, True]
     with pytest.raises(InputError, match="not 'ok'"):
         PreparedDataset(dataset, ids=["toy_x000"])
 
@@ -154,10 +164,15 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     assert len(losses_of(tmp_path / "cut")) == 3  # epoch 3 logged, last checkpoint at epoch 2
     with pytest.raises(ValueError, match="different config.*'lr'"):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
+    with pytest.raises(ValueError, match="trained 2 epochs; resume with epochs >= 2"):
+        train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
     resumed = train(config, dataset, tmp_path / "cut", resume=True)
     assert losses_of(resumed) == losses_of(full)
     a, b = read_safetensors(full / "model.safetensors"), read_safetensors(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # a resume to more epochs records them in the run's config
+    longer = train(TrainConfig.from_dict({**config.to_dict(), "epochs": 5}), dataset, resumed, resume=True)
+    assert "epochs: 5" in (longer / "config.yaml").read_text() and len(losses_of(longer)) == 5
 
 
 def test_cli_runs_in_process(dataset, tmp_path, capsys):

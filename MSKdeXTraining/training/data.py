@@ -71,16 +71,37 @@ def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], 
             for f in range(k)]
 
 
+def aligned_ok(case: dict, bones: list[str]) -> torch.Tensor:
+    """(N_b,) bool: which aligned-bone DRRs of a manifest case come from a successful
+    registration. A bone is its rigid bodies (the femur: both femurs); one the case's
+    ``registration`` records as failed (kept by ``prepare --include-failed``) is not used by the
+    bone loss. Without registration records (e.g. the toy dataset) every bone counts."""
+    done = case.get("registration") or {}
+    bodies = {"femur": ("femur_left", "femur_right")}
+    return torch.tensor([all(done.get(b, {"ok": True}).get("ok", False) for b in bodies.get(bone, (bone,)))
+                         for bone in bones])
+
+
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resample ``(..., H, W)`` to ``size``: area averaging down, bilinear up (mean-preserving)."""
-    if tuple(images.shape[-2:]) == tuple(size):
+    """Resample ``(..., H, W)`` (values per unit area) to ``size`` over the same field of view:
+    each output pixel is the area-weighted mean of the input pixels it overlaps, so the image
+    sum times the pixel area (a volume, a mass) is kept exactly, whatever the factors."""
+    shape = tuple(images.shape[-2:])
+    if shape == tuple(size):
         return images
-    lead = images.shape[:-2]
-    x = images.reshape(1, -1, *images.shape[-2:])
-    down = size[0] <= x.shape[-2] and size[1] <= x.shape[-1]
-    x = F.interpolate(x, size=size, mode="area") if down else \
-        F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return x.reshape(*lead, *size)
+    if all(n % m == 0 for n, m in zip(shape, size)):  # whole blocks: the same means, faster
+        x = F.avg_pool2d(images.reshape(1, -1, *shape), (shape[0] // size[0], shape[1] // size[1]))
+        return x.reshape(*images.shape[:-2], *size)
+    rows, cols = (_overlap(n, m).to(images.dtype) for n, m in zip(shape, size))
+    return rows @ images @ cols.T
+
+
+def _overlap(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in): the share of output pixel ``o`` covered by input pixel ``i`` when both
+    grids tile the same interval (rows sum to 1)."""
+    a, b = np.linspace(0.0, 1.0, n_in + 1), np.linspace(0.0, 1.0, n_out + 1)
+    overlap = np.minimum(b[1:, None], a[None, 1:]) - np.maximum(b[:-1, None], a[None, :-1])
+    return torch.from_numpy(np.clip(overlap, 0.0, None) * n_out)
 
 
 class PreparedDataset(Dataset):
@@ -111,6 +132,8 @@ class PreparedDataset(Dataset):
         self.objects = list(self.manifest["objects"])
         self.kinds = list(self.manifest["kinds"])
         self.bone_index = [self.objects.index(b) for b in self.manifest["aligned_bones"]]
+        self.aligned_ok = {c["id"]: aligned_ok(c, self.manifest["aligned_bones"])
+                           for c in self.manifest["cases"]}
         self.dataset_geometry = Geometry.from_json(self.manifest["geometry"])
         self.size = tuple(size) if size else self.dataset_geometry.shape
         self.geometry = self.dataset_geometry.resized(*self.size)
@@ -147,7 +170,8 @@ class PreparedDataset(Dataset):
         return {"xray": resize(t["xray"].float()[None], self.size),
                 "drr": resize(per_pixel_area(t["drr"].float(), *areas), self.size),
                 "aligned": resize(per_pixel_area(t["aligned"].float(), *areas), self.size),
-                "volume_cm3": t["volume_cm3"].double(), "mass_g": t["mass_g"].double()}
+                "volume_cm3": t["volume_cm3"].double(), "mass_g": t["mass_g"].double(),
+                "aligned_ok": self.aligned_ok[case_id]}
 
     def _flip(self, index: int, stream: int) -> bool:
         if self.flip_seed is None:

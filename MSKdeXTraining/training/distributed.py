@@ -33,14 +33,21 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the local CUDA device if any, else CPU; otherwise ``name`` as given."""
+def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """``auto`` -> the local CUDA device if any, else CPU; ``cuda`` -> ``cuda:<local rank>``
+    (each torchrun process on its own GPU); otherwise ``name`` as given (a fixed ``cuda:K``
+    only in a single process)."""
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available")
-    return device
+    if device.index is not None and world > 1:
+        raise InputError(f"device {name!r}: with {world} processes each takes its own GPU; "
+                         "pass --device cuda")
+    return device if device.index is not None else torch.device(f"cuda:{local_rank}")
 
 
 def init(device_name: str = "auto") -> DistInfo:
@@ -48,7 +55,7 @@ def init(device_name: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local)
+    device = pick_device(device_name, local, world)
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -110,7 +110,8 @@ class Objective:
         t["owis"] = owis.sum()
         t["owis_wvdrr"], t["owis_vdrr"], t["owis_mdrr"] = owis
         if c.bone_loss:
-            bone = losses.bone_terms(pred[:, :, self.bone_index], aligned, c.lambda_l1)
+            bone = losses.bone_terms(pred[:, :, self.bone_index], aligned, c.lambda_l1,
+                                     batch["aligned_ok"].to(dev))
             t["bone"] = bone.sum()
             t["bone_wvdrr"], t["bone_vdrr"], t["bone_mdrr"] = bone
         weights = {"gan_g": c.lambda_gan, "gan_f": c.lambda_gan, "cycle": c.lambda_cyc,

@@ -269,6 +269,11 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         pools[1].load_state(mine["pool_d"], dev)
         _set_rng_state(mine["rng"])
         start = state["epoch"]
+        if config.epochs < start:
+            raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
+                             f"{start} (now {config.epochs})")
+        if info.main:  # the config may differ in 'epochs' only (_check_resume_config)
+            write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
     else:
         norm = normalisation(ds)
         norm.scale = norm.scale.to(dev)

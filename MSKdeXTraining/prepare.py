@@ -82,12 +82,17 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
                  settings: RegistrationSettings, include_failed: bool, out: Path) -> dict:
     """Prepare one case into ``out/cases``; returns its manifest entry (also written)."""
     t0 = time.perf_counter()
-    ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
-    xray, xray_geometry = read_xray(case_dir / "xray.mha")
-    truth = _read_truth(case_dir / "truth.json", objects)
-    qc = segmentation_qc(labels, objects)
     entry: dict = {"id": case_id, "patient": case_id, "file": None, "status": "excluded",
-                   "reasons": list(qc.failed), "qc": qc.to_json(), "registration": {}}
+                   "reasons": [], "qc": {}, "registration": {}}
+    try:
+        ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
+        xray, xray_geometry = read_xray(case_dir / "xray.mha")
+        truth = _read_truth(case_dir / "truth.json", objects)
+    except InputError as e:  # excluded, so the other cases still make a dataset
+        entry["reasons"].append(f"unreadable input: {e}")
+        return _finish(entry, out, t0)
+    qc = segmentation_qc(labels, objects)
+    entry["reasons"], entry["qc"] = list(qc.failed), qc.to_json()
     if qc.failed and not include_failed:
         return _finish(entry, out, t0)
     try:
@@ -154,7 +159,10 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
     """Rebuild ``out/manifest.json`` from the case entries; error if any case lacks one."""
     out = Path(out)
     settings = _read_settings(out)
-    cohort = Path(cohort or settings["cohort"])
+    if cohort is not None and str(Path(cohort).resolve()) != settings["cohort"]:
+        raise InputError(f"{out / SETTINGS_FILE}: field 'cohort' is {settings['cohort']}; this dataset "
+                         f"cannot be merged from {cohort}")
+    cohort = Path(settings["cohort"])
     meta, objects = read_cohort(cohort)
     missing = [c for c in meta["cases"] if not (out / "cases" / f"{c}.json").is_file()]
     if missing:
@@ -167,7 +175,7 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
         "aligned_bones": list(ALIGNED_BONES), "drr_types": list(DRR_TYPES),
         "units": {**DRR_UNITS, "xray": "processed radiograph in [0, 1]", "volume_cm3": "cm3",
                   "mass_g": "g", "geometry": "mm"},
-        "object_map": objects.to_json(), "cohort": str(cohort),
+        "object_map": objects.to_json(), "cohort": settings["cohort"],
         "prepare": {k: v for k, v in settings.items() if k not in ("geometry", "cohort")},
         "counts": {"cases": len(cases), "ok": sum(c["status"] == "ok" for c in cases),
                    "excluded": sum(c["status"] != "ok" for c in cases)},

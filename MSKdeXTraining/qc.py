@@ -7,8 +7,10 @@ volume of the largest component, and flags:
 
 * ``missing`` - the object (or one of its declared sides) has no voxel: **fails** the case;
 * ``volume_low`` / ``volume_high`` - volume outside the plausible range: **fails** the case;
-* ``fragmented`` - less than ``MIN_LARGEST_FRACTION`` of the volume (of each side, for
-  objects with sides) is in the largest component: a warning (bones may be cut by the field of view, muscles have islands);
+* ``fragmented`` - less than ``MIN_LARGEST_FRACTION`` of the volume is in the largest component
+  (of each side, for objects with sides; the two largest for an object without sides, which
+  may hold both sides in one label): a warning (bones may be cut by the field of view, muscles
+  have islands);
 * ``holes`` - enclosed cavities: a warning.
 
 Plausible ranges (cm3, the whole object, both sides together) are deliberately wide: they
@@ -103,10 +105,11 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
     voxel_cm3 = labels.voxel_volume_cm3
     out: dict[str, ObjectQC] = {}
     for spec in objects.objects:
-        # objects with sides are checked side by side (two femurs are two components)
+        # objects with sides are checked side by side (two femurs are two components); one
+        # without may be bilateral, so its two largest components count as its main part
         parts = list(spec.sides.values()) or [spec.labels]
         masks = [np.isin(labels.array, v) for v in parts]
-        topo = [_topology(m) for m in masks]
+        topo = [_topology(m, 1 if spec.sides else 2) for m in masks]
         counts = [float(m.sum()) for m in masks]
         q = ObjectQC(spec.name, sum(counts) * voxel_cm3, sum(t[0] for t in topo),
                      sum(t[2] for t in topo),
@@ -141,8 +144,8 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
         add("holes", f"{q.holes} enclosed hole(s)")
 
 
-def _topology(mask: np.ndarray) -> tuple[int, int, int]:
-    """(components, voxels of the largest component, enclosed holes) of a 3D mask."""
+def _topology(mask: np.ndarray, main: int = 1) -> tuple[int, int, int]:
+    """(components, voxels of the ``main`` largest components, enclosed holes) of a 3D mask."""
     if not mask.any():
         return 0, 0, 0
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
@@ -154,4 +157,4 @@ def _topology(mask: np.ndarray) -> tuple[int, int, int]:
     outside = np.unique(np.concatenate([bg[0].ravel(), bg[-1].ravel(), bg[:, 0].ravel(),
                                         bg[:, -1].ravel(), bg[:, :, 0].ravel(), bg[:, :, -1].ravel()]))
     holes = n_bg - int(np.count_nonzero(outside))
-    return int(n), int(sizes.max()), holes
+    return int(n), int(np.sort(sizes)[-main:].sum()), holes

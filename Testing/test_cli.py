@@ -32,6 +32,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["train", "--config", "small", "--data", "{tmp}", "--out", "{tmp}/r", "--set", "epochs=many"],
      "config key 'epochs' must be int, got 'many'"),
     (["cohort", "--n", "0", "--out", "{tmp}/c"], "--n must be >= 1, got 0"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
       "--pixel-spacing", "0"], "pixel_spacing must be > 0 mm"),
 ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -84,6 +85,25 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         assert np.all(sums <= t["volume_cm3"].numpy() * (1 + 1e-4))
         assert np.all(sums >= t["volume_cm3"].numpy() * (1 - lost - 1e-3))
     assert not (out / "cases" / "case_0002.safetensors").exists()
+
+
+def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
+    """A corrupt input file excludes its case (the others still make a dataset); outputs get
+    the usual file mode; a merge from another cohort is refused."""
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    (copy / "case_0001" / "labels.nii.gz").write_bytes(b"not an image")
+    out = _prepare(copy, tmp_path / "ds")
+    m = json.loads((out / "manifest.json").read_text())
+    bad = m["cases"][1]
+    assert bad["status"] == "excluded" and "unreadable input" in bad["reasons"][0]
+    assert "labels.nii.gz" in bad["reasons"][0] and m["cohort"] == str(copy.resolve())
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in [out / "manifest.json", out / m["cases"][0]["file"]]:
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
+    with pytest.raises(InputError, match="cannot be merged from"):
+        merge_manifest(out, cohort)
 
 
 @pytest.mark.slow

@@ -38,7 +38,8 @@ def test_broken_segmentation_is_flagged():
     a[a == 4] = 0                      # right femur missing
     a[a == 13] = 0                     # gluteus medius left missing ...
     a[a == 14] = 0                     # ... and right: the whole object is missing
-    a[0:10, 5:25, 5:25][:, 8:12, :] = 0  # pelvis cut in two pieces of similar size
+    a[0:10, 5:25, 5:25][:, 6:8, :] = 0   # pelvis cut in three pieces of similar size
+    a[0:10, 5:25, 5:25][:, 13:15, :] = 0
     a[11:13, 12:16, 12:16] = 0         # a cavity inside the sacrum
     a[42:60, :, :] = 21                # pectineus left grossly too large
     qc = segmentation_qc(_labels(a), load_object_map("synthetic"))
@@ -47,10 +48,24 @@ def test_broken_segmentation_is_flagged():
     assert flags["femur"] == ["missing"] and "right side" in " ".join(qc.failed)
     assert flags["gluteus_medius"] == ["missing"]
     assert "volume_high" in flags["pectineus"]
-    assert "fragmented" in flags["pelvis"] and qc.objects["pelvis"].components == 2
+    assert "fragmented" in flags["pelvis"] and qc.objects["pelvis"].components == 3
     assert qc.objects["sacrum"].holes == 1 and flags["sacrum"] == ["holes"]
     assert len(qc.failed) == 3 and len(qc.warnings) == 2
     assert qc.to_json()["ok"] is False
+
+
+def test_bilateral_object_without_sides_is_not_fragmented():
+    """A map that keeps both femurs (or muscles) under one label without "sides": two
+    components are its two sides, not fragments."""
+    from MSKdeXTraining.objects import ObjectMap
+
+    spec = load_object_map("synthetic").to_json()
+    for o in spec["objects"]:
+        o.pop("sides", None)
+    a = _healthy()
+    a[18] = 0  # a gap between the left and the right femur
+    qc = segmentation_qc(_labels(a), ObjectMap.from_json(spec, "no sides"))
+    assert qc.objects["femur"].components == 2 and qc.warnings == [], qc.warnings
 
 
 def test_custom_range_and_real_segmentation(shared_data):

@@ -143,6 +143,20 @@ def test_dicom_magnification_fields(tmp_path, ramp):
         read_radiograph(bad)
 
 
+def test_registration_geometry_from_dicom_distances(tmp_path, ramp):
+    """`mskdex register`'s geometry: the SOD follows the SDD actually used; a spacing
+    calibrated at the patient is scaled up to the detector."""
+    from MSKdeXTraining.imaging.registration import read_xray
+
+    f = write_dicom(tmp_path / "f.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                    EstimatedRadiographicMagnificationFactor=1.2)
+    _, g = read_xray(f, sdd=1000.0)
+    assert g.sdd == 1000.0 and g.sdd / g.sod == pytest.approx(1.2)
+    f = write_dicom(tmp_path / "p.dcm", ramp, PixelSpacing=[0.4, 0.4], PixelSpacingCalibrationType="GEOMETRY")
+    _, g = read_xray(f, sdd=1100.0, sod=880.0)
+    assert g.pixel_spacing == pytest.approx((0.5, 0.5))
+
+
 def test_cohort_sidecar_gives_magnification(tmp_path):
     img = sitk.GetImageFromArray(np.zeros((64, 64), np.float32))
     img.SetSpacing((2.0, 2.0))

@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--cohort is required (unless --merge)")
     if (args.rows is None) != (args.cols is None):
         raise InputError("--rows and --cols go together; or use --image-size")
-    rows = args.image_size or args.rows
-    cols = args.image_size or args.cols
+    for option in ("image_size", "rows", "cols", "workers"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise InputError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    rows = args.image_size if args.image_size is not None else args.rows
+    cols = args.image_size if args.image_size is not None else args.cols
     geometry = dataset_geometry(args.cohort, rows, cols)
     with tqdm(total=100, unit="%", desc="preparing") as bar:
         def progress(fraction: float, message: str) -> None:

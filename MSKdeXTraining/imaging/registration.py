@@ -803,32 +803,41 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     :func:`MSKdeXTraining.radiograph_io.read_radiograph` (which refuses images that are not 2D
     and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given).
     Source distances (mm), by priority: the arguments, a ``<name>.json`` sidecar in the
-    ``mskdex-xray`` format (the synthetic cohort), the file's (DICOM (0018,1110) SDD, and the
-    SOD from the magnification :func:`read_radiograph` found, with the default SDD if the file
-    has none), else the defaults of :class:`Geometry` (SDD 1100, SOD 880), with a warning.
+    ``mskdex-xray`` format (the synthetic cohort), the file's (DICOM (0018,1110) SDD; the SOD
+    as that SDD over the magnification :func:`read_radiograph` found), else the defaults of
+    :class:`Geometry` (SDD 1100, SOD 880), with a warning. A PixelSpacing calibrated at the
+    patient is scaled to the detector by SDD / SOD.
     """
     from ..radiograph_io import read_radiograph, read_sidecar
 
     path = Path(path)
     sidecar = read_sidecar(path) or {}
+    factor, at_patient = None, False
     if sidecar and pixel_spacing is None:
         array = _read_cohort_image(path)  # simulated: the sidecar's geometry is exact
         spacing = tuple(float(v) for v in sidecar["pixel_spacing"])
-        known = sidecar
+        known = {k: float(sidecar[k]) for k in ("sdd", "sod") if k in sidecar}
     else:
         radiograph = read_radiograph(path, pixel_spacing)
-        array, spacing = radiograph.array, radiograph.pixel_spacing
-        known = _file_distances(radiograph.source)
+        array, spacing, source = radiograph.array, radiograph.pixel_spacing, radiograph.source
+        known = {} if source.get("sdd_mm") is None else {"sdd": float(source["sdd_mm"])}
+        m = source.get("magnification")
+        factor = m if m is not None and m > 1.0 else None
+        at_patient = m == 1.0  # a PixelSpacing calibrated at the patient
     meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
             "parallel": bool(sidecar.get("parallel", False))}
     assumed = []
-    for name, value in (("sdd", sdd), ("sod", sod)):
-        if value is not None:
-            meta[name] = float(value)
-        elif name in known:
-            meta[name] = float(known[name])
-        else:
-            assumed.append(f"{name.upper()} {getattr(Geometry, name):g} mm")
+    meta["sdd"] = float(sdd) if sdd is not None else known.get("sdd")
+    if meta["sdd"] is None:
+        meta["sdd"] = Geometry.sdd
+        assumed.append(f"SDD {Geometry.sdd:g} mm")
+    meta["sod"] = (float(sod) if sod is not None else known.get("sod")
+                   or (meta["sdd"] / factor if factor is not None else None))
+    if meta["sod"] is None:
+        meta["sod"] = Geometry.sod
+        assumed.append(f"SOD {Geometry.sod:g} mm")
+    if at_patient:  # the detector's pixels are larger by the magnification
+        meta["pixel_spacing"] = tuple(s * meta["sdd"] / meta["sod"] for s in spacing)
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)
@@ -837,18 +846,6 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     except (TypeError, ValueError) as e:
         raise InputError(f"{path}: invalid geometry ({e})") from None
     return array, geometry
-
-
-def _file_distances(source: dict) -> dict[str, float]:
-    """SDD / SOD (mm) from what :func:`read_radiograph` found in a file: the SDD, and the SOD
-    from the magnification (with the default SDD when the file gives only the factor)."""
-    out = {}
-    if source.get("sdd_mm") is not None:
-        out["sdd"] = float(source["sdd_mm"])
-    m = source.get("magnification")
-    if m is not None and m > 1.0:
-        out["sod"] = out.get("sdd", Geometry.sdd) / float(m)
-    return out
 
 
 def _read_cohort_image(path: Path) -> np.ndarray:

@@ -14,6 +14,7 @@ from MSKdeXTraining.evaluation import figures
 from MSKdeXTraining.evaluation.ablation import ablation
 from MSKdeXTraining.evaluation.crossval import anova, evaluate, load_predictions
 from MSKdeXTraining.evaluation.report import Section, Table, write_html
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
 from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_folds
 from MSKdeXTraining.training.toy import write_toy_dataset
@@ -85,6 +86,35 @@ def test_resume_keeps_finished_folds(toy, evaluated):
     assert model.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again.mass_pred, preds.mass_pred)
     assert load_predictions(out).ids == preds.ids
+    # another K, config or fold split is refused, never answered with the old fold's results
+    with pytest.raises(InputError, match="made with another k, test_ids"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", k=3, folds=[0])
+    with pytest.raises(InputError, match="made with another config"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", {"lambda_is": 0.0}, k=2, folds=[0])
+    (out / "fold_0" / "predictions.json").rename(out / "moved.json")  # the model is reused ...
+    with pytest.raises(InputError, match="model.json: made with another test_ids"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", k=3, folds=[0])  # ... only for its own split
+    (out / "moved.json").rename(out / "fold_0" / "predictions.json")
+    with pytest.raises(InputError, match="folds must be in 0..1"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[])
+
+
+def test_bones_of_failed_registrations_are_not_scored(toy, evaluated, tmp_path):
+    """PSNR/SSIM compare with registered bone DRRs; a failed registration's is no reference."""
+    import json
+    import shutil
+
+    from MSKdeXTraining.evaluation.crossval import predict_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(toy / "data", data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    case = next(c for c in manifest["cases"] if c["status"] == "ok")
+    case["registration"] = {"pelvis": {"ok": True}, "femur_left": {"ok": True}, "femur_right": {"ok": False}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    image = predict_cases(evaluated[0] / "fold_0" / "run", data, [case["id"]])["cases"][0]["image"]
+    assert np.isfinite(image["pelvis"]["vdrr"]["psnr"]) and np.isnan(image["femur"]["vdrr"]["psnr"])
+    assert np.isnan(image["femur"]["mdrr"]["ssim"])
 
 
 def test_anova_of_two_evaluations(evaluated):
@@ -131,3 +161,6 @@ def test_ablation_table2_layout(toy):
     md = (toy / "ablation" / "ablation.md").read_text()
     assert "Glu. max." in md and "muscle mean" in md
     assert (toy / "ablation" / "lis100_bone0" / "fold_0" / "predictions.json").is_file()
+    with pytest.raises(InputError, match="share an output folder"):
+        ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(100.0, 100.0000001),
+                 bone_losses=(False,), k=2)

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="evaluation folder (fold runs, predictions, tables, figures, report.html)")
     add_training_arguments(parser)
-    parser.add_argument("--folds", type=int, nargs="*", metavar="I",
+    parser.add_argument("--folds", type=int, nargs="+", metavar="I",
                         help="only these folds (0-based; default all K)")
     parser.add_argument("--compare", type=Path,
                         help="another evaluation folder: one-way ANOVA of the absolute errors per object")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from ..fileio import write_json
 from ..objects import DISPLAY_NAMES
 from .crossval import Predictions, anova, run_folds
@@ -46,7 +47,11 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     ``cores // workers`` torch threads.
     """
     report = progress or (lambda f, m: None)
-    settings = [(float(l), bool(b)) for l in lambdas for b in bone_losses]
+    settings = list(dict.fromkeys((float(l), bool(b)) for l in lambdas for b in bone_losses))
+    folders = [setting_dir(out, *s) for s in settings]
+    if len(set(folders)) < len(folders):
+        raise InputError(f"--lambdas {list(lambdas)}: two settings would share an output folder "
+                         f"({sorted(str(f.name) for f in folders)})")
     cores = os.cpu_count() or 1
     workers = max(1, min(workers or cores, len(settings)))
     threads = max(1, cores // workers)
@@ -62,10 +67,14 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_setting, *jobs[s]): s for s in settings}
-            for f in as_completed(futures):
-                s = futures[f]
-                results[s] = f.result()
-                report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
+            try:
+                for f in as_completed(futures):
+                    s = futures[f]
+                    results[s] = f.result()
+                    report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
+            except BaseException:  # report a failed setting now, not after the queued ones
+                pool.shutdown(cancel_futures=True)
+                raise
     rows = [_row(s, results[s]) for s in settings]
     _write(Path(out), rows, results, k, fold)
     return rows

@@ -13,6 +13,8 @@ not redone, training continues from its last checkpoint)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..fileio import read_format_json, write_json
+from ..fileio import read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
 from . import metrics
 
@@ -122,8 +124,9 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
         pred = decomposer.predict(item["xray"].numpy())[0]  # (3, N, H, W)
         sums = pred.astype(np.float64).sum(axis=(-1, -2)) * area
         aligned = item["aligned"].numpy()
-        image = {b: {t: {"psnr": metrics.psnr(pred[k, bone_index[j]], aligned[k, j]),
-                         "ssim": metrics.ssim(pred[k, bone_index[j]], aligned[k, j])}
+        ok = item["aligned_ok"].tolist()  # a failed registration's DRR is no reference: NaN
+        image = {b: {t: {"psnr": metrics.psnr(pred[k, bone_index[j]], aligned[k, j]) if ok[j] else float("nan"),
+                         "ssim": metrics.ssim(pred[k, bone_index[j]], aligned[k, j]) if ok[j] else float("nan")}
                      for k, t in enumerate(decomposer.drr_types)} for j, b in enumerate(bones)}
         cases.append({"id": cid, "patient": case_patient[cid],
                       "volume_true_cm3": item["volume_cm3"].tolist(),
@@ -156,7 +159,8 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
               progress: Progress | None = None) -> Predictions:
     """Train and predict the folds ``folds`` (default all ``k``) of a K-fold split by patient
     (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept, an
-    interrupted training continues from its last checkpoint. Returns the predictions."""
+    interrupted training continues from its last checkpoint. A fold folder made with another
+    config, K, dataset or split is refused, never reused. Returns the predictions."""
     from ..training.config import load_config
     from ..training.data import read_manifest, split_folds
     from ..training.checkpoint import latest_checkpoint
@@ -168,26 +172,44 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
     splits = split_folds(read_manifest(dataset), k, seed=cfg.fold_seed)
-    folds = list(range(k)) if folds is None else list(folds)
+    manifest_sha = hashlib.sha256((dataset / "manifest.json").read_bytes()).hexdigest()
+    folds = sorted(set(range(k) if folds is None else folds))
     bad = [f for f in folds if not 0 <= f < k]
-    if bad:
-        raise InputError(f"folds must be in 0..{k - 1}, got {bad}")
+    if bad or not folds:
+        raise InputError(f"folds must be in 0..{k - 1}, got {bad or 'none'}")
     for n, f in enumerate(folds):
         target = out / f"fold_{f}" / "predictions.json"
+        # what the fold's results depend on (JSON-normalised, to compare with what was written)
+        key = json.loads(json.dumps({"config": cfg.to_dict(), "k": k, "dataset": manifest_sha,
+                                     "test_ids": splits[f][1]}))
         if target.is_file():
+            _check_reuse(target, read_predictions(target).get("evaluation"), key)
             continue
         span = 1.0 / len(folds)
         sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
         run = out / f"fold_{f}" / "run"
-        if not (run / "model.json").is_file():
+        if (run / "model.json").is_file():
+            meta = read_json_object(run / "model.json", ("config", "split"))
+            _check_reuse(run / "model.json", {**key, "config": meta["config"],
+                                              "test_ids": meta["split"].get("test_ids")}, key)
+        else:
             train(cfg, dataset, run, fold=(f, k),
                   resume=latest_checkpoint(run / "checkpoints") is not None,
                   progress=lambda frac, msg: sub(0.9 * frac, msg))
         doc = predict_cases(run, dataset, splits[f][1], fold=f,
                             progress=lambda frac, msg: sub(0.9 + 0.1 * frac, msg))
-        write_json(target, doc)
+        write_json(target, {**doc, "evaluation": key})
     report(1.0, "folds done")
     return Predictions.from_json([read_predictions(out / f"fold_{f}" / "predictions.json") for f in folds])
+
+
+def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
+    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted``."""
+    if found == wanted:
+        return
+    changed = sorted(k for k in wanted if (found or {}).get(k) != wanted[k])
+    raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; "
+                     "choose another --out folder (or delete that fold's folder)")
 
 
 def anova(a: Predictions, b: Predictions) -> list[dict]:

@@ -64,3 +64,15 @@ def test_matched_detector_has_the_reference_pixel_size_at_the_isocentre():
     pose_ref, pose_g = default_ap_pose(np.zeros(3), ref), default_ap_pose(np.zeros(3), g)
     point = np.array([40.0, 0.0, -30.0])
     np.testing.assert_allclose(project(apply(pose_g, point), g), project(apply(pose_ref, point), ref))
+
+
+def test_resampling_keeps_edge_pixels_and_zeroes_only_outside():
+    """Target pixels within the source's outer half pixel take the edge value, not 0."""
+    from MSKdeXTraining.imaging.geometry import resample_image
+
+    source = Geometry(rows=10, cols=10, pixel_spacing=(1.2, 1.2))
+    finer = Geometry(rows=12, cols=12, pixel_spacing=(1.0, 1.0))  # same 12 mm field of view
+    np.testing.assert_array_equal(resample_image(np.ones((10, 10)), source, finer), 1.0)
+    wider = Geometry(rows=20, cols=20, pixel_spacing=(1.0, 1.0))  # 4 mm beyond on each side
+    out = resample_image(np.ones((10, 10)), source, wider)
+    assert out[4:16, 4:16].min() == 1.0 and out[:3].max() == 0.0 and out[:, -3:].max() == 0.0

@@ -204,6 +204,17 @@ def test_splatter_counts_what_falls_outside_the_detector():
     np.testing.assert_allclose(lost[0].numpy(), [8.0, 2.0], rtol=1e-6)
 
 
+def test_lost_amount_is_exact_for_many_small_samples():
+    """Thousands of tiny amounts clamped onto one border cell: counted in float64, not float32."""
+    g = Geometry(rows=10, cols=12, pixel_spacing=(1.0, 1.0), sdd=1000, sod=500)
+    sp = Splatter(g, 1, (False,), "cpu")
+    n = 200_000
+    pts = torch.tensor([[300.0, 0.0, 500.0]]).repeat(n, 1)
+    sp.add(pts, torch.full((n, 1), 1e-3), torch.zeros(n, dtype=torch.long))
+    _, lost = sp.result()
+    assert float(lost[0, 0]) == pytest.approx(n * float(torch.tensor(1e-3)), rel=1e-9)
+
+
 def test_objects_behind_the_source_are_refused():
     ct, labels = ellipsoid((5, 5, 5), 1.0)
     g = Geometry(rows=16, cols=16)

@@ -34,3 +34,25 @@ def test_reading_refuses_bad_images(tmp_path):
         read_labels(_write(tmp_path / "neg.nrrd", -np.ones((2, 3, 4), np.int16)))
     flat = read_labels(_write(tmp_path / "float.nrrd", np.full((2, 3, 4), 2.0, np.float32)))
     assert flat.array.dtype.kind == "i"
+
+
+def _dicom_series(folder, uid: str, slices: int, value: int, prefix: str) -> None:
+    """Write a CT series of ``slices`` 8x8 slices (SeriesInstanceUID ``uid``) into ``folder``."""
+    for z in range(slices):
+        image = sitk.GetImageFromArray(np.full((8, 8), value, np.int16))
+        for tag, v in {"0020|000e": uid, "0020|000d": "1.2.3", "0020|0032": f"0\\0\\{2.0 * z}",
+                       "0020|0037": "1\\0\\0\\0\\1\\0", "0008|0060": "CT", "0020|0013": str(z + 1),
+                       "0028|1053": "1", "0028|1052": "0"}.items():
+            image.SetMetaData(tag, v)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"{prefix}{z:03d}.dcm"))
+        writer.Execute(image)
+
+
+def test_dicom_folder_with_several_series_is_refused(tmp_path):
+    _dicom_series(tmp_path, "1.2.3.4.1", 3, 111, "a")
+    assert read_ct(tmp_path).array.shape == (3, 8, 8)
+    _dicom_series(tmp_path, "1.2.3.4.2", 10, 222, "b")
+    with pytest.raises(InputError, match=r"holds 2 DICOM series .*1\.2\.3\.4\.1': 3.*1\.2\.3\.4\.2': 10"):
+        read_ct(tmp_path)

@@ -157,9 +157,10 @@ def apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
 def resample_image(image: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
     """Resample a detector image from ``source`` to ``target`` pixels (float32, (rows, cols)).
 
-    Pixels are matched by their detector position (u, v in mm); target pixels outside the
-    source detector get 0. Downsampling is anti-aliased with a Gaussian of sigma
-    ``(ratio - 1) / 2`` source pixels.
+    Pixels are matched by their detector position (u, v in mm); target pixels whose centres
+    fall outside the source detector's area get 0 (those within its outer half pixel take the
+    edge value). Downsampling is anti-aliased with a Gaussian of sigma ``(ratio - 1) / 2``
+    source pixels.
     """
     image = np.asarray(image, np.float32)
     ratio = np.array(target.pixel_spacing) / np.array(source.pixel_spacing)
@@ -171,5 +172,6 @@ def resample_image(image: np.ndarray, source: Geometry, target: Geometry) -> np.
     rows = (tv0 + np.arange(target.rows) * target.pixel_spacing[0] - sv0) / source.pixel_spacing[0]
     cols = (tu0 + np.arange(target.cols) * target.pixel_spacing[1] - su0) / source.pixel_spacing[1]
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return ndimage.map_coordinates(image, [rr, cc], order=1, mode="constant", cval=0.0
-                                   ).astype(np.float32)
+    out = ndimage.map_coordinates(image, [rr, cc], order=1, mode="nearest")
+    inside = ((rr >= -0.5) & (rr <= source.rows - 0.5) & (cc >= -0.5) & (cc <= source.cols - 0.5))
+    return np.where(inside, out, 0.0).astype(np.float32)

@@ -203,6 +203,10 @@ class Splatter:
         self.c = len(self.line_integral)
         self.plane = (geometry.rows + 2) * (geometry.cols + 2)
         self.buffer = torch.zeros(self.c, n_channels * self.plane, device=self.device, dtype=dtype)
+        #: everything splatted, per type and channel, in float64: the amount that left the
+        #: detector is this minus the image (the border cells hold it too, but pile up too many
+        #: small amounts for float32)
+        self.total = torch.zeros(self.c, n_channels, device=self.device, dtype=torch.float64)
 
     def add(self, points: torch.Tensor, values: torch.Tensor, channel: torch.Tensor,
             footprint: tuple[float, float] | None = None) -> None:
@@ -238,10 +242,13 @@ class Splatter:
         else:
             wc = (mag * (footprint[0] / ps_c)).clamp(1e-6, 1.0)
             wr = (mag * (footprint[1] / ps_r)).clamp(1e-6, 1.0)
+        ch = channel.to(self.device)
+        for k in range(self.c):
+            self.total[k].index_add_(0, ch, values[:, k].double())
         c0, fc = _box_weights(col, wc, g.cols)
         r0, fr = _box_weights(row, wr, g.rows)
         wp = g.cols + 2
-        base = channel.to(self.device) * self.plane + (r0 + 1) * wp + (c0 + 1)
+        base = ch * self.plane + (r0 + 1) * wp + (c0 + 1)
         last = self.buffer.shape[1] - 1
         # a point clamped onto the last border row/column spills its far corner one step
         # further: into the next border cell, or (end of buffer) back onto the last one
@@ -257,7 +264,8 @@ class Splatter:
         full = self.buffer.view(self.c, self.n_channels, g.rows + 2, g.cols + 2)
         inner = full[:, :, 1:-1, 1:-1]
         border = (full[:, :, 0, :], full[:, :, -1, :], full[:, :, 1:-1, 0], full[:, :, 1:-1, -1])
-        lost = sum(b.double().sum(dim=-1) for b in border)
+        hit = sum(b.sum(dim=-1) for b in border) > 0
+        lost = torch.where(hit, (self.total - inner.double().sum(dim=(-1, -2))).clamp_min(0.0), 0.0)
         return inner / g.pixel_area_cm2, lost
 
 
@@ -348,7 +356,11 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
         if not geometry.parallel and z_min <= 0:
             raise InputError(f"{source}: objects reach {z_min:.1f} mm behind the X-ray source; "
                              "expected a pose that places them between source and detector")
-        n_sub = subdivision(lin, z_min, geometry)
+        try:
+            n_sub = subdivision(lin, z_min, geometry)
+        except InputError as e:
+            raise InputError(f"{source}: CT spacing {list(ct.spacing)} mm against detector "
+                             f"pixel_spacing {list(geometry.pixel_spacing)} mm: {e}") from None
         foot = footprint_mm(lin, n_sub)
         offsets = torch.from_numpy(sub_offsets(n_sub) @ lin.T).float().to(device)
         lin_t = torch.from_numpy(lin.T.copy()).float().to(device)

@@ -83,6 +83,12 @@ def read_image(path: str | Path) -> sitk.Image:
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if len(series) > 1:
+                counts = {s: len(reader.GetGDCMSeriesFileNames(str(path), s)) for s in series}
+                raise InputError(f"{path}: directory holds {len(series)} DICOM series "
+                                 f"(SeriesInstanceUID: slices {counts}); put the CT's series in a "
+                                 "folder of its own")
             files = reader.GetGDCMSeriesFileNames(str(path))
             if not files:
                 raise InputError(f"{path}: directory holds no DICOM series")

@@ -143,7 +143,8 @@ def read_radiograph(path: str | Path,
         raise InputError(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
-    _check_spacing(path, array.shape, spacing, source["spacing_field"])
+    if not source.get("simulated"):  # a simulated radiograph's geometry is exact, however coarse
+        check_spacing(path, array.shape, spacing, source["spacing_field"])
     if magnification is not None:
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
@@ -165,7 +166,11 @@ def _explicit_spacing(value) -> tuple[float, float] | None:
     return float(v[0]), float(v[1])
 
 
-def _check_spacing(path: Path, shape, spacing, fieldname: str) -> None:
+def check_spacing(path: Path | str, shape, spacing, fieldname: str,
+                  fix: str = "pass the right value explicitly, e.g. --pixel-spacing 0.15") -> None:
+    """:class:`InputError` naming ``path`` and ``fieldname`` unless ``spacing`` (row, column mm)
+    is a plausible detector spacing for an image of ``shape`` (see the module docs); ``fix``
+    says what to do."""
     lo, hi = SPACING_RANGE_MM
     fov = [n * s for n, s in zip(shape, spacing)]
     problems = []
@@ -178,8 +183,7 @@ def _check_spacing(path: Path, shape, spacing, fieldname: str) -> None:
         problems.append(f"row/column spacing ratio {max(spacing) / min(spacing):.2f} is above 2")
     if problems:
         raise InputError(f"{path}: implausible pixel spacing from {fieldname}: {problems[0]}; "
-                         "expected a projection radiograph's detector spacing; pass the right "
-                         "value explicitly, e.g. --pixel-spacing 0.15")
+                         f"expected a projection radiograph's detector spacing; {fix}")
 
 
 def _check_magnification(path: Path, source: dict) -> None:
@@ -348,6 +352,8 @@ def _read_itk(path: Path):
     sx, sy = image.GetSpacing()  # ITK order (column, row)
     sidecar = read_sidecar(path)
     if sidecar is not None:
+        source["simulated"] = True
+        source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: a simulated radiograph)"
         source["sdd_mm"] = float(sidecar["sdd"])
         source["magnification"] = float(sidecar["sdd"]) / float(sidecar["sod"])
         source["magnification_field"] = f"{SIDECAR_FORMAT} sidecar (geometry sdd / sod)"

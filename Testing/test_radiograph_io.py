@@ -164,6 +164,15 @@ def test_cohort_sidecar_gives_magnification(tmp_path):
     geometry = {"rows": 64, "cols": 64, "pixel_spacing": [2.0, 2.0], "sdd": 1100.0, "sod": 900.0}
     (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": geometry}))
     assert read_radiograph(tmp_path / "xray.mha").magnification == pytest.approx(1100 / 900)
+    # a simulated radiograph's coarse pixels (the demo cohort's are 2.3 mm) are exact, not implausible
+    img.SetSpacing((2.3, 2.3))
+    sitk.WriteImage(img, str(tmp_path / "xray.mha"))
+    (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1,
+                                                    "geometry": {**geometry, "pixel_spacing": [2.3, 2.3]}}))
+    assert read_radiograph(tmp_path / "xray.mha").pixel_spacing == (2.3, 2.3)
+    sitk.WriteImage(img, str(tmp_path / "plain.mha"))
+    with pytest.raises(InputError, match="plain.mha: implausible pixel spacing"):
+        read_radiograph(tmp_path / "plain.mha")
     (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": {}}))
     with pytest.raises(InputError, match="xray.json: field 'geometry' must hold"):
         read_radiograph(tmp_path / "xray.mha")

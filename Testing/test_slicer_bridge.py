@@ -110,6 +110,10 @@ def test_segments_are_matched_by_name(example):
         labels_from_segmentation(seg, example["ct_node"])
     values = {name: value for value, name in label_names(objects).items()}
     assert np.array_equal(labels_from_segmentation(seg, example["ct_node"], values).array, small.array)
+    first = seg.GetSegmentation().GetNthSegment(0).GetName()
+    seg.GetSegmentation().GetNthSegment(1).SetName(first)  # two segments, one name
+    with pytest.raises(InputError, match="several segments are named"):
+        labels_from_segmentation(seg, example["ct_node"], values)
     scene.RemoveNode(seg)
 
 
@@ -154,6 +158,12 @@ def test_radiograph_is_a_one_slice_volume(shared_data):
     multi = volume_to_node(read_ct(shared_data / "totalsegmentator-example" / "example_ct.nii.gz"), scene, "ct")
     with pytest.raises(InputError, match="one-slice"):
         radiograph_from_node(multi)
+    # a node loaded by Slicer itself (no MSKdeX source record): its spacing is checked and noted
+    node.RemoveAttribute("MSKdeX.Source")
+    assert radiograph_from_node(node).source["spacing_field"].startswith("argument")
+    node.SetSpacing(5.0, 5.0, 1.0)
+    with pytest.raises(InputError, match=r"xray\): implausible pixel spacing .*Volumes module"):
+        radiograph_from_node(node)
 
 
 def test_drrs_through_the_bridge_equal_the_backend(example):

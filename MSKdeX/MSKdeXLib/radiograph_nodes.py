@@ -18,7 +18,7 @@ import slicer.util
 
 from MSKdeXTraining.imaging.geometry import AP_ROTATION
 from MSKdeXTraining.imaging.volume import InputError, Volume
-from MSKdeXTraining.radiograph_io import LUMA, Radiograph
+from MSKdeXTraining.radiograph_io import LUMA, Radiograph, check_spacing
 
 from .coordinates import node_geometry, set_node_geometry
 from .volume_nodes import volume_to_node
@@ -53,7 +53,9 @@ def radiograph_to_node(radiograph: Radiograph, scene, name: str, node=None):
 def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
     """The :class:`Radiograph` (array (H, W) float32, spacing (row, column) mm) of a one-slice node.
 
-    Colour (vector) volumes are turned into grey with the BT.601 luma weights.
+    Colour (vector) volumes are turned into grey with the BT.601 luma weights. A node that
+    MSKdeX did not read (loaded by Slicer itself: a PNG gets 1 mm) must have a plausible
+    detector spacing, and its spacing is noted as given by the user.
     """
     if node is None or node.GetImageData() is None:
         raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
@@ -64,9 +66,15 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
         raise InputError(f"{what} ({node.GetName()}): expected a one-slice image, got "
                          f"{array.shape[0]} slices of {array.shape[1]}x{array.shape[2]}")
     spacing, _, _ = node_geometry(node)
-    source = json.loads(node.GetAttribute(SOURCE_ATTRIBUTE) or "{}")
+    pixel_spacing = (float(spacing[1]), float(spacing[0]))
+    recorded = node.GetAttribute(SOURCE_ATTRIBUTE)
+    source = json.loads(recorded or "{}")
     source.setdefault("node", node.GetName())
-    return Radiograph(np.array(array[0], dtype=np.float32), (float(spacing[1]), float(spacing[0])), source)
+    if not recorded:
+        source["spacing_field"] = "argument (the Slicer node's spacing)"
+        check_spacing(f"{what} ({node.GetName()})", array.shape[1:], pixel_spacing, source["spacing_field"],
+                      "set the node's spacing to the detector's pixel size (Volumes module, Volume Information)")
+    return Radiograph(np.array(array[0], dtype=np.float32), pixel_spacing, source)
 
 
 def place_like(node, reference_node, pixel_spacing: tuple[float, float]) -> None:

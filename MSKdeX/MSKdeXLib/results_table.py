@@ -99,12 +99,13 @@ def results_chart(table_node, scene, name: str, column: str = "mass_g", node=Non
     return node
 
 
-def write_csv(rows: Sequence[Mapping], path: str | Path) -> Path:
-    """Write the rows as CSV with the :data:`COLUMNS` header (units in the names), atomically."""
+def write_csv(rows: Sequence[Mapping], path: str | Path, ood: bool) -> Path:
+    """Write the rows as CSV with the :data:`COLUMNS` header (units in the names) and the
+    radiograph's out-of-distribution flag (0/1) per row, as ``mskdex decompose`` does, atomically."""
     def writer(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=[*COLUMNS, "ood"], extrasaction="ignore")
             w.writeheader()
             for r in rows:
-                w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+                w.writerow({**{k: ("" if r[k] is None else r[k]) for k in COLUMNS}, "ood": int(ood)})
     return write_atomic(path, writer)

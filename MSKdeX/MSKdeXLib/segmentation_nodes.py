@@ -5,12 +5,15 @@ A label map imported here becomes one segment per label value, named after the o
 :data:`VALUE_TAG`), so exporting it again gives back the same values on the same grid. A
 segmentation made elsewhere (Segment Editor, TotalSegmentator) is exported by segment name:
 pass ``values`` (name -> label value), e.g. from :func:`label_names` inverted; segments named
-``Label_<value>`` or ``Segment_<value>`` (how Slicer names segments of an imported label map
-without a colour table) give that value.
+``Label_<value>`` (a label map imported without a colour table) or ``Segment_<value>`` (a label
+file loaded as a segmentation) give that value. The Segment Editor names new segments
+``Segment_<n>`` too, so such a mapping is logged as a warning, and the segmentation QC shows
+each object's volume.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 
@@ -94,7 +97,12 @@ def segment_values(node, values: Mapping[str, int] | None = None,
     :data:`VALUE_TAG` tag, then a ``Label_<value>`` name. Segments with none of these raise
     :class:`InputError` listing them, unless ``skip_unknown``."""
     segmentation = node.GetSegmentation()
-    out, unknown = {}, []
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"segmentation {node.GetName()!r}: several segments are named {twice}; "
+                         "rename them so that each name stands for one object")
+    out, unknown, by_name = {}, [], []
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
         segment = segmentation.GetSegment(sid)
@@ -105,8 +113,12 @@ def segment_values(node, values: Mapping[str, int] | None = None,
             out[sid] = int(str(tag))
         elif _VALUE_NAME.match(segment.GetName()):
             out[sid] = int(_VALUE_NAME.match(segment.GetName()).group(1))
+            by_name.append(f"{segment.GetName()} -> {out[sid]}")
         else:
             unknown.append(segment.GetName())
+    if by_name:
+        logging.warning("segmentation %r: label values taken from segment names: %s",
+                        node.GetName(), ", ".join(by_name))
     if unknown and not skip_unknown:
         raise InputError(
             f"segmentation {node.GetName()!r}: segments {unknown} have no label value; name them "

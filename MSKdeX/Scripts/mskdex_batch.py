@@ -80,7 +80,7 @@ def run(argv: list[str]) -> int:
             print(f"mskdex_batch: {100 * fraction:3.0f}% {message}", flush=True)
 
         out = Pipeline(scene).decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
-        write_csv(table_rows(out.table), args.out)
+        write_csv(table_rows(out.table), args.out, out.decomposition.ood.flag)
         if args.scene is not None:
             save_scene(scene, args.scene, "mskdex")
         ood = out.decomposition.ood

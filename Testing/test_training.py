@@ -104,6 +104,7 @@ def test_bones_of_a_failed_registration_are_marked(dataset):
     case = {"registration": {"pelvis": {"ok": True}, "femur_left": {"ok": True}, "femur_right": {"ok": False}}}
     assert aligned_ok(case, ["pelvis", "femur"]).tolist() == [True, False]
     assert aligned_ok({"registration": {}}, ["pelvis", "femur"]).tolist() == [True, True]  # not registered (toy)
+    assert aligned_ok({"registration": {"pelvis": {"ok": True}}}, ["pelvis", "femur"]).tolist() == [True, False]
     assert PreparedDataset(dataset).load(0)["aligned_ok"].tolist() == [True, True]
     with pytest.raises(InputError, match="not 'ok'"):
         PreparedDataset(dataset, ids=["toy_x000"])

@@ -77,8 +77,8 @@ def aligned_ok(case: dict, bones: list[str]) -> torch.Tensor:
     ``registration`` records as failed (kept by ``prepare --include-failed``) is not used by the
     bone loss. Without registration records (e.g. the toy dataset) every bone counts."""
     done = case.get("registration") or {}
-    bodies = {"femur": ("femur_left", "femur_right")}
-    return torch.tensor([all(done.get(b, {"ok": True}).get("ok", False) for b in bodies.get(bone, (bone,)))
+    bodies = {"femur": ("femur_left", "femur_right")}  # registration.rigid_bodies' names
+    return torch.tensor([not done or all(done.get(b, {}).get("ok", False) for b in bodies.get(bone, (bone,)))
                          for bone in bones])
 
 

@@ -117,11 +117,26 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
         generate.generate_cohort(2, 4, b, "test", workers=1)
     with pytest.raises(ValueError, match="not shrink it to 1"):
         generate.generate_cohort(1, 3, b, "test", workers=1)
+    with pytest.raises(InputError, match="seed must be >= 0"):
+        generate.generate_cohort(2, -1, tmp_path / "neg", "test", workers=1)
+    assert not (tmp_path / "neg").exists()
+    # templates of the same names but other content are another cohort
+    from MSKdeXTraining.cohort.anatomy import bundled_templates_dir
+
+    changed = tmp_path / "templates"
+    shutil.copytree(bundled_templates_dir(), changed)
+    settings = json.loads((changed / "template.json").read_text())
+    (changed / "template.json").write_text(json.dumps(settings, indent=1))
+    with pytest.raises(InputError, match="field 'generator'"):
+        generate.generate_cohort(2, 3, b, "test", workers=1, templates=[changed])
     # a cohort whose run did not finish is refused by prepare, with what to do
     meta["complete"] = False
     (b / "cohort.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="'complete' is not true.*rerun the same `mskdex cohort`"):
         read_cohort(b)
+    (b / "cohort.json").write_text("[1]")
+    with pytest.raises(InputError, match="cohort.json: expected a JSON object"):
+        generate.generate_cohort(2, 3, b, "test", workers=1)
 
 
 def test_hu_ranges_per_tissue():

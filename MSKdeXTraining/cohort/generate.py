@@ -11,6 +11,7 @@ which the next run removes and redoes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,7 +31,8 @@ from ..fileio import write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume
-from .anatomy import FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map
+from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
+                      template_settings)
 from .patient import build_patient, sample_patient
 from .radiograph import Radiograph, RigidBody, XraySettings, simulate_radiograph
 
@@ -216,6 +218,8 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     """
     if n < 1:
         raise InputError(f"n must be >= 1 case, got {n}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0, got {seed}")
     preset = _size(size)
     out = Path(out)
     dirs = find_templates(templates)
@@ -225,6 +229,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
               "generator": {"name": "mskdex cohort", "version": GENERATOR_VERSION,
                             "code_version": __version__,
                             "templates": [d.name for d in dirs],
+                            "template_sha256": {d.name: _template_digest(d) for d in dirs},
                             "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV}}
     _check_resume(out / "cohort.json", header)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,6 +259,16 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     return out
 
 
+def _template_digest(folder: Path) -> str:
+    """SHA-256 over a template's files and the ``template.json`` it uses (a resumed cohort
+    must be made from the same templates, not only from folders of the same names)."""
+    digest = hashlib.sha256()
+    settings = template_settings(folder)[1]
+    for path in sorted(p for p in folder.iterdir() if p.is_file()) + ([settings] if settings else []):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _init_worker() -> None:
     torch.set_num_threads(1)
 
@@ -271,6 +286,12 @@ def _check_resume(path: Path, header: dict) -> None:
         old = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e}); remove the folder or choose another --out") from None
+    if not isinstance(old, dict):
+        raise InputError(f"{path}: expected a JSON object (a cohort header), got {type(old).__name__}; "
+                         "remove the folder or choose another --out")
+    if isinstance(old.get("generator"), dict) and "template_sha256" not in old["generator"]:
+        # written before templates were hashed: compare what it recorded
+        header = {**header, "generator": {k: v for k, v in header["generator"].items() if k != "template_sha256"}}
     for key in ("format", "version", "seed", "size", "generator"):
         if old.get(key) != header[key]:
             raise InputError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "

@@ -140,8 +140,8 @@ def build_patient(template: Template, params: dict, spacing: float,
     disp = smooth_field(d["seed"], grid.array.shape, spacing, d["length_mm"], 3) * d["amplitude_mm"]
     labels = _sample_labels(template.labels, similar - fade[..., None] * disp)
     realised = change_muscle_volumes(labels, params["volume_factor"], spacing)
-    body = labels > 0
     depth = _skin_depth(labels, params["skin_shift_mm"], spacing)
+    body = labels > 0  # after the skin shift (it moves the body's surface)
     hu = _hu(labels, depth, params, spacing)
     ct = params["ct"]
     hu = ndimage.gaussian_filter(hu, ct["blur_sigma_mm"] / spacing)

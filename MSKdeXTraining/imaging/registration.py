@@ -151,7 +151,7 @@ class RegistrationSettings:
         """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
         evaluations, no joint refinement).
 
-        Measured on the demo cohort (one torch thread): accurate ~9.5 s pelvis, ~2.7 s femur;
+        Measured on the demo cohort (one torch thread): accurate ~8.3 s pelvis, ~2.4 s femur;
         fast ~3.7 s pelvis, ~1 s femur (docs/registration.md).
         """
         if name == "accurate":

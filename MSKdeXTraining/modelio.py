@@ -40,6 +40,8 @@ UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/
          "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
+#: Training statistics of the out-of-distribution check (:meth:`LoadedModel.ood`).
+OOD_FIELDS = ("feature_mean", "feature_cov", "feature_p99", "intensity_mean", "intensity_std")
 
 
 class ModelFormatError(InputError):
@@ -118,9 +120,22 @@ def read_meta(run: str | Path) -> dict:
     check_code_version(meta["code_version"], str(path))
     if list(meta["drr_types"]) != DRR_TYPES:
         raise ModelFormatError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {meta['drr_types']}")
-    if np.shape(meta["scale"]) != (3, len(meta["objects"])):
-        raise ModelFormatError(f"{path}: field 'scale' must have shape (3, {len(meta['objects'])}), "
-                               f"got {np.shape(meta['scale'])}")
+    n = len(meta["objects"])
+    if np.shape(meta["scale"]) != (3, n):
+        raise ModelFormatError(f"{path}: field 'scale' must have shape (3, {n}), got {np.shape(meta['scale'])}")
+    if len(meta["kinds"]) != n:
+        raise ModelFormatError(f"{path}: field 'kinds' must have one entry per object ({n}), got {len(meta['kinds'])}")
+    problems = [f"'input' needs 'mean' and 'std' > 0"] if not (
+        isinstance(meta["input"], dict) and {"mean", "std"} <= set(meta["input"]) and meta["input"]["std"] > 0) else []
+    ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
+    missing = sorted(set(OOD_FIELDS) - set(ood))
+    if missing:
+        problems.append(f"'ood' lacks {missing}")
+    elif np.shape(ood["feature_cov"]) != (len(ood["feature_mean"]),) * 2:
+        problems.append(f"'ood' feature_cov has shape {np.shape(ood['feature_cov'])}, not square as "
+                        f"wide as feature_mean ({len(ood['feature_mean'])})")
+    if problems:
+        raise ModelFormatError(f"{path}: field {'; '.join(problems)}")
     return meta
 
 
@@ -202,6 +217,10 @@ def load_model(run: str | Path, device: str | torch.device = "cpu",
     except RuntimeError as e:
         raise ModelFormatError(f"{run / 'model.safetensors'}: weights do not fit the network "
                                f"described in model.json ({str(e).splitlines()[0]})") from None
+    width = generator.net.out.in_channels  # the pooled features' width
+    if len(meta["ood"]["feature_mean"]) != width:
+        raise ModelFormatError(f"{run / 'model.json'}: field 'ood' has {len(meta['ood']['feature_mean'])} "
+                               f"feature statistics; the network described in 'config' has {width}")
     device = torch.device(device)
     origin = {"run": str(run.resolve()),
               "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()}

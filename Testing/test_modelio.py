@@ -75,6 +75,11 @@ def test_pickle_renamed_as_safetensors_is_refused(run, tmp_path):
     ("code_version", "9.0.0", "written by MSKdeX 9.0.0"),
     ("format", "other", "field 'format'"),
     ("scale", [[1.0]], "field 'scale' must have shape"),
+    ("kinds", ["muscle"], "field 'kinds' must have one entry per object"),
+    ("input", {"mean": 0.5}, "'input' needs 'mean' and 'std'"),
+    ("ood", {"feature_mean": [0.0]}, "'ood' lacks"),
+    ("ood", {"feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5, "feature_p99": 1.0,
+             "intensity_mean": [0.5, 0.1], "intensity_std": [0.2, 0.1]}, "'ood' has 5 feature statistics"),
 ])
 def test_bad_metadata_is_refused(run, tmp_path, field, value, message):
     dst = copy_run(run[0], tmp_path)

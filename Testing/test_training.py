@@ -53,6 +53,12 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("small", {"bone_loss": "yes"})
     with pytest.raises(ValueError, match="'lr_min' must be <= lr"):
         load_config("small", {"lr_min": 1.0})
+    # values that would crash only after the dataset pass are refused up front
+    for bad, message in [({"seed": -1}, "'seed' must be >= 0"), ({"beta1": 1.5}, "'beta1' must be in"),
+                         ({"d_width": 0}, "'d_width' must be >= 1"), ({"g_head_width": 0}, "'g_head_width'"),
+                         ({"d_layers": 5}, "at least 96 pixels for the critic")]:
+        with pytest.raises(ValueError, match=message):
+            load_config("small", bad)
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"epochs": 3, "image_size": [32, 48]}))
     assert load_config(cfg).size == (32, 48)

@@ -77,16 +77,25 @@ class TrainConfig:
         def need(ok: bool, field: str, what: str) -> None:
             if not ok:
                 raise InputError(f"config field {field!r} must be {what}, got {getattr(self, field)!r}")
-        for f in ("epochs", "batch_size", "sgdr_t0", "sgdr_t_mult", "checkpoint_every"):
+        for f in ("epochs", "batch_size", "sgdr_t0", "sgdr_t_mult", "checkpoint_every",
+                  "g_width", "g_branches", "g_modules", "g_blocks", "f_width", "d_width",
+                  "d_layers", "d_scales"):
             need(getattr(self, f) >= 1, f, ">= 1")
         for f in ("lr", "lr_min", "weight_decay", "lambda_gan", "lambda_cyc", "lambda_gca",
                   "lambda_gcb", "lambda_is", "lambda_l1", "lambda_bone", "pool_size",
-                  "owis_warmup_epochs", "num_workers"):
+                  "owis_warmup_epochs", "num_workers", "seed", "fold_seed", "f_down", "f_blocks"):
             need(getattr(self, f) >= 0, f, ">= 0")
+        for f in ("beta1", "beta2"):
+            need(0 <= getattr(self, f) < 1, f, "in [0, 1) (AdamW)")
+        need(self.g_head_width is None or self.g_head_width >= 1, "g_head_width", "null or >= 1")
         need(self.lr_min <= self.lr, "lr_min", f"<= lr ({self.lr})")
         need(self.gan_mode in GAN_MODES, "gan_mode", f"one of {GAN_MODES}")
         need(len(self.size) == 2 and min(self.size) >= 16, "image_size",
              "an int or [rows, cols], at least 16 pixels")
+        # the PatchGAN's strided convs need room: 3 x 2^(layers + scales - 1) pixels
+        critic = 3 * 2 ** (self.d_layers + self.d_scales - 1)
+        need(not self.gan or min(self.size) >= critic, "image_size",
+             f"at least {critic} pixels for the critic (d_layers {self.d_layers}, d_scales {self.d_scales})")
         self.g_spec  # validates the HRNet fields
 
     @property

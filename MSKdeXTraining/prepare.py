@@ -96,7 +96,8 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
     if qc.failed and not include_failed:
         return _finish(entry, out, t0)
     try:
-        results = register_bodies(ct, labels, objects, xray, xray_geometry, settings=settings)
+        results = register_bodies(ct, labels, objects, xray, xray_geometry, settings=settings,
+                                  source=str(case_dir / "labels.nii.gz"))
     except InputError as e:
         entry["reasons"].append(f"registration impossible: {e}")
         return _finish(entry, out, t0)

@@ -17,7 +17,7 @@ from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
     PRESETS, Level, RegistrationSettings, SoftTissueRenderer, _Attached, _FixedGC, body_centroid,
     default_isocenter, femoral_head_center, read_xray, register_bodies, register_bone,
-    registration_errors, render_body, rigid_bodies, surface_points)
+    pose_from_params, registration_errors, render_body, rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
@@ -284,14 +284,44 @@ def test_femoral_head_center_is_the_head_sphere_not_the_top_centroid():
     top = np.argwhere(femur)[:, ::-1] * 2.0
     centroid = top[top[:, 2] >= top[:, 2].max() - 25.0].mean(axis=0)  # the old estimate
     assert np.linalg.norm(centroid - head) > 10.0
+    # the same femur stored with a flipped row axis gives the same centre (no sampling order effect)
+    flipped = Volume(femur[:, ::-1].astype(np.uint8), (2.0, 2.0, 2.0), (0.0, 78.0, 0.0),
+                     np.diag([1.0, -1.0, 1.0]))
+    np.testing.assert_allclose(femoral_head_center(flipped, (1,)), femoral_head_center(labels, (1,)), atol=1e-9)
 
 
-def test_grid_search_finds_a_far_start(phantom_case):
+def test_a_missing_body_is_named_before_any_work():
+    objects = load_object_map("synthetic")
+    a = np.zeros((20, 20, 20), np.uint8)
+    a[2:8, 5:15, 5:15], a[10:18, 2:8, 5:15] = 1, 3  # pelvis and the left femur; no right femur
+    labels = Volume(a, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    g = Geometry(rows=32, cols=32, pixel_spacing=(2.0, 2.0))
+    with pytest.raises(InputError, match=r"labels.nii.gz: body 'femur_right' \(label values \[4\]\) has no voxels"):
+        register_bodies(labels, labels, objects, np.zeros((32, 32)), g, source="labels.nii.gz")
+
+
+def test_depth_runs_along_the_camera_axis_in_parallel_geometry():
+    centre = np.array([100.0, -60.0, 880.0])
+    for parallel in (False, True):
+        g = Geometry(rows=64, cols=64, pixel_spacing=(1.0, 1.0), parallel=parallel)
+        moved = pose_from_params(np.array([0, 0, 0, 0, 0, 20.0]), centre, np.eye(4), parallel)
+        np.testing.assert_allclose(project(apply(moved, centre), g), project(centre, g), atol=1e-9)
+
+
+def test_grid_search_finds_a_far_start(phantom_case, monkeypatch):
     # 35 mm off in-plane: beyond the local optimiser's reach, within the +-32 mm grid
+    import MSKdeXTraining.imaging.registration as reg
+
     ct, labels, g, base, truth, xray = phantom_case
     start = rigid((0.0, 0.0, 0.0), (25.0, -25.0, 0.0)) @ truth
     points = surface_points(labels, (1,))
+    scored = []
+    call = reg._Objective.__call__
+    monkeypatch.setattr(reg._Objective, "__call__", lambda self, xs: scored.append(len(np.atleast_2d(xs)))
+                        or call(self, xs))
     r = register_bone(ct, labels, (1,), xray, g, start, replace(QUICK, grid_search_mm=(32.0, 8.0)))
+    assert r.evaluations == sum(scored)  # every pose scored is counted, the grid's 81 too
+    monkeypatch.undo()
     assert r.ok and registration_errors(truth, r.pose, points, g)["projected_mm"] < 4.0
     plain = register_bone(ct, labels, (1,), xray, g, start, QUICK)
     assert registration_errors(truth, plain.pose, points, g)["projected_mm"] > 20.0

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix_str(message, refresh=True)
 
         results = register_bodies(ct, labels, objects, xray, geometry, settings=settings,
-                                  progress=progress)
+                                  progress=progress, source=str(args.labels))
     args.out.mkdir(parents=True, exist_ok=True)
     drrs = []
     for name, r in results.items():

@@ -489,7 +489,7 @@ class _Objective:
 
     def pose(self, x: np.ndarray) -> np.ndarray:
         return pose_from_params(np.asarray(x, float) * self.scale, self.center_cam,
-                                self.start_pose)
+                                self.start_pose, self.geometry.parallel)
 
     def _mask(self, x: np.ndarray) -> torch.Tensor:
         margin = self.settings.mask_margin_mm
@@ -567,7 +567,7 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     scale = np.asarray(settings.scale, float)
     x = np.zeros(6) if initial_params is None else np.asarray(initial_params, float) / scale
     evaluations, level_gc = 0, []
-    first_pose = pose_from_params(x * scale, center_cam, start_pose)
+    first_pose = pose_from_params(x * scale, center_cam, start_pose, geometry.parallel)
     levels = settings.levels
     for li, level in enumerate(levels):
         g = level.geometry(geometry)
@@ -580,8 +580,9 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
             margin = settings.mask_margin_mm
             wide = replace(settings, mask_margin_mm=None if margin is None
                            else margin + settings.grid_search_mm[0])
-            x = _grid_search(_Objective(renderer, xray, g, start_pose, center_cam, scale, wide, x,
-                                        bg, att), x, settings.grid_search_mm, scale)
+            grid = _Objective(renderer, xray, g, start_pose, center_cam, scale, wide, x, bg, att)
+            x = _grid_search(grid, x, settings.grid_search_mm, scale)
+            evaluations += grid.evaluations
         obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x, bg, att)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
@@ -601,17 +602,18 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
                               settings.gc_threshold)
 
 
-def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.ndarray
-                     ) -> np.ndarray:
+def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.ndarray,
+                     parallel: bool = False) -> np.ndarray:
     """Pose (world -> camera) from ``(rx, ry, rz, tx, ty, tz)`` (deg, mm) about ``center_cam``.
 
     Rotations: extrinsic x-y-z about ``center_cam`` (camera mm). Translations: ``tx, ty``
     along the detector axes and ``tz`` along the ray from the source through ``center_cam``,
     so a depth change only scales the body's projection about its centre (in perspective
-    geometry depth and in-plane shift are otherwise coupled for bodies off the central ray).
+    geometry depth and in-plane shift are otherwise coupled for bodies off the central ray);
+    in ``parallel`` geometry the rays run along camera z, and so does ``tz``.
     """
     c = np.asarray(center_cam, float)
-    ray = c / np.linalg.norm(c) if np.linalg.norm(c) > 0 else np.array([0.0, 0.0, 1.0])
+    ray = c / np.linalg.norm(c) if np.linalg.norm(c) > 0 and not parallel else np.array([0.0, 0.0, 1.0])
     t = params[3] * np.array([1.0, 0.0, 0.0]) + params[4] * np.array([0.0, 1.0, 0.0]) + params[5] * ray
     return rigid(params[:3], t, c) @ start_pose
 
@@ -619,9 +621,11 @@ def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.
 def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: np.ndarray,
                     geometry: Geometry, start_pose: np.ndarray | None = None,
                     settings: RegistrationSettings | None = None,
-                    progress: Progress | None = None) -> dict[str, RegistrationResult]:
+                    progress: Progress | None = None,
+                    source: str = "label map") -> dict[str, RegistrationResult]:
     """Register the pelvis, then each femur, of one CT to its radiograph, then (with
-    ``settings.refine``) refine them jointly (:func:`refine_jointly`).
+    ``settings.refine``) refine them jointly (:func:`refine_jointly`). ``source`` names the
+    label map in the error raised, before any work, for a body without voxels.
 
     The pelvis (with sacrum) starts from ``start_pose`` (default: the AP view about
     :func:`default_isocenter`, with a search over in-plane shifts of +-:data:`START_SEARCH_MM`).
@@ -631,6 +635,10 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     """
     settings = settings or RegistrationSettings()
     bodies = rigid_bodies(objects)
+    for name, values in bodies.items():
+        if not np.isin(labels.array, values).any():
+            raise InputError(f"{source}: body {name!r} (label values {list(values)}) has no voxels; "
+                             "registration needs the pelvis and both femurs")
     names = list(bodies)
     steps = (2 if settings.refine else 1) * len(names)
 
@@ -674,7 +682,8 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
     and its own share (warped with it; :class:`SoftTissueRenderer`).
 
     ``jobs[name]``: the body's (start pose, settings, rotation centre) of the first pass. A
-    refinement losing more than :data:`REFINE_MAX_GC_DROP` of the body's own GC is rejected.
+    refinement losing more than :data:`REFINE_MAX_GC_DROP` of the body's own GC (both poses
+    scored in the first pose's GC region) is rejected.
     ``seconds``, ``evaluations`` and ``level_gc`` of a result cover both passes.
     """
     names = list(bodies)
@@ -694,7 +703,9 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
         refined = register_bone(ct, labels, bodies[name], radiograph, geometry, start, refine,
                                 progress(name, k), centre, rest, first.params, shares[name])
         best = first
-        if refined.gc >= first.gc - REFINE_MAX_GC_DROP:  # else pulled away: keep the first
+        gc_first, gc_refined = _own_gc(ct, labels, bodies[name], radiograph, geometry, start, settings,
+                                       first.center_cam, first.params, [first.params, refined.params])
+        if gc_refined >= gc_first - REFINE_MAX_GC_DROP:  # else pulled away: keep the first
             best = refined
             drrs[name] = render_body(ct, labels, bodies[name], best.pose, geometry)
             shares[name] = soft.render(name, best.pose, geometry)
@@ -702,6 +713,19 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
                                 level_gc=first.level_gc + refined.level_gc,
                                 seconds=first.seconds + setup_s + time.perf_counter() - t0)
     return results
+
+
+def _own_gc(ct: Volume, labels: Volume, body_labels: tuple[int, ...], radiograph: np.ndarray,
+            geometry: Geometry, start_pose: np.ndarray, settings: RegistrationSettings,
+            center_cam: np.ndarray, params_ref: np.ndarray, params: list[np.ndarray]) -> np.ndarray:
+    """The body's own GC (its DRR alone) at each of ``params`` (deg, mm, about ``center_cam``
+    after ``start_pose``), all within the one GC region around ``params_ref``."""
+    scale = np.asarray(settings.scale, float)
+    obj = _Objective(BodyRenderer(ct, labels, body_labels),
+                     torch.from_numpy(np.asarray(radiograph, np.float32)), geometry, start_pose,
+                     center_cam, scale, settings, np.asarray(params_ref, float) / scale)
+    xs = np.asarray(params, float) / scale
+    return -obj(xs) + obj.penalty(xs)
 
 
 def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm: float = 40.0,
@@ -720,6 +744,7 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
 
     pts = surface_points(labels, femur_labels, max_points=None)
     pts = pts[pts[:, 2] >= pts[:, 2].max() - depth_mm]
+    pts = pts[np.lexsort(np.round(pts, 6).T[::-1])]  # the same samples whatever the file's axis order
     rng = np.random.default_rng(0)
     best, best_count = None, 0
     for _ in range(trials if len(pts) >= 4 else 0):

@@ -326,12 +326,12 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
         target = out / name
         report(k / max(1, len(inputs)), f"{path.name}")
-        key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-               "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
-               "magnification": magnification, "tta": tta, "seed": seed,
-               "model_sha256": decomposer.model.origin.get("weights_sha256")}
+        options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
+                   "magnification": magnification, "tta": tta, "seed": seed,
+                   "model_sha256": decomposer.model.origin.get("weights_sha256")}
         done = target / "decomposition.json"
         if done.is_file():
+            key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **options}
             if _recorded_batch_key(done) != key:
                 raise FileExistsError(f"{done}: holds a result of other input content, settings or "
                                       f"model than {path} with these options; choose another output folder")
@@ -344,7 +344,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         except InputError as e:
             summaries.append({"input": str(path), "output": str(target), "error": str(e)})
             continue
-        result.source["batch"] = key
+        result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
         paths = result.write(target)
         summaries.append({"input": str(path), "output": str(target), "ood": result.ood.flag,
                           "reasons": result.ood.reasons, "seconds": time.perf_counter() - t0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
@@ -97,8 +98,8 @@ def segment_values(node, values: Mapping[str, int] | None = None,
     :data:`VALUE_TAG` tag, then a ``Label_<value>`` name. Segments with none of these raise
     :class:`InputError` listing them, unless ``skip_unknown``."""
     segmentation = node.GetSegmentation()
-    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    twice = sorted({n for n in names if names.count(n) > 1})
+    names = Counter(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments()))
+    twice = sorted(n for n, count in names.items() if count > 1)
     if twice:
         raise InputError(f"segmentation {node.GetName()!r}: several segments are named {twice}; "
                          "rename them so that each name stands for one object")
@@ -111,8 +112,8 @@ def segment_values(node, values: Mapping[str, int] | None = None,
             out[sid] = int(values[segment.GetName()])
         elif segment.GetTag(VALUE_TAG, tag):
             out[sid] = int(str(tag))
-        elif _VALUE_NAME.match(segment.GetName()):
-            out[sid] = int(_VALUE_NAME.match(segment.GetName()).group(1))
+        elif match := _VALUE_NAME.match(segment.GetName()):
+            out[sid] = int(match.group(1))
             by_name.append(f"{segment.GetName()} -> {out[sid]}")
         else:
             unknown.append(segment.GetName())

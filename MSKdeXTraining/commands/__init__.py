@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import InputError
+
 
 def pixel_spacing_option(values: list[float] | None) -> tuple[float, float] | None:
     """``--pixel-spacing`` (one value, or row and column; mm) as (row, column), None if absent."""
-    from ..imaging.volume import InputError
-
     if values is None:
         return None
     if len(values) not in (1, 2):

@@ -29,8 +29,6 @@ import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +43,7 @@ from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, rigid_bodies)
 from .imaging.volume import InputError, read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
+from .parallel import run_jobs
 from .qc import segmentation_qc
 
 FORMAT = "mskdex-dataset"
@@ -208,31 +207,16 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
                           "registration": settings.to_json(), "include_failed": include_failed})
     todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
             and not (out / "cases" / f"{c}.json").is_file()]
-    done, total = 0, len(todo)
+    total = len(todo)
     report = progress or (lambda f, m: None)
     report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")
     jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out) for c in todo]
     workers = min(workers or os.cpu_count() or 1, max(total, 1))
-    if workers <= 1:
-        for job in jobs:
-            entry = prepare_case(*job)
-            done += 1
-            report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futures = [pool.submit(prepare_case, *job) for job in jobs]
-            for fut in as_completed(futures):
-                entry = fut.result()
-                done += 1
-                report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
+    for done, (_, entry) in enumerate(run_jobs(prepare_case, jobs, workers), 1):
+        report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
     if all((out / "cases" / f"{c}.json").is_file() for c in meta["cases"]):
         merge_manifest(out, cohort)
     return out
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def _check_settings(out: Path, settings: dict) -> None:

@@ -16,14 +16,11 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .. import __version__
 from ..errors import InputError
@@ -31,6 +28,7 @@ from ..fileio import write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume
+from ..parallel import run_jobs
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
                       template_settings)
 from .patient import build_patient, sample_patient
@@ -242,19 +240,9 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     report(done / n, f"{done}/{n} cases")
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     paths = [str(d) for d in dirs]
-    if workers == 1:
-        for i in todo:
-            generate_case(i, seed, out, size, paths)
-            done += 1
-            report(done / n, f"{done}/{n} cases")
-    elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                 initializer=_init_worker) as pool:
-            futures = [pool.submit(generate_case, i, seed, out, size, paths) for i in todo]
-            for f in as_completed(futures):
-                f.result()
-                done += 1
-                report(done / n, f"{done}/{n} cases")
+    jobs = [(i, seed, out, size, paths) for i in todo]
+    for done, _ in enumerate(run_jobs(generate_case, jobs, workers), done + 1):
+        report(done / n, f"{done}/{n} cases")
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [case_id(i) for i in range(n)]})
     return out
 
@@ -267,10 +255,6 @@ def _template_digest(folder: Path) -> str:
     for path in sorted(p for p in folder.iterdir() if p.is_file()) + ([settings] if settings else []):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)
 
 
 def _size(size: str) -> CohortSize:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import write_json
 from ..objects import DISPLAY_NAMES
+from ..parallel import run_jobs
 from .crossval import Predictions, anova, run_folds
 from .report import Section, Table, anova_table, markdown, write_csv, write_html, write_markdown
 
@@ -60,21 +59,10 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
             for s in settings}
     results: dict[tuple[float, bool], Predictions] = {}
     report(0.0, f"{len(settings)} settings on {workers} process(es)")
-    if workers == 1:
-        for n, s in enumerate(settings):
-            results[s] = _run_setting(*jobs[s])
-            report((n + 1) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_setting, *jobs[s]): s for s in settings}
-            try:
-                for f in as_completed(futures):
-                    s = futures[f]
-                    results[s] = f.result()
-                    report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
-            except BaseException:  # report a failed setting now, not after the queued ones
-                pool.shutdown(cancel_futures=True)
-                raise
+    for index, preds in run_jobs(_run_setting, [jobs[s] for s in settings], workers, threads):
+        s = settings[index]
+        results[s] = preds
+        report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
     rows = [_row(s, results[s]) for s in settings]
     _write(Path(out), rows, results, k, fold)
     return rows

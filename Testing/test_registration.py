@@ -16,8 +16,9 @@ from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, p
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
     PRESETS, Level, RegistrationSettings, SoftTissueRenderer, _Attached, _FixedGC, body_centroid,
-    default_isocenter, femoral_head_center, read_xray, register_bodies, register_bone,
+    default_isocenter, femoral_head_center, read_xray, register_bodies, register_body, register_bone,
     pose_from_params, registration_errors, render_body, rigid_bodies, surface_points)
+from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
@@ -258,6 +259,29 @@ def test_real_ct_hip_bones_recovered(shared_data):
         assert e["projected_mm"] < tolerance[name][0] and e["mtre_mm"] < tolerance[name][1], (name, e)
         levels = RegistrationSettings().levels  # + the joint refinement at full resolution:
         assert len(r.level_gc) == len(levels) + sum(lv.geometry(g).shape == g.shape for lv in levels)
+
+
+def test_one_body_registers_as_in_the_first_pass_of_all_bodies(shared_data):
+    """``register_body`` (Slicer's one-bone registration) is ``register_bodies``' first pass:
+    the pelvis from the default view with its start search, each femur from the pelvis about
+    its head, with the femur prior and GC threshold."""
+    folder = shared_data / "totalsegmentator-example"
+    ct = read_ct(folder / "example_ct.nii.gz")
+    labels = read_labels(folder / "example_seg_fast_force_split.nii.gz")
+    objects = load_object_map("totalsegmentator")
+    g = Geometry(rows=48, cols=48, pixel_spacing=(8.0, 8.0), sdd=1100.0, sod=880.0)
+    centre = body_centroid(labels, rigid_bodies(objects)["pelvis"])
+    pose = rigid((2.0, 0.0, 3.0), (6.0, -5.0, 0.0), apply(default_ap_pose(centre, g), centre)) @ default_ap_pose(centre, g)
+    xray = project_objects(ct, labels, objects.select(["pelvis", "femur", "sacrum"]), g, pose).data[0].sum(0).numpy()
+    cheap = replace(QUICK, levels=(Level(8.0, "cma", 4, 1.0),), translation_sd_mm=None, refine=False)
+    every = register_bodies(ct, labels, objects, xray, g, settings=cheap)
+    pelvis = register_body(ct, labels, objects, "pelvis", xray, g, settings=cheap)
+    femur = register_body(ct, labels, objects, "femur_left", xray, g, pelvis_pose=pelvis.pose, settings=cheap)
+    np.testing.assert_array_equal(pelvis.pose, every["pelvis"].pose)
+    np.testing.assert_array_equal(femur.pose, every["femur_left"].pose)
+    assert femur.gc_threshold == every["femur_left"].gc_threshold > pelvis.gc_threshold
+    with pytest.raises(InputError, match="bone: expected one of"):
+        register_body(ct, labels, objects, "tibia", xray, g, settings=cheap)
 
 
 def test_search_starts_between_the_femoral_heads_or_at_the_image_centre(shared_data):

@@ -211,8 +211,10 @@ def test_long_work_can_be_cancelled(example):
 
 @pytest.mark.slow
 def test_bone_alignment_through_the_bridge():
-    """Register a small synthetic pelvis to its own DRR in a shifted pose: transform node, GC, layer."""
-    from MSKdeXTraining.imaging.geometry import rigid
+    """Register a small synthetic pelvis to its own DRR in a shifted pose: transform node, GC, layer;
+    then a femur, which starts from the pelvis's pose node and turns about its head."""
+    from MSKdeXTraining.imaging.geometry import apply, rigid
+    from MSKdeXTraining.imaging.registration import femoral_head_center
     from MSKdeXTraining.imaging.volume import Volume
     from MSKdeXTraining.radiograph_io import Radiograph
 
@@ -220,8 +222,8 @@ def test_bone_alignment_through_the_bridge():
     z, y, x = np.mgrid[:28, :28, :28].astype(float)
     labels = np.zeros(x.shape, np.uint8)
     labels[((x - 14) / 9) ** 2 + ((y - 14) / 4) ** 2 + ((z - 18) / 5) ** 2 <= 1] = 1  # pelvis
-    labels[((x - 9) / 2.5) ** 2 + ((y - 14) / 2.5) ** 2 + ((z - 8) / 5) ** 2 <= 1] = 3  # femur left
-    labels[((x - 19) / 2.5) ** 2 + ((y - 14) / 2.5) ** 2 + ((z - 8) / 5) ** 2 <= 1] = 4  # femur right
+    labels[(x - 7) ** 2 + (y - 14) ** 2 + (z - 7) ** 2 <= 4.5 ** 2] = 3  # femur left (a head)
+    labels[(x - 21) ** 2 + (y - 14) ** 2 + (z - 7) ** 2 <= 4.5 ** 2] = 4  # femur right
     ct = Volume(np.where(labels > 0, 700, 0).astype(np.int16), (4.0, 4.0, 4.0), (-56.0, -56.0, -56.0), np.eye(3))
     labels = ct.with_array(labels)
     scene = slicer.vtkMRMLScene()
@@ -230,8 +232,9 @@ def test_bone_alignment_through_the_bridge():
     geometry = Geometry(48, 48, (4.0, 4.0))
     reference = Pipeline.reference_pose(ct, geometry)
     truth = rigid((0.0, 0.0, 3.0), (4.0, -3.0, 0.0)) @ reference
-    drr = project_objects(ct, labels, objects.select(["pelvis"]), geometry, truth).data[0, 0].numpy()
-    xray_node = radiograph_to_node(Radiograph((drr / drr.max()).astype(np.float32), (4.0, 4.0), {}), scene, "xray")
+    drrs = project_objects(ct, labels, objects.select(["pelvis", "femur"]), geometry, truth).data[0].numpy()
+    drr, film = drrs[0], drrs.sum(0)  # the pelvis alone; the film shows the femurs too
+    xray_node = radiograph_to_node(Radiograph((film / film.max()).astype(np.float32), (4.0, 4.0), {}), scene, "xray")
 
     result, transform, layer = Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "pelvis",
                                                         geometry.sdd, geometry.sod, "fast")
@@ -252,6 +255,12 @@ def test_bone_alignment_through_the_bridge():
     np.testing.assert_allclose(again.pose[:2, 3], truth[:2, 3], atol=2.0)
     with pytest.raises(InputError, match="bone: expected one of"):
         Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "tibia", 1100.0, 880.0)
+    femur, _, _ = Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "femur_left", geometry.sdd,
+                                           geometry.sod, "fast")
+    pelvis_pose = pose_from_transform_node(scene.GetFirstNodeByName("MSKdeX aligned pelvis pose"))
+    head = femoral_head_center(labels, (3,))
+    np.testing.assert_allclose(femur.center_cam, apply(pelvis_pose, head), atol=1e-9)
+    assert femur.gc_threshold == 0.5 and femur.gc > 0.5
 
 
 def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_model):

@@ -102,13 +102,16 @@ class Pipeline:
                  sdd: float, sod: float, preset: str = "fast", progress: ProgressRelay | None = None,
                  start_pose: np.ndarray | None = None):
         """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
-        radiograph (SDD/SOD in mm); returns (result, transform node, aligned bone DRR layer).
+        radiograph (SDD/SOD in mm) as ``mskdex register`` does in its first pass
+        (:func:`~MSKdeXTraining.imaging.registration.register_body`); returns (result,
+        transform node, aligned bone DRR layer).
 
         ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
-        from the transform node after the user moved it (Redo)."""
-        from MSKdeXTraining.imaging.registration import RegistrationSettings, register_bone, rigid_bodies
+        from the transform node after the user moved it (Redo). Without it a femur starts from
+        the pelvis's registered pose node, when there is one."""
+        from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
 
-        from .pose_nodes import pose_node_name, pose_to_transform_node
+        from .pose_nodes import pose_from_transform_node, pose_node_name, pose_to_transform_node
 
         bodies = rigid_bodies(objects)
         if body not in bodies:
@@ -117,8 +120,11 @@ class Pipeline:
         radiograph = radiograph_from_node(radiograph_node)
         geometry = Geometry(radiograph.array.shape[0], radiograph.array.shape[1],
                             radiograph.pixel_spacing, sdd, sod)
-        result = register_bone(ct, labels, bodies[body], radiograph.array, geometry, start_pose,
-                               settings=RegistrationSettings.preset(preset), progress=progress)
+        pelvis_node = self.scene.GetFirstNodeByName(pose_node_name("pelvis"))
+        pelvis_pose = pose_from_transform_node(pelvis_node) if pelvis_node is not None and body != "pelvis" else None
+        result = register_body(ct, labels, objects, body, radiograph.array, geometry, start_pose, pelvis_pose,
+                               RegistrationSettings.preset(preset), progress,
+                               source=f"segmentation {segmentation_node.GetName()!r}")
         reference = self.reference_pose(ct, geometry)
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)

@@ -618,6 +618,57 @@ def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.
     return rigid(params[:3], t, c) @ start_pose
 
 
+Job = tuple[np.ndarray, RegistrationSettings, np.ndarray | None]
+"""A body's registration setup: start pose (world -> camera), settings, rotation centre (LPS mm;
+None: the body's centroid)."""
+
+
+def _body_job(name: str, bodies: dict[str, tuple[int, ...]], labels: Volume, objects: ObjectMap,
+              geometry: Geometry, settings: RegistrationSettings, start_pose: np.ndarray | None,
+              pelvis_pose: np.ndarray | None) -> tuple[Job, RegistrationSettings]:
+    """The body's :data:`Job` and the settings of its first pass (the pelvis from the default
+    view adds the in-plane start search)."""
+    default = start_pose is None and (name == "pelvis" or pelvis_pose is None)
+    start = (default_ap_pose(default_isocenter(labels, objects), geometry) if default
+             else np.asarray(start_pose if start_pose is not None else pelvis_pose, float))
+    if name == "pelvis":
+        first = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6)) if default else settings
+        return (start, settings, None), first
+    femur = replace(settings, scale=FEMUR_SCALE, translation_sd_mm=FEMUR_TRANSLATION_SD_MM,
+                    gc_threshold=max(settings.gc_threshold, FEMUR_GC_THRESHOLD))
+    return (start, femur, femoral_head_center(labels, bodies[name])), femur
+
+
+def _require_voxels(labels: Volume, bodies: dict[str, tuple[int, ...]], source: str) -> None:
+    for name, values in bodies.items():
+        if not np.isin(labels.array, values).any():
+            raise InputError(f"{source}: body {name!r} (label values {list(values)}) has no voxels; "
+                             "registration needs the pelvis and both femurs")
+
+
+def register_body(ct: Volume, labels: Volume, objects: ObjectMap, name: str, radiograph: np.ndarray,
+                  geometry: Geometry, start_pose: np.ndarray | None = None,
+                  pelvis_pose: np.ndarray | None = None,
+                  settings: RegistrationSettings | None = None, progress: Progress | None = None,
+                  source: str = "label map") -> RegistrationResult:
+    """Register one body of :func:`rigid_bodies` (``pelvis``, ``femur_left``, ``femur_right``)
+    as the first pass of :func:`register_bodies` does, without the joint refinement (which
+    needs every body).
+
+    Start: ``start_pose`` (world -> camera) if given; else a femur starts from ``pelvis_pose``
+    (the registered pelvis, the CT's hip posture) and the pelvis, or a femur without it, from
+    the AP view about :func:`default_isocenter` (the pelvis then with the in-plane search).
+    """
+    bodies = rigid_bodies(objects)
+    if name not in bodies:
+        raise InputError(f"bone: expected one of {sorted(bodies)}, got {name!r}")
+    _require_voxels(labels, {name: bodies[name]}, source)
+    settings = settings or RegistrationSettings()
+    (start, _, centre), first = _body_job(name, bodies, labels, objects, geometry, settings, start_pose,
+                                          pelvis_pose)
+    return register_bone(ct, labels, bodies[name], radiograph, geometry, start, first, progress, centre)
+
+
 def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: np.ndarray,
                     geometry: Geometry, start_pose: np.ndarray | None = None,
                     settings: RegistrationSettings | None = None,
@@ -635,10 +686,7 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     """
     settings = settings or RegistrationSettings()
     bodies = rigid_bodies(objects)
-    for name, values in bodies.items():
-        if not np.isin(labels.array, values).any():
-            raise InputError(f"{source}: body {name!r} (label values {list(values)}) has no voxels; "
-                             "registration needs the pelvis and both femurs")
+    _require_voxels(labels, bodies, source)
     names = list(bodies)
     steps = (2 if settings.refine else 1) * len(names)
 
@@ -648,23 +696,14 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
                 progress((step + f) / steps, f"{name}: {msg}")
         return report
 
-    pelvis_search = settings  # the first pelvis pass searches in-plane from the default view
-    if start_pose is None:
-        start_pose = default_ap_pose(default_isocenter(labels, objects), geometry)
-        pelvis_search = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6))
     results: dict[str, RegistrationResult] = {}
-    jobs: dict[str, tuple[np.ndarray, RegistrationSettings, np.ndarray | None]] = {}
+    jobs: dict[str, Job] = {}
     for k, name in enumerate(names):
-        if name == "pelvis":
-            jobs[name] = (np.asarray(start_pose, float), settings, None)
-        else:
-            jobs[name] = (results["pelvis"].pose, replace(
-                settings, scale=FEMUR_SCALE, translation_sd_mm=FEMUR_TRANSLATION_SD_MM,
-                gc_threshold=max(settings.gc_threshold, FEMUR_GC_THRESHOLD)),
-                femoral_head_center(labels, bodies[name]))
-        start, body_settings, centre = jobs[name]
-        results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry, start,
-                                      pelvis_search if name == "pelvis" else body_settings,
+        pelvis_pose = results["pelvis"].pose if "pelvis" in results else None
+        jobs[name], first = _body_job(name, bodies, labels, objects, geometry, settings,
+                                      start_pose if name == "pelvis" else None, pelvis_pose)
+        start, _, centre = jobs[name]
+        results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry, start, first,
                                       sub(k, name), centre)
     if settings.refine:
         results = refine_jointly(ct, labels, bodies, radiograph, geometry, results, jobs,
@@ -675,7 +714,7 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
 def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]],
                    radiograph: np.ndarray, geometry: Geometry,
                    results: dict[str, RegistrationResult],
-                   jobs: dict[str, tuple[np.ndarray, RegistrationSettings, np.ndarray | None]],
+                   jobs: dict[str, Job],
                    progress: Callable[[str, int], Progress]) -> dict[str, RegistrationResult]:
     """Refine each registered body in turn at full resolution, its DRR summed with the rest
     of the patient at the current poses: the other bodies' DRRs and soft-tissue shares (fixed)

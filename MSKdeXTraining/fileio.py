@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -25,12 +21,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:  # the kernel applies the process umask to 0o666, as for any new file
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    mode = tmp.stat().st_mode & 0o777
     try:
-        yield Path(tmp)
-        # mkstemp creates 0600 (and some writers recreate the file): give it the usual mode
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
+        os.chmod(tmp, mode)  # some writers (safetensors) recreate the file as 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

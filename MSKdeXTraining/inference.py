@@ -240,6 +240,8 @@ class Decomposer:
         """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity)."""
         if tta < 1:
             raise InputError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
+        if seed < 0:
+            raise InputError(f"seed must be >= 0, got {seed}")
         report = progress or (lambda f, m: None)
         x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)

@@ -94,8 +94,9 @@ def check_dataset(meta: dict, manifest: dict, source: str) -> None:
         if list(meta[key]) != list(manifest[key]):
             raise ModelFormatError(f"{source}: field {key!r} is {meta[key]} but the dataset has "
                                    f"{manifest[key]}")
-    model_geo = Geometry.from_json(meta["geometry"])
-    data_geo = Geometry.from_json(manifest["geometry"]).resized(model_geo.rows, model_geo.cols)
+    model_geo = Geometry.from_json(meta["geometry"], f"{source}: geometry")
+    data_geo = Geometry.from_json(manifest["geometry"], "dataset manifest: geometry").resized(
+        model_geo.rows, model_geo.cols)
     if not np.allclose([data_geo.sdd, data_geo.sod, *data_geo.pixel_spacing],
                        [model_geo.sdd, model_geo.sod, *model_geo.pixel_spacing], rtol=1e-6) \
             or data_geo.parallel != model_geo.parallel:
@@ -125,6 +126,7 @@ def read_meta(run: str | Path) -> dict:
         raise ModelFormatError(f"{path}: field 'scale' must have shape (3, {n}), got {np.shape(meta['scale'])}")
     if len(meta["kinds"]) != n:
         raise ModelFormatError(f"{path}: field 'kinds' must have one entry per object ({n}), got {len(meta['kinds'])}")
+    Geometry.from_json(meta["geometry"], f"{path}: field 'geometry'")
     problems = [f"'input' needs 'mean' and 'std' > 0"] if not (
         isinstance(meta["input"], dict) and {"mean", "std"} <= set(meta["input"]) and meta["input"]["std"] > 0) else []
     ood = meta["ood"] if isinstance(meta["ood"], dict) else {}

@@ -146,6 +146,8 @@ class ObjectMap:
         def fail(msg: str) -> ObjectMapError:
             return ObjectMapError(f"{source}: {msg}")
 
+        if not isinstance(data, dict):
+            raise fail(f"expected a JSON object with 'format' {FORMAT!r}, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise fail(f"field 'format' must be {FORMAT!r}, got {data.get('format')!r}")
         if data.get("version") != FORMAT_VERSION:
@@ -159,6 +161,8 @@ class ObjectMap:
         objects, seen_names, seen_labels = [], set(), {}
         for k, o in enumerate(raw):
             where = f"objects[{k}]"
+            if not isinstance(o, dict):
+                raise fail(f"{where} must be an object with 'name', 'kind' and 'labels', got {o!r}")
             name = o.get("name")
             if not isinstance(name, str) or not name:
                 raise fail(f"{where}.name must be a non-empty string, got {name!r}")
@@ -174,7 +178,11 @@ class ObjectMap:
                 if v in seen_labels:
                     raise fail(f"{where}.labels: value {v} already belongs to {seen_labels[v]!r}")
                 seen_labels[v] = name
-            sides = {s: tuple(v) for s, v in (o.get("sides") or {}).items()}
+            raw_sides = o.get("sides") or {}
+            if not isinstance(raw_sides, dict) or not all(isinstance(v, list) and v for v in raw_sides.values()):
+                raise fail(f"{where}.sides must map each side to a non-empty list of its label values, "
+                           f"got {raw_sides!r}")
+            sides = {s: tuple(v) for s, v in raw_sides.items()}
             if sides and sorted(x for v in sides.values() for x in v) != sorted(labels):
                 raise fail(f"{where}.sides must partition {where}.labels {labels}, got {o['sides']}")
             seen_names.add(name)

@@ -238,7 +238,10 @@ def _read_dicom(path: Path, file_spacing: bool = True):
     caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
+    try:
+        from pydicom.pixels import apply_modality_lut
+    except ImportError:  # pydicom 2.x, which 3D Slicer bundles (5.10: 2.4.4)
+        from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)

@@ -1,10 +1,11 @@
 """Atomic writes leave either the old file or the complete new one, never a partial file."""
 
 import json
+import os
 
 import pytest
 
-from MSKdeXTraining.fileio import atomic_path, refuse_overwrite, write_json
+from MSKdeXTraining.fileio import atomic_path, refuse_overwrite, write_atomic, write_json
 
 
 def test_write_json_creates_parents_and_replaces(tmp_path):
@@ -38,6 +39,15 @@ def test_refuse_overwrite_detects_the_same_file(tmp_path):
 def test_atomic_output_gets_the_usual_permissions(tmp_path):
     target = write_json(tmp_path / "m.json", {})
     assert target.stat().st_mode & 0o644 == 0o644
+    old = os.umask(0o027)
+    try:  # the mode follows the process umask, also when the writer recreates the file as 0600
+        def recreate(p):
+            p.unlink()
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+        assert write_json(tmp_path / "u.json", {}).stat().st_mode & 0o777 == 0o640
+        assert write_atomic(tmp_path / "r.bin", recreate).stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_damaged_settings_files_name_the_file_and_field(tmp_path, capsys):

@@ -6,6 +6,7 @@ import torch
 
 from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, project, rigid,
                                              rigid_params)
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import Splatter
 
 
@@ -76,3 +77,15 @@ def test_resampling_keeps_edge_pixels_and_zeroes_only_outside():
     wider = Geometry(rows=20, cols=20, pixel_spacing=(1.0, 1.0))  # 4 mm beyond on each side
     out = resample_image(np.ones((10, 10)), source, wider)
     assert out[4:16, 4:16].min() == 1.0 and out[:3].max() == 0.0 and out[:, -3:].max() == 0.0
+
+
+def test_geometry_from_json_refuses_missing_or_wrong_fields():
+    good = Geometry(40, 48, (2.5, 2.0), 1000.0, 700.0).to_json()
+    assert Geometry.from_json({k: v for k, v in good.items() if k != "parallel"}) == Geometry(40, 48, (2.5, 2.0), 1000.0, 700.0)
+    for broken, message in [({"rows": 10}, r"m.json: missing field\(s\) \['cols', 'pixel_spacing', 'sdd', 'sod'\]"),
+                            (dict(good, rows="40"), "m.json: field 'rows' must be an integer"),
+                            (dict(good, pixel_spacing=[2.0]), "m.json: field 'pixel_spacing' must be"),
+                            (dict(good, sdd=None), "m.json: field 'sdd' must be a number"),
+                            (dict(good, sod=2000.0), "m.json: need 0 < sod < sdd")]:
+        with pytest.raises(InputError, match=message):
+            Geometry.from_json(broken, "m.json")

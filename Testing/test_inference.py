@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 
 from MSKdeXTraining.commands import decompose as decompose_cmd
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer, decompose_files, output_names, to_detector
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
@@ -69,6 +70,8 @@ def test_table_equals_drr_sums(trained, decomposer):
     single = decomposer.decompose(toy_radiograph(trained[0], 5), tta=1)
     assert all(r["mass_sd_g"] == 0 for r in single.table)
     assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
+    with pytest.raises(InputError, match="seed must be >= 0, got -1"):
+        decomposer.decompose(toy_radiograph(trained[0], 5), tta=2, seed=-1)
 
 
 def test_magnification_is_matched(trained, decomposer):

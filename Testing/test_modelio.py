@@ -71,6 +71,15 @@ def test_pickle_renamed_as_safetensors_is_refused(run, tmp_path):
         load_model(dst)
 
 
+@pytest.mark.parametrize("content, message", [("[1, 2]", "expected a JSON object, got list"),
+                                               ('{"format": "mskdex-checkpoint", "version": 1}',
+                                                r"missing field\(s\) \['tensors', 'state'\]")])
+def test_malformed_checkpoint_is_named(tmp_path, content, message):
+    (tmp_path / "epoch_0002.json").write_text(content)
+    with pytest.raises(ModelFormatError, match=f"epoch_0002.json: {message}"):
+        load_checkpoint(tmp_path / "epoch_0002.json")
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("code_version", "9.0.0", "written by MSKdeX 9.0.0"),
     ("format", "other", "field 'format'"),

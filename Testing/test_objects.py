@@ -41,3 +41,14 @@ def test_per_side_lookup_table_and_errors():
         ObjectMap.from_json(bad, "map.json")
     with pytest.raises(ObjectMapError, match="field 'version'"):
         ObjectMap.from_json(dict(synthetic.to_json(), version=9))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: [m], r"map.json: expected a JSON object .* got list"),
+    (lambda m: dict(m, objects=[1]), r"map.json: objects\[0\] must be an object"),
+    (lambda m: dict(m, objects=[dict(m["objects"][0], sides={"left": 1})]),
+     r"map.json: objects\[0\].sides must map each side to a non-empty list"),
+])
+def test_malformed_map_shapes_are_named(change, message):
+    with pytest.raises(ObjectMapError, match=message):
+        ObjectMap.from_json(change(load_object_map("synthetic").to_json()), "map.json")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -34,7 +35,11 @@ def write_dicom(path, array: np.ndarray, photometric="MONOCHROME2", bits=16, **f
     for k, v in fields.items():
         setattr(ds, k, v)
     ds.PixelData = array.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    if hasattr(ds, "set_pixel_data"):  # pydicom >= 3
+        ds.save_as(path, enforce_file_format=True)
+    else:  # pydicom 2.x (what 3D Slicer bundles)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
     return path
 
 
@@ -59,6 +64,18 @@ def test_dicom_pixel_spacing_and_rescale(tmp_path, ramp):
     r = read_radiograph(f)
     assert r.pixel_spacing == (0.6, 0.6) and "PixelSpacing" in r.source["spacing_field"]
     np.testing.assert_allclose(r.array, 2.0 * ramp - 10)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_dicom_reads_with_the_pydicom_2_api(tmp_path, ramp, monkeypatch):
+    """3D Slicer bundles pydicom 2.x, which has no ``pydicom.pixels``: the modality LUT then
+    comes from ``pydicom.pixel_data_handlers`` (also checked by hand with pydicom 2.4.4)."""
+    import pydicom.pixels
+
+    monkeypatch.delattr(pydicom.pixels, "apply_modality_lut")  # as in pydicom 2: the import fails
+    f = write_dicom(tmp_path / "b.dcm", ramp, bits=12, PixelSpacing=[0.6, 0.6], RescaleSlope=2,
+                    RescaleIntercept=-10)
+    np.testing.assert_allclose(read_radiograph(f).array, 2.0 * ramp - 10)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path, ramp):

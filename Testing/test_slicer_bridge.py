@@ -72,6 +72,15 @@ def tiny_model(tmp_path_factory) -> Path:
     return train_tiny_model(tmp_path_factory.mktemp("tiny_model"))
 
 
+def test_a_ct_node_with_nan_is_refused_like_a_ct_file(example):
+    array = example["ct"].array.astype(np.float32)
+    array[3, 4, 5] = np.nan
+    node = volume_to_node(example["ct"].with_array(array), example["scene"], "nan CT")
+    with pytest.raises(InputError, match="CT volume 'nan CT': CT holds 1 NaN/inf voxels"):
+        Pipeline(example["scene"]).inputs(node, example["seg_node"], example["objects"])
+    example["scene"].RemoveNode(node)
+
+
 def test_ct_round_trip_is_exact(example):
     ct, node = example["ct"], example["ct_node"]
     back = volume_from_node(node)

@@ -66,8 +66,13 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("nonexistent")
     assert parse_overrides(["lr=1e-3", "gan=false", "image_size=[32, 40]"]) == \
         {"lr": 1e-3, "gan": False, "image_size": [32, 40]}
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(InputError, match="key=value"):
         parse_overrides(["lr"])
+    with pytest.raises(InputError, match=r"--set 'lr=\[': the value is not YAML"):
+        parse_overrides(["lr=["])
+    (tmp_path / "list.yaml").write_text("- epochs: 3\n")
+    with pytest.raises(InputError, match="list.yaml: expected a mapping of config keys to values, got list"):
+        load_config(tmp_path / "list.yaml")
 
 
 def test_manifest_validation(tmp_path, dataset):

@@ -17,7 +17,7 @@ import numpy as np
 from MSKdeXTraining.drr import DRRResult, render_drr
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.imaging.volume import InputError, Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.radiograph_io import MAGNIFICATION_RANGE
 
@@ -64,7 +64,7 @@ class Pipeline:
         """(CT in HU, label map on the CT grid) from the nodes; segments are matched to label
         values by their object-map names (see :func:`label_names`) or their MSKdeX tag;
         other segments are ignored."""
-        ct = volume_from_node(ct_node, "CT")
+        ct = check_ct(volume_from_node(ct_node, "CT"), f"CT volume {ct_node.GetName()!r}")
         values = {name: value for value, name in label_names(objects).items()}
         labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
         return ct, labels

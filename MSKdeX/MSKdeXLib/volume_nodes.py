@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import slicer.util
 
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.imaging.volume import InputError, Volume, check_labels
 
 from .coordinates import node_geometry, set_node_geometry
 
@@ -53,12 +53,4 @@ def volume_from_node(node, what: str = "volume") -> Volume:
 
 def labels_from_node(node, what: str = "label map") -> Volume:
     """Backend label :class:`Volume` of a label-map node; refuses non-integer or negative values."""
-    vol = volume_from_node(node, what)
-    a = vol.array
-    if a.dtype.kind == "f":
-        if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-            raise InputError(f"{what} ({node.GetName()}): holds non-integer values; expected integer labels")
-        a = a.astype(np.int32)
-    if a.size and a.min() < 0:
-        raise InputError(f"{what} ({node.GetName()}): holds negative values (min {a.min()}); expected labels >= 0")
-    return vol.with_array(a)
+    return check_labels(volume_from_node(node, what), f"{what} ({node.GetName()})")

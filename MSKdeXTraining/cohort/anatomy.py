@@ -21,7 +21,6 @@ spinae at high j, femurs at low k, spine at high k), i.e. their world frame is L
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..fileio import read_format_json
 from ..imaging.volume import InputError, Volume, read_labels
 from ..objects import ObjectMap, load_object_map
 
@@ -95,14 +95,7 @@ def template_settings(folder: Path) -> tuple[dict, Path | None]:
     """The ``template.json`` of ``folder`` (or of its parent) and its path (None if absent)."""
     for candidate in (folder / "template.json", folder.parent / "template.json"):
         if candidate.is_file():
-            try:
-                data = json.loads(candidate.read_text())
-            except json.JSONDecodeError as e:
-                raise InputError(f"{candidate}: not valid JSON ({e})") from None
-            if data.get("format") != TEMPLATE_FORMAT or data.get("version") != 1:
-                raise InputError(f"{candidate}: fields 'format'/'version' must be "
-                                 f"{TEMPLATE_FORMAT!r}/1, got {data.get('format')!r}/{data.get('version')!r}")
-            return data, candidate
+            return read_format_json(candidate, TEMPLATE_FORMAT, 1), candidate
     raise InputError(f"{folder}: no template.json in the folder or its parent; it names the "
                      "object map of the labels (see docs/cohort.md, 'Your own templates')")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .evaluate import add_training_arguments, overrides
+from .evaluate import add_training_arguments
 
 HELP = ("Ablation of the OWIS weight lambda_is and the aligned-bone loss on one held-out fold; "
         "writes the paper's Table 2 layout (PCC per object) and an HTML report")
@@ -25,12 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.ablation import ablation, print_table2
+    from ..training.config import parse_overrides
     from ..evaluation.progress import progress_bar
 
     bone = {"both": (False, True), "on": (True,), "off": (False,)}[args.bone_loss]
     with progress_bar("ablation") as bar:
         rows = ablation(args.data, args.out, args.config, tuple(args.lambdas), bone, args.k,
-                        args.fold, args.workers, overrides(args.overrides), progress=bar)
+                        args.fold, args.workers, parse_overrides(args.overrides), progress=bar)
     print(print_table2(rows))
     print(f"report: {args.out / 'report.html'}")
     return 0

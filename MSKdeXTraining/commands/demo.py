@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .evaluate import add_training_arguments, overrides
+from .evaluate import add_training_arguments
 
 HELP = ("End-to-end demo: synthetic cohort from the bundled anatomy -> prepare -> train the small "
         "configuration -> evaluate on held-out patients -> table and HTML report (resumable)")
@@ -28,13 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.demo import run_demo
+    from ..training.config import parse_overrides
     from ..evaluation.progress import progress_bar
     from ..evaluation.summary import print_table
 
     t0 = time.perf_counter()
     with progress_bar("demo") as bar:
         preds = run_demo(args.out, args.n, args.seed, args.config, args.k, args.size, args.workers,
-                         overrides(args.overrides), args.registration, args.dataset_px, progress=bar)
+                         parse_overrides(args.overrides), args.registration, args.dataset_px, progress=bar)
     print(print_table(preds))
     print(f"report: {args.out / 'evaluation' / 'report.html'} ({time.perf_counter() - t0:.0f} s)")
     return 0

@@ -28,23 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="another evaluation folder: one-way ANOVA of the absolute errors per object")
 
 
-def overrides(items: list[str]) -> dict:
-    from ..imaging.volume import InputError
-    from ..training.config import parse_overrides
-
-    try:
-        return parse_overrides(items)
-    except ValueError as e:
-        raise InputError(f"--set: {e}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.crossval import evaluate
+    from ..training.config import parse_overrides
     from ..evaluation.progress import progress_bar
     from ..evaluation.summary import print_table
 
     with progress_bar("evaluate") as bar:
-        preds = evaluate(args.data, args.out, args.config, overrides(args.overrides), args.k,
+        preds = evaluate(args.data, args.out, args.config, parse_overrides(args.overrides), args.k,
                          args.folds, args.compare, progress=bar)
     print(print_table(preds))
     print(f"report: {args.out / 'report.html'}")

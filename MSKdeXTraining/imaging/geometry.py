@@ -101,9 +101,31 @@ class Geometry:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> Geometry:
-        keys = ("rows", "cols", "pixel_spacing", "sdd", "sod", "parallel")
-        return cls(**{k: (tuple(d[k]) if k == "pixel_spacing" else d[k]) for k in keys if k in d})
+    def from_json(cls, d: dict, source: str = "geometry") -> Geometry:
+        """The :meth:`to_json` form back; every field but ``parallel`` (default False) is
+        required, so a damaged file never falls back to default distances. Errors name
+        ``source`` and the field."""
+        def number(key: str, value: object) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InputError(f"{source}: field {key!r} must be a number, got {value!r}")
+            return value
+
+        if not isinstance(d, dict):
+            raise InputError(f"{source}: expected an object with the detector geometry, got {d!r}")
+        missing = [k for k in ("rows", "cols", "pixel_spacing", "sdd", "sod") if k not in d]
+        if missing:
+            raise InputError(f"{source}: missing field(s) {missing} (mm, see docs/formats.md)")
+        spacing = d["pixel_spacing"]
+        if not isinstance(spacing, (list, tuple)) or len(spacing) != 2:
+            raise InputError(f"{source}: field 'pixel_spacing' must be [row, column] in mm, got {spacing!r}")
+        for key in ("rows", "cols"):
+            if isinstance(d[key], bool) or not isinstance(d[key], int):
+                raise InputError(f"{source}: field {key!r} must be an integer, got {d[key]!r}")
+        try:
+            return cls(d["rows"], d["cols"], tuple(number("pixel_spacing", v) for v in spacing),
+                       number("sdd", d["sdd"]), number("sod", d["sod"]), bool(d.get("parallel", False)))
+        except InputError as e:
+            raise InputError(f"{source}: {e}") from None
 
 
 def rigid(rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0),

@@ -905,11 +905,7 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)
-    try:
-        geometry = Geometry.from_json(meta)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{path}: invalid geometry ({e})") from None
-    return array, geometry
+    return array, Geometry.from_json(meta, str(path))
 
 
 def _read_cohort_image(path: Path) -> np.ndarray:

@@ -103,32 +103,40 @@ def read_ct(path: str | Path) -> Volume:
     """Read a CT in HU; rejects non-3D images and non-finite values, naming the file."""
     image = read_image(path)
     _require_3d(image, path, "CT")
-    vol = Volume.from_sitk(image)
-    if vol.array.dtype.kind == "f":
-        bad = ~np.isfinite(vol.array)
-        if bad.any():
-            k, j, i = np.argwhere(bad)[0]
-            raise InputError(f"{path}: CT holds {int(bad.sum())} NaN/inf voxels "
-                             f"(first at index i={i}, j={j}, k={k}); expected finite HU values")
-    return vol
+    return check_ct(Volume.from_sitk(image), str(path))
 
 
 def read_labels(path: str | Path) -> Volume:
     """Read a label map; rejects non-3D images and non-integer values, naming the file."""
     image = read_image(path)
     _require_3d(image, path, "label map")
-    vol = Volume.from_sitk(image)
+    return check_labels(Volume.from_sitk(image), str(path))
+
+
+def check_ct(vol: Volume, source: str) -> Volume:
+    """``vol`` if it holds finite HU values; else :class:`InputError` naming ``source``."""
+    if vol.array.dtype.kind == "f":
+        bad = ~np.isfinite(vol.array)
+        if bad.any():
+            k, j, i = np.argwhere(bad)[0]
+            raise InputError(f"{source}: CT holds {int(bad.sum())} NaN/inf voxels "
+                             f"(first at index i={i}, j={j}, k={k}); expected finite HU values")
+    return vol
+
+
+def check_labels(vol: Volume, source: str) -> Volume:
+    """``vol`` with integer labels >= 0 (floats holding integers are converted to int64);
+    else :class:`InputError` naming ``source``."""
     a = vol.array
     if a.dtype.kind == "f":
         if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
-            raise InputError(f"{path}: label map holds non-integer values (pixel type "
-                             f"{image.GetPixelIDTypeAsString()}); expected integer labels")
+            raise InputError(f"{source}: label map holds non-integer values (pixel type {a.dtype}); "
+                             "expected integer labels")
         a = a.astype(np.int64)
     elif a.dtype.kind not in "iu":
-        raise InputError(f"{path}: label map pixel type {image.GetPixelIDTypeAsString()} "
-                         "is not an integer type")
+        raise InputError(f"{source}: label map pixel type {a.dtype} is not an integer type")
     if a.min(initial=0) < 0:
-        raise InputError(f"{path}: label map holds negative values (min {a.min()})")
+        raise InputError(f"{source}: label map holds negative values (min {a.min()}); expected labels >= 0")
     return vol.with_array(a)
 
 

@@ -9,13 +9,12 @@ a checkpoint exists only when both files are complete. Loading never unpickles.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from ..fileio import write_json
+from ..fileio import read_format_json, write_json
 from ..modelio import ModelFormatError, read_safetensors, write_safetensors
 
 FORMAT = "mskdex-checkpoint"
@@ -78,12 +77,6 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuses unknown formats."""
     path = Path(path)
-    try:
-        head = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
-    if head.get("format") != FORMAT or head.get("version") != VERSION:
-        raise ModelFormatError(f"{path}: expected format {FORMAT!r} version {VERSION}, got "
-                               f"{head.get('format')!r} version {head.get('version')!r}")
+    head = read_format_json(path, FORMAT, VERSION, ("tensors", "state"), ModelFormatError)
     tensors = read_safetensors(path.parent / head["tensors"])
     return join_tensors(head["state"], tensors)

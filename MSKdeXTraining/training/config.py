@@ -170,8 +170,11 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise InputError(f"override {item!r} must look like key=value")
-        parsed = yaml.safe_load(value)
+            raise InputError(f"--set {item!r}: expected key=value")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise InputError(f"--set {item!r}: the value is not YAML ({e})") from None
         if isinstance(parsed, str):  # YAML 1.1 reads "1e-3" as a string
             try:
                 parsed = float(parsed)
@@ -197,9 +200,9 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> Trai
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise InputError(f"{source}: cannot parse ({e})") from None
-    data = dict(data or {})
-    data.update(overrides or {})
-    return TrainConfig.from_dict(data, source)
+    if not isinstance(data, (dict, type(None))):
+        raise InputError(f"{source}: expected a mapping of config keys to values, got {type(data).__name__}")
+    return TrainConfig.from_dict({**(data or {}), **(overrides or {})}, source)
 
 
 def dump_config(config: TrainConfig) -> str:

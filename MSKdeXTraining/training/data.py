@@ -127,14 +127,15 @@ class PreparedDataset(Dataset):
         if not self.ids:
             raise InputError(f"{self.root}: no usable cases (status 'ok')")
         self.files = {c["id"]: self.root / c["file"] for c in self.manifest["cases"]}
-        self.case_geometry = {c["id"]: Geometry.from_json(c["geometry"])
+        manifest = self.root / "manifest.json"
+        self.case_geometry = {c["id"]: Geometry.from_json(c["geometry"], f"{manifest}: case {c['id']} geometry")
                               for c in self.manifest["cases"] if c["status"] == "ok"}
         self.objects = list(self.manifest["objects"])
         self.kinds = list(self.manifest["kinds"])
         self.bone_index = [self.objects.index(b) for b in self.manifest["aligned_bones"]]
         self.aligned_ok = {c["id"]: aligned_ok(c, self.manifest["aligned_bones"])
                            for c in self.manifest["cases"]}
-        self.dataset_geometry = Geometry.from_json(self.manifest["geometry"])
+        self.dataset_geometry = Geometry.from_json(self.manifest["geometry"], f"{manifest}: geometry")
         self.size = tuple(size) if size else self.dataset_geometry.shape
         self.geometry = self.dataset_geometry.resized(*self.size)
         self.flip_seed = flip_seed

@@ -2,6 +2,7 @@
 torchrun instead)."""
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -10,14 +11,21 @@ from typing import Any
 import torch
 
 
-def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int,
+def worker_count(workers: int | None, jobs: int) -> int:
+    """``workers`` (default: the CPU count) limited to the number of ``jobs``, at least 1."""
+    return max(1, min(workers or os.cpu_count() or 1, jobs))
+
+
+def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None = None,
              threads: int = 1) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, fn(*jobs[index]))`` as the jobs finish.
 
-    ``workers <= 1`` runs them in this process, in order. Otherwise they run in that many
-    spawned processes with ``threads`` torch threads each; the first failure cancels the jobs
-    not yet started and is raised at once.
+    With one worker (:func:`worker_count` of ``workers``) the jobs run in this process, in
+    order, with its torch threads. Otherwise they run in spawned processes with ``threads``
+    torch threads each; the first failure cancels the jobs not yet started and is raised at
+    once.
     """
+    workers = worker_count(workers, len(jobs))
     if workers <= 1:
         for index, job in enumerate(jobs):
             yield index, fn(*job)

@@ -26,7 +26,6 @@ the last shard to finish writes it; :func:`merge_manifest` does the same on dema
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +190,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     """Prepare the cases of ``cohort`` (this shard's share) into ``out``; returns ``out``.
 
     ``geometry``: the dataset detector (default: the first radiograph's); ``shard`` (i, n);
-    ``workers`` processes (default: all cores; 1 runs in this process); ``settings`` of the
+    ``workers`` processes (default: all cores, at most one per case; 1 runs in this process); ``settings`` of the
     registration (default: the accurate preset). Finished cases are kept (resume).
     ``out/manifest.json`` is written when every case of the cohort is prepared.
     """
@@ -211,7 +210,6 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     report = progress or (lambda f, m: None)
     report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")
     jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out) for c in todo]
-    workers = min(workers or os.cpu_count() or 1, max(total, 1))
     for done, (_, entry) in enumerate(run_jobs(prepare_case, jobs, workers), 1):
         report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
     if all((out / "cases" / f"{c}.json").is_file() for c in meta["cases"]):

@@ -210,7 +210,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
                     templates: list[Path] | None = None, progress: Progress | None = None) -> Path:
     """Generate (or finish) an ``n``-case cohort in ``out``; returns ``out``.
 
-    ``workers`` processes (default: all cores; 1 runs in this process). Cases already complete
+    ``workers`` processes (default: all cores, at most one per case; 1 runs in this process). Cases already complete
     are kept; a run with other settings than ``out/cohort.json`` records, or with a smaller
     ``n``, is refused.
     """
@@ -238,7 +238,6 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     done = n - len(todo)
     report = progress or (lambda f, m: None)
     report(done / n, f"{done}/{n} cases")
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     paths = [str(d) for d in dirs]
     jobs = [(i, seed, out, size, paths) for i in todo]
     for done, _ in enumerate(run_jobs(generate_case, jobs, workers), done + 1):

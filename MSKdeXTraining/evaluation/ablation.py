@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..fileio import write_json
 from ..objects import DISPLAY_NAMES
-from ..parallel import run_jobs
+from ..parallel import run_jobs, worker_count
 from .crossval import Predictions, anova, run_folds
 from .report import Section, Table, anova_table, markdown, write_csv, write_html, write_markdown
 
@@ -30,11 +30,6 @@ def setting_dir(out: Path, lambda_is: float, bone_loss: bool) -> Path:
     return Path(out) / f"lis{lambda_is:g}_bone{int(bone_loss)}"
 
 
-def _run_setting(dataset: str, folder: str, config: str, overrides: dict, k: int, fold: int,
-                 threads: int) -> Predictions:
-    return run_folds(Path(dataset), Path(folder), config, overrides, k, [fold], threads)
-
-
 def ablation(dataset: Path, out: Path, config: str | Path = "small",
              lambdas: tuple[float, ...] = LAMBDAS, bone_losses: tuple[bool, ...] = BONE_LOSS,
              k: int = 4, fold: int = 0, workers: int | None = None, overrides: dict | None = None,
@@ -43,7 +38,7 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     ``report.html`` into ``out``; returns one row per setting with per-object PCCs.
 
     ``workers`` parallel processes (default: min(settings, cores)); each uses
-    ``cores // workers`` torch threads.
+    ``cores // workers`` torch threads (one process: this one, with its own threads).
     """
     report = progress or (lambda f, m: None)
     settings = list(dict.fromkeys((float(l), bool(b)) for l in lambdas for b in bone_losses))
@@ -51,15 +46,12 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     if len(set(folders)) < len(folders):
         raise InputError(f"--lambdas {list(lambdas)}: two settings would share an output folder "
                          f"({sorted(str(f.name) for f in folders)})")
-    cores = os.cpu_count() or 1
-    workers = max(1, min(workers or cores, len(settings)))
-    threads = max(1, cores // workers)
-    jobs = {s: (str(dataset), str(setting_dir(out, *s)), str(config),
-                {**(overrides or {}), "lambda_is": s[0], "bone_loss": s[1]}, k, fold, threads)
-            for s in settings}
+    workers = worker_count(workers, len(settings))
+    jobs = [(Path(dataset), setting_dir(out, *s), config,
+             {**(overrides or {}), "lambda_is": s[0], "bone_loss": s[1]}, k, [fold]) for s in settings]
     results: dict[tuple[float, bool], Predictions] = {}
     report(0.0, f"{len(settings)} settings on {workers} process(es)")
-    for index, preds in run_jobs(_run_setting, [jobs[s] for s in settings], workers, threads):
+    for index, preds in run_jobs(run_folds, jobs, workers, max(1, (os.cpu_count() or 1) // workers)):
         s = settings[index]
         results[s] = preds
         report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")

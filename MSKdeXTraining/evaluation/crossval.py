@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..fileio import read_format_json, read_json_object, write_json
@@ -155,7 +154,7 @@ def load_predictions(out: Path) -> Predictions:
 
 
 def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides: dict | None = None,
-              k: int = 4, folds: list[int] | None = None, threads: int | None = None,
+              k: int = 4, folds: list[int] | None = None,
               progress: Progress | None = None) -> Predictions:
     """Train and predict the folds ``folds`` (default all ``k``) of a K-fold split by patient
     (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept, an
@@ -167,8 +166,6 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     from ..training.trainer import train
 
     report = progress or (lambda f, m: None)
-    if threads:
-        torch.set_num_threads(threads)
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
     splits = split_folds(read_manifest(dataset), k, seed=cfg.fold_seed)
@@ -253,7 +250,7 @@ def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.
 
 def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: dict | None = None,
              k: int = 4, folds: list[int] | None = None, compare: Path | None = None,
-             title: str = "MSKdeX cross-validation", threads: int | None = None,
+             title: str = "MSKdeX cross-validation",
              progress: Progress | None = None) -> Predictions:
     """Cross-validate (see :func:`run_folds`), then write predictions.csv, the metric tables
     (CSV, Markdown), figures and report.html into ``out``. ``compare``: another evaluation
@@ -261,7 +258,7 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
     from .summary import write_evaluation
 
     report = progress or (lambda f, m: None)
-    preds = run_folds(dataset, out, config, overrides, k, folds, threads,
+    preds = run_folds(dataset, out, config, overrides, k, folds,
                       progress=lambda f, m: report(0.95 * f, m))
     other = load_predictions(Path(compare)) if compare else None
     report(0.96, "writing the report")

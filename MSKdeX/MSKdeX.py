@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 from MSKdeXTraining.objects import builtin_maps
 
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
-from MSKdeXLib.dependencies import ensure_requirements, ensure_torch
+from MSKdeXLib.dependencies import TORCH_MISSING, ensure_requirements, ensure_torch, torch_available
 from MSKdeXLib.pose_nodes import ACCEPTED_ATTRIBUTE, pose_from_transform_node, pose_node_name
 from MSKdeXLib.progress import Cancelled, ProgressRelay
 from MSKdeXLib.sample_data import example_ct_source
@@ -193,7 +193,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- buttons ------------------------------------------------------------------------
     def onDependencies(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("MSKdeX dependencies are missing."), waitCursor=True):
-            installed = self.logic.ensureDependencies(
+            ensure_torch()  # the PyTorch extension asks before installing
+            installed = ensure_requirements(
                 lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="MSKdeX"))
             self.ui.statusLabel.text = ("Installed: " + ", ".join(installed)) if installed else "All dependencies present."
 
@@ -305,9 +306,10 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
     @property
     def pipeline(self):
         """MSKdeXLib's Pipeline on the application scene (imported on first use: it needs torch,
-        which ensure_torch offers to install through the PyTorch extension)."""
+        which the widget's *Check dependencies* installs; the logic shows no dialog)."""
         if self._pipeline is None:
-            ensure_torch()
+            if not torch_available():
+                raise RuntimeError(TORCH_MISSING)
             from MSKdeXLib.pipeline import Pipeline
 
             self._pipeline = Pipeline(slicer.mrmlScene)
@@ -315,11 +317,6 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self) -> MSKdeXParameterNode:
         return MSKdeXParameterNode(super().getParameterNode())
-
-    @staticmethod
-    def ensureDependencies(confirm) -> list[str]:
-        ensure_torch()
-        return ensure_requirements(confirm)
 
     def _geometry(self, p: MSKdeXParameterNode):
         from MSKdeXTraining.imaging.geometry import Geometry

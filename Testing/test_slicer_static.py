@@ -270,3 +270,13 @@ def test_sample_data_checksums_match_the_files(shared_data):
     for name, checksum in zip(source["fileNames"], source["checksums"]):
         assert checksum == "SHA256:" + hashlib.sha256((folder / name).read_bytes()).hexdigest(), name
     assert len(source["uris"]) == len(source["nodeNames"]) == len(source["loadFileType"]) == 2
+
+
+def test_logic_shows_no_dialogs():
+    """Logic raises, the widget shows (a logic method may run headless, in batch mode)."""
+    tree = ast.parse(MODULE_PY.read_text())
+    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MSKdeXLogic")
+    called = {ast.unparse(n.func) for n in ast.walk(logic) if isinstance(n, ast.Call)}
+    dialogs = {c for c in called if c in ("ensure_torch", "ensure_requirements")
+               or c.endswith(("Display", "messageBox")) or "QMessageBox" in c}
+    assert not dialogs, dialogs

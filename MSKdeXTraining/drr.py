@@ -26,8 +26,8 @@ from .fileio import refuse_overwrite, write_atomic, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
-from .imaging.volume import (InputError, Volume, check_same_grid, read_ct, read_labels,
-                             resample_labels)
+from .errors import InputError
+from .imaging.volume import Volume, check_same_grid, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
 
 METRICS_FORMAT = "mskdex-drr-metrics"

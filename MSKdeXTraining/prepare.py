@@ -40,7 +40,8 @@ from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, rigid_bodies)
-from .imaging.volume import InputError, read_ct, read_labels
+from .errors import InputError
+from .imaging.volume import read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
 from .parallel import run_jobs
 from .qc import segmentation_qc

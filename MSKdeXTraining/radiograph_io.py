@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .imaging.volume import InputError
+from .errors import InputError
 
 #: Plausible detector pixel spacing of a projection radiograph (mm).
 SPACING_RANGE_MM = (0.02, 2.0)

@@ -15,7 +15,7 @@ import numpy as np
 import slicer
 
 from MSKdeXTraining.imaging.projector import DRR_TYPES
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.errors import InputError
 
 from .radiograph_nodes import detector_volume, place_like
 from .volume_nodes import volume_from_node, volume_to_node

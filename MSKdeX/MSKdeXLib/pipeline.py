@@ -17,7 +17,8 @@ import numpy as np
 from MSKdeXTraining.drr import DRRResult, render_drr
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
-from MSKdeXTraining.imaging.volume import InputError, Volume, check_ct
+from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.radiograph_io import MAGNIFICATION_RANGE
 

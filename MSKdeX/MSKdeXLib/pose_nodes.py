@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.errors import InputError
 
 from .coordinates import from_vtk_matrix, lps_to_ras_transform, ras_to_lps_transform, to_vtk_matrix
 

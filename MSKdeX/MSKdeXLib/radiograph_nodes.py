@@ -17,7 +17,8 @@ import numpy as np
 import slicer.util
 
 from MSKdeXTraining.imaging.geometry import AP_ROTATION
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.radiograph_io import LUMA, Radiograph, check_spacing
 
 from .coordinates import node_geometry, set_node_geometry

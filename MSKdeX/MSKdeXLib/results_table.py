@@ -16,7 +16,7 @@ import slicer
 import vtk
 
 from MSKdeXTraining.fileio import write_atomic
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.errors import InputError
 
 #: (column, title, unit, description) of the numeric columns, in order.
 NUMERIC_COLUMNS = (

@@ -22,7 +22,8 @@ import numpy as np
 import slicer
 import vtk
 
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.objects import ObjectMap
 
 from .volume_nodes import labels_from_node, volume_to_node

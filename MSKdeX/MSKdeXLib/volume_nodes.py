@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import slicer.util
 
-from MSKdeXTraining.imaging.volume import InputError, Volume, check_labels
+from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.volume import Volume, check_labels
 
 from .coordinates import node_geometry, set_node_geometry
 

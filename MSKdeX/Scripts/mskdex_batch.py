@@ -48,7 +48,7 @@ def run(argv: list[str]) -> int:
         import slicer
 
         from MSKdeXTraining.fileio import refuse_overwrite
-        from MSKdeXTraining.imaging.volume import InputError
+        from MSKdeXTraining.errors import InputError
         from MSKdeXTraining.objects import ObjectMapError
         from MSKdeXTraining.radiograph_io import read_radiograph, stem
 

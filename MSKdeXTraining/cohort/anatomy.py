@@ -30,7 +30,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..fileio import read_format_json
-from ..imaging.volume import InputError, Volume, read_labels
+from ..errors import InputError
+from ..imaging.volume import Volume, read_labels
 from ..objects import ObjectMap, load_object_map
 
 TEMPLATE_FORMAT = "mskdex-template"

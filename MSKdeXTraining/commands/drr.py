@@ -30,7 +30,7 @@ def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
 def geometry_from_args(args: argparse.Namespace):
     """The :class:`Geometry` described by :func:`add_geometry_arguments` options."""
     from ..imaging.geometry import Geometry
-    from ..imaging.volume import InputError
+    from ..errors import InputError
 
     try:
         return Geometry(rows=args.rows, cols=args.cols,

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..imaging.registration import RegistrationSettings
-    from ..imaging.volume import InputError
+    from ..errors import InputError
     from ..prepare import dataset_geometry, merge_manifest, prepare_dataset
 
     if args.merge:

@@ -51,7 +51,8 @@ from . import hu as hu_conv
 from .geometry import Geometry, apply, default_ap_pose, project, resample_image, rigid
 from .projector import Splatter, sub_offsets
 from .similarity import sobel
-from .volume import InputError, Volume
+from ..errors import InputError
+from .volume import Volume
 
 Progress = Callable[[float, str], None]
 

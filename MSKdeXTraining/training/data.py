@@ -22,7 +22,7 @@ from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
 from ..imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
 from ..imaging.projector import per_pixel_area
-from ..imaging.volume import InputError
+from ..errors import InputError
 
 FORMAT = "mskdex-dataset"
 VERSION = 2

@@ -75,11 +75,6 @@ class Radiograph:
         return self.array.shape
 
     @property
-    def field_of_view_mm(self) -> tuple[float, float]:
-        """Detector extent (rows, columns) in mm."""
-        return (self.array.shape[0] * self.pixel_spacing[0], self.array.shape[1] * self.pixel_spacing[1])
-
-    @property
     def magnification(self) -> float | None:
         """Magnification at the patient (SDD / SOD), ``None`` when unknown."""
         m = self.source.get("magnification")

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, project, rigid,
-                                             rigid_params)
+from scipy.spatial.transform import Rotation
+
+from MSKdeXTraining.imaging.geometry import Geometry, apply, default_ap_pose, project, rigid
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import Splatter
 
@@ -26,7 +27,9 @@ def test_default_ap_view_orientation():
 
 def test_rigid_round_trip_and_centre():
     m = rigid((10, -20, 35), (1, 2, 3), center_mm=(5, 6, 7))
-    np.testing.assert_allclose(rigid_params(m, (5, 6, 7)), [10, -20, 35, 1, 2, 3], atol=1e-9)
+    # extrinsic x-y-z angles about the centre, then the translation
+    np.testing.assert_allclose(Rotation.from_matrix(m[:3, :3]).as_euler("xyz", degrees=True), [10, -20, 35])
+    np.testing.assert_allclose(m[:3, 3] - (5, 6, 7) + m[:3, :3] @ (5, 6, 7), [1, 2, 3], atol=1e-9)
     np.testing.assert_allclose(apply(m, np.array([5.0, 6, 7])), [6, 8, 10])
     np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-12)
 

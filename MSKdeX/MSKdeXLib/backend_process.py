@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,8 @@ from typing import Literal
 import MSKdeXTraining
 
 #: A tqdm bar: optional description, percentage, bar, then the rest (n/total, times, postfix).
+#: Output lines a :class:`BackendProcess` keeps (a long training prints many).
+LOG_LINES = 10000
 _TQDM = re.compile(r"^\s*(?:(?P<desc>[^|]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|(?P<rest>.*)$")
 _COUNTS = re.compile(r"^\s*(?P<n>[\d.]+[kM]?)/(?P<total>[\d.]+[kM]?)")
 #: n/total, then "[elapsed<remaining, rate]" or "elapsed<remaining", at the start of the rest.
@@ -68,9 +71,9 @@ def python_executable() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def backend_command(subcommand: str, arguments: list[str], python: str | None = None) -> list[str]:
+def backend_command(subcommand: str, arguments: list[str]) -> list[str]:
     """Command line running ``mskdex <subcommand> <arguments>`` with the bundled backend."""
-    return [python or python_executable(), "-m", "MSKdeXTraining.cli", subcommand, *map(str, arguments)]
+    return [python_executable(), "-m", "MSKdeXTraining.cli", subcommand, *map(str, arguments)]
 
 
 class BackendProcess:
@@ -85,7 +88,7 @@ class BackendProcess:
         self.command = list(command)
         self.fraction = 0.0
         self.message = ""
-        self.log: list[str] = []
+        self.log: deque[str] = deque(maxlen=LOG_LINES)  #: the latest output lines
         self._events: queue.Queue[ProcessEvent] = queue.Queue()
         self._cancelled = False
         try:

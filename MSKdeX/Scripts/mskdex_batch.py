@@ -49,7 +49,6 @@ def run(argv: list[str]) -> int:
 
         from MSKdeXTraining.fileio import refuse_overwrite
         from MSKdeXTraining.errors import InputError
-        from MSKdeXTraining.objects import ObjectMapError
         from MSKdeXTraining.radiograph_io import read_radiograph, stem
 
         from MSKdeXLib.pipeline import Pipeline
@@ -60,12 +59,7 @@ def run(argv: list[str]) -> int:
         print(f"mskdex_batch: error: {e}. Run inside 3D Slicer with the MSKdeX extension, or in a "
               "Python environment with MSKdeX and slicer-core installed.", file=sys.stderr)
         return EXIT_ERROR
-    input_errors = (InputError, ObjectMapError, FileNotFoundError, FileExistsError)
-    try:
-        from MSKdeXTraining.modelio import ModelFormatError
-        input_errors += (ModelFormatError,)
-    except ImportError:
-        pass
+    input_errors = (InputError, FileNotFoundError, FileExistsError)  # InputError covers map/model errors
     try:
         if args.tta < 1:
             raise InputError(f"--tta must be >= 1, got {args.tta}")

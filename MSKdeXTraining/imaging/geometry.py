@@ -143,14 +143,6 @@ def rigid(rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0),
     return m
 
 
-def rigid_params(m: np.ndarray, center_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Inverse of :func:`rigid`: (rx, ry, rz in degrees, tx, ty, tz in mm)."""
-    r = m[:3, :3]
-    c = np.asarray(center_mm, float)
-    angles = Rotation.from_matrix(r).as_euler("xyz", degrees=True)
-    return np.concatenate([angles, m[:3, 3] - c + r @ c])
-
-
 def default_ap_pose(isocenter_lps, geometry: Geometry) -> np.ndarray:
     """World->camera pose of the AP view with ``isocenter_lps`` (mm) on the central ray at SOD."""
     pose = np.eye(4)

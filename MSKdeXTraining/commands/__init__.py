@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from ..errors import InputError
+
+
+@contextmanager
+def progress_bar(desc: str, leave: bool = True) -> Iterator[Callable[[float, str], None]]:
+    """Yield a ``progress(fraction, message)`` callback that moves a 0-100 % tqdm bar and shows
+    the latest message (the one bar format the Slicer module parses from a child process)."""
+    from tqdm import tqdm
+
+    with tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+              dynamic_ncols=True, leave=leave) as bar:
+        def update(fraction: float, message: str) -> None:
+            bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
+            bar.set_postfix_str(message[:60], refresh=False)
+            bar.refresh()
+        yield update
 
 
 def pixel_spacing_option(values: list[float] | None) -> tuple[float, float] | None:

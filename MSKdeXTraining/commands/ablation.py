@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import progress_bar
 from .evaluate import add_training_arguments
 
 HELP = ("Ablation of the OWIS weight lambda_is and the aligned-bone loss on one held-out fold; "
@@ -26,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.ablation import ablation, print_table2
     from ..training.config import parse_overrides
-    from ..evaluation.progress import progress_bar
 
     bone = {"both": (False, True), "on": (True,), "off": (False,)}[args.bone_loss]
     with progress_bar("ablation") as bar:

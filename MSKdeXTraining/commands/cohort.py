@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ..cohort.generate import SIZES, generate_cohort
 from ..errors import InputError
+from . import progress_bar
 
 HELP = "Generate a synthetic cohort of paired CTs and radiographs (layout mskdex-cohort v1)."
 
@@ -33,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--n must be >= 1, got {args.n}")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be >= 1, got {args.workers}")
-    with tqdm(total=args.n, unit="case", desc="cohort") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(fraction * args.n)
-            bar.refresh()
-
+    with progress_bar("cohort") as progress:
         out = generate_cohort(args.n, args.seed, args.out, args.size, args.workers,
                               args.templates, progress)
     print(f"cohort of {args.n} cases in {out}")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import pixel_spacing_option
+from . import pixel_spacing_option, progress_bar
 
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
         "lean muscle / bone mass (g), uncertainty and an out-of-distribution flag")
@@ -50,7 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
     from ..imaging.projector import DRR_TYPES
     from ..inference import Decomposer, decompose_files
-    from ..evaluation.progress import progress_bar
     from ..radiograph_io import read_radiograph
 
     spacing = pixel_spacing_option(args.pixel_spacing)

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from . import progress_bar
 from .evaluate import add_training_arguments
 
 HELP = ("End-to-end demo: synthetic cohort from the bundled anatomy -> prepare -> train the small "
@@ -29,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.demo import run_demo
     from ..training.config import parse_overrides
-    from ..evaluation.progress import progress_bar
     from ..evaluation.summary import print_table
 
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import pixel_spacing_option
+from . import pixel_spacing_option, progress_bar
 
 HELP = ("Render the object-wise DRRs (WVDRR, VDRR cm, MDRR g/cm2) of a CT and its label map; "
         "writes wvdrr/vdrr/mdrr.nrrd and metrics.json (volume cm3, mass g: 3D vs DRR sums)")
@@ -58,16 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from ..drr import drr_from_files
 
     geometry = geometry_from_args(args)
-    with tqdm(total=100, unit="%", desc="projecting", leave=False) as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message, refresh=True)
-
+    with progress_bar("projecting", leave=False) as progress:
         result = drr_from_files(args.ct, args.labels, args.out, args.objects, geometry,
                                 resample=args.resample_labels, per_side=args.per_side,
                                 device=args.device, progress=progress)

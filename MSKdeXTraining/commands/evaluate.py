@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import progress_bar
+
 HELP = ("K-fold cross-validation (split by patient) on a prepared dataset: per-object PCC, "
         "ICC(2,1), MAE of mass (g) and volume (cm3), bone PSNR/SSIM, figures, HTML report")
 
@@ -31,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.crossval import evaluate
     from ..training.config import parse_overrides
-    from ..evaluation.progress import progress_bar
     from ..evaluation.summary import print_table
 
     with progress_bar("evaluate") as bar:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import progress_bar
+
 HELP = ("Prepare a cohort for training: segmentation QC, bone registration, object-wise DRRs "
         "(default AP pose), aligned bone DRRs (registered poses), resampled radiographs; "
         "parallel, resumable, shardable")
@@ -45,7 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from tqdm import tqdm
 
     from ..imaging.registration import RegistrationSettings
     from ..errors import InputError
@@ -66,11 +67,7 @@ def run(args: argparse.Namespace) -> int:
     rows = args.image_size if args.image_size is not None else args.rows
     cols = args.image_size if args.image_size is not None else args.cols
     geometry = dataset_geometry(args.cohort, rows, cols)
-    with tqdm(total=100, unit="%", desc="preparing") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message, refresh=True)
-
+    with progress_bar("preparing") as progress:
         out = prepare_dataset(args.cohort, args.out, geometry, args.shard, args.workers,
                               args.include_failed, progress,
                               RegistrationSettings.preset(args.preset))

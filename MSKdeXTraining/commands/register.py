@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import pixel_spacing_option
+from . import pixel_spacing_option, progress_bar
 
 HELP = ("Register the pelvis (with sacrum) and each femur of a CT to a radiograph (6-DoF, "
         "gradient correlation); writes poses.json and QC overlays (qc_<body>.png)")
@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     import numpy as np
-    from tqdm import tqdm
 
     from ..fileio import refuse_overwrite, write_json
     from ..imaging.qc_images import overlay_image, write_qc_figure
@@ -58,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
     check_same_grid(ct, labels, str(args.ct), str(args.labels))
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)
     settings = replace(RegistrationSettings.preset(args.preset), seed=args.seed)
-    with tqdm(total=100, unit="%", desc="registering", leave=False) as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = round(100 * fraction)
-            bar.set_postfix_str(message, refresh=True)
-
+    with progress_bar("registering", leave=False) as progress:
         results = register_bodies(ct, labels, objects, xray, geometry, settings=settings,
                                   progress=progress, source=str(args.labels))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ..training.config import builtin_configs, load_config, parse_overrides
 from ..training.trainer import train
+from . import progress_bar
 
 HELP = "Train the decomposition model (G: radiograph -> object-wise DRRs) on a prepared dataset."
 
@@ -42,11 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         overrides["device"] = args.device
     config = load_config(args.config, overrides)
-    with tqdm(total=1000, unit="", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}") as bar:
-        def progress(fraction: float, message: str) -> None:
-            bar.n = int(1000 * fraction)
-            bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
+    with progress_bar("training") as progress:
         out = train(config, args.data, args.out, fold=args.fold, resume=args.resume, progress=progress)
     print(f"model written to {out / 'model.safetensors'} (+ model.json)")
     return 0

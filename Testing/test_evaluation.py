@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import copy
 import csv
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +120,6 @@ def test_bones_of_failed_registrations_are_not_scored(toy, evaluated, tmp_path):
     assert np.isnan(image["femur"]["mdrr"]["ssim"])
 
 
-def test_anova_of_two_evaluations(evaluated):
-    _, preds = evaluated
-    rows = anova(preds, preds)
-    assert rows[0]["mass"]["f"] == pytest.approx(0.0) and rows[0]["mass"]["p"] == pytest.approx(1.0)
-
-
 def test_density_agreement_is_that_of_mass_over_volume():
     from MSKdeXTraining.evaluation.crossval import Predictions
     rng = np.random.default_rng(3)
@@ -164,3 +161,36 @@ def test_ablation_table2_layout(toy):
     with pytest.raises(InputError, match="share an output folder"):
         ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(100.0, 100.0000001),
                  bone_losses=(False,), k=2)
+
+
+def test_a_fold_made_from_another_dataset_is_refused(toy, evaluated, tmp_path):
+    """The dataset was re-prepared after the evaluation: its fold results
+    are not reused."""
+    from MSKdeXTraining.evaluation.crossval import evaluate
+
+    data, out = tmp_path / "data", tmp_path / "eval"
+    shutil.copytree(toy / "data", data)
+    shutil.copytree(evaluated[0], out)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["note"] = "prepared again"
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="made with another dataset"):
+        evaluate(data, out, toy / "tiny.yaml", k=2, folds=[0])
+
+
+def test_anova_compares_the_absolute_errors(evaluated):
+    """One-way ANOVA of the absolute errors of two evaluations: here the second has exactly
+    twice the absolute errors of the first (the same evaluation twice gives F = 0, p = 1)."""
+    from scipy import stats
+
+    from MSKdeXTraining.evaluation.crossval import anova
+
+    _, preds = evaluated
+    worse = copy.deepcopy(preds)
+    worse.mass_pred = preds.mass_true + 2 * (preds.mass_pred - preds.mass_true)
+    row = anova(preds, worse)[0]
+    ea = np.abs(preds.mass_pred[:, 0] - preds.mass_true[:, 0])
+    assert row["mass"]["f"] == pytest.approx(stats.f_oneway(ea, 2 * ea).statistic)
+    assert row["mass"]["mae_b"] == pytest.approx(2 * row["mass"]["mae_a"])
+    same = anova(preds, preds)[0]
+    assert same["mass"]["f"] == pytest.approx(0.0) and same["mass"]["p"] == pytest.approx(1.0)

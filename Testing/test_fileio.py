@@ -51,7 +51,7 @@ def test_atomic_output_gets_the_usual_permissions(tmp_path):
 
 
 def test_damaged_settings_files_name_the_file_and_field(tmp_path, capsys):
-    """prepare.json cut short or emptied: one line naming the file (and the field), no traceback."""
+    """Prepare.json cut short or emptied: one line naming the file (and the field), no traceback."""
     from MSKdeXTraining.cli import main
 
     settings = tmp_path / "ds" / "prepare.json"

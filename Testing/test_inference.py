@@ -4,6 +4,7 @@ outputs written and resumable, the out-of-distribution flag, real DICOMs, the CL
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import hashlib
 import json
@@ -16,7 +17,9 @@ import SimpleITK as sitk
 
 from MSKdeXTraining.commands import decompose as decompose_cmd
 from MSKdeXTraining.errors import InputError
-from MSKdeXTraining.inference import Decomposer, decompose_files, output_names, to_detector
+from MSKdeXTraining.imaging.projector import per_pixel_area
+from MSKdeXTraining.inference import (OOD_Z, Decomposer, decompose_files, output_names, sample_augmentations,
+                                      to_detector)
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import PreparedDataset
@@ -233,3 +236,90 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     args.pixel_spacing = [1.0]
     assert decompose_cmd.run(args) == 0
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
+
+
+def test_partial_field_of_view_is_flagged(trained, decomposer):
+    """A radiograph covering a quarter of the model's field of view."""
+    r = toy_radiograph(trained[0], 0)
+    part = Radiograph(r.array[8:24, 8:24].copy(), r.pixel_spacing, dict(r.source))
+    result = decomposer.decompose(part, tta=1)
+    assert result.source["resampling"]["coverage"] < 0.8
+    assert result.ood.flag and any("field of view" in x for x in result.ood.reasons)
+
+
+def test_uniform_image_is_flagged(trained, decomposer):
+    """[inf-uniform-flag]"""
+    r = toy_radiograph(trained[0], 0)
+    flat = Radiograph(np.full(r.shape, 0.5, np.float32), r.pixel_spacing, dict(r.source))
+    result = decomposer.decompose(flat, tta=1)
+    assert result.ood.flag and any("nearly uniform" in x for x in result.ood.reasons)
+
+
+def test_intensity_z_score_has_its_own_reason(trained, decomposer):
+    """A much brighter image: its intensity z-score is named as a reason."""
+    r = toy_radiograph(trained[0], 0)
+    bright = Radiograph(np.clip(r.array + 0.5, 0, 1).astype(np.float32), r.pixel_spacing, dict(r.source))
+    result = decomposer.decompose(bright, tta=1)
+    assert result.ood.features["intensity_z"] > OOD_Z
+    assert any(x.startswith("intensity statistics") for x in result.ood.reasons)
+
+
+def test_uncertainty_is_the_sample_sd_over_the_augmentations(trained, decomposer):
+    """Tta = 2: the SD of two values a, b is |a - b| / sqrt(2)."""
+    r = toy_radiograph(trained[0], 4)
+    result = decomposer.decompose(r, tta=2, seed=5)
+    x, det, _ = decomposer.model_input(r)
+    pred = decomposer.predict(np.stack([a.apply(x) for a in sample_augmentations(2, 5)]))
+    sums = per_pixel_area(pred, decomposer.geometry.pixel_area_cm2, det.pixel_area_cm2) \
+        .astype(np.float64).sum(axis=(-1, -2)) * det.pixel_area_cm2
+    for t, key in ((1, "volume_sd_cm3"), (2, "mass_sd_g")):
+        np.testing.assert_allclose([row[key] for row in result.table],
+                                   np.abs(sums[0, t] - sums[1, t]) / np.sqrt(2), rtol=1e-5, atol=1e-9)
+
+
+def test_batch_resume_refuses_another_model_or_magnification(trained, decomposer, tmp_path):
+    """[inf-resume-key-model, inf-resume-key-magnification] a folder holding the result of
+    another model, or of another --magnification, is never reused."""
+    data, _ = trained
+    image = sitk.GetImageFromArray(PreparedDataset(data).load(0)["xray"][0].numpy())
+    image.SetSpacing((2.0, 2.0))
+    xray = tmp_path / "hip.mha"
+    sitk.WriteImage(image, str(xray))
+    out = tmp_path / "out"
+    decompose_files(decomposer, [xray], out, tta=1)
+    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+        decompose_files(decomposer, [xray], out, tta=1, magnification=1.3)
+    retrained = copy.copy(decomposer.model)
+    retrained.origin = {**decomposer.model.origin, "weights_sha256": "0" * 64}
+    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+        decompose_files(Decomposer(retrained), [xray], out, tta=1)
+
+
+def test_tta_is_seeded(trained, decomposer):
+    """Same seed, same uncertainty; another seed, another one (only the
+    slicer-core batch test pinned this before)."""
+    r = toy_radiograph(trained[0], 1)
+    a, b = (decomposer.decompose(r, tta=3, seed=4) for _ in range(2))
+    c = decomposer.decompose(r, tta=3, seed=5)
+    assert [x["mass_sd_g"] for x in a.table] == [x["mass_sd_g"] for x in b.table]
+    assert [x["mass_sd_g"] for x in a.table] != [x["mass_sd_g"] for x in c.table]
+    assert [x.shift for x in a.augmentations] == [x.shift for x in sample_augmentations(3, 4)]
+
+
+def test_raw_radiograph_window_ignores_a_few_saturated_pixels():
+    """Burned-in markers at the detector maximum (0.3 % of the pixels) must not
+    compress the anatomy's grey range: the window is set on percentiles."""
+    from MSKdeXTraining.inference import unit_range
+
+    a = np.tile(np.linspace(0.0, 1000.0, 200), (200, 1))
+    a[:6, :20] = 4095.0
+    x, method = unit_range(Radiograph(a.astype(np.float32), (1.0, 1.0), {"value_range": [0, 4095]}))
+    assert np.percentile(x, 99) > 0.95 and np.percentile(x, 1) < 0.05, method
+
+
+def test_eight_bit_export_is_flagged_without_shared_data(trained, decomposer):
+    """Checked on a DICOM written here, so that it runs without the shared data."""
+    r = toy_radiograph(trained[0], 0)
+    r.source["bits_stored"] = 8
+    result = decomposer.decompose(r, tta=1)
+    assert result.ood.flag and any(x.startswith("8-bit image") for x in result.ood.reasons)

@@ -128,3 +128,12 @@ def test_checkpoint_round_trip_without_pickle(run):
     json.dumps(structure)
     back = join_tensors(json.loads(json.dumps(structure)), tensors)
     assert torch.equal(back["a"], nested["a"]) and back["b"][1][1] == "x" and back["c"] == [None, 2.5]
+
+
+def test_model_from_a_newer_minor_version_is_refused(tmp_path):
+    """0.2.x wrote fields this 0.1 may not know: refused, not guessed."""
+    from MSKdeXTraining.modelio import ModelFormatError, check_code_version
+
+    check_code_version("0.1.9", "model.json")  # same minor, any patch: accepted
+    with pytest.raises(ModelFormatError, match="written by MSKdeX 0.2.0"):
+        check_code_version("0.2.0", "model.json")

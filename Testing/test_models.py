@@ -55,3 +55,18 @@ def test_translator_and_patchgan_shapes():
 def test_hrnet_spec_rejects_bad_values(kwargs):
     with pytest.raises(ValueError, match="HRNet"):
         HRNetSpec(**kwargs)
+
+
+def test_hrnet_fusion_mixes_the_lowest_resolution_into_the_highest():
+    """Changing only
+    the lowest-resolution branch changes the highest-resolution output of the fusion."""
+    from MSKdeXTraining.models import Generator, HRNetSpec
+
+    torch.manual_seed(0)
+    g = Generator(2, HRNetSpec(width=4, branches=3, blocks=1, stem_stride=2)).eval()
+    fuse = g.net.stages[2][0].fuse
+    xs = [torch.randn(1, 4, 16, 16), torch.randn(1, 8, 8, 8), torch.randn(1, 16, 4, 4)]
+    with torch.no_grad():
+        a = fuse(xs)[0]
+        b = fuse(xs[:2] + [xs[2] + torch.randn_like(xs[2])])[0]
+    assert (a - b).abs().max() > 1e-3

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
+from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
+from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.prepare import dataset_geometry, merge_manifest, prepare_dataset
 
 #: Registration budget for the tests: the data flow is tested here, accuracy elsewhere.
@@ -134,3 +139,55 @@ def test_resume_shards_and_include_failed(cohort, tmp_path):
     broken = kept["cases"][2]
     assert broken["status"] == "ok" and broken["reasons"] and broken["file"]
     assert set(broken["registration"]) == {"pelvis", "femur_left", "femur_right"}
+
+
+def test_each_femur_is_rendered_at_its_own_pose():
+    """The aligned femur channel = left femur at femur_left's pose +
+    right femur at femur_right's pose."""
+    from MSKdeXTraining.prepare import _aligned_bones
+
+    a = np.zeros((24, 24, 32), np.uint8)
+    a[14:20, 8:16, 10:22] = 1   # pelvis
+    a[4:12, 9:15, 20:25] = 3    # femur left (+x)
+    a[4:12, 9:15, 7:12] = 4     # femur right
+    ct = Volume(np.where(a > 0, 700, 0).astype(np.int16), (3.0,) * 3, (-48.0, -36.0, -36.0), np.eye(3))
+    labels = ct.with_array(a)
+    g = Geometry(64, 64, (2.5, 2.5))
+    p = default_ap_pose(ct.center, g)
+    poses = {"pelvis": p, "femur_left": rigid((0, 0, 5), (8, 0, 0)) @ p,
+             "femur_right": rigid((0, 0, -5), (0, 10, 0)) @ p}
+    got = _aligned_bones(ct, labels, load_object_map("synthetic"), g, poses).data[:, 1]
+
+    def one(value, pose):
+        m = ObjectMap("one", (ObjectSpec("b", "bone", (value,)),), "ignore")
+        return project_objects(ct, labels, m, g, pose).data[:, 0]
+    expected = one(3, poses["femur_left"]) + one(4, poses["femur_right"])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_objects_outside_the_detector_exclude_the_case(cohort, tmp_path):
+    """A dataset detector covering half the field of view: every case loses
+    objects off the detector and is excluded with that reason."""
+    from MSKdeXTraining.prepare import dataset_geometry, prepare_dataset
+
+    g = dataset_geometry(cohort, 32)
+    small = replace(g, pixel_spacing=tuple(s / 2 for s in g.pixel_spacing))
+    out = prepare_dataset(cohort, tmp_path / "ds", small, workers=1, settings=CHEAP)
+    m = json.loads((out / "manifest.json").read_text())
+    for c in m["cases"][:2]:
+        assert c["qc"]["drr_lost_fraction"] > 0.005
+        assert c["status"] == "excluded" and any("partly outside the detector" in r for r in c["reasons"])
+
+
+def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(cohort, tmp_path):
+    """A prepare folder made with other settings is refused up front (no case is redone)."""
+    from MSKdeXTraining.prepare import dataset_geometry, prepare_dataset
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    g = dataset_geometry(cohort, 32)
+    (out / "prepare.json").write_text(json.dumps({"cohort": str(cohort.resolve()), "geometry": g.to_json(),
+                                                  "registration": CHEAP.to_json(), "include_failed": False}))
+    with pytest.raises(InputError, match=r"other settings \(include_failed differ\)"):
+        prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
+    assert not (out / "cases").exists()

@@ -236,3 +236,37 @@ def test_unreadable_files(tmp_path):
         read_radiograph(tmp_path / "junk.dcm")
     with pytest.raises(InputError, match="not found"):
         read_radiograph(tmp_path / "missing.dcm")
+
+
+def test_spacing_aspect_ratio_beyond_two_is_refused(tmp_path, ramp):
+    """1.0 x 0.4 mm pixels (200 x 64 mm, a plausible field of view)."""
+    f = write_dicom(tmp_path / "r.dcm", ramp, bits=12, ImagerPixelSpacing=[1.0, 0.4])
+    with pytest.raises(InputError, match="ratio 2.50 is above 2"):
+        read_radiograph(f)
+
+
+def test_colour_picture_is_converted_with_the_luma_weights(tmp_path):
+    """A colour export becomes BT.601 luma, not one of its channels."""
+    rgb = np.random.default_rng(2).integers(0, 256, (100, 80, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    r = read_radiograph(tmp_path / "c.png", 1.0)
+    np.testing.assert_allclose(r.array, rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+
+
+def test_monochrome1_with_a_negative_rescale_intercept(tmp_path, ramp):
+    """The inversion mirrors within the rescaled range [-1024, 3071]
+    (the existing MONOCHROME1 tests both have ranges starting at 0)."""
+    f = write_dicom(tmp_path / "n.dcm", ramp, photometric="MONOCHROME1", bits=12,
+                    ImagerPixelSpacing=[0.5, 0.5], RescaleSlope=1, RescaleIntercept=-1024)
+    r = read_radiograph(f)
+    assert r.source["value_range"] == [-1024.0, 3071.0]
+    np.testing.assert_array_equal(r.array, 3071.0 - ramp.astype(np.float32))
+    assert -1024 <= r.array.min() and r.array.max() <= 3071
+
+
+def test_placeholder_pixel_spacing_is_refused_without_shared_data(tmp_path, ramp):
+    """Checked on a DICOM written here, so that it runs without the shared data."""
+    f = write_dicom(tmp_path / "p.dcm", ramp, bits=12, PixelSpacing=[1.0, 1.0])
+    with pytest.raises(InputError, match=r"PixelSpacing \(0028,0030\) is 1\.0.*placeholder"):
+        read_radiograph(f)
+    assert read_radiograph(write_dicom(tmp_path / "q.dcm", ramp, bits=12, PixelSpacing=[1.0, 0.9])).pixel_spacing == (1.0, 0.9)

@@ -198,3 +198,47 @@ def test_cli_runs_in_process(dataset, tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "model.json").read_text())["split"]["fold"] == [1, 3]
     with pytest.raises(argparse.ArgumentTypeError, match="k/K"):
         train_cmd.parse_fold("3/3")
+
+
+def test_objective_ignores_bones_of_failed_registrations(dataset):
+    """Objective.step passes aligned_ok to the bone loss."""
+    config = load_config("small", {**TINY, "gan": False, "lambda_cyc": 0})
+    ds = PreparedDataset(dataset, size=config.size)
+    parts = build_training(config, len(ds.objects), ds.bone_index, DistInfo(0, 1, 0, torch.device("cpu")))
+    parts.objective.norm = normalisation(ds)
+    batch = next(iter(DataLoader(ds, batch_size=2)))
+    batch["aligned_ok"] = torch.zeros_like(batch["aligned_ok"])
+    values = parts.objective.step(batch, config.lambda_is)
+    assert values["bone"] == 0.0 and values["bone_mdrr"] == 0.0
+
+
+def test_owis_weight_ramps_up_over_the_warmup(dataset, tmp_path):
+    """Lambda_is = lambda x min(1, epoch / warmup)."""
+    config = load_config("small", {**TINY, "epochs": 2, "owis_warmup_epochs": 2, "gan": False,
+                                   "lambda_cyc": 0, "bone_loss": False})
+    rows = losses_of(train(config, dataset, tmp_path / "run"))
+    assert [float(r["lambda_is"]) for r in rows] == pytest.approx([config.lambda_is / 2, config.lambda_is])
+
+
+def test_flip_augmentation_flips_the_aligned_bones_too(dataset):
+    """The aligned-bone DRRs must stay registered to the flipped radiograph."""
+    ds = PreparedDataset(dataset, flip_seed=0)
+    for epoch in range(1, 20):
+        ds.set_epoch(epoch, 0)
+        for i in range(len(ds)):
+            item, plain = ds[i], ds.load(i)
+            if torch.equal(item["xray"], plain["xray"].flip(-1)) and not torch.equal(item["xray"], plain["xray"]):
+                assert torch.equal(item["drr"], plain["drr"].flip(-1))
+                assert torch.equal(item["aligned"], plain["aligned"].flip(-1))
+                return
+    pytest.fail("no flipped case drawn")
+
+
+def test_latest_checkpoint_is_the_highest_epoch(tmp_path):
+    """Resume starts from the newest checkpoint, not the first one found."""
+    from MSKdeXTraining.training.checkpoint import latest_checkpoint
+
+    for e in (2, 10, 4):
+        (tmp_path / f"epoch_{e:04d}.json").write_text("{}")
+    (tmp_path / "epoch_0011.json.tmp").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "epoch_0010.json"

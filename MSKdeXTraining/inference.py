@@ -97,6 +97,21 @@ class OODResult:
     features: dict[str, float] = field(default_factory=dict)
 
 
+#: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names).
+TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g")
+
+
+def write_table_csv(rows: list[dict], path: str | Path, ood: bool) -> Path:
+    """The decomposition table as CSV (:data:`TABLE_COLUMNS` and the radiograph's OOD flag, 0/1,
+    per row; an SD of None is written empty), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "ood"], lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({**{k: ("" if row[k] is None else row[k]) for k in TABLE_COLUMNS}, "ood": int(ood)})
+    return write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+
+
 @dataclass
 class Decomposition:
     """The result for one radiograph (see module docstring)."""
@@ -119,13 +134,7 @@ class Decomposition:
         atomically."""
         out = Path(out_dir)
         paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
-        cols = list(self.table[0])
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols + ["ood"], lineterminator="\n")
-        w.writeheader()
-        for row in self.table:
-            w.writerow({**row, "ood": int(self.ood.flag)})
-        write_atomic(paths["csv"], lambda p: p.write_text(buf.getvalue()))
+        write_table_csv(self.table, paths["csv"], self.ood.flag)
         for t, dtype in enumerate(self.drr_types):
             paths[dtype] = out / f"{stem}_{dtype}.nii.gz"
             image = sitk.GetImageFromArray(np.ascontiguousarray(self.drr[t]))  # (N, H, W) -> x=col

@@ -61,6 +61,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
                            "--tta", "2", "--scene", str(tmp_path / "scene")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    assert b"\r\n" not in out.read_bytes()  # the same CSV as `mskdex decompose` writes
     rows = list(csv.DictReader(out.open()))
     from MSKdeXTraining.inference import Decomposer
     from MSKdeXTraining.radiograph_io import read_radiograph

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "MSKdeX"))
 
 from MSKdeXTraining.imaging.geometry import Geometry  # noqa: E402
 from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects  # noqa: E402
+from MSKdeXTraining.inference import TABLE_COLUMNS  # noqa: E402
 from MSKdeXTraining.imaging.volume import InputError, read_ct, read_labels  # noqa: E402
 from MSKdeXTraining.objects import load_object_map  # noqa: E402
 from MSKdeXTraining.radiograph_io import read_radiograph  # noqa: E402
@@ -286,7 +287,7 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
     assert {t for _, t in out.layers} == set(DRR_TYPES)
     rows = table_rows(out.table)
     assert [r["object"] for r in rows] == list(result.names)
-    assert tuple(rows[0]) == COLUMNS
+    assert tuple(rows[0]) == COLUMNS == TABLE_COLUMNS == tuple(result.table[0])
     assert out.table.GetColumnUnitLabel("volume_cm3") == "cm3"
     assert out.table.GetColumnUnitLabel("mass_g") == "g"
     assert out.table.GetColumnUnitLabel("mass_sd_g") == "g"

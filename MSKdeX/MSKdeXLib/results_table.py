@@ -8,14 +8,12 @@ Columns (as in the backend's CSV): ``object``, ``kind`` (muscle/bone), ``volume_
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import slicer
 import vtk
 
-from MSKdeXTraining.fileio import write_atomic
 from MSKdeXTraining.errors import InputError
 
 #: (column, title, unit, description) of the numeric columns, in order.
@@ -26,7 +24,7 @@ NUMERIC_COLUMNS = (
     ("mass_sd_g", "Mass SD", "g", "Uncertainty of the mass (SD over test-time augmentation)"),
 )
 TEXT_COLUMNS = ("object", "kind")
-COLUMNS = TEXT_COLUMNS + tuple(c[0] for c in NUMERIC_COLUMNS)
+COLUMNS = TEXT_COLUMNS + tuple(c[0] for c in NUMERIC_COLUMNS)  # = inference.TABLE_COLUMNS (tested)
 
 
 def results_table(rows: Sequence[Mapping], scene, name: str, node=None):
@@ -100,12 +98,8 @@ def results_chart(table_node, scene, name: str, column: str = "mass_g", node=Non
 
 
 def write_csv(rows: Sequence[Mapping], path: str | Path, ood: bool) -> Path:
-    """Write the rows as CSV with the :data:`COLUMNS` header (units in the names) and the
-    radiograph's out-of-distribution flag (0/1) per row, as ``mskdex decompose`` does, atomically."""
-    def writer(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[*COLUMNS, "ood"], extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({**{k: ("" if r[k] is None else r[k]) for k in COLUMNS}, "ood": int(ood)})
-    return write_atomic(path, writer)
+    """Write the rows (e.g. :func:`table_rows` of a results table) as ``mskdex decompose``
+    writes its CSV (:func:`~MSKdeXTraining.inference.write_table_csv`), atomically."""
+    from MSKdeXTraining.inference import write_table_csv
+
+    return write_table_csv([dict(r) for r in rows], path, ood)

@@ -42,7 +42,7 @@ from scipy import ndimage
 from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
-from .imaging.projector import per_pixel_area
+from .imaging.projector import DRR_SHORT_UNITS, per_pixel_area
 from .radiograph_io import Radiograph, read_radiograph, stem as file_stem
 
 Progress = Callable[[float, str], None]
@@ -144,8 +144,7 @@ class Decomposition:
             write_atomic(paths[dtype], lambda p, im=image: sitk.WriteImage(im, str(p), True))
         write_json(paths["json"], {
             "format": TABLE_FORMAT, "version": TABLE_VERSION,
-            "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": {"wvdrr": "1", "vdrr": "cm",
-                                                                    "mdrr": "g/cm2"}},
+            "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": DRR_SHORT_UNITS},
             "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
             "source": self.source, "model": self.model,
             "augmentations": [asdict(a) for a in self.augmentations],

@@ -31,13 +31,13 @@ from .errors import InputError
 from .fileio import read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
 from .imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
+from .imaging.projector import DRR_UNITS
 from .models import Generator
 
 FORMAT = "mskdex-model"
 VERSION = 2
 DRR_TYPES = list(PROJECTOR_DRR_TYPES)
-UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2",
-         "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
+UNITS = {**DRR_UNITS, "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
 #: Training statistics of the out-of-distribution check (:meth:`LoadedModel.ood`).

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import slicer
 
-from MSKdeXTraining.imaging.projector import DRR_TYPES
+from MSKdeXTraining.imaging.projector import DRR_SHORT_UNITS, DRR_TYPES
 from MSKdeXTraining.errors import InputError
 
 from .radiograph_nodes import detector_volume, place_like
@@ -24,7 +24,7 @@ OBJECT_ATTRIBUTE = "MSKdeX.Object"
 TYPE_ATTRIBUTE = "MSKdeX.DRRType"
 UNIT_ATTRIBUTE = "MSKdeX.Unit"
 #: Units of each DRR type (see docs/formats.md, "DRR units").
-DRR_UNIT = {"wvdrr": "1", "vdrr": "cm", "mdrr": "g/cm2"}
+DRR_UNIT = DRR_SHORT_UNITS
 #: Colour maps tried for each type (Slicer's built-in colour nodes; grey when absent).
 COLOR_NODE = {"wvdrr": "vtkMRMLColorTableNodeGrey", "vdrr": "vtkMRMLColorTableNodeFileViridis.txt",
               "mdrr": "vtkMRMLColorTableNodeFileInferno.txt"}

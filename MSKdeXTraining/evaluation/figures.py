@@ -13,12 +13,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..fileio import write_atomic
+from ..imaging.projector import DRR_TYPES
 from ..objects import DISPLAY_NAMES
 from .metrics import icc, pcc
-
-#: DRR channel index per type in a (3, N, H, W) stack.
-DRR_INDEX = {"wvdrr": 0, "vdrr": 1, "mdrr": 2}
-DRR_LABEL = {"wvdrr": "WVDRR", "vdrr": "VDRR (cm)", "mdrr": "MDRR (g/cm2)"}
 
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
@@ -81,13 +78,13 @@ def decomposition_figure(xray: np.ndarray, pred: np.ndarray, ref: np.ndarray, na
     axes[0, 0].imshow(xray, cmap="gray")
     axes[0, 0].set_title("radiograph", fontsize=9)
     for t, dtype in enumerate(drr_types):
-        c = DRR_INDEX[dtype]
+        c = DRR_TYPES.index(dtype)
         for j, i in enumerate(idx):
             vmax = float(max(pred[c, i].max(), ref[c, i].max(), 1e-9))
             for r, (img, label) in enumerate(((pred, "predicted"), (ref, "reference"))):
                 ax = axes[2 * t + r, j + 1]
                 ax.imshow(img[c, i], cmap="gray", vmin=0.0, vmax=vmax)
-                ax.set_title(f"{DISPLAY_NAMES.get(names[i], names[i])} {DRR_LABEL[dtype].split()[0]}\n{label}",
+                ax.set_title(f"{DISPLAY_NAMES.get(names[i], names[i])} {dtype.upper()}\n{label}",
                              fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

@@ -38,6 +38,8 @@ from .volume import Volume
 
 DRR_TYPES = ("wvdrr", "vdrr", "mdrr")
 DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2"}
+#: The same units in short form (image metadata, axis labels).
+DRR_SHORT_UNITS = {t: u.split()[0] for t, u in DRR_UNITS.items()}
 #: DRR types whose pixels are amounts per detector area (their sums times pixel area are cm3, g).
 PER_AREA_TYPES = ("vdrr", "mdrr")
 

@@ -280,6 +280,11 @@ def test_one_body_registers_as_in_the_first_pass_of_all_bodies(shared_data):
     np.testing.assert_array_equal(pelvis.pose, every["pelvis"].pose)
     np.testing.assert_array_equal(femur.pose, every["femur_left"].pose)
     assert femur.gc_threshold == every["femur_left"].gc_threshold > pelvis.gc_threshold
+    # the per-body adaptations are settings, recorded with them (prepare.json, poses.json)
+    assert {"femur_scale", "femur_gc_threshold", "start_search_mm", "prior_weight"} <= set(cheap.to_json())
+    stricter = register_body(ct, labels, objects, "femur_left", xray, g, pelvis_pose=pelvis.pose,
+                             settings=replace(cheap, femur_gc_threshold=0.61))
+    assert stricter.gc_threshold == 0.61
     with pytest.raises(InputError, match="bone: expected one of"):
         register_body(ct, labels, objects, "tibia", xray, g, settings=cheap)
 

@@ -125,12 +125,17 @@ class RegistrationSettings:
     ``blur_px``: Gaussian sigma applied to both images; ``mask_margin_mm``: GC is computed
     within this distance (detector mm) of the projected body at the level's start (None: the
     whole image). ``translation_sd_mm``: Gaussian prior on the translation away from the start
-    (None: none); each SD costs :data:`PRIOR_WEIGHT` of GC (a femur registered after the
+    (None: none); each SD costs ``prior_weight`` of GC (a femur registered after the
     pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
     first level's optimiser, try every in-plane shift on this grid (a start far from the
     truth, e.g. the default AP view). ``refine``: end :func:`register_bodies` with the joint
     refinement against the rest of the patient (:func:`refine_jointly`). ``seed`` makes
     CMA-ES deterministic.
+
+    How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
+    +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
+    ``femur_translation_sd_mm`` and at least ``femur_gc_threshold``; a joint refinement losing
+    more than ``refine_max_gc_drop`` of the body's own GC is rejected.
     """
 
     levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
@@ -146,6 +151,12 @@ class RegistrationSettings:
     gc_threshold: float = GC_THRESHOLD
     refine: bool = True
     seed: int = 1
+    prior_weight: float = PRIOR_WEIGHT
+    start_search_mm: float = START_SEARCH_MM
+    femur_scale: tuple[float, ...] = FEMUR_SCALE
+    femur_translation_sd_mm: float = FEMUR_TRANSLATION_SD_MM
+    femur_gc_threshold: float = FEMUR_GC_THRESHOLD
+    refine_max_gc_drop: float = REFINE_MAX_GC_DROP
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:
@@ -234,7 +245,7 @@ def default_isocenter(labels: Volume, objects: ObjectMap) -> np.ndarray:
     """Start isocentre (LPS mm) of the pelvis search: the midpoint of the femoral heads.
 
     Hip radiographs are centred on the hip joints; the pelvis search then covers in-plane
-    offsets of +-:data:`START_SEARCH_MM` from there. Without both femurs: the image centre.
+    offsets of +-``RegistrationSettings.start_search_mm`` from there. Without both femurs: the image centre.
     """
     bodies = rigid_bodies(objects)
     try:
@@ -523,7 +534,7 @@ class _Objective:
         if sd is None:
             return np.zeros(len(xs))
         t = np.atleast_2d(xs)[:, 3:] * self.scale[3:] / sd
-        return PRIOR_WEIGHT * (t ** 2).sum(axis=1)
+        return self.settings.prior_weight * (t ** 2).sum(axis=1)
 
 
 def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
@@ -633,10 +644,11 @@ def _body_job(name: str, bodies: dict[str, tuple[int, ...]], labels: Volume, obj
     start = (default_ap_pose(default_isocenter(labels, objects), geometry) if default
              else np.asarray(start_pose if start_pose is not None else pelvis_pose, float))
     if name == "pelvis":
-        first = replace(settings, grid_search_mm=(START_SEARCH_MM, START_SEARCH_MM / 6)) if default else settings
+        search = settings.start_search_mm
+        first = replace(settings, grid_search_mm=(search, search / 6)) if default else settings
         return (start, settings, None), first
-    femur = replace(settings, scale=FEMUR_SCALE, translation_sd_mm=FEMUR_TRANSLATION_SD_MM,
-                    gc_threshold=max(settings.gc_threshold, FEMUR_GC_THRESHOLD))
+    femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
+                    gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold))
     return (start, femur, femoral_head_center(labels, bodies[name])), femur
 
 
@@ -680,10 +692,10 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     label map in the error raised, before any work, for a body without voxels.
 
     The pelvis (with sacrum) starts from ``start_pose`` (default: the AP view about
-    :func:`default_isocenter`, with a search over in-plane shifts of +-:data:`START_SEARCH_MM`).
+    :func:`default_isocenter`, with a search over in-plane shifts of +-``settings.start_search_mm``).
     Each femur then starts from the registered pelvis pose (the CT's hip posture), turns
     about its head (:func:`femoral_head_center`) and has a translation prior of
-    :data:`FEMUR_TRANSLATION_SD_MM` (the head stays in the acetabulum).
+    ``settings.femur_translation_sd_mm`` (the head stays in the acetabulum).
     """
     settings = settings or RegistrationSettings()
     bodies = rigid_bodies(objects)
@@ -722,7 +734,7 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
     and its own share (warped with it; :class:`SoftTissueRenderer`).
 
     ``jobs[name]``: the body's (start pose, settings, rotation centre) of the first pass. A
-    refinement losing more than :data:`REFINE_MAX_GC_DROP` of the body's own GC (both poses
+    refinement losing more than ``refine_max_gc_drop`` (settings) of the body's own GC (both poses
     scored in the first pose's GC region) is rejected.
     ``seconds``, ``evaluations`` and ``level_gc`` of a result cover both passes.
     """
@@ -745,7 +757,7 @@ def refine_jointly(ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]
         best = first
         gc_first, gc_refined = _own_gc(ct, labels, bodies[name], radiograph, geometry, start, settings,
                                        first.center_cam, first.params, [first.params, refined.params])
-        if gc_refined >= gc_first - REFINE_MAX_GC_DROP:  # else pulled away: keep the first
+        if gc_refined >= gc_first - settings.refine_max_gc_drop:  # else pulled away: keep the first
             best = refined
             drrs[name] = render_body(ct, labels, bodies[name], best.pose, geometry)
             shares[name] = soft.render(name, best.pose, geometry)

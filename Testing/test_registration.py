@@ -15,10 +15,12 @@ from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, p
                                              rigid)
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
-    PRESETS, Level, RegistrationSettings, SoftTissueRenderer, _Attached, _FixedGC, body_centroid,
+    PRESETS, Level, RegistrationSettings, SoftTissueRenderer, body_centroid,
     default_isocenter, femoral_head_center, read_xray, register_bodies, register_body, register_bone,
     pose_from_params, registration_errors, render_body, rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.projector import project_objects
+from MSKdeXTraining.imaging.registration.optimise import _FixedGC
+from MSKdeXTraining.imaging.registration.render import _Attached
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
@@ -339,7 +341,7 @@ def test_depth_runs_along_the_camera_axis_in_parallel_geometry():
 
 def test_grid_search_finds_a_far_start(phantom_case, monkeypatch):
     # 35 mm off in-plane: beyond the local optimiser's reach, within the +-32 mm grid
-    import MSKdeXTraining.imaging.registration as reg
+    import MSKdeXTraining.imaging.registration.optimise as reg
 
     ct, labels, g, base, truth, xray = phantom_case
     start = rigid((0.0, 0.0, 0.0), (25.0, -25.0, 0.0)) @ truth

@@ -1,0 +1,47 @@
+"""2D/3D rigid registration of one bone to a radiograph (paper Sec. 2.1, ref. 21).
+
+A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis + sacrum),
+``femur_left`` and ``femur_right`` (:func:`rigid_bodies`). Registration finds the pose
+(world LPS mm -> camera mm) at which the body's WVDRR best matches the radiograph:
+
+* similarity: gradient correlation (GC, :mod:`.similarity`) of the body's WVDRR and the
+  radiograph, inside a region around the projected body (``mask_margin_mm``);
+* renderer: the body's attenuation (mu x volume, cm2) block-summed to a grid about as fine
+  as the level's detector pixels and splatted by :class:`.projector.Splatter`; both images
+  get the same light Gaussian blur, which removes splatting ripple;
+* coarse-to-fine levels (detector pixels of ``Level.pixel_mm``, 0 = the radiograph's own),
+  each optimised by CMA-ES (global, batched over the population) or Powell (local
+  refinement); both presets end with a small-step CMA-ES and Powell at full resolution
+  (depth and out-of-plane rotation are only seen there);
+* speed: each level crops both images to the bounding box of its GC region and computes
+  the radiograph's gradients once (:class:`_FixedGC`);
+* parameters ``(rx, ry, rz, tx, ty, tz)`` (degrees, mm) about a centre (the body's
+  centroid, or a femoral head) in the camera frame, applied on top of the start pose; depth
+  ``tz`` runs along the ray through the centre (:func:`pose_from_params`).
+
+The result carries the final GC at the radiograph's resolution and ``ok = gc >=
+settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohort: correct
+poses score above it, gross failures below).
+
+Overlap: GC of the bone's DRR alone is pulled by the structures overlapping the bone in the
+radiograph (soft tissue, other bones): on the first cohort generator's cases (1.7 mm pixels,
+CT not cropped) its optimum lay ~0.6 mm (projected) from the true pose.
+:func:`register_bodies` therefore ends with a refinement of each body against its DRR plus the rest of the patient at the current poses: the other
+bones, and the CT's soft tissue split between the bodies (:class:`SoftTissueRenderer`), the
+body's own share following it in 2D (:class:`_Attached`) (docs/registration.md).
+"""
+
+from .bodies import (body_centroid, default_isocenter, femoral_head_center, registration_errors,
+                     rigid_bodies, surface_points)
+from .joint import refine_jointly, register_bodies, register_body
+from .optimise import pose_from_params, register_bone
+from .render import BodyRenderer, SoftTissueRenderer, render_body
+from .settings import (GC_THRESHOLD, PRESETS, Level, Progress, RegistrationResult,
+                       RegistrationSettings)
+from .xray import read_xray
+
+__all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "Progress", "RegistrationResult",
+           "RegistrationSettings", "SoftTissueRenderer", "body_centroid", "default_isocenter",
+           "femoral_head_center", "pose_from_params", "read_xray", "refine_jointly", "register_bodies",
+           "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
+           "surface_points"]

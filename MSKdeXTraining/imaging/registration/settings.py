@@ -1,0 +1,170 @@
+"""Registration settings (optimiser levels, presets, per-body adaptations) and results."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ...errors import InputError
+from ..geometry import Geometry
+
+Progress = Callable[[float, str], None]
+
+
+#: GC (at the radiograph's resolution, inside the bone region) below which a registration
+#: is flagged as failed. Correct poses on the synthetic cohort score well above it.
+GC_THRESHOLD = 0.35
+
+
+#: Threshold for a femur (:func:`register_bodies`): less clutter around it than around the
+#: pelvis, so correct femur poses score higher (about 0.6-0.8 on the cohort).
+FEMUR_GC_THRESHOLD = 0.5
+
+
+#: GC cost of a translation of one prior SD (``RegistrationSettings.translation_sd_mm``)^2.
+PRIOR_WEIGHT = 0.005
+
+
+#: Search scale of a femur registered after the pelvis (deg x3, mm x3): it turns about its
+#: head by up to ~15-20 degrees, its head moves little.
+FEMUR_SCALE = (8.0, 8.0, 8.0, 3.0, 3.0, 3.0)
+
+
+#: Translation prior (mm) of a femur's head relative to the registered pelvis.
+FEMUR_TRANSLATION_SD_MM = 3.0
+
+
+#: In-plane shifts (mm, +-) searched when the pelvis starts from the default AP view.
+START_SEARCH_MM = 48.0
+
+
+#: A refined pose whose GC (the body's DRR alone) falls more than this below the first
+#: pass's is rejected: near the truth the bias costs ~0.002-0.008 of GC, larger drops were
+#: refinements pulled away by soft tissue that the CT does not model well (cohort cases 0-7).
+REFINE_MAX_GC_DROP = 0.01
+
+
+@dataclass(frozen=True)
+class Level:
+    """One pyramid level: detector pixel size, optimiser and its budget.
+
+    ``pixel_mm``: the level's detector pixel size (mm); the radiograph is downsampled by
+    ``round(pixel_mm / its spacing)`` (at least 1, i.e. its own resolution). ``sigma`` is the initial CMA-ES step in units of the search scale
+    (:attr:`RegistrationSettings.scale`); ``iterations`` are CMA generations or, for
+    Powell, the maximum number of function evaluations.
+    """
+
+    pixel_mm: float
+    optimizer: str = "cma"
+    iterations: int = 30
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("cma", "powell"):
+            raise ValueError(f"Level.optimizer must be 'cma' or 'powell', got {self.optimizer!r}")
+        if self.pixel_mm < 0 or self.iterations < 1 or self.sigma <= 0:
+            raise ValueError(f"Level needs pixel_mm >= 0, iterations >= 1, sigma > 0, got {self}")
+
+    def geometry(self, radiograph: Geometry) -> Geometry:
+        """The level's detector: the radiograph's field of view with coarser pixels."""
+        factor = max(1, round(self.pixel_mm / min(radiograph.pixel_spacing)))
+        return radiograph.resized(max(8, radiograph.rows // factor), max(8, radiograph.cols // factor))
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """Optimiser settings; :meth:`preset` gives the documented ``"accurate"``/``"fast"`` ones.
+
+    ``scale`` (deg, deg, deg, mm, mm, mm): one search unit per parameter (the expected start
+    error; depth is less observable, so wider). ``bounds`` (search units) limit each level's search about its start.
+    ``footprint_px``: largest projected size of a rendered sample (detector pixels);
+    ``blur_px``: Gaussian sigma applied to both images; ``mask_margin_mm``: GC is computed
+    within this distance (detector mm) of the projected body at the level's start (None: the
+    whole image). ``translation_sd_mm``: Gaussian prior on the translation away from the start
+    (None: none); each SD costs ``prior_weight`` of GC (a femur registered after the
+    pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
+    first level's optimiser, try every in-plane shift on this grid (a start far from the
+    truth, e.g. the default AP view). ``refine``: end :func:`register_bodies` with the joint
+    refinement against the rest of the patient (:func:`refine_jointly`). ``seed`` makes
+    CMA-ES deterministic.
+
+    How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
+    +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
+    ``femur_translation_sd_mm`` and at least ``femur_gc_threshold``; a joint refinement losing
+    more than ``refine_max_gc_drop`` of the body's own GC is rejected.
+    """
+
+    levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
+                                 Level(0.0, "cma", 15, 0.1), Level(0.0, "powell", 100))
+    scale: tuple[float, ...] = (5.0, 5.0, 5.0, 8.0, 8.0, 20.0)
+    bounds: float = 4.0
+    popsize: int = 12
+    footprint_px: float = 1.25
+    blur_px: float = 0.25
+    mask_margin_mm: float | None = 15.0
+    translation_sd_mm: float | None = None
+    grid_search_mm: tuple[float, float] | None = None
+    gc_threshold: float = GC_THRESHOLD
+    refine: bool = True
+    seed: int = 1
+    prior_weight: float = PRIOR_WEIGHT
+    start_search_mm: float = START_SEARCH_MM
+    femur_scale: tuple[float, ...] = FEMUR_SCALE
+    femur_translation_sd_mm: float = FEMUR_TRANSLATION_SD_MM
+    femur_gc_threshold: float = FEMUR_GC_THRESHOLD
+    refine_max_gc_drop: float = REFINE_MAX_GC_DROP
+
+    @classmethod
+    def preset(cls, name: str) -> RegistrationSettings:
+        """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
+        evaluations, no joint refinement).
+
+        Measured on the demo cohort (one torch thread): accurate ~8.3 s pelvis, ~2.4 s femur;
+        fast ~3.7 s pelvis, ~1 s femur (docs/registration.md).
+        """
+        if name == "accurate":
+            return cls()
+        if name == "fast":
+            return cls(levels=(Level(6.0, "cma", 25, 1.0), Level(3.0, "cma", 25, 0.3),
+                               Level(0.0, "cma", 12, 0.1), Level(0.0, "powell", 80)), popsize=10,
+                       refine=False)
+        raise InputError(f"registration preset must be one of {PRESETS}, got {name!r}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = ("accurate", "fast")
+
+
+@dataclass
+class RegistrationResult:
+    """Pose found for one body: ``pose`` 4x4 world (LPS mm) -> camera (mm).
+
+    ``params`` (deg, mm) are relative to the start pose about ``center_cam`` (mm); ``gc``
+    is the final gradient correlation at the radiograph's resolution; ``ok`` says whether it
+    reaches ``gc_threshold``. ``level_gc`` records the best GC of each level.
+    """
+
+    pose: np.ndarray
+    gc: float
+    ok: bool
+    params: np.ndarray
+    center_cam: np.ndarray
+    evaluations: int
+    seconds: float
+    level_gc: list[float] = field(default_factory=list)
+    gc_threshold: float = GC_THRESHOLD
+
+    def to_json(self) -> dict:
+        return {"pose": np.asarray(self.pose).tolist(), "gc": round(float(self.gc), 5),
+                "ok": bool(self.ok), "params": [round(float(p), 4) for p in self.params],
+                "params_units": ("deg, deg, deg, mm, mm, mm: rotations about center_cam (camera), tx/ty along "
+                                 "the detector axes, tz along the source->center_cam ray, after the start "
+                                 "pose (registration.pose_from_params)"),
+                "center_cam": [round(float(c), 3) for c in self.center_cam],
+                "evaluations": int(self.evaluations), "seconds": round(float(self.seconds), 3),
+                "level_gc": [round(float(g), 5) for g in self.level_gc],
+                "gc_threshold": float(self.gc_threshold)}

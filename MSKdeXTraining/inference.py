@@ -42,7 +42,7 @@ from scipy import ndimage
 from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
-from .imaging.projector import DRR_SHORT_UNITS, per_pixel_area
+from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .radiograph_io import Radiograph, read_radiograph, stem as file_stem
 
 Progress = Callable[[float, str], None]
@@ -321,44 +321,57 @@ def output_names(inputs: list[Path]) -> list[str]:
     return names
 
 
+def decompose_file(decomposer: Decomposer, path: Path, target: Path,
+                   pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
+                   magnification: float | None = None) -> tuple[dict, Decomposition | None]:
+    """Decompose one radiograph file into the folder ``target``; returns a summary (input,
+    output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
+    already holds the result of the same file content, settings and model: ``skipped``).
+    A ``target`` holding any other decomposition is refused (FileExistsError), never
+    overwritten; an unusable file raises :class:`InputError`."""
+    options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
+               "magnification": magnification, "tta": tta, "seed": seed,
+               "model_sha256": decomposer.model.origin.get("weights_sha256")}
+    summary = {"input": str(path), "output": str(target)}
+    done = target / "decomposition.json"
+    existing = [p for p in output_files(target) if p.exists()]
+    if existing:
+        key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **options}
+        if not done.is_file() or _recorded_batch_key(done) != key:
+            raise FileExistsError(f"{existing[0]}: holds a result of other input content, settings or model "
+                                  f"than {path} with these options; choose another output folder (--out) "
+                                  "or delete it")
+        return {**summary, "skipped": True}, None
+    t0 = time.perf_counter()
+    result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification), tta=tta, seed=seed)
+    result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
+    paths = result.write(target)
+    return {**summary, "ood": result.ood.flag, "reasons": result.ood.reasons,
+            "seconds": time.perf_counter() - t0, "files": {k: str(v) for k, v in paths.items()}}, result
+
+
+def output_files(target: Path, stem: str = "decomposition") -> list[Path]:
+    """The files :meth:`Decomposition.write` writes into ``target``."""
+    return [target / f"{stem}.csv", target / f"{stem}.json"] + [target / f"{stem}_{t}.nii.gz" for t in DRR_TYPES]
+
+
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
                     progress: Progress | None = None, magnification: float | None = None
                     ) -> list[dict]:
-    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`); returns one
-    summary per file (input, output, ood flag, reasons, output paths, seconds; ``error`` for a
-    file that could not be used, which does not stop the others). ``pixel_spacing`` and
-    ``magnification`` override the files' (:func:`read_radiograph`). A folder that already holds
-    the result of the same file content, settings and model is skipped, so an interrupted batch
-    resumes; one holding anything else is refused (FileExistsError), never overwritten."""
+    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`,
+    :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
+    be used, which does not stop the others; ``skipped`` for one already done, so an
+    interrupted batch resumes)."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
-        target = out / name
         report(k / max(1, len(inputs)), f"{path.name}")
-        options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
-                   "magnification": magnification, "tta": tta, "seed": seed,
-                   "model_sha256": decomposer.model.origin.get("weights_sha256")}
-        done = target / "decomposition.json"
-        if done.is_file():
-            key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **options}
-            if _recorded_batch_key(done) != key:
-                raise FileExistsError(f"{done}: holds a result of other input content, settings or "
-                                      f"model than {path} with these options; choose another output folder")
-            summaries.append({"input": str(path), "output": str(target), "skipped": True})
-            continue
-        t0 = time.perf_counter()
         try:
-            result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification),
-                                          tta=tta, seed=seed)
+            summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
+                                            magnification)[0])
         except InputError as e:
-            summaries.append({"input": str(path), "output": str(target), "error": str(e)})
-            continue
-        result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
-        paths = result.write(target)
-        summaries.append({"input": str(path), "output": str(target), "ood": result.ood.flag,
-                          "reasons": result.ood.reasons, "seconds": time.perf_counter() - t0,
-                          "files": {k: str(v) for k, v in paths.items()}})
+            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
     report(1.0, "done")
     return summaries
 

@@ -236,6 +236,12 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     args.pixel_spacing = [1.0]
     assert decompose_cmd.run(args) == 0
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
+    assert decompose_cmd.run(args) == 0  # the same again: nothing to do, nothing rewritten
+    args.xray = files[1]  # another patient into the same folder: refused, the first result kept
+    before = (tmp_path / "cli" / "decomposition.json").read_bytes()
+    with pytest.raises(FileExistsError, match="decomposition.csv: holds a result of other input"):
+        decompose_cmd.run(args)
+    assert (tmp_path / "cli" / "decomposition.json").read_bytes() == before
 
 
 def test_partial_field_of_view_is_flagged(trained, decomposer):

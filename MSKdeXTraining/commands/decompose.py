@@ -48,24 +48,24 @@ def _inputs(path: Path) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
-    from ..imaging.projector import DRR_TYPES
-    from ..inference import Decomposer, decompose_files
-    from ..radiograph_io import read_radiograph
+    from ..inference import Decomposer, decompose_file, decompose_files, output_files
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     single = args.xray.is_file()
     if single:
-        for name in ["decomposition.csv", "decomposition.json",
-                     *(f"decomposition_{t}.nii.gz" for t in DRR_TYPES)]:
-            refuse_overwrite(args.out / name, [args.xray])
+        for path in output_files(args.out):
+            refuse_overwrite(path, [args.xray])
     decomposer = Decomposer.from_run(args.model, device=args.device)
     if single:
-        result = decomposer.decompose(read_radiograph(args.xray, spacing, args.magnification),
-                                      tta=args.tta, seed=args.seed)
-        paths = result.write(args.out)
+        summary, result = decompose_file(decomposer, args.xray, args.out, spacing, args.tta, args.seed,
+                                         args.magnification)
+        if result is None:
+            print(f"{args.out} already holds this decomposition of {args.xray} (same content, options "
+                  "and model); nothing to do")
+            return 0
         print(_format(result.table))
         _print_ood(args.xray.name, result.ood.flag, result.ood.reasons)
-        print(f"wrote {paths['csv']}, {paths['json']} and the DRR stacks in {args.out}")
+        print(f"wrote {summary['files']['csv']}, {summary['files']['json']} and the DRR stacks in {args.out}")
         return 0
     files = _inputs(args.xray)
     with progress_bar("decompose") as bar:
@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if done:
         print(f"{len(done)} radiograph(s), {sum(s['seconds'] for s in done) / len(done):.2f} s each; "
               f"{sum(s['ood'] for s in done)} flagged out-of-distribution; results in {args.out}")
+    skipped = [s for s in summaries if s.get("skipped")]
+    if skipped:
+        print(f"{len(skipped)} radiograph(s) already decomposed with these options and model in {args.out}: skipped")
     if failed:
         print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
     return 2 if failed else 0
@@ -94,5 +97,11 @@ def _format(table: list[dict]) -> str:
 
 
 def _print_ood(name: str, flag: bool, reasons: list[str]) -> None:
+    """The out-of-distribution warning (its reasons) and, flagged or not, the notes (assumed or
+    user-given spacing and magnification, which scale the results)."""
+    notes = [r.removeprefix("note: ") for r in reasons if r.startswith("note:")]
     if flag:
-        print(f"WARNING {name}: out-of-distribution - " + "; ".join(reasons), file=sys.stderr)
+        print(f"WARNING {name}: out-of-distribution - "
+              + "; ".join(r for r in reasons if not r.startswith("note:")), file=sys.stderr)
+    for note in notes:
+        print(f"NOTE {name}: {note}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .fileio import refuse_overwrite, write_atomic, write_json
+from .fileio import refuse_existing, refuse_overwrite, write_atomic, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
@@ -189,6 +189,8 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
     omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
     if per_side:
         omap = omap.per_side()
+    refuse_existing([Path(out_dir) / f"{t}.nrrd" for t in DRR_TYPES] + [Path(out_dir) / "metrics.json"],
+                    [ct_path, labels_path])
     ct, labels = load_inputs(ct_path, labels_path, resample)
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)

@@ -50,6 +50,20 @@ def write_json(path: str | Path, data: object) -> Path:
     return write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
 
 
+def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) -> None:
+    """Before any work: raise FileExistsError if an output exists (results are never silently
+    replaced), would overwrite one of the ``inputs``, or lies under a path that is a file."""
+    for output in map(Path, outputs):
+        refuse_overwrite(output, list(inputs))
+        if output.exists():
+            raise FileExistsError(f"{output}: exists; choose another output folder or delete it "
+                                  "(MSKdeX does not overwrite results)")
+        blocking = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise FileExistsError(f"{blocking}: is a file, so {output} cannot be written; choose "
+                                  "another output folder")
+
+
 def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:
     """Raise FileExistsError if ``output`` is one of the ``inputs`` (same file on disk)."""
     out = Path(output).resolve()

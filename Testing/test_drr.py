@@ -109,6 +109,8 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
     left = result.metrics["objects"][names.index("gluteus_maximus_left")]
     assert left["voxels"] == np.roll(labels == 11, -1, axis=2)[:, :, :-1].sum()  # shifted by one voxel
     assert result.metrics["resampled_labels"] is True
+    with pytest.raises(FileExistsError, match="wvdrr.nrrd: exists"):  # refused before any work
+        drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48), resample=True)
 
 
 @pytest.mark.parametrize("case, field", [

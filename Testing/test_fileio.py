@@ -63,3 +63,17 @@ def test_damaged_settings_files_name_the_file_and_field(tmp_path, capsys):
         assert main(["prepare", "--merge", "--out", str(settings.parent)]) == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err, err
+
+
+def test_refuse_existing_outputs_before_any_work(tmp_path):
+    from MSKdeXTraining.fileio import refuse_existing
+
+    (tmp_path / "done.json").write_text("{}")
+    (tmp_path / "afile").write_text("x")
+    refuse_existing([tmp_path / "new" / "a.json"], [tmp_path / "done.json"])
+    with pytest.raises(FileExistsError, match="done.json: exists; choose another output folder"):
+        refuse_existing([tmp_path / "done.json"])
+    with pytest.raises(FileExistsError, match="afile: is a file"):
+        refuse_existing([tmp_path / "afile" / "out.json"])
+    with pytest.raises(FileExistsError, match="overwrite the input"):
+        refuse_existing([tmp_path / "done.json"], [tmp_path / "done.json"])

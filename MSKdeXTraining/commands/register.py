@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..fileio import refuse_overwrite, write_json
+    from ..fileio import refuse_existing, write_json
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies)
@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     spacing = pixel_spacing_option(args.pixel_spacing)
     objects = load_object_map(args.objects)
     bodies = rigid_bodies(objects)
-    for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]:
-        refuse_overwrite(args.out / name, [args.ct, args.labels, args.xray])
+    refuse_existing([args.out / name for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]],
+                    [args.ct, args.labels, args.xray])
     ct, labels = read_ct(args.ct), read_labels(args.labels)
     check_same_grid(ct, labels, str(args.ct), str(args.labels))
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)

@@ -139,7 +139,9 @@ def read_radiograph(path: str | Path,
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
     if not source.get("simulated"):  # a simulated radiograph's geometry is exact, however coarse
-        check_spacing(path, array.shape, spacing, source["spacing_field"])
+        # a spacing given by the user wins over the plausible-range check of file fields
+        check_spacing(path, array.shape, spacing, source["spacing_field"],
+                      spacing_range=SPACING_RANGE_MM if explicit is None else (0.0, float("inf")))
     if magnification is not None:
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
@@ -161,12 +163,14 @@ def _explicit_spacing(value) -> tuple[float, float] | None:
     return float(v[0]), float(v[1])
 
 
-def check_spacing(path: Path | str, shape, spacing, fieldname: str,
-                  fix: str = "pass the right value explicitly, e.g. --pixel-spacing 0.15") -> None:
+def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float, float], fieldname: str,
+                  fix: str = "pass the right value explicitly, e.g. --pixel-spacing 0.15",
+                  spacing_range: tuple[float, float] = SPACING_RANGE_MM) -> None:
     """:class:`InputError` naming ``path`` and ``fieldname`` unless ``spacing`` (row, column mm)
-    is a plausible detector spacing for an image of ``shape`` (see the module docs); ``fix``
-    says what to do."""
-    lo, hi = SPACING_RANGE_MM
+    is a plausible detector spacing for an image of ``shape``: within ``spacing_range``, a field
+    of view within :data:`FOV_RANGE_MM`, rows and columns within 2x of each other (see the
+    module docs); ``fix`` says what to do."""
+    lo, hi = spacing_range
     fov = [n * s for n, s in zip(shape, spacing)]
     problems = []
     if not all(lo <= s <= hi for s in spacing):

@@ -116,6 +116,9 @@ def test_implausible_spacing_is_an_error(tmp_path, ramp):
         read_radiograph(f, pixel_spacing=(0.1, 0.1))  # 20 mm x 16 mm: not a hip radiograph
     with pytest.raises(InputError, match="positive"):
         read_radiograph(f, pixel_spacing=(-1, 1))
+    # a spacing given explicitly wins over the file's plausible range (e.g. 2.3 mm demo pixels);
+    # the field of view must still be a radiograph's
+    assert read_radiograph(f, pixel_spacing=2.3).pixel_spacing == (2.3, 2.3)
 
 
 def test_real_pediatric_dicoms(shared_data):

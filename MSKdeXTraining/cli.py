@@ -37,9 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (InputError, FileNotFoundError, FileExistsError) as e:
+    except (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"mskdex {args.command}: interrupted; run the same command again to resume "
+              "(finished work is kept)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

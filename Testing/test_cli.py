@@ -35,11 +35,24 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
       "--pixel-spacing", "0"], "pixel_spacing must be > 0 mm"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/afile/o"], "afile: is a file"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--device", "banana"],
+     "device 'banana'"),
 ])
 def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
+    (tmp_path / "afile").write_text("not a folder")
     code = main([a.format(tmp=tmp_path) for a in argv])
     err = capsys.readouterr().err
     assert code == 2 and says in err and "Traceback" not in err
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, tmp_path, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("MSKdeXTraining.commands.cohort.run", interrupted)
+    assert main(["cohort", "--n", "1", "--out", str(tmp_path / "c")]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):

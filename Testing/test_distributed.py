@@ -58,3 +58,16 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
         "epoch_0001.json", "epoch_0001.safetensors", "epoch_0002.json", "epoch_0002.safetensors"]
+
+
+def test_device_names_are_checked():
+    from MSKdeXTraining.errors import InputError
+    from MSKdeXTraining.training.distributed import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(InputError, match="device 'banana': expected auto, cpu, cuda or cuda:K"):
+        pick_device("banana")
+    if not torch.cuda.is_available():
+        assert pick_device("auto") == torch.device("cpu")
+        with pytest.raises(InputError, match="CUDA is not available"):
+            pick_device("cuda")

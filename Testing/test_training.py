@@ -71,8 +71,11 @@ def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(InputError, match=r"--set 'lr=\[': the value is not YAML"):
         parse_overrides(["lr=["])
     (tmp_path / "list.yaml").write_text("- epochs: 3\n")
-    with pytest.raises(InputError, match="list.yaml: expected a mapping of config keys to values, got list"):
+    with pytest.raises(InputError, match="list.yaml: expected a non-empty mapping of config keys to values, got list"):
         load_config(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing yet\n")
+    with pytest.raises(InputError, match="empty.yaml: .* got an empty file"):
+        load_config(tmp_path / "empty.yaml")
 
 
 def test_manifest_validation(tmp_path, dataset):

@@ -53,19 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "grids differ, instead of refusing")
     parser.add_argument("--per-side", action="store_true",
                         help="render left and right of objects that declare sides as two objects")
-    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:K)")
+    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
     add_geometry_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
 
     from ..drr import drr_from_files
+    from ..training.distributed import pick_device
 
     geometry = geometry_from_args(args)
     with progress_bar("projecting", leave=False) as progress:
         result = drr_from_files(args.ct, args.labels, args.out, args.objects, geometry,
                                 resample=args.resample_labels, per_side=args.per_side,
-                                device=args.device, progress=progress)
+                                device=pick_device(args.device), progress=progress)
     m = result.metrics
     print(f"{'object':24s} {'volume cm3 (3D / DRR)':>24s} {'mass g (3D / DRR)':>22s}  flags")
     for r in m["objects"]:

@@ -200,9 +200,11 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> Trai
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise InputError(f"{source}: cannot parse ({e})") from None
-    if not isinstance(data, (dict, type(None))):
-        raise InputError(f"{source}: expected a mapping of config keys to values, got {type(data).__name__}")
-    return TrainConfig.from_dict({**(data or {}), **(overrides or {})}, source)
+    if not isinstance(data, dict) or not data:
+        raise InputError(f"{source}: expected a non-empty mapping of config keys to values, got "
+                         f"{type(data).__name__ if data is not None else 'an empty file'}; start from "
+                         "a copy of a built-in config (small, paper)")
+    return TrainConfig.from_dict({**data, **(overrides or {})}, source)
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -39,7 +39,10 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     only in a single process)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:K") from None
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--rows", type=int, help="dataset detector rows (with --cols)")
     parser.add_argument("--cols", type=int, help="dataset detector columns (with --rows)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
-                        help="prepare only cases with index %% N == I (for cluster jobs)")
+                        help="prepare only cases with index %% N == I (for cluster jobs; default: 0/1, all)")
     parser.add_argument("--workers", type=int, help="processes (default: all cores)")
     parser.add_argument("--include-failed", action="store_true",
                         help="keep cases failing segmentation QC or registration (reasons stay "

@@ -120,6 +120,8 @@ def read_radiograph(path: str | Path,
     magnification.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; expected one radiograph file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     explicit = _explicit_spacing(pixel_spacing)

@@ -36,6 +36,9 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
       "--pixel-spacing", "0"], "pixel_spacing must be > 0 mm"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/afile/o"], "afile: is a file"),
+    (["demo", "--n", "3", "--out", "{tmp}/d"], "--k 4 folds of --n 3 patients"),  # before any work
+    (["evaluate", "--data", "{tmp}", "--out", "{tmp}/e", "--compare", "{tmp}/none"],
+     "none: no fold_*/predictions.json"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--device", "banana"],
      "device 'banana'"),
 ])

@@ -100,6 +100,11 @@ def test_dicom_monochrome1_inverts_after_a_modality_lut(tmp_path, ramp):
     assert r.source["value_range"] == [0.0, 1000.0]
 
 
+def test_a_folder_is_not_a_radiograph(tmp_path):
+    with pytest.raises(InputError, match="is a folder; expected one radiograph file"):
+        read_radiograph(tmp_path)
+
+
 def test_dicom_without_spacing_is_an_error_unless_given(tmp_path, ramp):
     f = write_dicom(tmp_path / "d.dcm", ramp, bits=12)
     with pytest.raises(InputError, match=r"d\.dcm.*ImagerPixelSpacing.*PixelSpacing.*--pixel-spacing"):

@@ -258,9 +258,9 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
     from .summary import write_evaluation
 
     report = progress or (lambda f, m: None)
+    other = load_predictions(Path(compare)) if compare else None  # checked before any training
     preds = run_folds(dataset, out, config, overrides, k, folds,
                       progress=lambda f, m: report(0.95 * f, m))
-    other = load_predictions(Path(compare)) if compare else None
     report(0.96, "writing the report")
     write_evaluation(Path(out), preds, Path(dataset), title=title, compare=other,
                      compare_label=Path(compare).name if compare else "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import InputError
 from .crossval import Predictions, evaluate
 
 Progress = Callable[[float, str], None]
@@ -34,8 +35,14 @@ def run_demo(out: Path, n: int = 96, seed: int = 0, config: str | Path = "small"
     from ..cohort import generate_cohort
     from ..imaging.registration import RegistrationSettings
     from ..prepare import dataset_geometry, prepare_dataset
+    from ..training.config import load_config
 
     out = Path(out)
+    if not 2 <= k <= n // 2:  # checked before any work; a few cases may be excluded later
+        raise InputError(f"--k {k} folds of --n {n} patients: need 2 <= k <= n / 2 (each fold holds "
+                         "at least two patients)")
+    RegistrationSettings.preset(registration)
+    load_config(config, overrides)
     report = progress or (lambda f, m: None)
     starts, acc = {}, 0.0
     for name, share in STAGES:

@@ -43,7 +43,9 @@ from .imaging.registration import (RegistrationSettings, read_xray,
 from .errors import InputError
 from .imaging.volume import read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
+from .inference import unit_range
 from .parallel import run_jobs
+from .radiograph_io import Radiograph
 from .qc import segmentation_qc
 
 FORMAT = "mskdex-dataset"
@@ -110,7 +112,9 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
     drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))
     aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
     tensors = {
-        "xray": torch.from_numpy(resample_image(xray, xray_geometry, g)),
+        # in [0, 1] as decompose feeds the model: a raw radiograph is windowed the same way
+        "xray": torch.from_numpy(resample_image(unit_range(Radiograph(xray, xray_geometry.pixel_spacing, {}))[0],
+                                                xray_geometry, g)),
         "drr": drr.data.float().contiguous(),
         "aligned": aligned.data.float().contiguous(),
         "volume_cm3": torch.tensor([truth[n]["volume_cm3"] for n in objects.names], dtype=torch.float64),

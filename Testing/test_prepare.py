@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
-from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
+from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
-from MSKdeXTraining.imaging.registration import Level, RegistrationSettings
+from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
 from MSKdeXTraining.imaging.volume import InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.prepare import dataset_geometry, merge_manifest, prepare_dataset
@@ -191,3 +191,27 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
     with pytest.raises(InputError, match=r"other settings \(include_failed differ\)"):
         prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
     assert not (out / "cases").exists()
+
+
+def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):
+    """Training sees radiographs in [0, 1] processed as at inference: a raw (unprocessed) image
+    is windowed between its 1st and 99.5th percentiles, a processed one is kept."""
+    from MSKdeXTraining.inference import unit_range
+    from MSKdeXTraining.radiograph_io import Radiograph
+
+    raw = tmp_path / "raw"
+    shutil.copytree(cohort, raw)
+    path = raw / "case_0000" / "xray.mha"
+    image = sitk.ReadImage(str(path))
+    scaled = sitk.GetImageFromArray((sitk.GetArrayFromImage(image) * 3000.0 + 200.0).astype(np.float32))
+    scaled.CopyInformation(image)
+    sitk.WriteImage(scaled, str(path))
+    kept = load_file(_prepare(cohort, tmp_path / "a") / "cases" / "case_0000.safetensors")["xray"]
+    out = _prepare(raw, tmp_path / "b")
+    windowed = load_file(out / "cases" / "case_0000.safetensors")["xray"]
+    case = json.loads((out / "manifest.json").read_text())["cases"][0]
+    expected = unit_range(Radiograph(sitk.GetArrayFromImage(scaled), (1.0, 1.0), {}))[0]
+    np.testing.assert_allclose(windowed.numpy(), resample_image(expected, read_xray(path)[1],
+                                                                Geometry.from_json(case["geometry"])), atol=1e-6)
+    assert 0.0 <= float(windowed.min()) and 0.99 < float(windowed.max()) <= 1.0
+    assert not torch.equal(windowed, kept)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import InputError
 
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.

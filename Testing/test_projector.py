@@ -271,3 +271,10 @@ def test_thin_rod_along_the_beam_projects_as_a_continuous_streak():
     nz = np.flatnonzero(profile > 0)
     inner = profile[nz[0] + 3:nz[-1] - 2]
     assert inner.std() / inner.mean() < 0.05
+
+
+def test_labels_on_another_grid_are_refused_naming_both():
+    ct, labels = ellipsoid((5, 5, 5), 1.0)
+    shifted = Volume(labels.array, labels.spacing, labels.origin + 1.0, labels.direction)
+    with pytest.raises(ValueError, match=r"seg.nii: label grid differs from the CT: origin"):
+        project_objects(ct, shifted, ONE, Geometry(rows=16, cols=16), np.eye(4), source="seg.nii")

@@ -32,7 +32,7 @@ from scipy import ndimage
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry
 from ..imaging.projector import Splatter, footprint_mm, sub_offsets, subdivision
-from ..imaging.volume import Volume
+from ..imaging.volume import Volume, check_same_grid
 from .deformation import RigidBody, soft_tissue_field
 
 #: Largest projected sub-voxel footprint (pixels) of the radiograph simulation.
@@ -130,8 +130,8 @@ def moved_points(ct: Volume, labels: Volume | None, geometry: Geometry, pose: np
     bodies = dict(bodies or {})
     if bodies and labels is None:
         raise ValueError("rigid bodies need a label map on the CT grid")
-    if labels is not None and ct.same_grid(labels):
-        raise ValueError(f"label grid differs from the CT grid: {'; '.join(ct.same_grid(labels))}")
+    if labels is not None:
+        check_same_grid(ct, labels)
     rest = select.copy()
     if bodies:
         flat_labels = labels.array.reshape(-1)

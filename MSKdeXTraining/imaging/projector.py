@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..objects import ObjectMap
 from . import hu as hu_conv
 from .geometry import Geometry
-from .volume import Volume
+from .volume import Volume, check_same_grid
 
 DRR_TYPES = ("wvdrr", "vdrr", "mdrr")
 DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2"}
@@ -335,9 +335,7 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     ``source`` names the label map in error messages; ``progress(fraction, message)`` is
     called as chunks finish. Units: see the module docstring.
     """
-    diff = ct.same_grid(labels)
-    if diff:
-        raise InputError(f"{source}: label grid differs from the CT grid: {'; '.join(diff)}")
+    check_same_grid(ct, labels, labels_path=source)
     device = torch.device(device)
     chunk = chunk or (CHUNK_GPU if device.type == "cuda" else CHUNK_CPU)
     table = objects.lookup_table(labels.array, source)

@@ -13,7 +13,7 @@ from .. import hu as hu_conv
 from ...errors import InputError
 from ..geometry import Geometry, apply, project
 from ..projector import Splatter, sub_offsets
-from ..volume import Volume
+from ..volume import Volume, check_same_grid
 from .bodies import body_centroid
 
 #: Softening distance (mm) of the soft tissue's blend weights (:class:`SoftTissueRenderer`):
@@ -44,9 +44,7 @@ class BodyRenderer:
     """
 
     def __init__(self, ct: Volume, labels: Volume, body_labels: tuple[int, ...]):
-        diff = ct.same_grid(labels)
-        if diff:
-            raise InputError(f"label grid differs from the CT grid: {'; '.join(diff)}")
+        check_same_grid(ct, labels)
         mask = np.isin(labels.array, body_labels)
         if not mask.any():
             raise InputError(f"label map has no voxels with values {list(body_labels)}")
@@ -116,9 +114,7 @@ class SoftTissueRenderer:
 
     def __init__(self, ct: Volume, labels: Volume, bodies: dict[str, tuple[int, ...]],
                  geometry: Geometry, pose: np.ndarray):
-        diff = ct.same_grid(labels)
-        if diff:
-            raise InputError(f"label grid differs from the CT grid: {'; '.join(diff)}")
+        check_same_grid(ct, labels)
         bone = np.isin(labels.array, sum(bodies.values(), ()))
         soft = Volume(((~bone) & (ct.array > hu_conv.AIR_HU)).astype(np.uint8), ct.spacing, ct.origin,
                       ct.direction)

@@ -190,12 +190,17 @@ def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float
 def _check_magnification(path: Path, source: dict) -> None:
     source.setdefault("magnification", None)
     source.setdefault("magnification_field", "none")
-    m = source["magnification"]
+    if source["magnification"] is not None:
+        check_magnification(source["magnification"], f"{path}: magnification from {source['magnification_field']}")
+
+
+def check_magnification(m: float, where: str,
+                        fix: str = "pass the right value explicitly, e.g. --magnification 1.2") -> None:
+    """:class:`InputError` saying ``where`` the value came from unless ``m`` (SDD / SOD) lies
+    in :data:`MAGNIFICATION_RANGE`; ``fix`` says what to do."""
     lo, hi = MAGNIFICATION_RANGE
-    if m is not None and not lo <= m <= hi:
-        raise InputError(f"{path}: implausible magnification {m:g} from {source['magnification_field']}; "
-                         f"expected SDD / SOD in [{lo:g}, {hi:g}]; pass the right value explicitly, "
-                         "e.g. --magnification 1.2")
+    if not lo <= m <= hi:
+        raise InputError(f"{where} is {m:g}: implausible; expected SDD / SOD in [{lo:g}, {hi:g}]; {fix}")
 
 
 def read_sidecar(path: str | Path) -> dict | None:

@@ -20,7 +20,7 @@ from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
-from MSKdeXTraining.radiograph_io import MAGNIFICATION_RANGE
+from MSKdeXTraining.radiograph_io import check_magnification
 
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers
@@ -154,7 +154,7 @@ class Pipeline:
         """Decompose the radiograph with the model run folder ``model``: one layer per object
         and DRR type, the results table (one row per object, units) and its bar chart.
 
-        ``magnification`` (SDD / SOD at the patient, in :data:`MAGNIFICATION_RANGE`) replaces
+        ``magnification`` (SDD / SOD at the patient, in :data:`~MSKdeXTraining.radiograph_io.MAGNIFICATION_RANGE`) replaces
         the file's; without either, the model's reference is assumed and the result notes it."""
         import torch
 
@@ -166,10 +166,8 @@ class Pipeline:
                              "`mskdex train` (model.safetensors + model.json)")
         radiograph = radiograph_from_node(radiograph_node)
         if magnification is not None:
-            lo, hi = MAGNIFICATION_RANGE
-            if not lo <= magnification <= hi:
-                raise InputError(f"MSKdeX panel field 'Magnification' is {magnification:g}; expected "
-                                 f"SDD / SOD in [{lo:g}, {hi:g}], or 'from the file'")
+            check_magnification(magnification, "MSKdeX panel field 'Magnification'",
+                                "or choose 'from the file'")
             radiograph.source.update(magnification=float(magnification),
                                      magnification_field="given in MSKdeX (Magnification)")
         decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")

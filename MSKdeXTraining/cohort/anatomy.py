@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..fileio import read_format_json
 from ..errors import InputError
+from ..fileio import read_format_json
+from ..imaging.geometry import apply, fit_sphere
 from ..imaging.volume import Volume, read_labels
 from ..objects import ObjectMap, load_object_map
 
@@ -233,26 +234,16 @@ def hip_centre(labels: Volume, femur_value: int, source: str) -> np.ndarray:
         dist = ndimage.distance_transform_edt(~pelvis, sampling=labels.spacing[::-1])
         contact = head & (dist <= 6.0)
         if contact.sum() >= 20:
-            centre, radius = _fit_sphere(_index_to_world(labels, np.argwhere(contact) + lo))
-            if 12.0 <= radius <= 40.0:
-                return centre
+            sphere = fit_sphere(_index_to_world(labels, np.argwhere(contact) + lo))
+            if sphere is not None and 12.0 <= sphere[1] <= 40.0:
+                return sphere[0]
     inside = ndimage.distance_transform_edt(head, sampling=labels.spacing[::-1])
     best = np.unravel_index(int(np.argmax(inside)), inside.shape)
     return _index_to_world(labels, np.array([best]) + lo)[0]
 
 
-def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float]:
-    """Least-squares sphere through ``points`` (n, 3) mm: centre and radius."""
-    a = np.c_[2 * points, np.ones(len(points))]
-    b = (points ** 2).sum(1)
-    sol = np.linalg.lstsq(a, b, rcond=None)[0]
-    centre = sol[:3]
-    return centre, float(np.sqrt(sol[3] + centre @ centre))
-
-
 def _index_to_world(vol: Volume, kji: np.ndarray) -> np.ndarray:
-    ijk = np.asarray(kji, float)[:, ::-1]
-    return ijk @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+    return apply(vol.affine, np.asarray(kji, float)[:, ::-1])
 
 
 def _world_coordinate(vol: Volume, axis: int, lo=(0, 0, 0), shape=None) -> np.ndarray:

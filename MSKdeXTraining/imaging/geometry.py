@@ -168,6 +168,16 @@ def apply(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ transform[:3, :3].T + transform[:3, 3]
 
 
+def fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Algebraic least-squares sphere (centre, radius; mm) of >= 4 points (n, 3) mm (Kasa fit);
+    None when degenerate."""
+    a = np.c_[2.0 * points, np.ones(len(points))]
+    b = (points ** 2).sum(axis=1)
+    x, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
+    r2 = x[3] + x[:3] @ x[:3]
+    return (x[:3], float(np.sqrt(r2))) if rank == 4 and r2 > 0 else None
+
+
 def resample_image(image: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
     """Resample a detector image from ``source`` to ``target`` pixels (float32, (rows, cols)).
 

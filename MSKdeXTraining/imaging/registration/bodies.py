@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from ...errors import InputError
 from ...objects import ObjectMap, ObjectMapError
-from ..geometry import Geometry, apply, project
+from ..geometry import Geometry, apply, fit_sphere, project
 from ..volume import Volume
 
 def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
@@ -106,7 +106,7 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
     rng = np.random.default_rng(0)
     best, best_count = None, 0
     for _ in range(trials if len(pts) >= 4 else 0):
-        sphere = _fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
+        sphere = fit_sphere(pts[rng.choice(len(pts), 4, replace=False)])
         if not plausible(sphere):
             continue
         count = int(_on_sphere(pts, sphere, tolerance_mm).sum())
@@ -115,7 +115,7 @@ def femoral_head_center(labels: Volume, femur_labels: tuple[int, ...], depth_mm:
     if best_count < min_inliers * len(pts):
         best = None
     for _ in range(3 if best is not None else 0):
-        refit = _fit_sphere(pts[_on_sphere(pts, best, tolerance_mm)])
+        refit = fit_sphere(pts[_on_sphere(pts, best, tolerance_mm)])
         if plausible(refit):
             best = refit
     return pts.mean(axis=0) if best is None else best[0]
@@ -125,13 +125,3 @@ def _on_sphere(points: np.ndarray, sphere: tuple[np.ndarray, float], tolerance_m
                ) -> np.ndarray:
     """Which ``points`` (P, 3) lie within ``tolerance_mm`` of the sphere's surface."""
     return np.abs(np.linalg.norm(points - sphere[0], axis=1) - sphere[1]) <= tolerance_mm
-
-
-def _fit_sphere(points: np.ndarray) -> tuple[np.ndarray, float] | None:
-    """Algebraic least-squares sphere (centre, radius) of >= 4 points (Kasa fit); None when
-    degenerate."""
-    a = np.c_[2.0 * points, np.ones(len(points))]
-    b = (points ** 2).sum(axis=1)
-    x, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
-    r2 = x[3] + x[:3] @ x[:3]
-    return (x[:3], float(np.sqrt(r2))) if rank == 4 and r2 > 0 else None

@@ -35,21 +35,20 @@ import torch
 from safetensors.torch import save_file
 
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
+from .cohort.generate import VERSION as COHORT_VERSION
+from .errors import InputError
 from .fileio import atomic_path, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, rigid_bodies)
-from .errors import InputError
 from .imaging.volume import read_ct, read_labels
-from .objects import ALIGNED_BONES, ObjectMap
 from .inference import unit_range
+from .objects import ALIGNED_BONES, ObjectMap
 from .parallel import run_jobs
-from .radiograph_io import Radiograph
 from .qc import segmentation_qc
-
-FORMAT = "mskdex-dataset"
-VERSION = 2
+from .radiograph_io import Radiograph
+from .training.data import FORMAT, VERSION  # the dataset format its reader defines
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
 MAX_LOST_FRACTION = 0.005
@@ -60,7 +59,7 @@ Progress = Callable[[float, str], None]
 def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
     """``cohort.json`` (validated) and its object map."""
     path = Path(cohort) / "cohort.json"
-    meta = read_format_json(path, COHORT_FORMAT, 1, ("object_map",), InputError,
+    meta = read_format_json(path, COHORT_FORMAT, COHORT_VERSION, ("object_map",), InputError,
                             "expected a cohort folder written by `mskdex cohort`")
     if meta.get("complete") is not True:
         raise InputError(f"{path}: field 'complete' is not true: the cohort is still being written "
@@ -141,7 +140,7 @@ def _finish(entry: dict, out: Path, t0: float) -> dict:
 
 
 def _read_truth(path: Path, objects: ObjectMap) -> dict:
-    data = read_format_json(path, TRUTH_FORMAT, 1, ("objects",), InputError,
+    data = read_format_json(path, TRUTH_FORMAT, COHORT_VERSION, ("objects",), InputError,
                             "every cohort case needs truth.json")
     found = data.get("objects", {})
     missing = [n for n in objects.names if n not in found]

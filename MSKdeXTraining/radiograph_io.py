@@ -46,6 +46,7 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 MAGNIFICATION_RANGE = (1.0, 2.0)
 #: Format of the JSON sidecar (``<stem>.json``) of a cohort radiograph.
 SIDECAR_FORMAT = "mskdex-xray"
+SIDECAR_VERSION = 1
 #: Suffixes read with SimpleITK (they store the spacing in the file).
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Suffixes read as plain pictures (no spacing in the file).
@@ -216,8 +217,8 @@ def read_sidecar(path: str | Path) -> dict | None:
         raise InputError(f"{side}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         return None
-    if data.get("version") != 1:
-        raise InputError(f"{side}: field 'version' must be 1, got {data.get('version')!r}")
+    if data.get("version") != SIDECAR_VERSION:
+        raise InputError(f"{side}: field 'version' must be {SIDECAR_VERSION}, got {data.get('version')!r}")
     geometry = data.get("geometry")
     if not isinstance(geometry, dict) or not {"pixel_spacing", "sdd", "sod"} <= set(geometry):
         raise InputError(f"{side}: field 'geometry' must hold 'pixel_spacing', 'sdd' and 'sod'")

@@ -29,6 +29,7 @@ from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume
 from ..parallel import run_jobs
+from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
                       template_settings)
 from .patient import build_patient, sample_patient
@@ -36,7 +37,6 @@ from .radiograph import Radiograph, RigidBody, XraySettings, simulate_radiograph
 
 COHORT_FORMAT = "mskdex-cohort"
 TRUTH_FORMAT = "mskdex-truth"
-XRAY_FORMAT = "mskdex-xray"
 VERSION = 1
 #: Version of the generator's model; a cohort refuses to resume under another one.
 #: 2: CT cropped to pelvis, sacrum and muscles; radiograph centred on the CT centre.
@@ -193,7 +193,7 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
     image.SetOrigin(g.detector_origin)
     _write_image(image, tmp / "xray.mha")
     write_json(tmp / "xray.json", {
-        "format": XRAY_FORMAT, "version": VERSION, "geometry": g.to_json(),
+        "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "geometry": g.to_json(),
         "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, "processing": radiograph.processing})
     write_json(tmp / "truth.json", {
         "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},

@@ -23,6 +23,7 @@ from ..imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from ..imaging.volume import Volume
 from ..modelio import write_safetensors
 from ..objects import ALIGNED_BONES, DEFAULT_OBJECTS, ObjectMap, ObjectSpec
+from .data import FORMAT, VERSION
 
 #: Line-integral window of the toy radiograph (dimensionless mu x length).
 WINDOW = (0.0, 4.5)
@@ -94,7 +95,7 @@ def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: i
                "status": "excluded", "reasons": ["toy exclusion"], "qc": {}, "registration": {}}
               for n in range(excluded)]
     write_json(out / "manifest.json", {
-        "format": "mskdex-dataset", "version": 2, "geometry": geometry.to_json(),
+        "format": FORMAT, "version": VERSION, "geometry": geometry.to_json(),
         "objects": list(objects), "kinds": [o.kind for o in omap.objects[:len(objects)]],
         "aligned_bones": bones, "drr_types": list(DRR_TYPES), "units": dict(DRR_UNITS),
         "cases": cases, "generator": {"name": "toy", "seed": seed, "window": list(WINDOW)}})

@@ -7,9 +7,9 @@ case: missing, volume_low, volume_high), ``warning`` (fragmented, holes) or ``ok
 
 from __future__ import annotations
 
-import vtk
-
 from MSKdeXTraining.qc import FAILING_FLAGS, SegmentationQC
+
+from .table_nodes import add_number_column, add_text_column, empty_table
 
 #: (column, unit, description) of the numeric columns.
 NUMERIC = (
@@ -35,31 +35,13 @@ def qc_rows(qc: SegmentationQC) -> list[dict]:
 def qc_table(qc: SegmentationQC, scene, name: str, node=None):
     """Create or fill a table node with :func:`qc_rows`; returns it."""
     rows = qc_rows(qc)
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = node.GetTable()
-    table.Initialize()
+    node = empty_table(scene, name, node)
     for column in ("object", "status"):
-        table.AddColumn(_strings(column, [r[column] for r in rows]))
+        add_text_column(node, column, [r[column] for r in rows])
     for column, unit, description in NUMERIC:
-        array = vtk.vtkDoubleArray()
-        array.SetName(column)
-        for r in rows:
-            array.InsertNextValue(float(r[column]))
-        table.AddColumn(array)
-        node.SetColumnDescription(column, description)
-        if unit:
-            node.SetColumnUnitLabel(column, unit)
+        add_number_column(node, column, [r[column] for r in rows], unit, description)
     for column in ("flags", "messages"):
-        table.AddColumn(_strings(column, [r[column] for r in rows]))
+        add_text_column(node, column, [r[column] for r in rows])
     node.SetAttribute("MSKdeX.QCFailed", "1" if qc.failed else "0")
     node.Modified()
     return node
-
-
-def _strings(name: str, values: list[str]) -> vtk.vtkStringArray:
-    array = vtk.vtkStringArray()
-    array.SetName(name)
-    for v in values:
-        array.InsertNextValue(str(v))
-    return array

@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import slicer
-import vtk
 
 from MSKdeXTraining.errors import InputError
+
+from .table_nodes import add_number_column, add_text_column, empty_table
 
 #: (column, title, unit, description) of the numeric columns, in order.
 NUMERIC_COLUMNS = (
@@ -35,26 +36,11 @@ def results_table(rows: Sequence[Mapping], scene, name: str, node=None):
     missing = [c for c in COLUMNS if any(c not in r for r in rows)]
     if missing:
         raise InputError(f"{name}: result rows lack the fields {missing}; expected {list(COLUMNS)}")
-    if node is None:
-        node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = node.GetTable()
-    table.Initialize()
+    node = empty_table(scene, name, node)
     for column in TEXT_COLUMNS:
-        array = vtk.vtkStringArray()
-        array.SetName(column)
-        for r in rows:
-            array.InsertNextValue(str(r[column]))
-        table.AddColumn(array)
+        add_text_column(node, column, [r[column] for r in rows])
     for column, title, unit, description in NUMERIC_COLUMNS:
-        array = vtk.vtkDoubleArray()
-        array.SetName(column)
-        for r in rows:
-            value = r[column]
-            array.InsertNextValue(float("nan") if value is None else float(value))
-        table.AddColumn(array)
-        node.SetColumnUnitLabel(column, unit)
-        node.SetColumnTitle(column, f"{title} ({unit})")
-        node.SetColumnDescription(column, description)
+        add_number_column(node, column, [r[column] for r in rows], unit, description, f"{title} ({unit})")
     node.SetUseColumnTitleAsColumnHeader(True)
     node.Modified()
     return node

@@ -27,7 +27,7 @@ from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
 from .errors import InputError
-from .imaging.volume import Volume, check_same_grid, read_ct, read_labels, resample_labels
+from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
 
 METRICS_FORMAT = "mskdex-drr-metrics"
@@ -143,9 +143,7 @@ def write_drr(result: DRRResult, out_dir: str | Path, inputs: list[str | Path] =
     for k, t in enumerate(DRR_TYPES):
         path = out_dir / f"{t}.nrrd"
         refuse_overwrite(path, list(inputs))
-        image = sitk.GetImageFromArray(np.ascontiguousarray(data[k]))  # (N, H, W) -> size (W, H, N)
-        image.SetSpacing((g.pixel_spacing[1], g.pixel_spacing[0], 1.0))
-        image.SetOrigin((*g.detector_origin, 0.0))
+        image = detector_image(data[k], g)  # (N, H, W) -> size (W, H, N)
         for key, value in {"mskdex_format": STACK_FORMAT, "mskdex_version": str(FORMAT_VERSION),
                            "drr_type": t, "units": DRR_UNITS[t], "objects": json.dumps(stack.names),
                            "geometry": json.dumps(g.to_json()),

@@ -42,6 +42,7 @@ from scipy import ndimage
 from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
+from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .radiograph_io import Radiograph, read_radiograph, stem as file_stem
 
@@ -137,10 +138,7 @@ class Decomposition:
         write_table_csv(self.table, paths["csv"], self.ood.flag)
         for t, dtype in enumerate(self.drr_types):
             paths[dtype] = out / f"{stem}_{dtype}.nii.gz"
-            image = sitk.GetImageFromArray(np.ascontiguousarray(self.drr[t]))  # (N, H, W) -> x=col
-            image.SetSpacing((self.geometry.pixel_spacing[1], self.geometry.pixel_spacing[0], 1.0))
-            u0, v0 = self.geometry.detector_origin
-            image.SetOrigin((u0, v0, 0.0))
+            image = detector_image(self.drr[t], self.geometry)  # (N, H, W) -> x = column
             write_atomic(paths[dtype], lambda p, im=image: sitk.WriteImage(im, str(p), True))
         write_json(paths["json"], {
             "format": TABLE_FORMAT, "version": TABLE_VERSION,

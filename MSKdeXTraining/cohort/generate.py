@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..fileio import write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
-from ..imaging.volume import Volume
+from ..imaging.volume import Volume, detector_image
 from ..parallel import run_jobs
 from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
@@ -188,10 +188,7 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
     _write_image(ct.to_sitk(), tmp / "ct.nii.gz")
     _write_image(labels.to_sitk(), tmp / "labels.nii.gz")
     g = radiograph.geometry
-    image = sitk.GetImageFromArray(radiograph.image)
-    image.SetSpacing((g.pixel_spacing[1], g.pixel_spacing[0]))
-    image.SetOrigin(g.detector_origin)
-    _write_image(image, tmp / "xray.mha")
+    _write_image(detector_image(radiograph.image, g), tmp / "xray.mha")
     write_json(tmp / "xray.json", {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "geometry": g.to_json(),
         "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, "processing": radiograph.processing})

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .geometry import Geometry
 
 
 @dataclass
@@ -163,3 +164,14 @@ def _require_3d(image: sitk.Image, path, what: str) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: {what} must have one value per voxel, got pixel type "
                          f"{image.GetPixelIDTypeAsString()}")
+
+
+def detector_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A detector image (rows, cols) or stack (N, rows, cols) as a SimpleITK image: x = detector
+    columns, y = rows (and z = stack index); spacing (column, row[, 1]) mm; origin the centre of
+    pixel (0, 0) in detector (u, v) mm (:attr:`Geometry.detector_origin`)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    extra = (1.0,) * (np.ndim(array) - 2)
+    image.SetSpacing((geometry.pixel_spacing[1], geometry.pixel_spacing[0], *extra))
+    image.SetOrigin((*geometry.detector_origin, *(0.0 for _ in extra)))
+    return image

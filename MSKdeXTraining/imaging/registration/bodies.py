@@ -11,6 +11,7 @@ from ...objects import ObjectMap, ObjectMapError
 from ..geometry import Geometry, apply, fit_sphere, project
 from ..volume import Volume
 
+
 def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
     """Label values of each rigid body: ``pelvis`` (pelvis + sacrum), ``femur_left/right``.
 

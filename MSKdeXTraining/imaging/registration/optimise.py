@@ -19,6 +19,7 @@ from ..volume import Volume
 from .render import BodyRenderer, _Attached
 from .settings import Level, Progress, RegistrationResult, RegistrationSettings
 
+
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(..., H, W)`` images (sigma in pixels, edges replicated)."""
     if sigma_px <= 0:

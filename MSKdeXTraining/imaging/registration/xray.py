@@ -10,6 +10,7 @@ import numpy as np
 from ...errors import InputError
 from ..geometry import Geometry
 
+
 def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None,
               sdd: float | None = None, sod: float | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a 2D radiograph (float32 (rows, cols), bright = attenuating) and its :class:`Geometry`.

@@ -225,6 +225,10 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         old = read_json_object(path, (), InputError)
+        if isinstance(old.get("registration"), dict):  # fields added since then held their defaults
+            defaults = json.loads(json.dumps(RegistrationSettings().to_json()))
+            old["registration"] = {**{k: v for k, v in defaults.items() if k not in old["registration"]},
+                                   **old["registration"]}
         new = json.loads(json.dumps(settings))
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

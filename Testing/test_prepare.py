@@ -191,6 +191,16 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
     with pytest.raises(InputError, match=r"other settings \(include_failed differ\)"):
         prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
     assert not (out / "cases").exists()
+    # a record from before settings fields were added (they held their defaults) still resumes
+    from MSKdeXTraining.prepare import _check_settings
+
+    older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_")}
+    record = {"cohort": str(cohort.resolve()), "geometry": g.to_json(), "registration": older,
+              "include_failed": False}
+    (out / "prepare.json").write_text(json.dumps(record))
+    _check_settings(out, {**record, "registration": CHEAP.to_json()})
+    with pytest.raises(InputError, match="registration differ"):
+        _check_settings(out, {**record, "registration": replace(CHEAP, femur_gc_threshold=0.7).to_json()})
 
 
 def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):

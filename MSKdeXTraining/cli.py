@@ -25,7 +25,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or "default" in text:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or action.default == [] \
+                or "default" in text:
             return text
         return super()._get_help_string(action)
 
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"mskdex {args.command}: interrupted; run the same command again to resume "
-              "(finished work is kept)", file=sys.stderr)
+        print(f"mskdex {args.command}: interrupted; finished work is kept: run the same command "
+              "again to resume (train: add --resume)", file=sys.stderr)
         return 130
 
 

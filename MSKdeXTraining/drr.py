@@ -58,7 +58,8 @@ def load_inputs(ct_path: str | Path, labels_path: str | Path,
     labels = read_labels(labels_path)
     if resample and ct.same_grid(labels):
         labels = resample_labels(labels, ct)
-    check_same_grid(ct, labels, str(ct_path), str(labels_path))
+    check_same_grid(ct, labels, str(ct_path), str(labels_path),
+                    "resample the labels onto the CT grid (`--resample-labels`: nearest neighbour)")
     return ct, labels
 
 

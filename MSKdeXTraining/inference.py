@@ -326,17 +326,17 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
     already holds the result of the same file content, settings and model: ``skipped``).
     A ``target`` holding any other decomposition is refused (FileExistsError), never
-    overwritten; an unusable file raises :class:`InputError`."""
+    overwritten (files without ``decomposition.json``, which is written last, are the leftovers
+    of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
     options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
                "magnification": magnification, "tta": tta, "seed": seed,
                "model_sha256": decomposer.model.origin.get("weights_sha256")}
     summary = {"input": str(path), "output": str(target)}
-    done = target / "decomposition.json"
-    existing = [p for p in output_files(target) if p.exists()]
-    if existing:
+    done = target / "decomposition.json"  # written last: without it, other files are leftovers
+    if done.is_file():                     # of an interrupted write, redone below
         key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **options}
-        if not done.is_file() or _recorded_batch_key(done) != key:
-            raise FileExistsError(f"{existing[0]}: holds a result of other input content, settings or model "
+        if _recorded_batch_key(done) != key:
+            raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options; choose another output folder (--out) "
                                   "or delete it")
         return {**summary, "skipped": True}, None

@@ -90,7 +90,7 @@ def test_geometry_from_json_refuses_missing_or_wrong_fields():
                             (dict(good, pixel_spacing=[2.0]), "m.json: field 'pixel_spacing' must be"),
                             (dict(good, sdd=None), "m.json: field 'sdd' must be a number"),
                             (dict(good, sod=2000.0), "m.json: need 0 < sod < sdd")]:
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(InputError, match=f"^{message}"):  # the file named once
             Geometry.from_json(broken, "m.json")
 
 

@@ -204,6 +204,9 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     weights = (run / "model.safetensors").read_bytes()
     assert table["model"]["weights_sha256"] == hashlib.sha256(weights).hexdigest()
     assert all(s["skipped"] for s in decompose_files(decomposer, files[1:], out, tta=2))
+    (out / "hip0" / "decomposition.json").unlink()  # interrupted before its last file: redone
+    redone = decompose_files(decomposer, files[1:2], out, tta=2)
+    assert "ood" in redone[0] and (out / "hip0" / "decomposition.json").is_file()
     with pytest.raises(FileExistsError, match="other input content, settings or model"):
         decompose_files(decomposer, files[1:], out, tta=3)
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
@@ -239,7 +242,7 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     assert decompose_cmd.run(args) == 0  # the same again: nothing to do, nothing rewritten
     args.xray = files[1]  # another patient into the same folder: refused, the first result kept
     before = (tmp_path / "cli" / "decomposition.json").read_bytes()
-    with pytest.raises(FileExistsError, match="decomposition.csv: holds a result of other input"):
+    with pytest.raises(FileExistsError, match="decomposition.json: holds a result of other input"):
         decompose_cmd.run(args)
     assert (tmp_path / "cli" / "decomposition.json").read_bytes() == before
 
@@ -324,7 +327,7 @@ def test_raw_radiograph_window_ignores_a_few_saturated_pixels():
 
 
 def test_eight_bit_export_is_flagged_without_shared_data(trained, decomposer):
-    """Checked on a DICOM written here, so that it runs without the shared data."""
+    """An 8-bit export is flagged out-of-distribution (checked without the shared data)."""
     r = toy_radiograph(trained[0], 0)
     r.source["bits_stored"] = 8
     result = decomposer.decompose(r, tta=1)

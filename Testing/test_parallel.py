@@ -14,7 +14,7 @@ def test_results_and_indices(workers):
 
 def test_in_process_order_and_worker_threads():
     assert [i for i, _ in run_jobs(pow, [(3, 1), (3, 2)], 1)] == [0, 1]
-    assert {n for _, n in run_jobs(torch.get_num_threads, [()] * 2, 2, threads=1)} == {1}
+    assert {n for _, n in run_jobs(torch.get_num_threads, [()] * 2, 2, threads=3)} == {3}
 
 
 @pytest.mark.parametrize("workers", [1, 2])

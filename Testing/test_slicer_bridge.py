@@ -271,6 +271,15 @@ def test_bone_alignment_through_the_bridge():
     head = femoral_head_center(labels, (3,))
     np.testing.assert_allclose(femur.center_cam, apply(pelvis_pose, head), atol=1e-9)
     assert femur.gc_threshold == 0.5 and femur.gc > 0.5
+    # a pelvis registered with other distances is not a femur's start: the AP view is
+    other, _, _ = Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "femur_left", geometry.sdd + 50,
+                                           geometry.sod + 50, "fast")
+    from MSKdeXTraining.imaging.geometry import default_ap_pose
+    from MSKdeXTraining.imaging.registration import default_isocenter
+
+    far = Geometry(48, 48, (4.0, 4.0), geometry.sdd + 50, geometry.sod + 50)
+    ap = default_ap_pose(default_isocenter(labels, objects), far)
+    np.testing.assert_allclose(other.center_cam, apply(ap, head), atol=1e-6)
 
 
 def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_model):

@@ -24,9 +24,9 @@ from typing import Literal
 
 import MSKdeXTraining
 
-#: A tqdm bar: optional description, percentage, bar, then the rest (n/total, times, postfix).
 #: Output lines a :class:`BackendProcess` keeps (a long training prints many).
 LOG_LINES = 10000
+#: A tqdm bar: optional description, percentage, bar, then the rest (n/total, times, postfix).
 _TQDM = re.compile(r"^\s*(?:(?P<desc>[^|]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|(?P<rest>.*)$")
 _COUNTS = re.compile(r"^\s*(?P<n>[\d.]+[kM]?)/(?P<total>[\d.]+[kM]?)")
 #: n/total, then "[elapsed<remaining, rate]" or "elapsed<remaining", at the start of the rest.

@@ -9,6 +9,7 @@ nodes (:mod:`drr_nodes`, :mod:`results_table`, :mod:`pose_nodes`). Errors are ra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,8 @@ RESULT_PREFIX = "MSKdeX"
 TABLE_NAME = "MSKdeX results"
 CHART_NAME = "MSKdeX results chart"
 QC_TABLE_NAME = "MSKdeX segmentation QC"
+#: Pose-node attribute: the node IDs and SDD/SOD a pose was registered from (JSON).
+INPUTS_ATTRIBUTE = "MSKdeX.RegistrationInputs"
 
 
 @dataclass
@@ -109,7 +112,8 @@ class Pipeline:
 
         ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
         from the transform node after the user moved it (Redo). Without it a femur starts from
-        the pelvis's registered pose node, when there is one."""
+        the pelvis's registered pose node, when one was registered from the same CT,
+        segmentation, radiograph and SDD/SOD (:data:`INPUTS_ATTRIBUTE`)."""
         from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
 
         from .pose_nodes import pose_from_transform_node, pose_node_name, pose_to_transform_node
@@ -121,14 +125,18 @@ class Pipeline:
         radiograph = radiograph_from_node(radiograph_node)
         geometry = Geometry(radiograph.array.shape[0], radiograph.array.shape[1],
                             radiograph.pixel_spacing, sdd, sod)
+        inputs = json.dumps({"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
+                             "radiograph": radiograph_node.GetID(), "sdd": sdd, "sod": sod})
         pelvis_node = self.scene.GetFirstNodeByName(pose_node_name("pelvis"))
-        pelvis_pose = pose_from_transform_node(pelvis_node) if pelvis_node is not None and body != "pelvis" else None
+        same_inputs = pelvis_node is not None and pelvis_node.GetAttribute(INPUTS_ATTRIBUTE) == inputs
+        pelvis_pose = pose_from_transform_node(pelvis_node) if same_inputs and body != "pelvis" else None
         result = register_body(ct, labels, objects, body, radiograph.array, geometry, start_pose, pelvis_pose,
                                RegistrationSettings.preset(preset), progress,
                                source=f"segmentation {segmentation_node.GetName()!r}")
         reference = self.reference_pose(ct, geometry)
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)
+        transform.SetAttribute(INPUTS_ATTRIBUTE, inputs)  # a femur reuses only a pelvis of the same inputs
         bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")
         drr = project_objects(ct, labels, bone, geometry, result.pose)
         layer = drr_layers(drr.data.numpy(), bone.names, geometry.pixel_spacing, self.scene,

@@ -18,7 +18,7 @@ def progress_bar(desc: str, leave: bool = True) -> Iterator[Callable[[float, str
               dynamic_ncols=True, leave=leave) as bar:
         def update(fraction: float, message: str) -> None:
             bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
-            bar.set_postfix_str(message[:60], refresh=False)
+            bar.set_postfix_str(message, refresh=False)
             bar.refresh()
         yield update
 

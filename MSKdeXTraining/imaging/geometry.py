@@ -121,10 +121,11 @@ class Geometry:
         for key in ("rows", "cols"):
             if isinstance(d[key], bool) or not isinstance(d[key], int):
                 raise InputError(f"{source}: field {key!r} must be an integer, got {d[key]!r}")
+        values = (d["rows"], d["cols"], tuple(number("pixel_spacing", v) for v in spacing),
+                  number("sdd", d["sdd"]), number("sod", d["sod"]), bool(d.get("parallel", False)))
         try:
-            return cls(d["rows"], d["cols"], tuple(number("pixel_spacing", v) for v in spacing),
-                       number("sdd", d["sdd"]), number("sod", d["sod"]), bool(d.get("parallel", False)))
-        except InputError as e:
+            return cls(*values)
+        except InputError as e:  # the detector's own checks, which do not know the file
             raise InputError(f"{source}: {e}") from None
 
 

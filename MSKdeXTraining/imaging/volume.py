@@ -141,13 +141,14 @@ def check_labels(vol: Volume, source: str) -> Volume:
     return vol.with_array(a)
 
 
-def check_same_grid(ct: Volume, labels: Volume, ct_path: str = "", labels_path: str = "label map") -> None:
-    """Raise :class:`InputError` naming both and listing every geometry field where the grids differ."""
+def check_same_grid(ct: Volume, labels: Volume, ct_path: str = "", labels_path: str = "label map",
+                    fix: str = "resample the labels onto the CT grid (nearest neighbour)") -> None:
+    """Raise :class:`InputError` naming both, listing every geometry field where the grids
+    differ and saying how to ``fix`` it."""
     diff = ct.same_grid(labels)
     if diff:
-        raise InputError(
-            f"{labels_path}: label grid differs from {f'CT {ct_path}' if ct_path else 'the CT'}: " + "; ".join(diff)
-            + ". Resample the labels onto the CT grid (e.g. `--resample-labels`, nearest neighbour).")
+        raise InputError(f"{labels_path}: label grid differs from {f'CT {ct_path}' if ct_path else 'the CT'}: "
+                         + "; ".join(diff) + f"; {fix}")
 
 
 def resample_labels(labels: Volume, ct: Volume) -> Volume:

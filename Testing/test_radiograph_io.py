@@ -273,7 +273,7 @@ def test_monochrome1_with_a_negative_rescale_intercept(tmp_path, ramp):
 
 
 def test_placeholder_pixel_spacing_is_refused_without_shared_data(tmp_path, ramp):
-    """The placeholder PixelSpacing 1.0\1.0 is refused (on a DICOM written here, without the shared data)."""
+    """The placeholder PixelSpacing of 1.0 x 1.0 mm is refused (on a DICOM written here, without the shared data)."""
     f = write_dicom(tmp_path / "p.dcm", ramp, bits=12, PixelSpacing=[1.0, 1.0])
     with pytest.raises(InputError, match=r"PixelSpacing \(0028,0030\) is 1\.0.*placeholder"):
         read_radiograph(f)

@@ -4,7 +4,7 @@
 *matched* detector (:meth:`~MSKdeXTraining.imaging.geometry.Geometry.matched`: the model's
 pixels, centred, with the model's pixel size at the isocentre given the radiograph's
 magnification; Gaussian anti-aliasing when shrinking), windows its intensities to [0, 1] as
-the training radiographs were (:func:`unit_range`), predicts the (3, N, H, W) DRR stack in
+the training radiographs were (:func:`~.radiograph_io.unit_range`), predicts the (3, N, H, W) DRR stack in
 physical units per area of that detector and reads the per-object volume (cm3, VDRR sum x
 pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it. A radiograph of
 unknown magnification is taken at the model's reference magnification, and the result says
@@ -44,7 +44,7 @@ from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
-from .radiograph_io import Radiograph, read_radiograph, stem as file_stem
+from .radiograph_io import Radiograph, read_radiograph, stem as file_stem, unit_range
 
 Progress = Callable[[float, str], None]
 
@@ -54,8 +54,6 @@ TABLE_VERSION = 1
 OOD_Z = 4.0
 #: Feature score (Mahalanobis distance / training 99th percentile) above which it is flagged.
 OOD_FEATURE = 1.5
-#: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
-WINDOW_PERCENTILES = (1.0, 99.5)
 #: Fraction of the model's field of view the radiograph must cover.
 MIN_COVERAGE = 0.8
 
@@ -166,24 +164,6 @@ def to_detector(array: np.ndarray, spacing: tuple[float, float],
     return resample_image(array, source, geometry), coverage
 
 
-def unit_range(radiograph: Radiograph,
-               percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> tuple[np.ndarray, str]:
-    """The radiograph's values in [0, 1], bright = attenuating, as the training radiographs.
-
-    Floating-point data already in [0, 1] (processed radiographs such as the cohort's) are
-    used as they are. Anything else gets the training radiographs' clinical processing: a
-    window from its ``percentiles`` to [0, 1]. Returns the image and the method used.
-    """
-    a = np.asarray(radiograph.array, np.float64)
-    if radiograph.source.get("value_range") is None and a.min() >= 0.0 and a.max() <= 1.0:
-        return a.astype(np.float32), "already in [0, 1]: used as it is"
-    lo, hi = np.percentile(a, percentiles)
-    method = f"window [{lo:g}, {hi:g}] (percentiles {percentiles[0]:g}, {percentiles[1]:g}) -> [0, 1]"
-    if hi <= lo:
-        return np.zeros_like(a, dtype=np.float32), method
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), method
-
-
 class Decomposer:
     """A trained model ready to decompose radiographs (see the module docstring).
 
@@ -229,7 +209,7 @@ class Decomposer:
 
     def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, Geometry, dict]:
         """The radiograph in [0, 1] on its matched detector, that detector, and what was done."""
-        x, method = unit_range(radiograph)
+        x, method = unit_range(radiograph.array, radiograph.source.get("value_range"))
         detector = self.detector(radiograph)
         x, coverage = to_detector(x, radiograph.pixel_spacing, detector)
         return x, detector, {

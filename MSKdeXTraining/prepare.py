@@ -43,11 +43,10 @@ from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, rigid_bodies)
 from .imaging.volume import read_ct, read_labels
-from .inference import unit_range
 from .objects import ALIGNED_BONES, ObjectMap
 from .parallel import run_jobs
 from .qc import segmentation_qc
-from .radiograph_io import Radiograph
+from .radiograph_io import unit_range
 from .training.data import FORMAT, VERSION  # the dataset format its reader defines
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
@@ -112,8 +111,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
     aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
     tensors = {
         # in [0, 1] as decompose feeds the model: a raw radiograph is windowed the same way
-        "xray": torch.from_numpy(resample_image(unit_range(Radiograph(xray, xray_geometry.pixel_spacing, {}))[0],
-                                                xray_geometry, g)),
+        "xray": torch.from_numpy(resample_image(unit_range(xray)[0], xray_geometry, g)),
         "drr": drr.data.float().contiguous(),
         "aligned": aligned.data.float().contiguous(),
         "volume_cm3": torch.tensor([truth[n]["volume_cm3"] for n in objects.names], dtype=torch.float64),

@@ -47,6 +47,8 @@ MAGNIFICATION_RANGE = (1.0, 2.0)
 #: Format of the JSON sidecar (``<stem>.json``) of a cohort radiograph.
 SIDECAR_FORMAT = "mskdex-xray"
 SIDECAR_VERSION = 1
+#: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
+WINDOW_PERCENTILES = (1.0, 99.5)
 #: Suffixes read with SimpleITK (they store the spacing in the file).
 ITK_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Suffixes read as plain pictures (no spacing in the file).
@@ -385,3 +387,22 @@ def _read_picture(path: Path):
               "spacing_problem": f"{path.suffix} files store no pixel spacing"}
     value_range = None if array.dtype.kind == "f" else (0, (1 << source["bits_stored"]) - 1)
     return _to_grey(array, path, source), None, source, value_range
+
+
+def unit_range(array: np.ndarray, value_range: tuple[float, float] | None = None,
+               percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> tuple[np.ndarray, str]:
+    """A radiograph's values in [0, 1], bright = attenuating, as the training radiographs.
+
+    Floating-point data already in [0, 1] (processed radiographs such as the cohort's; no
+    stored ``value_range`` of integer data) are used as they are. Anything else gets the
+    training radiographs' clinical processing: a window from its ``percentiles`` to [0, 1].
+    Returns the image (float32) and the method used.
+    """
+    a = np.asarray(array, np.float64)
+    if value_range is None and a.min() >= 0.0 and a.max() <= 1.0:
+        return a.astype(np.float32), "already in [0, 1]: used as it is"
+    lo, hi = np.percentile(a, percentiles)
+    method = f"window [{lo:g}, {hi:g}] (percentiles {percentiles[0]:g}, {percentiles[1]:g}) -> [0, 1]"
+    if hi <= lo:
+        return np.zeros_like(a, dtype=np.float32), method
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), method

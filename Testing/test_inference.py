@@ -318,11 +318,11 @@ def test_tta_is_seeded(trained, decomposer):
 def test_raw_radiograph_window_ignores_a_few_saturated_pixels():
     """Burned-in markers at the detector maximum (0.3 % of the pixels) must not
     compress the anatomy's grey range: the window is set on percentiles."""
-    from MSKdeXTraining.inference import unit_range
+    from MSKdeXTraining.radiograph_io import unit_range
 
     a = np.tile(np.linspace(0.0, 1000.0, 200), (200, 1))
     a[:6, :20] = 4095.0
-    x, method = unit_range(Radiograph(a.astype(np.float32), (1.0, 1.0), {"value_range": [0, 4095]}))
+    x, method = unit_range(a.astype(np.float32), (0, 4095))
     assert np.percentile(x, 99) > 0.95 and np.percentile(x, 1) < 0.05, method
 
 

@@ -15,7 +15,7 @@ from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, p
                                              rigid)
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
-    PRESETS, Level, RegistrationSettings, SoftTissueRenderer, body_centroid,
+    GC_THRESHOLD, PRESETS, Level, RegistrationSettings, SoftTissueRenderer, body_centroid,
     default_isocenter, femoral_head_center, read_xray, register_bodies, register_body, register_bone,
     pose_from_params, registration_errors, render_body, rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.projector import project_objects
@@ -250,8 +250,11 @@ def test_real_ct_hip_bones_recovered(shared_data):
     rigid_set = {n: RigidBody(bodies[n], truth[n]) for n in bodies}
     xray = simulate_radiograph(ct, labels, g, truth["pelvis"], rigid_set,
                                XraySettings(noise_seed=0)).image
-    results = register_bodies(ct, labels, objects, xray, g)
-    # this CT ends a few cm below the lesser trochanters: its femurs are short stumps
+    # this CT ends a few cm below the lesser trochanters: its femurs are short stumps, and the
+    # right one scores GC ~0.46 even at its true pose (whole femurs: 0.6-0.8), under the femur
+    # threshold calibrated on the cohort; the general threshold still separates gross failures
+    results = register_bodies(ct, labels, objects, xray, g,
+                              settings=RegistrationSettings(femur_gc_threshold=GC_THRESHOLD))
     tolerance = {"pelvis": (1.0, 3.0), "femur_left": (3.0, 6.0), "femur_right": (3.0, 6.0)}
     for name, r in results.items():
         e = registration_errors(truth[name], r.pose, surface_points(labels, bodies[name]), g)

@@ -42,7 +42,8 @@ VERSION = 1
 #: 2: CT cropped to pelvis, sacrum and muscles; radiograph centred on the CT centre.
 #: 3: radiograph of the whole body (continued past the template's ends), window on the body.
 #: 4: fat infiltration = a systemic (patient) level + a per-muscle deviation.
-GENERATOR_VERSION = 4
+#: 5: soft tissue held to the bones near it and volume-corrected without flux into them.
+GENERATOR_VERSION = 5
 
 Progress = Callable[[float, str], None]
 

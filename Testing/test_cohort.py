@@ -236,6 +236,7 @@ def test_pose_deformation_keeps_soft_tissue_out_of_bones(demo_case):
         share = mu[tissue][hit].sum() / mu[np.isin(labels.array, b.labels)].sum()
         assert share < 0.01, (name, share)
 
+
 def test_bones_sit_at_their_recorded_pose(demo_case):
     ct, labels = read_ct(demo_case / "ct.nii.gz"), read_labels(demo_case / "labels.nii.gz")
     truth = json.loads((demo_case / "truth.json").read_text())

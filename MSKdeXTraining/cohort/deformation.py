@@ -7,9 +7,11 @@ translation ``t_b``, and with weights ``w_b(x)``::
 
     phi(x) = x + sum_b [R(w_b v_b) (x - c_b) + c_b + w_b t_b - x] + d(x)
 
-(then ``pose``). ``w_b`` is 1 on body ``b`` and falls linearly to the blend over
-:data:`HOLD_MM` around it, so the tissue next to a bone keeps up with it; further out the
-blend is inverse-square distance weights normalised over the bodies and Gaussian-smoothed.
+(then ``pose``). ``w_b`` is 1 on body ``b`` (on the subsampled grid the weights live on; where
+two bodies are within :data:`HOLD_MM` of each other, as at the hip joint, they share) and
+falls linearly to the blend over :data:`HOLD_MM` around it, so the tissue next to a bone keeps
+up with it; further out the blend is inverse-square distance weights normalised over the
+bodies and Gaussian-smoothed. Bone voxels themselves always move rigidly.
 Blending rotation vectors keeps every local map a rotation, but a weight that varies across a
 muscle still stretches or compresses it. ``d`` undoes that to first order: an irrotational
 field ``grad(psi)`` with ``laplacian(psi) = 1 - det(J)`` over the body's soft tissue. It is
@@ -24,6 +26,7 @@ whatever ``phi``: the radiograph moves mass elements, it never resamples.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,8 +45,10 @@ BLEND_SIGMA_MM = 8.0
 HOLD_MM = 12.0
 #: Passes of the volume correction on the 2x subsampled grid (one more follows at full size).
 CORRECTION_PASSES = 3
-#: Relative residual at which a pass's conjugate-gradient solve on the subsampled grid stops.
+#: Relative residual at which a pass's conjugate-gradient solve on the subsampled grid stops
+#: (about 10 iterations on the demo cohort), and its iteration limit.
 CG_TOLERANCE = 1e-3
+CG_MAX_ITERATIONS = 200
 #: Zero padding (voxels) around the grid for the periodic Poisson solve.
 POISSON_PAD = 8
 
@@ -163,15 +168,16 @@ def _weights(coarse: Volume, bodies: Mapping[str, RigidBody]) -> list[np.ndarray
 
 
 def _correct(grid: Volume, phi: np.ndarray) -> np.ndarray:
-    """``phi`` (k, j, i, 3) plus one irrotational correction that brings det J to 1 in the soft
-    tissue (label > 0) of ``grid`` to first order (bones ignored: the fine residual is small)."""
+    """``phi`` (k, j, i, 3) plus one irrotational correction that brings det J to 1 in the body
+    (label > 0, bones included) of ``grid`` to first order, with no boundary at the bones (the
+    fine residual is small)."""
     excess = (_det_jacobian(phi, grid.spacing, grid.direction) - 1.0) * (grid.array > 0)
     return phi + _irrotational_correction(excess, grid.spacing[::-1]) @ grid.direction.T
 
 
 def _slide(grid: Volume, phi: np.ndarray, free: np.ndarray) -> np.ndarray:
     """``phi`` plus :data:`CORRECTION_PASSES` irrotational corrections that bring det J to 1 in
-    the soft tissue of ``grid``, with no flux out of the ``free`` voxels (e.g. into bones)."""
+    the body (label > 0) of ``grid``, with no flux out of the ``free`` voxels (e.g. into bones)."""
     soft = grid.array > 0
     phi = phi.copy()
     for _ in range(CORRECTION_PASSES):
@@ -188,8 +194,11 @@ def _neumann_correction(excess: np.ndarray, free: np.ndarray, spacing_kji: np.nd
     Finite volumes (a face between two free voxels conducts), solved by conjugate gradients
     preconditioned with the box's Neumann Laplacian (diagonal in the DCT-II basis); the
     excess is made mean-free over the region first, as the Neumann problem requires. The
-    gradient at a voxel is the mean of its two face gradients along each axis.
+    gradient at a voxel is the mean of its two face gradients along each axis (what det J's
+    central differences see is a smoothed divergence: later passes take up the difference).
     """
+    if not free.any():
+        return np.zeros(free.shape + (3,))
     regions, n = ndimage.label(free)
     if n > 1:  # enclosed pockets have no outlet: left uncorrected
         free = regions == 1 + int(np.argmax(np.bincount(regions.ravel())[1:]))
@@ -220,8 +229,12 @@ def _neumann_correction(excess: np.ndarray, free: np.ndarray, spacing_kji: np.nd
     rhs = excess * mask
     rhs -= mask * (rhs.sum() / mask.sum())
     operator = LinearOperator((rhs.size,) * 2, matvec=neg_laplacian, dtype=np.float64)
-    psi, _ = cg(operator, rhs.ravel(), rtol=CG_TOLERANCE, maxiter=200,
-                M=LinearOperator((rhs.size,) * 2, matvec=precondition, dtype=np.float64))
+    psi, info = cg(operator, rhs.ravel(), rtol=CG_TOLERANCE, maxiter=CG_MAX_ITERATIONS,
+                   M=LinearOperator((rhs.size,) * 2, matvec=precondition, dtype=np.float64))
+    if info > 0:
+        warnings.warn(f"soft-tissue volume correction: conjugate gradients stopped at "
+                      f"{CG_MAX_ITERATIONS} iterations before a relative residual of {CG_TOLERANCE}",
+                      RuntimeWarning, stacklevel=2)
     grads = []
     for a, g in enumerate(face_gradients(psi.reshape(shape))):
         pad = [(0, 0)] * 3

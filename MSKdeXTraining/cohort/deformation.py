@@ -7,10 +7,11 @@ translation ``t_b``, and with weights ``w_b(x)``::
 
     phi(x) = x + sum_b [R(w_b v_b) (x - c_b) + c_b + w_b t_b - x] + d(x)
 
-(then ``pose``). ``w_b`` is 1 on body ``b`` (on the subsampled grid the weights live on; where
-two bodies are within :data:`HOLD_MM` of each other, as at the hip joint, they share) and
-falls linearly to the blend over :data:`HOLD_MM` around it, so the tissue next to a bone keeps
-up with it; further out the blend is inverse-square distance weights normalised over the
+(then ``pose``). ``w_b`` is 1 on and next to body ``b`` (its voxels of the subsampled grid the
+weights live on, and those with one of its full-resolution voxels among their 27 neighbours;
+where two bodies are within :data:`HOLD_MM` of each other, as at the hip joint, they share)
+and falls linearly to the blend over :data:`HOLD_MM`, so the tissue next to a bone keeps up
+with it; further out the blend is inverse-square distance weights normalised over the
 bodies and Gaussian-smoothed. Bone voxels themselves always move rigidly.
 Blending rotation vectors keeps every local map a rotation, but a weight that varies across a
 muscle still stretches or compresses it. ``d`` undoes that to first order: an irrotational
@@ -19,7 +20,7 @@ solved first on the 2x subsampled grid with no flux into the bones (tissue slide
 it is not pushed into it; conjugate gradients, :data:`CORRECTION_PASSES` passes), then once at
 full resolution without bones (spectrally), so muscle volumes stay within 0.3 %
 (:func:`jacobian_determinant` measures it; ``det J`` is between about 0.5 and 1.5 locally) and
-the soft tissue that ends up inside a bone carries 0.05-0.4 % of its attenuation (generator 4,
+the soft tissue that ends up inside a bone carries 0.04-0.6 % of its attenuation (generator 4,
 which solved every pass without bones: up to 9 %; docs/cohort.md). Mass is conserved exactly
 whatever ``phi``: the radiograph moves mass elements, it never resamples.
 """
@@ -84,11 +85,12 @@ def soft_tissue_field(labels: Volume, pose: np.ndarray, bodies: Mapping[str, Rig
     if all(m is None for m in motions):
         return None
     coarse = _coarse(labels)
-    weights = _weights(coarse, bodies)
+    # each body on the coarse grid: the voxels with one of its voxels among their 27 neighbours
+    reach = [ndimage.maximum_filter(np.isin(labels.array, b.labels), size=3)[::2, ::2, ::2]
+             for b in bodies.values()]
+    weights = _weights(coarse, bodies, reach)
     phi_c = _blend(_grid_centres(coarse), weights, motions)
-    bone = np.isin(labels.array, [v for b in bodies.values() for v in b.labels])
-    coarse_bone = ndimage.maximum_filter(bone, size=3)[::2, ::2, ::2]  # a bone in reach of the voxel
-    correction = _slide(coarse, phi_c, ~coarse_bone) - phi_c
+    correction = _slide(coarse, phi_c, ~np.any(reach, axis=0)) - phi_c
     shape = labels.array.shape
     phi = _blend(_grid_centres(labels), [upsample(w, shape) for w in weights], motions)
     phi += np.stack([upsample(correction[..., c], shape) for c in range(3)], -1)
@@ -149,19 +151,24 @@ def _blend(x: np.ndarray, weights: list[np.ndarray], motions: list[_Motion | Non
     return out
 
 
-def _weights(coarse: Volume, bodies: Mapping[str, RigidBody]) -> list[np.ndarray]:
+def _weights(coarse: Volume, bodies: Mapping[str, RigidBody], reach: list[np.ndarray]
+             ) -> list[np.ndarray]:
     """Weights on ``coarse``'s grid (float32), summing to 1: the blend (inverse-square
     distances to the bodies, normalised, Gaussian-smoothed by :data:`BLEND_SIGMA_MM`) taken
-    over by each body within :data:`HOLD_MM` of it (``1 - distance / HOLD_MM``)."""
+    over by each body within :data:`HOLD_MM` of its ``reach`` mask (``1 - distance / HOLD_MM``),
+    the mask the volume correction keeps its flux out of."""
     spacing = coarse.spacing[::-1]
     far = np.full(coarse.array.shape, np.inf)
-    distances = [ndimage.distance_transform_edt(~m, sampling=spacing) if m.any() else far
-                 for m in (np.isin(coarse.array, b.labels) for b in bodies.values())]
-    raw = [1.0 / (d + spacing.min()) ** 2 for d in distances]
+
+    def distance(mask: np.ndarray) -> np.ndarray:
+        return ndimage.distance_transform_edt(~mask, sampling=spacing) if mask.any() else far
+
+    raw = [1.0 / (distance(np.isin(coarse.array, b.labels)) + spacing.min()) ** 2
+           for b in bodies.values()]
     total = np.sum(raw, axis=0)
     smooth = [ndimage.gaussian_filter(r / total, BLEND_SIGMA_MM / spacing) for r in raw]
     total = np.sum(smooth, axis=0)
-    hold = [np.clip(1.0 - d / HOLD_MM, 0.0, 1.0) for d in distances]
+    hold = [np.clip(1.0 - distance(m) / HOLD_MM, 0.0, 1.0) for m in reach]
     hold_total = np.maximum(np.sum(hold, axis=0), 1.0)
     rest = 1.0 - np.sum(hold, axis=0) / hold_total
     return [(h / hold_total + rest * w / total).astype(np.float32) for h, w in zip(hold, smooth)]

@@ -47,6 +47,14 @@ def demo_case(tmp_path_factory) -> Path:
     return generate.generate_case(3, 11, tmp_path_factory.mktemp("demo"), "demo")
 
 
+@pytest.fixture(scope="module")
+def demo_body(demo_case):
+    """``demo_case``'s whole body, rebuilt from its truth (the saved CT is its crop)."""
+    p = json.loads((demo_case / "truth.json").read_text())["params"]
+    template = anatomy.load_template(anatomy.find_templates()[p["index"] % 4])
+    return patient.build_patient(template, p["patient"], generate.SIZES[p["size"]].ct_spacing_mm)
+
+
 def test_bundled_templates_are_lps_and_split_left_right():
     dirs = anatomy.find_templates()
     assert [d.name for d in dirs] == ["Pelvic-Ref-001", "Pelvic-Ref-002", "Pelvic-Ref-004", "Pelvic-Ref-005"]
@@ -165,12 +173,10 @@ def test_hu_ranges_per_tissue():
     assert np.median(hu[subcutaneous]) < -20  # the layer under the skin is fat
 
 
-def test_pose_deformation_keeps_muscle_volume_and_mass(demo_case):
+def test_pose_deformation_keeps_muscle_volume_and_mass(demo_case, demo_body):
     """On the whole body the radiograph is simulated from (the saved CT is its crop)."""
     truth = json.loads((demo_case / "truth.json").read_text())
-    p = truth["params"]
-    template = anatomy.load_template(anatomy.find_templates()[p["index"] % 4])
-    body = patient.build_patient(template, p["patient"], generate.SIZES[p["size"]].ct_spacing_mm)
+    body = demo_body
     saved = read_ct(demo_case / "ct.nii.gz")
     assert np.array_equal(saved.array, body.body_ct.array[body.crop])
     assert saved.origin == pytest.approx(body.ct.origin)
@@ -210,15 +216,12 @@ def test_pose_deformation_keeps_muscle_volume_and_mass(demo_case):
     assert merged == pytest.approx(sum(sides), rel=1e-9)
 
 
-def test_pose_deformation_keeps_soft_tissue_out_of_bones(demo_case):
+def test_pose_deformation_keeps_soft_tissue_out_of_bones(demo_case, demo_body):
     """No film shows muscle inside bone: the soft tissue that the field moves into a bone's
     radiograph position carries well under 1 % of that bone's attenuation (cohort v4, whose
     volume correction ignored the bones, pushed 3-5 mm of tissue into them: up to 9 %)."""
     truth = json.loads((demo_case / "truth.json").read_text())
-    p = truth["params"]
-    template = anatomy.load_template(anatomy.find_templates()[p["index"] % 4])
-    body = patient.build_patient(template, p["patient"], generate.SIZES[p["size"]].ct_spacing_mm)
-    ct, labels = body.body_ct, body.body_labels
+    ct, labels = demo_body.body_ct, demo_body.body_labels
     bodies = _bodies(truth)
     pose = bodies["pelvis"].pose
     field = deformation.soft_tissue_field(labels, pose, bodies)

@@ -178,19 +178,21 @@ def _correct(grid: Volume, phi: np.ndarray) -> np.ndarray:
     """``phi`` (k, j, i, 3) plus one irrotational correction that brings det J to 1 in the body
     (label > 0, bones included) of ``grid`` to first order, with no boundary at the bones (the
     fine residual is small)."""
-    excess = (_det_jacobian(phi, grid.spacing, grid.direction) - 1.0) * (grid.array > 0)
-    return phi + _irrotational_correction(excess, grid.spacing[::-1]) @ grid.direction.T
+    return phi + _irrotational_correction(_volume_excess(grid, phi), grid.spacing[::-1]) @ grid.direction.T
 
 
 def _slide(grid: Volume, phi: np.ndarray, free: np.ndarray) -> np.ndarray:
     """``phi`` plus :data:`CORRECTION_PASSES` irrotational corrections that bring det J to 1 in
     the body (label > 0) of ``grid``, with no flux out of the ``free`` voxels (e.g. into bones)."""
-    soft = grid.array > 0
     phi = phi.copy()
     for _ in range(CORRECTION_PASSES):
-        excess = (_det_jacobian(phi, grid.spacing, grid.direction) - 1.0) * soft
-        phi += _neumann_correction(excess, free, grid.spacing[::-1]) @ grid.direction.T
+        phi += _neumann_correction(_volume_excess(grid, phi), free, grid.spacing[::-1]) @ grid.direction.T
     return phi
+
+
+def _volume_excess(grid: Volume, phi: np.ndarray) -> np.ndarray:
+    """``det J - 1`` of ``phi`` in the body (label > 0) of ``grid``, 0 outside it."""
+    return (_det_jacobian(phi, grid.spacing, grid.direction) - 1.0) * (grid.array > 0)
 
 
 def _neumann_correction(excess: np.ndarray, free: np.ndarray, spacing_kji: np.ndarray

@@ -115,6 +115,9 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     (b / ".case_0001.partial-99").mkdir()
     (b / ".case_0001.partial-99" / "ct.nii.gz").write_bytes(b"broken")
     generate.generate_cohort(2, 3, b, "test", workers=1)
+    # a second run on the folder (e.g. a killed run's surviving worker) finishing a case that is
+    # there already leaves it as it is
+    assert generate.generate_case(1, 3, b, "test") == b / "case_0001"
     assert not list(b.glob(".case_*"))
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f

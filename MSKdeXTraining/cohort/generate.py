@@ -200,7 +200,12 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
         "poses": {k: v.tolist() for k, v in poses.items()},
         "params": {"cohort_seed": seed, "index": index, "size": size, **params},
         "derived": derived})
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # another run on this folder finished the case first: same seed, same bytes
+        if not (final / "truth.json").is_file():
+            raise
+        shutil.rmtree(tmp)
     return final
 
 

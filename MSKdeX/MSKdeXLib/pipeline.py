@@ -106,7 +106,7 @@ class Pipeline:
                  sdd: float, sod: float, preset: str = "fast", progress: ProgressRelay | None = None,
                  start_pose: np.ndarray | None = None):
         """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
-        radiograph (SDD/SOD in mm) as ``mskdex register`` does in its first pass
+        radiograph (SDD/SOD in mm) as ``mskdex register`` does
         (:func:`~MSKdeXTraining.imaging.registration.register_body`); returns (result,
         transform node, aligned bone DRR layer).
 

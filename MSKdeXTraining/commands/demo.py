@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")
     parser.add_argument("--size", default="demo", help="cohort resolution preset (demo, full, test)")
     parser.add_argument("--workers", type=int, help="processes for cohort and prepare (default: all cores)")
-    parser.add_argument("--registration", choices=("fast", "accurate"), default="fast",
-                        help="bone registration preset used by prepare (fast: no joint refinement)")
+    parser.add_argument("--registration", choices=("accurate", "fast"), default="accurate",
+                        help="bone registration preset used by prepare (fast: fewer evaluations)")
     parser.add_argument("--dataset-px", type=int, default=128,
                         help="prepared dataset detector size in pixels (same field of view)")
     add_training_arguments(parser)

@@ -22,7 +22,7 @@ STAGES = (("cohort", 0.15), ("prepare", 0.35), ("evaluate", 0.5))
 
 def run_demo(out: Path, n: int = 96, seed: int = 0, config: str | Path = "small",
              k: int = 4, size: str = "demo", workers: int | None = None,
-             overrides: dict | None = None, registration: str = "fast", dataset_px: int = 128,
+             overrides: dict | None = None, registration: str = "accurate", dataset_px: int = 128,
              progress: Progress | None = None) -> Predictions:
     """Run (or continue) the demo in ``out``; returns the held-out predictions.
 

@@ -23,25 +23,24 @@ The result carries the final GC at the radiograph's resolution and ``ok = gc >=
 settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohort: correct
 poses score above it, gross failures below).
 
-Overlap: GC of the bone's DRR alone is pulled by the structures overlapping the bone in the
-radiograph (soft tissue, other bones): on the first cohort generator's cases (1.7 mm pixels,
-CT not cropped) its optimum lay ~0.6 mm (projected) from the true pose.
-:func:`register_bodies` therefore ends with a refinement of each body against its DRR plus the rest of the patient at the current poses: the other
-bones, and the CT's soft tissue split between the bodies (:class:`SoftTissueRenderer`), the
-body's own share following it in 2D (:class:`_Attached`) (docs/registration.md).
+Overlap: GC of the bone's DRR alone is pulled by what overlaps the bone in the radiograph
+(soft tissue, other bones): on the demo cohort its optimum lies a median ~0.45 mm (projected,
+0.2 detector pixels) from the true pose. A joint refinement against the other bones and the CT's
+soft tissue (split between the bodies, moving with them) was tried and removed: on generator-5
+cohorts it pulled poses away from the truth (docs/registration.md).
 """
 
 from .bodies import (body_centroid, default_isocenter, femoral_head_center, registration_errors,
                      rigid_bodies, surface_points)
-from .joint import refine_jointly, register_bodies, register_body
+from .sequence import register_bodies, register_body
 from .optimise import pose_from_params, register_bone
-from .render import BodyRenderer, SoftTissueRenderer, render_body
+from .render import BodyRenderer, render_body
 from .settings import (GC_THRESHOLD, PRESETS, Level, Progress, RegistrationResult,
                        RegistrationSettings)
 from .xray import read_xray
 
 __all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "Progress", "RegistrationResult",
-           "RegistrationSettings", "SoftTissueRenderer", "body_centroid", "default_isocenter",
-           "femoral_head_center", "pose_from_params", "read_xray", "refine_jointly", "register_bodies",
+           "RegistrationSettings", "body_centroid", "default_isocenter",
+           "femoral_head_center", "pose_from_params", "read_xray", "register_bodies",
            "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
            "surface_points"]

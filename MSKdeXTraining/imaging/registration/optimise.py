@@ -16,7 +16,7 @@ from ...errors import InputError
 from ..geometry import Geometry, apply, default_ap_pose, resample_image, rigid
 from ..similarity import sobel
 from ..volume import Volume
-from .render import BodyRenderer, _Attached
+from .render import BodyRenderer
 from .settings import Level, Progress, RegistrationResult, RegistrationSettings
 
 
@@ -68,8 +68,7 @@ class _Objective:
 
     def __init__(self, renderer: BodyRenderer, xray: torch.Tensor, geometry: Geometry,
                  start_pose: np.ndarray, center_cam: np.ndarray, scale: np.ndarray,
-                 settings: RegistrationSettings, x_ref: np.ndarray,
-                 background: torch.Tensor | None = None, attached: _Attached | None = None):
+                 settings: RegistrationSettings, x_ref: np.ndarray):
         self.renderer, self.geometry, self.settings = renderer, geometry, settings
         self.start_pose, self.center_cam, self.scale = start_pose, center_cam, scale
         renderer.prepare(geometry, self.pose(x_ref), settings.footprint_px)
@@ -79,8 +78,6 @@ class _Objective:
         self.crop = (slice(max(0, rows[0] - border), rows[-1] + border + 1),
                      slice(max(0, cols[0] - border), cols[-1] + border + 1))
         self.gc = _FixedGC(gaussian_blur(xray, settings.blur_px)[self.crop], mask[self.crop])
-        self.background = None if background is None else background[self.crop]
-        self.attached = attached
         self.evaluations = 0
 
     def pose(self, x: np.ndarray) -> np.ndarray:
@@ -104,10 +101,6 @@ class _Objective:
         xs = np.atleast_2d(xs)
         poses = np.stack([self.pose(x) for x in xs])
         drr = self.renderer.render(poses, self.geometry)[(slice(None),) + self.crop]
-        if self.background is not None:
-            drr = drr + self.background
-        if self.attached is not None:
-            drr = drr + self.attached(poses, self.crop)
         gc = self.gc(gaussian_blur(drr, self.settings.blur_px)).double().numpy()
         self.evaluations += len(xs)
         return -gc + self.penalty(xs)
@@ -126,23 +119,14 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
                   start_pose: np.ndarray | None = None,
                   settings: RegistrationSettings | None = None,
                   progress: Progress | None = None,
-                  center_world: np.ndarray | None = None,
-                  background: np.ndarray | None = None,
-                  initial_params: np.ndarray | None = None,
-                  attached: np.ndarray | None = None) -> RegistrationResult:
+                  center_world: np.ndarray | None = None) -> RegistrationResult:
     """Register one rigid body (label values ``body_labels``) to a radiograph.
 
     ``ct`` in HU and ``labels`` on the same grid; ``radiograph`` (rows, cols), bright =
     attenuating, in ``geometry``; ``start_pose`` (4x4 world -> camera) defaults to the AP view
     centred on the body's centroid. Rotations turn about ``center_world`` (LPS mm; default
     the body's centroid; a femur turns best about its head, :func:`femoral_head_center`).
-    ``background`` (rows, cols; line integral of mu in ``geometry``) is added to the body's
-    DRR before comparison (the rest of the patient, :func:`register_bodies`); the reported
-    GC is the body's alone. The search starts at ``initial_params`` (deg x3, mm x3, as
-    :attr:`RegistrationResult.params`; default zeros). ``attached`` (same form) is tissue
-    that moves with the body, rendered at that start (e.g. its share of the soft tissue,
-    :class:`SoftTissueRenderer`): it is warped in 2D with the body's projected motion and
-    added too. Returns the pose with the best GC (see module docs).
+    Returns the pose with the best GC (see module docs).
     """
     radiograph = np.asarray(radiograph)
     if radiograph.ndim != 2:
@@ -161,25 +145,21 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     center = renderer.centroid if center_world is None else np.asarray(center_world, float)
     center_cam = apply(start_pose, center)
     scale = np.asarray(settings.scale, float)
-    x = np.zeros(6) if initial_params is None else np.asarray(initial_params, float) / scale
+    x = np.zeros(6)
     evaluations, level_gc = 0, []
-    first_pose = pose_from_params(x * scale, center_cam, start_pose, geometry.parallel)
     levels = settings.levels
     for li, level in enumerate(levels):
         g = level.geometry(geometry)
         xray = torch.from_numpy(resample_image(radiograph, geometry, g))
-        bg = None if background is None else torch.from_numpy(resample_image(background, geometry, g))
-        att = None if attached is None else _Attached(resample_image(attached, geometry, g),
-                                                       first_pose, center, g)
         if li == 0 and settings.grid_search_mm is not None:
             # one GC region for all shifts: the start's, widened by the grid's extent
             margin = settings.mask_margin_mm
             wide = replace(settings, mask_margin_mm=None if margin is None
                            else margin + settings.grid_search_mm[0])
-            grid = _Objective(renderer, xray, g, start_pose, center_cam, scale, wide, x, bg, att)
+            grid = _Objective(renderer, xray, g, start_pose, center_cam, scale, wide, x)
             x = _grid_search(grid, x, settings.grid_search_mm, scale)
             evaluations += grid.evaluations
-        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x, bg, att)
+        obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
         else:

@@ -40,12 +40,6 @@ FEMUR_TRANSLATION_SD_MM = 3.0
 START_SEARCH_MM = 48.0
 
 
-#: A refined pose whose GC (the body's DRR alone) falls more than this below the first
-#: pass's is rejected: near the truth the bias costs ~0.002-0.008 of GC, larger drops were
-#: refinements pulled away by soft tissue that the CT does not model well (cohort cases 0-7).
-REFINE_MAX_GC_DROP = 0.01
-
-
 @dataclass(frozen=True)
 class Level:
     """One pyramid level: detector pixel size, optimiser and its budget.
@@ -86,14 +80,11 @@ class RegistrationSettings:
     (None: none); each SD costs ``prior_weight`` of GC (a femur registered after the
     pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
     first level's optimiser, try every in-plane shift on this grid (a start far from the
-    truth, e.g. the default AP view). ``refine``: end :func:`register_bodies` with the joint
-    refinement against the rest of the patient (:func:`refine_jointly`). ``seed`` makes
-    CMA-ES deterministic.
+    truth, e.g. the default AP view). ``seed`` makes CMA-ES deterministic.
 
     How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
     +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
-    ``femur_translation_sd_mm`` and at least ``femur_gc_threshold``; a joint refinement losing
-    more than ``refine_max_gc_drop`` of the body's own GC is rejected.
+    ``femur_translation_sd_mm`` and at least ``femur_gc_threshold``.
     """
 
     levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
@@ -107,29 +98,26 @@ class RegistrationSettings:
     translation_sd_mm: float | None = None
     grid_search_mm: tuple[float, float] | None = None
     gc_threshold: float = GC_THRESHOLD
-    refine: bool = True
     seed: int = 1
     prior_weight: float = PRIOR_WEIGHT
     start_search_mm: float = START_SEARCH_MM
     femur_scale: tuple[float, ...] = FEMUR_SCALE
     femur_translation_sd_mm: float = FEMUR_TRANSLATION_SD_MM
     femur_gc_threshold: float = FEMUR_GC_THRESHOLD
-    refine_max_gc_drop: float = REFINE_MAX_GC_DROP
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:
-        """``"accurate"`` (default; with the joint refinement) or ``"fast"`` (about half the
-        evaluations, no joint refinement).
+        """``"accurate"`` (default) or ``"fast"`` (fewer evaluations per level, more gross
+        failures).
 
-        Measured on the demo cohort (one torch thread): accurate ~8.3 s pelvis, ~2.4 s femur;
-        fast ~3.7 s pelvis, ~1 s femur (docs/registration.md).
+        Measured on the demo cohort (one torch thread): accurate ~4.1 s pelvis, ~1.1 s femur;
+        fast ~2.7 s pelvis, ~0.8 s femur (docs/registration.md).
         """
         if name == "accurate":
             return cls()
         if name == "fast":
             return cls(levels=(Level(6.0, "cma", 25, 1.0), Level(3.0, "cma", 25, 0.3),
-                               Level(0.0, "cma", 12, 0.1), Level(0.0, "powell", 80)), popsize=10,
-                       refine=False)
+                               Level(0.0, "cma", 12, 0.1), Level(0.0, "powell", 80)), popsize=10)
         raise InputError(f"registration preset must be one of {PRESETS}, got {name!r}")
 
     def to_json(self) -> dict:

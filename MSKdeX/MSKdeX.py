@@ -76,7 +76,7 @@ class MSKdeXParameterNode:
     sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 2900.0)] = 880.0  # mm
     drrType: Annotated[str, Choice(DRR_TYPES)] = "vdrr"
     bone: Annotated[str, Choice(BONES)] = "pelvis"
-    registrationPreset: Annotated[str, Choice(["fast", "accurate"])] = "fast"
+    registrationPreset: Annotated[str, Choice(["accurate", "fast"])] = "accurate"
     datasetFolder: Path
     trainConfig: str = "small"
     trainOutput: Path

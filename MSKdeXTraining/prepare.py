@@ -223,17 +223,32 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         old = read_json_object(path, (), InputError)
-        if isinstance(old.get("registration"), dict):  # fields added since then held their defaults
-            defaults = json.loads(json.dumps(RegistrationSettings().to_json()))
-            old["registration"] = {**{k: v for k, v in defaults.items() if k not in old["registration"]},
-                                   **old["registration"]}
+        if isinstance(old.get("registration"), dict):
+            old["registration"] = _current_registration_fields(path, old["registration"])
         new = json.loads(json.dumps(settings))
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if "registration" in diff and isinstance(old.get("registration"), dict):
+                o, n = old["registration"], new.get("registration", {})
+                diff.remove("registration")
+                diff += sorted(f"registration.{k}" for k in set(o) | set(n) if o.get(k) != n.get(k))
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
     else:
         write_json(path, settings)
+
+
+def _current_registration_fields(path: Path, recorded: dict) -> dict:
+    """A recorded registration setup in today's fields: fields added since held their defaults;
+    the joint refinement's, removed since, are dropped where it was off (same poses) and refused
+    where it was on."""
+    recorded = dict(recorded)
+    if recorded.pop("refine", False):
+        raise InputError(f"{path}: this dataset was prepared with the registration's joint refinement "
+                         "('refine': true), which this version no longer has; prepare into a new --out folder")
+    recorded.pop("refine_max_gc_drop", None)
+    defaults = json.loads(json.dumps(RegistrationSettings().to_json()))
+    return {**{k: v for k, v in defaults.items() if k not in recorded}, **recorded}
 
 
 def _read_settings(out: Path) -> dict:

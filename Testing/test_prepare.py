@@ -199,8 +199,16 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
               "include_failed": False}
     (out / "prepare.json").write_text(json.dumps(record))
     _check_settings(out, {**record, "registration": CHEAP.to_json()})
-    with pytest.raises(InputError, match="registration differ"):
+    with pytest.raises(InputError, match=r"\(registration.femur_gc_threshold differ\)"):
         _check_settings(out, {**record, "registration": replace(CHEAP, femur_gc_threshold=0.7).to_json()})
+    # the joint refinement's fields, since removed: off gave the same poses, on did not
+    (out / "prepare.json").write_text(json.dumps(
+        {**record, "registration": {**CHEAP.to_json(), "refine": False, "refine_max_gc_drop": 0.01}}))
+    _check_settings(out, {**record, "registration": CHEAP.to_json()})
+    (out / "prepare.json").write_text(json.dumps(
+        {**record, "registration": {**CHEAP.to_json(), "refine": True, "refine_max_gc_drop": 0.01}}))
+    with pytest.raises(InputError, match="joint refinement"):
+        _check_settings(out, {**record, "registration": CHEAP.to_json()})
 
 
 def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):

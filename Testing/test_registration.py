@@ -231,7 +231,7 @@ def test_real_ct_hip_bones_recovered(shared_data):
         assert len(r.level_gc) == len(RegistrationSettings().levels)
 
 
-def test_one_body_registers_as_in_the_first_pass_of_all_bodies(shared_data):
+def test_one_body_registers_as_register_bodies_does(shared_data):
     """``register_body`` (Slicer's one-bone registration) is a step of ``register_bodies``:
     the pelvis from the default view with its start search, each femur from the pelvis about
     its head, with the femur prior and GC threshold."""

@@ -103,7 +103,7 @@ class Pipeline:
 
     # -- bone alignment -----------------------------------------------------------------
     def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,
-                 sdd: float, sod: float, preset: str = "fast", progress: ProgressRelay | None = None,
+                 sdd: float, sod: float, preset: str = "accurate", progress: ProgressRelay | None = None,
                  start_pose: np.ndarray | None = None):
         """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
         radiograph (SDD/SOD in mm) as ``mskdex register`` does

@@ -205,7 +205,7 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
     except OSError:  # another run on this folder finished the case first: same seed, same bytes
         if not (final / "truth.json").is_file():
             raise
-        shutil.rmtree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -235,7 +235,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     _check_resume(out / "cohort.json", header)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".case_*.partial-*"):
-        shutil.rmtree(stale)
+        shutil.rmtree(stale, ignore_errors=True)
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     todo = [i for i in range(n) if not (out / case_id(i) / "truth.json").is_file()]
     done = n - len(todo)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sod", type=float, help="source-to-isocentre distance (mm); default: the "
                                                   "radiograph's xray.json or DICOM magnification, else 880")
     parser.add_argument("--preset", default="accurate", choices=PRESETS,
-                        help="registration settings: accurate (~3-10 s per bone, 1 thread) or fast (~1-4 s)")
+                        help="registration settings: accurate (~1-4 s per bone, 1 thread) or fast (~1-3 s, more failures)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the CMA-ES search")
 
 

@@ -22,8 +22,7 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 #: incident beam's mean is about 44 keV). mu from HU by water scaling (:func:`attenuation`) holds
 #: for soft tissue; it puts cortical bone 13-20 % low against its tabulated mu at 60 keV.
 EFFECTIVE_ENERGY_KEV = 60.0
-#: CT numbers (HU) at or below this are air: the radiograph simulation does not project them
-#: and the registration's soft-tissue model leaves them out (the two must agree).
+#: CT numbers (HU) at or below this are air: the radiograph simulation does not project them.
 AIR_HU = -900.0
 #: Linear attenuation coefficient of water at 60 keV (1/cm): mass attenuation coefficient
 #: 0.2059 cm2/g (NIST XCOM, Hubbell & Seltzer, NISTIR 5632) times 1.000 g/cm3.

@@ -14,6 +14,7 @@ from .bodies import default_isocenter, femoral_head_center, rigid_bodies
 from .optimise import register_bone
 from .settings import Progress, RegistrationResult, RegistrationSettings
 
+
 def _body_job(name: str, bodies: dict[str, tuple[int, ...]], labels: Volume, objects: ObjectMap,
               geometry: Geometry, settings: RegistrationSettings, start_pose: np.ndarray | None,
               pelvis_pose: np.ndarray | None
@@ -26,7 +27,7 @@ def _body_job(name: str, bodies: dict[str, tuple[int, ...]], labels: Volume, obj
              else np.asarray(start_pose if start_pose is not None else pelvis_pose, float))
     if name == "pelvis":
         search = settings.start_search_mm
-        return start, replace(settings, grid_search_mm=(search, search / 6)) if default else settings, None
+        return start, (replace(settings, grid_search_mm=(search, search / 6)) if default else settings), None
     femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
                     gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold))
     return start, femur, femoral_head_center(labels, bodies[name])

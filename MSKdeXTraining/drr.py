@@ -29,6 +29,7 @@ from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project
 from .errors import InputError
 from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
+from .qc import PLAUSIBLE_VOLUME_CM3, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"
 STACK_FORMAT = "mskdex-drr-stack"
@@ -105,12 +106,17 @@ def render_drr(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Geometr
 
 def drr_metrics(stack: DRRStack, voxels: dict[str, np.ndarray], objects: ObjectMap,
                 voxel_cm3: float) -> dict:
-    """JSON-ready metrics: per object 3D and DRR-sum volume/mass, lost fractions, flags."""
+    """JSON-ready metrics: per object 3D and DRR-sum volume/mass, lost fractions, flags.
+
+    ``implausible_volume``: objects present whose 3D volume lies outside the range of
+    :data:`.qc.PLAUSIBLE_VOLUME_CM3` (a label file read with another map's values shows so).
+    """
     sums, lost = stack.sums(), stack.lost_fraction()
     rows = []
     for i, o in enumerate(objects.objects):
         v3, m3 = float(voxels["volume_cm3"][i]), float(voxels["mass_g"][i])
         vd, md = float(sums[1, i]), float(sums[2, i])
+        implausible = volume_flag(v3, PLAUSIBLE_VOLUME_CM3.get(o.name)) if v3 > 0 else None
         rows.append({
             "name": o.name, "kind": o.kind, "labels": list(o.labels),
             "voxels": int(voxels["voxels"][i]), "absent": bool(voxels["voxels"][i] == 0),
@@ -119,6 +125,7 @@ def drr_metrics(stack: DRRStack, voxels: dict[str, np.ndarray], objects: ObjectM
             "wvdrr_sum_cm2": float(sums[0, i]),
             "lost_fraction": {t: float(lost[k, i]) for k, t in enumerate(DRR_TYPES)},
             "volume_rel_error": _rel(vd, v3), "mass_rel_error": _rel(md, m3),
+            "implausible_volume": None if implausible is None else implausible[1],
         })
     worst = max((max(abs(r["volume_rel_error"]), abs(r["mass_rel_error"])) for r in rows), default=0)
     return {"format": METRICS_FORMAT, "version": FORMAT_VERSION, "object_map": objects.name,
@@ -126,6 +133,7 @@ def drr_metrics(stack: DRRStack, voxels: dict[str, np.ndarray], objects: ObjectM
             "units": {"volume": "cm3", "mass": "g", "attenuation": "cm2", **DRR_UNITS},
             "absent": [r["name"] for r in rows if r["absent"]],
             "outside_fov": [r["name"] for r in rows if r["lost_fraction"]["vdrr"] > 0],
+            "implausible_volume": [r["name"] for r in rows if r["implausible_volume"]],
             "max_rel_error": worst, "sums_within_tolerance": bool(worst <= SUM_TOLERANCE),
             "objects": rows}
 

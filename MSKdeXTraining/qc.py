@@ -131,17 +131,27 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
     for side, v in q.side_volumes_cm3.items():
         if v == 0:
             add("missing", f"{side} side has no voxels")
-    if plausible is not None:
-        lo, hi = plausible
-        if q.volume_cm3 < lo:
-            add("volume_low", f"volume {q.volume_cm3:.1f} cm3 below the plausible {lo:g}-{hi:g} cm3")
-        elif q.volume_cm3 > hi:
-            add("volume_high", f"volume {q.volume_cm3:.1f} cm3 above the plausible {lo:g}-{hi:g} cm3")
+    flag = volume_flag(q.volume_cm3, plausible)
+    if flag is not None:
+        add(*flag)
     if q.largest_fraction < MIN_LARGEST_FRACTION:
         add("fragmented", f"{q.components} components, the largest holds "
                           f"{100 * q.largest_fraction:.0f} % of the volume")
     if q.holes:
         add("holes", f"{q.holes} enclosed hole(s)")
+
+
+def volume_flag(volume_cm3: float, plausible: tuple[float, float] | None) -> tuple[str, str] | None:
+    """``("volume_low" | "volume_high", message)`` for a volume (cm3) outside ``plausible``
+    (min, max cm3), else None (also without a range)."""
+    if plausible is None:
+        return None
+    lo, hi = plausible
+    if volume_cm3 < lo:
+        return "volume_low", f"volume {volume_cm3:.1f} cm3 below the plausible {lo:g}-{hi:g} cm3"
+    if volume_cm3 > hi:
+        return "volume_high", f"volume {volume_cm3:.1f} cm3 above the plausible {lo:g}-{hi:g} cm3"
+    return None
 
 
 def _topology(mask: np.ndarray, main: int = 1) -> tuple[int, int, int]:

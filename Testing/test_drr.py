@@ -33,7 +33,7 @@ def test_real_ct_drr_sums_equal_voxel_volume_and_mass(example_result):
     rows = result.metrics["objects"]
     assert [r["name"] for r in rows] == list(load_object_map("totalsegmentator").names)
     for r in rows:
-        assert not r["absent"] and r["voxels"] > 1000
+        assert not r["absent"] and r["voxels"] > 1000 and r["implausible_volume"] is None
         assert r["lost_fraction"] == {"wvdrr": 0.0, "vdrr": 0.0, "mdrr": 0.0}
         assert r["volume_cm3_drr"] == pytest.approx(r["volume_cm3_3d"], rel=1e-3)
         assert r["mass_g_drr"] == pytest.approx(r["mass_g_3d"], rel=1e-3)
@@ -66,7 +66,7 @@ def phantom(tmp_path):
     return _write(tmp_path / "ct.nii.gz", ct), _write(tmp_path / "labels.nrrd", labels), ct, labels
 
 
-def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path):
+def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path, capsys):
     ct_path, labels_path, _, labels = phantom
     out = tmp_path / "out"
     parser = __import__("argparse").ArgumentParser()
@@ -94,6 +94,10 @@ def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path)
     absent = [r["name"] for r in metrics["objects"] if r["absent"]]
     assert absent == [n for n in names if n not in ("pelvis", "gluteus_maximus")] == metrics["absent"]
     assert all(not vdrr[names.index(n)].any() for n in absent)
+    # a 9 cm3 pelvis and a 5 cm3 gluteus maximus are not a hip: flagged, and the CLI asks about the map
+    assert metrics["implausible_volume"] == ["gluteus_maximus", "pelvis"]
+    assert "below the plausible 150-2500 cm3" in pelvis["implausible_volume"]
+    assert "is 'synthetic' (--objects) the map of" in capsys.readouterr().err
     assert not list(out.glob(".*tmp*"))  # atomic writes leave no temporary files
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from . import pixel_spacing_option, progress_bar
@@ -70,9 +71,15 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"{'object':24s} {'volume cm3 (3D / DRR)':>24s} {'mass g (3D / DRR)':>22s}  flags")
     for r in m["objects"]:
-        flags = ("absent " if r["absent"] else "") + (
-            f"outside FOV {100 * r['lost_fraction']['vdrr']:.2f} %" if r["lost_fraction"]["vdrr"] > 0 else "")
+        flags = [f for f, on in (("absent", r["absent"]),
+                                 (f"outside FOV {100 * r['lost_fraction']['vdrr']:.2f} %", r["lost_fraction"]["vdrr"] > 0),
+                                 ("implausible volume", r["implausible_volume"])) if on]
         print(f"{r['name']:24s} {r['volume_cm3_3d']:11.2f} / {r['volume_cm3_drr']:10.2f} "
-              f"{r['mass_g_3d']:10.2f} / {r['mass_g_drr']:9.2f}  {flags}")
+              f"{r['mass_g_3d']:10.2f} / {r['mass_g_drr']:9.2f}  {', '.join(flags)}")
     print(f"wrote wvdrr.nrrd, vdrr.nrrd, mdrr.nrrd, metrics.json in {args.out}")
+    odd = m["absent"] + m["implausible_volume"]
+    if len(odd) >= 2:
+        print(f"warning: {len(odd)} of {len(m['objects'])} objects are absent or of implausible volume "
+              f"({', '.join(odd)}): is {m['object_map']!r} (--objects) the map of {args.labels}?",
+              file=sys.stderr)
     return 0

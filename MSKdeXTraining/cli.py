@@ -31,7 +31,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``mskdex`` parser; with ``only``, the options of that subcommand alone (the others'
+    option definitions import heavy modules: ``mskdex --help`` needs none of them)."""
     parser = argparse.ArgumentParser(
         prog="mskdex", description="MSKdeX: musculoskeletal decomposition of hip radiographs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -39,13 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f".commands.{name}", __package__)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP,
                            formatter_class=_HelpFormatter)
-        module.add_arguments(p)
+        if only is None or name == only:
+            module.add_arguments(p)
         p.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,

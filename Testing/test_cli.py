@@ -1,5 +1,8 @@
 """The ``mskdex`` CLI: every subcommand is registered and bad input ends as one clear line."""
 
+import subprocess
+import sys
+
 import pytest
 import SimpleITK as sitk
 
@@ -13,6 +16,20 @@ def test_every_subcommand_has_help(capsys):
             parser.parse_args([name, "--help"])
         assert stop.value.code == 0
         assert "usage: mskdex " + name in capsys.readouterr().out
+
+
+def test_help_loads_only_what_its_command_needs():
+    """``mskdex --help`` lists the commands without importing torch or scipy (it took ~3 s);
+    ``mskdex drr ...`` defines the drr options alone."""
+    code = ("import sys\nfrom MSKdeXTraining.cli import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print([m for m in ('torch', 'scipy', 'SimpleITK', 'cma') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: mskdex" in out and out.strip().endswith("[]")
+    parser = build_parser(only="drr")
+    assert parser.parse_args(["drr", "--ct", "c", "--labels", "l", "--out", "o"]).rows == 256
+    with pytest.raises(SystemExit):
+        parser.parse_args(["cohort", "--n", "3", "--out", "o"])  # cohort's options are not defined
 
 
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):

@@ -133,7 +133,7 @@ def main() -> None:
         for case, offset in zip(cases, offsets):
             rows.append(run_case(case, objects, offset, settings))
             print(f"  {case.name}: " + "  ".join(
-                f"{n} {r['projected_mm']:.2f}/{r['mtre_mm']:.2f} mm {r['seconds']:.1f} s"
+                f"{n} {r['projected_mm']:.2f}/{r['mtre_mm']:.2f} mm GC {r['gc']:.3f} {r['seconds']:.1f} s"
                 for n, r in rows[-1].items()), flush=True)
         times[preset] = time.perf_counter() - t0
         check(summarise(rows, preset))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from ..cohort.generate import SIZES, generate_cohort
 from ..errors import InputError
 from . import progress_bar
 
@@ -14,6 +12,8 @@ HELP = "Generate a synthetic cohort of paired CTs and radiographs (layout mskdex
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cohort.generate import SIZES
+
     parser.add_argument("--n", type=int, required=True, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (same seed, same bytes)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it exists)")
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..cohort.generate import generate_cohort
+
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
     if args.workers is not None and args.workers < 1:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
-from ..training.config import builtin_configs, load_config, parse_overrides
-from ..training.trainer import train
 from . import progress_bar
 
 HELP = "Train the decomposition model (G: radiograph -> object-wise DRRs) on a prepared dataset."
@@ -25,6 +22,8 @@ def parse_fold(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..training.config import builtin_configs
+
     parser.add_argument("--config", default="small",
                         help=f"built-in config {builtin_configs()} or a YAML/JSON file")
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder (mskdex prepare)")
@@ -38,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training.config import load_config, parse_overrides
+    from ..training.trainer import train
+
     overrides = parse_overrides(args.set)
     if args.device:
         overrides["device"] = args.device

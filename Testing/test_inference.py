@@ -219,7 +219,7 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     assert (tmp_path / "cli" / "hip1" / "decomposition.json").is_file()
 
 
-def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path):
+def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path, capsys):
     folder = shared_data / "pediatric-ap-radiographs"
     files = sorted(folder.glob("*.dcm"))[:2]
     out = tmp_path / "ped"
@@ -237,8 +237,10 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     with pytest.raises(InputError, match="PixelSpacing"):
         decompose_cmd.run(args)
     args.pixel_spacing = [1.0]
+    capsys.readouterr()
     assert decompose_cmd.run(args) == 0
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
+    assert "not a calibrated error bar" in capsys.readouterr().out  # what the ± means
     assert decompose_cmd.run(args) == 0  # the same again: nothing to do, nothing rewritten
     args.xray = files[1]  # another patient into the same folder: refused, the first result kept
     before = (tmp_path / "cli" / "decomposition.json").read_bytes()

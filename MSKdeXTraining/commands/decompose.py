@@ -94,6 +94,8 @@ def _format(table: list[dict]) -> str:
     for r in table:
         lines.append(f"{r['object']:22s} {r['kind']:6s} {r['volume_cm3']:9.1f} ± {r['volume_sd_cm3']:<5.1f}"
                      f" {r['mass_g']:9.1f} ± {r['mass_sd_g']:<5.1f}")
+    lines.append("± : SD over the test-time augmentations (--tta), not a calibrated error bar "
+                 "(docs/evaluation.md)")
     return "\n".join(lines)
 
 

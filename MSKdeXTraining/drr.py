@@ -29,7 +29,7 @@ from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project
 from .errors import InputError
 from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
-from .qc import PLAUSIBLE_VOLUME_CM3, volume_flag
+from .qc import plausible_volume, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"
 STACK_FORMAT = "mskdex-drr-stack"
@@ -108,15 +108,15 @@ def drr_metrics(stack: DRRStack, voxels: dict[str, np.ndarray], objects: ObjectM
                 voxel_cm3: float) -> dict:
     """JSON-ready metrics: per object 3D and DRR-sum volume/mass, lost fractions, flags.
 
-    ``implausible_volume``: objects present whose 3D volume lies outside the range of
-    :data:`.qc.PLAUSIBLE_VOLUME_CM3` (a label file read with another map's values shows so).
+    ``implausible_volume``: objects present whose 3D volume lies outside their range
+    (:func:`.qc.plausible_volume`; a label file read with another map's values shows so).
     """
     sums, lost = stack.sums(), stack.lost_fraction()
     rows = []
     for i, o in enumerate(objects.objects):
         v3, m3 = float(voxels["volume_cm3"][i]), float(voxels["mass_g"][i])
         vd, md = float(sums[1, i]), float(sums[2, i])
-        implausible = volume_flag(v3, PLAUSIBLE_VOLUME_CM3.get(o.name)) if v3 > 0 else None
+        implausible = volume_flag(v3, plausible_volume(o.name)) if v3 > 0 else None
         rows.append({
             "name": o.name, "kind": o.kind, "labels": list(o.labels),
             "voxels": int(voxels["voxels"][i]), "absent": bool(voxels["voxels"][i] == 0),

@@ -141,6 +141,18 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
         add("holes", f"{q.holes} enclosed hole(s)")
 
 
+def plausible_volume(name: str) -> tuple[float, float] | None:
+    """Plausible volume range (cm3) of an object of :data:`PLAUSIBLE_VOLUME_CM3`, or of one side
+    of it (``<name>_left`` / ``_right``: half the range); None for other objects."""
+    if name in PLAUSIBLE_VOLUME_CM3:
+        return PLAUSIBLE_VOLUME_CM3[name]
+    base, _, side = name.rpartition("_")
+    if side in ("left", "right") and base in PLAUSIBLE_VOLUME_CM3:
+        lo, hi = PLAUSIBLE_VOLUME_CM3[base]
+        return lo / 2, hi / 2
+    return None
+
+
 def volume_flag(volume_cm3: float, plausible: tuple[float, float] | None) -> tuple[str, str] | None:
     """``("volume_low" | "volume_high", message)`` for a volume (cm3) outside ``plausible``
     (min, max cm3), else None (also without a range)."""

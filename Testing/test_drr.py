@@ -112,6 +112,7 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
     assert "gluteus_maximus_left" in names and "femur_right" in names
     left = result.metrics["objects"][names.index("gluteus_maximus_left")]
     assert left["voxels"] == np.roll(labels == 11, -1, axis=2)[:, :, :-1].sum()  # shifted by one voxel
+    assert "plausible 75-1500 cm3" in left["implausible_volume"]  # one side: half the range
     assert result.metrics["resampled_labels"] is True
     with pytest.raises(FileExistsError, match="wvdrr.nrrd: exists"):  # refused before any work
         drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48), resample=True)

@@ -44,7 +44,7 @@ from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
-from .radiograph_io import Radiograph, read_radiograph, stem as file_stem, unit_range
+from .radiograph_io import Radiograph, read_radiograph, sidecar_path, stem as file_stem, unit_range
 
 Progress = Callable[[float, str], None]
 
@@ -279,7 +279,8 @@ class Decomposer:
             reasons.append("note: pixel spacing given by the user, not read from the file "
                            "(volumes and masses scale with its square)")
         if source.get("magnification") is None:
-            reasons.append(f"note: magnification unknown, {info['magnification_field']} "
+            problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
+            reasons.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
                            "(volumes and masses scale with the square of its error); give it "
                            "with --magnification")
         score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
@@ -308,9 +309,12 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     A ``target`` holding any other decomposition is refused (FileExistsError), never
     overwritten (files without ``decomposition.json``, which is written last, are the leftovers
     of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
+    sidecar = sidecar_path(path)
     options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
                "magnification": magnification, "tta": tta, "seed": seed,
-               "model_sha256": decomposer.model.origin.get("weights_sha256")}
+               "model_sha256": decomposer.model.origin.get("weights_sha256"),
+               "model_json_sha256": decomposer.model.origin.get("metadata_sha256"),
+               "sidecar_sha256": hashlib.sha256(sidecar.read_bytes()).hexdigest() if sidecar.is_file() else None}
     summary = {"input": str(path), "output": str(target)}
     done = target / "decomposition.json"  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below

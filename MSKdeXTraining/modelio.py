@@ -225,5 +225,6 @@ def load_model(run: str | Path, device: str | torch.device = "cpu",
                                f"feature statistics; the network described in 'config' has {width}")
     device = torch.device(device)
     origin = {"run": str(run.resolve()),
-              "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()}
+              "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest(),
+              "metadata_sha256": hashlib.sha256((run / "model.json").read_bytes()).hexdigest()}
     return LoadedModel(meta, generator.to(device).eval(), device, origin)

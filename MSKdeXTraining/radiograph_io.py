@@ -135,6 +135,9 @@ def read_radiograph(path: str | Path,
         array, spacing, source, value_range = _read_picture(path)
     else:
         array, spacing, source, value_range = _read_dicom(path, file_spacing=explicit is None)
+    bad = int(np.size(array) - np.isfinite(array).sum())
+    if bad:
+        raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
     if explicit is not None:
         source["spacing_field"] = "argument (pixel_spacing)"
         source["spacing_in_file"] = None if spacing is None else list(spacing)
@@ -206,11 +209,16 @@ def check_magnification(m: float, where: str,
         raise InputError(f"{where} is {m:g}: implausible; expected SDD / SOD in [{lo:g}, {hi:g}]; {fix}")
 
 
+def sidecar_path(path: str | Path) -> Path:
+    """Where a radiograph's ``<stem>.json`` sidecar would be."""
+    path = Path(path)
+    return path.with_name(stem(path) + ".json")
+
+
 def read_sidecar(path: str | Path) -> dict | None:
     """The geometry (Geometry JSON) of a cohort radiograph's ``<stem>.json`` sidecar
     (format ``mskdex-xray`` v1), or ``None`` when there is none."""
-    path = Path(path)
-    side = path.with_name(stem(path) + ".json")
+    side = sidecar_path(path)
     if not side.is_file():
         return None
     try:
@@ -325,6 +333,12 @@ def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
 
     sdd, sod = number("DistanceSourceToDetector"), number("DistanceSourceToPatient")
     factor = number("EstimatedRadiographicMagnificationFactor")
+    if factor is not None and factor <= 1.0 and not calibrated:
+        # a film of a patient on a table is magnified: 1.0 is what devices write when they did
+        # not estimate it (the detector pixels are not at the patient)
+        source["magnification_problem"] = (f"EstimatedRadiographicMagnificationFactor (0018,1114) is "
+                                           f"{factor:g}: not an estimate for a detector-plane spacing")
+        factor = None
     if sdd is not None:
         source["sdd_mm"] = sdd
     if calibrated:
@@ -355,13 +369,12 @@ def _read_itk(path: Path):
         raise InputError(f"{path}: a radiograph must be a 2D image (or one slice), got size {size}")
     source = {"format": "itk", "pixel_type": image.GetPixelIDTypeAsString(),
               "spacing_field": "image spacing"}
-    raw = sitk.GetArrayFromImage(image)
+    raw, (sy, sx) = _axis_aligned(path, sitk.GetArrayFromImage(image), image.GetDirection(), image.GetSpacing())
     value_range = None
     if raw.dtype.kind in "iu":
         value_range = (np.iinfo(raw.dtype).min, np.iinfo(raw.dtype).max)
         source["bits_stored"] = 8 * raw.dtype.itemsize
     array = _to_grey(raw, path, source)
-    sx, sy = image.GetSpacing()  # ITK order (column, row)
     sidecar = read_sidecar(path)
     if sidecar is not None:
         source["simulated"] = True
@@ -372,14 +385,36 @@ def _read_itk(path: Path):
     return array, (sy, sx), source, value_range
 
 
+def _axis_aligned(path: Path, array: np.ndarray, direction: tuple[float, ...],
+                  spacing: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
+    """A 2D image's pixels (rows, cols) and spacing (row, column mm) with rows along +y and
+    columns along +x, whatever the file's direction matrix (a flipped or transposed storage of
+    the same film); an oblique direction is refused."""
+    d = np.asarray(direction, float).reshape(2, 2)  # column k: the direction of index axis k (x, y)
+    p = np.round(d)
+    if not (np.allclose(d, p, atol=1e-3) and np.array_equal(np.abs(p).sum(0), [1, 1])
+            and np.array_equal(np.abs(p).sum(1), [1, 1])):
+        raise InputError(f"{path}: field 'direction' is {tuple(np.round(d, 4).ravel())}: the image axes are "
+                         "oblique to the patient axes; expected an axis-aligned radiograph")
+    sx, sy = spacing  # ITK order (column, row)
+    if p[0, 0] == 0:  # index x runs along physical y: swap the axes
+        array, p, (sx, sy) = array.T, p[:, ::-1], (sy, sx)
+    if p[0, 0] < 0:
+        array = array[:, ::-1]
+    if p[1, 1] < 0:
+        array = array[::-1, :]
+    return np.ascontiguousarray(array), (sy, sx)
+
+
 def _read_picture(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             mode = im.mode
-            converted = {"I;16B": "I;16", "P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L"}.get(mode)
+            converted = {"P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L"}.get(mode)
             array = np.asarray(im.convert(converted) if converted else im)
+            array = array.astype(array.dtype.newbyteorder("="))  # e.g. I;16B: big-endian 16 bit
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"{path}: cannot be read as a picture ({e})") from None
     source = {"format": "picture", "mode": mode, "bits_stored": 16 if array.dtype.itemsize >= 2 else 8,

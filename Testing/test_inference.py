@@ -209,6 +209,12 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     assert "ood" in redone[0] and (out / "hip0" / "decomposition.json").is_file()
     with pytest.raises(FileExistsError, match="other input content, settings or model"):
         decompose_files(decomposer, files[1:], out, tta=3)
+    (folder / "hip0.json").write_text("{}")  # a sidecar beside it (not ours: ignored) is input too
+    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+        decompose_files(decomposer, files[1:2], out, tta=2)
+    (folder / "hip0.json").unlink()
+    assert decompose_files(decomposer, files[1:2], out, tta=2)[0]["skipped"]
+    assert table["source"]["batch"]["model_json_sha256"] == hashlib.sha256((run / "model.json").read_bytes()).hexdigest()
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
     with pytest.raises(FileExistsError, match="hip0.mha"):
         decompose_files(decomposer, files[1:], out, tta=2)

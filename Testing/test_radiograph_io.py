@@ -278,3 +278,59 @@ def test_placeholder_pixel_spacing_is_refused_without_shared_data(tmp_path, ramp
     with pytest.raises(InputError, match=r"PixelSpacing \(0028,0030\) is 1\.0.*placeholder"):
         read_radiograph(f)
     assert read_radiograph(write_dicom(tmp_path / "q.dcm", ramp, bits=12, PixelSpacing=[1.0, 0.9])).pixel_spacing == (1.0, 0.9)
+
+
+def test_big_endian_16bit_picture_keeps_its_bits(tmp_path, ramp):
+    path = tmp_path / "film.tif"
+    Image.frombytes("I;16B", ramp.shape[::-1], ramp.astype(">u2").tobytes()).save(path)
+    assert Image.open(path).mode == "I;16B"
+    r = read_radiograph(path, pixel_spacing=0.5)
+    np.testing.assert_array_equal(r.array, ramp)  # not cut to 8 bits
+
+
+def test_itk_direction_is_applied_and_oblique_refused(tmp_path, ramp):
+    """The same film stored flipped or transposed (with the direction saying so) reads the same."""
+    plain = sitk.GetImageFromArray(ramp)
+    plain.SetSpacing((0.6, 0.4))  # column, row
+    sitk.WriteImage(plain, str(tmp_path / "plain.mha"))
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(ramp[::-1]))
+    flipped.SetSpacing((0.6, 0.4))
+    flipped.SetDirection((1.0, 0.0, 0.0, -1.0))
+    sitk.WriteImage(flipped, str(tmp_path / "flipped.mha"))
+    swapped = sitk.GetImageFromArray(np.ascontiguousarray(ramp.T))
+    swapped.SetSpacing((0.4, 0.6))
+    swapped.SetDirection((0.0, 1.0, 1.0, 0.0))
+    sitk.WriteImage(swapped, str(tmp_path / "swapped.nrrd"))
+    ref = read_radiograph(tmp_path / "plain.mha")
+    for name in ("flipped.mha", "swapped.nrrd"):
+        r = read_radiograph(tmp_path / name)
+        np.testing.assert_array_equal(r.array, ref.array)
+        assert r.pixel_spacing == ref.pixel_spacing == (0.4, 0.6)
+    oblique = sitk.GetImageFromArray(ramp)
+    oblique.SetSpacing((0.6, 0.4))
+    c, s = np.cos(0.3), np.sin(0.3)
+    oblique.SetDirection((c, -s, s, c))
+    sitk.WriteImage(oblique, str(tmp_path / "oblique.mha"))
+    with pytest.raises(InputError, match="oblique.mha: field 'direction'"):
+        read_radiograph(tmp_path / "oblique.mha")
+
+
+def test_non_finite_pixels_are_refused(tmp_path):
+    a = np.full((100, 120), 0.5, np.float32)
+    a[3, 4] = np.nan
+    image = sitk.GetImageFromArray(a)
+    image.SetSpacing((0.5, 0.5))
+    sitk.WriteImage(image, str(tmp_path / "nan.mha"))
+    with pytest.raises(InputError, match="nan.mha: 1 pixel.* NaN or infinite"):
+        read_radiograph(tmp_path / "nan.mha")
+
+
+def test_unestimated_magnification_factor_is_not_used(tmp_path, ramp):
+    """EstimatedRadiographicMagnificationFactor 1.0 beside a detector spacing: not an estimate."""
+    f = write_dicom(tmp_path / "m.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
+                    EstimatedRadiographicMagnificationFactor=1.0)
+    r = read_radiograph(f)
+    assert r.magnification is None and "is 1: not an estimate" in r.source["magnification_problem"]
+    g = write_dicom(tmp_path / "g.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
+                    EstimatedRadiographicMagnificationFactor=1.2)
+    assert read_radiograph(g).magnification == pytest.approx(1.2)

@@ -261,6 +261,9 @@ class Decomposer:
         reasons = []
         if source.get("colour"):
             reasons.append("colour image (its channels differ); radiographs are grey")
+        if source.get("presentation_intent") == "FOR PROCESSING":
+            reasons.append("raw detector data (PresentationIntentType (0008,0068) FOR PROCESSING), "
+                           "not processed like the training radiographs")
         if source.get("bits_stored", 16) <= 8:
             reasons.append(f"{source['bits_stored']}-bit image: a processed export, unlike the "
                            "training radiographs (continuous detector values)")

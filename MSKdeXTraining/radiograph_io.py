@@ -278,6 +278,7 @@ def _read_dicom(path: Path, file_spacing: bool = True):
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     bits = int(ds.get("BitsStored", 8 * raw.dtype.itemsize))
     source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
+              "presentation_intent": str(ds.get("PresentationIntentType", "")),
               "photometric_interpretation": photometric, "bits_stored": bits,
               "rescale": [float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))]}
     signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -412,10 +413,10 @@ def _read_picture(path: Path):
     try:
         with Image.open(path) as im:
             mode = im.mode
-            converted = {"P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L"}.get(mode)
+            converted = {"P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L", "CMYK": "RGB", "YCbCr": "RGB"}.get(mode)
             array = np.asarray(im.convert(converted) if converted else im)
             array = array.astype(array.dtype.newbyteorder("="))  # e.g. I;16B: big-endian 16 bit
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot be read as a picture ({e})") from None
     source = {"format": "picture", "mode": mode, "bits_stored": 16 if array.dtype.itemsize >= 2 else 8,
               "spacing_field": "none",

@@ -127,6 +127,9 @@ def test_ood_flags(trained, decomposer):
     colour = toy_radiograph(trained[0], 0)
     colour.source["colour"] = True
     assert decomposer.decompose(colour, tta=1).ood.flag
+    raw = toy_radiograph(trained[0], 0)
+    raw.source["presentation_intent"] = "FOR PROCESSING"  # a DICOM of raw detector data
+    assert any("FOR PROCESSING" in r for r in decomposer.decompose(raw, tta=1).ood.reasons)
 
 
 def test_write_and_batch_resume(trained, decomposer, tmp_path):

@@ -334,3 +334,19 @@ def test_unestimated_magnification_factor_is_not_used(tmp_path, ramp):
     g = write_dicom(tmp_path / "g.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
                     EstimatedRadiographicMagnificationFactor=1.2)
     assert read_radiograph(g).magnification == pytest.approx(1.2)
+
+
+def test_cmyk_picture_is_read_and_a_decompression_bomb_refused(tmp_path, monkeypatch):
+    grey = np.tile(np.linspace(0, 255, 160, dtype=np.uint8), (200, 1))
+    Image.fromarray(grey).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    r = read_radiograph(tmp_path / "cmyk.jpg", pixel_spacing=0.5)
+    assert np.corrcoef(r.array.ravel(), grey.ravel())[0, 1] > 0.99  # not blank (the K channel dropped)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # so that 32000 pixels count as a bomb
+    with pytest.raises(InputError, match="cmyk.jpg: cannot be read as a picture"):
+        read_radiograph(tmp_path / "cmyk.jpg", pixel_spacing=0.5)
+
+
+def test_dicom_presentation_intent_is_recorded(tmp_path, ramp):
+    f = write_dicom(tmp_path / "raw.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
+                    PresentationIntentType="FOR PROCESSING")
+    assert read_radiograph(f).source["presentation_intent"] == "FOR PROCESSING"

@@ -281,6 +281,10 @@ class Decomposer:
         if str(source.get("spacing_field", "")).startswith("argument"):
             reasons.append("note: pixel spacing given by the user, not read from the file "
                            "(volumes and masses scale with its square)")
+        if "direction" in source:
+            reasons.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
+                           "its pixels were used in their stored order (row 0 at the top): check that the "
+                           "film is upright and not mirrored")
         if source.get("magnification") is None:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             reasons.append(f"note: magnification unknown{problem}, {info['magnification_field']} "

@@ -129,7 +129,9 @@ def test_ood_flags(trained, decomposer):
     assert decomposer.decompose(colour, tta=1).ood.flag
     raw = toy_radiograph(trained[0], 0)
     raw.source["presentation_intent"] = "FOR PROCESSING"  # a DICOM of raw detector data
-    assert any("FOR PROCESSING" in r for r in decomposer.decompose(raw, tta=1).ood.reasons)
+    raw.source["direction"] = [1.0, 0.0, 0.0, -1.0]
+    reasons = decomposer.decompose(raw, tta=1).ood.reasons
+    assert any("FOR PROCESSING" in r for r in reasons) and any("upright" in r for r in reasons)
 
 
 def test_write_and_batch_resume(trained, decomposer, tmp_path):

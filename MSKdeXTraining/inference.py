@@ -25,7 +25,6 @@ model scores relative to its threshold (> 1: unlike the training data).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -40,7 +39,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .fileio import write_atomic, write_json
+from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
@@ -321,11 +320,11 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "magnification": magnification, "tta": tta, "seed": seed,
                "model_sha256": decomposer.model.origin.get("weights_sha256"),
                "model_json_sha256": decomposer.model.origin.get("metadata_sha256"),
-               "sidecar_sha256": hashlib.sha256(sidecar.read_bytes()).hexdigest() if sidecar.is_file() else None}
+               "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None}
     summary = {"input": str(path), "output": str(target)}
     done = target / "decomposition.json"  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
-        key = {"input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **options}
+        key = {"input_sha256": file_sha256(path), **options}
         if _recorded_batch_key(done) != key:
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options; choose another output folder (--out) "

@@ -17,7 +17,6 @@ radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case id
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .errors import InputError
-from .fileio import read_format_json, write_atomic, write_json
+from .fileio import file_sha256, read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
 from .imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
 from .imaging.projector import DRR_UNITS
@@ -225,6 +224,6 @@ def load_model(run: str | Path, device: str | torch.device = "cpu",
                                f"feature statistics; the network described in 'config' has {width}")
     device = torch.device(device)
     origin = {"run": str(run.resolve()),
-              "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest(),
-              "metadata_sha256": hashlib.sha256((run / "model.json").read_bytes()).hexdigest()}
+              "weights_sha256": file_sha256(run / "model.safetensors"),
+              "metadata_sha256": file_sha256(run / "model.json")}
     return LoadedModel(meta, generator.to(device).eval(), device, origin)

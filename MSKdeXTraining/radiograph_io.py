@@ -26,7 +26,6 @@ explicit ``magnification=`` / ``--magnification`` takes precedence; a value outs
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .fileio import file_sha256
 
 #: Plausible detector pixel spacing of a projection radiograph (mm).
 SPACING_RANGE_MM = (0.02, 2.0)
@@ -135,7 +135,7 @@ def read_radiograph(path: str | Path,
         array, spacing, source, value_range = _read_picture(path)
     else:
         array, spacing, source, value_range = _read_dicom(path, file_spacing=explicit is None)
-    bad = int(np.size(array) - np.isfinite(array).sum())
+    bad = int((~np.isfinite(array)).sum())
     if bad:
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
     if explicit is not None:
@@ -154,7 +154,7 @@ def read_radiograph(path: str | Path,
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
     source["path"] = str(path)
-    source["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    source["sha256"] = file_sha256(path)
     source["shape"] = list(array.shape)
     source["value_range"] = None if value_range is None else [float(v) for v in value_range]
     return Radiograph(array.astype(np.float32), (float(spacing[0]), float(spacing[1])), source)

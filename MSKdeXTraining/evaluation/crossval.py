@@ -13,7 +13,6 @@ not redone, training continues from its last checkpoint)::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import read_format_json, read_json_object, write_json
+from ..fileio import file_sha256, read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
 from . import metrics
 
@@ -169,7 +168,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
     splits = split_folds(read_manifest(dataset), k, seed=cfg.fold_seed)
-    manifest_sha = hashlib.sha256((dataset / "manifest.json").read_bytes()).hexdigest()
+    manifest_sha = file_sha256(dataset / "manifest.json")
     folds = sorted(set(range(k) if folds is None else folds))
     bad = [f for f in folds if not 0 <= f < k]
     if bad or not folds:

@@ -15,24 +15,6 @@ from .optimise import register_bone
 from .settings import Progress, RegistrationResult, RegistrationSettings
 
 
-def _body_job(name: str, bodies: dict[str, tuple[int, ...]], labels: Volume, objects: ObjectMap,
-              geometry: Geometry, settings: RegistrationSettings, start_pose: np.ndarray | None,
-              pelvis_pose: np.ndarray | None
-              ) -> tuple[np.ndarray, RegistrationSettings, np.ndarray | None]:
-    """A body's start pose (world -> camera), settings and rotation centre (LPS mm; None: the
-    body's centroid). The pelvis from the default view adds the in-plane start search; a femur
-    turns about its head with the femur scale, prior and GC threshold."""
-    default = start_pose is None and (name == "pelvis" or pelvis_pose is None)
-    start = (default_ap_pose(default_isocenter(labels, objects), geometry) if default
-             else np.asarray(start_pose if start_pose is not None else pelvis_pose, float))
-    if name == "pelvis":
-        search = settings.start_search_mm
-        return start, (replace(settings, grid_search_mm=(search, search / 6)) if default else settings), None
-    femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
-                    gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold))
-    return start, femur, femoral_head_center(labels, bodies[name])
-
-
 def _require_voxels(labels: Volume, bodies: dict[str, tuple[int, ...]], source: str) -> None:
     for name, values in bodies.items():
         if not np.isin(labels.array, values).any():
@@ -57,10 +39,18 @@ def register_body(ct: Volume, labels: Volume, objects: ObjectMap, name: str, rad
         raise InputError(f"bone: expected one of {sorted(bodies)}, got {name!r}")
     _require_voxels(labels, {name: bodies[name]}, source)
     settings = settings or RegistrationSettings()
-    start, body_settings, centre = _body_job(name, bodies, labels, objects, geometry, settings,
-                                             start_pose, pelvis_pose)
-    return register_bone(ct, labels, bodies[name], radiograph, geometry, start, body_settings, progress,
-                         centre)
+    default = start_pose is None and (name == "pelvis" or pelvis_pose is None)
+    start = (default_ap_pose(default_isocenter(labels, objects), geometry) if default
+             else np.asarray(start_pose if start_pose is not None else pelvis_pose, float))
+    if name == "pelvis":
+        search = settings.start_search_mm
+        if default:
+            settings = replace(settings, grid_search_mm=(search, search / 6))
+        return register_bone(ct, labels, bodies[name], radiograph, geometry, start, settings, progress)
+    femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
+                    gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold))
+    return register_bone(ct, labels, bodies[name], radiograph, geometry, start, femur, progress,
+                         femoral_head_center(labels, bodies[name]))
 
 
 def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: np.ndarray,
@@ -77,7 +67,6 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     about its head (:func:`femoral_head_center`) and has a translation prior of
     ``settings.femur_translation_sd_mm`` (the head stays in the acetabulum).
     """
-    settings = settings or RegistrationSettings()
     bodies = rigid_bodies(objects)
     _require_voxels(labels, bodies, source)
     names = list(bodies)
@@ -90,9 +79,8 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
 
     results: dict[str, RegistrationResult] = {}
     for k, name in enumerate(names):
-        pelvis_pose = results["pelvis"].pose if "pelvis" in results else None
-        start, body_settings, centre = _body_job(name, bodies, labels, objects, geometry, settings,
-                                                 start_pose if name == "pelvis" else None, pelvis_pose)
-        results[name] = register_bone(ct, labels, bodies[name], radiograph, geometry, start,
-                                      body_settings, sub(k, name), centre)
+        results[name] = register_body(ct, labels, objects, name, radiograph, geometry,
+                                      start_pose if name == "pelvis" else None,
+                                      results["pelvis"].pose if "pelvis" in results else None,
+                                      settings, sub(k, name), source)
     return results

@@ -18,7 +18,9 @@ so they equal the sums of the returned DRRs exactly.
 Out-of-distribution flag (:class:`OODResult`): image-level checks (colour image, 8-bit data,
 field-of-view coverage, flat content) plus the model's own scores against its training
 radiographs (``model.json["ood"]``: Mahalanobis distance of G's pooled features, intensity
-z-score; :meth:`MSKdeXTraining.modelio.LoadedModel.ood`). The score is the larger of the two
+z-score, and the orientation check: the correlation of the film's 8 x 8 block layout with
+the training films' mean layout, as given and turned, flipped or inverted;
+:meth:`MSKdeXTraining.modelio.LoadedModel.ood`). The score is the larger of the first two
 model scores relative to its threshold (> 1: unlike the training data).
 """
 
@@ -43,6 +45,7 @@ from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
+from .modelio import ORIENTATIONS
 from .radiograph_io import Radiograph, read_radiograph, sidecar_path, stem as file_stem, unit_range
 
 Progress = Callable[[float, str], None]
@@ -55,6 +58,10 @@ OOD_Z = 4.0
 OOD_FEATURE = 1.5
 #: Fraction of the model's field of view the radiograph must cover.
 MIN_COVERAGE = 0.8
+#: A radiograph is flagged when turning or inverting it raises the Pearson r of its layout with
+#: the training radiographs' mean layout by more than this (a film upside down, sideways or
+#: with bone dark: r 0.89-0.98 upright on the demo's training films, <= 0.73 turned, < 0 inverted).
+ORIENTATION_MARGIN = 0.1
 
 
 @dataclass
@@ -251,8 +258,9 @@ class Decomposer:
     def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
         """Image-level checks plus the model's scores against its training radiographs:
         the Mahalanobis distance of G's pooled features (in units of the training 99th
-        percentile; flagged above :data:`OOD_FEATURE`) and the intensity z-score (flagged
-        above :data:`OOD_Z`)."""
+        percentile; flagged above :data:`OOD_FEATURE`), the intensity z-score (flagged
+        above :data:`OOD_Z`) and the orientation check (flagged when the film matches the
+        training films' mean layout better turned or inverted, :data:`ORIENTATION_MARGIN`)."""
         scores = self.model.ood(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None])
         feats = {"feature_score": float(scores["feature_score"][0]),
                  "intensity_z": float(scores["intensity_z"][0]),
@@ -276,7 +284,17 @@ class Decomposer:
                            f"{feats['feature_score']:.2f} > {OOD_FEATURE}, 1 = training 99th percentile)")
         if feats["intensity_z"] > OOD_Z:
             reasons.append(f"intensity statistics {feats['intensity_z']:.1f} SD from the training radiographs")
+        orientation = _orientation(scores, source)
+        if orientation is not None:
+            reason, layout_feats = orientation
+            feats.update(layout_feats)
+            if reason:
+                reasons.append(reason)
         flag = bool(reasons)
+        if orientation is None:
+            reasons.append("note: the model predates the orientation check (model.json 'ood' lacks "
+                           "layout_mean): a film upside down, turned or with bone dark is not flagged; "
+                           "retrain to add it")
         if str(source.get("spacing_field", "")).startswith("argument"):
             reasons.append("note: pixel spacing given by the user, not read from the file "
                            "(volumes and masses scale with its square)")
@@ -291,6 +309,32 @@ class Decomposer:
                            "with --magnification")
         score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
         return OODResult(flag, float(score), reasons, feats)
+
+
+def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
+    """(reason, features) of the orientation check; reason "" when the film is upright and
+    bone bright (or nothing beats that by :data:`ORIENTATION_MARGIN`); None when the model
+    has no layout statistics."""
+    if "layout_r" not in scores:
+        return None
+    r = float(scores["layout_r"][0])
+    candidates = {"inverted": -r}
+    for name in ORIENTATIONS:
+        turned = float(scores[f"layout_{name}"][0])
+        candidates[name] = turned
+        candidates[f"{name} and inverted"] = -turned
+    best = max(candidates, key=candidates.get)
+    feats = {"layout_r": r, "layout_r_best_other": candidates[best]}
+    if candidates[best] <= r + ORIENTATION_MARGIN:
+        return "", feats
+    tags = [f"{keyword} {source[k]}" for k, keyword in (
+        ("photometric_interpretation", "PhotometricInterpretation"),
+        ("presentation_lut_shape", "PresentationLUTShape"),
+        ("pixel_intensity_relationship_sign", "PixelIntensityRelationshipSign")) if k in source]
+    said = f" (the file says {', '.join(tags)})" if tags and "inverted" in best else ""
+    return (f"the radiograph matches the training radiographs' layout better once {best} (r "
+            f"{candidates[best]:.2f}, as given {r:.2f}){said}: check that it is upright and that "
+            "bone is bright", feats)
 
 
 def output_names(inputs: list[Path]) -> list[str]:

@@ -12,7 +12,10 @@ model grid: the dataset's reference geometry resampled to the training image siz
 spacing in mm; radiographs are seen on it matched to their magnification, see
 :meth:`~MSKdeXTraining.imaging.geometry.Geometry.matched`),
 ``input`` (radiograph normalisation ``(x - mean) / std``, x in [0, 1]), ``ood`` (training
-radiograph statistics, see :meth:`LoadedModel.ood`), ``split`` (fold and case ids).
+radiograph statistics, see :meth:`LoadedModel.ood`; ``layout_grid`` and ``layout_mean``, the
+mean layout of the orientation check, are optional: a model trained before they were added
+lacks them and its results say that the orientation was not checked), ``split`` (fold and
+case ids).
 """
 
 from __future__ import annotations
@@ -41,6 +44,27 @@ _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scal
                 "input", "ood")
 #: Training statistics of the out-of-distribution check (:meth:`LoadedModel.ood`).
 OOD_FIELDS = ("feature_mean", "feature_cov", "feature_p99", "intensity_mean", "intensity_std")
+#: Side of the block grid of a radiograph's layout (:func:`layout`).
+LAYOUT_GRID = 8
+#: What the orientation check tries on a radiograph (B, 1, H, W): turned or flipped.
+ORIENTATIONS = {
+    "turned upside down": lambda x: x.flip(-2),
+    "turned 180 degrees": lambda x: x.rot90(2, (-2, -1)),
+    "turned 90 degrees clockwise": lambda x: x.rot90(-1, (-2, -1)),
+    "turned 90 degrees counter-clockwise": lambda x: x.rot90(1, (-2, -1)),
+}
+
+
+def layout(xray: torch.Tensor, grid: int = LAYOUT_GRID) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, grid^2) block means: the coarse layout of each radiograph."""
+    return torch.nn.functional.adaptive_avg_pool2d(xray.double(), grid).flatten(1)
+
+
+def layout_correlation(layouts: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(B,) Pearson r of each :func:`layout` (B, grid^2) with a mean layout (grid^2,)."""
+    a = layouts.double() - layouts.double().mean(1, keepdim=True)
+    b = mean.double().flatten() - mean.double().mean()
+    return (a @ b) / (a.norm(dim=1) * b.norm()).clamp_min(1e-12)
 
 
 class ModelFormatError(InputError):
@@ -135,6 +159,10 @@ def read_meta(run: str | Path) -> dict:
     elif np.shape(ood["feature_cov"]) != (len(ood["feature_mean"]),) * 2:
         problems.append(f"'ood' feature_cov has shape {np.shape(ood['feature_cov'])}, not square as "
                         f"wide as feature_mean ({len(ood['feature_mean'])})")
+    if "layout_mean" in ood and not (isinstance(ood.get("layout_grid"), int) and ood["layout_grid"] > 0
+                                     and np.shape(ood["layout_mean"]) == (ood["layout_grid"] ** 2,)):
+        problems.append(f"'ood' layout_mean must hold layout_grid^2 numbers, got shape "
+                        f"{np.shape(ood['layout_mean'])} for layout_grid {ood.get('layout_grid')!r}")
     if problems:
         raise ModelFormatError(f"{path}: field {'; '.join(problems)}")
     return meta
@@ -184,7 +212,10 @@ class LoadedModel:
 
         ``feature_score``: Mahalanobis distance of the pooled G features to the training
         mean, divided by the 99th percentile over the training images (> 1: unusual);
-        ``intensity_z``: largest |z| of the image's mean and std of intensity.
+        ``intensity_z``: largest |z| of the image's mean and std of intensity;
+        ``layout_r``: Pearson r of the image's block layout with the training radiographs' mean
+        layout, and ``layout_<orientation>``: the same for the image as each of
+        :data:`ORIENTATIONS` would correct it (both absent for a model without ``layout_mean``).
         """
         stats = self.meta["ood"]
         f = self.features(xray).double().cpu().numpy()
@@ -195,7 +226,12 @@ class LoadedModel:
         x = xray.double().cpu().numpy().reshape(len(xray), -1)
         z_mean = np.abs(x.mean(1) - stats["intensity_mean"][0]) / stats["intensity_mean"][1]
         z_std = np.abs(x.std(1) - stats["intensity_std"][0]) / stats["intensity_std"][1]
-        return {"feature_score": maha / stats["feature_p99"], "intensity_z": np.maximum(z_mean, z_std)}
+        scores = {"feature_score": maha / stats["feature_p99"], "intensity_z": np.maximum(z_mean, z_std)}
+        if "layout_mean" in stats:
+            mean_layout, grid = torch.tensor(stats["layout_mean"]), stats["layout_grid"]
+            for name, turn in {"r": lambda x: x, **ORIENTATIONS}.items():
+                scores[f"layout_{name}"] = layout_correlation(layout(turn(xray.cpu()), grid), mean_layout).numpy()
+        return scores
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu",

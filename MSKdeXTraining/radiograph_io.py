@@ -1,7 +1,9 @@
 """Reading radiographs: DICOM DX/CR, NIfTI/NRRD/MHA (SimpleITK) and PNG/JPEG.
 
 :func:`read_radiograph` returns a :class:`Radiograph`: a 2D float32 array in which *bright
-means attenuating* (DICOM MONOCHROME1 is inverted, the modality rescale is applied), the
+means attenuating* (DICOM MONOCHROME1 is inverted, the modality rescale is applied; the
+PresentationLUTShape and PixelIntensityRelationshipSign, which devices do not write
+consistently, are recorded, not applied: decomposition flags a film whose bone is dark), the
 detector pixel spacing (row, column) in mm, and a record of where each value came from.
 
 Pixel spacing is never guessed. For DICOM, ImagerPixelSpacing (0018,1164, at the detector)
@@ -281,6 +283,11 @@ def _read_dicom(path: Path, file_spacing: bool = True):
               "presentation_intent": str(ds.get("PresentationIntentType", "")),
               "photometric_interpretation": photometric, "bits_stored": bits,
               "rescale": [float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))]}
+    for keyword, key in (("PresentationLUTShape", "presentation_lut_shape"),
+                         ("PixelIntensityRelationship", "pixel_intensity_relationship"),
+                         ("PixelIntensityRelationshipSign", "pixel_intensity_relationship_sign")):
+        if ds.get(keyword) is not None:  # recorded, not applied: the orientation check flags a
+            source[key] = str(ds.get(keyword))  # film whose bone is dark, whatever these say
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     stored = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     if photometric.startswith("MONOCHROME"):

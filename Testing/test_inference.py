@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from MSKdeXTraining.commands import decompose as decompose_cmd
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import per_pixel_area
-from MSKdeXTraining.inference import (OOD_Z, Decomposer, decompose_files, output_names, sample_augmentations,
+from MSKdeXTraining.inference import (OOD_Z, ORIENTATION_MARGIN, Decomposer, decompose_files, output_names, sample_augmentations,
                                       to_detector)
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
@@ -132,6 +132,26 @@ def test_ood_flags(trained, decomposer):
     raw.source["direction"] = [1.0, 0.0, 0.0, -1.0]
     reasons = decomposer.decompose(raw, tta=1).ood.reasons
     assert any("FOR PROCESSING" in r for r in reasons) and any("upright" in r for r in reasons)
+
+
+def test_orientation_check_flags_a_turned_or_inverted_film(trained, decomposer, tmp_path):
+    upright = toy_radiograph(trained[0], 0)
+    assert not any("layout" in r for r in decomposer.decompose(upright, tta=1).ood.reasons)
+    for change, said in ((np.rot90, "turned 90 degrees"), (lambda a: 1.0 - a, "inverted")):
+        film = Radiograph(np.ascontiguousarray(change(upright.array)), upright.pixel_spacing,
+                          {**upright.source, "presentation_lut_shape": "INVERSE"})
+        ood = decomposer.decompose(film, tta=1).ood
+        assert ood.flag and any("better once" in r and said in r for r in ood.reasons), ood.reasons
+        assert ood.features["layout_r_best_other"] > ood.features["layout_r"] + ORIENTATION_MARGIN
+    assert any("PresentationLUTShape INVERSE" in r for r in ood.reasons)  # the polarity tags are quoted
+    old = tmp_path / "old"  # a model trained before the check: not flagged, and the result says so
+    shutil.copytree(trained[1], old, ignore=shutil.ignore_patterns("checkpoints"))
+    meta = json.loads((old / "model.json").read_text())
+    del meta["ood"]["layout_mean"], meta["ood"]["layout_grid"]
+    (old / "model.json").write_text(json.dumps(meta))
+    reasons = Decomposer.from_run(old).decompose(film, tta=1).ood.reasons
+    assert any("predates the orientation check" in r for r in reasons)
+    assert not any("better once" in r for r in reasons)
 
 
 def test_write_and_batch_resume(trained, decomposer, tmp_path):

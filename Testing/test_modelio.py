@@ -4,6 +4,7 @@ import json
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,21 @@ def test_ood_scores_flag_foreign_images(run):
     own, foreign = model.ood(train_x), model.ood(noise)
     assert own["feature_score"].max() < 1.05  # scores are relative to the training p99
     assert foreign["intensity_z"].min() > own["intensity_z"].max()
+    stats = model.meta["ood"]
+    assert own["layout_r"].min() == pytest.approx(stats["layout_r_min_median"][0])
+    turned = model.ood(train_x.rot90(1, (-2, -1)))  # sideways: turning it back restores the layout
+    np.testing.assert_allclose(turned["layout_turned 90 degrees clockwise"], own["layout_r"], rtol=1e-9)
+
+
+def test_layout_correlation_is_pearson_r_of_block_means():
+    from MSKdeXTraining.modelio import layout, layout_correlation
+
+    x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(1))
+    blocks = x.double().numpy()[:, 0].reshape(3, 8, 5, 8, 3).mean(axis=(2, 4)).reshape(3, 64)
+    np.testing.assert_allclose(layout(x).numpy(), blocks, rtol=1e-12)
+    mean = torch.rand(64, dtype=torch.float64)
+    expected = [np.corrcoef(b, mean.numpy())[0, 1] for b in blocks]
+    np.testing.assert_allclose(layout_correlation(layout(x), mean).numpy(), expected, rtol=1e-9)
 
 
 def test_pickle_renamed_as_safetensors_is_refused(run, tmp_path):
@@ -89,6 +105,9 @@ def test_malformed_checkpoint_is_named(tmp_path, content, message):
     ("ood", {"feature_mean": [0.0]}, "'ood' lacks"),
     ("ood", {"feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5, "feature_p99": 1.0,
              "intensity_mean": [0.5, 0.1], "intensity_std": [0.2, 0.1]}, "'ood' has 5 feature statistics"),
+    ("ood", {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
+             "intensity_std": [0.2, 0.1], "layout_grid": 8, "layout_mean": [0.0] * 63},
+     "layout_mean must hold layout_grid\\^2 numbers, got shape \\(63,\\)"),
 ])
 def test_bad_metadata_is_refused(run, tmp_path, field, value, message):
     dst = copy_run(run[0], tmp_path)

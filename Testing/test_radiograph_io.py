@@ -337,5 +337,11 @@ def test_cmyk_picture_is_read_and_a_decompression_bomb_refused(tmp_path, monkeyp
 
 def test_dicom_presentation_intent_is_recorded(tmp_path, ramp):
     f = write_dicom(tmp_path / "raw.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
-                    PresentationIntentType="FOR PROCESSING")
-    assert read_radiograph(f).source["presentation_intent"] == "FOR PROCESSING"
+                    PresentationIntentType="FOR PROCESSING", PresentationLUTShape="INVERSE",
+                    PixelIntensityRelationship="LOG", PixelIntensityRelationshipSign=-1)
+    r = read_radiograph(f)
+    assert r.source["presentation_intent"] == "FOR PROCESSING"
+    assert (r.source["presentation_lut_shape"], r.source["pixel_intensity_relationship"],
+            r.source["pixel_intensity_relationship_sign"]) == ("INVERSE", "LOG", "-1")
+    # recorded, not applied: devices disagree on them; decomposition checks the film's polarity
+    np.testing.assert_array_equal(r.array, ramp.astype(np.float32))

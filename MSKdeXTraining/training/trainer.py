@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import InputError
 from ..fileio import refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
-from ..modelio import save_model
+from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config
@@ -119,15 +119,20 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
     """Training-set statistics for the out-of-distribution check (:meth:`LoadedModel.ood`):
     mean/std over images of the per-image intensity mean and std; mean and shrunk
     covariance of G's pooled head features and the 99th percentile of the training
-    images' Mahalanobis distances."""
+    images' Mahalanobis distances; the mean block layout (orientation check) and the
+    training images' correlations with it."""
     G.eval()
-    feats, means, stds = [], [], []
+    feats, means, stds, layouts = [], [], [], []
     for i in range(len(ds)):
         x = ds.load(i)["xray"][None].to(device)
         feats.append(G.pooled_features(norm.xin(x)).double().cpu()[0])
         means.append(float(x.mean()))
         stds.append(float(x.std()))
+        layouts.append(layout(x.cpu()))
     G.train()
+    layouts = torch.cat(layouts)
+    layout_mean = layouts.mean(0)
+    layout_r = layout_correlation(layouts, layout_mean).numpy()
     f = torch.stack(feats).numpy()
     mu = f.mean(0)
     cov = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1], f.shape[1]))
@@ -140,7 +145,9 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
             "intensity_std": [float(np.mean(stds)), max(float(np.std(stds)), 1e-6)],
             "feature_mean": mu.tolist(), "feature_cov": cov.tolist(),
             "feature_p99": max(float(np.percentile(maha, 99)), 1e-6), "n_images": len(f),
-            "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE}
+            "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE,
+            "layout_mean": layout_mean.tolist(), "layout_grid": LAYOUT_GRID,
+            "layout_r_min_median": [float(layout_r.min()), float(np.median(layout_r))]}
 
 
 def _rng_state() -> dict:

@@ -10,10 +10,13 @@ pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it. A r
 unknown magnification is taken at the model's reference magnification, and the result says
 so (volumes and masses scale with the square of the magnification's error).
 
-Uncertainty: the standard deviation of the volumes/masses over ``tta`` test-time
-augmentations (sub-pixel-to-few-pixel shifts and a small gain/gamma jitter, sampled from a
-seeded generator and recorded). The table's values are those of the un-augmented prediction,
-so they equal the sums of the returned DRRs exactly.
+Uncertainty: a calibrated interval (:data:`~MSKdeXTraining.calibration.LEVEL`, 90 %) from the
+model's held-out errors when its run folder holds ``calibration.json`` (written by ``mskdex
+evaluate``; :mod:`MSKdeXTraining.calibration`), and the standard deviation of the
+volumes/masses over ``tta`` test-time augmentations (sub-pixel-to-few-pixel shifts and a small
+gain/gamma jitter, sampled from a seeded generator and recorded): the model's sensitivity, not
+an error bar. The table's values are those of the un-augmented prediction, so they equal the
+sums of the returned DRRs exactly.
 
 Out-of-distribution flag (:class:`OODResult`): image-level checks (colour image, 8-bit data,
 field-of-view coverage, flat content) plus the model's own scores against its training
@@ -40,6 +43,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
+from .calibration import interval, read_calibration
 from .errors import InputError
 from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
@@ -51,7 +55,7 @@ from .radiograph_io import Radiograph, read_radiograph, sidecar_path, stem as fi
 Progress = Callable[[float, str], None]
 
 TABLE_FORMAT = "mskdex-decomposition"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 #: Intensity |z| (image mean/std vs the training radiographs) above which a radiograph is flagged.
 OOD_Z = 4.0
 #: Feature score (Mahalanobis distance / training 99th percentile) above which it is flagged.
@@ -102,18 +106,21 @@ class OODResult:
     features: dict[str, float] = field(default_factory=dict)
 
 
-#: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names).
-TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g")
+#: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names):
+#: value, calibrated interval (low, high; empty without calibration) and TTA SD.
+TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_cm3", "volume_sd_cm3",
+                 "mass_g", "mass_low_g", "mass_high_g", "mass_sd_g")
 
 
 def write_table_csv(rows: list[dict], path: str | Path, ood: bool) -> Path:
     """The decomposition table as CSV (:data:`TABLE_COLUMNS` and the radiograph's OOD flag, 0/1,
-    per row; an SD of None is written empty), atomically."""
+    per row; None or NaN is written empty), atomically."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "ood"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for row in rows:
-        w.writerow({**{k: ("" if row[k] is None else row[k]) for k in TABLE_COLUMNS}, "ood": int(ood)})
+        w.writerow({**{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
+                    "ood": int(ood)})
     return write_atomic(path, lambda p: p.write_text(buf.getvalue()))
 
 
@@ -131,7 +138,7 @@ class Decomposition:
     ood: OODResult
     source: dict
     augmentations: list[Augmentation]
-    model: dict = field(default_factory=dict)  # the model's origin (run folder, weights SHA-256)
+    model: dict = field(default_factory=dict)  # the model's origin (run folder, SHA-256s, calibration)
 
     def write(self, out_dir: str | Path, stem: str = "decomposition") -> dict[str, Path]:
         """Write ``<stem>.csv``, ``<stem>.json`` and one ``<stem>_<type>.nii.gz`` stack per DRR
@@ -178,20 +185,27 @@ class Decomposer:
     radiographs; ``geometry``; ``meta``).
     """
 
-    def __init__(self, model, batch_size: int = 4) -> None:
+    def __init__(self, model, batch_size: int = 4, calibration: dict | None = None) -> None:
         self.model = model
         self.geometry: Geometry = model.geometry
         self.names = list(model.meta["objects"])
         self.kinds = list(model.meta["kinds"])
         self.drr_types = list(model.meta["drr_types"])
         self.batch_size = batch_size
+        self.calibration = calibration
+        self.origin = {**model.origin, "calibration": None if calibration is None else {
+            "sha256": calibration["sha256"], "level": calibration["level"],
+            "held_out_cases": len(calibration["held_out_ids"])}}
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "cpu") -> Decomposer:
-        """Load ``RUN/model.safetensors`` + ``model.json`` (never unpickles)."""
+        """Load ``RUN/model.safetensors`` + ``model.json`` (never unpickles) and
+        ``RUN/calibration.json`` when there is one."""
         from .modelio import load_model
 
-        return cls(load_model(Path(run), device=device))
+        model = load_model(Path(run), device=device)
+        return cls(model, calibration=read_calibration(run, model.origin["weights_sha256"],
+                                                       list(model.meta["objects"])))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """(B, H, W) model inputs in [0, 1] -> (B, 3, N, H, W) float32 physical DRRs."""
@@ -245,15 +259,20 @@ class Decomposer:
         vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
         vol_sd = vol.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
         mass_sd = mass.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
-        table = [{"object": n, "kind": k, "volume_cm3": float(vol[0, i]),
-                  "volume_sd_cm3": float(vol_sd[i]), "mass_g": float(mass[0, i]),
-                  "mass_sd_g": float(mass_sd[i])}
-                 for i, (n, k) in enumerate(zip(self.names, self.kinds))]
+        table = []
+        for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
+            q = self.calibration["objects"][name] if self.calibration else {}
+            v_low, v_high = interval(float(vol[0, i]), q.get("volume_log_q"))
+            m_low, m_high = interval(float(mass[0, i]), q.get("mass_log_q"))
+            table.append({"object": name, "kind": kind, "volume_cm3": float(vol[0, i]),
+                          "volume_low_cm3": v_low, "volume_high_cm3": v_high, "volume_sd_cm3": float(vol_sd[i]),
+                          "mass_g": float(mass[0, i]), "mass_low_g": m_low, "mass_high_g": m_high,
+                          "mass_sd_g": float(mass_sd[i])})
         ood = self.check_ood(x, radiograph.source, info)
         source = {**radiograph.source, "resampling": info, "tta": tta, "seed": seed}
         report(1.0, "done")
         return Decomposition(drrs[0], x, detector, self.names, self.kinds, self.drr_types,
-                             table, ood, source, augs, self.model.origin)
+                             table, ood, source, augs, self.origin)
 
     def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
         """Image-level checks plus the model's scores against its training radiographs:
@@ -302,6 +321,9 @@ class Decomposer:
             reasons.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
                            "its pixels were used in their stored order (row 0 at the top): check that the "
                            "film is upright and not mirrored")
+        if self.calibration is None:
+            reasons.append("note: no calibrated interval: the model's run folder has no calibration.json "
+                           "(`mskdex evaluate` writes one from the model's held-out cases)")
         if source.get("magnification") is None:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             reasons.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
@@ -362,8 +384,9 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     sidecar = sidecar_path(path)
     options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
                "magnification": magnification, "tta": tta, "seed": seed,
-               "model_sha256": decomposer.model.origin.get("weights_sha256"),
-               "model_json_sha256": decomposer.model.origin.get("metadata_sha256"),
+               "model_sha256": decomposer.origin.get("weights_sha256"),
+               "model_json_sha256": decomposer.origin.get("metadata_sha256"),
+               "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
                "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None}
     summary = {"input": str(path), "output": str(target)}
     done = target / "decomposition.json"  # written last: without it, other files are leftovers

@@ -194,3 +194,33 @@ def test_anova_compares_the_absolute_errors(evaluated):
     assert row["mass"]["mae_b"] == pytest.approx(2 * row["mass"]["mae_a"])
     same = anova(preds, preds)[0]
     assert same["mass"]["f"] == pytest.approx(0.0) and same["mass"]["p"] == pytest.approx(1.0)
+
+
+def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(toy, evaluated, tmp_path):
+    from MSKdeXTraining.calibration import fit_calibration
+    from MSKdeXTraining.fileio import file_sha256, write_json
+
+    out, preds = evaluated
+    run = out / "fold_0" / "run"
+    written = json.loads((run / "calibration.json").read_text())
+    assert written["weights_sha256"] == file_sha256(run / "model.safetensors")
+    assert sorted(written["held_out_ids"]) == sorted(preds.ids)
+    assert all(o["n"] == 4 and o["mass_log_q"] is None for o in written["objects"].values())  # 4 < 9 cases
+    radiograph = _as_radiograph(PreparedDataset(toy / "data", [preds.ids[0]], size=(32, 32)).load(0)["xray"][0].numpy(),
+                                PreparedDataset(toy / "data").geometry)
+    assert all(r["mass_low_g"] is None for r in Decomposer.from_run(run).decompose(radiograph, tta=1).table)
+
+    doc = json.loads((out / "fold_0" / "predictions.json").read_text())
+    doc["cases"] = doc["cases"] * 5  # 20 cases: the 0.9 interval is the 19th smallest error
+    calibrated = tmp_path / "run"
+    shutil.copytree(run, calibrated)
+    write_json(calibrated / "calibration.json", fit_calibration(doc, written["weights_sha256"]))
+    result = Decomposer.from_run(calibrated).decompose(radiograph, tta=1)
+    assert result.model["calibration"]["held_out_cases"] == 20
+    for i, row in enumerate(result.table):
+        errors = np.sort(np.abs(np.log(np.array([c["mass_pred_g"][i] for c in doc["cases"]])
+                                       / np.array([c["mass_true_g"][i] for c in doc["cases"]]))))
+        assert row["mass_low_g"] == pytest.approx(row["mass_g"] * np.exp(-errors[18]), rel=1e-12)
+        assert row["mass_high_g"] == pytest.approx(row["mass_g"] * np.exp(errors[18]), rel=1e-12)
+        assert row["volume_low_cm3"] < row["volume_cm3"] < row["volume_high_cm3"]
+    assert not any("no calibrated interval" in r for r in result.ood.reasons)

@@ -240,6 +240,11 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     (folder / "hip0.json").unlink()
     assert decompose_files(decomposer, files[1:2], out, tta=2)[0]["skipped"]
     assert table["source"]["batch"]["model_json_sha256"] == hashlib.sha256((run / "model.json").read_bytes()).hexdigest()
+    calibrated = Decomposer(decomposer.model, calibration={  # the run got a calibration.json since
+        "sha256": "c" * 64, "level": 0.9, "held_out_ids": ["a"] * 9,
+        "objects": {n: {"volume_log_q": 0.1, "mass_log_q": 0.2} for n in decomposer.names}})
+    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+        decompose_files(calibrated, files[1:2], out, tta=2)
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
     with pytest.raises(FileExistsError, match="hip0.mha"):
         decompose_files(decomposer, files[1:], out, tta=2)
@@ -271,7 +276,8 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     capsys.readouterr()
     assert decompose_cmd.run(args) == 0
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
-    assert "not a calibrated error bar" in capsys.readouterr().out  # what the ± means
+    printed = capsys.readouterr().out  # what the interval and the SD mean
+    assert "not an error bar" in printed and "interval: none (the model has no calibration.json" in printed
     assert decompose_cmd.run(args) == 0  # the same again: nothing to do, nothing rewritten
     args.xray = files[1]  # another patient into the same folder: refused, the first result kept
     before = (tmp_path / "cli" / "decomposition.json").read_bytes()

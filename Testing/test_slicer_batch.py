@@ -68,7 +68,8 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
 
     expected = Decomposer.from_run(run).decompose(read_radiograph(xray), tta=2).table
     assert [r["object"] for r in rows] == [e["object"] for e in expected]
-    assert list(rows[0]) == ["object", "kind", "volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g", "ood"]
+    assert list(rows[0]) == ["object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_cm3", "volume_sd_cm3",
+                             "mass_g", "mass_low_g", "mass_high_g", "mass_sd_g", "ood"]
     assert {r["ood"] for r in rows} <= {"0", "1"}
     for r, e in zip(rows, expected):
         assert float(r["volume_cm3"]) == pytest.approx(e["volume_cm3"], rel=1e-9, abs=1e-12)

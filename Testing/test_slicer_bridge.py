@@ -343,7 +343,8 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
     ct_node = volume_to_node(ct, scene, "CT")
     seg_node = labels_to_segmentation(labels, scene, "segmentation", label_names(objects))
     _, layers = Pipeline(scene).compute_drrs(ct_node, seg_node, objects, Geometry(32, 32, (16.0, 16.0)))
-    rows = [{"object": n, "kind": k, "volume_cm3": 10.0 * i, "volume_sd_cm3": 0.5, "mass_g": 11.0 * i,
+    rows = [{"object": n, "kind": k, "volume_cm3": 10.0 * i, "volume_low_cm3": 8.0 * i, "volume_high_cm3": 12.0 * i,
+             "volume_sd_cm3": 0.5, "mass_g": 11.0 * i, "mass_low_g": 9.0 * i, "mass_high_g": 13.0 * i,
              "mass_sd_g": 0.25} for i, (n, k) in enumerate(zip(objects.names, objects.kinds))]
     from MSKdeXLib.results_table import results_chart, results_table
 

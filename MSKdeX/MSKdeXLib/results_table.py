@@ -1,9 +1,11 @@
 """The per-object results as a table node (units in column names and properties) and a bar chart.
 
-Columns (as in the backend's CSV): ``object``, ``kind`` (muscle/bone), ``volume_cm3``,
-``volume_sd_cm3``, ``mass_g`` (lean mass for muscles, bone mass for bones), ``mass_sd_g``
-(the SDs are the test-time-augmentation uncertainty). Each numeric column carries its unit
-(``cm3``/``g``), a title and a description, which Slicer saves in the table's schema file.
+Columns (as in the backend's CSV): ``object``, ``kind`` (muscle/bone), ``volume_cm3`` with
+its calibrated interval ``volume_low_cm3`` / ``volume_high_cm3`` (NaN when the model has no
+calibration) and ``volume_sd_cm3``, ``mass_g`` (lean mass for muscles, bone mass for bones)
+with ``mass_low_g`` / ``mass_high_g`` and ``mass_sd_g`` (the SDs are the spread over
+test-time augmentations). Each numeric column carries its unit (``cm3``/``g``), a title and a
+description, which Slicer saves in the table's schema file.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from MSKdeXTraining.errors import InputError
 from .table_nodes import add_number_column, add_text_column, empty_table
 
 #: (column, title, unit, description) of the numeric columns, in order.
+_INTERVAL = "of the calibrated prediction interval (from the model's held-out errors)"
 NUMERIC_COLUMNS = (
     ("volume_cm3", "Volume", "cm3", "Object volume estimated from its VDRR"),
-    ("volume_sd_cm3", "Volume SD", "cm3", "Uncertainty of the volume (SD over test-time augmentation)"),
+    ("volume_low_cm3", "Volume low", "cm3", f"Lower end {_INTERVAL} of the volume"),
+    ("volume_high_cm3", "Volume high", "cm3", f"Upper end {_INTERVAL} of the volume"),
+    ("volume_sd_cm3", "Volume TTA SD", "cm3", "Spread of the volume over test-time augmentations"),
     ("mass_g", "Mass (lean muscle / bone)", "g", "Lean muscle mass (muscles) or bone mass (bones) from the MDRR"),
-    ("mass_sd_g", "Mass SD", "g", "Uncertainty of the mass (SD over test-time augmentation)"),
+    ("mass_low_g", "Mass low", "g", f"Lower end {_INTERVAL} of the mass"),
+    ("mass_high_g", "Mass high", "g", f"Upper end {_INTERVAL} of the mass"),
+    ("mass_sd_g", "Mass TTA SD", "g", "Spread of the mass over test-time augmentations"),
 )
 TEXT_COLUMNS = ("object", "kind")
 COLUMNS = TEXT_COLUMNS + tuple(c[0] for c in NUMERIC_COLUMNS)  # = inference.TABLE_COLUMNS (tested)
@@ -31,7 +38,7 @@ COLUMNS = TEXT_COLUMNS + tuple(c[0] for c in NUMERIC_COLUMNS)  # = inference.TAB
 def results_table(rows: Sequence[Mapping], scene, name: str, node=None):
     """Create or fill a table node with one row per object; returns the node.
 
-    Each row needs the keys :data:`COLUMNS`; SD values may be None (written as NaN).
+    Each row needs the keys :data:`COLUMNS`; interval and SD values may be None (written as NaN).
     """
     missing = [c for c in COLUMNS if any(c not in r for r in rows)]
     if missing:

@@ -84,14 +84,16 @@ class MSKdeXLibTest(unittest.TestCase):
         np.testing.assert_allclose(pose_from_transform_node(node), pose, atol=1e-9)
 
     def test_results_table_units(self) -> None:
-        rows = [{"object": "pelvis", "kind": "bone", "volume_cm3": 300.0, "volume_sd_cm3": 2.0,
-                 "mass_g": 400.0, "mass_sd_g": None}]
+        rows = [{"object": "pelvis", "kind": "bone", "volume_cm3": 300.0, "volume_low_cm3": 250.0,
+                 "volume_high_cm3": 360.0, "volume_sd_cm3": 2.0, "mass_g": 400.0, "mass_low_g": None,
+                 "mass_high_g": None, "mass_sd_g": None}]
         node = results_table(rows, self.scene, "results")
         self.assertEqual(node.GetColumnUnitLabel("mass_g"), "g")
         self.assertEqual(node.GetColumnUnitLabel("volume_cm3"), "cm3")
         out = table_rows(node)[0]
         self.assertEqual((out["object"], out["mass_g"]), ("pelvis", 400.0))
-        self.assertTrue(np.isnan(out["mass_sd_g"]))
+        self.assertTrue(np.isnan(out["mass_sd_g"]) and np.isnan(out["mass_high_g"]))
+        self.assertEqual(out["volume_high_cm3"], 360.0)
 
     def test_parse_tqdm_progress(self) -> None:
         self.assertEqual(parse_progress("epochs:  45%|####5     | 9/20 [00:01<00:02,  5.1it/s]"), (0.45, "epochs"))

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.out} already holds this decomposition of {args.xray} (same content, options "
                   "and model); nothing to do")
             return 0
-        print(_format(result.table))
+        print(_format(result.table, (result.model["calibration"] or {}).get("level")))
         _print_ood(args.xray.name, result.ood.flag, result.ood.reasons)
         print(f"wrote {summary['files']['csv']}, {summary['files']['json']} and the DRR stacks in {args.out}")
         return 0
@@ -89,13 +89,21 @@ def run(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def _format(table: list[dict]) -> str:
-    lines = [f"{'object':22s} {'kind':6s} {'volume cm3':>16s} {'mass g':>16s}"]
+def _format(table: list[dict], level: float | None) -> str:
+    def span(low: float | None, high: float | None) -> str:
+        return f"{'-':>15s}" if low is None else f"{f'{low:.0f}-{high:.0f}':>15s}"
+
+    lines = [f"{'object':22s} {'kind':6s} {'volume cm3':>10s} {'interval':>15s} {'TTA SD':>7s}"
+             f" {'mass g':>9s} {'interval':>15s} {'TTA SD':>7s}"]
     for r in table:
-        lines.append(f"{r['object']:22s} {r['kind']:6s} {r['volume_cm3']:9.1f} ± {r['volume_sd_cm3']:<5.1f}"
-                     f" {r['mass_g']:9.1f} ± {r['mass_sd_g']:<5.1f}")
-    lines.append("± : SD over the test-time augmentations (--tta), not a calibrated error bar "
-                 "(docs/evaluation.md)")
+        lines.append(f"{r['object']:22s} {r['kind']:6s} {r['volume_cm3']:10.1f} "
+                     f"{span(r['volume_low_cm3'], r['volume_high_cm3'])} {r['volume_sd_cm3']:7.1f}"
+                     f" {r['mass_g']:9.1f} {span(r['mass_low_g'], r['mass_high_g'])} {r['mass_sd_g']:7.1f}")
+    lines.append(f"interval: {100 * level:.0f} % prediction interval from the model's held-out errors "
+                 "(calibration.json), valid for radiographs like those, not for flagged ones"
+                 if level else "interval: none (the model has no calibration.json; `mskdex evaluate` writes one)")
+    lines.append("TTA SD: spread over the test-time augmentations (--tta), the model's sensitivity, "
+                 "not an error bar (docs/evaluation.md)")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 Layout written by :func:`evaluate` (every stage resumable: a fold whose predictions exist is
 not redone, training continues from its last checkpoint)::
 
-    OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``)
+    OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``),
+                                   with calibration.json from its held-out cases (intervals)
     OUT/fold_<i>/predictions.json  held-out cases of fold i: true and predicted volume (cm3)
                                    and mass (g) per object, PSNR/SSIM of the aligned bones
     OUT/predictions.csv            all folds, one row per case and object
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import write_calibration
 from ..errors import InputError
 from ..fileio import file_sha256, read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
@@ -178,12 +180,15 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         # what the fold's results depend on (JSON-normalised, to compare with what was written)
         key = json.loads(json.dumps({"config": cfg.to_dict(), "k": k, "dataset": manifest_sha,
                                      "test_ids": splits[f][1]}))
+        run = out / f"fold_{f}" / "run"
         if target.is_file():
-            _check_reuse(target, read_predictions(target).get("evaluation"), key)
+            doc = read_predictions(target)
+            _check_reuse(target, doc.get("evaluation"), key)
+            if not (run / "calibration.json").is_file():  # an evaluation from before calibration
+                write_calibration(run, doc)
             continue
         span = 1.0 / len(folds)
         sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
-        run = out / f"fold_{f}" / "run"
         if (run / "model.json").is_file():
             meta = read_json_object(run / "model.json", ("config", "split"))
             _check_reuse(run / "model.json", {**key, "config": meta["config"],
@@ -194,6 +199,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
                   progress=lambda frac, msg: sub(0.9 * frac, msg))
         doc = predict_cases(run, dataset, splits[f][1], fold=f,
                             progress=lambda frac, msg: sub(0.9 + 0.1 * frac, msg))
+        write_calibration(run, doc)
         write_json(target, {**doc, "evaluation": key})
     report(1.0, "folds done")
     return Predictions.from_json([read_predictions(out / f"fold_{f}" / "predictions.json") for f in folds])

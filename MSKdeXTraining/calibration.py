@@ -1,0 +1,94 @@
+"""Calibrated prediction intervals from a model's held-out errors (split conformal prediction).
+
+``mskdex evaluate`` writes ``RUN/calibration.json`` (format ``mskdex-calibration`` v1) for each
+fold's model from its held-out cases: per object and quantity (volume, mass) the conformal
+quantile ``q`` of the log error ``|ln(predicted / true)|`` at :data:`LEVEL`. A new prediction
+``p`` then has the interval ``[p e^-q, p e^q]``, which holds the truth with probability at least
+:data:`LEVEL` for a radiograph drawn like the held-out ones (Vovk et al. 2005; Angelopoulos &
+Bates 2021): not for one flagged out-of-distribution. With ``n`` held-out cases, ``q`` is the
+``ceil((n + 1) LEVEL)``-th smallest error; with too few cases (``n < 9`` at 0.9) there is none.
+The file names the model weights it calibrates; :func:`read_calibration` refuses another's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fileio import file_sha256, read_format_json, write_json
+
+FORMAT = "mskdex-calibration"
+VERSION = 1
+#: Coverage of the intervals.
+LEVEL = 0.9
+QUANTITIES = {"volume": ("volume_true_cm3", "volume_pred_cm3"), "mass": ("mass_true_g", "mass_pred_g")}
+
+
+def conformal_quantile(errors: np.ndarray, level: float = LEVEL) -> float | None:
+    """The ``ceil((n + 1) level)``-th smallest of ``n`` errors; None when that exceeds ``n`` or
+    is infinite."""
+    errors = np.sort(np.asarray(errors, float))
+    k = math.ceil((len(errors) + 1) * level)
+    return float(errors[k - 1]) if k <= len(errors) and np.isfinite(errors[k - 1]) else None
+
+
+def log_errors(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """``|ln(pred / true)|``; infinite where either is not positive (never inside an interval)."""
+    true, pred = np.asarray(true, float), np.asarray(pred, float)
+    ok = (true > 0) & (pred > 0)
+    return np.where(ok, np.abs(np.log(np.where(ok, pred, 1.0) / np.where(ok, true, 1.0))), np.inf)
+
+
+def fit_calibration(predictions: dict, weights_sha256: str, level: float = LEVEL) -> dict:
+    """The calibration document of a predictions document (``mskdex-predictions``: held-out
+    cases of one model) for the model whose weights have SHA-256 ``weights_sha256``."""
+    cases = predictions["cases"]
+    objects = {}
+    for i, name in enumerate(predictions["objects"]):
+        objects[name] = {"n": len(cases)}
+        for quantity, (true_key, pred_key) in QUANTITIES.items():
+            errors = log_errors([c[true_key][i] for c in cases], [c[pred_key][i] for c in cases])
+            objects[name][f"{quantity}_log_q"] = conformal_quantile(errors, level)
+    return {"format": FORMAT, "version": VERSION, "level": level, "weights_sha256": weights_sha256,
+            "method": "split conformal: q = ceil((n + 1) level)-th smallest |ln(pred / true)| "
+                      "over the model's held-out cases; interval [p exp(-q), p exp(q)]",
+            "held_out_ids": [c["id"] for c in cases], "objects": objects}
+
+
+def write_calibration(run: str | Path, predictions: dict) -> Path:
+    """Write ``run/calibration.json`` from the held-out predictions of the model in ``run``,
+    atomically."""
+    run = Path(run)
+    return write_json(run / "calibration.json",
+                      fit_calibration(predictions, file_sha256(run / "model.safetensors")))
+
+
+def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> dict | None:
+    """``run/calibration.json`` checked against the model (its weights' SHA-256 and objects),
+    with the file's own ``sha256`` added; None when the run has none."""
+    path = Path(run) / "calibration.json"
+    if not path.is_file():
+        return None
+    doc = read_format_json(path, FORMAT, VERSION, ("level", "weights_sha256", "objects"))
+    if doc["weights_sha256"] != weights_sha256:
+        raise InputError(f"{path}: field 'weights_sha256' is {doc['weights_sha256']!r}, but "
+                         f"model.safetensors has {weights_sha256!r}: it calibrates another model; "
+                         "delete it or re-run `mskdex evaluate`")
+    objects = doc["objects"]
+    if not isinstance(objects, dict) or sorted(objects) != sorted(names) or not all(
+            isinstance(objects[n], dict) and {"volume_log_q", "mass_log_q"} <= set(objects[n]) for n in names):
+        raise InputError(f"{path}: field 'objects' must map each of the model's objects {names} to "
+                         "its 'volume_log_q' and 'mass_log_q'")
+    if not (isinstance(doc["level"], float) and 0 < doc["level"] < 1):
+        raise InputError(f"{path}: field 'level' must be a coverage between 0 and 1, got {doc['level']!r}")
+    return {**doc, "sha256": file_sha256(path)}
+
+
+def interval(value: float, log_q: float | None) -> tuple[float | None, float | None]:
+    """``(value e^-q, value e^q)``; (None, None) without a quantile."""
+    if log_q is None:
+        return None, None
+    return value * math.exp(-log_q), value * math.exp(log_q)

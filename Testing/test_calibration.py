@@ -1,0 +1,58 @@
+"""Calibrated prediction intervals: the conformal quantile, the calibration file and its checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from MSKdeXTraining.calibration import conformal_quantile, fit_calibration, interval, log_errors
+from MSKdeXTraining.errors import InputError
+
+
+def test_conformal_quantile_is_the_finite_sample_order_statistic():
+    errors = np.random.default_rng(0).permutation(np.arange(1, 20) / 10.0)  # 0.1 ... 1.9, n = 19
+    assert conformal_quantile(errors, 0.9) == pytest.approx(1.8)   # ceil(20 x 0.9) = 18th smallest
+    assert conformal_quantile(errors, 0.5) == pytest.approx(1.0)   # ceil(20 x 0.5) = 10th
+    assert conformal_quantile(errors[:8], 0.9) is None             # ceil(9 x 0.9) = 9 > 8 cases
+    assert conformal_quantile([0.1] * 9 + [np.inf], 0.9) is None   # the 10th is infinite: no interval
+
+
+def test_log_errors_and_interval():
+    np.testing.assert_allclose(log_errors([100.0, 50.0, 0.0, 10.0], [150.0, 25.0, 5.0, -1.0]),
+                               [math.log(1.5), math.log(2.0), np.inf, np.inf])
+    low, high = interval(200.0, math.log(1.5))
+    assert (low, high) == (pytest.approx(200.0 / 1.5), pytest.approx(300.0))
+    assert interval(200.0, None) == (None, None)
+
+
+def test_intervals_cover_new_cases_at_their_level():
+    """Split conformal: calibrated on one half of exchangeable cases, the intervals hold the
+    truth of the other half in about 90 % of cases (averaged over many splits)."""
+    rng = np.random.default_rng(1)
+    covered = []
+    for _ in range(400):
+        true = rng.uniform(200, 2000, 40)
+        pred = true * np.exp(rng.normal(0, 0.3, 40))
+        doc = {"objects": ["m"], "cases": [{"id": str(i), "volume_true_cm3": [t], "volume_pred_cm3": [p],
+                                            "mass_true_g": [t], "mass_pred_g": [p]}
+                                           for i, (t, p) in enumerate(zip(true[:20], pred[:20]))]}
+        q = fit_calibration(doc, "sha")["objects"]["m"]["mass_log_q"]
+        covered.append(np.mean(np.abs(np.log(pred[20:] / true[20:])) <= q))
+    assert 0.88 <= np.mean(covered) <= 0.94  # expected (ceil(21 x 0.9) = 19) / 21 = 0.905
+
+
+def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
+    from MSKdeXTraining.calibration import read_calibration
+    from MSKdeXTraining.fileio import write_json
+
+    doc = {"objects": ["m"], "cases": [{"id": "a", "volume_true_cm3": [1.0], "volume_pred_cm3": [1.1],
+                                        "mass_true_g": [1.0], "mass_pred_g": [0.9]}]}
+    write_json(tmp_path / "calibration.json", fit_calibration(doc, "abc"))
+    assert read_calibration(tmp_path, "abc", ["m"])["objects"]["m"]["n"] == 1
+    with pytest.raises(InputError, match="calibration.json: field 'weights_sha256' is 'abc'.*another model"):
+        read_calibration(tmp_path, "def", ["m"])
+    with pytest.raises(InputError, match="calibration.json: field 'objects' must map"):
+        read_calibration(tmp_path, "abc", ["m", "n"])
+    assert read_calibration(tmp_path / "none", "abc", ["m"]) is None

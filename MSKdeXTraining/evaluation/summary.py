@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..calibration import FORMAT as CAL_FORMAT, LEVEL, VERSION as CAL_VERSION
+from ..fileio import read_format_json
 from ..objects import DEFAULT_MUSCLES
 from . import figures
 from .crossval import ROW_HEADER, Predictions, anova, case_images
@@ -41,6 +43,13 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
                f"mean volume PCC: {preds.mean_muscle_pcc('volume'):.3f}; "
                f"mean lean-density PCC: {preds.mean_muscle_pcc('density'):.3f}.")
     sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
+    intervals = interval_table(out, folds, preds.names)
+    if intervals is not None:
+        write_csv(out / "intervals.csv", intervals)
+        sections.append(Section(
+            "Prediction intervals", "What `mskdex decompose` reports with each fold's model: the "
+            f"{100 * LEVEL:.0f} % interval of a prediction p is [p / f, p x f], f = e^q from that "
+            "model's held-out cases (split conformal, calibration.json; n/a: too few cases).", [intervals]))
     if compare is not None:
         rows = anova(preds, compare)
         table = anova_table(rows, "this", compare_label or "other")
@@ -65,6 +74,20 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     sections.append(Section("Figures", "", [], figs))
     write_markdown(out / "metrics.md", title, sections)
     return write_html(out / "report.html", title, sections)
+
+
+def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | None:
+    """Per object, the interval factors e^q (mass, volume) of each fold's model that has a
+    ``calibration.json``; None when none has."""
+    docs = {f: read_format_json(path, CAL_FORMAT, CAL_VERSION) for f in folds
+            if (path := out / f"fold_{f}" / "run" / "calibration.json").is_file()}
+    if not docs:
+        return None
+    factor = lambda q: float("nan") if q is None else float(np.exp(q))
+    header = ["object"] + [f"{q} ×/÷ fold {f}" for q in ("mass", "volume") for f in docs]
+    rows = [[n] + [factor(docs[f]["objects"][n][f"{q}_log_q"]) for q in ("mass", "volume") for f in docs]
+            for n in names]
+    return Table(header, rows, digits={h: 2 for h in header[1:]})
 
 
 def print_table(preds: Predictions) -> str:

@@ -35,6 +35,11 @@ def conformal_quantile(errors: np.ndarray, level: float = LEVEL) -> float | None
     return float(errors[k - 1]) if k <= len(errors) and np.isfinite(errors[k - 1]) else None
 
 
+def min_cases(level: float = LEVEL) -> int:
+    """The fewest held-out cases that give an interval at ``level`` (9 at 0.9)."""
+    return next(n for n in range(1, 10**6) if math.ceil((n + 1) * level) <= n)
+
+
 def log_errors(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """``|ln(pred / true)|``; infinite where either is not positive (never inside an interval)."""
     true, pred = np.asarray(true, float), np.asarray(pred, float)
@@ -42,9 +47,9 @@ def log_errors(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(ok, np.abs(np.log(np.where(ok, pred, 1.0) / np.where(ok, true, 1.0))), np.inf)
 
 
-def fit_calibration(predictions: dict, weights_sha256: str, level: float = LEVEL) -> dict:
+def fit_calibration(predictions: dict, level: float = LEVEL) -> dict:
     """The calibration document of a predictions document (``mskdex-predictions``: held-out
-    cases of one model) for the model whose weights have SHA-256 ``weights_sha256``."""
+    cases of the model whose weights' SHA-256 it records)."""
     cases = predictions["cases"]
     objects = {}
     for i, name in enumerate(predictions["objects"]):
@@ -52,18 +57,22 @@ def fit_calibration(predictions: dict, weights_sha256: str, level: float = LEVEL
         for quantity, (true_key, pred_key) in QUANTITIES.items():
             errors = log_errors([c[true_key][i] for c in cases], [c[pred_key][i] for c in cases])
             objects[name][f"{quantity}_log_q"] = conformal_quantile(errors, level)
-    return {"format": FORMAT, "version": VERSION, "level": level, "weights_sha256": weights_sha256,
+    return {"format": FORMAT, "version": VERSION, "level": level,
+            "weights_sha256": predictions["weights_sha256"],
             "method": "split conformal: q = ceil((n + 1) level)-th smallest |ln(pred / true)| "
                       "over the model's held-out cases; interval [p exp(-q), p exp(q)]",
             "held_out_ids": [c["id"] for c in cases], "objects": objects}
 
 
 def write_calibration(run: str | Path, predictions: dict) -> Path:
-    """Write ``run/calibration.json`` from the held-out predictions of the model in ``run``,
-    atomically."""
+    """Write ``run/calibration.json`` from the held-out predictions of the model in ``run``
+    (refused for predictions made by other weights), atomically."""
     run = Path(run)
-    return write_json(run / "calibration.json",
-                      fit_calibration(predictions, file_sha256(run / "model.safetensors")))
+    weights = file_sha256(run / "model.safetensors")
+    if predictions.get("weights_sha256") != weights:
+        raise InputError(f"{run}: the predictions to calibrate with were made by weights "
+                         f"{predictions.get('weights_sha256')!r}, not by this run's ({weights!r})")
+    return write_json(run / "calibration.json", fit_calibration(predictions))
 
 
 def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> dict | None:
@@ -72,19 +81,28 @@ def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> 
     path = Path(run) / "calibration.json"
     if not path.is_file():
         return None
-    doc = read_format_json(path, FORMAT, VERSION, ("level", "weights_sha256", "objects"))
+    doc = read_format_json(path, FORMAT, VERSION, ("level", "weights_sha256", "objects", "held_out_ids"))
     if doc["weights_sha256"] != weights_sha256:
         raise InputError(f"{path}: field 'weights_sha256' is {doc['weights_sha256']!r}, but "
-                         f"model.safetensors has {weights_sha256!r}: it calibrates another model; "
-                         "delete it or re-run `mskdex evaluate`")
+                         f"model.safetensors has {weights_sha256!r}: it calibrates another model (trained "
+                         "on since?); re-run `mskdex evaluate` on the evaluation holding this run (it "
+                         "predicts the held-out cases again) or delete calibration.json")
     objects = doc["objects"]
     if not isinstance(objects, dict) or sorted(objects) != sorted(names) or not all(
-            isinstance(objects[n], dict) and {"volume_log_q", "mass_log_q"} <= set(objects[n]) for n in names):
+            isinstance(objects[n], dict) and all(_is_log_q(objects[n].get(f"{q}_log_q")) for q in QUANTITIES)
+            for n in names):
         raise InputError(f"{path}: field 'objects' must map each of the model's objects {names} to "
-                         "its 'volume_log_q' and 'mass_log_q'")
+                         "its 'volume_log_q' and 'mass_log_q', each null or a finite number >= 0")
     if not (isinstance(doc["level"], float) and 0 < doc["level"] < 1):
         raise InputError(f"{path}: field 'level' must be a coverage between 0 and 1, got {doc['level']!r}")
+    if not isinstance(doc["held_out_ids"], list):
+        raise InputError(f"{path}: field 'held_out_ids' must be a list of case ids")
     return {**doc, "sha256": file_sha256(path)}
+
+
+def _is_log_q(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and math.isfinite(value) and value >= 0)
 
 
 def interval(value: float, log_q: float | None) -> tuple[float | None, float | None]:

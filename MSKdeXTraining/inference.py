@@ -43,7 +43,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .calibration import interval, read_calibration
+from .calibration import interval, min_cases, read_calibration
 from .errors import InputError
 from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
@@ -64,7 +64,7 @@ OOD_FEATURE = 1.5
 MIN_COVERAGE = 0.8
 #: A radiograph is flagged when turning or inverting it raises the Pearson r of its layout with
 #: the training radiographs' mean layout by more than this (a film upside down, sideways or
-#: with bone dark: r 0.89-0.98 upright on the demo's training films, <= 0.73 turned, < 0 inverted).
+#: with bone dark: r 0.89-0.99 upright on the demo's films, <= 0.73 turned, < 0 inverted).
 ORIENTATION_MARGIN = 0.1
 
 
@@ -310,27 +310,45 @@ class Decomposer:
             if reason:
                 reasons.append(reason)
         flag = bool(reasons)
-        if orientation is None:
-            reasons.append("note: the model predates the orientation check (model.json 'ood' lacks "
-                           "layout_mean): a film upside down, turned or with bone dark is not flagged; "
-                           "retrain to add it")
-        if str(source.get("spacing_field", "")).startswith("argument"):
-            reasons.append("note: pixel spacing given by the user, not read from the file "
-                           "(volumes and masses scale with its square)")
-        if "direction" in source:
-            reasons.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
-                           "its pixels were used in their stored order (row 0 at the top): check that the "
-                           "film is upright and not mirrored")
-        if self.calibration is None:
-            reasons.append("note: no calibrated interval: the model's run folder has no calibration.json "
-                           "(`mskdex evaluate` writes one from the model's held-out cases)")
-        if source.get("magnification") is None:
-            problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
-            reasons.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
-                           "(volumes and masses scale with the square of its error); give it "
-                           "with --magnification")
+        reasons += self.notes(source, info, orientation is not None)
         score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
         return OODResult(flag, float(score), reasons, feats)
+
+
+    def notes(self, source: dict, info: dict, orientation_checked: bool) -> list[str]:
+        """What a reader of the result should know besides the flags ("note: ..."): checks
+        not made, values given or assumed, intervals missing or not covering an assumption."""
+        notes = []
+        if not orientation_checked:
+            notes.append("note: the model predates the orientation check (model.json 'ood' lacks "
+                         "layout_mean): a film upside down, turned or with bone dark is not flagged; "
+                         "retrain to add it")
+        beyond = "; the interval does not include this error" if self.calibration else ""
+        if str(source.get("spacing_field", "")).startswith("argument"):
+            notes.append("note: pixel spacing given by the user, not read from the file "
+                         f"(volumes and masses scale with its square{beyond})")
+        if "direction" in source:
+            notes.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
+                         "its pixels were used in their stored order (row 0 at the top): check that the "
+                         "film is upright and not mirrored")
+        if source.get("magnification") is None:
+            problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
+            notes.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
+                         f"(volumes and masses scale with the square of its error{beyond}); give it "
+                         "with --magnification")
+        if self.calibration is None:
+            notes.append("note: no calibrated interval: the model's run folder has no calibration.json "
+                         "(`mskdex evaluate` writes one from the model's held-out cases)")
+        else:
+            level = self.calibration["level"]
+            missing = [n for n, o in self.calibration["objects"].items()
+                       if o["volume_log_q"] is None or o["mass_log_q"] is None]
+            if missing:
+                n, need = len(self.calibration["held_out_ids"]), min_cases(level)
+                why = (f"{n} held-out cases calibrate it, {need} needed" if n < need else
+                       "a held-out case with a prediction or truth <= 0")
+                notes.append(f"note: no {100 * level:.0f} % interval for {', '.join(missing)}: {why}")
+        return notes
 
 
 def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
@@ -349,12 +367,15 @@ def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
     feats = {"layout_r": r, "layout_r_best_other": candidates[best]}
     if candidates[best] <= r + ORIENTATION_MARGIN:
         return "", feats
+    # near ties (a top-bottom flip and a 180-degree turn differ by a left-right mirror): name all
+    close = " or ".join(c for c in sorted(candidates, key=candidates.get, reverse=True)
+                        if candidates[c] >= candidates[best] - 0.02)
     tags = [f"{keyword} {source[k]}" for k, keyword in (
         ("photometric_interpretation", "PhotometricInterpretation"),
         ("presentation_lut_shape", "PresentationLUTShape"),
         ("pixel_intensity_relationship_sign", "PixelIntensityRelationshipSign")) if k in source]
     said = f" (the file says {', '.join(tags)})" if tags and "inverted" in best else ""
-    return (f"the radiograph matches the training radiographs' layout better once {best} (r "
+    return (f"the radiograph matches the training radiographs' layout better once {close} (r "
             f"{candidates[best]:.2f}, as given {r:.2f}){said}: check that it is upright and that "
             "bone is bright", feats)
 
@@ -382,7 +403,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     overwritten (files without ``decomposition.json``, which is written last, are the leftovers
     of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
     sidecar = sidecar_path(path)
-    options = {"pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
+    options = {"table_version": TABLE_VERSION,
+               "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
                "magnification": magnification, "tta": tta, "seed": seed,
                "model_sha256": decomposer.origin.get("weights_sha256"),
                "model_json_sha256": decomposer.origin.get("metadata_sha256"),
@@ -392,7 +414,12 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     done = target / "decomposition.json"  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
         key = {"input_sha256": file_sha256(path), **options}
-        if _recorded_batch_key(done) != key:
+        recorded = _recorded_batch_key(done)
+        if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
+            raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
+                                  f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
+                                  "choose another output folder (--out) or delete it")
+        if recorded != key:
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options; choose another output folder (--out) "
                                   "or delete it")

@@ -48,7 +48,7 @@ OOD_FIELDS = ("feature_mean", "feature_cov", "feature_p99", "intensity_mean", "i
 LAYOUT_GRID = 8
 #: What the orientation check tries on a radiograph (B, 1, H, W): turned or flipped.
 ORIENTATIONS = {
-    "turned upside down": lambda x: x.flip(-2),
+    "flipped top to bottom": lambda x: x.flip(-2),
     "turned 180 degrees": lambda x: x.rot90(2, (-2, -1)),
     "turned 90 degrees clockwise": lambda x: x.rot90(-1, (-2, -1)),
     "turned 90 degrees counter-clockwise": lambda x: x.rot90(1, (-2, -1)),

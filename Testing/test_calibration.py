@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -35,10 +36,10 @@ def test_intervals_cover_new_cases_at_their_level():
     for _ in range(400):
         true = rng.uniform(200, 2000, 40)
         pred = true * np.exp(rng.normal(0, 0.3, 40))
-        doc = {"objects": ["m"], "cases": [{"id": str(i), "volume_true_cm3": [t], "volume_pred_cm3": [p],
-                                            "mass_true_g": [t], "mass_pred_g": [p]}
-                                           for i, (t, p) in enumerate(zip(true[:20], pred[:20]))]}
-        q = fit_calibration(doc, "sha")["objects"]["m"]["mass_log_q"]
+        doc = {"objects": ["m"], "weights_sha256": "sha",
+               "cases": [{"id": str(i), "volume_true_cm3": [t], "volume_pred_cm3": [p], "mass_true_g": [t],
+                          "mass_pred_g": [p]} for i, (t, p) in enumerate(zip(true[:20], pred[:20]))]}
+        q = fit_calibration(doc)["objects"]["m"]["mass_log_q"]
         covered.append(np.mean(np.abs(np.log(pred[20:] / true[20:])) <= q))
     assert 0.88 <= np.mean(covered) <= 0.94  # expected (ceil(21 x 0.9) = 19) / 21 = 0.905
 
@@ -47,12 +48,31 @@ def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
     from MSKdeXTraining.calibration import read_calibration
     from MSKdeXTraining.fileio import write_json
 
-    doc = {"objects": ["m"], "cases": [{"id": "a", "volume_true_cm3": [1.0], "volume_pred_cm3": [1.1],
-                                        "mass_true_g": [1.0], "mass_pred_g": [0.9]}]}
-    write_json(tmp_path / "calibration.json", fit_calibration(doc, "abc"))
+    doc = {"objects": ["m"], "weights_sha256": "abc", "cases": [
+        {"id": "a", "volume_true_cm3": [1.0], "volume_pred_cm3": [1.1], "mass_true_g": [1.0], "mass_pred_g": [0.9]}]}
+    calibration = fit_calibration(doc)
+    write_json(tmp_path / "calibration.json", calibration)
     assert read_calibration(tmp_path, "abc", ["m"])["objects"]["m"]["n"] == 1
     with pytest.raises(InputError, match="calibration.json: field 'weights_sha256' is 'abc'.*another model"):
         read_calibration(tmp_path, "def", ["m"])
     with pytest.raises(InputError, match="calibration.json: field 'objects' must map"):
         read_calibration(tmp_path, "abc", ["m", "n"])
+    for bad in (-0.1, float("inf"), True, "0.2"):  # q is null or a finite number >= 0
+        calibration["objects"]["m"]["mass_log_q"] = bad
+        (tmp_path / "calibration.json").write_text(json.dumps(calibration))
+        with pytest.raises(InputError, match="each null or a finite number >= 0"):
+            read_calibration(tmp_path, "abc", ["m"])
+    del calibration["held_out_ids"]
+    write_json(tmp_path / "calibration.json", calibration)
+    with pytest.raises(InputError, match="held_out_ids"):
+        read_calibration(tmp_path, "abc", ["m"])
     assert read_calibration(tmp_path / "none", "abc", ["m"]) is None
+
+
+def test_calibrating_with_predictions_of_other_weights_is_refused(tmp_path):
+    from MSKdeXTraining.calibration import write_calibration
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(InputError, match="made by weights 'old', not by this run's"):
+        write_calibration(tmp_path, {"weights_sha256": "old", "objects": [], "cases": []})
+    assert not (tmp_path / "calibration.json").exists()

@@ -214,7 +214,7 @@ def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(t
     doc["cases"] = doc["cases"] * 5  # 20 cases: the 0.9 interval is the 19th smallest error
     calibrated = tmp_path / "run"
     shutil.copytree(run, calibrated)
-    write_json(calibrated / "calibration.json", fit_calibration(doc, written["weights_sha256"]))
+    write_json(calibrated / "calibration.json", fit_calibration(doc))
     result = Decomposer.from_run(calibrated).decompose(radiograph, tta=1)
     assert result.model["calibration"]["held_out_cases"] == 20
     for i, row in enumerate(result.table):
@@ -223,4 +223,35 @@ def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(t
         assert row["mass_low_g"] == pytest.approx(row["mass_g"] * np.exp(-errors[18]), rel=1e-12)
         assert row["mass_high_g"] == pytest.approx(row["mass_g"] * np.exp(errors[18]), rel=1e-12)
         assert row["volume_low_cm3"] < row["volume_cm3"] < row["volume_high_cm3"]
-    assert not any("no calibrated interval" in r for r in result.ood.reasons)
+    assert not any("no calibrated interval" in r or "no 90 % interval" in r for r in result.ood.reasons)
+    assert any("magnification unknown" in r and "the interval does not include this error" in r
+               for r in result.ood.reasons)  # an assumed magnification is beyond the held-out errors
+    assert any("no 90 % interval for gluteus_maximus" in r and "4 held-out cases calibrate it, 9 needed" in r
+               for r in Decomposer.from_run(run).decompose(radiograph, tta=1).ood.reasons)
+    from MSKdeXTraining.evaluation.summary import interval_table
+
+    (tmp_path / "fold_0").mkdir()
+    calibrated.rename(tmp_path / "fold_0" / "run")
+    table = interval_table(tmp_path, [0], preds.names)
+    q = json.loads((tmp_path / "fold_0" / "run" / "calibration.json").read_text())["objects"]["femur"]
+    assert table.header == ["object", "mass ×/÷ fold 0", "volume ×/÷ fold 0"]
+    assert table.rows[preds.names.index("femur")][1:] == pytest.approx(np.exp([q["mass_log_q"], q["volume_log_q"]]))
+
+
+def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_predictions(toy, evaluated, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(toy / "eval", out)
+    run = out / "fold_0" / "run"
+    doc = json.loads((out / "fold_0" / "predictions.json").read_text())
+    doc["weights_sha256"] = "0" * 64  # as if the run had been trained on after the predictions
+    doc["cases"][0]["mass_pred_g"][0] += 100.0
+    (out / "fold_0" / "predictions.json").write_text(json.dumps(doc))
+    (run / "calibration.json").unlink()
+    again = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
+    fresh = json.loads((out / "fold_0" / "predictions.json").read_text())
+    assert fresh["weights_sha256"] == json.loads((run / "calibration.json").read_text())["weights_sha256"] != "0" * 64
+    assert again.mass_pred[0, 0] == pytest.approx(doc["cases"][0]["mass_pred_g"][0] - 100.0, rel=1e-6)
+    (run / "model.safetensors").unlink()  # a pruned model: its predictions are still reported
+    (run / "calibration.json").unlink()
+    assert evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0]).ids == again.ids
+    assert not (run / "calibration.json").exists()

@@ -245,6 +245,13 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
         "objects": {n: {"volume_log_q": 0.1, "mass_log_q": 0.2} for n in decomposer.names}})
     with pytest.raises(FileExistsError, match="other input content, settings or model"):
         decompose_files(calibrated, files[1:2], out, tta=2)
+    written = (out / "hip0" / "decomposition.json").read_text()
+    older = json.loads(written)
+    del older["source"]["batch"]["table_version"]  # as decomposition v1 wrote it
+    (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
+    with pytest.raises(FileExistsError, match="another MSKdeX version .*format v1; this one writes v2"):
+        decompose_files(decomposer, files[1:2], out, tta=2)
+    (out / "hip0" / "decomposition.json").write_text(written)
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
     with pytest.raises(FileExistsError, match="hip0.mha"):
         decompose_files(decomposer, files[1:], out, tta=2)

@@ -9,7 +9,8 @@ from pathlib import Path
 from . import pixel_spacing_option, progress_bar
 
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
-        "lean muscle / bone mass (g), uncertainty and an out-of-distribution flag")
+        "lean muscle / bone mass (g), a 90 % interval from the model's held-out errors (calibration.json, "
+        "written by `mskdex evaluate`), the spread over test-time augmentations and an out-of-distribution flag")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="magnification at the patient, SDD / SOD (default: from the file, "
                              "e.g. DICOM (0018,1110)/(0018,1111); else the model's reference, noted)")
     parser.add_argument("--tta", type=int, default=8,
-                        help="test-time augmentations for the uncertainty (1 = none)")
+                        help="test-time augmentations for the TTA SD columns, the model's sensitivity (1 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
     parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
 

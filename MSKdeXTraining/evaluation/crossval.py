@@ -6,7 +6,8 @@ not redone, training continues from its last checkpoint)::
     OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``),
                                    with calibration.json from its held-out cases (intervals)
     OUT/fold_<i>/predictions.json  held-out cases of fold i: true and predicted volume (cm3)
-                                   and mass (g) per object, PSNR/SSIM of the aligned bones
+                                   and mass (g) per object, PSNR/SSIM of the aligned bones,
+                                   the SHA-256 of the weights that made them
     OUT/predictions.csv            all folds, one row per case and object
     OUT/metrics.csv, metrics.md    per object PCC, ICC(2,1), MAE; bone PSNR/SSIM; ANOVA
     OUT/*.png, OUT/report.html     figures and the self-contained report
@@ -135,7 +136,8 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
                       "mass_pred_g": sums[decomposer.drr_types.index("mdrr")].tolist(),
                       "image": image})
         report((m + 1) / len(data.ids), f"predicted {cid}")
-    return {"format": PRED_FORMAT, "version": PRED_VERSION, "run": str(run), "fold": fold,
+    return {"format": PRED_FORMAT, "version": PRED_VERSION, "run": str(run),
+            "weights_sha256": model.origin["weights_sha256"], "fold": fold,
             "objects": decomposer.names, "kinds": decomposer.kinds, "aligned_bones": bones,
             "drr_types": decomposer.drr_types, "units": {"volume": "cm3", "mass": "g", "psnr": "dB"},
             "cases": cases}
@@ -181,12 +183,16 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         key = json.loads(json.dumps({"config": cfg.to_dict(), "k": k, "dataset": manifest_sha,
                                      "test_ids": splits[f][1]}))
         run = out / f"fold_{f}" / "run"
+        weights = run / "model.safetensors"
         if target.is_file():
             doc = read_predictions(target)
             _check_reuse(target, doc.get("evaluation"), key)
-            if not (run / "calibration.json").is_file():  # an evaluation from before calibration
-                write_calibration(run, doc)
-            continue
+            if not weights.is_file():  # the model was removed: its predictions stay, uncalibrated
+                continue
+            if doc.get("weights_sha256") == file_sha256(weights):
+                write_calibration(run, doc)  # (again: the same content, or the first time)
+                continue
+            # else predictions of other weights (trained on since, or not recorded): predict again
         span = 1.0 / len(folds)
         sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
         if (run / "model.json").is_file():

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import FORMAT as CAL_FORMAT, LEVEL, VERSION as CAL_VERSION
-from ..fileio import read_format_json
+from ..calibration import LEVEL, read_calibration
+from ..fileio import file_sha256
 from ..objects import DEFAULT_MUSCLES
 from . import figures
 from .crossval import ROW_HEADER, Predictions, anova, case_images
@@ -63,7 +63,7 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
                                     "Volume", "cm3", out / "scatter_volume.png", preds.folds),
              "Volume: predicted vs ground truth (colour: fold)")]
     run = out / f"fold_{preds.folds[m]}" / "run"
-    if run.is_dir():
+    if (run / "model.safetensors").is_file():  # (not when the fold's model has been removed)
         xray, pred, ref = case_images(run, dataset, preds.ids[m])
         show = [n for n in PANEL_OBJECTS if n in preds.names] or preds.names[:4]
         figs.append((figures.decomposition_figure(
@@ -79,8 +79,13 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
 def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | None:
     """Per object, the interval factors e^q (mass, volume) of each fold's model that has a
     ``calibration.json``; None when none has."""
-    docs = {f: read_format_json(path, CAL_FORMAT, CAL_VERSION) for f in folds
-            if (path := out / f"fold_{f}" / "run" / "calibration.json").is_file()}
+    docs = {}
+    for f in folds:
+        run = out / f"fold_{f}" / "run"
+        if (run / "model.safetensors").is_file():  # checked against the weights, as decompose does
+            doc = read_calibration(run, file_sha256(run / "model.safetensors"), names)
+            if doc is not None:
+                docs[f] = doc
     if not docs:
         return None
     factor = lambda q: float("nan") if q is None else float(np.exp(q))

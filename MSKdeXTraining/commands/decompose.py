@@ -9,7 +9,7 @@ from pathlib import Path
 from . import pixel_spacing_option, progress_bar
 
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
-        "lean muscle / bone mass (g), a 90 %% interval from the model's held-out errors (calibration.json, "
+        "lean muscle / bone mass (g), a 90 % interval from the model's held-out errors (calibration.json, "
         "written by `mskdex evaluate`), the spread over test-time augmentations and an out-of-distribution flag")
 
 

@@ -98,3 +98,13 @@ def test_outputs_never_overwrite_an_input(tmp_path, capsys):
     code = main(["decompose", "--model", str(tmp_path), "--xray", str(xray), "--out", str(out)])
     assert code == 2 and "would overwrite the input" in capsys.readouterr().err
     assert xray.read_bytes() == b"a radiograph"
+
+
+def test_every_command_prints_its_help(capsys):
+    """argparse %-formats help strings: a stray percent sign would crash ``--help``."""
+    from MSKdeXTraining.cli import COMMANDS
+
+    for name in ["", *COMMANDS]:
+        with pytest.raises(SystemExit) as done:
+            main([name, "--help"] if name else ["--help"])
+        assert done.value.code == 0 and "usage: mskdex" in capsys.readouterr().out

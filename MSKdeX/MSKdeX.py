@@ -26,6 +26,7 @@ from MSKdeXTraining.objects import builtin_maps
 from MSKdeXLib.dependencies import TORCH_MISSING, ensure_requirements, ensure_torch, torch_available
 from MSKdeXLib.pose_nodes import ACCEPTED_ATTRIBUTE, pose_from_transform_node, pose_node_name
 from MSKdeXLib.progress import Cancelled, ProgressRelay
+from MSKdeXLib.results_table import ood_text
 from MSKdeXLib.sample_data import example_ct_source
 
 DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
@@ -288,8 +289,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Decompose the radiograph: layers per object and type, results table and bar chart."""
         def work(progress: ProgressRelay) -> None:
             out = self.logic.decompose(self._parameterNode, progress)
-            ood = out.decomposition.ood
-            self.ui.oodLabel.text = ("Out of distribution: " + "; ".join(ood.reasons)) if ood.flag else "In distribution."
+            self.ui.oodLabel.text = ood_text(out.decomposition.ood)
             self.logic.showResults(self._parameterNode, out)
 
         self._runWork("Decomposing", work)

@@ -105,6 +105,17 @@ class OODResult:
     reasons: list[str]
     features: dict[str, float] = field(default_factory=dict)
 
+    def split(self) -> tuple[list[str], list[str]]:
+        """(the reasons for the flag, the notes without their "note: " prefix)."""
+        return split_notes(self.reasons)
+
+
+def split_notes(reasons: list[str]) -> tuple[list[str], list[str]]:
+    """A result's ``reasons`` as (flags, notes): notes (assumed or given values, checks not made,
+    missing intervals) start with "note: " and accompany flagged and unflagged results alike."""
+    return ([r for r in reasons if not r.startswith("note: ")],
+            [r.removeprefix("note: ") for r in reasons if r.startswith("note: ")])
+
 
 #: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names):
 #: value, calibrated interval (low, high; empty without calibration) and TTA SD.

@@ -33,7 +33,7 @@ from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, stack_from_layer
 from MSKdeXLib.pipeline import Pipeline  # noqa: E402
 from MSKdeXLib.pose_nodes import pose_from_transform_node, pose_to_transform_node  # noqa: E402
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
-from MSKdeXLib.results_table import COLUMNS, table_rows  # noqa: E402
+from MSKdeXLib.results_table import COLUMNS, ood_text, table_rows  # noqa: E402
 from MSKdeXLib.scene_io import load_scene, save_scene  # noqa: E402
 from MSKdeXLib.segmentation_nodes import label_names, labels_from_segmentation, labels_to_segmentation  # noqa: E402
 from MSKdeXLib.volume_nodes import volume_from_node, volume_to_node  # noqa: E402
@@ -303,6 +303,9 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
     assert out.chart.GetNthPlotSeriesNode(0).GetYColumnName() == "mass_g"
     assert out.table.GetAttribute("MSKdeX.OOD") == ("1" if result.ood.flag else "0")
     assert result.ood.flag, "a child's DICOM covering 68 % of the toy model's field of view is out of distribution"
+    text = ood_text(result.ood)  # the panel's verdict: the flag's reasons, then each note on its line
+    assert text.startswith("Out of distribution: ") and "field of view" in text.splitlines()[0]
+    assert "\nNote: no calibrated interval" in text and "note:" not in text.splitlines()[0]
     area = result.geometry.pixel_area_cm2
     for row in rows:
         vdrr = volume_from_node(out.layers[(row["object"], "vdrr")]).array

@@ -90,6 +90,14 @@ def results_chart(table_node, scene, name: str, column: str = "mass_g", node=Non
     return node
 
 
+def ood_text(ood) -> str:
+    """The out-of-distribution verdict of a decomposition (an ``OODResult``) for the panel: the
+    flag's reasons, then every note (assumed values, checks not made, missing intervals)."""
+    flags, notes = ood.split()
+    text = ("Out of distribution: " + "; ".join(flags)) if ood.flag else "In distribution."
+    return text + "".join(f"\nNote: {n}" for n in notes)
+
+
 def write_csv(rows: Sequence[Mapping], path: str | Path, ood: bool) -> Path:
     """Write the rows (e.g. :func:`table_rows` of a results table) as ``mskdex decompose``
     writes its CSV (:func:`~MSKdeXTraining.inference.write_table_csv`), atomically."""

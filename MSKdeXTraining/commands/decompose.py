@@ -111,9 +111,10 @@ def _format(table: list[dict], level: float | None) -> str:
 def _print_ood(name: str, flag: bool, reasons: list[str]) -> None:
     """The out-of-distribution warning (its reasons) and, flagged or not, the notes (assumed or
     user-given spacing and magnification, which scale the results)."""
-    notes = [r.removeprefix("note: ") for r in reasons if r.startswith("note:")]
+    from ..inference import split_notes
+
+    flags, notes = split_notes(reasons)
     if flag:
-        print(f"WARNING {name}: out-of-distribution - "
-              + "; ".join(r for r in reasons if not r.startswith("note:")), file=sys.stderr)
+        print(f"WARNING {name}: out-of-distribution - " + "; ".join(flags), file=sys.stderr)
     for note in notes:
         print(f"NOTE {name}: {note}", file=sys.stderr)

@@ -24,7 +24,7 @@ FORMAT = "mskdex-calibration"
 VERSION = 1
 #: Coverage of the intervals.
 LEVEL = 0.9
-QUANTITIES = {"volume": ("volume_true_cm3", "volume_pred_cm3"), "mass": ("mass_true_g", "mass_pred_g")}
+QUANTITIES = {"mass": ("mass_true_g", "mass_pred_g"), "volume": ("volume_true_cm3", "volume_pred_cm3")}
 
 
 def conformal_quantile(errors: np.ndarray, level: float = LEVEL) -> float | None:
@@ -93,8 +93,8 @@ def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> 
             for n in names):
         raise InputError(f"{path}: field 'objects' must map each of the model's objects {names} to "
                          "its 'volume_log_q' and 'mass_log_q', each null or a finite number >= 0")
-    if not (isinstance(doc["level"], float) and 0 < doc["level"] < 1):
-        raise InputError(f"{path}: field 'level' must be a coverage between 0 and 1, got {doc['level']!r}")
+    if not (isinstance(doc["level"], float) and 0.5 <= doc["level"] <= 0.99):
+        raise InputError(f"{path}: field 'level' must be a coverage from 0.5 to 0.99, got {doc['level']!r}")
     if not isinstance(doc["held_out_ids"], list):
         raise InputError(f"{path}: field 'held_out_ids' must be a list of case ids")
     return {**doc, "sha256": file_sha256(path)}

@@ -16,7 +16,7 @@ import sys
 from .errors import InputError
 
 #: Subcommands in the order a user meets them.
-COMMANDS = ("drr", "cohort", "register", "prepare", "train", "decompose", "evaluate",
+COMMANDS = ("drr", "cohort", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
             "ablation", "demo")
 
 

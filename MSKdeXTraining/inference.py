@@ -346,10 +346,12 @@ class Decomposer:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             notes.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
                          f"(volumes and masses scale with the square of its error{beyond}); give it "
-                         "with --magnification")
+                         "(--magnification; in Slicer: Magnification)")
         if self.calibration is None:
             notes.append("note: no calibrated interval: the model's run folder has no calibration.json "
-                         "(`mskdex evaluate` writes one from the model's held-out cases)")
+                         "(`mskdex calibrate` writes one for a model trained with --fold k/K, from the "
+                         "cases it held out; `mskdex evaluate`'s fold models have one; a model trained on "
+                         "every case cannot have one)")
         else:
             level = self.calibration["level"]
             missing = [n for n, o in self.calibration["objects"].items()
@@ -357,7 +359,7 @@ class Decomposer:
             if missing:
                 n, need = len(self.calibration["held_out_ids"]), min_cases(level)
                 why = (f"{n} held-out cases calibrate it, {need} needed" if n < need else
-                       "a held-out case with a prediction or truth <= 0")
+                       "held-out cases with a prediction or truth <= 0")
                 notes.append(f"note: no {100 * level:.0f} % interval for {', '.join(missing)}: {why}")
         return notes
 
@@ -386,9 +388,9 @@ def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
         ("presentation_lut_shape", "PresentationLUTShape"),
         ("pixel_intensity_relationship_sign", "PixelIntensityRelationshipSign")) if k in source]
     said = f" (the file says {', '.join(tags)})" if tags and "inverted" in best else ""
-    return (f"the radiograph matches the training radiographs' layout better once {close} (r "
-            f"{candidates[best]:.2f}, as given {r:.2f}){said}: check that it is upright and that "
-            "bone is bright", feats)
+    return (f"the film matches the training films' layout better after this correction: {close} "
+            f"(correlation {candidates[best]:.2f}, as given {r:.2f}){said}; check that it is upright "
+            "and that bone is bright", feats)
 
 
 def output_names(inputs: list[Path]) -> list[str]:
@@ -431,9 +433,10 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                                   f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
                                   "choose another output folder (--out) or delete it")
         if recorded != key:
+            changed = ", ".join(k for k in key if (recorded or {}).get(k) != key[k]) or "unreadable record"
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
-                                  f"than {path} with these options; choose another output folder (--out) "
-                                  "or delete it")
+                                  f"than {path} with these options (differs in: {changed}); choose another "
+                                  "output folder (--out) or delete it")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
     result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification), tta=tta, seed=seed)
@@ -472,6 +475,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
 def _recorded_batch_key(table: Path) -> dict | None:
     """What a batch result was made from (``source.batch``), None if unreadable."""
     try:
-        return json.loads(table.read_text())["source"]["batch"]
+        key = json.loads(table.read_text())["source"]["batch"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return key if isinstance(key, dict) else None

@@ -84,9 +84,12 @@ def _as_radiograph(x, geometry):
 def test_resume_keeps_finished_folds(toy, evaluated):
     out, preds = evaluated
     model = out / "fold_0" / "run" / "model.safetensors"
-    stamp = model.stat().st_mtime_ns
+    stamp, predicted = model.stat().st_mtime_ns, (out / "fold_0" / "predictions.json").stat().st_mtime_ns
+    (out / "fold_0" / "run" / "calibration.json").unlink()  # as an evaluation from before calibration
     again = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
-    assert model.stat().st_mtime_ns == stamp
+    assert model.stat().st_mtime_ns == stamp  # neither trained ...
+    assert (out / "fold_0" / "predictions.json").stat().st_mtime_ns == predicted  # ... nor predicted again
+    assert (out / "fold_0" / "run" / "calibration.json").is_file()  # but calibrated
     np.testing.assert_array_equal(again.mass_pred, preds.mass_pred)
     assert load_predictions(out).ids == preds.ids
     # another K, config or fold split is refused, never answered with the old fold's results
@@ -255,3 +258,22 @@ def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_pred
     (run / "calibration.json").unlink()
     assert evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0]).ids == again.ids
     assert not (run / "calibration.json").exists()
+
+
+def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out_cases(toy, evaluated, tmp_path,
+                                                                                      capsys):
+    from MSKdeXTraining.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated[0] / "fold_0" / "run", run)
+    (run / "calibration.json").unlink()
+    assert main(["calibrate", "--model", str(run), "--data", str(toy / "data")]) == 0
+    assert "4 held-out cases" in capsys.readouterr().out
+    mine = json.loads((run / "calibration.json").read_text())
+    theirs = json.loads((evaluated[0] / "fold_0" / "run" / "calibration.json").read_text())
+    assert mine["objects"] == theirs["objects"] and mine["weights_sha256"] == theirs["weights_sha256"]
+    meta = json.loads((run / "model.json").read_text())
+    meta["split"]["test_ids"] = []  # trained on every case
+    (run / "model.json").write_text(json.dumps(meta))
+    assert main(["calibrate", "--model", str(run), "--data", str(toy / "data")]) == 2
+    assert "holds no held-out cases" in capsys.readouterr().err

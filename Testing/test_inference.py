@@ -141,7 +141,7 @@ def test_orientation_check_flags_a_turned_or_inverted_film(trained, decomposer, 
         film = Radiograph(np.ascontiguousarray(change(upright.array)), upright.pixel_spacing,
                           {**upright.source, "presentation_lut_shape": "INVERSE"})
         ood = decomposer.decompose(film, tta=1).ood
-        assert ood.flag and any("better once" in r and said in r for r in ood.reasons), ood.reasons
+        assert ood.flag and any("better after this correction" in r and said in r for r in ood.reasons), ood.reasons
         assert ood.features["layout_r_best_other"] > ood.features["layout_r"] + ORIENTATION_MARGIN
     assert any("PresentationLUTShape INVERSE" in r for r in ood.reasons)  # the polarity tags are quoted
     old = tmp_path / "old"  # a model trained before the check: not flagged, and the result says so
@@ -151,7 +151,7 @@ def test_orientation_check_flags_a_turned_or_inverted_film(trained, decomposer, 
     (old / "model.json").write_text(json.dumps(meta))
     reasons = Decomposer.from_run(old).decompose(film, tta=1).ood.reasons
     assert any("predates the orientation check" in r for r in reasons)
-    assert not any("better once" in r for r in reasons)
+    assert not any("better after this correction" in r for r in reasons)
 
 
 def test_write_and_batch_resume(trained, decomposer, tmp_path):
@@ -243,7 +243,8 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     calibrated = Decomposer(decomposer.model, calibration={  # the run got a calibration.json since
         "sha256": "c" * 64, "level": 0.9, "held_out_ids": ["a"] * 9,
         "objects": {n: {"volume_log_q": 0.1, "mass_log_q": 0.2} for n in decomposer.names}})
-    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+    with pytest.raises(FileExistsError, match="other input content, settings or model .*differs in: "
+                                              "calibration_sha256\\)"):
         decompose_files(calibrated, files[1:2], out, tta=2)
     written = (out / "hip0" / "decomposition.json").read_text()
     older = json.loads(written)

@@ -76,6 +76,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
         assert float(r["mass_g"]) == pytest.approx(e["mass_g"], rel=1e-9, abs=1e-12)
         assert float(r["mass_sd_g"]) == pytest.approx(e["mass_sd_g"], rel=1e-9, abs=1e-12)
     assert (tmp_path / "scene" / "mskdex.mrml").is_file()
+    assert "mskdex_batch: note: no calibrated interval" in proc.stderr  # notes are printed, flagged or not
     assert "wrote" in proc.stdout and "100%" in proc.stdout
 
 

@@ -302,6 +302,8 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
     assert out.table.GetColumnUnitLabel("mass_sd_g") == "g"
     assert out.chart.GetNthPlotSeriesNode(0).GetYColumnName() == "mass_g"
     assert out.table.GetAttribute("MSKdeX.OOD") == ("1" if result.ood.flag else "0")
+    assert out.table.GetAttribute("MSKdeX.IntervalLevel") == ""  # the tiny model has no calibration
+    assert out.table.GetColumnTitle("mass_high_g") == "Mass 90 % high (g)"
     assert result.ood.flag, "a child's DICOM covering 68 % of the toy model's field of view is out of distribution"
     text = ood_text(result.ood)  # the panel's verdict: the flag's reasons, then each note on its line
     assert text.startswith("Out of distribution: ") and "field of view" in text.splitlines()[0]

@@ -186,5 +186,7 @@ class Pipeline:
         table.SetAttribute("MSKdeX.OOD", "1" if result.ood.flag else "0")
         table.SetAttribute("MSKdeX.OODReasons", "; ".join(result.ood.reasons))
         table.SetAttribute("MSKdeX.Model", str(model.resolve()))
+        calibration = result.model["calibration"]  # the interval columns' level, or none
+        table.SetAttribute("MSKdeX.IntervalLevel", "" if calibration is None else str(calibration["level"]))
         chart = results_chart(table, self.scene, CHART_NAME, node=self.scene.GetFirstNodeByName(CHART_NAME))
         return DecomposeOutput(result, layers, table, chart)

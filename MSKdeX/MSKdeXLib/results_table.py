@@ -15,20 +15,24 @@ from pathlib import Path
 
 import slicer
 
+from MSKdeXTraining.calibration import LEVEL
 from MSKdeXTraining.errors import InputError
 
 from .table_nodes import add_number_column, add_text_column, empty_table
 
 #: (column, title, unit, description) of the numeric columns, in order.
-_INTERVAL = "of the calibrated prediction interval (from the model's held-out errors)"
+_LEVEL = f"{100 * LEVEL:.0f} %"
+_INTERVAL = (f"of the {_LEVEL} prediction interval (calibrated on the model's held-out cases; marginal "
+             "over patients; not for an out-of-distribution film; without the error of an assumed "
+             "magnification or a pixel spacing given by hand)")
 NUMERIC_COLUMNS = (
     ("volume_cm3", "Volume", "cm3", "Object volume estimated from its VDRR"),
-    ("volume_low_cm3", "Volume low", "cm3", f"Lower end {_INTERVAL} of the volume"),
-    ("volume_high_cm3", "Volume high", "cm3", f"Upper end {_INTERVAL} of the volume"),
+    ("volume_low_cm3", f"Volume {_LEVEL} low", "cm3", f"Lower end {_INTERVAL} of the volume"),
+    ("volume_high_cm3", f"Volume {_LEVEL} high", "cm3", f"Upper end {_INTERVAL} of the volume"),
     ("volume_sd_cm3", "Volume TTA SD", "cm3", "Spread of the volume over test-time augmentations"),
     ("mass_g", "Mass (lean muscle / bone)", "g", "Lean muscle mass (muscles) or bone mass (bones) from the MDRR"),
-    ("mass_low_g", "Mass low", "g", f"Lower end {_INTERVAL} of the mass"),
-    ("mass_high_g", "Mass high", "g", f"Upper end {_INTERVAL} of the mass"),
+    ("mass_low_g", f"Mass {_LEVEL} low", "g", f"Lower end {_INTERVAL} of the mass"),
+    ("mass_high_g", f"Mass {_LEVEL} high", "g", f"Upper end {_INTERVAL} of the mass"),
     ("mass_sd_g", "Mass TTA SD", "g", "Spread of the mass over test-time augmentations"),
 )
 TEXT_COLUMNS = ("object", "kind")

@@ -78,8 +78,11 @@ def run(argv: list[str]) -> int:
         if args.scene is not None:
             save_scene(scene, args.scene, "mskdex")
         ood = out.decomposition.ood
+        flags, notes = ood.split()
         if ood.flag:
-            print("mskdex_batch: warning: out of distribution: " + "; ".join(ood.reasons), file=sys.stderr)
+            print("mskdex_batch: warning: out of distribution: " + "; ".join(flags), file=sys.stderr)
+        for note in notes:
+            print(f"mskdex_batch: note: {note}", file=sys.stderr)
         print(f"mskdex_batch: wrote {args.out} ({len(out.decomposition.table)} objects)")
         return EXIT_OK
     except input_errors as e:

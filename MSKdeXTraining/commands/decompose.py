@@ -92,17 +92,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _format(table: list[dict], level: float | None) -> str:
     def span(low: float | None, high: float | None) -> str:
-        return f"{'-':>15s}" if low is None else f"{f'{low:.0f}-{high:.0f}':>15s}"
+        return f"{'-':>15s}" if low is None else f"{f'{low:.1f}-{high:.1f}':>15s}"
 
-    lines = [f"{'object':22s} {'kind':6s} {'volume cm3':>10s} {'interval':>15s} {'TTA SD':>7s}"
-             f" {'mass g':>9s} {'interval':>15s} {'TTA SD':>7s}"]
+    head = f"{100 * level:.0f} % interval" if level else "interval"
+    lines = [f"{'object':22s} {'kind':6s} {'volume cm3':>10s} {head:>15s} {'TTA SD':>7s}"
+             f" {'mass g':>9s} {head:>15s} {'TTA SD':>7s}"]
     for r in table:
         lines.append(f"{r['object']:22s} {r['kind']:6s} {r['volume_cm3']:10.1f} "
                      f"{span(r['volume_low_cm3'], r['volume_high_cm3'])} {r['volume_sd_cm3']:7.1f}"
                      f" {r['mass_g']:9.1f} {span(r['mass_low_g'], r['mass_high_g'])} {r['mass_sd_g']:7.1f}")
-    lines.append(f"interval: {100 * level:.0f} % prediction interval from the model's held-out errors "
-                 "(calibration.json), valid for radiographs like those, not for flagged ones"
-                 if level else "interval: none (the model has no calibration.json; `mskdex evaluate` writes one)")
+    lines.append(f"interval: {100 * level:.0f} % prediction interval calibrated on the model's held-out cases "
+                 "(calibration.json): marginal over patients, not for flagged films, without the error of an "
+                 "assumed magnification or a hand-given spacing (see the notes)"
+                 if level else "interval: none (the model has no calibration.json: see the note)")
     lines.append("TTA SD: spread over the test-time augmentations (--tta), the model's sensitivity, "
                  "not an error bar (docs/evaluation.md)")
     return "\n".join(lines)
@@ -110,7 +112,7 @@ def _format(table: list[dict], level: float | None) -> str:
 
 def _print_ood(name: str, flag: bool, reasons: list[str]) -> None:
     """The out-of-distribution warning (its reasons) and, flagged or not, the notes (assumed or
-    user-given spacing and magnification, which scale the results)."""
+    user-given values, checks not made, missing intervals)."""
     from ..inference import split_notes
 
     flags, notes = split_notes(reasons)

@@ -1,7 +1,8 @@
 """K-fold cross-validation by patient (paper Sec. 3): train, predict held-out cases, score.
 
-Layout written by :func:`evaluate` (every stage resumable: a fold whose predictions exist is
-not redone, training continues from its last checkpoint)::
+Layout written by :func:`evaluate` (every stage resumable: a fold whose predictions exist and
+were made by its model's present weights is not redone, training continues from its last
+checkpoint)::
 
     OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``),
                                    with calibration.json from its held-out cases (intervals)
@@ -143,6 +144,25 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
             "cases": cases}
 
 
+def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None) -> Path:
+    """Write ``run/calibration.json`` from the model's held-out cases (``model.json`` split
+    ``test_ids``, trained with ``--fold k/K``) of the prepared dataset it was trained on."""
+    from ..modelio import check_dataset, read_meta
+    from ..training.data import read_manifest
+
+    run, dataset = Path(run), Path(dataset)
+    meta = read_meta(run)
+    split = meta.get("split") if isinstance(meta.get("split"), dict) else {}
+    ids = split.get("test_ids") or []
+    if not ids:
+        raise InputError(f"{run / 'model.json'}: field 'split' holds no held-out cases (test_ids): the "
+                         "model was trained on every case, so nothing can calibrate its intervals; train "
+                         "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
+    check_dataset(meta, read_manifest(dataset), str(run / "model.json"))
+    return write_calibration(run, predict_cases(run, dataset, ids, fold=split.get("fold") or 0,
+                                                progress=progress))
+
+
 def read_predictions(path: Path) -> dict:
     """Read a predictions document, checking its format and version."""
     return read_format_json(path, PRED_FORMAT, PRED_VERSION)
@@ -160,9 +180,11 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
               k: int = 4, folds: list[int] | None = None,
               progress: Progress | None = None) -> Predictions:
     """Train and predict the folds ``folds`` (default all ``k``) of a K-fold split by patient
-    (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept, an
-    interrupted training continues from its last checkpoint. A fold folder made with another
-    config, K, dataset or split is refused, never reused. Returns the predictions."""
+    (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept (its
+    held-out cases are predicted again if its model's weights changed since), an interrupted
+    training continues from its last checkpoint. A fold folder made with another config, K,
+    dataset or split is refused, never reused. Each fold model gets its ``calibration.json``.
+    Returns the predictions."""
     from ..training.config import load_config
     from ..training.data import read_manifest, split_folds
     from ..training.checkpoint import latest_checkpoint
@@ -183,16 +205,8 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         key = json.loads(json.dumps({"config": cfg.to_dict(), "k": k, "dataset": manifest_sha,
                                      "test_ids": splits[f][1]}))
         run = out / f"fold_{f}" / "run"
-        weights = run / "model.safetensors"
-        if target.is_file():
-            doc = read_predictions(target)
-            _check_reuse(target, doc.get("evaluation"), key)
-            if not weights.is_file():  # the model was removed: its predictions stay, uncalibrated
-                continue
-            if doc.get("weights_sha256") == file_sha256(weights):
-                write_calibration(run, doc)  # (again: the same content, or the first time)
-                continue
-            # else predictions of other weights (trained on since, or not recorded): predict again
+        if target.is_file() and _finished(target, run, key):
+            continue
         span = 1.0 / len(folds)
         sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
         if (run / "model.json").is_file():
@@ -209,6 +223,22 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         write_json(target, {**doc, "evaluation": key})
     report(1.0, "folds done")
     return Predictions.from_json([read_predictions(out / f"fold_{f}" / "predictions.json") for f in folds])
+
+
+def _finished(target: Path, run: Path, key: dict) -> bool:
+    """Whether a fold's predictions (``target``, made with the same ``key`` or refused) can be
+    kept: made by the model's present weights (then calibrated, again or for the first time) or
+    the model was removed since (kept uncalibrated). False: predict again (the model was
+    trained on since, or the predictions predate the record of its weights)."""
+    doc = read_predictions(target)
+    _check_reuse(target, doc.get("evaluation"), key)
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        return True
+    if doc.get("weights_sha256") != file_sha256(weights):
+        return False
+    write_calibration(run, doc)
+    return True
 
 
 def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import LEVEL, read_calibration
+from ..calibration import LEVEL, QUANTITIES, read_calibration
 from ..fileio import file_sha256
 from ..objects import DEFAULT_MUSCLES
 from . import figures
@@ -44,7 +44,9 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
                f"mean lean-density PCC: {preds.mean_muscle_pcc('density'):.3f}.")
     sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
     intervals = interval_table(out, folds, preds.names)
-    if intervals is not None:
+    if intervals is None:
+        (out / "intervals.csv").unlink(missing_ok=True)  # from an earlier run whose models are gone
+    else:
         write_csv(out / "intervals.csv", intervals)
         sections.append(Section(
             "Prediction intervals", "What `mskdex decompose` reports with each fold's model: the "
@@ -89,8 +91,8 @@ def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | Non
     if not docs:
         return None
     factor = lambda q: float("nan") if q is None else float(np.exp(q))
-    header = ["object"] + [f"{q} ×/÷ fold {f}" for q in ("mass", "volume") for f in docs]
-    rows = [[n] + [factor(docs[f]["objects"][n][f"{q}_log_q"]) for q in ("mass", "volume") for f in docs]
+    header = ["object"] + [f"{q} ×/÷ fold {f}" for q in QUANTITIES for f in docs]
+    rows = [[n] + [factor(docs[f]["objects"][n][f"{q}_log_q"]) for q in QUANTITIES for f in docs]
             for n in names]
     return Table(header, rows, digits={h: 2 for h in header[1:]})
 

@@ -1,0 +1,33 @@
+"""``mskdex calibrate``: the prediction intervals of a model from its held-out cases."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import progress_bar
+
+HELP = ("Calibrate a model's prediction intervals: predict the cases it held out (trained with "
+        "--fold k/K) and write RUN/calibration.json, which decompose turns into 90 % intervals")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="model run folder (mskdex train --fold k/K)")
+    parser.add_argument("--data", required=True, type=Path, help="the prepared dataset it was trained on")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import math
+
+    from ..evaluation.crossval import calibrate_run
+
+    with progress_bar("calibrate") as bar:
+        path = calibrate_run(args.model, args.data, progress=bar)
+    doc = json.loads(path.read_text())
+    print(f"wrote {path}: {len(doc['held_out_ids'])} held-out cases; {100 * doc['level']:.0f} % interval "
+          "of a prediction p: p ×/÷ f")
+    factor = lambda q: "n/a (too few cases)" if q is None else f"f = {math.exp(q):.2f}"
+    for name, o in doc["objects"].items():
+        print(f"  {name:22s} mass {factor(o['mass_log_q']):>20s}   volume {factor(o['volume_log_q']):>20s}")
+    return 0

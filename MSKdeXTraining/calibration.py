@@ -1,7 +1,7 @@
 """Calibrated prediction intervals from a model's held-out errors (split conformal prediction).
 
 ``mskdex evaluate`` writes ``RUN/calibration.json`` (format ``mskdex-calibration`` v1) for each
-fold's model from its held-out cases: per object and quantity (volume, mass) the conformal
+fold's model from its held-out cases, ``mskdex calibrate`` for a model trained with ``--fold``: per object and quantity (volume, mass) the conformal
 quantile ``q`` of the log error ``|ln(predicted / true)|`` at :data:`LEVEL`. A new prediction
 ``p`` then has the interval ``[p e^-q, p e^q]``, which holds the truth with probability at least
 :data:`LEVEL` for a radiograph drawn like the held-out ones (Vovk et al. 2005; Angelopoulos &
@@ -85,8 +85,8 @@ def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> 
     if doc["weights_sha256"] != weights_sha256:
         raise InputError(f"{path}: field 'weights_sha256' is {doc['weights_sha256']!r}, but "
                          f"model.safetensors has {weights_sha256!r}: it calibrates another model (trained "
-                         "on since?); re-run `mskdex evaluate` on the evaluation holding this run (it "
-                         "predicts the held-out cases again) or delete calibration.json")
+                         "on since?); re-run `mskdex calibrate` (or `mskdex evaluate` on the evaluation "
+                         "holding this run), which predicts its held-out cases again, or delete calibration.json")
     objects = doc["objects"]
     if not isinstance(objects, dict) or sorted(objects) != sorted(names) or not all(
             isinstance(objects[n], dict) and all(_is_log_q(objects[n].get(f"{q}_log_q")) for q in QUANTITIES)

@@ -2,10 +2,11 @@
 
 Columns (as in the backend's CSV): ``object``, ``kind`` (muscle/bone), ``volume_cm3`` with
 its calibrated interval ``volume_low_cm3`` / ``volume_high_cm3`` (NaN when the model has no
-calibration, or for an object with too few held-out cases) and ``volume_sd_cm3``, ``mass_g`` (lean mass for muscles, bone mass for bones)
-with ``mass_low_g`` / ``mass_high_g`` and ``mass_sd_g`` (the SDs are the spread over
-test-time augmentations). Each numeric column carries its unit (``cm3``/``g``), a title and a
-description, which Slicer saves in the table's schema file.
+calibration, or for an object with too few held-out cases) and ``volume_sd_cm3``, ``mass_g``
+(lean mass for muscles, bone mass for bones) with ``mass_low_g`` / ``mass_high_g`` and
+``mass_sd_g`` (the SDs are the spread over test-time augmentations). Each numeric column
+carries its unit (``cm3``/``g``), a title and a description, which Slicer saves in the
+table's schema file.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .calibration import interval, min_cases, read_calibration
+from .calibration import QUANTITIES, interval, min_cases, read_calibration
 from .errors import InputError
 from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
@@ -355,7 +355,7 @@ class Decomposer:
         else:
             level = self.calibration["level"]
             missing = [n for n, o in self.calibration["objects"].items()
-                       if o["volume_log_q"] is None or o["mass_log_q"] is None]
+                       if any(o[f"{q}_log_q"] is None for q in QUANTITIES)]
             if missing:
                 n, need = len(self.calibration["held_out_ids"]), min_cases(level)
                 why = (f"{n} held-out cases calibrate it, {need} needed" if n < need else

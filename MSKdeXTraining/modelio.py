@@ -228,9 +228,9 @@ class LoadedModel:
         z_std = np.abs(x.std(1) - stats["intensity_std"][0]) / stats["intensity_std"][1]
         scores = {"feature_score": maha / stats["feature_p99"], "intensity_z": np.maximum(z_mean, z_std)}
         if "layout_mean" in stats:
-            mean_layout, grid = torch.tensor(stats["layout_mean"]), stats["layout_grid"]
+            mean_layout, grid, films = torch.tensor(stats["layout_mean"]), stats["layout_grid"], xray.cpu()
             for name, turn in {"r": lambda x: x, **ORIENTATIONS}.items():
-                scores[f"layout_{name}"] = layout_correlation(layout(turn(xray.cpu()), grid), mean_layout).numpy()
+                scores[f"layout_{name}"] = layout_correlation(layout(turn(films), grid), mean_layout).numpy()
         return scores
 
 

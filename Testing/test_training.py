@@ -197,8 +197,12 @@ def test_cli_runs_in_process(dataset, tmp_path, capsys):
                               "--set", *[f"{k}={json.dumps(v)}" for k, v in TINY.items()], "epochs=1",
                               "--device", "cpu"])
     assert train_cmd.run(args) == 0
-    assert "model written" in capsys.readouterr().out
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["split"]["fold"] == [1, 3]
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert "model written" in out and meta["split"]["fold"] == [1, 3]
+    # the held-out fold calibrated the model's intervals
+    calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert calibration["held_out_ids"] == meta["split"]["test_ids"] and "held-out cases" in out
     with pytest.raises(argparse.ArgumentTypeError, match="k/K"):
         train_cmd.parse_fold("3/3")
 

@@ -17,17 +17,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import math
-
     from ..evaluation.crossval import calibrate_run
 
     with progress_bar("calibrate") as bar:
         path = calibrate_run(args.model, args.data, progress=bar)
-    doc = json.loads(path.read_text())
+    print_calibration(path)
+    return 0
+
+
+def print_calibration(path: Path) -> None:
+    """Print a calibration file's interval factors, per object."""
+    import json
+    import math
+
+    doc = json.loads(Path(path).read_text())
     print(f"wrote {path}: {len(doc['held_out_ids'])} held-out cases; {100 * doc['level']:.0f} % interval "
           "of a prediction p: p ×/÷ f")
     factor = lambda q: "n/a (too few cases)" if q is None else f"f = {math.exp(q):.2f}"
     for name, o in doc["objects"].items():
         print(f"  {name:22s} mass {factor(o['mass_log_q']):>20s}   volume {factor(o['volume_log_q']):>20s}")
-    return 0

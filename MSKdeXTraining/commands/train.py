@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from . import progress_bar
@@ -29,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset folder (mskdex prepare)")
     parser.add_argument("--out", type=Path, required=True, help="run folder to write (model + checkpoints)")
     parser.add_argument("--fold", type=parse_fold, default=None, metavar="k/K",
-                        help="train on all folds but k of a K-fold split by patient (k from 0)")
+                        help="train on all folds but k of a K-fold split by patient (k from 0); the held-out "
+                             "fold then calibrates the model's prediction intervals (calibration.json)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. epochs=10 lambda_is=0 bone_loss=false")
@@ -47,4 +49,11 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("training") as progress:
         out = train(config, args.data, args.out, fold=args.fold, resume=args.resume, progress=progress)
     print(f"model written to {out / 'model.safetensors'} (+ model.json)")
+    if args.fold is not None and os.environ.get("RANK", "0") == "0":
+        # the held-out cases calibrate the model's prediction intervals (as `mskdex calibrate`)
+        from ..evaluation.crossval import calibrate_run
+        from .calibrate import print_calibration
+
+        with progress_bar("calibrate") as bar:
+            print_calibration(calibrate_run(out, args.data, progress=bar))
     return 0

@@ -20,7 +20,9 @@ Per case (docs/formats.md, "Prepared dataset v2"):
 Sharding: shard ``i`` of ``n`` takes the cases whose index in ``cohort.json`` is ``i`` modulo
 ``n``. Every run rebuilds ``manifest.json`` from the case entries once all cases have one, so
 the last shard to finish writes it; :func:`merge_manifest` does the same on demand.
-``prepare.json`` records the settings; a run with other settings into the same folder is refused.
+``prepare.json`` records the settings and the cohort (its ``cohort.json``'s SHA-256, and where it
+was last read from); a run with other settings or another cohort into the same folder is
+refused, while a cohort and dataset moved elsewhere resume.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import atomic_path, read_format_json, read_json_object, write_json
+from .fileio import atomic_path, file_sha256, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -157,14 +159,22 @@ def _aligned_bones(ct, labels, objects: ObjectMap, geometry: Geometry,
 
 
 def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
-    """Rebuild ``out/manifest.json`` from the case entries; error if any case lacks one."""
+    """Rebuild ``out/manifest.json`` from the case entries; error if any case lacks one.
+    ``cohort`` (default: where ``prepare.json`` says it was read from) must be the one prepared."""
     out = Path(out)
     settings = _read_settings(out)
-    if cohort is not None and str(Path(cohort).resolve()) != settings["cohort"]:
-        raise InputError(f"{out / SETTINGS_FILE}: field 'cohort' is {settings['cohort']}; this dataset "
-                         f"cannot be merged from {cohort}")
-    cohort = Path(settings["cohort"])
+    if cohort is None:
+        cohort = Path(settings["cohort"])
+        if not (cohort / "cohort.json").is_file():
+            raise InputError(f"{out / SETTINGS_FILE}: field 'cohort' is {cohort}, which holds no cohort.json "
+                             "(moved?); pass the cohort folder with --cohort")
     meta, objects = read_cohort(cohort)
+    sha = _cohort_sha256(cohort)
+    # a dataset prepared before the hash was recorded knows its cohort by place only
+    expected = settings.get("cohort_sha256", sha if str(Path(cohort).resolve()) == settings["cohort"] else None)
+    if sha != expected:
+        raise InputError(f"{out / SETTINGS_FILE}: this dataset was prepared from another cohort (field "
+                         f"'cohort_sha256', of {settings['cohort']}/cohort.json); it cannot be merged from {cohort}")
     missing = [c for c in meta["cases"] if not (out / "cases" / f"{c}.json").is_file()]
     if missing:
         raise InputError(f"{out}: {len(missing)} case(s) not prepared yet (first: {missing[:5]}); "
@@ -176,8 +186,9 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
         "aligned_bones": list(ALIGNED_BONES), "drr_types": list(DRR_TYPES),
         "units": {**DRR_UNITS, "xray": "processed radiograph in [0, 1]", "volume_cm3": "cm3",
                   "mass_g": "g", "geometry": "mm"},
-        "object_map": objects.to_json(), "cohort": settings["cohort"],
-        "prepare": {k: v for k, v in settings.items() if k not in ("geometry", "cohort")},
+        "object_map": objects.to_json(), "cohort": str(Path(cohort).resolve()),
+        "cohort_sha256": sha,
+        "prepare": {k: v for k, v in settings.items() if k not in ("geometry", "cohort", "cohort_sha256")},
         "counts": {"cases": len(cases), "ok": sum(c["status"] == "ok" for c in cases),
                    "excluded": sum(c["status"] != "ok" for c in cases)},
         "cases": cases,
@@ -204,8 +215,8 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
     geometry = geometry or dataset_geometry(cohort)
     settings = settings or RegistrationSettings()
-    _check_settings(out, {"cohort": str(cohort.resolve()), "geometry": geometry.to_json(),
-                          "registration": settings.to_json(), "include_failed": include_failed})
+    _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(cohort), "geometry": geometry.to_json(),
+                                  "registration": settings.to_json(), "include_failed": include_failed})
     todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
             and not (out / "cases" / f"{c}.json").is_file()]
     total = len(todo)
@@ -214,28 +225,41 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out) for c in todo]
     for done, (_, entry) in enumerate(run_jobs(prepare_case, jobs, workers), 1):
         report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
-    if all((out / "cases" / f"{c}.json").is_file() for c in meta["cases"]):
-        merge_manifest(out, cohort)
+    if (total or not (out / "manifest.json").is_file()) and all(
+            (out / "cases" / f"{c}.json").is_file() for c in meta["cases"]):
+        merge_manifest(out, cohort)  # (a finished dataset's manifest stays as it is: its hash names it)
     return out
 
 
-def _check_settings(out: Path, settings: dict) -> None:
+def _cohort_sha256(cohort: Path) -> str:
+    """The cohort's identity: the SHA-256 of its ``cohort.json`` (seed, generator, cases)."""
+    return file_sha256(Path(cohort) / "cohort.json")
+
+
+def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
+    """Refuse a dataset folder prepared with other settings or from another cohort; record the
+    settings (and the cohort's current place) in ``prepare.json``."""
     path = out / SETTINGS_FILE
+    new = json.loads(json.dumps(settings))
+    where = str(cohort.resolve())
     if path.is_file():
         old = read_json_object(path, (), InputError)
         if isinstance(old.get("registration"), dict):
             old["registration"] = _current_registration_fields(path, old["registration"])
-        new = json.loads(json.dumps(settings))
+        recorded_at = old.pop("cohort", None)
+        if recorded_at == where:  # a dataset prepared before the hash was recorded knows its cohort by place
+            old.setdefault("cohort_sha256", new["cohort_sha256"])
         if old != new:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if "registration" in diff and isinstance(old.get("registration"), dict):
                 o, n = old["registration"], new.get("registration", {})
                 diff.remove("registration")
                 diff += sorted(f"registration.{k}" for k in set(o) | set(n) if o.get(k) != n.get(k))
+            if "cohort_sha256" in diff:
+                diff[diff.index("cohort_sha256")] = f"cohort_sha256: prepared from {recorded_at}, not {where}"
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
-    else:
-        write_json(path, settings)
+    write_json(path, {"cohort": where, **new})
 
 
 def _current_registration_fields(path: Path, recorded: dict) -> dict:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
+from MSKdeXTraining.fileio import file_sha256
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
@@ -98,6 +99,8 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
     copy = tmp_path / "c"
     shutil.copytree(cohort, copy)
     (copy / "case_0001" / "labels.nii.gz").write_bytes(b"not an image")
+    meta = json.loads((copy / "cohort.json").read_text())
+    (copy / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
     out = _prepare(copy, tmp_path / "ds")
     m = json.loads((out / "manifest.json").read_text())
     bad = m["cases"][1]
@@ -107,8 +110,33 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
     os.umask(umask)
     for f in [out / "manifest.json", out / m["cases"][0]["file"]]:
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f
-    with pytest.raises(InputError, match="cannot be merged from"):
-        merge_manifest(out, cohort)
+    with pytest.raises(InputError, match="other cohort.*cannot be merged from"):
+        merge_manifest(out, cohort)  # same cases, but another cohort.json
+
+
+def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
+    """The dataset knows its cohort by the hash of cohort.json, not by place: moved together
+    they resume without redoing a case or changing the manifest; another cohort is refused."""
+    _prepare(cohort, tmp_path / "ds")
+    before = (tmp_path / "ds" / "manifest.json").read_bytes()
+    shutil.copytree(cohort, tmp_path / "a" / "c")
+    (tmp_path / "ds").rename(tmp_path / "a" / "ds")
+    moved, data = tmp_path / "a" / "c", tmp_path / "a" / "ds"
+    stamp = (data / "cases" / "case_0000.json").stat().st_mtime_ns
+    settings = json.loads((data / "prepare.json").read_text())
+    (data / "prepare.json").write_text(json.dumps({**settings, "cohort": str(tmp_path / "gone")}))
+    with pytest.raises(InputError, match="holds no cohort.json \\(moved\\?\\); pass the cohort folder"):
+        merge_manifest(data)
+    _prepare(moved, data)
+    assert (data / "cases" / "case_0000.json").stat().st_mtime_ns == stamp
+    assert (data / "manifest.json").read_bytes() == before
+    assert json.loads((data / "prepare.json").read_text())["cohort"] == str(moved.resolve())
+    merge_manifest(data)  # from where prepare.json now says the cohort is
+    assert json.loads((data / "manifest.json").read_text())["cohort"] == str(moved.resolve())
+    meta = json.loads((moved / "cohort.json").read_text())
+    (moved / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
+    with pytest.raises(InputError, match="cohort_sha256: prepared from .* not "):
+        _prepare(moved, data)
 
 
 @pytest.mark.slow
@@ -191,24 +219,32 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
     with pytest.raises(InputError, match=r"other settings \(include_failed differ\)"):
         prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
     assert not (out / "cases").exists()
-    # a record from before settings fields were added (they held their defaults) still resumes
+    # a record from before settings fields (or the cohort's hash) were added still resumes
     from MSKdeXTraining.prepare import _check_settings
 
     older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_")}
     record = {"cohort": str(cohort.resolve()), "geometry": g.to_json(), "registration": older,
               "include_failed": False}
+    now = json.loads(json.dumps({"cohort_sha256": file_sha256(cohort / "cohort.json"), "geometry": g.to_json(),
+           "registration": CHEAP.to_json(), "include_failed": False}))
     (out / "prepare.json").write_text(json.dumps(record))
-    _check_settings(out, {**record, "registration": CHEAP.to_json()})
+    _check_settings(out, cohort, now)
+    assert json.loads((out / "prepare.json").read_text()) == {"cohort": str(cohort.resolve()), **now}
+    (out / "prepare.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"\(registration.femur_gc_threshold differ\)"):
-        _check_settings(out, {**record, "registration": replace(CHEAP, femur_gc_threshold=0.7).to_json()})
+        _check_settings(out, cohort, {**now, "registration": replace(CHEAP, femur_gc_threshold=0.7).to_json()})
     # the joint refinement's fields, since removed: off gave the same poses, on did not
     (out / "prepare.json").write_text(json.dumps(
         {**record, "registration": {**CHEAP.to_json(), "refine": False, "refine_max_gc_drop": 0.01}}))
-    _check_settings(out, {**record, "registration": CHEAP.to_json()})
+    _check_settings(out, cohort, now)
     (out / "prepare.json").write_text(json.dumps(
         {**record, "registration": {**CHEAP.to_json(), "refine": True, "refine_max_gc_drop": 0.01}}))
     with pytest.raises(InputError, match="joint refinement"):
-        _check_settings(out, {**record, "registration": CHEAP.to_json()})
+        _check_settings(out, cohort, now)
+    # a pre-hash record of a cohort elsewhere cannot be told from another cohort: refused
+    (out / "prepare.json").write_text(json.dumps({**record, "cohort": "/elsewhere/c"}))
+    with pytest.raises(InputError, match="cohort_sha256: prepared from /elsewhere/c"):
+        _check_settings(out, cohort, now)
 
 
 def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):

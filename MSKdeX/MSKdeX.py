@@ -82,6 +82,7 @@ class MSKdeXParameterNode:
     trainConfig: str = "small"
     trainOutput: Path
     resumeTraining: bool = False
+    holdOutForCalibration: bool = True  # train --fold 0/4: the held-out quarter calibrates the intervals
     modelFolder: Path
     tta: Annotated[int, WithinRange(1, 32)] = 8
     radiographMagnification: Annotated[float, WithinRange(0.0, 2.0)] = 0.0  # SDD / SOD; 0: the file's
@@ -356,7 +357,8 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         self.poseNode(bone).SetAttribute(ACCEPTED_ATTRIBUTE, "1")
 
     def startTraining(self, p: MSKdeXParameterNode):
-        return self.pipeline.training_process(p.datasetFolder, p.trainConfig, p.trainOutput, p.resumeTraining)
+        return self.pipeline.training_process(p.datasetFolder, p.trainConfig, p.trainOutput, p.resumeTraining,
+                                              p.holdOutForCalibration)
 
     def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay):
         out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress,

@@ -349,9 +349,9 @@ class Decomposer:
                          "(--magnification; in Slicer: Magnification)")
         if self.calibration is None:
             notes.append("note: no calibrated interval: the model's run folder has no calibration.json "
-                         "(`mskdex calibrate` writes one for a model trained with --fold k/K, from the "
-                         "cases it held out; `mskdex evaluate`'s fold models have one; a model trained on "
-                         "every case cannot have one)")
+                         "(a model trained with --fold k/K, or in Slicer with the hold-out ticked, gets one "
+                         "from the cases it held out, as do `mskdex evaluate`'s fold models; `mskdex "
+                         "calibrate` writes one afterwards; a model trained on every case cannot have one)")
         else:
             level = self.calibration["level"]
             missing = [n for n, o in self.calibration["objects"].items()

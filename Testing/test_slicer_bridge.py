@@ -6,6 +6,7 @@ model trained for one epoch on the backend's toy dataset for Decompose.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import unittest
@@ -406,6 +407,9 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
                       "channels_last: false\n")
     with pytest.raises(InputError, match="manifest.json"):
         Pipeline.training_process(tmp_path, str(config), tmp_path / "run")
+    with pytest.raises(InputError, match="usable patient.*from 36 patients on .*Untick the hold-out"):
+        Pipeline.training_process(data, str(config), tmp_path / "run", hold_out=True)
+    assert not (tmp_path / "run").exists()
     process = Pipeline.training_process(data, str(config), tmp_path / "run")
     fractions = []
     while process.running:
@@ -415,7 +419,16 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
     fractions += [e.fraction for e in events if e.kind == "progress"]
     assert events[-1].kind == "finished" and events[-1].returncode == 0, process.log
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    assert (tmp_path / "run" / "model.json").is_file()
+    assert (tmp_path / "run" / "model.json").is_file() and not (tmp_path / "run" / "calibration.json").exists()
+    # 36 patients: fold 0 of 4 is held out (`mskdex train --fold 0/4` calibrates on it, test_training)
+    manifest = json.loads((data / "manifest.json").read_text())
+    case = manifest["cases"][0]
+    manifest["cases"] = [{**case, "id": f"c{n}", "patient": f"p{n}"} for n in range(36)]
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "manifest.json").write_text(json.dumps(manifest))
+    process = Pipeline.training_process(tmp_path / "big", str(config), tmp_path / "held", hold_out=True)
+    process.cancel()
+    assert process.command[-2:] == ["--fold", "0/4"]
 
 
 def test_backend_process_reports_failure():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MSKdeXTraining.calibration import min_cases
 from MSKdeXTraining.drr import DRRResult, render_drr
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
@@ -22,6 +23,7 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.radiograph_io import check_magnification
+from MSKdeXTraining.training.data import ok_ids, read_manifest
 
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers
@@ -40,6 +42,8 @@ CHART_NAME = "MSKdeX results chart"
 QC_TABLE_NAME = "MSKdeX segmentation QC"
 #: Pose-node attribute: the node IDs and SDD/SOD a pose was registered from (JSON).
 INPUTS_ATTRIBUTE = "MSKdeX.RegistrationInputs"
+#: Training with the hold-out for calibration trains on fold 0 of this many (its quarter calibrates).
+HOLD_OUT_FOLDS = 4
 
 
 @dataclass
@@ -145,15 +149,29 @@ class Pipeline:
 
     # -- training -----------------------------------------------------------------------
     @staticmethod
-    def training_process(dataset: Path, config: str, out: Path, resume: bool = False) -> BackendProcess:
-        """Start ``mskdex train`` in a child process (see :class:`BackendProcess`)."""
+    def training_process(dataset: Path, config: str, out: Path, resume: bool = False,
+                         hold_out: bool = False) -> BackendProcess:
+        """Start ``mskdex train`` in a child process (see :class:`BackendProcess`). ``hold_out``
+        trains on fold 0 of 4 (``--fold 0/4``): the held-out quarter of the patients calibrates
+        the model's prediction intervals (a dataset too small for that is refused); otherwise it
+        trains on every patient and has none."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
                              "`mskdex prepare` (dataset layout v2, see docs/formats.md)")
         if not str(out).strip() or Path(out) == Path("."):
             raise InputError("training output folder: choose a folder for the model run")
+        if hold_out:
+            manifest, needed = read_manifest(dataset), HOLD_OUT_FOLDS * min_cases()
+            usable = set(ok_ids(manifest))
+            patients = len({c["patient"] for c in manifest["cases"] if c["id"] in usable})
+            if patients < needed:
+                raise InputError(f"dataset folder {dataset}: {patients} usable patient(s); holding out a quarter "
+                                 f"of them calibrates an interval only from {needed} patients on ({min_cases()} "
+                                 "held out). Untick the hold-out to train on every patient (the model then "
+                                 "reports no interval)")
         arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
-        return BackendProcess(backend_command("train", arguments + (["--resume"] if resume else [])))
+        arguments += (["--fold", f"0/{HOLD_OUT_FOLDS}"] if hold_out else []) + (["--resume"] if resume else [])
+        return BackendProcess(backend_command("train", arguments))
 
     # -- decompose ----------------------------------------------------------------------
     def decompose(self, model: Path, radiograph_node, tta: int = 8, seed: int = 0,

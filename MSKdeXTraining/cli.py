@@ -1,7 +1,7 @@
 """``mskdex`` command line: one subcommand per module in :mod:`MSKdeXTraining.commands`.
 
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``; this file only dispatches. Bad input (:class:`~.errors.InputError`:
+``run(args) -> int``; this file only dispatches. Bad input (:data:`~.errors.INPUT_ERRORS`:
 invalid files, fields and values; a missing input; an output that exists or would overwrite an
 input) is printed as one clear line with exit code 2; anything else is a bug and keeps its
 traceback.
@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import InputError
+from .errors import INPUT_ERRORS
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(only=command).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-            PermissionError) as e:
+    except INPUT_ERRORS as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -154,6 +155,16 @@ def test_full_objective_writes_run_folder(dataset, tmp_path):
     assert np.shape(meta["scale"]) == (3, 9) and min(min(r) for r in meta["scale"]) > 0
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, dataset, run)
+    # a resume on other cases would leak the held-out fold into training: refused
+    with pytest.raises(InputError, match=r"'train_ids': the run was started on other cases \(--fold 0/3\)"):
+        train(config, dataset, run, fold=(1, 3), resume=True)
+    other = tmp_path / "other"
+    shutil.copytree(dataset, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["cases"][0]["seconds"] = -1.0  # prepared otherwise
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="started on another dataset"):
+        train(config, other, run, fold=(0, 3), resume=True)
 
 
 def test_baseline_switches_off_owis_and_bone(dataset, tmp_path):

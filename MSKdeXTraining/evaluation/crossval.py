@@ -159,7 +159,7 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None) ->
                          "model was trained on every case, so nothing can calibrate its intervals; train "
                          "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
     check_dataset(meta, read_manifest(dataset), str(run / "model.json"))
-    return write_calibration(run, predict_cases(run, dataset, ids, fold=split.get("fold") or 0,
+    return write_calibration(run, predict_cases(run, dataset, ids, fold=(split.get("fold") or [0])[0],
                                                 progress=progress))
 
 
@@ -188,12 +188,13 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     from ..training.config import load_config
     from ..training.data import read_manifest, split_folds
     from ..training.checkpoint import latest_checkpoint
-    from ..training.trainer import train
+    from ..training.trainer import check_run_dataset, train
 
     report = progress or (lambda f, m: None)
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
-    splits = split_folds(read_manifest(dataset), k, seed=cfg.fold_seed)
+    manifest = read_manifest(dataset)
+    splits = split_folds(manifest, k, seed=cfg.fold_seed)
     manifest_sha = file_sha256(dataset / "manifest.json")
     folds = sorted(set(range(k) if folds is None else folds))
     bad = [f for f in folds if not 0 <= f < k]
@@ -209,6 +210,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
             continue
         span = 1.0 / len(folds)
         sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
+        check_run_dataset(run, manifest)
         if (run / "model.json").is_file():
             meta = read_json_object(run / "model.json", ("config", "split"))
             _check_reuse(run / "model.json", {**key, "config": meta["config"],

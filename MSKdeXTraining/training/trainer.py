@@ -11,6 +11,7 @@ optimisers, schedulers, image pools and RNG states of every process, normalisati
 from __future__ import annotations
 
 import csv
+import json
 import io
 import platform
 import random
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import refuse_overwrite, write_atomic, write_json
+from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
 from . import distributed
@@ -206,6 +207,19 @@ def _check_resume_config(out: Path, config: TrainConfig) -> None:
                          "only 'epochs' may change")
 
 
+def check_run_dataset(out: Path, manifest: dict) -> None:
+    """Refuse a run folder started on another dataset than ``manifest`` (its copy in
+    ``out/manifest.json``; the cohort's recorded place may differ)."""
+    path = Path(out) / "manifest.json"
+    if not path.is_file():
+        return  # nothing trained yet
+    started = read_json_object(path, (), InputError)
+    same = lambda m: {k: v for k, v in json.loads(json.dumps(m)).items() if k != "cohort"}
+    if same(started) != same(manifest):
+        raise InputError(f"{path}: the run was started on another dataset (its manifest differs); "
+                         "continue it on the dataset it was started on, or train into another folder")
+
+
 def train(config: TrainConfig, data: str | Path, out: str | Path,
           fold: tuple[int, int] | None = None, resume: bool = False,
           progress: Progress | None = None) -> Path:
@@ -249,6 +263,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
                               "it or choose another output folder")
     if resume:
         _check_resume_config(out, config)
+        check_run_dataset(out, manifest)
 
     ds = PreparedDataset(data, train_ids, config.size,
                          flip_seed=config.seed if config.augment_flip else None)
@@ -260,6 +275,10 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     start = 0
     if last is not None:
         state = load_checkpoint(last)
+        if state.get("train_ids", train_ids) != train_ids:  # (checkpoints before session 12 lack them)
+            was = "every case" if state.get("fold") is None else "--fold {}/{}".format(*state["fold"])
+            raise InputError(f"{last}: field 'train_ids': the run was started on other cases ({was}); "
+                             "resume it with the fold it was started with")
         if state["world_size"] != info.world:
             raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
                              f"same number (now {info.world}) to continue exactly")
@@ -328,7 +347,8 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         if info.main:
             _write_log(out / "log.csv", rows)
         if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-            _checkpoint(ckpt_dir, epoch, nets, optims, scheds, pools, norm, info)
+            _checkpoint(ckpt_dir, epoch, nets, optims, scheds, pools, norm, info,
+                        {"fold": list(fold) if fold else None, "train_ids": train_ids})
     if info.main:
         meta = {"config": config.to_dict(), "objects": ds.objects, "kinds": ds.kinds,
                 "aligned_bones": list(manifest["aligned_bones"]),
@@ -346,8 +366,9 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
 
 
 def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools, norm: Normalisation,
-                info: distributed.DistInfo) -> None:
-    """Gather every process's pools and RNG states; rank 0 writes the checkpoint."""
+                info: distributed.DistInfo, split: dict) -> None:
+    """Gather every process's pools and RNG states; rank 0 writes the checkpoint (with the
+    ``split`` it trains on)."""
     mine = {"pool_x": pools[0].state(), "pool_d": pools[1].state(), "rng": _rng_state()}
     ranks = distributed.gather(mine, info)
     if info.main:
@@ -358,6 +379,6 @@ def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools,
                  "optimizers": [o.state_dict() for o in optims],
                  "schedulers": [s.state_dict() for s in scheds],
                  "ranks": ranks, "x_mean": norm.x_mean, "x_std": norm.x_std,
-                 "scale": norm.scale.cpu()}
+                 "scale": norm.scale.cpu(), **split}
         save_checkpoint(folder, epoch, state)
     distributed.barrier(info)

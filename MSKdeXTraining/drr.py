@@ -57,7 +57,7 @@ def load_inputs(ct_path: str | Path, labels_path: str | Path,
     """
     ct = read_ct(ct_path)
     labels = read_labels(labels_path)
-    if resample and ct.same_grid(labels):
+    if resample and ct.grid_differences(labels):
         labels = resample_labels(labels, ct)
     check_same_grid(ct, labels, str(ct_path), str(labels_path),
                     "resample the labels onto the CT grid (`--resample-labels`: nearest neighbour)")

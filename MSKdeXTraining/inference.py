@@ -458,7 +458,8 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`,
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
     be used, which does not stop the others; ``skipped`` for one already done, so an
-    interrupted batch resumes)."""
+    interrupted batch resumes). An output folder holding a result of other input, settings or
+    model stops the batch (FileExistsError): the batch belongs in another ``out``."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):

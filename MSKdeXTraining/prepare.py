@@ -28,6 +28,7 @@ refused, while a cohort and dataset moved elsewhere resume.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,7 +88,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
                    "reasons": [], "qc": {}, "registration": {}}
     try:
         ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
-        xray, xray_geometry = read_xray(case_dir / "xray.mha")
+        xray, xray_geometry = read_xray(case_dir / "xray.mha", require_distances=True)
         truth = _read_truth(case_dir / "truth.json", objects)
     except InputError as e:  # excluded, so the other cases still make a dataset
         entry["reasons"].append(f"unreadable input: {e}")
@@ -146,6 +147,12 @@ def _read_truth(path: Path, objects: ObjectMap) -> dict:
     missing = [n for n in objects.names if n not in found]
     if missing:
         raise InputError(f"{path}: field 'objects' lacks {missing}")
+    for name in objects.names:
+        for key, unit in (("volume_cm3", "cm3"), ("mass_g", "g")):
+            value = found[name].get(key) if isinstance(found[name], dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise InputError(f"{path}: field 'objects.{name}.{key}' must be a number >= 0 ({unit}), "
+                                 f"got {value!r}")
     return found
 
 

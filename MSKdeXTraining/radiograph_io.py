@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .fileio import file_sha256
+from .imaging.geometry import Geometry
 
 #: Plausible detector pixel spacing of a projection radiograph (mm).
 SPACING_RANGE_MM = (0.02, 2.0)
@@ -217,9 +218,9 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(stem(path) + ".json")
 
 
-def read_sidecar(path: str | Path) -> dict | None:
-    """The geometry (Geometry JSON) of a cohort radiograph's ``<stem>.json`` sidecar
-    (format ``mskdex-xray`` v1), or ``None`` when there is none."""
+def read_sidecar(path: str | Path) -> Geometry | None:
+    """The geometry of a cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1),
+    or ``None`` when there is none."""
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -231,10 +232,18 @@ def read_sidecar(path: str | Path) -> dict | None:
         return None
     if data.get("version") != SIDECAR_VERSION:
         raise InputError(f"{side}: field 'version' must be {SIDECAR_VERSION}, got {data.get('version')!r}")
-    geometry = data.get("geometry")
-    if not isinstance(geometry, dict) or not {"pixel_spacing", "sdd", "sod"} <= set(geometry):
-        raise InputError(f"{side}: field 'geometry' must hold 'pixel_spacing', 'sdd' and 'sod'")
-    return dict(geometry)
+    return Geometry.from_json(data.get("geometry"), f"{side}: field 'geometry'")
+
+
+def check_sidecar(geometry: Geometry, path: str | Path, shape: tuple[int, int],
+                  spacing: tuple[float, float]) -> None:
+    """Refuse a sidecar ``geometry`` that does not describe the image ``path`` of ``shape``
+    (rows, cols) and ``spacing`` (row, column) mm."""
+    if geometry.shape != tuple(shape) or not np.allclose(geometry.pixel_spacing, spacing, rtol=1e-4):
+        raise InputError(f"{sidecar_path(path)}: field 'geometry' describes {geometry.rows}x{geometry.cols} "
+                         f"pixels of {list(geometry.pixel_spacing)} mm, but {Path(path).name} has "
+                         f"{shape[0]}x{shape[1]} of {[round(float(v), 6) for v in spacing]} mm: the sidecar "
+                         "is not this image's")
 
 
 def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
@@ -392,10 +401,11 @@ def _read_itk(path: Path):
     array = _to_grey(raw, path, source)
     sidecar = read_sidecar(path)
     if sidecar is not None:
+        check_sidecar(sidecar, path, array.shape, (sy, sx))
         source["simulated"] = True
         source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: a simulated radiograph)"
-        source["sdd_mm"] = float(sidecar["sdd"])
-        source["magnification"] = float(sidecar["sdd"]) / float(sidecar["sod"])
+        source["sdd_mm"] = sidecar.sdd
+        source["magnification"] = sidecar.magnification
         source["magnification_field"] = f"{SIDECAR_FORMAT} sidecar (geometry sdd / sod)"
     return array, (sy, sx), source, value_range
 

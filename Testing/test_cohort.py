@@ -92,7 +92,7 @@ def test_user_label_map_with_object_map_is_a_template(shared_data, tmp_path):
     params = patient.sample_patient(np.random.default_rng(0), t)
     p = patient.build_patient(t, params, 6.0)
     ct, labels = p.ct, p.labels
-    assert ct.array.dtype == np.int16 and labels.same_grid(ct) == []
+    assert ct.array.dtype == np.int16 and labels.grid_differences(ct) == []
     assert (labels.array == 11).sum() > 100
     (folder / "template.json").write_text(json.dumps({"format": "mskdex-template", "version": 2}))
     with pytest.raises(InputError, match="template.json"):
@@ -126,6 +126,13 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     assert meta["object_map"]["name"] == "synthetic"
     with pytest.raises(ValueError, match="seed"):
         generate.generate_cohort(2, 4, b, "test", workers=1)
+    # another package version with the same generator version finishes or extends the cohort
+    (b / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "code_version": "0.0.1"}}))
+    generate.generate_cohort(2, 3, b, "test", workers=1)
+    with pytest.raises(InputError, match="field 'generator'"):
+        (b / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "version": 1}}))
+        generate.generate_cohort(2, 3, b, "test", workers=1)
+    (b / "cohort.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="not shrink it to 1"):
         generate.generate_cohort(1, 3, b, "test", workers=1)
     with pytest.raises(InputError, match="seed must be >= 0"):

@@ -88,7 +88,10 @@ def test_geometry_from_json_refuses_missing_or_wrong_fields():
     for broken, message in [({"rows": 10}, r"m.json: missing field\(s\) \['cols', 'pixel_spacing', 'sdd', 'sod'\]"),
                             (dict(good, rows="40"), "m.json: field 'rows' must be an integer"),
                             (dict(good, pixel_spacing=[2.0]), "m.json: field 'pixel_spacing' must be"),
-                            (dict(good, sdd=None), "m.json: field 'sdd' must be a number"),
+                            (dict(good, sdd=None), "m.json: field 'sdd' must be a finite number"),
+                            (dict(good, sdd=float("inf")), "m.json: field 'sdd' must be a finite number"),
+                            (dict(good, pixel_spacing=[float("nan"), 1.0]),
+                             "m.json: field 'pixel_spacing' must be a finite number"),
                             (dict(good, sod=2000.0), "m.json: need 0 < sod < sdd")]:
         with pytest.raises(InputError, match=f"^{message}"):  # the file named once
             Geometry.from_json(broken, "m.json")

@@ -268,3 +268,19 @@ def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):
                                                                 Geometry.from_json(case["geometry"])), atol=1e-6)
     assert 0.0 <= float(windowed.min()) and 0.99 < float(windowed.max()) <= 1.0
     assert not torch.equal(windowed, kept)
+
+
+def test_truth_values_are_checked(cohort, tmp_path):
+    """A truth.json value that is not a number >= 0 names the file and the field (the case is
+    then excluded with that reason, not the run stopped)."""
+    from MSKdeXTraining.prepare import _read_truth, read_cohort
+
+    _, objects = read_cohort(cohort)
+    doc = json.loads((cohort / "case_0000" / "truth.json").read_text())
+    assert set(_read_truth(cohort / "case_0000" / "truth.json", objects)) >= set(objects.names)
+    name = objects.names[0]
+    for bad in (None, "12", -1.0, float("inf")):
+        doc["objects"][name]["mass_g"] = bad
+        (tmp_path / "truth.json").write_text(json.dumps(doc))
+        with pytest.raises(InputError, match=rf"truth.json: field 'objects.{name}.mass_g' must be a number >= 0 \(g\)"):
+            _read_truth(tmp_path / "truth.json", objects)

@@ -180,9 +180,17 @@ def test_registration_geometry_from_dicom_distances(tmp_path, ramp):
     f = write_dicom(tmp_path / "p.dcm", ramp, PixelSpacing=[0.4, 0.4], PixelSpacingCalibrationType="GEOMETRY")
     _, g = read_xray(f, sdd=1100.0, sod=880.0)
     assert g.pixel_spacing == pytest.approx((0.5, 0.5))
+    # no distances anywhere: assumed with a warning, or refused where they set the targets' scale
+    f = write_dicom(tmp_path / "n.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5])
+    with pytest.warns(UserWarning, match="assuming SDD 1100 mm, SOD 880 mm"):
+        assert read_xray(f)[1].sdd == 1100.0
+    with pytest.raises(InputError, match=r"n.dcm: source distances not in the file .* n.json sidecar"):
+        read_xray(f, require_distances=True)
 
 
 def test_cohort_sidecar_gives_magnification(tmp_path):
+    from MSKdeXTraining.imaging.registration import read_xray
+
     img = sitk.GetImageFromArray(np.zeros((64, 64), np.float32))
     img.SetSpacing((2.0, 2.0))
     sitk.WriteImage(img, str(tmp_path / "xray.mha"))
@@ -199,8 +207,17 @@ def test_cohort_sidecar_gives_magnification(tmp_path):
     with pytest.raises(InputError, match="plain.mha: implausible pixel spacing"):
         read_radiograph(tmp_path / "plain.mha")
     (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": {}}))
-    with pytest.raises(InputError, match="xray.json: field 'geometry' must hold"):
+    with pytest.raises(InputError, match=r"xray.json: field 'geometry': missing field\(s\)"):
         read_radiograph(tmp_path / "xray.mha")
+    # a sidecar that is not the image's (rows and columns swapped; a bad distance) is refused
+    for bad, message in [({"rows": 32}, "describes 32x64 pixels .* but xray.mha has 64x64"),
+                         ({"pixel_spacing": [2.3, 2.0]}, r"describes 64x64 pixels of \[2.3, 2.0\] mm"),
+                         ({"sdd": "far"}, "field 'sdd' must be a finite number")]:
+        (tmp_path / "xray.json").write_text(json.dumps(
+            {"format": "mskdex-xray", "version": 1, "geometry": {**geometry, "pixel_spacing": [2.3, 2.3], **bad}}))
+        for read in (read_radiograph, read_xray):
+            with pytest.raises(InputError, match=message):
+                read(tmp_path / "xray.mha")
 
 
 def test_itk_image_spacing_order(tmp_path):

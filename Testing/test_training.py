@@ -67,6 +67,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("nonexistent")
     assert parse_overrides(["lr=1e-3", "gan=false", "image_size=[32, 40]"]) == \
         {"lr": 1e-3, "gan": False, "image_size": [32, 40]}
+    with pytest.raises(InputError, match="no generator loss is on"):
+        load_config("small", {"gan": False, "lambda_cyc": 0, "lambda_gca": 0, "lambda_gcb": 0, "lambda_is": 0,
+                              "bone_loss": False})
     with pytest.raises(InputError, match="key=value"):
         parse_overrides(["lr"])
     with pytest.raises(InputError, match=r"--set 'lr=\[': the value is not YAML"):

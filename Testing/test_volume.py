@@ -18,9 +18,9 @@ def test_round_trip_affine_and_resampling(tmp_path):
     np.testing.assert_allclose(ct.affine @ [1, 1, 1, 1], [5, 7, 9, 1])
     assert ct.voxel_volume_cm3 == pytest.approx(0.006)
     labels = Volume(np.ones((4, 6, 8), np.uint8), (0.5, 1.0, 1.5), (3.75, 4.5, 5.25), np.eye(3))
-    assert "size (4, 3, 2) vs (8, 6, 4)" in ct.same_grid(labels)[0]
+    assert "size (4, 3, 2) vs (8, 6, 4)" in ct.grid_differences(labels)[0]
     on_ct = resample_labels(labels, ct)
-    assert not ct.same_grid(on_ct) and on_ct.array.dtype == np.uint8 and on_ct.array.all()
+    assert not ct.grid_differences(on_ct) and on_ct.array.dtype == np.uint8 and on_ct.array.all()
 
 
 def test_reading_refuses_bad_images(tmp_path):

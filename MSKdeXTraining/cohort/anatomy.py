@@ -285,9 +285,9 @@ def _body_mask(folder: Path, settings: dict, raw: Volume) -> np.ndarray:
     for path in candidates:
         if path.is_file():
             mask = read_labels(path)
-            if raw.same_grid(mask):
+            if raw.grid_differences(mask):
                 raise InputError(f"{path}: body mask grid differs from the label map: "
-                                 + "; ".join(raw.same_grid(mask)))
+                                 + "; ".join(raw.grid_differences(mask)))
             return mask.array > 0
     if name:
         raise InputError(f"{folder / name}: body mask named by 'mask_file' not found")

@@ -275,9 +275,13 @@ def _check_resume(path: Path, header: dict) -> None:
     if not isinstance(old, dict):
         raise InputError(f"{path}: expected a JSON object (a cohort header), got {type(old).__name__}; "
                          "remove the folder or choose another --out")
-    if isinstance(old.get("generator"), dict) and "template_sha256" not in old["generator"]:
-        # written before templates were hashed: compare what it recorded
-        header = {**header, "generator": {k: v for k, v in header["generator"].items() if k != "template_sha256"}}
+    # the generator's version says what the cases are; the package's version (code_version) is
+    # recorded only; a header written before templates were hashed is compared on what it recorded
+    recorded = old.get("generator")
+    ignored = {"code_version"} | ({"template_sha256"} if isinstance(recorded, dict) and
+                                   "template_sha256" not in recorded else set())
+    old = {**old, "generator": _without(old.get("generator"), ignored)}
+    header = {**header, "generator": _without(header["generator"], ignored)}
     for key in ("format", "version", "seed", "size", "generator"):
         if old.get(key) != header[key]:
             raise InputError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
@@ -285,6 +289,11 @@ def _check_resume(path: Path, header: dict) -> None:
     if isinstance(old.get("n"), int) and old["n"] > header["n"]:
         raise InputError(f"{path}: the cohort has n = {old['n']} cases; a rerun may finish or extend "
                          f"it, not shrink it to {header['n']}; choose another --out")
+
+
+def _without(d: object, keys: set[str]) -> object:
+    """A dict without ``keys`` (anything else as it is)."""
+    return {k: v for k, v in d.items() if k not in keys} if isinstance(d, dict) else d
 
 
 def _write_image(image: sitk.Image, path: Path) -> None:

@@ -21,6 +21,7 @@ isocentre*, so the apparent size of the anatomy does not depend on the magnifica
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -52,10 +53,10 @@ class Geometry:
     def __post_init__(self) -> None:
         if self.rows < 1 or self.cols < 1:
             raise InputError(f"detector size must be >= 1 pixel, got {self.rows}x{self.cols}")
-        if min(self.pixel_spacing) <= 0:
-            raise InputError(f"pixel_spacing must be > 0 mm, got {self.pixel_spacing}")
-        if not 0 < self.sod < self.sdd:
-            raise InputError(f"need 0 < sod < sdd (mm), got sod={self.sod}, sdd={self.sdd}")
+        if not all(0 < s < math.inf for s in self.pixel_spacing):
+            raise InputError(f"pixel_spacing must be finite and > 0 mm, got {self.pixel_spacing}")
+        if not 0 < self.sod < self.sdd < math.inf:
+            raise InputError(f"need 0 < sod < sdd < inf (mm), got sod={self.sod}, sdd={self.sdd}")
         object.__setattr__(self, "pixel_spacing", tuple(float(s) for s in self.pixel_spacing))
 
     @property
@@ -106,8 +107,8 @@ class Geometry:
         required, so a damaged file never falls back to default distances. Errors name
         ``source`` and the field."""
         def number(key: str, value: object) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InputError(f"{source}: field {key!r} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{source}: field {key!r} must be a finite number (mm), got {value!r}")
             return value
 
         if not isinstance(d, dict):

@@ -49,7 +49,7 @@ class Volume:
         size = np.array(self.array.shape[::-1], float)
         return self.affine[:3, :3] @ ((size - 1) / 2) + self.origin
 
-    def same_grid(self, other: Volume, tol: float = 1e-4) -> list[str]:
+    def grid_differences(self, other: Volume, tol: float = 1e-4) -> list[str]:
         """Names of the geometry fields that differ from ``other`` (empty when identical)."""
         diff = []
         if self.array.shape != other.array.shape:
@@ -145,7 +145,7 @@ def check_same_grid(ct: Volume, labels: Volume, ct_path: str = "", labels_path: 
                     fix: str = "resample the labels onto the CT grid (nearest neighbour)") -> None:
     """Raise :class:`InputError` naming both, listing every geometry field where the grids
     differ and saying how to ``fix`` it."""
-    diff = ct.same_grid(labels)
+    diff = ct.grid_differences(labels)
     if diff:
         raise InputError(f"{labels_path}: label grid differs from {f'CT {ct_path}' if ct_path else 'the CT'}: "
                          + "; ".join(diff) + f"; {fix}")

@@ -10,7 +10,7 @@ all branches to the highest resolution and concatenates them.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,9 +48,6 @@ class HRNetSpec:
     @property
     def widths(self) -> list[int]:
         return [self.width * 2 ** k for k in range(self.branches)]
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class _Fuse(nn.Module):

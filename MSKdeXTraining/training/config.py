@@ -97,6 +97,12 @@ class TrainConfig:
         need(not self.gan or min(self.size) >= critic, "image_size",
              f"at least {critic} pixels for the critic (d_layers {self.d_layers}, d_scales {self.d_scales})")
         self.g_spec  # validates the HRNet fields
+        terms = {"gan": self.gan and self.lambda_gan > 0, "lambda_cyc": self.lambda_cyc > 0,
+                 "lambda_gca": self.lambda_gca > 0, "lambda_gcb": self.lambda_gcb > 0,
+                 "lambda_is": self.lambda_is > 0, "bone_loss": self.bone_loss and self.lambda_bone > 0}
+        if not any(terms.values()):
+            raise InputError(f"config: no generator loss is on ({', '.join(terms)} all off or weighted 0); "
+                             "the generator would not learn")
 
     @property
     def size(self) -> tuple[int, ...]:

@@ -128,7 +128,7 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
         x = ds.load(i)["xray"][None].to(device)
         feats.append(G.pooled_features(norm.xin(x)).double().cpu()[0])
         means.append(float(x.mean()))
-        stds.append(float(x.std()))
+        stds.append(float(x.std(correction=0)))  # as LoadedModel.ood computes it (numpy, ddof 0)
         layouts.append(layout(x.cpu()))
     G.train()
     layouts = torch.cat(layouts)

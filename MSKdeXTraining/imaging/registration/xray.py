@@ -12,7 +12,8 @@ from ..geometry import Geometry
 
 
 def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None,
-              sdd: float | None = None, sod: float | None = None) -> tuple[np.ndarray, Geometry]:
+              sdd: float | None = None, sod: float | None = None,
+              require_distances: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read a 2D radiograph (float32 (rows, cols), bright = attenuating) and its :class:`Geometry`.
 
     A radiograph with a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic
@@ -22,18 +23,19 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     Source distances (mm), by priority: the arguments, a ``<name>.json`` sidecar in the
     ``mskdex-xray`` format (the synthetic cohort), the file's (DICOM (0018,1110) SDD; the SOD
     as that SDD over the magnification :func:`read_radiograph` found), else the defaults of
-    :class:`Geometry` (SDD 1100, SOD 880), with a warning. A PixelSpacing calibrated at the
-    patient is scaled to the detector by SDD / SOD.
+    :class:`Geometry` (SDD 1100, SOD 880), with a warning, or an InputError with
+    ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the detector by
+    SDD / SOD.
     """
-    from ...radiograph_io import read_radiograph, read_sidecar
+    from ...radiograph_io import check_sidecar, read_radiograph, read_sidecar, sidecar_path
 
     path = Path(path)
-    sidecar = read_sidecar(path) or {}
     factor, at_patient = None, False
-    if sidecar and pixel_spacing is None:
-        array = _read_cohort_image(path)  # simulated: the sidecar's geometry is exact
-        spacing = tuple(float(v) for v in sidecar["pixel_spacing"])
-        known = {k: float(sidecar[k]) for k in ("sdd", "sod") if k in sidecar}
+    sidecar = read_sidecar(path) if pixel_spacing is None else None
+    if sidecar is not None:  # simulated: its geometry is exact
+        array, spacing = _read_cohort_image(path)
+        check_sidecar(sidecar, path, array.shape, spacing)
+        known = {"sdd": sidecar.sdd, "sod": sidecar.sod}
     else:
         radiograph = read_radiograph(path, pixel_spacing)
         array, spacing, source = radiograph.array, radiograph.pixel_spacing, radiograph.source
@@ -42,7 +44,7 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
         factor = m if m is not None and m > 1.0 else None
         at_patient = m == 1.0  # a PixelSpacing calibrated at the patient
     meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
-            "parallel": bool(sidecar.get("parallel", False))}
+            "parallel": sidecar is not None and sidecar.parallel}
     assumed = []
     meta["sdd"] = float(sdd) if sdd is not None else known.get("sdd")
     if meta["sdd"] is None:
@@ -55,14 +57,19 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
         assumed.append(f"SOD {Geometry.sod:g} mm")
     if at_patient:  # the detector's pixels are larger by the magnification
         meta["pixel_spacing"] = tuple(s * meta["sdd"] / meta["sod"] for s in spacing)
+    if assumed and require_distances:
+        raise InputError(f"{path}: source distances not in the file (DICOM (0018,1110) / (0018,1111)) "
+                         f"nor in a {sidecar_path(path).name} sidecar (mskdex-xray: geometry sdd, sod in mm); "
+                         "they set the patient's scale, so they are not assumed here")
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)
     return array, Geometry.from_json(meta, str(path))
 
 
-def _read_cohort_image(path: Path) -> np.ndarray:
-    """The 2D float32 image of a cohort radiograph (MHA written by `mskdex cohort`)."""
+def _read_cohort_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
+    """The 2D float32 image of a cohort radiograph (MHA written by `mskdex cohort`) and its
+    (row, column) spacing in mm."""
     import SimpleITK as sitk
 
     try:
@@ -71,4 +78,5 @@ def _read_cohort_image(path: Path) -> np.ndarray:
         raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
     if image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: radiograph must be a 2D grey image, got size {image.GetSize()}")
-    return sitk.GetArrayFromImage(image).astype(np.float32)
+    sx, sy = image.GetSpacing()
+    return sitk.GetArrayFromImage(image).astype(np.float32), (sy, sx)

@@ -51,6 +51,7 @@ from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .modelio import ORIENTATIONS
 from .radiograph_io import Radiograph, read_radiograph, sidecar_path, stem as file_stem, unit_range
+from .training.data import resize
 
 Progress = Callable[[float, str], None]
 
@@ -239,10 +240,15 @@ class Decomposer:
         return own.matched(self.geometry)
 
     def model_input(self, radiograph: Radiograph) -> tuple[np.ndarray, Geometry, dict]:
-        """The radiograph in [0, 1] on its matched detector, that detector, and what was done."""
+        """The radiograph in [0, 1] on its matched detector, that detector, and what was done.
+        As in training: resampled onto the matched detector at the prepared dataset's pixel
+        count (``model.json`` input ``prepared_shape``; older models: the model grid), then
+        averaged onto the model grid."""
         x, method = unit_range(radiograph.array, radiograph.source.get("value_range"))
         detector = self.detector(radiograph)
-        x, coverage = to_detector(x, radiograph.pixel_spacing, detector)
+        prepared = self.model.meta["input"].get("prepared_shape") or list(detector.shape)
+        x, coverage = to_detector(x, radiograph.pixel_spacing, detector.resized(*prepared))
+        x = resize(torch.from_numpy(x), detector.shape).numpy()
         return x, detector, {
             "input_shape": list(radiograph.shape),
             "input_pixel_spacing_mm": list(radiograph.pixel_spacing),

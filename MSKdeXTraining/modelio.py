@@ -152,6 +152,10 @@ def read_meta(run: str | Path) -> dict:
     Geometry.from_json(meta["geometry"], f"{path}: field 'geometry'")
     problems = [f"'input' needs 'mean' and 'std' > 0"] if not (
         isinstance(meta["input"], dict) and {"mean", "std"} <= set(meta["input"]) and meta["input"]["std"] > 0) else []
+    shape = meta["input"].get("prepared_shape") if isinstance(meta["input"], dict) else None
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 2
+                                  and all(isinstance(v, int) and v >= 1 for v in shape)):
+        problems.append(f"'input' prepared_shape must be [rows, cols] (pixels), got {shape!r}")
     ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
     missing = sorted(set(OOD_FIELDS) - set(ood))
     if missing:

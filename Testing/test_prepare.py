@@ -284,3 +284,25 @@ def test_truth_values_are_checked(cohort, tmp_path):
         (tmp_path / "truth.json").write_text(json.dumps(doc))
         with pytest.raises(InputError, match=rf"truth.json: field 'objects.{name}.mass_g' must be a number >= 0 \(g\)"):
             _read_truth(tmp_path / "truth.json", objects)
+
+
+def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):
+    """A cohort radiograph through decompose's input path (windowing, matched detector at the
+    prepared pixel count, averaged onto the model grid) is the training input of its case."""
+    from MSKdeXTraining.inference import Decomposer
+    from MSKdeXTraining.radiograph_io import read_radiograph
+    from MSKdeXTraining.training.config import load_config
+    from MSKdeXTraining.training.data import PreparedDataset
+    from MSKdeXTraining.training.trainer import train
+
+    data = _prepare(cohort, tmp_path / "ds", include_failed=True)
+    config = load_config("small", {"epochs": 1, "batch_size": 2, "image_size": 16, "gan": False,
+                                   "lambda_cyc": 0.0, "g_width": 4, "g_branches": 1, "g_blocks": 1,
+                                   "g_stem_stride": 1, "device": "cpu", "amp_bf16": False})
+    decomposer = Decomposer.from_run(train(config, data, tmp_path / "run"))
+    assert decomposer.model.meta["input"]["prepared_shape"] == [32, 32]
+    trained_on = PreparedDataset(data, size=(16, 16))
+    for k, case in enumerate(trained_on.ids):
+        x, detector, _ = decomposer.model_input(read_radiograph(cohort / case / "xray.mha"))
+        assert detector.shape == (16, 16)
+        np.testing.assert_allclose(x, trained_on.load(k)["xray"][0].numpy(), atol=1e-5)

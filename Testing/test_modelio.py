@@ -102,6 +102,7 @@ def test_malformed_checkpoint_is_named(tmp_path, content, message):
     ("scale", [[1.0]], "field 'scale' must have shape"),
     ("kinds", ["muscle"], "field 'kinds' must have one entry per object"),
     ("input", {"mean": 0.5}, "'input' needs 'mean' and 'std'"),
+    ("input", {"mean": 0.5, "std": 0.2, "prepared_shape": [128]}, "'input' prepared_shape must be \\[rows, cols\\]"),
     ("ood", {"feature_mean": [0.0]}, "'ood' lacks"),
     ("ood", {"feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5, "feature_p99": 1.0,
              "intensity_mean": [0.5, 0.1], "intensity_std": [0.2, 0.1]}, "'ood' has 5 feature statistics"),

@@ -14,7 +14,8 @@ from MSKdeXTraining.commands import train as train_cmd
 from MSKdeXTraining.imaging.volume import InputError
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
-from MSKdeXTraining.training.data import PreparedDataset, aligned_ok, read_manifest, split_folds
+from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_order, read_manifest,
+                                          split_folds)
 from MSKdeXTraining.training.toy import write_toy_dataset
 from MSKdeXTraining.training.distributed import DistInfo
 from MSKdeXTraining.training.trainer import build_training, normalisation, train
@@ -241,16 +242,29 @@ def test_owis_weight_ramps_up_over_the_warmup(dataset, tmp_path):
     assert [float(r["lambda_is"]) for r in rows] == pytest.approx([config.lambda_is / 2, config.lambda_is])
 
 
-def test_flip_augmentation_flips_the_aligned_bones_too(dataset):
-    """The aligned-bone DRRs must stay registered to the flipped radiograph."""
-    ds = PreparedDataset(dataset, flip_seed=0)
+def test_flip_augmentation_flips_the_aligned_bones_too(dataset, tmp_path):
+    """The aligned-bone DRRs stay registered to the flipped radiograph, and a mirrored left
+    muscle is the right one: per-side channels and targets trade places."""
+    sided = tmp_path / "sided"
+    shutil.copytree(dataset, sided)
+    manifest = json.loads((sided / "manifest.json").read_text())
+    muscles = [n for n, k in zip(manifest["objects"], manifest["kinds"]) if k == "muscle"][:2]
+    rename = dict(zip(muscles, ("psoas_left", "psoas_right")))
+    manifest["objects"] = [rename.get(n, n) for n in manifest["objects"]]
+    (sided / "manifest.json").write_text(json.dumps(manifest))
+    left, right = (manifest["objects"].index(n) for n in ("psoas_left", "psoas_right"))
+    swap = list(range(len(manifest["objects"])))
+    swap[left], swap[right] = right, left
+    assert mirrored_order(manifest["objects"]) == swap
+    ds = PreparedDataset(sided, flip_seed=0)
     for epoch in range(1, 20):
         ds.set_epoch(epoch, 0)
         for i in range(len(ds)):
             item, plain = ds[i], ds.load(i)
             if torch.equal(item["xray"], plain["xray"].flip(-1)) and not torch.equal(item["xray"], plain["xray"]):
-                assert torch.equal(item["drr"], plain["drr"].flip(-1))
+                assert torch.equal(item["drr"], plain["drr"].flip(-1)[:, swap])
                 assert torch.equal(item["aligned"], plain["aligned"].flip(-1))
+                assert torch.equal(item["mass_g"], plain["mass_g"][swap])
                 return
     pytest.fail("no flipped case drawn")
 

@@ -50,7 +50,7 @@ class TrainConfig:
     lambda_l1: float = 100.0
     lambda_bone: float = 1.0
     pool_size: int = 50
-    augment_flip: bool = False           # left-right flip of whole cases (sums unchanged)
+    augment_flip: bool = False           # left-right flip of whole cases (sums kept; _left/_right swap)
     # networks
     g_width: int = 32
     g_branches: int = 4

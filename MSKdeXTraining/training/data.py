@@ -71,6 +71,19 @@ def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], 
             for f in range(k)]
 
 
+def mirrored_order(names: list[str]) -> list[int]:
+    """Channel order of ``names`` seen in a mirror: ``<name>_left`` and ``<name>_right`` trade
+    places (where both exist); every other object stays."""
+    def partner(name: str) -> str:
+        for side, other in (("_left", "_right"), ("_right", "_left")):
+            if name.endswith(side):
+                return name[:-len(side)] + other
+        return name
+
+    index = {n: i for i, n in enumerate(names)}
+    return [index.get(partner(n), i) for i, n in enumerate(names)]
+
+
 def aligned_ok(case: dict, bones: list[str]) -> torch.Tensor:
     """(N_b,) bool: which aligned-bone DRRs of a manifest case come from a successful
     registration. A bone is its rigid bodies (the femur: both femurs); one the case's
@@ -112,7 +125,8 @@ class PreparedDataset(Dataset):
     ``drr`` (3, N, H, W), ``aligned`` (3, Nb, H, W), ``volume_cm3``/``mass_g`` (N,) and, for
     the unpaired losses, ``drr_unpaired``: the DRRs of case ``pairing[i]`` (see
     :meth:`set_epoch`). With ``flip_seed`` set, whole cases are flipped left-right at random
-    (per epoch and case; image sums and the xray-aligned pairing are unchanged).
+    (per epoch and case; image sums and the xray-aligned pairing are unchanged; the channels
+    of objects named ``<name>_left`` / ``<name>_right`` trade places, as their anatomy does).
     """
 
     def __init__(self, root: str | Path, ids: list[str] | None = None,
@@ -133,6 +147,8 @@ class PreparedDataset(Dataset):
         self.objects = list(self.manifest["objects"])
         self.kinds = list(self.manifest["kinds"])
         self.bone_index = [self.objects.index(b) for b in self.manifest["aligned_bones"]]
+        self.mirrored = mirrored_order(self.objects)
+        self.mirrored_bones = mirrored_order(list(self.manifest["aligned_bones"]))
         self.aligned_ok = {c["id"]: aligned_ok(c, self.manifest["aligned_bones"])
                            for c in self.manifest["cases"]}
         self.dataset_geometry = Geometry.from_json(self.manifest["geometry"], f"{manifest}: geometry")
@@ -182,10 +198,13 @@ class PreparedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.load(index)
         if self._flip(index, 0):
-            for key in ("xray", "drr", "aligned"):
-                item[key] = item[key].flip(-1)
+            item["xray"] = item["xray"].flip(-1)
+            item["drr"] = item["drr"].flip(-1)[:, self.mirrored]
+            item["aligned"] = item["aligned"].flip(-1)[:, self.mirrored_bones]
+            for key in ("volume_cm3", "mass_g"):
+                item[key] = item[key][self.mirrored]
         partner = int(self.pairing[index])
         drr_u = self.load(partner)["drr"]
-        item["drr_unpaired"] = drr_u.flip(-1) if self._flip(partner, 1) else drr_u
+        item["drr_unpaired"] = drr_u.flip(-1)[:, self.mirrored] if self._flip(partner, 1) else drr_u
         item["index"] = torch.tensor(index)
         return item

@@ -7,13 +7,12 @@ is done by MSKdeXLib (MRML <-> backend bridge, no Qt) and the backend package MS
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import qt
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
+from slicer import vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -23,11 +22,17 @@ from slicer.util import VTKObservationMixin
 from MSKdeXTraining.objects import builtin_maps
 
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
-from MSKdeXLib.dependencies import TORCH_MISSING, ensure_requirements, ensure_torch, torch_available
-from MSKdeXLib.pose_nodes import ACCEPTED_ATTRIBUTE, pose_from_transform_node, pose_node_name
+from MSKdeXLib.backend_process import LOG_LINES
+from MSKdeXLib.dependencies import ensure_requirements, ensure_torch, require_dependencies
+from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name
 from MSKdeXLib.progress import Cancelled, ProgressRelay
 from MSKdeXLib.results_table import ood_text
 from MSKdeXLib.sample_data import example_ct_source
+
+if TYPE_CHECKING:
+    from MSKdeXTraining.imaging.registration import RegistrationResult
+    from MSKdeXLib.backend_process import BackendProcess
+    from MSKdeXLib.pipeline import DecomposeOutput, Pipeline
 
 DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
 BONES = ["pelvis", "femur_left", "femur_right"]  # = keys of imaging.registration.rigid_bodies
@@ -46,7 +51,7 @@ class MSKdeX(ScriptedLoadableModule):
             "decomposing it into object-wise DRRs. Sections: <b>Inputs</b> (CT, segmentation, radiograph, "
             "segmentation QC), <b>DRRs</b>, <b>Bone alignment</b> (2D/3D registration), <b>Training</b> "
             "(runs the backend in a separate process) and <b>Decompose</b>. "
-            "See <a href='https://github.com/mskdex/MSKdeX'>the documentation</a>.")
+            "See <a href='https://github.com/mskdex/MSKdeX/blob/main/docs/slicer.md'>the documentation</a>.")
         self.parent.acknowledgementText = _(
             "Method: Gu Y, Otake Y, Uemura K, Takao M, Soufi M, Hiasa Y, Talbot H, Okata S, "
             "Sugano N, Sato Y. MSKdeX: Musculoskeletal (MSK) decomposition from an X-ray image for "
@@ -99,7 +104,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._relay: ProgressRelay | None = None
-        self._training = None
+        self._registeredBone: str | None = None  # what Accept accepts
+        self._training: BackendProcess | None = None
+        self._trainingOutput: Path | None = None  # becomes the model folder when training ends well
         self._timer = qt.QTimer()
         self._timer.setInterval(250)
         self._timer.timeout.connect(self.onTrainingPoll)
@@ -112,6 +119,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = self.logic or MSKdeXLogic()
         self.ui.objectMapLineEdit.toolTip = f"Built-in object map ({', '.join(builtin_maps())}) or a JSON file"
+        self.ui.trainLogTextEdit.maximumBlockCount = LOG_LINES
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
@@ -134,7 +142,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
         self._timer.stop()
-        self.onCancelTraining()
+        if self._training is not None:
+            self._training.cancel()
         self._training = None
 
     def enter(self) -> None:
@@ -146,9 +155,16 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
+        """Stop in-process work, forget this scene's results; a running training no longer sets the model."""
+        self.onCancelWork()
         self.setParameterNode(None)
-        self.logic.drrLayers = {}  # their nodes go with the scene
+        self._registeredBone = self._trainingOutput = None
         self.ui.drrObjectComboBox.clear()
+        self.ui.qcTableWidget.setRowCount(0)
+        self.ui.qcTableWidget.setColumnCount(0)
+        self.ui.gcLabel.text, self.ui.oodLabel.text, self.ui.statusLabel.text = "not registered", "-", ""
+        self.ui.workProgressBar.value = 0
+        self.ui.acceptPoseButton.enabled = False
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -178,22 +194,28 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._relay = relay = ProgressRelay(report)
         self.ui.cancelWorkButton.enabled = True
-        report(0.0, f"{what}...")
+        outcome = "failed"
         try:
             with slicer.util.tryWithErrorDisplay(_("{what} failed.").format(what=what), waitCursor=True):
-                with contextlib.suppress(Cancelled):
+                try:
+                    report(0.0, f"{what}...")
                     work(relay)
+                    outcome = "done"
+                except Cancelled:
+                    outcome = "stopped"
         finally:
             self._relay = None
             self.ui.cancelWorkButton.enabled = False
-            self.ui.statusLabel.text = f"{what}: {'done' if relay.fraction >= 1.0 else 'stopped'}."
+            self.ui.statusLabel.text = f"{what}: {outcome}."
 
     def onCancelWork(self) -> None:
         if self._relay is not None:
             self._relay.cancel()
 
-    # -- buttons ------------------------------------------------------------------------
+    # -- buttons (those of short steps do nothing while a _runWork step runs) -------------
     def onDependencies(self) -> None:
+        if self._relay is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("MSKdeX dependencies are missing."), waitCursor=True):
             ensure_torch()  # the PyTorch extension asks before installing
             installed = ensure_requirements(
@@ -201,6 +223,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = ("Installed: " + ", ".join(installed)) if installed else "All dependencies present."
 
     def onSegmentationQC(self) -> None:
+        if self._relay is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Segmentation QC failed."), waitCursor=True):
             rows = self.logic.segmentationQC(self._parameterNode)
             table = self.ui.qcTableWidget
@@ -229,7 +253,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowDRR(self, *_args) -> None:
         """Show the DRR layer picked in the object and type boxes (over the radiograph if any)."""
         p = self._parameterNode
-        layer = self.logic.drrLayer(self.ui.drrObjectComboBox.currentText, p.drrType) if p else None
+        name = self.ui.drrObjectComboBox.currentText
+        layer = self.logic.drrLayer(name, p.drrType) if p and name else None
         if layer is None:
             return
         if p.radiograph is not None:
@@ -240,23 +265,32 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRegister(self, redo: bool = False) -> None:
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
         def work(progress: ProgressRelay) -> None:
+            self._registeredBone, self.ui.acceptPoseButton.enabled = None, False
+            bone = self._parameterNode.bone  # what logic.register reads
             result, layer = self.logic.register(self._parameterNode, progress, redo)
-            self.ui.gcLabel.text = f"GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
+            self.ui.gcLabel.text = f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
             slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=layer,
                                              foregroundOpacity=0.5, fit=True)
-            self.ui.acceptPoseButton.enabled = True
+            self._registeredBone, self.ui.acceptPoseButton.enabled = bone, True
 
         self._runWork(f"Registering {self._parameterNode.bone}", work)
 
     def onAcceptPose(self) -> None:
+        """Accept the pose of the bone registered last (not of the one selected now)."""
+        if self._relay is not None or self._registeredBone is None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Accepting the pose failed.")):
-            self.logic.acceptPose(self._parameterNode.bone)
+            self.logic.acceptPose(self._registeredBone)
             self.ui.gcLabel.text += " - accepted"
             self.ui.acceptPoseButton.enabled = False
 
     def onTrain(self) -> None:
+        if self._relay is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
             self._training = self.logic.startTraining(self._parameterNode)
+            self._trainingOutput = self._parameterNode.trainOutput
+            self.ui.trainProgressBar.value = 0
             self.ui.trainLogTextEdit.clear()
             self.ui.trainLogTextEdit.appendPlainText(" ".join(self._training.command))
             self.ui.trainButton.enabled = False
@@ -279,21 +313,31 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._training = None
                 self.ui.trainButton.enabled = True
                 self.ui.cancelTrainButton.enabled = False
-                if event.returncode == 0 and not event.text and self._parameterNode:
-                    self._parameterNode.modelFolder = self._parameterNode.trainOutput
+                if event.returncode == 0 and not event.text and self._parameterNode and self._trainingOutput:
+                    self._parameterNode.modelFolder = self._trainingOutput
 
     def onCancelTraining(self) -> None:
         if self._training is not None:
-            self._training.cancel()
+            self._training.request_cancel()  # SIGTERM now; onTrainingPoll's poll() kills it if it lingers
 
     def onDecompose(self) -> None:
         """Decompose the radiograph: layers per object and type, results table and bar chart."""
         def work(progress: ProgressRelay) -> None:
             out = self.logic.decompose(self._parameterNode, progress)
             self.ui.oodLabel.text = ood_text(out.decomposition.ood)
-            self.logic.showResults(self._parameterNode, out)
+            self.showResults(out)
 
         self._runWork("Decomposing", work)
+
+    def showResults(self, out: DecomposeOutput) -> None:
+        """Table + bar chart in the layout, the first object's MDRR over the radiograph."""
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        slicer.modules.plots.logic().ShowChartInLayout(out.chart)
+        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(out.table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        first = out.layers[(out.decomposition.names[0], "mdrr")]
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=first,
+                                         foregroundOpacity=0.5, fit=True)
 
 
 class MSKdeXLogic(ScriptedLoadableModuleLogic):
@@ -302,15 +346,13 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._pipeline = None
-        self.drrLayers: dict = {}
 
     @property
-    def pipeline(self):
-        """MSKdeXLib's Pipeline on the application scene (imported on first use: it needs torch,
-        which the widget's *Check dependencies* installs; the logic shows no dialog)."""
+    def pipeline(self) -> Pipeline:
+        """MSKdeXLib's Pipeline on the application scene (imported on first use: it needs torch and
+        Resources/requirements.txt, which the widget's *Check dependencies* installs; no dialog here)."""
         if self._pipeline is None:
-            if not torch_available():
-                raise RuntimeError(TORCH_MISSING)
+            require_dependencies()
             from MSKdeXLib.pipeline import Pipeline
 
             self._pipeline = Pipeline(slicer.mrmlScene)
@@ -326,20 +368,25 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
                         p.sourceDetectorDistance, p.sourceIsocenterDistance)
 
     def segmentationQC(self, p: MSKdeXParameterNode) -> list[dict]:
+        """QC rows (:func:`MSKdeXLib.qc_table.qc_rows`) of the segmentation; also fills the QC table node."""
         from MSKdeXLib.qc_table import qc_rows
 
         qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap))
         return qc_rows(qc)
 
     def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> list[str]:
-        result, self.drrLayers = self.pipeline.compute_drrs(
+        """Object-wise DRR layers of the CT in the AP pose; returns the object names."""
+        result, _layers = self.pipeline.compute_drrs(
             p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
         return list(result.stack.names)
 
-    def drrLayer(self, name: str, drrType: str):
-        return self.drrLayers.get((name, drrType))
+    def drrLayer(self, name: str, drrType: str) -> vtkMRMLScalarVolumeNode | None:
+        """The DRR layer of object ``name`` and ``drrType`` in the scene, if computed."""
+        return self.pipeline.drr_layer(name, drrType)
 
-    def register(self, p: MSKdeXParameterNode, progress: ProgressRelay, redo: bool = False):
+    def register(self, p: MSKdeXParameterNode, progress: ProgressRelay,
+                 redo: bool = False) -> tuple[RegistrationResult, vtkMRMLScalarVolumeNode]:
+        """Register ``p.bone`` (Redo: from its pose node); returns (result, aligned bone DRR layer)."""
         start = pose_from_transform_node(self.poseNode(p.bone)) if redo else None
         result, _transform, layer = self.pipeline.register(
             p.ctVolume, p.segmentation, p.radiograph, self.pipeline.object_map(p.objectMap), p.bone,
@@ -347,36 +394,28 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         return result, layer
 
     @staticmethod
-    def poseNode(bone: str):
+    def poseNode(bone: str) -> vtkMRMLLinearTransformNode:
+        """The transform node of ``bone``'s registered pose; ValueError when there is none."""
         node = slicer.mrmlScene.GetFirstNodeByName(pose_node_name(bone))
         if node is None:
             raise ValueError(f"no registered pose for {bone}; click Register first")
         return node
 
     def acceptPose(self, bone: str) -> None:
-        self.poseNode(bone).SetAttribute(ACCEPTED_ATTRIBUTE, "1")
+        """Mark ``bone``'s registered pose as accepted (a femur then starts from an accepted pelvis)."""
+        accept_pose(self.poseNode(bone))
 
-    def startTraining(self, p: MSKdeXParameterNode):
+    def startTraining(self, p: MSKdeXParameterNode) -> BackendProcess:
+        """Start ``mskdex train`` on the parameter node's dataset, config and output in a child process."""
         return self.pipeline.training_process(p.datasetFolder, p.trainConfig, p.trainOutput, p.resumeTraining,
                                               p.holdOutForCalibration)
 
-    def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay):
-        out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress,
+    def decompose(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> DecomposeOutput:
+        """Decompose ``p.radiograph`` with ``p.modelFolder``: layers, results table (``p.resultsTable``) and chart."""
+        out = self.pipeline.decompose(p.modelFolder, p.radiograph, p.tta, progress=progress, table_node=p.resultsTable,
                                       magnification=p.radiographMagnification or None)
         p.resultsTable = out.table
         return out
-
-    @staticmethod
-    def showResults(p: MSKdeXParameterNode, out) -> None:
-        """Table + bar chart in the layout, the first muscle's MDRR over the radiograph."""
-        layoutManager = slicer.app.layoutManager()
-        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-        slicer.modules.plots.logic().ShowChartInLayout(out.chart)
-        selection = slicer.app.applicationLogic().GetSelectionNode()
-        selection.SetActiveTableID(out.table.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
-        first = out.layers[(out.decomposition.names[0], "mdrr")]
-        slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=first, foregroundOpacity=0.5, fit=True)
 
 
 class MSKdeXTest(ScriptedLoadableModuleTest):

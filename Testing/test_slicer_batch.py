@@ -86,20 +86,34 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("overwrite_input", "would overwrite the input"),
     ("no_model", "no model.json"),
     ("bad_tta", "--tta must be >= 1"),
+    ("out_is_a_folder", "Is a directory"),  # any of the backend's INPUT_ERRORS
 ])
 def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
     run, xray = model_and_xray
     png = tmp_path / "x.png"
+    (tmp_path / "folder").mkdir()
     sitk.WriteImage(sitk.GetImageFromArray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)), str(png))
     argv = {"missing_xray": ["--model", str(run), "--xray", str(tmp_path / "nope.dcm"), "--out", str(tmp_path / "t.csv")],
             "png_without_spacing": ["--model", str(run), "--xray", str(png), "--out", str(tmp_path / "t.csv")],
             "overwrite_input": ["--model", str(run), "--xray", str(xray), "--out", str(xray)],
             "no_model": ["--model", str(tmp_path), "--xray", str(xray), "--out", str(tmp_path / "t.csv")],
-            "bad_tta": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv"), "--tta", "0"]}[case]
+            "bad_tta": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv"), "--tta", "0"],
+            "out_is_a_folder": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "folder")]}[case]
     assert load_script().run(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("mskdex_batch: error:") and message in err
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_batch_without_torch_points_to_check_dependencies(tmp_path):
+    """A missing PyTorch (the likely ImportError in Slicer) exits 1 and says how to install it."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code, str(SCRIPT), "--model", str(tmp_path), "--xray", "x.dcm",
+                           "--out", str(tmp_path / "t.csv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("mskdex_batch: error: import of torch halted")
+    assert "PyTorch" in proc.stderr and "'Check dependencies'" in proc.stderr
 
 
 def test_batch_help_exits_0():

@@ -7,6 +7,8 @@ model trained for one epoch on the backend's toy dataset for Decompose.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import unittest
@@ -32,7 +34,7 @@ from MSKdeXLib.backend_process import BackendProcess  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
 from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, stack_from_layers  # noqa: E402
 from MSKdeXLib.pipeline import Pipeline  # noqa: E402
-from MSKdeXLib.pose_nodes import pose_from_transform_node, pose_to_transform_node  # noqa: E402
+from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
 from MSKdeXLib.results_table import COLUMNS, ood_text, table_rows  # noqa: E402
 from MSKdeXLib.scene_io import load_scene, save_scene  # noqa: E402
@@ -106,7 +108,7 @@ def test_segmentation_round_trip_is_exact(example):
     assert segmentation.GetNumberOfSegments() == len(np.unique(labels.array)) - 1
     back = labels_from_segmentation(seg, example["ct_node"])
     assert np.array_equal(back.array, labels.array)
-    assert back.same_grid(labels) == []
+    assert back.grid_differences(labels) == []
 
 
 def test_segments_are_matched_by_name(example):
@@ -192,6 +194,8 @@ def test_drrs_through_the_bridge_equal_the_backend(example):
     assert len(layers) == 3 * len(objects)
     assert np.array_equal(stack_from_layers(layers, objects.names), direct.data.numpy())
     node = layers[("gluteus_medius", "vdrr")]
+    assert pipeline.drr_layer("gluteus_medius", "vdrr").GetID() == node.GetID()  # the panel's lookup by name
+    assert pipeline.drr_layer("no_such_object", "vdrr") is None
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(example["scene"])
     folder = hierarchy.GetItemParent(hierarchy.GetItemByDataNode(node))
     assert hierarchy.GetItemName(folder) == "MSKdeX DRR"
@@ -255,7 +259,7 @@ def test_bone_alignment_through_the_bridge():
     assert float(transform.GetAttribute("MSKdeX.GradientCorrelation")) == pytest.approx(result.gc)
     aligned = volume_from_node(layer).array[0]
     assert np.corrcoef(aligned.ravel(), drr.ravel())[0, 1] > 0.95
-    assert volume_from_node(layer).same_grid(volume_from_node(xray_node)) == []
+    assert volume_from_node(layer).grid_differences(volume_from_node(xray_node)) == []
     assert transform.GetName() == "MSKdeX aligned pelvis pose"
     # Redo from the pose node after the user moved it by 2 mm: converges again
     moved = pose_from_transform_node(transform)
@@ -266,6 +270,10 @@ def test_bone_alignment_through_the_bridge():
     np.testing.assert_allclose(again.pose[:2, 3], truth[:2, 3], atol=2.0)
     with pytest.raises(InputError, match="bone: expected one of"):
         Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "tibia", 1100.0, 880.0)
+    # a femur starts only from an accepted pelvis (the Redo above registered it again: not accepted)
+    with pytest.raises(InputError, match=r"femur_left: .*pelvis.* is not accepted; .*click Accept first"):
+        Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "femur_left", geometry.sdd, geometry.sod)
+    accept_pose(transform)
     femur, _, _ = Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "femur_left", geometry.sdd,
                                            geometry.sod, "fast")
     pelvis_pose = pose_from_transform_node(scene.GetFirstNodeByName("MSKdeX aligned pelvis pose"))
@@ -323,6 +331,12 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
     count = scene.GetNumberOfNodes()
     Pipeline(scene).decompose(tiny_model, node, tta=1)
     assert scene.GetNumberOfNodes() == count
+    # the panel's Results table selector: the results go into the table picked there
+    mine = scene.AddNewNodeByClass("vtkMRMLTableNode", "my results")
+    again = Pipeline(scene).decompose(tiny_model, node, tta=1, table_node=mine)
+    assert again.table.GetID() == mine.GetID() and scene.GetNumberOfNodes() == count + 1
+    assert [r["object"] for r in table_rows(mine)] == list(result.names)
+    assert again.chart.GetNthPlotSeriesNode(0).GetTableNodeID() == mine.GetID()
 
 
 def _centre_ras(node) -> np.ndarray:
@@ -365,7 +379,7 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
     loaded = load_scene(path)
     ct2 = loaded.GetFirstNodeByName("CT")
     back = volume_from_node(ct2)
-    assert np.array_equal(back.array, ct.array) and back.same_grid(ct) == []
+    assert np.array_equal(back.array, ct.array) and back.grid_differences(ct) == []
     assert np.array_equal(labels_from_segmentation(loaded.GetFirstNodeByName("segmentation"), ct2).array,
                           labels.array)
     for (name, drr_type), node in layers.items():
@@ -398,6 +412,41 @@ def test_backend_process_reports_progress_and_cancels():
     assert events[-1].kind == "finished" and events[-1].returncode != 0
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+def test_request_cancel_returns_at_once_and_poll_kills_a_process_ignoring_sigterm():
+    """The panel's Cancel training: SIGTERM without waiting; poll() sends SIGKILL after the grace period."""
+    script = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "print('ready', flush=True)\ntime.sleep(60)\n")
+    process = BackendProcess([sys.executable, "-c", script])
+    deadline = time.monotonic() + 30
+    while "ready" not in process.log and time.monotonic() < deadline:
+        process.poll()
+        time.sleep(0.02)
+    start = time.monotonic()
+    process.request_cancel(grace_s=1.0)
+    assert time.monotonic() - start < 0.5 and process.cancelled
+    time.sleep(0.3)
+    process.poll()
+    assert process.running  # SIGTERM ignored, grace period not over
+    while process.running and time.monotonic() < start + 20:
+        process.poll()
+        time.sleep(0.05)
+    assert not process.running and time.monotonic() - start >= 1.0
+    assert process.poll()[-1].returncode == -signal.SIGKILL
+
+
+def test_backend_runs_in_pythonslicer_only_inside_slicer(tmp_path, monkeypatch):
+    from MSKdeXLib.backend_process import python_executable
+
+    fake = tmp_path / "PythonSlicer"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert python_executable() == sys.executable  # slicer-core outside the application
+    monkeypatch.setattr(slicer, "app", object(), raising=False)
+    assert python_executable() == str(fake)
+
+
 def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
     """The Training section's path: `mskdex train` in a child process, progress parsed, run folder written."""
     data = tiny_model.parent / "toy"  # the toy dataset the fixture trained on
@@ -407,10 +456,10 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
                       "channels_last: false\n")
     with pytest.raises(InputError, match="manifest.json"):
         Pipeline.training_process(tmp_path, str(config), tmp_path / "run")
-    with pytest.raises(InputError, match="usable patient.*from 36 patients on .*Untick the hold-out"):
-        Pipeline.training_process(data, str(config), tmp_path / "run", hold_out=True)
+    with pytest.raises(InputError, match=r"fold 0 of 4\) holds 0 usable case.*at least 9\. Untick the hold-out"):
+        Pipeline.training_process(data, str(config), tmp_path / "run")  # holding out is the default
     assert not (tmp_path / "run").exists()
-    process = Pipeline.training_process(data, str(config), tmp_path / "run")
+    process = Pipeline.training_process(data, str(config), tmp_path / "run", hold_out=False)
     fractions = []
     while process.running:
         fractions += [e.fraction for e in process.poll() if e.kind == "progress"]
@@ -420,13 +469,20 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
     assert events[-1].kind == "finished" and events[-1].returncode == 0, process.log
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert (tmp_path / "run" / "model.json").is_file() and not (tmp_path / "run" / "calibration.json").exists()
-    # 36 patients: fold 0 of 4 is held out (`mskdex train --fold 0/4` calibrates on it, test_training)
+    # fold 0 of 4 is held out (`mskdex train --fold 0/4` calibrates on it, test_training); what counts is
+    # its cases in the trainer's split: two cases a patient, 16 patients hold out 8 cases, 20 hold out 10
     manifest = json.loads((data / "manifest.json").read_text())
-    case = manifest["cases"][0]
-    manifest["cases"] = [{**case, "id": f"c{n}", "patient": f"p{n}"} for n in range(36)]
-    (tmp_path / "big").mkdir()
-    (tmp_path / "big" / "manifest.json").write_text(json.dumps(manifest))
-    process = Pipeline.training_process(tmp_path / "big", str(config), tmp_path / "held", hold_out=True)
+    case, big = manifest["cases"][0], tmp_path / "big"
+    big.mkdir()
+
+    def with_patients(n: int) -> Path:
+        manifest["cases"] = [{**case, "id": f"c{k}", "patient": f"p{k // 2}"} for k in range(2 * n)]
+        (big / "manifest.json").write_text(json.dumps(manifest))
+        return big
+
+    with pytest.raises(InputError, match=r"holds 8 usable case\(s\); .* at least 9"):
+        Pipeline.training_process(with_patients(16), str(config), tmp_path / "held")
+    process = Pipeline.training_process(with_patients(20), str(config), tmp_path / "held")
     process.cancel()
     assert process.command[-2:] == ["--fold", "0/4"]
 
@@ -440,7 +496,8 @@ def test_backend_process_reports_failure():
 
 
 def test_requirements_detection(tmp_path):
-    from MSKdeXLib.dependencies import ensure_requirements, missing_requirements, read_requirements
+    from MSKdeXLib.dependencies import (ensure_requirements, missing_requirements, read_requirements,
+                                        require_dependencies)
 
     path = tmp_path / "requirements.txt"
     path.write_text("# comment\nnumpy>=1.0\n\nnumpy>=999  # too new\nno-such-package-mskdex>=1\n")
@@ -448,6 +505,10 @@ def test_requirements_detection(tmp_path):
     assert missing == ["numpy>=999", "no-such-package-mskdex>=1"]
     path.write_text("numpy>=1.0\n")
     assert ensure_requirements(lambda text: pytest.fail("nothing to confirm"), path) == []
+    require_dependencies(path)  # torch and numpy are here
+    path.write_text("numpy>=1.0\nno-such-package-mskdex>=1\n")
+    with pytest.raises(RuntimeError, match=r"not installed .*: no-such-package-mskdex>=1\. Click 'Check dependencies'"):
+        require_dependencies(path)
     path.write_text("numpy>=1.0\nnot a requirement!\n")
     with pytest.raises(ValueError, match=r"requirements.txt:2: not a valid requirement"):
         read_requirements(path)

@@ -4,7 +4,8 @@ The GUI must not freeze during training, so the backend runs out of process. Its
 (stdout and stderr together) is read line by line on a background thread and queued;
 :meth:`BackendProcess.poll` drains the queue without blocking (call it from a GUI timer).
 tqdm progress bars (``desc:  45%|####   | 9/20 [...]``) become progress events, every other
-line a log event. :meth:`BackendProcess.cancel` stops the whole process group.
+line a log event. :meth:`BackendProcess.request_cancel` stops the whole process group without
+waiting (the GUI's button); :meth:`BackendProcess.cancel` also waits for the end (cleanup).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +69,11 @@ def _count(text: str) -> float:
 
 
 def python_executable() -> str:
-    """The Python that runs the backend: Slicer's ``PythonSlicer`` when present, else this one."""
-    return shutil.which("PythonSlicer") or sys.executable
+    """The Python that runs the backend: ``PythonSlicer`` inside the Slicer application (whose
+    executable is not a Python), else this interpreter (plain Python with slicer-core)."""
+    import slicer
+
+    return (shutil.which("PythonSlicer") if hasattr(slicer, "app") else None) or sys.executable
 
 
 def backend_command(subcommand: str, arguments: list[str]) -> list[str]:
@@ -78,7 +83,7 @@ def backend_command(subcommand: str, arguments: list[str]) -> list[str]:
 
 class BackendProcess:
     """A started child process whose output is parsed line by line without blocking the caller
-    (:meth:`cancel` waits up to twice its grace period for the process to end)."""
+    (nor does :meth:`request_cancel`; :meth:`cancel` waits up to twice its grace period)."""
 
     def __init__(self, command: list[str], cwd: str | Path | None = None):
         env = dict(os.environ)
@@ -91,6 +96,7 @@ class BackendProcess:
         self.log: deque[str] = deque(maxlen=LOG_LINES)  #: the latest output lines
         self._events: queue.Queue[ProcessEvent] = queue.Queue()
         self._cancelled = False
+        self._kill_at: float | None = None  # time.monotonic() after which poll() sends SIGKILL
         try:
             self._process = subprocess.Popen(
                 self.command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -149,7 +155,10 @@ class BackendProcess:
 
     def poll(self) -> list[ProcessEvent]:
         """Every event since the last call (possibly none); updates :attr:`fraction`,
-        :attr:`message` and :attr:`log`."""
+        :attr:`message` and :attr:`log`, and kills the process once a :meth:`request_cancel`'s
+        grace period is over."""
+        if self._kill_at is not None and time.monotonic() >= self._kill_at and self.running:
+            self._kill()
         events = []
         while True:
             try:
@@ -169,16 +178,27 @@ class BackendProcess:
             raise TimeoutError(f"{self.command[:4]} still running after {timeout} s")
         return self._process.returncode
 
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Stop the process (and its children): SIGTERM, then SIGKILL after ``grace_s`` seconds."""
-        if not self.running:
+    def request_cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the process (and its children) without waiting: SIGTERM now, SIGKILL from the
+        first :meth:`poll` after ``grace_s`` seconds."""
+        if not self.running or self._cancelled:
             return
         self._cancelled = True
+        self._kill_at = time.monotonic() + grace_s
         self._signal(signal.SIGTERM)
-        self._reader.join(grace_s)
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the process and wait for its end: :meth:`request_cancel`, SIGKILL when its grace
+        period is over, then up to ``grace_s`` seconds more."""
+        self.request_cancel(grace_s)
+        self._reader.join(max(0.0, (self._kill_at or 0.0) - time.monotonic()))
         if self._reader.is_alive():
-            self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+            self._kill()
             self._reader.join(grace_s)
+
+    def _kill(self) -> None:
+        self._kill_at = None
+        self._signal(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
 
     def _signal(self, sig: int) -> None:
         try:

@@ -55,7 +55,18 @@ def missing_requirements(requirements: list[Requirement]) -> list[Requirement]:
 
 
 def torch_available() -> bool:
+    """Whether torch is importable (without importing it)."""
     return importlib.util.find_spec("torch") is not None
+
+
+def require_dependencies(path: str | Path = REQUIREMENTS) -> None:
+    """Raise RuntimeError naming what is missing (torch, or packages of ``path``) and how to get it."""
+    if not torch_available():
+        raise RuntimeError(TORCH_MISSING)
+    missing = missing_requirements(read_requirements(path))
+    if missing:
+        raise RuntimeError(f"MSKdeX needs these Python packages, which are not installed (or too old): "
+                           f"{', '.join(map(str, missing))}. Click 'Check dependencies' to install them.")
 
 
 def ensure_torch() -> None:

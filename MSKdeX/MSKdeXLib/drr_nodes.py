@@ -23,14 +23,13 @@ from .volume_nodes import volume_from_node, volume_to_node
 OBJECT_ATTRIBUTE = "MSKdeX.Object"
 TYPE_ATTRIBUTE = "MSKdeX.DRRType"
 UNIT_ATTRIBUTE = "MSKdeX.Unit"
-#: Units of each DRR type (see docs/formats.md, "DRR units").
-DRR_UNIT = DRR_SHORT_UNITS
 #: Colour maps tried for each type (Slicer's built-in colour nodes; grey when absent).
 COLOR_NODE = {"wvdrr": "vtkMRMLColorTableNodeGrey", "vdrr": "vtkMRMLColorTableNodeFileViridis.txt",
               "mdrr": "vtkMRMLColorTableNodeFileInferno.txt"}
 
 
 def layer_name(prefix: str, name: str, drr_type: str) -> str:
+    """Name of the layer node of object ``name`` and ``drr_type``, e.g. ``MSKdeX DRR pelvis VDRR``."""
     return f"{prefix} {name} {drr_type.upper()}"
 
 
@@ -59,7 +58,7 @@ def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[floa
                 place_like(node, reference_node, pixel_spacing)
             node.SetAttribute(OBJECT_ATTRIBUTE, name)
             node.SetAttribute(TYPE_ATTRIBUTE, drr_type)
-            node.SetAttribute(UNIT_ATTRIBUTE, DRR_UNIT[drr_type])
+            node.SetAttribute(UNIT_ATTRIBUTE, DRR_SHORT_UNITS[drr_type])
             _display(node, image, drr_type, scene)
             hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(folder, node), folder)
             nodes[(name, drr_type)] = node

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,15 +24,23 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.radiograph_io import check_magnification
-from MSKdeXTraining.training.data import ok_ids, read_manifest
+from MSKdeXTraining.training.config import load_config
+from MSKdeXTraining.training.data import read_manifest, split_folds
 
 from .backend_process import BackendProcess, backend_command
-from .drr_nodes import drr_layers
+from .drr_nodes import drr_layers, layer_name
 from .progress import ProgressRelay
 from .radiograph_nodes import radiograph_from_node
 from .results_table import results_chart, results_table
 from .segmentation_nodes import label_names, labels_from_segmentation
 from .volume_nodes import volume_from_node
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLLinearTransformNode, vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+
+    from MSKdeXTraining.imaging.registration import RegistrationResult
+    from MSKdeXTraining.inference import Decomposition
+    from MSKdeXTraining.qc import SegmentationQC
 
 #: Names of the output nodes (a re-run updates the same nodes).
 DRR_PREFIX = "MSKdeX DRR"
@@ -50,10 +59,10 @@ HOLD_OUT_FOLDS = 4
 class DecomposeOutput:
     """A decomposition and the nodes showing it."""
 
-    decomposition: object  # MSKdeXTraining.inference.Decomposition
-    layers: dict
-    table: object
-    chart: object
+    decomposition: Decomposition
+    layers: dict[tuple[str, str], vtkMRMLScalarVolumeNode]  # (object, DRR type) -> layer
+    table: vtkMRMLTableNode
+    chart: vtkMRMLPlotChartNode
 
 
 class Pipeline:
@@ -77,7 +86,8 @@ class Pipeline:
         labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
         return ct, labels
 
-    def segmentation_qc(self, ct_node, segmentation_node, objects: ObjectMap):
+    def segmentation_qc(self, ct_node, segmentation_node,
+                        objects: ObjectMap) -> tuple[SegmentationQC, vtkMRMLTableNode]:
         """Backend segmentation QC of the selected segmentation; returns (qc, table node)."""
         from MSKdeXTraining.qc import segmentation_qc
 
@@ -105,10 +115,15 @@ class Pipeline:
                             DRR_PREFIX, reference_node)
         return result, layers
 
+    def drr_layer(self, name: str, drr_type: str) -> vtkMRMLScalarVolumeNode | None:
+        """The layer of object ``name`` and ``drr_type`` of the last :meth:`compute_drrs`, if any."""
+        return self.scene.GetFirstNodeByName(layer_name(DRR_PREFIX, name, drr_type))
+
     # -- bone alignment -----------------------------------------------------------------
     def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,
                  sdd: float, sod: float, preset: str = "accurate", progress: ProgressRelay | None = None,
-                 start_pose: np.ndarray | None = None):
+                 start_pose: np.ndarray | None = None
+                 ) -> tuple[RegistrationResult, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode]:
         """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
         radiograph (SDD/SOD in mm) as ``mskdex register`` does
         (:func:`~MSKdeXTraining.imaging.registration.register_body`); returns (result,
@@ -116,11 +131,12 @@ class Pipeline:
 
         ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
         from the transform node after the user moved it (Redo). Without it a femur starts from
-        the pelvis's registered pose node, when one was registered from the same CT,
-        segmentation, radiograph and SDD/SOD (:data:`INPUTS_ATTRIBUTE`)."""
+        the pelvis's pose node when one was registered from the same CT, segmentation,
+        radiograph and SDD/SOD (:data:`INPUTS_ATTRIBUTE`) and accepted (:func:`accept_pose`;
+        not accepted: InputError), and from the AP view when there is none."""
         from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
 
-        from .pose_nodes import pose_from_transform_node, pose_node_name, pose_to_transform_node
+        from .pose_nodes import is_accepted, pose_from_transform_node, pose_node_name, pose_to_transform_node
 
         bodies = rigid_bodies(objects)
         if body not in bodies:
@@ -132,8 +148,13 @@ class Pipeline:
         inputs = json.dumps({"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
                              "radiograph": radiograph_node.GetID(), "sdd": sdd, "sod": sod})
         pelvis_node = self.scene.GetFirstNodeByName(pose_node_name("pelvis"))
-        same_inputs = pelvis_node is not None and pelvis_node.GetAttribute(INPUTS_ATTRIBUTE) == inputs
-        pelvis_pose = pose_from_transform_node(pelvis_node) if same_inputs and body != "pelvis" else None
+        from_pelvis = (start_pose is None and body != "pelvis" and pelvis_node is not None
+                       and pelvis_node.GetAttribute(INPUTS_ATTRIBUTE) == inputs)
+        if from_pelvis and not is_accepted(pelvis_node):
+            raise InputError(f"{body}: a femur starts from the pelvis registered on these inputs, whose pose "
+                             f"({pelvis_node.GetName()!r}) is not accepted; register the pelvis (or Redo it), "
+                             "check its overlay and click Accept first")
+        pelvis_pose = pose_from_transform_node(pelvis_node) if from_pelvis else None
         result = register_body(ct, labels, objects, body, radiograph.array, geometry, start_pose, pelvis_pose,
                                RegistrationSettings.preset(preset), progress,
                                source=f"segmentation {segmentation_node.GetName()!r}")
@@ -150,24 +171,27 @@ class Pipeline:
     # -- training -----------------------------------------------------------------------
     @staticmethod
     def training_process(dataset: Path, config: str, out: Path, resume: bool = False,
-                         hold_out: bool = False) -> BackendProcess:
+                         hold_out: bool = True) -> BackendProcess:
         """Start ``mskdex train`` in a child process (see :class:`BackendProcess`). ``hold_out``
         trains on fold 0 of 4 (``--fold 0/4``): the held-out quarter of the patients calibrates
-        the model's prediction intervals (a dataset too small for that is refused); otherwise it
-        trains on every patient and has none."""
+        the model's prediction intervals (refused when that fold holds fewer usable cases than
+        :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every patient and
+        has none."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
                              "`mskdex prepare` (dataset layout v2, see docs/formats.md)")
         if not str(out).strip() or Path(out) == Path("."):
             raise InputError("training output folder: choose a folder for the model run")
         if hold_out:
-            manifest, needed = read_manifest(dataset), HOLD_OUT_FOLDS * min_cases()
-            usable = set(ok_ids(manifest))
-            patients = len({c["patient"] for c in manifest["cases"] if c["id"] in usable})
-            if patients < needed:
-                raise InputError(f"dataset folder {dataset}: {patients} usable patient(s); holding out a quarter "
-                                 f"of them calibrates an interval only from {needed} patients on ({min_cases()} "
-                                 "held out). Untick the hold-out to train on every patient (the model then "
+            manifest, seed = read_manifest(dataset), load_config(config).fold_seed
+            try:  # the trainer's own split (`mskdex train --fold 0/4`)
+                held = split_folds(manifest, HOLD_OUT_FOLDS, seed=seed)[0][1]
+            except InputError:  # fewer usable patients than folds: none held out
+                held = []
+            if len(held) < min_cases():
+                raise InputError(f"dataset folder {dataset}: the hold-out (fold 0 of {HOLD_OUT_FOLDS}) holds "
+                                 f"{len(held)} usable case(s); calibrating the intervals needs at least "
+                                 f"{min_cases()}. Untick the hold-out to train on every patient (the model then "
                                  "reports no interval)")
         arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
         arguments += (["--fold", f"0/{HOLD_OUT_FOLDS}"] if hold_out else []) + (["--resume"] if resume else [])
@@ -175,10 +199,11 @@ class Pipeline:
 
     # -- decompose ----------------------------------------------------------------------
     def decompose(self, model: Path, radiograph_node, tta: int = 8, seed: int = 0,
-                  progress: ProgressRelay | None = None,
-                  magnification: float | None = None) -> DecomposeOutput:
+                  progress: ProgressRelay | None = None, magnification: float | None = None,
+                  table_node: vtkMRMLTableNode | None = None) -> DecomposeOutput:
         """Decompose the radiograph with the model run folder ``model``: one layer per object
-        and DRR type, the results table (one row per object, units) and its bar chart.
+        and DRR type, the results table (one row per object, units; written into ``table_node``,
+        else the table :data:`TABLE_NAME`) and its bar chart.
 
         ``magnification`` (SDD / SOD at the patient, in :data:`~MSKdeXTraining.radiograph_io.MAGNIFICATION_RANGE`) replaces
         the file's; without either, the model's reference is assumed and the result notes it."""
@@ -200,7 +225,9 @@ class Pipeline:
         result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,
                             RESULT_PREFIX, radiograph_node)
-        table = results_table(result.table, self.scene, TABLE_NAME, self.scene.GetFirstNodeByName(TABLE_NAME))
+        if table_node is None:
+            table_node = self.scene.GetFirstNodeByName(TABLE_NAME)
+        table = results_table(result.table, self.scene, TABLE_NAME, table_node)
         table.SetAttribute("MSKdeX.OOD", "1" if result.ood.flag else "0")
         table.SetAttribute("MSKdeX.OODReasons", "; ".join(result.ood.reasons))
         table.SetAttribute("MSKdeX.Model", str(model.resolve()))

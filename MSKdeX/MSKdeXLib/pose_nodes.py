@@ -43,6 +43,16 @@ def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, 
     return node
 
 
+def accept_pose(node) -> None:
+    """Mark the pose of ``node`` as accepted by the user (a femur starts only from an accepted pelvis)."""
+    node.SetAttribute(ACCEPTED_ATTRIBUTE, "1")
+
+
+def is_accepted(node) -> bool:
+    """Whether the user accepted the pose of ``node`` (every registration resets it)."""
+    return node.GetAttribute(ACCEPTED_ATTRIBUTE) == "1"
+
+
 def pose_from_transform_node(node) -> np.ndarray:
     """The world->camera pose (4x4, LPS mm) a transform node stands for (after any user edit)."""
     text = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None

@@ -15,6 +15,8 @@ class Cancelled(RuntimeError):
 
 
 class ProgressRelay:
+    """A ``progress(fraction, message)`` callback that forwards to ``report`` and can be cancelled."""
+
     def __init__(self, report: Callable[[float, str], None] | None = None):
         self.report = report
         self.cancelled = False
@@ -22,6 +24,7 @@ class ProgressRelay:
         self.message = ""
 
     def cancel(self) -> None:
+        """Make the next progress call raise :class:`Cancelled`."""
         self.cancelled = True
 
     def __call__(self, fraction: float, message: str) -> None:

@@ -47,8 +47,8 @@ def run(argv: list[str]) -> int:
     try:
         import slicer
 
+        from MSKdeXTraining.errors import INPUT_ERRORS, InputError
         from MSKdeXTraining.fileio import refuse_overwrite
-        from MSKdeXTraining.errors import InputError
         from MSKdeXTraining.radiograph_io import read_radiograph, stem
 
         from MSKdeXLib.pipeline import Pipeline
@@ -56,10 +56,11 @@ def run(argv: list[str]) -> int:
         from MSKdeXLib.results_table import table_rows, write_csv
         from MSKdeXLib.scene_io import save_scene
     except ImportError as e:
-        print(f"mskdex_batch: error: {e}. Run inside 3D Slicer with the MSKdeX extension, or in a "
-              "Python environment with MSKdeX and slicer-core installed.", file=sys.stderr)
+        print(f"mskdex_batch: error: {e}. Most likely PyTorch (or another package MSKdeX needs) is missing: "
+              "inside 3D Slicer, install the PyTorch extension, then click 'Check dependencies' in the MSKdeX "
+              "module; elsewhere, use a Python environment with MSKdeX, torch and slicer-core installed.",
+              file=sys.stderr)
         return EXIT_ERROR
-    input_errors = (InputError, FileNotFoundError, FileExistsError)  # InputError covers map/model errors
     try:
         if args.tta < 1:
             raise InputError(f"--tta must be >= 1, got {args.tta}")
@@ -85,7 +86,7 @@ def run(argv: list[str]) -> int:
             print(f"mskdex_batch: note: {note}", file=sys.stderr)
         print(f"mskdex_batch: wrote {args.out} ({len(out.decomposition.table)} objects)")
         return EXIT_OK
-    except input_errors as e:
+    except INPUT_ERRORS as e:
         print(f"mskdex_batch: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except Exception:  # report anything else with its traceback, and fail

@@ -57,7 +57,7 @@ class MSKdeXLibTest(unittest.TestCase):
         self.assertEqual(names, ["gluteus_maximus_left", "label_17", "label_3"])
         back = labels_from_segmentation(seg, ct_node)
         self.assertTrue(np.array_equal(back.array, labels.array))
-        self.assertEqual(back.same_grid(ct), [])
+        self.assertEqual(back.grid_differences(ct), [])
         # without the MSKdeX tags, "label_17" still means 17; the named segment needs a mapping
         for i in range(3):
             seg.GetSegmentation().GetNthSegment(i).RemoveTag("MSKdeX.LabelValue")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .fileio import refuse_existing, refuse_overwrite, write_atomic, write_json
+from .fileio import refuse_existing, refuse_overwrite, staged_folder, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
@@ -143,27 +143,26 @@ def _rel(a: float, b: float) -> float:
 
 
 def write_drr(result: DRRResult, out_dir: str | Path, inputs: list[str | Path] = ()) -> dict[str, Path]:
-    """Write ``wvdrr.nrrd``, ``vdrr.nrrd``, ``mdrr.nrrd`` and ``metrics.json`` atomically."""
+    """Write ``wvdrr.nrrd``, ``vdrr.nrrd``, ``mdrr.nrrd`` and ``metrics.json``, all or none
+    (:func:`~MSKdeXTraining.fileio.staged_folder`)."""
     out_dir = Path(out_dir)
     stack = result.stack
     g = stack.geometry
     data = stack.data.detach().float().cpu().numpy()
-    files = {}
-    for k, t in enumerate(DRR_TYPES):
-        path = out_dir / f"{t}.nrrd"
-        refuse_overwrite(path, list(inputs))
-        image = detector_image(data[k], g)  # (N, H, W) -> size (W, H, N)
-        for key, value in {"mskdex_format": STACK_FORMAT, "mskdex_version": str(FORMAT_VERSION),
-                           "drr_type": t, "units": DRR_UNITS[t], "objects": json.dumps(stack.names),
-                           "geometry": json.dumps(g.to_json()),
-                           "pose": json.dumps(np.asarray(result.pose).tolist())}.items():
-            image.SetMetaData(key, value)
-        files[t] = write_atomic(path, lambda p, im=image: sitk.WriteImage(im, str(p), True))
-    metrics_path = out_dir / "metrics.json"
-    refuse_overwrite(metrics_path, list(inputs))
-    metrics = dict(result.metrics, files={t: p.name for t, p in files.items()})
-    files["metrics"] = write_json(metrics_path, metrics)
-    return files
+    names = {**{t: f"{t}.nrrd" for t in DRR_TYPES}, "metrics": "metrics.json"}
+    for name in names.values():
+        refuse_overwrite(out_dir / name, list(inputs))
+    with staged_folder(out_dir) as stage:
+        for k, t in enumerate(DRR_TYPES):
+            image = detector_image(data[k], g)  # (N, H, W) -> size (W, H, N)
+            for key, value in {"mskdex_format": STACK_FORMAT, "mskdex_version": str(FORMAT_VERSION),
+                               "drr_type": t, "units": DRR_UNITS[t], "objects": json.dumps(stack.names),
+                               "geometry": json.dumps(g.to_json()),
+                               "pose": json.dumps(np.asarray(result.pose).tolist())}.items():
+                image.SetMetaData(key, value)
+            sitk.WriteImage(image, str(stage / names[t]), True)
+        write_json(stage / names["metrics"], dict(result.metrics, files={t: names[t] for t in DRR_TYPES}))
+    return {k: out_dir / name for k, name in names.items()}
 
 
 def read_drr_stack(path: str | Path) -> tuple[np.ndarray, dict]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +44,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@contextmanager
+def staged_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder inside ``folder`` to write a set of output files into; on success
+    they are moved into ``folder`` (renames, in name order), so a run killed while writing leaves
+    none of them there and can simply be run again. The hidden folder is removed either way."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:

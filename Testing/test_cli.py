@@ -51,7 +51,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["cohort", "--n", "0", "--out", "{tmp}/c"], "--n must be >= 1, got 0"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
-      "--pixel-spacing", "0"], "pixel_spacing must be > 0 mm"),
+      "--pixel-spacing", "0"], "pixel_spacing must be finite and > 0 mm"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/afile/o"], "afile: is a file"),
     (["demo", "--n", "3", "--out", "{tmp}/d"], "--k 4 folds of --n 3 patients"),  # before any work
     (["evaluate", "--data", "{tmp}", "--out", "{tmp}/e", "--compare", "{tmp}/none"],

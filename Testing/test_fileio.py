@@ -77,3 +77,19 @@ def test_refuse_existing_outputs_before_any_work(tmp_path):
         refuse_existing([tmp_path / "afile" / "out.json"])
     with pytest.raises(FileExistsError, match="overwrite the input"):
         refuse_existing([tmp_path / "done.json"], [tmp_path / "done.json"])
+
+
+def test_a_staged_set_of_files_lands_whole_or_not_at_all(tmp_path):
+    """A run killed while writing its outputs leaves none of them (so it can run again)."""
+    from MSKdeXTraining.fileio import staged_folder
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_folder(out) as stage:
+            write_json(stage / "a.json", {"x": 1})
+            raise KeyboardInterrupt
+    assert list(out.iterdir()) == []
+    with staged_folder(out) as stage:
+        write_json(stage / "a.json", {"x": 1})
+        (stage / "b.txt").write_text("b")
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.txt"]

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..fileio import refuse_existing, write_json
+    from ..fileio import refuse_existing, staged_folder, write_json
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies)
@@ -60,23 +60,23 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("registering", leave=False) as progress:
         results = register_bodies(ct, labels, objects, xray, geometry, settings=settings,
                                   progress=progress, source=str(args.labels))
-    args.out.mkdir(parents=True, exist_ok=True)
     drrs = []
-    for name, r in results.items():
-        drr = render_body(ct, labels, bodies[name], r.pose, geometry)
-        drrs.append(drr)
-        state = "ok" if r.ok else "LOW: registration failed"
-        write_qc_figure(args.out / f"qc_{name}.png", overlay_image(xray, drr),
-                        f"{name}: GC {r.gc:.3f} {state}", flagged=not r.ok)
     ok = all(r.ok for r in results.values())
-    write_qc_figure(args.out / "qc_all.png", overlay_image(xray, np.stack(drrs)),
-                    "  ".join(f"{n} GC {r.gc:.2f}" for n, r in results.items()), flagged=not ok)
-    write_json(args.out / "poses.json", {
-        "format": POSES_FORMAT, "version": 1, "geometry": geometry.to_json(),
-        "ct": str(args.ct), "labels": str(args.labels), "xray": str(args.xray),
-        "object_map": objects.name, "settings": settings.to_json(),
-        "pose_convention": "4x4 world (LPS mm) -> camera (mm), see docs/formats.md",
-        "bodies": {n: {**r.to_json(), "labels": list(bodies[n])} for n, r in results.items()}})
+    with staged_folder(args.out) as stage:  # all outputs or none
+        for name, r in results.items():
+            drr = render_body(ct, labels, bodies[name], r.pose, geometry)
+            drrs.append(drr)
+            state = "ok" if r.ok else "LOW: registration failed"
+            write_qc_figure(stage / f"qc_{name}.png", overlay_image(xray, drr),
+                            f"{name}: GC {r.gc:.3f} {state}", flagged=not r.ok)
+        write_qc_figure(stage / "qc_all.png", overlay_image(xray, np.stack(drrs)),
+                        "  ".join(f"{n} GC {r.gc:.2f}" for n, r in results.items()), flagged=not ok)
+        write_json(stage / "poses.json", {
+            "format": POSES_FORMAT, "version": 1, "geometry": geometry.to_json(),
+            "ct": str(args.ct), "labels": str(args.labels), "xray": str(args.xray),
+            "object_map": objects.name, "settings": settings.to_json(),
+            "pose_convention": "4x4 world (LPS mm) -> camera (mm), see docs/formats.md",
+            "bodies": {n: {**r.to_json(), "labels": list(bodies[n])} for n, r in results.items()}})
     for name, r in results.items():
         print(f"{name:12s} GC {r.gc:.3f} {'ok' if r.ok else 'FAILED (GC below threshold)'} "
               f"({r.seconds:.1f} s)")

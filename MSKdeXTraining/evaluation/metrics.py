@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
-def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(pred, dtype=np.float64).ravel()
     t = np.asarray(truth, dtype=np.float64).ravel()
     if p.shape != t.shape:
@@ -27,7 +28,7 @@ def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def pcc(pred, truth) -> float:
+def pcc(pred: ArrayLike, truth: ArrayLike) -> float:
     """Pearson correlation coefficient of two 1D samples; NaN when either is constant or n < 2."""
     p, t = _pair(pred, truth)
     if p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0:
@@ -35,7 +36,7 @@ def pcc(pred, truth) -> float:
     return float(stats.pearsonr(p, t).statistic)
 
 
-def icc_a1(ratings) -> float:
+def icc_a1(ratings: ArrayLike) -> float:
     """ICC(2,1) of an ``(n_subjects, k_raters)`` table (absolute agreement, single rater).
 
     From the two-way ANOVA mean squares of rows (MSR), columns (MSC) and residual (MSE):
@@ -58,19 +59,19 @@ def icc_a1(ratings) -> float:
     return float((msr - mse) / den) if den > 0 else float("nan")
 
 
-def icc(pred, truth) -> float:
+def icc(pred: ArrayLike, truth: ArrayLike) -> float:
     """ICC(2,1) between predictions and ground truth (two 'raters' of the same subjects)."""
     p, t = _pair(pred, truth)
     return icc_a1(np.stack([p, t], axis=1))
 
 
-def mae(pred, truth) -> float:
+def mae(pred: ArrayLike, truth: ArrayLike) -> float:
     """Mean absolute error, in the unit of the inputs."""
     p, t = _pair(pred, truth)
     return float(np.mean(np.abs(p - t))) if p.size else float("nan")
 
 
-def _images(pred, ref) -> tuple[np.ndarray, np.ndarray, float]:
+def _images(pred: ArrayLike, ref: ArrayLike) -> tuple[np.ndarray, np.ndarray, float]:
     p = np.asarray(pred, dtype=np.float64)
     r = np.asarray(ref, dtype=np.float64)
     if p.shape != r.shape or p.ndim != 2:
@@ -78,7 +79,7 @@ def _images(pred, ref) -> tuple[np.ndarray, np.ndarray, float]:
     return p, r, float(np.ptp(r))
 
 
-def psnr(pred, ref) -> float:
+def psnr(pred: ArrayLike, ref: ArrayLike) -> float:
     """PSNR (dB) of ``pred`` against ``ref`` with data range ``max(ref) - min(ref)``.
 
     ``inf`` for identical images, NaN for a flat reference.
@@ -91,7 +92,7 @@ def psnr(pred, ref) -> float:
     return float(peak_signal_noise_ratio(r, p, data_range=rng))
 
 
-def ssim(pred, ref) -> float:
+def ssim(pred: ArrayLike, ref: ArrayLike) -> float:
     """SSIM (scikit-image defaults: 7x7 window) with data range ``max(ref) - min(ref)``."""
     p, r, rng = _images(pred, ref)
     if rng == 0:
@@ -99,7 +100,7 @@ def ssim(pred, ref) -> float:
     return float(structural_similarity(r, p, data_range=rng))
 
 
-def anova_oneway(*groups) -> tuple[float, float]:
+def anova_oneway(*groups: ArrayLike) -> tuple[float, float]:
     """One-way ANOVA of two or more samples: (F statistic, p value)."""
     arrays = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
     if len(arrays) < 2 or any(a.size < 2 for a in arrays):
@@ -108,7 +109,7 @@ def anova_oneway(*groups) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def agreement(pred, truth) -> dict[str, float]:
+def agreement(pred: ArrayLike, truth: ArrayLike) -> dict[str, float]:
     """PCC, ICC(2,1) and MAE of one quantity of one object, plus n."""
     p, t = _pair(pred, truth)
     return {"n": int(p.size), "pcc": pcc(p, t), "icc": icc(p, t), "mae": mae(p, t)}

@@ -25,6 +25,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -130,8 +131,8 @@ class Geometry:
             raise InputError(f"{source}: {e}") from None
 
 
-def rigid(rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0),
-          center_mm=(0.0, 0.0, 0.0)) -> np.ndarray:
+def rigid(rotation_deg: ArrayLike = (0.0, 0.0, 0.0), translation_mm: ArrayLike = (0.0, 0.0, 0.0),
+          center_mm: ArrayLike = (0.0, 0.0, 0.0)) -> np.ndarray:
     """4x4 rigid transform: rotate about ``center_mm`` then translate.
 
     Rotation angles are extrinsic x-y-z Euler angles in degrees (about the axes of the frame
@@ -145,7 +146,7 @@ def rigid(rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0),
     return m
 
 
-def default_ap_pose(isocenter_lps, geometry: Geometry) -> np.ndarray:
+def default_ap_pose(isocenter_lps: ArrayLike, geometry: Geometry) -> np.ndarray:
     """World->camera pose of the AP view with ``isocenter_lps`` (mm) on the central ray at SOD."""
     pose = np.eye(4)
     pose[:3, :3] = AP_ROTATION

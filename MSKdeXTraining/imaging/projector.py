@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -42,9 +43,10 @@ DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr":
 DRR_SHORT_UNITS = {t: u.split()[0] for t, u in DRR_UNITS.items()}
 #: DRR types whose pixels are amounts per detector area (their sums times pixel area are cm3, g).
 PER_AREA_TYPES = ("vdrr", "mdrr")
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-def per_pixel_area(drr, from_area_cm2: float, to_area_cm2: float):
+def per_pixel_area(drr: ArrayT, from_area_cm2: float, to_area_cm2: float) -> ArrayT:
     """DRR stack ``(..., 3, N, H, W)`` (numpy or torch) whose per-area types
     (:data:`PER_AREA_TYPES`) are re-expressed from pixels of ``from_area_cm2`` to pixels of
     ``to_area_cm2``: the amount in each pixel is unchanged, so ``sum x to_area`` equals

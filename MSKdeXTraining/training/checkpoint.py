@@ -22,7 +22,8 @@ VERSION = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.json$")
 
 
-def split_tensors(obj, prefix: str = "", tensors: dict | None = None):
+def split_tensors(obj: object, prefix: str = "", tensors: dict[str, torch.Tensor] | None = None
+                  ) -> tuple[object, dict[str, torch.Tensor]]:
     """(JSON-able structure, {key: tensor}) for a nested structure containing tensors."""
     tensors = {} if tensors is None else tensors
     if isinstance(obj, torch.Tensor):
@@ -41,7 +42,7 @@ def split_tensors(obj, prefix: str = "", tensors: dict | None = None):
     return obj, tensors
 
 
-def join_tensors(obj, tensors: dict[str, torch.Tensor]):
+def join_tensors(obj: object, tensors: dict[str, torch.Tensor]) -> object:
     """Inverse of :func:`split_tensors`."""
     if isinstance(obj, dict):
         if set(obj) == {"__tensor__"}:

@@ -43,6 +43,7 @@ DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr":
 DRR_SHORT_UNITS = {t: u.split()[0] for t, u in DRR_UNITS.items()}
 #: DRR types whose pixels are amounts per detector area (their sums times pixel area are cm3, g).
 PER_AREA_TYPES = ("vdrr", "mdrr")
+#: A numpy array or a torch tensor (functions taking either return the same kind).
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 

@@ -1,7 +1,8 @@
 """Calibrated prediction intervals from a model's held-out errors (split conformal prediction).
 
-``mskdex evaluate`` writes ``RUN/calibration.json`` (format ``mskdex-calibration`` v1) for each
-fold's model from its held-out cases, ``mskdex calibrate`` for a model trained with ``--fold``: per object and quantity (volume, mass) the conformal
+``mskdex train --fold k/K`` (at its end), ``mskdex evaluate`` (for each fold's model) and ``mskdex
+calibrate`` write ``RUN/calibration.json`` (format ``mskdex-calibration`` v1) from the model's
+held-out cases: per object and quantity (volume, mass) the conformal
 quantile ``q`` of the log error ``|ln(predicted / true)|`` at :data:`LEVEL`. A new prediction
 ``p`` then has the interval ``[p e^-q, p e^q]``, which holds the truth with probability at least
 :data:`LEVEL` for a radiograph drawn like the held-out ones (Vovk et al. 2005; Angelopoulos &

@@ -143,7 +143,7 @@ def _rel(a: float, b: float) -> float:
 
 
 def write_drr(result: DRRResult, out_dir: str | Path, inputs: list[str | Path] = ()) -> dict[str, Path]:
-    """Write ``wvdrr.nrrd``, ``vdrr.nrrd``, ``mdrr.nrrd`` and ``metrics.json``, all or none
+    """Write ``wvdrr.nrrd``, ``vdrr.nrrd``, ``mdrr.nrrd`` and, last, ``metrics.json``
     (:func:`~MSKdeXTraining.fileio.staged_folder`)."""
     out_dir = Path(out_dir)
     stack = result.stack
@@ -152,7 +152,7 @@ def write_drr(result: DRRResult, out_dir: str | Path, inputs: list[str | Path] =
     names = {**{t: f"{t}.nrrd" for t in DRR_TYPES}, "metrics": "metrics.json"}
     for name in names.values():
         refuse_overwrite(out_dir / name, list(inputs))
-    with staged_folder(out_dir) as stage:
+    with staged_folder(out_dir, last=names["metrics"]) as stage:
         for k, t in enumerate(DRR_TYPES):
             image = detector_image(data[k], g)  # (N, H, W) -> size (W, H, N)
             for key, value in {"mskdex_format": STACK_FORMAT, "mskdex_version": str(FORMAT_VERSION),

@@ -47,20 +47,36 @@ def file_sha256(path: str | Path) -> str:
 
 
 @contextmanager
-def staged_folder(folder: str | Path) -> Iterator[Path]:
+def staged_folder(folder: str | Path, last: str) -> Iterator[Path]:
     """Yield a hidden folder inside ``folder`` to write a set of output files into; on success
-    they are moved into ``folder`` (renames, in name order), so a run killed while writing leaves
-    none of them there and can simply be run again. The hidden folder is removed either way."""
+    they are moved into ``folder``, the file named ``last`` (the set's completion mark) after
+    the others, so a run killed while writing leaves no mark and can simply be run again. The
+    hidden folder is removed either way, and those of runs killed earlier on entry."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".partial-*"):
+        pid = stale.name.split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
     stage = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:
         yield stage
-        for f in sorted(stage.iterdir()):
+        for f in sorted(stage.iterdir(), key=lambda f: (f.name == last, f.name)):
             os.replace(f, folder / f.name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, not ours
+        return True
+    return True
 
 
 def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:

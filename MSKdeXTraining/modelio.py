@@ -154,7 +154,7 @@ def read_meta(run: str | Path) -> dict:
         isinstance(meta["input"], dict) and {"mean", "std"} <= set(meta["input"]) and meta["input"]["std"] > 0) else []
     shape = meta["input"].get("prepared_shape") if isinstance(meta["input"], dict) else None
     if shape is not None and not (isinstance(shape, list) and len(shape) == 2
-                                  and all(isinstance(v, int) and v >= 1 for v in shape)):
+                                  and all(type(v) is int and v >= 1 for v in shape)):
         problems.append(f"'input' prepared_shape must be [rows, cols] (pixels), got {shape!r}")
     ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
     missing = sorted(set(OOD_FIELDS) - set(ood))

@@ -27,6 +27,7 @@ refused, while a cohort and dataset moved elsewhere resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -40,7 +41,7 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import atomic_path, file_sha256, read_format_json, read_json_object, write_json
+from .fileio import atomic_path, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -74,7 +75,7 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
 def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = None) -> Geometry:
     """The first case's radiograph detector, optionally resampled to ``rows`` x ``cols``."""
     meta, _ = read_cohort(cohort)
-    _, g = read_xray(Path(cohort) / meta["cases"][0] / "xray.mha")
+    _, g = read_xray(Path(cohort) / meta["cases"][0] / "xray.mha", require_distances=True)
     if rows is None and cols is None:
         return g
     return g.resized(rows or cols, cols or rows)
@@ -176,7 +177,7 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
             raise InputError(f"{out / SETTINGS_FILE}: field 'cohort' is {cohort}, which holds no cohort.json "
                              "(moved?); pass the cohort folder with --cohort")
     meta, objects = read_cohort(cohort)
-    sha = _cohort_sha256(cohort)
+    sha = _cohort_sha256(meta)
     # a dataset prepared before the hash was recorded knows its cohort by place only
     expected = settings.get("cohort_sha256", sha if str(Path(cohort).resolve()) == settings["cohort"] else None)
     if sha != expected:
@@ -222,7 +223,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
     geometry = geometry or dataset_geometry(cohort)
     settings = settings or RegistrationSettings()
-    _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(cohort), "geometry": geometry.to_json(),
+    _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(meta), "geometry": geometry.to_json(),
                                   "registration": settings.to_json(), "include_failed": include_failed})
     todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
             and not (out / "cases" / f"{c}.json").is_file()]
@@ -238,9 +239,18 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     return out
 
 
-def _cohort_sha256(cohort: Path) -> str:
-    """The cohort's identity: the SHA-256 of its ``cohort.json`` (seed, generator, cases)."""
-    return file_sha256(Path(cohort) / "cohort.json")
+#: What makes a cohort what it is: ``cohort.json``'s fields that decide every case's content.
+#: Not its length (a cohort may be extended) nor the package version that wrote it.
+IDENTITY_FIELDS = ("format", "version", "seed", "size", "size_settings", "object_map", "generator")
+
+
+def _cohort_sha256(meta: dict) -> str:
+    """A cohort's identity: the SHA-256 of :data:`IDENTITY_FIELDS` of its ``cohort.json``
+    (``meta``; canonical JSON, the generator without ``code_version``)."""
+    identity = {k: meta.get(k) for k in IDENTITY_FIELDS}
+    if isinstance(identity["generator"], dict):
+        identity["generator"] = {k: v for k, v in identity["generator"].items() if k != "code_version"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
 def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
@@ -263,7 +273,9 @@ def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
                 diff.remove("registration")
                 diff += sorted(f"registration.{k}" for k in set(o) | set(n) if o.get(k) != n.get(k))
             if "cohort_sha256" in diff:
-                diff[diff.index("cohort_sha256")] = f"cohort_sha256: prepared from {recorded_at}, not {where}"
+                diff[diff.index("cohort_sha256")] = ("cohort_sha256: its cohort.json now describes another cohort"
+                                                     if recorded_at == where else
+                                                     f"cohort_sha256: prepared from {recorded_at}, not {where}")
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
     write_json(path, {"cohort": where, **new})

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -79,17 +80,25 @@ def test_refuse_existing_outputs_before_any_work(tmp_path):
         refuse_existing([tmp_path / "done.json"], [tmp_path / "done.json"])
 
 
-def test_a_staged_set_of_files_lands_whole_or_not_at_all(tmp_path):
-    """A run killed while writing its outputs leaves none of them (so it can run again)."""
+def test_a_staged_set_of_files_lands_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A run interrupted while writing its outputs leaves none of them (so it can run again);
+    the completion mark lands last; a killed run's hidden folder goes on the next run."""
     from MSKdeXTraining.fileio import staged_folder
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        with staged_folder(out) as stage:
+        with staged_folder(out, last="a.json") as stage:
             write_json(stage / "a.json", {"x": 1})
             raise KeyboardInterrupt
     assert list(out.iterdir()) == []
-    with staged_folder(out) as stage:
+    killed = out / ".partial-999999999-0000"  # no such process
+    killed.mkdir()
+    landed, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (landed.append(Path(b).name), replace(a, b)))
+    with staged_folder(out, last="a.json") as stage:
         write_json(stage / "a.json", {"x": 1})
         (stage / "b.txt").write_text("b")
-    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.txt"]
+        (stage / "c.txt").write_text("c")
+        landed.clear()  # (write_json's own rename)
+    assert landed == ["b.txt", "c.txt", "a.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.txt", "c.txt"]

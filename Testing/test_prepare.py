@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
-from MSKdeXTraining.fileio import file_sha256
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
@@ -115,8 +114,9 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
 
 
 def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
-    """The dataset knows its cohort by the hash of cohort.json, not by place: moved together
-    they resume without redoing a case or changing the manifest; another cohort is refused."""
+    """The dataset knows its cohort by the hash of cohort.json's identity fields, not by place:
+    moved together they resume without redoing a case or changing the manifest; a cohort.json
+    rewritten by a newer package resumes too; another cohort is refused."""
     _prepare(cohort, tmp_path / "ds")
     before = (tmp_path / "ds" / "manifest.json").read_bytes()
     shutil.copytree(cohort, tmp_path / "a" / "c")
@@ -134,8 +134,10 @@ def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     merge_manifest(data)  # from where prepare.json now says the cohort is
     assert json.loads((data / "manifest.json").read_text())["cohort"] == str(moved.resolve())
     meta = json.loads((moved / "cohort.json").read_text())
+    (moved / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "code_version": "9"}}))
+    _prepare(moved, data)
     (moved / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
-    with pytest.raises(InputError, match="cohort_sha256: prepared from .* not "):
+    with pytest.raises(InputError, match="cohort_sha256: its cohort.json now describes another cohort"):
         _prepare(moved, data)
 
 
@@ -220,12 +222,12 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
         prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
     assert not (out / "cases").exists()
     # a record from before settings fields (or the cohort's hash) were added still resumes
-    from MSKdeXTraining.prepare import _check_settings
+    from MSKdeXTraining.prepare import _check_settings, _cohort_sha256, read_cohort
 
     older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_")}
     record = {"cohort": str(cohort.resolve()), "geometry": g.to_json(), "registration": older,
               "include_failed": False}
-    now = json.loads(json.dumps({"cohort_sha256": file_sha256(cohort / "cohort.json"), "geometry": g.to_json(),
+    now = json.loads(json.dumps({"cohort_sha256": _cohort_sha256(read_cohort(cohort)[0]), "geometry": g.to_json(),
            "registration": CHEAP.to_json(), "include_failed": False}))
     (out / "prepare.json").write_text(json.dumps(record))
     _check_settings(out, cohort, now)

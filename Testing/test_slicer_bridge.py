@@ -222,6 +222,10 @@ def test_long_work_can_be_cancelled(example):
         Pipeline(example["scene"]).compute_drrs(example["ct_node"], example["seg_node"], example["objects"],
                                                 Geometry(32, 32, (12.0, 12.0)), progress=relay)
     assert seen == []
+    # a Cancel (or scene close) handled while the GUI processes events in a report stops at once
+    relay = ProgressRelay(lambda f, m: relay.cancel())
+    with pytest.raises(Cancelled, match="cancelled at 100 % \\(last\\)"):
+        relay(1.0, "last")
 
 
 @pytest.mark.slow
@@ -456,7 +460,7 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
                       "channels_last: false\n")
     with pytest.raises(InputError, match="manifest.json"):
         Pipeline.training_process(tmp_path, str(config), tmp_path / "run")
-    with pytest.raises(InputError, match=r"fold 0 of 4\) holds 0 usable case.*at least 9\. Untick the hold-out"):
+    with pytest.raises(InputError, match=r"cannot split it \(number of folds must be in 2\.\.1 .*Untick the hold-out"):
         Pipeline.training_process(data, str(config), tmp_path / "run")  # holding out is the default
     assert not (tmp_path / "run").exists()
     process = Pipeline.training_process(data, str(config), tmp_path / "run", hold_out=False)

@@ -167,8 +167,18 @@ def test_full_objective_writes_run_folder(dataset, tmp_path):
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["cases"][0]["seconds"] = -1.0  # prepared otherwise
     (other / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(InputError, match="started on another dataset"):
+    with pytest.raises(InputError, match=r"started on another dataset \(cases differ\)"):
         train(config, other, run, fold=(0, 3), resume=True)
+    # a checkpoint from before they recorded their cases: model.json tells, else no fold resume
+    last = run / "checkpoints" / "epoch_0002.json"
+    head = json.loads(last.read_text())
+    head["state"] = {k: v for k, v in head["state"].items() if k not in ("train_ids", "fold")}
+    last.write_text(json.dumps(head))
+    with pytest.raises(InputError, match="'train_ids': the run was started on other cases"):
+        train(config, dataset, run, fold=(1, 3), resume=True)
+    (run / "model.json").unlink()
+    with pytest.raises(InputError, match="no field 'train_ids' .* cannot be checked"):
+        train(config, dataset, run, fold=(0, 3), resume=True)
 
 
 def test_baseline_switches_off_owis_and_bone(dataset, tmp_path):

@@ -186,8 +186,9 @@ class Pipeline:
             manifest, seed = read_manifest(dataset), load_config(config).fold_seed
             try:  # the trainer's own split (`mskdex train --fold 0/4`)
                 held = split_folds(manifest, HOLD_OUT_FOLDS, seed=seed)[0][1]
-            except InputError:  # fewer usable patients than folds: none held out
-                held = []
+            except InputError as e:  # fewer usable patients than folds
+                raise InputError(f"dataset folder {dataset}: the hold-out cannot split it ({e}). Untick the "
+                                 "hold-out to train on every patient (the model then reports no interval)") from None
             if len(held) < min_cases():
                 raise InputError(f"dataset folder {dataset}: the hold-out (fold 0 of {HOLD_OUT_FOLDS}) holds "
                                  f"{len(held)} usable case(s); calibrating the intervals needs at least "

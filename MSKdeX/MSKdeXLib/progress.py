@@ -28,8 +28,12 @@ class ProgressRelay:
         self.cancelled = True
 
     def __call__(self, fraction: float, message: str) -> None:
-        if self.cancelled:
-            raise Cancelled(f"cancelled at {100 * self.fraction:.0f} % ({self.message})")
+        self._stop_if_cancelled()
         self.fraction, self.message = float(fraction), str(message)
         if self.report is not None:
             self.report(self.fraction, self.message)
+            self._stop_if_cancelled()  # the report may process GUI events: Cancel, a scene close
+
+    def _stop_if_cancelled(self) -> None:
+        if self.cancelled:
+            raise Cancelled(f"cancelled at {100 * self.fraction:.0f} % ({self.message})")

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import slicer.util
 
-from MSKdeXTraining.imaging.geometry import AP_ROTATION, Geometry
+from MSKdeXTraining.imaging.geometry import AP_ROTATION, detector_origin
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.radiograph_io import LUMA, Radiograph, check_spacing
@@ -36,7 +36,7 @@ def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Vo
     rows, cols = image.shape
     row_mm, col_mm = (float(s) for s in pixel_spacing)
     direction = AP_ROTATION.T  # columns: camera x, y, z axes in LPS
-    corner = np.array([*Geometry(rows, cols, (row_mm, col_mm)).detector_origin, 0.0])  # (u, v) of pixel (0, 0)
+    corner = np.array([*detector_origin((rows, cols), (row_mm, col_mm)), 0.0])
     return Volume(image[None], (col_mm, row_mm, 1.0), direction @ corner, direction)
 
 

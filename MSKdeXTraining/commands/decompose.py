@@ -10,7 +10,7 @@ from . import pixel_spacing_option, progress_bar
 
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
         "lean muscle / bone mass (g), a 90 % interval from the model's held-out errors (calibration.json, "
-        "written by `mskdex evaluate` or `mskdex calibrate`), the spread over test-time augmentations and an "
+        "written by `mskdex train --fold`, `mskdex evaluate` or `mskdex calibrate`), the spread over test-time augmentations and an "
         "out-of-distribution flag")
 
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                   progress=progress, source=str(args.labels))
     drrs = []
     ok = all(r.ok for r in results.values())
-    with staged_folder(args.out) as stage:  # all outputs or none
+    with staged_folder(args.out, last="poses.json") as stage:  # poses.json marks the set complete
         for name, r in results.items():
             drr = render_body(ct, labels, bodies[name], r.pose, geometry)
             drrs.append(drr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from . import progress_bar
@@ -40,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.config import load_config, parse_overrides
+    from ..training.distributed import launched_rank
     from ..training.trainer import train
 
     overrides = parse_overrides(args.set)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("training") as progress:
         out = train(config, args.data, args.out, fold=args.fold, resume=args.resume, progress=progress)
     print(f"model written to {out / 'model.safetensors'} (+ model.json)")
-    if args.fold is not None and os.environ.get("RANK", "0") == "0":
+    if args.fold is not None and launched_rank() == 0:
         # the held-out cases calibrate the model's prediction intervals (as `mskdex calibrate`)
         from ..evaluation.crossval import calibrate_run
         from .calibrate import print_calibration

@@ -77,8 +77,7 @@ class Geometry:
     @property
     def detector_origin(self) -> tuple[float, float]:
         """Detector (u, v) in mm of the centre of pixel (0, 0)."""
-        return (-(self.cols - 1) / 2 * self.pixel_spacing[1],
-                -(self.rows - 1) / 2 * self.pixel_spacing[0])
+        return detector_origin(self.shape, self.pixel_spacing)
 
     def resized(self, rows: int, cols: int | None = None) -> Geometry:
         """Same field of view sampled with another number of pixels."""
@@ -129,6 +128,13 @@ class Geometry:
             return cls(*values)
         except InputError as e:  # the detector's own checks, which do not know the file
             raise InputError(f"{source}: {e}") from None
+
+
+def detector_origin(shape: tuple[int, int], pixel_spacing: tuple[float, float]) -> tuple[float, float]:
+    """Detector (u, v) in mm of the centre of pixel (0, 0) of a detector of ``shape`` (rows,
+    cols) and ``pixel_spacing`` (row, col mm) centred on the central ray."""
+    rows, cols = shape
+    return -(cols - 1) / 2 * pixel_spacing[1], -(rows - 1) / 2 * pixel_spacing[0]
 
 
 def rigid(rotation_deg: ArrayLike = (0.0, 0.0, 0.0), translation_mm: ArrayLike = (0.0, 0.0, 0.0),

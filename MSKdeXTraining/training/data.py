@@ -201,6 +201,7 @@ class PreparedDataset(Dataset):
             item["xray"] = item["xray"].flip(-1)
             item["drr"] = item["drr"].flip(-1)[:, self.mirrored]
             item["aligned"] = item["aligned"].flip(-1)[:, self.mirrored_bones]
+            item["aligned_ok"] = item["aligned_ok"][self.mirrored_bones]
             for key in ("volume_cm3", "mass_g"):
                 item[key] = item[key][self.mirrored]
         partner = int(self.pairing[index])

@@ -53,10 +53,15 @@ def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     return device if device.index is not None else torch.device(f"cuda:{local_rank}")
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init(device_name: str = "auto") -> DistInfo:
     """Join the process group when launched by torchrun; otherwise a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local, world)
     if world > 1 and not dist.is_initialized():

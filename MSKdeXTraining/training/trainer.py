@@ -207,17 +207,44 @@ def _check_resume_config(out: Path, config: TrainConfig) -> None:
                          "only 'epochs' may change")
 
 
+#: Manifest fields that may differ between copies of one dataset (where its cohort lies; the
+#: cohort's hash, which manifests before session 12 lack).
+_PLACE_FIELDS = ("cohort", "cohort_sha256")
+
+
 def check_run_dataset(out: Path, manifest: dict) -> None:
     """Refuse a run folder started on another dataset than ``manifest`` (its copy in
-    ``out/manifest.json``; the cohort's recorded place may differ)."""
+    ``out/manifest.json``), naming the fields that differ."""
     path = Path(out) / "manifest.json"
     if not path.is_file():
         return  # nothing trained yet
-    started = read_json_object(path, (), InputError)
-    same = lambda m: {k: v for k, v in json.loads(json.dumps(m)).items() if k != "cohort"}
-    if same(started) != same(manifest):
-        raise InputError(f"{path}: the run was started on another dataset (its manifest differs); "
+    started, now = read_json_object(path, (), InputError), json.loads(json.dumps(manifest))
+    diff = sorted(k for k in set(started) | set(now)
+                  if k not in _PLACE_FIELDS and started.get(k) != now.get(k))
+    if diff:
+        raise InputError(f"{path}: the run was started on another dataset ({', '.join(diff)} differ); "
                          "continue it on the dataset it was started on, or train into another folder")
+
+
+def _check_resume_split(last: Path, state: dict, out: Path, fold: tuple[int, int] | None,
+                        train_ids: list[str]) -> None:
+    """Refuse to resume on other cases than the run trained on: the held-out cases of a fold
+    would leak into training (and then calibrate its intervals)."""
+    recorded = state.get("train_ids")
+    if recorded is None and (out / "model.json").is_file():  # a checkpoint before session 12
+        split = read_json_object(out / "model.json", (), InputError).get("split")
+        recorded = split.get("train_ids") if isinstance(split, dict) else None
+    if recorded is None:
+        if fold is not None:
+            raise InputError(f"{last}: no field 'train_ids' (written before checkpoints recorded their "
+                             "training cases), so a resume with --fold (in Slicer: the hold-out) cannot be "
+                             "checked against the cases it held out; train into another folder")
+        return
+    if recorded != train_ids:
+        was = state.get("fold")
+        was = f"--fold {was[0]}/{was[1]}" if isinstance(was, list) and len(was) == 2 else "every case"
+        raise InputError(f"{last}: field 'train_ids': the run was started on other cases ({was}); resume "
+                         "it as it was started (in Slicer: the hold-out ticked as then)")
 
 
 def train(config: TrainConfig, data: str | Path, out: str | Path,
@@ -275,10 +302,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     start = 0
     if last is not None:
         state = load_checkpoint(last)
-        if state.get("train_ids", train_ids) != train_ids:  # (checkpoints before session 12 lack them)
-            was = "every case" if state.get("fold") is None else "--fold {}/{}".format(*state["fold"])
-            raise InputError(f"{last}: field 'train_ids': the run was started on other cases ({was}); "
-                             "resume it with the fold it was started with")
+        _check_resume_split(last, state, out, fold, train_ids)
         if state["world_size"] != info.world:
             raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
                              f"same number (now {info.world}) to continue exactly")

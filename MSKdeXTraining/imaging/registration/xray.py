@@ -31,8 +31,8 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
 
     path = Path(path)
     factor, at_patient = None, False
-    sidecar = read_sidecar(path) if pixel_spacing is None else None
-    if sidecar is not None:  # simulated: its geometry is exact
+    sidecar = read_sidecar(path)
+    if sidecar is not None and pixel_spacing is None:  # simulated: its geometry is exact
         array, spacing = _read_cohort_image(path)
         check_sidecar(sidecar, path, array.shape, spacing)
         known = {"sdd": sidecar.sdd, "sod": sidecar.sod}

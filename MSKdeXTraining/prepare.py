@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import atomic_path, read_format_json, read_json_object, write_json
+from .fileio import atomic_path, file_sha256, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -177,7 +177,7 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
             raise InputError(f"{out / SETTINGS_FILE}: field 'cohort' is {cohort}, which holds no cohort.json "
                              "(moved?); pass the cohort folder with --cohort")
     meta, objects = read_cohort(cohort)
-    sha = _cohort_sha256(meta)
+    sha = _cohort_sha256(cohort, meta)
     # a dataset prepared before the hash was recorded knows its cohort by place only
     expected = settings.get("cohort_sha256", sha if str(Path(cohort).resolve()) == settings["cohort"] else None)
     if sha != expected:
@@ -223,7 +223,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
     geometry = geometry or dataset_geometry(cohort)
     settings = settings or RegistrationSettings()
-    _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(meta), "geometry": geometry.to_json(),
+    _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(cohort, meta), "geometry": geometry.to_json(),
                                   "registration": settings.to_json(), "include_failed": include_failed})
     todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
             and not (out / "cases" / f"{c}.json").is_file()]
@@ -239,17 +239,19 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     return out
 
 
-#: What makes a cohort what it is: ``cohort.json``'s fields that decide every case's content.
-#: Not its length (a cohort may be extended) nor the package version that wrote it.
+#: ``cohort.json``'s fields that decide how its cases were made (not the package version).
 IDENTITY_FIELDS = ("format", "version", "seed", "size", "size_settings", "object_map", "generator")
 
 
-def _cohort_sha256(meta: dict) -> str:
-    """A cohort's identity: the SHA-256 of :data:`IDENTITY_FIELDS` of its ``cohort.json``
-    (``meta``; canonical JSON, the generator without ``code_version``)."""
+def _cohort_sha256(cohort: Path, meta: dict) -> str:
+    """A cohort's identity: the SHA-256 of the canonical JSON of :data:`IDENTITY_FIELDS` of its
+    ``cohort.json`` (``meta``; the generator without ``code_version``) and of each case's name
+    with the SHA-256 of its ``truth.json`` (which tells apart cohorts assembled by hand)."""
     identity = {k: meta.get(k) for k in IDENTITY_FIELDS}
     if isinstance(identity["generator"], dict):
         identity["generator"] = {k: v for k, v in identity["generator"].items() if k != "code_version"}
+    truths = {c: Path(cohort) / c / "truth.json" for c in meta["cases"]}
+    identity["truth_sha256"] = {c: file_sha256(t) if t.is_file() else None for c, t in truths.items()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -273,9 +275,9 @@ def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
                 diff.remove("registration")
                 diff += sorted(f"registration.{k}" for k in set(o) | set(n) if o.get(k) != n.get(k))
             if "cohort_sha256" in diff:
-                diff[diff.index("cohort_sha256")] = ("cohort_sha256: its cohort.json now describes another cohort"
-                                                     if recorded_at == where else
-                                                     f"cohort_sha256: prepared from {recorded_at}, not {where}")
+                diff[diff.index("cohort_sha256")] = (
+                    "cohort_sha256: the cohort there is another one now (its cohort.json or a truth.json changed)"
+                    if recorded_at == where else f"cohort_sha256: prepared from {recorded_at}, not {where}")
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
     write_json(path, {"cohort": where, **new})

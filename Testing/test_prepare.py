@@ -39,6 +39,9 @@ def cohort(tmp_path_factory):
     return out
 
 
+ANOTHER_COHORT = r"cohort_sha256: the cohort there is another one now \(its cohort.json or a truth.json changed\)"
+
+
 def _prepare(cohort, out, **kw):
     return prepare_dataset(cohort, out, dataset_geometry(cohort, 32), workers=1, settings=CHEAP, **kw)
 
@@ -114,9 +117,9 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
 
 
 def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
-    """The dataset knows its cohort by the hash of cohort.json's identity fields, not by place:
-    moved together they resume without redoing a case or changing the manifest; a cohort.json
-    rewritten by a newer package resumes too; another cohort is refused."""
+    """The dataset knows its cohort by a hash of cohort.json's identity fields and its cases'
+    truths, not by place: moved together they resume without redoing a case or changing the
+    manifest; a cohort.json rewritten by a newer package resumes too; another cohort is refused."""
     _prepare(cohort, tmp_path / "ds")
     before = (tmp_path / "ds" / "manifest.json").read_bytes()
     shutil.copytree(cohort, tmp_path / "a" / "c")
@@ -137,7 +140,14 @@ def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     (moved / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "code_version": "9"}}))
     _prepare(moved, data)
     (moved / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
-    with pytest.raises(InputError, match="cohort_sha256: its cohort.json now describes another cohort"):
+    with pytest.raises(InputError, match=ANOTHER_COHORT):
+        _prepare(moved, data)
+    # cohorts assembled by hand may share every cohort.json field: their cases' truths tell them apart
+    (moved / "cohort.json").write_text(json.dumps(meta))
+    truth = json.loads((moved / "case_0001" / "truth.json").read_text())
+    truth["objects"][next(iter(truth["objects"]))]["mass_g"] += 1.0
+    (moved / "case_0001" / "truth.json").write_text(json.dumps(truth))
+    with pytest.raises(InputError, match=ANOTHER_COHORT):
         _prepare(moved, data)
 
 
@@ -227,7 +237,8 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
     older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_")}
     record = {"cohort": str(cohort.resolve()), "geometry": g.to_json(), "registration": older,
               "include_failed": False}
-    now = json.loads(json.dumps({"cohort_sha256": _cohort_sha256(read_cohort(cohort)[0]), "geometry": g.to_json(),
+    identity = _cohort_sha256(cohort, read_cohort(cohort)[0])
+    now = json.loads(json.dumps({"cohort_sha256": identity, "geometry": g.to_json(),
            "registration": CHEAP.to_json(), "include_failed": False}))
     (out / "prepare.json").write_text(json.dumps(record))
     _check_settings(out, cohort, now)

@@ -239,7 +239,7 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
               "include_failed": False}
     identity = _cohort_sha256(cohort, read_cohort(cohort)[0])
     now = json.loads(json.dumps({"cohort_sha256": identity, "geometry": g.to_json(),
-           "registration": CHEAP.to_json(), "include_failed": False}))
+                                 "registration": CHEAP.to_json(), "include_failed": False}))
     (out / "prepare.json").write_text(json.dumps(record))
     _check_settings(out, cohort, now)
     assert json.loads((out / "prepare.json").read_text()) == {"cohort": str(cohort.resolve()), **now}

@@ -16,7 +16,7 @@ import sys
 from .errors import INPUT_ERRORS
 
 #: Subcommands in the order a user meets them.
-COMMANDS = ("drr", "cohort", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
+COMMANDS = ("drr", "cohort", "assemble", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
             "ablation", "demo")
 
 

@@ -69,6 +69,9 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
                          "or its run was interrupted; rerun the same `mskdex cohort` command to finish it")
     if not isinstance(meta.get("cases"), list) or not meta["cases"]:
         raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
+    patients = meta.get("patients", {})
+    if not (isinstance(patients, dict) and all(isinstance(v, str) and v for v in patients.values())):
+        raise InputError(f"{path}: field 'patients' must map case names to patient ids (strings)")
     return meta, ObjectMap.from_json(meta["object_map"], f"{path} (object_map)")
 
 
@@ -82,10 +85,12 @@ def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = N
 
 
 def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geometry,
-                 settings: RegistrationSettings, include_failed: bool, out: Path) -> dict:
-    """Prepare one case into ``out/cases``; returns its manifest entry (also written)."""
+                 settings: RegistrationSettings, include_failed: bool, out: Path,
+                 patient: str | None = None) -> dict:
+    """Prepare one case (of ``patient``, default: its own) into ``out/cases``; returns its
+    manifest entry (also written)."""
     t0 = time.perf_counter()
-    entry: dict = {"id": case_id, "patient": case_id, "file": None, "status": "excluded",
+    entry: dict = {"id": case_id, "patient": patient or case_id, "file": None, "status": "excluded",
                    "reasons": [], "qc": {}, "registration": {}}
     try:
         ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
@@ -230,7 +235,8 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     total = len(todo)
     report = progress or (lambda f, m: None)
     report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")
-    jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out) for c in todo]
+    patients = meta.get("patients", {})
+    jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out, patients.get(c)) for c in todo]
     for done, (_, entry) in enumerate(run_jobs(prepare_case, jobs, workers), 1):
         report(done / max(total, 1), f"{entry['id']}: {entry['status']}")
     if (total or not (out / "manifest.json").is_file()) and all(

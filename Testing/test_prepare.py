@@ -319,3 +319,51 @@ def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):
         x, detector, _ = decomposer.model_input(read_radiograph(cohort / case / "xray.mha"))
         assert detector.shape == (16, 16)
         np.testing.assert_allclose(x, trained_on.load(k)["xray"][0].numpy(), atol=1e-5)
+
+
+def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
+    """`mskdex assemble`: a CSV of paired CT / labels / radiograph files (here the cohort's own,
+    the radiograph without its sidecar, distances in the table) gives the same ground truth and
+    geometry as the generator wrote, resumes, and prepares with its patients."""
+    from MSKdeXTraining.cli import main
+    from MSKdeXTraining.cohort.assemble import assemble_cohort, read_pairs
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm"]  # (test-size pixels: coarse)
+    for k, case in enumerate(["case_0000", "case_0001"]):
+        shutil.copy(cohort / case / "xray.mha", raw / f"film{k}.mha")  # no sidecar: a plain image
+        g = json.loads((cohort / case / "xray.json").read_text())["geometry"]
+        rows.append(f"hip{k},p1,{cohort / case / 'ct.nii.gz'},{cohort / case / 'labels.nii.gz'},"
+                    f"raw/film{k}.mha,{g['pixel_spacing'][0]!r},{g['sdd']!r},{g['sod']!r}")
+    table = tmp_path / "pairs.csv"
+    table.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "own"
+    assert main(["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out)]) == 0
+    meta = json.loads((out / "cohort.json").read_text())
+    assert meta["complete"] and meta["cases"] == ["hip0", "hip1"] and meta["patients"] == {"hip0": "p1", "hip1": "p1"}
+    for k, case in enumerate(["case_0000", "case_0001"]):
+        mine, theirs = (json.loads((root / "truth.json").read_text())["objects"]
+                        for root in (out / f"hip{k}", cohort / case))
+        assert mine == theirs
+        assert (json.loads((out / f"hip{k}" / "xray.json").read_text())["geometry"]
+                == json.loads((cohort / case / "xray.json").read_text())["geometry"])
+    stamp = (out / "hip0" / "truth.json").stat().st_mtime_ns
+    assemble_cohort(table, "synthetic", out)  # resume: nothing redone
+    assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamp
+    manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())
+    assert [c["patient"] for c in manifest["cases"]] == ["p1", "p1"]
+    # bad tables name the file, the line and the field
+    for text, message in [("case,ct,labels\n", r"missing \['xray'\]"),
+                          ("case,ct,labels,xray,sdd_mm\nhip0,a,b,c,far\n", "line 2: field 'sdd_mm' must be a number"),
+                          ("case,ct,labels,xray\nhip0,a,b,c\nhip0,a,b,c\n", "line 3: field 'case' 'hip0' appears twice"),
+                          ("case,ct,labels,xray\n../x,a,b,c\n", "line 2: field 'case' must name a case folder")]:
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(InputError, match=f"bad.csv.*{message}"):
+            read_pairs(tmp_path / "bad.csv")
+    (table.parent / "nodist.csv").write_text(rows[0].replace(",sdd_mm,sod_mm", "") + "\n"
+                                             + rows[1].rsplit(",", 2)[0] + "\n")
+    with pytest.raises(InputError, match=r"line 2 \(case 'hip0'\): .*film0.mha: source distances not in the file"):
+        assemble_cohort(table.parent / "nodist.csv", "synthetic", tmp_path / "other")
+    with pytest.raises(InputError, match="another pairs table or object map"):
+        assemble_cohort(table.parent / "nodist.csv", "synthetic", out)

@@ -28,6 +28,7 @@ from ..fileio import write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume, detector_image
+from ..objects import ObjectMap
 from ..parallel import run_jobs
 from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
@@ -160,10 +161,9 @@ def build_case(template: Template, params: dict, size: CohortSize
     return ct, labels, radiograph, poses, derived
 
 
-def truth_objects(ct: Volume, labels: Volume, per_side: bool = False) -> dict[str, dict]:
+def truth_objects(ct: Volume, labels: Volume, objects: ObjectMap) -> dict[str, dict]:
     """Volume (cm3) and MDRR mass (g; lean mass of muscles, bone mass of bones) of every
-    object of the ``synthetic`` map (``per_side``: of its per-side objects, ``<name>_<side>``)."""
-    objects = synthetic_map().per_side() if per_side else synthetic_map()
+    object of ``objects`` in the CT (HU) and its label map."""
     hu = ct.array.astype(np.float64)
     out: dict[str, dict] = {}
     for o in objects.objects:
@@ -195,8 +195,8 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
         "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, "processing": radiograph.processing})
     write_json(tmp / "truth.json", {
         "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
-        "objects": truth_objects(ct, labels),
-        "objects_per_side": truth_objects(ct, labels, per_side=True),
+        "objects": truth_objects(ct, labels, synthetic_map()),
+        "objects_per_side": truth_objects(ct, labels, synthetic_map().per_side()),
         "poses": {k: v.tolist() for k, v in poses.items()},
         "params": {"cohort_seed": seed, "index": index, "size": size, **params},
         "derived": derived})

@@ -1,0 +1,36 @@
+"""``mskdex assemble``: your own paired CTs and radiographs -> a cohort folder for ``mskdex prepare``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import progress_bar
+
+HELP = ("Assemble your own paired CTs, label maps and radiographs (a CSV table) into a cohort folder "
+        "with ground truth from the CT (layout mskdex-cohort v1), ready for mskdex prepare")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", required=True, type=Path,
+                        help="CSV table, one row per radiograph: case, ct, labels, xray [, patient, sdd_mm, "
+                             "sod_mm, pixel_spacing_mm]; paths relative to the table's folder")
+    parser.add_argument("--objects", required=True,
+                        help="object map of the label maps: a built-in name or a JSON file (it must name "
+                             "the pelvis and the femur with sides)")
+    parser.add_argument("--out", required=True, type=Path, help="cohort folder to write (resumed if it exists)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ..cohort.assemble import assemble_cohort
+    from ..fileio import refuse_overwrite
+
+    refuse_overwrite(args.out, [args.pairs])
+    with progress_bar("assemble") as progress:
+        out = assemble_cohort(args.pairs, args.objects, args.out, progress)
+    meta = json.loads((out / "cohort.json").read_text())
+    print(f"cohort of {len(meta['cases'])} cases ({len(set(meta['patients'].values()))} patients) in {out}; "
+          f"next: mskdex prepare --cohort {out} --out DATASET")
+    return 0

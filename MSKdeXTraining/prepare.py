@@ -20,9 +20,9 @@ Per case (docs/formats.md, "Prepared dataset v2"):
 Sharding: shard ``i`` of ``n`` takes the cases whose index in ``cohort.json`` is ``i`` modulo
 ``n``. Every run rebuilds ``manifest.json`` from the case entries once all cases have one, so
 the last shard to finish writes it; :func:`merge_manifest` does the same on demand.
-``prepare.json`` records the settings and the cohort (its ``cohort.json``'s SHA-256, and where it
-was last read from); a run with other settings or another cohort into the same folder is
-refused, while a cohort and dataset moved elsewhere resume.
+``prepare.json`` records the settings and the cohort (its identity hash, :func:`_cohort_sha256`,
+and where it was last read from); a run with other settings or another cohort into the same
+folder is refused, while a cohort and dataset moved elsewhere resume.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ optimisers, schedulers, image pools and RNG states of every process, normalisati
 from __future__ import annotations
 
 import csv
-import json
 import io
+import json
 import platform
 import random
 import time

@@ -358,6 +358,8 @@ def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
         factor = None
     if sdd is not None:
         source["sdd_mm"] = sdd
+    if sod is not None:
+        source["sod_mm"] = sod
     if calibrated:
         source["magnification"] = 1.0
         source["magnification_field"] = ("PixelSpacing (0028,0030) calibrated at the patient "

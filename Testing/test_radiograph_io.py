@@ -180,11 +180,16 @@ def test_registration_geometry_from_dicom_distances(tmp_path, ramp):
     f = write_dicom(tmp_path / "p.dcm", ramp, PixelSpacing=[0.4, 0.4], PixelSpacingCalibrationType="GEOMETRY")
     _, g = read_xray(f, sdd=1100.0, sod=880.0)
     assert g.pixel_spacing == pytest.approx((0.5, 0.5))
+    # calibrated at the patient, both distances in the file: used (the SOD is not assumed)
+    f = write_dicom(tmp_path / "q.dcm", ramp, PixelSpacing=[0.4, 0.4], PixelSpacingCalibrationType="GEOMETRY",
+                    DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    _, g = read_xray(f, require_distances=True)
+    assert (g.sdd, g.sod) == (1150.0, 920.0) and g.pixel_spacing == pytest.approx((0.5, 0.5))
     # no distances anywhere: assumed with a warning, or refused where they set the targets' scale
     f = write_dicom(tmp_path / "n.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5])
     with pytest.warns(UserWarning, match="assuming SDD 1100 mm, SOD 880 mm"):
         assert read_xray(f)[1].sdd == 1100.0
-    with pytest.raises(InputError, match=r"n.dcm: source distances not in the file .* n.json sidecar"):
+    with pytest.raises(InputError, match=r"n.dcm: source distances not in the file .* nor given"):
         read_xray(f, require_distances=True)
 
 

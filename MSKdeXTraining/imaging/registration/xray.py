@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...errors import InputError
 from ..geometry import Geometry
+
+if TYPE_CHECKING:
+    from ...radiograph_io import Radiograph
 
 
 def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None,
@@ -19,52 +24,62 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     A radiograph with a ``<name>.json`` sidecar in the ``mskdex-xray`` format (the synthetic
     cohort) takes its geometry from there. Any other file is read by
     :func:`MSKdeXTraining.radiograph_io.read_radiograph` (which refuses images that are not 2D
-    and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given).
-    Source distances (mm), by priority: the arguments, a ``<name>.json`` sidecar in the
-    ``mskdex-xray`` format (the synthetic cohort), the file's (DICOM (0018,1110) SDD; the SOD
-    as that SDD over the magnification :func:`read_radiograph` found), else the defaults of
-    :class:`Geometry` (SDD 1100, SOD 880), with a warning, or an InputError with
-    ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the detector by
-    SDD / SOD.
+    and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given) and
+    gets its geometry from :func:`radiograph_geometry`.
     """
-    from ...radiograph_io import check_sidecar, read_radiograph, read_sidecar, sidecar_path
+    from ...radiograph_io import check_sidecar, read_radiograph, read_sidecar
 
     path = Path(path)
-    factor, at_patient = None, False
     sidecar = read_sidecar(path)
     if sidecar is not None and pixel_spacing is None:  # simulated: its geometry is exact
         array, spacing = _read_cohort_image(path)
         check_sidecar(sidecar, path, array.shape, spacing)
-        known = {"sdd": sidecar.sdd, "sod": sidecar.sod}
-    else:
-        radiograph = read_radiograph(path, pixel_spacing)
-        array, spacing, source = radiograph.array, radiograph.pixel_spacing, radiograph.source
-        known = {} if source.get("sdd_mm") is None else {"sdd": float(source["sdd_mm"])}
-        m = source.get("magnification")
-        factor = m if m is not None and m > 1.0 else None
-        at_patient = m == 1.0  # a PixelSpacing calibrated at the patient
-    meta = {"rows": array.shape[0], "cols": array.shape[1], "pixel_spacing": spacing,
-            "parallel": sidecar is not None and sidecar.parallel}
+        geometry = replace(sidecar, sdd=float(sdd) if sdd is not None else sidecar.sdd,
+                           sod=float(sod) if sod is not None else sidecar.sod)
+        return array, Geometry.from_json(geometry.to_json(), str(path))
+    radiograph = read_radiograph(path, pixel_spacing)
+    return radiograph.array, radiograph_geometry(radiograph, path, sdd, sod, require_distances,
+                                                 parallel=sidecar is not None and sidecar.parallel)
+
+
+def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | None = None,
+                        sod: float | None = None, require_distances: bool = False,
+                        parallel: bool = False) -> Geometry:
+    """The detector :class:`Geometry` of a radiograph read by ``read_radiograph``.
+
+    Source distances (mm), by priority: the arguments, then the file's: DICOM (0018,1110) SDD and
+    the SOD as that SDD over the magnification ``read_radiograph`` found (the one decompose
+    matches with), or (0018,1111) for a spacing calibrated at the patient; else the defaults of :class:`Geometry` (SDD 1100, SOD 880) with a warning, or an InputError
+    with ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the
+    detector by SDD / SOD."""
+    source = radiograph.source
+    m = source.get("magnification")
+    sdd = float(sdd) if sdd is not None else source.get("sdd_mm")
     assumed = []
-    meta["sdd"] = float(sdd) if sdd is not None else known.get("sdd")
-    if meta["sdd"] is None:
-        meta["sdd"] = Geometry.sdd
-        assumed.append(f"SDD {Geometry.sdd:g} mm")
-    meta["sod"] = (float(sod) if sod is not None else known.get("sod")
-                   or (meta["sdd"] / factor if factor is not None else None))
-    if meta["sod"] is None:
-        meta["sod"] = Geometry.sod
-        assumed.append(f"SOD {Geometry.sod:g} mm")
-    if at_patient:  # the detector's pixels are larger by the magnification
-        meta["pixel_spacing"] = tuple(s * meta["sdd"] / meta["sod"] for s in spacing)
+    if sdd is None:
+        sdd = Geometry.sdd
+        assumed.append(f"SDD {sdd:g} mm")
+    if sod is not None:
+        sod = float(sod)
+    elif m is not None and m > 1.0:  # the magnification decompose matches with
+        sod = sdd / m
+    else:  # a spacing calibrated at the patient (magnification 1) or none known
+        sod = source.get("sod_mm")
+    if sod is None:
+        sod = Geometry.sod
+        assumed.append(f"SOD {sod:g} mm")
     if assumed and require_distances:
-        raise InputError(f"{path}: source distances not in the file (DICOM (0018,1110) / (0018,1111)) "
-                         f"nor in a {sidecar_path(path).name} sidecar (mskdex-xray: geometry sdd, sod in mm); "
-                         "they set the patient's scale, so they are not assumed here")
+        raise InputError(f"{path}: source distances not in the file (DICOM (0018,1110) / (0018,1111)) nor "
+                         "given (sdd / sod, mm); they set the patient's scale, so they are not assumed here")
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)
-    return array, Geometry.from_json(meta, str(path))
+    spacing = radiograph.pixel_spacing
+    if m == 1.0:  # a PixelSpacing calibrated at the patient: the detector's pixels are larger
+        spacing = tuple(s * sdd / sod for s in spacing)
+    return Geometry.from_json({"rows": radiograph.shape[0], "cols": radiograph.shape[1],
+                               "pixel_spacing": list(spacing), "sdd": sdd, "sod": sod,
+                               "parallel": parallel}, str(path))
 
 
 def _read_cohort_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:

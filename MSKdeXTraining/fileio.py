@@ -56,7 +56,7 @@ def staged_folder(folder: str | Path, last: str) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".partial-*"):
         pid = stale.name.split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     stage = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
@@ -68,7 +68,7 @@ def staged_folder(folder: str | Path, last: str) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)

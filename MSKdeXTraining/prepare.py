@@ -63,15 +63,17 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
     """``cohort.json`` (validated) and its object map."""
     path = Path(cohort) / "cohort.json"
     meta = read_format_json(path, COHORT_FORMAT, COHORT_VERSION, ("object_map",), InputError,
-                            "expected a cohort folder written by `mskdex cohort`")
+                            "expected a cohort folder written by `mskdex cohort` or `mskdex assemble`")
     if meta.get("complete") is not True:
-        raise InputError(f"{path}: field 'complete' is not true: the cohort is still being written "
-                         "or its run was interrupted; rerun the same `mskdex cohort` command to finish it")
+        raise InputError(f"{path}: field 'complete' is not true: the cohort is still being written or its "
+                         "run was interrupted; rerun the command that wrote it (`mskdex cohort` or "
+                         "`mskdex assemble`) to finish it")
     if not isinstance(meta.get("cases"), list) or not meta["cases"]:
         raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
     patients = meta.get("patients", {})
-    if not (isinstance(patients, dict) and all(isinstance(v, str) and v for v in patients.values())):
-        raise InputError(f"{path}: field 'patients' must map case names to patient ids (strings)")
+    if not (isinstance(patients, dict) and set(patients) <= set(meta["cases"])
+            and all(isinstance(v, str) and v for v in patients.values())):
+        raise InputError(f"{path}: field 'patients' must map case names (of 'cases') to patient ids (strings)")
     return meta, ObjectMap.from_json(meta["object_map"], f"{path} (object_map)")
 
 
@@ -251,9 +253,10 @@ IDENTITY_FIELDS = ("format", "version", "seed", "size", "size_settings", "object
 
 def _cohort_sha256(cohort: Path, meta: dict) -> str:
     """A cohort's identity: the SHA-256 of the canonical JSON of :data:`IDENTITY_FIELDS` of its
-    ``cohort.json`` (``meta``; the generator without ``code_version``) and of each case's name
-    with the SHA-256 of its ``truth.json`` (which tells apart cohorts assembled by hand)."""
-    identity = {k: meta.get(k) for k in IDENTITY_FIELDS}
+    ``cohort.json`` (``meta``; the generator without ``code_version``; ``patients`` where given,
+    since they decide the folds) and of each case's name with the SHA-256 of its ``truth.json``
+    (which tells apart cohorts assembled by hand)."""
+    identity = {k: meta.get(k) for k in IDENTITY_FIELDS + (("patients",) if "patients" in meta else ())}
     if isinstance(identity["generator"], dict):
         identity["generator"] = {k: v for k, v in identity["generator"].items() if k != "code_version"}
     truths = {c: Path(cohort) / c / "truth.json" for c in meta["cases"]}

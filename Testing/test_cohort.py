@@ -112,8 +112,8 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     # resume: a removed case and a half-written one are redone, identically
     shutil.rmtree(b / "case_0001")
-    (b / ".case_0001.partial-99").mkdir()
-    (b / ".case_0001.partial-99" / "ct.nii.gz").write_bytes(b"broken")
+    (b / ".case_0001.partial-999999999").mkdir()  # of a killed run (no such process)
+    (b / ".case_0001.partial-999999999" / "ct.nii.gz").write_bytes(b"broken")
     generate.generate_cohort(2, 3, b, "test", workers=1)
     # a second run on the folder (e.g. a killed run's surviving worker) finishing a case that is
     # there already leaves it as it is

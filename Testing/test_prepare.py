@@ -322,48 +322,86 @@ def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):
 
 
 def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
-    """`mskdex assemble`: a CSV of paired CT / labels / radiograph files (here the cohort's own,
-    the radiograph without its sidecar, distances in the table) gives the same ground truth and
-    geometry as the generator wrote, resumes, and prepares with its patients."""
+    """`mskdex assemble` on a spreadsheet-saved table (BOM, spaces, CRLF) of the cohort's own CTs
+    and labels with its films as a 16-bit DICOM (distances in the tags) and a plain image
+    (distances in the table): the generator's ground truth and geometry, the DICOM film as
+    decompose will see it, default and given patients; a rerun redoes only a changed row; the
+    cohort prepares with its patients."""
+    from test_radiograph_io import write_dicom
+
     from MSKdeXTraining.cli import main
-    from MSKdeXTraining.cohort.assemble import assemble_cohort, read_pairs
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+    from MSKdeXTraining.radiograph_io import read_radiograph, unit_range
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    rows = ["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm"]  # (test-size pixels: coarse)
-    for k, case in enumerate(["case_0000", "case_0001"]):
-        shutil.copy(cohort / case / "xray.mha", raw / f"film{k}.mha")  # no sidecar: a plain image
-        g = json.loads((cohort / case / "xray.json").read_text())["geometry"]
-        rows.append(f"hip{k},p1,{cohort / case / 'ct.nii.gz'},{cohort / case / 'labels.nii.gz'},"
-                    f"raw/film{k}.mha,{g['pixel_spacing'][0]!r},{g['sdd']!r},{g['sod']!r}")
+    g = [json.loads((cohort / c / "xray.json").read_text())["geometry"] for c in ("case_0000", "case_0001")]
+    film = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "case_0000" / "xray.mha")))
+    dicom = write_dicom(raw / "film0.dcm", np.rint(film * 4000 + 50), ImagerPixelSpacing=[4.6, 4.6],
+                        DistanceSourceToDetector=g[0]["sdd"], DistanceSourceToPatient=g[0]["sod"])
+    shutil.copy(cohort / "case_0001" / "xray.mha", raw / "film1.mha")  # without its sidecar
+    header = "\ufeffcase, patient, ct, labels, xray, pixel_spacing_mm, sdd_mm, sod_mm"
+    rows = [f"hip0,p1,{cohort}/case_0000/ct.nii.gz,{cohort}/case_0000/labels.nii.gz,raw/film0.dcm,4.6,,",
+            f"hip1,,{cohort}/case_0001/ct.nii.gz,{cohort}/case_0001/labels.nii.gz,raw/film1.mha,4.6,"
+            f"{g[1]['sdd']!r},{g[1]['sod']!r}"]
     table = tmp_path / "pairs.csv"
-    table.write_text("\n".join(rows) + "\n")
+    table.write_text("\r\n".join([header, *rows]) + "\r\n", encoding="utf-8")
     out = tmp_path / "own"
     assert main(["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out)]) == 0
     meta = json.loads((out / "cohort.json").read_text())
-    assert meta["complete"] and meta["cases"] == ["hip0", "hip1"] and meta["patients"] == {"hip0": "p1", "hip1": "p1"}
+    assert meta["complete"] and meta["cases"] == ["hip0", "hip1"]
+    assert meta["patients"] == {"hip0": "p1", "hip1": "hip1"}
     for k, case in enumerate(["case_0000", "case_0001"]):
-        mine, theirs = (json.loads((root / "truth.json").read_text())["objects"]
-                        for root in (out / f"hip{k}", cohort / case))
-        assert mine == theirs
-        assert (json.loads((out / f"hip{k}" / "xray.json").read_text())["geometry"]
-                == json.loads((cohort / case / "xray.json").read_text())["geometry"])
-    stamp = (out / "hip0" / "truth.json").stat().st_mtime_ns
-    assemble_cohort(table, "synthetic", out)  # resume: nothing redone
-    assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamp
+        truth = json.loads((out / f"hip{k}" / "truth.json").read_text())
+        assert truth["objects"] == json.loads((cohort / case / "truth.json").read_text())["objects"]
+        assert json.loads((out / f"hip{k}" / "xray.json").read_text())["geometry"] == g[k]
+    radiograph = read_radiograph(dicom, (4.6, 4.6))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "hip0" / "xray.mha"))),
+                                  unit_range(radiograph.array, radiograph.source["value_range"])[0])
+    stamps = [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)]
+    assemble_cohort(table, "synthetic", out)  # unchanged: nothing redone
+    assert [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)] == stamps
+    table.write_text("\n".join([header, rows[0], rows[1].replace("hip1,,", "hip1,p2,")]) + "\n")
+    assemble_cohort(table, "synthetic", out)  # hip1's row changed: only hip1 is made again
+    assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamps[0]
+    assert (out / "hip1" / "truth.json").stat().st_mtime_ns != stamps[1]
     manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())
-    assert [c["patient"] for c in manifest["cases"]] == ["p1", "p1"]
-    # bad tables name the file, the line and the field
-    for text, message in [("case,ct,labels\n", r"missing \['xray'\]"),
-                          ("case,ct,labels,xray,sdd_mm\nhip0,a,b,c,far\n", "line 2: field 'sdd_mm' must be a number"),
-                          ("case,ct,labels,xray\nhip0,a,b,c\nhip0,a,b,c\n", "line 3: field 'case' 'hip0' appears twice"),
-                          ("case,ct,labels,xray\n../x,a,b,c\n", "line 2: field 'case' must name a case folder")]:
-        (tmp_path / "bad.csv").write_text(text)
-        with pytest.raises(InputError, match=f"bad.csv.*{message}"):
-            read_pairs(tmp_path / "bad.csv")
-    (table.parent / "nodist.csv").write_text(rows[0].replace(",sdd_mm,sod_mm", "") + "\n"
-                                             + rows[1].rsplit(",", 2)[0] + "\n")
-    with pytest.raises(InputError, match=r"line 2 \(case 'hip0'\): .*film0.mha: source distances not in the file"):
-        assemble_cohort(table.parent / "nodist.csv", "synthetic", tmp_path / "other")
-    with pytest.raises(InputError, match="another pairs table or object map"):
-        assemble_cohort(table.parent / "nodist.csv", "synthetic", out)
+    assert [c["patient"] for c in manifest["cases"]] == ["p1", "p2"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("case,ct,labels\n", r"missing \['xray'\]"),
+    ("case,ct,labels,xray,ct\n", "each once"),
+    ("case,ct,labels,xray,sdd_mm\nhip0,{ct},{ct},{ct},far\n", "line 2: field 'sdd_mm' must be a number > 0"),
+    ("case,ct,labels,xray,sdd_mm\nhip0,{ct},{ct},{ct},-5\n", "line 2: field 'sdd_mm' must be a number > 0"),
+    ("case,ct,labels,xray\nhip0,{ct},{ct},{ct}\n\nHIP0,{ct},{ct},{ct}\n", "line 4: field 'case' 'HIP0' repeats line 2"),
+    ("case,ct,labels,xray\n../x,{ct},{ct},{ct}\n", "line 2: field 'case' must name a case folder"),
+    ("case,ct,labels,xray\nhip0,{ct},{ct},{ct},extra\n", "line 2: 5 fields for 4 columns"),
+    ("case,ct,labels,xray\nhip0,{ct},nope.nii.gz,{ct}\n", "line 2: field 'labels': .*nope.nii.gz does not exist"),
+])
+def test_a_bad_pairs_table_names_the_file_line_and_field(cohort, tmp_path, text, message):
+    from MSKdeXTraining.cohort.assemble import read_pairs
+
+    (tmp_path / "bad.csv").write_text(text.format(ct=cohort / "case_0000" / "ct.nii.gz"))
+    with pytest.raises(InputError, match=f"bad.csv.*{message}"):
+        read_pairs(tmp_path / "bad.csv")
+
+
+def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
+    """No guessed source distances; a CT whose values are not HU; one CT given two patients."""
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+
+    case = cohort / "case_0000"
+    shutil.copy(case / "xray.mha", tmp_path / "film.mha")
+    image = sitk.ReadImage(str(case / "ct.nii.gz"))
+    sitk.WriteImage(sitk.Cast(image, sitk.sitkInt32) + 1024, str(tmp_path / "offset.nii.gz"))
+    line = f"{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,4.6"
+    for rows, message in [([f"a,,{line},,"], r"line 2 \(case 'a'\): .*film.mha: source distances not in the file"),
+                          ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
+                           r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
+                          ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
+                           r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'")]:
+        (tmp_path / "t.csv").write_text("\n".join(["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm",
+                                                   *rows]) + "\n")
+        with pytest.raises(InputError, match=message):
+            assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out")

@@ -1,144 +1,202 @@
 """Your own paired CTs and radiographs as a cohort (layout ``mskdex-cohort`` v1), ready for
 ``mskdex prepare``.
 
-The pairs come as a CSV table, one row per radiograph: ``case`` (the case folder's name),
-``ct``, ``labels``, ``xray`` (paths, relative to the table's folder unless absolute) and
-optionally ``patient`` (default: the case; radiographs of one patient stay in one fold),
-``sdd_mm`` / ``sod_mm`` (source-to-detector / -isocentre distances, else the DICOM's) and
-``pixel_spacing_mm`` (for files without a spacing, e.g. PNG). Per case it writes
-``ct.nii.gz`` and ``labels.nii.gz`` (the inputs, converted), ``xray.mha`` (the radiograph's
-values, bright = attenuating) with its ``xray.json`` geometry, and ``truth.json``: each
-object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
-compute it) from the 3D CT. Cases are written atomically and a rerun skips finished ones.
+The pairs come as a CSV table (UTF-8), one row per radiograph: ``case`` (the case folder's
+name), ``ct`` (a file or a DICOM series folder), ``labels``, ``xray`` (paths, relative to the
+table's folder unless absolute) and optionally ``patient`` (default: the case; a patient's
+radiographs stay in one fold), ``sdd_mm`` / ``sod_mm`` (source-to-detector / -isocentre
+distances, else the DICOM's) and ``pixel_spacing_mm`` (at the detector, for files without a
+spacing, e.g. PNG). Per case it writes ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz``, the
+radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], bright =
+attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
+each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
+compute it) from the 3D CT, with what it was made from. Every row is checked before anything
+is written; each case is written atomically, and a rerun keeps a case only if its row, its
+input files and the object map are unchanged.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import math
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import file_sha256, read_json_object, write_json
-from ..imaging.registration import read_xray, rigid_bodies
-from ..imaging.volume import check_same_grid, detector_image, read_ct, read_labels
+from ..fileio import file_sha256, process_alive, read_json_object, write_json
+from ..imaging.registration import radiograph_geometry, rigid_bodies
+from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
-from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
+from ..radiograph_io import (SIDECAR_FORMAT, SIDECAR_VERSION, check_magnification, read_radiograph,
+                             unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
 
 #: Columns of the pairs table: required, then optional.
 REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
 OPTIONAL_COLUMNS = ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")
+#: Plausible median HU inside the muscle labels of a CT in HU (lean muscle ~50, fatty ~-50).
+MUSCLE_HU_RANGE = (-200.0, 200.0)
 
 Progress = Callable[[float, str], None]
 
 
 def read_pairs(table: Path) -> list[dict]:
-    """The rows of a pairs table (paths resolved against its folder), checked: the required
-    columns, unique case names usable as folder names, numbers where numbers belong."""
+    """The rows of a pairs table, checked: the columns, case names usable as folder names (once
+    each, also ignoring case), positive numbers where numbers belong, inputs that exist. Each
+    row's ``where`` names the table and line; paths are resolved against the table's folder."""
     table = Path(table)
     try:
-        with table.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            columns = reader.fieldnames or []
-            rows = list(reader)
+        with table.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [c.strip() for c in next(reader, [])]
+            rows = [(reader.line_num, r) for r in reader if any(v.strip() for v in r)]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise InputError(f"{table}: cannot be read as a CSV table ({e})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if missing or unknown:
-        raise InputError(f"{table}: columns {columns}; missing {missing}, unknown {unknown} (expected "
-                         f"{list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)})")
+        raise InputError(f"{table}: cannot be read as a UTF-8 CSV table ({e})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if missing or unknown or len(set(header)) != len(header):
+        raise InputError(f"{table}: columns {header}; missing {missing}, unknown {unknown} (expected "
+                         f"{list(REQUIRED_COLUMNS)} and optionally {list(OPTIONAL_COLUMNS)}, each once)")
     if not rows:
         raise InputError(f"{table}: no rows")
-    pairs, seen = [], set()
-    for line, row in enumerate(rows, 2):
+    pairs, seen = [], {}
+    for line, values in rows:
         where = f"{table} line {line}"
-        case = (row["case"] or "").strip()
+        if len(values) != len(header):
+            raise InputError(f"{where}: {len(values)} fields for {len(header)} columns (a comma in a path "
+                             "must be quoted)")
+        row = {c: v.strip() for c, v in zip(header, values)}
+        case = row["case"]
         if not case or case.startswith(".") or "/" in case or "\\" in case:
             raise InputError(f"{where}: field 'case' must name a case folder (no '/', not hidden), got {case!r}")
-        if case in seen:
-            raise InputError(f"{where}: field 'case' {case!r} appears twice")
-        seen.add(case)
-        pair = {"case": case, "patient": (row.get("patient") or "").strip() or case, "line": line}
+        if case.casefold() in seen:
+            raise InputError(f"{where}: field 'case' {case!r} repeats line {seen[case.casefold()]} "
+                             "(case folder names must differ, also in upper / lower case)")
+        seen[case.casefold()] = line
+        pair = {"case": case, "patient": row.get("patient") or case, "where": f"{where} (case {case!r})"}
         for key in ("ct", "labels", "xray"):
-            if not (row[key] or "").strip():
+            if not row[key]:
                 raise InputError(f"{where}: field {key!r} is empty")
-            pair[key] = table.parent / row[key].strip()
+            pair[key] = (table.parent / row[key]).resolve()
+            if not pair[key].exists():
+                raise InputError(f"{where}: field {key!r}: {pair[key]} does not exist")
         for key in ("sdd_mm", "sod_mm", "pixel_spacing_mm"):
-            text = (row.get(key) or "").strip()
+            text = row.get(key, "")
             try:
-                pair[key] = float(text) if text else None
+                value = float(text) if text else None
             except ValueError:
-                raise InputError(f"{where}: field {key!r} must be a number (mm), got {text!r}") from None
+                value = math.nan
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"{where}: field {key!r} must be a number > 0 (mm), got {text!r}")
+            pair[key] = value
         pairs.append(pair)
     return pairs
 
 
-def assemble_case(pair: dict, objects: ObjectMap, out: Path) -> Path:
-    """Write one case of the pairs table into ``out/<case>`` (atomically); returns the folder."""
-    where = f"line {pair['line']} (case {pair['case']!r})"
-    try:
-        ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
-        check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
-        spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
-        xray, geometry = read_xray(pair["xray"], spacing, pair["sdd_mm"], pair["sod_mm"],
-                                   require_distances=True)
-    except InputError as e:
-        raise InputError(f"pairs table {where}: {e}") from None
-    final = out / pair["case"]
-    tmp = out / f".{pair['case']}.partial-{os.getpid()}"
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (a DICOM series: names and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]:
+        digest.update(str(f.relative_to(path) if f != Path(path) else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(pair: dict, objects: ObjectMap) -> dict:
+    """What a case is made from: its row, its inputs' hashes and the object map."""
+    return {"ct": {"path": str(pair["ct"]), "sha256": source_sha256(pair["ct"])},
+            "labels": {"path": str(pair["labels"]), "sha256": source_sha256(pair["labels"])},
+            "xray": {"path": str(pair["xray"]), "sha256": source_sha256(pair["xray"])},
+            **{k: pair[k] for k in ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")},
+            "object_map": objects.to_json()}
+
+
+def _check_hu(ct: Volume, labels: Volume, objects: ObjectMap, path: Path) -> None:
+    """Refuse a CT whose muscles do not read as HU (e.g. a lost rescale intercept: +1024)."""
+    muscle = np.isin(labels.array, [v for o in objects.objects if o.is_muscle for v in o.labels])
+    if muscle.any():
+        median = float(np.median(ct.array[muscle]))
+        lo, hi = MUSCLE_HU_RANGE
+        if not lo <= median <= hi:
+            raise InputError(f"{path}: the muscles' median is {median:g}, not HU (expected {lo:g} to {hi:g}; "
+                             "a stored value without its rescale slope / intercept?)")
+
+
+def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> None:
+    """Write one case into ``out/<case>`` (atomically, replacing an outdated one) with the
+    ``record`` of what it is made from (:func:`_record`)."""
+    ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
+    check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
+    _check_hu(ct, labels, objects, pair["ct"])
+    spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
+    radiograph = read_radiograph(pair["xray"], spacing)
+    geometry = radiograph_geometry(radiograph, pair["xray"], pair["sdd_mm"], pair["sod_mm"], require_distances=True)
+    check_magnification(geometry.magnification, f"{pair['xray']}: SDD / SOD",
+                        "give sdd_mm and sod_mm (mm) in the table")
+    xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"))  # as decompose does
+    hu = np.rint(ct.array)
+    ct_image = ct.with_array(hu.astype(np.int16) if np.array_equal(hu, ct.array) and
+                             np.abs(hu).max() < 32768 else ct.array.astype(np.float32)).to_sitk()
+    label_type = np.uint8 if labels.array.max() < 256 else np.uint16
+    final, tmp = out / pair["case"], out / f".{pair['case']}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        sitk.WriteImage(ct.to_sitk(), str(tmp / "ct.nii.gz"), True)
-        sitk.WriteImage(labels.to_sitk(), str(tmp / "labels.nii.gz"), True)
+        sitk.WriteImage(ct_image, str(tmp / "ct.nii.gz"), True)
+        sitk.WriteImage(labels.with_array(labels.array.astype(label_type)).to_sitk(),
+                        str(tmp / "labels.nii.gz"), True)
         sitk.WriteImage(detector_image(xray, geometry), str(tmp / "xray.mha"), True)
         write_json(tmp / "xray.json", {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
-                                       "geometry": geometry.to_json(), "source": str(pair["xray"])})
+                                       "geometry": geometry.to_json(), "source": radiograph.source})
         write_json(tmp / "truth.json", {
             "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
-            "objects": truth_objects(ct, labels, objects),
-            "sources": {k: {"path": str(pair[k]), "sha256": file_sha256(pair[k])}
-                        for k in ("ct", "labels", "xray")}})
+            "objects": truth_objects(ct, labels, objects), "assembled_from": record})
+        shutil.rmtree(final, ignore_errors=True)  # an outdated case (its row or inputs changed)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path,
                     progress: Progress | None = None) -> Path:
     """Assemble the pairs of ``table`` (:func:`read_pairs`) with the object map ``objects``
-    into the cohort folder ``out`` (resumable: finished cases are kept; a folder assembled
-    from another table or map is refused). Returns ``out``."""
+    into the cohort folder ``out`` and return it. Resumable: a case whose row, inputs and map
+    are unchanged is kept, any other is made (again)."""
     table, out = Path(table), Path(out)
     pairs = read_pairs(table)
     omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
     rigid_bodies(omap)  # prepare registers the pelvis and each femur: the map must name them
     header = {"format": COHORT_FORMAT, "version": VERSION, "object_map": omap.to_json(),
-              "generator": {"name": "mskdex assemble", "code_version": __version__,
-                            "pairs_sha256": file_sha256(table)},
+              "generator": {"name": "mskdex assemble", "code_version": __version__},
               "patients": {p["case"]: p["patient"] for p in pairs}}
-    path = out / "cohort.json"
-    if path.is_file():
-        old = read_json_object(path, (), InputError)
-        same = {k: v for k, v in (old.get("generator") or {}).items() if k != "code_version"} == \
-            {k: v for k, v in header["generator"].items() if k != "code_version"}
-        if not same or old.get("object_map") != header["object_map"]:
-            raise InputError(f"{path}: this folder holds a cohort assembled from another pairs table or "
-                             "object map (fields 'generator.pairs_sha256', 'object_map'); choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(path, {**header, "complete": False, "cases": []})
+    for stale in out.glob(".*.partial-*"):  # of runs killed while writing a case
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
+    ct_patient: dict[str, tuple[str, str]] = {}
     for k, pair in enumerate(pairs):
-        if not (out / pair["case"] / "truth.json").is_file():
-            assemble_case(pair, omap, out)
+        try:
+            done, record = out / pair["case"] / "truth.json", _record(pair, omap)
+            if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
+                assemble_case(pair, omap, out, record)
+        except InputError as e:
+            raise InputError(f"{pair['where']}: {e}") from None
+        seen = ct_patient.setdefault(record["ct"]["sha256"], (pair["patient"], pair["where"]))
+        if seen[0] != pair["patient"]:
+            raise InputError(f"{pair['where']}: its CT is that of {seen[1]}, of patient {seen[0]!r}, but its "
+                             f"patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
         report((k + 1) / len(pairs), pair["case"])
-    write_json(path, {**header, "complete": True, "cases": [p["case"] for p in pairs]})
+    write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
     return out

@@ -1,4 +1,4 @@
-"""``mskdex prepare``: a synthetic cohort -> a training dataset (layout ``mskdex-dataset`` v2)."""
+"""``mskdex prepare``: a cohort -> a training dataset (layout ``mskdex-dataset`` v2)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _shard(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..imaging.registration import PRESETS
 
-    parser.add_argument("--cohort", type=Path, help="cohort folder (written by `mskdex cohort`)")
+    parser.add_argument("--cohort", type=Path, help="cohort folder (written by `mskdex cohort` or `mskdex assemble`)")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--image-size", type=int, metavar="PX",

@@ -37,10 +37,10 @@ from .optimise import pose_from_params, register_bone
 from .render import BodyRenderer, render_body
 from .settings import (GC_THRESHOLD, PRESETS, Level, Progress, RegistrationResult,
                        RegistrationSettings)
-from .xray import read_xray
+from .xray import radiograph_geometry, read_xray
 
 __all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "Progress", "RegistrationResult",
            "RegistrationSettings", "body_centroid", "default_isocenter",
-           "femoral_head_center", "pose_from_params", "read_xray", "register_bodies",
+           "femoral_head_center", "pose_from_params", "radiograph_geometry", "read_xray", "register_bodies",
            "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
            "surface_points"]

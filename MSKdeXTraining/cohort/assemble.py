@@ -10,9 +10,9 @@ spacing, e.g. PNG). Per case it writes ``ct.nii.gz`` (int16 HU) and ``labels.nii
 radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], bright =
 attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
-compute it) from the 3D CT, with what it was made from. Every row is checked before anything
-is written; each case is written atomically, and a rerun keeps a case only if its row, its
-input files and the object map are unchanged.
+compute it) from the 3D CT, with what it was made from. Every row's fields and paths are
+checked before anything is written; each case is written atomically, and a rerun keeps a case
+only if its row, its input files and the object map are unchanged.
 """
 
 from __future__ import annotations

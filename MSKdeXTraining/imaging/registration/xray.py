@@ -49,9 +49,10 @@ def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | N
 
     Source distances (mm), by priority: the arguments, then the file's: DICOM (0018,1110) SDD and
     the SOD as that SDD over the magnification ``read_radiograph`` found (the one decompose
-    matches with), or (0018,1111) for a spacing calibrated at the patient; else the defaults of :class:`Geometry` (SDD 1100, SOD 880) with a warning, or an InputError
-    with ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the
-    detector by SDD / SOD."""
+    matches with), or (0018,1111) for a spacing calibrated at the patient; else the defaults of
+    :class:`Geometry` (SDD 1100, SOD 880) with a warning, or an InputError with
+    ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the detector
+    by SDD / SOD."""
     source = radiograph.source
     m = source.get("magnification")
     sdd = float(sdd) if sdd is not None else source.get("sdd_mm")

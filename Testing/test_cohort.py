@@ -150,7 +150,7 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     # a cohort whose run did not finish is refused by prepare, with what to do
     meta["complete"] = False
     (b / "cohort.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match="'complete' is not true.*rerun the same `mskdex cohort`"):
+    with pytest.raises(InputError, match="'complete' is not true.*rerun the command that wrote it"):
         read_cohort(b)
     (b / "cohort.json").write_text("[1]")
     with pytest.raises(InputError, match="cohort.json: expected a JSON object"):

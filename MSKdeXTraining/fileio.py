@@ -54,11 +54,8 @@ def staged_folder(folder: str | Path, last: str) -> Iterator[Path]:
     hidden folder is removed either way, and those of runs killed earlier on entry."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(".partial-*"):
-        pid = stale.name.split("-")[1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    stage = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}"
+    remove_stale(folder, ".partial-*")
+    stage = folder / f".partial-{secrets.token_hex(4)}-{os.getpid()}"
     stage.mkdir()
     try:
         yield stage
@@ -68,7 +65,16 @@ def staged_folder(folder: str | Path, last: str) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def process_alive(pid: int) -> bool:
+def remove_stale(folder: str | Path, pattern: str) -> None:
+    """Remove the working folders in ``folder`` matching ``pattern`` (named ``...-<pid>``) of
+    processes that no longer run (a run killed while writing)."""
+    for stale in Path(folder).glob(pattern):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
     """Whether a process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)

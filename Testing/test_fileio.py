@@ -91,7 +91,7 @@ def test_a_staged_set_of_files_lands_whole_or_not_at_all(tmp_path, monkeypatch):
             write_json(stage / "a.json", {"x": 1})
             raise KeyboardInterrupt
     assert list(out.iterdir()) == []
-    killed = out / ".partial-999999999-0000"  # no such process
+    killed = out / ".partial-0000-999999999"  # no such process
     killed.mkdir()
     landed, replace = [], os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (landed.append(Path(b).name), replace(a, b)))

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import file_sha256, process_alive, read_json_object, write_json
+from ..fileio import read_json_object, remove_stale, write_json
 from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
@@ -179,10 +179,7 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path,
               "generator": {"name": "mskdex assemble", "code_version": __version__},
               "patients": {p["case"]: p["patient"] for p in pairs}}
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.partial-*"):  # of runs killed while writing a case
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
     ct_patient: dict[str, tuple[str, str]] = {}

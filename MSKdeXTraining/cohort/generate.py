@@ -24,7 +24,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import process_alive, write_json
+from ..fileio import remove_stale, write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume, detector_image
@@ -234,10 +234,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
                             "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV}}
     _check_resume(out / "cohort.json", header)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".case_*.partial-*"):  # of runs killed while writing a case
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale(out, ".case_*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     todo = [i for i in range(n) if not (out / case_id(i) / "truth.json").is_file()]
     done = n - len(todo)

@@ -347,7 +347,7 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     table = tmp_path / "pairs.csv"
     table.write_text("\r\n".join([header, *rows]) + "\r\n", encoding="utf-8")
     out = tmp_path / "own"
-    assert main(["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out)]) == 0
+    assert main(["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out), "--workers", "2"]) == 0
     meta = json.loads((out / "cohort.json").read_text())
     assert meta["complete"] and meta["cases"] == ["hip0", "hip1"]
     assert meta["patients"] == {"hip0": "p1", "hip1": "hip1"}
@@ -359,10 +359,10 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "hip0" / "xray.mha"))),
                                   unit_range(radiograph.array, radiograph.source["value_range"])[0])
     stamps = [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)]
-    assemble_cohort(table, "synthetic", out)  # unchanged: nothing redone
+    assemble_cohort(table, "synthetic", out, workers=1)  # unchanged: nothing redone
     assert [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)] == stamps
     table.write_text("\n".join([header, rows[0], rows[1].replace("hip1,,", "hip1,p2,")]) + "\n")
-    assemble_cohort(table, "synthetic", out)  # hip1's row changed: only hip1 is made again
+    assemble_cohort(table, "synthetic", out, workers=1)  # hip1's row changed: only hip1 is made again
     assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamps[0]
     assert (out / "hip1" / "truth.json").stat().st_mtime_ns != stamps[1]
     manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())
@@ -404,4 +404,4 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
         (tmp_path / "t.csv").write_text("\n".join(["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm",
                                                    *rows]) + "\n")
         with pytest.raises(InputError, match=message):
-            assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out")
+            assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out", workers=1)

@@ -11,7 +11,7 @@ radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], brigh
 attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
 compute it) from the 3D CT, with what it was made from. Every row's fields and paths are
-checked before anything is written; each case is written atomically, and a rerun keeps a case
+checked before anything is written; cases are made in parallel, each atomically, and a rerun keeps a case
 only if its row, its input files and the object map are unchanged.
 """
 
@@ -34,6 +34,7 @@ from ..fileio import read_json_object, remove_stale, write_json
 from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
+from ..parallel import run_jobs
 from ..radiograph_io import (SIDECAR_FORMAT, SIDECAR_VERSION, check_magnification, read_radiograph,
                              unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
@@ -166,11 +167,24 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path,
+def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> dict:
+    """Make the case of one row unless it is there already from the same row, inputs and map;
+    returns its record (:func:`_record`). Errors name the table, line and case."""
+    try:
+        done, record = out / pair["case"] / "truth.json", _record(pair, objects)
+        if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
+            assemble_case(pair, objects, out, record)
+    except InputError as e:
+        raise InputError(f"{pair['where']}: {e}") from None
+    return record
+
+
+def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, workers: int | None = None,
                     progress: Progress | None = None) -> Path:
     """Assemble the pairs of ``table`` (:func:`read_pairs`) with the object map ``objects``
-    into the cohort folder ``out`` and return it. Resumable: a case whose row, inputs and map
-    are unchanged is kept, any other is made (again)."""
+    into the cohort folder ``out`` with ``workers`` processes (default: all cores) and return
+    it. Resumable: a case whose row, inputs and map are unchanged is kept, any other is made
+    (again)."""
     table, out = Path(table), Path(out)
     pairs = read_pairs(table)
     omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
@@ -182,18 +196,15 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path,
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
-    ct_patient: dict[str, tuple[str, str]] = {}
+    records = {}
+    for done, (k, record) in enumerate(run_jobs(assemble_pair, [(p, omap, out) for p in pairs], workers), 1):
+        records[k] = record
+        report(done / len(pairs), pairs[k]["case"])
+    ct_patient: dict[str, dict] = {}
     for k, pair in enumerate(pairs):
-        try:
-            done, record = out / pair["case"] / "truth.json", _record(pair, omap)
-            if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
-                assemble_case(pair, omap, out, record)
-        except InputError as e:
-            raise InputError(f"{pair['where']}: {e}") from None
-        seen = ct_patient.setdefault(record["ct"]["sha256"], (pair["patient"], pair["where"]))
-        if seen[0] != pair["patient"]:
-            raise InputError(f"{pair['where']}: its CT is that of {seen[1]}, of patient {seen[0]!r}, but its "
-                             f"patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
-        report((k + 1) / len(pairs), pair["case"])
+        seen = ct_patient.setdefault(records[k]["ct"]["sha256"], pair)
+        if seen["patient"] != pair["patient"]:
+            raise InputError(f"{pair['where']}: its CT is that of {seen['where']}, of patient {seen['patient']!r}, "
+                             f"but its patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
     return out

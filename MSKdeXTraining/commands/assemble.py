@@ -19,17 +19,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object map of the label maps: a built-in name or a JSON file (it must name "
                              "the pelvis and the femur with sides)")
     parser.add_argument("--out", required=True, type=Path, help="cohort folder to write (resumed if it exists)")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
     from ..cohort.assemble import assemble_cohort
+    from ..errors import InputError
     from ..fileio import refuse_overwrite
 
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {args.workers}")
     refuse_overwrite(args.out, [args.pairs])
     with progress_bar("assemble") as progress:
-        out = assemble_cohort(args.pairs, args.objects, args.out, progress)
+        out = assemble_cohort(args.pairs, args.objects, args.out, args.workers, progress)
     meta = json.loads((out / "cohort.json").read_text())
     print(f"cohort of {len(meta['cases'])} cases ({len(set(meta['patients'].values()))} patients) in {out}; "
           f"next: mskdex prepare --cohort {out} --out DATASET")

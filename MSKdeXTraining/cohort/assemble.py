@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import read_json_object, remove_stale, write_json
+from ..fileio import file_sha256, read_json_object, remove_stale, write_json
 from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
@@ -102,14 +102,13 @@ def read_pairs(table: Path) -> list[dict]:
 
 
 def source_sha256(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (a DICOM series: names and bytes, in name order)."""
-    digest = hashlib.sha256()
-    for f in sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]:
-        digest.update(str(f.relative_to(path) if f != Path(path) else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a file, or of a folder's files (a DICOM series: each name and its file's
+    SHA-256, in name order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    return hashlib.sha256("".join(f"{f.relative_to(path)}\t{file_sha256(f)}\n" for f in files).encode()).hexdigest()
 
 
 def _record(pair: dict, objects: ObjectMap) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,9 +33,8 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     if sidecar is not None and pixel_spacing is None:  # simulated: its geometry is exact
         array, spacing = _read_cohort_image(path)
         check_sidecar(sidecar, path, array.shape, spacing)
-        geometry = replace(sidecar, sdd=float(sdd) if sdd is not None else sidecar.sdd,
-                           sod=float(sod) if sod is not None else sidecar.sod)
-        return array, Geometry.from_json(geometry.to_json(), str(path))
+        given = {k: float(v) for k, v in (("sdd", sdd), ("sod", sod)) if v is not None}
+        return array, Geometry.from_json({**sidecar.to_json(), **given}, str(path))
     radiograph = read_radiograph(path, pixel_spacing)
     return radiograph.array, radiograph_geometry(radiograph, path, sdd, sod, require_distances,
                                                  parallel=sidecar is not None and sidecar.parallel)

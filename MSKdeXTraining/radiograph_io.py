@@ -218,9 +218,8 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(stem(path) + ".json")
 
 
-def read_sidecar(path: str | Path) -> Geometry | None:
-    """The geometry of a cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1),
-    or ``None`` when there is none."""
+def _sidecar(path: str | Path) -> dict | None:
+    """A cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1), or ``None``."""
     side = sidecar_path(path)
     if not side.is_file():
         return None
@@ -232,7 +231,14 @@ def read_sidecar(path: str | Path) -> Geometry | None:
         return None
     if data.get("version") != SIDECAR_VERSION:
         raise InputError(f"{side}: field 'version' must be {SIDECAR_VERSION}, got {data.get('version')!r}")
-    return Geometry.from_json(data.get("geometry"), f"{side}: field 'geometry'")
+    return data
+
+
+def read_sidecar(path: str | Path) -> Geometry | None:
+    """The geometry of a cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1),
+    or ``None`` when there is none."""
+    data = _sidecar(path)
+    return None if data is None else Geometry.from_json(data.get("geometry"), f"{sidecar_path(path)}: field 'geometry'")
 
 
 def check_sidecar(geometry: Geometry, path: str | Path, shape: tuple[int, int],
@@ -401,11 +407,14 @@ def _read_itk(path: Path):
         value_range = (np.iinfo(raw.dtype).min, np.iinfo(raw.dtype).max)
         source["bits_stored"] = 8 * raw.dtype.itemsize
     array = _to_grey(raw, path, source)
-    sidecar = read_sidecar(path)
+    sidecar, record = read_sidecar(path), _sidecar(path)
     if sidecar is not None:
         check_sidecar(sidecar, path, array.shape, (sy, sx))
-        source["simulated"] = True
-        source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: a simulated radiograph)"
+        film = record.get("source")  # an assembled cohort's: the film it was read from
+        source["simulated"] = True  # or checked when assembled: its geometry is the cohort's own
+        source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: " + (
+            f"a radiograph assembled from {film.get('path')})" if isinstance(film, dict)
+            else "a simulated radiograph)")
         source["sdd_mm"] = sidecar.sdd
         source["magnification"] = sidecar.magnification
         source["magnification_field"] = f"{SIDECAR_FORMAT} sidecar (geometry sdd / sod)"

@@ -358,6 +358,8 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     radiograph = read_radiograph(dicom, (4.6, 4.6))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "hip0" / "xray.mha"))),
                                   unit_range(radiograph.array, radiograph.source["value_range"])[0])
+    assert read_radiograph(out / "hip0" / "xray.mha").source["spacing_field"].endswith(
+        f"a radiograph assembled from {dicom})")
     stamps = [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)]
     assemble_cohort(table, "synthetic", out, workers=1)  # unchanged: nothing redone
     assert [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)] == stamps
@@ -388,7 +390,8 @@ def test_a_bad_pairs_table_names_the_file_line_and_field(cohort, tmp_path, text,
 
 
 def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
-    """No guessed source distances; a CT whose values are not HU; one CT given two patients."""
+    """No guessed source distances (found before any case is written); a CT whose values are
+    not HU; one CT given two patients."""
     from MSKdeXTraining.cohort.assemble import assemble_cohort
 
     case = cohort / "case_0000"
@@ -396,7 +399,8 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
     image = sitk.ReadImage(str(case / "ct.nii.gz"))
     sitk.WriteImage(sitk.Cast(image, sitk.sitkInt32) + 1024, str(tmp_path / "offset.nii.gz"))
     line = f"{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,4.6"
-    for rows, message in [([f"a,,{line},,"], r"line 2 \(case 'a'\): .*film.mha: source distances not in the file"),
+    for rows, message in [([f"a,,{line},1100,900", f"b,,{line},,"],
+                           r"line 3 \(case 'b'\): .*film.mha: source distances not in the file"),
                           ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
                            r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
                           ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
@@ -405,3 +409,5 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
                                                    *rows]) + "\n")
         with pytest.raises(InputError, match=message):
             assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out", workers=1)
+        if "source distances" in message:  # found before case 'a' was written
+            assert not (tmp_path / "out").exists()

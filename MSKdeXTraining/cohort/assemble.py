@@ -11,7 +11,7 @@ radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], brigh
 attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
 compute it) from the 3D CT, with what it was made from. Every row's fields and paths are
-checked before anything is written; cases are made in parallel, each atomically, and a rerun keeps a case
+checked, and every film's geometry read, before anything is written; cases are made in parallel, each atomically, and a rerun keeps a case
 only if its row, its input files and the object map are unchanged.
 """
 
@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,13 @@ import SimpleITK as sitk
 from .. import __version__
 from ..errors import InputError
 from ..fileio import file_sha256, read_json_object, remove_stale, write_json
+from ..imaging.geometry import Geometry
 from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
-from ..radiograph_io import (SIDECAR_FORMAT, SIDECAR_VERSION, check_magnification, read_radiograph,
-                             unit_range)
+from ..radiograph_io import (SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph, check_magnification,
+                             read_radiograph, unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
 
 #: Columns of the pairs table: required, then optional.
@@ -131,17 +133,32 @@ def _check_hu(ct: Volume, labels: Volume, objects: ObjectMap, path: Path) -> Non
                              "a stored value without its rescale slope / intercept?)")
 
 
+def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
+    """The radiograph of a row and its geometry, with the source distances it must have."""
+    spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
+    radiograph = read_radiograph(pair["xray"], spacing)
+    geometry = radiograph_geometry(radiograph, pair["xray"], pair["sdd_mm"], pair["sod_mm"], require_distances=True)
+    check_magnification(geometry.magnification, f"{pair['xray']}: SDD / SOD",
+                        "give sdd_mm and sod_mm (mm) in the table")
+    return radiograph, geometry
+
+
+@contextmanager
+def _row(pair: dict):
+    """Errors inside name the table, line and case."""
+    try:
+        yield
+    except InputError as e:
+        raise InputError(f"{pair['where']}: {e}") from None
+
+
 def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> None:
     """Write one case into ``out/<case>`` (atomically, replacing an outdated one) with the
     ``record`` of what it is made from (:func:`_record`)."""
     ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
     check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
     _check_hu(ct, labels, objects, pair["ct"])
-    spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
-    radiograph = read_radiograph(pair["xray"], spacing)
-    geometry = radiograph_geometry(radiograph, pair["xray"], pair["sdd_mm"], pair["sod_mm"], require_distances=True)
-    check_magnification(geometry.magnification, f"{pair['xray']}: SDD / SOD",
-                        "give sdd_mm and sod_mm (mm) in the table")
+    radiograph, geometry = read_film(pair)
     xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"))  # as decompose does
     hu = np.rint(ct.array)
     ct_image = ct.with_array(hu.astype(np.int16) if np.array_equal(hu, ct.array) and
@@ -169,12 +186,10 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
 def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> dict:
     """Make the case of one row unless it is there already from the same row, inputs and map;
     returns its record (:func:`_record`). Errors name the table, line and case."""
-    try:
+    with _row(pair):
         done, record = out / pair["case"] / "truth.json", _record(pair, objects)
         if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
             assemble_case(pair, objects, out, record)
-    except InputError as e:
-        raise InputError(f"{pair['where']}: {e}") from None
     return record
 
 
@@ -191,6 +206,9 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     header = {"format": COHORT_FORMAT, "version": VERSION, "object_map": omap.to_json(),
               "generator": {"name": "mskdex assemble", "code_version": __version__},
               "patients": {p["case"]: p["patient"] for p in pairs}}
+    for pair in pairs:  # every film's geometry before any case is written: nothing half-done
+        with _row(pair):
+            read_film(pair)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})

@@ -14,13 +14,15 @@ HELP = ("Calibrate a model's prediction intervals: predict the cases it held out
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model run folder (mskdex train --fold k/K)")
     parser.add_argument("--data", required=True, type=Path, help="the prepared dataset it was trained on")
+    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.crossval import calibrate_run
+    from ..training.distributed import pick_device
 
     with progress_bar("calibrate") as bar:
-        path = calibrate_run(args.model, args.data, progress=bar)
+        path = calibrate_run(args.model, args.data, progress=bar, device=pick_device(args.device))
     print_calibration(path)
     return 0
 

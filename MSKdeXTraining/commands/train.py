@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..training.config import load_config, parse_overrides
-    from ..training.distributed import launched_rank
+    from ..training.distributed import launched_rank, pick_device
     from ..training.trainer import train
 
     overrides = parse_overrides(args.set)
@@ -55,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
         from .calibrate import print_calibration
 
         with progress_bar("calibrate") as bar:
-            print_calibration(calibrate_run(out, args.data, progress=bar))
+            print_calibration(calibrate_run(out, args.data, progress=bar, device=pick_device(config.device)))
     return 0

@@ -20,6 +20,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from ..errors import InputError
 from ..fileio import file_sha256, read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
 from . import metrics
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[float, str], None]
 PRED_FORMAT = "mskdex-predictions"
@@ -105,15 +109,16 @@ class Predictions:
 
 
 def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
-                  progress: Progress | None = None) -> dict:
-    """Predict the cases ``ids`` of a prepared dataset with the model in ``run`` (no test-time
-    augmentation); returns the predictions document (format ``mskdex-predictions`` v1)."""
+                  progress: Progress | None = None, device: str | torch.device = "cpu") -> dict:
+    """Predict the cases ``ids`` of a prepared dataset with the model in ``run`` on ``device``
+    (no test-time augmentation); returns the predictions document (format
+    ``mskdex-predictions`` v1)."""
     from ..inference import Decomposer
     from ..modelio import load_model
     from ..training.data import PreparedDataset
 
     report = progress or (lambda f, m: None)
-    model = load_model(run)
+    model = load_model(run, device=device)
     decomposer = Decomposer(model)
     data = PreparedDataset(dataset, ids, size=model.geometry.shape)
     area = model.geometry.pixel_area_cm2
@@ -144,9 +149,11 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
             "cases": cases}
 
 
-def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None) -> Path:
+def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None,
+                  device: str | torch.device = "cpu") -> Path:
     """Write ``run/calibration.json`` from the model's held-out cases (``model.json`` split
-    ``test_ids``, trained with ``--fold k/K``) of the prepared dataset it was trained on."""
+    ``test_ids``, trained with ``--fold k/K``) of the prepared dataset it was trained on,
+    predicted on ``device``."""
     from ..modelio import check_dataset, read_meta
     from ..training.data import read_manifest
 
@@ -160,7 +167,7 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None) ->
                          "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
     check_dataset(meta, read_manifest(dataset), str(run / "model.json"))
     return write_calibration(run, predict_cases(run, dataset, ids, fold=(split.get("fold") or [0])[0],
-                                                progress=progress))
+                                                progress=progress, device=device))
 
 
 def read_predictions(path: Path) -> dict:
@@ -188,6 +195,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     from ..training.config import load_config
     from ..training.data import read_manifest, split_folds
     from ..training.checkpoint import latest_checkpoint
+    from ..training.distributed import pick_device
     from ..training.trainer import check_run_dataset, train
 
     report = progress or (lambda f, m: None)
@@ -219,7 +227,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
             train(cfg, dataset, run, fold=(f, k),
                   resume=latest_checkpoint(run / "checkpoints") is not None,
                   progress=lambda frac, msg: sub(0.9 * frac, msg))
-        doc = predict_cases(run, dataset, splits[f][1], fold=f,
+        doc = predict_cases(run, dataset, splits[f][1], fold=f, device=pick_device(cfg.device),
                             progress=lambda frac, msg: sub(0.9 + 0.1 * frac, msg))
         write_calibration(run, doc)
         write_json(target, {**doc, "evaluation": key})

@@ -114,13 +114,49 @@ def normalisation(ds: PreparedDataset) -> Normalisation:
     return Normalisation(mean, std, scale)
 
 
+def shrunk(cov: np.ndarray) -> np.ndarray:
+    """``cov`` shrunk by :data:`COV_SHRINKAGE` towards its mean variance times the identity."""
+    avg_var = max(float(np.trace(cov)) / len(cov), 1e-12)
+    return (1 - COV_SHRINKAGE) * cov + COV_SHRINKAGE * avg_var * np.eye(len(cov))
+
+
+def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of each row of ``f`` (n, d) to the mean and shrunk covariance of
+    the other rows: what a new image meets. In-sample distances run low, the more so the
+    closer d is to n (in-sample d^2 averages about d, a new image's far more), so a threshold
+    from them would flag ordinary new films. With fewer than 3 rows, the in-sample distances.
+
+    Without row i the scatter matrix loses k d_i d_i^T (d_i = f_i - mean, k = n / (n - 1)), so
+    in the eigenbasis of the full scatter each covariance is a diagonal minus a rank-one
+    term: one eigendecomposition, then Sherman-Morrison, O(n d^2) in all."""
+    n, dim = f.shape
+    d = f - f.mean(0)
+    if n < 3:
+        cov = shrunk(np.atleast_2d(np.cov(f, rowvar=False) if n > 1 else np.zeros((dim, dim))))
+        return np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
+    eigval, eigvec = np.linalg.eigh(d.T @ d)
+    w = d @ eigvec  # each row's d_i in the eigenbasis
+    k, a = n / (n - 1), (1 - COV_SHRINKAGE) / (n - 2)
+    norms = (w * w).sum(1)
+    avg_var = np.maximum((eigval.sum() - k * norms) / ((n - 2) * dim), 1e-12)
+    out = np.empty(n)
+    for i in range(n):
+        # cov_-i = diag(a * eigval + shrinkage * avg_var_i) - a k w_i w_i^T (eigenbasis)
+        inv_diag = 1.0 / (a * eigval + COV_SHRINKAGE * avg_var[i])
+        q = float(w[i] @ (inv_diag * w[i]))
+        c = a * k
+        # e = k w_i; e^T cov^-1 e by Sherman-Morrison
+        out[i] = k * np.sqrt(q + c * q * q / (1.0 - c * q))
+    return out
+
+
 @torch.no_grad()
 def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
                    device: torch.device) -> dict:
     """Training-set statistics for the out-of-distribution check (:meth:`LoadedModel.ood`):
     mean/std over images of the per-image intensity mean and std; mean and shrunk
     covariance of G's pooled head features and the 99th percentile of the training
-    images' Mahalanobis distances; the mean block layout (orientation check) and the
+    images' leave-one-out Mahalanobis distances; the mean block layout (orientation check) and the
     training images' correlations with it."""
     G.eval()
     feats, means, stds, layouts = [], [], [], []
@@ -137,15 +173,12 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
     f = torch.stack(feats).numpy()
     mu = f.mean(0)
     cov = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1], f.shape[1]))
-    cov = np.atleast_2d(cov)
-    avg_var = max(float(np.trace(cov)) / len(cov), 1e-12)
-    cov = (1 - COV_SHRINKAGE) * cov + COV_SHRINKAGE * avg_var * np.eye(len(cov))
-    d = f - mu
-    maha = np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
+    maha = leave_one_out_distances(f)
     return {"intensity_mean": [float(np.mean(means)), max(float(np.std(means)), 1e-6)],
             "intensity_std": [float(np.mean(stds)), max(float(np.std(stds)), 1e-6)],
-            "feature_mean": mu.tolist(), "feature_cov": cov.tolist(),
+            "feature_mean": mu.tolist(), "feature_cov": shrunk(np.atleast_2d(cov)).tolist(),
             "feature_p99": max(float(np.percentile(maha, 99)), 1e-6), "n_images": len(f),
+            "feature_p99_of": "leave-one-out distances" if len(f) > 2 else "in-sample distances",
             "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE,
             "layout_mean": layout_mean.tolist(), "layout_grid": LAYOUT_GRID,
             "layout_r_min_median": [float(layout_r.min()), float(np.median(layout_r))]}

@@ -50,7 +50,8 @@ from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .modelio import ORIENTATIONS
-from .radiograph_io import Radiograph, read_radiograph, sidecar_path, stem as file_stem, unit_range
+from .radiograph_io import (HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, sidecar_path, stem as file_stem,
+                           unit_range)
 from .training.data import resize
 
 Progress = Callable[[float, str], None]
@@ -348,6 +349,11 @@ class Decomposer:
             notes.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
                          "its pixels were used in their stored order (row 0 at the top): check that the "
                          "film is upright and not mirrored")
+        if "(0018,1111)" in str(source.get("magnification_field", "")) and source.get("magnification") != 1.0:
+            notes.append(f"note: magnification from the DICOM source distances, with the hip joint centres "
+                         f"assumed {HIP_ABOVE_TABLE_MM:g} mm above the table that DistanceSourceToPatient reaches "
+                         f"(+-30 mm: about +-3.5 % in magnification, +-7-10 % in volume and mass{beyond}); "
+                         "give --magnification when it is known")
         if source.get("magnification") is None:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             notes.append(f"note: magnification unknown{problem}, {info['magnification_field']} "

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from MSKdeXTraining.imaging.volume import InputError
-from MSKdeXTraining.radiograph_io import read_radiograph
+from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM, read_radiograph
 
 
 def write_dicom(path, array: np.ndarray, photometric="MONOCHROME2", bits=16, **fields):
@@ -149,7 +149,9 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     f = write_dicom(tmp_path / "d.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     r = read_radiograph(f)
-    assert r.magnification == pytest.approx(1150 / 920) and "(0018,1111)" in r.source["magnification_field"]
+    # DistanceSourceToPatient reaches the table: the hips lie HIP_ABOVE_TABLE_MM nearer the source
+    assert r.magnification == pytest.approx(1150 / (920 - HIP_ABOVE_TABLE_MM)) and r.source["sod_mm"] == 920.0
+    assert "(0018,1111)" in r.source["magnification_field"]
     f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     EstimatedRadiographicMagnificationFactor=1.15)
     assert read_radiograph(f).magnification == pytest.approx(1.15)
@@ -159,7 +161,7 @@ def test_dicom_magnification_fields(tmp_path, ramp):
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     assert read_radiograph(f).magnification == 1.0
     # ... but not once the user gives the (detector) spacing: then the distances count
-    assert read_radiograph(f, pixel_spacing=0.5).magnification == pytest.approx(1150 / 920)
+    assert read_radiograph(f, pixel_spacing=0.5).magnification == pytest.approx(1150 / (920 - HIP_ABOVE_TABLE_MM))
     plain = read_radiograph(write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5]))
     assert plain.magnification is None and plain.source["magnification_field"] == "none"
     bad = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],

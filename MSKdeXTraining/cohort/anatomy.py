@@ -82,10 +82,10 @@ def find_templates(paths: list[str | Path] | None = None) -> list[Path]:
     for root in roots:
         if not root.is_dir():
             raise InputError(f"{root}: template folder not found")
-        if _label_file(root, {}) is not None:
+        if _holds_labels(root):
             found.append(root)
             continue
-        subs = sorted(d for d in root.iterdir() if d.is_dir() and _label_file(d, {}) is not None)
+        subs = sorted(d for d in root.iterdir() if d.is_dir() and _holds_labels(d))
         if not subs:
             raise InputError(f"{root}: holds no label map (label.* / labels.* with suffix "
                              f"{LABEL_SUFFIXES}) nor sub-folders with one")
@@ -94,7 +94,8 @@ def find_templates(paths: list[str | Path] | None = None) -> list[Path]:
 
 
 def template_settings(folder: Path) -> tuple[dict, Path | None]:
-    """The ``template.json`` of ``folder`` (or of its parent) and its path (None if absent)."""
+    """The ``template.json`` of ``folder`` (or of its parent) and its path; an
+    :class:`InputError` when there is none."""
     for candidate in (folder / "template.json", folder.parent / "template.json"):
         if candidate.is_file():
             return read_format_json(candidate, TEMPLATE_FORMAT, 1), candidate
@@ -112,7 +113,10 @@ def load_template(folder: str | Path) -> Template:
     if label_path is None:
         raise InputError(f"{folder}: no label map found (expected label.* or labels.*)")
     raw = read_labels(label_path)
-    objects = load_object_map(settings.get("object_map", "pelvic_reference"))
+    name = settings.get("object_map", "pelvic_reference")
+    if str(name).endswith(".json"):  # a path relative to the template.json
+        name = settings_path.parent / name
+    objects = load_object_map(name)
     other = settings.get("other_labels", "muscle")
     if other not in ("muscle", "soft_tissue"):
         raise InputError(f"{source}: field 'other_labels' must be 'muscle' or 'soft_tissue', got {other!r}")
@@ -266,6 +270,12 @@ def _centroid_x(vol: Volume, mask: np.ndarray) -> float:
     mean_index = [(mask.sum(axis=tuple(a for a in range(3) if a != ax)) * np.arange(mask.shape[ax])).sum() / n
                   for ax in (2, 1, 0)]  # i, j, k
     return float(row[:3] @ np.array(mean_index) + row[3])
+
+
+def _holds_labels(folder: Path) -> bool:
+    """Whether ``folder`` holds a label map: the ``label_file`` its template.json names, else label.* / labels.*."""
+    has_settings = any((d / "template.json").is_file() for d in (folder, folder.parent))
+    return _label_file(folder, template_settings(folder)[0] if has_settings else {}) is not None
 
 
 def _label_file(folder: Path, settings: dict) -> Path | None:

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bone-loss", choices=("both", "on", "off"), default="both",
                         help="with and/or without the aligned-bone loss L_B")
     parser.add_argument("--fold", type=int, default=0, help="held-out fold (0-based)")
-    parser.add_argument("--workers", type=int, help="parallel training processes (default: one per core)")
+    parser.add_argument("--workers", type=int, help="parallel training processes (default: one per core, at most one per setting)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volu
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model run folder (mskdex train)")
     parser.add_argument("--xray", required=True, type=Path,
-                        help="radiograph file (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG) or a folder of them")
+                        help="radiograph file (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG/TIFF/BMP) or a folder of them")
     parser.add_argument("--out", type=Path, default=Path("decomposition"),
                         help="output folder (one sub-folder per radiograph in folder mode)")
     parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",

@@ -34,8 +34,9 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
              lambdas: tuple[float, ...] = LAMBDAS, bone_losses: tuple[bool, ...] = BONE_LOSS,
              k: int = 4, fold: int = 0, workers: int | None = None, overrides: dict | None = None,
              progress: Progress | None = None) -> list[dict]:
-    """Train/evaluate every setting, write ``ablation.csv``, ``ablation.md`` and
-    ``report.html`` into ``out``; returns one row per setting with per-object PCCs.
+    """Train/evaluate every setting, write ``ablation_mass_pcc.csv``, ``ablation_volume_pcc.csv``,
+    ``ablation.json``, ``ablation.md`` and ``report.html`` into ``out``; returns one row per
+    setting with per-object PCCs.
 
     ``workers`` parallel processes (default: min(settings, cores)); each uses
     ``cores // workers`` torch threads (one process: this one, with its own threads).

@@ -58,12 +58,47 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "none: no fold_*/predictions.json"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--device", "banana"],
      "device 'banana'"),
+    # prepare's --shard I/N (parsed by argparse: its usage error, exit 2) and --rows/--cols pairing
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "1"], "--shard must be I/N (e.g. 0/4), got '1'"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "a/4"], "--shard must be I/N (e.g. 0/4), got 'a/4'"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "0/1/2"], "--shard must be I/N"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "4/4"], "--shard I/N needs 0 <= I < N, got '4/4'"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "0/0"], "--shard I/N needs 0 <= I < N, got '0/0'"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard=-1/2"], "--shard I/N needs 0 <= I < N, got '-1/2'"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--rows", "64"], "--rows and --cols go together"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--cols", "64"], "--rows and --cols go together"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--rows", "0", "--cols", "64"], "--rows must be >= 1, got 0"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "64", "--rows", "64"],
+     "argument --rows: not allowed with argument --image-size"),
+    (["prepare", "--out", "{tmp}/d"], "--cohort is required (unless --merge)"),
+    # drr's geometry options: Geometry's errors come back as one line naming the options
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
+     "geometry options: --pixel-spacing takes one or two values (mm), got 3"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--sod", "1200"],
+     "geometry options: need 0 < sod < sdd < inf (mm), got sod=1200.0, sdd=1100.0"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--rows", "0"],
+     "geometry options: detector size must be >= 1 pixel, got 0x256"),
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
+     "--pixel-spacing takes one or two values (mm), got 3"),
 ])
 def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
+    """Exit code 2 and one message naming the option (argparse's own usage errors exit 2 too)."""
     (tmp_path / "afile").write_text("not a folder")
-    code = main([a.format(tmp=tmp_path) for a in argv])
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as stop:  # an option argparse refuses while parsing
+        code = stop.code
     err = capsys.readouterr().err
-    assert code == 2 and says in err and "Traceback" not in err
+    assert code == 2 and says in err and "Traceback" not in err, err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_shard_option_parses_i_of_n():
+    from MSKdeXTraining.commands.prepare import _shard
+
+    assert _shard("0/1") == (0, 1) and _shard("3/4") == (3, 4) and _shard(" 2 / 5 ") == (2, 5)
+    args = build_parser(only="prepare").parse_args(["prepare", "--out", "d", "--cohort", "c"])
+    assert args.shard == (0, 1) and args.rows is None and args.cols is None  # default: every case
 
 
 def test_interrupt_says_how_to_resume(monkeypatch, tmp_path, capsys):

@@ -154,3 +154,33 @@ def test_cli_main_reports_bad_input_as_one_line(phantom, tmp_path, capsys):
     code = main(["drr", "--ct", str(tmp_path / "nope.nii.gz"), "--labels", str(labels_path),
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "nope.nii.gz: file not found" in capsys.readouterr().err
+
+
+def test_metrics_flag_a_detector_too_small_and_match_attenuation_in_parallel(phantom):
+    """A 12 mm detector cuts both spheres: outside_fov names them, their lost fractions are what
+    the DRR sums miss of the 3D values, and the sums are out of tolerance. In parallel geometry
+    the WVDRR sum is the attenuation integral; in perspective it is magnified by about M^2."""
+    ct_path, labels_path, _, _ = phantom
+    ct, labels = load_inputs(ct_path, labels_path)
+    omap = load_object_map("synthetic")
+    small = render_drr(ct, labels, omap, Geometry(6, 6, (2.0, 2.0))).metrics
+    assert small["outside_fov"] == ["gluteus_maximus", "pelvis"]
+    assert small["sums_within_tolerance"] is False and small["max_rel_error"] > 0.5
+    for r in (r for r in small["objects"] if not r["absent"]):
+        assert all(0.5 < f < 1 for f in r["lost_fraction"].values()), r["lost_fraction"]
+        assert r["volume_cm3_drr"] == pytest.approx(r["volume_cm3_3d"] * (1 - r["lost_fraction"]["vdrr"]), rel=1e-4)
+        assert r["mass_g_drr"] == pytest.approx(r["mass_g_3d"] * (1 - r["lost_fraction"]["mdrr"]), rel=1e-4)
+        assert r["volume_rel_error"] == pytest.approx(-r["lost_fraction"]["vdrr"], abs=1e-4)
+    assert small["max_rel_error"] == max(abs(r[k]) for r in small["objects"]
+                                         for k in ("volume_rel_error", "mass_rel_error"))
+    parallel = render_drr(ct, labels, omap, Geometry(40, 48, (2.0, 2.0), parallel=True)).metrics
+    perspective = render_drr(ct, labels, omap, Geometry(40, 48, (2.0, 2.0))).metrics
+    assert parallel["outside_fov"] == [] and parallel["sums_within_tolerance"] is True
+    for par, per in zip(parallel["objects"], perspective["objects"]):
+        if par["absent"]:
+            assert par["wvdrr_sum_cm2"] == par["attenuation_cm2_3d"] == 0
+            continue
+        assert par["attenuation_cm2_3d"] > 0.5 and par["lost_fraction"] == {"wvdrr": 0.0, "vdrr": 0.0, "mdrr": 0.0}
+        assert par["wvdrr_sum_cm2"] == pytest.approx(par["attenuation_cm2_3d"], rel=1e-5)
+        assert per["attenuation_cm2_3d"] == par["attenuation_cm2_3d"]
+        assert per["wvdrr_sum_cm2"] == pytest.approx(per["attenuation_cm2_3d"] * (1100 / 880) ** 2, rel=0.01)

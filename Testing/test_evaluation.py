@@ -23,6 +23,7 @@ from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_f
 from MSKdeXTraining.training.toy import write_toy_dataset
 
 from test_inference import tiny_config
+from test_metrics import icc21
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +45,65 @@ def _embedded_pngs(html: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
 
 
+def _recomputed_metrics(out: Path) -> dict[str, dict]:
+    """Per object, from predictions.csv with numpy alone: n, kind, and for mass, volume and
+    density (mass / volume where both are finite) the PCC (np.corrcoef), ICC(2,1)
+    (Shrout-Fleiss mean squares, test_metrics.icc21) and MAE."""
+    with (out / "predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    expected = {}
+    for name in dict.fromkeys(r["object"] for r in rows):
+        mine = [r for r in rows if r["object"] == name]
+        col = lambda key: np.array([float(r[key]) for r in mine])
+        pairs = {"mass": (col("mass_pred_g"), col("mass_true_g")),
+                 "volume": (col("volume_pred_cm3"), col("volume_true_cm3"))}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dp, dt = pairs["mass"][0] / pairs["volume"][0], pairs["mass"][1] / pairs["volume"][1]
+        keep = np.isfinite(dp) & np.isfinite(dt)
+        pairs["density"] = (dp[keep], dt[keep])
+        expected[name] = {"kind": mine[0]["kind"], "n": len(mine), **{
+            q: {"pcc": np.corrcoef(p, t)[0, 1], "icc": icc21(p, t), "mae": np.mean(np.abs(p - t))}
+            for q, (p, t) in pairs.items()}}
+    return expected
+
+
 def test_report_written_with_figures(evaluated):
+    """Every metrics.csv row equals PCC, ICC(2,1) and MAE recomputed from predictions.csv;
+    metrics.md and report.html show them as formatted, and the muscle-mean PCCs."""
+    from MSKdeXTraining.objects import DEFAULT_MUSCLES
+
     out, preds = evaluated
     html = (out / "report.html").read_text()
     pngs = _embedded_pngs(html)
     assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
     assert pngs[0] == (out / "scatter_mass.png").read_bytes()
-    assert "ICC" in html and "gluteus_medius" in html
-    assert (out / "metrics.md").read_text().count("|") > 50
+    expected = _recomputed_metrics(out)
+    with (out / "metrics.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["object"] for r in table] == list(expected) == preds.names
+    md = (out / "metrics.md").read_text()
+    for row in table:
+        e = expected[row["object"]]
+        assert row["kind"] == e["kind"] and int(row["n"]) == e["n"] == 4
+        for q, unit in (("mass", "g"), ("volume", "cm3")):
+            assert float(row[f"{q} PCC"]) == pytest.approx(e[q]["pcc"], rel=1e-9)
+            assert float(row[f"{q} ICC"]) == pytest.approx(e[q]["icc"], rel=1e-9)
+            assert float(row[f"{q} MAE ({unit})"]) == pytest.approx(e[q]["mae"], rel=1e-9)
+        assert float(row["density PCC"]) == pytest.approx(e["density"]["pcc"], rel=1e-9)
+        cells = [row["object"], e["kind"], "4"] + [f"{e[q][m]:.{1 if m == 'mae' else 3}f}"
+                                                   for q in ("mass", "volume") for m in ("pcc", "icc", "mae")]
+        cells.append(f"{e['density']['pcc']:.3f}")
+        assert "| " + " | ".join(cells) + " |" in md, cells
+        assert "".join(f"<td>{c}</td>" for c in cells) in html, cells
+    # the density agreement (its ICC and MAE are not tabulated) is the recomputed one
+    for m in preds.object_metrics():
+        assert m["density"]["icc"] == pytest.approx(expected[m["object"]]["density"]["icc"], rel=1e-9)
+        assert m["density"]["mae"] == pytest.approx(expected[m["object"]]["density"]["mae"], rel=1e-9)
+    muscles = [n for n in DEFAULT_MUSCLES if n in expected]
+    means = {q: np.mean([expected[n][q]["pcc"] for n in muscles]) for q in ("mass", "volume", "density")}
+    assert len(muscles) == 6
+    assert (f"Mean lean-mass PCC over the muscles: {means['mass']:.3f}; mean volume PCC: "
+            f"{means['volume']:.3f}; mean lean-density PCC: {means['density']:.3f}.") in html
 
 
 def test_predictions_are_the_held_out_fold(toy, evaluated):
@@ -197,6 +249,79 @@ def test_anova_compares_the_absolute_errors(evaluated):
     assert row["mass"]["mae_b"] == pytest.approx(2 * row["mass"]["mae_a"])
     same = anova(preds, preds)[0]
     assert same["mass"]["f"] == pytest.approx(0.0) and same["mass"]["p"] == pytest.approx(1.0)
+
+
+def test_evaluate_cli_compare_writes_the_anova_and_its_report_section(toy, evaluated, tmp_path, capsys):
+    """`mskdex evaluate --compare` against the same evaluation (a copy, resumed: nothing trained):
+    identical absolute errors give F = 0 and p = 1 per object (scipy's f_oneway: no
+    between-group variance), in anova.csv and in the report; the per-object table is printed."""
+    from MSKdeXTraining.cli import main
+
+    out = tmp_path / "again"
+    shutil.copytree(evaluated[0], out)
+    code = main(["evaluate", "--data", str(toy / "data"), "--out", str(out), "--config", str(toy / "tiny.yaml"),
+                 "--k", "2", "--folds", "0", "--compare", str(evaluated[0])])
+    printed = capsys.readouterr().out
+    assert code == 0
+    preds = evaluated[1]
+    expected = _recomputed_metrics(evaluated[0])
+    with (out / "anova.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["object", "n", "mass MAE this (g)", "mass MAE eval (g)", "mass F", "mass p",
+                             "volume MAE this (cm3)", "volume MAE eval (cm3)", "volume F", "volume p"]
+    assert [r["object"] for r in rows] == preds.names
+    for row in rows:
+        assert int(row["n"]) == 4
+        for q, unit in (("mass", "g"), ("volume", "cm3")):
+            mae = expected[row["object"]][q]["mae"]
+            assert float(row[f"{q} MAE this ({unit})"]) == pytest.approx(mae, rel=1e-9)
+            assert float(row[f"{q} MAE eval ({unit})"]) == pytest.approx(mae, rel=1e-9)
+            assert float(row[f"{q} F"]) == pytest.approx(0.0, abs=1e-9)
+            assert float(row[f"{q} p"]) == pytest.approx(1.0, abs=1e-9)
+    html = (out / "report.html").read_text()
+    section = html[html.index("<h2>Comparison (one-way ANOVA)</h2>"):html.index("<h2>Figures</h2>")]
+    assert "<caption>One-way ANOVA of absolute errors: this vs eval</caption>" in section
+    first = expected[preds.names[0]]
+    assert (f"<td>{preds.names[0]}</td><td>4</td><td>{first['mass']['mae']:.1f}</td>"
+            f"<td>{first['mass']['mae']:.1f}</td><td>0.00</td><td>1.0000</td>") in section
+    assert section.count("<td>1.0000</td>") == 2 * len(preds.names)
+    assert "## Comparison (one-way ANOVA)" in (out / "metrics.md").read_text()
+    assert not (evaluated[0] / "anova.csv").exists()  # the compared evaluation is only read
+    assert f"| {preds.names[0]} | muscle | 4 | {first['mass']['pcc']:.3f} |" in printed
+    mean = np.mean([expected[n]["mass"]["pcc"] for n in preds.names if expected[n]["kind"] == "muscle"])
+    assert f"Mean lean-mass PCC over 6 muscles: {mean:.3f}" in printed
+    assert f"report: {out / 'report.html'}" in printed
+
+
+def test_ablation_cli_prints_table2(monkeypatch, tmp_path, capsys):
+    """`mskdex ablation` passes its options on and prints the mass-PCC table (paper Table 2
+    layout: lambda_is, (with L_B), one column per object by display name, muscle mean; NaN as
+    n/a). The ablation itself is stubbed: its run is the slow test above."""
+    from MSKdeXTraining.cli import main
+    from MSKdeXTraining.evaluation import ablation as ablation_module
+
+    calls = []
+
+    def fake(dataset, out, config, lambdas, bone, k, fold, workers, overrides, progress=None):
+        calls.append((dataset, out, config, lambdas, bone, k, fold, workers, overrides))
+        return [{"lambda_is": l, "bone_loss": b, "n": 4,
+                 "mass_pcc": {"gluteus_maximus": 0.5 + l / 1000, "pelvis": float("nan")},
+                 "volume_pcc": {"gluteus_maximus": 0.1, "pelvis": 0.2},
+                 "mean_muscle_mass_pcc": 0.25 + l / 1000, "mean_muscle_volume_pcc": 0.1}
+                for l in lambdas for b in bone]
+
+    monkeypatch.setattr(ablation_module, "ablation", fake)
+    code = main(["ablation", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "a"), "--k", "3",
+                 "--lambdas", "0", "100", "--bone-loss", "both", "--fold", "2", "--set", "epochs=1"])
+    assert code == 0
+    assert calls == [(tmp_path / "d", tmp_path / "a", "small", (0.0, 100.0), (False, True), 3, 2, None,
+                      {"epochs": 1})]
+    printed = capsys.readouterr().out
+    assert ("| lambda_is | with L_B | Glu. max. | Pelv. | muscle mean |\n|---|---|---|---|---|\n"
+            "| 0 | (False) | 0.500 | n/a | 0.250 |\n| 0 | (True) | 0.500 | n/a | 0.250 |\n"
+            "| 100 | (False) | 0.600 | n/a | 0.350 |\n| 100 | (True) | 0.600 | n/a | 0.350 |\n") in printed
+    assert "Lean muscle mass and bone mass estimation accuracy (PCC), held-out cases n = 4" in printed
+    assert f"report: {tmp_path / 'a' / 'report.html'}" in printed
 
 
 def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(toy, evaluated, tmp_path):

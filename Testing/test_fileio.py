@@ -102,3 +102,20 @@ def test_a_staged_set_of_files_lands_whole_or_not_at_all(tmp_path, monkeypatch):
         landed.clear()  # (write_json's own rename)
     assert landed == ["b.txt", "c.txt", "a.json"]
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.txt", "c.txt"]
+
+
+def test_remove_stale_keeps_live_runs_and_other_names(tmp_path):
+    """Only a matching folder of a process that no longer runs is removed: a running process's
+    folder (this one's pid) and names outside the pattern or without a pid suffix stay."""
+    from MSKdeXTraining.fileio import remove_stale
+
+    dead = tmp_path / ".partial-aaaa-999999999"  # no such process
+    live = tmp_path / f".partial-bbbb-{os.getpid()}"
+    unmatched = tmp_path / "partial-cccc-999999999"  # not hidden: outside ".partial-*"
+    no_pid = tmp_path / ".partial-dddd-notapid"
+    for folder in (dead, live, unmatched, no_pid):
+        folder.mkdir()
+        (folder / "half.json").write_text("{")
+    remove_stale(tmp_path, ".partial-*")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, unmatched, no_pid))
+    assert (live / "half.json").read_text() == "{"  # left whole

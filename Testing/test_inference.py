@@ -122,8 +122,8 @@ def test_ood_flags(trained, decomposer):
     rng = np.random.default_rng(0)
     noise = Radiograph(rng.random((240, 240)).astype(np.float32), (1.0, 1.0), {"bits_stored": 32})
     flagged = decomposer.decompose(noise, tta=1)
-    assert flagged.ood.flag and flagged.ood.score > 1
-    assert any("training radiographs" in r for r in flagged.ood.reasons)
+    # 6 training films of 12 features: the leave-one-out threshold is wide, the score still higher
+    assert flagged.ood.flag and flagged.ood.score > 2 * inside.ood.score
     colour = toy_radiograph(trained[0], 0)
     colour.source["colour"] = True
     assert decomposer.decompose(colour, tta=1).ood.flag
@@ -154,18 +154,42 @@ def test_orientation_check_flags_a_turned_or_inverted_film(trained, decomposer, 
     assert not any("better after this correction" in r for r in reasons)
 
 
-def test_write_and_batch_resume(trained, decomposer, tmp_path):
+def test_write_saves_table_stacks_and_metadata(trained, decomposer, tmp_path):
+    """What Decomposition.write writes: the CSV (values, ood column), one stack per DRR type
+    (drr[0] WVDRR, [1] VDRR, [2] MDRR on the matched detector) and the JSON metadata. (Resuming
+    a batch is tested in test_batch_resumes_only_identical_work_and_goes_past_bad_files.)"""
     result = decomposer.decompose(toy_radiograph(trained[0], 2), tta=2)
+    result.ood.flag = True  # the flag as given is written: here set, to tell it from the default
     paths = result.write(tmp_path / "one")
+    assert set(paths) == {"csv", "json", "wvdrr", "vdrr", "mdrr"}
     doc = json.loads(paths["json"].read_text())
-    assert doc["format"] == "mskdex-decomposition" and len(doc["objects"]) == 9
+    assert doc["format"] == "mskdex-decomposition" and doc["version"] == 2 and len(doc["objects"]) == 9
+    assert doc["objects"] == json.loads(json.dumps(result.table))
+    assert doc["ood"] == {"flag": True, "score": result.ood.score, "reasons": result.ood.reasons,
+                          "features": result.ood.features}
+    assert doc["geometry"] == {"rows": 32, "cols": 32, "pixel_spacing": [7.5, 7.5], "sdd": result.geometry.sdd,
+                               "sod": result.geometry.sod, "parallel": False, "units": "mm"}
+    assert doc["units"] == {"volume_cm3": "cm3", "mass_g": "g", "drr": {"wvdrr": "1", "vdrr": "cm", "mdrr": "g/cm2"}}
+    assert doc["drr_stacks"] == {t: f"decomposition_{t}.nii.gz" for t in ("wvdrr", "vdrr", "mdrr")}
+    assert doc["source"]["tta"] == 2 and len(doc["augmentations"]) == 2
     with paths["csv"].open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["object"] for r in rows] == result.names
-    assert float(rows[3]["mass_g"]) == pytest.approx(result.table[3]["mass_g"])
-    stack = sitk.ReadImage(str(paths["mdrr"]))
-    assert stack.GetSize() == (32, 32, 9) and stack.GetSpacing()[:2] == pytest.approx((7.5, 7.5))
-    np.testing.assert_allclose(sitk.GetArrayFromImage(stack), result.drr[2])
+    assert [r["ood"] for r in rows] == ["1"] * 9
+    for row, ref in zip(rows, result.table):
+        for key in ("volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g"):
+            assert float(row[key]) == pytest.approx(ref[key], rel=1e-12)
+        assert row["mass_low_g"] == row["volume_high_cm3"] == ""  # no calibration: no interval
+    for t, dtype in enumerate(("wvdrr", "vdrr", "mdrr")):
+        stack = sitk.ReadImage(str(paths[dtype]))
+        assert paths[dtype].name == doc["drr_stacks"][dtype]
+        assert stack.GetSize() == (32, 32, 9) and stack.GetSpacing()[:2] == pytest.approx((7.5, 7.5))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(stack), result.drr[t])
+    assert not np.allclose(result.drr[0], result.drr[1])  # (the three stacks differ)
+    result.ood.flag = False
+    result.write(tmp_path / "two")
+    with (tmp_path / "two" / "decomposition.csv").open() as fh:
+        assert [r["ood"] for r in csv.DictReader(fh)] == ["0"] * 9
 
 
 def test_batch_output_names_are_distinct():
@@ -286,7 +310,16 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
     printed = capsys.readouterr().out  # what the interval and the SD mean
     assert "not an error bar" in printed and "interval: none (the model has no calibration.json" in printed
+    written = sorted((tmp_path / "cli").iterdir())
+    assert [f.name for f in written] == ["decomposition.csv", "decomposition.json", "decomposition_mdrr.nii.gz",
+                                         "decomposition_vdrr.nii.gz", "decomposition_wvdrr.nii.gz"]
+    stamp = lambda f: (f.stat().st_ino, f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+    state = {f: stamp(f) for f in written}  # an atomic rewrite would give a new inode and time
     assert decompose_cmd.run(args) == 0  # the same again: nothing to do, nothing rewritten
+    assert capsys.readouterr().out == (f"{tmp_path / 'cli'} already holds this decomposition of {files[0]} "
+                                       "(same content, options and model); nothing to do\n")
+    assert sorted((tmp_path / "cli").iterdir()) == written
+    assert {f: stamp(f) for f in written} == state
     args.xray = files[1]  # another patient into the same folder: refused, the first result kept
     before = (tmp_path / "cli" / "decomposition.json").read_bytes()
     with pytest.raises(FileExistsError, match="decomposition.json: holds a result of other input"):

@@ -42,6 +42,7 @@ def test_icc_shrout_fleiss_table():
     ratings = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8],
                         [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]], float)
     assert metrics.icc_a1(ratings) == pytest.approx(0.29, abs=0.005)
+    assert icc21(*ratings.T) == pytest.approx(metrics.icc_a1(ratings), abs=1e-12)  # the helper below
 
 
 def test_icc_rejects_bad_shape():
@@ -76,8 +77,27 @@ def test_anova_matches_scipy():
         metrics.anova_oneway(a)
 
 
+def icc21(*raters) -> float:
+    """ICC(2,1) of k raters' columns from the Shrout & Fleiss (1979) mean squares: BMS (between
+    targets), JMS (between judges), EMS (residual); written here independently of metrics."""
+    x = np.column_stack(raters).astype(np.float64)
+    n, k = x.shape
+    bms = k * ((x.mean(axis=1) - x.mean()) ** 2).sum() / (n - 1)
+    jms = n * ((x.mean(axis=0) - x.mean()) ** 2).sum() / (k - 1)
+    resid = x - x.mean(axis=1, keepdims=True) - x.mean(axis=0, keepdims=True) + x.mean()
+    ems = (resid ** 2).sum() / ((n - 1) * (k - 1))
+    return (bms - ems) / (bms + (k - 1) * ems + k * (jms - ems) / n)
+
+
 def test_agreement_bundle(pair):
+    """n, PCC, ICC(2,1) and MAE against numpy and the mean-square formula, and hand values."""
     pred, truth = pair
     out = metrics.agreement(pred, truth)
-    assert out == {"n": 40, "pcc": metrics.pcc(pred, truth), "icc": metrics.icc(pred, truth),
-                   "mae": metrics.mae(pred, truth)}
+    assert set(out) == {"n", "pcc", "icc", "mae"} and out["n"] == 40
+    assert out["pcc"] == pytest.approx(np.corrcoef(pred, truth)[0, 1], abs=1e-12)
+    assert out["icc"] == pytest.approx(icc21(pred, truth), abs=1e-12)
+    assert out["mae"] == pytest.approx(np.abs(pred - truth).mean(), rel=1e-12)
+    assert 0.5 < out["icc"] < out["pcc"] < 1  # noise and no bias: ICC below PCC, both high
+    # pred = truth + 1 (see test_icc_hand_computed_offset): PCC 1, ICC 2/3, MAE 1
+    hand = metrics.agreement([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+    assert hand == {"n": 3, "pcc": pytest.approx(1.0), "icc": pytest.approx(2 / 3), "mae": pytest.approx(1.0)}

@@ -55,6 +55,9 @@ def model_and_xray(tmp_path_factory):
 
 
 def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
+    """The CSV equals the backend's decomposition of the same file (values and its OOD flag);
+    the saved scene loads back with the radiograph, the results table (same rows, OOD
+    attribute), the chart and one layer per object and DRR type holding the backend's DRR."""
     run, xray = model_and_xray
     out = tmp_path / "table.csv"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(run), "--xray", str(xray), "--out", str(out),
@@ -63,21 +66,53 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert b"\r\n" not in out.read_bytes()  # the same CSV as `mskdex decompose` writes
     rows = list(csv.DictReader(out.open()))
+    from MSKdeXTraining.imaging.projector import DRR_SHORT_UNITS, DRR_TYPES
     from MSKdeXTraining.inference import Decomposer
     from MSKdeXTraining.radiograph_io import read_radiograph
 
-    expected = Decomposer.from_run(run).decompose(read_radiograph(xray), tta=2).table
-    assert [r["object"] for r in rows] == [e["object"] for e in expected]
+    result = Decomposer.from_run(run).decompose(read_radiograph(xray), tta=2)
+    expected, names = result.table, result.names
+    assert [r["object"] for r in rows] == names
     assert list(rows[0]) == ["object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_cm3", "volume_sd_cm3",
                              "mass_g", "mass_low_g", "mass_high_g", "mass_sd_g", "ood"]
-    assert {r["ood"] for r in rows} <= {"0", "1"}
+    assert [r["ood"] for r in rows] == [str(int(result.ood.flag))] * len(names)
     for r, e in zip(rows, expected):
         assert float(r["volume_cm3"]) == pytest.approx(e["volume_cm3"], rel=1e-9, abs=1e-12)
         assert float(r["mass_g"]) == pytest.approx(e["mass_g"], rel=1e-9, abs=1e-12)
         assert float(r["mass_sd_g"]) == pytest.approx(e["mass_sd_g"], rel=1e-9, abs=1e-12)
-    assert (tmp_path / "scene" / "mskdex.mrml").is_file()
     assert "mskdex_batch: note: no calibrated interval" in proc.stderr  # notes are printed, flagged or not
+    assert ("mskdex_batch: warning: out of distribution" in proc.stderr) == result.ood.flag
     assert "wrote" in proc.stdout and "100%" in proc.stdout
+
+    sys.path.insert(0, str(ROOT / "MSKdeX"))
+    from MSKdeXLib.drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE
+    from MSKdeXLib.results_table import table_rows
+    from MSKdeXLib.scene_io import load_scene
+    from MSKdeXLib.volume_nodes import volume_from_node
+
+    scene = load_scene(tmp_path / "scene" / "mskdex.mrml")
+    table = scene.GetFirstNodeByName("MSKdeX results")
+    assert table.GetAttribute("MSKdeX.OOD") == str(int(result.ood.flag))
+    saved = table_rows(table)
+    assert [r["object"] for r in saved] == names and [r["kind"] for r in saved] == result.kinds
+    for s, r in zip(saved, rows):
+        for key in ("volume_cm3", "volume_sd_cm3", "mass_g", "mass_sd_g"):  # the .tsv keeps 6 digits
+            assert s[key] == pytest.approx(float(r[key]), rel=1e-5, abs=1e-9)
+        assert np.isnan(s["mass_low_g"]) and r["mass_low_g"] == ""  # no calibration: no interval
+    assert scene.GetFirstNodeByName("MSKdeX results chart").GetNthPlotSeriesNode(0).GetTableNodeID() == table.GetID()
+    assert volume_from_node(scene.GetFirstNodeByName("xray")).array.shape == (1, *read_radiograph(xray).shape)
+    layers = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    layers.UnRegister(None)
+    assert layers.GetNumberOfItems() == 1 + 3 * len(names)  # the radiograph and the layers
+    for t, drr_type in enumerate(DRR_TYPES):
+        for i, name in enumerate(names):
+            node = scene.GetFirstNodeByName(f"MSKdeX {name} {drr_type.upper()}")
+            assert node.GetAttribute(OBJECT_ATTRIBUTE) == name and node.GetAttribute(TYPE_ATTRIBUTE) == drr_type
+            assert node.GetAttribute(UNIT_ATTRIBUTE) == DRR_SHORT_UNITS[drr_type]
+            np.testing.assert_allclose(volume_from_node(node).array[0], result.drr[t, i], rtol=1e-5, atol=1e-9)
+    area = result.geometry.pixel_area_cm2
+    mdrr = volume_from_node(scene.GetFirstNodeByName(f"MSKdeX {names[0]} MDRR")).array
+    assert mdrr.sum(dtype=np.float64) * area == pytest.approx(saved[0]["mass_g"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case, message", [

@@ -27,7 +27,7 @@ def test_help_loads_only_what_its_command_needs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: mskdex" in out and out.strip().endswith("[]")
     parser = build_parser(only="drr")
-    assert parser.parse_args(["drr", "--ct", "c", "--labels", "l", "--out", "o"]).rows == 256
+    assert parser.parse_args(["drr", "--ct", "c", "--labels", "l", "--objects", "synthetic", "--out", "o"]).rows == 256
     with pytest.raises(SystemExit):
         parser.parse_args(["cohort", "--n", "3", "--out", "o"])  # cohort's options are not defined
 
@@ -35,7 +35,7 @@ def test_help_loads_only_what_its_command_needs():
 def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     flat = tmp_path / "flat.mha"
     sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(flat))
-    code = main(["drr", "--ct", str(flat), "--labels", str(flat), "--out", str(tmp_path / "o")])
+    code = main(["drr", "--ct", str(flat), "--labels", str(flat), "--objects", "synthetic", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     line = err[err.index("mskdex drr: error: "):]
     assert code == 2
@@ -50,13 +50,13 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "config key 'epochs' must be int, got 'many'"),
     (["cohort", "--n", "0", "--out", "{tmp}/c"], "--n must be >= 1, got 0"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "0"], "--image-size must be >= 1, got 0"),
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o",
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o",
       "--pixel-spacing", "0"], "pixel_spacing must be finite and > 0 mm"),
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/afile/o"], "afile: is a file"),
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/afile/o"], "afile: is a file"),
     (["demo", "--n", "3", "--out", "{tmp}/d"], "--k 4 folds of --n 3 patients"),  # before any work
     (["evaluate", "--data", "{tmp}", "--out", "{tmp}/e", "--compare", "{tmp}/none"],
      "none: no fold_*/predictions.json"),
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--device", "banana"],
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o", "--device", "banana"],
      "device 'banana'"),
     # prepare's --shard I/N (parsed by argparse: its usage error, exit 2) and --rows/--cols pairing
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--shard", "1"], "--shard must be I/N (e.g. 0/4), got '1'"),
@@ -72,11 +72,11 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "argument --rows: not allowed with argument --image-size"),
     (["prepare", "--out", "{tmp}/d"], "--cohort is required (unless --merge)"),
     # drr's geometry options: Geometry's errors come back as one line naming the options
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
      "geometry options: --pixel-spacing takes one or two values (mm), got 3"),
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--sod", "1200"],
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o", "--sod", "1200"],
      "geometry options: need 0 < sod < sdd < inf (mm), got sod=1200.0, sdd=1100.0"),
-    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--out", "{tmp}/o", "--rows", "0"],
+    (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o", "--rows", "0"],
      "geometry options: detector size must be >= 1 pixel, got 0x256"),
     (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
      "--pixel-spacing takes one or two values (mm), got 3"),

@@ -71,7 +71,7 @@ def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path,
     out = tmp_path / "out"
     parser = __import__("argparse").ArgumentParser()
     drr_command.add_arguments(parser)
-    args = parser.parse_args(["--ct", str(ct_path), "--labels", str(labels_path), "--out", str(out),
+    args = parser.parse_args(["--ct", str(ct_path), "--labels", str(labels_path), "--objects", "synthetic", "--out", str(out),
                               "--rows", "40", "--cols", "48", "--pixel-spacing", "2.5", "2.0",
                               "--sdd", "1000", "--sod", "700"])
     assert drr_command.run(args) == 0
@@ -151,7 +151,7 @@ def test_cli_main_reports_bad_input_as_one_line(phantom, tmp_path, capsys):
     from MSKdeXTraining.cli import main
 
     ct_path, labels_path, _, _ = phantom
-    code = main(["drr", "--ct", str(tmp_path / "nope.nii.gz"), "--labels", str(labels_path),
+    code = main(["drr", "--ct", str(tmp_path / "nope.nii.gz"), "--labels", str(labels_path), "--objects", "synthetic",
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "nope.nii.gz: file not found" in capsys.readouterr().err
 

@@ -45,9 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, type=Path,
                         help="CT in HU (NIfTI, NRRD, MHA, ... or a DICOM series folder)")
     parser.add_argument("--labels", required=True, type=Path, help="label map on the CT grid")
-    parser.add_argument("--objects", default="synthetic",
-                        help="object map: a JSON file or a built-in name (synthetic, "
-                             "pelvic_reference, totalsegmentator)")
+    parser.add_argument("--objects", required=True,
+                        help="object map of the label values: a JSON file or a built-in name (synthetic: "
+                             "`mskdex cohort`'s labels; pelvic_reference, totalsegmentator)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--resample-labels", action="store_true",
                         help="resample the labels onto the CT grid (nearest neighbour) when the "

@@ -127,7 +127,7 @@ def test_outputs_never_overwrite_an_input(tmp_path, capsys):
     xray = out / "qc_all.png"
     xray.write_bytes(b"a radiograph")
     code = main(["register", "--ct", str(tmp_path / "ct.nii.gz"), "--labels", str(tmp_path / "l.nii.gz"),
-                 "--xray", str(xray), "--out", str(out), "--pixel-spacing", "0.2"])
+                 "--xray", str(xray), "--objects", "synthetic", "--out", str(out), "--pixel-spacing", "0.2"])
     assert code == 2 and "would overwrite the input" in capsys.readouterr().err
     xray = xray.rename(out / "decomposition_mdrr.nii.gz")
     code = main(["decompose", "--model", str(tmp_path), "--xray", str(xray), "--out", str(out)])

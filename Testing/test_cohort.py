@@ -15,11 +15,12 @@ from scipy import ndimage
 
 from MSKdeXTraining.cohort import anatomy, deformation, generate, patient, radiograph
 from MSKdeXTraining.commands import cohort as cohort_command
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging import hu as hu_conv
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import Splatter, project_objects
 from MSKdeXTraining.imaging.similarity import gradient_correlation
-from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
+from MSKdeXTraining.imaging.volume import Volume, read_ct, read_labels
 from MSKdeXTraining.objects import load_object_map
 from MSKdeXTraining.prepare import read_cohort
 
@@ -99,6 +100,23 @@ def test_user_label_map_with_object_map_is_a_template(shared_data, tmp_path):
         anatomy.template_settings(folder)
 
 
+def test_template_files_named_in_template_json(tmp_path, monkeypatch):
+    """A template whose label map has another name (``label_file``) is found, and a relative
+    object-map path is read from beside the template.json, wherever the command runs."""
+    folder = tmp_path / "mine"
+    shutil.copytree(anatomy.find_templates()[0], folder)
+    (folder / "label.mhd").rename(folder / "seg.mhd")  # its data file keeps its name
+    (folder / "maps").mkdir()
+    shutil.copy(Path(anatomy.__file__).parents[1] / "mappings" / "pelvic_reference.json", folder / "maps" / "p.json")
+    (folder / "template.json").write_text(json.dumps({
+        "format": "mskdex-template", "version": 1, "object_map": "maps/p.json", "spine_labels": [4],
+        "label_file": "seg.mhd", "mask_file": "mask.mhd"}))
+    monkeypatch.chdir(tmp_path)
+    assert anatomy.find_templates([tmp_path]) == [folder]
+    expected = anatomy.load_template(anatomy.find_templates()[0])
+    assert np.array_equal(anatomy.load_template(folder).labels.array, expected.labels.array)
+
+
 def test_same_seed_same_bytes_and_resume(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     parser = argparse.ArgumentParser()
@@ -110,7 +128,8 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     assert len(files) == 11
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    # resume: a removed case and a half-written one are redone, identically
+    # resume: a removed case, a half-written one and one without its truth are redone, identically
+    (b / "case_0000" / "truth.json").unlink()
     shutil.rmtree(b / "case_0001")
     (b / ".case_0001.partial-999999999").mkdir()  # of a killed run (no such process)
     (b / ".case_0001.partial-999999999" / "ct.nii.gz").write_bytes(b"broken")
@@ -124,16 +143,20 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     meta = json.loads((b / "cohort.json").read_text())
     assert meta["complete"] and meta["cases"] == ["case_0000", "case_0001"]
     assert meta["object_map"]["name"] == "synthetic"
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(InputError, match="cohort.json: field 'seed' is 3 but this run has 4"):
         generate.generate_cohort(2, 4, b, "test", workers=1)
     # another package version with the same generator version finishes or extends the cohort
+    header = (b / "cohort.json").read_bytes()
+    stamps = {f: (b / f).stat().st_mtime_ns for f in files if f.name != "cohort.json"}
     (b / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "code_version": "0.0.1"}}))
     generate.generate_cohort(2, 3, b, "test", workers=1)
+    assert {f: (b / f).stat().st_mtime_ns for f in stamps} == stamps  # no case redone
+    assert (b / "cohort.json").read_bytes() == header  # complete, this package's version
     with pytest.raises(InputError, match="field 'generator'"):
         (b / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "version": 1}}))
         generate.generate_cohort(2, 3, b, "test", workers=1)
     (b / "cohort.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="not shrink it to 1"):
+    with pytest.raises(InputError, match="cohort.json: the cohort has n = 2 cases; a rerun may finish or extend it, not shrink it to 1"):
         generate.generate_cohort(1, 3, b, "test", workers=1)
     with pytest.raises(InputError, match="seed must be >= 0"):
         generate.generate_cohort(2, -1, tmp_path / "neg", "test", workers=1)

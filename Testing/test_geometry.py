@@ -40,9 +40,13 @@ def test_geometry_json_resize_and_validation():
     r = g.resized(50)
     assert (r.rows, r.cols) == (50, 50) and r.pixel_spacing == (3.0, 3.2)
     assert g.pixel_area_cm2 == pytest.approx(0.03) and g.magnification == 1.0
-    for bad in (dict(rows=0), dict(pixel_spacing=(0, 1)), dict(sod=1200, sdd=1100)):
-        with pytest.raises(ValueError):
-            Geometry(**bad)
+    for bad, message in ((dict(rows=0), r"detector size must be >= 1 pixel, got 0x80"),
+                         (dict(pixel_spacing=(0, 1)), r"pixel_spacing must be finite and > 0 mm, got \(0, 1\)"),
+                         (dict(pixel_spacing=(1.5, float("nan"))), "pixel_spacing must be finite"),
+                         (dict(sod=1200, sdd=1100), "need 0 < sod < sdd < inf"),
+                         (dict(sod=0), "need 0 < sod < sdd < inf")):
+        with pytest.raises(InputError, match=message):
+            Geometry(**{"rows": 100, "cols": 80, "pixel_spacing": (1.5, 2.0), **bad})
 
 
 @pytest.mark.parametrize("parallel", [False, True])

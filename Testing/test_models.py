@@ -35,10 +35,25 @@ def test_generator_starts_near_scale_constant_and_is_per_sample():
 
 
 def test_hrnet_fuses_all_branches():
-    """Changing the input changes the lowest-resolution branch output at the head."""
-    g = Generator(2, HRNetSpec(width=4, branches=3, blocks=1, stem_stride=2))
-    assert len(g.net.stages) == 3 and len(g.net.stages[2][0].fuse.paths) == 3
+    """Perturbing the lowest-resolution branch of the last stage (before its fusion) changes
+    the highest-resolution branch's part of the head input, and so G's output; so does
+    perturbing any other branch."""
+    torch.manual_seed(0)
+    g = Generator(2, HRNetSpec(width=4, branches=3, blocks=1, stem_stride=2)).eval()
+    module = g.net.stages[2][0]
+    assert len(g.net.stages) == 3 and len(module.fuse.paths) == 3
     assert g.net.head[0].in_channels == 4 + 8 + 16
+    head_input = []
+    g.net.head.register_forward_pre_hook(lambda m, args: head_input.append(args[0]))
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        y = g(x)
+        for k, branch in reversed(list(enumerate(module.branches))):
+            hook = branch.register_forward_hook(lambda m, args, out: out + torch.randn_like(out))
+            changed = (g(x) - y).abs().amax()
+            hook.remove()
+            assert changed > 1e-4, k
+        assert (head_input[1] - head_input[0])[:, :4].abs().amax() > 1e-3  # lowest into the highest
 
 
 def test_translator_and_patchgan_shapes():

@@ -20,6 +20,7 @@ from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, rea
 from MSKdeXTraining.imaging.volume import InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.prepare import dataset_geometry, merge_manifest, prepare_dataset
+from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM
 
 #: Registration budget for the tests: the data flow is tested here, accuracy elsewhere.
 CHEAP = RegistrationSettings(levels=(Level(8.0, "cma", 4, 1.0),), popsize=6)
@@ -58,7 +59,16 @@ def _entries(manifest: dict) -> list[dict]:
 
 
 def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
-    out = _prepare(cohort, tmp_path / "ds")
+    """Also: a case whose radiograph is noise fails every registration and is excluded with
+    each body's reason, its files still written."""
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    path = copy / "case_0001" / "xray.mha"
+    image = sitk.ReadImage(str(path))
+    noise = sitk.GetImageFromArray(np.random.default_rng(0).random(image.GetSize()[::-1]).astype(np.float32))
+    noise.CopyInformation(image)
+    sitk.WriteImage(noise, str(path))
+    out = _prepare(copy, tmp_path / "ds")
     m = json.loads((out / "manifest.json").read_text())
     assert m["format"] == "mskdex-dataset" and m["version"] == 2
     assert m["geometry"]["rows"] == 32 and m["aligned_bones"] == ["pelvis", "femur"]
@@ -68,6 +78,8 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
     broken = m["cases"][2]
     assert any("gluteus_minimus" in r and "right side" in r for r in broken["reasons"])
     assert broken["file"] is None and broken["registration"] == {}
+    assert status["case_0001"] == "excluded"
+    checked = []
     for c in m["cases"][:2]:
         assert set(c["registration"]) == {"pelvis", "femur_left", "femur_right"}
         assert all(np.array(r["pose"]).shape == (4, 4) for r in c["registration"].values())
@@ -76,6 +88,7 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         assert (c["status"] == "ok") == (not failed and not c["reasons"])
         for b in failed:  # the reason quotes the body's own threshold (femurs: stricter)
             assert any(b in r and f"< {c['registration'][b]['gc_threshold']:g}" in r for r in c["reasons"])
+            checked.append((c["id"], b))
         assert c["registration"]["femur_left"]["gc_threshold"] == 0.5
         t = load_file(out / c["file"])
         assert t["drr"].shape == (3, n, 32, 32) and t["aligned"].shape == (3, 2, 32, 32)
@@ -92,6 +105,7 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         lost = c["qc"]["drr_lost_fraction"]
         assert np.all(sums <= t["volume_cm3"].numpy() * (1 + 1e-4))
         assert np.all(sums >= t["volume_cm3"].numpy() * (1 - lost - 1e-3))
+    assert {b for case, b in checked if case == "case_0001"} == {"pelvis", "femur_left", "femur_right"}
     assert not (out / "cases" / "case_0002.safetensors").exists()
 
 
@@ -136,9 +150,14 @@ def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     assert json.loads((data / "prepare.json").read_text())["cohort"] == str(moved.resolve())
     merge_manifest(data)  # from where prepare.json now says the cohort is
     assert json.loads((data / "manifest.json").read_text())["cohort"] == str(moved.resolve())
+    merged = (data / "manifest.json").read_bytes()
+    stamps = {f: f.stat().st_mtime_ns for f in (data / "cases").iterdir()}
+    assert len(stamps) == 5  # two prepared cases (json + tensors), one excluded (json)
     meta = json.loads((moved / "cohort.json").read_text())
     (moved / "cohort.json").write_text(json.dumps({**meta, "generator": {**meta["generator"], "code_version": "9"}}))
     _prepare(moved, data)
+    assert {f: f.stat().st_mtime_ns for f in (data / "cases").iterdir()} == stamps
+    assert (data / "manifest.json").read_bytes() == merged
     (moved / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
     with pytest.raises(InputError, match=ANOTHER_COHORT):
         _prepare(moved, data)
@@ -284,8 +303,8 @@ def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):
 
 
 def test_truth_values_are_checked(cohort, tmp_path):
-    """A truth.json value that is not a number >= 0 names the file and the field (the case is
-    then excluded with that reason, not the run stopped)."""
+    """A truth.json value that is not a number >= 0 names the file and the field; prepare
+    then excludes the case with that reason and still prepares the others."""
     from MSKdeXTraining.prepare import _read_truth, read_cohort
 
     _, objects = read_cohort(cohort)
@@ -297,6 +316,16 @@ def test_truth_values_are_checked(cohort, tmp_path):
         (tmp_path / "truth.json").write_text(json.dumps(doc))
         with pytest.raises(InputError, match=rf"truth.json: field 'objects.{name}.mass_g' must be a number >= 0 \(g\)"):
             _read_truth(tmp_path / "truth.json", objects)
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    shutil.copy(tmp_path / "truth.json", copy / "case_0000" / "truth.json")
+    m = json.loads((_prepare(copy, tmp_path / "ds") / "manifest.json").read_text())
+    bad, good = m["cases"][:2]
+    assert bad["status"] == "excluded" and bad["file"] is None and bad["registration"] == {}
+    assert bad["reasons"] == [f"unreadable input: {copy / 'case_0000' / 'truth.json'}: field "
+                              f"'objects.{name}.mass_g' must be a number >= 0 (g), got inf"]
+    assert good["file"] == "cases/case_0001.safetensors" and set(good["registration"]) == {
+        "pelvis", "femur_left", "femur_right"}
 
 
 def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):
@@ -338,7 +367,8 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     g = [json.loads((cohort / c / "xray.json").read_text())["geometry"] for c in ("case_0000", "case_0001")]
     film = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "case_0000" / "xray.mha")))
     dicom = write_dicom(raw / "film0.dcm", np.rint(film * 4000 + 50), ImagerPixelSpacing=[4.6, 4.6],
-                        DistanceSourceToDetector=g[0]["sdd"], DistanceSourceToPatient=g[0]["sod"])
+                        DistanceSourceToDetector=g[0]["sdd"],
+                        DistanceSourceToPatient=g[0]["sod"] + HIP_ABOVE_TABLE_MM)  # to the table
     shutil.copy(cohort / "case_0001" / "xray.mha", raw / "film1.mha")  # without its sidecar
     header = "\ufeffcase, patient, ct, labels, xray, pixel_spacing_mm, sdd_mm, sod_mm"
     rows = [f"hip0,p1,{cohort}/case_0000/ct.nii.gz,{cohort}/case_0000/labels.nii.gz,raw/film0.dcm,4.6,,",

@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
+from MSKdeXTraining.cli import main
 from MSKdeXTraining.cohort import RigidBody, XraySettings, simulate_radiograph
+from MSKdeXTraining.cohort.generate import generate_case
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, project, resample_image,
                                              rigid)
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
@@ -21,8 +25,9 @@ from MSKdeXTraining.imaging.registration import (
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration.optimise import _FixedGC
 from MSKdeXTraining.imaging.similarity import gradient_correlation
-from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
+from MSKdeXTraining.imaging.volume import Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
+from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM
 
 #: A cheap optimiser for small phantoms (accuracy is checked, not speed); the box-like
 #: phantom bone says little about depth, so its translation has a prior (5 mm SD).
@@ -99,7 +104,7 @@ def test_presets_end_at_full_resolution_and_unknown_name_is_refused():
         levels = RegistrationSettings.preset(name).levels
         assert levels[-1].pixel_mm == 0.0 and levels[-1].optimizer == "powell"
         assert [lv.pixel_mm for lv in levels] == sorted((lv.pixel_mm for lv in levels), reverse=True)
-    with pytest.raises(ValueError, match="preset"):
+    with pytest.raises(InputError, match=r"preset must be one of \('accurate', 'fast'\), got 'slow'"):
         RegistrationSettings.preset("slow")
 
 
@@ -142,7 +147,7 @@ def test_bad_radiograph_input(phantom_case, tmp_path):
     assert array.shape == (96, 96) and geometry.pixel_spacing == (1.0, 1.0) and geometry.sod == 700.0
     volume = tmp_path / "v.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.float32)), str(volume))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=r"v.mha: a radiograph must be a 2D image \(or one slice\), got size \(8, 8, 3\)"):
         read_xray(volume)
 
 
@@ -163,7 +168,8 @@ def test_read_xray_takes_the_dicom_source_distances(tmp_path):
     f = write_dicom(tmp_path / "d.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     g = read_xray(f)[1]
-    assert (g.sdd, g.sod, g.pixel_spacing) == (1150.0, pytest.approx(920.0), (0.5, 0.5))
+    # DistanceSourceToPatient reaches the table: the hips lie HIP_ABOVE_TABLE_MM nearer the source
+    assert (g.sdd, g.sod, g.pixel_spacing) == (1150.0, pytest.approx(920.0 - HIP_ABOVE_TABLE_MM), (0.5, 0.5))
     assert read_xray(f, sod=900.0)[1].sod == 900.0  # the argument wins
     factor = write_dicom(tmp_path / "m.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                          EstimatedRadiographicMagnificationFactor=1.25)
@@ -184,17 +190,66 @@ def test_resample_image_identity_and_constant():
 
 
 def test_overlay_marks_bone_contours(phantom_case, tmp_path):
+    """The first bone's colour traces its whole outline (DRR > 2 % of its maximum) and
+    appears nowhere beyond 2 pixels of its projection."""
     ct, labels, g, _, truth, xray = phantom_case
     drr = render_body(ct, labels, (1,), truth, g)
     rgb = overlay_image(xray, drr)
     assert rgb.shape == (96, 96, 3) and rgb.dtype == np.uint8
-    red = (rgb[..., 0] == 255) & (rgb[..., 1] == 60)
-    assert red.sum() > 20 and not red[drr == 0].all()
-    assert not red[:, :5].any()  # no contour far from the bone
-    with pytest.raises(ValueError):
+    red = np.all(rgb == (255, 60, 60), axis=-1)
+    bone = drr > 0.02 * drr.max()
+    outline = bone & ~ndimage.binary_erosion(bone)
+    assert outline.sum() > 20 and red[outline].all()
+    assert not red[~ndimage.binary_dilation(drr > 0, iterations=2)].any()
+    with pytest.raises(ValueError, match=r"of the same size, got \(96, 96\) and \(95, 96\)"):
         overlay_image(xray, drr[:-1])
     path = write_qc_figure(tmp_path / "qc.png", rgb, "bone: GC 0.9 ok", flagged=False)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def cohort_case(tmp_path_factory):
+    """One `test`-size cohort case (5 mm CT, 128 x 128 detector)."""
+    return generate_case(0, 5, tmp_path_factory.mktemp("cohort"), "test")
+
+
+def test_register_command_writes_poses_and_qc(cohort_case, tmp_path, monkeypatch, capsys):
+    """`mskdex register --preset fast --seed 3` on a cohort case: exit 0; poses.json v1 with the
+    radiograph's geometry, the preset's settings and seed, each body's labels and a pose near
+    its true one; the QC overlays; a rerun into the folder is refused (exit 2) and changes
+    nothing. The preset's optimiser budget is cut to two short CMA-ES levels (its accuracy is
+    tested above)."""
+    preset = RegistrationSettings.preset
+    monkeypatch.setattr(RegistrationSettings, "preset", classmethod(lambda cls, name: replace(
+        preset(name), levels=(Level(8.0, "cma", 6, 1.0), Level(4.0, "cma", 4, 0.3)), popsize=6)))
+    case, out = cohort_case, tmp_path / "reg"
+    args = ["register", "--ct", str(case / "ct.nii.gz"), "--labels", str(case / "labels.nii.gz"),
+            "--xray", str(case / "xray.mha"), "--objects", "synthetic", "--out", str(out), "--preset", "fast",
+            "--seed", "3"]
+    assert main(args) == 0
+    assert f"wrote poses.json and qc_*.png in {out}" in capsys.readouterr().out
+    poses = json.loads((out / "poses.json").read_text())
+    assert (poses["format"], poses["version"], poses["object_map"]) == ("mskdex-poses", 1, "synthetic")
+    geometry = Geometry.from_json(poses["geometry"])
+    assert geometry == Geometry.from_json(json.loads((case / "xray.json").read_text())["geometry"])
+    settings = replace(RegistrationSettings.preset("fast"), seed=3)
+    assert poses["settings"] == json.loads(json.dumps(settings.to_json()))
+    labels = read_labels(case / "labels.nii.gz")
+    truth = json.loads((case / "truth.json").read_text())["poses"]
+    bodies = poses["bodies"]
+    assert {n: b["labels"] for n, b in bodies.items()} == {"pelvis": [1, 2], "femur_left": [3], "femur_right": [4]}
+    for name, b in bodies.items():
+        assert b["ok"] and b["gc"] >= b["gc_threshold"], (name, b["gc"])
+        e = registration_errors(np.array(truth[name]), np.array(b["pose"]), surface_points(labels, b["labels"]),
+                                geometry)
+        assert e["projected_mm"] < 6.0, (name, e)
+        assert (out / f"qc_{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bodies["femur_left"]["gc_threshold"] == settings.femur_gc_threshold > bodies["pelvis"]["gc_threshold"]
+    assert (out / "qc_all.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = (out / "poses.json").read_bytes()
+    assert main(args) == 2
+    assert "poses.json: exists" in capsys.readouterr().err
+    assert (out / "poses.json").read_bytes() == written
 
 
 @pytest.mark.slow

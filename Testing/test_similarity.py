@@ -1,5 +1,6 @@
 """Gradient correlation: invariances, sign, masking and gradients."""
 
+import pytest
 import torch
 
 from MSKdeXTraining.imaging.similarity import gradient_correlation, sobel
@@ -22,10 +23,18 @@ def test_gc_of_unrelated_images_is_small_and_of_a_flat_image_zero():
     assert float(gradient_correlation(a, torch.full_like(a, 5.0))) == 0.0
 
 
-def test_gc_ignores_low_frequency_ramps_only_partly_but_ranks_shifts():
+def test_gc_ignores_linear_ramps_fully_and_curved_trends_partly_but_ranks_shifts():
+    """A linear ramp only offsets the gradients (removed by the correlation's mean): GC 1 at
+    any strength. A curved low-frequency trend of the image's contrast lowers GC a little, a
+    stronger one more, yet far less than a 4-pixel shift does."""
     a = _image()
-    shifted = torch.roll(a, 4, dims=1)
-    assert gradient_correlation(a, a + 0.01 * torch.linspace(0, 1, 40)) > gradient_correlation(a, shifted)
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 40), torch.linspace(0, 1, 40), indexing="ij")
+    for strength in (0.01, 1.0, 100.0):
+        assert float(gradient_correlation(a, a + strength * (rows + 2 * cols))) == pytest.approx(1.0, abs=1e-5)
+    curved = torch.sin(torch.pi * rows)
+    mild, strong = (float(gradient_correlation(a, a + k * curved)) for k in (1.0, 10.0))
+    assert 0.8 < mild < 0.95 and strong < mild - 0.1
+    assert float(gradient_correlation(a, torch.roll(a, 4, dims=1))) < strong - 0.5
 
 
 def test_sobel_of_a_ramp_is_constant():

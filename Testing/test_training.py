@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import math
 import shutil
 
 import numpy as np
@@ -11,13 +12,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from MSKdeXTraining.commands import train as train_cmd
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
 from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_order, read_manifest,
                                           split_folds)
 from MSKdeXTraining.training.toy import write_toy_dataset
 from MSKdeXTraining.training.distributed import DistInfo
+from MSKdeXTraining.training.pool import ImagePool
 from MSKdeXTraining.training.trainer import build_training, normalisation, train
 
 #: A network small enough for 32x32 tests (the "small" config's objective, unchanged).
@@ -37,6 +39,22 @@ def losses_of(run):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+def weighted_terms(row, config):
+    """The generator terms logged in a log.csv row with their weights (the row's lambda_is for OWIS)."""
+    weights = {"gan_g": config.lambda_gan, "gan_f": config.lambda_gan, "cycle": config.lambda_cyc,
+               "gc_alpha": config.lambda_gca, "gc_beta": config.lambda_gcb,
+               "owis": float(row["lambda_is"]), "bone": config.lambda_bone}
+    return {k: w * float(row[k]) for k, w in weights.items() if row[k] != ""}
+
+
+def sgdr_lr(epoch, config):
+    """Cosine annealing with warm restarts (SGDR) at the start of ``epoch`` (1-based)."""
+    t, period = epoch - 1, config.sgdr_t0
+    while t >= period:
+        t, period = t - period, period * config.sgdr_t_mult
+    return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(math.pi * t / period)) / 2
+
+
 def test_builtin_configs_follow_the_paper():
     paper = load_config("paper")
     assert (paper.image_size, paper.batch_size, paper.epochs) == (512, 2, 600)
@@ -49,17 +67,17 @@ def test_builtin_configs_follow_the_paper():
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ValueError, match="unknown config keys.*'lamda_is'"):
+    with pytest.raises(InputError, match="unknown config keys.*'lamda_is'"):
         load_config("small", {"lamda_is": 1})
-    with pytest.raises(ValueError, match="'bone_loss' must be true/false"):
+    with pytest.raises(InputError, match="'bone_loss' must be true/false"):
         load_config("small", {"bone_loss": "yes"})
-    with pytest.raises(ValueError, match="'lr_min' must be <= lr"):
+    with pytest.raises(InputError, match="'lr_min' must be <= lr"):
         load_config("small", {"lr_min": 1.0})
     # values that would crash only after the dataset pass are refused up front
     for bad, message in [({"seed": -1}, "'seed' must be >= 0"), ({"beta1": 1.5}, "'beta1' must be in"),
                          ({"d_width": 0}, "'d_width' must be >= 1"), ({"g_head_width": 0}, "'g_head_width'"),
                          ({"d_layers": 5}, "at least 96 pixels for the critic")]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InputError, match=message):
             load_config("small", bad)
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"epochs": 3, "image_size": [32, 48]}))
@@ -103,7 +121,7 @@ def test_split_folds_by_patient(dataset):
         assert not {patient[i] for i in train_ids} & {patient[i] for i in test_ids}
         assert sorted(train_ids + test_ids) == all_test
     assert split_folds(manifest, 3, seed=1) == folds
-    with pytest.raises(ValueError, match="folds"):
+    with pytest.raises(InputError, match=r"number of folds must be in 2..3 \(patients\), got 4"):
         split_folds(manifest, 4)  # only 3 patients
 
 
@@ -147,8 +165,13 @@ def test_full_objective_writes_run_folder(dataset, tmp_path):
                 progress=lambda f, m: messages.append((f, m)))
     rows = losses_of(run)
     assert len(rows) == 2
-    for key in ("g_total", "gan_g", "gan_f", "cycle", "gc_alpha", "gc_beta", "owis", "bone", "d_x", "d_drr"):
-        assert np.isfinite(float(rows[-1][key])), key
+    for row in rows:  # epoch means of a sum with weights constant over the epoch
+        terms = weighted_terms(row, config)
+        assert set(terms) == {"gan_g", "gan_f", "cycle", "gc_alpha", "gc_beta", "owis", "bone"}
+        assert all(np.isfinite(v) and v != 0 for v in terms.values()), terms
+        assert float(row["lambda_is"]) == config.lambda_is
+        assert float(row["g_total"]) == pytest.approx(sum(terms.values()), rel=1e-5)
+        assert float(row["d_total"]) == pytest.approx(float(row["d_x"]) + float(row["d_drr"]), rel=1e-5)
     assert float(rows[-1]["bone"]) < float(rows[0]["bone"])
     assert messages[-1][0] == pytest.approx(1.0) and "epoch 2/2" in messages[-1][1]
     for name in ("model.safetensors", "model.json", "config.yaml", "manifest.json",
@@ -182,14 +205,19 @@ def test_full_objective_writes_run_folder(dataset, tmp_path):
 
 
 def test_baseline_switches_off_owis_and_bone(dataset, tmp_path):
+    """OWIS is logged but not in the generator total; no bone or adversarial term is computed."""
     config = load_config("small", {**TINY, "epochs": 1, "lambda_is": 0, "bone_loss": False, "gan": False})
-    rows = losses_of(train(config, dataset, tmp_path / "run"))
-    assert rows[0]["bone"] == "" and rows[0]["d_x"] == "" and rows[0]["owis"] != ""  # owis logged only
-    assert rows[0]["lambda_is"] == "0"
+    row = losses_of(train(config, dataset, tmp_path / "run"))[0]
+    assert row["lambda_is"] == "0" and float(row["owis"]) > 0
+    assert all(row[k] == "" for k in ("bone", "bone_mdrr", "gan_g", "gan_f", "d_total", "d_x", "d_drr"))
+    terms = weighted_terms(row, config)
+    assert terms["owis"] == 0.0 and set(terms) == {"cycle", "gc_alpha", "gc_beta", "owis"}
+    assert float(row["g_total"]) == pytest.approx(sum(terms.values()), rel=1e-5)
 
 
 def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
-    config = load_config("small", {**TINY, "epochs": 4})
+    """Also: the logged learning rate follows SGDR across a restart and the resumes."""
+    config = load_config("small", {**TINY, "epochs": 4, "sgdr_t0": 2, "sgdr_t_mult": 2})
     full = train(config, dataset, tmp_path / "full")
 
     class Killed(Exception):
@@ -202,9 +230,9 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     with pytest.raises(Killed):
         train(config, dataset, tmp_path / "cut", progress=kill_in_epoch_4)
     assert len(losses_of(tmp_path / "cut")) == 3  # epoch 3 logged, last checkpoint at epoch 2
-    with pytest.raises(ValueError, match="different config.*'lr'"):
+    with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
-    with pytest.raises(ValueError, match="trained 2 epochs; resume with epochs >= 2"):
+    with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
     resumed = train(config, dataset, tmp_path / "cut", resume=True)
     assert losses_of(resumed) == losses_of(full)
@@ -213,6 +241,9 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     # a resume to more epochs records them in the run's config
     longer = train(TrainConfig.from_dict({**config.to_dict(), "epochs": 5}), dataset, resumed, resume=True)
     assert "epochs: 5" in (longer / "config.yaml").read_text() and len(losses_of(longer)) == 5
+    lrs = [float(r["lr"]) for r in losses_of(longer)]
+    assert lrs == pytest.approx([sgdr_lr(e, config) for e in range(1, 6)], rel=1e-5)
+    assert lrs[2] == pytest.approx(config.lr) and lrs[1] == lrs[4] < lrs[3] < lrs[2]  # restart, longer period
 
 
 def test_cli_runs_in_process(dataset, tmp_path, capsys):
@@ -245,11 +276,13 @@ def test_objective_ignores_bones_of_failed_registrations(dataset):
 
 
 def test_owis_weight_ramps_up_over_the_warmup(dataset, tmp_path):
-    """Lambda_is = lambda x min(1, epoch / warmup)."""
+    """Lambda_is = lambda x min(1, epoch / warmup), the weight the generator total used."""
     config = load_config("small", {**TINY, "epochs": 2, "owis_warmup_epochs": 2, "gan": False,
                                    "lambda_cyc": 0, "bone_loss": False})
     rows = losses_of(train(config, dataset, tmp_path / "run"))
     assert [float(r["lambda_is"]) for r in rows] == pytest.approx([config.lambda_is / 2, config.lambda_is])
+    for row in rows:
+        assert float(row["g_total"]) == pytest.approx(sum(weighted_terms(row, config).values()), rel=1e-5)
 
 
 def test_flip_augmentation_flips_the_aligned_bones_too(dataset, tmp_path):
@@ -287,3 +320,52 @@ def test_latest_checkpoint_is_the_highest_epoch(tmp_path):
         (tmp_path / f"epoch_{e:04d}.json").write_text("{}")
     (tmp_path / "epoch_0011.json.tmp").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "epoch_0010.json"
+
+
+def test_image_pool_draws_and_state():
+    """Size 0 returns its input; the pool keeps the first ``size`` images and stays at that
+    size; once full about half the queries return an earlier image (each at most once) that
+    the new one replaces; state/load_state continues the same draws."""
+    x = torch.rand(2, 3, 4, 4)
+    assert ImagePool(0, 0).query(x) is x
+    pool = ImagePool(3, [0, 0, 0])
+    returned = []
+    for k in range(0, 200, 2):
+        out = pool.query(torch.arange(k, k + 2.0)[:, None, None, None].expand(2, 2, 4, 4))
+        assert out.shape == (2, 2, 4, 4) and len(pool.images) == min(k + 2, 3)
+        returned += [int(v) for v in out[:, 0, 0, 0]]
+    assert returned[:3] == [0, 1, 2]
+    old = [(k, v) for k, v in enumerate(returned) if v != k]
+    assert all(v < k for k, v in old) and len({v for _, v in old}) == len(old)
+    assert 0.35 < len(old) / 197 < 0.65
+    state = pool.state()
+    state["rng"] = json.loads(json.dumps(state["rng"]))
+    copy = ImagePool(3, 1)
+    copy.load_state(state, torch.device("cpu"))
+    for _ in range(20):
+        batch = torch.rand(2, 2, 4, 4)
+        torch.testing.assert_close(copy.query(batch), pool.query(batch), rtol=0, atol=0)
+
+
+
+def test_ood_threshold_comes_from_leave_one_out_distances():
+    """Each training image's feature distance to the mean and shrunk covariance of the others
+    equals a direct computation; with nearly as many features as images, a threshold from those
+    distances lets fresh images of the same distribution through, one from in-sample distances
+    does not."""
+    from MSKdeXTraining.training.trainer import leave_one_out_distances, shrunk
+
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(30, 8)) * np.linspace(1.0, 3.0, 8)
+    direct = []
+    for i in range(len(f)):
+        others = np.delete(f, i, axis=0)
+        e = f[i] - others.mean(0)
+        direct.append(np.sqrt(e @ np.linalg.solve(shrunk(np.cov(others, rowvar=False)), e)))
+    np.testing.assert_allclose(leave_one_out_distances(f), direct, rtol=1e-10)
+    train_f, fresh = rng.normal(size=(60, 50)), rng.normal(size=(500, 50))
+    cov = shrunk(np.cov(train_f, rowvar=False))
+    d = lambda x: np.sqrt(np.einsum("bi,ij,bj->b", x - train_f.mean(0), np.linalg.inv(cov), x - train_f.mean(0)))
+    flagged = lambda p99: float(np.mean(d(fresh) > 1.5 * p99))
+    assert flagged(np.percentile(leave_one_out_distances(train_f), 99)) < 0.01
+    assert flagged(np.percentile(d(train_f), 99)) > 0.3

@@ -20,9 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", required=True, type=Path, help="label map on the CT grid")
     parser.add_argument("--xray", required=True, type=Path,
                         help="radiograph (DICOM, MHA/NRRD/NIfTI, PNG/JPEG), bright = attenuating")
-    parser.add_argument("--objects", default="synthetic",
-                        help="object map: JSON file or built-in name (synthetic, totalsegmentator, ...); "
-                             "needs 'pelvis' and a 'femur' with left/right sides")
+    parser.add_argument("--objects", required=True,
+                        help="object map of the label values: JSON file or built-in name (synthetic: `mskdex "
+                             "cohort`'s labels; totalsegmentator); needs 'pelvis' and a 'femur' with left/right sides")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                         help="detector pixel spacing (mm): one value or row and column; required "

@@ -135,19 +135,14 @@ def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
         cov = shrunk(np.atleast_2d(np.cov(f, rowvar=False) if n > 1 else np.zeros((dim, dim))))
         return np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
     eigval, eigvec = np.linalg.eigh(d.T @ d)
-    w = d @ eigvec  # each row's d_i in the eigenbasis
+    w2 = (d @ eigvec) ** 2  # each row's d_i in the eigenbasis, squared
     k, a = n / (n - 1), (1 - COV_SHRINKAGE) / (n - 2)
-    norms = (w * w).sum(1)
-    avg_var = np.maximum((eigval.sum() - k * norms) / ((n - 2) * dim), 1e-12)
-    out = np.empty(n)
-    for i in range(n):
-        # cov_-i = diag(a * eigval + shrinkage * avg_var_i) - a k w_i w_i^T (eigenbasis)
-        inv_diag = 1.0 / (a * eigval + COV_SHRINKAGE * avg_var[i])
-        q = float(w[i] @ (inv_diag * w[i]))
-        c = a * k
-        # e = k w_i; e^T cov^-1 e by Sherman-Morrison
-        out[i] = k * np.sqrt(q + c * q * q / (1.0 - c * q))
-    return out
+    avg_var = np.maximum((eigval.sum() - k * w2.sum(1)) / ((n - 2) * dim), 1e-12)
+    # cov_-i = diag(a * eigval + shrinkage * avg_var_i) - a k w_i w_i^T; the distance of
+    # f_i - (mean of the others) = k d_i by Sherman-Morrison
+    q = (w2 / (a * eigval[None, :] + COV_SHRINKAGE * avg_var[:, None])).sum(1)
+    c = a * k
+    return k * np.sqrt(q + c * q * q / (1.0 - c * q))
 
 
 @torch.no_grad()

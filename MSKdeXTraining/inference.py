@@ -349,7 +349,7 @@ class Decomposer:
             notes.append(f"note: the file's direction matrix {source['direction']} is not the identity; "
                          "its pixels were used in their stored order (row 0 at the top): check that the "
                          "film is upright and not mirrored")
-        if "(0018,1111)" in str(source.get("magnification_field", "")) and source.get("magnification") != 1.0:
+        if "hip_above_table_mm" in source and "(0018,1111)" in str(source.get("magnification_field")):
             notes.append(f"note: magnification from the DICOM source distances, with the hip joint centres "
                          f"assumed {HIP_ABOVE_TABLE_MM:g} mm above the table that DistanceSourceToPatient reaches "
                          f"(+-30 mm: about +-3.5 % in magnification, +-7-10 % in volume and mass{beyond}); "
@@ -434,7 +434,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "model_sha256": decomposer.origin.get("weights_sha256"),
                "model_json_sha256": decomposer.origin.get("metadata_sha256"),
                "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
-               "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None}
+               "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None,
+               "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
     summary = {"input": str(path), "output": str(target)}
     done = target / "decomposition.json"  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below

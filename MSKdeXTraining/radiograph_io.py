@@ -155,7 +155,7 @@ def read_radiograph(path: str | Path,
         raise InputError(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
-    if not source.get("simulated"):  # a simulated radiograph's geometry is exact, however coarse
+    if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse
         # a spacing given by the user wins over the plausible-range check of file fields
         check_spacing(path, array.shape, spacing, source["spacing_field"],
                       spacing_range=SPACING_RANGE_MM if explicit is None else (0.0, float("inf")))
@@ -370,8 +370,13 @@ def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
         factor = None
     if sdd is not None:
         source["sdd_mm"] = sdd
-    if sod is not None:
-        source["sod_mm"] = sod
+    if sod is not None:  # reaches the table side of the patient: the hip joint centres lie nearer
+        source["distance_source_to_patient_mm"] = sod
+        if HIP_ABOVE_TABLE_MM < sod < (sdd or float("inf")):
+            source["sod_mm"], source["hip_above_table_mm"] = sod - HIP_ABOVE_TABLE_MM, HIP_ABOVE_TABLE_MM
+        else:
+            source["magnification_problem"] = (f"DistanceSourceToPatient (0018,1111) is {sod:g} mm: not between "
+                                               f"{HIP_ABOVE_TABLE_MM:g} mm and the source-to-detector distance")
     if calibrated:
         source["magnification"] = 1.0
         source["magnification_field"] = ("PixelSpacing (0028,0030) calibrated at the patient "
@@ -379,9 +384,8 @@ def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
     elif factor is not None:
         source["magnification"] = factor
         source["magnification_field"] = "EstimatedRadiographicMagnificationFactor (0018,1114)"
-    elif sdd is not None and sod is not None and sod - HIP_ABOVE_TABLE_MM > 0:
-        # DistanceSourceToPatient reaches the table side of the patient: the hips lie nearer
-        source["magnification"] = sdd / (sod - HIP_ABOVE_TABLE_MM)
+    elif sdd is not None and "sod_mm" in source:
+        source["magnification"] = sdd / source["sod_mm"]
         source["magnification_field"] = (f"DistanceSourceToDetector (0018,1110) / (DistanceSourceToPatient "
                                          f"(0018,1111) - {HIP_ABOVE_TABLE_MM:g} mm): the hips taken "
                                          f"{HIP_ABOVE_TABLE_MM:g} mm above the table")
@@ -412,11 +416,12 @@ def _read_itk(path: Path):
         value_range = (np.iinfo(raw.dtype).min, np.iinfo(raw.dtype).max)
         source["bits_stored"] = 8 * raw.dtype.itemsize
     array = _to_grey(raw, path, source)
-    sidecar, record = read_sidecar(path), _sidecar(path)
-    if sidecar is not None:
+    record = _sidecar(path)
+    if record is not None:
+        sidecar = Geometry.from_json(record.get("geometry"), f"{sidecar_path(path)}: field 'geometry'")
         check_sidecar(sidecar, path, array.shape, (sy, sx))
         film = record.get("source")  # an assembled cohort's: the film it was read from
-        source["simulated"] = True  # or checked when assembled: its geometry is the cohort's own
+        source["sidecar_geometry"] = True  # simulated, or checked when assembled: exact
         source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: " + (
             f"a radiograph assembled from {film.get('path')})" if isinstance(film, dict)
             else "a simulated radiograph)")

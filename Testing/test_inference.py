@@ -101,7 +101,8 @@ def test_magnification_is_matched(trained, decomposer):
             assert row["volume_cm3"] == pytest.approx(ref["volume_cm3"], rel=1e-5)
             assert row["mass_g"] == pytest.approx(ref["mass_g"], rel=1e-5)
     # from a DICOM's DistanceSourceToPatient: the assumed hip height is stated
-    field = {"magnification_field": "DistanceSourceToDetector (0018,1110) / (DistanceSourceToPatient (0018,1111) ..."}
+    field = {"magnification_field": "DistanceSourceToDetector (0018,1110) / (DistanceSourceToPatient (0018,1111) ...",
+             "hip_above_table_mm": 110.0}
     table_side = decomposer.decompose(Radiograph(big.array, big.pixel_spacing, {**big.source, **field}), tta=1)
     assert [r for r in table_side.ood.reasons if "assumed 110 mm above the table" in r]
     assert not [r for r in result.ood.reasons if "above the table" in r]

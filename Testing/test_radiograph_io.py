@@ -150,7 +150,8 @@ def test_dicom_magnification_fields(tmp_path, ramp):
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     r = read_radiograph(f)
     # DistanceSourceToPatient reaches the table: the hips lie HIP_ABOVE_TABLE_MM nearer the source
-    assert r.magnification == pytest.approx(1150 / (920 - HIP_ABOVE_TABLE_MM)) and r.source["sod_mm"] == 920.0
+    assert r.magnification == pytest.approx(1150 / (920 - HIP_ABOVE_TABLE_MM))
+    assert r.source["distance_source_to_patient_mm"] == 920.0 and r.source["hip_above_table_mm"] == HIP_ABOVE_TABLE_MM
     assert "(0018,1111)" in r.source["magnification_field"]
     f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     EstimatedRadiographicMagnificationFactor=1.15)
@@ -162,6 +163,11 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     assert read_radiograph(f).magnification == 1.0
     # ... but not once the user gives the (detector) spacing: then the distances count
     assert read_radiograph(f, pixel_spacing=0.5).magnification == pytest.approx(1150 / (920 - HIP_ABOVE_TABLE_MM))
+    for dsp in (HIP_ABOVE_TABLE_MM, 1150.0):  # no room for the hips, or not before the detector
+        f = write_dicom(tmp_path / "x.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                        DistanceSourceToDetector=1150.0, DistanceSourceToPatient=dsp)
+        r = read_radiograph(f)
+        assert r.magnification is None and "not between" in r.source["magnification_problem"]
     plain = read_radiograph(write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5]))
     assert plain.magnification is None and plain.source["magnification_field"] == "none"
     bad = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
@@ -186,7 +192,8 @@ def test_registration_geometry_from_dicom_distances(tmp_path, ramp):
     f = write_dicom(tmp_path / "q.dcm", ramp, PixelSpacing=[0.4, 0.4], PixelSpacingCalibrationType="GEOMETRY",
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
     _, g = read_xray(f, require_distances=True)
-    assert (g.sdd, g.sod) == (1150.0, 920.0) and g.pixel_spacing == pytest.approx((0.5, 0.5))
+    sod = 920.0 - HIP_ABOVE_TABLE_MM  # the hips, above the table DistanceSourceToPatient reaches
+    assert (g.sdd, g.sod) == (1150.0, sod) and g.pixel_spacing == pytest.approx((0.4 * 1150 / sod,) * 2)
     # no distances anywhere: assumed with a warning, or refused where they set the targets' scale
     f = write_dicom(tmp_path / "n.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5])
     with pytest.warns(UserWarning, match="assuming SDD 1100 mm, SOD 880 mm"):

@@ -369,3 +369,15 @@ def test_ood_threshold_comes_from_leave_one_out_distances():
     flagged = lambda p99: float(np.mean(d(fresh) > 1.5 * p99))
     assert flagged(np.percentile(leave_one_out_distances(train_f), 99)) < 0.01
     assert flagged(np.percentile(d(train_f), 99)) > 0.3
+
+
+def test_leave_one_out_distances_of_few_or_near_identical_images_are_finite():
+    """Three images (n - 2 = 1), two (the in-sample fallback), and identical images with one
+    outlier (1 - c q near zero): finite distances, never NaN."""
+    from MSKdeXTraining.training.trainer import leave_one_out_distances
+
+    rng = np.random.default_rng(1)
+    identical = np.tile(rng.normal(size=4), (8, 1))
+    identical[0] += 100.0
+    for f in (rng.normal(size=(3, 4)), rng.normal(size=(2, 4)), identical):
+        assert np.all(np.isfinite(leave_one_out_distances(f)))

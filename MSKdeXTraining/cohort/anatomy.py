@@ -88,12 +88,12 @@ def find_templates(paths: list[str | Path] | None = None) -> list[Path]:
         subs = sorted(d for d in root.iterdir() if d.is_dir() and _holds_labels(d))
         if not subs:
             raise InputError(f"{root}: holds no label map (label.* / labels.* with suffix "
-                             f"{LABEL_SUFFIXES}) nor sub-folders with one")
+                             f"{LABEL_SUFFIXES}, or template.json's label_file) nor sub-folders with one")
         found += subs
     return found
 
 
-def template_settings(folder: Path) -> tuple[dict, Path | None]:
+def template_settings(folder: Path) -> tuple[dict, Path]:
     """The ``template.json`` of ``folder`` (or of its parent) and its path; an
     :class:`InputError` when there is none."""
     for candidate in (folder / "template.json", folder.parent / "template.json"):

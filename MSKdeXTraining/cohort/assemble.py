@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,8 +37,8 @@ from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
-from ..radiograph_io import (SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph, check_magnification,
-                             read_radiograph, unit_range)
+from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
+                             check_magnification, read_radiograph, unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
 
 #: Columns of the pairs table: required, then optional.
@@ -119,7 +119,7 @@ def _record(pair: dict, objects: ObjectMap) -> dict:
             "labels": {"path": str(pair["labels"]), "sha256": source_sha256(pair["labels"])},
             "xray": {"path": str(pair["xray"]), "sha256": source_sha256(pair["xray"])},
             **{k: pair[k] for k in ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")},
-            "object_map": objects.to_json()}
+            "object_map": objects.to_json(), "hip_above_table_mm": HIP_ABOVE_TABLE_MM}
 
 
 def _check_hu(ct: Volume, labels: Volume, objects: ObjectMap, path: Path) -> None:
@@ -144,7 +144,7 @@ def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
 
 
 @contextmanager
-def _row(pair: dict):
+def _naming_row(pair: dict) -> Iterator[None]:
     """Errors inside name the table, line and case."""
     try:
         yield
@@ -186,7 +186,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
 def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> dict:
     """Make the case of one row unless it is there already from the same row, inputs and map;
     returns its record (:func:`_record`). Errors name the table, line and case."""
-    with _row(pair):
+    with _naming_row(pair):
         done, record = out / pair["case"] / "truth.json", _record(pair, objects)
         if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
             assemble_case(pair, objects, out, record)
@@ -207,7 +207,7 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
               "generator": {"name": "mskdex assemble", "code_version": __version__},
               "patients": {p["case"]: p["patient"] for p in pairs}}
     for pair in pairs:  # every film's geometry before any case is written: nothing half-done
-        with _row(pair):
+        with _naming_row(pair):
             read_film(pair)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case

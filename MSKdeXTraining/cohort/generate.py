@@ -201,7 +201,7 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
         "params": {"cohort_seed": seed, "index": index, "size": size, **params},
         "derived": derived})
     if final.is_dir() and not (final / "truth.json").is_file():
-        shutil.rmtree(final)  # a case folder without its truth (damaged by hand): made again
+        shutil.rmtree(final, ignore_errors=True)  # a case folder without its truth (damaged by hand): made again
     try:
         os.replace(tmp, final)
     except OSError:  # another run on this folder finished the case first: same seed, same bytes

@@ -14,7 +14,7 @@ HELP = ("Calibrate a model's prediction intervals: predict the cases it held out
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="model run folder (mskdex train --fold k/K)")
     parser.add_argument("--data", required=True, type=Path, help="the prepared dataset it was trained on")
-    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
+    parser.add_argument("--device", default="auto", help="torch device: auto (as training), cpu, cuda or cuda:K")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -141,8 +141,8 @@ def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
     # cov_-i = diag(a * eigval + shrinkage * avg_var_i) - a k w_i w_i^T; the distance of
     # f_i - (mean of the others) = k d_i by Sherman-Morrison
     q = (w2 / (a * eigval[None, :] + COV_SHRINKAGE * avg_var[:, None])).sum(1)
-    c = a * k
-    return k * np.sqrt(q + c * q * q / (1.0 - c * q))
+    # q + c q^2 / (1 - c q) = q / (1 - c q); near-identical rows make 1 - c q round to <= 0
+    return k * np.sqrt(q / np.maximum(1.0 - a * k * q, 1e-12))
 
 
 @torch.no_grad()

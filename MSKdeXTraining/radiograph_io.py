@@ -244,7 +244,11 @@ def read_sidecar(path: str | Path) -> Geometry | None:
     """The geometry of a cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1),
     or ``None`` when there is none."""
     data = _sidecar(path)
-    return None if data is None else Geometry.from_json(data.get("geometry"), f"{sidecar_path(path)}: field 'geometry'")
+    return None if data is None else _sidecar_geometry(data, path)
+
+
+def _sidecar_geometry(data: dict, path: str | Path) -> Geometry:
+    return Geometry.from_json(data.get("geometry"), f"{sidecar_path(path)}: field 'geometry'")
 
 
 def check_sidecar(geometry: Geometry, path: str | Path, shape: tuple[int, int],
@@ -418,7 +422,7 @@ def _read_itk(path: Path):
     array = _to_grey(raw, path, source)
     record = _sidecar(path)
     if record is not None:
-        sidecar = Geometry.from_json(record.get("geometry"), f"{sidecar_path(path)}: field 'geometry'")
+        sidecar = _sidecar_geometry(record, path)
         check_sidecar(sidecar, path, array.shape, (sy, sx))
         film = record.get("source")  # an assembled cohort's: the film it was read from
         source["sidecar_geometry"] = True  # simulated, or checked when assembled: exact

@@ -120,6 +120,11 @@ def shrunk(cov: np.ndarray) -> np.ndarray:
     return (1 - COV_SHRINKAGE) * cov + COV_SHRINKAGE * avg_var * np.eye(len(cov))
 
 
+def shrunk_covariance(f: np.ndarray) -> np.ndarray:
+    """The shrunk covariance of the rows of ``f`` (n, d) (zero before shrinking for one row)."""
+    return shrunk(np.atleast_2d(np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1],) * 2)))
+
+
 def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of each row of ``f`` (n, d) to the mean and shrunk covariance of
     the other rows: what a new image meets. In-sample distances run low, the more so the
@@ -132,8 +137,7 @@ def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
     n, dim = f.shape
     d = f - f.mean(0)
     if n < 3:
-        cov = shrunk(np.atleast_2d(np.cov(f, rowvar=False) if n > 1 else np.zeros((dim, dim))))
-        return np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(cov), d))
+        return np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(shrunk_covariance(f)), d))
     eigval, eigvec = np.linalg.eigh(d.T @ d)
     w2 = (d @ eigvec) ** 2  # each row's d_i in the eigenbasis, squared
     k, a = n / (n - 1), (1 - COV_SHRINKAGE) / (n - 2)
@@ -166,12 +170,10 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
     layout_mean = layouts.mean(0)
     layout_r = layout_correlation(layouts, layout_mean).numpy()
     f = torch.stack(feats).numpy()
-    mu = f.mean(0)
-    cov = np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1], f.shape[1]))
     maha = leave_one_out_distances(f)
     return {"intensity_mean": [float(np.mean(means)), max(float(np.std(means)), 1e-6)],
             "intensity_std": [float(np.mean(stds)), max(float(np.std(stds)), 1e-6)],
-            "feature_mean": mu.tolist(), "feature_cov": shrunk(np.atleast_2d(cov)).tolist(),
+            "feature_mean": f.mean(0).tolist(), "feature_cov": shrunk_covariance(f).tolist(),
             "feature_p99": max(float(np.percentile(maha, 99)), 1e-6), "n_images": len(f),
             "feature_p99_of": "leave-one-out distances" if len(f) > 2 else "in-sample distances",
             "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE,

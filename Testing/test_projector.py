@@ -204,6 +204,33 @@ def test_splatter_counts_what_falls_outside_the_detector():
     np.testing.assert_allclose(lost[0].numpy(), [8.0, 2.0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("footprint", [None, (0.6, 0.6)])
+def test_splatter_batches_broadcast_and_the_last_corner_stays_in_the_buffer(footprint):
+    """Points (B, P, 3) with shared values (P, C) and channels (B, 1) splat like the flat
+    call; a point beyond the bottom-right corner of the last channel is counted as lost."""
+    g = Geometry(rows=6, cols=7, pixel_spacing=(1.0, 1.0), sdd=1000, sod=500)
+    # magnified 2x at 500 mm: the detector spans x +-3.5 mm, y +-3 mm there
+    pts = torch.tensor([[[0.3, -0.8, 500.0], [50.0, 50.0, 500.0], [0.5, 0.4, 480.0]],
+                        [[-1.0, 0.5, 520.0], [1.0, 1.0, 500.0], [90.0, 70.0, 500.0]]])
+    values = torch.tensor([[1.0, 2.0], [3.0, 5.0], [7.0, 11.0]])
+    flat = Splatter(g, 2, (True, False))
+    flat.add(pts.reshape(-1, 3), values.repeat(2, 1), torch.arange(2).repeat_interleave(3), footprint)
+    batched = Splatter(g, 2, (True, False))
+    batched.add(pts.transpose(1, 2).contiguous().transpose(1, 2), values, torch.arange(2)[:, None],
+                footprint)
+    unlost = Splatter(g, 2, (True, False), track_lost=False)
+    unlost.add(pts, values, torch.arange(2)[:, None], footprint)
+    (a, lost_a), (b, lost_b), (c, lost_c) = flat.result(), batched.result(), unlost.result()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    torch.testing.assert_close(lost_a, lost_b)
+    assert not lost_c.any()
+    # the volume-like column (no line-integral weight) lost exactly what fell outside
+    sums = a[1].double().sum(dim=(-1, -2)) * g.pixel_area_cm2
+    np.testing.assert_allclose(lost_a[1].numpy(), [5.0, 11.0], rtol=1e-6)
+    np.testing.assert_allclose(sums.numpy(), [2.0 + 11.0, 2.0 + 5.0], rtol=1e-6)
+
+
 def test_lost_amount_is_exact_for_many_small_samples():
     """Thousands of tiny amounts clamped onto one border cell: counted in float64, not float32."""
     g = Geometry(rows=10, cols=12, pixel_spacing=(1.0, 1.0), sdd=1000, sod=500)

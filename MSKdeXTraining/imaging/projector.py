@@ -199,7 +199,8 @@ class Splatter:
     """
 
     def __init__(self, geometry: Geometry, n_channels: int, line_integral: tuple[bool, ...],
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 track_lost: bool = True):
         self.g = geometry
         self.n_channels = n_channels
         self.device = torch.device(device)
@@ -207,19 +208,25 @@ class Splatter:
         self.line_integral = tuple(bool(b) for b in line_integral)
         self.c = len(self.line_integral)
         self.plane = (geometry.rows + 2) * (geometry.cols + 2)
-        self.buffer = torch.zeros(self.c, n_channels * self.plane, device=self.device, dtype=dtype)
+        size = n_channels * self.plane
+        # a point clamped onto the last border row or column puts its far corners (zero weight)
+        # up to one row and one cell further: past the last plane, into this tail
+        self.buffer = torch.zeros(self.c, size + geometry.cols + 3, device=self.device, dtype=dtype)
+        self.index_dtype = torch.int32 if self.buffer.shape[1] < 2 ** 31 else torch.int64
         #: everything splatted, per type and channel, in float64: the amount that left the
         #: detector is this minus the image (the border cells hold it too, but pile up too many
-        #: small amounts for float32)
-        self.total = torch.zeros(self.c, n_channels, device=self.device, dtype=torch.float64)
+        #: small amounts for float32); None without ``track_lost`` (then lost amounts read 0)
+        self.total = (torch.zeros(self.c, n_channels, device=self.device, dtype=torch.float64)
+                      if track_lost else None)
 
     def add(self, points: torch.Tensor, values: torch.Tensor, channel: torch.Tensor,
             footprint: tuple[float, float] | None = None) -> None:
-        """Splat ``values`` (P, C) at ``points`` (P, 3, camera mm) into ``channel`` (P,).
+        """Splat ``values`` (..., C) at ``points`` (..., 3; camera mm) into ``channel`` (...).
 
-        ``footprint`` is the (x, y) extent in mm of each point's footprint at its own depth
-        (see :func:`footprint_mm`); it is magnified to the detector and capped at one pixel.
-        ``None`` means one pixel (bilinear splatting).
+        The leading dimensions broadcast (e.g. points (B, P, 3), values (P, C), channel (B, 1));
+        ``points`` may be a strided view. ``footprint`` is the (x, y) extent in mm of each
+        point's footprint at its own depth (see :func:`footprint_mm`); it is magnified to the
+        detector and capped at one pixel. ``None`` means one pixel (bilinear splatting).
         """
         g = self.g
         points = points.to(self.device, self.dtype)
@@ -232,14 +239,16 @@ class Splatter:
             row = y * (1.0 / ps_r) - v0 / ps_r
             mag = None
         else:
-            mag = g.sdd / z.clamp_min(1e-3)  # points behind the source are refused upstream
+            depth = z.clamp_min(1e-3)  # points behind the source are refused upstream
+            mag = g.sdd / depth
             col = x * mag * (1.0 / ps_c) - u0 / ps_c
             row = y * mag * (1.0 / ps_r) - v0 / ps_r
             if any(self.line_integral):
                 # SDD^2 s / z^3 = (SDD/z)^2 * (s/z): ray-cone cross-section at the point
-                w = mag * mag * points.norm(dim=-1) / z.clamp_min(1e-3)
-                li = torch.tensor(self.line_integral, device=self.device)
-                values = torch.where(li, values * w[:, None], values)
+                w = mag * mag * torch.sqrt(x * x + y * y + z * z) / depth
+                scaled = values * w[..., None]
+                values = scaled if all(self.line_integral) else torch.where(
+                    torch.tensor(self.line_integral, device=self.device), scaled, values)
         if footprint is None:
             wc = wr = 1.0
         elif mag is None:
@@ -247,45 +256,51 @@ class Splatter:
         else:
             wc = (mag * (footprint[0] / ps_c)).clamp(1e-6, 1.0)
             wr = (mag * (footprint[1] / ps_r)).clamp(1e-6, 1.0)
-        ch = channel.to(self.device)
-        for k in range(self.c):
-            self.total[k].index_add_(0, ch, values[:, k].double())
-        c0, fc = _box_weights(col, wc, g.cols)
-        r0, fr = _box_weights(row, wr, g.rows)
-        wp = g.cols + 2
-        base = ch * self.plane + (r0 + 1) * wp + (c0 + 1)
-        last = self.buffer.shape[1] - 1
-        # a point clamped onto the last border row/column spills its far corner one step
-        # further: into the next border cell, or (end of buffer) back onto the last one
-        for index, weight in ((base, (1 - fr) * (1 - fc)), (base + 1, (1 - fr) * fc),
-                              (base + wp, fr * (1 - fc)), (base + wp + 1, fr * fc)):
-            index = index.clamp_max(last)
+        ch = channel.to(self.device, self.index_dtype)
+        if self.total is not None:
+            flat_ch = ch.expand(x.shape).reshape(-1)
             for k in range(self.c):
-                self.buffer[k].index_add_(0, index, values[:, k] * weight)
+                self.total[k].index_add_(0, flat_ch, values[..., k].expand(x.shape).reshape(-1).double())
+        c0, fc = _box_weights(col, wc, g.cols, self.index_dtype)
+        r0, fr = _box_weights(row, wr, g.rows, self.index_dtype)
+        wp = g.cols + 2
+        base = r0 * wp + c0 + (ch * self.plane + wp + 1)  # cell of (r0, c0) inside the border
+        for offset, weight in ((0, (1 - fr) * (1 - fc)), (1, (1 - fr) * fc),
+                               (wp, fr * (1 - fc)), (wp + 1, fr * fc)):
+            index = (base + offset if offset else base).reshape(-1)
+            for k in range(self.c):
+                self.buffer[k].index_add_(0, index, (values[..., k] * weight).reshape(-1))
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (C, channels, H, W) per detector area (amount/cm2) and lost amounts (C, channels)."""
         g = self.g
-        full = self.buffer.view(self.c, self.n_channels, g.rows + 2, g.cols + 2)
+        full = self.buffer[:, :self.n_channels * self.plane].view(self.c, self.n_channels, g.rows + 2,
+                                                                   g.cols + 2)
         inner = full[:, :, 1:-1, 1:-1]
+        if self.total is None:
+            return inner / g.pixel_area_cm2, torch.zeros(self.c, self.n_channels, dtype=torch.float64)
         border = (full[:, :, 0, :], full[:, :, -1, :], full[:, :, 1:-1, 0], full[:, :, 1:-1, -1])
         hit = sum(b.sum(dim=-1) for b in border) > 0
         lost = torch.where(hit, (self.total - inner.double().sum(dim=(-1, -2))).clamp_min(0.0), 0.0)
         return inner / g.pixel_area_cm2, lost
 
 
-def _box_weights(pos: torch.Tensor, width: torch.Tensor | float, size: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """First pixel index (long) and the fraction of a box footprint that falls on the next one.
+def _box_weights(pos: torch.Tensor, width: torch.Tensor | float, size: int,
+                 index_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """First pixel index (``index_dtype``) and the fraction of a box footprint that falls on
+    the next one.
 
     ``pos`` is the footprint centre in pixel units (pixel p covers [p - 0.5, p + 0.5]),
     ``width`` <= 1 pixel. Centres are clamped into the border band [-1, size] first.
     """
     pos = pos.clamp(-1.0, float(size))
+    if isinstance(width, float) and width == 1.0:  # bilinear
+        p = torch.floor(pos)
+        return p.to(index_dtype), pos - p
     left = pos - 0.5 * width
     p = torch.floor(left + 0.5)
     frac = (1.0 - (p + 0.5 - left) / width).clamp(0.0, 1.0)
-    return p.long(), frac
+    return p.to(index_dtype), frac
 
 
 def voxel_chunks(mask_index: np.ndarray, shape: tuple[int, int, int], chunk: int

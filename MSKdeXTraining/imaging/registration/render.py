@@ -69,17 +69,11 @@ class BodyRenderer:
         if self.points is None:
             raise RuntimeError("BodyRenderer.prepare() must be called before render()")
         poses_t = torch.from_numpy(np.asarray(poses, np.float64)).float()
-        cam = torch.einsum("pj,bij->bpi", self.points, poses_t[:, :3, :3]) + poses_t[:, None, :3, 3]
-        return _splat(cam, self.values, geometry)
-
-
-def _splat(cam: torch.Tensor, values: torch.Tensor, geometry: Geometry) -> torch.Tensor:
-    """Line-integral images (B, rows, cols) of samples at ``cam`` (B, P, 3; camera mm) carrying
-    ``values`` (P, 1; mu x volume, cm2)."""
-    b, n = cam.shape[:2]
-    splat = Splatter(geometry, b, (True,))
-    splat.add(cam.reshape(-1, 3), values.repeat(b, 1), torch.arange(b).repeat_interleave(n))
-    return splat.result()[0][0]
+        # (B, 3, P): each coordinate contiguous; viewed as (B, P, 3) points
+        cam = torch.einsum("pj,bij->bip", self.points, poses_t[:, :3, :3]) + poses_t[:, :3, 3, None]
+        splat = Splatter(geometry, len(poses_t), (True,), track_lost=False)
+        splat.add(cam.transpose(1, 2), self.values, torch.arange(len(poses_t))[:, None])
+        return splat.result()[0][0]
 
 
 def render_body(ct: Volume, labels: Volume, body_labels: tuple[int, ...], pose: np.ndarray,

@@ -227,12 +227,18 @@ def _neumann_correction(excess: np.ndarray, free: np.ndarray, spacing_kji: np.nd
             out[(slice(None),) * a + (slice(1, None),)] += g / h[a]
         return out.ravel()
 
+    # the preconditioner's box is padded to sizes the DCT handles fast (not primes): any
+    # symmetric positive definite preconditioner leads CG to the same solution
+    box = tuple(scipy.fft.next_fast_len(m, real=True) for m in shape)
+    inside = tuple(slice(0, m) for m in shape)
     eig = sum(((2.0 - 2.0 * np.cos(np.pi * np.arange(m) / m)) / h[a] ** 2).reshape(
-        [-1 if b == a else 1 for b in range(3)]) for a, m in enumerate(shape))
+        [-1 if b == a else 1 for b in range(3)]) for a, m in enumerate(box))
     eig[0, 0, 0] = np.inf  # the constant: the Neumann problem's null space
 
     def precondition(v: np.ndarray) -> np.ndarray:
-        z = scipy.fft.idctn(scipy.fft.dctn(v.reshape(shape), norm="ortho") / eig, norm="ortho") * mask
+        padded = np.zeros(box)
+        padded[inside] = v.reshape(shape)
+        z = scipy.fft.idctn(scipy.fft.dctn(padded, norm="ortho") / eig, norm="ortho")[inside] * mask
         return (z - mask * (z.sum() / mask.sum())).ravel()
 
     rhs = excess * mask

@@ -49,13 +49,21 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     assert json.loads((two / "environment.json").read_text())["world_size"] == 2
     la, lb = losses(one), losses(two)
     assert len(la) == len(lb) == 2
-    for ra, rb in zip(la, lb):
+    # epoch 1 (its second step follows one all-reduced update) agrees to float rounding; by
+    # epoch 2 the critics amplify the rounding of another summation order (gan_f 1.6e-3 apart on
+    # one toy dataset, the other losses within 3e-4). Without the gradient all-reduce the
+    # losses differ by 4.2 (epoch 1) and 0.5 (epoch 2) relative (measured).
+    for ra, rb, rel in zip(la, lb, (1e-4, 1e-2)):
         assert ra.keys() == rb.keys()
         for k in ra:
-            assert rb[k] == pytest.approx(ra[k], rel=1e-3, abs=1e-5), k
+            assert rb[k] == pytest.approx(ra[k], rel=rel, abs=1e-5), k
+    # Adam moves a weight by up to lr (1e-3) a step whatever its gradient's size, so rounding
+    # that turns a tiny gradient shows in a few weights (1.5e-4 at most, 3e-5 on average per
+    # tensor); without the all-reduce: 7e-3 at most, 3e-3 on average (measured)
     wa, wb = read_safetensors(one / "model.safetensors"), read_safetensors(two / "model.safetensors")
     for k in wa:
-        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-4)
+        diff = (wb[k] - wa[k]).abs()
+        assert float(diff.mean()) < 3e-4 and float(diff.max()) < 2e-3, k
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
         "epoch_0001.json", "epoch_0001.safetensors", "epoch_0002.json", "epoch_0002.safetensors"]
 

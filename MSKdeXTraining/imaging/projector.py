@@ -278,7 +278,7 @@ class Splatter:
                                                                    g.cols + 2)
         inner = full[:, :, 1:-1, 1:-1]
         if self.total is None:
-            return inner / g.pixel_area_cm2, torch.zeros(self.c, self.n_channels, dtype=torch.float64)
+            return inner / g.pixel_area_cm2, torch.zeros_like(inner[:, :, 0, 0], dtype=torch.float64)
         border = (full[:, :, 0, :], full[:, :, -1, :], full[:, :, 1:-1, 0], full[:, :, 1:-1, -1])
         hit = sum(b.sum(dim=-1) for b in border) > 0
         lost = torch.where(hit, (self.total - inner.double().sum(dim=(-1, -2))).clamp_min(0.0), 0.0)

@@ -8,8 +8,8 @@ import torch
 
 from MSKdeXTraining.imaging import hu
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
-from MSKdeXTraining.imaging.projector import (Splatter, footprint_mm, project_objects,
-                                              subdivision)
+from MSKdeXTraining.imaging.projector import (Splatter, _box_weights, footprint_mm,
+                                              project_objects, subdivision)
 from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec
 
@@ -204,10 +204,19 @@ def test_splatter_counts_what_falls_outside_the_detector():
     np.testing.assert_allclose(lost[0].numpy(), [8.0, 2.0], rtol=1e-6)
 
 
-@pytest.mark.parametrize("footprint", [None, (0.6, 0.6)])
+def test_bilinear_fast_path_equals_the_box_formula_of_width_one():
+    pos = torch.linspace(-3.0, 12.0, 1001)
+    fast = _box_weights(pos, 1.0, 10, torch.int32)
+    general = _box_weights(pos, torch.ones_like(pos), 10, torch.int32)
+    assert torch.equal(fast[0], general[0])
+    torch.testing.assert_close(fast[1], general[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("footprint", [None, (0.3, 0.2)])
 def test_splatter_batches_broadcast_and_the_last_corner_stays_in_the_buffer(footprint):
     """Points (B, P, 3) with shared values (P, C) and channels (B, 1) splat like the flat
-    call; a point beyond the bottom-right corner of the last channel is counted as lost."""
+    call, with bilinear and with sub-pixel box footprints (0.3 x 0.2 mm magnified about 2x);
+    a point beyond the bottom-right corner of the last channel is counted as lost."""
     g = Geometry(rows=6, cols=7, pixel_spacing=(1.0, 1.0), sdd=1000, sod=500)
     # magnified 2x at 500 mm: the detector spans x +-3.5 mm, y +-3 mm there
     pts = torch.tensor([[[0.3, -0.8, 500.0], [50.0, 50.0, 500.0], [0.5, 0.4, 480.0]],

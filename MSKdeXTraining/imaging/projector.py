@@ -194,8 +194,9 @@ class Splatter:
     """Accumulates amounts at camera-frame points into ``(C, channels, H, W)`` images.
 
     ``line_integral`` (C,) marks the value columns that get the ray-cone weighting (WVDRR).
-    Points outside the detector land in a one-pixel border that is cut off and counted as lost.
-    Works on any torch device; accumulation is in ``dtype`` (float32 by default).
+    Points outside the detector land in a one-pixel border that is cut off and counted as lost
+    (with ``track_lost``; without it, as registration renders, lost amounts read 0). Works on
+    any torch device; accumulation is in ``dtype`` (float32 by default).
     """
 
     def __init__(self, geometry: Geometry, n_channels: int, line_integral: tuple[bool, ...],
@@ -223,8 +224,8 @@ class Splatter:
             footprint: tuple[float, float] | None = None) -> None:
         """Splat ``values`` (..., C) at ``points`` (..., 3; camera mm) into ``channel`` (...).
 
-        The leading dimensions broadcast (e.g. points (B, P, 3), values (P, C), channel (B, 1));
-        ``points`` may be a strided view. ``footprint`` is the (x, y) extent in mm of each
+        ``values`` and ``channel`` broadcast to the leading shape of ``points`` (e.g. points
+        (B, P, 3), values (P, C), channel (B, 1)); ``points`` may be a strided view. ``footprint`` is the (x, y) extent in mm of each
         point's footprint at its own depth (see :func:`footprint_mm`); it is magnified to the
         detector and capped at one pixel. ``None`` means one pixel (bilinear splatting).
         """
@@ -272,7 +273,8 @@ class Splatter:
                 self.buffer[k].index_add_(0, index, (values[..., k] * weight).reshape(-1))
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (C, channels, H, W) per detector area (amount/cm2) and lost amounts (C, channels)."""
+        """Images (C, channels, H, W) per detector area (amount/cm2) and lost amounts (C, channels;
+        zeros without ``track_lost``)."""
         g = self.g
         full = self.buffer[:, :self.n_channels * self.plane].view(self.c, self.n_channels, g.rows + 2,
                                                                    g.cols + 2)

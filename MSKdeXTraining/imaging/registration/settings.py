@@ -110,8 +110,9 @@ class RegistrationSettings:
         """``"accurate"`` (default) or ``"fast"`` (fewer evaluations per level, more gross
         failures).
 
-        Measured on the demo cohort (one torch thread): accurate ~4.1 s pelvis, ~1.1 s femur;
-        fast ~2.7 s pelvis, ~0.8 s femur (docs/registration.md).
+        Measured on the demo cohort (one torch thread, the slower 2-core VM, session 14):
+        accurate ~3.7 s pelvis, ~1.1 s femur; fast ~2.5 s pelvis, ~0.8 s femur
+        (docs/registration.md).
         """
         if name == "accurate":
             return cls()

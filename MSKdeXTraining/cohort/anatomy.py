@@ -96,9 +96,9 @@ def find_templates(paths: list[str | Path] | None = None) -> list[Path]:
 def template_settings(folder: Path) -> tuple[dict, Path]:
     """The ``template.json`` of ``folder`` (or of its parent) and its path; an
     :class:`InputError` when there is none."""
-    for candidate in (folder / "template.json", folder.parent / "template.json"):
-        if candidate.is_file():
-            return read_format_json(candidate, TEMPLATE_FORMAT, 1), candidate
+    path = _settings_path(folder)
+    if path is not None:
+        return read_format_json(path, TEMPLATE_FORMAT, 1), path
     raise InputError(f"{folder}: no template.json in the folder or its parent; it names the "
                      "object map of the labels (see docs/cohort.md, 'Your own templates')")
 
@@ -274,8 +274,13 @@ def _centroid_x(vol: Volume, mask: np.ndarray) -> float:
 
 def _holds_labels(folder: Path) -> bool:
     """Whether ``folder`` holds a label map: the ``label_file`` its template.json names, else label.* / labels.*."""
-    has_settings = any((d / "template.json").is_file() for d in (folder, folder.parent))
-    return _label_file(folder, template_settings(folder)[0] if has_settings else {}) is not None
+    settings = template_settings(folder)[0] if _settings_path(folder) is not None else {}
+    return _label_file(folder, settings) is not None
+
+
+def _settings_path(folder: Path) -> Path | None:
+    """The ``template.json`` of ``folder``, else of its parent; None when neither has one."""
+    return next((p for p in (folder / "template.json", folder.parent / "template.json") if p.is_file()), None)
 
 
 def _label_file(folder: Path, settings: dict) -> Path | None:

@@ -207,6 +207,7 @@ class Splatter:
         self.device = torch.device(device)
         self.dtype = dtype
         self.line_integral = tuple(bool(b) for b in line_integral)
+        self._line_integral_mask = torch.tensor(self.line_integral, device=self.device)
         self.c = len(self.line_integral)
         self.plane = (geometry.rows + 2) * (geometry.cols + 2)
         size = n_channels * self.plane
@@ -249,7 +250,7 @@ class Splatter:
                 w = mag * mag * torch.sqrt(x * x + y * y + z * z) / depth
                 scaled = values * w[..., None]
                 values = scaled if all(self.line_integral) else torch.where(
-                    torch.tensor(self.line_integral, device=self.device), scaled, values)
+                    self._line_integral_mask, scaled, values)
         if footprint is None:
             wc = wr = 1.0
         elif mag is None:

@@ -293,10 +293,11 @@ def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
 
 
 def _current_registration_fields(path: Path, recorded: dict) -> dict:
-    """A recorded registration setup in today's fields: fields added since held their defaults;
-    the joint refinement's, removed since, are dropped where it was off (same poses) and refused
+    """A recorded registration setup in today's fields: fields added since held their defaults,
+    except the restarts (session 15), which did not exist, so a resume with them is refused; the
+    joint refinement's, removed since, are dropped where it was off (same poses) and refused
     where it was on."""
-    recorded = dict(recorded)
+    recorded = {"restarts": [], "femur_restarts": [], **recorded}
     if recorded.pop("refine", False):
         raise InputError(f"{path}: this dataset was prepared with the registration's joint refinement "
                          "('refine': true), which this version no longer has; prepare into a new --out folder")

@@ -250,18 +250,27 @@ def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(coho
     with pytest.raises(InputError, match=r"other settings \(include_failed differ\)"):
         prepare_dataset(cohort, out, g, workers=1, settings=CHEAP, include_failed=True)
     assert not (out / "cases").exists()
-    # a record from before settings fields (or the cohort's hash) were added still resumes
+    # a record from before the restarts (session 15) cannot resume with them (its poses could
+    # differ), only without; one from before other settings fields (or the cohort's hash)
+    # were added resumes: they held their defaults
     from MSKdeXTraining.prepare import _check_settings, _cohort_sha256, read_cohort
 
-    older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_")}
+    older = {k: v for k, v in CHEAP.to_json().items() if not k.startswith("femur_") and k != "restarts"}
     record = {"cohort": str(cohort.resolve()), "geometry": g.to_json(), "registration": older,
               "include_failed": False}
     identity = _cohort_sha256(cohort, read_cohort(cohort)[0])
     now = json.loads(json.dumps({"cohort_sha256": identity, "geometry": g.to_json(),
                                  "registration": CHEAP.to_json(), "include_failed": False}))
     (out / "prepare.json").write_text(json.dumps(record))
+    with pytest.raises(InputError, match=r"\(registration.femur_restarts differ\)"):
+        _check_settings(out, cohort, now)
+    no_restarts = {**now, "registration": replace(CHEAP, femur_restarts=()).to_json()}
+    _check_settings(out, cohort, no_restarts)
+    assert json.loads((out / "prepare.json").read_text()) == json.loads(json.dumps(
+        {"cohort": str(cohort.resolve()), **no_restarts}))
+    record = {**record, "registration": {**older, "femur_restarts": now["registration"]["femur_restarts"]}}
+    (out / "prepare.json").write_text(json.dumps(record))
     _check_settings(out, cohort, now)
-    assert json.loads((out / "prepare.json").read_text()) == {"cohort": str(cohort.resolve()), **now}
     (out / "prepare.json").write_text(json.dumps(record))
     with pytest.raises(InputError, match=r"\(registration.femur_gc_threshold differ\)"):
         _check_settings(out, cohort, {**now, "registration": replace(CHEAP, femur_gc_threshold=0.7).to_json()})

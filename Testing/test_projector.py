@@ -1,6 +1,7 @@
 """The object-wise DRR projector against analytic phantoms: sums, chords, ray weights, flatness."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -258,6 +259,25 @@ def test_objects_behind_the_source_are_refused():
     pose[2, 3] = -100.0
     with pytest.raises(ValueError, match="behind the X-ray source"):
         project_objects(ct, labels, ONE, g, pose)
+
+
+@pytest.mark.parametrize("field", ["pose", "label_poses[2]"])
+@pytest.mark.parametrize("bad", ["nan", "shape", "last row"])
+def test_non_finite_or_malformed_poses_are_refused_naming_the_field(field, bad):
+    ct, labels = ellipsoid((5, 5, 5), 1.0)
+    labels.array[labels.array.shape[0] // 2:] *= 2  # a second label that can take its own pose
+    g = Geometry(rows=16, cols=16)
+    good = default_ap_pose((0, 0, 0), g)
+    wrong = good.copy()
+    if bad == "nan":
+        wrong[0, 3] = np.nan
+    elif bad == "shape":
+        wrong = good[:3]
+    else:
+        wrong[3, 0] = 0.5
+    pose, label_poses = (wrong, None) if field == "pose" else (good, {2: wrong})
+    with pytest.raises(ValueError, match=re.escape(f"ct.nrrd: {field} must be a finite 4x4")):
+        project_objects(ct, labels, BALL, g, pose, label_poses=label_poses, source="ct.nrrd")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -226,7 +226,8 @@ class Splatter:
         """Splat ``values`` (..., C) at ``points`` (..., 3; camera mm) into ``channel`` (...).
 
         ``values`` and ``channel`` broadcast to the leading shape of ``points`` (e.g. points
-        (B, P, 3), values (P, C), channel (B, 1)); ``points`` may be a strided view. ``footprint`` is the (x, y) extent in mm of each
+        (B, P, 3), values (P, C), channel (B, 1)); ``points`` may be a strided view and must be
+        finite (unchecked here, for speed: callers validate poses). ``footprint`` is the (x, y) extent in mm of each
         point's footprint at its own depth (see :func:`footprint_mm`); it is magnified to the
         detector and capped at one pixel. ``None`` means one pixel (bilinear splatting).
         """
@@ -357,6 +358,9 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     called as chunks finish. Units: see the module docstring.
     """
     check_same_grid(ct, labels, labels_path=source)
+    _check_pose(pose, "pose", source)
+    for value, p in (label_poses or {}).items():
+        _check_pose(p, f"label_poses[{value}]", source)
     device = torch.device(device)
     chunk = chunk or (CHUNK_GPU if device.type == "cuda" else CHUNK_CPU)
     table = objects.lookup_table(labels.array, source)
@@ -399,6 +403,14 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
                 progress(done / total, f"projected {done} of {total} voxels")
     images, lost = splat.result()
     return DRRStack(images.contiguous(), objects.names, geometry, lost)
+
+
+def _check_pose(pose: np.ndarray, field: str, source: str) -> None:
+    """A pose must be a finite 4x4 affine (last row 0 0 0 1); NaN would splat silently."""
+    m = np.asarray(pose, float)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], (0, 0, 0, 1)):
+        raise InputError(f"{source}: {field} must be a finite 4x4 world->camera transform with "
+                         f"last row [0, 0, 0, 1], got {np.array2string(m, precision=3)}")
 
 
 def _pose_groups(flat_labels: np.ndarray, obj_of_voxel: np.ndarray, pose: np.ndarray,

@@ -148,6 +148,8 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     x = np.zeros(6)
     evaluations, level_gc = 0, []
     levels = settings.levels
+    restarts = np.asarray(settings.restarts, float).reshape(-1, 6) / scale
+    last_cma = max((i for i, lv in enumerate(levels) if lv.optimizer == "cma"), default=-1)
     for li, level in enumerate(levels):
         g = level.geometry(geometry)
         xray = torch.from_numpy(resample_image(radiograph, geometry, g))
@@ -162,6 +164,9 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
         obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
+            if li == last_cma:  # the other basins of poses that project alike
+                x, f = min([(x, f)] + [_run_cma(obj, x + r, level, settings, li) for r in restarts],
+                           key=lambda c: c[1])
         else:
             x, f = _run_powell(obj, x, level, settings.bounds)
         evaluations += obj.evaluations

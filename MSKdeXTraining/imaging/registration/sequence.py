@@ -48,7 +48,8 @@ def register_body(ct: Volume, labels: Volume, objects: ObjectMap, name: str, rad
             settings = replace(settings, grid_search_mm=(search, search / 6))
         return register_bone(ct, labels, bodies[name], radiograph, geometry, start, settings, progress)
     femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
-                    gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold))
+                    gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold),
+                    restarts=settings.femur_restarts)
     return register_bone(ct, labels, bodies[name], radiograph, geometry, start, femur, progress,
                          femoral_head_center(labels, bodies[name]))
 

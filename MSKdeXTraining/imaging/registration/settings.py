@@ -36,6 +36,12 @@ FEMUR_SCALE = (8.0, 8.0, 8.0, 3.0, 3.0, 3.0)
 FEMUR_TRANSLATION_SD_MM = 3.0
 
 
+#: Restarts of a femur's last CMA-ES level (deg x3, mm x3 from that level's result): flexion
+#: about the head by +-12 degrees, which an AP film hardly shows (docs/registration.md: a femur
+#: that settled 11 degrees off in flexion, 15 mm mTRE and GC 0.672, ends 3.8 mm off, GC 0.696).
+FEMUR_RESTARTS = ((12.0, 0.0, 0.0, 0.0, 0.0, 0.0), (-12.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+
+
 #: In-plane shifts (mm, +-) searched when the pelvis starts from the default AP view.
 START_SEARCH_MM = 48.0
 
@@ -80,11 +86,13 @@ class RegistrationSettings:
     (None: none); each SD costs ``prior_weight`` of GC (a femur registered after the
     pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
     first level's optimiser, try every in-plane shift on this grid (a start far from the
-    truth, e.g. the default AP view). ``seed`` makes CMA-ES deterministic.
+    truth, e.g. the default AP view). ``restarts`` (deg x3, mm x3 each): the last CMA-ES level
+    runs again from its result moved by each of them, and the best run goes on. ``seed`` makes
+    CMA-ES deterministic.
 
     How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
     +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
-    ``femur_translation_sd_mm`` and at least ``femur_gc_threshold``.
+    ``femur_translation_sd_mm``, ``femur_restarts`` and at least ``femur_gc_threshold``.
     """
 
     levels: tuple[Level, ...] = (Level(6.0, "cma", 40, 1.0), Level(3.0, "cma", 30, 0.3),
@@ -104,6 +112,8 @@ class RegistrationSettings:
     femur_scale: tuple[float, ...] = FEMUR_SCALE
     femur_translation_sd_mm: float = FEMUR_TRANSLATION_SD_MM
     femur_gc_threshold: float = FEMUR_GC_THRESHOLD
+    restarts: tuple[tuple[float, ...], ...] = ()
+    femur_restarts: tuple[tuple[float, ...], ...] = FEMUR_RESTARTS
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:

@@ -165,7 +165,8 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
             if li == last_cma:  # the other basins of poses that project alike
-                x, f = min([(x, f)] + [_run_cma(obj, x + r, level, settings, li) for r in restarts],
+                short = replace(level, iterations=settings.restart_iterations)
+                x, f = min([(x, f)] + [_run_cma(obj, x + r, short, settings, li) for r in restarts],
                            key=lambda c: c[1])
         else:
             x, f = _run_powell(obj, x, level, settings.bounds)

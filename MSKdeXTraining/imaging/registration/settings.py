@@ -38,8 +38,13 @@ FEMUR_TRANSLATION_SD_MM = 3.0
 
 #: Restarts of a femur's last CMA-ES level (deg x3, mm x3 from that level's result): flexion
 #: about the head by +-12 degrees, which an AP film hardly shows (docs/registration.md: a femur
-#: that settled 11 degrees off in flexion, 15 mm mTRE and GC 0.672, ends 3.8 mm off, GC 0.696).
+#: that settled 11 degrees off in flexion, 15 mm mTRE and GC 0.672, ends 3.3 mm off, GC 0.696).
 FEMUR_RESTARTS = ((12.0, 0.0, 0.0, 0.0, 0.0, 0.0), (-12.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+
+
+#: CMA-ES generations of each restart: about half the last level's, as many as found the same
+#: poses on the 30-case benchmark (session 15).
+RESTART_ITERATIONS = 7
 
 
 #: In-plane shifts (mm, +-) searched when the pelvis starts from the default AP view.
@@ -87,8 +92,8 @@ class RegistrationSettings:
     pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
     first level's optimiser, try every in-plane shift on this grid (a start far from the
     truth, e.g. the default AP view). ``restarts`` (deg x3, mm x3 each): the last CMA-ES level
-    runs again from its result moved by each of them, and the best run goes on. ``seed`` makes
-    CMA-ES deterministic.
+    runs again, for ``restart_iterations`` generations, from its result moved by each of them,
+    and the best run goes on. ``seed`` makes CMA-ES deterministic.
 
     How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
     +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
@@ -113,6 +118,7 @@ class RegistrationSettings:
     femur_translation_sd_mm: float = FEMUR_TRANSLATION_SD_MM
     femur_gc_threshold: float = FEMUR_GC_THRESHOLD
     restarts: tuple[tuple[float, ...], ...] = ()
+    restart_iterations: int = RESTART_ITERATIONS
     femur_restarts: tuple[tuple[float, ...], ...] = FEMUR_RESTARTS
 
     @classmethod
@@ -120,9 +126,9 @@ class RegistrationSettings:
         """``"accurate"`` (default) or ``"fast"`` (fewer evaluations per level, more gross
         failures).
 
-        Measured on the demo cohort (one torch thread, the slower 2-core VM, session 14):
-        accurate ~3.7 s pelvis, ~1.1 s femur; fast ~2.5 s pelvis, ~0.8 s femur
-        (docs/registration.md).
+        Measured on the demo cohort (one torch thread, the slower 2-core VM, sessions 14-15):
+        accurate ~3.7 s pelvis, ~1.3 s femur (with its flexion restarts); fast ~2.5 s pelvis,
+        ~1.0 s femur (docs/registration.md).
         """
         if name == "accurate":
             return cls()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging import hu
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
 from MSKdeXTraining.imaging.projector import (Splatter, _box_weights, footprint_mm,
@@ -276,8 +277,8 @@ def test_non_finite_or_malformed_poses_are_refused_naming_the_field(field, bad):
     else:
         wrong[3, 0] = 0.5
     pose, label_poses = (wrong, None) if field == "pose" else (good, {2: wrong})
-    with pytest.raises(ValueError, match=re.escape(f"ct.nrrd: {field} must be a finite 4x4")):
-        project_objects(ct, labels, BALL, g, pose, label_poses=label_poses, source="ct.nrrd")
+    with pytest.raises(InputError, match=re.escape(f"project_objects: {field} must be a finite 4x4")):
+        project_objects(ct, labels, BALL, g, pose, label_poses=label_poses)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

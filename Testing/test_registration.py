@@ -390,8 +390,30 @@ def test_a_restart_reaches_the_basin_the_last_level_cannot(phantom_case):
     start = rigid((15.0, 0.0, 0.0), (0.0, 0.0, 0.0), centre) @ truth
     local = replace(QUICK, levels=(Level(0.0, "cma", 12, 0.1),), bounds=1.0)
     plain = register_bone(ct, labels, (1,), xray, g, start, local)
-    back = (-15.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    restarted = register_bone(ct, labels, (1,), xray, g, start, replace(local, restarts=(back, (15.0,) + back[1:])))
+    turns = [(angle, 0.0, 0.0, 0.0, 0.0, 0.0) for angle in (15.0, -15.0, 8.0)]  # the right one amid others
+    restarted = register_bone(ct, labels, (1,), xray, g, start, replace(local, restarts=tuple(turns)))
     assert registration_errors(truth, plain.pose, points, g)["mtre_mm"] > 5.0
     assert registration_errors(truth, restarted.pose, points, g)["mtre_mm"] < 2.0
-    assert restarted.gc > plain.gc and restarted.evaluations > 2 * plain.evaluations
+    assert restarted.gc > plain.gc and restarted.evaluations > plain.evaluations
+
+
+def test_only_the_femurs_restart_and_bad_restarts_are_refused(phantom_case, monkeypatch):
+    import MSKdeXTraining.imaging.registration.sequence as sequence
+    from MSKdeXTraining.imaging.registration.settings import FEMUR_RESTARTS, FEMUR_SCALE
+
+    seen = {}
+    monkeypatch.setattr(sequence, "register_bone", lambda ct, labels, values, *a, **k: seen.update(
+        {values: a[3]}))
+    objects = load_object_map("synthetic")
+    ct, labels = _phantom()
+    bodies = rigid_bodies(objects)
+    for name, values in bodies.items():  # the phantom's bone labelled as this body
+        register_body(ct, labels.with_array(labels.array * values[0]), objects, name, np.zeros((8, 8)),
+                      Geometry(rows=8, cols=8), start_pose=np.eye(4))
+    assert seen[bodies["pelvis"]].restarts == ()
+    for side in ("femur_left", "femur_right"):
+        assert seen[bodies[side]].restarts == FEMUR_RESTARTS and seen[bodies[side]].scale == FEMUR_SCALE
+    with pytest.raises(InputError, match="'femur_restarts' must list restarts of 6 values"):
+        RegistrationSettings(femur_restarts=((12.0, 0.0),))
+    with pytest.raises(InputError, match="'restart_iterations' must be >= 1"):
+        RegistrationSettings(restart_iterations=0)

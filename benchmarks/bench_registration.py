@@ -15,6 +15,7 @@ Targets (issue 4): median projected <= 0.5 mm, median mTRE <= 3 mm, success >= 9
 time is also printed as a ratio to the accurate one (same process, same cases).
 
     python benchmarks/bench_registration.py --cohort COHORT [--cases 30] [--preset both]
+        [--femur-restarts on|off|both]
     python benchmarks/bench_registration.py --generate 30 --out /tmp/cohort   # makes one first
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,8 @@ def main() -> None:
     ap.add_argument("--preset", default="both", choices=PRESETS + ("both",))
     ap.add_argument("--seed", type=int, default=0, help="seed of the start offsets")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--femur-restarts", default="on", choices=("on", "off", "both"),
+                    help="the femurs' flexion restarts; both: each case with and without, alternating")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cohort = args.cohort
@@ -125,20 +129,29 @@ def main() -> None:
           f"start offsets up to +-{OFFSET_MM:g} mm / "
           f"+-{OFFSET_DEG:g} deg (seed {args.seed}), torch threads {args.threads}, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    restarts = {"on": ("on",), "off": ("off",), "both": ("off", "on")}[args.femur_restarts]
     times = {}
     for preset in presets:
-        settings = RegistrationSettings.preset(preset)
+        settings = {r: RegistrationSettings.preset(preset) for r in restarts}
+        if "off" in settings:
+            settings["off"] = replace(settings["off"], femur_restarts=())
         t0 = time.perf_counter()
-        rows = []
+        rows: dict[str, list] = {r: [] for r in restarts}
         for case, offset in zip(cases, offsets):
-            rows.append(run_case(case, objects, offset, settings))
-            print(f"  {case.name}: " + "  ".join(
-                f"{n} {r['projected_mm']:.2f}/{r['mtre_mm']:.2f} mm GC {r['gc']:.3f} {r['seconds']:.1f} s"
-                for n, r in rows[-1].items()), flush=True)
+            for r in restarts:  # alternating case by case: drifts of the machine's speed hit both
+                rows[r].append(run_case(case, objects, offset, settings[r]))
+                print(f"  {case.name}{'' if len(restarts) == 1 else f' (femur restarts {r})'}: " + "  ".join(
+                    f"{n} {v['projected_mm']:.2f}/{v['mtre_mm']:.2f} mm GC {v['gc']:.3f} {v['seconds']:.1f} s"
+                    for n, v in rows[r][-1].items()), flush=True)
         times[preset] = time.perf_counter() - t0
-        check(summarise(rows, preset))
+        for r in restarts:
+            check(summarise(rows[r], preset if len(restarts) == 1 else f"{preset}, femur restarts {r}"))
+        if len(restarts) == 2:
+            print("median over the cases of each case's time with / without the femur restarts: " + ", ".join(
+                f"{n} {np.median([on[n]['seconds'] / off[n]['seconds'] for on, off in zip(rows['on'], rows['off'])]):.2f}"
+                for n in rows["on"][0]))
         print(f"load average after {preset!r}: {os.getloadavg()[0]:.1f}")
-    if len(presets) == 2:
+    if len(presets) == 2 and len(restarts) == 1:
         print(f"\nwall time: accurate {times['accurate']:.1f} s, fast {times['fast']:.1f} s "
               f"(fast/accurate = {times['fast'] / times['accurate']:.2f})")
 

@@ -227,7 +227,7 @@ class Splatter:
 
         ``values`` and ``channel`` broadcast to the leading shape of ``points`` (e.g. points
         (B, P, 3), values (P, C), channel (B, 1)); ``points`` may be a strided view and must be
-        finite (unchecked here, for speed: callers validate poses). ``footprint`` is the (x, y) extent in mm of each
+        finite (not checked here, for speed; :func:`project_objects` checks its poses). ``footprint`` is the (x, y) extent in mm of each
         point's footprint at its own depth (see :func:`footprint_mm`); it is magnified to the
         detector and capped at one pixel. ``None`` means one pixel (bilinear splatting).
         """
@@ -358,9 +358,9 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     called as chunks finish. Units: see the module docstring.
     """
     check_same_grid(ct, labels, labels_path=source)
-    _check_pose(pose, "pose", source)
+    _check_pose(pose, "pose")
     for value, p in (label_poses or {}).items():
-        _check_pose(p, f"label_poses[{value}]", source)
+        _check_pose(p, f"label_poses[{value}]")
     device = torch.device(device)
     chunk = chunk or (CHUNK_GPU if device.type == "cuda" else CHUNK_CPU)
     table = objects.lookup_table(labels.array, source)
@@ -405,11 +405,11 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     return DRRStack(images.contiguous(), objects.names, geometry, lost)
 
 
-def _check_pose(pose: np.ndarray, field: str, source: str) -> None:
+def _check_pose(pose: np.ndarray, field: str) -> None:
     """A pose must be a finite 4x4 affine (last row 0 0 0 1); NaN would splat silently."""
     m = np.asarray(pose, float)
     if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], (0, 0, 0, 1)):
-        raise InputError(f"{source}: {field} must be a finite 4x4 world->camera transform with "
+        raise InputError(f"project_objects: {field} must be a finite 4x4 world->camera transform with "
                          f"last row [0, 0, 0, 1], got {np.array2string(m, precision=3)}")
 
 

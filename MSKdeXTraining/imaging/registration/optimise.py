@@ -164,7 +164,7 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
         obj = _Objective(renderer, xray, g, start_pose, center_cam, scale, settings, x)
         if level.optimizer == "cma":
             x, f = _run_cma(obj, x, level, settings, li)
-            if li == last_cma:  # the other basins of poses that project alike
+            if li == last_cma and len(restarts):  # the other basins of poses that project alike
                 short = replace(level, iterations=settings.restart_iterations)
                 x, f = min([(x, f)] + [_run_cma(obj, x + r, short, settings, li) for r in restarts],
                            key=lambda c: c[1])

@@ -65,8 +65,9 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     The pelvis (with sacrum) starts from ``start_pose`` (default: the AP view about
     :func:`default_isocenter`, with a search over in-plane shifts of +-``settings.start_search_mm``).
     Each femur then starts from the registered pelvis pose (the CT's hip posture), turns
-    about its head (:func:`femoral_head_center`) and has a translation prior of
-    ``settings.femur_translation_sd_mm`` (the head stays in the acetabulum).
+    about its head (:func:`femoral_head_center`), has a translation prior of
+    ``settings.femur_translation_sd_mm`` (the head stays in the acetabulum) and restarts its
+    last CMA-ES level from ``settings.femur_restarts`` (flexion, which an AP film hardly shows).
     """
     bodies = rigid_bodies(objects)
     _require_voxels(labels, bodies, source)

@@ -36,8 +36,9 @@ FEMUR_SCALE = (8.0, 8.0, 8.0, 3.0, 3.0, 3.0)
 FEMUR_TRANSLATION_SD_MM = 3.0
 
 
-#: Restarts of a femur's last CMA-ES level (deg x3, mm x3 from that level's result): flexion
-#: about the head by +-12 degrees, which an AP film hardly shows (docs/registration.md: a femur
+#: Restarts of a femur's last CMA-ES level (deg x3, mm x3 added to that level's result): rx
+#: +-12 degrees, a turn about the head in flexion (the camera's x axis, taken before the found
+#: ry, rz of up to about 15 degrees), which an AP film hardly shows (docs/registration.md: a femur
 #: that settled 11 degrees off in flexion, 15 mm mTRE and GC 0.672, ends 3.3 mm off, GC 0.696).
 FEMUR_RESTARTS = ((12.0, 0.0, 0.0, 0.0, 0.0, 0.0), (-12.0, 0.0, 0.0, 0.0, 0.0, 0.0))
 
@@ -92,8 +93,8 @@ class RegistrationSettings:
     pelvis keeps its head in the acetabulum). ``grid_search_mm`` (range, step): before the
     first level's optimiser, try every in-plane shift on this grid (a start far from the
     truth, e.g. the default AP view). ``restarts`` (deg x3, mm x3 each): the last CMA-ES level
-    runs again, for ``restart_iterations`` generations, from its result moved by each of them,
-    and the best run goes on. ``seed`` makes CMA-ES deterministic.
+    runs again, for ``restart_iterations`` generations, from its result plus each of them (in
+    the optimiser's parameters), and the best run goes on. ``seed`` makes CMA-ES deterministic.
 
     How :func:`register_bodies` adapts them per body: the pelvis from the default view searches
     +-``start_search_mm`` in plane first; a femur uses ``femur_scale``,
@@ -120,6 +121,15 @@ class RegistrationSettings:
     restarts: tuple[tuple[float, ...], ...] = ()
     restart_iterations: int = RESTART_ITERATIONS
     femur_restarts: tuple[tuple[float, ...], ...] = FEMUR_RESTARTS
+
+    def __post_init__(self) -> None:
+        for name in ("restarts", "femur_restarts"):
+            if any(len(r) != 6 for r in getattr(self, name)):
+                raise InputError(f"registration setting {name!r} must list restarts of 6 values "
+                                 f"(deg x3, mm x3), got {getattr(self, name)!r}")
+        if self.restart_iterations < 1:
+            raise InputError(f"registration setting 'restart_iterations' must be >= 1, got "
+                             f"{self.restart_iterations!r} (no restarts: empty 'restarts')")
 
     @classmethod
     def preset(cls, name: str) -> RegistrationSettings:

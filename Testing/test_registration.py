@@ -397,7 +397,7 @@ def test_a_restart_reaches_the_basin_the_last_level_cannot(phantom_case):
     assert restarted.gc > plain.gc and restarted.evaluations > plain.evaluations
 
 
-def test_only_the_femurs_restart_and_bad_restarts_are_refused(phantom_case, monkeypatch):
+def test_only_the_femurs_restart_and_bad_restarts_are_refused(monkeypatch):
     import MSKdeXTraining.imaging.registration.sequence as sequence
     from MSKdeXTraining.imaging.registration.settings import FEMUR_RESTARTS, FEMUR_SCALE
 

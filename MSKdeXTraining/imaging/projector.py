@@ -227,9 +227,10 @@ class Splatter:
 
         ``values`` and ``channel`` broadcast to the leading shape of ``points`` (e.g. points
         (B, P, 3), values (P, C), channel (B, 1)); ``points`` may be a strided view and must be
-        finite (not checked here, for speed; :func:`project_objects` checks its poses). ``footprint`` is the (x, y) extent in mm of each
-        point's footprint at its own depth (see :func:`footprint_mm`); it is magnified to the
-        detector and capped at one pixel. ``None`` means one pixel (bilinear splatting).
+        finite (not checked here, for speed; :func:`project_objects` checks its poses).
+        ``footprint`` is the (x, y) extent in mm of each point's footprint at its own depth (see
+        :func:`footprint_mm`); it is magnified to the detector and capped at one pixel. ``None``
+        means one pixel (bilinear splatting).
         """
         g = self.g
         points = points.to(self.device, self.dtype)

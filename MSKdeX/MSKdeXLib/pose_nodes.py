@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.geometry import check_pose
 
 from .coordinates import from_vtk_matrix, lps_to_ras_transform, ras_to_lps_transform, to_vtk_matrix
 
@@ -30,7 +31,7 @@ def pose_node_name(body: str) -> str:
 def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, name: str,
                            node=None, gc: float | None = None):
     """Create or update a linear transform node for ``pose`` relative to ``reference_pose``."""
-    pose, reference_pose = _check(pose, name), _check(reference_pose, name)
+    pose, reference_pose = check_pose(pose, name), check_pose(reference_pose, name)
     motion_lps = np.linalg.inv(reference_pose) @ pose
     if node is None:
         node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
@@ -64,8 +65,3 @@ def pose_from_transform_node(node) -> np.ndarray:
     return np.array(json.loads(text)) @ ras_to_lps_transform(from_vtk_matrix(matrix))
 
 
-def _check(m: np.ndarray, name: str) -> np.ndarray:
-    m = np.asarray(m, float)
-    if m.shape != (4, 4) or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6):
-        raise InputError(f"{name}: a pose must be a 4x4 rigid transform, got {np.round(m, 4).tolist()}")
-    return m

@@ -152,6 +152,17 @@ def rigid(rotation_deg: ArrayLike = (0.0, 0.0, 0.0), translation_mm: ArrayLike =
     return m
 
 
+def check_pose(pose: ArrayLike, name: str) -> np.ndarray:
+    """``pose`` as a float 4x4 array; an :class:`InputError` naming ``name`` unless it is a finite
+    rigid transform (orthonormal 3x3 block, last row 0 0 0 1)."""
+    m = np.asarray(pose, float)
+    if (m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], (0, 0, 0, 1))
+            or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6)):
+        raise InputError(f"{name} must be a finite 4x4 world->camera rigid transform with last row "
+                         f"[0, 0, 0, 1], got {np.array2string(m, precision=3)}")
+    return m
+
+
 def default_ap_pose(isocenter_lps: ArrayLike, geometry: Geometry) -> np.ndarray:
     """World->camera pose of the AP view with ``isocenter_lps`` (mm) on the central ray at SOD."""
     pose = np.eye(4)

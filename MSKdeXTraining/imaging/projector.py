@@ -34,7 +34,7 @@ import torch
 from ..errors import InputError
 from ..objects import ObjectMap
 from . import hu as hu_conv
-from .geometry import Geometry
+from .geometry import Geometry, check_pose
 from .volume import Volume, check_same_grid
 
 DRR_TYPES = ("wvdrr", "vdrr", "mdrr")
@@ -359,9 +359,9 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
     called as chunks finish. Units: see the module docstring.
     """
     check_same_grid(ct, labels, labels_path=source)
-    _check_pose(pose, "pose")
+    check_pose(pose, "project_objects: pose")
     for value, p in (label_poses or {}).items():
-        _check_pose(p, f"label_poses[{value}]")
+        check_pose(p, f"project_objects: label_poses[{value}]")
     device = torch.device(device)
     chunk = chunk or (CHUNK_GPU if device.type == "cuda" else CHUNK_CPU)
     table = objects.lookup_table(labels.array, source)
@@ -404,14 +404,6 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
                 progress(done / total, f"projected {done} of {total} voxels")
     images, lost = splat.result()
     return DRRStack(images.contiguous(), objects.names, geometry, lost)
-
-
-def _check_pose(pose: np.ndarray, field: str) -> None:
-    """A pose must be a finite 4x4 affine (last row 0 0 0 1); NaN would splat silently."""
-    m = np.asarray(pose, float)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], (0, 0, 0, 1)):
-        raise InputError(f"project_objects: {field} must be a finite 4x4 world->camera transform with "
-                         f"last row [0, 0, 0, 1], got {np.array2string(m, precision=3)}")
 
 
 def _pose_groups(flat_labels: np.ndarray, obj_of_voxel: np.ndarray, pose: np.ndarray,

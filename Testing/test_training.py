@@ -263,6 +263,24 @@ def test_cli_runs_in_process(dataset, tmp_path, capsys):
         train_cmd.parse_fold("3/3")
 
 
+def test_channels_last_changes_only_the_rounding(dataset):
+    """The NHWC layout (used on the CPU too) takes the same steps as NCHW, to float rounding."""
+    runs = []
+    for channels_last in (False, True):
+        config = load_config("small", {**TINY, "pool_size": 0, "channels_last": channels_last})
+        ds = PreparedDataset(dataset, size=config.size)
+        torch.manual_seed(0)
+        parts = build_training(config, len(ds.objects), ds.bone_index, DistInfo(0, 1, 0, torch.device("cpu")))
+        parts.objective.norm = normalisation(ds)
+        conv = next(w for w in parts.nets.G.parameters() if w.ndim == 4 and min(w.shape[1:]) > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) == channels_last
+        batch = next(iter(DataLoader(ds, batch_size=2)))
+        runs.append([parts.objective.step(batch, config.lambda_is) for _ in range(3)])
+    for plain, nhwc in zip(*runs):
+        for k in plain:
+            assert nhwc[k] == pytest.approx(plain[k], rel=1e-3, abs=1e-6), k
+
+
 def test_objective_ignores_bones_of_failed_registrations(dataset):
     """Objective.step passes aligned_ok to the bone loss."""
     config = load_config("small", {**TINY, "gan": False, "lambda_cyc": 0})

@@ -2,22 +2,26 @@
 
 Runs real optimisation steps (G, F, both critics, all losses) on batches of a small toy
 prepared dataset resampled to the configuration's image size; content does not change
-the cost. Prints one line per variant plus the ratio to the first (baseline) variant run
-in the same process; on CUDA the baseline is fp32 without channels_last, the others add
-bf16 autocast + channels_last (+ torch.compile with --compile). The paper's anchor:
+the cost. Prints one line per variant: the median over rounds that alternate the
+variants, and the median ratio to the first (baseline) variant in the same process. The
+baseline is fp32 without channels_last; on the CPU the other variant adds channels_last
+(what training uses there), on CUDA bf16 autocast + channels_last (+ torch.compile with
+--compile). The paper's anchor:
 4 min/epoch for 404 images of 512^2 at batch 2 on an RTX A6000, about 1.7 images/s.
 
-    python benchmarks/bench_training.py --config small --steps 10
+    python benchmarks/bench_training.py --config small --steps 8 --rounds 10
     python benchmarks/bench_training.py --config paper --steps 3 --device cuda --compile
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import dataclasses
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -31,34 +35,35 @@ from MSKdeXTraining.training.trainer import build_training, normalisation
 PAPER_IMAGES_PER_S = 404 / (4 * 60)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
-
-
-def bench(config, data, device: torch.device, steps: int, warmup: int) -> tuple[float, float]:
-    """(images/s, peak memory MiB) of ``steps`` timed steps after ``warmup`` steps."""
+def stepper(config, data, device: torch.device, warmup: int) -> tuple[Callable[[int], float], float]:
+    """A function timing ``n`` steps of ``config`` (seconds), after ``warmup`` untimed steps,
+    and the peak memory the variant took (MiB; CUDA only, else NaN)."""
     info = DistInfo(0, 1, 0, device)
     ds = PreparedDataset(data, size=config.size)
+    cuda = device.type == "cuda"
+    before = torch.cuda.memory_allocated(device) if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     parts = build_training(config, len(ds.objects), ds.bone_index, info)
     norm = normalisation(ds)
     norm.scale = norm.scale.to(device)
     parts.objective.norm = norm
     loader = DataLoader(ds, batch_size=config.batch_size, shuffle=False, drop_last=True)
     batches = [b for _, b in zip(range(2), loader)]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for k in range(warmup + steps):
-        if k == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-        parts.objective.step(batches[k % len(batches)], config.lambda_is)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    return steps * config.batch_size / dt, peak_memory_mb(device)
+
+    def run(n: int) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        for k in range(n):
+            parts.objective.step(batches[k % len(batches)], config.lambda_is)
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    run(warmup)
+    peak = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20 if cuda else float("nan")
+    return run, peak
 
 
 def main() -> None:
@@ -66,7 +71,8 @@ def main() -> None:
     p.add_argument("--config", default="small", help="built-in config name or YAML/JSON file")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:K")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, caches)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -76,7 +82,9 @@ def main() -> None:
     config = load_config(args.config, parse_overrides(args.set))
     device = pick_device(args.device)
     variants = [("baseline fp32", dict(amp_bf16=False, channels_last=False, compile=False))]
-    if device.type == "cuda":
+    if device.type != "cuda":
+        variants.append(("channels_last (fp32)", dict(amp_bf16=False, channels_last=True, compile=False)))
+    else:
         variants.append(("bf16 + channels_last", dict(amp_bf16=True, channels_last=True, compile=False)))
         if args.compile:
             variants.append(("bf16 + channels_last + compile", dict(amp_bf16=True, channels_last=True, compile=True)))
@@ -86,13 +94,19 @@ def main() -> None:
              f", {torch.get_num_threads()} threads"))
     with tempfile.TemporaryDirectory() as tmp:
         data = write_toy_dataset(tmp, n_cases=max(2, config.batch_size), size=64)
-        base = None
-        for name, flags in variants:
-            ips, mem = bench(dataclasses.replace(config, **flags), data, device, args.steps, args.warmup)
-            base = base or ips
-            print(f"{name:34s} {ips:8.2f} images/s  x{ips / base:5.2f} vs baseline  "
-                  f"x{ips / PAPER_IMAGES_PER_S:6.2f} vs paper (1.68 img/s)  peak memory {mem:8.0f} MiB")
-
+        runs = [stepper(dataclasses.replace(config, **flags), data, device, args.warmup)
+                for _, flags in variants]
+        # Rounds alternate the variants, so a machine whose speed drifts slows them alike.
+        times = [[run(args.steps) for run, _ in runs] for _ in range(args.rounds)]
+        for v, (name, _) in enumerate(variants):
+            ips = args.steps * config.batch_size / statistics.median(t[v] for t in times)
+            ratio = statistics.median(t[0] / t[v] for t in times)
+            memory = f"  peak memory {runs[v][1]:8.0f} MiB" if device.type == "cuda" else ""
+            print(f"{name:34s} {ips:8.2f} images/s  x{ratio:5.2f} vs baseline  "
+                  f"x{ips / PAPER_IMAGES_PER_S:6.2f} vs paper (1.68 img/s){memory}")
+    if device.type != "cuda":
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        print(f"process peak memory (all variants) {rss:.0f} MiB")
 
 if __name__ == "__main__":
     main()

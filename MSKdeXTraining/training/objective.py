@@ -72,7 +72,7 @@ class Objective:
         cuda = info.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) \
             if cuda and config.amp_bf16 else nullcontext
-        self.channels_last = cuda and config.channels_last
+        self.channels_last = config.channels_last
 
     def _run(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -67,15 +67,16 @@ def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
                    info: distributed.DistInfo, norm: Normalisation | None = None) -> TrainingParts:
     """Everything a process needs to take steps (``norm`` may be set later on the objective).
 
-    On CUDA the networks use channels_last when configured, and ``compile`` wraps them in
-    torch.compile for the steps (the saved state dicts stay those of the plain modules).
+    The networks use channels_last when configured (on the CPU too: oneDNN's NHWC
+    convolutions are faster in fp32), and on CUDA ``compile`` wraps them in torch.compile
+    for the steps (the saved state dicts stay those of the plain modules).
     """
     nets = build_networks(config, n_objects)
     dev = info.device
     cuda = dev.type == "cuda"
     for net in nets.generators() + nets.critics():
         net.to(dev)
-        if cuda and config.channels_last:
+        if config.channels_last:
             net.to(memory_format=torch.channels_last)
     betas = (config.beta1, config.beta2)
     opt_g = torch.optim.AdamW([p for n in nets.generators() for p in n.parameters()],

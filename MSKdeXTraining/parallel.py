@@ -5,10 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
 import torch
+
+
+#: Environment variables that size the OpenMP / BLAS thread pools of a process as it loads
+#: them (numpy's and scipy's OpenBLAS would otherwise start one thread per core in every
+#: worker, and the workers would oversubscribe the cores).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def worker_count(workers: int | None, jobs: int) -> int:
@@ -23,15 +30,17 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
     With one worker (:func:`worker_count` of ``workers``) the jobs run in this process, in
     order, with its torch threads. Otherwise they run in spawned processes with ``threads``
     torch threads each; the first failure cancels the jobs not yet started and is raised at
-    once.
+    once. The workers' OpenMP and BLAS pools get ``threads`` threads too
+    (:data:`THREAD_VARIABLES`).
     """
     workers = worker_count(workers, len(jobs))
     if workers <= 1:
         for index, job in enumerate(jobs):
             yield index, fn(*job)
         return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with _environment({k: str(threads) for k in THREAD_VARIABLES}), \
+            ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
@@ -39,3 +48,18 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by processes spawned meanwhile), then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -159,9 +159,14 @@ def test_checkpoint_round_trip_without_pickle(run):
 
 
 def test_model_from_a_newer_minor_version_is_refused(tmp_path):
-    """0.2.x wrote fields this 0.1 may not know: refused, not guessed."""
+    """A newer minor version wrote fields this one may not know: refused, not guessed."""
+    from MSKdeXTraining import __version__
     from MSKdeXTraining.modelio import ModelFormatError, check_code_version
 
-    check_code_version("0.1.9", "model.json")  # same minor, any patch: accepted
-    with pytest.raises(ModelFormatError, match="written by MSKdeX 0.2.0"):
-        check_code_version("0.2.0", "model.json")
+    major, minor = (int(v) for v in __version__.split(".")[:2])
+    check_code_version(f"{major}.{minor}.99", "model.json")  # same minor, any patch: accepted
+    check_code_version(f"{major}.0.0", "model.json")  # an older minor: accepted
+    with pytest.raises(ModelFormatError, match=f"written by MSKdeX {major}.{minor + 1}.0"):
+        check_code_version(f"{major}.{minor + 1}.0", "model.json")
+    with pytest.raises(ModelFormatError, match=f"written by MSKdeX {major + 1}.0.0"):
+        check_code_version(f"{major + 1}.0.0", "model.json")

@@ -1,8 +1,14 @@
 """run_jobs: the same results in this process and in worker processes, failures raised."""
+import os
+
 import pytest
 import torch
 
-from MSKdeXTraining.parallel import run_jobs
+from MSKdeXTraining.parallel import THREAD_VARIABLES, run_jobs
+
+
+def thread_settings() -> tuple[int, tuple[str | None, ...]]:
+    return torch.get_num_threads(), tuple(os.environ.get(k) for k in THREAD_VARIABLES)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -14,7 +20,10 @@ def test_results_and_indices(workers):
 
 def test_in_process_order_and_worker_threads():
     assert [i for i, _ in run_jobs(pow, [(3, 1), (3, 2)], 1)] == [0, 1]
-    assert {n for _, n in run_jobs(torch.get_num_threads, [()] * 2, 2, threads=3)} == {3}
+    before = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    workers = {r for _, r in run_jobs(thread_settings, [()] * 2, 2, threads=3)}
+    assert workers == {(3, ("3",) * len(THREAD_VARIABLES))}  # torch, OpenMP and BLAS pools
+    assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before  # this process's restored
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -136,6 +136,31 @@ def test_dataset_resampling_keeps_volumes_and_masses(dataset, size):
     assert item["aligned"].shape == (3, 2, *size)
 
 
+def test_dataset_reads_each_case_once_within_its_memory_budget(dataset, tmp_path, monkeypatch):
+    """A case is read and resampled once; past the budget, cases are read every time."""
+    from MSKdeXTraining.training import data as data_module
+
+    copy = tmp_path / "data"
+    shutil.copytree(dataset, copy)
+    ds = PreparedDataset(copy, size=(16, 16))
+    first = ds.load(0)
+    first["xray"] = None  # the caller's dict, not the cache's
+    case_file = ds.files[ds.ids[0]]
+    saved = case_file.read_bytes()
+    case_file.unlink()
+    again = ds.load(0)  # from memory: the file is gone
+    np.testing.assert_array_equal(again["drr"], PreparedDataset(dataset, size=(16, 16)).load(0)["drr"])
+    assert again["xray"] is not None
+    case_file.write_bytes(saved)
+
+    monkeypatch.setattr(data_module, "CACHE_BYTES", 0)
+    small = PreparedDataset(copy, size=(16, 16))
+    small.load(0)
+    case_file.unlink()
+    with pytest.raises(InputError, match="missing"):
+        small.load(0)
+
+
 def test_bones_of_a_failed_registration_are_marked(dataset):
     """A case kept by `prepare --include-failed` trains the bone loss only on its good bones."""
     case = {"registration": {"pelvis": {"ok": True}, "femur_left": {"ok": True}, "femur_right": {"ok": False}}}

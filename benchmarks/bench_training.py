@@ -16,9 +16,9 @@ baseline is fp32 without channels_last; on the CPU the other variant adds channe
 from __future__ import annotations
 
 import argparse
-import statistics
 import dataclasses
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -82,12 +82,12 @@ def main() -> None:
     config = load_config(args.config, parse_overrides(args.set))
     device = pick_device(args.device)
     variants = [("baseline fp32", dict(amp_bf16=False, channels_last=False, compile=False))]
-    if device.type != "cuda":
-        variants.append(("channels_last (fp32)", dict(amp_bf16=False, channels_last=True, compile=False)))
-    else:
+    if device.type == "cuda":
         variants.append(("bf16 + channels_last", dict(amp_bf16=True, channels_last=True, compile=False)))
         if args.compile:
             variants.append(("bf16 + channels_last + compile", dict(amp_bf16=True, channels_last=True, compile=True)))
+    else:
+        variants.append(("channels_last (fp32)", dict(amp_bf16=False, channels_last=True, compile=False)))
     print(f"config {config.name}: image {config.size}, batch {config.batch_size}, G HRNet "
           f"width {config.g_width} x {config.g_branches} branches, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else

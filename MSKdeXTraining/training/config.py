@@ -70,7 +70,7 @@ class TrainConfig:
     fold_seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:K
     amp_bf16: bool = True                # bf16 autocast, CUDA only
-    channels_last: bool = True           # NHWC activations and weights (CPU: ~1.3x, fp32)
+    channels_last: bool = True           # NHWC activations and weights (CPU: ~1.2x, fp32)
     compile: bool = False                # torch.compile the networks (CUDA only)
 
     def __post_init__(self) -> None:

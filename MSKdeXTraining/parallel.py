@@ -29,19 +29,20 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
 
     With one worker (:func:`worker_count` of ``workers``) the jobs run in this process, in
     order, with its torch threads. Otherwise they run in spawned processes with ``threads``
-    torch threads each; the first failure cancels the jobs not yet started and is raised at
-    once. The workers' OpenMP and BLAS pools get ``threads`` threads too
-    (:data:`THREAD_VARIABLES`).
+    torch threads each, and OpenMP and BLAS pools of that size (:data:`THREAD_VARIABLES`, set
+    while the workers start); the first failure cancels the jobs not yet started and is raised
+    once the running ones have finished.
     """
     workers = worker_count(workers, len(jobs))
     if workers <= 1:
         for index, job in enumerate(jobs):
             yield index, fn(*job)
         return
-    with _environment({k: str(threads) for k in THREAD_VARIABLES}), \
-            ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        with _temporary_environ({k: str(threads) for k in THREAD_VARIABLES}):
+            # the executor starts its workers within submit(): all of them before this ends
+            futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
                 yield futures[future], future.result()
@@ -51,7 +52,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def _temporary_environ(values: dict[str, str]) -> Iterator[None]:
     """Set environment variables (inherited by processes spawned meanwhile), then restore them."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)

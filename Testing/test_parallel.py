@@ -21,9 +21,12 @@ def test_results_and_indices(workers):
 def test_in_process_order_and_worker_threads():
     assert [i for i, _ in run_jobs(pow, [(3, 1), (3, 2)], 1)] == [0, 1]
     before = {k: os.environ.get(k) for k in THREAD_VARIABLES}
-    workers = {r for _, r in run_jobs(thread_settings, [()] * 2, 2, threads=3)}
+    workers = set()
+    for _, settings in run_jobs(thread_settings, [()] * 2, 2, threads=3):
+        workers.add(settings)
+        assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before  # only the workers' set
     assert workers == {(3, ("3",) * len(THREAD_VARIABLES))}  # torch, OpenMP and BLAS pools
-    assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before  # this process's restored
+    assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before
 
 
 @pytest.mark.parametrize("workers", [1, 2])

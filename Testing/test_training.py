@@ -136,10 +136,8 @@ def test_dataset_resampling_keeps_volumes_and_masses(dataset, size):
     assert item["aligned"].shape == (3, 2, *size)
 
 
-def test_dataset_reads_each_case_once_within_its_memory_budget(dataset, tmp_path, monkeypatch):
+def test_dataset_reads_each_case_once_within_its_memory_budget(dataset, tmp_path):
     """A case is read and resampled once; past the budget, cases are read every time."""
-    from MSKdeXTraining.training import data as data_module
-
     copy = tmp_path / "data"
     shutil.copytree(dataset, copy)
     ds = PreparedDataset(copy, size=(16, 16))
@@ -153,8 +151,7 @@ def test_dataset_reads_each_case_once_within_its_memory_budget(dataset, tmp_path
     assert again["xray"] is not None
     case_file.write_bytes(saved)
 
-    monkeypatch.setattr(data_module, "CACHE_BYTES", 0)
-    small = PreparedDataset(copy, size=(16, 16))
+    small = PreparedDataset(copy, size=(16, 16), cache_bytes=0)
     small.load(0)
     case_file.unlink()
     with pytest.raises(InputError, match="missing"):

@@ -120,7 +120,7 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
     report = progress or (lambda f, m: None)
     model = load_model(run, device=device)
     decomposer = Decomposer(model)
-    data = PreparedDataset(dataset, ids, size=model.geometry.shape)
+    data = PreparedDataset(dataset, ids, size=model.geometry.shape, cache_bytes=0)  # each read once
     area = model.geometry.pixel_area_cm2
     bones = list(data.manifest["aligned_bones"])
     bone_index = [decomposer.names.index(b) for b in bones]
@@ -289,7 +289,7 @@ def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.
     from ..training.data import PreparedDataset
 
     model = load_model(run)
-    data = PreparedDataset(dataset, [case_id], size=model.geometry.shape)
+    data = PreparedDataset(dataset, [case_id], size=model.geometry.shape, cache_bytes=0)
     item = data.load(0)
     xray = item["xray"][0].numpy()
     pred = Decomposer(model).predict(xray[None])[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
@@ -117,8 +117,8 @@ def _overlap(n_in: int, n_out: int) -> torch.Tensor:
     return torch.from_numpy(np.clip(overlap, 0.0, None) * n_out)
 
 
-#: Bytes of cases on the model grid a :class:`PreparedDataset` keeps in memory: a case is
-#: read and resampled once, not twice per epoch (the demo's 94 cases take 50 MB).
+#: Bytes of cases on the model grid a :class:`PreparedDataset` keeps in memory by default: a
+#: case is read and resampled once, not twice per epoch (the demo's 94 cases take 50 MB).
 CACHE_BYTES = 2 ** 30
 
 
@@ -132,10 +132,14 @@ class PreparedDataset(Dataset):
     :meth:`set_epoch`). With ``flip_seed`` set, whole cases are flipped left-right at random
     (per epoch and case; image sums and the xray-aligned pairing are unchanged; the channels
     of objects named ``<name>_left`` / ``<name>_right`` trade places, as their anatomy does).
+
+    Up to ``cache_bytes`` of cases are kept in memory once read (in the main process only,
+    not in DataLoader workers); items share those tensors, so never change them in place.
     """
 
     def __init__(self, root: str | Path, ids: list[str] | None = None,
-                 size: tuple[int, int] | None = None, flip_seed: int | None = None) -> None:
+                 size: tuple[int, int] | None = None, flip_seed: int | None = None,
+                 cache_bytes: int = CACHE_BYTES) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         usable = ok_ids(self.manifest)
@@ -162,8 +166,9 @@ class PreparedDataset(Dataset):
         self.flip_seed = flip_seed
         self.epoch = 0
         self.pairing = np.arange(len(self.ids))
+        self.cache_bytes = cache_bytes
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
-        self._cache_bytes = 0
+        self._cached = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,15 +179,15 @@ class PreparedDataset(Dataset):
         self.pairing = np.random.default_rng([seed, epoch, 1]).permutation(len(self.ids))
 
     def load(self, index: int) -> dict[str, torch.Tensor]:
-        """Case ``index`` on the model grid, without pairing or augmentation (kept in memory
-        up to :data:`CACHE_BYTES`; the tensors are shared: do not change them in place)."""
+        """Case ``index`` on the model grid, without pairing or augmentation (see the class
+        docs on the cache)."""
         if index not in self._cache:
             item = self._read(index)
             size = sum(t.nbytes for t in item.values())
-            if self._cache_bytes + size > CACHE_BYTES:
+            if self._cached + size > self.cache_bytes or get_worker_info() is not None:
                 return item
             self._cache[index] = item
-            self._cache_bytes += size
+            self._cached += size
         return dict(self._cache[index])
 
     def _read(self, index: int) -> dict[str, torch.Tensor]:

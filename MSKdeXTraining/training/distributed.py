@@ -80,9 +80,12 @@ def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
     """All-reduce the mean of ``module``'s gradients over processes (one flat buffer)."""
     if info.world == 1:
         return
-    params = [p for p in module.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # parameters without a gradient (the same on every process: the same graph) stay without
+    # one, so the optimiser skips them as it does in one process
+    params = [p for p in module.parameters() if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat /= info.world
     offset = 0

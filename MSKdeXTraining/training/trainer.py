@@ -207,7 +207,7 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 def _write_log(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="")
+    w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     write_atomic(path, lambda p: p.write_text(buf.getvalue()))

@@ -71,6 +71,13 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "64", "--rows", "64"],
      "argument --rows: not allowed with argument --image-size"),
     (["prepare", "--out", "{tmp}/d"], "--cohort is required (unless --merge)"),
+    # --workers of every command that spreads work over processes (argparse, before any work)
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["cohort", "--n", "2", "--out", "{tmp}/d", "--workers", "-1"], "argument --workers: must be >= 1, got -1"),
+    (["assemble", "--pairs", "{tmp}/afile", "--objects", "synthetic", "--out", "{tmp}/d", "--workers", "0"],
+     "argument --workers: must be >= 1, got 0"),
+    (["ablation", "--data", "{tmp}", "--out", "{tmp}/d", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+    (["demo", "--out", "{tmp}/d", "--workers", "two"], "argument --workers: expected an integer >= 1, got 'two'"),
     # drr's geometry options: Geometry's errors come back as one line naming the options
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
      "geometry options: --pixel-spacing takes one or two values (mm), got 3"),

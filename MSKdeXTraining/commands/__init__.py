@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,17 @@ def progress_bar(desc: str, leave: bool = True) -> Iterator[Callable[[float, str
             bar.set_postfix_str(message, refresh=False)
             bar.refresh()
         yield update
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count option such as ``--workers``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def pixel_spacing_option(values: list[float] | None) -> tuple[float, float] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import progress_bar
+from . import positive_int, progress_bar
 from .evaluate import add_training_arguments
 
 HELP = ("Ablation of the OWIS weight lambda_is and the aligned-bone loss on one held-out fold; "
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bone-loss", choices=("both", "on", "off"), default="both",
                         help="with and/or without the aligned-bone loss L_B")
     parser.add_argument("--fold", type=int, default=0, help="held-out fold (0-based)")
-    parser.add_argument("--workers", type=int, help="parallel training processes (default: one per core, at most one per setting)")
+    parser.add_argument("--workers", type=positive_int, help="parallel training processes (default: one per core, at most one per setting)")
 
 
 def run(args: argparse.Namespace) -> int:

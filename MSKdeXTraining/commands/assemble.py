@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import progress_bar
+from . import positive_int, progress_bar
 
 HELP = ("Assemble your own paired CTs, label maps and radiographs (a CSV table) into a cohort folder "
         "with ground truth from the CT (layout mskdex-cohort v1), ready for mskdex prepare")
@@ -19,18 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object map of the label maps: a built-in name or a JSON file (it must name "
                              "the pelvis and the femur with sides)")
     parser.add_argument("--out", required=True, type=Path, help="cohort folder to write (resumed if it exists)")
-    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
     from ..cohort.assemble import assemble_cohort
-    from ..errors import InputError
     from ..fileio import refuse_overwrite
 
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers must be >= 1, got {args.workers}")
     refuse_overwrite(args.out, [args.pairs])
     with progress_bar("assemble") as progress:
         out = assemble_cohort(args.pairs, args.objects, args.out, args.workers, progress)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
-from . import progress_bar
+from . import positive_int, progress_bar
 
 HELP = "Generate a synthetic cohort of paired CTs and radiographs (layout mskdex-cohort v1)."
 
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resolution preset: " + "; ".join(
                             f"{k} = {v.ct_spacing_mm:g} mm CT, {v.detector_px}x{v.detector_px} "
                             f"detector at {v.pixel_mm:.2f} mm" for k, v in SIZES.items()))
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="parallel processes (default: all cores)")
     parser.add_argument("--templates", type=Path, nargs="+", default=None, metavar="DIR",
                         help="template folders (label map + template.json, see docs/cohort.md); "
@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise InputError(f"--n must be >= 1, got {args.n}")
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers must be >= 1, got {args.workers}")
     with progress_bar("cohort") as progress:
         out = generate_cohort(args.n, args.seed, args.out, args.size, args.workers,
                               args.templates, progress)

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import progress_bar
+from . import positive_int, progress_bar
 from .evaluate import add_training_arguments
 
 HELP = ("End-to-end demo: synthetic cohort from the bundled anatomy -> prepare -> train the small "
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=96, help="number of synthetic patients")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")
     parser.add_argument("--size", default="demo", help="cohort resolution preset (demo, full, test)")
-    parser.add_argument("--workers", type=int, help="processes for cohort and prepare (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, help="processes for cohort and prepare (default: all cores)")
     parser.add_argument("--registration", choices=("accurate", "fast"), default="accurate",
                         help="bone registration preset used by prepare (fast: fewer evaluations)")
     parser.add_argument("--dataset-px", type=int, default=128,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import progress_bar
+from . import positive_int, progress_bar
 
 HELP = ("Prepare a cohort for training: segmentation QC, bone registration, object-wise DRRs "
         "(default AP pose), aligned bone DRRs (registered poses), resampled radiographs; "
@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cols", type=int, help="dataset detector columns (with --rows)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",
                         help="prepare only cases with index %% N == I (for cluster jobs; default: 0/1, all)")
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=positive_int, help="processes (default: all cores)")
     parser.add_argument("--include-failed", action="store_true",
                         help="keep cases failing segmentation QC or registration (reasons stay "
                              "in the manifest)")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--cohort is required (unless --merge)")
     if (args.rows is None) != (args.cols is None):
         raise InputError("--rows and --cols go together; or use --image-size")
-    for option in ("image_size", "rows", "cols", "workers"):
+    for option in ("image_size", "rows", "cols"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise InputError(f"--{option.replace('_', '-')} must be >= 1, got {value}")

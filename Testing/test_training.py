@@ -1,6 +1,7 @@
 """Training backend: config, prepared-dataset reader, real training steps, exact resume, CLI."""
 
 import argparse
+import dataclasses
 import csv
 import json
 import math
@@ -360,6 +361,23 @@ def test_latest_checkpoint_is_the_highest_epoch(tmp_path):
         (tmp_path / f"epoch_{e:04d}.json").write_text("{}")
     (tmp_path / "epoch_0011.json.tmp").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "epoch_0010.json"
+
+
+def test_a_run_keeps_its_two_newest_checkpoints(dataset, tmp_path):
+    """Older checkpoints are deleted, tensors with their JSON; the newest still resumes."""
+    from MSKdeXTraining.training.checkpoint import prune_checkpoints, save_checkpoint
+
+    config = load_config("small", {**TINY, "epochs": 3, "checkpoint_every": 1})
+    run = train(config, dataset, tmp_path / "run")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_0002.json", "epoch_0002.safetensors", "epoch_0003.json", "epoch_0003.safetensors"]
+    resumed = train(dataclasses.replace(config, epochs=4), dataset, run, resume=True)
+    assert len(losses_of(resumed)) == 4
+    folder = tmp_path / "loose"
+    for epoch in (1, 5, 3):
+        save_checkpoint(folder, epoch, {"w": torch.zeros(2)})
+    assert [p.name for p in prune_checkpoints(folder, keep=1)] == ["epoch_0001.json", "epoch_0003.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_0005.json", "epoch_0005.safetensors"]
 
 
 def test_image_pool_draws_and_state():

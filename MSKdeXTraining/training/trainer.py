@@ -30,7 +30,7 @@ from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_jso
 from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, dump_config
 from .data import PreparedDataset, ok_ids, read_manifest, split_folds
 from .objective import LOSS_NAMES, Networks, Normalisation, Objective
@@ -437,4 +437,5 @@ def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools,
                  "ranks": ranks, "x_mean": norm.x_mean, "x_std": norm.x_std,
                  "scale": norm.scale.cpu(), **split}
         save_checkpoint(folder, epoch, state)
+        prune_checkpoints(folder)
     distributed.barrier(info)

@@ -25,10 +25,11 @@ import SimpleITK as sitk
 from .fileio import refuse_existing, refuse_overwrite, staged_folder, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
-from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, Progress, project_objects
+from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, project_objects
 from .errors import InputError
 from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
+from .progress import Progress
 from .qc import plausible_volume, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"

@@ -34,7 +34,6 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -50,11 +49,11 @@ from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .modelio import ORIENTATIONS
+from .progress import Progress
 from .radiograph_io import (HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, sidecar_path, stem as file_stem,
                            unit_range)
 from .training.data import resize
 
-Progress = Callable[[float, str], None]
 
 TABLE_FORMAT = "mskdex-decomposition"
 TABLE_VERSION = 2

@@ -31,7 +31,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +48,13 @@ from .imaging.registration import (RegistrationSettings, read_xray,
 from .imaging.volume import read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
 from .parallel import run_jobs
+from .progress import Progress
 from .qc import segmentation_qc
 from .radiograph_io import unit_range
 from .training.data import FORMAT, VERSION  # the dataset format its reader defines
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
 MAX_LOST_FRACTION = 0.005
-
-Progress = Callable[[float, str], None]
 
 
 def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:

@@ -7,7 +7,7 @@ raises :class:`Cancelled` at the next call after :meth:`ProgressRelay.cancel`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from MSKdeXTraining.progress import Progress
 
 
 class Cancelled(RuntimeError):
@@ -17,7 +17,7 @@ class Cancelled(RuntimeError):
 class ProgressRelay:
     """A ``progress(fraction, message)`` callback that forwards to ``report`` and can be cancelled."""
 
-    def __init__(self, report: Callable[[float, str], None] | None = None):
+    def __init__(self, report: Progress | None = None):
         self.report = report
         self.cancelled = False
         self.fraction = 0.0

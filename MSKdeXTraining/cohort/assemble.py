@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
+from ..progress import Progress
 from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
                              check_magnification, read_radiograph, unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
@@ -46,8 +47,6 @@ REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
 OPTIONAL_COLUMNS = ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")
 #: Plausible median HU inside the muscle labels of a CT in HU (lean muscle ~50, fatty ~-50).
 MUSCLE_HU_RANGE = (-200.0, 200.0)
-
-Progress = Callable[[float, str], None]
 
 
 def read_pairs(table: Path) -> list[dict]:

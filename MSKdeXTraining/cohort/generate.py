@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume, detector_image
 from ..objects import ObjectMap
 from ..parallel import run_jobs
+from ..progress import Progress
 from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
                       template_settings)
@@ -45,8 +45,6 @@ VERSION = 1
 #: 4: fat infiltration = a systemic (patient) level + a per-muscle deviation.
 #: 5: soft tissue held to the bones near it and volume-corrected without flux into them.
 GENERATOR_VERSION = 5
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import InputError
+from ..progress import Progress
 
 
 @contextmanager
-def progress_bar(desc: str, leave: bool = True) -> Iterator[Callable[[float, str], None]]:
+def progress_bar(desc: str, leave: bool = True) -> Iterator[Progress]:
     """Yield a ``progress(fraction, message)`` callback that moves a 0-100 % tqdm bar and shows
     the latest message (the one bar format the Slicer module parses from a child process)."""
     from tqdm import tqdm

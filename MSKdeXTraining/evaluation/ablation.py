@@ -9,7 +9,6 @@ parallel worker processes, the available cores split evenly between them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ from ..errors import InputError
 from ..fileio import write_json
 from ..objects import DISPLAY_NAMES
 from ..parallel import run_jobs, worker_count
+from ..progress import Progress
 from .crossval import Predictions, anova, run_folds
 from .report import Section, Table, anova_table, markdown, write_csv, write_html, write_markdown
 
-Progress = Callable[[float, str], None]
 LAMBDAS = (0.0, 100.0, 1000.0)
 BONE_LOSS = (False, True)
 

@@ -17,7 +17,6 @@ checkpoint)::
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,12 +27,12 @@ from ..calibration import write_calibration
 from ..errors import InputError
 from ..fileio import file_sha256, read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
+from ..progress import Progress
 from . import metrics
 
 if TYPE_CHECKING:
     import torch
 
-Progress = Callable[[float, str], None]
 PRED_FORMAT = "mskdex-predictions"
 PRED_VERSION = 1
 #: Columns of predictions.csv: one row per case and object (cm3, g).

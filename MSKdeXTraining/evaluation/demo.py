@@ -9,13 +9,12 @@ patients, report.html with figures). Every stage is resumable, so re-running wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InputError
+from ..progress import Progress
 from .crossval import Predictions, evaluate
 
-Progress = Callable[[float, str], None]
 #: Share of the total time each stage takes (for the progress fraction).
 STAGES = (("cohort", 0.15), ("prepare", 0.35), ("evaluate", 0.5))
 

@@ -24,7 +24,7 @@ detector); MDRR - g/cm2.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,6 +33,7 @@ import torch
 
 from ..errors import InputError
 from ..objects import ObjectMap
+from ..progress import Progress
 from . import hu as hu_conv
 from .geometry import Geometry, check_pose
 from .volume import Volume, check_same_grid
@@ -65,8 +66,6 @@ MAX_FOOTPRINT_PX = 1.0
 #: Voxels per processing chunk (CPU); the GPU takes larger chunks.
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 22
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass

@@ -16,7 +16,6 @@ import json
 import platform
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from ..errors import InputError
 from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
+from ..progress import Progress
 from . import distributed
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, dump_config
@@ -36,7 +36,6 @@ from .data import PreparedDataset, ok_ids, read_manifest, split_folds
 from .objective import LOSS_NAMES, Networks, Normalisation, Objective
 from .pool import ImagePool
 
-Progress = Callable[[float, str], None]
 LOG_COLUMNS = ("epoch", "lr", "lambda_is", "seconds") + LOSS_NAMES
 #: Shrinkage of the feature covariance towards its mean variance (OOD statistics).
 COV_SHRINKAGE = 0.1

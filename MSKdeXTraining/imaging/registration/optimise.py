@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from scipy import ndimage, optimize
 
 from ...errors import InputError
+from ...progress import Progress
 from ..geometry import Geometry, apply, default_ap_pose, resample_image, rigid
 from ..similarity import sobel
 from ..volume import Volume
 from .render import BodyRenderer
-from .settings import Level, Progress, RegistrationResult, RegistrationSettings
+from .settings import Level, RegistrationResult, RegistrationSettings
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:

@@ -8,11 +8,12 @@ import numpy as np
 
 from ...errors import InputError
 from ...objects import ObjectMap
+from ...progress import Progress
 from ..geometry import Geometry, default_ap_pose
 from ..volume import Volume
 from .bodies import default_isocenter, femoral_head_center, rigid_bodies
 from .optimise import register_bone
-from .settings import Progress, RegistrationResult, RegistrationSettings
+from .settings import RegistrationResult, RegistrationSettings
 
 
 def _require_voxels(labels: Volume, bodies: dict[str, tuple[int, ...]], source: str) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ...errors import InputError
+from ...progress import Progress
 from ..geometry import Geometry
-
-Progress = Callable[[float, str], None]
 
 
 #: GC (at the radiograph's resolution, inside the bone region) below which a registration

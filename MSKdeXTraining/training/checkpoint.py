@@ -72,7 +72,7 @@ def save_checkpoint(folder: str | Path, epoch: int, state: dict) -> Path:
                                                  "tensors": f"{stem}.safetensors", "state": structure})
 
 
-def _checkpoints(folder: Path) -> list[Path]:
+def _checkpoints(folder: str | Path) -> list[Path]:
     """JSON paths of the checkpoints in ``folder``, oldest epoch first."""
     found = sorted((int(m.group(1)), p) for p in Path(folder).glob("epoch_*.json")
                    if (m := _NAME.match(p.name)))
@@ -81,7 +81,7 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
     """JSON path of the checkpoint with the highest epoch in ``folder`` (None if none)."""
-    found = _checkpoints(Path(folder))
+    found = _checkpoints(folder)
     return found[-1] if found else None
 
 
@@ -89,7 +89,7 @@ def prune_checkpoints(folder: str | Path, keep: int = KEEP) -> list[Path]:
     """Delete all but the ``keep`` (>= 1) newest checkpoints in ``folder``; returns the JSON
     paths deleted. Each JSON goes first, so a prune cut short leaves no checkpoint without
     its tensors."""
-    old = _checkpoints(Path(folder))[:-max(keep, 1)]
+    old = _checkpoints(folder)[:-max(keep, 1)]
     for path in old:
         path.unlink()
         path.with_suffix(".safetensors").unlink(missing_ok=True)

@@ -181,14 +181,15 @@ class PreparedDataset(Dataset):
     def load(self, index: int) -> dict[str, torch.Tensor]:
         """Case ``index`` on the model grid, without pairing or augmentation (see the class
         docs on the cache)."""
-        if index not in self._cache:
-            item = self._read(index)
-            size = sum(t.nbytes for t in item.values())
-            if self._cached + size > self.cache_bytes or get_worker_info() is not None:
-                return item
+        if index in self._cache:
+            return dict(self._cache[index])
+        item = self._read(index)
+        size = sum(t.nbytes for t in item.values())
+        if get_worker_info() is None and self._cached + size <= self.cache_bytes:
             self._cache[index] = item
             self._cached += size
-        return dict(self._cache[index])
+            return dict(item)
+        return item
 
     def _read(self, index: int) -> dict[str, torch.Tensor]:
         from ..modelio import read_safetensors

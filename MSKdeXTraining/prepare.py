@@ -7,6 +7,8 @@ Per case (docs/formats.md, "Prepared dataset v2"):
 2. 2D/3D registration of the pelvis and each femur to the radiograph, at the radiograph's own
    geometry (:func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
    is below the threshold marks the case excluded (reason recorded) unless ``include_failed``;
+   an object projecting partly off the detector always excludes it: its DRR sums would fall
+   short of the CT truth, a wrong target rather than a QC verdict to overrule;
 3. rendering on the case's *matched* detector (:meth:`Geometry.matched`: the dataset
    detector's pixels, the case's own source distances, the pixel spacing scaled by the case's
    magnification over the dataset's, so every case shows its patient at the same pixel size at
@@ -134,7 +136,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
                                 f"(> {MAX_LOST_FRACTION:.1%} lost): {outside}")
     entry["geometry"] = g.to_json()
     entry["file"] = f"cases/{case_id}.safetensors"
-    entry["status"] = "ok" if include_failed or not entry["reasons"] else "excluded"
+    entry["status"] = "ok" if not outside and (include_failed or not entry["reasons"]) else "excluded"
     with atomic_path(out / entry["file"]) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT, "version": str(VERSION), "id": case_id})
     return _finish(entry, out, t0)

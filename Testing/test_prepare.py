@@ -224,14 +224,17 @@ def test_each_femur_is_rendered_at_its_own_pose():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_objects_outside_the_detector_exclude_the_case(cohort, tmp_path):
-    """A dataset detector covering half the field of view: every case loses
-    objects off the detector and is excluded with that reason."""
+@pytest.mark.parametrize("include_failed", [False, True])
+def test_objects_outside_the_detector_exclude_the_case(cohort, tmp_path, include_failed):
+    """A dataset detector covering half the field of view: every case loses objects off the
+    detector and is excluded with that reason, also with ``include_failed`` (which keeps
+    failed QC or registration, not targets whose sums fall short of the truth)."""
     from MSKdeXTraining.prepare import dataset_geometry, prepare_dataset
 
     g = dataset_geometry(cohort, 32)
     small = replace(g, pixel_spacing=tuple(s / 2 for s in g.pixel_spacing))
-    out = prepare_dataset(cohort, tmp_path / "ds", small, workers=1, settings=CHEAP)
+    out = prepare_dataset(cohort, tmp_path / "ds", small, workers=1, settings=CHEAP,
+                          include_failed=include_failed)
     m = json.loads((out / "manifest.json").read_text())
     for c in m["cases"][:2]:
         assert c["qc"]["drr_lost_fraction"] > 0.005

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, help="processes (default: all cores)")
     parser.add_argument("--include-failed", action="store_true",
                         help="keep cases failing segmentation QC or registration (reasons stay "
-                             "in the manifest)")
+                             "in the manifest); objects off the detector still exclude a case")
     parser.add_argument("--preset", default="accurate", choices=PRESETS,
                         help="registration settings: accurate or fast")
     parser.add_argument("--merge", action="store_true",

@@ -221,6 +221,22 @@ def _environment(info: distributed.DistInfo) -> dict:
     return env
 
 
+def _record_environment(path: Path, info: distributed.DistInfo, start: int) -> None:
+    """Write the environment of a run (``start`` 0) or, on a resume from epoch ``start``, add
+    it to the list ``resumes`` of the existing record: which machine trained which epochs."""
+    env = _environment(info)
+    if start and path.is_file():
+        first = read_json_object(path, (), InputError)
+        env = {**first, "resumes": [*first.get("resumes", []), {"after_epoch": start, **env}]}
+    write_json(path, env)
+
+
+#: Config fields a resume may change: how long to train and how the run is driven, none of
+#: which changes what an epoch computes (data loader workers read the same cases in the same
+#: order; every random draw of the data is seeded by case and epoch).
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "num_workers")
+
+
 def _check_resume_config(out: Path, config: TrainConfig) -> None:
     import yaml
     path = out / "config.yaml"
@@ -231,10 +247,10 @@ def _check_resume_config(out: Path, config: TrainConfig) -> None:
     if not isinstance(old, dict):
         raise InputError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
     new = config.to_dict()
-    diff = sorted(k for k in set(old) | set(new) if k != "epochs" and old.get(k) != new.get(k))
+    diff = sorted(k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))
     if diff:
         raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
-                         "only 'epochs' may change")
+                         f"only {', '.join(map(repr, RESUME_MAY_CHANGE))} may change")
 
 
 #: Manifest fields that may differ between copies of one dataset (where its cohort lies; the
@@ -352,7 +368,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         if config.epochs < start:
             raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
                              f"{start} (now {config.epochs})")
-        if info.main:  # the config may differ in 'epochs' only (_check_resume_config)
+        if info.main:  # the config may differ in RESUME_MAY_CHANGE only (_check_resume_config)
             write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
     else:
         norm = normalisation(ds)
@@ -362,7 +378,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
             write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
             write_json(out / "manifest.json", manifest)
     if info.main:
-        write_json(out / "environment.json", _environment(info))
+        _record_environment(out / "environment.json", info, start)
     rows = _read_log(out / "log.csv", start) if info.main else []
 
     objective.norm = norm

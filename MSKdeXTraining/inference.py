@@ -67,6 +67,9 @@ MIN_COVERAGE = 0.8
 #: the training radiographs' mean layout by more than this (a film upside down, sideways or
 #: with bone dark: r 0.89-0.99 upright on the demo's films, <= 0.73 turned, < 0 inverted).
 ORIENTATION_MARGIN = 0.1
+#: Below this Pearson r, turned or inverted, a film's layout resembles the training films' in no
+#: orientation (noise, another body part): then no correction is named.
+LAYOUT_UNLIKE = 0.5
 
 
 @dataclass
@@ -377,8 +380,9 @@ class Decomposer:
 
 def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
     """(reason, features) of the orientation check; reason "" when the film is upright and
-    bone bright (or nothing beats that by :data:`ORIENTATION_MARGIN`); None when the model
-    has no layout statistics."""
+    bone bright (or nothing beats that by :data:`ORIENTATION_MARGIN`), and a reason naming no
+    correction when no orientation reaches :data:`LAYOUT_UNLIKE`; None when the model has no
+    layout statistics."""
     if "layout_r" not in scores:
         return None
     r = float(scores["layout_r"][0])
@@ -389,6 +393,10 @@ def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
         candidates[f"{name} and inverted"] = -turned
     best = max(candidates, key=candidates.get)
     feats = {"layout_r": r, "layout_r_best_other": candidates[best]}
+    if max(r, candidates[best]) < LAYOUT_UNLIKE:
+        return (f"the film's layout is unlike the training films' in every orientation (correlation "
+                f"{r:.2f} as given, at most {candidates[best]:.2f} turned or inverted; "
+                f"< {LAYOUT_UNLIKE}): is it a hip radiograph?", feats)
     if candidates[best] <= r + ORIENTATION_MARGIN:
         return "", feats
     # near ties (a top-bottom flip and a 180-degree turn differ by a left-right mirror): name all

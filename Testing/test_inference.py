@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MSKdeXTraining.commands import decompose as decompose_cmd
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import per_pixel_area
-from MSKdeXTraining.inference import (OOD_Z, ORIENTATION_MARGIN, Decomposer, decompose_files, output_names, sample_augmentations,
+from MSKdeXTraining.inference import (OOD_FEATURE, OOD_Z, ORIENTATION_MARGIN, Decomposer, decompose_files, output_names, sample_augmentations,
                                       to_detector)
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
@@ -77,6 +78,46 @@ def test_table_equals_drr_sums(trained, decomposer):
         decomposer.decompose(toy_radiograph(trained[0], 5), tta=2, seed=-1)
 
 
+class _Oracle(torch.nn.Module):
+    """A generator that outputs one case's training target in scaled units, whatever its
+    input (its features, for the OOD check, are the trained generator's)."""
+
+    def __init__(self, generator: torch.nn.Module, target: torch.Tensor) -> None:
+        super().__init__()
+        self.generator, self.target = generator, target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.target[None].expand(len(x), *self.target.shape)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator.pooled_features(x)
+
+
+def test_a_perfect_generator_tabulates_the_ct_truth(trained, decomposer):
+    """G replaced by one that outputs a case's training target exactly (divided by the
+    model's scale, as training divides it): the table is that case's 3D CT truth, at the
+    model's magnification and at another one, so the scale constants, the training targets'
+    pixel area and the detector's area chain into cm3 and g."""
+    data, run = trained
+    ds = PreparedDataset(data, size=decomposer.geometry.shape)
+    train_ids = json.loads((run / "model.json").read_text())["split"]["train_ids"]
+    on_train = [ds.load(ds.ids.index(c))["drr"].double().mean(dim=(-1, -2)) for c in train_ids]
+    scale = decomposer.model.scale  # the training cases' mean pixel per channel (physical units)
+    torch.testing.assert_close(scale.double(), torch.stack(on_train).mean(dim=0), rtol=1e-5, atol=0)
+    item = ds.load(5)
+    oracle = copy.copy(decomposer.model)
+    oracle.generator = _Oracle(oracle.generator, item["drr"] / scale[:, :, None, None])
+    perfect = Decomposer(oracle)
+    r = toy_radiograph(data, 5)
+    m_ref = decomposer.geometry.magnification
+    for m in (m_ref, 1.1 * m_ref):
+        film = Radiograph(r.array, tuple(m / m_ref * s for s in r.pixel_spacing), {**r.source, "magnification": m})
+        table = perfect.decompose(film, tta=2).table
+        np.testing.assert_allclose([row["volume_cm3"] for row in table], item["volume_cm3"], rtol=1e-5)
+        np.testing.assert_allclose([row["mass_g"] for row in table], item["mass_g"], rtol=1e-5)
+    assert item["mass_g"].min() > 0
+
+
 def test_magnification_is_matched(trained, decomposer):
     """A radiograph magnified 1.1x more on 1.1x larger pixels shows the same scale at the
     isocentre: the same model input, a 1.1x matched detector, the same table."""
@@ -126,13 +167,29 @@ def test_ood_flags(trained, decomposer):
     inside = decomposer.decompose(toy_radiograph(trained[0], 0), tta=1)  # a training case
     assert not inside.ood.flag, inside.ood.reasons
     rng = np.random.default_rng(0)
-    noise = Radiograph(rng.random((240, 240)).astype(np.float32), (1.0, 1.0), {"bits_stored": 32})
+    # noise on the model's pixels (240 mm field): each check flags it on its own
+    noise = Radiograph(rng.random((32, 32)).astype(np.float32), (7.5, 7.5), {"bits_stored": 32})
     flagged = decomposer.decompose(noise, tta=1)
-    # 6 training films of 12 features: the leave-one-out threshold is wide, the score still higher
     assert flagged.ood.flag and flagged.ood.score > 2 * inside.ood.score
+    assert flagged.ood.features["intensity_z"] > OOD_Z
+    assert any(r.startswith("intensity statistics") for r in flagged.ood.reasons)
+    assert any(r.startswith("the film's layout is unlike the training films' in every orientation")
+               for r in flagged.ood.reasons)
+    assert not any("better after this correction" in r for r in flagged.ood.reasons)  # no turn named
+    # its features are far from the training films' too, but within the wide threshold of 6
+    # films; with the threshold where the noise is 1.2 x its flag level, they flag it, not the film
+    s_noise, s_inside = (r.ood.features["feature_score"] for r in (flagged, inside))
+    assert s_noise > 3 * s_inside
+    strict = copy.copy(decomposer.model)
+    strict.meta = copy.deepcopy(strict.meta)
+    strict.meta["ood"]["feature_p99"] *= s_noise / (1.2 * OOD_FEATURE)
+    by_features = Decomposer(strict).decompose(noise, tta=1).ood
+    assert any(r.startswith("image features unlike the training radiographs") for r in by_features.reasons)
+    assert not Decomposer(strict).decompose(toy_radiograph(trained[0], 0), tta=1).ood.flag
     colour = toy_radiograph(trained[0], 0)
     colour.source["colour"] = True
-    assert decomposer.decompose(colour, tta=1).ood.flag
+    coloured = decomposer.decompose(colour, tta=1).ood
+    assert coloured.flag and any(r.startswith("colour image") for r in coloured.reasons)
     raw = toy_radiograph(trained[0], 0)
     raw.source["presentation_intent"] = "FOR PROCESSING"  # a DICOM of raw detector data
     raw.source["direction"] = [1.0, 0.0, 0.0, -1.0]

@@ -56,6 +56,8 @@ def test_ood_scores_flag_foreign_images(run):
     own, foreign = model.ood(train_x), model.ood(noise)
     assert own["feature_score"].max() < 1.05  # scores are relative to the training p99
     assert foreign["intensity_z"].min() > own["intensity_z"].max()
+    # the features separate them too; with 4 training films the leave-one-out threshold is wide
+    assert foreign["feature_score"].min() > 3 * own["feature_score"].max()
     stats = model.meta["ood"]
     # the orientation statistics recomputed with numpy: 8 x 8 block means of the 24 px films
     # (3 x 3 pixels each), their mean, and each film's Pearson r with it

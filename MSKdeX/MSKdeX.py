@@ -95,12 +95,12 @@ class MSKdeXParameterNode:
 
 
 class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel. ``logic`` can be passed in (tests drive the buttons with their own)."""
+    """The module panel."""
 
-    def __init__(self, parent=None, logic: MSKdeXLogic | None = None) -> None:
+    def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = logic
+        self.logic: MSKdeXLogic | None = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._relay: ProgressRelay | None = None
@@ -117,7 +117,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.logic = self.logic or MSKdeXLogic()
+        self.logic = MSKdeXLogic()
         self.ui.objectMapLineEdit.toolTip = f"Built-in object map ({', '.join(builtin_maps())}) or a JSON file"
         self.ui.trainLogTextEdit.maximumBlockCount = LOG_LINES
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -140,6 +140,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.onCancelWork()  # in-process work stops at its next progress report
         self.removeObservers()
         self._timer.stop()
         if self._training is not None:
@@ -184,7 +185,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _runWork(self, what: str, work) -> None:
         """Run ``work(progress)``; the progress callback updates the bar, processes GUI events
         (so Cancel works) and raises Cancelled at its next call once Cancel is clicked (no error
-        shown then). A step clicked while another runs (through those events) is ignored."""
+        shown then). A step clicked while another runs (through those events) is ignored. What
+        ``work`` returns (a summary, or None) ends the status line."""
         def report(fraction: float, text: str) -> None:
             self.ui.workProgressBar.value = int(100 * fraction)
             self.ui.statusLabel.text = text
@@ -199,8 +201,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("{what} failed.").format(what=what), waitCursor=True):
                 try:
                     report(0.0, f"{what}...")
-                    work(relay)
-                    outcome = "done"
+                    summary = work(relay)
+                    outcome = f"done, {summary}" if summary else "done"
                 except Cancelled:
                     outcome = "stopped"
         finally:
@@ -223,9 +225,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = ("Installed: " + ", ".join(installed)) if installed else "All dependencies present."
 
     def onSegmentationQC(self) -> None:
-        if self._relay is not None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Segmentation QC failed."), waitCursor=True):
+        def work(progress: ProgressRelay) -> str:
             rows = self.logic.segmentationQC(self._parameterNode)
             table = self.ui.qcTableWidget
             columns = list(rows[0]) if rows else []
@@ -240,7 +240,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         item.setBackground(qt.QBrush(qt.QColor(*QC_COLOURS[row["status"]])))
                     table.setItem(r, c, item)
             failed = [row["object"] for row in rows if row["status"] == "failed"]
-            self.ui.statusLabel.text = f"QC: {len(failed)} object(s) failed: {', '.join(failed)}" if failed else "QC: all objects passed."
+            return f"{len(failed)} object(s) failed: {', '.join(failed)}" if failed else "all objects passed"
+
+        self._runWork("Segmentation QC", work)
 
     def onComputeDRRs(self) -> None:
         def work(progress: ProgressRelay) -> None:
@@ -258,9 +260,10 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if layer is None:
             return
         if p.radiograph is not None:
-            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6, fit=True)
+            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
+                                             fit=True, rotateToVolumePlane=True)
         else:
-            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True)
+            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True, rotateToVolumePlane=True)
 
     def onRegister(self, redo: bool = False) -> None:
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
@@ -270,7 +273,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result, layer = self.logic.register(self._parameterNode, progress, redo)
             self.ui.gcLabel.text = f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
             slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=layer,
-                                             foregroundOpacity=0.5, fit=True)
+                                             foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
             self._registeredBone, self.ui.acceptPoseButton.enabled = bone, True
 
         self._runWork(f"Registering {self._parameterNode.bone}", work)
@@ -337,7 +340,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.app.applicationLogic().PropagateTableSelection()
         first = out.layers[(out.decomposition.names[0], "mdrr")]
         slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=first,
-                                         foregroundOpacity=0.5, fit=True)
+                                         foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
 
 
 class MSKdeXLogic(ScriptedLoadableModuleLogic):

@@ -222,12 +222,16 @@ class Decomposer:
         return cls(model, calibration=read_calibration(run, model.origin["weights_sha256"],
                                                        list(model.meta["objects"])))
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(B, H, W) model inputs in [0, 1] -> (B, 3, N, H, W) float32 physical DRRs."""
+    def predict(self, x: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """(B, H, W) model inputs in [0, 1] -> (B, 3, N, H, W) float32 physical DRRs;
+        ``progress`` gets the fraction done after each batch."""
         outs = []
         for b in range(0, len(x), self.batch_size):
             t = torch.from_numpy(np.ascontiguousarray(x[b:b + self.batch_size], np.float32))[:, None]
             outs.append(self.model.predict(t).float().cpu().numpy())
+            if progress is not None:
+                done = min(b + self.batch_size, len(x))
+                progress(done / len(x), f"predicting: {done} of {len(x)} images")
         return np.concatenate(outs)
 
     def detector(self, radiograph: Radiograph) -> Geometry:
@@ -272,7 +276,8 @@ class Decomposer:
         x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)
         report(0.1, "predicting")
-        drrs = per_pixel_area(self.predict(np.stack([a.apply(x) for a in augs])),
+        drrs = per_pixel_area(self.predict(np.stack([a.apply(x) for a in augs]),
+                                           lambda f, m: report(0.1 + 0.8 * f, m)),
                               self.geometry.pixel_area_cm2, detector.pixel_area_cm2)
         report(0.9, "tabulating")
         sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * detector.pixel_area_cm2  # (T, 3, N)

@@ -76,6 +76,12 @@ def test_table_equals_drr_sums(trained, decomposer):
     assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
     with pytest.raises(InputError, match="seed must be >= 0, got -1"):
         decomposer.decompose(toy_radiograph(trained[0], 5), tta=2, seed=-1)
+    reports = []  # progress after each batch of 4 augmented images, so a GUI stays responsive
+    decomposer.decompose(toy_radiograph(trained[0], 5), tta=8, progress=lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _ in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [m for _, m in reports if m.startswith("predicting:")] == ["predicting: 4 of 8 images",
+                                                                       "predicting: 8 of 8 images"]
 
 
 class _Oracle(torch.nn.Module):

@@ -111,6 +111,29 @@ def test_segmentation_round_trip_is_exact(example):
     assert back.grid_differences(labels) == []
 
 
+def test_a_segmentation_under_another_transform_than_the_ct_is_refused():
+    """Slicer's export would move the labels by the segmentation's transform (checked here
+    first); the bridge refuses that, and reads the labels once both share the transform."""
+    from MSKdeXTraining.imaging.volume import Volume
+
+    scene = slicer.vtkMRMLScene()
+    ct = Volume(np.zeros((20, 20, 20), np.int16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    array = np.zeros((20, 20, 20), np.uint8)
+    array[5:10, 5:10, 5:10] = 1
+    ct_node = volume_to_node(ct, scene, "CT")
+    seg = labels_to_segmentation(ct.with_array(array), scene, "seg", {1: "gluteus_medius_left"})
+    pose = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "MSKdeX aligned pelvis pose")
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 6.0)  # 6 mm (3 voxels) along R
+    pose.SetMatrixTransformToParent(shift)
+    seg.SetAndObserveTransformNodeID(pose.GetID())
+    with pytest.raises(InputError, match=r"segmentation 'seg': it is under transform 'MSKdeX aligned pelvis "
+                                         r"pose', the CT 'CT' under no transform"):
+        labels_from_segmentation(seg, ct_node)
+    ct_node.SetAndObserveTransformNodeID(pose.GetID())
+    assert np.array_equal(labels_from_segmentation(seg, ct_node).array, array)
+
+
 def test_segments_are_matched_by_name(example):
     """A segmentation made elsewhere (no MSKdeX tags) is read by object-map segment names."""
     scene, objects = example["scene"], example["objects"]
@@ -516,6 +539,38 @@ def test_requirements_detection(tmp_path):
     path.write_text("numpy>=1.0\nnot a requirement!\n")
     with pytest.raises(ValueError, match=r"requirements.txt:2: not a valid requirement"):
         read_requirements(path)
+
+
+def test_missing_requirements_are_installed_the_way_slicer_offers(tmp_path, monkeypatch):
+    """Slicer 5.11+: slicer.pydeps.pip_ensure gets the Requirement objects (and asks the user
+    itself); older Slicer: the confirm callback, then slicer.util.pip_install. A package still
+    missing afterwards, or a declined installation, is an error naming it."""
+    import types
+
+    import slicer
+    import slicer.util
+    from packaging.requirements import Requirement
+
+    from MSKdeXLib.dependencies import ensure_requirements
+
+    path = tmp_path / "requirements.txt"
+    path.write_text("numpy>=1.0\nno-such-package-mskdex>=1\n")
+    calls = []
+    monkeypatch.setattr(slicer.util, "pip_install", lambda names: calls.append(("pip_install", names)),
+                        raising=False)
+    with pytest.raises(RuntimeError, match=r"installation declined"):
+        ensure_requirements(lambda text: "no-such-package-mskdex>=1" in text and False, path)
+    assert calls == []
+    with pytest.raises(RuntimeError, match=r"still missing after installation: no-such-package-mskdex>=1"):
+        ensure_requirements(lambda text: True, path)
+    assert calls == [("pip_install", ["no-such-package-mskdex>=1"])]
+    pydeps = types.ModuleType("slicer.pydeps")
+    pydeps.pip_ensure = lambda reqs, requester: calls.append(("pip_ensure", reqs, requester))
+    monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
+    monkeypatch.setattr(slicer, "pydeps", pydeps, raising=False)
+    with pytest.raises(RuntimeError, match=r"still missing after installation"):
+        ensure_requirements(lambda text: pytest.fail("pip_ensure asks the user itself"), path)
+    assert calls[-1] == ("pip_ensure", [Requirement("no-such-package-mskdex>=1")], "MSKdeX")
 
 
 def test_slicer_side_unittests_pass():

@@ -101,7 +101,10 @@ class BackendProcess:
             self._process = subprocess.Popen(
                 self.command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, bufsize=0,
-                start_new_session=(os.name == "posix"))
+                # its own process group, so cancel stops what it starts (Slicer's launcher
+                # on Windows starts python-real.exe, which outlives a terminated launcher)
+                start_new_session=(os.name == "posix"),
+                creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
         except OSError as e:
             raise RuntimeError(f"cannot start {self.command[0]!r}: {e}") from None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -204,7 +207,8 @@ class BackendProcess:
         try:
             if os.name == "posix":
                 os.killpg(self._process.pid, sig)
-            else:
-                self._process.terminate()
+            elif self._process.poll() is None:  # Windows: the whole tree, at once
+                subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._process.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         except ProcessLookupError:
             pass

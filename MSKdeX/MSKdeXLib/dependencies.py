@@ -2,7 +2,7 @@
 
 torch comes from the PyTorch extension (its PyTorchUtils module picks the right CPU/CUDA
 build); the other packages are listed in ``Resources/requirements.txt`` and installed with
-``slicer.packaging.pip_ensure`` (Slicer 5.12+, which asks the user itself) or, on older
+``slicer.pydeps.pip_ensure`` (Slicer 5.11+, which asks the user itself) or, on older
 Slicer, ``slicer.util.pip_install`` after the ``confirm`` callback agrees. Nothing here
 imports Qt: the widget passes its confirmation dialog in as ``confirm``.
 """
@@ -88,7 +88,7 @@ def ensure_torch() -> None:
 def ensure_requirements(confirm: Callable[[str], bool], path: str | Path = REQUIREMENTS) -> list[str]:
     """Install the missing packages of ``path`` after the user agrees; returns what was missing.
 
-    Uses ``slicer.packaging.pip_ensure`` where Slicer has it (it shows its own prompt and
+    Uses ``slicer.pydeps.pip_ensure`` where Slicer has it (5.11+: it shows its own prompt and
     progress), else asks ``confirm(message)`` and calls ``slicer.util.pip_install``.
     Raises RuntimeError when the user declines.
     """
@@ -96,11 +96,12 @@ def ensure_requirements(confirm: Callable[[str], bool], path: str | Path = REQUI
     if not missing:
         return []
     names = [str(r) for r in missing]
-    import slicer
-
-    packaging_module = getattr(slicer, "packaging", None)
-    if packaging_module is not None and hasattr(packaging_module, "pip_ensure"):
-        packaging_module.pip_ensure(names, requester="MSKdeX")
+    try:
+        from slicer import pydeps
+    except ImportError:  # Slicer before 5.11
+        pydeps = None
+    if pydeps is not None:
+        pydeps.pip_ensure(missing, requester="MSKdeX")
     else:
         if not confirm(f"MSKdeX needs these Python packages: {', '.join(names)}. Install them now?"):
             raise RuntimeError(f"MSKdeX cannot run without {', '.join(names)} (installation declined)")

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 #: Names of the output nodes (a re-run updates the same nodes).
 DRR_PREFIX = "MSKdeX DRR"
-ALIGNED_PREFIX = "MSKdeX aligned"
 RESULT_PREFIX = "MSKdeX"
 TABLE_NAME = "MSKdeX results"
 CHART_NAME = "MSKdeX results chart"
@@ -136,7 +135,8 @@ class Pipeline:
         not accepted: InputError), and from the AP view when there is none."""
         from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
 
-        from .pose_nodes import is_accepted, pose_from_transform_node, pose_node_name, pose_to_transform_node
+        from .pose_nodes import (ALIGNED_PREFIX, is_accepted, pose_from_transform_node, pose_node_name,
+                                 pose_to_transform_node)
 
         bodies = rigid_bodies(objects)
         if body not in bodies:
@@ -222,8 +222,11 @@ class Pipeline:
                                 "or choose 'from the file'")
             radiograph.source.update(magnification=float(magnification),
                                      magnification_field="given in MSKdeX (Magnification)")
+        report = progress or (lambda f, m: None)
+        report(0.0, "loading the model")
         decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")
         result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
+        report(1.0, "adding the layers and the results table")
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,
                             RESULT_PREFIX, radiograph_node)
         if table_node is None:

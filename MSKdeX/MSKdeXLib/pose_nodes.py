@@ -2,8 +2,10 @@
 
 A registered pose ``P`` of a bone and the reference (default AP) pose ``P0`` of the CT
 differ by a motion of the bone in the world: ``M = P0^-1 @ P`` (LPS). The transform node
-holds ``M`` in RAS as its transform to parent, so a bone model or segment placed under it
-shows where the registration put the bone. The raw poses are kept as node attributes.
+holds ``M`` in RAS as its transform to parent, so a bone model or a copy of the segmentation
+placed under it shows where the registration put the bone (the segmentation the pipeline reads
+must stay with the CT: one under another transform is refused). The raw poses are kept as node
+attributes.
 """
 
 from __future__ import annotations
@@ -23,18 +25,21 @@ GC_ATTRIBUTE = "MSKdeX.GradientCorrelation"
 ACCEPTED_ATTRIBUTE = "MSKdeX.Accepted"
 
 
+#: Name prefix of a registration's nodes: its pose transforms and aligned bone DRR layers.
+ALIGNED_PREFIX = "MSKdeX aligned"
+
+
 def pose_node_name(body: str) -> str:
     """Name of the transform node holding the registered pose of ``body`` (e.g. ``pelvis``)."""
-    return f"MSKdeX aligned {body} pose"
+    return f"{ALIGNED_PREFIX} {body} pose"
 
 
 def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, name: str,
-                           node=None, gc: float | None = None):
-    """Create or update a linear transform node for ``pose`` relative to ``reference_pose``."""
+                           gc: float | None = None):
+    """Create or update (by ``name``) a linear transform node for ``pose`` relative to ``reference_pose``."""
     pose, reference_pose = check_pose(pose, name), check_pose(reference_pose, name)
     motion_lps = np.linalg.inv(reference_pose) @ pose
-    if node is None:
-        node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(to_vtk_matrix(lps_to_ras_transform(motion_lps)))
     node.SetAttribute(POSE_ATTRIBUTE, json.dumps(pose.tolist()))
     node.SetAttribute(REFERENCE_ATTRIBUTE, json.dumps(reference_pose.tolist()))

@@ -133,11 +133,19 @@ def labels_from_segmentation(node, reference_node, values: Mapping[str, int] | N
     """Label map (backend :class:`Volume`) of a segmentation on the grid of ``reference_node``.
 
     Label values come from :func:`segment_values`. Where segments overlap, the later segment wins.
+    A segmentation under another transform than the reference is refused: the export would
+    move its labels against the CT's voxels (e.g. one placed under a registered pose node).
     """
     if node is None or node.GetSegmentation().GetNumberOfSegments() == 0:
         raise InputError("segmentation: no segmentation selected, or it has no segments")
     if reference_node is None or reference_node.GetImageData() is None:
         raise InputError("segmentation: a reference volume (the CT) is needed to export it")
+    moved, ref = (n.GetParentTransformNode() for n in (node, reference_node))
+    if node.GetTransformNodeID() != reference_node.GetTransformNodeID():
+        name = lambda t: "no transform" if t is None else f"transform {t.GetName()!r}"
+        raise InputError(f"segmentation {node.GetName()!r}: it is under {name(moved)}, the CT "
+                         f"{reference_node.GetName()!r} under {name(ref)}; its labels must lie on the CT's "
+                         "voxels: put both under the same transform (or none), and a copy under a pose node")
     ids_to_value = segment_values(node, values, skip_unknown)
     if not ids_to_value:
         raise InputError(f"segmentation {node.GetName()!r}: no segment has a label value")

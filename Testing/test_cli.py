@@ -97,7 +97,8 @@ def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
         code = stop.code
     err = capsys.readouterr().err
     assert code == 2 and says in err and "Traceback" not in err, err
-    assert not (tmp_path / "d").exists() and not (tmp_path / "o").exists()  # refused before any work
+    assert err.count("error:") == 1, err  # one message
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]  # refused before any work: nothing written
 
 
 def test_shard_option_parses_i_of_n():

@@ -339,18 +339,24 @@ def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(t
     assert all(r["mass_low_g"] is None for r in Decomposer.from_run(run).decompose(radiograph, tta=1).table)
 
     doc = json.loads((out / "fold_0" / "predictions.json").read_text())
-    doc["cases"] = doc["cases"] * 5  # 20 cases: the 0.9 interval is the 19th smallest error
+    # 20 cases with distinct errors (each copy's predictions scaled apart): the 0.9 interval is
+    # the 19th smallest error, not the 18th (ceil(n 0.9)) nor the largest
+    doc["cases"] = [{**c, "mass_pred_g": [v * (1 + 0.01 * j) for v in c["mass_pred_g"]],
+                     "volume_pred_cm3": [v * (1 + 0.01 * j) for v in c["volume_pred_cm3"]]}
+                    for j in range(5) for c in doc["cases"]]
     calibrated = tmp_path / "run"
     shutil.copytree(run, calibrated)
     write_json(calibrated / "calibration.json", fit_calibration(doc))
     result = Decomposer.from_run(calibrated).decompose(radiograph, tta=1)
     assert result.model["calibration"]["held_out_cases"] == 20
     for i, row in enumerate(result.table):
-        errors = np.sort(np.abs(np.log(np.array([c["mass_pred_g"][i] for c in doc["cases"]])
-                                       / np.array([c["mass_true_g"][i] for c in doc["cases"]]))))
-        assert row["mass_low_g"] == pytest.approx(row["mass_g"] * np.exp(-errors[18]), rel=1e-12)
-        assert row["mass_high_g"] == pytest.approx(row["mass_g"] * np.exp(errors[18]), rel=1e-12)
-        assert row["volume_low_cm3"] < row["volume_cm3"] < row["volume_high_cm3"]
+        for quantity, unit in (("mass", "g"), ("volume", "cm3")):
+            errors = np.sort(np.abs(np.log(np.array([c[f"{quantity}_pred_{unit}"][i] for c in doc["cases"]])
+                                           / np.array([c[f"{quantity}_true_{unit}"][i] for c in doc["cases"]]))))
+            assert errors[17] < errors[18] < errors[19]
+            value = row[f"{quantity}_{unit}"]
+            assert row[f"{quantity}_low_{unit}"] == pytest.approx(value * np.exp(-errors[18]), rel=1e-12)
+            assert row[f"{quantity}_high_{unit}"] == pytest.approx(value * np.exp(errors[18]), rel=1e-12)
     assert not any("no calibrated interval" in r or "no 90 % interval" in r for r in result.ood.reasons)
     assert any("magnification unknown" in r and "the interval does not include this error" in r
                for r in result.ood.reasons)  # an assumed magnification is beyond the held-out errors

@@ -406,7 +406,7 @@ def test_partial_field_of_view_is_flagged(trained, decomposer):
 
 
 def test_uniform_image_is_flagged(trained, decomposer):
-    """[inf-uniform-flag]"""
+    """A flat image is flagged as nearly uniform."""
     r = toy_radiograph(trained[0], 0)
     flat = Radiograph(np.full(r.shape, 0.5, np.float32), r.pixel_spacing, dict(r.source))
     result = decomposer.decompose(flat, tta=1)
@@ -436,8 +436,8 @@ def test_uncertainty_is_the_sample_sd_over_the_augmentations(trained, decomposer
 
 
 def test_batch_resume_refuses_another_model_or_magnification(trained, decomposer, tmp_path):
-    """[inf-resume-key-model, inf-resume-key-magnification] a folder holding the result of
-    another model, or of another --magnification, is never reused."""
+    """A folder holding the result of another model, or of another --magnification, is never
+    reused."""
     data, _ = trained
     image = sitk.GetImageFromArray(PreparedDataset(data).load(0)["xray"][0].numpy())
     image.SetSpacing((2.0, 2.0))
@@ -445,12 +445,41 @@ def test_batch_resume_refuses_another_model_or_magnification(trained, decomposer
     sitk.WriteImage(image, str(xray))
     out = tmp_path / "out"
     decompose_files(decomposer, [xray], out, tta=1)
-    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+    with pytest.raises(FileExistsError, match=r"other input content, settings or model .*\(differs in: magnification\)"):
         decompose_files(decomposer, [xray], out, tta=1, magnification=1.3)
     retrained = copy.copy(decomposer.model)
     retrained.origin = {**decomposer.model.origin, "weights_sha256": "0" * 64}
-    with pytest.raises(FileExistsError, match="other input content, settings or model"):
+    with pytest.raises(FileExistsError, match=r"other input content, settings or model .*\(differs in: model_sha256\)"):
         decompose_files(Decomposer(retrained), [xray], out, tta=1)
+
+
+def test_a_write_cut_short_leaves_no_table_and_is_redone(trained, decomposer, tmp_path, monkeypatch):
+    """decomposition.json is written last: a run killed while writing the DRR stacks leaves
+    none, so the next run redoes the folder instead of taking the leftovers as done."""
+    from MSKdeXTraining import inference
+    from MSKdeXTraining.inference import decompose_file
+
+    image = sitk.GetImageFromArray(PreparedDataset(trained[0]).load(0)["xray"][0].numpy())
+    image.SetSpacing((2.0, 2.0))
+    xray = tmp_path / "hip.mha"
+    sitk.WriteImage(image, str(xray))
+    written = []
+
+    def write_then_die(im, path, *args):
+        if written:
+            raise KeyboardInterrupt  # killed while writing the second stack
+        written.append(path)
+        sitk.WriteImage(im, path, *args)
+
+    monkeypatch.setattr(inference.sitk, "WriteImage", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        decompose_file(decomposer, xray, tmp_path / "out", tta=1)
+    monkeypatch.undo()
+    assert not (tmp_path / "out" / "decomposition.json").exists() and written
+    summary, result = decompose_file(decomposer, xray, tmp_path / "out", tta=1)
+    assert result is not None and "skipped" not in summary
+    assert (tmp_path / "out" / "decomposition.json").is_file()
+    assert decompose_file(decomposer, xray, tmp_path / "out", tta=1)[0]["skipped"]
 
 
 def test_tta_is_seeded(trained, decomposer):
@@ -473,6 +502,9 @@ def test_raw_radiograph_window_ignores_a_few_saturated_pixels():
     a[:6, :20] = 4095.0
     x, method = unit_range(a.astype(np.float32), (0, 4095))
     assert np.percentile(x, 99) > 0.95 and np.percentile(x, 1) < 0.05, method
+    lo, hi = np.percentile(a, (1, 99.5))  # the documented window, 1st to 99.5th percentile
+    np.testing.assert_allclose(x, np.clip((a - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert method == f"window [{lo:g}, {hi:g}] (percentiles 1, 99.5) -> [0, 1]"
 
 
 def test_eight_bit_export_is_flagged_without_shared_data(trained, decomposer):

@@ -17,9 +17,9 @@ from MSKdeXTraining.cohort import generate_cohort
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
-from MSKdeXTraining.prepare import dataset_geometry, merge_manifest, prepare_dataset
+from MSKdeXTraining.prepare import _aligned_bones, dataset_geometry, merge_manifest, prepare_dataset, read_cohort
 from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM
 
 #: Registration budget for the tests: the data flow is tested here, accuracy elsewhere.
@@ -105,6 +105,11 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
         lost = c["qc"]["drr_lost_fraction"]
         assert np.all(sums <= t["volume_cm3"].numpy() * (1 + 1e-4))
         assert np.all(sums >= t["volume_cm3"].numpy() * (1 - lost - 1e-3))
+        # the aligned bones are rendered at the registered poses (the manifest's), not the truth
+        ct, labels = read_ct(copy / c["id"] / "ct.nii.gz"), read_labels(copy / c["id"] / "labels.nii.gz")
+        poses = {b: np.array(r["pose"]) for b, r in c["registration"].items()}
+        expected = _aligned_bones(ct, labels, read_cohort(copy)[1], Geometry.from_json(g), poses)
+        torch.testing.assert_close(t["aligned"], expected.data.float())
     assert {b for case, b in checked if case == "case_0001"} == {"pelvis", "femur_left", "femur_right"}
     assert not (out / "cases" / "case_0002.safetensors").exists()
 
@@ -203,8 +208,6 @@ def test_resume_shards_and_include_failed(cohort, tmp_path):
 def test_each_femur_is_rendered_at_its_own_pose():
     """The aligned femur channel = left femur at femur_left's pose +
     right femur at femur_right's pose."""
-    from MSKdeXTraining.prepare import _aligned_bones
-
     a = np.zeros((24, 24, 32), np.uint8)
     a[14:20, 8:16, 10:22] = 1   # pelvis
     a[4:12, 9:15, 20:25] = 3    # femur left (+x)
@@ -309,7 +312,10 @@ def test_a_raw_radiograph_is_windowed_as_decompose_does(cohort, tmp_path):
     out = _prepare(raw, tmp_path / "b")
     windowed = load_file(out / "cases" / "case_0000.safetensors")["xray"]
     case = json.loads((out / "manifest.json").read_text())["cases"][0]
-    expected = unit_range(sitk.GetArrayFromImage(scaled))[0]
+    raw_values = sitk.GetArrayFromImage(scaled).astype(np.float64)
+    lo, hi = np.percentile(raw_values, (1, 99.5))  # the documented window, computed here
+    expected = np.clip((raw_values - lo) / (hi - lo), 0, 1)
+    np.testing.assert_allclose(unit_range(raw_values)[0], expected, atol=1e-6)
     np.testing.assert_allclose(windowed.numpy(), resample_image(expected, read_xray(path)[1],
                                                                 Geometry.from_json(case["geometry"])), atol=1e-6)
     assert 0.0 <= float(windowed.min()) and 0.99 < float(windowed.max()) <= 1.0

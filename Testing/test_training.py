@@ -315,6 +315,8 @@ def test_objective_ignores_bones_of_failed_registrations(dataset):
     parts = build_training(config, len(ds.objects), ds.bone_index, DistInfo(0, 1, 0, torch.device("cpu")))
     parts.objective.norm = normalisation(ds)
     batch = next(iter(DataLoader(ds, batch_size=2)))
+    assert batch["aligned_ok"].all()
+    assert parts.objective.step(batch, config.lambda_is)["bone"] != 0.0  # the loss is on here
     batch["aligned_ok"] = torch.zeros_like(batch["aligned_ok"])
     values = parts.objective.step(batch, config.lambda_is)
     assert values["bone"] == 0.0 and values["bone_mdrr"] == 0.0

@@ -76,7 +76,17 @@ def test_report_written_with_figures(evaluated):
     html = (out / "report.html").read_text()
     pngs = _embedded_pngs(html)
     assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
-    assert pngs[0] == (out / "scatter_mass.png").read_bytes()
+    assert pngs == [(out / f).read_bytes() for f in ("scatter_mass.png", "scatter_volume.png", "decomposition.png")]
+    # image_metrics.csv: per bone and DRR type, the means of the cases' PSNR / SSIM
+    cases = [c for f in sorted(out.glob("fold_*/predictions.json")) for c in json.loads(f.read_text())["cases"]]
+    with (out / "image_metrics.csv").open() as fh:
+        image_rows = list(csv.DictReader(fh))
+    assert [(r["bone"], r["DRR"]) for r in image_rows] == [(b, t) for b in preds.aligned_bones
+                                                            for t in ("wvdrr", "vdrr", "mdrr")]
+    for r in image_rows:
+        psnr, ssim = (np.array([c["image"][r["bone"]][r["DRR"]][m] for c in cases]) for m in ("psnr", "ssim"))
+        assert float(r["PSNR (dB)"]) == pytest.approx(psnr[np.isfinite(psnr)].mean(), rel=1e-6)
+        assert float(r["SSIM"]) == pytest.approx(np.nanmean(ssim), rel=1e-6)
     expected = _recomputed_metrics(out)
     with (out / "metrics.csv").open() as fh:
         table = list(csv.DictReader(fh))
@@ -212,7 +222,16 @@ def test_ablation_table2_layout(toy):
     assert [(r["lambda_is"], r["bone_loss"]) for r in rows] == [(0.0, False), (100.0, False)]
     md = (toy / "ablation" / "ablation.md").read_text()
     assert "Glu. max." in md and "muscle mean" in md
-    assert (toy / "ablation" / "lis100_bone0" / "fold_0" / "predictions.json").is_file()
+    # each row's PCCs are those of its setting's held-out predictions, recomputed with numpy
+    from MSKdeXTraining.evaluation.crossval import load_predictions
+    for row in rows:
+        preds = load_predictions(toy / "ablation" / f"lis{row['lambda_is']:g}_bone0")
+        for i, name in enumerate(preds.names):
+            pcc = np.corrcoef(preds.mass_pred[:, i], preds.mass_true[:, i])[0, 1]
+            assert row["mass_pcc"][name] == pytest.approx(pcc, rel=1e-9, nan_ok=True)
+    with (toy / "ablation" / "ablation_mass_pcc.csv").open() as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 2 and float(table[1]["muscle mean"]) == pytest.approx(rows[1]["mean_muscle_mass_pcc"], rel=1e-9)
     with pytest.raises(InputError, match="share an output folder"):
         ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(100.0, 100.0000001),
                  bone_losses=(False,), k=2)

@@ -355,6 +355,8 @@ def test_flip_augmentation_flips_the_aligned_bones_too(dataset, tmp_path):
                 assert torch.equal(item["drr"], plain["drr"].flip(-1)[:, swap])
                 assert torch.equal(item["aligned"], plain["aligned"].flip(-1))
                 assert torch.equal(item["mass_g"], plain["mass_g"][swap])
+                assert torch.equal(item["volume_cm3"], plain["volume_cm3"][swap])
+                assert torch.equal(item["aligned_ok"], plain["aligned_ok"])  # pelvis, femur: no sides
                 return
     pytest.fail("no flipped case drawn")
 

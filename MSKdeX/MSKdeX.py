@@ -269,10 +269,11 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
         def work(progress: ProgressRelay) -> None:
             self._registeredBone, self.ui.acceptPoseButton.enabled = None, False
-            bone = self._parameterNode.bone  # what logic.register reads
+            # what logic.register reads (the panel stays editable while it runs)
+            bone, radiograph = self._parameterNode.bone, self._parameterNode.radiograph
             result, layer = self.logic.register(self._parameterNode, progress, redo)
             self.ui.gcLabel.text = f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
-            slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=layer,
+            slicer.util.setSliceViewerLayers(background=radiograph, foreground=layer,
                                              foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
             self._registeredBone, self.ui.acceptPoseButton.enabled = bone, True
 
@@ -326,20 +327,21 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDecompose(self) -> None:
         """Decompose the radiograph: layers per object and type, results table and bar chart."""
         def work(progress: ProgressRelay) -> None:
+            radiograph = self._parameterNode.radiograph  # the one decomposed, whatever is picked meanwhile
             out = self.logic.decompose(self._parameterNode, progress)
             self.ui.oodLabel.text = ood_text(out.decomposition.ood)
-            self.showResults(out)
+            self.showResults(out, radiograph)
 
         self._runWork("Decomposing", work)
 
-    def showResults(self, out: DecomposeOutput) -> None:
-        """Table + bar chart in the layout, the first object's MDRR over the radiograph."""
+    def showResults(self, out: DecomposeOutput, radiograph: vtkMRMLScalarVolumeNode) -> None:
+        """Table + bar chart in the layout, the first object's MDRR over ``radiograph``."""
         slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
         slicer.modules.plots.logic().ShowChartInLayout(out.chart)
         slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(out.table.GetID())
         slicer.app.applicationLogic().PropagateTableSelection()
         first = out.layers[(out.decomposition.names[0], "mdrr")]
-        slicer.util.setSliceViewerLayers(background=self._parameterNode.radiograph, foreground=first,
+        slicer.util.setSliceViewerLayers(background=radiograph, foreground=first,
                                          foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
 
 

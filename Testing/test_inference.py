@@ -374,9 +374,23 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
     with pytest.raises(InputError, match="PixelSpacing"):
         decompose_cmd.run(args)
     args.pixel_spacing = [1.0]
-    capsys.readouterr()
     assert decompose_cmd.run(args) == 0
     assert (tmp_path / "cli" / "decomposition.csv").is_file()
+
+
+def test_cli_rerun_rewrites_nothing_and_keeps_another_patients_result(trained, tmp_path, capsys):
+    data, run = trained
+    files = []
+    for i in (0, 1):
+        image = sitk.GetImageFromArray(PreparedDataset(data).load(i)["xray"][0].numpy())
+        image.SetSpacing((2.0, 2.0))
+        files.append(tmp_path / f"hip{i}.mha")
+        sitk.WriteImage(image, str(files[-1]))
+    parser = argparse.ArgumentParser()
+    decompose_cmd.add_arguments(parser)
+    args = parser.parse_args(["--model", str(run), "--xray", str(files[0]), "--out", str(tmp_path / "cli"),
+                              "--tta", "2"])
+    assert decompose_cmd.run(args) == 0
     printed = capsys.readouterr().out  # what the interval and the SD mean
     assert "not an error bar" in printed and "interval: none (the model has no calibration.json" in printed
     written = sorted((tmp_path / "cli").iterdir())

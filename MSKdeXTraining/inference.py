@@ -67,9 +67,12 @@ MIN_COVERAGE = 0.8
 #: the training radiographs' mean layout by more than this (a film upside down, sideways or
 #: with bone dark: r 0.89-0.99 upright on the demo's films, <= 0.73 turned, < 0 inverted).
 ORIENTATION_MARGIN = 0.1
-#: Below this Pearson r, turned or inverted, a film's layout resembles the training films' in no
-#: orientation (noise, another body part): then no correction is named.
-LAYOUT_UNLIKE = 0.5
+#: A correction is named only when it brings the layout r to at least this (noise gains as
+#: much by chance, to r < 0.3).
+CORRECTED_MIN_R = 0.5
+#: A film whose layout r is this far below the lowest of the training films' (and that no
+#: correction explains) is unlike them: another body part, a child, not a radiograph.
+LAYOUT_UNLIKE_MARGIN = 0.1
 
 
 @dataclass
@@ -328,7 +331,7 @@ class Decomposer:
                            f"{feats['feature_score']:.2f} > {OOD_FEATURE}, 1 = training 99th percentile)")
         if feats["intensity_z"] > OOD_Z:
             reasons.append(f"intensity statistics {feats['intensity_z']:.1f} SD from the training radiographs")
-        orientation = _orientation(scores, source)
+        orientation = _orientation(scores, source, self.model.meta["ood"].get("layout_r_min_median", [1.0])[0])
         if orientation is not None:
             reason, layout_feats = orientation
             feats.update(layout_feats)
@@ -383,27 +386,29 @@ class Decomposer:
         return notes
 
 
-def _orientation(scores: dict, source: dict) -> tuple[str, dict] | None:
-    """(reason, features) of the orientation check; reason "" when the film is upright and
-    bone bright (or nothing beats that by :data:`ORIENTATION_MARGIN`), and a reason naming no
-    correction when no orientation reaches :data:`LAYOUT_UNLIKE`; None when the model has no
-    layout statistics."""
+def _orientation(scores: dict, source: dict, training_min: float) -> tuple[str, dict] | None:
+    """(reason, features) of the layout check: the correction (turn, flip, inversion) that
+    raises the layout r by more than :data:`ORIENTATION_MARGIN` to at least
+    :data:`CORRECTED_MIN_R`, else, for an r more than :data:`LAYOUT_UNLIKE_MARGIN` below the
+    lowest training film's (``training_min``), a reason naming none; reason "" when neither
+    applies; None when the model has no layout statistics."""
     if "layout_r" not in scores:
         return None
     r = float(scores["layout_r"][0])
+    low = training_min - LAYOUT_UNLIKE_MARGIN
     candidates = {"inverted": -r}
     for name in ORIENTATIONS:
         turned = float(scores[f"layout_{name}"][0])
         candidates[name] = turned
         candidates[f"{name} and inverted"] = -turned
     best = max(candidates, key=candidates.get)
-    feats = {"layout_r": r, "layout_r_best_other": candidates[best]}
-    if max(r, candidates[best]) < LAYOUT_UNLIKE:
-        return (f"the film's layout is unlike the training films' in every orientation (correlation "
-                f"{r:.2f} as given, at most {candidates[best]:.2f} turned or inverted; "
-                f"< {LAYOUT_UNLIKE}): is it a hip radiograph?", feats)
-    if candidates[best] <= r + ORIENTATION_MARGIN:
-        return "", feats
+    feats = {"layout_r": r, "layout_r_best_other": candidates[best], "layout_r_low": low}
+    if candidates[best] <= r + ORIENTATION_MARGIN or candidates[best] < CORRECTED_MIN_R:  # none helps
+        if r >= low:
+            return "", feats
+        return (f"the film's layout is unlike the training films' (correlation {r:.2f} as given, at most "
+                f"{candidates[best]:.2f} turned or inverted; training films {training_min:.2f} or more): "
+                "another body part or field of view, or not a hip radiograph?", feats)
     # near ties (a top-bottom flip and a 180-degree turn differ by a left-right mirror): name all
     close = " or ".join(c for c in sorted(candidates, key=candidates.get, reverse=True)
                         if candidates[c] >= candidates[best] - 0.02)

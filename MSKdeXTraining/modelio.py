@@ -167,6 +167,9 @@ def read_meta(run: str | Path) -> dict:
                                      and np.shape(ood["layout_mean"]) == (ood["layout_grid"] ** 2,)):
         problems.append(f"'ood' layout_mean must hold layout_grid^2 numbers, got shape "
                         f"{np.shape(ood['layout_mean'])} for layout_grid {ood.get('layout_grid')!r}")
+    if "layout_mean" in ood and np.shape(ood.get("layout_r_min_median")) != (2,):
+        problems.append("'ood' layout_r_min_median must be [min, median] of the training films' layout "
+                        f"correlations, got {ood.get('layout_r_min_median')!r}")
     if problems:
         raise ModelFormatError(f"{path}: field {'; '.join(problems)}")
     return meta

@@ -179,8 +179,9 @@ def test_ood_flags(trained, decomposer):
     assert flagged.ood.flag and flagged.ood.score > 2 * inside.ood.score
     assert flagged.ood.features["intensity_z"] > OOD_Z
     assert any(r.startswith("intensity statistics") for r in flagged.ood.reasons)
-    assert any(r.startswith("the film's layout is unlike the training films' in every orientation")
-               for r in flagged.ood.reasons)
+    low = json.loads((trained[1] / "model.json").read_text())["ood"]["layout_r_min_median"][0] - 0.1
+    assert flagged.ood.features["layout_r"] < low and inside.ood.features["layout_r"] >= low
+    assert any(r.startswith("the film's layout is unlike the training films' (correlation") for r in flagged.ood.reasons)
     assert not any("better after this correction" in r for r in flagged.ood.reasons)  # no turn named
     # its features are far from the training films' too, but within the wide threshold of 6
     # films; with the threshold where the noise is 1.2 x its flag level, they flag it, not the film

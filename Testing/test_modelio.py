@@ -119,6 +119,9 @@ def test_malformed_checkpoint_is_named(tmp_path, content, message):
     ("ood", {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
              "intensity_std": [0.2, 0.1], "layout_grid": 8, "layout_mean": [0.0] * 63},
      "layout_mean must hold layout_grid\\^2 numbers, got shape \\(63,\\)"),
+    ("ood", {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
+             "intensity_std": [0.2, 0.1], "layout_grid": 8, "layout_mean": [0.0] * 64},
+     "layout_r_min_median must be \\[min, median\\] of the training films' layout correlations, got None"),
 ])
 def test_bad_metadata_is_refused(run, tmp_path, field, value, message):
     dst = copy_run(run[0], tmp_path)

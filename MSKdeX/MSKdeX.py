@@ -226,7 +226,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegmentationQC(self) -> None:
         def work(progress: ProgressRelay) -> str:
-            rows = self.logic.segmentationQC(self._parameterNode)
+            rows = self.logic.segmentationQC(self._parameterNode, progress)
             table = self.ui.qcTableWidget
             columns = list(rows[0]) if rows else []
             table.clear()
@@ -372,11 +372,12 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         return Geometry(p.detectorSize, p.detectorSize, (p.pixelSpacing, p.pixelSpacing),
                         p.sourceDetectorDistance, p.sourceIsocenterDistance)
 
-    def segmentationQC(self, p: MSKdeXParameterNode) -> list[dict]:
+    def segmentationQC(self, p: MSKdeXParameterNode, progress: ProgressRelay | None = None) -> list[dict]:
         """QC rows (:func:`MSKdeXLib.qc_table.qc_rows`) of the segmentation; also fills the QC table node."""
         from MSKdeXLib.qc_table import qc_rows
 
-        qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap))
+        qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap),
+                                                   progress)
         return qc_rows(qc)
 
     def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> list[str]:

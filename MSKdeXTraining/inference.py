@@ -306,8 +306,9 @@ class Decomposer:
         """Image-level checks plus the model's scores against its training radiographs:
         the Mahalanobis distance of G's pooled features (in units of the training 99th
         percentile; flagged above :data:`OOD_FEATURE`), the intensity z-score (flagged
-        above :data:`OOD_Z`) and the orientation check (flagged when the film matches the
-        training films' mean layout better turned or inverted, :data:`ORIENTATION_MARGIN`)."""
+        above :data:`OOD_Z`) and the layout check (:func:`_orientation`: flagged when the film
+        matches the training films' mean layout better turned or inverted, or matches it much
+        worse than any training film did)."""
         scores = self.model.ood(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None])
         feats = {"feature_score": float(scores["feature_score"][0]),
                  "intensity_z": float(scores["intensity_z"][0]),
@@ -389,9 +390,10 @@ class Decomposer:
 def _orientation(scores: dict, source: dict, training_min: float) -> tuple[str, dict] | None:
     """(reason, features) of the layout check: the correction (turn, flip, inversion) that
     raises the layout r by more than :data:`ORIENTATION_MARGIN` to at least
-    :data:`CORRECTED_MIN_R`, else, for an r more than :data:`LAYOUT_UNLIKE_MARGIN` below the
-    lowest training film's (``training_min``), a reason naming none; reason "" when neither
-    applies; None when the model has no layout statistics."""
+    :data:`CORRECTED_MIN_R`; else, for a smaller such gain or an r more than
+    :data:`LAYOUT_UNLIKE_MARGIN` below the lowest training film's (``training_min``, leave one
+    out), a reason naming none; reason "" when neither applies; None when the model has no
+    layout statistics."""
     if "layout_r" not in scores:
         return None
     r = float(scores["layout_r"][0])
@@ -403,8 +405,9 @@ def _orientation(scores: dict, source: dict, training_min: float) -> tuple[str, 
         candidates[f"{name} and inverted"] = -turned
     best = max(candidates, key=candidates.get)
     feats = {"layout_r": r, "layout_r_best_other": candidates[best], "layout_r_low": low}
-    if candidates[best] <= r + ORIENTATION_MARGIN or candidates[best] < CORRECTED_MIN_R:  # none helps
-        if r >= low:
+    gain = candidates[best] > r + ORIENTATION_MARGIN
+    if not gain or candidates[best] < CORRECTED_MIN_R:  # no correction named
+        if r >= low and not gain:
             return "", feats
         return (f"the film's layout is unlike the training films' (correlation {r:.2f} as given, at most "
                 f"{candidates[best]:.2f} turned or inverted; training films {training_min:.2f} or more): "

@@ -195,6 +195,9 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
         raise InputError(f"{out}: {len(missing)} case(s) not prepared yet (first: {missing[:5]}); "
                          "run the missing shards first")
     cases = [read_json_object(out / "cases" / f"{c}.json", ("status",), InputError) for c in meta["cases"]]
+    for c in cases:  # kept by --include-failed before objects off the detector always excluded a case
+        if c["status"] == "ok" and c.get("qc", {}).get("drr_lost_fraction", 0.0) > MAX_LOST_FRACTION:
+            c["status"] = "excluded"
     manifest = {
         "format": FORMAT, "version": VERSION, "geometry": settings["geometry"],
         "objects": list(objects.names), "kinds": list(objects.kinds),

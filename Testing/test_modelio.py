@@ -67,7 +67,10 @@ def test_ood_scores_flag_foreign_images(run):
     assert stats["layout_grid"] == 8
     np.testing.assert_allclose(stats["layout_mean"], mean_layout, rtol=1e-9)
     np.testing.assert_allclose(own["layout_r"], r, rtol=1e-6)  # (ood reads layout_mean as float32)
-    assert stats["layout_r_min_median"] == pytest.approx([r.min(), np.median(r)], rel=1e-9)
+    # the threshold's statistics: each film against the mean of the others (leave one out)
+    loo = np.array([np.corrcoef(b, np.delete(blocks, i, axis=0).mean(axis=0))[0, 1] for i, b in enumerate(blocks)])
+    assert stats["layout_r_min_median"] == pytest.approx([loo.min(), np.median(loo)], rel=1e-9)
+    assert stats["layout_r_of"] == "leave-one-out correlations" and loo.min() < r.min()
     turned = model.ood(train_x.rot90(1, (-2, -1)))  # sideways: turning it back restores the layout
     np.testing.assert_allclose(turned["layout_turned 90 degrees clockwise"], own["layout_r"], rtol=1e-9)
 

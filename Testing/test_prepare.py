@@ -242,6 +242,11 @@ def test_objects_outside_the_detector_exclude_the_case(cohort, tmp_path, include
     for c in m["cases"][:2]:
         assert c["qc"]["drr_lost_fraction"] > 0.005
         assert c["status"] == "excluded" and any("partly outside the detector" in r for r in c["reasons"])
+    if include_failed:  # a case entry kept "ok" by an earlier MSKdeX: the manifest excludes it
+        entry = out / "cases" / f"{m['cases'][0]['id']}.json"
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "status": "ok"}))
+        merge_manifest(out)
+        assert json.loads((out / "manifest.json").read_text())["cases"][0]["status"] == "excluded"
 
 
 def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(cohort, tmp_path):

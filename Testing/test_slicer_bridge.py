@@ -112,8 +112,8 @@ def test_segmentation_round_trip_is_exact(example):
 
 
 def test_a_segmentation_under_another_transform_than_the_ct_is_refused():
-    """Slicer's export would move the labels by the segmentation's transform (checked here
-    first); the bridge refuses that, and reads the labels once both share the transform."""
+    """Slicer's export would move the labels by the segmentation's transform; the bridge
+    refuses that, and reads the labels once both share the transform."""
     from MSKdeXTraining.imaging.volume import Volume
 
     scene = slicer.vtkMRMLScene()

@@ -257,11 +257,14 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
-    # how the run is driven may change: a data loader worker, other checkpoint epochs
-    driven = TrainConfig.from_dict({**config.to_dict(), "num_workers": 1, "checkpoint_every": 3})
+    with pytest.raises(InputError, match=r"changed: \['num_workers'\]\); only 'epochs', 'checkpoint_every' may"):
+        train(TrainConfig.from_dict({**config.to_dict(), "num_workers": 1}), dataset, tmp_path / "cut", resume=True)
+    # when to checkpoint may change
+    driven = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every": 3})
     resumed = train(driven, dataset, tmp_path / "cut", resume=True)
     assert losses_of(resumed) == losses_of(full)
     env = json.loads((resumed / "environment.json").read_text())
+    # the refused resumes stopped before training; the one that trained is recorded
     assert env["torch"] == torch.__version__ and [r["after_epoch"] for r in env["resumes"]] == [2]
     a, b = read_safetensors(full / "model.safetensors"), read_safetensors(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -28,6 +28,10 @@ import MSKdeXTraining
 
 #: Output lines a :class:`BackendProcess` keeps (a long training prints many).
 LOG_LINES = 10000
+#: Windows process creation flags (0 elsewhere): the child's own process group, so that cancel
+#: can stop what it starts; no console window popping up beside Slicer's GUI.
+_WINDOWS_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+_NO_CONSOLE = getattr(subprocess, "CREATE_NO_WINDOW", 0)
 #: A tqdm bar: optional description, percentage, bar, then the rest (n/total, times, postfix).
 _TQDM = re.compile(r"^\s*(?:(?P<desc>[^|]*?):\s*)?(?P<pct>\d{1,3})%\|[^|]*\|(?P<rest>.*)$")
 _COUNTS = re.compile(r"^\s*(?P<n>[\d.]+[kM]?)/(?P<total>[\d.]+[kM]?)")
@@ -101,10 +105,10 @@ class BackendProcess:
             self._process = subprocess.Popen(
                 self.command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, bufsize=0,
-                # its own process group, so cancel stops what it starts (Slicer's launcher
-                # on Windows starts python-real.exe, which outlives a terminated launcher)
+                # its own process group, so cancel stops what it starts (on Windows, Slicer's
+                # launcher starts python-real.exe, which outlives a terminated launcher)
                 start_new_session=(os.name == "posix"),
-                creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
+                creationflags=_WINDOWS_GROUP | _NO_CONSOLE)
         except OSError as e:
             raise RuntimeError(f"cannot start {self.command[0]!r}: {e}") from None
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -209,6 +213,7 @@ class BackendProcess:
                 os.killpg(self._process.pid, sig)
             elif self._process.poll() is None:  # Windows: the whole tree, at once
                 subprocess.run(["taskkill", "/T", "/F", "/PID", str(self._process.pid)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
+                               creationflags=_NO_CONSOLE)
         except ProcessLookupError:
             pass

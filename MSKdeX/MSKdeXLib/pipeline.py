@@ -85,15 +85,19 @@ class Pipeline:
         labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
         return ct, labels
 
-    def segmentation_qc(self, ct_node, segmentation_node,
-                        objects: ObjectMap) -> tuple[SegmentationQC, vtkMRMLTableNode]:
+    def segmentation_qc(self, ct_node, segmentation_node, objects: ObjectMap,
+                        progress: ProgressRelay | None = None) -> tuple[SegmentationQC, vtkMRMLTableNode]:
         """Backend segmentation QC of the selected segmentation; returns (qc, table node)."""
         from MSKdeXTraining.qc import segmentation_qc
 
         from .qc_table import qc_table
 
+        report = progress or (lambda f, m: None)
+        report(0.0, "exporting the segmentation")
         _, labels = self.inputs(ct_node, segmentation_node, objects)
+        report(0.5, "checking each object")
         qc = segmentation_qc(labels, objects)
+        report(1.0, "writing the QC table")
         table = qc_table(qc, self.scene, QC_TABLE_NAME, self.scene.GetFirstNodeByName(QC_TABLE_NAME))
         return qc, table
 

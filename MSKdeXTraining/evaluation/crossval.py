@@ -251,7 +251,16 @@ def _finished(target: Path, run: Path, key: dict) -> bool:
 
 
 def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
-    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted``."""
+    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted`` (the
+    config's :data:`RUN_CONTROL_FIELDS` aside)."""
+    from ..training.config import RUN_CONTROL_FIELDS
+
+    def learnt(key: dict | None) -> dict | None:
+        if not isinstance(key, dict) or not isinstance(key.get("config"), dict):
+            return key
+        return {**key, "config": {k: v for k, v in key["config"].items() if k not in RUN_CONTROL_FIELDS}}
+
+    found, wanted = learnt(found), learnt(wanted)
     if found == wanted:
         return
     changed = sorted(k for k in wanted if (found or {}).get(k) != wanted[k])

@@ -20,6 +20,11 @@ from ..losses import GAN_MODES
 from ..models import HRNetSpec
 
 
+#: Fields that say how a run is driven, not what it learns (a model trained with other values
+#: differs at most by float rounding: data loader workers run one thread each).
+RUN_CONTROL_FIELDS = ("checkpoint_every", "num_workers")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """All hyper-parameters of one training run (units: epochs, pixels, learning rates)."""

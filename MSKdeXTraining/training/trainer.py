@@ -155,8 +155,9 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
     """Training-set statistics for the out-of-distribution check (:meth:`LoadedModel.ood`):
     mean/std over images of the per-image intensity mean and std; mean and shrunk
     covariance of G's pooled head features and the 99th percentile of the training
-    images' leave-one-out Mahalanobis distances; the mean block layout (orientation check) and the
-    training images' correlations with it."""
+    images' leave-one-out Mahalanobis distances; the mean block layout (layout check) and the
+    [min, median] of the training images' correlations with the mean of the others (as a new
+    film meets it: in-sample correlations run high when the images are few)."""
     G.eval()
     feats, means, stds, layouts = [], [], [], []
     for i in range(len(ds)):
@@ -168,7 +169,9 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
     G.train()
     layouts = torch.cat(layouts)
     layout_mean = layouts.mean(0)
-    layout_r = layout_correlation(layouts, layout_mean).numpy()
+    n = len(layouts)
+    others = (n * layout_mean - layouts) / (n - 1) if n > 1 else layouts
+    layout_r = torch.cat([layout_correlation(layouts[i:i + 1], others[i]) for i in range(n)]).numpy()
     f = torch.stack(feats).numpy()
     maha = leave_one_out_distances(f)
     return {"intensity_mean": [float(np.mean(means)), max(float(np.std(means)), 1e-6)],
@@ -178,7 +181,8 @@ def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
             "feature_p99_of": "leave-one-out distances" if len(f) > 2 else "in-sample distances",
             "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE,
             "layout_mean": layout_mean.tolist(), "layout_grid": LAYOUT_GRID,
-            "layout_r_min_median": [float(layout_r.min()), float(np.median(layout_r))]}
+            "layout_r_min_median": [float(layout_r.min()), float(np.median(layout_r))],
+            "layout_r_of": "leave-one-out correlations" if n > 1 else "in-sample correlations"}
 
 
 def _rng_state() -> dict:
@@ -223,18 +227,21 @@ def _environment(info: distributed.DistInfo) -> dict:
 
 def _record_environment(path: Path, info: distributed.DistInfo, start: int) -> None:
     """Write the environment of a run (``start`` 0) or, on a resume from epoch ``start``, add
-    it to the list ``resumes`` of the existing record: which machine trained which epochs."""
+    it to the list ``resumes`` of the record (dropping resumes from ``start`` on, which trained
+    no checkpoint that is kept): which machine trained which epochs. A resume without a record
+    leaves the first machine unknown."""
     env = _environment(info)
-    if start and path.is_file():
-        first = read_json_object(path, (), InputError)
-        env = {**first, "resumes": [*first.get("resumes", []), {"after_epoch": start, **env}]}
+    if start:
+        first = read_json_object(path, (), InputError) if path.is_file() else {}
+        kept = [r for r in first.get("resumes", []) if r.get("after_epoch", 0) < start]
+        env = {**first, "resumes": [*kept, {"after_epoch": start, **env}]}
     write_json(path, env)
 
 
-#: Config fields a resume may change: how long to train and how the run is driven, none of
-#: which changes what an epoch computes (data loader workers read the same cases in the same
-#: order; every random draw of the data is seeded by case and epoch).
-RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "num_workers")
+#: Config fields a resume may change: how long to train and when to checkpoint, neither of
+#: which changes what an epoch computes (not ``num_workers``: a data loader worker runs one
+#: thread, which may round a resampling otherwise).
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_every")
 
 
 def _check_resume_config(out: Path, config: TrainConfig) -> None:

@@ -332,7 +332,7 @@ class Decomposer:
                            f"{feats['feature_score']:.2f} > {OOD_FEATURE}, 1 = training 99th percentile)")
         if feats["intensity_z"] > OOD_Z:
             reasons.append(f"intensity statistics {feats['intensity_z']:.1f} SD from the training radiographs")
-        orientation = _orientation(scores, source, self.model.meta["ood"].get("layout_r_min_median", [1.0])[0])
+        orientation = _orientation(scores, source, self.model.meta["ood"].get("layout_r_min_median"))
         if orientation is not None:
             reason, layout_feats = orientation
             feats.update(layout_feats)
@@ -387,16 +387,16 @@ class Decomposer:
         return notes
 
 
-def _orientation(scores: dict, source: dict, training_min: float) -> tuple[str, dict] | None:
+def _orientation(scores: dict, source: dict, training_r: list[float] | None) -> tuple[str, dict] | None:
     """(reason, features) of the layout check: the correction (turn, flip, inversion) that
     raises the layout r by more than :data:`ORIENTATION_MARGIN` to at least
     :data:`CORRECTED_MIN_R`; else, for a smaller such gain or an r more than
-    :data:`LAYOUT_UNLIKE_MARGIN` below the lowest training film's (``training_min``, leave one
-    out), a reason naming none; reason "" when neither applies; None when the model has no
-    layout statistics."""
+    :data:`LAYOUT_UNLIKE_MARGIN` below the lowest training film's (``training_r``: [min,
+    median], leave one out), a reason naming none; reason "" when neither applies; None when
+    the model has no layout statistics."""
     if "layout_r" not in scores:
         return None
-    r = float(scores["layout_r"][0])
+    r, training_min = float(scores["layout_r"][0]), training_r[0]
     low = training_min - LAYOUT_UNLIKE_MARGIN
     candidates = {"inverted": -r}
     for name in ORIENTATIONS:

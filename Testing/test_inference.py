@@ -55,6 +55,15 @@ def decomposer(trained) -> Decomposer:
     return Decomposer.from_run(trained[1])
 
 
+def toy_film_file(data: Path, index: int, path: Path) -> Path:
+    """Case ``index``'s radiograph written to ``path`` (.mha) with 2 mm pixels: plausible for
+    a radiograph, 64 mm across."""
+    image = sitk.GetImageFromArray(PreparedDataset(data).load(index)["xray"][0].numpy())
+    image.SetSpacing((2.0, 2.0))
+    sitk.WriteImage(image, str(path))
+    return path
+
+
 def toy_radiograph(data: Path, index: int) -> Radiograph:
     ds = PreparedDataset(data)
     x = ds.load(index)["xray"][0].numpy()
@@ -302,11 +311,8 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     data, run = trained
     folder = tmp_path / "in"
     folder.mkdir()
-    ds = PreparedDataset(data)
     for i in range(2):
-        image = sitk.GetImageFromArray(ds.load(i)["xray"][0].numpy())
-        image.SetSpacing((2.0, 2.0))  # plausible for a radiograph: 2 mm pixels, 64 mm across
-        sitk.WriteImage(image, str(folder / f"hip{i}.mha"))
+        toy_film_file(data, i, folder / f"hip{i}.mha")
     (folder / "broken.dcm").write_bytes(b"not a DICOM file")
     directory = Dataset()
     directory.file_meta = FileMetaDataset()
@@ -381,12 +387,7 @@ def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp
 
 def test_cli_rerun_rewrites_nothing_and_keeps_another_patients_result(trained, tmp_path, capsys):
     data, run = trained
-    files = []
-    for i in (0, 1):
-        image = sitk.GetImageFromArray(PreparedDataset(data).load(i)["xray"][0].numpy())
-        image.SetSpacing((2.0, 2.0))
-        files.append(tmp_path / f"hip{i}.mha")
-        sitk.WriteImage(image, str(files[-1]))
+    files = [toy_film_file(data, i, tmp_path / f"hip{i}.mha") for i in (0, 1)]
     parser = argparse.ArgumentParser()
     decompose_cmd.add_arguments(parser)
     args = parser.parse_args(["--model", str(run), "--xray", str(files[0]), "--out", str(tmp_path / "cli"),
@@ -454,10 +455,7 @@ def test_batch_resume_refuses_another_model_or_magnification(trained, decomposer
     """A folder holding the result of another model, or of another --magnification, is never
     reused."""
     data, _ = trained
-    image = sitk.GetImageFromArray(PreparedDataset(data).load(0)["xray"][0].numpy())
-    image.SetSpacing((2.0, 2.0))
-    xray = tmp_path / "hip.mha"
-    sitk.WriteImage(image, str(xray))
+    xray = toy_film_file(data, 0, tmp_path / "hip.mha")
     out = tmp_path / "out"
     decompose_files(decomposer, [xray], out, tta=1)
     with pytest.raises(FileExistsError, match=r"other input content, settings or model .*\(differs in: magnification\)"):
@@ -474,10 +472,7 @@ def test_a_write_cut_short_leaves_no_table_and_is_redone(trained, decomposer, tm
     from MSKdeXTraining import inference
     from MSKdeXTraining.inference import decompose_file
 
-    image = sitk.GetImageFromArray(PreparedDataset(trained[0]).load(0)["xray"][0].numpy())
-    image.SetSpacing((2.0, 2.0))
-    xray = tmp_path / "hip.mha"
-    sitk.WriteImage(image, str(xray))
+    xray = toy_film_file(trained[0], 0, tmp_path / "hip.mha")
     written, real_write = [], sitk.WriteImage
 
     def write_then_die(im, path, *args):

@@ -140,8 +140,8 @@ def labels_from_segmentation(node, reference_node, values: Mapping[str, int] | N
         raise InputError("segmentation: no segmentation selected, or it has no segments")
     if reference_node is None or reference_node.GetImageData() is None:
         raise InputError("segmentation: a reference volume (the CT) is needed to export it")
-    moved, ref = (n.GetParentTransformNode() for n in (node, reference_node))
     if node.GetTransformNodeID() != reference_node.GetTransformNodeID():
+        moved, ref = (n.GetParentTransformNode() for n in (node, reference_node))
         name = lambda t: "no transform" if t is None else f"transform {t.GetName()!r}"
         raise InputError(f"segmentation {node.GetName()!r}: it is under {name(moved)}, the CT "
                          f"{reference_node.GetName()!r} under {name(ref)}; its labels must lie on the CT's "

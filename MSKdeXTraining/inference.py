@@ -216,12 +216,13 @@ class Decomposer:
             "held_out_cases": len(calibration["held_out_ids"])}}
 
     @classmethod
-    def from_run(cls, run: str | Path, device: str = "cpu") -> Decomposer:
+    def from_run(cls, run: str | Path, device: str = "auto") -> Decomposer:
         """Load ``RUN/model.safetensors`` + ``model.json`` (never unpickles) and
-        ``RUN/calibration.json`` when there is one."""
+        ``RUN/calibration.json`` when there is one, onto ``device`` (auto: the GPU if any)."""
         from .modelio import load_model
+        from .training.distributed import pick_device
 
-        model = load_model(Path(run), device=device)
+        model = load_model(Path(run), device=pick_device(device))
         return cls(model, calibration=read_calibration(run, model.origin["weights_sha256"],
                                                        list(model.meta["objects"])))
 

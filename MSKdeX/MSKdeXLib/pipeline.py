@@ -212,8 +212,6 @@ class Pipeline:
 
         ``magnification`` (SDD / SOD at the patient, in :data:`~MSKdeXTraining.radiograph_io.MAGNIFICATION_RANGE`) replaces
         the file's; without either, the model's reference is assumed and the result notes it."""
-        import torch
-
         from MSKdeXTraining.inference import Decomposer
 
         model = Path(model)
@@ -228,7 +226,7 @@ class Pipeline:
                                      magnification_field="given in MSKdeX (Magnification)")
         report = progress or (lambda f, m: None)
         report(0.0, "loading the model")
-        decomposer = Decomposer.from_run(model, device="cuda" if torch.cuda.is_available() else "cpu")
+        decomposer = Decomposer.from_run(model)
         result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
         report(1.0, "adding the layers and the results table")
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,

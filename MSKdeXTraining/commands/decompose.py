@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", type=int, default=8,
                         help="test-time augmentations for the TTA SD columns, the model's sensitivity (1 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
-    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
+    parser.add_argument("--device", default="auto", help="torch device: auto (the GPU if any), cpu, cuda or cuda:K")
 
 
 def _inputs(path: Path) -> list[Path]:
@@ -51,14 +51,13 @@ def _inputs(path: Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
     from ..inference import Decomposer, decompose_file, decompose_files, output_files
-    from ..training.distributed import pick_device
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     single = args.xray.is_file()
     if single:
         for path in output_files(args.out):
             refuse_overwrite(path, [args.xray])
-    decomposer = Decomposer.from_run(args.model, device=pick_device(args.device))
+    decomposer = Decomposer.from_run(args.model, device=args.device)
     if single:
         summary, result = decompose_file(decomposer, args.xray, args.out, spacing, args.tta, args.seed,
                                          args.magnification)

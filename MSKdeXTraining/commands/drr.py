@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "grids differ, instead of refusing")
     parser.add_argument("--per-side", action="store_true",
                         help="render left and right of objects that declare sides as two objects")
-    parser.add_argument("--device", default="cpu", help="torch device: auto, cpu, cuda or cuda:K")
+    parser.add_argument("--device", default="auto", help="torch device: auto (the GPU if any), cpu, cuda or cuda:K")
     add_geometry_arguments(parser)
 
 

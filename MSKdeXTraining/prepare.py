@@ -2,8 +2,8 @@
 
 Per case (docs/formats.md, "Prepared dataset v2"):
 
-1. segmentation QC (:func:`MSKdeXTraining.qc.segmentation_qc`); a failing case is excluded
-   (and not registered) unless ``include_failed``;
+1. segmentation QC (:func:`MSKdeXTraining.qc.segmentation_qc`, with the CT: metal near an
+   object fails it); a failing case is excluded (and not registered) unless ``include_failed``;
 2. 2D/3D registration of the pelvis and each femur to the radiograph, at the radiograph's own
    geometry (:func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
    is below the threshold marks the case excluded (reason recorded) unless ``include_failed``;
@@ -98,10 +98,10 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         ct, labels = read_ct(case_dir / "ct.nii.gz"), read_labels(case_dir / "labels.nii.gz")
         xray, xray_geometry = read_xray(case_dir / "xray.mha", require_distances=True)
         truth = _read_truth(case_dir / "truth.json", objects)
+        qc = segmentation_qc(labels, objects, ct=ct)
     except InputError as e:  # excluded, so the other cases still make a dataset
         entry["reasons"].append(f"unreadable input: {e}")
         return _finish(entry, out, t0)
-    qc = segmentation_qc(labels, objects)
     entry["reasons"], entry["qc"] = list(qc.failed), qc.to_json()
     if qc.failed and not include_failed:
         return _finish(entry, out, t0)

@@ -11,7 +11,11 @@ volume of the largest component, and flags:
   (of each side, for objects with sides; the two largest for an object without sides, which
   may hold both sides in one label): a warning (bones may be cut by the field of view, muscles
   have islands);
-* ``holes`` - enclosed cavities: a warning.
+* ``holes`` - enclosed cavities: a warning;
+* ``metal`` - with the CT given, at least ``METAL_MIN_CM3`` of voxels at or above ``METAL_HU``
+  (an implant, e.g. a hip prosthesis or screws, or its artefacts) inside the object's bounding
+  box (of each side, for objects with sides) widened by ``METAL_MARGIN_MM``: **fails** the case. Its DRRs, volume and mass would show
+  metal and streaks rather than tissue, and the radiograph the implant.
 
 Plausible ranges (cm3, the whole object, both sides together) are deliberately wide: they
 catch a swapped, truncated or exploded label, not normal variation. Bones may be cut by the
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from .errors import InputError
+from .imaging.hu import SCHNEIDER_LOWER_HU
 from .imaging.volume import Volume
 from .objects import ObjectMap
 
@@ -43,8 +49,16 @@ PLAUSIBLE_VOLUME_CM3: dict[str, tuple[float, float]] = {
 }
 #: Below this fraction of an object's volume in its largest component, it is "fragmented".
 MIN_LARGEST_FRACTION = 0.9
+#: CT numbers (HU) at or above this are metal: Schneider et al. 2000's metal section (their
+#: highest), above any bone and at the 3071 HU ceiling of 12-bit scanners.
+METAL_HU = SCHNEIDER_LOWER_HU[-1]
+#: Metal volume (cm3) near an object that fails the case: above a few stray bright voxels,
+#: below any hip implant (a screw is about 1 cm3, a femoral stem 20-40 cm3).
+METAL_MIN_CM3 = 0.5
+#: Margin (mm) around an object's bounding box in which metal counts against it.
+METAL_MARGIN_MM = 10.0
 #: Flags that make a case fail; the others are warnings.
-FAILING_FLAGS = ("missing", "volume_low", "volume_high")
+FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
 
 
 @dataclass
@@ -57,6 +71,11 @@ class ObjectQC:
     holes: int
     largest_fraction: float
     side_volumes_cm3: dict[str, float] = field(default_factory=dict)
+    #: metal (cm3) in the widened bounding box of the object (of each side, summed); None when
+    #: the CT was not checked
+    metal_cm3: float | None = None
+    #: the sides with at least :data:`METAL_MIN_CM3` of metal near them
+    metal_sides: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -66,6 +85,8 @@ class ObjectQC:
              "flags": list(self.flags)}
         if self.side_volumes_cm3:
             d["side_volumes_cm3"] = {k: round(v, 3) for k, v in self.side_volumes_cm3.items()}
+        if self.metal_cm3 is not None:
+            d["metal_cm3"] = round(self.metal_cm3, 3)
         return d
 
 
@@ -95,14 +116,17 @@ class SegmentationQC:
 
 
 def segmentation_qc(labels: Volume, objects: ObjectMap,
-                    ranges: Mapping[str, tuple[float, float]] | None = None) -> SegmentationQC:
-    """Check every object of ``objects`` in the label map ``labels`` (see module docs).
+                    ranges: Mapping[str, tuple[float, float]] | None = None,
+                    ct: Volume | None = None) -> SegmentationQC:
+    """Check every object of ``objects`` in the label map ``labels`` (see module docs), and
+    for metal near it in ``ct`` (HU, the labels' grid) when given.
 
     ``ranges`` {object: (min, max) cm3} overrides :data:`PLAUSIBLE_VOLUME_CM3`; objects
     without a range are only checked for presence.
     """
     ranges = {**PLAUSIBLE_VOLUME_CM3, **(ranges or {})}
     voxel_cm3 = labels.voxel_volume_cm3
+    metal = None if ct is None else _metal_mask(ct, labels)
     out: dict[str, ObjectQC] = {}
     for spec in objects.objects:
         # objects with sides are checked side by side (two femurs are two components); one
@@ -115,6 +139,11 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
                      sum(t[2] for t in topo),
                      min((t[1] / c for t, c in zip(topo, counts) if c > 0), default=1.0))
         q.side_volumes_cm3 = {side: c * voxel_cm3 for side, c in zip(spec.sides, counts)}
+        if metal is not None:
+            near = [_near(m, labels.spacing) for m in masks]
+            q.metal_cm3 = np.count_nonzero(metal & np.logical_or.reduce(near)) * voxel_cm3
+            q.metal_sides = [side for side, n in zip(spec.sides, near)
+                             if np.count_nonzero(metal & n) * voxel_cm3 >= METAL_MIN_CM3]
         _flag(q, spec.labels, ranges.get(spec.name))
         out[spec.name] = q
     return SegmentationQC(out)
@@ -139,6 +168,31 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
                           f"{100 * q.largest_fraction:.0f} % of the volume")
     if q.holes:
         add("holes", f"{q.holes} enclosed hole(s)")
+    if q.metal_cm3 is not None and q.metal_cm3 >= METAL_MIN_CM3:
+        where = f"its {' and '.join(q.metal_sides)} side" if q.metal_sides else "it"
+        add("metal", f"{q.metal_cm3:.1f} cm3 of CT voxels at or above {METAL_HU:g} HU within "
+                     f"{METAL_MARGIN_MM:g} mm of the bounding box of {where} (an implant or its "
+                     "artefacts): its DRRs, volume and mass would not be tissue's")
+
+
+def _metal_mask(ct: Volume, labels: Volume) -> np.ndarray:
+    """Voxels of ``ct`` at or above :data:`METAL_HU`; the CT must lie on the labels' grid."""
+    differences = ct.grid_differences(labels)
+    if differences:
+        raise InputError(f"segmentation QC: the CT and the labels lie on different grids "
+                         f"({'; '.join(differences)}); expected the labels on the CT's grid")
+    return ct.array >= METAL_HU
+
+
+def _near(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The bounding box of ``mask`` widened by :data:`METAL_MARGIN_MM` (spacing in (i, j, k)
+    order, mm), as a mask; empty for an empty ``mask``."""
+    near = np.zeros_like(mask, bool)
+    if mask.any():
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        margin = np.ceil(METAL_MARGIN_MM / np.asarray(spacing)[::-1]).astype(int)
+        near[tuple(slice(max(s.start - m, 0), s.stop + m) for s, m in zip(box, margin))] = True
+    return near
 
 
 def plausible_volume(name: str) -> tuple[float, float] | None:

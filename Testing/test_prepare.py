@@ -135,6 +135,28 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
         merge_manifest(out, cohort)  # same cases, but another cohort.json
 
 
+def test_a_ct_with_an_implant_is_excluded(cohort, tmp_path):
+    """Metal in a CT (here the left femur at 3071 HU, a crude stem) fails the QC of the objects
+    around it: the case is excluded before registration, with the reason."""
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    ct_path, labels = copy / "case_0000" / "ct.nii.gz", read_labels(copy / "case_0000" / "labels.nii.gz")
+    image = sitk.ReadImage(str(ct_path))
+    array = sitk.GetArrayFromImage(image)
+    array[labels.array == 3] = 3071
+    implanted = sitk.GetImageFromArray(array)
+    implanted.CopyInformation(image)
+    sitk.WriteImage(implanted, str(ct_path))
+    m = json.loads((_prepare(copy, tmp_path / "ds") / "manifest.json").read_text())
+    bad, good = m["cases"][:2]
+    assert bad["status"] == "excluded" and bad["file"] is None and bad["registration"] == {}
+    assert any(r.startswith("femur: ") and "at or above 2995 HU" in r and "its left side" in r
+               for r in bad["reasons"]), bad["reasons"]
+    assert bad["qc"]["objects"]["femur"]["metal_cm3"] > 0.5
+    assert good["qc"]["objects"]["femur"]["metal_cm3"] == 0.0 and set(good["registration"]) == {
+        "pelvis", "femur_left", "femur_right"}  # registered (the cheap test budget may fail it)
+
+
 def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     """The dataset knows its cohort by a hash of cohort.json's identity fields and its cases'
     truths, not by place: moved together they resume without redoing a case or changing the

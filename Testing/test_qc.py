@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from MSKdeXTraining.imaging.volume import Volume, read_labels
 from MSKdeXTraining.objects import load_object_map
@@ -69,10 +70,66 @@ def test_bilateral_object_without_sides_is_not_fragmented():
 
 
 def test_custom_range_and_real_segmentation(shared_data):
-    labels = read_labels(shared_data / "totalsegmentator-example" / "example_seg_fast_force_split.nii.gz")
+    from MSKdeXTraining.imaging.volume import read_ct
+
+    folder = shared_data / "totalsegmentator-example"
+    labels = read_labels(folder / "example_seg_fast_force_split.nii.gz")
     objects = load_object_map("totalsegmentator")
     qc = segmentation_qc(labels, objects)
     assert qc.ok, qc.failed
     assert abs(qc.objects["pelvis"].volume_cm3 - 707.778) < 0.01
     tight = segmentation_qc(labels, objects, ranges={"sacrum": (500.0, 900.0)})
     assert tight.failed == [m for m in tight.failed if m.startswith("sacrum")] and not tight.ok
+
+
+def _ct(labels: np.ndarray) -> Volume:
+    """Soft tissue (40 HU) in the objects, air around."""
+    return Volume(np.where(labels > 0, 40, -1000).astype(np.int16), (5.0,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+
+
+def test_metal_near_an_object_fails_it():
+    """A femoral stem (1 cm3 at the 12-bit ceiling, 3071 HU) fails the femur, whose box holds it,
+    and no object farther than the margin; one stray bright voxel (0.125 cm3) fails nothing."""
+    from MSKdeXTraining.errors import InputError
+    from MSKdeXTraining.qc import METAL_HU, METAL_MARGIN_MM, METAL_MIN_CM3
+
+    a, objects = _healthy(), load_object_map("synthetic")
+    ct = _ct(a)
+    clean = segmentation_qc(_labels(a), objects, ct=ct)
+    assert clean.ok and {o.metal_cm3 for o in clean.objects.values()} == {0.0}
+    assert clean.to_json()["objects"]["femur"]["metal_cm3"] == 0.0
+    assert "metal_cm3" not in segmentation_qc(_labels(a), objects).to_json()["objects"]["femur"]
+
+    ct.array[20:22, 10:12, 10:12] = 3071         # in the right femur (rows 18-21)
+    ct.array[50, 50, 50] = 3071                 # a stray voxel far from every object's box
+    qc = segmentation_qc(_labels(a), objects, ct=ct)
+    # the left femur's box ends at row 17, 3 voxels (15 mm) away; gluteus maximus left starts
+    # at row 22, its widened box at row 20
+    assert METAL_MARGIN_MM == 10.0 and METAL_MIN_CM3 <= 1.0
+    assert {k: (o.metal_cm3, o.metal_sides) for k, o in qc.objects.items() if "metal" in o.flags} == {
+        "femur": (1.0, ["right"]), "gluteus_maximus": (1.0, ["left"])}
+    assert qc.objects["pelvis"].metal_cm3 == 0.0
+    assert qc.failed[-1] == (f"femur: 1.0 cm3 of CT voxels at or above {METAL_HU:g} HU within 10 mm of the "
+                            "bounding box of its right side (an implant or its artefacts): its DRRs, volume "
+                            "and mass would not be tissue's")
+    ct.array[20:22, 10:12, 10:12] = 2994         # just below the threshold: dense bone, not metal
+    assert segmentation_qc(_labels(a), objects, ct=ct).ok
+
+    shifted = Volume(ct.array, ct.spacing, (1.0, 0.0, 0.0), ct.direction)
+    with pytest.raises(InputError, match=r"different grids \(origin .*expected the labels on the CT's grid"):
+        segmentation_qc(_labels(a), objects, ct=shifted)
+
+
+def test_the_real_ct_holds_a_left_hip_implant(shared_data):
+    """The TotalSegmentator example CT has a left femoral stem (7.5 cm3 above 2995 HU, up to
+    3382 HU): the left side's bones and the muscles around it fail, the sacrum does not."""
+    from MSKdeXTraining.imaging.volume import read_ct
+
+    folder = shared_data / "totalsegmentator-example"
+    qc = segmentation_qc(read_labels(folder / "example_seg_fast_force_split.nii.gz"),
+                         load_object_map("totalsegmentator"), ct=read_ct(folder / "example_ct.nii.gz"))
+    metal = {k: o.metal_sides for k, o in qc.objects.items() if "metal" in o.flags}
+    assert metal == {k: ["left"] for k in ("gluteus_maximus", "gluteus_medius", "gluteus_minimus",
+                                            "iliacus", "pelvis", "femur")}
+    assert abs(qc.objects["femur"].metal_cm3 - 7.452) < 1e-3 and qc.objects["sacrum"].metal_cm3 == 0.0
+    assert len(qc.failed) == 6 and not qc.ok

@@ -160,9 +160,14 @@ def test_segmentation_qc_through_the_bridge(example):
 
     scene, objects = example["scene"], example["objects"]
     qc, table = Pipeline(scene).segmentation_qc(example["ct_node"], example["seg_node"], objects)
-    assert qc.to_json() == segmentation_qc(example["labels"], objects).to_json()
+    assert qc.to_json() == segmentation_qc(example["labels"], objects, ct=example["ct"]).to_json()
     assert table.GetNumberOfRows() == len(objects)
-    assert table.GetColumnUnitLabel("volume_cm3") == "cm3"
+    assert table.GetColumnUnitLabel("volume_cm3") == table.GetColumnUnitLabel("metal_cm3") == "cm3"
+    # the example CT's left hip implant fails the femur (and its neighbours), not the sacrum
+    femur, sacrum = objects.index("femur"), objects.index("sacrum")
+    assert abs(table.GetTable().GetColumnByName("metal_cm3").GetValue(femur) - 7.452) < 1e-3
+    assert table.GetTable().GetColumnByName("status").GetValue(femur) == "failed"
+    assert table.GetTable().GetColumnByName("status").GetValue(sacrum) == "ok"
     # remove the sacrum segment: the object goes missing and the row says "failed"
     seg = labels_to_segmentation(example["labels"], scene, "no sacrum", label_names(objects))
     seg.GetSegmentation().RemoveSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("sacrum"))
@@ -170,7 +175,7 @@ def test_segmentation_qc_through_the_bridge(example):
     rows = {r["object"]: r for r in qc_rows(broken)}
     assert rows["sacrum"]["status"] == "failed" and "missing" in rows["sacrum"]["flags"]
     assert table.GetAttribute("MSKdeX.QCFailed") == "1"
-    assert table.GetTable().GetColumnByName("status").GetValue(objects.index("sacrum")) == "failed"
+    assert table.GetTable().GetColumnByName("status").GetValue(sacrum) == "failed"
     scene.RemoveNode(seg)
 
 

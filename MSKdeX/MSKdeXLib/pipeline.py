@@ -94,9 +94,9 @@ class Pipeline:
 
         report = progress or (lambda f, m: None)
         report(0.0, "exporting the segmentation")
-        _, labels = self.inputs(ct_node, segmentation_node, objects)
+        ct, labels = self.inputs(ct_node, segmentation_node, objects)
         report(0.5, "checking each object")
-        qc = segmentation_qc(labels, objects)
+        qc = segmentation_qc(labels, objects, ct=ct)
         report(1.0, "writing the QC table")
         table = qc_table(qc, self.scene, QC_TABLE_NAME, self.scene.GetFirstNodeByName(QC_TABLE_NAME))
         return qc, table

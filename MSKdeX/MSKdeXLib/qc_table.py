@@ -2,7 +2,7 @@
 
 One row per object: volume (cm3), connected components, enclosed holes, share of the volume
 in the largest component (%), flags, and a ``status``: ``failed`` (a flag that fails the
-case: missing, volume_low, volume_high), ``warning`` (fragmented, holes) or ``ok``.
+case: missing, volume_low, volume_high, metal), ``warning`` (fragmented, holes) or ``ok``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ NUMERIC = (
     ("components", "", "Connected components (26-connectivity), summed over sides"),
     ("holes", "", "Enclosed background cavities"),
     ("largest_percent", "%", "Share of the volume in the largest component (smallest over sides)"),
+    ("metal_cm3", "cm3", "CT voxels at or above the metal threshold near the object (blank: CT not checked)"),
 )
 
 
@@ -28,6 +29,7 @@ def qc_rows(qc: SegmentationQC) -> list[dict]:
         rows.append({"object": name, "status": status, "volume_cm3": round(o.volume_cm3, 3),
                      "components": o.components, "holes": o.holes,
                      "largest_percent": round(100.0 * o.largest_fraction, 1),
+                     "metal_cm3": None if o.metal_cm3 is None else round(o.metal_cm3, 3),
                      "flags": ", ".join(o.flags), "messages": "; ".join(o.messages)})
     return rows
 

@@ -2,7 +2,9 @@
 
 The TotalSegmentator example CT (122 x 101 x 112 voxels, 3 mm, HU) and its automatic
 segmentation, downloaded from the TotalSegmentator repository's test reference files
-(Apache-2.0, wasserth/TotalSegmentator) and checked against their SHA-256.
+(Apache-2.0, wasserth/TotalSegmentator) and checked against their SHA-256. The CT holds a left
+hip implant, so segmentation QC fails the objects around it (metal): a sample for the data flow,
+not a case to train on.
 """
 
 from __future__ import annotations

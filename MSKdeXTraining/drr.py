@@ -10,7 +10,9 @@ detector with spacing = detector pixel spacing (mm) and origin at the centre of 
 in detector (u, v) mm, the third axis is the object (spacing 1). The NRRD header holds
 ``mskdex_format``, ``mskdex_version``, ``drr_type``, ``units``, ``objects`` (JSON list),
 ``geometry`` and ``pose`` (JSON). ``metrics.json`` (format ``mskdex-drr-metrics`` v1) holds,
-per object, volume (cm3) and mass (g) from the 3D voxels and from the DRR sums.
+per object, volume (cm3) and mass (g) from the 3D voxels and from the DRR sums, and (written
+by :func:`drr_from_files`) the segmentation QC of the CT and labels (``qc``: metal near an
+object, objects cut by the scan range, ...).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .errors import InputError
 from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
 from .progress import Progress
-from .qc import plausible_volume, volume_flag
+from .qc import plausible_volume, segmentation_qc, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"
 STACK_FORMAT = "mskdex-drr-stack"
@@ -201,6 +203,7 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
     ct, labels = load_inputs(ct_path, labels_path, resample)
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)
-    result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample)
+    result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample,
+                          qc=segmentation_qc(labels, omap, ct=ct).to_json())
     write_drr(result, out_dir, [ct_path, labels_path])
     return result

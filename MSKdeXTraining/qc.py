@@ -12,10 +12,14 @@ volume of the largest component, and flags:
   may hold both sides in one label): a warning (bones may be cut by the field of view, muscles
   have islands);
 * ``holes`` - enclosed cavities: a warning;
+* ``truncated`` - the object touches a face of the label map (the scan range or field of view
+  cut it, so its volume and mass fall short): **fails** the case for a muscle, a warning for a
+  bone (hip CTs end in the femur; a bone's target is the part scanned);
 * ``metal`` - with the CT given, at least ``METAL_MIN_CM3`` of voxels at or above ``METAL_HU``
   (an implant, e.g. a hip prosthesis or screws, or its artefacts) inside the object's bounding
-  box (of each side, for objects with sides) widened by ``METAL_MARGIN_MM``: **fails** the case. Its DRRs, volume and mass would show
-  metal and streaks rather than tissue, and the radiograph the implant.
+  box (of each side, for objects with sides) widened by ``METAL_MARGIN_MM``: **fails** the
+  case. Its DRRs, volume and mass would show metal and streaks rather than tissue, and the
+  radiograph the implant.
 
 Plausible ranges (cm3, the whole object, both sides together) are deliberately wide: they
 catch a swapped, truncated or exploded label, not normal variation. Bones may be cut by the
@@ -59,6 +63,10 @@ METAL_MIN_CM3 = 0.5
 METAL_MARGIN_MM = 10.0
 #: Flags that make a case fail; the others are warnings.
 FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
+#: Flags that make a case fail when a muscle has them (warnings for bones).
+MUSCLE_FAILING_FLAGS = ("truncated",)
+#: Names of the label map's faces, in the order :func:`_faces` checks them.
+FACES = ("first slice", "last slice", "first row", "last row", "first column", "last column")
 
 
 @dataclass
@@ -66,6 +74,7 @@ class ObjectQC:
     """QC figures of one object: volume (cm3), components, holes, flags."""
 
     name: str
+    kind: str
     volume_cm3: float
     components: int
     holes: int
@@ -76,8 +85,19 @@ class ObjectQC:
     metal_cm3: float | None = None
     #: the sides with at least :data:`METAL_MIN_CM3` of metal near them
     metal_sides: list[str] = field(default_factory=list)
+    #: the faces of the label map (:data:`FACES`) the object touches
+    faces: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+
+    def fails(self, flag: str) -> bool:
+        """Whether ``flag`` fails the case for this object (else it is a warning)."""
+        return flag in FAILING_FLAGS or (self.kind == "muscle" and flag in MUSCLE_FAILING_FLAGS)
+
+    @property
+    def failing(self) -> bool:
+        """Whether any of its flags fails the case."""
+        return any(self.fails(f) for f in self.flags)
 
     def to_json(self) -> dict:
         d = {"volume_cm3": round(self.volume_cm3, 3), "components": self.components,
@@ -87,6 +107,8 @@ class ObjectQC:
             d["side_volumes_cm3"] = {k: round(v, 3) for k, v in self.side_volumes_cm3.items()}
         if self.metal_cm3 is not None:
             d["metal_cm3"] = round(self.metal_cm3, 3)
+        if self.faces:
+            d["faces"] = list(self.faces)
         return d
 
 
@@ -98,13 +120,11 @@ class SegmentationQC:
 
     @property
     def failed(self) -> list[str]:
-        return [m for o in self.objects.values() for f, m in zip(o.flags, o.messages)
-                if f in FAILING_FLAGS]
+        return [m for o in self.objects.values() for f, m in zip(o.flags, o.messages) if o.fails(f)]
 
     @property
     def warnings(self) -> list[str]:
-        return [m for o in self.objects.values() for f, m in zip(o.flags, o.messages)
-                if f not in FAILING_FLAGS]
+        return [m for o in self.objects.values() for f, m in zip(o.flags, o.messages) if not o.fails(f)]
 
     @property
     def ok(self) -> bool:
@@ -135,13 +155,14 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
         masks = [np.isin(labels.array, v) for v in parts]
         topo = [_topology(m, 1 if spec.sides else 2) for m in masks]
         counts = [float(m.sum()) for m in masks]
-        q = ObjectQC(spec.name, sum(counts) * voxel_cm3, sum(t[0] for t in topo),
+        q = ObjectQC(spec.name, spec.kind, sum(counts) * voxel_cm3, sum(t[0] for t in topo),
                      sum(t[2] for t in topo),
                      min((t[1] / c for t, c in zip(topo, counts) if c > 0), default=1.0))
         q.side_volumes_cm3 = {side: c * voxel_cm3 for side, c in zip(spec.sides, counts)}
+        q.faces = [face for face in FACES if any(face in _faces(m) for m in masks)]
         if metal is not None:
             near = [_near(m, labels.spacing) for m in masks]
-            q.metal_cm3 = np.count_nonzero(metal & np.logical_or.reduce(near)) * voxel_cm3
+            q.metal_cm3 = float(np.count_nonzero(metal & np.logical_or.reduce(near)) * voxel_cm3)
             q.metal_sides = [side for side, n in zip(spec.sides, near)
                              if np.count_nonzero(metal & n) * voxel_cm3 >= METAL_MIN_CM3]
         _flag(q, spec.labels, ranges.get(spec.name))
@@ -168,11 +189,20 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
                           f"{100 * q.largest_fraction:.0f} % of the volume")
     if q.holes:
         add("holes", f"{q.holes} enclosed hole(s)")
+    if q.faces:
+        add("truncated", f"touches the label map's {', '.join(q.faces)}: cut by the scan range or "
+                         "field of view, its volume and mass fall short")
     if q.metal_cm3 is not None and q.metal_cm3 >= METAL_MIN_CM3:
         where = f"its {' and '.join(q.metal_sides)} side" if q.metal_sides else "it"
         add("metal", f"{q.metal_cm3:.1f} cm3 of CT voxels at or above {METAL_HU:g} HU within "
                      f"{METAL_MARGIN_MM:g} mm of the bounding box of {where} (an implant or its "
                      "artefacts): its DRRs, volume and mass would not be tissue's")
+
+
+def _faces(mask: np.ndarray) -> list[str]:
+    """The :data:`FACES` of the volume that ``mask`` ([k, j, i]) touches."""
+    ends = (mask[0], mask[-1], mask[:, 0], mask[:, -1], mask[:, :, 0], mask[:, :, -1])
+    return [face for face, end in zip(FACES, ends) if end.any()]
 
 
 def _metal_mask(ct: Volume, labels: Volume) -> np.ndarray:

@@ -51,6 +51,23 @@ def test_sum_of_object_wvdrrs_is_the_drr_of_the_union(example_result):
     assert float(whole[0].max()) > 1.0  # a real line integral through the pelvis
 
 
+def test_cli_reports_the_real_cts_implant_and_cut_muscles(example, tmp_path, capsys):
+    """The example CT's left hip stem and the muscles its scan range cuts are in metrics.json
+    and in the warnings, with the sums (which hold whatever the HU)."""
+    from MSKdeXTraining.cli import main
+
+    out = tmp_path / "o"
+    assert main(["drr", "--ct", str(example[0]), "--labels", str(example[1]), "--objects", "totalsegmentator",
+                 "--out", str(out), "--rows", "160", "--cols", "160", "--pixel-spacing", "3.0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    qc = metrics["qc"]["objects"]
+    assert qc["femur"]["flags"] == ["holes", "truncated", "metal"] and qc["femur"]["metal_cm3"] == 7.452
+    assert "metal" not in qc["sacrum"]["flags"] and metrics["sums_within_tolerance"]
+    captured = capsys.readouterr()
+    assert "holes, truncated, metal" in captured.out
+    assert captured.err.count("(segmentation QC would exclude this case from a dataset)") == 8
+
+
 def _write(path, array, spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0)):
     return write_image(path, array, spacing, origin)
 

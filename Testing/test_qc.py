@@ -10,8 +10,22 @@ from MSKdeXTraining.objects import load_object_map
 from MSKdeXTraining.qc import segmentation_qc
 
 
-def _labels(array: np.ndarray, spacing: float = 5.0) -> Volume:
-    return Volume(array.astype(np.uint8), (spacing,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+def _volume(array: np.ndarray, background: int = 0, pad: int = 1) -> Volume:
+    """``array`` on a 5 mm grid, padded with ``background`` so that no object touches a face."""
+    return Volume(np.pad(array, pad, constant_values=background), (5.0,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+
+
+def _labels(array: np.ndarray, pad: int = 1) -> Volume:
+    return _volume(array.astype(np.uint8), pad=pad)
+
+
+def _ct(hu: np.ndarray) -> Volume:
+    return _volume(hu.astype(np.int16), -1000)
+
+
+def _tissue(labels: np.ndarray) -> np.ndarray:
+    """Soft tissue (40 HU) in the objects, air around."""
+    return np.where(labels > 0, 40, -1000)
 
 
 def _healthy() -> np.ndarray:
@@ -76,15 +90,15 @@ def test_custom_range_and_real_segmentation(shared_data):
     labels = read_labels(folder / "example_seg_fast_force_split.nii.gz")
     objects = load_object_map("totalsegmentator")
     qc = segmentation_qc(labels, objects)
-    assert qc.ok, qc.failed
+    # the CT ends in the thighs: two muscles fail, the bones cut there warn
+    assert {k for k, o in qc.objects.items() if "truncated" in o.flags} == {
+        "gluteus_maximus", "iliacus", "pelvis", "femur"}
+    assert [m.split(":")[0] for m in qc.failed] == ["gluteus_maximus", "iliacus"]
+    assert qc.objects["femur"].faces == ["first slice"] and not qc.objects["femur"].failing
     assert abs(qc.objects["pelvis"].volume_cm3 - 707.778) < 0.01
     tight = segmentation_qc(labels, objects, ranges={"sacrum": (500.0, 900.0)})
-    assert tight.failed == [m for m in tight.failed if m.startswith("sacrum")] and not tight.ok
-
-
-def _ct(labels: np.ndarray) -> Volume:
-    """Soft tissue (40 HU) in the objects, air around."""
-    return Volume(np.where(labels > 0, 40, -1000).astype(np.int16), (5.0,) * 3, (0.0, 0.0, 0.0), np.eye(3))
+    assert tight.failed == qc.failed + [m for m in tight.failed if m.startswith("sacrum")]
+    assert len(tight.failed) == 3
 
 
 def test_metal_near_an_object_fails_it():
@@ -94,15 +108,15 @@ def test_metal_near_an_object_fails_it():
     from MSKdeXTraining.qc import METAL_HU, METAL_MARGIN_MM, METAL_MIN_CM3
 
     a, objects = _healthy(), load_object_map("synthetic")
-    ct = _ct(a)
-    clean = segmentation_qc(_labels(a), objects, ct=ct)
+    hu = _tissue(a)
+    clean = segmentation_qc(_labels(a), objects, ct=_ct(hu))
     assert clean.ok and {o.metal_cm3 for o in clean.objects.values()} == {0.0}
     assert clean.to_json()["objects"]["femur"]["metal_cm3"] == 0.0
     assert "metal_cm3" not in segmentation_qc(_labels(a), objects).to_json()["objects"]["femur"]
 
-    ct.array[20:22, 10:12, 10:12] = 3071         # in the right femur (rows 18-21)
-    ct.array[50, 50, 50] = 3071                 # a stray voxel far from every object's box
-    qc = segmentation_qc(_labels(a), objects, ct=ct)
+    hu[20:22, 10:12, 10:12] = 3071              # in the right femur (rows 18-21)
+    hu[50, 50, 50] = 3071                      # a stray voxel far from every object's box
+    qc = segmentation_qc(_labels(a), objects, ct=_ct(hu))
     # the left femur's box ends at row 17, 3 voxels (15 mm) away; gluteus maximus left starts
     # at row 22, its widened box at row 20
     assert METAL_MARGIN_MM == 10.0 and METAL_MIN_CM3 <= 1.0
@@ -112,9 +126,10 @@ def test_metal_near_an_object_fails_it():
     assert qc.failed[-1] == (f"femur: 1.0 cm3 of CT voxels at or above {METAL_HU:g} HU within 10 mm of the "
                             "bounding box of its right side (an implant or its artefacts): its DRRs, volume "
                             "and mass would not be tissue's")
-    ct.array[20:22, 10:12, 10:12] = 2994         # just below the threshold: dense bone, not metal
-    assert segmentation_qc(_labels(a), objects, ct=ct).ok
+    hu[20:22, 10:12, 10:12] = 2994              # just below the threshold: dense bone, not metal
+    assert segmentation_qc(_labels(a), objects, ct=_ct(hu)).ok
 
+    ct = _ct(hu)
     shifted = Volume(ct.array, ct.spacing, (1.0, 0.0, 0.0), ct.direction)
     with pytest.raises(InputError, match=r"different grids \(origin .*expected the labels on the CT's grid"):
         segmentation_qc(_labels(a), objects, ct=shifted)
@@ -132,4 +147,23 @@ def test_the_real_ct_holds_a_left_hip_implant(shared_data):
     assert metal == {k: ["left"] for k in ("gluteus_maximus", "gluteus_medius", "gluteus_minimus",
                                             "iliacus", "pelvis", "femur")}
     assert abs(qc.objects["femur"].metal_cm3 - 7.452) < 1e-3 and qc.objects["sacrum"].metal_cm3 == 0.0
-    assert len(qc.failed) == 6 and not qc.ok
+    assert sum("at or above 2995 HU" in m for m in qc.failed) == 6
+
+
+def test_objects_cut_by_the_scan_range():
+    """Without the padding the pelvis (rows 0-9) touches the first slice and every block the
+    first rows and columns: a truncated muscle fails the case, a truncated bone warns."""
+    from MSKdeXTraining.qc import FACES
+
+    qc = segmentation_qc(_labels(_healthy(), pad=0), load_object_map("synthetic"))
+    assert qc.objects["pelvis"].faces == ["first slice"]  # rows 5-24 keep off the row/column faces
+    assert qc.objects["pelvis"].flags == ["truncated"] and not qc.objects["pelvis"].failing
+    assert "pelvis: touches the label map's first slice: cut by the scan range or field of view, its " \
+           "volume and mass fall short" in qc.warnings
+    a = _healthy()
+    a[35, 5:25, 0:25] = 16                       # gluteus minimus right (row 35) reaches column 0
+    qc = segmentation_qc(_labels(a, pad=0), load_object_map("synthetic"))
+    assert qc.objects["gluteus_minimus"].faces == ["first column"] == [FACES[4]]
+    assert qc.objects["gluteus_minimus"].failing and not qc.ok
+    assert qc.failed == ["gluteus_minimus: touches the label map's first column: cut by the scan range or "
+                         "field of view, its volume and mass fall short"]

@@ -2,12 +2,13 @@
 
 One row per object: volume (cm3), connected components, enclosed holes, share of the volume
 in the largest component (%), flags, and a ``status``: ``failed`` (a flag that fails the
-case: missing, volume_low, volume_high, metal), ``warning`` (fragmented, holes) or ``ok``.
+case: missing, volume_low, volume_high, metal, and truncated for a muscle), ``warning``
+(fragmented, holes, a truncated bone) or ``ok``.
 """
 
 from __future__ import annotations
 
-from MSKdeXTraining.qc import FAILING_FLAGS, SegmentationQC
+from MSKdeXTraining.qc import SegmentationQC
 
 from .table_nodes import add_number_column, add_text_column, empty_table
 
@@ -25,7 +26,7 @@ def qc_rows(qc: SegmentationQC) -> list[dict]:
     """One dict per object: object, status, the :data:`NUMERIC` fields, flags, messages."""
     rows = []
     for name, o in qc.objects.items():
-        status = "failed" if any(f in FAILING_FLAGS for f in o.flags) else "warning" if o.flags else "ok"
+        status = "failed" if o.failing else "warning" if o.flags else "ok"
         rows.append({"object": name, "status": status, "volume_cm3": round(o.volume_cm3, 3),
                      "components": o.components, "holes": o.holes,
                      "largest_percent": round(100.0 * o.largest_fraction, 1),

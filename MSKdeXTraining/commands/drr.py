@@ -10,6 +10,8 @@ from . import pixel_spacing_option, progress_bar
 
 HELP = ("Render the object-wise DRRs (WVDRR, VDRR cm, MDRR g/cm2) of a CT and its label map; "
         "writes wvdrr/vdrr/mdrr.nrrd and metrics.json (volume cm3, mass g: 3D vs DRR sums)")
+#: Segmentation QC flags shown beside the sums (volume flags show as "implausible volume").
+QC_FLAGS = ("metal", "truncated", "fragmented", "holes")
 
 
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,9 +76,15 @@ def run(args: argparse.Namespace) -> int:
         flags = [f for f, on in (("absent", r["absent"]),
                                  (f"outside FOV {100 * r['lost_fraction']['vdrr']:.2f} %", r["lost_fraction"]["vdrr"] > 0),
                                  ("implausible volume", r["implausible_volume"])) if on]
+        flags += [f for f in m["qc"]["objects"][r["name"]]["flags"] if f in QC_FLAGS]
         print(f"{r['name']:24s} {r['volume_cm3_3d']:11.2f} / {r['volume_cm3_drr']:10.2f} "
               f"{r['mass_g_3d']:10.2f} / {r['mass_g_drr']:9.2f}  {', '.join(flags)}")
     print(f"wrote wvdrr.nrrd, vdrr.nrrd, mdrr.nrrd, metrics.json in {args.out}")
+    shown = set(m["absent"] + m["implausible_volume"])
+    for message in m["qc"]["failed"]:
+        if message.split(":")[0] not in shown:
+            print(f"warning: {message} (segmentation QC would exclude this case from a dataset)",
+                  file=sys.stderr)
     odd = m["absent"] + m["implausible_volume"]
     if len(odd) >= 2:
         print(f"warning: {len(odd)} of {len(m['objects'])} objects are absent or of implausible volume "

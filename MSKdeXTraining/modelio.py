@@ -20,6 +20,7 @@ case ids).
 
 from __future__ import annotations
 
+import reprlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,6 @@ DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 UNITS = {**DRR_UNITS, "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
-#: Training statistics of the out-of-distribution check (:meth:`LoadedModel.ood`).
-OOD_FIELDS = ("feature_mean", "feature_cov", "feature_p99", "intensity_mean", "intensity_std")
 #: Side of the block grid of a radiograph's layout (:func:`layout`).
 LAYOUT_GRID = 8
 #: What the orientation check tries on a radiograph (B, 1, H, W): turned or flipped.
@@ -136,42 +135,80 @@ def save_model(run: str | Path, generator: Generator, meta: dict) -> Path:
     return run
 
 
+def _numbers_problem(value: object, shape: tuple[int | None, ...], above: float | tuple = -np.inf,
+                     kinds: str = "iuf") -> str | None:
+    """Why ``value`` is not an array of finite numbers (numpy dtype kinds ``kinds``: "iu" for
+    whole numbers) of ``shape`` (None: any length), each above ``above`` (broadcast to it);
+    None when it is."""
+    try:
+        a = np.asarray(value)
+    except ValueError:  # ragged nesting
+        return f"got a ragged array {reprlib.repr(value)}"
+    if a.dtype.kind not in kinds:
+        return f"got {reprlib.repr(value)}"
+    if a.ndim != len(shape) or any(s not in (None, m) for s, m in zip(shape, a.shape)):
+        return f"got shape {a.shape}"
+    if not np.all(np.isfinite(a) & (a > np.asarray(above))):
+        return f"got {reprlib.repr(value)}"
+    return None
+
+
+def _meta_problems(meta: dict) -> list[str]:
+    """What in ``model.json``'s fields does not fit, one entry per field named."""
+    objects = meta["objects"]
+    if not (isinstance(objects, list) and objects and all(isinstance(o, str) for o in objects)
+            and len(set(objects)) == len(objects)):
+        return [f"field 'objects' must be a non-empty list of distinct names, got {reprlib.repr(objects)}"]
+    n = len(objects)
+    problems = [f"field {k!r} must be a JSON object, got {reprlib.repr(meta[k])}"
+                for k in ("input", "ood") if not isinstance(meta[k], dict)]
+    if meta["drr_types"] != DRR_TYPES:
+        problems.append(f"field 'drr_types' must be {DRR_TYPES}, got {reprlib.repr(meta['drr_types'])}")
+    kinds = meta["kinds"]
+    if not (isinstance(kinds, list) and len(kinds) == n and all(isinstance(k, str) for k in kinds)):
+        problems.append(f"field 'kinds' must have one entry per object ({n}), got {reprlib.repr(kinds)}")
+    inp = meta["input"] if isinstance(meta["input"], dict) else {}
+    ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
+    width = len(ood["feature_mean"]) if isinstance(ood.get("feature_mean"), list) else None
+    pair = (-np.inf, 0.0)  # [mean, std]: the std > 0
+    specs = [("scale", meta["scale"], (3, n), f"numbers > 0 of shape (3, {n}) (DRR type x object)", 0.0),
+             ("input.mean", inp.get("mean"), (), "a finite number"),
+             ("input.std", inp.get("std"), (), "a finite number > 0", 0.0),
+             ("ood.feature_mean", ood.get("feature_mean"), (None,), "a list of finite numbers"),
+             ("ood.feature_cov", ood.get("feature_cov"), (width, width),
+              "a square matrix of finite numbers as wide as feature_mean"),
+             ("ood.feature_p99", ood.get("feature_p99"), (), "a finite number > 0", 0.0),
+             ("ood.intensity_mean", ood.get("intensity_mean"), (2,), "[mean, std] with std > 0", pair),
+             ("ood.intensity_std", ood.get("intensity_std"), (2,), "[mean, std] with std > 0", pair)]
+    if inp.get("prepared_shape") is not None:
+        specs.append(("input.prepared_shape", inp["prepared_shape"], (2,), "[rows, cols] (pixels)", 0, "iu"))
+    if "layout_mean" in ood:
+        grid = ood.get("layout_grid")
+        side = grid ** 2 if type(grid) is int else None
+        specs += [("ood.layout_grid", grid, (), "a whole number > 0", 0, "iu"),
+                  ("ood.layout_mean", ood["layout_mean"], (side,), "layout_grid^2 finite numbers"),
+                  ("ood.layout_r_min_median", ood.get("layout_r_min_median"), (2,),
+                   "[min, median] of the training films' layout correlations")]
+    for name, value, shape, expected, *bounds in specs:
+        why = _numbers_problem(value, shape, *bounds)
+        if why:
+            problems.append(f"field {name!r} must be {expected}, {why}")
+    return problems
+
+
 def read_meta(run: str | Path) -> dict:
-    """Read and validate ``run/model.json``."""
+    """Read and validate ``run/model.json``: every field that loading and prediction use."""
     path = Path(run) / "model.json"
     meta = read_format_json(path, FORMAT, VERSION, _META_FIELDS, ModelFormatError,
                             f"{run} is not a model run folder; run `mskdex train`")
     check_code_version(meta["code_version"], str(path))
-    if list(meta["drr_types"]) != DRR_TYPES:
-        raise ModelFormatError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {meta['drr_types']}")
-    n = len(meta["objects"])
-    if np.shape(meta["scale"]) != (3, n):
-        raise ModelFormatError(f"{path}: field 'scale' must have shape (3, {n}), got {np.shape(meta['scale'])}")
-    if len(meta["kinds"]) != n:
-        raise ModelFormatError(f"{path}: field 'kinds' must have one entry per object ({n}), got {len(meta['kinds'])}")
-    Geometry.from_json(meta["geometry"], f"{path}: field 'geometry'")
-    problems = [f"'input' needs 'mean' and 'std' > 0"] if not (
-        isinstance(meta["input"], dict) and {"mean", "std"} <= set(meta["input"]) and meta["input"]["std"] > 0) else []
-    shape = meta["input"].get("prepared_shape") if isinstance(meta["input"], dict) else None
-    if shape is not None and not (isinstance(shape, list) and len(shape) == 2
-                                  and all(type(v) is int and v >= 1 for v in shape)):
-        problems.append(f"'input' prepared_shape must be [rows, cols] (pixels), got {shape!r}")
-    ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
-    missing = sorted(set(OOD_FIELDS) - set(ood))
-    if missing:
-        problems.append(f"'ood' lacks {missing}")
-    elif np.shape(ood["feature_cov"]) != (len(ood["feature_mean"]),) * 2:
-        problems.append(f"'ood' feature_cov has shape {np.shape(ood['feature_cov'])}, not square as "
-                        f"wide as feature_mean ({len(ood['feature_mean'])})")
-    if "layout_mean" in ood and not (isinstance(ood.get("layout_grid"), int) and ood["layout_grid"] > 0
-                                     and np.shape(ood["layout_mean"]) == (ood["layout_grid"] ** 2,)):
-        problems.append(f"'ood' layout_mean must hold layout_grid^2 numbers, got shape "
-                        f"{np.shape(ood['layout_mean'])} for layout_grid {ood.get('layout_grid')!r}")
-    if "layout_mean" in ood and np.shape(ood.get("layout_r_min_median")) != (2,):
-        problems.append("'ood' layout_r_min_median must be [min, median] of the training films' layout "
-                        f"correlations, got {ood.get('layout_r_min_median')!r}")
+    problems = _meta_problems(meta)
     if problems:
-        raise ModelFormatError(f"{path}: field {'; '.join(problems)}")
+        raise ModelFormatError(f"{path}: {'; '.join(problems)}")
+    try:
+        Geometry.from_json(meta["geometry"], f"{path}: field 'geometry'")
+    except InputError as e:
+        raise ModelFormatError(str(e)) from None
     return meta
 
 

@@ -109,29 +109,51 @@ def test_malformed_checkpoint_is_named(tmp_path, content, message):
         load_checkpoint(tmp_path / "epoch_0002.json")
 
 
+OOD = {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
+       "intensity_std": [0.2, 0.1]}
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("code_version", "9.0.0", "written by MSKdeX 9.0.0"),
     ("format", "other", "field 'format'"),
-    ("scale", [[1.0]], "field 'scale' must have shape"),
-    ("kinds", ["muscle"], "field 'kinds' must have one entry per object"),
-    ("input", {"mean": 0.5}, "'input' needs 'mean' and 'std'"),
-    ("input", {"mean": 0.5, "std": 0.2, "prepared_shape": [128]}, "'input' prepared_shape must be \\[rows, cols\\]"),
-    ("ood", {"feature_mean": [0.0]}, "'ood' lacks"),
-    ("ood", {"feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5, "feature_p99": 1.0,
-             "intensity_mean": [0.5, 0.1], "intensity_std": [0.2, 0.1]}, "'ood' has 5 feature statistics"),
-    ("ood", {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
-             "intensity_std": [0.2, 0.1], "layout_grid": 8, "layout_mean": [0.0] * 63},
-     "layout_mean must hold layout_grid\\^2 numbers, got shape \\(63,\\)"),
-    ("ood", {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "intensity_mean": [0.5, 0.1],
-             "intensity_std": [0.2, 0.1], "layout_grid": 8, "layout_mean": [0.0] * 64},
-     "layout_r_min_median must be \\[min, median\\] of the training films' layout correlations, got None"),
+    ("objects", 9, "field 'objects' must be a non-empty list of distinct names, got 9"),
+    ("objects", [], "field 'objects' must be a non-empty list"),
+    ("objects", ["femur"] * 9, "field 'objects' must be a non-empty list of distinct names"),
+    ("kinds", ["muscle"], "field 'kinds' must have one entry per object \\(9\\)"),
+    ("drr_types", 3, "field 'drr_types' must be \\['wvdrr', 'vdrr', 'mdrr'\\], got 3"),
+    ("scale", [[1.0]], "field 'scale' must be numbers > 0 of shape \\(3, 9\\) .*got shape \\(1, 1\\)"),
+    ("scale", [[-1.0] * 9] * 3, "field 'scale' must be numbers > 0 .*got \\[\\[-1.0"),
+    ("scale", [[float("nan")] * 9] * 3, "field 'scale' must be numbers > 0 .*got \\[\\[nan"),
+    ("scale", [["1"] * 9] * 3, "field 'scale' must be numbers > 0"),
+    ("geometry", {"rows": 24}, "field 'geometry': missing field"),
+    ("input", [0.5, 0.2], "field 'input' must be a JSON object"),
+    ("input.std", "1", "field 'input.std' must be a finite number > 0, got '1'"),
+    ("input.std", 0.0, "field 'input.std' must be a finite number > 0, got 0.0"),
+    ("input.std", True, "field 'input.std' must be a finite number > 0, got True"),
+    ("input.mean", None, "field 'input.mean' must be a finite number, got None"),
+    ("input.prepared_shape", [128], "field 'input.prepared_shape' must be \\[rows, cols\\] .*got shape \\(1,\\)"),
+    ("input.prepared_shape", [128.0, 128], "field 'input.prepared_shape' must be \\[rows, cols\\]"),
+    ("ood", {"feature_mean": [0.0]}, "field 'ood.feature_cov' must be a square matrix .*got None"),
+    ("ood.feature_cov", [[1.0], [1.0, 2.0]], "field 'ood.feature_cov' must be .*got a ragged array"),
+    ("ood.feature_p99", 0, "field 'ood.feature_p99' must be a finite number > 0, got 0"),
+    ("ood.intensity_std", [0.2, -0.1], "field 'ood.intensity_std' must be \\[mean, std\\] with std > 0"),
+    ("ood", {**OOD, "feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5}, "'ood' has 5 feature statistics"),
+    ("ood", {**OOD, "layout_grid": 8, "layout_mean": [0.0] * 63},
+     "field 'ood.layout_mean' must be layout_grid\\^2 finite numbers, got shape \\(63,\\)"),
+    ("ood", {**OOD, "layout_grid": 8, "layout_mean": [0.0] * 64},
+     "field 'ood.layout_r_min_median' must be \\[min, median\\] of the training films' layout correlations, got None"),
 ])
 def test_bad_metadata_is_refused(run, tmp_path, field, value, message):
+    """Each field loading or prediction uses is checked; the error names the file and the field."""
     dst = copy_run(run[0], tmp_path)
     meta = json.loads((dst / "model.json").read_text())
-    meta[field] = value
+    *parents, key = field.split(".")
+    target = meta
+    for parent in parents:
+        target = target[parent]
+    target[key] = value
     (dst / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFormatError, match=message):
+    with pytest.raises(ModelFormatError, match=f"model.json.*{message}"):
         load_model(dst)
 
 

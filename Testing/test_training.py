@@ -40,6 +40,18 @@ def losses_of(run):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+class Killed(Exception):
+    """A training run killed mid-epoch (raised by :func:`kill_in_epoch`)."""
+
+
+def kill_in_epoch(epoch):
+    """A progress callback that kills the run in ``epoch``."""
+    def progress(fraction, message):
+        if message.startswith(f"epoch {epoch}/"):
+            raise Killed
+    return progress
+
+
 def weighted_terms(row, config):
     """The generator terms logged in a log.csv row with their weights (the row's lambda_is for OWIS)."""
     weights = {"gan_g": config.lambda_gan, "gan_f": config.lambda_gan, "cycle": config.lambda_cyc,
@@ -242,16 +254,8 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     """Also: the logged learning rate follows SGDR across a restart and the resumes."""
     config = load_config("small", {**TINY, "epochs": 4, "sgdr_t0": 2, "sgdr_t_mult": 2})
     full = train(config, dataset, tmp_path / "full")
-
-    class Killed(Exception):
-        pass
-
-    def kill_in_epoch_4(fraction, message):
-        if message.startswith("epoch 4/"):
-            raise Killed
-
     with pytest.raises(Killed):
-        train(config, dataset, tmp_path / "cut", progress=kill_in_epoch_4)
+        train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(4))
     assert len(losses_of(tmp_path / "cut")) == 3  # epoch 3 logged, last checkpoint at epoch 2
     with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
@@ -274,6 +278,50 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     lrs = [float(r["lr"]) for r in losses_of(longer)]
     assert lrs == pytest.approx([sgdr_lr(e, config) for e in range(1, 6)], rel=1e-5)
     assert lrs[2] == pytest.approx(config.lr) and lrs[1] == lrs[4] < lrs[3] < lrs[2]  # restart, longer period
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
+    """A newest checkpoint cut short is skipped with a warning naming it; the run continues
+    from the one before and ends as the uninterrupted run. None readable: each is named."""
+    from MSKdeXTraining.modelio import ModelFormatError
+
+    config = load_config("small", {**TINY, "epochs": 3, "checkpoint_every": 1})
+    full = train(config, dataset, tmp_path / "full")
+    with pytest.raises(Killed):
+        train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(3))
+    folder = tmp_path / "cut" / "checkpoints"
+    newest = folder / "epoch_0002.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    shutil.copytree(tmp_path / "cut", tmp_path / "lost")
+    (tmp_path / "lost" / "checkpoints" / "epoch_0001.json").write_text('{"format": "mskdex-checkpoint"')
+    with pytest.raises(ModelFormatError, match=r"no checkpoint can be read \(.*epoch_0002.safetensors: not a "
+                                               r"safetensors file .*epoch_0001.json: not valid JSON"):
+        train(config, dataset, tmp_path / "lost", resume=True)
+    with pytest.warns(UserWarning, match=r"epoch_0002.safetensors: not a safetensors file \(bad header\); "
+                                         r"resuming from the older epoch_0001.json"):
+        resumed = train(config, dataset, tmp_path / "cut", resume=True)
+    assert losses_of(resumed) == losses_of(full)
+    a, b = read_safetensors(full / "model.safetensors"), read_safetensors(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    env = json.loads((resumed / "environment.json").read_text())
+    assert [r["after_epoch"] for r in env["resumes"]] == [1]
+
+
+def test_bone_loss_needs_aligned_bones(tmp_path):
+    """A dataset without aligned bones is refused at the start when the bone loss is on (its
+    mean over no bones is NaN), and trains with the bone loss off."""
+    data = write_toy_dataset(tmp_path / "data", n_cases=2, size=32, objects=("gluteus_maximus", "iliacus"))
+    assert read_manifest(data)["aligned_bones"] == []
+    config = load_config("small", {**TINY, "epochs": 1})
+    with pytest.raises(InputError, match=r"manifest.json: field 'aligned_bones' is empty, but the config has "
+                                         r"bone_loss on.*set bone_loss=false"):
+        train(config, data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    row = losses_of(train(dataclasses.replace(config, bone_loss=False), data, tmp_path / "run"))[0]
+    assert row["bone"] == "" and math.isfinite(float(row["g_total"]))
+    from MSKdeXTraining.training.data import resize  # no bones resample to no bones on any grid
+    for size in ((16, 16), (20, 20)):  # whole blocks and overlaps
+        assert resize(torch.zeros(3, 0, 32, 32), size).shape == (3, 0, *size)
 
 
 def test_cli_runs_in_process(dataset, tmp_path, capsys):

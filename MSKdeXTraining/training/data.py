@@ -102,6 +102,8 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     shape = tuple(images.shape[-2:])
     if shape == tuple(size):
         return images
+    if images.numel() == 0:  # e.g. the aligned bones of a dataset without them
+        return images.new_zeros(*images.shape[:-2], *size)
     if all(n % m == 0 for n, m in zip(shape, size)):  # whole blocks: the same means, faster
         x = F.avg_pool2d(images.reshape(1, -1, *shape), (shape[0] // size[0], shape[1] // size[1]))
         return x.reshape(*images.shape[:-2], *size)

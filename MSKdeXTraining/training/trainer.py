@@ -5,7 +5,8 @@
 ``checkpoint_every`` epochs and at the end, then ``model.safetensors`` + ``model.json``.
 A checkpoint holds everything that determines the future of the run (networks,
 optimisers, schedulers, image pools and RNG states of every process, normalisation), so
-``resume=True`` continues from the last one exactly as if never interrupted.
+``resume=True`` continues from the last one exactly as if never interrupted (from the one
+before, with a warning, when the last cannot be read).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
 from ..progress import Progress
 from . import distributed
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint
+from .checkpoint import latest_checkpoint, load_newest_checkpoint, prune_checkpoints, save_checkpoint
 from .config import TrainConfig, dump_config
 from .data import PreparedDataset, ok_ids, read_manifest, split_folds
 from .objective import LOSS_NAMES, Networks, Normalisation, Objective
@@ -307,7 +308,8 @@ def train(config: TrainConfig, data: str | Path, out: str | Path,
 
     ``fold=(k, K)`` trains on the other folds of a K-fold split by patient
     (:func:`split_folds` with ``config.fold_seed``; k in 0..K-1) and records the held-out
-    ids in model.json. ``resume`` continues from the last checkpoint in ``out``.
+    ids in model.json. ``resume`` continues from the last checkpoint in ``out`` that can be
+    read.
     Under ``torchrun`` every process calls this; rank 0 writes the files.
     """
     info = distributed.init(config.device)
@@ -321,6 +323,10 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
            progress: Progress | None, info: distributed.DistInfo) -> Path:
     refuse_overwrite(out, [data])
     manifest = read_manifest(data)
+    if config.bone_loss and not manifest["aligned_bones"]:
+        raise InputError(f"{data / 'manifest.json'}: field 'aligned_bones' is empty, but the config has "
+                         "bone_loss on, which needs them; set bone_loss=false or use a dataset prepared "
+                         "with aligned bones (`mskdex prepare` registers the pelvis and femurs)")
     if fold is not None:
         k, n_folds = fold
         if not 0 <= k < n_folds:
@@ -354,7 +360,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
 
     start = 0
     if last is not None:
-        state = load_checkpoint(last)
+        last, state = load_newest_checkpoint(ckpt_dir)  # the one before when the newest is damaged
         _check_resume_split(last, state, out, fold, train_ids)
         if state["world_size"] != info.world:
             raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "

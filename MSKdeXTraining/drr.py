@@ -32,7 +32,7 @@ from .errors import InputError
 from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
 from .objects import ObjectMap, load_object_map
 from .progress import Progress
-from .qc import plausible_volume, segmentation_qc, volume_flag
+from .qc import check_hu, plausible_volume, segmentation_qc, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"
 STACK_FORMAT = "mskdex-drr-stack"
@@ -190,7 +190,8 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
                    objects: str | Path | ObjectMap = "synthetic", geometry: Geometry | None = None,
                    resample: bool = False, per_side: bool = False, device: str = "cpu",
                    progress: Progress | None = None) -> DRRResult:
-    """Read CT + labels, render every object's DRRs and write them to ``out_dir``.
+    """Read CT + labels (refusing a CT whose muscles do not read as HU), render every
+    object's DRRs and write them to ``out_dir``.
 
     ``objects`` is an :class:`ObjectMap`, a built-in map name or a JSON path; ``per_side``
     splits objects that declare sides into ``<name>_left`` / ``<name>_right``.
@@ -201,6 +202,7 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
     refuse_existing([Path(out_dir) / f"{t}.nrrd" for t in DRR_TYPES] + [Path(out_dir) / "metrics.json"],
                     [ct_path, labels_path])
     ct, labels = load_inputs(ct_path, labels_path, resample)
+    check_hu(ct, labels, omap, ct_path)
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)
     result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample,

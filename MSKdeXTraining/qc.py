@@ -61,6 +61,8 @@ METAL_HU = SCHNEIDER_LOWER_HU[-1]
 METAL_MIN_CM3 = 0.5
 #: Margin (mm) around an object's bounding box in which metal counts against it.
 METAL_MARGIN_MM = 10.0
+#: Plausible median HU inside the muscle labels of a CT in HU (lean muscle ~50, fatty ~-50).
+MUSCLE_HU_RANGE = (-200.0, 200.0)
 #: Flags that make a case fail; the others are warnings.
 FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
 #: Flags that make a case fail when a muscle has them (warnings for bones).
@@ -197,6 +199,18 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
         add("metal", f"{q.metal_cm3:.1f} cm3 of CT voxels at or above {METAL_HU:g} HU within "
                      f"{METAL_MARGIN_MM:g} mm of the bounding box of {where} (an implant or its "
                      "artefacts): its DRRs, volume and mass would not be tissue's")
+
+
+def check_hu(ct: Volume, labels: Volume, objects: ObjectMap, source: object) -> None:
+    """Refuse a CT (named ``source``) whose muscles do not read as HU (e.g. a lost rescale
+    intercept: +1024), which would make every lean fraction and density wrong."""
+    muscle = np.isin(labels.array, [v for o in objects.objects if o.is_muscle for v in o.labels])
+    if muscle.any():
+        median = float(np.median(ct.array[muscle]))
+        lo, hi = MUSCLE_HU_RANGE
+        if not lo <= median <= hi:
+            raise InputError(f"{source}: the muscles' median is {median:g}, not HU (expected {lo:g} to {hi:g}; "
+                             "a stored value without its rescale slope / intercept?)")
 
 
 def _faces(mask: np.ndarray) -> list[str]:

@@ -137,7 +137,7 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
 
 @pytest.mark.parametrize("case, field", [
     ("grid", "spacing"), ("nan", "NaN"), ("float_labels", "non-integer"), ("unmapped", "label values [7]"),
-    ("2d", "3D image"), ("missing", "file not found"),
+    ("2d", "3D image"), ("missing", "file not found"), ("not_hu", "the muscles' median is 1069, not HU"),
 ])
 def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
     ct_path, labels_path, ct, labels = phantom
@@ -156,6 +156,8 @@ def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
         objects.write_text(json.dumps(strict.to_json()))
     elif case == "2d":
         ct_path = _write(tmp_path / "bad.nii.gz", ct[10], spacing=(2.0, 2.0), origin=(0.0, 0.0))
+    elif case == "not_hu":  # stored values without their rescale intercept (-1024)
+        ct_path = _write(tmp_path / "bad.nii.gz", ct + 1024)
     else:
         ct_path = tmp_path / "bad.nii.gz"
     with pytest.raises((InputError, ObjectMapError)) as err:

@@ -153,6 +153,15 @@ def test_segments_are_matched_by_name(example):
     scene.RemoveNode(seg)
 
 
+def test_a_ct_not_in_hu_is_refused(example):
+    """CT values without their rescale intercept (+1024) would make every lean fraction wrong."""
+    scene = example["scene"]
+    node = volume_to_node(example["ct"].with_array(example["ct"].array + 1024), scene, "raw CT")
+    with pytest.raises(InputError, match=r"CT volume 'raw CT': the muscles' median is \d+, not HU"):
+        Pipeline(scene).inputs(node, example["seg_node"], example["objects"])
+    scene.RemoveNode(node)
+
+
 def test_segmentation_qc_through_the_bridge(example):
     from MSKdeXTraining.qc import segmentation_qc
 

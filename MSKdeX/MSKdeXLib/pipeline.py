@@ -23,6 +23,7 @@ from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
+from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_io import check_magnification
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
@@ -83,6 +84,7 @@ class Pipeline:
         ct = check_ct(volume_from_node(ct_node, "CT"), f"CT volume {ct_node.GetName()!r}")
         values = {name: value for value, name in label_names(objects).items()}
         labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
+        check_hu(ct, labels, objects, f"CT volume {ct_node.GetName()!r}")
         return ct, labels
 
     def segmentation_qc(self, ct_node, segmentation_node, objects: ObjectMap,

@@ -38,6 +38,7 @@ from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, r
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
 from ..progress import Progress
+from ..qc import check_hu
 from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
                              check_magnification, read_radiograph, unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
@@ -45,8 +46,6 @@ from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
 #: Columns of the pairs table: required, then optional.
 REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
 OPTIONAL_COLUMNS = ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")
-#: Plausible median HU inside the muscle labels of a CT in HU (lean muscle ~50, fatty ~-50).
-MUSCLE_HU_RANGE = (-200.0, 200.0)
 
 
 def read_pairs(table: Path) -> list[dict]:
@@ -121,17 +120,6 @@ def _record(pair: dict, objects: ObjectMap) -> dict:
             "object_map": objects.to_json(), "hip_above_table_mm": HIP_ABOVE_TABLE_MM}
 
 
-def _check_hu(ct: Volume, labels: Volume, objects: ObjectMap, path: Path) -> None:
-    """Refuse a CT whose muscles do not read as HU (e.g. a lost rescale intercept: +1024)."""
-    muscle = np.isin(labels.array, [v for o in objects.objects if o.is_muscle for v in o.labels])
-    if muscle.any():
-        median = float(np.median(ct.array[muscle]))
-        lo, hi = MUSCLE_HU_RANGE
-        if not lo <= median <= hi:
-            raise InputError(f"{path}: the muscles' median is {median:g}, not HU (expected {lo:g} to {hi:g}; "
-                             "a stored value without its rescale slope / intercept?)")
-
-
 def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
     """The radiograph of a row and its geometry, with the source distances it must have."""
     spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
@@ -156,7 +144,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     ``record`` of what it is made from (:func:`_record`)."""
     ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
     check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
-    _check_hu(ct, labels, objects, pair["ct"])
+    check_hu(ct, labels, objects, pair["ct"])
     radiograph, geometry = read_film(pair)
     xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"))  # as decompose does
     hu = np.rint(ct.array)

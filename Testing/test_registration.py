@@ -123,6 +123,25 @@ def test_phantom_pose_recovered_deterministically(phantom_case):
     assert not np.array_equal(other_seed.pose, r.pose)
 
 
+def test_a_fine_film_is_registered_on_about_1_mm_pixels(phantom_case):
+    """A 0.5 mm film (a clinical detector's pixels would be finer still) is binned to 1 mm
+    first: the same pose as registering that binned film, and still the true one."""
+    from MSKdeXTraining.imaging.geometry import resample_image
+    from MSKdeXTraining.imaging.registration.settings import FINEST_PIXEL_MM, binned
+
+    ct, labels, g, base, truth, xray = phantom_case
+    fine = g.resized(g.rows * 5)  # 480 x 480 pixels of 0.5 mm
+    film = np.kron(xray, np.ones((5, 5), np.float32))
+    work = binned(fine, FINEST_PIXEL_MM)
+    assert work.shape == (240, 240) and work.pixel_spacing == pytest.approx((1.0, 1.0))
+    r = register_bone(ct, labels, (1,), film, fine, base, QUICK)
+    same = register_bone(ct, labels, (1,), resample_image(film, fine, work), work, base, QUICK)
+    np.testing.assert_array_equal(r.pose, same.pose)
+    after = registration_errors(truth, r.pose, surface_points(labels, (1,)), g)
+    assert after["projected_mm"] < 1.5 and r.ok, after
+    assert binned(g, FINEST_PIXEL_MM) == g.resized(g.rows)  # 2.5 mm pixels stay as they are
+
+
 def test_wrong_radiograph_is_flagged(phantom_case):
     ct, labels, g, base, _, xray = phantom_case
     noise = np.random.default_rng(1).random(xray.shape).astype(np.float32)

@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..fileio import refuse_existing, staged_folder, write_json
+    from ..imaging.geometry import resample_image
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies)
+    from ..imaging.registration.settings import FINEST_PIXEL_MM, binned
     from ..imaging.volume import check_same_grid, read_ct, read_labels
     from ..objects import load_object_map
 
@@ -62,9 +64,11 @@ def run(args: argparse.Namespace) -> int:
                                   progress=progress, source=str(args.labels))
     drrs = []
     ok = all(r.ok for r in results.values())
+    shown = binned(geometry, FINEST_PIXEL_MM)  # the overlays at the registration's resolution
+    xray = resample_image(xray, geometry, shown)
     with staged_folder(args.out, last="poses.json") as stage:  # poses.json marks the set complete
         for name, r in results.items():
-            drr = render_body(ct, labels, bodies[name], r.pose, geometry)
+            drr = render_body(ct, labels, bodies[name], r.pose, shown)
             drrs.append(drr)
             state = "ok" if r.ok else "LOW: registration failed"
             write_qc_figure(stage / f"qc_{name}.png", overlay_image(xray, drr),

@@ -9,6 +9,8 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
 * renderer: the body's attenuation (mu x volume, cm2) block-summed to a grid about as fine
   as the level's detector pixels and splatted by :class:`.projector.Splatter`; both images
   get the same light Gaussian blur, which removes splatting ripple;
+* a film with pixels finer than :data:`.settings.FINEST_PIXEL_MM` (1 mm; clinical detectors
+  have 0.1-0.2 mm) is area-averaged to about that first, its "full resolution" from then on;
 * coarse-to-fine levels (detector pixels of ``Level.pixel_mm``, 0 = the radiograph's own),
   each optimised by CMA-ES (global, batched over the population) or Powell (local
   refinement); both presets end with a small-step CMA-ES and Powell at full resolution
@@ -19,7 +21,7 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
   centroid, or a femoral head) in the camera frame, applied on top of the start pose; depth
   ``tz`` runs along the ray through the centre (:func:`pose_from_params`).
 
-The result carries the final GC at the radiograph's resolution and ``ok = gc >=
+The result carries the final GC at that full resolution and ``ok = gc >=
 settings.gc_threshold`` (:data:`GC_THRESHOLD`, calibrated on the synthetic cohort: correct
 poses score above it, gross failures below).
 

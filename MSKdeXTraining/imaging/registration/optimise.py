@@ -18,7 +18,7 @@ from ..geometry import Geometry, apply, default_ap_pose, resample_image, rigid
 from ..similarity import sobel
 from ..volume import Volume
 from .render import BodyRenderer
-from .settings import Level, RegistrationResult, RegistrationSettings
+from .settings import FINEST_PIXEL_MM, Level, RegistrationResult, RegistrationSettings, binned
 
 
 def gaussian_blur(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
@@ -137,6 +137,9 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
                          f"detector {geometry.shape}")
     if not np.all(np.isfinite(radiograph)):
         raise InputError("radiograph holds NaN/inf pixels")
+    work = binned(geometry, FINEST_PIXEL_MM)  # a fine clinical film: about 1 mm pixels
+    if work.shape != geometry.shape:
+        radiograph, geometry = resample_image(radiograph, geometry, work), work
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()
     renderer = BodyRenderer(ct, labels, body_labels)

@@ -50,6 +50,20 @@ RESTART_ITERATIONS = 7
 START_SEARCH_MM = 48.0
 
 
+#: Finest detector pixel (mm) registration works at. A clinical film's 0.1-0.2 mm pixels would
+#: make the rendered samples (each under ``footprint_px`` pixels) and their memory grow with
+#: the square of the ratio, tens of GB per CMA-ES generation; a finer film is area-averaged to
+#: about this size first. The targets were met on 2.3 mm pixels (docs/registration.md).
+FINEST_PIXEL_MM = 1.0
+
+
+def binned(radiograph: Geometry, pixel_mm: float) -> Geometry:
+    """The radiograph's field of view with pixels of about ``pixel_mm`` (a whole binning
+    factor, at least 1: the radiograph's own pixels when they are that coarse)."""
+    factor = max(1, round(pixel_mm / min(radiograph.pixel_spacing)))
+    return radiograph.resized(max(8, radiograph.rows // factor), max(8, radiograph.cols // factor))
+
+
 @dataclass(frozen=True)
 class Level:
     """One pyramid level: detector pixel size, optimiser and its budget.
@@ -73,8 +87,7 @@ class Level:
 
     def geometry(self, radiograph: Geometry) -> Geometry:
         """The level's detector: the radiograph's field of view with coarser pixels."""
-        factor = max(1, round(self.pixel_mm / min(radiograph.pixel_spacing)))
-        return radiograph.resized(max(8, radiograph.rows // factor), max(8, radiograph.cols // factor))
+        return binned(radiograph, self.pixel_mm)
 
 
 @dataclass(frozen=True)

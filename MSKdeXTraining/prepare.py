@@ -57,6 +57,9 @@ from .training.data import FORMAT, VERSION  # the dataset format its reader defi
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
 MAX_LOST_FRACTION = 0.005
+#: Longest side (pixels) of the default dataset detector: the paper's 512, so a clinical
+#: film's 2000-3000 pixels (0.3-1 GB of DRRs per case) are not kept unasked.
+DEFAULT_MAX_PX = 512
 
 
 def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
@@ -78,11 +81,13 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
 
 
 def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = None) -> Geometry:
-    """The first case's radiograph detector, optionally resampled to ``rows`` x ``cols``."""
+    """The first case's radiograph detector resampled to ``rows`` x ``cols``; by default its
+    own pixels, at most :data:`DEFAULT_MAX_PX` on the longer side (same field of view)."""
     meta, _ = read_cohort(cohort)
     _, g = read_xray(Path(cohort) / meta["cases"][0] / "xray.mha", require_distances=True)
     if rows is None and cols is None:
-        return g
+        f = DEFAULT_MAX_PX / max(g.rows, g.cols)
+        return g if f >= 1 else g.resized(max(1, round(g.rows * f)), max(1, round(g.cols * f)))
     return g.resized(rows or cols, cols or rows)
 
 

@@ -135,6 +135,20 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
         merge_manifest(out, cohort)  # same cases, but another cohort.json
 
 
+def test_the_default_dataset_detector_is_at_most_512_pixels(cohort, monkeypatch):
+    """By default the first radiograph's detector, shrunk over the same field of view when its
+    longer side exceeds DEFAULT_MAX_PX (a clinical film's thousands of pixels)."""
+    import MSKdeXTraining.prepare as prepare
+
+    meta, _ = read_cohort(cohort)
+    _, own = read_xray(cohort / meta["cases"][0] / "xray.mha", require_distances=True)
+    assert prepare.DEFAULT_MAX_PX == 512 and dataset_geometry(cohort) == own
+    monkeypatch.setattr(prepare, "DEFAULT_MAX_PX", own.rows // 2)
+    small = dataset_geometry(cohort)
+    assert small.shape == (own.rows // 2, own.cols // 2) and small.sdd == own.sdd
+    assert small.rows * small.pixel_spacing[0] == pytest.approx(own.rows * own.pixel_spacing[0])
+
+
 def test_a_ct_with_an_implant_is_excluded(cohort, tmp_path):
     """Metal in a CT (here the left femur at 3071 HU, a crude stem) fails the QC of the objects
     around it: the case is excluded before registration, with the reason."""

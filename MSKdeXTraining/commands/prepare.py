@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="dataset folder")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--image-size", type=int, metavar="PX",
-                      help="square dataset detector (pixels), same field of view as the radiographs")
+                      help="square dataset detector (pixels), same field of view as the radiographs "
+                           "(default: the first radiograph's detector, at most 512 pixels a side)")
     size.add_argument("--rows", type=int, help="dataset detector rows (with --cols)")
     parser.add_argument("--cols", type=int, help="dataset detector columns (with --rows)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="I/N",

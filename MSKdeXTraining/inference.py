@@ -255,7 +255,7 @@ class Decomposer:
         As in training: resampled onto the matched detector at the prepared dataset's pixel
         count (``model.json`` input ``prepared_shape``; older models: the model grid), then
         averaged onto the model grid."""
-        x, method = unit_range(radiograph.array, radiograph.source.get("value_range"))
+        x, method = unit_range(radiograph.array, radiograph.source.get("value_range"), padding=radiograph.padding)
         detector = self.detector(radiograph)
         prepared = self.model.meta["input"].get("prepared_shape") or list(detector.shape)
         x, coverage = to_detector(x, radiograph.pixel_spacing, detector.resized(*prepared))
@@ -348,7 +348,7 @@ class Decomposer:
     def notes(self, source: dict, info: dict, orientation_checked: bool) -> list[str]:
         """What a reader of the result should know besides the flags ("note: ..."): checks
         not made, values given or assumed, intervals missing or not covering an assumption."""
-        notes = []
+        notes = [f"note: {n}" for n in source.get("notes", [])]  # what reading assumed or changed
         if not orientation_checked:
             notes.append("note: the model predates the orientation check (model.json 'ood' lacks "
                          "layout_mean): a film upside down, turned or with bone dark is not flagged; "
@@ -491,9 +491,10 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     ) -> list[dict]:
     """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`,
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
-    be used, which does not stop the others; ``skipped`` for one already done, so an
-    interrupted batch resumes). An output folder holding a result of other input, settings or
-    model stops the batch (FileExistsError): the batch belongs in another ``out``."""
+    be used, which does not stop the others: its InputError, or any other exception with its
+    type; ``skipped`` for one already done, so an interrupted batch resumes). An output folder
+    holding a result of other input, settings or model stops the batch (FileExistsError): the
+    batch belongs in another ``out``."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
@@ -501,8 +502,11 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         try:
             summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
                                             magnification)[0])
-        except InputError as e:
-            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
+        except FileExistsError:  # a refusal to overwrite: the whole batch belongs elsewhere
+            raise
+        except Exception as e:  # one file's failure, reported with the others' results
+            error = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
+            summaries.append({"input": str(path), "output": str(out / name), "error": error})
     report(1.0, "done")
     return summaries
 

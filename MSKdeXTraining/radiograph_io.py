@@ -6,10 +6,21 @@ PresentationLUTShape and PixelIntensityRelationshipSign, which devices do not wr
 consistently, are recorded, not applied: decomposition flags a film whose bone is dark), the
 detector pixel spacing (row, column) in mm, and a record of where each value came from.
 
+DICOM pixel data is decoded by pydicom, else by SimpleITK's GDCM (JPEG Lossless and JPEG-LS,
+which pydicom decodes only with plugins). A numeric field that is empty, multi-valued or not a
+number is an error naming the file and the tag (a source distance or magnification factor is
+not used instead, and ``magnification_problem`` says why; an empty one counts as absent).
+DICOM pixel padding (PixelPaddingValue (0028,0120), up to PixelPaddingRangeLimit (0028,0121))
+is recorded (:attr:`Radiograph.padding`) and :func:`unit_range` leaves it out of the
+intensity window. A picture is turned upright as its EXIF Orientation says, and noted.
+
 Pixel spacing is never guessed. For DICOM, ImagerPixelSpacing (0018,1164, at the detector)
-is used, else PixelSpacing (0028,0030). A PixelSpacing of exactly 1.0 x 1.0 without
-ImagerPixelSpacing is the placeholder many converters write when the spacing is unknown and
-is refused, as is a missing or implausible spacing (outside
+is used, else PixelSpacing (0028,0030); where both are given and differ by more than 1 %
+without PixelSpacingCalibrationType (0028,0A02), a note says so. A PixelSpacing of exactly
+1.0 x 1.0 without ImagerPixelSpacing, and an image spacing of exactly 1.0 x 1.0 in a
+NIfTI/NRRD/MHA file without a sidecar that gives it (ITK's default for a file storing none),
+are the placeholders written when the spacing is unknown and are refused, as is a missing or
+implausible spacing (outside
 :data:`SPACING_RANGE_MM`, a field of view outside :data:`FOV_RANGE_MM`, or a row/column
 aspect beyond 2): the error names the file and the field and says to pass the spacing
 explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence.
@@ -21,15 +32,18 @@ EstimatedRadiographicMagnificationFactor (0018,1114), else DistanceSourceToDetec
 the table or bucky side of the patient, and the hip joint centres lie nearer the source (taken
 as is, it would underestimate their magnification by 10-15 %); a PixelSpacing calibrated at the patient
 (PixelSpacingCalibrationType (0028,0A02) present, no ImagerPixelSpacing, no spacing given by the
-caller) already is at the patient's scale (magnification 1 for it); a cohort radiograph's
-``mskdex-xray`` sidecar. An
+caller) already is at the patient's scale (magnification 1 for it), and beside ImagerPixelSpacing
+(without the factor or the distances) the ratio ImagerPixelSpacing / PixelSpacing is the
+magnification; a cohort radiograph's ``mskdex-xray`` sidecar. An
 explicit ``magnification=`` / ``--magnification`` takes precedence; a value outside
 :data:`MAGNIFICATION_RANGE` is refused. It stays ``None`` when unknown (the caller decides).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +58,13 @@ from .imaging.geometry import Geometry
 SPACING_RANGE_MM = (0.02, 2.0)
 #: Plausible detector field of view (mm) along either axis.
 FOV_RANGE_MM = (50.0, 1000.0)
+#: Spacing (row, column mm) that converters write, and ITK reads from a file storing none, when
+#: the spacing is unknown: refused as a placeholder (see the module docs).
+PLACEHOLDER_SPACING_MM = (1.0, 1.0)
+#: DICOM spacing fields, in the order they are used, and their tags.
+SPACING_TAGS = {"ImagerPixelSpacing": "(0018,1164)", "PixelSpacing": "(0028,0030)"}
+#: Relative difference of ImagerPixelSpacing and PixelSpacing above which the result notes it.
+SPACING_DIFFERENCE = 0.01
 #: SOP class of a DICOM media directory (DICOMDIR), listed beside the images of an export.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
@@ -76,7 +97,8 @@ class Radiograph:
     (row, column) in mm at the detector; ``source`` describes the file (path, format,
     spacing field, bit depth, photometric interpretation, colour, ``value_range``: the range
     the stored values can take, ``None`` for floating-point data, ``magnification`` and
-    ``magnification_field``, ``sdd_mm`` when known, ...)."""
+    ``magnification_field``, ``sdd_mm`` when known, ``padding_range`` of DICOM pixel padding,
+    ``notes``: what reading assumed or changed, for the result's notes, ...)."""
 
     array: np.ndarray
     pixel_spacing: tuple[float, float]
@@ -85,6 +107,17 @@ class Radiograph:
     @property
     def shape(self) -> tuple[int, int]:
         return self.array.shape
+
+    @property
+    def padding(self) -> np.ndarray | None:
+        """(H, W) bool, True on DICOM pixel padding (``source["padding_range"]``: its values in
+        ``array``'s units, after the modality LUT and MONOCHROME1); ``None`` without padding."""
+        limits = self.source.get("padding_range")
+        if limits is None:
+            return None
+        lo, hi = np.asarray(limits, np.float32)  # rounded as ``read_radiograph``'s array is
+        array = np.asarray(self.array, np.float32)
+        return (array >= lo) & (array <= hi)
 
     @property
     def magnification(self) -> float | None:
@@ -282,10 +315,6 @@ def _read_dicom(path: Path, file_spacing: bool = True):
     caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    try:
-        from pydicom.pixels import apply_modality_lut
-    except ImportError:  # pydicom 2.x, which 3D Slicer bundles (5.10: 2.4.4)
-        from pydicom.pixel_data_handlers.util import apply_modality_lut
 
     try:
         ds = pydicom.dcmread(path)
@@ -294,84 +323,229 @@ def _read_dicom(path: Path, file_spacing: bool = True):
                          f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
     if "PixelData" not in ds:
         raise InputError(f"{path}: DICOM file has no PixelData (7FE0,0010)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _dicom_number(ds, "NumberOfFrames", path, 1.0, may_be_empty=True) or 1
     if frames != 1:
-        raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames}; expected one 2D radiograph")
-    try:
-        raw = ds.pixel_array
-    except Exception as e:  # pydicom raises many types for undecodable pixel data
-        raise InputError(f"{path}: cannot decode PixelData (transfer syntax "
-                         f"{ds.file_meta.get('TransferSyntaxUID', '?')}): {e}") from None
+        raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    bits = int(ds.get("BitsStored", 8 * raw.dtype.itemsize))
     source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
               "presentation_intent": str(ds.get("PresentationIntentType", "")),
-              "photometric_interpretation": photometric, "bits_stored": bits,
-              "rescale": [float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))]}
+              "photometric_interpretation": photometric,
+              "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
+    raw = _dicom_pixels(ds, path, source)
+    bits = int(_dicom_number(ds, "BitsStored", path, 8 * raw.dtype.itemsize))
+    source["bits_stored"] = bits
     for keyword, key in (("PresentationLUTShape", "presentation_lut_shape"),
                          ("PixelIntensityRelationship", "pixel_intensity_relationship"),
                          ("PixelIntensityRelationshipSign", "pixel_intensity_relationship_sign")):
         if ds.get(keyword) is not None:  # recorded, not applied: the orientation check flags a
             source[key] = str(ds.get(keyword))  # film whose bone is dark, whatever these say
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    signed = _dicom_number(ds, "PixelRepresentation", path, 0.0) == 1
     stored = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     if photometric.startswith("MONOCHROME"):
         # the modality LUT (rescale or LUT sequence) maps stored values; MONOCHROME1 (bright =
         # low value) is a display step after it: mirror the result within the LUT's range
-        array = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
-        ends = np.asarray(apply_modality_lut(np.array(stored, dtype=np.int64), ds), dtype=np.float64)
+        modality = _modality_lut(ds, path, source)
+        array = modality(raw)
+        ends = modality(np.array(stored, dtype=np.int64))
         value_range = (float(ends.min()), float(ends.max()))
-        if photometric == "MONOCHROME1":
-            array = value_range[0] + value_range[1] - array
+
+        def shown(values: np.ndarray) -> np.ndarray:
+            return value_range[0] + value_range[1] - values if photometric == "MONOCHROME1" else values
+
+        array = shown(array)
+        padding = _dicom_padding(ds, path, raw, source)
+        if padding is not None:
+            source["padding_range"] = sorted(float(v) for v in shown(modality(np.array(padding, np.int64))))
         source["colour"] = False
     else:
         array = _to_grey(raw, path, source)
         value_range = stored
-    spacing = None
-    for keyword, tag in (("ImagerPixelSpacing", "(0018,1164)"), ("PixelSpacing", "(0028,0030)")):
-        value = ds.get(keyword)
-        if value is None:
-            continue
-        try:
-            v = [float(x) for x in value]
-        except (TypeError, ValueError):
-            v = []
-        if len(v) != 2:
-            source["spacing_problem"] = f"{keyword} {tag} is {value!r}, expected two numbers"
-            continue
-        if keyword == "PixelSpacing" and v == [1.0, 1.0]:
-            source["spacing_problem"] = (f"{keyword} {tag} is 1.0\\1.0 without ImagerPixelSpacing, "
-                                         "the placeholder converters write when the spacing is unknown")
-            continue
-        spacing, source["spacing_field"] = (v[0], v[1]), f"{keyword} {tag}"
-        break
-    else:
-        source.setdefault("spacing_problem", "neither ImagerPixelSpacing (0018,1164) nor "
-                                             "PixelSpacing (0028,0030) is present")
-    source.setdefault("spacing_field", "none")
-    _dicom_magnification(ds, source, calibrated=file_spacing and "PixelSpacingCalibrationType" in ds
+    spacing, ratio = _dicom_spacing(ds, source)
+    _dicom_magnification(ds, path, source, ratio, calibrated=file_spacing and "PixelSpacingCalibrationType" in ds
                          and source["spacing_field"].startswith("PixelSpacing"))
     return array, spacing, source, value_range
 
 
-def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
-    """Magnification (SDD / SOD) from the DICOM attributes (see the module docstring);
-    ``calibrated``: the spacing used is a PixelSpacing calibrated at the patient (magnification 1)."""
+def _tag(keyword: str) -> str:
+    """The DICOM tag of ``keyword`` as ``(gggg,eeee)``."""
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _dicom_number(ds, keyword: str, path: Path, default: float | None = None,
+                  may_be_empty: bool = False) -> float | None:
+    """The DICOM attribute ``keyword`` of ``ds`` as one finite number, ``default`` when absent
+    (or empty, when ``may_be_empty``: DICOM's "unknown" of type 2 and 3 attributes); an
+    :class:`InputError` naming ``path`` and the tag when it is empty, multi-valued or not a number."""
+    if keyword not in ds:
+        return default
+    value = ds[keyword].value
+    if value is None or value == "" or value == []:
+        if may_be_empty:
+            return default
+        problem = "empty"
+    else:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if np.isfinite(number):
+            return number
+        problem = f"{value!r}"
+    raise InputError(f"{path}: {keyword} {_tag(keyword)} is {problem}; expected one number")
+
+
+def _dicom_pixels(ds, path: Path, source: dict) -> np.ndarray:
+    """The stored pixel values of ``ds``: decoded by pydicom, else by SimpleITK's GDCM (JPEG
+    Lossless and JPEG-LS, which pydicom decodes only with plugins); ``source`` records which."""
+    try:
+        raw = ds.pixel_array
+        source["pixel_decoder"] = "pydicom"
+        return raw
+    except Exception as e:  # pydicom raises many types for undecodable pixel data
+        problem = " ".join(str(e).split())  # one line
+    try:
+        raw = _gdcm_pixels(ds)
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot decode PixelData (transfer syntax {source['transfer_syntax'] or '?'}): "
+                         f"pydicom: {problem}; SimpleITK: {str(e).strip().splitlines()[-1]}") from None
+    source["pixel_decoder"] = "SimpleITK (GDCM)"
+    return raw
+
+
+def _gdcm_pixels(ds) -> np.ndarray:
+    """The stored pixel values of ``ds`` decoded by SimpleITK's GDCM, which applies a rescale and
+    inverts MONOCHROME1 itself: it reads a copy of the file without them."""
+    plain = copy.deepcopy(ds)
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence"):
+        if keyword in plain:
+            del plain[keyword]
+    if plain.get("PhotometricInterpretation") == "MONOCHROME1":
+        plain.PhotometricInterpretation = "MONOCHROME2"
+    with tempfile.TemporaryDirectory() as folder:
+        name = str(Path(folder) / "pixels.dcm")
+        plain.save_as(name)
+        image = sitk.ReadImage(name, imageIO="GDCMImageIO")
+    if image.GetDimension() == 3:
+        image = image[:, :, 0]
+    return sitk.GetArrayFromImage(image)
+
+
+def _modality_lut(ds, path: Path, source: dict):
+    """The map of stored values to modality values (float64): the ModalityLUTSequence, else
+    the rescale (recorded in ``source``)."""
+    if ds.get("ModalityLUTSequence"):
+        try:
+            from pydicom.pixels import apply_modality_lut
+        except ImportError:  # pydicom 2.x, which 3D Slicer bundles (5.10: 2.4.4)
+            from pydicom.pixel_data_handlers.util import apply_modality_lut
+        return lambda values: np.asarray(apply_modality_lut(values, ds), dtype=np.float64)
+    slope = _dicom_number(ds, "RescaleSlope", path, 1.0)
+    intercept = _dicom_number(ds, "RescaleIntercept", path, 0.0)
+    source["rescale"] = [slope, intercept]
+    return lambda values: values.astype(np.float64) * slope + intercept
+
+
+def _dicom_padding(ds, path: Path, raw: np.ndarray, source: dict) -> tuple[int, int] | None:
+    """The stored values (low, high) that are pixel padding: PixelPaddingValue (0028,0120) up to
+    PixelPaddingRangeLimit (0028,0121) when present; ``None`` when no pixel of ``raw`` is
+    padding (``source["padding_pixels"]``: how many are). An image of padding alone is refused."""
+    value = _dicom_number(ds, "PixelPaddingValue", path)
+    if value is None:
+        return None
+    limit = _dicom_number(ds, "PixelPaddingRangeLimit", path, value)
+    lo, hi = int(min(value, limit)), int(max(value, limit))
+    padded = int(((raw >= lo) & (raw <= hi)).sum())
+    if padded == raw.size:
+        raise InputError(f"{path}: every pixel is padding (PixelPaddingValue (0028,0120) "
+                         f"{'to PixelPaddingRangeLimit (0028,0121) ' if lo != hi else ''}{lo}..{hi}); "
+                         "expected an image")
+    if not padded:
+        return None
+    source["padding_pixels"] = padded
+    return lo, hi
+
+
+def _dicom_spacing(ds, source: dict) -> tuple[tuple[float, float] | None, float | None]:
+    """The detector spacing (row, column mm) of ``ds``, ImagerPixelSpacing, else PixelSpacing
+    unless it is the placeholder (``source`` records the field used, or the problem), and the
+    magnification the two give (:func:`_spacing_ratio`)."""
+    spacings = {}
+    for keyword, tag in SPACING_TAGS.items():
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        try:
+            v = tuple(float(x) for x in value)
+        except (TypeError, ValueError):
+            v = ()
+        if len(v) != 2:
+            source["spacing_problem"] = f"{keyword} {tag} is {value!r}, expected two numbers"
+        else:
+            spacings[keyword] = v
+    spacing = None
+    if "ImagerPixelSpacing" in spacings:
+        spacing, source["spacing_field"] = spacings["ImagerPixelSpacing"], "ImagerPixelSpacing (0018,1164)"
+    elif spacings.get("PixelSpacing") == PLACEHOLDER_SPACING_MM:
+        source["spacing_problem"] = ("PixelSpacing (0028,0030) is 1.0\\1.0 without ImagerPixelSpacing, "
+                                     "the placeholder converters write when the spacing is unknown")
+    elif "PixelSpacing" in spacings:
+        spacing, source["spacing_field"] = spacings["PixelSpacing"], "PixelSpacing (0028,0030)"
+    else:
+        source.setdefault("spacing_problem", "neither ImagerPixelSpacing (0018,1164) nor "
+                                             "PixelSpacing (0028,0030) is present")
+    source.setdefault("spacing_field", "none")
+    ratio = None
+    if len(spacings) == 2:
+        ratio = _spacing_ratio(ds, source, spacings["ImagerPixelSpacing"], spacings["PixelSpacing"])
+    return spacing, ratio
+
+
+def _spacing_ratio(ds, source: dict, imager: tuple[float, float], pixel: tuple[float, float]) -> float | None:
+    """ImagerPixelSpacing / PixelSpacing, the magnification when PixelSpacingCalibrationType
+    says PixelSpacing is calibrated (else ``None``: a note in ``source`` when they differ by more
+    than :data:`SPACING_DIFFERENCE`)."""
+    ratios = [i / p for i, p in zip(imager, pixel) if p > 0]
+    if len(ratios) != 2:
+        return None
+    if "PixelSpacingCalibrationType" in ds:
+        if abs(ratios[0] / ratios[1] - 1.0) <= SPACING_DIFFERENCE:
+            return float(np.mean(ratios))
+        source["magnification_problem"] = (f"ImagerPixelSpacing / PixelSpacing is {ratios[0]:.4g} for rows, "
+                                           f"{ratios[1]:.4g} for columns: not one magnification")
+    elif max(abs(r - 1.0) for r in ratios) > SPACING_DIFFERENCE:
+        source.setdefault("notes", []).append(
+            f"ImagerPixelSpacing (0018,1164) {list(imager)} mm and PixelSpacing (0028,0030) {list(pixel)} mm "
+            f"differ by more than {100 * SPACING_DIFFERENCE:g} % and PixelSpacingCalibrationType (0028,0A02) "
+            "does not say what PixelSpacing is: the detector's ImagerPixelSpacing was used (if PixelSpacing "
+            f"was calibrated at the patient, the magnification is {np.mean(ratios):.3f}: give --magnification)")
+    return None
+
+
+def _dicom_magnification(ds, path: Path, source: dict, ratio: float | None, calibrated: bool) -> None:
+    """Magnification (SDD / SOD) from the DICOM attributes (see the module docstring); ``ratio``:
+    ImagerPixelSpacing / a calibrated PixelSpacing; ``calibrated``: the spacing used is a
+    PixelSpacing calibrated at the patient (magnification 1). A factor or distance that is not
+    one number is recorded as the problem, not used."""
     def number(keyword: str) -> float | None:
         try:
-            v = float(ds.get(keyword))
-        except (TypeError, ValueError):
+            v = _dicom_number(ds, keyword, path, may_be_empty=True)
+        except InputError as e:
+            source["magnification_problem"] = str(e)
             return None
-        return v if v > 0 else None
+        return v if v is not None and v > 0 else None
 
     sdd, sod = number("DistanceSourceToDetector"), number("DistanceSourceToPatient")
     factor = number("EstimatedRadiographicMagnificationFactor")
-    if factor is not None and factor <= 1.0 and not calibrated:
-        # a film of a patient on a table is magnified: 1.0 is what devices write when they did
-        # not estimate it (the detector pixels are not at the patient)
-        source["magnification_problem"] = (f"EstimatedRadiographicMagnificationFactor (0018,1114) is "
-                                           f"{factor:g}: not an estimate for a detector-plane spacing")
-        factor = None
+    for name, value in (("EstimatedRadiographicMagnificationFactor (0018,1114)", factor),
+                        ("ImagerPixelSpacing / PixelSpacing", ratio)):
+        if value is not None and value <= 1.0 and not calibrated:
+            # a film of a patient on a table is magnified: 1.0 is what devices write when they did
+            # not estimate it (the detector pixels are not at the patient)
+            source["magnification_problem"] = f"{name} is {value:g}: not an estimate for a detector-plane spacing"
+    factor, ratio = (None if v is None or v <= 1.0 else v for v in (factor, ratio))
     if sdd is not None:
         source["sdd_mm"] = sdd
     if sod is not None:  # reaches the table side of the patient: the hip joint centres lie nearer
@@ -393,6 +567,11 @@ def _dicom_magnification(ds, source: dict, calibrated: bool) -> None:
         source["magnification_field"] = (f"DistanceSourceToDetector (0018,1110) / (DistanceSourceToPatient "
                                          f"(0018,1111) - {HIP_ABOVE_TABLE_MM:g} mm): the hips taken "
                                          f"{HIP_ABOVE_TABLE_MM:g} mm above the table")
+    elif ratio is not None:
+        source["magnification"] = ratio
+        source["magnification_field"] = ("ImagerPixelSpacing (0018,1164) / PixelSpacing (0028,0030) calibrated "
+                                          "at the patient (PixelSpacingCalibrationType (0028,0A02) "
+                                          f"{ds.get('PixelSpacingCalibrationType')})")
 
 
 def _read_itk(path: Path):
@@ -432,15 +611,21 @@ def _read_itk(path: Path):
         source["sdd_mm"] = sidecar.sdd
         source["magnification"] = sidecar.magnification
         source["magnification_field"] = f"{SIDECAR_FORMAT} sidecar (geometry sdd / sod)"
+    elif (sy, sx) == PLACEHOLDER_SPACING_MM:
+        source["spacing_problem"] = ("image spacing is 1.0 x 1.0 mm, what ITK reads from a file that stores "
+                                     "none and the placeholder converters write when the spacing is unknown")
+        return array, None, source, value_range
     return array, (sy, sx), source, value_range
 
 
 def _read_picture(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             mode = im.mode
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            im = ImageOps.exif_transpose(im)  # as viewers show it
             converted = {"P": "RGBA", "PA": "RGBA", "LA": "L", "La": "L", "CMYK": "RGB", "YCbCr": "RGB"}.get(mode)
             array = np.asarray(im.convert(converted) if converted else im)
             array = array.astype(array.dtype.newbyteorder("="))  # e.g. I;16B: big-endian 16 bit
@@ -449,24 +634,35 @@ def _read_picture(path: Path):
     source = {"format": "picture", "mode": mode, "bits_stored": 16 if array.dtype.itemsize >= 2 else 8,
               "spacing_field": "none",
               "spacing_problem": f"{path.suffix} files store no pixel spacing"}
+    if orientation in range(2, 9):
+        source["exif_orientation"] = orientation
+        source["notes"] = [f"the picture was turned or mirrored as its EXIF Orientation ({orientation}) says, "
+                           "to how viewers show it (a pixel spacing's row and column are the turned image's)"]
     value_range = None if array.dtype.kind == "f" else (0, (1 << source["bits_stored"]) - 1)
     return _to_grey(array, path, source), None, source, value_range
 
 
 def unit_range(array: np.ndarray, value_range: tuple[float, float] | None = None,
-               percentiles: tuple[float, float] = WINDOW_PERCENTILES) -> tuple[np.ndarray, str]:
+               percentiles: tuple[float, float] = WINDOW_PERCENTILES,
+               padding: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """A radiograph's values in [0, 1], bright = attenuating, as the training radiographs.
 
     Floating-point data already in [0, 1] (processed radiographs such as the cohort's; no
     stored ``value_range`` of integer data) are used as they are. Anything else gets the
     training radiographs' clinical processing: a window from its ``percentiles`` to [0, 1].
-    Returns the image (float32) and the method used.
+    ``padding`` ((H, W) bool, :attr:`Radiograph.padding`) marks pixels outside the image: left
+    out of the percentiles and set to 0 (no attenuation). Returns the image (float32) and the
+    method used.
     """
     a = np.asarray(array, np.float64)
-    if value_range is None and a.min() >= 0.0 and a.max() <= 1.0:
-        return a.astype(np.float32), "already in [0, 1]: used as it is"
-    lo, hi = np.percentile(a, percentiles)
-    method = f"window [{lo:g}, {hi:g}] (percentiles {percentiles[0]:g}, {percentiles[1]:g}) -> [0, 1]"
-    if hi <= lo:
-        return np.zeros_like(a, dtype=np.float32), method
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), method
+    image = a if padding is None else a[~padding]
+    if value_range is None and image.min() >= 0.0 and image.max() <= 1.0:
+        x, method = a, "already in [0, 1]: used as it is"
+    else:
+        lo, hi = np.percentile(image, percentiles)
+        method = f"window [{lo:g}, {hi:g}] (percentiles {percentiles[0]:g}, {percentiles[1]:g}) -> [0, 1]"
+        x = np.zeros_like(a) if hi <= lo else np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+    if padding is not None:
+        x = np.where(padding, 0.0, x)
+        method += f"; {int(padding.sum())} padding pixel(s) left out and set to 0"
+    return x.astype(np.float32), method

@@ -523,3 +523,46 @@ def test_eight_bit_export_is_flagged_without_shared_data(trained, decomposer):
     r.source["bits_stored"] = 8
     result = decomposer.decompose(r, tta=1)
     assert result.ood.flag and any(x.startswith("8-bit image") for x in result.ood.reasons)
+
+
+def test_batch_records_any_failure_of_one_file_and_goes_on(trained, decomposer, tmp_path, monkeypatch):
+    """A DICOM with an empty RescaleSlope (once a TypeError) and a file whose reading fails
+    unexpectedly are each that file's error; the others are decomposed."""
+    from test_radiograph_io import write_dicom
+
+    from MSKdeXTraining import inference
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    films = [toy_film_file(trained[0], i, folder / f"hip{i}.mha") for i in (0, 1)]
+    ramp = (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16)
+    empty = write_dicom(folder / "empty.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5], RescaleSlope="",
+                        RescaleIntercept=0)
+    read = inference.read_radiograph
+
+    def fails_on_hip1(path, *args):
+        if path.name == "hip1.mha":
+            raise RuntimeError("disk went away")
+        return read(path, *args)
+
+    monkeypatch.setattr(inference, "read_radiograph", fails_on_hip1)
+    summaries = decompose_files(decomposer, [empty, *films], tmp_path / "out", tta=1)
+    assert summaries[0]["error"] == f"{empty}: RescaleSlope (0028,1053) is empty; expected one number"
+    assert "ood" in summaries[1] and (tmp_path / "out" / "hip0" / "decomposition.json").is_file()
+    assert summaries[2]["error"] == f"{films[1]}: RuntimeError: disk went away"
+
+
+def test_reading_notes_and_padding_reach_the_result(trained, decomposer):
+    """What reading changed (source ``notes``) is a note of the result; DICOM pixel padding
+    (``padding_range``) is left out of the model input's window."""
+    r = toy_radiograph(trained[0], 0)
+    raw = r.array * 3000.0 + 500.0
+    raw[:4] = 0.0  # a padded border
+    film = Radiograph(raw.astype(np.float32), r.pixel_spacing,
+                      {**r.source, "value_range": [0.0, 4095.0], "notes": ["turned upright"],
+                       "padding_range": [0.0, 0.0]})
+    result = decomposer.decompose(film, tta=1)
+    assert "note: turned upright" in result.ood.reasons
+    assert "128 padding pixel(s) left out" in result.source["resampling"]["intensity"]
+    unpadded = Radiograph(film.array, film.pixel_spacing, {**film.source, "padding_range": None})
+    assert not np.allclose(decomposer.model_input(unpadded)[0], result.xray)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from MSKdeXTraining.imaging.volume import InputError
-from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM, read_radiograph
+from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM, read_radiograph, unit_range
 
 
 def write_dicom(path, array: np.ndarray, photometric="MONOCHROME2", bits=16, **fields):
@@ -376,3 +377,180 @@ def test_dicom_presentation_intent_is_recorded(tmp_path, ramp):
             r.source["pixel_intensity_relationship_sign"]) == ("INVERSE", "LOG", "-1")
     # recorded, not applied: devices disagree on them; decomposition checks the film's polarity
     np.testing.assert_array_equal(r.array, ramp.astype(np.float32))
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"RescaleSlope": "", "RescaleIntercept": 0}, r"RescaleSlope \(0028,1053\) is empty"),
+    ({"RescaleSlope": 1, "RescaleIntercept": [0, 5]}, r"RescaleIntercept \(0028,1052\) is \[0.0, 5.0\]"),
+    ({"BitsStored": None}, r"BitsStored \(0028,0101\) is empty")])
+def test_empty_or_multivalued_numeric_fields_name_the_file_and_tag(tmp_path, ramp, fields, says):
+    import pydicom
+
+    f = write_dicom(tmp_path / "s.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    ds = pydicom.dcmread(f)  # set after writing: write_dicom's BitsStored must stay a number
+    for keyword, value in fields.items():
+        setattr(ds, keyword, value)
+    ds.save_as(f)
+    with pytest.raises(InputError, match=rf"s\.dcm: {says}; expected one number"):
+        read_radiograph(f)
+
+
+def test_a_malformed_distance_is_a_magnification_problem_not_a_failure(tmp_path, ramp):
+    """Type-3 distances: empty is DICOM's "unknown"; two values are not used, and say why."""
+    f = write_dicom(tmp_path / "d.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5], DistanceSourceToDetector="",
+                    DistanceSourceToPatient=[900, 950])
+    r = read_radiograph(f)
+    assert r.magnification is None and "sdd_mm" not in r.source
+    assert r.source["magnification_problem"].endswith(
+        "d.dcm: DistanceSourceToPatient (0018,1111) is [900.0, 950.0]; expected one number")
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])
+def test_itk_default_spacing_is_refused_as_a_placeholder(tmp_path, ramp, suffix):
+    """A file that stores no spacing reads as ITK's 1.0 x 1.0 mm: refused as the DICOM
+    placeholder is, unless given, or a cohort sidecar says so."""
+    path = tmp_path / f"h{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(ramp), str(path))
+    with pytest.raises(InputError, match=rf"h{suffix}: no usable pixel spacing \(image spacing is 1.0 x 1.0 mm, "
+                                         r".*placeholder.*\); pass it explicitly, e.g. --pixel-spacing"):
+        read_radiograph(path)
+    r = read_radiograph(path, pixel_spacing=1.0)
+    assert r.pixel_spacing == (1.0, 1.0) and r.source["spacing_field"] == "argument (pixel_spacing)"
+    geometry = {"rows": 200, "cols": 160, "pixel_spacing": [1.0, 1.0], "sdd": 1100.0, "sod": 900.0}
+    (tmp_path / "h.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": geometry}))
+    assert read_radiograph(path).pixel_spacing == (1.0, 1.0)
+    other = sitk.GetImageFromArray(ramp)
+    other.SetSpacing((0.9, 1.0))  # only exactly 1.0 x 1.0 is the placeholder
+    sitk.WriteImage(other, str(tmp_path / f"o{suffix}"))
+    assert read_radiograph(tmp_path / f"o{suffix}").pixel_spacing == pytest.approx((1.0, 0.9))
+
+
+def test_magnification_from_imager_over_calibrated_pixel_spacing(tmp_path, ramp):
+    """IPS / PS is the magnification when PixelSpacingCalibrationType says PS is calibrated,
+    after the factor and the distances; without it, a difference above 1 % is noted."""
+    f = write_dicom(tmp_path / "g.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.5, 0.5],
+                    PixelSpacingCalibrationType="GEOMETRY")
+    r = read_radiograph(f)
+    assert r.pixel_spacing == (0.6, 0.6) and r.magnification == pytest.approx(1.2)
+    assert r.source["magnification_field"] == ("ImagerPixelSpacing (0018,1164) / PixelSpacing (0028,0030) calibrated "
+                                               "at the patient (PixelSpacingCalibrationType (0028,0A02) GEOMETRY)")
+    assert "notes" not in r.source
+    f = write_dicom(tmp_path / "f.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.5, 0.5],
+                    PixelSpacingCalibrationType="GEOMETRY", EstimatedRadiographicMagnificationFactor=1.1)
+    assert read_radiograph(f).magnification == pytest.approx(1.1)  # the factor comes first
+    f = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5], PixelSpacing=[0.2, 0.2],
+                    PixelSpacingCalibrationType="GEOMETRY")
+    with pytest.raises(InputError, match=r"b.dcm: magnification from ImagerPixelSpacing .* is 2.5: implausible"):
+        read_radiograph(f)
+    f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.6, 0.6],
+                    PixelSpacingCalibrationType="GEOMETRY")
+    r = read_radiograph(f)  # equal: no estimate, as EstimatedRadiographicMagnificationFactor 1.0 is not
+    assert r.magnification is None and "ImagerPixelSpacing / PixelSpacing is 1" in r.source["magnification_problem"]
+    f = write_dicom(tmp_path / "n.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.5, 0.5])
+    r = read_radiograph(f)
+    assert r.pixel_spacing == (0.6, 0.6) and r.magnification is None
+    [note] = r.source["notes"]
+    assert "differ by more than 1 %" in note and "ImagerPixelSpacing was used" in note and "1.200" in note
+    f = write_dicom(tmp_path / "c.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.598, 0.598])
+    assert "notes" not in read_radiograph(f).source  # within 1 %: nothing to say
+
+
+def jpeg_lossless_dicom(path, array: np.ndarray, **fields):
+    """``array`` as a DX DICOM in JPEG Lossless (1.2.840.10008.1.2.4.70), written by SimpleITK's
+    GDCM, with ``fields`` set afterwards (the compressed pixels untouched)."""
+    import pydicom
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.4, 0.5))  # GDCM writes it as ImagerPixelSpacing 0.5\0.4 for DX
+    image.SetMetaData("0008|0060", "DX")
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.SetFileName(str(path))
+    writer.SetUseCompression(True)
+    writer.SetCompressor("JPEG")
+    writer.Execute(image)
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+    for keyword, value in fields.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_jpeg_lossless_dicom_reads_as_the_uncompressed_pixels(tmp_path, ramp):
+    """pydicom has no JPEG Lossless decoder here: SimpleITK's GDCM decodes it, without applying
+    the rescale or the MONOCHROME1 inversion twice."""
+    fields = {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": 2, "RescaleIntercept": -10}
+    plain = read_radiograph(write_dicom(tmp_path / "u.dcm", ramp, ImagerPixelSpacing=[0.5, 0.4], **fields))
+    r = read_radiograph(jpeg_lossless_dicom(tmp_path / "j.dcm", ramp, **fields))
+    assert r.pixel_spacing == (0.5, 0.4)
+    np.testing.assert_array_equal(r.array, plain.array)
+    assert r.source["value_range"] == plain.source["value_range"]
+
+
+def test_jpeg_ls_dicom_reads_as_the_uncompressed_pixels(tmp_path):
+    """JPEG-LS Lossless (1.2.840.10008.1.2.4.80): pydicom's own test files, compressed and not."""
+    import pydicom
+
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    if not (folder / "MR_small_jpeg_ls_lossless.dcm").is_file():
+        pytest.skip("this pydicom does not ship its test files")
+    r = read_radiograph(folder / "MR_small_jpeg_ls_lossless.dcm", pixel_spacing=1.0)
+    assert r.source["transfer_syntax"] == "1.2.840.10008.1.2.4.80"
+    np.testing.assert_array_equal(r.array, read_radiograph(folder / "MR_small.dcm", pixel_spacing=1.0).array)
+
+
+def test_undecodable_pixel_data_names_both_decoders(tmp_path, ramp):
+    import pydicom
+
+    f = jpeg_lossless_dicom(tmp_path / "x.dcm", ramp)
+    ds = pydicom.dcmread(f)
+    ds.PixelData = ds.PixelData[:200]  # cut short: neither decoder can read it
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"x.dcm: cannot decode PixelData \(transfer syntax 1.2.840.10008.1.2.4.70\)"
+                                         r": pydicom: .*; SimpleITK: "):
+        read_radiograph(f)
+
+
+def test_exif_orientation_is_applied_and_noted(tmp_path):
+    a = (np.random.default_rng(3).random((100, 80)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise
+    Image.fromarray(a).save(tmp_path / "turned.png", exif=exif)
+    r = read_radiograph(tmp_path / "turned.png", pixel_spacing=1.0)
+    np.testing.assert_array_equal(r.array, np.rot90(a, k=-1))
+    assert r.source["exif_orientation"] == 6 and "EXIF Orientation (6)" in r.source["notes"][0]
+    Image.fromarray(a).save(tmp_path / "upright.png")
+    upright = read_radiograph(tmp_path / "upright.png", pixel_spacing=1.0)
+    np.testing.assert_array_equal(upright.array, a)
+    assert "notes" not in upright.source and "exif_orientation" not in upright.source
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_pixel_padding_is_left_out_of_the_window_and_set_to_zero(tmp_path, photometric):
+    """A 20-pixel border of PixelPaddingValue (or up to PixelPaddingRangeLimit) does not pull
+    the window's 1st percentile, and is 0 (no attenuation) in [0, 1], also for MONOCHROME1
+    where it reads as the brightest value."""
+    film = np.tile(np.linspace(1000, 3000, 160), (200, 1)).astype(np.uint16)
+    border = np.ones(film.shape, bool)
+    border[20:-20, 20:-20] = False
+    film[border] = np.arange(border.sum()) % 11  # stored 0-10
+    f = write_dicom(tmp_path / "p.dcm", film, photometric=photometric, bits=12, ImagerPixelSpacing=[0.5, 0.5],
+                    PixelPaddingValue=0, PixelPaddingRangeLimit=10)
+    r = read_radiograph(f)
+    np.testing.assert_array_equal(r.padding, border)
+    assert r.source["padding_pixels"] == border.sum()
+    x, method = unit_range(r.array, r.source["value_range"], padding=r.padding)
+    inside = r.array[~border].astype(np.float64)
+    lo, hi = np.percentile(inside, (1, 99.5))
+    np.testing.assert_allclose(x[~border], np.clip((inside - lo) / (hi - lo), 0, 1), atol=1e-6)
+    assert (x[border] == 0).all() and "padding pixel(s) left out" in method
+    single = read_radiograph(write_dicom(tmp_path / "s.dcm", film, bits=12, ImagerPixelSpacing=[0.5, 0.5],
+                                         PixelPaddingValue=0))
+    assert single.padding.sum() == (film == 0).sum() > 0  # without a range limit: the one value
+    none = read_radiograph(write_dicom(tmp_path / "n.dcm", film, bits=12, ImagerPixelSpacing=[0.5, 0.5],
+                                       PixelPaddingValue=4000))
+    assert none.padding is None  # no pixel holds it
+    with pytest.raises(InputError, match=r"a.dcm: every pixel is padding"):
+        read_radiograph(write_dicom(tmp_path / "a.dcm", np.zeros_like(film), bits=12,
+                                    ImagerPixelSpacing=[0.5, 0.5], PixelPaddingValue=0))

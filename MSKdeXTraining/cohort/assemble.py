@@ -146,7 +146,8 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
     check_hu(ct, labels, objects, pair["ct"])
     radiograph, geometry = read_film(pair)
-    xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"))  # as decompose does
+    xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"),  # as decompose does
+                         padding=radiograph.padding)
     hu = np.rint(ct.array)
     ct_image = ct.with_array(hu.astype(np.int16) if np.array_equal(hu, ct.array) and
                              np.abs(hu).max() < 32768 else ct.array.astype(np.float32)).to_sitk()

@@ -462,6 +462,28 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     assert [c["patient"] for c in manifest["cases"]] == ["p1", "p2"]
 
 
+def test_a_ct_that_runs_on_below_the_hip_is_cropped_as_the_cohort_is(cohort):
+    """A hip CT extended by 20 slices of thigh below (its last slice repeated: soft tissue and
+    femur shafts) crops back to the cohort's own CT, origin included; an oblique direction
+    crops along the axis nearest superior-inferior."""
+    from MSKdeXTraining.cohort.assemble import crop_to_region
+
+    ct, labels = read_ct(cohort / "case_0000" / "ct.nii.gz"), read_labels(cohort / "case_0000" / "labels.nii.gz")
+    k = labels.superior_axis
+    assert k == 0 and np.any(labels.array[0] == 3)  # the femur (3, 4) reaches the lowest slice
+
+    def longer(vol):
+        array = np.concatenate([np.repeat(vol.array[:1], 20, axis=0), vol.array])
+        return Volume(array, vol.spacing, vol.origin - 20 * vol.spacing[2] * vol.direction[:, 2], vol.direction)
+
+    cropped_ct, cropped_labels = crop_to_region(longer(ct), longer(labels), load_object_map("synthetic"))
+    np.testing.assert_array_equal(cropped_ct.array, ct.array)
+    np.testing.assert_array_equal(cropped_labels.array, labels.array)
+    np.testing.assert_allclose(cropped_ct.origin, ct.origin, atol=1e-9)
+    turned = Volume(labels.array, labels.spacing, labels.origin, np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float))
+    assert turned.superior_axis == 2  # the i axis runs along z
+
+
 @pytest.mark.parametrize("text, message", [
     ("case,ct,labels\n", r"missing \['xray'\]"),
     ("case,ct,labels,xray,ct\n", "each once"),

@@ -6,7 +6,9 @@ name), ``ct`` (a file or a DICOM series folder), ``labels``, ``xray`` (paths, re
 table's folder unless absolute) and optionally ``patient`` (default: the case; a patient's
 radiographs stay in one fold), ``sdd_mm`` / ``sod_mm`` (source-to-detector / -isocentre
 distances, else the DICOM's) and ``pixel_spacing_mm`` (at the detector, for files without a
-spacing, e.g. PNG). Per case it writes ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz``, the
+spacing, e.g. PNG). Per case it writes ``ct.nii.gz`` (int16 HU) and ``labels.nii.gz``, cropped superior-inferior as
+a synthetic case is (:func:`crop_to_region`: a CT that runs to the knees would put the hip off
+the centre of the default AP view), the
 radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], bright =
 attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
@@ -42,6 +44,7 @@ from ..qc import check_hu
 from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
                              check_magnification, read_radiograph, unit_range)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
+from .patient import CROP_MARGIN_MM
 
 #: Columns of the pairs table: required, then optional.
 REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
@@ -117,7 +120,21 @@ def _record(pair: dict, objects: ObjectMap) -> dict:
             "labels": {"path": str(pair["labels"]), "sha256": source_sha256(pair["labels"])},
             "xray": {"path": str(pair["xray"]), "sha256": source_sha256(pair["xray"])},
             **{k: pair[k] for k in ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")},
-            "object_map": objects.to_json(), "hip_above_table_mm": HIP_ABOVE_TABLE_MM}
+            "object_map": objects.to_json(), "hip_above_table_mm": HIP_ABOVE_TABLE_MM,
+            "crop_margin_mm": CROP_MARGIN_MM}
+
+
+def crop_to_region(ct: Volume, labels: Volume, objects: ObjectMap) -> tuple[Volume, Volume]:
+    """CT and labels cropped superior-inferior to the objects other than the femur (whose shaft
+    runs on past the hip) plus :data:`CROP_MARGIN_MM`, the rule of the synthetic cohort: the CT
+    centre, where the default AP view looks, is then the hip region's centre."""
+    values = [v for o in objects.objects if o.name != "femur" for v in o.labels]
+    region = np.isin(labels.array, values)
+    if not region.any():
+        return ct, labels
+    axis = labels.superior_axis
+    keep = labels.extent(region, axis, CROP_MARGIN_MM)
+    return ct.cropped(axis, keep), labels.cropped(axis, keep)
 
 
 def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
@@ -145,6 +162,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
     check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
     check_hu(ct, labels, objects, pair["ct"])
+    ct, labels = crop_to_region(ct, labels, objects)
     radiograph, geometry = read_film(pair)
     xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"),  # as decompose does
                          padding=radiograph.padding)

@@ -148,9 +148,12 @@ def build_patient(template: Template, params: dict, spacing: float,
     noise = np.random.default_rng(ct["noise_seed"]).standard_normal(hu.shape, dtype=np.float32)
     hu = np.clip(np.round(hu + ct["noise_sd_hu"] * noise), HU_MIN, HU_MAX).astype(np.int16)
     out_labels = np.where(labels >= FAT, 0, labels).astype(np.uint8)
-    keep = _crop_slices(out_labels, margin_mm, spacing)
+    region = np.isin(out_labels, region_labels())
+    if not region.any():
+        raise InputError("synthetic patient has no pelvis, sacrum or muscle voxels to crop to")
+    keep = grid.extent(region, 0, margin_mm)
     body_ct, body_labels = grid.with_array(hu), grid.with_array(out_labels)
-    ct_vol, label_vol = (_crop_z(v, keep) for v in (body_ct, body_labels))
+    ct_vol, label_vol = (v.cropped(0, keep) for v in (body_ct, body_labels))
     derived = {"volume_factor_realised": realised,
                "hip_centres_mm": {k: (centre + s * (v - centre)).tolist()
                                   for k, v in template.hip_centres.items()},
@@ -162,24 +165,6 @@ def build_patient(template: Template, params: dict, spacing: float,
 def _z_range(vol: Volume) -> list[float]:
     """LPS z range (mm, voxel edges) of an axis-aligned volume."""
     return (vol.origin[2] + vol.spacing[2] * np.array([-0.5, vol.array.shape[0] - 0.5])).tolist()
-
-
-def _crop_slices(labels: np.ndarray, margin_mm: float, spacing: float) -> slice:
-    """Axial slices (k) holding the :func:`region_labels` plus ``margin_mm`` (within the grid)."""
-    table = np.zeros(256, bool)
-    table[list(region_labels())] = True
-    k = np.flatnonzero(table[labels].any(axis=(1, 2)))
-    if k.size == 0:
-        raise InputError("synthetic patient has no pelvis, sacrum or muscle voxels to crop to")
-    m = int(np.ceil(margin_mm / spacing - 1e-9))
-    return slice(max(int(k[0]) - m, 0), min(int(k[-1]) + m + 1, labels.shape[0]))
-
-
-def _crop_z(vol: Volume, keep: slice) -> Volume:
-    """The axial slices ``keep`` of an axis-aligned volume."""
-    origin = np.array(vol.origin, float)
-    origin[2] += keep.start * vol.spacing[2]
-    return Volume(np.ascontiguousarray(vol.array[keep]), vol.spacing, origin, vol.direction)
 
 
 def change_muscle_volumes(labels: np.ndarray, factors: dict[str, float], spacing: float,

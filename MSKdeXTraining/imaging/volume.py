@@ -63,6 +63,26 @@ class Volume:
     def with_array(self, array: np.ndarray) -> Volume:
         return Volume(array, self.spacing, self.origin, self.direction)
 
+    @property
+    def superior_axis(self) -> int:
+        """The array axis (0 = k, 1 = j, 2 = i) that runs most nearly superior-inferior (LPS z)."""
+        return 2 - int(np.argmax(np.abs(self.direction[2])))
+
+    def cropped(self, axis: int, keep: slice) -> Volume:
+        """The voxels ``keep`` (a slice with a start) along array ``axis``, in place in the world."""
+        a = 2 - axis  # the (i, j, k) index axis
+        index = [slice(None)] * 3
+        index[axis] = keep
+        origin = self.origin + keep.start * self.spacing[a] * self.direction[:, a]
+        return Volume(np.ascontiguousarray(self.array[tuple(index)]), self.spacing, origin, self.direction)
+
+    def extent(self, mask: np.ndarray, axis: int, margin_mm: float) -> slice:
+        """The slices along array ``axis`` that hold ``mask``, widened by ``margin_mm`` on either
+        side (within the volume); ``mask`` must hold a voxel."""
+        index = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        m = int(np.ceil(margin_mm / self.spacing[2 - axis] - 1e-9))
+        return slice(max(int(index[0]) - m, 0), min(int(index[-1]) + m + 1, mask.shape[axis]))
+
     @classmethod
     def from_sitk(cls, image: sitk.Image) -> Volume:
         return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),

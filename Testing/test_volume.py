@@ -36,11 +36,13 @@ def test_reading_refuses_bad_images(tmp_path):
     assert flat.array.dtype.kind == "i"
 
 
-def _dicom_series(folder, uid: str, slices: int, value: int, prefix: str) -> None:
-    """Write a CT series of ``slices`` 8x8 slices (SeriesInstanceUID ``uid``) into ``folder``."""
+def _dicom_series(folder, uid: str, slices: int, value: int, prefix: str, z_of=lambda k: 2.0 * k,
+                  y_of=lambda k: 0.0) -> None:
+    """Write a CT series of ``slices`` 8x8 slices (SeriesInstanceUID ``uid``) into ``folder``,
+    slice ``k`` at (0, ``y_of(k)``, ``z_of(k)``) mm."""
     for z in range(slices):
         image = sitk.GetImageFromArray(np.full((8, 8), value, np.int16))
-        for tag, v in {"0020|000e": uid, "0020|000d": "1.2.3", "0020|0032": f"0\\0\\{2.0 * z}",
+        for tag, v in {"0020|000e": uid, "0020|000d": "1.2.3", "0020|0032": f"0\\{y_of(z)}\\{z_of(z)}",
                        "0020|0037": "1\\0\\0\\0\\1\\0", "0008|0060": "CT", "0020|0013": str(z + 1),
                        "0028|1053": "1", "0028|1052": "0"}.items():
             image.SetMetaData(tag, v)
@@ -56,3 +58,20 @@ def test_dicom_folder_with_several_series_is_refused(tmp_path):
     _dicom_series(tmp_path, "1.2.3.4.2", 10, 222, "b")
     with pytest.raises(InputError, match=r"holds 2 DICOM series .*1\.2\.3\.4\.1': 3.*1\.2\.3\.4\.2': 10"):
         read_ct(tmp_path)
+
+
+@pytest.mark.parametrize("z_of, y_of, message", [
+    (lambda k: 2.0 * k + 2.0 * (k >= 3), lambda k: 0.0,
+     r"slices 3 and 4 \(of 6\) lie 4 mm apart along the slice normal, the series' step is 2 mm: a missing"),
+    (lambda k: 2.0 * k, lambda k: 0.7 * k, r"moves 0.7 mm within the slice plane.*gantry tilt"),
+])
+def test_a_dicom_series_off_a_regular_grid_is_refused(tmp_path, z_of, y_of, message):
+    """SimpleITK reads a series with a slice missing, or sheared by a gantry tilt, as a regular
+    volume of the wrong geometry (an averaged spacing; no shear): refused, naming the tag."""
+    _dicom_series(tmp_path, "1.2.3.4.1", 6, 40, "a", z_of, y_of)
+    with pytest.raises(InputError, match=message):
+        read_ct(tmp_path)
+    regular = tmp_path / "regular"
+    regular.mkdir()
+    _dicom_series(regular, "1.2.3.4.2", 6, 40, "a")
+    assert read_ct(regular).spacing[2] == pytest.approx(2.0)

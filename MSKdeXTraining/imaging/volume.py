@@ -114,10 +114,49 @@ def read_image(path: str | Path) -> sitk.Image:
             if not files:
                 raise InputError(f"{path}: directory holds no DICOM series")
             reader.SetFileNames(files)
-            return reader.Execute()
+            reader.MetaDataDictionaryArrayUpdateOn()
+            image = reader.Execute()
+            _check_slice_positions(reader, len(files), path)
+            return image
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+
+
+#: Largest deviation (mm) of a DICOM slice position from the regular grid its series implies.
+SLICE_POSITION_TOLERANCE_MM = 0.05
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: Path) -> None:
+    """Refuse a series whose slices do not lie on one regular grid along their normal: a missing
+    or repeated slice, uneven spacing or a gantry tilt (slices sheared), each of which
+    SimpleITK would read as a regular volume of the wrong geometry."""
+    def numbers(i: int, tag: str) -> np.ndarray:
+        return np.array([float(v) for v in reader.GetMetaData(i, tag).split("\\")])
+
+    if n < 3 or not all(reader.HasMetaDataKey(i, "0020|0032") for i in range(n)):
+        return
+    try:
+        iop = numbers(0, "0020|0037")
+        positions = np.array([numbers(i, "0020|0032") for i in range(n)])
+    except (RuntimeError, ValueError):
+        return
+    normal = np.cross(iop[:3], iop[3:])
+    steps = np.diff(positions, axis=0)
+    along = steps @ normal
+    expected = np.median(along)
+    gaps = np.abs(along - expected)
+    if gaps.max() > SLICE_POSITION_TOLERANCE_MM:
+        k = int(np.argmax(gaps))
+        raise InputError(f"{path}: ImagePositionPatient (0020,0032) of slices {k + 1} and {k + 2} (of {n}) lie "
+                         f"{along[k]:.3g} mm apart along the slice normal, the series' step is {expected:.3g} mm: "
+                         "a missing or repeated slice, or uneven spacing; expected one regular series "
+                         "(export it again, or resample it, e.g. in 3D Slicer)")
+    shear = np.linalg.norm(steps - np.outer(along, normal), axis=1).max()
+    if shear > SLICE_POSITION_TOLERANCE_MM:
+        raise InputError(f"{path}: ImagePositionPatient (0020,0032) moves {shear:.3g} mm within the slice plane "
+                         f"from slice to slice: a gantry tilt (sheared slices); expected slices stacked along "
+                         "their normal (resample it, e.g. with 3D Slicer's DICOM import, which corrects the tilt)")
 
 
 def read_ct(path: str | Path) -> Volume:

@@ -122,9 +122,12 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
             entry["reasons"].append(f"registration of {name} failed: GC {r.gc:.3f} < "
                                     f"{r.gc_threshold:g}")
     g = xray_geometry.matched(geometry)
-    # unpaired targets: the CT in its own default AP view, centred on the CT
-    drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))
-    aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
+    try:  # unpaired targets: the CT in its own default AP view, centred on the CT
+        drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))
+        aligned = _aligned_bones(ct, labels, objects, g, {k: r.pose for k, r in results.items()})
+    except InputError as e:  # e.g. a registered pose that puts a bone behind the source
+        entry["reasons"].append(f"rendering impossible: {e}")
+        return _finish(entry, out, t0)
     tensors = {
         # in [0, 1] as decompose feeds the model: a raw radiograph is windowed the same way
         "xray": torch.from_numpy(resample_image(unit_range(xray)[0], xray_geometry, g)),

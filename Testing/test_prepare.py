@@ -135,6 +135,24 @@ def test_unreadable_case_is_excluded_and_files_are_shared(cohort, tmp_path):
         merge_manifest(out, cohort)  # same cases, but another cohort.json
 
 
+def test_a_case_that_cannot_be_rendered_is_excluded(cohort, tmp_path, monkeypatch):
+    """The renderer's refusal (e.g. a bone behind the source) excludes that case with the
+    reason; the others are still prepared."""
+    import MSKdeXTraining.prepare as prepare
+
+    def refuse(ct, labels, objects, geometry, pose, **kw):
+        if ct.array.shape == first:
+            raise InputError("object pelvis lies behind the source")
+        return project_objects(ct, labels, objects, geometry, pose, **kw)
+
+    first = read_ct(cohort / "case_0000" / "ct.nii.gz").array.shape
+    monkeypatch.setattr(prepare, "project_objects", refuse)
+    m = json.loads((_prepare(cohort, tmp_path / "ds", include_failed=True) / "manifest.json").read_text())
+    assert m["cases"][0]["status"] == "excluded" and m["cases"][0]["file"] is None
+    assert m["cases"][0]["reasons"][-1] == "rendering impossible: object pelvis lies behind the source"
+    assert m["cases"][1]["status"] == "ok"
+
+
 def test_the_default_dataset_detector_is_at_most_512_pixels(cohort, monkeypatch):
     """By default the first radiograph's detector, shrunk over the same field of view when its
     longer side exceeds DEFAULT_MAX_PX (a clinical film's thousands of pixels)."""

@@ -9,11 +9,16 @@ label map to objects::
         {"name": "femur", "kind": "bone", "labels": [2]},
         {"name": "gluteus_maximus", "kind": "muscle", "labels": [80, 81],
          "sides": {"left": [80], "right": [81]}},   # optional: per-side label values
+        {"name": "femur", "kind": "bone", "labels": [2],
+         "cut_at_region": true},                     # optional, default false: see below
         ...]}
 
 Label 0 is always background. Objects are listed in channel order; the DRR stack has one
 channel per object in that order. ``sides`` lets the same map be expanded into per-side
 objects (:meth:`ObjectMap.per_side`) and lets registration move each femur on its own.
+``cut_at_region`` marks an object that runs on beyond the hip region (the femur's shaft;
+TotalSegmentator's iliopsoas, up the lumbar spine): a CT is cropped to the other objects and cuts
+it there, so its touching the scan's edge is expected (segmentation QC warns, never fails).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class ObjectSpec:
     kind: Kind
     labels: tuple[int, ...]
     sides: dict[str, tuple[int, ...]] = field(default_factory=dict, hash=False, compare=True)
+    cut_at_region: bool = False
 
     @property
     def is_muscle(self) -> bool:
@@ -121,7 +127,8 @@ class ObjectMap:
         out: list[ObjectSpec] = []
         for o in self.objects:
             if o.sides:
-                out += [ObjectSpec(f"{o.name}_{s}", o.kind, v) for s, v in o.sides.items()]
+                out += [ObjectSpec(f"{o.name}_{s}", o.kind, v, cut_at_region=o.cut_at_region)
+                        for s, v in o.sides.items()]
             else:
                 out.append(o)
         return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels)
@@ -136,6 +143,8 @@ class ObjectMap:
             d = {"name": o.name, "kind": o.kind, "labels": list(o.labels)}
             if o.sides:
                 d["sides"] = {k: list(v) for k, v in o.sides.items()}
+            if o.cut_at_region:
+                d["cut_at_region"] = True
             objs.append(d)
         return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
                 "unmapped_labels": self.unmapped_labels, "objects": objs}
@@ -185,8 +194,11 @@ class ObjectMap:
             sides = {s: tuple(v) for s, v in raw_sides.items()}
             if sides and sorted(x for v in sides.values() for x in v) != sorted(labels):
                 raise fail(f"{where}.sides must partition {where}.labels {labels}, got {o['sides']}")
+            cut = o.get("cut_at_region", False)
+            if not isinstance(cut, bool):
+                raise fail(f"{where}.cut_at_region must be true or false, got {cut!r}")
             seen_names.add(name)
-            objects.append(ObjectSpec(name, o["kind"], tuple(labels), sides))
+            objects.append(ObjectSpec(name, o["kind"], tuple(labels), sides, cut))
         return cls(str(data.get("name", source)), tuple(objects), policy)
 
 

@@ -3,9 +3,11 @@
 Per case (docs/formats.md, "Prepared dataset v2"):
 
 1. segmentation QC (:func:`MSKdeXTraining.qc.segmentation_qc`, with the CT: metal near an
-   object fails it); a failing case is excluded (and not registered) unless ``include_failed``;
-2. 2D/3D registration of the pelvis and each femur to the radiograph, at the radiograph's own
-   geometry (:func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
+   object, or a muscle cut by the scan, fails it); a failing case is excluded (and not
+   registered) unless ``include_failed``;
+2. 2D/3D registration of the pelvis and each femur to the radiograph, in the radiograph's own
+   geometry (a film finer than 1 mm binned to about that;
+   :func:`MSKdeXTraining.imaging.registration.register_bodies`); a body whose GC
    is below the threshold marks the case excluded (reason recorded) unless ``include_failed``;
    an object projecting partly off the detector always excludes it: its DRR sums would fall
    short of the CT truth, a wrong target rather than a QC verdict to overrule;

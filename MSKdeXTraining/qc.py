@@ -14,7 +14,8 @@ volume of the largest component, and flags:
 * ``holes`` - enclosed cavities: a warning;
 * ``truncated`` - the object touches a face of the label map (the scan range or field of view
   cut it, so its volume and mass fall short): **fails** the case for a muscle, a warning for a
-  bone (hip CTs end in the femur; a bone's target is the part scanned);
+  bone (hip CTs end in the femur; a bone's target is the part scanned) and for an object the
+  map marks ``cut_at_region`` (e.g. TotalSegmentator's iliopsoas, which runs up the spine);
 * ``metal`` - with the CT given, at least ``METAL_MIN_CM3`` of voxels at or above ``METAL_HU``
   (an implant, e.g. a hip prosthesis or screws, or its artefacts) inside the object's bounding
   box (of each side, for objects with sides) widened by ``METAL_MARGIN_MM``: **fails** the
@@ -65,8 +66,8 @@ METAL_MARGIN_MM = 10.0
 MUSCLE_HU_RANGE = (-200.0, 200.0)
 #: Flags that make a case fail; the others are warnings.
 FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
-#: Flags that make a case fail when a muscle has them (warnings for bones).
-MUSCLE_FAILING_FLAGS = ("truncated",)
+#: Flags that make a case fail unless the object may be cut (:attr:`ObjectQC.may_be_cut`).
+UNCUT_FAILING_FLAGS = ("truncated",)
 #: Names of the label map's faces, in the order :func:`_faces` checks them.
 FACES = ("first slice", "last slice", "first row", "last row", "first column", "last column")
 
@@ -76,7 +77,8 @@ class ObjectQC:
     """QC figures of one object: volume (cm3), components, holes, flags."""
 
     name: str
-    kind: str
+    #: a bone, or an object its map marks ``cut_at_region``: a scan may cut it (a warning)
+    may_be_cut: bool
     volume_cm3: float
     components: int
     holes: int
@@ -94,7 +96,7 @@ class ObjectQC:
 
     def fails(self, flag: str) -> bool:
         """Whether ``flag`` fails the case for this object (else it is a warning)."""
-        return flag in FAILING_FLAGS or (self.kind == "muscle" and flag in MUSCLE_FAILING_FLAGS)
+        return flag in FAILING_FLAGS or (not self.may_be_cut and flag in UNCUT_FAILING_FLAGS)
 
     @property
     def failing(self) -> bool:
@@ -104,11 +106,13 @@ class ObjectQC:
     def to_json(self) -> dict:
         d = {"volume_cm3": round(self.volume_cm3, 3), "components": self.components,
              "holes": self.holes, "largest_fraction": round(self.largest_fraction, 4),
-             "flags": list(self.flags)}
+             "flags": list(self.flags), "messages": list(self.messages)}
         if self.side_volumes_cm3:
             d["side_volumes_cm3"] = {k: round(v, 3) for k, v in self.side_volumes_cm3.items()}
         if self.metal_cm3 is not None:
             d["metal_cm3"] = round(self.metal_cm3, 3)
+        if self.metal_sides:
+            d["metal_sides"] = list(self.metal_sides)
         if self.faces:
             d["faces"] = list(self.faces)
         return d
@@ -157,8 +161,8 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
         masks = [np.isin(labels.array, v) for v in parts]
         topo = [_topology(m, 1 if spec.sides else 2) for m in masks]
         counts = [float(m.sum()) for m in masks]
-        q = ObjectQC(spec.name, spec.kind, sum(counts) * voxel_cm3, sum(t[0] for t in topo),
-                     sum(t[2] for t in topo),
+        q = ObjectQC(spec.name, spec.kind == "bone" or spec.cut_at_region, sum(counts) * voxel_cm3,
+                     sum(t[0] for t in topo), sum(t[2] for t in topo),
                      min((t[1] / c for t, c in zip(topo, counts) if c > 0), default=1.0))
         q.side_volumes_cm3 = {side: c * voxel_cm3 for side, c in zip(spec.sides, counts)}
         q.faces = [face for face in FACES if any(face in _faces(m) for m in masks)]

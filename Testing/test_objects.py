@@ -16,6 +16,11 @@ def test_builtin_maps_follow_the_paper_object_set():
     ts = load_object_map("totalsegmentator")
     assert ts.names == tuple(n for n in DEFAULT_OBJECTS if n not in ("obturator_externus", "pectineus"))
     assert ts["iliacus"].labels == (88, 89)  # iliopsoas stands in for iliacus
+    # objects a hip CT cuts: every femur shaft, and iliopsoas where it stands in for iliacus
+    assert {n: [o.name for o in load_object_map(n).objects if o.cut_at_region] for n in builtin_maps()} == {
+        "pelvic_reference": ["femur"], "synthetic": ["femur"], "totalsegmentator": ["iliacus", "femur"]}
+    assert ObjectMap.from_json(ts.to_json()) == ts
+    assert all(o.cut_at_region for o in ts.per_side().objects if o.name.startswith(("femur_", "iliacus_")))
 
 
 def test_totalsegmentator_map_matches_the_shared_label_names(shared_data):
@@ -48,6 +53,8 @@ def test_per_side_lookup_table_and_errors():
     (lambda m: dict(m, objects=[1]), r"map.json: objects\[0\] must be an object"),
     (lambda m: dict(m, objects=[dict(m["objects"][0], sides={"left": 1})]),
      r"map.json: objects\[0\].sides must map each side to a non-empty list"),
+    (lambda m: dict(m, objects=[dict(m["objects"][0], cut_at_region="yes")]),
+     r"map.json: objects\[0\].cut_at_region must be true or false, got 'yes'"),
 ])
 def test_malformed_map_shapes_are_named(change, message):
     with pytest.raises(ObjectMapError, match=message):

@@ -498,8 +498,22 @@ def test_a_ct_that_runs_on_below_the_hip_is_cropped_as_the_cohort_is(cohort):
     np.testing.assert_array_equal(cropped_ct.array, ct.array)
     np.testing.assert_array_equal(cropped_labels.array, labels.array)
     np.testing.assert_allclose(cropped_ct.origin, ct.origin, atol=1e-9)
-    turned = Volume(labels.array, labels.spacing, labels.origin, np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], float))
-    assert turned.superior_axis == 2  # the i axis runs along z
+    # objects marked cut_at_region leave the region: with the muscles marked too, the crop
+    # ends at the pelvis and sacrum (+ 10 mm), and cuts a muscle there
+    spec = load_object_map("synthetic").to_json()
+    for o in spec["objects"]:
+        o["cut_at_region"] = o["name"] not in ("pelvis", "sacrum")
+    _, higher = crop_to_region(ct, labels, ObjectMap.from_json(spec))
+    assert higher.array.shape[0] < labels.array.shape[0] and np.isin(higher.array[0], list(range(11, 23))).any()
+    # an oblique grid: the array's last axis (i) runs superior-inferior, and the crop moves the
+    # origin along that axis's direction
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])  # columns: i, j, k in LPS
+    turned = Volume(np.moveaxis(labels.array, 0, 2), labels.spacing[::-1], labels.origin, direction)
+    assert turned.superior_axis == 2
+    cut = turned.cropped(2, slice(3, None))
+    assert cut.array.shape[2] == turned.array.shape[2] - 3
+    np.testing.assert_allclose(cut.origin, turned.origin + 3 * turned.spacing[0] * direction[:, 0])
+    np.testing.assert_allclose(cut.affine @ [0, 0, 0, 1], turned.affine @ [3, 0, 0, 1])
 
 
 @pytest.mark.parametrize("text, message", [

@@ -42,7 +42,7 @@ from ..parallel import run_jobs
 from ..progress import Progress
 from ..qc import check_hu
 from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
-                             check_magnification, read_radiograph, unit_range)
+                             check_magnification, read_radiograph)
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
 from .patient import CROP_MARGIN_MM
 
@@ -125,10 +125,11 @@ def _record(pair: dict, objects: ObjectMap) -> dict:
 
 
 def crop_to_region(ct: Volume, labels: Volume, objects: ObjectMap) -> tuple[Volume, Volume]:
-    """CT and labels cropped superior-inferior to the objects other than the femur (whose shaft
-    runs on past the hip) plus :data:`CROP_MARGIN_MM`, the rule of the synthetic cohort: the CT
-    centre, where the default AP view looks, is then the hip region's centre."""
-    values = [v for o in objects.objects if o.name != "femur" for v in o.labels]
+    """CT and labels cropped superior-inferior to the objects not marked ``cut_at_region`` (the
+    femur's shaft and TotalSegmentator's iliopsoas run on past the hip) plus
+    :data:`CROP_MARGIN_MM`, the rule of the synthetic cohort: the CT centre, where the default AP
+    view looks, is then the hip region's centre, and those objects are cut at its edges."""
+    values = [v for o in objects.objects if not o.cut_at_region for v in o.labels]
     region = np.isin(labels.array, values)
     if not region.any():
         return ct, labels
@@ -164,8 +165,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     check_hu(ct, labels, objects, pair["ct"])
     ct, labels = crop_to_region(ct, labels, objects)
     radiograph, geometry = read_film(pair)
-    xray, _ = unit_range(radiograph.array, radiograph.source.get("value_range"),  # as decompose does
-                         padding=radiograph.padding)
+    xray, _ = radiograph.windowed()  # as decompose does
     hu = np.rint(ct.array)
     ct_image = ct.with_array(hu.astype(np.int16) if np.array_equal(hu, ct.array) and
                              np.abs(hu).max() < 32768 else ct.array.astype(np.float32)).to_sitk()

@@ -80,11 +80,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:24s} {r['volume_cm3_3d']:11.2f} / {r['volume_cm3_drr']:10.2f} "
               f"{r['mass_g_3d']:10.2f} / {r['mass_g_drr']:9.2f}  {', '.join(flags)}")
     print(f"wrote wvdrr.nrrd, vdrr.nrrd, mdrr.nrrd, metrics.json in {args.out}")
-    shown = set(m["absent"] + m["implausible_volume"])
-    for message in m["qc"]["failed"]:
-        if message.split(":")[0] not in shown:
-            print(f"warning: {message} (segmentation QC would exclude this case from a dataset)",
-                  file=sys.stderr)
+    for q in m["qc"]["objects"].values():  # absent or implausible objects are named below
+        for flag, message in zip(q["flags"], q["messages"]):
+            if flag in QC_FLAGS and message in m["qc"]["failed"]:
+                print(f"warning: {message} (segmentation QC would exclude this case from a dataset)",
+                      file=sys.stderr)
     odd = m["absent"] + m["implausible_volume"]
     if len(odd) >= 2:
         print(f"warning: {len(odd)} of {len(m['objects'])} objects are absent or of implausible volume "

@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import time
+import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,15 +44,14 @@ import torch
 from scipy import ndimage
 
 from .calibration import QUANTITIES, interval, min_cases, read_calibration
-from .errors import InputError
+from .errors import INPUT_ERRORS, InputError
 from .fileio import file_sha256, write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
 from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .modelio import ORIENTATIONS
 from .progress import Progress
-from .radiograph_io import (HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, sidecar_path, stem as file_stem,
-                           unit_range)
+from .radiograph_io import HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, sidecar_path, stem as file_stem
 from .training.data import resize
 
 
@@ -255,7 +255,7 @@ class Decomposer:
         As in training: resampled onto the matched detector at the prepared dataset's pixel
         count (``model.json`` input ``prepared_shape``; older models: the model grid), then
         averaged onto the model grid."""
-        x, method = unit_range(radiograph.array, radiograph.source.get("value_range"), padding=radiograph.padding)
+        x, method = radiograph.windowed()
         detector = self.detector(radiograph)
         prepared = self.model.meta["input"].get("prepared_shape") or list(detector.shape)
         x, coverage = to_detector(x, radiograph.pixel_spacing, detector.resized(*prepared))
@@ -491,10 +491,10 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     ) -> list[dict]:
     """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`,
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
-    be used, which does not stop the others: its InputError, or any other exception with its
-    type; ``skipped`` for one already done, so an interrupted batch resumes). An output folder
-    holding a result of other input, settings or model stops the batch (FileExistsError): the
-    batch belongs in another ``out``."""
+    be used, which does not stop the others: its input error, or any other exception with its
+    type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
+    done, so an interrupted batch resumes). An output folder holding a result of other input,
+    settings or model stops the batch (FileExistsError): the batch belongs in another ``out``."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
@@ -504,9 +504,11 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                                             magnification)[0])
         except FileExistsError:  # a refusal to overwrite: the whole batch belongs elsewhere
             raise
-        except Exception as e:  # one file's failure, reported with the others' results
-            error = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
-            summaries.append({"input": str(path), "output": str(out / name), "error": error})
+        except INPUT_ERRORS as e:  # one file's bad input, reported with the others' results
+            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
+        except Exception as e:  # a bug on one file: reported with its traceback, the others go on
+            summaries.append({"input": str(path), "output": str(out / name),
+                              "error": f"{path}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
     report(1.0, "done")
     return summaries
 

@@ -119,6 +119,11 @@ class Radiograph:
         array = np.asarray(self.array, np.float32)
         return (array >= lo) & (array <= hi)
 
+    def windowed(self) -> tuple[np.ndarray, str]:
+        """The image in [0, 1] as the model sees it (:func:`unit_range` with the stored value
+        range and the padding) and the method used."""
+        return unit_range(self.array, self.source.get("value_range"), padding=self.padding)
+
     @property
     def magnification(self) -> float | None:
         """Magnification at the patient (SDD / SOD), ``None`` when unknown."""

@@ -483,6 +483,7 @@ def test_jpeg_lossless_dicom_reads_as_the_uncompressed_pixels(tmp_path, ramp):
     fields = {"PhotometricInterpretation": "MONOCHROME1", "RescaleSlope": 2, "RescaleIntercept": -10}
     plain = read_radiograph(write_dicom(tmp_path / "u.dcm", ramp, ImagerPixelSpacing=[0.5, 0.4], **fields))
     r = read_radiograph(jpeg_lossless_dicom(tmp_path / "j.dcm", ramp, **fields))
+    assert r.source["pixel_decoder"] == "SimpleITK (GDCM)" and plain.source["pixel_decoder"] == "pydicom"
     assert r.pixel_spacing == (0.5, 0.4)
     np.testing.assert_array_equal(r.array, plain.array)
     assert r.source["value_range"] == plain.source["value_range"]

@@ -214,6 +214,9 @@ def test_radiograph_is_a_one_slice_volume(shared_data):
     node.SetSpacing(5.0, 5.0, 1.0)
     with pytest.raises(InputError, match=r"xray\): implausible pixel spacing .*Volumes module"):
         radiograph_from_node(node)
+    node.SetSpacing(1.0, 1.0, 1.0)  # Slicer's spacing for a PNG: the placeholder, as in the backend
+    with pytest.raises(InputError, match=r"xray\): pixel spacing 1.0 x 1.0 mm, what Slicer gives .*Volumes module"):
+        radiograph_from_node(node)
 
 
 def test_drrs_through_the_bridge_equal_the_backend(example):

@@ -439,6 +439,20 @@ def test_a_run_keeps_its_two_newest_checkpoints(dataset, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_0005.json", "epoch_0005.safetensors"]
 
 
+def test_a_checkpoint_without_its_tensors_names_them(tmp_path):
+    """A tensors file that lacks a tensor its JSON names is a ModelFormatError (which resume
+    falls back past), not a KeyError."""
+    from MSKdeXTraining.modelio import ModelFormatError, write_safetensors
+    from MSKdeXTraining.training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = save_checkpoint(tmp_path, 1, {"w": torch.zeros(2), "b": torch.ones(1)})
+    assert torch.equal(load_checkpoint(path)["b"], torch.ones(1))
+    write_safetensors(tmp_path / "epoch_0001.safetensors", {".w": torch.zeros(2)})  # keys: the path in the state
+    with pytest.raises(ModelFormatError, match=r"epoch_0001.safetensors: lacks the tensor '.b', which "
+                                               r"epoch_0001.json names"):
+        load_checkpoint(path)
+
+
 def test_image_pool_draws_and_state():
     """Size 0 returns its input; the pool keeps the first ``size`` images and stays at that
     size; once full about half the queries return an earlier image (each at most once) that

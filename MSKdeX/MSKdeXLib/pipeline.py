@@ -27,6 +27,7 @@ from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_io import check_magnification
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
+from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers, layer_name
@@ -115,7 +116,8 @@ class Pipeline:
         returns (result with the stack and its metrics (DRR sums vs 3D volume/mass), layers)."""
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         result = render_drr(ct, labels, objects, geometry, self.reference_pose(ct, geometry),
-                            source=f"segmentation {segmentation_node.GetName()!r}", progress=progress)
+                            device=pick_device("auto"), source=f"segmentation {segmentation_node.GetName()!r}",
+                            progress=progress)
         layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
                             DRR_PREFIX, reference_node)
         return result, layers
@@ -140,6 +142,7 @@ class Pipeline:
         radiograph and SDD/SOD (:data:`INPUTS_ATTRIBUTE`) and accepted (:func:`accept_pose`;
         not accepted: InputError), and from the AP view when there is none."""
         from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
+        from MSKdeXTraining.imaging.registration.settings import FINEST_PIXEL_MM, binned
 
         from .pose_nodes import (ALIGNED_PREFIX, is_accepted, pose_from_transform_node, pose_node_name,
                                  pose_to_transform_node)
@@ -169,8 +172,9 @@ class Pipeline:
                                            gc=result.gc)
         transform.SetAttribute(INPUTS_ATTRIBUTE, inputs)  # a femur reuses only a pelvis of the same inputs
         bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")
-        drr = project_objects(ct, labels, bone, geometry, result.pose)
-        layer = drr_layers(drr.data.numpy(), bone.names, geometry.pixel_spacing, self.scene,
+        shown = binned(geometry, FINEST_PIXEL_MM)  # the resolution registration saw (a fine film: ~1 mm)
+        drr = project_objects(ct, labels, bone, shown, result.pose, device=pick_device("auto"))
+        layer = drr_layers(drr.data.numpy(), bone.names, shown.pixel_spacing, self.scene,
                            ALIGNED_PREFIX, radiograph_node)[(body, "wvdrr")]
         return result, transform, layer
 

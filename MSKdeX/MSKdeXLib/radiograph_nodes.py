@@ -19,7 +19,7 @@ import slicer.util
 from MSKdeXTraining.imaging.geometry import AP_ROTATION, detector_origin
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume
-from MSKdeXTraining.radiograph_io import LUMA, Radiograph, check_spacing
+from MSKdeXTraining.radiograph_io import LUMA, PLACEHOLDER_SPACING_MM, Radiograph, check_spacing
 
 from .coordinates import node_geometry, set_node_geometry
 from .volume_nodes import volume_to_node
@@ -55,8 +55,9 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
     """The :class:`Radiograph` (array (H, W) float32, spacing (row, column) mm) of a one-slice node.
 
     Colour (vector) volumes are turned into grey with the BT.601 luma weights. A node that
-    MSKdeX did not read (loaded by Slicer itself: a PNG gets 1 mm) must have a plausible
-    detector spacing, and its spacing is noted as given by the user.
+    MSKdeX did not read (loaded by Slicer itself) must have a plausible detector spacing other
+    than 1.0 x 1.0 mm, which Slicer gives a PNG or any file storing none (the backend refuses it
+    as a placeholder too), and its spacing is noted as given by the user.
     """
     if node is None or node.GetImageData() is None:
         raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
@@ -73,8 +74,11 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
     source.setdefault("node", node.GetName())
     if not recorded:
         source["spacing_field"] = "argument (the Slicer node's spacing)"
-        check_spacing(f"{what} ({node.GetName()})", array.shape[1:], pixel_spacing, source["spacing_field"],
-                      "set the node's spacing to the detector's pixel size (Volumes module, Volume Information)")
+        fix = "set the node's spacing to the detector's pixel size (Volumes module, Volume Information)"
+        if pixel_spacing == PLACEHOLDER_SPACING_MM:
+            raise InputError(f"{what} ({node.GetName()}): pixel spacing 1.0 x 1.0 mm, what Slicer gives a file "
+                             f"that stores none; {fix}")
+        check_spacing(f"{what} ({node.GetName()})", array.shape[1:], pixel_spacing, source["spacing_field"], fix)
     return Radiograph(np.array(array[0], dtype=np.float32), pixel_spacing, source)
 
 

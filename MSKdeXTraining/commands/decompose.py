@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for s in done:
         _print_ood(Path(s["input"]).name, s["ood"], s["reasons"])
     for s in failed:
+        print(s.get("traceback", ""), end="", file=sys.stderr)  # a bug: where it arose
         print(f"mskdex decompose: error: {s['error']}", file=sys.stderr)
     if done:
         print(f"{len(done)} radiograph(s), {sum(s['seconds'] for s in done) / len(done):.2f} s each; "

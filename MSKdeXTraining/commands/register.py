@@ -42,11 +42,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..fileio import refuse_existing, staged_folder, write_json
-    from ..imaging.geometry import resample_image
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
-                                        render_body, rigid_bodies)
-    from ..imaging.registration.settings import FINEST_PIXEL_MM, binned
+                                        render_body, rigid_bodies, working_film)
     from ..imaging.volume import check_same_grid, read_ct, read_labels
     from ..objects import load_object_map
 
@@ -64,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                   progress=progress, source=str(args.labels))
     drrs = []
     ok = all(r.ok for r in results.values())
-    shown = binned(geometry, FINEST_PIXEL_MM)  # the overlays at the registration's resolution
-    xray = resample_image(xray, geometry, shown)
+    xray, shown = working_film(xray, geometry)  # the overlays at the registration's resolution
     with staged_folder(args.out, last="poses.json") as stage:  # poses.json marks the set complete
         for name, r in results.items():
             drr = render_body(ct, labels, bodies[name], r.pose, shown)

@@ -116,24 +116,29 @@ def read_image(path: str | Path) -> sitk.Image:
             reader.SetFileNames(files)
             reader.MetaDataDictionaryArrayUpdateOn()
             image = reader.Execute()
-            _check_slice_positions(reader, len(files), path)
+            _check_slice_positions(reader, files, path)
             return image
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
 
 
-#: Largest deviation (mm) of a DICOM slice position from the regular grid its series implies.
-SLICE_POSITION_TOLERANCE_MM = 0.05
+#: Largest deviation of a DICOM slice step from the series' median step: this many mm (positions
+#: are often written to 0.1 mm) or this share of the step, whichever is larger.
+SLICE_STEP_TOLERANCE = (0.15, 0.25)
+#: Largest in-plane drift of the slice positions per mm along their normal: tan(0.57 degrees);
+#: a gantry tilt is several degrees.
+SLICE_SHEAR_TOLERANCE = 0.01
 
 
-def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: Path) -> None:
+def _check_slice_positions(reader: sitk.ImageSeriesReader, files: list[str], path: Path) -> None:
     """Refuse a series whose slices do not lie on one regular grid along their normal: a missing
-    or repeated slice, uneven spacing or a gantry tilt (slices sheared), each of which
+    or repeated slice, uneven spacing or a gantry tilt (sheared slices), each of which
     SimpleITK would read as a regular volume of the wrong geometry."""
     def numbers(i: int, tag: str) -> np.ndarray:
         return np.array([float(v) for v in reader.GetMetaData(i, tag).split("\\")])
 
+    n = len(files)
     if n < 3 or not all(reader.HasMetaDataKey(i, "0020|0032") for i in range(n)):
         return
     try:
@@ -142,21 +147,23 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: Path) -
     except (RuntimeError, ValueError):
         return
     normal = np.cross(iop[:3], iop[3:])
-    steps = np.diff(positions, axis=0)
-    along = steps @ normal
-    expected = np.median(along)
-    gaps = np.abs(along - expected)
-    if gaps.max() > SLICE_POSITION_TOLERANCE_MM:
-        k = int(np.argmax(gaps))
-        raise InputError(f"{path}: ImagePositionPatient (0020,0032) of slices {k + 1} and {k + 2} (of {n}) lie "
-                         f"{along[k]:.3g} mm apart along the slice normal, the series' step is {expected:.3g} mm: "
-                         "a missing or repeated slice, or uneven spacing; expected one regular series "
-                         "(export it again, or resample it, e.g. in 3D Slicer)")
-    shear = np.linalg.norm(steps - np.outer(along, normal), axis=1).max()
-    if shear > SLICE_POSITION_TOLERANCE_MM:
-        raise InputError(f"{path}: ImagePositionPatient (0020,0032) moves {shear:.3g} mm within the slice plane "
-                         f"from slice to slice: a gantry tilt (sheared slices); expected slices stacked along "
-                         "their normal (resample it, e.g. with 3D Slicer's DICOM import, which corrects the tilt)")
+    along = np.diff(positions, axis=0) @ normal
+    step = float(np.median(along))
+    gaps = np.abs(along - step)
+    k = int(np.argmax(gaps))
+    if gaps[k] > max(SLICE_STEP_TOLERANCE[0], SLICE_STEP_TOLERANCE[1] * abs(step)):
+        raise InputError(f"{path}: ImagePositionPatient (0020,0032) of {Path(files[k]).name} and "
+                         f"{Path(files[k + 1]).name} (slices {k + 1} and {k + 2} of {n}) lie {along[k]:.3g} mm apart "
+                         f"along the slice normal, the series' step is {step:.3g} mm: a missing or repeated slice, "
+                         "or uneven spacing; expected one regular series (export it again, or resample it, "
+                         "e.g. in 3D Slicer)")
+    span = positions[-1] - positions[0]
+    drift = np.linalg.norm(span - (span @ normal) * normal) / max(abs(span @ normal), 1e-9)
+    if drift > SLICE_SHEAR_TOLERANCE:
+        raise InputError(f"{path}: ImagePositionPatient (0020,0032) drifts {drift:.3g} mm within the slice plane "
+                         f"per mm along its normal ({np.degrees(np.arctan(drift)):.1f} degrees): a gantry tilt "
+                         "(sheared slices); expected slices stacked along their normal (resample it, e.g. with "
+                         "3D Slicer's DICOM import, which corrects the tilt)")
 
 
 def read_ct(path: str | Path) -> Volume:

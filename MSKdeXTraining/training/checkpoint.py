@@ -104,7 +104,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     head = read_format_json(path, FORMAT, VERSION, ("tensors", "state"), ModelFormatError)
     tensors = read_safetensors(path.parent / head["tensors"])
-    return join_tensors(head["state"], tensors)
+    try:
+        return join_tensors(head["state"], tensors)
+    except KeyError as e:
+        raise ModelFormatError(f"{path.parent / head['tensors']}: lacks the tensor {e}, which {path.name} "
+                               "names; expected the checkpoint's own tensors file") from None
 
 
 def load_newest_checkpoint(folder: str | Path) -> tuple[Path, dict]:

@@ -11,7 +11,7 @@ A *rigid body* is a set of label values that move together: ``pelvis`` (pelvis +
   get the same light Gaussian blur, which removes splatting ripple;
 * a film with pixels finer than :data:`.settings.FINEST_PIXEL_MM` (1 mm; clinical detectors
   have 0.1-0.2 mm) is area-averaged to about that first, its "full resolution" from then on;
-* coarse-to-fine levels (detector pixels of ``Level.pixel_mm``, 0 = the radiograph's own),
+* coarse-to-fine levels (detector pixels of ``Level.pixel_mm``, 0 = full resolution),
   each optimised by CMA-ES (global, batched over the population) or Powell (local
   refinement); both presets end with a small-step CMA-ES and Powell at full resolution
   (depth and out-of-plane rotation are only seen there);
@@ -35,7 +35,7 @@ cohorts it pulled poses away from the truth (docs/registration.md).
 from .bodies import (body_centroid, default_isocenter, femoral_head_center, registration_errors,
                      rigid_bodies, surface_points)
 from .sequence import register_bodies, register_body
-from .optimise import pose_from_params, register_bone
+from .optimise import pose_from_params, register_bone, working_film
 from .render import BodyRenderer, render_body
 from .settings import (GC_THRESHOLD, PRESETS, Level, Progress, RegistrationResult,
                        RegistrationSettings)
@@ -45,4 +45,4 @@ __all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "Progress", "Regi
            "RegistrationSettings", "body_centroid", "default_isocenter",
            "femoral_head_center", "pose_from_params", "radiograph_geometry", "read_xray", "register_bodies",
            "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
-           "surface_points"]
+           "surface_points", "working_film"]

@@ -137,9 +137,7 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
                          f"detector {geometry.shape}")
     if not np.all(np.isfinite(radiograph)):
         raise InputError("radiograph holds NaN/inf pixels")
-    work = binned(geometry, FINEST_PIXEL_MM)  # a fine clinical film: about 1 mm pixels
-    if work.shape != geometry.shape:
-        radiograph, geometry = resample_image(radiograph, geometry, work), work
+    radiograph, geometry = working_film(radiograph, geometry)
     settings = settings or RegistrationSettings()
     t0 = time.perf_counter()
     renderer = BodyRenderer(ct, labels, body_labels)
@@ -186,6 +184,15 @@ def register_bone(ct: Volume, labels: Volume, body_labels: tuple[int, ...],
     return RegistrationResult(final.pose(x), gc, gc >= settings.gc_threshold, x * scale,
                               center_cam, evaluations + 1, time.perf_counter() - t0, level_gc,
                               settings.gc_threshold)
+
+
+def working_film(radiograph: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
+    """The radiograph as registration sees it: a film finer than :data:`FINEST_PIXEL_MM`
+    area-averaged to about that (a clinical film's 0.15 mm pixels), else as it is."""
+    work = binned(geometry, FINEST_PIXEL_MM)
+    if work.shape == geometry.shape:
+        return radiograph, geometry
+    return resample_image(radiograph, geometry, work), work
 
 
 def pose_from_params(params: np.ndarray, center_cam: np.ndarray, start_pose: np.ndarray,

@@ -11,7 +11,7 @@ from ...progress import Progress
 from ..geometry import Geometry
 
 
-#: GC (at the radiograph's resolution, inside the bone region) below which a registration
+#: GC (at full resolution, inside the bone region) below which a registration
 #: is flagged as failed. Correct poses on the synthetic cohort score well above it.
 GC_THRESHOLD = 0.35
 
@@ -170,7 +170,8 @@ class RegistrationResult:
     """Pose found for one body: ``pose`` 4x4 world (LPS mm) -> camera (mm).
 
     ``params`` (deg, mm) are relative to the start pose about ``center_cam`` (mm); ``gc``
-    is the final gradient correlation at the radiograph's resolution; ``ok`` says whether it
+    is the final gradient correlation at full resolution (the radiograph's pixels, or about
+    :data:`FINEST_PIXEL_MM` for a finer film); ``ok`` says whether it
     reaches ``gc_threshold``. ``level_gc`` records the best GC of each level.
     """
 

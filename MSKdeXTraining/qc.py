@@ -153,6 +153,7 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
     ranges = {**PLAUSIBLE_VOLUME_CM3, **(ranges or {})}
     voxel_cm3 = labels.voxel_volume_cm3
     metal = None if ct is None else _metal_mask(ct, labels)
+    metal_anywhere = metal is not None and bool(metal.any())
     out: dict[str, ObjectQC] = {}
     for spec in objects.objects:
         # objects with sides are checked side by side (two femurs are two components); one
@@ -166,7 +167,9 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
                      min((t[1] / c for t, c in zip(topo, counts) if c > 0), default=1.0))
         q.side_volumes_cm3 = {side: c * voxel_cm3 for side, c in zip(spec.sides, counts)}
         q.faces = [face for face in FACES if any(face in _faces(m) for m in masks)]
-        if metal is not None:
+        if metal is not None and not metal_anywhere:  # most CTs: no full-volume masks per object
+            q.metal_cm3 = 0.0
+        elif metal is not None:
             near = [_near(m, labels.spacing) for m in masks]
             q.metal_cm3 = float(np.count_nonzero(metal & np.logical_or.reduce(near)) * voxel_cm3)
             q.metal_sides = [side for side, n in zip(spec.sides, near)

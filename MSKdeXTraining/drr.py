@@ -90,17 +90,29 @@ def voxel_metrics(ct: Volume, labels: Volume, objects: ObjectMap,
     }
 
 
+def view_center(labels: Volume, objects: ObjectMap) -> np.ndarray:
+    """Isocentre (LPS mm) of the default view of a CT: the centre of the bounding box of its
+    hip-region objects (those not marked ``cut_at_region``; else of all mapped objects), the
+    label map's centre when it holds none. A CT running past the hip then still shows it."""
+    for values in (objects.region_labels(), [v for o in objects.objects for v in o.labels]):
+        mask = np.isin(labels.array, values)
+        if mask.any():
+            return labels.box_center(mask)
+    return labels.center
+
+
 def render_drr(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Geometry | None = None,
                pose: np.ndarray | None = None, device: str = "cpu", source: str = "label map",
                progress: Progress | None = None) -> DRRResult:
     """Render the (3, N, H, W) stack and compare its sums with the 3D values.
 
-    ``pose`` (4x4 world->camera, mm) defaults to the AP view centred on the CT
-    (:func:`imaging.geometry.default_ap_pose`). Objects absent from the labels get zero
+    ``pose`` (4x4 world->camera, mm) defaults to the AP view (:func:`imaging.geometry.default_ap_pose`)
+    centred on the objects (:func:`view_center`). Objects absent from the labels get zero
     channels and ``"absent": true`` in the metrics.
     """
     geometry = geometry or Geometry()
-    pose = default_ap_pose(ct.center, geometry) if pose is None else np.asarray(pose, float)
+    pose = (default_ap_pose(view_center(labels, objects), geometry) if pose is None
+            else np.asarray(pose, float))
     stack = project_objects(ct, labels, objects, geometry, pose, device=device, source=source,
                             progress=progress)
     return DRRResult(stack, drr_metrics(stack, voxel_metrics(ct, labels, objects, source),

@@ -122,6 +122,10 @@ class ObjectMap:
                 f"add them to an object or set \"unmapped_labels\": \"ignore\" in the map")
         return table
 
+    def region_labels(self) -> list[int]:
+        """Label values of the objects inside the hip region: those not marked ``cut_at_region``."""
+        return [v for o in self.objects if not o.cut_at_region for v in o.labels]
+
     def per_side(self) -> ObjectMap:
         """Expand objects that declare ``sides`` into ``<name>_<side>`` objects."""
         out: list[ObjectSpec] = []

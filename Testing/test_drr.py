@@ -8,12 +8,12 @@ from conftest import write_image
 import SimpleITK as sitk
 
 from MSKdeXTraining.commands import drr as drr_command
-from MSKdeXTraining.drr import drr_from_files, load_inputs, read_drr_stack, render_drr
-from MSKdeXTraining.imaging.geometry import Geometry
-from MSKdeXTraining.imaging.volume import InputError
+from MSKdeXTraining.drr import drr_from_files, load_inputs, read_drr_stack, render_drr, view_center
+from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
+from MSKdeXTraining.imaging.volume import InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
 
-WIDE = Geometry(rows=160, cols=160, pixel_spacing=(3.0, 3.0))  # holds the whole example CT
+WIDE = Geometry(rows=200, cols=160, pixel_spacing=(3.0, 3.0))  # holds every object of the example CT
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_sum_of_object_wvdrrs_is_the_drr_of_the_union(example_result):
     omap = load_object_map("totalsegmentator")
     union = ObjectMap("union", (ObjectSpec("all", "muscle", tuple(v for o in omap.objects for v in o.labels)),),
                       "ignore")
-    whole = render_drr(ct, labels, union, WIDE).stack.data
+    whole = render_drr(ct, labels, union, WIDE, result.pose).stack.data  # the same view
     summed = result.stack.data.sum(dim=1)
     np.testing.assert_allclose(summed[:2].numpy(), whole[:2, 0].numpy(), rtol=1e-4, atol=1e-6)
     assert float(whole[0].max()) > 1.0  # a real line integral through the pelvis
@@ -203,3 +203,30 @@ def test_metrics_flag_a_detector_too_small_and_match_attenuation_in_parallel(pha
         assert par["wvdrr_sum_cm2"] == pytest.approx(par["attenuation_cm2_3d"], rel=1e-5)
         assert per["attenuation_cm2_3d"] == par["attenuation_cm2_3d"]
         assert per["wvdrr_sum_cm2"] == pytest.approx(per["attenuation_cm2_3d"] * (1100 / 880) ** 2, rel=0.01)
+
+
+def test_default_view_centres_the_hip_region_of_a_long_ct():
+    """A CT running 400 mm above the hip is viewed centred on its hip-region objects (a femur,
+    marked cut_at_region, does not pull the view down), not on the CT's centre, which would
+    leave the hip off a 240 mm detector."""
+    labels = np.zeros((120, 24, 28), np.uint8)
+    k, j, i = np.mgrid[:120, :24, :28]
+    labels[((i - 10) ** 2 + (j - 12) ** 2 + (k - 12) ** 2) < 36] = 1  # pelvis, k 7-17
+    labels[((i - 19) ** 2 + (j - 12) ** 2 + (k - 10) ** 2) < 25] = 11  # gluteus maximus left, k 6-14
+    labels[:5, 10:14, 6:10] = 3  # femur left, cut by the scan's lower face
+    grid = dict(spacing=(4.0, 4.0, 4.0), origin=(-50.0, -40.0, -900.0), direction=np.eye(3))
+    ct = Volume(np.where(labels > 0, 300, -80).astype(np.int16), **grid)
+    labels = Volume(labels, **grid)
+    omap = load_object_map("synthetic")
+    centre = view_center(labels, omap)
+    np.testing.assert_allclose(centre, (-50 + 4 * 14, -40 + 4 * 12, -900 + 4 * 11.5))  # i 5-23, j 7-17, k 6-17
+    geometry = Geometry(60, 60, (4.0, 4.0))
+    shown = render_drr(ct, labels, omap, geometry).metrics
+    assert shown["outside_fov"] == [] and shown["sums_within_tolerance"]
+    assert shown["objects"][omap.names.index("femur")]["voxels"] > 0
+    ct_centred = render_drr(ct, labels, omap, geometry, default_ap_pose(ct.center, geometry)).metrics
+    assert set(ct_centred["outside_fov"]) == {"gluteus_maximus", "pelvis", "femur"}
+    without_region = ObjectMap("femur only", (omap.objects[omap.names.index("femur")],), "ignore")
+    np.testing.assert_allclose(view_center(labels, without_region), (-50 + 4 * 7.5, -40 + 4 * 11.5, -900 + 4 * 2))
+    empty = labels.with_array(np.zeros_like(labels.array))
+    np.testing.assert_allclose(view_center(empty, omap), labels.center)

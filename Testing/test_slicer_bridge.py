@@ -228,7 +228,7 @@ def test_drrs_through_the_bridge_equal_the_backend(example):
     stack = result.stack
     assert steps and steps[-1] == 1.0
     ct, labels, objects = example["ct"], example["labels"], example["objects"]
-    pose = Pipeline.reference_pose(ct, geometry)
+    pose = Pipeline.reference_pose(labels, objects, geometry)
     direct = project_objects(ct, labels, objects, geometry, pose)
     assert np.array_equal(stack.data.numpy(), direct.data.numpy())
     assert len(layers) == 3 * len(objects)
@@ -289,7 +289,7 @@ def test_bone_alignment_through_the_bridge():
     ct_node = volume_to_node(ct, scene, "CT")
     seg_node = labels_to_segmentation(labels, scene, "segmentation", label_names(objects))
     geometry = Geometry(48, 48, (4.0, 4.0))
-    reference = Pipeline.reference_pose(ct, geometry)
+    reference = Pipeline.reference_pose(labels, objects, geometry)
     truth = rigid((0.0, 0.0, 3.0), (4.0, -3.0, 0.0)) @ reference
     drrs = project_objects(ct, labels, objects.select(["pelvis", "femur"]), geometry, truth).data[0].numpy()
     drr, film = drrs[0], drrs.sum(0)  # the pelvis alone; the film shows the femurs too
@@ -414,7 +414,7 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
 
     table = results_table(rows, scene, "results")
     results_chart(table, scene, "chart")
-    reference = Pipeline.reference_pose(ct, Geometry())
+    reference = Pipeline.reference_pose(labels, objects, Geometry())
     pose = reference.copy()
     pose[:3, 3] += [3.0, -2.0, 1.5]
     pose_to_transform_node(pose, reference, scene, "pelvis pose", gc=0.7)

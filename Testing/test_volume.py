@@ -76,3 +76,13 @@ def test_a_dicom_series_off_a_regular_grid_is_refused(tmp_path, z_of, y_of, mess
     regular.mkdir()
     _dicom_series(regular, "1.2.3.4.2", 6, 40, "a", lambda k: round(0.625 * k, 1))
     assert read_ct(regular).spacing[2] == pytest.approx(0.625, abs=0.05)
+
+
+def test_box_center_agrees_with_simpleitk_on_an_oblique_grid():
+    direction = sitk.VersorTransform((0.2, 0.5, -0.3), 0.7).GetMatrix()
+    volume = Volume(np.zeros((10, 12, 14), np.uint8), (0.8, 1.1, 2.5), (-30.0, 12.0, 400.0), direction)
+    mask = np.zeros(volume.array.shape, bool)
+    mask[2, 3, 4] = mask[7, 9, 5] = mask[4, 5, 13] = True  # box: k 2-7, j 3-9, i 4-13
+    expected = volume.to_sitk().TransformContinuousIndexToPhysicalPoint((8.5, 6.0, 4.5))
+    np.testing.assert_allclose(volume.box_center(mask), expected, atol=1e-9)
+

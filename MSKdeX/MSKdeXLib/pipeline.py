@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from MSKdeXTraining.calibration import min_cases
-from MSKdeXTraining.drr import DRRResult, render_drr
+from MSKdeXTraining.drr import DRRResult, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.errors import InputError
@@ -106,16 +106,17 @@ class Pipeline:
 
     # -- DRRs ---------------------------------------------------------------------------
     @staticmethod
-    def reference_pose(ct: Volume, geometry: Geometry) -> np.ndarray:
-        """Default AP pose about the CT centre (the convention of docs/formats.md)."""
-        return default_ap_pose(ct.center, geometry)
+    def reference_pose(labels: Volume, objects: ObjectMap, geometry: Geometry) -> np.ndarray:
+        """Default AP pose centred on the objects (:func:`~MSKdeXTraining.drr.view_center`), as
+        ``mskdex drr`` renders it (docs/formats.md)."""
+        return default_ap_pose(view_center(labels, objects), geometry)
 
     def compute_drrs(self, ct_node, segmentation_node, objects: ObjectMap, geometry: Geometry,
                      reference_node=None, progress: ProgressRelay | None = None) -> tuple[DRRResult, dict]:
         """Object-wise DRRs of the CT in the default AP pose (:meth:`reference_pose`) as layers;
         returns (result with the stack and its metrics (DRR sums vs 3D volume/mass), layers)."""
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
-        result = render_drr(ct, labels, objects, geometry, self.reference_pose(ct, geometry),
+        result = render_drr(ct, labels, objects, geometry, self.reference_pose(labels, objects, geometry),
                             device=pick_device("auto"), source=f"segmentation {segmentation_node.GetName()!r}",
                             progress=progress)
         layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
@@ -167,7 +168,7 @@ class Pipeline:
         result = register_body(ct, labels, objects, body, radiograph.array, geometry, start_pose, pelvis_pose,
                                RegistrationSettings.preset(preset), progress,
                                source=f"segmentation {segmentation_node.GetName()!r}")
-        reference = self.reference_pose(ct, geometry)
+        reference = self.reference_pose(labels, objects, geometry)
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)
         transform.SetAttribute(INPUTS_ATTRIBUTE, inputs)  # a femur reuses only a pelvis of the same inputs

@@ -129,8 +129,7 @@ def crop_to_region(ct: Volume, labels: Volume, objects: ObjectMap) -> tuple[Volu
     femur's shaft and TotalSegmentator's iliopsoas run on past the hip) plus
     :data:`CROP_MARGIN_MM`, the rule of the synthetic cohort: the CT centre, where the default AP
     view looks, is then the hip region's centre, and those objects are cut at its edges."""
-    values = [v for o in objects.objects if not o.cut_at_region for v in o.labels]
-    region = np.isin(labels.array, values)
+    region = np.isin(labels.array, objects.region_labels())
     if not region.any():
         return ct, labels
     axis = labels.superior_axis

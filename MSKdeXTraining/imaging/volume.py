@@ -83,6 +83,12 @@ class Volume:
         m = int(np.ceil(margin_mm / self.spacing[2 - axis] - 1e-9))
         return slice(max(int(index[0]) - m, 0), min(int(index[-1]) + m + 1, mask.shape[axis]))
 
+    def box_center(self, mask: np.ndarray) -> np.ndarray:
+        """World position (LPS mm) of the centre of ``mask``'s bounding box; it must hold a voxel."""
+        kji = [np.flatnonzero(mask.any(axis=tuple(b for b in range(3) if b != a)))[[0, -1]].mean()
+               for a in range(3)]
+        return self.affine[:3, :3] @ np.array(kji[::-1]) + self.origin
+
     @classmethod
     def from_sitk(cls, image: sitk.Image) -> Volume:
         return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(),

@@ -426,14 +426,18 @@ def _orientation(scores: dict, source: dict, training_r: list[float] | None) -> 
             "and that bone is bright", feats)
 
 
-def output_names(inputs: list[Path]) -> list[str]:
+def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
     """Output folder names of radiographs in batch mode: each file name without its format
-    suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs would share one (``hip.dcm``,
-    ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``)."""
+    suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs of a folder would share one
+    (``hip.dcm``, ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``).
+    With ``root`` (a folder read with its sub-folders), each name is prefixed with its file's
+    folder relative to ``root`` (``PAT1/STUDY1/IM00001``)."""
     stems = [file_stem(p) for p in inputs]
-    counts = Counter(stems)
-    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if counts[s] > 1 else s
-             for s, p in zip(stems, inputs)]
+    counts = Counter((p.parent, s) if root else s for p, s in zip(inputs, stems))
+    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_")
+             if counts[(p.parent, s) if root else s] > 1 else s for s, p in zip(stems, inputs)]
+    if root is not None:
+        names = [(p.parent.relative_to(root) / n).as_posix() for p, n in zip(inputs, names)]
     if len(set(names)) < len(names):
         raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")
     return names
@@ -487,9 +491,10 @@ def output_files(target: Path, stem: str = "decomposition") -> list[Path]:
 
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
-                    progress: Progress | None = None, magnification: float | None = None
-                    ) -> list[dict]:
-    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`,
+                    progress: Progress | None = None, magnification: float | None = None,
+                    root: Path | None = None) -> list[dict]:
+    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`, with
+    ``root`` the folder whose sub-folders ``inputs`` come from;
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
     be used, which does not stop the others: its input error, or any other exception with its
     type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
@@ -497,7 +502,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     settings or model stops the batch (FileExistsError): the batch belongs in another ``out``."""
     report = progress or (lambda f, m: None)
     summaries = []
-    for k, (path, name) in enumerate(zip(inputs, output_names(inputs))):
+    for k, (path, name) in enumerate(zip(inputs, output_names(inputs, root))):
         report(k / max(1, len(inputs)), f"{path.name}")
         try:
             summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,

@@ -363,6 +363,34 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     assert (tmp_path / "cli" / "hip1" / "decomposition.json").is_file()
 
 
+
+def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, tmp_path, capsys):
+    """A PATIENT/STUDY/SERIES export with the same file name in two series: --recursive reads
+    the sub-folders, mirrors the tree under --out (inside the input folder here) and, run
+    again, skips everything without reading its own results as radiographs."""
+    from MSKdeXTraining.cli import main
+
+    data, run = trained
+    tree = tmp_path / "export"
+    films = [tree / "PAT1" / "ST1" / "SE1" / "hip.mha", tree / "PAT1" / "ST1" / "SE2" / "hip.mha",
+             tree / "PAT2" / "ST1" / "SE1" / "hip.mha", tree / "PAT2" / "ST1" / "SE1" / "hip.nrrd"]
+    for i, film in enumerate(films):  # the last two: one stem in one series
+        film.parent.mkdir(parents=True, exist_ok=True)
+        toy_film_file(data, i, film)
+    out = tree / "results"
+    with pytest.raises(FileNotFoundError, match="sub-folders: --recursive reads them too"):
+        decompose_cmd._inputs(tree)
+    command = ["decompose", "--model", str(run), "--xray", str(tree), "--out", str(out), "--tta", "1", "--recursive"]
+    assert main(command) == 0
+    assert "4 radiograph(s)" in capsys.readouterr().out
+    done = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("decomposition.json"))
+    assert done == ["PAT1/ST1/SE1/hip", "PAT1/ST1/SE2/hip", "PAT2/ST1/SE1/hip_mha", "PAT2/ST1/SE1/hip_nrrd"]
+    first = json.loads((out / "PAT1/ST1/SE2/hip/decomposition.json").read_text())
+    assert first["source"]["path"] == str(films[1])
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "4 radiograph(s) already decomposed" in printed and "could not be used" not in printed
+
 def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path, capsys):
     folder = shared_data / "pediatric-ap-radiographs"
     files = sorted(folder.glob("*.dcm"))[:2]

@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="radiograph file (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG/TIFF/BMP) or a folder of them")
     parser.add_argument("--out", type=Path, default=Path("decomposition"),
                         help="output folder (one sub-folder per radiograph in folder mode)")
+    parser.add_argument("--recursive", action="store_true",
+                        help="folder mode: read the sub-folders too (a PACS export's PATIENT/STUDY/SERIES "
+                             "tree); results mirror the tree under --out")
     parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                         help="detector pixel spacing in mm (one value, or row and column); "
                              "required for PNG/JPEG and files without a usable spacing; "
@@ -33,15 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto (the GPU if any), cpu, cuda or cuda:K")
 
 
-def _inputs(path: Path) -> list[Path]:
+def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> list[Path]:
+    """The radiograph files of ``path``: itself, or a folder's (hidden files, and with
+    ``recursive`` the output folder ``out`` when it lies inside, left out)."""
     from ..radiograph_io import SUFFIXES, is_radiograph_file
 
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and is_radiograph_file(p))
+        found = path.rglob("*") if recursive else path.iterdir()
+        skip = out.resolve() if out is not None else None
+        files = sorted(p for p in found if p.is_file() and is_radiograph_file(p)
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                       and not (skip and p.resolve().is_relative_to(skip)))
         if not files:
+            hint = ("" if recursive or not any(p.is_dir() for p in path.iterdir())
+                    else "; it has sub-folders: --recursive reads them too")
             raise FileNotFoundError(f"{path}: folder holds no radiograph files "
-                                    f"({', '.join(s for s in SUFFIXES if s)}, or DICOM without a suffix)")
+                                    f"({', '.join(s for s in SUFFIXES if s)}, or DICOM without a suffix){hint}")
         return files
     if not path.exists():
         raise FileNotFoundError(f"{path}: file not found")
@@ -69,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
         _print_ood(args.xray.name, result.ood.flag, result.ood.reasons)
         print(f"wrote {summary['files']['csv']}, {summary['files']['json']} and the DRR stacks in {args.out}")
         return 0
-    files = _inputs(args.xray)
+    files = _inputs(args.xray, args.recursive, args.out)
     with progress_bar("decompose") as bar:
         summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
-                                    args.magnification)
+                                    args.magnification, args.xray if args.recursive else None)
     done = [s for s in summaries if "ood" in s]
     failed = [s for s in summaries if "error" in s]
     for s in done:
-        _print_ood(Path(s["input"]).name, s["ood"], s["reasons"])
+        _print_ood(str(Path(s["input"]).relative_to(args.xray)), s["ood"], s["reasons"])
     for s in failed:
         print(s.get("traceback", ""), end="", file=sys.stderr)  # a bug: where it arose
         print(f"mskdex decompose: error: {s['error']}", file=sys.stderr)

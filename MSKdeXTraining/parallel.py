@@ -10,6 +10,7 @@ from multiprocessing import get_context
 from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 
 #: Environment variables that size the OpenMP / BLAS thread pools of a process as it loads
@@ -27,16 +28,19 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
              threads: int = 1) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, fn(*jobs[index]))`` as the jobs finish.
 
-    With one worker (:func:`worker_count` of ``workers``) the jobs run in this process, in
-    order, with its torch threads. Otherwise they run in spawned processes with ``threads``
-    torch threads each, and OpenMP and BLAS pools of that size (:data:`THREAD_VARIABLES`, set
-    while the workers start); the first failure cancels the jobs not yet started and is raised
-    once the running ones have finished.
+    Each job runs with ``threads`` torch threads and OpenMP / BLAS pools of that size, so its
+    result is the same bytes whatever the number of workers (BLAS sums in another order with
+    another pool size). With one worker (:func:`worker_count` of ``workers``) the jobs run in
+    this process, in order, its pools limited meanwhile. Otherwise they run in spawned
+    processes (pools sized by :data:`THREAD_VARIABLES`, set while the workers start); the first
+    failure cancels the jobs not yet started and is raised once the running ones have finished.
     """
     workers = worker_count(workers, len(jobs))
     if workers <= 1:
         for index, job in enumerate(jobs):
-            yield index, fn(*job)
+            with _thread_limits(threads):
+                result = fn(*job)
+            yield index, result
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
@@ -49,6 +53,18 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+
+
+@contextmanager
+def _thread_limits(threads: int) -> Iterator[None]:
+    """Limit this process's torch, OpenMP and BLAS thread pools to ``threads``, then restore them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

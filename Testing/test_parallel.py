@@ -11,6 +11,14 @@ def thread_settings() -> tuple[int, tuple[str | None, ...]]:
     return torch.get_num_threads(), tuple(os.environ.get(k) for k in THREAD_VARIABLES)
 
 
+def pool_sizes() -> tuple[int, frozenset[int]]:
+    """This process's torch threads and the sizes of its BLAS / OpenMP pools."""
+    import numpy  # noqa: F401  (loads its BLAS)
+    from threadpoolctl import threadpool_info
+
+    return torch.get_num_threads(), frozenset(p["num_threads"] for p in threadpool_info())
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_results_and_indices(workers):
     jobs = [(2, k) for k in range(6)]
@@ -27,6 +35,16 @@ def test_in_process_order_and_worker_threads():
         assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before  # only the workers' set
     assert workers == {(3, ("3",) * len(THREAD_VARIABLES))}  # torch, OpenMP and BLAS pools
     assert {k: os.environ.get(k) for k in THREAD_VARIABLES} == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_jobs_run_with_the_same_pools_in_this_process_and_in_workers(workers):
+    """BLAS sums in another order with another pool size (a cohort film's last bits moved), so
+    a job sees ``threads``-sized pools wherever it runs; this process's are restored after."""
+    before = pool_sizes()
+    seen = {settings for _, settings in run_jobs(pool_sizes, [()] * 2, workers, threads=1)}
+    assert seen == {(1, frozenset({1}))}
+    assert pool_sizes() == before
 
 
 @pytest.mark.parametrize("workers", [1, 2])

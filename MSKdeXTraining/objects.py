@@ -37,6 +37,10 @@ FORMAT = "mskdex-object-map"
 FORMAT_VERSION = 1
 
 #: The paper's objects, in channel order: six muscles, then three bones.
+#: Largest label value (uint16, the label maps of NIfTI/NRRD segmentations and Slicer's): label
+#: lookups are tables indexed by value.
+MAX_LABEL = 65535
+
 DEFAULT_MUSCLES = (
     "gluteus_maximus", "gluteus_medius", "gluteus_minimus",
     "iliacus", "obturator_externus", "pectineus",
@@ -185,8 +189,8 @@ class ObjectMap:
                 raise fail(f"{where}.kind must be 'muscle' or 'bone', got {o.get('kind')!r}")
             labels = o.get("labels")
             if not isinstance(labels, list) or not labels or not all(
-                    isinstance(v, int) and v > 0 for v in labels):
-                raise fail(f"{where}.labels must be a non-empty list of positive integers, got {labels!r}")
+                    isinstance(v, int) and 0 < v <= MAX_LABEL for v in labels):
+                raise fail(f"{where}.labels must be a non-empty list of integers 1-{MAX_LABEL}, got {labels!r}")
             for v in labels:
                 if v in seen_labels:
                     raise fail(f"{where}.labels: value {v} already belongs to {seen_labels[v]!r}")

@@ -34,6 +34,10 @@ def test_reading_refuses_bad_images(tmp_path):
         read_labels(_write(tmp_path / "neg.nrrd", -np.ones((2, 3, 4), np.int16)))
     flat = read_labels(_write(tmp_path / "float.nrrd", np.full((2, 3, 4), 2.0, np.float32)))
     assert flat.array.dtype.kind == "i"
+    huge = np.zeros((2, 3, 4), np.int32)
+    huge[1, 2, 3] = 2 ** 31 - 1  # a lookup table indexed by it would take 16 GB
+    with pytest.raises(InputError, match="huge.nrrd: label map holds value 2147483647; expected labels 0-65535"):
+        read_labels(_write(tmp_path / "huge.nrrd", huge))
 
 
 def _dicom_series(folder, uid: str, slices: int, value: int, prefix: str, z_of=lambda k: 2.0 * k,

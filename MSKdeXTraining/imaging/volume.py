@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..objects import MAX_LABEL
 from .geometry import Geometry
 
 
@@ -210,6 +211,9 @@ def check_labels(vol: Volume, source: str) -> Volume:
         raise InputError(f"{source}: label map pixel type {a.dtype} is not an integer type")
     if a.min(initial=0) < 0:
         raise InputError(f"{source}: label map holds negative values (min {a.min()}); expected labels >= 0")
+    if a.max(initial=0) > MAX_LABEL:
+        raise InputError(f"{source}: label map holds value {a.max()}; expected labels 0-{MAX_LABEL} "
+                         "(a segmentation's label values, not e.g. an intensity image)")
     return vol.with_array(a)
 
 

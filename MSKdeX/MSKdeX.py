@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
 BONES = ["pelvis", "femur_left", "femur_right"]  # = keys of imaging.registration.rigid_bodies
 QC_COLOURS = {"failed": (255, 170, 170), "warning": (255, 235, 160)}  # row backgrounds (RGB)
+TRAIN_LOG_TAIL = 40  # log lines shown with a failed training's error
 
 
 class MSKdeX(ScriptedLoadableModule):
@@ -48,8 +49,9 @@ class MSKdeX(ScriptedLoadableModule):
         self.parent.contributors = ["MSKdeX developers"]
         self.parent.helpText = _(
             "Estimates per-muscle lean muscle mass (g) and volume (cm3) from one hip radiograph by "
-            "decomposing it into object-wise DRRs. Sections: <b>Inputs</b> (CT, segmentation, radiograph, "
-            "segmentation QC), <b>DRRs</b>, <b>Bone alignment</b> (2D/3D registration), <b>Training</b> "
+            "decomposing it into object-wise DRRs. Sections: <b>Inputs</b> (CT, segmentation, radiograph: "
+            "<i>Load radiograph</i> keeps its file's magnification, padding and bit depth; segmentation QC), "
+            "<b>DRRs</b>, <b>Bone alignment</b> (2D/3D registration), <b>Training</b> "
             "(runs the backend in a separate process) and <b>Decompose</b>. "
             "See <a href='https://github.com/mskdex/MSKdeX/blob/main/docs/slicer.md'>the documentation</a>.")
         self.parent.acknowledgementText = _(
@@ -75,6 +77,8 @@ class MSKdeXParameterNode:
     ctVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     radiograph: vtkMRMLScalarVolumeNode
+    radiographFile: Path  # what Load radiograph reads
+    radiographFileSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0  # mm at the detector; 0: the file's
     objectMap: str = "totalsegmentator"
     detectorSize: Annotated[int, WithinRange(32, 1024)] = 256
     pixelSpacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.6  # mm at the detector
@@ -123,6 +127,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.dependenciesButton.connect("clicked(bool)", self.onDependencies)
+        self.ui.loadRadiographButton.connect("clicked(bool)", self.onLoadRadiograph)
         self.ui.qcButton.connect("clicked(bool)", self.onSegmentationQC)
         self.ui.drrButton.connect("clicked(bool)", self.onComputeDRRs)
         # deferred, so that connectGui has stored the new DRR type in the parameter node first;
@@ -224,6 +229,17 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="MSKdeX"))
             self.ui.statusLabel.text = ("Installed: " + ", ".join(installed)) if installed else "All dependencies present."
 
+    def onLoadRadiograph(self) -> None:
+        """Read the radiograph file with MSKdeX's reader, select and show it."""
+        if self._relay is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Loading the radiograph failed."), waitCursor=True):
+            p = self._parameterNode
+            node = self.logic.loadRadiograph(p.radiographFile, p.radiographFileSpacing or None)
+            p.radiograph = node
+            slicer.util.setSliceViewerLayers(background=node, foreground=None, fit=True, rotateToVolumePlane=True)
+            self.ui.statusLabel.text = f"Radiograph {node.GetName()!r} loaded."
+
     def onSegmentationQC(self) -> None:
         def work(progress: ProgressRelay) -> str:
             rows = self.logic.segmentationQC(self._parameterNode, progress)
@@ -245,18 +261,23 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runWork("Segmentation QC", work)
 
     def onComputeDRRs(self) -> None:
-        def work(progress: ProgressRelay) -> None:
+        def work(progress: ProgressRelay) -> str:
             self.ui.drrObjectComboBox.clear()
-            self.ui.drrObjectComboBox.addItems(self.logic.computeDRRs(self._parameterNode, progress))
+            names, warnings = self.logic.computeDRRs(self._parameterNode, progress)
+            self.ui.drrObjectComboBox.addItems(names)
             self.onShowDRR()
+            if warnings:
+                slicer.util.warningDisplay("\n".join(warnings), windowTitle=_("MSKdeX DRRs"))
+            return "; ".join(warnings) or f"all {len(names)} objects present, volumes plausible"
 
         self._runWork("Computing DRRs", work)
 
     def onShowDRR(self, *_args) -> None:
-        """Show the DRR layer picked in the object and type boxes (over the radiograph if any)."""
+        """Show the DRR layer picked in the object and type boxes (over the radiograph if any,
+        placed like it)."""
         p = self._parameterNode
         name = self.ui.drrObjectComboBox.currentText
-        layer = self.logic.drrLayer(name, p.drrType) if p and name else None
+        layer = self.logic.drrLayer(name, p.drrType, p.radiograph) if p and name else None
         if layer is None:
             return
         if p.radiograph is not None:
@@ -311,14 +332,21 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.trainProgressBar.value = int(100 * event.fraction)
                 self.ui.trainProgressBar.setFormat(f"{event.text} %p%")
             else:
-                state = "cancelled" if event.text else f"finished with exit code {event.returncode}"
+                cancelled, failed = bool(event.text), event.returncode != 0 and not event.text
+                state = ("cancelled" if cancelled else f"failed with exit code {event.returncode}" if failed
+                         else "finished")
                 self.ui.trainLogTextEdit.appendPlainText(f"Training {state}.")
+                self.ui.statusLabel.text = f"Training {state}."
+                tail = "\n".join(list(self._training.log)[-TRAIN_LOG_TAIL:])
                 self._timer.stop()
                 self._training = None
                 self.ui.trainButton.enabled = True
                 self.ui.cancelTrainButton.enabled = False
-                if event.returncode == 0 and not event.text and self._parameterNode and self._trainingOutput:
+                if not cancelled and not failed and self._parameterNode and self._trainingOutput:
                     self._parameterNode.modelFolder = self._trainingOutput
+                if failed:
+                    slicer.util.errorDisplay(_("Training failed (exit code {code}); the end of its log is below.")
+                                             .format(code=event.returncode), detailedText=tail)
 
     def onCancelTraining(self) -> None:
         if self._training is not None:
@@ -380,15 +408,25 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
                                                    progress)
         return qc_rows(qc)
 
-    def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> list[str]:
-        """Object-wise DRR layers of the CT in the AP pose; returns the object names."""
+    def loadRadiograph(self, path: Path, pixelSpacing: float | None = None) -> vtkMRMLScalarVolumeNode:
+        """A new radiograph node read from ``path`` by MSKdeX's reader (magnification, padding, bit
+        depth and colour kept for Decompose); ``pixelSpacing`` (mm) overrides the file's."""
+        return self.pipeline.load_radiograph(path, pixelSpacing)
+
+    def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> tuple[list[str], list[str]]:
+        """Object-wise DRR layers of the CT in the AP pose; returns (object names, warnings:
+        absent objects, implausible volumes, unmatched segments... (:func:`drr_warnings`))."""
+        from MSKdeXLib.pipeline import drr_warnings
+
         result, _layers = self.pipeline.compute_drrs(
             p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
-        return list(result.stack.names)
+        return list(result.stack.names), drr_warnings(result.metrics)
 
-    def drrLayer(self, name: str, drrType: str) -> vtkMRMLScalarVolumeNode | None:
-        """The DRR layer of object ``name`` and ``drrType`` in the scene, if computed."""
-        return self.pipeline.drr_layer(name, drrType)
+    def drrLayer(self, name: str, drrType: str,
+                 radiograph: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode | None:
+        """The DRR layer of object ``name`` and ``drrType`` in the scene, if computed; placed like
+        ``radiograph`` when given (to be shown over it)."""
+        return self.pipeline.drr_layer(name, drrType, radiograph)
 
     def register(self, p: MSKdeXParameterNode, progress: ProgressRelay,
                  redo: bool = False) -> tuple[RegistrationResult, vtkMRMLScalarVolumeNode]:
@@ -445,6 +483,7 @@ class MSKdeXTest(ScriptedLoadableModuleTest):
         self.delayDisplay("bridge tests passed")
 
     def test_widget_binds_parameters(self) -> None:
+        slicer.util.selectModule("MSKdeX")  # the widget binds the parameter node when entered
         widget = slicer.modules.mskdex.widgetRepresentation().self()
         p = widget.logic.getParameterNode()
         p.pixelSpacing = 2.5

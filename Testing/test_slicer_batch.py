@@ -121,23 +121,48 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("overwrite_input", "would overwrite the input"),
     ("no_model", "no model.json"),
     ("bad_tta", "--tta must be >= 1"),
-    ("out_is_a_folder", "Is a directory"),  # any of the backend's INPUT_ERRORS
+    ("out_is_a_folder", "folder: exists; choose another"),
+    ("out_exists", "t.csv: exists; choose another"),  # results are never replaced
+    ("scene_not_empty", "scene: folder not empty; choose a new or empty folder"),
+    ("scene_is_a_file", "scene: is a file; expected a new or empty folder"),
+    ("scene_under_a_file", "x.png: is a file, so the scene folder"),
+    ("scene_is_out", "the same path as --out"),
 ])
 def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
+    """Bad inputs and output targets are refused before any work, naming the path; nothing is written."""
     run, xray = model_and_xray
     png = tmp_path / "x.png"
     (tmp_path / "folder").mkdir()
     sitk.WriteImage(sitk.GetImageFromArray((np.arange(64 * 64) % 251).astype(np.uint8).reshape(64, 64)), str(png))
+    if case == "out_exists":
+        (tmp_path / "t.csv").write_text("earlier results\n")
+    elif case == "scene_not_empty":
+        (tmp_path / "scene").mkdir()
+        (tmp_path / "scene" / "notes.txt").write_text("mine\n")
+    elif case == "scene_is_a_file":
+        (tmp_path / "scene").write_text("mine\n")
+    ok = ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv")]
     argv = {"missing_xray": ["--model", str(run), "--xray", str(tmp_path / "nope.dcm"), "--out", str(tmp_path / "t.csv")],
             "png_without_spacing": ["--model", str(run), "--xray", str(png), "--out", str(tmp_path / "t.csv")],
             "overwrite_input": ["--model", str(run), "--xray", str(xray), "--out", str(xray)],
             "no_model": ["--model", str(tmp_path), "--xray", str(xray), "--out", str(tmp_path / "t.csv")],
-            "bad_tta": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv"), "--tta", "0"],
-            "out_is_a_folder": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "folder")]}[case]
+            "bad_tta": ok + ["--tta", "0"],
+            "out_is_a_folder": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "folder")],
+            "out_exists": ok,
+            "scene_not_empty": ok + ["--scene", str(tmp_path / "scene")],
+            "scene_is_a_file": ok + ["--scene", str(tmp_path / "scene")],
+            "scene_under_a_file": ok + ["--scene", str(png / "scene")],
+            "scene_is_out": ok + ["--scene", str(tmp_path / "t.csv")]}[case]
     assert load_script().run(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("mskdex_batch: error:") and message in err
-    assert not (tmp_path / "t.csv").exists()
+    captured = capsys.readouterr()
+    assert captured.err.startswith("mskdex_batch: error:") and message in captured.err
+    assert "%" not in captured.out  # refused before any work (no progress reported)
+    if case == "out_exists":
+        assert (tmp_path / "t.csv").read_text() == "earlier results\n"
+    else:
+        assert not (tmp_path / "t.csv").exists()
+    if case == "scene_not_empty":
+        assert [f.name for f in (tmp_path / "scene").iterdir()] == ["notes.txt"]
 
 
 def test_batch_without_torch_points_to_check_dependencies(tmp_path):

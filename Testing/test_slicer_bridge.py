@@ -210,13 +210,29 @@ def test_radiograph_is_a_one_slice_volume(shared_data):
         radiograph_from_node(multi)
     # a node loaded by Slicer itself (no MSKdeX source record): its spacing is checked and noted
     node.RemoveAttribute("MSKdeX.Source")
-    assert radiograph_from_node(node).source["spacing_field"].startswith("argument")
+    unread = radiograph_from_node(node).source
+    assert unread["spacing_field"].startswith("argument") and unread["colour"] is False
+    assert "not read by MSKdeX" in unread["notes"][0]
     node.SetSpacing(5.0, 5.0, 1.0)
     with pytest.raises(InputError, match=r"xray\): implausible pixel spacing .*Volumes module"):
         radiograph_from_node(node)
     node.SetSpacing(1.0, 1.0, 1.0)  # Slicer's spacing for a PNG: the placeholder, as in the backend
     with pytest.raises(InputError, match=r"xray\): pixel spacing 1.0 x 1.0 mm, what Slicer gives .*Volumes module"):
         radiograph_from_node(node)
+
+
+def test_a_colour_node_loaded_by_slicer_is_recorded_as_colour():
+    """A colour picture Slicer loaded itself (a vector volume) is made grey and recorded as
+    colour, which decomposition flags as for a colour file."""
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "photo")
+    rgb = np.zeros((1, 400, 500, 3), np.uint8)
+    rgb[..., 0] = 200
+    slicer.util.updateVolumeFromArray(node, rgb)
+    node.SetSpacing(0.5, 0.5, 1.0)
+    radiograph = radiograph_from_node(node)
+    assert radiograph.source["colour"] is True
+    np.testing.assert_allclose(radiograph.array, 200 * 0.299, rtol=1e-6)
 
 
 def test_drrs_through_the_bridge_equal_the_backend(example):
@@ -250,6 +266,94 @@ def test_drrs_through_the_bridge_equal_the_backend(example):
         layer = volume_from_node(layers[(name, "vdrr")]).array
         assert layer.sum(dtype=np.float64) * geometry.pixel_area_cm2 == pytest.approx(
             counts[i] * ct.voxel_volume_cm3, rel=1e-4)
+
+
+def test_drr_warnings_name_absent_objects_and_unmatched_segments(example):
+    """Segments named unlike the object map are left out of the DRRs: the warnings name them and
+    the objects they leave empty (the panel shows these instead of a bare "done")."""
+    from MSKdeXLib.pipeline import drr_warnings
+
+    scene, objects = example["scene"], example["objects"]
+    seg = labels_to_segmentation(example["labels"], scene, "renamed", label_names(objects))
+    segmentation = seg.GetSegmentation()
+    for side, name in (("left", "glute min L"), ("right", "glute min R")):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(f"gluteus_minimus_{side}"))
+        segment.SetName(name)
+        segment.RemoveTag("MSKdeX.LabelValue")
+    result, layers = Pipeline(scene).compute_drrs(example["ct_node"], seg, objects, Geometry(32, 32, (16.0, 16.0)))
+    assert not volume_from_node(layers[("gluteus_minimus", "vdrr")]).array.any()
+    unmatched = result.metrics["unmatched_segments"]
+    assert unmatched[:2] == ["glute min L", "glute min R"]  # no label value: listed first
+    assert "label_1" in unmatched and "sacrum" not in unmatched  # organs outside the map, not objects
+    warnings = drr_warnings(result.metrics)
+    assert "1 object(s) absent from the segmentation (their layers are zero): gluteus_minimus" in warnings
+    matched = next(w for w in warnings if "matched to no object of the map 'totalsegmentator'" in w)
+    assert matched.startswith(f"{len(unmatched)} segment(s)") and matched.endswith(f"and {len(unmatched) - 10} more")
+    assert "(left out; name them after its objects): glute min L, glute min R, label_1" in matched
+    result, _ = Pipeline(scene).compute_drrs(example["ct_node"], example["seg_node"], objects,
+                                             Geometry(32, 32, (16.0, 16.0)))
+    assert result.metrics["unmatched_segments"] and drr_warnings(result.metrics) == []  # organs alone: no warning
+    scene.RemoveNode(seg)
+
+
+def test_a_drr_layer_is_shown_placed_like_the_radiograph(example):
+    """Layers computed without a radiograph (coronal plane, at the origin), or with another one,
+    take the plane and centre of the radiograph they are shown over."""
+    scene = example["scene"]
+    pipeline = Pipeline(scene)
+    pipeline.compute_drrs(example["ct_node"], example["seg_node"], example["objects"], Geometry(32, 32, (16.0, 16.0)))
+    image = np.linspace(0, 1, 60 * 80, dtype=np.float32).reshape(60, 80)
+    from MSKdeXTraining.radiograph_io import Radiograph
+
+    xray = radiograph_to_node(Radiograph(image, (3.0, 3.0), {}), scene, "moved xray")
+    xray.SetOrigin(40.0, -25.0, 130.0)
+    layer = pipeline.drr_layer("pelvis", "vdrr")
+    assert not np.allclose(_centre_ras(layer), _centre_ras(xray), atol=1.0)
+    assert pipeline.drr_layer("pelvis", "vdrr", over=xray).GetID() == layer.GetID()
+    np.testing.assert_allclose(_centre_ras(layer), _centre_ras(xray), atol=1e-9)
+    directions, expected = np.zeros((3, 3)), np.zeros((3, 3))
+    layer.GetIJKToRASDirections(directions)
+    xray.GetIJKToRASDirections(expected)
+    np.testing.assert_allclose(directions, expected, atol=1e-12)
+    assert layer.GetSpacing()[:2] == (16.0, 16.0)  # its own pixels, not the radiograph's
+    scene.RemoveNode(xray)
+
+
+def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
+    """Load radiograph: the backend reader's record (magnification from the DICOM distances, pixel
+    padding, bit depth) reaches the node and the decomposition, which equals the CLI's (the
+    Decomposer on the file); a node Slicer loaded itself gets a note saying what was not read."""
+    from test_radiograph_io import write_dicom
+
+    from MSKdeXTraining.inference import Decomposer
+
+    image = (np.arange(400 * 320).reshape(400, 320) % 4000 + 50).astype(np.uint16)
+    image[:, :20] = 0  # a padded border
+    path = write_dicom(tmp_path / "hip.dcm", image, bits=12, ImagerPixelSpacing=[0.6, 0.6], PixelPaddingValue=0,
+                       DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    scene = slicer.vtkMRMLScene()
+    node = Pipeline(scene).load_radiograph(path)
+    assert node.GetName() == "hip"
+    read, back = read_radiograph(path), radiograph_from_node(node)
+    assert np.array_equal(back.array, read.array) and back.pixel_spacing == read.pixel_spacing == (0.6, 0.6)
+    for key in ("magnification", "magnification_field", "sdd_mm", "padding_range", "bits_stored", "colour"):
+        assert back.source[key] == read.source[key], key
+    assert "(0018,1111)" in back.source["magnification_field"] and back.padding.sum() == 400 * 20
+    ours = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition
+    cli = Decomposer.from_run(tiny_model).decompose(read, tta=1)
+    assert ours.source["magnification"] == cli.source["magnification"] == read.magnification
+    assert ours.source["resampling"] == cli.source["resampling"]  # the padding left out of the window
+    assert ours.ood.reasons == cli.ood.reasons and ours.table == cli.table
+    # a pixel spacing given in the panel replaces the file's (and is noted)
+    given = radiograph_from_node(Pipeline(scene).load_radiograph(path, 0.5))
+    assert given.pixel_spacing == (0.5, 0.5) and given.source["spacing_field"] == "argument (pixel_spacing)"
+    with pytest.raises(InputError, match="radiograph file: choose a file"):
+        Pipeline(scene).load_radiograph(Path())  # the panel's empty path field
+    # the same pixels in a node MSKdeX did not read: the decomposition says what it lacks
+    node.RemoveAttribute("MSKdeX.Source")
+    notes = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition.ood.split()[1]
+    assert ("the radiograph node 'hip' was loaded by Slicer, not read by MSKdeX: the file's magnification, pixel "
+            "padding and bit depth were not read (load it with 'Load radiograph' to use them)") in notes
 
 
 def test_long_work_can_be_cancelled(example):

@@ -288,3 +288,25 @@ def test_logic_shows_no_dialogs():
 def test_help_links_to_the_extension_homepage():
     homepage = cmake_vars((ROOT / "CMakeLists.txt").read_text())["EXTENSION_HOMEPAGE"]
     assert homepage.endswith("docs/slicer.md") and f"href='{homepage}'" in MODULE_PY.read_text()
+
+
+def _method(name: str) -> ast.FunctionDef:
+    return next(n for n in ast.walk(ast.parse(MODULE_PY.read_text())) if isinstance(n, ast.FunctionDef)
+                and n.name == name)
+
+
+def test_a_failed_training_shows_an_error_with_the_log_tail():
+    """A training that exits non-zero (not cancelled) is an error dialog with the end of its log
+    as detailed text, and the status says "failed"; not only a log line."""
+    poll = _method("onTrainingPoll")
+    shown = [n for n in ast.walk(poll) if isinstance(n, ast.Call) and ast.unparse(n.func) == "slicer.util.errorDisplay"]
+    assert shown and {k.arg for k in shown[0].keywords} >= {"detailedText"}
+    status = [n for n in ast.walk(poll) if isinstance(n, ast.Assign)
+              and any(ast.unparse(t) == "self.ui.statusLabel.text" for t in n.targets)]
+    assert status and "failed" in ast.unparse(poll)
+
+
+def test_the_widget_self_test_enters_the_module_first():
+    """connectGui binds the parameter node on enter(): the self-test selects the module first."""
+    first = _method("test_widget_binds_parameters").body[0]
+    assert ast.unparse(first) == "slicer.util.selectModule('MSKdeX')"

@@ -65,6 +65,13 @@ def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[floa
     return nodes
 
 
+def place_over(layer, radiograph_node) -> None:
+    """Put a layer of :func:`drr_layers` in the plane of ``radiograph_node``, centred on it, at
+    the layer's own pixel spacing (as :func:`drr_layers` with that ``reference_node`` does)."""
+    spacing = layer.GetSpacing()
+    place_like(layer, radiograph_node, (spacing[1], spacing[0]))
+
+
 def stack_from_layers(nodes: dict[tuple[str, str], object], names: Sequence[str]) -> np.ndarray:
     """(3, N, H, W) float32 stack back from the layer nodes of :func:`drr_layers`."""
     return np.stack([np.stack([volume_from_node(nodes[(n, t)]).array[0] for n in names])

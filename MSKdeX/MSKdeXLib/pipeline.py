@@ -24,17 +24,17 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
-from MSKdeXTraining.radiograph_io import check_magnification
+from MSKdeXTraining.radiograph_io import check_magnification, read_radiograph, stem
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
-from .drr_nodes import drr_layers, layer_name
+from .drr_nodes import drr_layers, layer_name, place_over
 from .progress import ProgressRelay
-from .radiograph_nodes import radiograph_from_node
+from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
-from .segmentation_nodes import label_names, labels_from_segmentation
+from .segmentation_nodes import label_names, labels_from_segmentation, unmatched_segments
 from .volume_nodes import volume_from_node
 
 if TYPE_CHECKING:
@@ -66,6 +66,28 @@ class DecomposeOutput:
     chart: vtkMRMLPlotChartNode
 
 
+def drr_warnings(metrics: dict) -> list[str]:
+    """What makes layers of :meth:`Pipeline.compute_drrs` empty or doubtful, from its metrics:
+    objects absent from the segmentation (all-zero layers), 3D volumes outside the plausible
+    range, objects partly outside the detector; with absent objects, also the segments matched
+    to no object (left out: perhaps those objects under other names; otherwise they are just
+    the segmentation's other structures, e.g. TotalSegmentator's organs, and not listed)."""
+    implausible = [f"{r['name']} ({r['implausible_volume']})" for r in metrics["objects"] if r["implausible_volume"]]
+    unmatched = metrics["unmatched_segments"] if metrics["absent"] else []
+    found = [(metrics["absent"], "object(s) absent from the segmentation (their layers are zero)"),
+             (implausible, "object(s) with an implausible volume"),
+             (metrics["outside_fov"], "object(s) partly outside the detector (enlarge it or its pixel spacing)"),
+             (unmatched, f"segment(s) matched to no object of the map {metrics['object_map']!r} "
+                         "(left out; name them after its objects)")]
+    return [f"{len(items)} {what}: {_listed(items)}" for items, what in found if items]
+
+
+def _listed(names: list[str], most: int = 10) -> str:
+    """``names`` joined, the first ``most`` only (a full TotalSegmentator segmentation has ~100)."""
+    rest = len(names) - most
+    return ", ".join(names[:most]) + (f" and {rest} more" if rest > 0 else "")
+
+
 class Pipeline:
     """The MSKdeX steps on the nodes of one MRML ``scene``."""
 
@@ -77,6 +99,17 @@ class Pipeline:
     def object_map(name_or_path: str) -> ObjectMap:
         """A built-in object map by name or a JSON file (see ``MSKdeXTraining.objects``)."""
         return load_object_map(name_or_path)
+
+    def load_radiograph(self, path: str | Path, pixel_spacing: float | tuple[float, float] | None = None):
+        """A new radiograph node (named after the file) read by the backend reader
+        (:func:`~MSKdeXTraining.radiograph_io.read_radiograph`), keeping its source record:
+        magnification, pixel padding, bit depth and colour count as for the file itself.
+        ``pixel_spacing`` (row, column mm, or one value for both) overrides the file's."""
+        if not str(path).strip() or Path(path) == Path("."):
+            raise InputError("radiograph file: choose a file to load (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG)")
+        path = Path(path)
+        return radiograph_to_node(read_radiograph(path, pixel_spacing), self.scene,
+                                  self.scene.GenerateUniqueName(stem(path)))
 
     def inputs(self, ct_node, segmentation_node, objects: ObjectMap) -> tuple[Volume, Volume]:
         """(CT in HU, label map on the CT grid) from the nodes; segments are matched to label
@@ -114,18 +147,26 @@ class Pipeline:
     def compute_drrs(self, ct_node, segmentation_node, objects: ObjectMap, geometry: Geometry,
                      reference_node=None, progress: ProgressRelay | None = None) -> tuple[DRRResult, dict]:
         """Object-wise DRRs of the CT in the default AP pose (:meth:`reference_pose`) as layers;
-        returns (result with the stack and its metrics (DRR sums vs 3D volume/mass), layers)."""
+        returns (result with the stack and its metrics (DRR sums vs 3D volume/mass, and
+        ``unmatched_segments``: segments left out; :func:`drr_warnings` sums them up), layers)."""
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         result = render_drr(ct, labels, objects, geometry, self.reference_pose(labels, objects, geometry),
                             device=pick_device("auto"), source=f"segmentation {segmentation_node.GetName()!r}",
                             progress=progress)
+        values = {name: value for value, name in label_names(objects).items()}
+        result.metrics["unmatched_segments"] = unmatched_segments(segmentation_node, values)
         layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
                             DRR_PREFIX, reference_node)
         return result, layers
 
-    def drr_layer(self, name: str, drr_type: str) -> vtkMRMLScalarVolumeNode | None:
-        """The layer of object ``name`` and ``drr_type`` of the last :meth:`compute_drrs`, if any."""
-        return self.scene.GetFirstNodeByName(layer_name(DRR_PREFIX, name, drr_type))
+    def drr_layer(self, name: str, drr_type: str, over=None) -> vtkMRMLScalarVolumeNode | None:
+        """The layer of object ``name`` and ``drr_type`` of the last :meth:`compute_drrs`, if any;
+        with ``over`` (a radiograph node) placed in its plane, centred on it, to be shown over it
+        (whichever radiograph, if any, the layers were computed with)."""
+        layer = self.scene.GetFirstNodeByName(layer_name(DRR_PREFIX, name, drr_type))
+        if layer is not None and over is not None and over.GetImageData() is not None:
+            place_over(layer, over)
+        return layer
 
     # -- bone alignment -----------------------------------------------------------------
     def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,

@@ -4,9 +4,12 @@ A radiograph ``(H, W)`` with pixel spacing (row, column) mm becomes a volume nod
 slice: i runs along detector columns, j along rows, spacing (column, row, 1) mm. A new node
 is placed in the coronal plane the way the default AP view sees the patient (columns from
 the patient's right to left, rows head to foot; see ``imaging.geometry.AP_ROTATION``), centred
-on the world origin, so Slicer's coronal view shows it as a radiologist hangs it. A radiograph
-loaded by Slicer itself (DICOM DX/CR, PNG) keeps its own placement; detector layers computed
-from it (DRRs, overlays) take its plane and centre via :func:`place_like`.
+on the world origin, so Slicer's coronal view shows it as a radiologist hangs it. The node
+keeps the reader's source record (:data:`SOURCE_ATTRIBUTE`: magnification, pixel padding, bit
+depth, colour...), which decomposition uses as for the file itself. A radiograph loaded by
+Slicer itself (DICOM DX/CR, PNG) has no such record (its results say so) and keeps its own
+placement; detector layers computed from it (DRRs, overlays) take its plane and centre via
+:func:`place_like`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from .volume_nodes import volume_to_node
 
 #: Node attribute holding the radiograph's source record (JSON).
 SOURCE_ATTRIBUTE = "MSKdeX.Source"
+#: Note of a radiograph node without a source record (what the file held is unknown).
+NOT_READ_NOTE = ("the radiograph node {name!r} was loaded by Slicer, not read by MSKdeX: the file's "
+                 "magnification, pixel padding and bit depth were not read (load it with 'Load radiograph' "
+                 "to use them)")
 
 
 def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Volume:
@@ -57,12 +64,16 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
     Colour (vector) volumes are turned into grey with the BT.601 luma weights. A node that
     MSKdeX did not read (loaded by Slicer itself) must have a plausible detector spacing other
     than 1.0 x 1.0 mm, which Slicer gives a PNG or any file storing none (the backend refuses it
-    as a placeholder too), and its spacing is noted as given by the user.
+    as a placeholder too); its spacing is noted as given by the user, whether its channels
+    differ is recorded as ``colour``, and a note (:data:`NOT_READ_NOTE`) says that the file's
+    magnification, padding and bit depth are unknown.
     """
     if node is None or node.GetImageData() is None:
         raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
     array = np.asarray(slicer.util.arrayFromVolume(node))
+    colour = False
     if array.ndim == 4:
+        colour = array.shape[-1] >= 3 and bool(np.ptp(array[..., :3], axis=-1).max() > 0)
         array = array[..., :3] @ LUMA if array.shape[-1] >= 3 else array[..., 0]
     if array.shape[0] != 1:
         raise InputError(f"{what} ({node.GetName()}): expected a one-slice image, got "
@@ -74,6 +85,8 @@ def radiograph_from_node(node, what: str = "radiograph") -> Radiograph:
     source.setdefault("node", node.GetName())
     if not recorded:
         source["spacing_field"] = "argument (the Slicer node's spacing)"
+        source["colour"] = colour
+        source["notes"] = [NOT_READ_NOTE.format(name=node.GetName())]
         fix = "set the node's spacing to the detector's pixel size (Volumes module, Volume Information)"
         if pixel_spacing == PLACEHOLDER_SPACING_MM:
             raise InputError(f"{what} ({node.GetName()}): pixel spacing 1.0 x 1.0 mm, what Slicer gives a file "

@@ -13,6 +13,20 @@ from pathlib import Path
 import slicer
 
 
+def check_scene_folder(folder: str | Path) -> None:
+    """Before any work: raise FileExistsError unless ``folder`` is new or an empty folder (a
+    scene saved into another one would mix with, or overwrite, its files)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: is a file; expected a new or empty folder for the scene")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder}: folder not empty; choose a new or empty folder for the scene "
+                              "(MSKdeX does not overwrite files)")
+    blocking = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise FileExistsError(f"{blocking}: is a file, so the scene folder {folder} cannot be made")
+
+
 def save_scene(scene, folder: str | Path, name: str = "scene") -> Path:
     """Write every storable node's data and the .mrml file into ``folder``; returns the .mrml path."""
     folder = Path(folder)

@@ -93,6 +93,18 @@ def labels_to_segmentation(labels: Volume, scene, name: str,
     return node
 
 
+def _segment_value(segment, values: Mapping[str, int] | None) -> tuple[int | None, bool]:
+    """(label value of ``segment`` or None, whether it came from a ``Label_<value>`` name)."""
+    tag = vtk.mutable("")
+    if values is not None and segment.GetName() in values:
+        return int(values[segment.GetName()]), False
+    if segment.GetTag(VALUE_TAG, tag):
+        return int(str(tag)), False
+    if match := _VALUE_NAME.match(segment.GetName()):
+        return int(match.group(1)), True
+    return None, False
+
+
 def segment_values(node, values: Mapping[str, int] | None = None,
                    skip_unknown: bool = False) -> dict[str, int]:
     """Segment ID -> label value, from ``values`` (by segment name) first, then the
@@ -108,16 +120,13 @@ def segment_values(node, values: Mapping[str, int] | None = None,
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
         segment = segmentation.GetSegment(sid)
-        tag = vtk.mutable("")
-        if values is not None and segment.GetName() in values:
-            out[sid] = int(values[segment.GetName()])
-        elif segment.GetTag(VALUE_TAG, tag):
-            out[sid] = int(str(tag))
-        elif match := _VALUE_NAME.match(segment.GetName()):
-            out[sid] = int(match.group(1))
-            by_name.append(f"{segment.GetName()} -> {out[sid]}")
-        else:
+        value, from_name = _segment_value(segment, values)
+        if value is None:
             unknown.append(segment.GetName())
+            continue
+        out[sid] = value
+        if from_name:
+            by_name.append(f"{segment.GetName()} -> {value}")
     if by_name:
         logging.warning("segmentation %r: label values taken from segment names: %s",
                         node.GetName(), ", ".join(by_name))
@@ -126,6 +135,18 @@ def segment_values(node, values: Mapping[str, int] | None = None,
             f"segmentation {node.GetName()!r}: segments {unknown} have no label value; name them "
             f"after the object map (e.g. 'femur_left') or pass a name -> value mapping")
     return out
+
+
+def unmatched_segments(node, values: Mapping[str, int]) -> list[str]:
+    """Names of the segments that stand for no label value of ``values`` (an object map's, by
+    name): first those without a value (see :func:`segment_values`; most likely misnamed
+    objects), then those with a value not among them. Such segments are left out of every
+    object, so they show in no DRR layer."""
+    wanted = set(values.values())
+    segmentation = node.GetSegmentation()
+    found = [(s.GetName(), _segment_value(s, values)[0])
+             for s in (segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments()))]
+    return [name for name, value in sorted(found, key=lambda f: f[1] is not None) if value not in wanted]
 
 
 def labels_from_segmentation(node, reference_node, values: Mapping[str, int] | None = None,

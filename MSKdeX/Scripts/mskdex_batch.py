@@ -6,7 +6,9 @@ Inside Slicer::
 
 or under plain Python with the slicer-core wheel (``python mskdex_batch.py ...``). The
 radiograph goes through the same MRML nodes and pipeline as the module's Decompose button;
-``--scene DIR`` also saves the scene (radiograph, DRR layers, table, chart) for Slicer.
+``--scene DIR`` also saves the scene (radiograph, DRR layers, table, chart) for Slicer. Output
+targets are checked before any work: an existing ``--out`` and a ``--scene`` that is a file or a
+non-empty folder are refused (exit 2, naming it); nothing is overwritten.
 
 Exit codes: 0 success, 2 bad input (message names the file/field), 1 unexpected error.
 """
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="model run folder (model.safetensors + model.json)")
     p.add_argument("--xray", required=True, type=Path, help="radiograph: DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG")
-    p.add_argument("--out", required=True, type=Path, help="results table to write (.csv; volumes cm3, masses g)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="results table to write (.csv; volumes cm3, masses g); must not exist")
     p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                    help="detector pixel spacing (row [column]) in mm; required for PNG/JPEG")
     p.add_argument("--magnification", type=float, metavar="M",
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "model's reference, noted)")
     p.add_argument("--tta", type=int, default=8, help="test-time augmentations for the uncertainty (1 = none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations")
-    p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder")
+    p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder "
+                                            "(new or empty)")
     return p
 
 
@@ -48,13 +52,13 @@ def run(argv: list[str]) -> int:
         import slicer
 
         from MSKdeXTraining.errors import INPUT_ERRORS, InputError
-        from MSKdeXTraining.fileio import refuse_overwrite
+        from MSKdeXTraining.fileio import refuse_existing
         from MSKdeXTraining.radiograph_io import read_radiograph, stem
 
         from MSKdeXLib.pipeline import Pipeline
         from MSKdeXLib.radiograph_nodes import radiograph_to_node
         from MSKdeXLib.results_table import table_rows, write_csv
-        from MSKdeXLib.scene_io import save_scene
+        from MSKdeXLib.scene_io import check_scene_folder, save_scene
     except ImportError as e:
         print(f"mskdex_batch: error: {e}. Most likely PyTorch (or another package MSKdeX needs) is missing: "
               "inside 3D Slicer, install the PyTorch extension, then click 'Check dependencies' in the MSKdeX "
@@ -64,7 +68,11 @@ def run(argv: list[str]) -> int:
     try:
         if args.tta < 1:
             raise InputError(f"--tta must be >= 1, got {args.tta}")
-        refuse_overwrite(args.out, [args.xray, args.model])
+        refuse_existing([args.out], [args.xray, args.model])
+        if args.scene is not None:
+            check_scene_folder(args.scene)
+            if args.scene.resolve() == args.out.resolve():
+                raise FileExistsError(f"--scene {args.scene}: the same path as --out; choose another folder")
         scene = getattr(slicer, "mrmlScene", None)  # the application's scene inside Slicer
         if scene is None:
             scene = slicer.vtkMRMLScene()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -96,9 +97,33 @@ def write_atomic(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return Path(path)
 
 
+def _finite(data: object) -> object:
+    """``data`` with every non-finite float (NaN, infinity) replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
+def _json_text(data: object, indent: int | None = None) -> str:
+    """``data`` as strict JSON: non-finite floats (NaN, infinity) as null, never the
+    non-standard ``NaN`` / ``Infinity`` tokens."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False)
+
+
+def as_written(data: object) -> object:
+    """``data`` as :func:`write_json` writes it and ``json.loads`` reads it back (tuples as
+    lists, non-finite floats as None): to compare with what was read from a file."""
+    return json.loads(_json_text(data))
+
+
 def write_json(path: str | Path, data: object) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    return write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n"))
+    """Write ``data`` as indented UTF-8 JSON, non-finite numbers (NaN, infinity) as null,
+    atomically."""
+    return write_atomic(path, lambda p: p.write_text(_json_text(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) -> None:

@@ -76,3 +76,13 @@ def test_calibrating_with_predictions_of_other_weights_is_refused(tmp_path):
     with pytest.raises(InputError, match="made by weights 'old', not by this run's"):
         write_calibration(tmp_path, {"weights_sha256": "old", "objects": [], "cases": []})
     assert not (tmp_path / "calibration.json").exists()
+
+
+def test_a_null_prediction_is_an_infinite_error():
+    """predictions.json holds a non-finite prediction as null: never inside an interval."""
+    cases = [{"id": str(i), "volume_true_cm3": [100.0], "volume_pred_cm3": [100.0 + i], "mass_true_g": [100.0],
+              "mass_pred_g": [100.0 + i]} for i in range(10)]
+    doc = {"objects": ["m"], "weights_sha256": "sha", "cases": cases}
+    assert fit_calibration(doc)["objects"]["m"]["mass_log_q"] == pytest.approx(math.log(1.09))
+    cases[0]["mass_pred_g"] = [None]
+    assert fit_calibration(doc)["objects"]["m"]["mass_log_q"] is None  # the 10th smallest error is infinite

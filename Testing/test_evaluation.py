@@ -77,16 +77,18 @@ def test_report_written_with_figures(evaluated):
     pngs = _embedded_pngs(html)
     assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
     assert pngs == [(out / f).read_bytes() for f in ("scatter_mass.png", "scatter_volume.png", "decomposition.png")]
-    # image_metrics.csv: per bone and DRR type, the means of the cases' PSNR / SSIM
+    # image_metrics.csv: per bone and DRR type, the means of the cases' PSNR / SSIM over the same cases
     cases = [c for f in sorted(out.glob("fold_*/predictions.json")) for c in json.loads(f.read_text())["cases"]]
     with (out / "image_metrics.csv").open() as fh:
         image_rows = list(csv.DictReader(fh))
     assert [(r["bone"], r["DRR"]) for r in image_rows] == [(b, t) for b in preds.aligned_bones
                                                             for t in ("wvdrr", "vdrr", "mdrr")]
     for r in image_rows:
-        psnr, ssim = (np.array([c["image"][r["bone"]][r["DRR"]][m] for c in cases]) for m in ("psnr", "ssim"))
-        assert float(r["PSNR (dB)"]) == pytest.approx(psnr[np.isfinite(psnr)].mean(), rel=1e-6)
-        assert float(r["SSIM"]) == pytest.approx(np.nanmean(ssim), rel=1e-6)
+        psnr, ssim = (np.array([c["image"][r["bone"]][r["DRR"]][m] for c in cases], float) for m in ("psnr", "ssim"))
+        both = np.isfinite(psnr) & np.isfinite(ssim)
+        assert int(r["n"]) == both.sum() == 4
+        assert float(r["PSNR (dB)"]) == pytest.approx(psnr[both].mean(), rel=1e-6)
+        assert float(r["SSIM"]) == pytest.approx(ssim[both].mean(), rel=1e-6)
     expected = _recomputed_metrics(out)
     with (out / "metrics.csv").open() as fh:
         table = list(csv.DictReader(fh))
@@ -94,13 +96,13 @@ def test_report_written_with_figures(evaluated):
     md = (out / "metrics.md").read_text()
     for row in table:
         e = expected[row["object"]]
-        assert row["kind"] == e["kind"] and int(row["n"]) == e["n"] == 4
+        assert row["kind"] == e["kind"] and int(row["n"]) == e["n"] == 4 and row["non-finite"] == "0"
         for q, unit in (("mass", "g"), ("volume", "cm3")):
             assert float(row[f"{q} PCC"]) == pytest.approx(e[q]["pcc"], rel=1e-9)
             assert float(row[f"{q} ICC"]) == pytest.approx(e[q]["icc"], rel=1e-9)
             assert float(row[f"{q} MAE ({unit})"]) == pytest.approx(e[q]["mae"], rel=1e-9)
         assert float(row["density PCC"]) == pytest.approx(e["density"]["pcc"], rel=1e-9)
-        cells = [row["object"], e["kind"], "4"] + [f"{e[q][m]:.{1 if m == 'mae' else 3}f}"
+        cells = [row["object"], e["kind"], "4", "0"] + [f"{e[q][m]:.{1 if m == 'mae' else 3}f}"
                                                    for q in ("mass", "volume") for m in ("pcc", "icc", "mae")]
         cells.append(f"{e['density']['pcc']:.3f}")
         assert "| " + " | ".join(cells) + " |" in md, cells
@@ -112,8 +114,9 @@ def test_report_written_with_figures(evaluated):
     muscles = [n for n in DEFAULT_MUSCLES if n in expected]
     means = {q: np.mean([expected[n][q]["pcc"] for n in muscles]) for q in ("mass", "volume", "density")}
     assert len(muscles) == 6
-    assert (f"Mean lean-mass PCC over the muscles: {means['mass']:.3f}; mean volume PCC: "
-            f"{means['volume']:.3f}; mean lean-density PCC: {means['density']:.3f}.") in html
+    assert (f"Mean lean-mass PCC over 6 muscles: {means['mass']:.3f}; mean volume PCC: "
+            f"{means['volume']:.3f}; mean lean-density PCC: {means['density']:.3f}") in html
+    assert "held-out cases of 2 patients: folds 0 of 2; fold 1 left out: not predicted" in html
 
 
 def test_predictions_are_the_held_out_fold(toy, evaluated):
@@ -154,6 +157,11 @@ def test_resume_keeps_finished_folds(toy, evaluated):
     assert (out / "fold_0" / "run" / "calibration.json").is_file()  # but calibrated
     np.testing.assert_array_equal(again.mass_pred, preds.mass_pred)
     assert load_predictions(out).ids == preds.ids
+    # how the same training runs (device, compile, ...) does not void a finished fold
+    evaluate(toy / "data", out, toy / "tiny.yaml", {"device": "cpu", "compile": True, "channels_last": False,
+                                                   "amp_bf16": False, "num_workers": 1, "checkpoint_every": 3},
+             k=2, folds=[0])
+    assert (out / "fold_0" / "predictions.json").stat().st_mtime_ns == predicted
     # another K, config or fold split is refused, never answered with the old fold's results
     with pytest.raises(InputError, match="made with another k, test_ids"):
         evaluate(toy / "data", out, toy / "tiny.yaml", k=3, folds=[0])
@@ -183,6 +191,13 @@ def test_bones_of_failed_registrations_are_not_scored(toy, evaluated, tmp_path):
     image = predict_cases(evaluated[0] / "fold_0" / "run", data, [case["id"]])["cases"][0]["image"]
     assert np.isfinite(image["pelvis"]["vdrr"]["psnr"]) and np.isnan(image["femur"]["vdrr"]["psnr"])
     assert np.isnan(image["femur"]["mdrr"]["ssim"])
+    # nor is it shown as the reference in the decomposition figure
+    from MSKdeXTraining.evaluation.crossval import case_images
+
+    xray, pred, ref = case_images(evaluated[0] / "fold_0" / "run", data, case["id"])
+    objects = manifest["objects"]
+    assert np.isnan(ref[:, objects.index("femur")]).all() and np.isfinite(ref[:, objects.index("pelvis")]).all()
+    assert figures.decomposition_figure(xray, pred, ref, objects, tmp_path / "d.png", ["femur", "pelvis"]).is_file()
 
 
 def test_density_agreement_is_that_of_mass_over_volume():
@@ -222,10 +237,15 @@ def test_ablation_table2_layout(toy):
     assert [(r["lambda_is"], r["bone_loss"]) for r in rows] == [(0.0, False), (100.0, False)]
     md = (toy / "ablation" / "ablation.md").read_text()
     assert "Glu. max." in md and "muscle mean" in md
-    # each row's PCCs are those of its setting's held-out predictions, recomputed with numpy
+    # each setting was trained with its own lambda_is and bone loss, and each row's PCCs are those
+    # of its setting's held-out predictions, recomputed with numpy
     from MSKdeXTraining.evaluation.crossval import load_predictions
     for row in rows:
-        preds = load_predictions(toy / "ablation" / f"lis{row['lambda_is']:g}_bone0")
+        folder = toy / "ablation" / f"lis{row['lambda_is']:g}_bone0"
+        for config in (json.loads((folder / "fold_0" / "run" / "model.json").read_text())["config"],
+                       json.loads((folder / "fold_0" / "predictions.json").read_text())["evaluation"]["config"]):
+            assert (config["lambda_is"], config["bone_loss"]) == (row["lambda_is"], False)
+        preds = load_predictions(folder)
         for i, name in enumerate(preds.names):
             pcc = np.corrcoef(preds.mass_pred[:, i], preds.mass_true[:, i])[0, 1]
             assert row["mass_pcc"][name] == pytest.approx(pcc, rel=1e-9, nan_ok=True)
@@ -299,17 +319,21 @@ def test_evaluate_cli_compare_writes_the_anova_and_its_report_section(toy, evalu
             assert float(row[f"{q} p"]) == pytest.approx(1.0, abs=1e-9)
     html = (out / "report.html").read_text()
     section = html[html.index("<h2>Comparison (one-way ANOVA)</h2>"):html.index("<h2>Figures</h2>")]
-    assert "<caption>One-way ANOVA of absolute errors: this vs eval</caption>" in section
+    assert ("<caption>One-way ANOVA of absolute errors: this vs eval (n: common cases where both errors "
+            "of mass and volume are finite)</caption>") in section
     first = expected[preds.names[0]]
     assert (f"<td>{preds.names[0]}</td><td>4</td><td>{first['mass']['mae']:.1f}</td>"
             f"<td>{first['mass']['mae']:.1f}</td><td>0.00</td><td>1.0000</td>") in section
     assert section.count("<td>1.0000</td>") == 2 * len(preds.names)
     assert "## Comparison (one-way ANOVA)" in (out / "metrics.md").read_text()
     assert not (evaluated[0] / "anova.csv").exists()  # the compared evaluation is only read
-    assert f"| {preds.names[0]} | muscle | 4 | {first['mass']['pcc']:.3f} |" in printed
+    assert f"| {preds.names[0]} | muscle | 4 | 0 | {first['mass']['pcc']:.3f} |" in printed
     mean = np.mean([expected[n]["mass"]["pcc"] for n in preds.names if expected[n]["kind"] == "muscle"])
     assert f"Mean lean-mass PCC over 6 muscles: {mean:.3f}" in printed
     assert f"report: {out / 'report.html'}" in printed
+    # a run without --compare leaves no comparison of an earlier one
+    evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
+    assert not (out / "anova.csv").exists() and "Comparison" not in (out / "report.html").read_text()
 
 
 def test_ablation_cli_prints_table2(monkeypatch, tmp_path, capsys):
@@ -406,24 +430,206 @@ def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_pred
     assert again.mass_pred[0, 0] == pytest.approx(doc["cases"][0]["mass_pred_g"][0] - 100.0, rel=1e-6)
     (run / "model.safetensors").unlink()  # a pruned model: its predictions are still reported
     (run / "calibration.json").unlink()
+    assert (out / "decomposition.png").is_file()
     assert evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0]).ids == again.ids
     assert not (run / "calibration.json").exists()
+    assert not (out / "decomposition.png").exists()  # no model to draw it with: not an earlier run's
 
 
 def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out_cases(toy, evaluated, tmp_path,
-                                                                                      capsys):
+                                                                                      capsys, monkeypatch):
     from MSKdeXTraining.cli import main
+
+    from MSKdeXTraining.calibration import fit_calibration
+    from MSKdeXTraining.evaluation import crossval
 
     run = tmp_path / "run"
     shutil.copytree(evaluated[0] / "fold_0" / "run", run)
     (run / "calibration.json").unlink()
+    calibrated_on = []
+    monkeypatch.setattr(crossval, "write_calibration",
+                        lambda r, doc, real=crossval.write_calibration: (calibrated_on.append(doc), real(r, doc))[1])
     assert main(["calibrate", "--model", str(run), "--data", str(toy / "data")]) == 0
     assert "4 held-out cases" in capsys.readouterr().out
     mine = json.loads((run / "calibration.json").read_text())
     theirs = json.loads((evaluated[0] / "fold_0" / "run" / "calibration.json").read_text())
     assert mine["objects"] == theirs["objects"] and mine["weights_sha256"] == theirs["weights_sha256"]
+    assert mine["held_out_ids"] == theirs["held_out_ids"] == [c["id"] for c in calibrated_on[0]["cases"]]
+    # 4 cases give no 0.9 quantile (all null above): compare what it calibrated on, and its quantiles at 0.5
+    evaluation = json.loads((evaluated[0] / "fold_0" / "predictions.json").read_text())
+    [doc] = calibrated_on
+    for key in ("mass_pred_g", "volume_pred_cm3", "mass_true_g", "volume_true_cm3"):
+        np.testing.assert_allclose([c[key] for c in doc["cases"]], [c[key] for c in evaluation["cases"]], rtol=1e-6)
+    q_mine, q_theirs = (fit_calibration(d, level=0.5)["objects"] for d in (doc, evaluation))
+    assert all(isinstance(q_mine[n][f"{q}_log_q"], float) for n in q_mine for q in ("mass", "volume"))
+    for n in q_mine:
+        for q in ("mass", "volume"):
+            assert q_mine[n][f"{q}_log_q"] == pytest.approx(q_theirs[n][f"{q}_log_q"], rel=1e-5)
     meta = json.loads((run / "model.json").read_text())
     meta["split"]["test_ids"] = []  # trained on every case
     (run / "model.json").write_text(json.dumps(meta))
     assert main(["calibrate", "--model", str(run), "--data", str(toy / "data")]) == 2
     assert "holds no held-out cases" in capsys.readouterr().err
+
+
+def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_medius", "gluteus_minimus",
+                                               "iliacus", "obturator_externus", "pectineus", "pelvis")):
+    """Predictions of 12 cases of 12 patients (fold 0): truth uniform 200-900, prediction the truth
+    times 1 + ``noise`` x N(0, 1) (mass and volume)."""
+    from MSKdeXTraining.evaluation.crossval import Predictions
+    rng = np.random.default_rng(seed)
+    n = len(names)
+    vol_true, mass_true = rng.uniform(200, 900, (12, n)), rng.uniform(200, 900, (12, n))
+    vol_pred = vol_true * (1 + noise * rng.standard_normal((12, n)))
+    mass_pred = mass_true * (1 + noise * rng.standard_normal((12, n)))
+    ids = [f"c{i:02d}" for i in range(12)]
+    return Predictions(ids, ids, np.zeros(12, int), list(names), ["muscle"] * (n - 1) + ["bone"], [],
+                       vol_true, vol_pred, mass_true, mass_pred, [{}] * 12)
+
+
+def test_muscle_mean_is_undefined_with_an_undefined_pcc_and_image_means_share_cases():
+    preds = _synthetic(0, 0.1)
+    assert np.isfinite(preds.mean_muscle_pcc("mass"))
+    preds.mass_pred[:, 2] = 500.0  # a constant channel: its PCC, so the mean of the six, is undefined
+    assert np.isnan(preds.object_metrics()[2]["mass"]["pcc"]) and np.isnan(preds.mean_muscle_pcc("mass"))
+    assert preds.muscles() == list(preds.names[:6])
+    preds.aligned_bones = ["pelvis"]
+    preds.image = [{"pelvis": {"vdrr": {"psnr": p, "ssim": s}}}
+                   for p, s in ((20.0, 0.5), (np.inf, 1.0), (30.0, 0.7), (None, None))]  # None: null in JSON
+    assert preds.image_metrics() == [{"bone": "pelvis", "drr_type": "vdrr", "n": 2, "psnr": 25.0,
+                                      "ssim": pytest.approx(0.6)}]
+
+
+def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged_setting(tmp_path):
+    """The ANOVA takes the config's own setting (100, L_B) against the baseline, not the best
+    scoring one; without it the best whose muscle mean is defined. A setting whose predictions
+    are all NaN is reported with undefined metrics (null in ablation.json), never a crash."""
+    from MSKdeXTraining.evaluation import ablation as ablation_module
+
+    results = {(0.0, False): _synthetic(1, 0.5), (100.0, True): _synthetic(2, 0.2),
+               (1000.0, True): _synthetic(3, 0.1), (100.0, False): _synthetic(4, 0.01),
+               (0.0, True): _synthetic(5, 0.1)}
+    results[(100.0, False)].mass_pred[:, 0] = 500.0  # best muscles but one undefined: no best
+    results[(0.0, True)].mass_pred[:] = np.nan  # diverged
+    results[(0.0, True)].volume_pred[0] = np.inf
+    rows = [ablation_module._row(s, p) for s, p in results.items()]
+    ablation_module._write(tmp_path, rows, results, 4, 0, (100.0, True))
+    text = (tmp_path / "ablation.json").read_text()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON token {c}"))
+    assert doc["anova"]["chosen"] == "default" and (doc["anova"]["lambda_is"], doc["anova"]["bone_loss"]) == (100.0, True)
+    diverged = doc["rows"][4]
+    assert diverged["mean_muscle_mass_pcc"] is None and set(diverged["mass_pcc"].values()) == {None}
+    assert doc["rows"][3]["mean_muscle_mass_pcc"] is None
+    md = (tmp_path / "ablation.md").read_text()
+    assert "## Default setting vs baseline" in md and "lambda_is=100, L_B=True" in md
+    assert "| 0 | (True) | n/a | n/a |" in md
+    mae = np.mean(np.abs(results[(100.0, True)].mass_pred[:, 0] - results[(100.0, True)].mass_true[:, 0]))
+    assert doc["anova"]["rows"][0]["mass"]["mae_a"] == pytest.approx(mae)
+    del results[(100.0, True)]
+    ablation_module._write(tmp_path, rows[:1] + rows[2:], results, 4, 0, (100.0, True))
+    doc = json.loads((tmp_path / "ablation.json").read_text())
+    assert (doc["anova"]["chosen"], doc["anova"]["lambda_is"], doc["anova"]["bone_loss"]) == ("best", 1000.0, True)
+    assert "## Best setting vs baseline" in (tmp_path / "ablation.md").read_text()
+
+
+def test_non_finite_predictions_are_reported_not_fatal(toy, evaluated, tmp_path, capsys):
+    """A diverged model's NaN / infinite predictions (null in predictions.json) are left out of
+    the scores, counted per object (metrics.csv, a warning in the report and on the terminal);
+    an object without any finite prediction gets n/a, and the report is still written."""
+    from MSKdeXTraining.cli import main
+    from MSKdeXTraining.fileio import write_json
+
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    doc = json.loads((out / "fold_0" / "predictions.json").read_text())
+    names = doc["objects"]
+    for c in doc["cases"]:
+        c["mass_pred_g"][0] = float("nan")  # first object: nothing finite
+    doc["cases"][1]["volume_pred_cm3"][1] = float("inf")
+    write_json(out / "fold_0" / "predictions.json", doc)
+    assert "NaN" not in (out / "fold_0" / "predictions.json").read_text()
+    assert main(["evaluate", "--data", str(toy / "data"), "--out", str(out), "--config", str(toy / "tiny.yaml"),
+                 "--k", "2", "--folds", "0"]) == 0
+    printed = capsys.readouterr().out
+    with (out / "metrics.csv").open() as fh:
+        table = {r["object"]: r for r in csv.DictReader(fh)}
+    assert (table[names[0]]["non-finite"], table[names[0]]["n"], table[names[0]]["mass PCC"]) == ("4", "0", "nan")
+    assert (table[names[1]]["non-finite"], table[names[1]]["n"]) == ("1", "4")
+    expected = _recomputed_metrics(evaluated[0])[names[1]]["mass"]
+    assert float(table[names[1]]["mass PCC"]) == pytest.approx(expected["pcc"], rel=1e-9)
+    warning = f"left out of the scores, cases per object: {names[0]} 4, {names[1]} 1."
+    for text in (printed, (out / "metrics.md").read_text(), (out / "report.html").read_text()):
+        assert warning in text
+        assert "Mean lean-mass PCC over 6 muscles: n/a" in text  # gluteus maximus has none
+    assert f"| {names[0]} | muscle | 0 | 4 | n/a |" in printed
+
+
+def test_compare_is_checked_before_training_and_a_failing_one_writes_nothing(toy, evaluated, tmp_path):
+    from MSKdeXTraining.evaluation.summary import write_evaluation
+    from MSKdeXTraining.fileio import write_json
+
+    other = tmp_path / "other"
+    shutil.copytree(evaluated[0], other, ignore=shutil.ignore_patterns("run"))
+    doc = json.loads((other / "fold_0" / "predictions.json").read_text())
+    write_json(other / "fold_0" / "predictions.json", {**doc, "objects": ["psoas"] + doc["objects"][1:]})
+    fresh = tmp_path / "fresh"
+    with pytest.raises(InputError, match=rf"--compare {re.escape(str(other))}: its objects differ .*not there: "
+                                         r"\['gluteus_maximus'\]; only there: \['psoas'\]"):
+        evaluate(toy / "data", fresh, toy / "tiny.yaml", k=2, folds=[0], compare=other)
+    assert not fresh.exists()  # nothing trained
+    write_json(other / "fold_0" / "predictions.json",
+               {**doc, "cases": [{**c, "id": c["id"] + "x"} for c in doc["cases"]]})
+    with pytest.raises(InputError, match=rf"--compare {re.escape(str(other))}: shares 0 held-out cases"):
+        evaluate(toy / "data", fresh, toy / "tiny.yaml", k=2, folds=[0], compare=other)
+    assert not fresh.exists()
+    # the report's own check: every section is computed before a file is written
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="shares 0 held-out cases"):
+        write_evaluation(out, evaluated[1], toy / "data", "t", compare=load_predictions(other), compare_label="other")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_the_report_pools_every_finished_fold_of_this_run(toy, evaluated, tmp_path, capsys):
+    """A run of one fold reports every finished fold in the folder made with the same config,
+    K and dataset (and says which); a fold made otherwise is left out, with the reason."""
+    from MSKdeXTraining.cli import main
+    from MSKdeXTraining.fileio import write_json
+
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    both = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[1])
+    assert sorted(both.folds.tolist()) == [0] * 4 + [1] * 4 and not both.left_out
+    again = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])  # e.g. `mskdex demo` again
+    assert again.ids == both.ids
+    with (out / "predictions.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == 8 * 9
+    assert "8 held-out cases of 4 patients: folds 0, 1 of 2 (every finished fold" in (out / "report.html").read_text()
+    doc = json.loads((out / "fold_1" / "predictions.json").read_text())
+    doc["evaluation"]["config"]["lambda_is"] = 0.0
+    write_json(out / "fold_1" / "predictions.json", doc)
+    assert main(["evaluate", "--data", str(toy / "data"), "--out", str(out), "--config", str(toy / "tiny.yaml"),
+                 "--k", "2", "--folds", "0"]) == 0
+    assert "4 held-out cases: folds 0 of 2; fold 1 left out: made with another config" in capsys.readouterr().out
+    assert "folds 0 of 2; fold 1 left out: made with another config" in (out / "metrics.md").read_text()
+    with (out / "predictions.csv").open() as fh:
+        assert {r["fold"] for r in csv.DictReader(fh)} == {"0"}
+
+
+def test_report_files_are_utf8_whatever_the_locale(tmp_path):
+    """Headers hold "×/÷": written as UTF-8 (as the HTML declares) also where the locale's
+    encoding is ASCII."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from MSKdeXTraining.evaluation.report import *; "
+            "t = Table(['mass \\u00d7/\\u00f7 fold 0'], [[1.5]]); d = Path(sys.argv[1]); write_csv(d / 'a.csv', t); "
+            "s = [Section('s', 'x', [t])]; write_markdown(d / 'a.md', 't', s); write_html(d / 'a.html', 't', s)")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    done = subprocess.run([sys.executable, "-X", "utf8=0", "-c", code, str(tmp_path)], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("a.csv", "a.md", "a.html"):
+        assert "mass ×/÷ fold 0" in (tmp_path / name).read_text(encoding="utf-8")

@@ -119,3 +119,16 @@ def test_remove_stale_keeps_live_runs_and_other_names(tmp_path):
     remove_stale(tmp_path, ".partial-*")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, unmatched, no_pid))
     assert (live / "half.json").read_text() == "{"  # left whole
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    """Strict JSON: NaN and infinities (numpy's too) become null, never the NaN / Infinity tokens."""
+    import numpy as np
+
+    from MSKdeXTraining.fileio import as_written
+
+    data = {"psnr": float("inf"), "pcc": [np.float64("nan"), 0.5, -np.inf], "pair": (1.0, float("nan")), "n": 3}
+    text = write_json(tmp_path / "a.json", data).read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    expected = {"psnr": None, "pcc": [None, 0.5, None], "pair": [1.0, None], "n": 3}
+    assert json.loads(text) == as_written(data) == expected

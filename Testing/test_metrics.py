@@ -101,3 +101,16 @@ def test_agreement_bundle(pair):
     # pred = truth + 1 (see test_icc_hand_computed_offset): PCC 1, ICC 2/3, MAE 1
     hand = metrics.agreement([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
     assert hand == {"n": 3, "pcc": pytest.approx(1.0), "icc": pytest.approx(2 / 3), "mae": pytest.approx(1.0)}
+
+
+def test_non_finite_pairs_are_left_out(pair):
+    """A diverged model's NaN / infinite predictions are not scored (n counts the pairs that are);
+    none finite gives NaN, never an error."""
+    pred, truth = pair
+    bad = pred.copy()
+    bad[[0, 5]], bad[7] = np.nan, np.inf
+    keep = np.isfinite(bad)
+    assert metrics.agreement(bad, truth) == metrics.agreement(pred[keep], truth[keep])
+    assert metrics.agreement(bad, truth)["n"] == 37
+    none = metrics.agreement(np.full(5, np.nan), np.arange(5.0))
+    assert none["n"] == 0 and all(np.isnan(none[k]) for k in ("pcc", "icc", "mae"))

@@ -32,7 +32,7 @@ def print_calibration(path: Path) -> None:
     import json
     import math
 
-    doc = json.loads(Path(path).read_text())
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
     print(f"wrote {path}: {len(doc['held_out_ids'])} held-out cases; {100 * doc['level']:.0f} % interval "
           "of a prediction p: p ×/÷ f")
     factor = lambda q: "n/a (too few cases)" if q is None else f"f = {math.exp(q):.2f}"

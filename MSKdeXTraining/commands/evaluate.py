@@ -25,9 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation folder (fold runs, predictions, tables, figures, report.html)")
     add_training_arguments(parser)
     parser.add_argument("--folds", type=int, nargs="+", metavar="I",
-                        help="only these folds (0-based; default all K)")
+                        help="train/predict only these folds (0-based; default all K); the report pools "
+                             "every finished fold in --out made with the same config, K and dataset")
     parser.add_argument("--compare", type=Path,
-                        help="another evaluation folder: one-way ANOVA of the absolute errors per object")
+                        help="another evaluation folder (same objects, shared held-out cases; checked "
+                             "before training): one-way ANOVA of the absolute errors per object")
 
 
 def run(args: argparse.Namespace) -> int:

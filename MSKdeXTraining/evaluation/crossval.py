@@ -1,23 +1,25 @@
 """K-fold cross-validation by patient (paper Sec. 3): train, predict held-out cases, score.
 
 Layout written by :func:`evaluate` (every stage resumable: a fold whose predictions exist and
-were made by its model's present weights is not redone, training continues from its last
-checkpoint)::
+were made by its model's present weights, or whose model was removed since, is not redone,
+training continues from its last checkpoint)::
 
     OUT/fold_<i>/run/              model run folder of fold i (``mskdex train --fold i/K``),
                                    with calibration.json from its held-out cases (intervals)
     OUT/fold_<i>/predictions.json  held-out cases of fold i: true and predicted volume (cm3)
                                    and mass (g) per object, PSNR/SSIM of the aligned bones,
                                    the SHA-256 of the weights that made them
-    OUT/predictions.csv            all folds, one row per case and object
+    OUT/predictions.csv            every finished fold of this run, one row per case and object
     OUT/metrics.csv, metrics.md    per object PCC, ICC(2,1), MAE; bone PSNR/SSIM; ANOVA
     OUT/*.png, OUT/report.html     figures and the self-contained report
+
+The report pools every ``fold_*/predictions.json`` made with this run's config, K and dataset
+(:func:`evaluate`), not only the folds a call trained or predicted.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..calibration import write_calibration
 from ..errors import InputError
-from ..fileio import file_sha256, read_format_json, read_json_object, write_json
+from ..fileio import as_written, file_sha256, read_format_json, read_json_object, write_json
 from ..objects import DEFAULT_MUSCLES
 from ..progress import Progress
 from . import metrics
@@ -33,16 +35,23 @@ from . import metrics
 if TYPE_CHECKING:
     import torch
 
+    from ..training.config import TrainConfig
+
 PRED_FORMAT = "mskdex-predictions"
 PRED_VERSION = 1
 #: Columns of predictions.csv: one row per case and object (cm3, g).
 ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
               "mass_true_g", "mass_pred_g"]
+#: Config fields that choose how the same training runs, not what it trains: a finished fold
+#: made with other values is kept (see :func:`_check_reuse`).
+HOW_FIELDS = ("device", "compile", "channels_last", "amp_bf16")
 
 
 @dataclass
 class Predictions:
-    """Held-out predictions of one or more folds: arrays (M cases, N objects) in cm3 and g."""
+    """Held-out predictions of one or more folds: arrays (M cases, N objects) in cm3 and g
+    (NaN where a prediction was not finite or was written as null); ``k`` the number of folds
+    of the split (0: unknown), ``left_out`` why folds of it are not among them."""
 
     ids: list[str]
     patients: list[str]
@@ -55,6 +64,8 @@ class Predictions:
     mass_true: np.ndarray
     mass_pred: np.ndarray
     image: list[dict]  # per case: {bone: {drr_type: {"psnr", "ssim"}}}
+    k: int = 0
+    left_out: dict[int, str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, docs: list[dict]) -> Predictions:
@@ -64,7 +75,20 @@ class Predictions:
         return cls([c["id"] for _, c in cases], [str(c["patient"]) for _, c in cases],
                    np.array([f for f, _ in cases], int), list(first["objects"]), list(first["kinds"]),
                    list(first["aligned_bones"]), arr("volume_true_cm3"), arr("volume_pred_cm3"),
-                   arr("mass_true_g"), arr("mass_pred_g"), [c["image"] for _, c in cases])
+                   arr("mass_true_g"), arr("mass_pred_g"), [c["image"] for _, c in cases],
+                   int((first.get("evaluation") or {}).get("k") or 0))
+
+    def folds_text(self) -> str:
+        """Which folds these predictions pool, and why others of the split are left out."""
+        folds = sorted(set(self.folds.tolist()))
+        text = f"folds {', '.join(map(str, folds))}" + (f" of {self.k}" if self.k else "")
+        return text + "".join(f"; fold {f} left out: {why}" for f, why in sorted(self.left_out.items()))
+
+    def non_finite_text(self) -> str:
+        """A warning naming the objects with non-finite predictions (empty when none has)."""
+        bad = [f"{m['object']} {m['non_finite']}" for m in self.object_metrics() if m["non_finite"]]
+        return ("" if not bad else "Warning: predictions not finite (NaN or infinite: a diverged model?), "
+                f"left out of the scores, cases per object: {', '.join(bad)}.")
 
     def rows(self) -> list[list]:
         """Long format, columns :data:`ROW_HEADER`."""
@@ -75,7 +99,8 @@ class Predictions:
     def object_metrics(self) -> list[dict]:
         """Per object: agreement (n, pcc, icc, mae) of mass (g), volume (cm3) and density
         (mass / volume, g/cm3: for a muscle its lean mass per cm3, which fat infiltration
-        lowers), the last over the cases where both densities are finite."""
+        lowers), each over the cases where prediction and truth are finite, and ``non_finite``,
+        the number of cases whose predicted mass or volume is not finite."""
         def density(i: int) -> dict[str, float]:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 pred = self.mass_pred[:, i] / self.volume_pred[:, i]
@@ -83,27 +108,36 @@ class Predictions:
             keep = np.isfinite(pred) & np.isfinite(true)
             return metrics.agreement(pred[keep], true[keep])
         return [{"object": n, "kind": self.kinds[i],
+                 "non_finite": int(np.sum(~(np.isfinite(self.mass_pred[:, i]) & np.isfinite(self.volume_pred[:, i])))),
                  "mass": metrics.agreement(self.mass_pred[:, i], self.mass_true[:, i]),
                  "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i]),
                  "density": density(i)}
                 for i, n in enumerate(self.names)]
 
+    def muscles(self) -> list[str]:
+        """The muscles the muscle means average: the paper's six present in this model, or
+        every muscle."""
+        present = [n for n, k in zip(self.names, self.kinds) if k == "muscle"]
+        return [n for n in DEFAULT_MUSCLES if n in present] or present
+
     def mean_muscle_pcc(self, quantity: str = "mass") -> float:
-        """Mean PCC over the paper's six muscles present in this model (or all muscles)."""
-        per = {m["object"]: m[quantity]["pcc"] for m in self.object_metrics() if m["kind"] == "muscle"}
-        chosen = [per[n] for n in DEFAULT_MUSCLES if n in per] or list(per.values())
-        return float(np.nanmean(chosen)) if chosen else float("nan")
+        """Mean PCC over :meth:`muscles`; NaN (undefined) when any of them has no PCC (e.g. a
+        constant channel) or there are none."""
+        per = {m["object"]: m[quantity]["pcc"] for m in self.object_metrics()}
+        chosen = [per[n] for n in self.muscles()]
+        return float(np.mean(chosen)) if chosen else float("nan")
 
     def image_metrics(self) -> list[dict]:
-        """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the cases."""
+        """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the same ``n`` cases,
+        those where both are finite (not a failed registration, nor identical images)."""
         out = []
         for bone in self.aligned_bones:
             for dtype in self.image[0][bone]:
-                vals = np.array([[c[bone][dtype]["psnr"], c[bone][dtype]["ssim"]] for c in self.image])
-                finite = np.isfinite(vals[:, 0])
-                out.append({"bone": bone, "drr_type": dtype,
-                            "psnr": float(vals[finite, 0].mean()) if finite.any() else float("nan"),
-                            "ssim": float(np.nanmean(vals[:, 1]))})
+                vals = np.array([[c[bone][dtype]["psnr"], c[bone][dtype]["ssim"]] for c in self.image], float)
+                keep = np.isfinite(vals).all(axis=1)
+                mean = vals[keep].mean(axis=0) if keep.any() else [float("nan")] * 2
+                out.append({"bone": bone, "drr_type": dtype, "n": int(keep.sum()),
+                            "psnr": float(mean[0]), "ssim": float(mean[1])})
         return out
 
 
@@ -182,17 +216,37 @@ def load_predictions(out: Path) -> Predictions:
     return Predictions.from_json([read_predictions(f) for f in files])
 
 
+def _fold_keys(dataset: Path, cfg: TrainConfig, k: int) -> tuple[dict, list[tuple[list[str], list[str]]], list[dict]]:
+    """(manifest, K-fold split by patient, per fold the key of what its results depend on: config,
+    K, the manifest's SHA-256, its held-out ids; as written to JSON, to compare with what was read)."""
+    from ..training.data import read_manifest, split_folds
+
+    manifest = read_manifest(dataset)
+    splits = split_folds(manifest, k, seed=cfg.fold_seed)
+    sha = file_sha256(dataset / "manifest.json")
+    return manifest, splits, [as_written({"config": cfg.to_dict(), "k": k, "dataset": sha, "test_ids": test})
+                              for _, test in splits]
+
+
+def _fold_list(folds: list[int] | None, k: int) -> list[int]:
+    """The folds asked for (default all ``k``), sorted; refused outside 0..k-1."""
+    folds = sorted(set(range(k) if folds is None else folds))
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad or not folds:
+        raise InputError(f"folds must be in 0..{k - 1}, got {bad or 'none'}")
+    return folds
+
+
 def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides: dict | None = None,
               k: int = 4, folds: list[int] | None = None,
               progress: Progress | None = None) -> Predictions:
     """Train and predict the folds ``folds`` (default all ``k``) of a K-fold split by patient
     (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept (its
     held-out cases are predicted again if its model's weights changed since), an interrupted
-    training continues from its last checkpoint. A fold folder made with another config, K,
-    dataset or split is refused, never reused. Each fold model gets its ``calibration.json``.
-    Returns the predictions."""
+    training continues from its last checkpoint. A fold folder made with another config
+    (:data:`HOW_FIELDS` and ``RUN_CONTROL_FIELDS`` aside), K, dataset or split is refused, never
+    reused. Each fold model gets its ``calibration.json``. Returns the predictions of ``folds``."""
     from ..training.config import load_config
-    from ..training.data import read_manifest, split_folds
     from ..training.checkpoint import latest_checkpoint
     from ..training.distributed import pick_device
     from ..training.trainer import check_run_dataset, train
@@ -200,18 +254,10 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     report = progress or (lambda f, m: None)
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
-    manifest = read_manifest(dataset)
-    splits = split_folds(manifest, k, seed=cfg.fold_seed)
-    manifest_sha = file_sha256(dataset / "manifest.json")
-    folds = sorted(set(range(k) if folds is None else folds))
-    bad = [f for f in folds if not 0 <= f < k]
-    if bad or not folds:
-        raise InputError(f"folds must be in 0..{k - 1}, got {bad or 'none'}")
+    manifest, splits, keys = _fold_keys(dataset, cfg, k)
+    folds = _fold_list(folds, k)
     for n, f in enumerate(folds):
-        target = out / f"fold_{f}" / "predictions.json"
-        # what the fold's results depend on (JSON-normalised, to compare with what was written)
-        key = json.loads(json.dumps({"config": cfg.to_dict(), "k": k, "dataset": manifest_sha,
-                                     "test_ids": splits[f][1]}))
+        target, key = out / f"fold_{f}" / "predictions.json", keys[f]
         run = out / f"fold_{f}" / "run"
         if target.is_file() and _finished(target, run, key):
             continue
@@ -237,53 +283,106 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
 def _finished(target: Path, run: Path, key: dict) -> bool:
     """Whether a fold's predictions (``target``, made with the same ``key`` or refused) can be
     kept: made by the model's present weights (then calibrated, again or for the first time) or
-    the model was removed since (kept uncalibrated). False: predict again (the model was
-    trained on since, or the predictions predate the record of its weights)."""
+    the model was removed since (kept uncalibrated: predictions and key still hold). False:
+    predict again (the model was trained on since, or the predictions predate the record of its
+    weights)."""
     doc = read_predictions(target)
     _check_reuse(target, doc.get("evaluation"), key)
-    weights = run / "model.safetensors"
-    if not weights.is_file():
-        return True
-    if doc.get("weights_sha256") != file_sha256(weights):
+    if _outdated(doc, run):
         return False
-    write_calibration(run, doc)
+    if (run / "model.safetensors").is_file():
+        write_calibration(run, doc)
     return True
 
 
-def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
-    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted`` (the
-    config's :data:`RUN_CONTROL_FIELDS` aside)."""
+def _outdated(doc: dict, run: Path) -> bool:
+    """Whether a predictions document was made by other weights than ``run``'s present ones
+    (False when the run's weights were removed)."""
+    weights = run / "model.safetensors"
+    return weights.is_file() and doc.get("weights_sha256") != file_sha256(weights)
+
+
+def _changed(found: dict | None, wanted: dict) -> list[str]:
+    """The fields of a fold's recorded key ``found`` that differ from ``wanted``, the config's
+    fields that do not change what is trained aside (:data:`HOW_FIELDS`, ``RUN_CONTROL_FIELDS``)."""
     from ..training.config import RUN_CONTROL_FIELDS
 
-    def learnt(key: dict | None) -> dict | None:
-        if not isinstance(key, dict) or not isinstance(key.get("config"), dict):
+    def learnt(key: dict | None) -> dict:
+        if not isinstance(key, dict):
+            return {}
+        if not isinstance(key.get("config"), dict):
             return key
-        return {**key, "config": {k: v for k, v in key["config"].items() if k not in RUN_CONTROL_FIELDS}}
+        return {**key, "config": {k: v for k, v in key["config"].items()
+                                  if k not in RUN_CONTROL_FIELDS + HOW_FIELDS}}
 
     found, wanted = learnt(found), learnt(wanted)
-    if found == wanted:
-        return
-    changed = sorted(k for k in wanted if (found or {}).get(k) != wanted[k])
-    raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; "
-                     "choose another --out folder (or delete that fold's folder)")
+    return sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
 
 
-def anova(a: Predictions, b: Predictions) -> list[dict]:
-    """Per object: one-way ANOVA of the absolute errors of two evaluations on their common
-    cases (mass and volume): F and p."""
+def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
+    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted``
+    (:func:`_changed`)."""
+    changed = _changed(found, wanted)
+    if changed:
+        raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; "
+                         "choose another --out folder (or delete that fold's folder)")
+
+
+def _pool(out: Path, keys: list[dict]) -> tuple[dict[int, dict], dict[int, str]]:
+    """The finished folds in ``out`` whose recorded key is ``keys[f]`` (fold: predictions
+    document), and why each other fold of the split is left out."""
+    docs, left_out = {}, {}
+    for f, key in enumerate(keys):
+        target = out / f"fold_{f}" / "predictions.json"
+        if not target.is_file():
+            left_out[f] = "not predicted"
+            continue
+        doc = read_predictions(target)
+        changed = _changed(doc.get("evaluation"), key)
+        if changed:
+            left_out[f] = f"made with another {', '.join(changed)}"
+        elif _outdated(doc, out / f"fold_{f}" / "run"):
+            left_out[f] = "its model was trained on since its predictions"
+        else:
+            docs[f] = doc
+    return docs, left_out
+
+
+def check_comparable(other: Predictions, name: str, objects: list[str], ids: set[str]) -> None:
+    """Refuse (InputError naming ``name``, the other evaluation, and what differs) to compare an
+    evaluation of ``objects`` on the held-out cases ``ids`` with ``other``: other objects, or
+    fewer than two common cases."""
+    missing, extra = [n for n in objects if n not in other.names], [n for n in other.names if n not in objects]
+    if missing or extra:
+        raise InputError(f"{name}: its objects differ from this evaluation's (not there: {missing}; only "
+                         f"there: {extra}); compare evaluations of the same objects")
+    common = len(ids & set(other.ids))
+    if common < 2:
+        raise InputError(f"{name}: shares {common} held-out cases with this evaluation, one-way ANOVA needs "
+                         ">= 2; compare evaluations of the same dataset and split (K, fold_seed, folds)")
+
+
+def anova(a: Predictions, b: Predictions, name: str = "the other evaluation") -> list[dict]:
+    """Per object: one-way ANOVA of the absolute errors of two evaluations (``b`` called ``name``
+    in errors, refused by :func:`check_comparable`) on their common cases where both errors of
+    mass and volume are finite (``n``; F and p NaN below 2): F, p and each MAE."""
+    check_comparable(b, name, a.names, set(a.ids))
     common = [i for i in a.ids if i in set(b.ids)]
-    if len(common) < 2:
-        raise InputError(f"the two evaluations share {len(common)} cases; need >= 2 for ANOVA")
     ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
+    mean = lambda e: float(e.mean()) if e.size else float("nan")
     out = []
-    for i, name in enumerate(a.names):
-        j = b.names.index(name)
-        row = {"object": name, "n": len(common)}
-        for q, (pa, ta, pb, tb) in {"mass": (a.mass_pred, a.mass_true, b.mass_pred, b.mass_true),
-                                    "volume": (a.volume_pred, a.volume_true, b.volume_pred, b.volume_true)}.items():
-            ea, eb = np.abs(pa[ia, i] - ta[ia, i]), np.abs(pb[ib, j] - tb[ib, j])
-            row[q] = dict(zip(("f", "p"), metrics.anova_oneway(ea, eb)),
-                          mae_a=float(ea.mean()), mae_b=float(eb.mean()))
+    for i, obj in enumerate(a.names):
+        j = b.names.index(obj)
+        errors = {q: (np.abs(pa[ia, i] - ta[ia, i]), np.abs(pb[ib, j] - tb[ib, j]))
+                  for q, (pa, ta, pb, tb) in {"mass": (a.mass_pred, a.mass_true, b.mass_pred, b.mass_true),
+                                              "volume": (a.volume_pred, a.volume_true, b.volume_pred,
+                                                         b.volume_true)}.items()}
+        keep = np.all([np.isfinite(e) for pair in errors.values() for e in pair], axis=0)
+        row = {"object": obj, "n": int(keep.sum())}
+        for q, (ea, eb) in errors.items():
+            ea, eb = ea[keep], eb[keep]
+            stat = metrics.anova_oneway(ea, eb) if keep.sum() >= 2 else (float("nan"),) * 2
+            row[q] = dict(zip(("f", "p"), stat), mae_a=mean(ea), mae_b=mean(eb))
         out.append(row)
     return out
 
@@ -291,7 +390,8 @@ def anova(a: Predictions, b: Predictions) -> list[dict]:
 def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Radiograph (H, W), predicted DRRs and reference DRRs ((3, N, H, W), physical units) of
     one case on the model grid. The reference is the CT's DRR stack, with the aligned bone
-    channels replaced by the DRRs at the registered pose (what the radiograph shows)."""
+    channels replaced by the DRRs at the registered pose (what the radiograph shows); NaN for a
+    bone whose registration failed (no reference, as in the scores)."""
     from ..inference import Decomposer
     from ..modelio import load_model
     from ..training.data import PreparedDataset
@@ -302,8 +402,9 @@ def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.
     xray = item["xray"][0].numpy()
     pred = Decomposer(model).predict(xray[None])[0]
     ref = item["drr"].numpy().copy()
+    ok = item["aligned_ok"].tolist()
     for j, b in enumerate(data.manifest["aligned_bones"]):
-        ref[:, data.objects.index(b)] = item["aligned"][:, j].numpy()
+        ref[:, data.objects.index(b)] = item["aligned"][:, j].numpy() if ok[j] else np.nan
     return xray, pred, ref
 
 
@@ -311,17 +412,28 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
              k: int = 4, folds: list[int] | None = None, compare: Path | None = None,
              title: str = "MSKdeX cross-validation",
              progress: Progress | None = None) -> Predictions:
-    """Cross-validate (see :func:`run_folds`), then write predictions.csv, the metric tables
-    (CSV, Markdown), figures and report.html into ``out``. ``compare``: another evaluation
-    folder whose absolute errors are compared per object by one-way ANOVA."""
+    """Cross-validate the folds ``folds`` (see :func:`run_folds`), then write predictions.csv,
+    the metric tables (CSV, Markdown), figures and report.html into ``out`` from every finished
+    fold there made with this config, K and dataset (not only ``folds``); returns those pooled
+    predictions. ``compare``: another evaluation folder whose absolute errors are compared per
+    object by one-way ANOVA, checked before any training (same objects, shared held-out cases)."""
+    from ..training.config import load_config
     from .summary import write_evaluation
 
     report = progress or (lambda f, m: None)
-    other = load_predictions(Path(compare)) if compare else None  # checked before any training
-    preds = run_folds(dataset, out, config, overrides, k, folds,
-                      progress=lambda f, m: report(0.95 * f, m))
-    report(0.96, "writing the report")
-    write_evaluation(Path(out), preds, Path(dataset), title=title, compare=other,
+    dataset, out = Path(dataset), Path(out)
+    other = load_predictions(Path(compare)) if compare else None
+    manifest, _, keys = _fold_keys(dataset, load_config(config, overrides), k)
+    if other is not None:
+        pooled = set(_fold_list(folds, k)) | set(_pool(out, keys)[0])
+        check_comparable(other, f"--compare {compare}", list(manifest["objects"]),
+                         {i for f in pooled for i in keys[f]["test_ids"]})
+    run_folds(dataset, out, config, overrides, k, folds, progress=lambda f, m: report(0.95 * f, m))
+    docs, left_out = _pool(out, keys)
+    preds = Predictions.from_json([docs[f] for f in sorted(docs)])
+    preds.left_out = left_out
+    report(0.96, f"writing the report ({preds.folds_text()})")
+    write_evaluation(out, preds, dataset, title=title, compare=other,
                      compare_label=Path(compare).name if compare else "")
     report(1.0, "evaluation done")
     return preds

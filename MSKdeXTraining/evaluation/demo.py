@@ -3,8 +3,9 @@
 ``OUT/cohort`` (``generate_cohort`` from the bundled anatomy), ``OUT/dataset``
 (``prepare_dataset``: registration, DRRs), ``OUT/evaluation`` (fold 0 of a K-fold split by
 patient: the small configuration trained on the other folds, scored on the held-out
-patients, report.html with figures). Every stage is resumable, so re-running with the same
-``out`` continues where it stopped.
+patients, report.html with figures; the report pools every finished fold there, e.g. all four
+after ``mskdex evaluate`` into the same folder). Every stage is resumable, so re-running with
+the same ``out`` continues where it stopped.
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quanti
                    unit: str, path: str | Path, groups: np.ndarray | None = None,
                    dpi: int = 110) -> Path:
     """Scatter plots of ``pred`` vs ``truth`` (both (M cases, N objects), in ``unit``), one
-    panel per object with the identity line, PCC and ICC(2,1); ``groups`` (M,) colours the
+    panel per object with the identity line, PCC and ICC(2,1) of the cases where both are
+    finite (the others are not drawn; the title counts them); ``groups`` (M,) colours the
     points (e.g. the cross-validation fold). Writes a PNG atomically and returns its path."""
     truth, pred = np.asarray(truth, float), np.asarray(pred, float)
     rows, cols = _grid(len(names))
@@ -39,16 +40,18 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quanti
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for i, name in enumerate(names):
         ax = axes[i]
-        t, p = truth[:, i], pred[:, i]
-        lo, hi = np.nanmin([t.min(), p.min()]), np.nanmax([t.max(), p.max()])
+        ok = np.isfinite(truth[:, i]) & np.isfinite(pred[:, i])
+        t, p = truth[ok, i], pred[ok, i]
+        lo, hi = (min(t.min(), p.min()), max(t.max(), p.max())) if ok.any() else (0.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, ls="--", zorder=1)
-        colour = {} if groups is None else {"c": groups, "cmap": "tab10", "vmin": 0, "vmax": 9}
+        colour = {} if groups is None else {"c": np.asarray(groups)[ok], "cmap": "tab10", "vmin": 0, "vmax": 9}
         ax.scatter(t, p, s=14, alpha=0.8, edgecolors="none", zorder=2, **colour)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
-        ax.set_title(f"{DISPLAY_NAMES.get(name, name)}  PCC {pcc(p, t):.3f}  ICC {icc(p, t):.3f}",
+        dropped = f"\n{int((~ok).sum())} not finite, not shown" if not ok.all() else ""
+        ax.set_title(f"{DISPLAY_NAMES.get(name, name)}  PCC {pcc(p, t):.3f}  ICC {icc(p, t):.3f}{dropped}",
                      fontsize=9)
         ax.tick_params(labelsize=7)
         if i % cols == 0:
@@ -67,7 +70,9 @@ def decomposition_figure(xray: np.ndarray, pred: np.ndarray, ref: np.ndarray, na
                          dpi: int = 110) -> Path:
     """Radiograph (H, W) beside predicted and reference DRRs ((3, N, H, W), physical units)
     of the objects ``show`` (default: up to four, paper Fig. 4). Each prediction/reference
-    pair shares one grey scale, so intensity errors are visible."""
+    pair shares one grey scale, so intensity errors are visible. A panel without finite values
+    (a reference NaN where the registration failed, a diverged prediction) is left empty and
+    says so."""
     show = list(show or names[:4])
     idx = [names.index(s) for s in show]
     rows = 2 * len(drr_types)
@@ -80,10 +85,15 @@ def decomposition_figure(xray: np.ndarray, pred: np.ndarray, ref: np.ndarray, na
     for t, dtype in enumerate(drr_types):
         c = DRR_TYPES.index(dtype)
         for j, i in enumerate(idx):
-            vmax = float(max(pred[c, i].max(), ref[c, i].max(), 1e-9))
-            for r, (img, label) in enumerate(((pred, "predicted"), (ref, "reference"))):
+            finite = [a[np.isfinite(a)] for a in (pred[c, i], ref[c, i])]
+            vmax = max([1e-9] + [float(a.max()) for a in finite if a.size])
+            for r, (img, label, none) in enumerate(((pred, "predicted", "not finite"),
+                                                    (ref, "reference", "registration failed"))):
                 ax = axes[2 * t + r, j + 1]
-                ax.imshow(img[c, i], cmap="gray", vmin=0.0, vmax=vmax)
+                if finite[r].size:
+                    ax.imshow(img[c, i], cmap="gray", vmin=0.0, vmax=vmax)
+                else:
+                    label = f"{label}: {none}"
                 ax.set_title(f"{DISPLAY_NAMES.get(names[i], names[i])} {dtype.upper()}\n{label}",
                              fontsize=8)
     if title:

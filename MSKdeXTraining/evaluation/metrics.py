@@ -1,5 +1,9 @@
 """Agreement and image-quality metrics of the paper's evaluation (Sec. 3, Table 1).
 
+The agreement metrics score the pairs where both values are finite (a diverged model's NaN or
+infinite predictions are left out, and :func:`agreement` reports how many pairs were scored);
+none left gives NaN.
+
 * :func:`pcc` - Pearson correlation coefficient (scipy.stats.pearsonr);
 * :func:`icc_a1` - ICC(2,1): two-way random effects, absolute agreement, single rater
   (Shrout & Fleiss 1979, Psychol Bull 86:420, their case 2; McGraw & Wong 1996 "ICC(A,1)");
@@ -19,17 +23,18 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
 def _pair(pred: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs of ``pred`` and ``truth`` (same length) where both are finite."""
     p = np.asarray(pred, dtype=np.float64).ravel()
     t = np.asarray(truth, dtype=np.float64).ravel()
     if p.shape != t.shape:
         raise ValueError(f"prediction and truth must have the same length, got {p.size} and {t.size}")
-    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
-        raise ValueError("prediction and truth must be finite")
-    return p, t
+    keep = np.isfinite(p) & np.isfinite(t)
+    return p[keep], t[keep]
 
 
 def pcc(pred: ArrayLike, truth: ArrayLike) -> float:
-    """Pearson correlation coefficient of two 1D samples; NaN when either is constant or n < 2."""
+    """Pearson correlation coefficient of two 1D samples (their finite pairs); NaN when either
+    is constant or n < 2."""
     p, t = _pair(pred, truth)
     if p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0:
         return float("nan")
@@ -60,13 +65,14 @@ def icc_a1(ratings: ArrayLike) -> float:
 
 
 def icc(pred: ArrayLike, truth: ArrayLike) -> float:
-    """ICC(2,1) between predictions and ground truth (two 'raters' of the same subjects)."""
+    """ICC(2,1) between predictions and ground truth (two 'raters' of the same subjects; their
+    finite pairs)."""
     p, t = _pair(pred, truth)
     return icc_a1(np.stack([p, t], axis=1))
 
 
 def mae(pred: ArrayLike, truth: ArrayLike) -> float:
-    """Mean absolute error, in the unit of the inputs."""
+    """Mean absolute error over the finite pairs, in the unit of the inputs (NaN for none)."""
     p, t = _pair(pred, truth)
     return float(np.mean(np.abs(p - t))) if p.size else float("nan")
 
@@ -101,7 +107,7 @@ def ssim(pred: ArrayLike, ref: ArrayLike) -> float:
 
 
 def anova_oneway(*groups: ArrayLike) -> tuple[float, float]:
-    """One-way ANOVA of two or more samples: (F statistic, p value)."""
+    """One-way ANOVA of two or more samples of finite values: (F statistic, p value)."""
     arrays = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
     if len(arrays) < 2 or any(a.size < 2 for a in arrays):
         raise ValueError("one-way ANOVA needs at least two groups of at least two values")
@@ -110,6 +116,7 @@ def anova_oneway(*groups: ArrayLike) -> tuple[float, float]:
 
 
 def agreement(pred: ArrayLike, truth: ArrayLike) -> dict[str, float]:
-    """PCC, ICC(2,1) and MAE of one quantity of one object, plus n."""
+    """PCC, ICC(2,1) and MAE of one quantity of one object, plus n, the number of finite pairs
+    scored."""
     p, t = _pair(pred, truth)
     return {"n": int(p.size), "pcc": pcc(p, t), "icc": icc(p, t), "mae": mae(p, t)}

@@ -1,4 +1,5 @@
-"""Tables (CSV, Markdown) and a self-contained HTML report with embedded PNG figures."""
+"""Tables (CSV, Markdown) and a self-contained HTML report with embedded PNG figures, all
+written as UTF-8 (headers hold e.g. "×/÷")."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def write_csv(path: str | Path, table: Table) -> Path:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(table.header)
     w.writerows(table.rows)
-    return write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+    return write_atomic(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
 
 
 def write_markdown(path: str | Path, title: str, sections: list[Section]) -> Path:
@@ -71,7 +72,7 @@ def write_markdown(path: str | Path, title: str, sections: list[Section]) -> Pat
             parts.append(s.text + "\n")
         parts += [markdown(t) for t in s.tables]
         parts += [f"![{cap}]({png.name})\n" for png, cap in s.figures]
-    return write_atomic(path, lambda p: p.write_text("\n".join(parts)))
+    return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
 
 
 def _html_table(table: Table) -> str:
@@ -105,38 +106,45 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
         parts += [_html_table(t) for t in s.tables]
         parts += [_html_figure(png, cap) for png, cap in s.figures]
     parts.append("</body></html>")
-    return write_atomic(path, lambda p: p.write_text("\n".join(parts)))
+    return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
 
 
 def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
-    """Per object: n, then PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and the PCC
-    of the density (mass / volume, g/cm3)."""
-    header = ["object", "kind", "n", "mass PCC", "mass ICC", "mass MAE (g)",
+    """Per object: n (cases scored), the number of cases whose prediction is not finite (left
+    out), then PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and the PCC of the density
+    (mass / volume, g/cm3)."""
+    header = ["object", "kind", "n", "non-finite", "mass PCC", "mass ICC", "mass MAE (g)",
               "volume PCC", "volume ICC", "volume MAE (cm3)", "density PCC"]
-    rows = [[m["object"], m["kind"], m["mass"]["n"], m["mass"]["pcc"], m["mass"]["icc"],
+    rows = [[m["object"], m["kind"], m["mass"]["n"], m["non_finite"], m["mass"]["pcc"], m["mass"]["icc"],
              m["mass"]["mae"], m["volume"]["pcc"], m["volume"]["icc"], m["volume"]["mae"],
              m["density"]["pcc"]] for m in object_metrics]
     return Table(header, rows, caption or "Mass and volume from the predicted DRR sums vs the 3D CT "
                  "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
-                 "density: mass / volume in g/cm3, for a muscle its lean mass per cm3, over the "
-                 "cases where it is finite)",
+                 "n: cases scored; non-finite: cases whose predicted mass or volume is NaN or "
+                 "infinite, left out; density: mass / volume in g/cm3, for a muscle its lean mass "
+                 "per cm3, over the cases where it is finite)",
                  {"mass MAE (g)": 1, "volume MAE (cm3)": 1})
 
 
 def image_table(image_metrics: list[dict]) -> Table:
-    """Per aligned bone and DRR type: mean PSNR (dB) and SSIM against the aligned DRR."""
-    return Table(["bone", "DRR", "PSNR (dB)", "SSIM"],
-                 [[m["bone"], m["drr_type"], m["psnr"], m["ssim"]] for m in image_metrics],
-                 "Bone decomposition vs the aligned bone DRRs (data range of the reference)",
+    """Per aligned bone and DRR type: mean PSNR (dB) and SSIM against the aligned DRR over the
+    same n cases."""
+    return Table(["bone", "DRR", "n", "PSNR (dB)", "SSIM"],
+                 [[m["bone"], m["drr_type"], m["n"], m["psnr"], m["ssim"]] for m in image_metrics],
+                 "Bone decomposition vs the aligned bone DRRs (data range of the reference; means over "
+                 "the n cases where PSNR and SSIM are both finite: not a failed registration's, nor "
+                 "identical images)",
                  {"PSNR (dB)": 1})
 
 
 def anova_table(rows: list[dict], label_a: str, label_b: str) -> Table:
-    """One-way ANOVA of absolute errors of two evaluations, per object."""
+    """One-way ANOVA of absolute errors of two evaluations, per object (rows of
+    :func:`~MSKdeXTraining.evaluation.crossval.anova`)."""
     header = ["object", "n", f"mass MAE {label_a} (g)", f"mass MAE {label_b} (g)", "mass F", "mass p",
               f"volume MAE {label_a} (cm3)", f"volume MAE {label_b} (cm3)", "volume F", "volume p"]
     body = [[r["object"], r["n"], r["mass"]["mae_a"], r["mass"]["mae_b"], r["mass"]["f"], r["mass"]["p"],
              r["volume"]["mae_a"], r["volume"]["mae_b"], r["volume"]["f"], r["volume"]["p"]] for r in rows]
     digits = {h: 1 for h in header if "MAE" in h}
     digits.update({"mass p": 4, "volume p": 4, "mass F": 2, "volume F": 2})
-    return Table(header, body, f"One-way ANOVA of absolute errors: {label_a} vs {label_b}", digits)
+    return Table(header, body, f"One-way ANOVA of absolute errors: {label_a} vs {label_b} (n: common "
+                 "cases where both errors of mass and volume are finite)", digits)

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..calibration import LEVEL, QUANTITIES, read_calibration
 from ..fileio import file_sha256
-from ..objects import DEFAULT_MUSCLES
 from . import figures
 from .crossval import ROW_HEADER, Predictions, anova, case_images
 from .report import (Section, Table, agreement_table, anova_table, image_table, markdown,
@@ -19,63 +18,81 @@ PANEL_OBJECTS = ("gluteus_maximus", "gluteus_medius", "pelvis", "sacrum")
 
 
 def representative_case(preds: Predictions) -> int:
-    """Index of the case with the median mean relative lean-mass error over the muscles."""
+    """Index of the case with the median mean relative lean-mass error over the muscles (among
+    the cases where it is finite, if any)."""
     muscles = [i for i, k in enumerate(preds.kinds) if k == "muscle"] or list(range(len(preds.names)))
-    rel = np.abs(preds.mass_pred[:, muscles] - preds.mass_true[:, muscles]) / \
-        np.maximum(preds.mass_true[:, muscles], 1e-9)
+    with np.errstate(invalid="ignore"):
+        rel = np.abs(preds.mass_pred[:, muscles] - preds.mass_true[:, muscles]) / \
+            np.maximum(preds.mass_true[:, muscles], 1e-9)
     score = rel.mean(axis=1)
-    return int(np.argsort(score)[len(score) // 2])
+    order = [int(i) for i in np.argsort(score) if np.isfinite(score[i])] or list(range(len(score)))
+    return order[len(order) // 2]
 
 
 def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
                      compare: Predictions | None = None, compare_label: str = "") -> Path:
-    """Write every output of an evaluation into ``out``; returns the path of report.html."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "predictions.csv", Table(ROW_HEADER, preds.rows()))
-    per_object = preds.object_metrics()
-    agree = agreement_table(per_object)
+    """Write every output of an evaluation into ``out``; returns the path of report.html. All
+    tables (the comparison with ``compare`` too) are computed before any file is written, and
+    outputs that no longer apply (intervals.csv, anova.csv, decomposition.png) are removed."""
+    agree = agreement_table(preds.object_metrics())
     images = image_table(preds.image_metrics())
-    write_csv(out / "metrics.csv", agree)
-    write_csv(out / "image_metrics.csv", images)
     folds = sorted(set(preds.folds.tolist()))
-    summary = (f"{len(preds.ids)} held-out cases of {len(set(preds.patients))} patients, folds {folds}. "
-               f"Mean lean-mass PCC over the muscles: {preds.mean_muscle_pcc('mass'):.3f}; "
-               f"mean volume PCC: {preds.mean_muscle_pcc('volume'):.3f}; "
-               f"mean lean-density PCC: {preds.mean_muscle_pcc('density'):.3f}.")
-    sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
     intervals = interval_table(out, folds, preds.names)
-    if intervals is None:
-        (out / "intervals.csv").unlink(missing_ok=True)  # from an earlier run whose models are gone
-    else:
-        write_csv(out / "intervals.csv", intervals)
+    comparison = None if compare is None else anova_table(
+        anova(preds, compare, f"--compare {compare_label}"), "this", compare_label or "other")
+    m = representative_case(preds)
+    run = out / f"fold_{preds.folds[m]}" / "run"
+    panel = case_images(run, dataset, preds.ids[m]) if (run / "model.safetensors").is_file() else None
+
+    summary = (f"{len(preds.ids)} held-out cases of {len(set(preds.patients))} patients: {preds.folds_text()} "
+               "(every finished fold in this folder made with this config, K and dataset). "
+               + mean_pcc_text(preds) + "\n\n" + preds.non_finite_text()).strip()
+    sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
+    if intervals is not None:
         sections.append(Section(
             "Prediction intervals", "What `mskdex decompose` reports with each fold's model: the "
             f"{100 * LEVEL:.0f} % interval of a prediction p is [p / f, p x f], f = e^q from that "
             "model's held-out cases (split conformal, calibration.json; n/a: too few cases).", [intervals]))
-    if compare is not None:
-        rows = anova(preds, compare)
-        table = anova_table(rows, "this", compare_label or "other")
-        write_csv(out / "anova.csv", table)
-        sections.append(Section("Comparison (one-way ANOVA)", "", [table]))
-    m = representative_case(preds)
+    if comparison is not None:
+        sections.append(Section("Comparison (one-way ANOVA)", "", [comparison]))
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "predictions.csv", Table(ROW_HEADER, preds.rows()))
+    write_csv(out / "metrics.csv", agree)
+    write_csv(out / "image_metrics.csv", images)
+    for name, table in (("intervals.csv", intervals), ("anova.csv", comparison)):
+        if table is None:  # from an earlier run (models since removed; --compare)
+            (out / name).unlink(missing_ok=True)
+        else:
+            write_csv(out / name, table)
     figs = [(figures.scatter_figure(preds.mass_true, preds.mass_pred, preds.names,
                                     "Lean muscle mass / bone mass", "g", out / "scatter_mass.png",
                                     preds.folds), "Mass: predicted vs ground truth (colour: fold)"),
             (figures.scatter_figure(preds.volume_true, preds.volume_pred, preds.names,
                                     "Volume", "cm3", out / "scatter_volume.png", preds.folds),
              "Volume: predicted vs ground truth (colour: fold)")]
-    run = out / f"fold_{preds.folds[m]}" / "run"
-    if (run / "model.safetensors").is_file():  # (not when the fold's model has been removed)
-        xray, pred, ref = case_images(run, dataset, preds.ids[m])
+    if panel is None:  # the fold's model has been removed
+        (out / "decomposition.png").unlink(missing_ok=True)
+    else:
         show = [n for n in PANEL_OBJECTS if n in preds.names] or preds.names[:4]
         figs.append((figures.decomposition_figure(
-            xray, pred, ref, preds.names, out / "decomposition.png", show,
+            *panel, preds.names, out / "decomposition.png", show,
             title=f"case {preds.ids[m]} (median error), held out in fold {preds.folds[m]}"),
             "Decomposition of a representative held-out case: predicted vs reference "
-            "(CT DRRs; aligned DRRs for the registered bones)"))
+            "(CT DRRs; aligned DRRs for the registered bones, none where the registration failed)"))
     sections.append(Section("Figures", "", [], figs))
     write_markdown(out / "metrics.md", title, sections)
     return write_html(out / "report.html", title, sections)
+
+
+def mean_pcc_text(preds: Predictions) -> str:
+    """The muscle-mean PCCs of lean mass, volume and lean density, and how many muscles they
+    average (n/a: a muscle's PCC is undefined, so is their mean)."""
+    mean = {q: preds.mean_muscle_pcc(q) for q in ("mass", "volume", "density")}
+    text = {q: f"{v:.3f}" if np.isfinite(v) else "n/a" for q, v in mean.items()}
+    return (f"Mean lean-mass PCC over {len(preds.muscles())} muscles: {text['mass']}; mean volume PCC: "
+            f"{text['volume']}; mean lean-density PCC: {text['density']} (n/a: undefined, as a muscle's "
+            "PCC is).")
 
 
 def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | None:
@@ -98,9 +115,8 @@ def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | Non
 
 
 def print_table(preds: Predictions) -> str:
-    """The per-object table as Markdown text (for the terminal)."""
-    text = markdown(agreement_table(preds.object_metrics()))
-    muscles = [n for n in DEFAULT_MUSCLES if n in preds.names]
-    return text + (f"\nMean lean-mass PCC over {len(muscles)} muscles: {preds.mean_muscle_pcc('mass'):.3f} "
-                   f"(volume {preds.mean_muscle_pcc('volume'):.3f}, "
-                   f"lean density {preds.mean_muscle_pcc('density'):.3f})\n")
+    """The per-object table, the muscle means, the folds pooled and any warning, as text for the
+    terminal."""
+    lines = [markdown(agreement_table(preds.object_metrics())), mean_pcc_text(preds),
+             f"{len(preds.ids)} held-out cases: {preds.folds_text()}", preds.non_finite_text()]
+    return "\n".join(line for line in lines if line) + "\n"

@@ -36,11 +36,11 @@ from .errors import InputError
 FORMAT = "mskdex-object-map"
 FORMAT_VERSION = 1
 
-#: The paper's objects, in channel order: six muscles, then three bones.
 #: Largest label value (uint16, the label maps of NIfTI/NRRD segmentations and Slicer's): label
 #: lookups are tables indexed by value.
 MAX_LABEL = 65535
 
+#: The paper's objects, in channel order: six muscles, then three bones.
 DEFAULT_MUSCLES = (
     "gluteus_maximus", "gluteus_medius", "gluteus_minimus",
     "iliacus", "obturator_externus", "pectineus",

@@ -380,6 +380,11 @@ def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, t
     out = tree / "results"
     with pytest.raises(FileNotFoundError, match="sub-folders: --recursive reads them too"):
         decompose_cmd._inputs(tree)
+    series = films[0].parent  # without --recursive, results may go into the input folder itself
+    assert decompose_cmd._inputs(series, False, series) == [films[0]]
+    assert decompose_cmd._inputs(series, False, tmp_path) == [films[0]]
+    with pytest.raises(InputError, match="is or holds the input folder"):
+        decompose_cmd._inputs(tree, True, tmp_path)
     command = ["decompose", "--model", str(run), "--xray", str(tree), "--out", str(out), "--tta", "1", "--recursive"]
     assert main(command) == 0
     assert "4 radiograph(s)" in capsys.readouterr().out

@@ -303,7 +303,8 @@ def test_a_failed_training_shows_an_error_with_the_log_tail():
     assert shown and {k.arg for k in shown[0].keywords} >= {"detailedText"}
     status = [n for n in ast.walk(poll) if isinstance(n, ast.Assign)
               and any(ast.unparse(t) == "self.ui.statusLabel.text" for t in n.targets)]
-    assert status and "failed" in ast.unparse(poll)
+    assert status and "Training {state}" in ast.unparse(status[0].value)  # the status line says the state...
+    assert "failed with exit code {event.returncode}" in ast.unparse(poll)  # ...and a failure is one
 
 
 def test_the_widget_self_test_enters_the_module_first():

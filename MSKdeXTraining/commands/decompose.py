@@ -38,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> list[Path]:
     """The radiograph files of ``path``: itself, or a folder's (hidden files, and with
-    ``recursive`` the output folder ``out`` when it lies inside, left out)."""
+    ``recursive`` the output folder ``out`` when it lies inside, left out; an ``out`` that is
+    the folder or holds it is refused then, as its results would be read back)."""
+    from ..errors import InputError
     from ..radiograph_io import SUFFIXES, is_radiograph_file
 
     if path.is_dir():
         found = path.rglob("*") if recursive else path.iterdir()
-        skip = out.resolve() if out is not None else None
+        skip = out.resolve() if recursive and out is not None else None
+        if skip is not None and path.resolve().is_relative_to(skip):
+            raise InputError(f"--out {out}: is or holds the input folder {path}; with --recursive the results "
+                             "would be read back as radiographs: choose an output folder outside it or inside it")
         files = sorted(p for p in found if p.is_file() and is_radiograph_file(p)
                        and not any(part.startswith(".") for part in p.relative_to(path).parts)
                        and not (skip and p.resolve().is_relative_to(skip)))

@@ -433,9 +433,10 @@ def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
     With ``root`` (a folder read with its sub-folders), each name is prefixed with its file's
     folder relative to ``root`` (``PAT1/STUDY1/IM00001``)."""
     stems = [file_stem(p) for p in inputs]
-    counts = Counter((p.parent, s) if root else s for p, s in zip(inputs, stems))
-    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_")
-             if counts[(p.parent, s) if root else s] > 1 else s for s, p in zip(stems, inputs)]
+    keys = [(p.parent, s) if root else s for p, s in zip(inputs, stems)]  # clashes within a folder
+    counts = Counter(keys)
+    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if counts[key] > 1 else s
+             for s, p, key in zip(stems, inputs, keys)]
     if root is not None:
         names = [(p.parent.relative_to(root) / n).as_posix() for p, n in zip(inputs, names)]
     if len(set(names)) < len(names):

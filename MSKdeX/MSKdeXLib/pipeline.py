@@ -34,7 +34,7 @@ from .drr_nodes import drr_layers, layer_name, place_over
 from .progress import ProgressRelay
 from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
-from .segmentation_nodes import label_names, labels_from_segmentation, unmatched_segments
+from .segmentation_nodes import labels_from_segmentation, name_values, unmatched_segments
 from .volume_nodes import volume_from_node
 
 if TYPE_CHECKING:
@@ -116,8 +116,7 @@ class Pipeline:
         values by their object-map names (see :func:`label_names`) or their MSKdeX tag;
         other segments are ignored."""
         ct = check_ct(volume_from_node(ct_node, "CT"), f"CT volume {ct_node.GetName()!r}")
-        values = {name: value for value, name in label_names(objects).items()}
-        labels = labels_from_segmentation(segmentation_node, ct_node, values, skip_unknown=True)
+        labels = labels_from_segmentation(segmentation_node, ct_node, name_values(objects), skip_unknown=True)
         check_hu(ct, labels, objects, f"CT volume {ct_node.GetName()!r}")
         return ct, labels
 
@@ -153,8 +152,7 @@ class Pipeline:
         result = render_drr(ct, labels, objects, geometry, self.reference_pose(labels, objects, geometry),
                             device=pick_device("auto"), source=f"segmentation {segmentation_node.GetName()!r}",
                             progress=progress)
-        values = {name: value for value, name in label_names(objects).items()}
-        result.metrics["unmatched_segments"] = unmatched_segments(segmentation_node, values)
+        result.metrics["unmatched_segments"] = unmatched_segments(segmentation_node, name_values(objects))
         layers = drr_layers(result.stack.data.numpy(), result.stack.names, geometry.pixel_spacing, self.scene,
                             DRR_PREFIX, reference_node)
         return result, layers

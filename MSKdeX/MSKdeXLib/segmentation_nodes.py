@@ -47,6 +47,11 @@ def label_names(objects: ObjectMap) -> dict[int, str]:
     return names
 
 
+def name_values(objects: ObjectMap) -> dict[str, int]:
+    """Label value for every segment name of :func:`label_names` (its inverse)."""
+    return {name: value for value, name in label_names(objects).items()}
+
+
 def _color_table(scene, names: Mapping[int, str], node_name: str):
     """A user colour table whose entry ``value`` is named ``names[value]`` (others unnamed)."""
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", node_name)

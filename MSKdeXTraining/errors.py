@@ -9,8 +9,13 @@ class InputError(ValueError):
     """Input data that MSKdeX cannot use; the message names the file and the field."""
 
 
+class TrainingDiverged(RuntimeError):
+    """A training whose losses became NaN or infinite (too high a learning rate or loss weight for
+    the data); the message names the epoch, the terms and the last checkpoint kept."""
+
+
 #: What bad input raises (CLI exit code 2, a one-line message, no traceback): InputError, and the
 #: OS errors of a missing input, an output that exists or would overwrite an input, a path of the
-#: wrong kind or without permission.
+#: wrong kind or without permission; and a training that diverged on its config and data.
 INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                PermissionError)
+                PermissionError, TrainingDiverged)

@@ -6,7 +6,8 @@ pixels, centred, with the model's pixel size at the isocentre given the radiogra
 magnification; Gaussian anti-aliasing when shrinking), windows its intensities to [0, 1] as
 the training radiographs were (:func:`~.radiograph_io.unit_range`), predicts the (3, N, H, W) DRR stack in
 physical units per area of that detector and reads the per-object volume (cm3, VDRR sum x
-pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it. A radiograph of
+pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it (a NaN or infinite
+prediction, of a model whose training diverged, is an error, not a result). A radiograph of
 unknown magnification is taken at the model's reference magnification, and the result says
 so (volumes and masses scale with the square of the magnification's error).
 
@@ -51,7 +52,7 @@ from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .modelio import ORIENTATIONS
 from .progress import Progress
-from .radiograph_io import HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, sidecar_path, stem as file_stem
+from .radiograph_io import HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, read_sidecar_path, stem as file_stem
 from .training.data import resize
 
 
@@ -271,7 +272,9 @@ class Decomposer:
 
     def decompose(self, radiograph: Radiograph, tta: int = 8, seed: int = 0,
                   progress: Progress | None = None) -> Decomposition:
-        """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity)."""
+        """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity). A
+        prediction that is NaN or infinite anywhere (any augmentation) is an :class:`InputError`
+        naming the radiograph, the model and the objects: no table of empty values."""
         if tta < 1:
             raise InputError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
         if seed < 0:
@@ -283,6 +286,12 @@ class Decomposer:
         drrs = per_pixel_area(self.predict(np.stack([a.apply(x) for a in augs]),
                                            lambda f, m: report(0.1 + 0.8 * f, m)),
                               self.geometry.pixel_area_cm2, detector.pixel_area_cm2)
+        finite = np.isfinite(drrs).all(axis=(0, 1, 3, 4))  # per object, over augmentations and DRR types
+        if not finite.all():
+            raise InputError(f"{radiograph.source.get('path', 'the radiograph')}: the model "
+                             f"{self.origin.get('run', '')} predicts NaN or infinite DRRs for "
+                             f"{', '.join(n for n, ok in zip(self.names, finite) if not ok)}; no result: "
+                             "a model whose training diverged cannot be used, retrain it")
         report(0.9, "tabulating")
         sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * detector.pixel_area_cm2  # (T, 3, N)
         vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
@@ -453,14 +462,14 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     A ``target`` holding any other decomposition is refused (FileExistsError), never
     overwritten (files without ``decomposition.json``, which is written last, are the leftovers
     of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
-    sidecar = sidecar_path(path)
+    sidecar = read_sidecar_path(path)  # a NIfTI/NRRD/MHA file's: other formats read none
     options = {"table_version": TABLE_VERSION,
                "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
                "magnification": magnification, "tta": tta, "seed": seed,
                "model_sha256": decomposer.origin.get("weights_sha256"),
                "model_json_sha256": decomposer.origin.get("metadata_sha256"),
                "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
-               "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None,
+               "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
                "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
     summary = {"input": str(path), "output": str(target)}
     done = target / "decomposition.json"  # written last: without it, other files are leftovers
@@ -500,7 +509,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     be used, which does not stop the others: its input error, or any other exception with its
     type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
     done, so an interrupted batch resumes). An output folder holding a result of other input,
-    settings or model stops the batch (FileExistsError): the batch belongs in another ``out``."""
+    settings or model is that file's error (FileExistsError's message), never overwritten."""
     report = progress or (lambda f, m: None)
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs, root))):
@@ -508,9 +517,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         try:
             summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
                                             magnification)[0])
-        except FileExistsError:  # a refusal to overwrite: the whole batch belongs elsewhere
-            raise
-        except INPUT_ERRORS as e:  # one file's bad input, reported with the others' results
+        except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
             summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
         except Exception as e:  # a bug on one file: reported with its traceback, the others go on
             summaries.append({"input": str(path), "output": str(out / name),

@@ -127,8 +127,11 @@ def check_dataset(meta: dict, manifest: dict, source: str) -> None:
 
 
 def save_model(run: str | Path, generator: Generator, meta: dict) -> Path:
-    """Write ``run/model.safetensors`` (G's weights) and ``run/model.json`` (``meta``)."""
+    """Write ``run/model.safetensors`` (G's weights) and ``run/model.json`` (``meta``), the JSON
+    last: a model saved again (a finished run trained on) drops its old JSON first, so a kill in
+    between leaves no old JSON beside the new weights (a resume saves the model again)."""
     run = Path(run)
+    (run / "model.json").unlink(missing_ok=True)
     write_safetensors(run / "model.safetensors", generator.state_dict())
     write_json(run / "model.json", {"format": FORMAT, "version": VERSION, "code_version": __version__,
                                     "drr_types": DRR_TYPES, "units": UNITS, **meta})

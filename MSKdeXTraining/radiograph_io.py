@@ -6,10 +6,14 @@ PresentationLUTShape and PixelIntensityRelationshipSign, which devices do not wr
 consistently, are recorded, not applied: decomposition flags a film whose bone is dark), the
 detector pixel spacing (row, column) in mm, and a record of where each value came from.
 
-DICOM pixel data is decoded by pydicom, else by SimpleITK's GDCM (JPEG Lossless and JPEG-LS,
-which pydicom decodes only with plugins). A numeric field that is empty, multi-valued or not a
-number is an error naming the file and the tag (a source distance or magnification factor is
-not used instead, and ``magnification_problem`` says why; an empty one counts as absent).
+DICOM pixel data is decoded by pydicom; a compressed transfer syntax that pydicom decodes only
+with plugins (JPEG Lossless, JPEG-LS) by SimpleITK's GDCM, never an uncompressed one (GDCM pads
+short pixel data with zeros): uncompressed PixelData shorter than its image is refused, as is
+compressed PixelData that ends before its delimiter. pydicom's warnings about the file go to
+the error or the result's notes, not to the terminal. A numeric field that is empty,
+multi-valued or not a number is an error naming the file and the tag (a source distance or
+magnification factor is not used instead, and ``magnification_problem`` says why; an empty one
+counts as absent).
 DICOM pixel padding (PixelPaddingValue (0028,0120), up to PixelPaddingRangeLimit (0028,0121))
 is recorded (:attr:`Radiograph.padding`) and :func:`unit_range` leaves it out of the
 intensity window. A picture is turned upright as its EXIF Orientation says, and noted.
@@ -23,7 +27,8 @@ are the placeholders written when the spacing is unknown and are refused, as is 
 implausible spacing (outside
 :data:`SPACING_RANGE_MM`, a field of view outside :data:`FOV_RANGE_MM`, or a row/column
 aspect beyond 2): the error names the file and the field and says to pass the spacing
-explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence.
+explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence (held to
+the field of view and the aspect only; an implausible one is an error saying to check it).
 
 Magnification (source-detector over source-isocentre distance, which models need to see
 every patient at the same scale) is read when the file has it: DICOM
@@ -34,7 +39,8 @@ as is, it would underestimate their magnification by 10-15 %); a PixelSpacing ca
 (PixelSpacingCalibrationType (0028,0A02) present, no ImagerPixelSpacing, no spacing given by the
 caller) already is at the patient's scale (magnification 1 for it), and beside ImagerPixelSpacing
 (without the factor or the distances) the ratio ImagerPixelSpacing / PixelSpacing is the
-magnification; a cohort radiograph's ``mskdex-xray`` sidecar. An
+magnification (a placeholder PixelSpacing of 1.0 x 1.0 beside ImagerPixelSpacing is not
+compared); a cohort radiograph's ``mskdex-xray`` sidecar. An
 explicit ``magnification=`` / ``--magnification`` takes precedence; a value outside
 :data:`MAGNIFICATION_RANGE` is refused. It stays ``None`` when unknown (the caller decides).
 """
@@ -43,7 +49,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +73,18 @@ PLACEHOLDER_SPACING_MM = (1.0, 1.0)
 SPACING_TAGS = {"ImagerPixelSpacing": "(0018,1164)", "PixelSpacing": "(0028,0030)"}
 #: Relative difference of ImagerPixelSpacing and PixelSpacing above which the result notes it.
 SPACING_DIFFERENCE = 0.01
+#: Transfer syntaxes whose pixel data is stored uncompressed (implicit VR little endian, explicit
+#: VR little endian, explicit VR big endian, deflated explicit VR little endian): its length is
+#: checked against the image's.
+UNCOMPRESSED_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
+                                  "1.2.840.10008.1.2.1.99")
+#: Transfer syntaxes pydicom decodes without plugins: the uncompressed ones, encapsulated
+#: uncompressed and RLE Lossless. Pixel data of these that pydicom cannot decode is refused,
+#: never handed to GDCM.
+NATIVE_TRANSFER_SYNTAXES = UNCOMPRESSED_TRANSFER_SYNTAXES + ("1.2.840.10008.1.2.1.98", "1.2.840.10008.1.2.5")
+#: The image fields (group 0028) pydicom decodes with: one that is empty or not a number is an
+#: error naming it before decoding.
+PIXEL_FIELDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
 #: SOP class of a DICOM media directory (DICOMDIR), listed beside the images of an export.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 #: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
@@ -186,6 +206,12 @@ def read_radiograph(path: str | Path,
     if bad:
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
     if explicit is not None:
+        if spacing is not None and not np.allclose(explicit, spacing, rtol=SPACING_DIFFERENCE, atol=0):
+            area = explicit[0] * explicit[1] / (spacing[0] * spacing[1])
+            source.setdefault("notes", []).append(
+                f"the pixel spacing given, {list(explicit)} mm, was used instead of the file's own "
+                f"{list(spacing)} mm ({source['spacing_field']}): volumes and masses are {area:.3g}x "
+                "what the file's spacing gives")
         source["spacing_field"] = "argument (pixel_spacing)"
         source["spacing_in_file"] = None if spacing is None else list(spacing)
         spacing = explicit
@@ -195,8 +221,11 @@ def read_radiograph(path: str | Path,
             "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
     if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse
         # a spacing given by the user wins over the plausible-range check of file fields
-        check_spacing(path, array.shape, spacing, source["spacing_field"],
-                      spacing_range=SPACING_RANGE_MM if explicit is None else (0.0, float("inf")))
+        if explicit is None:
+            check_spacing(path, array.shape, spacing, source["spacing_field"])
+        else:
+            check_spacing(path, array.shape, spacing, source["spacing_field"], "check the value given "
+                          "(--pixel-spacing, mm at the detector)", spacing_range=(0.0, float("inf")))
     if magnification is not None:
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
@@ -231,7 +260,8 @@ def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float
     if not all(lo <= s <= hi for s in spacing):
         problems.append(f"spacing {list(spacing)} mm is outside [{lo}, {hi}] mm")
     elif not all(FOV_RANGE_MM[0] <= f <= FOV_RANGE_MM[1] for f in fov):
-        problems.append(f"field of view {np.round(fov, 1).tolist()} mm is outside "
+        axes = " by ".join(f"{n} x {s:g} = {f:.1f} mm" for n, s, f in zip(shape, spacing, fov))
+        problems.append(f"field of view {axes} (rows by columns) is outside "
                         f"[{FOV_RANGE_MM[0]}, {FOV_RANGE_MM[1]}] mm")
     elif max(spacing) / min(spacing) > 2.0:
         problems.append(f"row/column spacing ratio {max(spacing) / min(spacing):.2f} is above 2")
@@ -260,6 +290,13 @@ def sidecar_path(path: str | Path) -> Path:
     """Where a radiograph's ``<stem>.json`` sidecar would be."""
     path = Path(path)
     return path.with_name(stem(path) + ".json")
+
+
+def read_sidecar_path(path: str | Path) -> Path | None:
+    """The sidecar :func:`read_radiograph` reads for ``path``: a NIfTI/NRRD/MHA file's
+    ``<stem>.json`` when there is one (other formats read none), else ``None``."""
+    side = sidecar_path(path)
+    return side if known_suffix(Path(path)) in ITK_SUFFIXES and side.is_file() else None
 
 
 def _sidecar(path: str | Path) -> dict | None:
@@ -321,22 +358,32 @@ def _read_dicom(path: Path, file_spacing: bool = True):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError) as e:
-        raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
-                         f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
-    if "PixelData" not in ds:
-        raise InputError(f"{path}: DICOM file has no PixelData (7FE0,0010)")
-    frames = _dicom_number(ds, "NumberOfFrames", path, 1.0, may_be_empty=True) or 1
-    if frames != 1:
-        raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
-              "presentation_intent": str(ds.get("PresentationIntentType", "")),
-              "photometric_interpretation": photometric,
-              "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
-    raw = _dicom_pixels(ds, path, source)
+    with warnings.catch_warnings(record=True) as caught:  # pydicom's warnings about the file: to
+        warnings.simplefilter("always", UserWarning)      # the error or the notes, not the terminal
+        try:
+            ds = pydicom.dcmread(path)
+        except (InvalidDicomError, OSError) as e:
+            raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
+                             f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
+        if "PixelData" not in ds:
+            said = "; ".join(_warned(caught))
+            raise InputError(f"{path}: PixelData (7FE0,0010) is missing or truncated"
+                             f"{f' (pydicom: {said})' if said else ''}; expected the image's pixels")
+        frames = _dicom_number(ds, "NumberOfFrames", path, 1.0, may_be_empty=True) or 1
+        if frames != 1:
+            raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
+                  "presentation_intent": str(ds.get("PresentationIntentType", "")),
+                  "photometric_interpretation": photometric,
+                  "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
+        raw = _dicom_pixels(ds, path, source)
+    for w in caught:  # other warnings (deprecations) are for developers: passed on
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    warned = _warned(caught)
+    if warned:
+        source.setdefault("notes", []).extend(f"pydicom, reading the file: {m}" for m in warned)
     bits = int(_dicom_number(ds, "BitsStored", path, 8 * raw.dtype.itemsize))
     source["bits_stored"] = bits
     for keyword, key in (("PresentationLUTShape", "presentation_lut_shape"),
@@ -402,22 +449,51 @@ def _dicom_number(ds, keyword: str, path: Path, default: float | None = None,
     raise InputError(f"{path}: {keyword} {_tag(keyword)} is {problem}; expected one number")
 
 
+def _warned(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The distinct UserWarnings of ``caught``, one line each, in order."""
+    return list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught
+                              if issubclass(w.category, UserWarning)))
+
+
 def _dicom_pixels(ds, path: Path, source: dict) -> np.ndarray:
-    """The stored pixel values of ``ds``: decoded by pydicom, else by SimpleITK's GDCM (JPEG
-    Lossless and JPEG-LS, which pydicom decodes only with plugins); ``source`` records which."""
+    """The stored pixel values of ``ds``: decoded by pydicom, else, for a transfer syntax outside
+    :data:`NATIVE_TRANSFER_SYNTAXES` (JPEG Lossless and JPEG-LS, which pydicom decodes only with
+    plugins), by SimpleITK's GDCM; ``source`` records which. Uncompressed PixelData shorter than
+    the image (one frame) is refused."""
+    syntax = source["transfer_syntax"]
+    fields = {k: _dicom_number(ds, k, path) for k in PIXEL_FIELDS}  # a malformed one named, not in pydicom's words
+    if syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:
+        _check_pixel_length(ds, path, syntax, fields)
     try:
         raw = ds.pixel_array
         source["pixel_decoder"] = "pydicom"
         return raw
     except Exception as e:  # pydicom raises many types for undecodable pixel data
         problem = " ".join(str(e).split())  # one line
+    if not syntax or syntax in NATIVE_TRANSFER_SYNTAXES:
+        raise InputError(f"{path}: cannot decode PixelData (transfer syntax {syntax or '?'}): {problem}")
     try:
         raw = _gdcm_pixels(ds)
     except RuntimeError as e:
-        raise InputError(f"{path}: cannot decode PixelData (transfer syntax {source['transfer_syntax'] or '?'}): "
+        raise InputError(f"{path}: cannot decode PixelData (transfer syntax {syntax}): "
                          f"pydicom: {problem}; SimpleITK: {str(e).strip().splitlines()[-1]}") from None
     source["pixel_decoder"] = "SimpleITK (GDCM)"
     return raw
+
+
+def _check_pixel_length(ds, path: Path, syntax: str, fields: dict[str, float | None]) -> None:
+    """:class:`InputError` naming ``path`` and both byte counts when the uncompressed PixelData of
+    ``ds`` (a truncated file) is shorter than Rows x Columns x SamplesPerPixel x BitsAllocated / 8
+    (``fields``: those of :data:`PIXEL_FIELDS`); a missing field is left to pydicom's error."""
+    sizes = {k: fields[k] for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
+    if None in sizes.values():
+        return
+    expected = math.ceil(math.prod(sizes.values()) / 8)
+    stored = len(ds.PixelData)
+    if stored < expected:
+        raise InputError(f"{path}: PixelData (7FE0,0010) holds {stored} bytes; expected {expected} "
+                         f"({' x '.join(f'{k} {v:g}' for k, v in sizes.items())} / 8, uncompressed "
+                         f"transfer syntax {syntax}): the file is truncated or its image fields are wrong")
 
 
 def _gdcm_pixels(ds) -> np.ndarray:
@@ -476,7 +552,7 @@ def _dicom_padding(ds, path: Path, raw: np.ndarray, source: dict) -> tuple[int, 
 def _dicom_spacing(ds, source: dict) -> tuple[tuple[float, float] | None, float | None]:
     """The detector spacing (row, column mm) of ``ds``, ImagerPixelSpacing, else PixelSpacing
     unless it is the placeholder (``source`` records the field used, or the problem), and the
-    magnification the two give (:func:`_spacing_ratio`)."""
+    magnification the two give (:func:`_spacing_ratio`; not with a placeholder PixelSpacing)."""
     spacings = {}
     for keyword, tag in SPACING_TAGS.items():
         value = ds.get(keyword)
@@ -503,7 +579,7 @@ def _dicom_spacing(ds, source: dict) -> tuple[tuple[float, float] | None, float 
                                              "PixelSpacing (0028,0030) is present")
     source.setdefault("spacing_field", "none")
     ratio = None
-    if len(spacings) == 2:
+    if len(spacings) == 2 and spacings["PixelSpacing"] != PLACEHOLDER_SPACING_MM:  # a placeholder: no ratio
         ratio = _spacing_ratio(ds, source, spacings["ImagerPixelSpacing"], spacings["PixelSpacing"])
     return spacing, ratio
 

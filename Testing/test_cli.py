@@ -87,6 +87,13 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "geometry options: detector size must be >= 1 pixel, got 0x256"),
     (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
      "--pixel-spacing takes one or two values (mm), got 3"),
+    # decompose's --out: a file, or under one, is refused before the model is loaded
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/afile"],
+     "--out {tmp}/afile: it is a file; expected a folder (new or existing) for the results"),
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}", "--out", "{tmp}/afile/o"],
+     "--out {tmp}/afile/o: {tmp}/afile is a file; expected a folder"),
+    # demo's --dataset-px (argparse, before the cohort is generated; --n 3 would stop later)
+    (["demo", "--n", "3", "--out", "{tmp}/d", "--dataset-px", "0"], "argument --dataset-px: must be >= 1, got 0"),
 ])
 def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
     """Exit code 2 and one message naming the option (argparse's own usage errors exit 2 too)."""
@@ -96,7 +103,7 @@ def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
     except SystemExit as stop:  # an option argparse refuses while parsing
         code = stop.code
     err = capsys.readouterr().err
-    assert code == 2 and says in err and "Traceback" not in err, err
+    assert code == 2 and says.format(tmp=tmp_path) in err and "Traceback" not in err, err
     assert err.count("error:") == 1, err  # one message
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]  # refused before any work: nothing written
 

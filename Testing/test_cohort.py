@@ -175,9 +175,25 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     (b / "cohort.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="'complete' is not true.*rerun the command that wrote it"):
         read_cohort(b)
+    generate.generate_cohort(2, 3, b, "test", workers=1)  # as a killed run leaves it: resumed, complete
+    assert {f: (b / f).stat().st_mtime_ns for f in stamps} == stamps
+    read_cohort(b)
     (b / "cohort.json").write_text("[1]")
     with pytest.raises(InputError, match="cohort.json: expected a JSON object"):
         generate.generate_cohort(2, 3, b, "test", workers=1)
+
+
+def test_a_folder_of_other_files_is_refused_untouched(tmp_path):
+    """A cohort writes into a new or empty folder (hidden files aside), or resumes its own: a
+    folder without cohort.json that holds files is refused before any work, its ``case_0000``
+    without truth.json (not a case of this cohort) left in place."""
+    (tmp_path / ".hidden").write_text("")
+    (tmp_path / "case_0000").mkdir()
+    (tmp_path / "case_0000" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match=f"{tmp_path}: holds files but no cohort.json; expected a new or empty "
+                                         "folder, or a cohort to resume"):
+        generate.generate_cohort(1, 3, tmp_path, "test", workers=1)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [".hidden", "case_0000", "notes.txt"]
 
 
 def test_hu_ranges_per_tissue():

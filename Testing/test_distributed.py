@@ -66,6 +66,9 @@ def test_torchrun_two_processes_equal_one(tmp_path):
         assert float(diff.mean()) < 3e-4 and float(diff.max()) < 2e-3, k
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
         "epoch_0001.json", "epoch_0001.safetensors", "epoch_0002.json", "epoch_0002.safetensors"]
+    # rank 0 gathered both processes' pools and RNG states into the checkpoint
+    ranks = json.loads((two / "checkpoints" / "epoch_0002.json").read_text())["state"]["ranks"]
+    assert len(ranks) == 2 and all(set(r) == {"pool_x", "pool_d", "rng"} for r in ranks)
 
 
 def test_device_names_are_checked():

@@ -64,6 +64,11 @@ def toy_film_file(data: Path, index: int, path: Path) -> Path:
     return path
 
 
+def errors(summaries: list[dict]) -> list[str]:
+    """The errors of a batch's summaries, one per file that failed."""
+    return [s["error"] for s in summaries if "error" in s]
+
+
 def toy_radiograph(data: Path, index: int) -> Radiograph:
     ds = PreparedDataset(data)
     x = ds.load(index)["xray"][0].numpy()
@@ -294,9 +299,9 @@ def test_batch_over_uid_named_and_suffixless_dicoms(shared_data, decomposer, tmp
     assert [Path(s["output"]).name for s in summaries] == ["1.2.840.113619.1", "1.2.840.113619.2", "IM00001"]
     assert not any(s.get("skipped") for s in summaries)
     (folder / "IM00001").rename(folder / "1.2.840.113619.1")  # another file, same output folder
-    with pytest.raises(FileExistsError, match="holds a result of other input content"):
-        decompose_files(decomposer, [folder / "1.2.840.113619.1"], tmp_path / "out",
-                        pixel_spacing=(1.0, 1.0), tta=1)
+    [error] = errors(decompose_files(decomposer, [folder / "1.2.840.113619.1"], tmp_path / "out",
+                                     pixel_spacing=(1.0, 1.0), tta=1))
+    assert "holds a result of other input content" in error
 
 
 def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, decomposer, tmp_path, capsys):
@@ -332,30 +337,29 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     (out / "hip0" / "decomposition.json").unlink()  # interrupted before its last file: redone
     redone = decompose_files(decomposer, files[1:2], out, tta=2)
     assert "ood" in redone[0] and (out / "hip0" / "decomposition.json").is_file()
-    with pytest.raises(FileExistsError, match="other input content, settings or model"):
-        decompose_files(decomposer, files[1:], out, tta=3)
-    (folder / "hip0.json").write_text("{}")  # a sidecar beside it (not ours: ignored) is input too
-    with pytest.raises(FileExistsError, match="other input content, settings or model"):
-        decompose_files(decomposer, files[1:2], out, tta=2)
+    refused = errors(decompose_files(decomposer, files[1:], out, tta=3))
+    assert len(refused) == 2 and all("other input content, settings or model" in e for e in refused)
+    (folder / "hip0.json").write_text("{}")  # a sidecar beside an .mha (not ours: ignored) is input too
+    [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
+    assert "other input content, settings or model" in error and "sidecar_sha256" in error
     (folder / "hip0.json").unlink()
     assert decompose_files(decomposer, files[1:2], out, tta=2)[0]["skipped"]
     assert table["source"]["batch"]["model_json_sha256"] == hashlib.sha256((run / "model.json").read_bytes()).hexdigest()
     calibrated = Decomposer(decomposer.model, calibration={  # the run got a calibration.json since
         "sha256": "c" * 64, "level": 0.9, "held_out_ids": ["a"] * 9,
         "objects": {n: {"volume_log_q": 0.1, "mass_log_q": 0.2} for n in decomposer.names}})
-    with pytest.raises(FileExistsError, match="other input content, settings or model .*differs in: "
-                                              "calibration_sha256\\)"):
-        decompose_files(calibrated, files[1:2], out, tta=2)
+    [error] = errors(decompose_files(calibrated, files[1:2], out, tta=2))
+    assert "other input content, settings or model" in error and "differs in: calibration_sha256)" in error
     written = (out / "hip0" / "decomposition.json").read_text()
     older = json.loads(written)
     del older["source"]["batch"]["table_version"]  # as decomposition v1 wrote it
     (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
-    with pytest.raises(FileExistsError, match="another MSKdeX version .*format v1; this one writes v2"):
-        decompose_files(decomposer, files[1:2], out, tta=2)
+    [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
+    assert "another MSKdeX version (decomposition format v1; this one writes v2)" in error
     (out / "hip0" / "decomposition.json").write_text(written)
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
-    with pytest.raises(FileExistsError, match="hip0.mha"):
-        decompose_files(decomposer, files[1:], out, tta=2)
+    summaries = decompose_files(decomposer, files[1:], out, tta=2)
+    assert "hip0.mha" in summaries[0]["error"] and summaries[1]["skipped"]
     code = main(["decompose", "--model", str(run), "--xray", str(folder), "--out", str(tmp_path / "cli"),
                  "--tta", "1"])
     err = capsys.readouterr().err
@@ -491,12 +495,12 @@ def test_batch_resume_refuses_another_model_or_magnification(trained, decomposer
     xray = toy_film_file(data, 0, tmp_path / "hip.mha")
     out = tmp_path / "out"
     decompose_files(decomposer, [xray], out, tta=1)
-    with pytest.raises(FileExistsError, match=r"other input content, settings or model .*\(differs in: magnification\)"):
-        decompose_files(decomposer, [xray], out, tta=1, magnification=1.3)
+    [error] = errors(decompose_files(decomposer, [xray], out, tta=1, magnification=1.3))
+    assert "other input content, settings or model" in error and "(differs in: magnification)" in error
     retrained = copy.copy(decomposer.model)
     retrained.origin = {**decomposer.model.origin, "weights_sha256": "0" * 64}
-    with pytest.raises(FileExistsError, match=r"other input content, settings or model .*\(differs in: model_sha256\)"):
-        decompose_files(Decomposer(retrained), [xray], out, tta=1)
+    [error] = errors(decompose_files(Decomposer(retrained), [xray], out, tta=1))
+    assert "other input content, settings or model" in error and "(differs in: model_sha256)" in error
 
 
 def test_a_write_cut_short_leaves_no_table_and_is_redone(trained, decomposer, tmp_path, monkeypatch):
@@ -601,3 +605,57 @@ def test_reading_notes_and_padding_reach_the_result(trained, decomposer):
     assert "128 padding pixel(s) left out" in result.source["resampling"]["intensity"]
     unpadded = Radiograph(film.array, film.pixel_spacing, {**film.source, "padding_range": None})
     assert not np.allclose(decomposer.model_input(unpadded)[0], result.xray)
+
+
+def test_a_refused_output_folder_is_one_files_error_and_the_batch_goes_on(trained, decomposer, tmp_path, capsys):
+    """An output folder holding another result (other options here) is that file's error,
+    reported with the others (exit code 2 at the end); the files after it are decomposed."""
+    from MSKdeXTraining.cli import main
+
+    data, run = trained
+    folder = tmp_path / "in"
+    folder.mkdir()
+    films = [toy_film_file(data, i, folder / f"hip{i}.mha") for i in (0, 1)]
+    out = tmp_path / "out"
+    decompose_files(decomposer, films[:1], out, tta=1)
+    summaries = decompose_files(decomposer, films, out, tta=2)
+    assert "hip0" in summaries[0]["error"] and "differs in: tta" in summaries[0]["error"]
+    assert "ood" in summaries[1] and (out / "hip1" / "decomposition.json").is_file()
+    (out / "hip1" / "decomposition.json").unlink()
+    code = main(["decompose", "--model", str(run), "--xray", str(folder), "--out", str(out), "--tta", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "hip0" in err and "1 of 2 file(s) could not be used" in err
+    assert (out / "hip1" / "decomposition.json").is_file()
+
+
+def test_a_json_beside_a_dicom_is_not_its_sidecar(trained, decomposer, tmp_path):
+    """Only NIfTI/NRRD/MHA files read a ``<stem>.json`` sidecar: a user's hip.json beside hip.dcm,
+    changed since, does not block the re-run of hip.dcm."""
+    from test_radiograph_io import write_dicom
+
+    ramp = (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16)
+    film = write_dicom(tmp_path / "hip.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    (tmp_path / "hip.json").write_text('{"patient": "notes"}')
+    decompose_files(decomposer, [film], tmp_path / "out", tta=1)
+    (tmp_path / "hip.json").write_text('{"patient": "other notes"}')
+    [summary] = decompose_files(decomposer, [film], tmp_path / "out", tta=1)
+    assert summary.get("skipped"), summary
+
+
+def test_non_finite_predictions_are_an_error_naming_the_objects(trained, decomposer):
+    """A model predicting NaN (here for one object, in one augmentation) gives no table of empty
+    values: an error naming the radiograph, the model and the object."""
+    broken = copy.copy(decomposer.model)
+    real = decomposer.model.predict
+
+    def predict(x):
+        y = real(x).clone()
+        y[-1, :, 1] = float("nan")
+        return y
+
+    broken.predict = predict
+    r = toy_radiograph(trained[0], 0)
+    r.source["path"] = "hip.mha"
+    with pytest.raises(InputError, match=rf"hip.mha: the model .* predicts NaN or infinite DRRs for "
+                                         rf"{decomposer.names[1]}; no result"):
+        Decomposer(broken).decompose(r, tta=2)  # the un-augmented prediction is finite: checked all

@@ -200,3 +200,24 @@ def test_model_from_a_newer_minor_version_is_refused(tmp_path):
         check_code_version(f"{major}.{minor + 1}.0", "model.json")
     with pytest.raises(ModelFormatError, match=f"written by MSKdeX {major + 1}.0.0"):
         check_code_version(f"{major + 1}.0.0", "model.json")
+
+
+def test_a_model_saved_again_drops_its_old_json_before_the_weights(run, tmp_path, monkeypatch):
+    """A kill while a finished run's model is saved again (a resume to more epochs) leaves no
+    model.json describing other weights: the run loads nothing until the resume saves both."""
+    from MSKdeXTraining import modelio
+
+    dst = copy_run(run[0], tmp_path)
+    model = load_model(dst)
+    meta = {k: v for k, v in json.loads((dst / "model.json").read_text()).items()
+            if k not in ("format", "version", "code_version", "drr_types", "units")}
+
+    def killed(path, tensors):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(modelio, "write_safetensors", killed)
+    with pytest.raises(KeyboardInterrupt):
+        modelio.save_model(dst, model.generator, meta)
+    assert not (dst / "model.json").exists() and (dst / "model.safetensors").is_file()
+    with pytest.raises(ModelFormatError, match="model.json: file not found"):
+        load_model(dst)

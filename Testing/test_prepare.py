@@ -556,3 +556,78 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
             assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out", workers=1)
         if "source distances" in message:  # found before case 'a' was written
             assert not (tmp_path / "out").exists()
+
+
+def _table(path, rows: list[str]) -> None:
+    """A pairs table whose rows end with a film's spacing and source distances (:func:`_film`)."""
+    path.write_text("\n".join(["case,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm", *rows]) + "\n")
+
+
+def _film(cohort, case: str) -> str:
+    """The pixel spacing, SDD and SOD of a cohort case's film, as a table's last fields."""
+    g = json.loads((cohort / case / "xray.json").read_text())["geometry"]
+    return f"{g['pixel_spacing'][0]},{g['sdd']},{g['sod']}"
+
+
+def test_assemble_never_removes_an_input(cohort, tmp_path):
+    """Inputs inside a case folder of --out would go with it when the case is (re)made: refused
+    before any work, naming the row and field, whether --out is the inputs' own folder or an
+    assembled cohort whose labels were edited in place."""
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+
+    given = _film(cohort, "case_0000")
+    data = tmp_path / "data"
+    (data / "caseA").mkdir(parents=True)
+    for name, copy in [("ct.nii.gz", "ct_orig.nii.gz"), ("labels.nii.gz", "seg.nii.gz"), ("xray.mha", "film.mha")]:
+        shutil.copy(cohort / "case_0000" / name, data / "caseA" / copy)
+    _table(data / "pairs.csv", [f"caseA,caseA/ct_orig.nii.gz,caseA/seg.nii.gz,caseA/film.mha,{given}"])
+    with pytest.raises(InputError, match=r"pairs.csv line 2 \(case 'caseA'\): field 'ct': .*caseA/ct_orig.nii.gz "
+                                         r"lies in the case folder .*data/caseA, which assemble replaces"):
+        assemble_cohort(data / "pairs.csv", "synthetic", data, workers=1)
+    assert sorted(p.name for p in (data / "caseA").iterdir()) == ["ct_orig.nii.gz", "film.mha", "seg.nii.gz"]
+    assert not (data / "cohort.json").exists()
+    out = tmp_path / "out"
+    assemble_cohort(data / "pairs.csv", "synthetic", out, workers=1)
+    edited = out / "caseA" / "labels.nii.gz"
+    _table(data / "pairs.csv", [f"caseA,caseA/ct_orig.nii.gz,{edited},caseA/film.mha,{given}"])
+    with pytest.raises(InputError, match=r"line 2 \(case 'caseA'\): field 'labels': .* lies in the case folder"):
+        assemble_cohort(data / "pairs.csv", "synthetic", out, workers=1)
+    assert edited.is_file()
+
+
+def test_assemble_writes_only_into_its_own_cohort_and_cases(cohort, tmp_path):
+    """A folder of other files, another (synthetic) cohort, and a case folder that assemble did
+    not make (a file put in it, or made by hand) are refused before any work, left as they are."""
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+
+    def row(case: str) -> str:
+        folder = cohort / case
+        return f"{case},{folder}/ct.nii.gz,{folder}/labels.nii.gz,{folder}/xray.mha,{_film(cohort, case)}"
+
+    table = tmp_path / "pairs.csv"
+    _table(table, [row("case_0000")])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    synthetic = tmp_path / "synthetic"
+    shutil.copytree(cohort, synthetic)
+    for out, message in [(other, r"other: holds files but no cohort.json; expected a new or empty folder"),
+                         (synthetic, r"synthetic/cohort.json: field 'generator' is \{'name': 'mskdex cohort'")]:
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        with pytest.raises(InputError, match=message):
+            assemble_cohort(table, "synthetic", out, workers=1)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    out = tmp_path / "own"
+    assemble_cohort(table, "synthetic", out, workers=1)
+    (out / "case_0000" / "notes.txt").write_text("mine")
+    (out / "case_0001").mkdir()
+    shutil.copy(cohort / "case_0001" / "ct.nii.gz", out / "case_0001")
+    _table(table, [row("case_0000"), row("case_0001")])
+    with pytest.raises(InputError, match=r"line 2 \(case 'case_0000'\): .*own/case_0000: exists but is no case that "
+                                         r"assemble made \(it also holds \['notes.txt'\]\)"):
+        assemble_cohort(table, "synthetic", out, workers=1)
+    (out / "case_0000" / "notes.txt").unlink()
+    with pytest.raises(InputError, match=r"line 3 \(case 'case_0001'\): .*own/case_0001: exists but is no case that "
+                                         r"assemble made \(no truth.json with field 'assembled_from'\)"):
+        assemble_cohort(table, "synthetic", out, workers=1)
+    assert [p.name for p in (out / "case_0001").iterdir()] == ["ct.nii.gz"]

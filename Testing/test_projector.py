@@ -2,6 +2,7 @@
 
 import math
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging import hu
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
 from MSKdeXTraining.imaging.projector import (Splatter, _box_weights, footprint_mm,
-                                              project_objects, subdivision)
+                                              project_objects, subdivision, voxel_amounts)
 from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec
 
@@ -335,3 +336,27 @@ def test_labels_on_another_grid_are_refused_naming_both():
     shifted = Volume(labels.array, labels.spacing, labels.origin + 1.0, labels.direction)
     with pytest.raises(ValueError, match=r"seg.nii: label grid differs from the CT: origin"):
         project_objects(ct, shifted, ONE, Geometry(rows=16, cols=16), np.eye(4), source="seg.nii")
+
+
+def test_integer_hu_far_off_the_scale_are_converted_without_a_table():
+    """Integer HU go through a lookup table over their range; an outlier far off the HU scale
+    (INT32_MIN would make it 50 GB) is converted directly, to the same values as floats."""
+    is_muscle = np.array([True, False, True, False])
+    ct = np.array([-1000, 40, 1200, 10_000_000], np.int32)
+    tracemalloc.start()
+    try:
+        amounts = voxel_amounts(ct, is_muscle, 0.027)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    np.testing.assert_array_equal(amounts, voxel_amounts(ct.astype(np.float64), is_muscle, 0.027))
+    np.testing.assert_allclose(voxel_amounts(ct[:3], is_muscle[:3], 0.027), amounts[:3], rtol=1e-6)
+
+
+def test_voxels_wider_than_256_pixels_are_refused_naming_the_spacings():
+    ct, labels = ellipsoid((5, 5, 5), 1.0)
+    g = Geometry(rows=16, cols=16, pixel_spacing=(0.001, 0.001))
+    with pytest.raises(InputError, match=r"^CT spacing \[1.0, 1.0, 1.0\] mm against detector pixel_spacing "
+                                         r"\[0.001, 0.001\] mm: voxels project to more than 256 pixels"):
+        project_objects(ct, labels, ONE, g, default_ap_pose((0, 0, 0), g), source="seg.nii")

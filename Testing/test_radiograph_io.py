@@ -114,6 +114,19 @@ def test_dicom_without_spacing_is_an_error_unless_given(tmp_path, ramp):
     assert r.pixel_spacing == (0.5, 0.5) and r.source["spacing_field"].startswith("argument")
 
 
+def test_a_given_spacing_that_overrides_the_files_own_is_noted(tmp_path, ramp):
+    """--pixel-spacing for the pictures of a mixed folder also applies to its DICOMs: where a
+    file's own spacing differs, the result says so and by how much the volumes change."""
+    f = write_dicom(tmp_path / "a.dcm", ramp, bits=12, ImagerPixelSpacing=[0.4, 0.4])
+    r = read_radiograph(f, pixel_spacing=0.5)
+    assert r.pixel_spacing == (0.5, 0.5) and r.source["spacing_in_file"] == [0.4, 0.4]
+    [note] = [n for n in r.source.get("notes", []) if "pixel spacing given" in n]
+    assert "[0.5, 0.5] mm, was used instead of the file's own [0.4, 0.4] mm (ImagerPixelSpacing" in note
+    assert "1.56x what the file's spacing gives" in note
+    same = read_radiograph(f, pixel_spacing=0.402)  # within 1 %: nothing to say
+    assert not any("pixel spacing given" in n for n in same.source.get("notes", []))
+
+
 def test_implausible_spacing_is_an_error(tmp_path, ramp):
     f = write_dicom(tmp_path / "e.dcm", ramp, bits=12, ImagerPixelSpacing=[5.0, 5.0])
     with pytest.raises(InputError, match=r"e\.dcm.*ImagerPixelSpacing.*outside"):
@@ -555,3 +568,65 @@ def test_pixel_padding_is_left_out_of_the_window_and_set_to_zero(tmp_path, photo
     with pytest.raises(InputError, match=r"a.dcm: every pixel is padding"):
         read_radiograph(write_dicom(tmp_path / "a.dcm", np.zeros_like(film), bits=12,
                                     ImagerPixelSpacing=[0.5, 0.5], PixelPaddingValue=0))
+
+
+def test_truncated_uncompressed_dicom_is_refused_not_padded(tmp_path, ramp):
+    """Uncompressed PixelData shorter than Rows x Columns x bytes per pixel (a file cut short)
+    is an error naming both byte counts, never handed to GDCM, which pads it with zeros."""
+    import pydicom
+
+    f = write_dicom(tmp_path / "t.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    ds = pydicom.dcmread(f)
+    ds.PixelData = ds.PixelData[:20000]
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"t.dcm: PixelData \(7FE0,0010\) holds 20000 bytes; expected 64000 "
+                                         r"\(Rows 200 x Columns 160 x SamplesPerPixel 1 x BitsAllocated 16 / 8, "
+                                         r"uncompressed transfer syntax 1.2.840.10008.1.2.1\)"):
+        read_radiograph(f)
+    whole = write_dicom(tmp_path / "c.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5]).read_bytes()
+    (tmp_path / "c.dcm").write_bytes(whole[:-30000])  # the file itself cut short
+    with pytest.raises(InputError, match=r"c.dcm: PixelData \(7FE0,0010\) holds 34000 bytes; expected 64000"):
+        read_radiograph(tmp_path / "c.dcm")
+
+
+def test_truncated_compressed_dicom_and_pydicom_warnings(tmp_path, ramp):
+    """Compressed PixelData cut before its end is "missing or truncated" with pydicom's reason;
+    pydicom's warnings reach the error or the notes, not the terminal."""
+    import warnings
+
+    import pydicom
+
+    whole = jpeg_lossless_dicom(tmp_path / "j.dcm", ramp).read_bytes()
+    (tmp_path / "j.dcm").write_bytes(whole[:-100])
+    f = write_dicom(tmp_path / "x.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    ds = pydicom.dcmread(f)
+    ds.PixelData = ds.PixelData + bytes(200)  # excess data: pydicom warns and ignores it
+    ds.save_as(f)
+    with warnings.catch_warnings(record=True) as leaked:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"j.dcm: PixelData \(7FE0,0010\) is missing or truncated \(pydicom: "
+                                             r"End of file reached before delimiter"):
+            read_radiograph(tmp_path / "j.dcm")
+        r = read_radiograph(f)
+    assert not [str(w.message) for w in leaked]
+    np.testing.assert_array_equal(r.array, ramp)
+    [note] = r.source["notes"]
+    assert note.startswith("pydicom, reading the file: ") and "200 bytes" in note
+
+
+def test_placeholder_pixel_spacing_beside_imager_spacing_is_not_compared(tmp_path, ramp):
+    """PixelSpacing 1.0\\1.0 beside ImagerPixelSpacing is a placeholder: no magnification note."""
+    r = read_radiograph(write_dicom(tmp_path / "p.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
+                                    PixelSpacing=[1.0, 1.0]))
+    assert r.pixel_spacing == (0.5, 0.5) and r.magnification is None and "notes" not in r.source
+
+
+def test_implausible_user_spacing_says_to_check_it(tmp_path, ramp):
+    """A --pixel-spacing giving an implausible field of view: the error shows it and says to
+    check the value, not to pass one."""
+    f = write_dicom(tmp_path / "e.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    with pytest.raises(InputError, match=r"e.dcm: implausible pixel spacing from argument \(pixel_spacing\): "
+                                         r"field of view 200 x 0.1 = 20.0 mm by 160 x 0.1 = 16.0 mm .*is outside "
+                                         r"\[50.0, 1000.0\] mm; .*check the value given") as refused:
+        read_radiograph(f, pixel_spacing=0.1)
+    assert "e.g. --pixel-spacing 0.15" not in str(refused.value)

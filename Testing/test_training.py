@@ -16,8 +16,8 @@ from MSKdeXTraining.commands import train as train_cmd
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
-from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_order, read_manifest,
-                                          split_folds)
+from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_order, ok_ids,
+                                          read_manifest, split_folds)
 from MSKdeXTraining.training.toy import write_toy_dataset
 from MSKdeXTraining.training.distributed import DistInfo
 from MSKdeXTraining.training.pool import ImagePool
@@ -307,6 +307,61 @@ def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
     assert [r["after_epoch"] for r in env["resumes"]] == [1]
 
 
+def test_a_diverging_run_stops_before_checkpointing_nan_weights(dataset, tmp_path, monkeypatch):
+    """Non-finite epoch losses stop the run with an error naming the epoch, the terms and the
+    checkpoint kept (before, it trained on to the end and died in the OOD statistics)."""
+    from MSKdeXTraining.errors import INPUT_ERRORS, TrainingDiverged
+    from MSKdeXTraining.training.objective import Objective
+
+    epochs = []
+    monkeypatch.setattr(PreparedDataset, "set_epoch",
+                        lambda self, epoch, seed, real=PreparedDataset.set_epoch: (epochs.append(epoch),
+                                                                                  real(self, epoch, seed)))
+
+    def step(self, batch, lambda_is, real=Objective.step):
+        values = real(self, batch, lambda_is)
+        return {**values, "owis": math.nan} if epochs[-1] == 2 else values
+
+    monkeypatch.setattr(Objective, "step", step)
+    config = load_config("small", {**TINY, "epochs": 3, "checkpoint_every": 1})
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: the loss terms owis are NaN or "
+                                               r"infinite; the last checkpoint, epoch_0001.json, is kept"):
+        train(config, dataset, tmp_path / "run")
+    assert TrainingDiverged in INPUT_ERRORS  # one line and exit code 2 in the CLI
+    assert not (tmp_path / "run" / "model.json").exists()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
+        "epoch_0001.json", "epoch_0001.safetensors"]
+
+
+def test_a_case_file_holding_nan_names_it(dataset, tmp_path):
+    from MSKdeXTraining.modelio import write_safetensors
+
+    copy = shutil.copytree(dataset, tmp_path / "data")
+    ds = PreparedDataset(copy, ok_ids(read_manifest(copy)), (32, 32))
+    path = ds.files[ds.ids[1]]
+    tensors = read_safetensors(path)
+    tensors["drr"][1, 0, 3, 3] = math.nan
+    write_safetensors(path, tensors)
+    with pytest.raises(InputError, match=rf"{path.name}: tensor 'drr' holds NaN or infinite values"):
+        ds.load(1)
+
+
+def test_a_checkpoint_that_does_not_fit_the_networks_is_named(dataset, tmp_path):
+    """A checkpoint of other networks (e.g. written by another version) is a ModelFormatError
+    naming it, not a traceback from load_state_dict."""
+    from MSKdeXTraining.modelio import ModelFormatError
+    from MSKdeXTraining.training.config import dump_config
+
+    config = load_config("small", {**TINY, "epochs": 2, "checkpoint_every": 1})
+    with pytest.raises(Killed):
+        train(config, dataset, tmp_path / "run", progress=kill_in_epoch(2))
+    wider = TrainConfig.from_dict({**config.to_dict(), "g_width": 8})
+    (tmp_path / "run" / "config.yaml").write_text(dump_config(wider))  # as if the networks had changed
+    with pytest.raises(ModelFormatError, match=r"epoch_0001.json: does not fit this version's networks "
+                                               r"and training state \(written by MSKdeX \d"):
+        train(wider, dataset, tmp_path / "run", resume=True)
+
+
 def test_bone_loss_needs_aligned_bones(tmp_path):
     """A dataset without aligned bones is refused at the start when the bone loss is on (its
     mean over no bones is NaN), and trains with the bone loss off."""
@@ -435,6 +490,7 @@ def test_a_run_keeps_its_two_newest_checkpoints(dataset, tmp_path):
     folder = tmp_path / "loose"
     for epoch in (1, 5, 3):
         save_checkpoint(folder, epoch, {"w": torch.zeros(2)})
+    (folder / ".epoch_0006.safetensors.0123abcd.tmp.safetensors").write_bytes(b"0" * 64)  # a write killed midway
     assert [p.name for p in prune_checkpoints(folder, keep=1)] == ["epoch_0001.json", "epoch_0003.json"]
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_0005.json", "epoch_0005.safetensors"]
 
@@ -450,6 +506,10 @@ def test_a_checkpoint_without_its_tensors_names_them(tmp_path):
     write_safetensors(tmp_path / "epoch_0001.safetensors", {".w": torch.zeros(2)})  # keys: the path in the state
     with pytest.raises(ModelFormatError, match=r"epoch_0001.safetensors: lacks the tensor '.b', which "
                                                r"epoch_0001.json names"):
+        load_checkpoint(path)
+    head = json.loads(path.read_text())
+    path.write_text(json.dumps({**head, "tensors": ["epoch_0001.safetensors"]}))
+    with pytest.raises(ModelFormatError, match=r"epoch_0001.json: field 'tensors' must name a file beside it"):
         load_checkpoint(path)
 
 

@@ -40,6 +40,24 @@ def test_reading_refuses_bad_images(tmp_path):
         read_labels(_write(tmp_path / "huge.nrrd", huge))
 
 
+@pytest.mark.parametrize("name", ["sheared.nrrd", "sheared.mha"])
+def test_a_sheared_grid_is_refused(tmp_path, name):
+    """A direction whose axes are not at right angles (a gantry tilt kept as a shear) makes the
+    product of the spacings the wrong voxel volume (+11.8 % in the NRRD, which stores the axes
+    at unit length): refused, naming the file and the field; a rotated orthonormal grid is read."""
+    image = sitk.GetImageFromArray(np.zeros((2, 3, 4), np.int16))
+    image.SetDirection((1, 0, 0, 0.5, 1, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / name))
+    for read in (read_ct, read_labels):
+        with pytest.raises(InputError, match=rf"{name}: field 'direction' .* is not orthonormal: .* off right "
+                                             r"angles \(sheared voxels"):
+            read(tmp_path / name)
+    c, s = np.cos(0.3), np.sin(0.3)
+    image.SetDirection((c, -s, 0, s, c, 0, 0, 0, 1))
+    sitk.WriteImage(image, str(tmp_path / name))
+    np.testing.assert_allclose(read_ct(tmp_path / name).direction, [[c, -s, 0], [s, c, 0], [0, 0, 1]], atol=1e-6)
+
+
 def _dicom_series(folder, uid: str, slices: int, value: int, prefix: str, z_of=lambda k: 2.0 * k,
                   y_of=lambda k: 0.0) -> None:
     """Write a CT series of ``slices`` 8x8 slices (SeriesInstanceUID ``uid``) into ``folder``,

@@ -14,7 +14,8 @@ attenuating) with its geometry and the reader's record (``xray.json``), and ``tr
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
 compute it) from the 3D CT, with what it was made from. Every row's fields and paths are
 checked, and every film's geometry read, before anything is written; cases are made in parallel, each atomically, and a rerun keeps a case
-only if its row, its input files and the object map are unchanged.
+only if its row, its input files and the object map are unchanged. It writes into a new or empty
+folder or a cohort it wrote, and replaces only case folders it made, never one holding an input.
 """
 
 from __future__ import annotations
@@ -43,12 +44,14 @@ from ..progress import Progress
 from ..qc import check_hu
 from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
                              check_magnification, read_radiograph)
-from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, truth_objects
+from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, truth_objects
 from .patient import CROP_MARGIN_MM
 
 #: Columns of the pairs table: required, then optional.
 REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
 OPTIONAL_COLUMNS = ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")
+#: The files of an assembled case: a rerun replaces a case folder that holds these only.
+CASE_FILES = ("ct.nii.gz", "labels.nii.gz", "xray.mha", "xray.json", "truth.json")
 
 
 def read_pairs(table: Path) -> list[dict]:
@@ -147,6 +150,43 @@ def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
     return radiograph, geometry
 
 
+def _refuse_inputs_in_cases(pairs: list[dict], out: Path) -> None:
+    """Raise InputError naming the row and field if an input lies in a case folder of ``out``
+    (the folder of any row): making that case would replace the folder, input and all."""
+    folders = {_file_id(out / p["case"]): out / p["case"] for p in pairs if (out / p["case"]).exists()}
+    for pair in pairs:
+        for key in ("ct", "labels", "xray"):
+            inside = next((folders[i] for i in map(_file_id, (pair[key], *pair[key].parents)) if i in folders), None)
+            if inside is not None:
+                raise InputError(f"{pair['where']}: field {key!r}: {pair[key]} lies in the case folder {inside}, "
+                                 "which assemble replaces; expected inputs outside the cases of --out (move them, "
+                                 "or choose another --out)")
+
+
+def _refuse_foreign_case(folder: Path) -> None:
+    """Raise InputError if ``folder`` exists but is not a case that assemble made (its
+    ``truth.json`` records ``assembled_from``, and it holds :data:`CASE_FILES` only): a rerun
+    replaces its own cases, never a folder of the user's."""
+    if not os.path.lexists(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        why = "not a folder"
+    elif other := sorted(p.name for p in folder.iterdir() if p.name not in CASE_FILES):
+        why = f"it also holds {other}"
+    elif not (folder / "truth.json").is_file() or "assembled_from" not in read_json_object(folder / "truth.json"):
+        why = "no truth.json with field 'assembled_from'"
+    else:
+        return
+    raise InputError(f"{folder}: exists but is no case that assemble made ({why}); assemble replaces only "
+                     "its own cases: move it away or choose another --out")
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """The (device, inode) of a file or folder: the same on every path to it."""
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
 @contextmanager
 def _naming_row(pair: dict) -> Iterator[None]:
     """Errors inside name the table, line and case."""
@@ -182,6 +222,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
         write_json(tmp / "truth.json", {
             "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
             "objects": truth_objects(ct, labels, objects), "assembled_from": record})
+        _refuse_foreign_case(final)
         shutil.rmtree(final, ignore_errors=True)  # an outdated case (its row or inputs changed)
         os.replace(tmp, final)
     finally:
@@ -203,7 +244,8 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     """Assemble the pairs of ``table`` (:func:`read_pairs`) with the object map ``objects``
     into the cohort folder ``out`` with ``workers`` processes (default: all cores) and return
     it. Resumable: a case whose row, inputs and map are unchanged is kept, any other is made
-    (again)."""
+    (again). Refuses, before any work, an input inside a case folder of ``out``, a folder
+    ``out`` of other files or another cohort, and a case folder that assemble did not make."""
     table, out = Path(table), Path(out)
     pairs = read_pairs(table)
     omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
@@ -211,8 +253,11 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     header = {"format": COHORT_FORMAT, "version": VERSION, "object_map": omap.to_json(),
               "generator": {"name": "mskdex assemble", "code_version": __version__},
               "patients": {p["case"]: p["patient"] for p in pairs}}
+    _refuse_inputs_in_cases(pairs, out)
+    check_resume(out, header, ("format", "version", "generator"))
     for pair in pairs:  # every film's geometry before any case is written: nothing half-done
         with _naming_row(pair):
+            _refuse_foreign_case(out / pair["case"])
             read_film(pair)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case

@@ -215,7 +215,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
 
     ``workers`` processes (default: all cores, at most one per case; 1 runs in this process). Cases already complete
     are kept; a run with other settings than ``out/cohort.json`` records, or with a smaller
-    ``n``, is refused.
+    ``n``, or into a folder of other files (:func:`check_resume`), is refused.
     """
     if n < 1:
         raise InputError(f"n must be >= 1 case, got {n}")
@@ -232,7 +232,10 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
                             "templates": [d.name for d in dirs],
                             "template_sha256": {d.name: _template_digest(d) for d in dirs},
                             "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV}}
-    _check_resume(out / "cohort.json", header)
+    old = check_resume(out, header, ("format", "version", "seed", "size", "generator"))
+    if isinstance(old.get("n"), int) and old["n"] > n:
+        raise InputError(f"{out / 'cohort.json'}: the cohort has n = {old['n']} cases; a rerun may finish or "
+                         f"extend it, not shrink it to {n}; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".case_*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
@@ -264,9 +267,17 @@ def _size(size: str) -> CohortSize:
     return SIZES[size]
 
 
-def _check_resume(path: Path, header: dict) -> None:
+def check_resume(out: Path, header: dict, keys: tuple[str, ...]) -> dict:
+    """The ``cohort.json`` of ``out`` if it agrees with this run's ``header`` on ``keys`` (the
+    package's version aside): a run resumes its own cohort. Refuses (InputError) another
+    cohort, and a folder that holds anything (hidden files aside) but no ``cohort.json``: a
+    cohort never writes into a folder of other files. Returns {} for a new or empty folder."""
+    path = out / "cohort.json"
     if not path.is_file():
-        return
+        if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+            raise InputError(f"{out}: holds files but no cohort.json; expected a new or empty folder, or a cohort "
+                             "to resume; choose another --out")
+        return {}
     try:
         old = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -281,13 +292,11 @@ def _check_resume(path: Path, header: dict) -> None:
                                    "template_sha256" not in recorded else set())
     old = {**old, "generator": _without(old.get("generator"), ignored)}
     header = {**header, "generator": _without(header["generator"], ignored)}
-    for key in ("format", "version", "seed", "size", "generator"):
+    for key in keys:
         if old.get(key) != header[key]:
             raise InputError(f"{path}: field {key!r} is {old.get(key)!r} but this run has "
                              f"{header[key]!r}; resume with the same settings or choose another --out")
-    if isinstance(old.get("n"), int) and old["n"] > header["n"]:
-        raise InputError(f"{path}: the cohort has n = {old['n']} cases; a rerun may finish or extend "
-                         f"it, not shrink it to {header['n']}; choose another --out")
+    return old
 
 
 def _without(d: object, keys: set[str]) -> object:

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objects", required=True,
                         help="object map of the label maps: a built-in name or a JSON file (it must name "
                              "the pelvis and the femur with sides)")
-    parser.add_argument("--out", required=True, type=Path, help="cohort folder to write (resumed if it exists)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="cohort folder to write: new, empty, or one that assemble wrote (resumed)")
     parser.add_argument("--workers", type=positive_int, default=None, help="parallel processes (default: all cores)")
 
 

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--n", type=int, required=True, help="number of cases")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (same seed, same bytes)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (resumed if it exists)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder: new, empty, or a cohort of the same settings (resumed)")
     parser.add_argument("--size", choices=sorted(SIZES), default="demo",
                         help="resolution preset: " + "; ".join(
                             f"{k} = {v.ct_spacing_mm:g} mm CT, {v.detector_px}x{v.detector_px} "

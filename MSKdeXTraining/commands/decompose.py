@@ -63,11 +63,22 @@ def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> lis
     return [path]
 
 
+def _check_out(out: Path) -> None:
+    """Before any work: refuse an ``--out`` that is, or lies under, an existing file."""
+    from ..errors import InputError
+
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise InputError(f"--out {out}: {'it' if blocking == out else blocking} is a file; expected a folder "
+                         "(new or existing) for the results")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..fileio import refuse_overwrite
     from ..inference import Decomposer, decompose_file, decompose_files, output_files
 
     spacing = pixel_spacing_option(args.pixel_spacing)
+    _check_out(args.out)
     single = args.xray.is_file()
     if single:
         for path in output_files(args.out):

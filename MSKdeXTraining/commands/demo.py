@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive_int, help="processes for cohort and prepare (default: all cores)")
     parser.add_argument("--registration", choices=("accurate", "fast"), default="accurate",
                         help="bone registration preset used by prepare (fast: fewer evaluations)")
-    parser.add_argument("--dataset-px", type=int, default=128,
+    parser.add_argument("--dataset-px", type=positive_int, default=128,
                         help="prepared dataset detector size in pixels (same field of view)")
     add_training_arguments(parser)
 

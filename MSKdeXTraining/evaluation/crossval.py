@@ -189,6 +189,7 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None,
     predicted on ``device``."""
     from ..modelio import check_dataset, read_meta
     from ..training.data import read_manifest
+    from ..training.trainer import check_run_dataset
 
     run, dataset = Path(run), Path(dataset)
     meta = read_meta(run)
@@ -198,7 +199,9 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None,
         raise InputError(f"{run / 'model.json'}: field 'split' holds no held-out cases (test_ids): the "
                          "model was trained on every case, so nothing can calibrate its intervals; train "
                          "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
-    check_dataset(meta, read_manifest(dataset), str(run / "model.json"))
+    manifest = read_manifest(dataset)
+    check_dataset(meta, manifest, str(run / "model.json"))
+    check_run_dataset(run, manifest)  # the held-out ids name the same cases as in training
     return write_calibration(run, predict_cases(run, dataset, ids, fold=(split.get("fold") or [0])[0],
                                                 progress=progress, device=device))
 

@@ -66,6 +66,9 @@ MAX_FOOTPRINT_PX = 1.0
 #: Voxels per processing chunk (CPU); the GPU takes larger chunks.
 CHUNK_CPU = 1 << 18
 CHUNK_GPU = 1 << 22
+#: Widest range of integer HU (values) looked up in a table in :func:`voxel_amounts`: a CT's
+#: range is a few thousand; an outlier (e.g. INT32_MIN) would make the table gigabytes.
+MAX_TABLE_HU = 100_000
 
 
 @dataclass
@@ -325,12 +328,14 @@ def sub_offsets(n: tuple[int, int, int]) -> np.ndarray:
 def voxel_amounts(hu: np.ndarray, is_muscle: np.ndarray, voxel_cm3: float) -> np.ndarray:
     """(P, 3) amounts per voxel: mu x volume (cm2), volume (cm3), MDRR mass (g).
 
-    ``hu`` (P,) CT numbers, ``is_muscle`` (P,) bool. Integer HU go through a lookup table
-    built with :mod:`imaging.hu` (same values, much faster); float HU are converted directly.
+    ``hu`` (P,) CT numbers, ``is_muscle`` (P,) bool. Integer HU spanning at most
+    :data:`MAX_TABLE_HU` go through a lookup table built with :mod:`imaging.hu` (same values,
+    much faster); others (floats, or an outlier far off the HU scale) are converted directly.
     """
     out = np.empty((hu.size, 3), np.float32)
-    if hu.dtype.kind in "iu" and hu.size:
-        lo, hi = int(hu.min()), int(hu.max())
+    integer = hu.dtype.kind in "iu" and hu.size > 0
+    lo, hi = (int(hu.min()), int(hu.max())) if integer else (0, 0)
+    if integer and hi - lo <= MAX_TABLE_HU:
         grid = np.arange(lo, hi + 1, dtype=np.float64)
         table = np.stack([hu_conv.attenuation(grid), hu_conv.mdrr_density(grid, False),
                           hu_conv.mdrr_density(grid, True)], 1) * voxel_cm3
@@ -384,8 +389,8 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
         try:
             n_sub = subdivision(lin, z_min, geometry)
         except InputError as e:
-            raise InputError(f"{source}: CT spacing {list(ct.spacing)} mm against detector "
-                             f"pixel_spacing {list(geometry.pixel_spacing)} mm: {e}") from None
+            raise InputError(f"CT spacing {np.round(ct.spacing, 4).tolist()} mm against detector pixel_spacing "
+                             f"{np.round(geometry.pixel_spacing, 4).tolist()} mm: {e}") from None
         foot = footprint_mm(lin, n_sub)
         offsets = torch.from_numpy(sub_offsets(n_sub) @ lin.T).float().to(device)
         lin_t = torch.from_numpy(lin.T.copy()).float().to(device)

@@ -174,16 +174,18 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, files: list[str], pat
 
 
 def read_ct(path: str | Path) -> Volume:
-    """Read a CT in HU; rejects non-3D images and non-finite values, naming the file."""
+    """Read a CT in HU; rejects non-3D images, sheared grids and non-finite values, naming the file."""
     image = read_image(path)
     _require_3d(image, path, "CT")
+    _require_orthonormal(image, path)
     return check_ct(Volume.from_sitk(image), str(path))
 
 
 def read_labels(path: str | Path) -> Volume:
-    """Read a label map; rejects non-3D images and non-integer values, naming the file."""
+    """Read a label map; rejects non-3D images, sheared grids and non-integer values, naming the file."""
     image = read_image(path)
     _require_3d(image, path, "label map")
+    _require_orthonormal(image, path)
     return check_labels(Volume.from_sitk(image), str(path))
 
 
@@ -241,6 +243,25 @@ def _require_3d(image: sitk.Image, path, what: str) -> None:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: {what} must have one value per voxel, got pixel type "
                          f"{image.GetPixelIDTypeAsString()}")
+
+
+#: Largest deviation of a direction matrix's D^T D from the identity (digits rounded in a file).
+DIRECTION_TOLERANCE = 1e-4
+
+
+def _require_orthonormal(image: sitk.Image, path) -> None:
+    """Refuse a direction matrix whose axes are not of unit length at right angles (sheared or
+    scaled voxels): the voxel volume, the product of the spacings, would be wrong."""
+    d = np.array(image.GetDirection()).reshape(3, 3)
+    gram = d.T @ d
+    if np.abs(gram - np.eye(3)).max() > DIRECTION_TOLERANCE:
+        length = np.sqrt(np.diag(gram))
+        cos = np.abs(gram / np.outer(length, length))[np.triu_indices(3, 1)]
+        raise InputError(f"{path}: field 'direction' {np.round(d, 4).tolist()} is not orthonormal: axes (i, j, k) "
+                         f"of length {np.round(length, 4).tolist()}, up to {np.degrees(np.arcsin(cos.max())):.1f} "
+                         "degrees off right angles (sheared voxels, e.g. a gantry tilt kept as a shear: volumes "
+                         "and masses would be wrong); expected orthonormal axes (resample it onto a regular "
+                         "grid, e.g. in 3D Slicer)")
 
 
 def detector_image(array: np.ndarray, geometry: Geometry) -> sitk.Image:

@@ -89,13 +89,16 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def prune_checkpoints(folder: str | Path, keep: int = KEEP) -> list[Path]:
-    """Delete all but the ``keep`` (>= 1) newest checkpoints in ``folder``; returns the JSON
-    paths deleted. Each JSON goes first, so a prune cut short leaves no checkpoint without
-    its tensors."""
+    """Delete all but the ``keep`` (>= 1) newest checkpoints in ``folder``, and the temporary
+    files of checkpoint writes killed midway (up to GBs each); returns the JSON paths deleted.
+    Each JSON goes first, so a prune cut short leaves no checkpoint without its tensors. Call it
+    when no checkpoint is being written to ``folder``."""
     old = _checkpoints(folder)[:-max(keep, 1)]
     for path in old:
         path.unlink()
         path.with_suffix(".safetensors").unlink(missing_ok=True)
+    for tmp in Path(folder).glob(".epoch_*.tmp.*"):  # fileio.atomic_path's temporary names
+        tmp.unlink(missing_ok=True)
     return old
 
 
@@ -103,6 +106,8 @@ def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; refuses unknown formats."""
     path = Path(path)
     head = read_format_json(path, FORMAT, VERSION, ("tensors", "state"), ModelFormatError)
+    if not isinstance(head["tensors"], str) or Path(head["tensors"]).name != head["tensors"]:
+        raise ModelFormatError(f"{path}: field 'tensors' must name a file beside it, got {head['tensors']!r}")
     tensors = read_safetensors(path.parent / head["tensors"])
     try:
         return join_tensors(head["state"], tensors)

@@ -209,6 +209,9 @@ class PreparedDataset(Dataset):
                 raise InputError(f"{path}: missing tensor {key!r}")
             if tuple(t[key].shape) != shape:
                 raise InputError(f"{path}: tensor {key!r} has shape {tuple(t[key].shape)}, expected {shape}")
+            if not bool(torch.isfinite(t[key]).all()):
+                raise InputError(f"{path}: tensor {key!r} holds NaN or infinite values, expected finite "
+                                 "numbers (prepare the case again)")
         areas = (self.case_geometry[case_id].pixel_area_cm2, self.dataset_geometry.pixel_area_cm2)
         return {"xray": resize(t["xray"].float()[None], self.size),
                 "drr": resize(per_pixel_area(t["drr"].float(), *areas), self.size),

@@ -105,12 +105,13 @@ def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return (summed / info.world).to(values.device)
 
 
-def gather(obj, info: DistInfo) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every process (pickled in memory only)."""
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, None on the others (pickled in memory
+    only; only rank 0 receives the others' objects: a checkpoint's image pools run to GBs)."""
     if info.world == 1:
         return [obj]
-    out = [None] * info.world
-    dist.all_gather_object(out, obj)
+    out = [None] * info.world if info.main else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import platform
 import random
 import time
@@ -25,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, TrainingDiverged
 from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
-from ..modelio import LAYOUT_GRID, layout, layout_correlation, save_model
+from ..modelio import LAYOUT_GRID, ModelFormatError, layout, layout_correlation, save_model
 from ..progress import Progress
 from . import distributed
 from .checkpoint import latest_checkpoint, load_newest_checkpoint, prune_checkpoints, save_checkpoint
@@ -366,17 +367,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
             raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
                              f"same number (now {info.world}) to continue exactly")
         norm = Normalisation(state["x_mean"], state["x_std"], state["scale"].to(dev))
-        for name, net in zip(("G", "F", "DX", "DD"), (nets.G, nets.F, nets.DX, nets.DD)):
-            if net is not None:
-                net.load_state_dict(state["nets"][name])
-        for o, s in zip(optims, state["optimizers"]):
-            o.load_state_dict(s)
-        for sch, s in zip(scheds, state["schedulers"]):
-            sch.load_state_dict(s)
-        mine = state["ranks"][info.rank]
-        pools[0].load_state(mine["pool_x"], dev)
-        pools[1].load_state(mine["pool_d"], dev)
-        _set_rng_state(mine["rng"])
+        _restore(last, state, nets, optims, scheds, pools, info)
         start = state["epoch"]
         if config.epochs < start:
             raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
@@ -421,6 +412,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         names = sorted(sums)
         means = distributed.mean_over_processes(
             torch.tensor([sums[k] / steps for k in names], dtype=torch.float64), info)
+        _check_finite(dict(zip(names, means.tolist())), epoch, ckpt_dir)  # the same on every process
         for sch in scheds:
             sch.step()
         row = {"epoch": epoch, "lr": f"{lr:.6g}", "lambda_is": f"{w_is:.6g}",
@@ -449,14 +441,49 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     return out
 
 
+def _restore(path: Path, state: dict, nets: Networks, optims, scheds, pools, info: distributed.DistInfo
+             ) -> None:
+    """Load the networks, optimisers, schedulers, this process's image pools and RNG state from a
+    checkpoint ``state`` (read from ``path``); one that does not fit this code's networks is a
+    ModelFormatError naming the file and the MSKdeX version that wrote it."""
+    try:
+        for name, net in zip(("G", "F", "DX", "DD"), (nets.G, nets.F, nets.DX, nets.DD)):
+            if net is not None:
+                net.load_state_dict(state["nets"][name])
+        for o, s in zip(optims, state["optimizers"], strict=True):
+            o.load_state_dict(s)
+        for sch, s in zip(scheds, state["schedulers"], strict=True):
+            sch.load_state_dict(s)
+        mine = state["ranks"][info.rank]
+        pools[0].load_state(mine["pool_x"], info.device)
+        pools[1].load_state(mine["pool_d"], info.device)
+        _set_rng_state(mine["rng"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        version = state.get("code_version", "before 0.3.2")
+        raise ModelFormatError(f"{path}: does not fit this version's networks and training state "
+                               f"(written by MSKdeX {version}, this is {__version__}): "
+                               f"{type(e).__name__}: {str(e)[:300]}; train into another folder") from None
+
+
+def _check_finite(means: dict[str, float], epoch: int, ckpt_dir: Path) -> None:
+    """Stop a run whose epoch-mean losses are not finite, before it checkpoints NaN weights."""
+    bad = [k for k, v in means.items() if not math.isfinite(v)]
+    if bad:
+        last = latest_checkpoint(ckpt_dir)
+        kept = (f"the last checkpoint, {last.name}, is kept (it was finite)" if last is not None
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"training diverged in epoch {epoch}: the loss terms {', '.join(bad)} are "
+                               f"NaN or infinite; {kept}. Lower lr or lambda_is, or check the dataset")
+
+
 def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools, norm: Normalisation,
                 info: distributed.DistInfo, split: dict) -> None:
     """Gather every process's pools and RNG states; rank 0 writes the checkpoint (with the
     ``split`` it trains on)."""
     mine = {"pool_x": pools[0].state(), "pool_d": pools[1].state(), "rng": _rng_state()}
-    ranks = distributed.gather(mine, info)
+    ranks = distributed.gather_to_main(mine, info)
     if info.main:
-        state = {"epoch": epoch, "world_size": info.world,
+        state = {"epoch": epoch, "world_size": info.world, "code_version": __version__,
                  "nets": {k: m.state_dict() for k, m in zip(("G", "F", "DX", "DD"),
                                                             (nets.G, nets.F, nets.DX, nets.DD))
                           if m is not None},

@@ -6,9 +6,9 @@ PresentationLUTShape and PixelIntensityRelationshipSign, which devices do not wr
 consistently, are recorded, not applied: decomposition flags a film whose bone is dark), the
 detector pixel spacing (row, column) in mm, and a record of where each value came from.
 
-DICOM pixel data is decoded by pydicom; a compressed transfer syntax that pydicom decodes only
-with plugins (JPEG Lossless, JPEG-LS) by SimpleITK's GDCM, never an uncompressed one (GDCM pads
-short pixel data with zeros): uncompressed PixelData shorter than its image is refused, as is
+DICOM pixel data is decoded by pydicom, else by SimpleITK's GDCM (JPEG Lossless and JPEG-LS,
+which pydicom decodes only with plugins; an uncompressed image whose header pydicom refuses).
+Uncompressed PixelData shorter than its image is refused before (GDCM pads it with zeros), as is
 compressed PixelData that ends before its delimiter. pydicom's warnings about the file go to
 the error or the result's notes, not to the terminal. A numeric field that is empty,
 multi-valued or not a number is an error naming the file and the tag (a source distance or
@@ -78,10 +78,9 @@ SPACING_DIFFERENCE = 0.01
 #: checked against the image's.
 UNCOMPRESSED_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
                                   "1.2.840.10008.1.2.1.99")
-#: Transfer syntaxes pydicom decodes without plugins: the uncompressed ones, encapsulated
-#: uncompressed and RLE Lossless. Pixel data of these that pydicom cannot decode is refused,
-#: never handed to GDCM.
-NATIVE_TRANSFER_SYNTAXES = UNCOMPRESSED_TRANSFER_SYNTAXES + ("1.2.840.10008.1.2.1.98", "1.2.840.10008.1.2.5")
+#: Encapsulated uncompressed and RLE Lossless: pydicom decodes them without plugins, and its
+#: refusal is final (their length cannot be checked beforehand: never handed to GDCM).
+PYDICOM_ONLY_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1.98", "1.2.840.10008.1.2.5")
 #: The image fields (group 0028) pydicom decodes with: one that is empty or not a number is an
 #: error naming it before decoding.
 PIXEL_FIELDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
@@ -456,10 +455,11 @@ def _warned(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def _dicom_pixels(ds, path: Path, source: dict) -> np.ndarray:
-    """The stored pixel values of ``ds``: decoded by pydicom, else, for a transfer syntax outside
-    :data:`NATIVE_TRANSFER_SYNTAXES` (JPEG Lossless and JPEG-LS, which pydicom decodes only with
-    plugins), by SimpleITK's GDCM; ``source`` records which. Uncompressed PixelData shorter than
-    the image (one frame) is refused."""
+    """The stored pixel values of ``ds``: decoded by pydicom, else by SimpleITK's GDCM (JPEG
+    Lossless and JPEG-LS, which pydicom decodes only with plugins; uncompressed images whose
+    header pydicom refuses, e.g. without PhotometricInterpretation); ``source`` records which.
+    Uncompressed PixelData shorter than the image (one frame), which GDCM would pad with zeros,
+    is refused first; :data:`PYDICOM_ONLY_TRANSFER_SYNTAXES` never go to GDCM."""
     syntax = source["transfer_syntax"]
     fields = {k: _dicom_number(ds, k, path) for k in PIXEL_FIELDS}  # a malformed one named, not in pydicom's words
     if syntax in UNCOMPRESSED_TRANSFER_SYNTAXES:
@@ -470,7 +470,7 @@ def _dicom_pixels(ds, path: Path, source: dict) -> np.ndarray:
         return raw
     except Exception as e:  # pydicom raises many types for undecodable pixel data
         problem = " ".join(str(e).split())  # one line
-    if not syntax or syntax in NATIVE_TRANSFER_SYNTAXES:
+    if not syntax or syntax in PYDICOM_ONLY_TRANSFER_SYNTAXES:
         raise InputError(f"{path}: cannot decode PixelData (transfer syntax {syntax or '?'}): {problem}")
     try:
         raw = _gdcm_pixels(ds)
@@ -484,11 +484,14 @@ def _dicom_pixels(ds, path: Path, source: dict) -> np.ndarray:
 def _check_pixel_length(ds, path: Path, syntax: str, fields: dict[str, float | None]) -> None:
     """:class:`InputError` naming ``path`` and both byte counts when the uncompressed PixelData of
     ``ds`` (a truncated file) is shorter than Rows x Columns x SamplesPerPixel x BitsAllocated / 8
-    (``fields``: those of :data:`PIXEL_FIELDS`); a missing field is left to pydicom's error."""
+    (``fields``: those of :data:`PIXEL_FIELDS`; SamplesPerPixel 1 when absent; 2/3 of it for
+    YBR_FULL_422's subsampled chroma); another missing field is left to the decoders' errors."""
     sizes = {k: fields[k] for k in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated")}
+    sizes["SamplesPerPixel"] = sizes["SamplesPerPixel"] or 1
     if None in sizes.values():
         return
-    expected = math.ceil(math.prod(sizes.values()) / 8)
+    share = 2 / 3 if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422" else 1
+    expected = math.ceil(math.prod(sizes.values()) * share / 8)
     stored = len(ds.PixelData)
     if stored < expected:
         raise InputError(f"{path}: PixelData (7FE0,0010) holds {stored} bytes; expected {expected} "

@@ -357,6 +357,6 @@ def test_integer_hu_far_off_the_scale_are_converted_without_a_table():
 def test_voxels_wider_than_256_pixels_are_refused_naming_the_spacings():
     ct, labels = ellipsoid((5, 5, 5), 1.0)
     g = Geometry(rows=16, cols=16, pixel_spacing=(0.001, 0.001))
-    with pytest.raises(InputError, match=r"^CT spacing \[1.0, 1.0, 1.0\] mm against detector pixel_spacing "
+    with pytest.raises(InputError, match=r"^seg.nii: CT spacing \[1.0, 1.0, 1.0\] mm against detector pixel_spacing "
                                          r"\[0.001, 0.001\] mm: voxels project to more than 256 pixels"):
         project_objects(ct, labels, ONE, g, default_ap_pose((0, 0, 0), g), source="seg.nii")

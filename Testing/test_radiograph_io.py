@@ -587,6 +587,17 @@ def test_truncated_uncompressed_dicom_is_refused_not_padded(tmp_path, ramp):
     (tmp_path / "c.dcm").write_bytes(whole[:-30000])  # the file itself cut short
     with pytest.raises(InputError, match=r"c.dcm: PixelData \(7FE0,0010\) holds 34000 bytes; expected 64000"):
         read_radiograph(tmp_path / "c.dcm")
+    # a whole image whose header pydicom refuses (no PhotometricInterpretation) goes to GDCM; cut short, not
+    del ds.PhotometricInterpretation
+    ds.PixelData = ramp.tobytes()
+    ds.save_as(f)
+    r = read_radiograph(f)
+    assert r.source["pixel_decoder"] == "SimpleITK (GDCM)"
+    np.testing.assert_array_equal(r.array, ramp)
+    ds.PixelData = ds.PixelData[:20000]
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"t.dcm: PixelData \(7FE0,0010\) holds 20000 bytes; expected 64000"):
+        read_radiograph(f)
 
 
 def test_truncated_compressed_dicom_and_pydicom_warnings(tmp_path, ramp):

@@ -325,10 +325,11 @@ def test_a_diverging_run_stops_before_checkpointing_nan_weights(dataset, tmp_pat
     monkeypatch.setattr(Objective, "step", step)
     config = load_config("small", {**TINY, "epochs": 3, "checkpoint_every": 1})
     with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: the loss terms owis are NaN or "
-                                               r"infinite; the last checkpoint, epoch_0001.json, is kept"):
+                                               r"infinite \(log.csv\); the last checkpoint, epoch_0001.json, is kept. Train into a new folder"):
         train(config, dataset, tmp_path / "run")
     assert TrainingDiverged in INPUT_ERRORS  # one line and exit code 2 in the CLI
     assert not (tmp_path / "run" / "model.json").exists()
+    assert losses_of(tmp_path / "run")[-1]["owis"] == "nan"  # the diverged epoch is logged
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "epoch_0001.json", "epoch_0001.safetensors"]
 

@@ -389,7 +389,7 @@ def project_objects(ct: Volume, labels: Volume, objects: ObjectMap, geometry: Ge
         try:
             n_sub = subdivision(lin, z_min, geometry)
         except InputError as e:
-            raise InputError(f"CT spacing {np.round(ct.spacing, 4).tolist()} mm against detector pixel_spacing "
+            raise InputError(f"{source}: CT spacing {np.round(ct.spacing, 4).tolist()} mm against detector pixel_spacing "
                              f"{np.round(geometry.pixel_spacing, 4).tolist()} mm: {e}") from None
         foot = footprint_mm(lin, n_sub)
         offsets = torch.from_numpy(sub_offsets(n_sub) @ lin.T).float().to(device)

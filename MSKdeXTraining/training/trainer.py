@@ -412,7 +412,6 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         names = sorted(sums)
         means = distributed.mean_over_processes(
             torch.tensor([sums[k] / steps for k in names], dtype=torch.float64), info)
-        _check_finite(dict(zip(names, means.tolist())), epoch, ckpt_dir)  # the same on every process
         for sch in scheds:
             sch.step()
         row = {"epoch": epoch, "lr": f"{lr:.6g}", "lambda_is": f"{w_is:.6g}",
@@ -421,6 +420,7 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
         rows.append(row)
         if info.main:
             _write_log(out / "log.csv", rows)
+        _check_finite(dict(zip(names, means.tolist())), epoch, ckpt_dir)  # the same on every process
         if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
             _checkpoint(ckpt_dir, epoch, nets, optims, scheds, pools, norm, info,
                         {"fold": list(fold) if fold else None, "train_ids": train_ids})
@@ -458,6 +458,8 @@ def _restore(path: Path, state: dict, nets: Networks, optims, scheds, pools, inf
         pools[0].load_state(mine["pool_x"], info.device)
         pools[1].load_state(mine["pool_d"], info.device)
         _set_rng_state(mine["rng"])
+    except torch.cuda.OutOfMemoryError:
+        raise  # the device's memory, not the checkpoint
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
         version = state.get("code_version", "before 0.3.2")
         raise ModelFormatError(f"{path}: does not fit this version's networks and training state "
@@ -466,14 +468,14 @@ def _restore(path: Path, state: dict, nets: Networks, optims, scheds, pools, inf
 
 
 def _check_finite(means: dict[str, float], epoch: int, ckpt_dir: Path) -> None:
-    """Stop a run whose epoch-mean losses are not finite, before it checkpoints NaN weights."""
+    """Stop a run whose epoch-mean losses are not finite (logged), before it checkpoints that epoch."""
     bad = [k for k, v in means.items() if not math.isfinite(v)]
     if bad:
         last = latest_checkpoint(ckpt_dir)
-        kept = (f"the last checkpoint, {last.name}, is kept (it was finite)" if last is not None
-                else "no checkpoint was written")
+        kept = f"the last checkpoint, {last.name}, is kept" if last is not None else "no checkpoint was written"
         raise TrainingDiverged(f"training diverged in epoch {epoch}: the loss terms {', '.join(bad)} are "
-                               f"NaN or infinite; {kept}. Lower lr or lambda_is, or check the dataset")
+                               f"NaN or infinite (log.csv); {kept}. Train into a new folder with a lower lr "
+                               "or lambda_is (a resume keeps the config), or check the dataset")
 
 
 def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools, norm: Normalisation,

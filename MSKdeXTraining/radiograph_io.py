@@ -353,36 +353,48 @@ def _to_grey(array: np.ndarray, path: Path, source: dict) -> np.ndarray:
 
 def _read_dicom(path: Path, file_spacing: bool = True):
     """Array, spacing, source and value range of a DICOM radiograph; ``file_spacing`` False: the
-    caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    with warnings.catch_warnings(record=True) as caught:  # pydicom's warnings about the file: to
-        warnings.simplefilter("always", UserWarning)      # the error or the notes, not the terminal
+    caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count).
+    pydicom's warnings about the file (it warns as values are read) go to the result's notes, or
+    to the error, not to the terminal; others (deprecations, for developers) are passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError) as e:
-            raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
-                             f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
-        if "PixelData" not in ds:
+            array, spacing, source, value_range = _decode_dicom(path, file_spacing)
+        except InputError as e:
             said = "; ".join(_warned(caught))
-            raise InputError(f"{path}: PixelData (7FE0,0010) is missing or truncated"
-                             f"{f' (pydicom: {said})' if said else ''}; expected the image's pixels")
-        frames = _dicom_number(ds, "NumberOfFrames", path, 1.0, may_be_empty=True) or 1
-        if frames != 1:
-            raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-        source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
-                  "presentation_intent": str(ds.get("PresentationIntentType", "")),
-                  "photometric_interpretation": photometric,
-                  "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
-        raw = _dicom_pixels(ds, path, source)
-    for w in caught:  # other warnings (deprecations) are for developers: passed on
+            if not said:
+                raise
+            raise InputError(f"{e} (pydicom warned: {said})") from None
+    for w in caught:
         if not issubclass(w.category, UserWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     warned = _warned(caught)
     if warned:
         source.setdefault("notes", []).extend(f"pydicom, reading the file: {m}" for m in warned)
+    return array, spacing, source, value_range
+
+
+def _decode_dicom(path: Path, file_spacing: bool):
+    """:func:`_read_dicom` without its handling of pydicom's warnings."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError) as e:
+        raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
+                         f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
+    if "PixelData" not in ds:
+        raise InputError(f"{path}: PixelData (7FE0,0010) is missing or truncated; expected the image's pixels")
+    frames = _dicom_number(ds, "NumberOfFrames", path, 1.0, may_be_empty=True) or 1
+    if frames != 1:
+        raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
+              "presentation_intent": str(ds.get("PresentationIntentType", "")),
+              "photometric_interpretation": photometric,
+              "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))}
+    raw = _dicom_pixels(ds, path, source)
     bits = int(_dicom_number(ds, "BitsStored", path, 8 * raw.dtype.itemsize))
     source["bits_stored"] = bits
     for keyword, key in (("PresentationLUTShape", "presentation_lut_shape"),

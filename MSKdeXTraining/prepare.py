@@ -22,8 +22,9 @@ Per case (docs/formats.md, "Prepared dataset v2"):
    atomically: a finished case is skipped when the run is repeated (resume).
 
 Sharding: shard ``i`` of ``n`` takes the cases whose index in ``cohort.json`` is ``i`` modulo
-``n``. Every run rebuilds ``manifest.json`` from the case entries once all cases have one, so
-the last shard to finish writes it; :func:`merge_manifest` does the same on demand.
+``n``. A run that prepares any case (or finds no manifest) rebuilds ``manifest.json`` from the case entries once all
+cases have one, so the last shard to finish writes it; :func:`merge_manifest` does the same on
+demand.
 ``prepare.json`` records the settings and the cohort (its identity hash, :func:`_cohort_sha256`,
 and where it was last read from); a run with other settings or another cohort into the same
 folder is refused, while a cohort and dataset moved elsewhere resume.
@@ -161,7 +162,10 @@ def _finish(entry: dict, out: Path, t0: float) -> dict:
 def _read_truth(path: Path, objects: ObjectMap) -> dict:
     data = read_format_json(path, TRUTH_FORMAT, COHORT_VERSION, ("objects",), InputError,
                             "every cohort case needs truth.json")
-    found = data.get("objects", {})
+    found = data["objects"]
+    if not isinstance(found, dict):
+        raise InputError(f"{path}: field 'objects' must map object names to their volume and mass, got "
+                         f"{type(found).__name__}")
     missing = [n for n in objects.names if n not in found]
     if missing:
         raise InputError(f"{path}: field 'objects' lacks {missing}")
@@ -206,8 +210,11 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
                          "run the missing shards first")
     cases = [read_json_object(out / "cases" / f"{c}.json", ("status",), InputError) for c in meta["cases"]]
     for c in cases:  # kept by --include-failed before objects off the detector always excluded a case
-        if c["status"] == "ok" and c.get("qc", {}).get("drr_lost_fraction", 0.0) > MAX_LOST_FRACTION:
+        lost = c.get("qc", {}).get("drr_lost_fraction", 0.0)
+        if c["status"] == "ok" and lost > MAX_LOST_FRACTION:
             c["status"] = "excluded"
+            c["reasons"] = [*c.get("reasons", []), f"objects partly outside the detector in the default AP "
+                            f"view (up to {lost:.1%} lost, > {MAX_LOST_FRACTION:.1%})"]
     manifest = {
         "format": FORMAT, "version": VERSION, "geometry": settings["geometry"],
         "objects": list(objects.names), "kinds": list(objects.kinds),

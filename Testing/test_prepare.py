@@ -298,9 +298,12 @@ def test_objects_outside_the_detector_exclude_the_case(cohort, tmp_path, include
         assert c["status"] == "excluded" and any("partly outside the detector" in r for r in c["reasons"])
     if include_failed:  # a case entry kept "ok" by an earlier MSKdeX: the manifest excludes it
         entry = out / "cases" / f"{m['cases'][0]['id']}.json"
-        entry.write_text(json.dumps({**json.loads(entry.read_text()), "status": "ok"}))
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "status": "ok", "reasons": []}))
         merge_manifest(out)
-        assert json.loads((out / "manifest.json").read_text())["cases"][0]["status"] == "excluded"
+        merged = json.loads((out / "manifest.json").read_text())["cases"][0]
+        assert merged["status"] == "excluded" and merged["reasons"] == [
+            f"objects partly outside the detector in the default AP view (up to "
+            f"{merged['qc']['drr_lost_fraction']:.1%} lost, > 0.5%)"]
 
 
 def test_prepare_into_a_folder_of_other_settings_is_refused_before_any_work(cohort, tmp_path):
@@ -405,6 +408,16 @@ def test_truth_values_are_checked(cohort, tmp_path):
                               f"'objects.{name}.mass_g' must be a number >= 0 (g), got inf"]
     assert good["file"] == "cases/case_0001.safetensors" and set(good["registration"]) == {
         "pelvis", "femur_left", "femur_right"}
+    # training reads a dataset whose excluded case has no file (before: a TypeError on its None)
+    from MSKdeXTraining.training.data import PreparedDataset
+    m["cases"][1]["status"] = "ok"  # the test cohort's cheap registration fails: taken as usable here
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(m))
+    assert PreparedDataset(tmp_path / "ds").ids == ["case_0001"]
+    doc["objects"] = list(doc["objects"])  # not a mapping: named, not a TypeError that stops the shard
+    (tmp_path / "truth.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"truth.json: field 'objects' must map object names to their volume "
+                                         r"and mass, got list"):
+        _read_truth(tmp_path / "truth.json", objects)
 
 
 def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):

@@ -122,6 +122,12 @@ def test_manifest_validation(tmp_path, dataset):
         read_manifest(tmp_path)
     with pytest.raises(InputError, match="no manifest.json"):
         read_manifest(tmp_path / "missing")
+    data["version"] = 2
+    assert data["cases"][-1]["status"] == "excluded" and data["cases"][-1]["file"] is None  # as prepare writes
+    data["cases"][0]["file"] = None
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"manifest.json: cases\[0\] \(toy_000\) field 'file' is None; expected"):
+        read_manifest(tmp_path)
 
 
 def test_split_folds_by_patient(dataset):

@@ -46,6 +46,9 @@ def read_manifest(root: str | Path) -> dict:
                 raise InputError(f"{path}: cases[{k}] has no field {key!r}")
         if case["status"] == "ok" and "geometry" not in case:
             raise InputError(f"{path}: cases[{k}] ({case['id']}) has no field 'geometry'")
+        if case["status"] == "ok" and not isinstance(case["file"], str):
+            raise InputError(f"{path}: cases[{k}] ({case['id']}) field 'file' is {case['file']!r}; expected the "
+                             "path of its case file (an excluded case may have none)")
     return m
 
 
@@ -151,7 +154,7 @@ class PreparedDataset(Dataset):
             raise InputError(f"{self.root / 'manifest.json'}: cases {bad} are missing or not 'ok'")
         if not self.ids:
             raise InputError(f"{self.root}: no usable cases (status 'ok')")
-        self.files = {c["id"]: self.root / c["file"] for c in self.manifest["cases"]}
+        self.files = {c["id"]: self.root / c["file"] for c in self.manifest["cases"] if c["status"] == "ok"}
         manifest = self.root / "manifest.json"
         self.case_geometry = {c["id"]: Geometry.from_json(c["geometry"], f"{manifest}: case {c['id']} geometry")
                               for c in self.manifest["cases"] if c["status"] == "ok"}

@@ -91,7 +91,7 @@ def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: i
         cases.append({"id": case_id, "patient": f"p{n // 2:03d}", "file": f"cases/{case_id}.safetensors",
                       "status": "ok", "reasons": [], "qc": {}, "registration": {},
                       "geometry": case_geometry.to_json()})
-    cases += [{"id": f"toy_x{n:03d}", "patient": f"px{n:03d}", "file": f"cases/toy_x{n:03d}.safetensors",
+    cases += [{"id": f"toy_x{n:03d}", "patient": f"px{n:03d}", "file": None,  # as prepare excludes a QC failure
                "status": "excluded", "reasons": ["toy exclusion"], "qc": {}, "registration": {}}
               for n in range(excluded)]
     write_json(out / "manifest.json", {

@@ -19,15 +19,18 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MSKdeXTraining.objects import builtin_maps
+from MSKdeXLib.dependencies import ensure_requirements, ensure_torch, require_dependencies, require_python
+
+require_python()  # a clear error on an old Slicer's Python, before the backend fails obscurely
 
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
-from MSKdeXLib.backend_process import LOG_LINES
-from MSKdeXLib.dependencies import ensure_requirements, ensure_torch, require_dependencies
-from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name
-from MSKdeXLib.progress import Cancelled, ProgressRelay
-from MSKdeXLib.results_table import ood_text
-from MSKdeXLib.sample_data import example_ct_source
+from MSKdeXTraining.objects import builtin_maps  # noqa: E402
+
+from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
+from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name  # noqa: E402
+from MSKdeXLib.progress import PERCENT_FORMAT, Cancelled, ProgressRelay, bar_format  # noqa: E402
+from MSKdeXLib.results_table import ood_text  # noqa: E402
+from MSKdeXLib.sample_data import example_ct_source  # noqa: E402
 
 if TYPE_CHECKING:
     from MSKdeXTraining.imaging.registration import RegistrationResult
@@ -82,11 +85,13 @@ class MSKdeXParameterNode:
     objectMap: str = "totalsegmentator"
     detectorSize: Annotated[int, WithinRange(32, 1024)] = 256
     pixelSpacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.6  # mm at the detector
-    sourceDetectorDistance: Annotated[float, WithinRange(100.0, 3000.0)] = 1100.0  # mm
-    sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 2900.0)] = 880.0  # mm
+    sourceDetectorDistance: Annotated[float, WithinRange(100.0, 3000.0)] = 1100.0  # mm, of the DRRs
+    sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 2900.0)] = 880.0  # mm, of the DRRs
     drrType: Annotated[str, Choice(DRR_TYPES)] = "vdrr"
     bone: Annotated[str, Choice(BONES)] = "pelvis"
     registrationPreset: Annotated[str, Choice(["accurate", "fast"])] = "accurate"
+    registrationSDD: Annotated[float, WithinRange(0.0, 3000.0)] = 0.0  # mm; 0: the radiograph file's
+    registrationSOD: Annotated[float, WithinRange(0.0, 2900.0)] = 0.0  # mm; 0: the radiograph file's
     datasetFolder: Path
     trainConfig: str = "small"
     trainOutput: Path
@@ -275,16 +280,18 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowDRR(self, *_args) -> None:
         """Show the DRR layer picked in the object and type boxes (over the radiograph if any,
         placed like it)."""
-        p = self._parameterNode
-        name = self.ui.drrObjectComboBox.currentText
-        layer = self.logic.drrLayer(name, p.drrType, p.radiograph) if p and name else None
-        if layer is None:
-            return
-        if p.radiograph is not None:
-            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
-                                             fit=True, rotateToVolumePlane=True)
-        else:
-            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True, rotateToVolumePlane=True)
+        with slicer.util.tryWithErrorDisplay(_("Showing the DRR failed.")):
+            p = self._parameterNode
+            name = self.ui.drrObjectComboBox.currentText
+            layer = self.logic.drrLayer(name, p.drrType, p.radiograph) if p and name else None
+            if layer is None:
+                return
+            if p.radiograph is not None:
+                slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
+                                                 fit=True, rotateToVolumePlane=True)
+            else:
+                slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True,
+                                                 rotateToVolumePlane=True)
 
     def onRegister(self, redo: bool = False) -> None:
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
@@ -292,8 +299,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._registeredBone, self.ui.acceptPoseButton.enabled = None, False
             # what logic.register reads (the panel stays editable while it runs)
             bone, radiograph = self._parameterNode.bone, self._parameterNode.radiograph
-            result, layer = self.logic.register(self._parameterNode, progress, redo)
-            self.ui.gcLabel.text = f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'})"
+            result, layer, distances = self.logic.register(self._parameterNode, progress, redo)
+            self.ui.gcLabel.text = (f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'}); "
+                                    f"{distances}")
             slicer.util.setSliceViewerLayers(background=radiograph, foreground=layer,
                                              foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
             self._registeredBone, self.ui.acceptPoseButton.enabled = bone, True
@@ -316,6 +324,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._training = self.logic.startTraining(self._parameterNode)
             self._trainingOutput = self._parameterNode.trainOutput
             self.ui.trainProgressBar.value = 0
+            self.ui.trainProgressBar.setFormat(PERCENT_FORMAT)  # not the last training's text
             self.ui.trainLogTextEdit.clear()
             self.ui.trainLogTextEdit.appendPlainText(" ".join(self._training.command))
             self.ui.trainButton.enabled = False
@@ -330,7 +339,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.trainLogTextEdit.appendPlainText(event.text)
             elif event.kind == "progress":
                 self.ui.trainProgressBar.value = int(100 * event.fraction)
-                self.ui.trainProgressBar.setFormat(f"{event.text} %p%")
+                self.ui.trainProgressBar.setFormat(bar_format(event.text))
             else:
                 cancelled, failed = bool(event.text), event.returncode != 0 and not event.text
                 state = ("cancelled" if cancelled else f"failed with exit code {event.returncode}" if failed
@@ -429,13 +438,14 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         return self.pipeline.drr_layer(name, drrType, radiograph)
 
     def register(self, p: MSKdeXParameterNode, progress: ProgressRelay,
-                 redo: bool = False) -> tuple[RegistrationResult, vtkMRMLScalarVolumeNode]:
-        """Register ``p.bone`` (Redo: from its pose node); returns (result, aligned bone DRR layer)."""
+                 redo: bool = False) -> tuple[RegistrationResult, vtkMRMLScalarVolumeNode, str]:
+        """Register ``p.bone`` (Redo: from its pose node) with the registration SDD / SOD (0: the
+        radiograph file's); returns (result, aligned bone DRR layer, the SDD / SOD used as text)."""
         start = pose_from_transform_node(self.poseNode(p.bone)) if redo else None
-        result, _transform, layer = self.pipeline.register(
+        result, transform, layer = self.pipeline.register(
             p.ctVolume, p.segmentation, p.radiograph, self.pipeline.object_map(p.objectMap), p.bone,
-            p.sourceDetectorDistance, p.sourceIsocenterDistance, p.registrationPreset, progress, start)
-        return result, layer
+            p.registrationSDD or None, p.registrationSOD or None, p.registrationPreset, progress, start)
+        return result, layer, self.pipeline.registration_distances(transform)
 
     @staticmethod
     def poseNode(bone: str) -> vtkMRMLLinearTransformNode:

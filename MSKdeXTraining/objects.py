@@ -11,7 +11,8 @@ label map to objects::
          "sides": {"left": [80], "right": [81]}},   # optional: per-side label values
         {"name": "femur", "kind": "bone", "labels": [2],
          "cut_at_region": true},                     # optional, default false: see below
-        ...]}
+        ...],
+     "aliases": {"hip_left": 77}}                    # optional: other segment names -> label value
 
 Label 0 is always background. Objects are listed in channel order; the DRR stack has one
 channel per object in that order. ``sides`` lets the same map be expanded into per-side
@@ -19,6 +20,8 @@ objects (:meth:`ObjectMap.per_side`) and lets registration move each femur on it
 ``cut_at_region`` marks an object that runs on beyond the hip region (the femur's shaft;
 TotalSegmentator's iliopsoas, up the lumbar spine): a CT is cropped to the other objects and cuts
 it there, so its touching the scan's edge is expected (segmentation QC warns, never fails).
+``aliases`` names label values otherwise than by their objects (e.g. a segmentation tool's own
+class names), for segmentations whose segments are matched by name (the Slicer module).
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ class ObjectMap:
     name: str
     objects: tuple[ObjectSpec, ...]
     unmapped_labels: Literal["error", "ignore"] = "error"
+    aliases: dict[str, int] = field(default_factory=dict, hash=False, compare=True)  # segment name -> label
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -139,11 +143,14 @@ class ObjectMap:
                         for s, v in o.sides.items()]
             else:
                 out.append(o)
-        return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels)
+        return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels, self.aliases)
 
     def select(self, names: tuple[str, ...] | list[str]) -> ObjectMap:
-        """The sub-map with the named objects, in the given order."""
-        return ObjectMap(self.name, tuple(self[n] for n in names), self.unmapped_labels)
+        """The sub-map with the named objects, in the given order (and the aliases of their labels)."""
+        objects = tuple(self[n] for n in names)
+        kept = {v for o in objects for v in o.labels}
+        return ObjectMap(self.name, objects, self.unmapped_labels,
+                         {a: v for a, v in self.aliases.items() if v in kept})
 
     def to_json(self) -> dict:
         objs = []
@@ -155,7 +162,8 @@ class ObjectMap:
                 d["cut_at_region"] = True
             objs.append(d)
         return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
-                "unmapped_labels": self.unmapped_labels, "objects": objs}
+                "unmapped_labels": self.unmapped_labels, "objects": objs,
+                **({"aliases": dict(self.aliases)} if self.aliases else {})}
 
     @classmethod
     def from_json(cls, data: dict, source: str = "object map") -> ObjectMap:
@@ -207,7 +215,15 @@ class ObjectMap:
                 raise fail(f"{where}.cut_at_region must be true or false, got {cut!r}")
             seen_names.add(name)
             objects.append(ObjectSpec(name, o["kind"], tuple(labels), sides, cut))
-        return cls(str(data.get("name", source)), tuple(objects), policy)
+        aliases = data.get("aliases", {})
+        if not isinstance(aliases, dict):
+            raise fail(f"field 'aliases' must map segment names to label values, got {aliases!r}")
+        for alias, value in aliases.items():
+            if not alias or alias in seen_names:
+                raise fail(f"aliases: {alias!r} must be a non-empty name that is not an object's")
+            if not isinstance(value, int) or isinstance(value, bool) or value not in seen_labels:
+                raise fail(f"aliases[{alias!r}] must be a label value of an object, got {value!r}")
+        return cls(str(data.get("name", source)), tuple(objects), policy, dict(aliases))
 
 
 def builtin_maps() -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from MSKdeXTraining.evaluation import figures
 from MSKdeXTraining.evaluation.ablation import ablation
-from MSKdeXTraining.evaluation.crossval import anova, evaluate, load_predictions
+from MSKdeXTraining.evaluation.crossval import Predictions, anova, evaluate, load_predictions
 from MSKdeXTraining.evaluation.report import Section, Table, write_html
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
@@ -96,15 +96,16 @@ def test_report_written_with_figures(evaluated):
     md = (out / "metrics.md").read_text()
     for row in table:
         e = expected[row["object"]]
-        assert row["kind"] == e["kind"] and int(row["n"]) == e["n"] == 4 and row["non-finite"] == "0"
+        assert row["kind"] == e["kind"] and row["non-finite"] == "0"
+        assert int(row["mass n"]) == int(row["volume n"]) == int(row["density n"]) == e["n"] == 4
         for q, unit in (("mass", "g"), ("volume", "cm3")):
             assert float(row[f"{q} PCC"]) == pytest.approx(e[q]["pcc"], rel=1e-9)
             assert float(row[f"{q} ICC"]) == pytest.approx(e[q]["icc"], rel=1e-9)
             assert float(row[f"{q} MAE ({unit})"]) == pytest.approx(e[q]["mae"], rel=1e-9)
         assert float(row["density PCC"]) == pytest.approx(e["density"]["pcc"], rel=1e-9)
-        cells = [row["object"], e["kind"], "4", "0"] + [f"{e[q][m]:.{1 if m == 'mae' else 3}f}"
-                                                   for q in ("mass", "volume") for m in ("pcc", "icc", "mae")]
-        cells.append(f"{e['density']['pcc']:.3f}")
+        cells = [row["object"], e["kind"], "0"] + [c for q in ("mass", "volume") for c in ["4"] + [
+            f"{e[q][m]:.{1 if m == 'mae' else 3}f}" for m in ("pcc", "icc", "mae")]]
+        cells += ["4", f"{e['density']['pcc']:.3f}"]
         assert "| " + " | ".join(cells) + " |" in md, cells
         assert "".join(f"<td>{c}</td>" for c in cells) in html, cells
     # the density agreement (its ICC and MAE are not tabulated) is the recomputed one
@@ -201,7 +202,6 @@ def test_bones_of_failed_registrations_are_not_scored(toy, evaluated, tmp_path):
 
 
 def test_density_agreement_is_that_of_mass_over_volume():
-    from MSKdeXTraining.evaluation.crossval import Predictions
     rng = np.random.default_rng(3)
     vol_true, mass_true = rng.uniform(300, 900, (10, 2)), rng.uniform(200, 700, (10, 2))
     vol_pred, mass_pred = vol_true * rng.uniform(0.8, 1.2, (10, 2)), mass_true * 1.1
@@ -230,6 +230,42 @@ def test_figures_and_html(tmp_path):
     assert "n/a" in text and len(_embedded_pngs(text)) == 2
 
 
+def test_scatter_colours_are_named_in_a_fold_legend(tmp_path, monkeypatch):
+    """The colour of each fold's points is named (fold <f>) in the figure's legend, in that colour."""
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: drawn.append(fig) or path)
+    truth = np.random.default_rng(0).uniform(50, 150, (6, 2))
+    folds = np.array([0, 0, 2, 2, 3, 3])
+    figures.scatter_figure(truth, truth * 1.1, ["iliacus", "pelvis"], "Mass", "g", tmp_path / "s.png", folds)
+    (legend,) = drawn[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["fold 0", "fold 2", "fold 3"]
+    points = drawn[0].axes[0].collections[0]
+    colours = points.to_rgba(points.get_array())[:, :3]  # the points' colours: case 2 is in fold 2
+    assert np.allclose(legend.legend_handles[1].get_color()[:3], colours[2])
+    assert not np.allclose(colours[2], colours[0])
+
+
+
+def test_a_figure_that_fails_leaves_the_last_runs_tables(evaluated, tmp_path, monkeypatch):
+    """The figures are drawn before any table is written: one that fails (here the mass
+    scatter) leaves every table and the report as the last run wrote them."""
+    from MSKdeXTraining.evaluation.summary import write_evaluation
+
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".md", ".html")}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("no room for the figure")
+
+    monkeypatch.setattr(figures, "scatter_figure", fail)
+    changed = Predictions.from_json([json.loads((out / "fold_0" / "predictions.json").read_text())])
+    changed.mass_pred = changed.mass_pred * 2.0
+    with pytest.raises(RuntimeError, match="no room"):
+        write_evaluation(out, changed, evaluated[0].parent / "data", "t")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".csv", ".md", ".html")} == before
+
+
 @pytest.mark.slow
 def test_ablation_table2_layout(toy):
     rows = ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(0.0, 100.0),
@@ -255,6 +291,26 @@ def test_ablation_table2_layout(toy):
     with pytest.raises(InputError, match="share an output folder"):
         ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(100.0, 100.0000001),
                  bone_losses=(False,), k=2)
+
+
+def test_a_diverged_setting_is_reported_and_the_others_finish(toy, monkeypatch):
+    """A setting whose training diverges (its losses NaN, as with too high a weight) is named in
+    Table 2 (all n/a), the report and ablation.json, never compared; the other setting is scored."""
+    from MSKdeXTraining.training.objective import Objective
+
+    step = Objective.step
+    monkeypatch.setattr(Objective, "step", lambda self, batch, w: {
+        k: (float("nan") if self.c.lambda_is == 1000.0 else v) for k, v in step(self, batch, w).items()})
+    rows = ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(0.0, 1000.0),
+                    bone_losses=(False,), k=2, workers=1)  # in this process: the patch applies
+    assert np.isfinite(rows[0]["mean_muscle_mass_pcc"]) and "diverged" not in rows[0]
+    assert "training diverged in epoch 1" in rows[1]["diverged"] and np.isnan(rows[1]["mean_muscle_mass_pcc"])
+    md = (toy / "ablation" / "ablation.md").read_text()
+    assert "held-out cases n = 4; training diverged, so n/a: lambda_is 1000 (False)" in md
+    assert "| 1000 | (False) | n/a | n/a |" in md and "Training diverged, so no predictions" in md
+    assert "Training diverged" in (toy / "ablation" / "report.html").read_text()
+    doc = json.loads((toy / "ablation" / "ablation.json").read_text())
+    assert doc["anova"] is None and doc["rows"][1]["mean_muscle_mass_pcc"] is None  # the baseline alone
 
 
 def test_a_fold_made_from_another_dataset_is_refused(toy, evaluated, tmp_path):
@@ -327,7 +383,7 @@ def test_evaluate_cli_compare_writes_the_anova_and_its_report_section(toy, evalu
     assert section.count("<td>1.0000</td>") == 2 * len(preds.names)
     assert "## Comparison (one-way ANOVA)" in (out / "metrics.md").read_text()
     assert not (evaluated[0] / "anova.csv").exists()  # the compared evaluation is only read
-    assert f"| {preds.names[0]} | muscle | 4 | 0 | {first['mass']['pcc']:.3f} |" in printed
+    assert f"| {preds.names[0]} | muscle | 0 | 4 | {first['mass']['pcc']:.3f} |" in printed
     mean = np.mean([expected[n]["mass"]["pcc"] for n in preds.names if expected[n]["kind"] == "muscle"])
     assert f"Mean lean-mass PCC over 6 muscles: {mean:.3f}" in printed
     assert f"report: {out / 'report.html'}" in printed
@@ -436,6 +492,29 @@ def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_pred
     assert not (out / "decomposition.png").exists()  # no model to draw it with: not an earlier run's
 
 
+def test_a_fold_trained_on_with_more_epochs_is_predicted_again(toy, evaluated, tmp_path):
+    """`mskdex train --resume` of a fold's run with more epochs: evaluating with those epochs
+    predicts the fold again with the new weights; with the old ones its model.json is refused;
+    a refused predictions.json says to delete that file, not the fold with its model."""
+    from MSKdeXTraining.fileio import file_sha256
+    from MSKdeXTraining.training.config import load_config
+    from MSKdeXTraining.training.trainer import train
+
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    run = out / "fold_0" / "run"
+    train(load_config(toy / "tiny.yaml", {"epochs": 2}), toy / "data", run, fold=(0, 2), resume=True)
+    with pytest.raises(InputError, match="model.json: made with another config"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
+    again = evaluate(toy / "data", out, toy / "tiny.yaml", {"epochs": 2}, k=2, folds=[0])
+    doc = json.loads((out / "fold_0" / "predictions.json").read_text())
+    assert doc["weights_sha256"] == file_sha256(run / "model.safetensors")
+    assert doc["evaluation"]["config"]["epochs"] == 2 and sorted(again.ids) == sorted(evaluated[1].ids)
+    assert not np.allclose(again.mass_pred, evaluated[1].mass_pred)
+    with pytest.raises(InputError, match=r"predictions.json: made with another config .* delete it to predict"):
+        evaluate(toy / "data", out, toy / "tiny.yaml", {"epochs": 2, "lambda_is": 0.0}, k=2, folds=[0])
+
+
 def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out_cases(toy, evaluated, tmp_path,
                                                                                       capsys, monkeypatch):
     from MSKdeXTraining.cli import main
@@ -480,7 +559,6 @@ def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_mediu
                                                "iliacus", "obturator_externus", "pectineus", "pelvis")):
     """Predictions of 12 cases of 12 patients (fold 0): truth uniform 200-900, prediction the truth
     times 1 + ``noise`` x N(0, 1) (mass and volume)."""
-    from MSKdeXTraining.evaluation.crossval import Predictions
     rng = np.random.default_rng(seed)
     n = len(names)
     vol_true, mass_true = rng.uniform(200, 900, (12, n)), rng.uniform(200, 900, (12, n))
@@ -557,15 +635,17 @@ def test_non_finite_predictions_are_reported_not_fatal(toy, evaluated, tmp_path,
     printed = capsys.readouterr().out
     with (out / "metrics.csv").open() as fh:
         table = {r["object"]: r for r in csv.DictReader(fh)}
-    assert (table[names[0]]["non-finite"], table[names[0]]["n"], table[names[0]]["mass PCC"]) == ("4", "0", "nan")
-    assert (table[names[1]]["non-finite"], table[names[1]]["n"]) == ("1", "4")
+    assert (table[names[0]]["non-finite"], table[names[0]]["mass n"], table[names[0]]["mass PCC"]) == ("4", "0", "nan")
+    assert table[names[0]]["volume n"] == "4" and table[names[0]]["volume PCC"] != "nan"  # its volume is scored
+    # each quantity counts the cases it is scored on: the infinite volume is left out of volume alone
+    assert [table[names[1]][c] for c in ("non-finite", "mass n", "volume n", "density n")] == ["1", "4", "3", "3"]
     expected = _recomputed_metrics(evaluated[0])[names[1]]["mass"]
     assert float(table[names[1]]["mass PCC"]) == pytest.approx(expected["pcc"], rel=1e-9)
     warning = f"left out of the scores, cases per object: {names[0]} 4, {names[1]} 1."
     for text in (printed, (out / "metrics.md").read_text(), (out / "report.html").read_text()):
         assert warning in text
         assert "Mean lean-mass PCC over 6 muscles: n/a" in text  # gluteus maximus has none
-    assert f"| {names[0]} | muscle | 0 | 4 | n/a |" in printed
+    assert f"| {names[0]} | muscle | 4 | 0 | n/a | n/a | n/a | 4 |" in printed
 
 
 def test_compare_is_checked_before_training_and_a_failing_one_writes_nothing(toy, evaluated, tmp_path):
@@ -593,6 +673,32 @@ def test_compare_is_checked_before_training_and_a_failing_one_writes_nothing(toy
     with pytest.raises(InputError, match="shares 0 held-out cases"):
         write_evaluation(out, evaluated[1], toy / "data", "t", compare=load_predictions(other), compare_label="other")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_compare_pools_the_other_folders_folds_as_its_report_does(toy, evaluated, tmp_path):
+    """--compare reads the folds the other folder's report pools (the config, K and dataset of
+    most of its folds; not outdated), and the report says which."""
+    from MSKdeXTraining.fileio import write_json
+
+    other = tmp_path / "other"
+    shutil.copytree(evaluated[0], other)
+    doc = json.loads((other / "fold_0" / "predictions.json").read_text())
+    held = split_folds(read_manifest(toy / "data"), 2, seed=0)[1][1]
+    key = doc["evaluation"]
+    write_json(other / "fold_1" / "predictions.json", {
+        **doc, "fold": 1, "cases": [{**c, "id": i} for c, i in zip(doc["cases"], held, strict=True)],
+        "evaluation": {**key, "config": {**key["config"], "lambda_is": 0.0}, "test_ids": held}})
+    preds = load_predictions(other)
+    assert preds.ids == evaluated[1].ids and preds.left_out == {1: "made with another config"}
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0], compare=other)
+    assert "other: 4 held-out cases, folds 0 of 2; fold 1 left out: made with another config." in \
+        (out / "metrics.md").read_text()
+    write_json(other / "fold_0" / "predictions.json", {**doc, "weights_sha256": "0" * 64})
+    with pytest.raises(InputError, match="no fold's predictions can be used .fold 0: its model was trained on "
+                                         "since its predictions; fold 1: made with another config"):
+        load_predictions(other)
 
 
 def test_the_report_pools_every_finished_fold_of_this_run(toy, evaluated, tmp_path, capsys):

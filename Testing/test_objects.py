@@ -31,6 +31,31 @@ def test_totalsegmentator_map_matches_the_shared_label_names(shared_data):
             assert all(names[str(v)].endswith(side) for v in values)
 
 
+def test_totalsegmentator_class_names_are_accepted_names(shared_data):
+    """Every label of the map is named by TotalSegmentator's own class name, through its object's
+    name or an alias (hip_left for pelvis, iliopsoas_right for iliacus)."""
+    names = json.loads((shared_data / "totalsegmentator-example" / "labels.json").read_text())["labels"]
+    ts = load_object_map("totalsegmentator")
+    sided = {f"{o.name}_{side}": v for o in ts.objects for side, (v,) in o.sides.items()}
+    accepted = {**ts.aliases, **sided, **{o.name: o.labels[0] for o in ts.objects if not o.sides}}
+    assert all(accepted.get(names[str(v)]) == v for o in ts.objects for v in o.labels)
+    assert ts.aliases == {"hip_left": 77, "hip_right": 78, "iliopsoas_left": 88, "iliopsoas_right": 89}
+    assert ts.select(["iliacus"]).aliases == {"iliopsoas_left": 88, "iliopsoas_right": 89}
+    assert ts.per_side().aliases == ts.aliases and load_object_map("synthetic").aliases == {}
+
+
+@pytest.mark.parametrize("aliases, message", [
+    ([1], r"map.json: field 'aliases' must map segment names to label values, got \[1\]"),
+    ({"hip": 99}, r"map.json: aliases\['hip'\] must be a label value of an object, got 99"),
+    ({"hip": True}, r"map.json: aliases\['hip'\] must be a label value of an object, got True"),
+    ({"femur": 3}, r"map.json: aliases: 'femur' must be a non-empty name that is not an object's"),
+    ({"": 3}, r"map.json: aliases: '' must be a non-empty name"),
+])
+def test_malformed_aliases_are_named(aliases, message):
+    with pytest.raises(ObjectMapError, match=message):
+        ObjectMap.from_json(dict(load_object_map("synthetic").to_json(), aliases=aliases), "map.json")
+
+
 def test_per_side_lookup_table_and_errors():
     synthetic = load_object_map("synthetic")
     sides = synthetic.per_side()

@@ -38,7 +38,8 @@ from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
 from MSKdeXLib.results_table import COLUMNS, ood_text, table_rows  # noqa: E402
 from MSKdeXLib.scene_io import load_scene, save_scene  # noqa: E402
-from MSKdeXLib.segmentation_nodes import label_names, labels_from_segmentation, labels_to_segmentation  # noqa: E402
+from MSKdeXLib.segmentation_nodes import (label_names, labels_from_segmentation, labels_to_segmentation,  # noqa: E402
+                                          name_values, unmatched_segments)
 from MSKdeXLib.volume_nodes import volume_from_node, volume_to_node  # noqa: E402
 
 pytestmark = pytest.mark.slicer
@@ -150,6 +151,21 @@ def test_segments_are_matched_by_name(example):
     seg.GetSegmentation().GetNthSegment(1).SetName(first)  # two segments, one name
     with pytest.raises(InputError, match="several segments are named"):
         labels_from_segmentation(seg, example["ct_node"], values)
+    scene.RemoveNode(seg)
+
+
+def test_totalsegmentator_class_names_match_their_objects(example):
+    """Segments named as TotalSegmentator names its classes (hip_left, iliopsoas_right: the map's
+    aliases of pelvis and iliacus) are matched, not left out."""
+    scene, objects = example["scene"], example["objects"]
+    small = example["labels"].with_array(np.where(np.isin(example["labels"].array, [77, 89]),
+                                                  example["labels"].array, 0))
+    seg = labels_to_segmentation(small, scene, "TotalSegmentator", {77: "hip_left", 89: "iliopsoas_right"})
+    for i in range(seg.GetSegmentation().GetNumberOfSegments()):
+        seg.GetSegmentation().GetNthSegment(i).RemoveTag("MSKdeX.LabelValue")
+    assert unmatched_segments(seg, name_values(objects)) == []
+    assert np.array_equal(labels_from_segmentation(seg, example["ct_node"], name_values(objects)).array,
+                          small.array)
     scene.RemoveNode(seg)
 
 
@@ -356,6 +372,34 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
             "padding and bit depth were not read (load it with 'Load radiograph' to use them)") in notes
 
 
+def test_registration_takes_the_films_distances_as_the_cli_does(tmp_path):
+    """Bone alignment's geometry is the CLI's (`mskdex register`: read_xray): the distances of the
+    file read by Load radiograph, a patient-calibrated spacing scaled to the detector, the ones
+    given replacing them; a node without them assumes the defaults and says so."""
+    from test_radiograph_io import write_dicom
+
+    from MSKdeXTraining.imaging.registration import read_xray
+
+    image = (np.arange(300 * 240).reshape(300, 240) % 4000 + 50).astype(np.uint16)
+    films = [write_dicom(tmp_path / "detector.dcm", image, bits=12, ImagerPixelSpacing=[0.6, 0.6],
+                         DistanceSourceToDetector=1300.0, DistanceSourceToPatient=1050.0),
+             write_dicom(tmp_path / "patient.dcm", image, bits=12, PixelSpacing=[0.4, 0.4],
+                         PixelSpacingCalibrationType="GEOMETRY", DistanceSourceToDetector=1250.0,
+                         DistanceSourceToPatient=1000.0)]
+    scene = slicer.vtkMRMLScene()
+    for path in films:
+        node = Pipeline(scene).load_radiograph(path)
+        geometry, assumed = Pipeline.registration_geometry(node)
+        assert geometry == read_xray(path)[1] and assumed is None
+        assert (geometry.sdd, geometry.sod) != (Geometry.sdd, Geometry.sod)
+        given, _ = Pipeline.registration_geometry(node, 1400.0, None)
+        assert given == read_xray(path, sdd=1400.0)[1]
+    assert geometry.pixel_spacing == pytest.approx((0.4 * geometry.sdd / geometry.sod,) * 2)  # patient -> detector
+    node.RemoveAttribute("MSKdeX.Source")  # loaded by Slicer itself: nothing read from the file
+    geometry, assumed = Pipeline.registration_geometry(node)
+    assert (geometry.sdd, geometry.sod) == (1100.0, 880.0) and "assuming SDD 1100 mm, SOD 880 mm" in assumed
+
+
 def test_long_work_can_be_cancelled(example):
     from MSKdeXLib.progress import Cancelled, ProgressRelay
 
@@ -370,6 +414,18 @@ def test_long_work_can_be_cancelled(example):
     relay = ProgressRelay(lambda f, m: relay.cancel())
     with pytest.raises(Cancelled, match="cancelled at 100 % \\(last\\)"):
         relay(1.0, "last")
+
+
+def test_a_progress_text_with_percent_signs_shows_as_is():
+    """bar_format keeps tqdm's text literal in a QProgressBar format: QProgressBar::text() (as in
+    Qt 5 and 6) replaces %m, %v then %p, with no escape."""
+    from MSKdeXLib.progress import bar_format
+
+    def qt_text(fmt: str, value: int) -> str:  # QProgressBar::text() for the range 0..100
+        return fmt.replace("%m", "100").replace("%v", str(value)).replace("%p", str(value))
+
+    text = "epoch 2/5:  40%|####  | 2/5 [%p %v %m %%]"
+    assert qt_text(bar_format(text), 40).replace("\u2060", "") == f"{text} 40%"
 
 
 @pytest.mark.slow
@@ -409,6 +465,7 @@ def test_bone_alignment_through_the_bridge():
     assert np.corrcoef(aligned.ravel(), drr.ravel())[0, 1] > 0.95
     assert volume_from_node(layer).grid_differences(volume_from_node(xray_node)) == []
     assert transform.GetName() == "MSKdeX aligned pelvis pose"
+    assert Pipeline.registration_distances(transform) == "SDD 1100.0 mm, SOD 880.0 mm"
     # Redo from the pose node after the user moved it by 2 mm: converges again
     moved = pose_from_transform_node(transform)
     moved[:3, 3] += [2.0, -2.0, 0.0]
@@ -641,6 +698,19 @@ def test_backend_process_reports_failure():
     events = process.poll()
     assert [e.text for e in events if e.kind == "log"] == ["bad input"]
     assert events[-1].returncode == 2
+
+
+def test_an_old_python_is_refused_naming_the_slicer_to_install():
+    """Slicer 5.8 and older ship Python 3.9: MSKdeX refuses it clearly (pyproject: requires-python)."""
+    from MSKdeXLib.dependencies import PYTHON_MIN, require_python
+
+    wanted = 'requires-python = ">=' + ".".join(map(str, PYTHON_MIN)) + '"'
+    assert wanted in (ROOT / "pyproject.toml").read_text().splitlines()
+    with pytest.raises(RuntimeError, match=r"MSKdeX needs Python 3.10 or newer, which 3D Slicer ships from "
+                                           r"version 5.10 on; this Slicer runs Python 3.9.10: install a newer"):
+        require_python((3, 9, 10, "final", 0))
+    require_python((3, 10, 0))
+    require_python()
 
 
 def test_requirements_detection(tmp_path):

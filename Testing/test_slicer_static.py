@@ -311,3 +311,38 @@ def test_the_widget_self_test_enters_the_module_first():
     """connectGui binds the parameter node on enter(): the self-test selects the module first."""
     first = _method("test_widget_binds_parameters").body[0]
     assert ast.unparse(first) == "slicer.util.selectModule('MSKdeX')"
+
+
+#: Widget slots that show no error dialog: cancelling, scene events, the training poll (a timer's).
+UNGUARDED_SLOTS = {"onCancelWork", "onCancelTraining", "onSceneStartClose", "onSceneEndClose", "onTrainingPoll"}
+
+
+def test_every_widget_slot_shows_its_errors():
+    """Each on* slot of the widget runs in slicer.util.tryWithErrorDisplay or through _runWork
+    (which does): an exception in a Qt slot otherwise only reaches the Python console."""
+    tree = ast.parse(MODULE_PY.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MSKdeXWidget")
+    bare = []
+    for slot in (n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name.startswith("on")):
+        calls = {ast.unparse(n.func) for n in ast.walk(slot) if isinstance(n, ast.Call)}
+        guarded = [s for s in slot.body if isinstance(s, ast.With) and any(
+            ast.unparse(i.context_expr.func) == "slicer.util.tryWithErrorDisplay" for i in s.items
+            if isinstance(i.context_expr, ast.Call))]
+        if not guarded and "self._runWork" not in calls and slot.name not in UNGUARDED_SLOTS:
+            bare.append(slot.name)
+    assert not bare, f"slots whose errors reach no dialog: {bare}"
+
+
+def test_the_training_bar_shows_the_log_text_literally_and_starts_clean():
+    """The tqdm text goes through bar_format (its % kept literal); a new training resets the format."""
+    poll, start = ast.unparse(_method("onTrainingPoll")), ast.unparse(_method("onTrain"))
+    assert "self.ui.trainProgressBar.setFormat(bar_format(event.text))" in poll
+    assert "self.ui.trainProgressBar.setFormat(PERCENT_FORMAT)" in start
+
+
+def test_the_module_checks_python_before_loading_the_backend():
+    """On an older Python the module stops with require_python's message, not in the backend."""
+    body = ast.parse(MODULE_PY.read_text()).body
+    checked = next(i for i, n in enumerate(body) if ast.unparse(n) == "require_python()")
+    backend = [i for i, n in enumerate(body) if isinstance(n, ast.ImportFrom) and n.module.startswith("MSKdeXTraining")]
+    assert backend and checked < min(backend)

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+#: The oldest Python MSKdeX runs on (pyproject's requires-python); 3D Slicer ships it from 5.10 on.
+PYTHON_MIN = (3, 10)
 
 TORCH_MISSING = (
     "MSKdeX needs PyTorch, which is not installed in this Slicer. Install the 'PyTorch' "
     "extension from the Extensions Manager (View > Extensions Manager, search 'PyTorch'), "
     "restart Slicer, then click 'Check dependencies' again: MSKdeX will ask to install a "
     "PyTorch build that fits your GPU/CPU through that extension's PyTorch Utils.")
+
+
+def require_python(version: tuple[int, ...] = tuple(sys.version_info)) -> None:
+    """Raise RuntimeError saying which Python (and Slicer) MSKdeX needs when ``version`` is older
+    than :data:`PYTHON_MIN`: this file still loads there, the backend then fails obscurely."""
+    if tuple(version[:2]) < PYTHON_MIN:
+        raise RuntimeError(f"MSKdeX needs Python {'.'.join(map(str, PYTHON_MIN))} or newer, which 3D Slicer ships "
+                           f"from version 5.10 on; this Slicer runs Python {'.'.join(map(str, version[:3]))}: "
+                           "install a newer Slicer")
 
 
 def read_requirements(path: str | Path = REQUIREMENTS) -> list[Requirement]:

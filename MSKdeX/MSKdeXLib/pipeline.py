@@ -10,6 +10,7 @@ nodes (:mod:`drr_nodes`, :mod:`results_table`, :mod:`pose_nodes`). Errors are ra
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +51,7 @@ RESULT_PREFIX = "MSKdeX"
 TABLE_NAME = "MSKdeX results"
 CHART_NAME = "MSKdeX results chart"
 QC_TABLE_NAME = "MSKdeX segmentation QC"
-#: Pose-node attribute: the node IDs and SDD/SOD a pose was registered from (JSON).
+#: Pose-node attribute: the node IDs and SDD/SOD (mm, those used) a pose was registered from (JSON).
 INPUTS_ATTRIBUTE = "MSKdeX.RegistrationInputs"
 #: Training with the hold-out for calibration trains on fold 0 of this many (its quarter calibrates).
 HOLD_OUT_FOLDS = 4
@@ -167,14 +168,41 @@ class Pipeline:
         return layer
 
     # -- bone alignment -----------------------------------------------------------------
+    @staticmethod
+    def registration_geometry(radiograph_node, sdd: float | None = None,
+                              sod: float | None = None) -> tuple[Geometry, str | None]:
+        """(detector geometry, note when the distances were assumed) of the radiograph node as
+        ``mskdex register`` reads its file
+        (:func:`~MSKdeXTraining.imaging.registration.radiograph_geometry`): ``sdd`` / ``sod``
+        (mm) if given, else the file's (kept by *Load radiograph*), else SDD 1100 / SOD 880
+        assumed; a spacing calibrated at the patient is scaled to the detector."""
+        from MSKdeXTraining.imaging.registration import radiograph_geometry
+
+        with warnings.catch_warnings(record=True) as assumed:  # its only warning: distances assumed
+            warnings.simplefilter("always")
+            geometry = radiograph_geometry(radiograph_from_node(radiograph_node),
+                                           f"radiograph {radiograph_node.GetName()!r}", sdd, sod)
+        return geometry, "; ".join(str(w.message) for w in assumed) or None
+
+    @staticmethod
+    def registration_distances(transform_node) -> str:
+        """The SDD / SOD a pose node was registered with (:data:`INPUTS_ATTRIBUTE`), as text."""
+        inputs = json.loads(transform_node.GetAttribute(INPUTS_ATTRIBUTE) or "{}")
+        if "sdd" not in inputs:
+            return "SDD/SOD unknown"
+        text = f"SDD {inputs['sdd']:.1f} mm, SOD {inputs['sod']:.1f} mm"
+        return text + (" (assumed: not in the file nor given)" if inputs.get("assumed") else "")
+
     def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,
-                 sdd: float, sod: float, preset: str = "accurate", progress: ProgressRelay | None = None,
-                 start_pose: np.ndarray | None = None
+                 sdd: float | None = None, sod: float | None = None, preset: str = "accurate",
+                 progress: ProgressRelay | None = None, start_pose: np.ndarray | None = None
                  ) -> tuple[RegistrationResult, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode]:
         """Register one rigid body (``pelvis``, ``femur_left``, ``femur_right``) to the
-        radiograph (SDD/SOD in mm) as ``mskdex register`` does
-        (:func:`~MSKdeXTraining.imaging.registration.register_body`); returns (result,
-        transform node, aligned bone DRR layer).
+        radiograph as ``mskdex register`` does
+        (:func:`~MSKdeXTraining.imaging.registration.register_body`) in its
+        :meth:`registration_geometry` (``sdd`` / ``sod`` mm, ``None``: the file's); returns
+        (result, transform node, aligned bone DRR layer). The transform node records the
+        inputs and the distances used (:data:`INPUTS_ATTRIBUTE`; :meth:`registration_distances`).
 
         ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
         from the transform node after the user moved it (Redo). Without it a femur starts from
@@ -192,10 +220,10 @@ class Pipeline:
             raise InputError(f"bone: expected one of {sorted(bodies)}, got {body!r}")
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         radiograph = radiograph_from_node(radiograph_node)
-        geometry = Geometry(radiograph.array.shape[0], radiograph.array.shape[1],
-                            radiograph.pixel_spacing, sdd, sod)
+        geometry, assumed = self.registration_geometry(radiograph_node, sdd, sod)
         inputs = json.dumps({"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
-                             "radiograph": radiograph_node.GetID(), "sdd": sdd, "sod": sod})
+                             "radiograph": radiograph_node.GetID(), "sdd": geometry.sdd, "sod": geometry.sod,
+                             "assumed": assumed})
         pelvis_node = self.scene.GetFirstNodeByName(pose_node_name("pelvis"))
         from_pelvis = (start_pose is None and body != "pelvis" and pelvis_node is not None
                        and pelvis_node.GetAttribute(INPUTS_ATTRIBUTE) == inputs)

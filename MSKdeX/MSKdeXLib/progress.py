@@ -9,6 +9,16 @@ from __future__ import annotations
 
 from MSKdeXTraining.progress import Progress
 
+#: QProgressBar's own format: the percentage.
+PERCENT_FORMAT = "%p%"
+
+
+def bar_format(text: str) -> str:
+    """A QProgressBar format showing ``text`` then the percentage. QProgressBar replaces ``%p``,
+    ``%v`` and ``%m`` anywhere in its format and has no escape (``%%`` shows as is), so each
+    ``%`` of ``text`` is followed by a word joiner (U+2060, invisible) that keeps it literal."""
+    return text.replace("%", "%\u2060") + " " + PERCENT_FORMAT
+
 
 class Cancelled(RuntimeError):
     """The user stopped the work."""

@@ -48,8 +48,9 @@ def label_names(objects: ObjectMap) -> dict[int, str]:
 
 
 def name_values(objects: ObjectMap) -> dict[str, int]:
-    """Label value for every segment name of :func:`label_names` (its inverse)."""
-    return {name: value for value, name in label_names(objects).items()}
+    """Label value for every segment name of :func:`label_names` (its inverse) and of the map's
+    ``aliases`` (e.g. TotalSegmentator's class names ``hip_left``, ``iliopsoas_right``)."""
+    return {**objects.aliases, **{name: value for value, name in label_names(objects).items()}}
 
 
 def _color_table(scene, names: Mapping[int, str], node_name: str):

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str]) -> int:
     """Parse ``argv`` and run; returns the exit code (errors are printed, never raised)."""
     args = build_parser().parse_args(argv)
+    from MSKdeXLib.dependencies import require_python
+
+    try:
+        require_python()
+    except RuntimeError as e:
+        print(f"mskdex_batch: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         import slicer
 

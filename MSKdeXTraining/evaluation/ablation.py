@@ -6,7 +6,9 @@ fold of the same K-fold split by patient, each in its own folder ``OUT/lis<L>_bo
 parallel worker processes, the available cores split evenly between them. A one-way ANOVA
 compares the config's own setting (the default: lambda_is 100 with the bone loss in the paper's
 and the built-in configs) with the baseline (lambda_is 0 without it) when both were run, else
-the best-scoring setting (chosen on the same held-out cases) with the baseline.
+the best-scoring setting (chosen on the same held-out cases) with the baseline. A setting whose
+training diverged (:class:`~MSKdeXTraining.errors.TrainingDiverged`) is reported as such (every
+PCC n/a, never compared), the others still run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, TrainingDiverged
 from ..fileio import write_json
 from ..objects import DISPLAY_NAMES
 from ..parallel import run_jobs, worker_count
@@ -40,12 +42,13 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
              progress: Progress | None = None) -> list[dict]:
     """Train/evaluate every setting, write ``ablation_mass_pcc.csv``, ``ablation_volume_pcc.csv``,
     ``ablation.json``, ``ablation.md`` and ``report.html`` into ``out``; returns one row per
-    setting with per-object PCCs.
+    setting with per-object PCCs (NaN, and ``diverged`` its message, where training diverged).
 
     ``workers`` parallel processes (default: min(settings, cores)); each uses
     ``cores // workers`` torch threads (one process: this one, with its own threads).
     """
     from ..training.config import load_config
+    from ..training.data import read_manifest
 
     report = progress or (lambda f, m: None)
     cfg = load_config(config, overrides)
@@ -58,14 +61,36 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     jobs = [(Path(dataset), setting_dir(out, *s), config,
              {**(overrides or {}), "lambda_is": s[0], "bone_loss": s[1]}, k, [fold]) for s in settings]
     results: dict[tuple[float, bool], Predictions] = {}
+    diverged: dict[tuple[float, bool], str] = {}
     report(0.0, f"{len(settings)} settings on {workers} process(es)")
-    for index, preds in run_jobs(run_folds, jobs, workers, max(1, (os.cpu_count() or 1) // workers)):
+    for index, preds in run_jobs(_run_setting, jobs, workers, max(1, (os.cpu_count() or 1) // workers)):
         s = settings[index]
-        results[s] = preds
-        report(len(results) / len(settings), f"lambda_is={s[0]:g} bone_loss={s[1]} done")
-    rows = [_row(s, results[s]) for s in settings]
+        if isinstance(preds, str):
+            diverged[s] = preds
+        else:
+            results[s] = preds
+        report((len(results) + len(diverged)) / len(settings),
+               f"lambda_is={s[0]:g} bone_loss={s[1]} {'diverged' if s in diverged else 'done'}")
+    objects = list(read_manifest(dataset)["objects"])
+    rows = [_row(s, results[s]) if s in results else _diverged_row(s, objects, diverged[s]) for s in settings]
     _write(Path(out), rows, results, k, fold, (float(cfg.lambda_is), bool(cfg.bone_loss)))
     return rows
+
+
+def _run_setting(*job) -> Predictions | str:
+    """:func:`run_folds` of one setting (``job`` its arguments); the message of a training that
+    diverged instead of raising it, so the other settings still run."""
+    try:
+        return run_folds(*job)
+    except TrainingDiverged as e:
+        return str(e)
+
+
+def _diverged_row(setting: tuple[float, bool], objects: list[str], message: str) -> dict:
+    """The row of a setting whose training diverged: no predictions, every PCC NaN."""
+    nan = {n: float("nan") for n in objects}
+    return {"lambda_is": setting[0], "bone_loss": setting[1], "n": 0, "mass_pcc": nan, "volume_pcc": dict(nan),
+            "mean_muscle_mass_pcc": float("nan"), "mean_muscle_volume_pcc": float("nan"), "diverged": message}
 
 
 def _row(setting: tuple[float, bool], preds: Predictions) -> dict:
@@ -78,13 +103,16 @@ def _row(setting: tuple[float, bool], preds: Predictions) -> dict:
 
 
 def table2(rows: list[dict], quantity: str = "mass") -> Table:
-    """The paper's Table 2 layout: lambda_is, with L_B, PCC per object, mean over muscles."""
+    """The paper's Table 2 layout: lambda_is, with L_B, PCC per object, mean over muscles; the
+    caption names the settings whose training diverged (their row all n/a)."""
     names = list(rows[0][f"{quantity}_pcc"])
     header = ["lambda_is", "with L_B"] + [DISPLAY_NAMES.get(n, n) for n in names] + ["muscle mean"]
     body = [[f"{r['lambda_is']:g}", f"({r['bone_loss']})"] + [r[f"{quantity}_pcc"][n] for n in names]
             + [r[f"mean_muscle_{quantity}_pcc"]] for r in rows]
     what = "Lean muscle mass and bone mass" if quantity == "mass" else "Muscle and bone volume"
-    return Table(header, body, f"{what} estimation accuracy (PCC), held-out cases n = {rows[0]['n']}")
+    failed = [f"lambda_is {r['lambda_is']:g} ({r['bone_loss']})" for r in rows if r.get("diverged")]
+    return Table(header, body, f"{what} estimation accuracy (PCC), held-out cases n = {max(r['n'] for r in rows)}"
+                 + (f"; training diverged, so n/a: {', '.join(failed)}" if failed else ""))
 
 
 def compared_setting(results: dict[tuple[float, bool], Predictions],
@@ -104,7 +132,10 @@ def _write(out: Path, rows: list[dict], results: dict, k: int, fold: int, defaul
     mass, volume = table2(rows, "mass"), table2(rows, "volume")
     text = (f"Each setting trained on the same {k - 1}/{k} of the patients (fold {fold} held out) "
             "and scored on the held-out cases. Baseline: lambda_is = 0 without the bone loss. Muscle "
-            "mean n/a: a muscle's PCC is undefined (e.g. a constant prediction), so is the mean.")
+            "mean n/a: a muscle's PCC is undefined (e.g. a constant prediction), so is the mean."
+            + "".join(f"\n\nTraining diverged, so no predictions (every PCC n/a, never compared): "
+                      f"lambda_is={r['lambda_is']:g}, L_B={r['bone_loss']}: {r['diverged']}"
+                      for r in rows if r.get("diverged")))
     sections = [Section("Ablation (paper Table 2 layout)", text, [mass, volume])]
     compared, record = compared_setting(results, default), None
     if compared is not None:

@@ -212,11 +212,22 @@ def read_predictions(path: Path) -> dict:
 
 
 def load_predictions(out: Path) -> Predictions:
-    """All ``fold_*/predictions.json`` under an evaluation folder."""
-    files = sorted(Path(out).glob("fold_*/predictions.json"))
+    """The folds of an evaluation folder its report would pool (:func:`_pool`): those made with
+    the config, K and dataset of most of its ``fold_*/predictions.json`` (ties: the first), by
+    their model's present weights; ``left_out`` says why the others are not."""
+    out = Path(out)
+    files = sorted(out.glob("fold_*/predictions.json"))
     if not files:
         raise FileNotFoundError(f"{out}: no fold_*/predictions.json; run `mskdex evaluate` first")
-    return Predictions.from_json([read_predictions(f) for f in files])
+    found = {f.parent.name: read_predictions(f).get("evaluation") for f in files}
+    for name, key in found.items():
+        if not isinstance(key, dict) or not isinstance(key.get("k"), int) or key["k"] < 1:
+            raise InputError(f"{out / name / 'predictions.json'}: field 'evaluation' is missing or has no "
+                             "K (written before MSKdeX recorded them); evaluate into a new folder")
+    settings = [{**key, "test_ids": None} for key in found.values()]
+    common = max(settings, key=lambda a: sum(not _changed(a, b) for b in settings))
+    return _pooled(out, [{**common, "test_ids": (found.get(f"fold_{f}") or {}).get("test_ids")}
+                         for f in range(common["k"])])
 
 
 def _fold_keys(dataset: Path, cfg: TrainConfig, k: int) -> tuple[dict, list[tuple[list[str], list[str]]], list[dict]]:
@@ -287,12 +298,13 @@ def _finished(target: Path, run: Path, key: dict) -> bool:
     """Whether a fold's predictions (``target``, made with the same ``key`` or refused) can be
     kept: made by the model's present weights (then calibrated, again or for the first time) or
     the model was removed since (kept uncalibrated: predictions and key still hold). False:
-    predict again (the model was trained on since, or the predictions predate the record of its
-    weights)."""
+    predict again (the model was trained on since, e.g. resumed with more ``epochs``, or the
+    predictions predate the record of its weights); then its model.json, not the predictions'
+    config, must match ``key``'s (checked by :func:`run_folds`)."""
     doc = read_predictions(target)
-    _check_reuse(target, doc.get("evaluation"), key)
-    if _outdated(doc, run):
+    if _outdated(doc, run) and set(_changed(doc.get("evaluation"), key)) <= {"config"}:
         return False
+    _check_reuse(target, doc.get("evaluation"), key)
     if (run / "model.safetensors").is_file():
         write_calibration(run, doc)
     return True
@@ -323,12 +335,14 @@ def _changed(found: dict | None, wanted: dict) -> list[str]:
 
 
 def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
-    """Refuse a fold's earlier result (``path``) made with other settings than ``wanted``
-    (:func:`_changed`)."""
+    """Refuse a fold's earlier result (``path``: its predictions.json or its model's model.json)
+    made with other settings than ``wanted`` (:func:`_changed`)."""
     changed = _changed(found, wanted)
     if changed:
-        raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; "
-                         "choose another --out folder (or delete that fold's folder)")
+        again = ("delete it to predict the fold again with its model" if path.name == "predictions.json"
+                 else f"delete {path.parent.parent} to train the fold again")
+        raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; evaluate "
+                         f"with the settings it was made with, or into another --out folder, or {again}")
 
 
 def _pool(out: Path, keys: list[dict]) -> tuple[dict[int, dict], dict[int, str]]:
@@ -349,6 +363,18 @@ def _pool(out: Path, keys: list[dict]) -> tuple[dict[int, dict], dict[int, str]]
         else:
             docs[f] = doc
     return docs, left_out
+
+
+def _pooled(out: Path, keys: list[dict]) -> Predictions:
+    """The folds :func:`_pool` keeps as one :class:`Predictions`, ``left_out`` naming the others;
+    InputError when it keeps none."""
+    docs, left_out = _pool(out, keys)
+    if not docs:
+        raise InputError(f"{out}: no fold's predictions can be used ("
+                         f"{'; '.join(f'fold {f}: {why}' for f, why in sorted(left_out.items()))})")
+    preds = Predictions.from_json([docs[f] for f in sorted(docs)])
+    preds.left_out = left_out
+    return preds
 
 
 def check_comparable(other: Predictions, name: str, objects: list[str], ids: set[str]) -> None:
@@ -432,9 +458,7 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
         check_comparable(other, f"--compare {compare}", list(manifest["objects"]),
                          {i for f in pooled for i in keys[f]["test_ids"]})
     run_folds(dataset, out, config, overrides, k, folds, progress=lambda f, m: report(0.95 * f, m))
-    docs, left_out = _pool(out, keys)
-    preds = Predictions.from_json([docs[f] for f in sorted(docs)])
-    preds.left_out = left_out
+    preds = _pooled(out, keys)
     report(0.96, f"writing the report ({preds.folds_text()})")
     write_evaluation(out, preds, dataset, title=title, compare=other,
                      compare_label=Path(compare).name if compare else "")

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ..fileio import write_atomic
 from ..imaging.projector import DRR_TYPES
@@ -29,11 +31,12 @@ def _grid(n: int) -> tuple[int, int]:
 
 def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quantity: str,
                    unit: str, path: str | Path, groups: np.ndarray | None = None,
-                   dpi: int = 110) -> Path:
+                   group_name: str = "fold", dpi: int = 110) -> Path:
     """Scatter plots of ``pred`` vs ``truth`` (both (M cases, N objects), in ``unit``), one
     panel per object with the identity line, PCC and ICC(2,1) of the cases where both are
-    finite (the others are not drawn; the title counts them); ``groups`` (M,) colours the
-    points (e.g. the cross-validation fold). Writes a PNG atomically and returns its path."""
+    finite (the others are not drawn; the title counts them); ``groups`` (M,) integer labels
+    colour the points, named ``<group_name> <label>`` in a legend (e.g. the cross-validation
+    fold). Writes a PNG atomically and returns its path."""
     truth, pred = np.asarray(truth, float), np.asarray(pred, float)
     rows, cols = _grid(len(names))
     fig = Figure(figsize=(3.1 * cols, 3.0 * rows), layout="constrained")
@@ -60,6 +63,11 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quanti
             ax.set_xlabel(f"ground truth ({unit})", fontsize=8)
     for ax in axes[len(names):]:
         ax.set_visible(False)
+    if groups is not None:
+        tab10 = colormaps["tab10"]
+        labels = sorted({int(g) for g in np.asarray(groups)})
+        fig.legend(handles=[Line2D([], [], ls="", marker="o", color=tab10(g / 9), label=f"{group_name} {g}")
+                            for g in labels], loc="outside lower center", ncols=min(len(labels), 8), fontsize=8)
     fig.suptitle(f"{quantity}: prediction vs ground truth (3D CT), n = {len(truth)}", fontsize=11)
     return _save(fig, Path(path), dpi)
 

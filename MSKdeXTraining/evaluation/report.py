@@ -110,19 +110,19 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
 
 
 def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
-    """Per object: n (cases scored), the number of cases whose prediction is not finite (left
-    out), then PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and the PCC of the density
+    """Per object: the number of cases whose prediction is not finite (left out), then n (cases
+    scored), PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and n and PCC of the density
     (mass / volume, g/cm3)."""
-    header = ["object", "kind", "n", "non-finite", "mass PCC", "mass ICC", "mass MAE (g)",
-              "volume PCC", "volume ICC", "volume MAE (cm3)", "density PCC"]
-    rows = [[m["object"], m["kind"], m["mass"]["n"], m["non_finite"], m["mass"]["pcc"], m["mass"]["icc"],
-             m["mass"]["mae"], m["volume"]["pcc"], m["volume"]["icc"], m["volume"]["mae"],
-             m["density"]["pcc"]] for m in object_metrics]
+    header = ["object", "kind", "non-finite", "mass n", "mass PCC", "mass ICC", "mass MAE (g)",
+              "volume n", "volume PCC", "volume ICC", "volume MAE (cm3)", "density n", "density PCC"]
+    rows = [[m["object"], m["kind"], m["non_finite"]]
+            + [m[q][k] for q in ("mass", "volume") for k in ("n", "pcc", "icc", "mae")]
+            + [m["density"]["n"], m["density"]["pcc"]] for m in object_metrics]
     return Table(header, rows, caption or "Mass and volume from the predicted DRR sums vs the 3D CT "
                  "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
-                 "n: cases scored; non-finite: cases whose predicted mass or volume is NaN or "
-                 "infinite, left out; density: mass / volume in g/cm3, for a muscle its lean mass "
-                 "per cm3, over the cases where it is finite)",
+                 "non-finite: cases whose predicted mass or volume is NaN or infinite; each quantity "
+                 "is scored over its own n cases, those where its prediction and truth are finite; "
+                 "density: mass / volume in g/cm3, for a muscle its lean mass per cm3)",
                  {"mass MAE (g)": 1, "volume MAE (cm3)": 1})
 
 

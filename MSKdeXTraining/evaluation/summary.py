@@ -32,8 +32,10 @@ def representative_case(preds: Predictions) -> int:
 def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
                      compare: Predictions | None = None, compare_label: str = "") -> Path:
     """Write every output of an evaluation into ``out``; returns the path of report.html. All
-    tables (the comparison with ``compare`` too) are computed before any file is written, and
-    outputs that no longer apply (intervals.csv, anova.csv, decomposition.png) are removed."""
+    tables (the comparison with ``compare`` too) are computed before any file is written, the
+    figures drawn before the tables are written (a figure that fails leaves the tables and
+    report of the last run), and outputs that no longer apply (intervals.csv, anova.csv,
+    decomposition.png) are removed."""
     agree = agreement_table(preds.object_metrics())
     images = image_table(preds.image_metrics())
     folds = sorted(set(preds.folds.tolist()))
@@ -54,17 +56,10 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
             f"{100 * LEVEL:.0f} % interval of a prediction p is [p / f, p x f], f = e^q from that "
             "model's held-out cases (split conformal, calibration.json; n/a: too few cases).", [intervals]))
     if comparison is not None:
-        sections.append(Section("Comparison (one-way ANOVA)", "", [comparison]))
+        sections.append(Section("Comparison (one-way ANOVA)", f"{compare_label or 'The other evaluation'}: "
+                                f"{len(compare.ids)} held-out cases, {compare.folds_text()}.", [comparison]))
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / "predictions.csv", Table(ROW_HEADER, preds.rows()))
-    write_csv(out / "metrics.csv", agree)
-    write_csv(out / "image_metrics.csv", images)
-    for name, table in (("intervals.csv", intervals), ("anova.csv", comparison)):
-        if table is None:  # from an earlier run (models since removed; --compare)
-            (out / name).unlink(missing_ok=True)
-        else:
-            write_csv(out / name, table)
+    out.mkdir(parents=True, exist_ok=True)  # figures first: one that fails leaves the tables as they were
     figs = [(figures.scatter_figure(preds.mass_true, preds.mass_pred, preds.names,
                                     "Lean muscle mass / bone mass", "g", out / "scatter_mass.png",
                                     preds.folds), "Mass: predicted vs ground truth (colour: fold)"),
@@ -81,6 +76,14 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
             "Decomposition of a representative held-out case: predicted vs reference "
             "(CT DRRs; aligned DRRs for the registered bones, none where the registration failed)"))
     sections.append(Section("Figures", "", [], figs))
+    write_csv(out / "predictions.csv", Table(ROW_HEADER, preds.rows()))
+    write_csv(out / "metrics.csv", agree)
+    write_csv(out / "image_metrics.csv", images)
+    for name, table in (("intervals.csv", intervals), ("anova.csv", comparison)):
+        if table is None:  # from an earlier run (models since removed; --compare)
+            (out / name).unlink(missing_ok=True)
+        else:
+            write_csv(out / name, table)
     write_markdown(out / "metrics.md", title, sections)
     return write_html(out / "report.html", title, sections)
 

@@ -36,6 +36,7 @@ import json
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -159,15 +160,13 @@ class Decomposition:
     augmentations: list[Augmentation]
     model: dict = field(default_factory=dict)  # the model's origin (run folder, SHA-256s, calibration)
 
-    def write(self, out_dir: str | Path, stem: str = "decomposition") -> dict[str, Path]:
-        """Write ``<stem>.csv``, ``<stem>.json`` and one ``<stem>_<type>.nii.gz`` stack per DRR
-        type (image axes: detector columns x rows x objects; spacing column, row in mm), each
-        atomically."""
-        out = Path(out_dir)
-        paths = {"csv": out / f"{stem}.csv", "json": out / f"{stem}.json"}
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write :func:`output_files`: the table as CSV, one NIfTI stack per DRR type (image
+        axes: detector columns x rows x objects; spacing column, row in mm) and, last, the JSON;
+        each atomically."""
+        paths = output_files(Path(out_dir), self.drr_types)
         write_table_csv(self.table, paths["csv"], self.ood.flag)
         for t, dtype in enumerate(self.drr_types):
-            paths[dtype] = out / f"{stem}_{dtype}.nii.gz"
             image = detector_image(self.drr[t], self.geometry)  # (N, H, W) -> x = column
             write_atomic(paths[dtype], lambda p, im=image: sitk.WriteImage(im, str(p), True))
         write_json(paths["json"], {
@@ -472,7 +471,7 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
                "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
     summary = {"input": str(path), "output": str(target)}
-    done = target / "decomposition.json"  # written last: without it, other files are leftovers
+    done = output_files(target)["json"]  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
         key = {"input_sha256": file_sha256(path), **options}
         recorded = _recorded_batch_key(done)
@@ -494,9 +493,11 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
             "seconds": time.perf_counter() - t0, "files": {k: str(v) for k, v in paths.items()}}, result
 
 
-def output_files(target: Path, stem: str = "decomposition") -> list[Path]:
-    """The files :meth:`Decomposition.write` writes into ``target``."""
-    return [target / f"{stem}.csv", target / f"{stem}.json"] + [target / f"{stem}_{t}.nii.gz" for t in DRR_TYPES]
+def output_files(target: Path, drr_types: Sequence[str] = DRR_TYPES) -> dict[str, Path]:
+    """The files :meth:`Decomposition.write` writes into ``target``: ``csv`` and ``json`` (the
+    table; the JSON written last) and, per DRR type, its stack."""
+    return {"csv": target / "decomposition.csv", "json": target / "decomposition.json",
+            **{t: target / f"decomposition_{t}.nii.gz" for t in drr_types}}
 
 
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,

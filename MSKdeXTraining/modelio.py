@@ -33,13 +33,11 @@ from . import __version__
 from .errors import InputError
 from .fileio import file_sha256, read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
-from .imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
-from .imaging.projector import DRR_UNITS
+from .imaging.projector import DRR_TYPES, DRR_UNITS
 from .models import Generator
 
 FORMAT = "mskdex-model"
 VERSION = 2
-DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 UNITS = {**DRR_UNITS, "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
@@ -134,7 +132,7 @@ def save_model(run: str | Path, generator: Generator, meta: dict) -> Path:
     (run / "model.json").unlink(missing_ok=True)
     write_safetensors(run / "model.safetensors", generator.state_dict())
     write_json(run / "model.json", {"format": FORMAT, "version": VERSION, "code_version": __version__,
-                                    "drr_types": DRR_TYPES, "units": UNITS, **meta})
+                                    "drr_types": list(DRR_TYPES), "units": UNITS, **meta})
     return run
 
 
@@ -165,8 +163,8 @@ def _meta_problems(meta: dict) -> list[str]:
     n = len(objects)
     problems = [f"field {k!r} must be a JSON object, got {reprlib.repr(meta[k])}"
                 for k in ("input", "ood") if not isinstance(meta[k], dict)]
-    if meta["drr_types"] != DRR_TYPES:
-        problems.append(f"field 'drr_types' must be {DRR_TYPES}, got {reprlib.repr(meta['drr_types'])}")
+    if meta["drr_types"] != list(DRR_TYPES):
+        problems.append(f"field 'drr_types' must be {list(DRR_TYPES)}, got {reprlib.repr(meta['drr_types'])}")
     kinds = meta["kinds"]
     if not (isinstance(kinds, list) and len(kinds) == n and all(isinstance(k, str) for k in kinds)):
         problems.append(f"field 'kinds' must have one entry per object ({n}), got {reprlib.repr(kinds)}")

@@ -88,7 +88,8 @@ class ObjectMap:
     name: str
     objects: tuple[ObjectSpec, ...]
     unmapped_labels: Literal["error", "ignore"] = "error"
-    aliases: dict[str, int] = field(default_factory=dict, hash=False, compare=True)  # segment name -> label
+    # other segment names -> label value; not part of what the labels mean (to_json, ==)
+    aliases: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -153,6 +154,8 @@ class ObjectMap:
                          {a: v for a, v in self.aliases.items() if v in kept})
 
     def to_json(self) -> dict:
+        """The JSON form of what the label values mean, as cohorts, datasets and their hashes
+        record it: without ``aliases``, which only name segments and change no label's meaning."""
         objs = []
         for o in self.objects:
             d = {"name": o.name, "kind": o.kind, "labels": list(o.labels)}
@@ -162,8 +165,7 @@ class ObjectMap:
                 d["cut_at_region"] = True
             objs.append(d)
         return {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name,
-                "unmapped_labels": self.unmapped_labels, "objects": objs,
-                **({"aliases": dict(self.aliases)} if self.aliases else {})}
+                "unmapped_labels": self.unmapped_labels, "objects": objs}
 
     @classmethod
     def from_json(cls, data: dict, source: str = "object map") -> ObjectMap:
@@ -219,8 +221,9 @@ class ObjectMap:
         if not isinstance(aliases, dict):
             raise fail(f"field 'aliases' must map segment names to label values, got {aliases!r}")
         for alias, value in aliases.items():
-            if not alias or alias in seen_names:
-                raise fail(f"aliases: {alias!r} must be a non-empty name that is not an object's")
+            if not alias or any(alias == n or alias.startswith(f"{n}_") for n in seen_names):
+                raise fail(f"aliases: {alias!r} must be a non-empty name that is neither an object's "
+                           "nor begins with one and '_' (the map's own segment names)")
             if not isinstance(value, int) or isinstance(value, bool) or value not in seen_labels:
                 raise fail(f"aliases[{alias!r}] must be a label value of an object, got {value!r}")
         return cls(str(data.get("name", source)), tuple(objects), policy, dict(aliases))

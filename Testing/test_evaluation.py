@@ -294,23 +294,27 @@ def test_ablation_table2_layout(toy):
 
 
 def test_a_diverged_setting_is_reported_and_the_others_finish(toy, monkeypatch):
-    """A setting whose training diverges (its losses NaN, as with too high a weight) is named in
-    Table 2 (all n/a), the report and ablation.json, never compared; the other setting is scored."""
+    """A setting whose training diverges (its losses NaN, as with too high a weight; here the
+    config's own setting) is named in Table 2 (all n/a), the report and ablation.json, never
+    compared: the best other setting is, and the report says the default diverged."""
     from MSKdeXTraining.training.objective import Objective
 
     step = Objective.step
     monkeypatch.setattr(Objective, "step", lambda self, batch, w: {
         k: (float("nan") if self.c.lambda_is == 1000.0 else v) for k, v in step(self, batch, w).items()})
-    rows = ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(0.0, 1000.0),
-                    bone_losses=(False,), k=2, workers=1)  # in this process: the patch applies
-    assert np.isfinite(rows[0]["mean_muscle_mass_pcc"]) and "diverged" not in rows[0]
-    assert "training diverged in epoch 1" in rows[1]["diverged"] and np.isnan(rows[1]["mean_muscle_mass_pcc"])
+    rows = ablation(toy / "data", toy / "ablation", toy / "tiny.yaml", lambdas=(0.0, 100.0, 1000.0),
+                    bone_losses=(False,), k=2, workers=1,  # in this process: the patch applies
+                    overrides={"lambda_is": 1000.0, "bone_loss": False})
+    assert all(np.isfinite(r["mean_muscle_mass_pcc"]) and "diverged" not in r for r in rows[:2])
+    assert "training diverged in epoch 1" in rows[2]["diverged"] and np.isnan(rows[2]["mean_muscle_mass_pcc"])
     md = (toy / "ablation" / "ablation.md").read_text()
     assert "held-out cases n = 4; training diverged, so n/a: lambda_is 1000 (False)" in md
     assert "| 1000 | (False) | n/a | n/a |" in md and "Training diverged, so no predictions" in md
+    assert "(the default setting diverged) (lambda_is=100, L_B=False) against the baseline" in md
     assert "Training diverged" in (toy / "ablation" / "report.html").read_text()
     doc = json.loads((toy / "ablation" / "ablation.json").read_text())
-    assert doc["anova"] is None and doc["rows"][1]["mean_muscle_mass_pcc"] is None  # the baseline alone
+    assert (doc["anova"]["lambda_is"], doc["anova"]["chosen"]) == (100.0, "best")
+    assert doc["rows"][2]["mean_muscle_mass_pcc"] is None and doc["rows"][2]["n"] == 0
 
 
 def test_a_fold_made_from_another_dataset_is_refused(toy, evaluated, tmp_path):
@@ -511,7 +515,8 @@ def test_a_fold_trained_on_with_more_epochs_is_predicted_again(toy, evaluated, t
     assert doc["weights_sha256"] == file_sha256(run / "model.safetensors")
     assert doc["evaluation"]["config"]["epochs"] == 2 and sorted(again.ids) == sorted(evaluated[1].ids)
     assert not np.allclose(again.mass_pred, evaluated[1].mass_pred)
-    with pytest.raises(InputError, match=r"predictions.json: made with another config .* delete it to predict"):
+    # its model was made so too: deleting only the predictions would not do, the fold must be trained again
+    with pytest.raises(InputError, match=r"predictions.json: made with another config .* delete \S+fold_0 to train"):
         evaluate(toy / "data", out, toy / "tiny.yaml", {"epochs": 2, "lambda_is": 0.0}, k=2, folds=[0])
 
 
@@ -699,6 +704,25 @@ def test_compare_pools_the_other_folders_folds_as_its_report_does(toy, evaluated
     with pytest.raises(InputError, match="no fold's predictions can be used .fold 0: its model was trained on "
                                          "since its predictions; fold 1: made with another config"):
         load_predictions(other)
+
+
+def test_compare_reads_an_evaluation_written_before_its_settings_were_recorded(toy, evaluated, tmp_path):
+    """Folds without the 'evaluation' record (older releases): a folder of only such folds is
+    pooled whole, as before; beside recorded folds they are left out, saying why."""
+    from MSKdeXTraining.fileio import write_json
+
+    old = tmp_path / "old"
+    shutil.copytree(evaluated[0], old)
+    doc = json.loads((old / "fold_0" / "predictions.json").read_text())
+    write_json(old / "fold_0" / "predictions.json", {k: v for k, v in doc.items() if k != "evaluation"})
+    legacy = load_predictions(old)
+    assert legacy.ids == evaluated[1].ids and legacy.left_out == {}
+    held = split_folds(read_manifest(toy / "data"), 2, seed=0)[1][1]
+    write_json(old / "fold_1" / "predictions.json", {
+        **doc, "fold": 1, "cases": [{**c, "id": i} for c, i in zip(doc["cases"], held, strict=True)],
+        "evaluation": {**doc["evaluation"], "test_ids": held}})
+    mixed = load_predictions(old)
+    assert mixed.ids == held and mixed.left_out == {0: "written before MSKdeX recorded its settings"}
 
 
 def test_the_report_pools_every_finished_fold_of_this_run(toy, evaluated, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Object maps: built-in maps, the paper's object set, validation, per-side expansion."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,11 +45,22 @@ def test_totalsegmentator_class_names_are_accepted_names(shared_data):
     assert ts.per_side().aliases == ts.aliases and load_object_map("synthetic").aliases == {}
 
 
+def test_aliases_are_not_part_of_the_recorded_map():
+    """Cohorts, datasets and their hashes record to_json(): the aliases (segment names only) are
+    left out, so a cohort assembled with the map before it had them is the same cohort."""
+    ts = load_object_map("totalsegmentator")
+    path = Path(__file__).resolve().parents[1] / "MSKdeXTraining" / "mappings" / "totalsegmentator.json"
+    recorded = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("description", "aliases")}
+    assert ts.aliases and ts.to_json() == recorded
+
+
 @pytest.mark.parametrize("aliases, message", [
     ([1], r"map.json: field 'aliases' must map segment names to label values, got \[1\]"),
     ({"hip": 99}, r"map.json: aliases\['hip'\] must be a label value of an object, got 99"),
     ({"hip": True}, r"map.json: aliases\['hip'\] must be a label value of an object, got True"),
-    ({"femur": 3}, r"map.json: aliases: 'femur' must be a non-empty name that is not an object's"),
+    ({"femur": 3}, r"map.json: aliases: 'femur' must be a non-empty name that is neither an object's nor "
+                   r"begins with one and '_' \(the map's own segment names\)"),
+    ({"femur_left": 3}, r"map.json: aliases: 'femur_left' must be a non-empty name that is neither"),
     ({"": 3}, r"map.json: aliases: '' must be a non-empty name"),
 ])
 def test_malformed_aliases_are_named(aliases, message):

@@ -400,6 +400,23 @@ def test_registration_takes_the_films_distances_as_the_cli_does(tmp_path):
     assert (geometry.sdd, geometry.sod) == (1100.0, 880.0) and "assuming SDD 1100 mm, SOD 880 mm" in assumed
 
 
+def test_a_femur_starts_from_a_pelvis_registered_on_the_same_inputs():
+    """The pelvis pose's recorded inputs match on node IDs and distances to 0.01 mm: not on the
+    last bits of a distance computed from a magnification, nor on fields a 0.3.2 scene lacks."""
+    from MSKdeXLib.pipeline import registered_on
+
+    inputs = {"ct": "vtkMRMLScalarVolumeNode1", "segmentation": "vtkMRMLSegmentationNode1",
+              "radiograph": "vtkMRMLScalarVolumeNode2", "sdd": 900.0, "sod": 900 / (900 / 760), "assumed": False}
+    assert inputs["sod"] != 760.0  # one rounding step away
+    recorded = {**inputs, "sod": 760.0}
+    assert registered_on(json.dumps(recorded), inputs)
+    assert registered_on(json.dumps({k: v for k, v in recorded.items() if k != "assumed"}), inputs)  # 0.3.2
+    assert not registered_on(json.dumps({**recorded, "sod": 761.0}), inputs)
+    assert not registered_on(json.dumps({**recorded, "radiograph": "vtkMRMLScalarVolumeNode3"}), inputs)
+    assert not registered_on(json.dumps({**recorded, "sdd": None}), inputs)
+    assert not registered_on(None, inputs) and not registered_on("not json", inputs) and not registered_on("[]", inputs)
+
+
 def test_long_work_can_be_cancelled(example):
     from MSKdeXLib.progress import Cancelled, ProgressRelay
 

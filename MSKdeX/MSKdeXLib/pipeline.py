@@ -83,6 +83,19 @@ def drr_warnings(metrics: dict) -> list[str]:
     return [f"{len(items)} {what}: {_listed(items)}" for items, what in found if items]
 
 
+def registered_on(recorded: str | None, inputs: dict) -> bool:
+    """Whether a pose node's :data:`INPUTS_ATTRIBUTE` (``recorded``, JSON) names the same CT,
+    segmentation and radiograph node IDs as ``inputs`` and SDD / SOD within 0.01 mm (a distance
+    computed from the file's magnification may differ from a typed one in its last bits)."""
+    try:
+        old = json.loads(recorded or "")
+    except ValueError:
+        return False
+    if not isinstance(old, dict) or any(old.get(k) != inputs[k] for k in ("ct", "segmentation", "radiograph")):
+        return False
+    return all(isinstance(old.get(k), (int, float)) and abs(old[k] - inputs[k]) <= 0.01 for k in ("sdd", "sod"))
+
+
 def _listed(names: list[str], most: int = 10) -> str:
     """``names`` joined, the first ``most`` only (a full TotalSegmentator segmentation has ~100)."""
     rest = len(names) - most
@@ -178,10 +191,10 @@ class Pipeline:
         assumed; a spacing calibrated at the patient is scaled to the detector."""
         from MSKdeXTraining.imaging.registration import radiograph_geometry
 
+        radiograph = radiograph_from_node(radiograph_node)
         with warnings.catch_warnings(record=True) as assumed:  # its only warning: distances assumed
             warnings.simplefilter("always")
-            geometry = radiograph_geometry(radiograph_from_node(radiograph_node),
-                                           f"radiograph {radiograph_node.GetName()!r}", sdd, sod)
+            geometry = radiograph_geometry(radiograph, f"radiograph {radiograph_node.GetName()!r}", sdd, sod)
         return geometry, "; ".join(str(w.message) for w in assumed) or None
 
     @staticmethod
@@ -207,7 +220,7 @@ class Pipeline:
         ``start_pose`` (4x4 world -> camera) starts the search elsewhere than the AP view, e.g.
         from the transform node after the user moved it (Redo). Without it a femur starts from
         the pelvis's pose node when one was registered from the same CT, segmentation,
-        radiograph and SDD/SOD (:data:`INPUTS_ATTRIBUTE`) and accepted (:func:`accept_pose`;
+        radiograph and SDD/SOD (:func:`registered_on`) and accepted (:func:`accept_pose`;
         not accepted: InputError), and from the AP view when there is none."""
         from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
         from MSKdeXTraining.imaging.registration.settings import FINEST_PIXEL_MM, binned
@@ -221,12 +234,12 @@ class Pipeline:
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         radiograph = radiograph_from_node(radiograph_node)
         geometry, assumed = self.registration_geometry(radiograph_node, sdd, sod)
-        inputs = json.dumps({"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
-                             "radiograph": radiograph_node.GetID(), "sdd": geometry.sdd, "sod": geometry.sod,
-                             "assumed": assumed})
+        inputs = {"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
+                  "radiograph": radiograph_node.GetID(), "sdd": geometry.sdd, "sod": geometry.sod,
+                  "assumed": assumed is not None}
         pelvis_node = self.scene.GetFirstNodeByName(pose_node_name("pelvis"))
         from_pelvis = (start_pose is None and body != "pelvis" and pelvis_node is not None
-                       and pelvis_node.GetAttribute(INPUTS_ATTRIBUTE) == inputs)
+                       and registered_on(pelvis_node.GetAttribute(INPUTS_ATTRIBUTE), inputs))
         if from_pelvis and not is_accepted(pelvis_node):
             raise InputError(f"{body}: a femur starts from the pelvis registered on these inputs, whose pose "
                              f"({pelvis_node.GetName()!r}) is not accepted; register the pelvis (or Redo it), "
@@ -238,7 +251,7 @@ class Pipeline:
         reference = self.reference_pose(labels, objects, geometry)
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)
-        transform.SetAttribute(INPUTS_ATTRIBUTE, inputs)  # a femur reuses only a pelvis of the same inputs
+        transform.SetAttribute(INPUTS_ATTRIBUTE, json.dumps(inputs))  # a femur reuses only a pelvis of these
         bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")
         shown = binned(geometry, FINEST_PIXEL_MM)  # the resolution registration saw (a fine film: ~1 mm)
         drr = project_objects(ct, labels, bone, shown, result.pose, device=pick_device("auto"))

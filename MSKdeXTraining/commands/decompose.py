@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     _check_out(args.out)
     single = args.xray.is_file()
     if single:
-        for path in output_files(args.out):
+        for path in output_files(args.out).values():
             refuse_overwrite(path, [args.xray])
     decomposer = Decomposer.from_run(args.model, device=args.device)
     if single:

@@ -212,22 +212,27 @@ def read_predictions(path: Path) -> dict:
 
 
 def load_predictions(out: Path) -> Predictions:
-    """The folds of an evaluation folder its report would pool (:func:`_pool`): those made with
-    the config, K and dataset of most of its ``fold_*/predictions.json`` (ties: the first), by
-    their model's present weights; ``left_out`` says why the others are not."""
+    """The folds of an evaluation folder that :func:`_pool` keeps for the config, K and dataset of
+    most of its ``fold_*/predictions.json`` (ties: the lowest fold), made by their model's present
+    weights; ``left_out`` says why the others are not. A folder written before MSKdeX recorded
+    these (no fold has them) is pooled whole."""
     out = Path(out)
-    files = sorted(out.glob("fold_*/predictions.json"))
+    files = sorted(out.glob("fold_*/predictions.json"), key=lambda f: (len(f.parent.name), f.parent.name))
     if not files:
         raise FileNotFoundError(f"{out}: no fold_*/predictions.json; run `mskdex evaluate` first")
-    found = {f.parent.name: read_predictions(f).get("evaluation") for f in files}
-    for name, key in found.items():
-        if not isinstance(key, dict) or not isinstance(key.get("k"), int) or key["k"] < 1:
-            raise InputError(f"{out / name / 'predictions.json'}: field 'evaluation' is missing or has no "
-                             "K (written before MSKdeX recorded them); evaluate into a new folder")
+    docs = {f.parent.name: read_predictions(f) for f in files}
+    found = {name: doc.get("evaluation") for name, doc in docs.items()
+             if isinstance(doc.get("evaluation"), dict) and isinstance(doc["evaluation"].get("k"), int)
+             and doc["evaluation"]["k"] >= 1}
+    if not found:  # written before MSKdeX recorded what a fold was made with: all pooled, as then
+        return Predictions.from_json(list(docs.values()))
     settings = [{**key, "test_ids": None} for key in found.values()]
     common = max(settings, key=lambda a: sum(not _changed(a, b) for b in settings))
-    return _pooled(out, [{**common, "test_ids": (found.get(f"fold_{f}") or {}).get("test_ids")}
-                         for f in range(common["k"])])
+    preds = _pooled(out, [{**common, "test_ids": (found.get(f"fold_{f}") or {}).get("test_ids")}
+                          for f in range(common["k"])])
+    preds.left_out.update({int(name.split("_")[1]): "written before MSKdeX recorded its settings"
+                           for name in docs if name not in found and name.split("_")[1].isdigit()})
+    return preds
 
 
 def _fold_keys(dataset: Path, cfg: TrainConfig, k: int) -> tuple[dict, list[tuple[list[str], list[str]]], list[dict]]:
@@ -339,10 +344,10 @@ def _check_reuse(path: Path, found: dict | None, wanted: dict) -> None:
     made with other settings than ``wanted`` (:func:`_changed`)."""
     changed = _changed(found, wanted)
     if changed:
-        again = ("delete it to predict the fold again with its model" if path.name == "predictions.json"
-                 else f"delete {path.parent.parent} to train the fold again")
+        fold = path.parent if path.name == "predictions.json" else path.parent.parent
         raise InputError(f"{path}: made with another {', '.join(changed)} than this evaluation; evaluate "
-                         f"with the settings it was made with, or into another --out folder, or {again}")
+                         f"with the settings it was made with, or into another --out folder, or delete {fold} "
+                         "to train the fold again")
 
 
 def _pool(out: Path, keys: list[dict]) -> tuple[dict[int, dict], dict[int, str]]:

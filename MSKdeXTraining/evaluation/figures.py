@@ -31,12 +31,12 @@ def _grid(n: int) -> tuple[int, int]:
 
 def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quantity: str,
                    unit: str, path: str | Path, groups: np.ndarray | None = None,
-                   group_name: str = "fold", dpi: int = 110) -> Path:
+                   dpi: int = 110) -> Path:
     """Scatter plots of ``pred`` vs ``truth`` (both (M cases, N objects), in ``unit``), one
     panel per object with the identity line, PCC and ICC(2,1) of the cases where both are
-    finite (the others are not drawn; the title counts them); ``groups`` (M,) integer labels
-    colour the points, named ``<group_name> <label>`` in a legend (e.g. the cross-validation
-    fold). Writes a PNG atomically and returns its path."""
+    finite (the others are not drawn; the title counts them); ``groups`` (M,), the
+    cross-validation folds, colour the points, named in a legend (colours repeat from
+    fold 10 on). Writes a PNG atomically and returns its path."""
     truth, pred = np.asarray(truth, float), np.asarray(pred, float)
     rows, cols = _grid(len(names))
     fig = Figure(figsize=(3.1 * cols, 3.0 * rows), layout="constrained")
@@ -48,7 +48,7 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quanti
         lo, hi = (min(t.min(), p.min()), max(t.max(), p.max())) if ok.any() else (0.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, ls="--", zorder=1)
-        colour = {} if groups is None else {"c": np.asarray(groups)[ok], "cmap": "tab10", "vmin": 0, "vmax": 9}
+        colour = {} if groups is None else {"c": np.asarray(groups)[ok] % 10, "cmap": "tab10", "vmin": 0, "vmax": 9}
         ax.scatter(t, p, s=14, alpha=0.8, edgecolors="none", zorder=2, **colour)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
@@ -66,7 +66,7 @@ def scatter_figure(truth: np.ndarray, pred: np.ndarray, names: list[str], quanti
     if groups is not None:
         tab10 = colormaps["tab10"]
         labels = sorted({int(g) for g in np.asarray(groups)})
-        fig.legend(handles=[Line2D([], [], ls="", marker="o", color=tab10(g / 9), label=f"{group_name} {g}")
+        fig.legend(handles=[Line2D([], [], ls="", marker="o", color=tab10(g % 10 / 9), label=f"fold {g}")
                             for g in labels], loc="outside lower center", ncols=min(len(labels), 8), fontsize=8)
     fig.suptitle(f"{quantity}: prediction vs ground truth (3D CT), n = {len(truth)}", fontsize=11)
     return _save(fig, Path(path), dpi)

@@ -109,7 +109,7 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
     return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
 
 
-def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
+def agreement_table(object_metrics: list[dict]) -> Table:
     """Per object: the number of cases whose prediction is not finite (left out), then n (cases
     scored), PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and n and PCC of the density
     (mass / volume, g/cm3)."""
@@ -118,7 +118,7 @@ def agreement_table(object_metrics: list[dict], caption: str = "") -> Table:
     rows = [[m["object"], m["kind"], m["non_finite"]]
             + [m[q][k] for q in ("mass", "volume") for k in ("n", "pcc", "icc", "mae")]
             + [m["density"]["n"], m["density"]["pcc"]] for m in object_metrics]
-    return Table(header, rows, caption or "Mass and volume from the predicted DRR sums vs the 3D CT "
+    return Table(header, rows, "Mass and volume from the predicted DRR sums vs the 3D CT "
                  "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
                  "non-finite: cases whose predicted mass or volume is NaN or infinite; each quantity "
                  "is scored over its own n cases, those where its prediction and truth are finite; "

@@ -175,18 +175,20 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, files: list[str], pat
 
 def read_ct(path: str | Path) -> Volume:
     """Read a CT in HU; rejects non-3D images, sheared grids and non-finite values, naming the file."""
-    image = read_image(path)
-    _require_3d(image, path, "CT")
-    _require_orthonormal(image, path)
-    return check_ct(Volume.from_sitk(image), str(path))
+    return check_ct(_read_grid(path, "CT"), str(path))
 
 
 def read_labels(path: str | Path) -> Volume:
     """Read a label map; rejects non-3D images, sheared grids and non-integer values, naming the file."""
+    return check_labels(_read_grid(path, "label map"), str(path))
+
+
+def _read_grid(path: str | Path, what: str) -> Volume:
+    """A 3D image (``what``: CT, label map) on an orthonormal grid; else InputError naming the file."""
     image = read_image(path)
-    _require_3d(image, path, "label map")
+    _require_3d(image, path, what)
     _require_orthonormal(image, path)
-    return check_labels(Volume.from_sitk(image), str(path))
+    return Volume.from_sitk(image)
 
 
 def check_ct(vol: Volume, source: str) -> Volume:

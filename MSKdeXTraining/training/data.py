@@ -20,13 +20,11 @@ from torch.utils.data import Dataset, get_worker_info
 
 from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
-from ..imaging.projector import DRR_TYPES as PROJECTOR_DRR_TYPES
-from ..imaging.projector import per_pixel_area
+from ..imaging.projector import DRR_TYPES, per_pixel_area
 from ..errors import InputError
 
 FORMAT = "mskdex-dataset"
 VERSION = 2
-DRR_TYPES = list(PROJECTOR_DRR_TYPES)
 _REQUIRED = ("geometry", "objects", "kinds", "aligned_bones", "drr_types", "cases")
 
 
@@ -35,8 +33,8 @@ def read_manifest(root: str | Path) -> dict:
     path = Path(root) / "manifest.json"
     m = read_format_json(path, FORMAT, VERSION, _REQUIRED, InputError,
                          f"{root} is not a prepared dataset (no manifest.json); run `mskdex prepare`")
-    if list(m["drr_types"]) != DRR_TYPES:
-        raise InputError(f"{path}: field 'drr_types' must be {DRR_TYPES}, got {m['drr_types']}")
+    if list(m["drr_types"]) != list(DRR_TYPES):
+        raise InputError(f"{path}: field 'drr_types' must be {list(DRR_TYPES)}, got {m['drr_types']}")
     missing = [b for b in m["aligned_bones"] if b not in m["objects"]]
     if missing:
         raise InputError(f"{path}: aligned_bones {missing} are not in 'objects' {m['objects']}")

@@ -65,8 +65,8 @@ class TrainingParts:
 
 
 def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
-                   info: distributed.DistInfo, norm: Normalisation | None = None) -> TrainingParts:
-    """Everything a process needs to take steps (``norm`` may be set later on the objective).
+                   info: distributed.DistInfo) -> TrainingParts:
+    """Everything a process needs to take steps (the objective's ``norm`` is set by the caller).
 
     The networks use channels_last when configured (on the CPU too: oneDNN's NHWC
     convolutions are faster in fp32), and on CUDA ``compile`` wraps them in torch.compile
@@ -93,7 +93,7 @@ def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
     if cuda and config.compile:
         run = Networks(*(torch.compile(m) if m is not None else None
                          for m in (nets.G, nets.F, nets.DX, nets.DD)))
-    objective = Objective(config, run, opt_g, opt_d, pools, norm, bone_index, info)
+    objective = Objective(config, run, opt_g, opt_d, pools, None, bone_index, info)
     return TrainingParts(nets, objective, optims, scheds)
 
 

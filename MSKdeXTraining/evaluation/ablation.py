@@ -143,9 +143,10 @@ def _write(out: Path, rows: list[dict], results: dict, k: int, fold: int, defaul
         label = f"lambda_is={lis:g}, L_B={bone}"
         rows_anova = anova(results[(lis, bone)], results[BASELINE])
         record = {"lambda_is": lis, "bone_loss": bone, "chosen": why, "rows": rows_anova}
+        default_diverged = any((r["lambda_is"], r["bone_loss"]) == default and r.get("diverged") for r in rows)
         what = ("the config's default setting" if why == "default" else
                 "the best setting by muscle-mean lean-mass PCC, chosen on these same held-out cases "
-                f"(the default setting {'diverged' if any(_is(r, default) and r.get('diverged') for r in rows) else 'was not run'})")
+                f"(the default setting {'diverged' if default_diverged else 'was not run'})")
         sections.append(Section(f"{why.capitalize()} setting vs baseline",
                                 f"One-way ANOVA of the absolute errors: {what} ({label}) against the baseline.",
                                 [anova_table(rows_anova, label, "baseline")]))
@@ -155,10 +156,6 @@ def _write(out: Path, rows: list[dict], results: dict, k: int, fold: int, defaul
                                        "fold": fold, "rows": rows, "anova": record})
     write_markdown(out / "ablation.md", "MSKdeX ablation", sections)
     return write_html(out / "report.html", "MSKdeX ablation", sections)
-
-
-def _is(row: dict, setting: tuple[float, bool]) -> bool:
-    return (row["lambda_is"], row["bone_loss"]) == setting
 
 
 def print_table2(rows: list[dict]) -> str:

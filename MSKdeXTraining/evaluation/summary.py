@@ -34,8 +34,8 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     """Write every output of an evaluation into ``out``; returns the path of report.html. All
     tables (the comparison with ``compare`` too) are computed before any file is written, the
     figures drawn before the tables are written (a figure that fails leaves the tables and
-    report of the last run; figures drawn before it are already new), and outputs that no longer apply (intervals.csv, anova.csv,
-    decomposition.png) are removed."""
+    report of the last run; figures drawn before it are already new), and outputs that no
+    longer apply (intervals.csv, anova.csv, decomposition.png) are removed."""
     agree = agreement_table(preds.object_metrics())
     images = image_table(preds.image_metrics())
     folds = sorted(set(preds.folds.tolist()))

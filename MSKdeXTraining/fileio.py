@@ -134,10 +134,17 @@ def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) ->
         if output.exists():
             raise FileExistsError(f"{output}: exists; choose another output folder or delete it "
                                   "(MSKdeX does not overwrite results)")
-        blocking = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+        blocking = blocking_file(output)  # output itself exists not, from the check above
         if blocking is not None:
             raise FileExistsError(f"{blocking}: is a file, so {output} cannot be written; choose "
                                   "another output folder")
+
+
+def blocking_file(path: str | Path) -> Path | None:
+    """The first of ``path`` and its parents that exists but is not a folder (so no folder
+    ``path`` can be, or be made), or None."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
 def refuse_overwrite(output: str | Path, inputs: list[str | Path]) -> None:

@@ -25,7 +25,7 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
-from MSKdeXTraining.radiograph_io import check_magnification, read_radiograph, stem
+from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph, stem
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
@@ -189,13 +189,19 @@ class Pipeline:
         (:func:`~MSKdeXTraining.imaging.registration.radiograph_geometry`): ``sdd`` / ``sod``
         (mm) if given, else the file's (kept by *Load radiograph*), else SDD 1100 / SOD 880
         assumed; a spacing calibrated at the patient is scaled to the detector."""
+        return Pipeline._registration_film(radiograph_node, sdd, sod)[1:]
+
+    @staticmethod
+    def _registration_film(radiograph_node, sdd: float | None,
+                           sod: float | None) -> tuple[Radiograph, Geometry, str | None]:
+        """The radiograph of the node with its :meth:`registration_geometry`."""
         from MSKdeXTraining.imaging.registration import radiograph_geometry
 
         radiograph = radiograph_from_node(radiograph_node)
         with warnings.catch_warnings(record=True) as assumed:  # its only warning: distances assumed
             warnings.simplefilter("always")
             geometry = radiograph_geometry(radiograph, f"radiograph {radiograph_node.GetName()!r}", sdd, sod)
-        return geometry, "; ".join(str(w.message) for w in assumed) or None
+        return radiograph, geometry, "; ".join(str(w.message) for w in assumed) or None
 
     @staticmethod
     def registration_distances(transform_node) -> str:
@@ -232,8 +238,7 @@ class Pipeline:
         if body not in bodies:
             raise InputError(f"bone: expected one of {sorted(bodies)}, got {body!r}")
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
-        radiograph = radiograph_from_node(radiograph_node)
-        geometry, assumed = self.registration_geometry(radiograph_node, sdd, sod)
+        radiograph, geometry, assumed = self._registration_film(radiograph_node, sdd, sod)
         inputs = {"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
                   "radiograph": radiograph_node.GetID(), "sdd": geometry.sdd, "sod": geometry.sod,
                   "assumed": assumed is not None}

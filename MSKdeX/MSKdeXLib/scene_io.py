@@ -12,6 +12,8 @@ from pathlib import Path
 
 import slicer
 
+from MSKdeXTraining.fileio import blocking_file
+
 
 def check_scene_folder(folder: str | Path) -> None:
     """Before any work: raise FileExistsError unless ``folder`` is new or an empty folder (a
@@ -22,7 +24,7 @@ def check_scene_folder(folder: str | Path) -> None:
     if folder.is_dir() and any(folder.iterdir()):
         raise FileExistsError(f"{folder}: folder not empty; choose a new or empty folder for the scene "
                               "(MSKdeX does not overwrite files)")
-    blocking = next((p for p in folder.parents if p.exists() and not p.is_dir()), None)
+    blocking = blocking_file(folder)  # folder itself is none, from the check above
     if blocking is not None:
         raise FileExistsError(f"{blocking}: is a file, so the scene folder {folder} cannot be made")
 

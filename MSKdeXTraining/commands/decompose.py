@@ -66,8 +66,9 @@ def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> lis
 def _check_out(out: Path) -> None:
     """Before any work: refuse an ``--out`` that is, or lies under, an existing file."""
     from ..errors import InputError
+    from ..fileio import blocking_file
 
-    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    blocking = blocking_file(out)
     if blocking is not None:
         raise InputError(f"--out {out}: {'it' if blocking == out else blocking} is a file; expected a folder "
                          "(new or existing) for the results")

@@ -19,23 +19,14 @@ gain/gamma jitter, sampled from a seeded generator and recorded): the model's se
 an error bar. The table's values are those of the un-augmented prediction, so they equal the
 sums of the returned DRRs exactly.
 
-Out-of-distribution flag (:class:`OODResult`): image-level checks (colour image, 8-bit data,
-field-of-view coverage, flat content) plus the model's own scores against its training
-radiographs (``model.json["ood"]``: Mahalanobis distance of G's pooled features, intensity
-z-score, and the orientation check: the correlation of the film's 8 x 8 block layout with
-the training films' mean layout, as given and turned, flipped or inverted;
-:meth:`MSKdeXTraining.modelio.LoadedModel.ood`). The score is the larger of the first two
-model scores relative to its threshold (> 1: unlike the training data).
+Out-of-distribution flag (:class:`~MSKdeXTraining.ood.OODResult`): image-level checks plus
+the model's scores against its training radiographs (:mod:`MSKdeXTraining.ood`).
+
+Files in, result folders out, resumably: :mod:`MSKdeXTraining.batch`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import time
-import traceback
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,35 +37,17 @@ import torch
 from scipy import ndimage
 
 from .calibration import QUANTITIES, interval, min_cases, read_calibration
-from .errors import INPUT_ERRORS, InputError
-from .fileio import file_sha256, write_atomic, write_json
+from .decomposition_table import TABLE_FORMAT, TABLE_VERSION, write_table_csv
+from .dicom_radiograph import HIP_ABOVE_TABLE_MM
+from .errors import InputError
+from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
-from .imaging.volume import detector_image
 from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
-from .modelio import ORIENTATIONS
+from .imaging.volume import detector_image
+from .ood import OODResult, ood_verdict
 from .progress import Progress
-from .radiograph_io import HIP_ABOVE_TABLE_MM, Radiograph, read_radiograph, read_sidecar_path, stem as file_stem
+from .radiograph_io import Radiograph
 from .training.data import resize
-
-
-TABLE_FORMAT = "mskdex-decomposition"
-TABLE_VERSION = 2
-#: Intensity |z| (image mean/std vs the training radiographs) above which a radiograph is flagged.
-OOD_Z = 4.0
-#: Feature score (Mahalanobis distance / training 99th percentile) above which it is flagged.
-OOD_FEATURE = 1.5
-#: Fraction of the model's field of view the radiograph must cover.
-MIN_COVERAGE = 0.8
-#: A radiograph is flagged when turning or inverting it raises the Pearson r of its layout with
-#: the training radiographs' mean layout by more than this (a film upside down, sideways or
-#: with bone dark: r 0.89-0.99 upright on the demo's films, <= 0.73 turned, < 0 inverted).
-ORIENTATION_MARGIN = 0.1
-#: A correction is named only when it brings the layout r to at least this (noise gains as
-#: much by chance, to r < 0.3).
-CORRECTED_MIN_R = 0.5
-#: A film whose layout r is this far below the lowest of the training films' (and that no
-#: correction explains) is unlike them: another body part, a child, not a radiograph.
-LAYOUT_UNLIKE_MARGIN = 0.1
 
 
 @dataclass
@@ -104,44 +77,11 @@ def sample_augmentations(n: int, seed: int = 0, max_shift_px: float = 4.0,
     return out
 
 
-@dataclass
-class OODResult:
-    """Out-of-distribution verdict: ``flag``, ``score`` (> 1: a model score beyond its
-    threshold), human-readable ``reasons`` and the ``features`` they were computed from."""
-
-    flag: bool
-    score: float
-    reasons: list[str]
-    features: dict[str, float] = field(default_factory=dict)
-
-    def split(self) -> tuple[list[str], list[str]]:
-        """(the reasons for the flag, the notes without their "note: " prefix)."""
-        return split_notes(self.reasons)
-
-
-def split_notes(reasons: list[str]) -> tuple[list[str], list[str]]:
-    """A result's ``reasons`` as (flags, notes): notes (assumed or given values, checks not made,
-    missing intervals) start with "note: " and accompany flagged and unflagged results alike."""
-    return ([r for r in reasons if not r.startswith("note: ")],
-            [r.removeprefix("note: ") for r in reasons if r.startswith("note: ")])
-
-
-#: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names):
-#: value, calibrated interval (low, high; empty without calibration) and TTA SD.
-TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_cm3", "volume_sd_cm3",
-                 "mass_g", "mass_low_g", "mass_high_g", "mass_sd_g")
-
-
-def write_table_csv(rows: list[dict], path: str | Path, ood: bool) -> Path:
-    """The decomposition table as CSV (:data:`TABLE_COLUMNS` and the radiograph's OOD flag, 0/1,
-    per row; None or NaN is written empty), atomically."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "ood"], lineterminator="\n", extrasaction="ignore")
-    w.writeheader()
-    for row in rows:
-        w.writerow({**{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
-                    "ood": int(ood)})
-    return write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+def output_files(target: Path, drr_types: Sequence[str] = DRR_TYPES) -> dict[str, Path]:
+    """The files :meth:`Decomposition.write` writes into ``target``: ``csv`` and ``json`` (the
+    table; the JSON written last) and, per DRR type, its stack."""
+    return {"csv": target / "decomposition.csv", "json": target / "decomposition.json",
+            **{t: target / f"decomposition_{t}.nii.gz" for t in drr_types}}
 
 
 @dataclass
@@ -312,46 +252,14 @@ class Decomposer:
                              table, ood, source, augs, self.origin)
 
     def check_ood(self, x: np.ndarray, source: dict, info: dict) -> OODResult:
-        """Image-level checks plus the model's scores against its training radiographs:
-        the Mahalanobis distance of G's pooled features (in units of the training 99th
-        percentile; flagged above :data:`OOD_FEATURE`), the intensity z-score (flagged
-        above :data:`OOD_Z`) and the layout check (:func:`_orientation`: flagged when the film
-        matches the training films' mean layout better turned or inverted, or matches it much
-        worse than any training film did)."""
+        """The out-of-distribution verdict (:func:`~MSKdeXTraining.ood.ood_verdict`) on the model
+        input ``x`` (H, W) in [0, 1], from the model's scores against its training radiographs
+        (:meth:`~MSKdeXTraining.modelio.LoadedModel.ood`), the reading's ``source`` and the
+        resampling ``info`` (its coverage), with the result's :meth:`notes`."""
+        stats = self.model.meta["ood"]
         scores = self.model.ood(torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None])
-        feats = {"feature_score": float(scores["feature_score"][0]),
-                 "intensity_z": float(scores["intensity_z"][0]),
-                 "coverage": info["coverage"], "std": float(np.std(x))}
-        reasons = []
-        if source.get("colour"):
-            reasons.append("colour image (its channels differ); radiographs are grey")
-        if source.get("presentation_intent") == "FOR PROCESSING":
-            reasons.append("raw detector data (PresentationIntentType (0008,0068) FOR PROCESSING), "
-                           "not processed like the training radiographs")
-        if source.get("bits_stored", 16) <= 8:
-            reasons.append(f"{source['bits_stored']}-bit image: a processed export, unlike the "
-                           "training radiographs (continuous detector values)")
-        if info["coverage"] < MIN_COVERAGE:
-            reasons.append(f"the radiograph covers {100 * info['coverage']:.0f} % of the model's "
-                           f"field of view (< {100 * MIN_COVERAGE:.0f} %): check the pixel spacing")
-        if feats["std"] < 0.02:
-            reasons.append("nearly uniform image (intensity std < 0.02)")
-        if feats["feature_score"] > OOD_FEATURE:
-            reasons.append(f"image features unlike the training radiographs (score "
-                           f"{feats['feature_score']:.2f} > {OOD_FEATURE}, 1 = training 99th percentile)")
-        if feats["intensity_z"] > OOD_Z:
-            reasons.append(f"intensity statistics {feats['intensity_z']:.1f} SD from the training radiographs")
-        orientation = _orientation(scores, source, self.model.meta["ood"].get("layout_r_min_median"))
-        if orientation is not None:
-            reason, layout_feats = orientation
-            feats.update(layout_feats)
-            if reason:
-                reasons.append(reason)
-        flag = bool(reasons)
-        reasons += self.notes(source, info, orientation is not None)
-        score = max(feats["feature_score"] / OOD_FEATURE, feats["intensity_z"] / OOD_Z)
-        return OODResult(flag, float(score), reasons, feats)
-
+        return ood_verdict(x, scores, source, info["coverage"], stats.get("layout_r_min_median"),
+                           self.notes(source, info, "layout_mean" in stats))
 
     def notes(self, source: dict, info: dict, orientation_checked: bool) -> list[str]:
         """What a reader of the result should know besides the flags ("note: ..."): checks
@@ -394,143 +302,3 @@ class Decomposer:
                        "held-out cases with a prediction or truth <= 0")
                 notes.append(f"note: no {100 * level:.0f} % interval for {', '.join(missing)}: {why}")
         return notes
-
-
-def _orientation(scores: dict, source: dict, training_r: list[float] | None) -> tuple[str, dict] | None:
-    """(reason, features) of the layout check: the correction (turn, flip, inversion) that
-    raises the layout r by more than :data:`ORIENTATION_MARGIN` to at least
-    :data:`CORRECTED_MIN_R`; else, for a smaller such gain or an r more than
-    :data:`LAYOUT_UNLIKE_MARGIN` below the lowest training film's (``training_r``: [min,
-    median], leave one out), a reason naming none; reason "" when neither applies; None when
-    the model has no layout statistics."""
-    if "layout_r" not in scores:
-        return None
-    r, training_min = float(scores["layout_r"][0]), training_r[0]
-    low = training_min - LAYOUT_UNLIKE_MARGIN
-    candidates = {"inverted": -r}
-    for name in ORIENTATIONS:
-        turned = float(scores[f"layout_{name}"][0])
-        candidates[name] = turned
-        candidates[f"{name} and inverted"] = -turned
-    best = max(candidates, key=candidates.get)
-    feats = {"layout_r": r, "layout_r_best_other": candidates[best], "layout_r_low": low}
-    gain = candidates[best] > r + ORIENTATION_MARGIN
-    if not gain or candidates[best] < CORRECTED_MIN_R:  # no correction named
-        if r >= low and not gain:
-            return "", feats
-        return (f"the film's layout is unlike the training films' (correlation {r:.2f} as given, at most "
-                f"{candidates[best]:.2f} turned or inverted; training films {training_min:.2f} or more): "
-                "another body part or field of view, or not a hip radiograph?", feats)
-    # near ties (a top-bottom flip and a 180-degree turn differ by a left-right mirror): name all
-    close = " or ".join(c for c in sorted(candidates, key=candidates.get, reverse=True)
-                        if candidates[c] >= candidates[best] - 0.02)
-    tags = [f"{keyword} {source[k]}" for k, keyword in (
-        ("photometric_interpretation", "PhotometricInterpretation"),
-        ("presentation_lut_shape", "PresentationLUTShape"),
-        ("pixel_intensity_relationship_sign", "PixelIntensityRelationshipSign")) if k in source]
-    said = f" (the file says {', '.join(tags)})" if tags and "inverted" in best else ""
-    return (f"the film matches the training films' layout better after this correction: {close} "
-            f"(correlation {candidates[best]:.2f}, as given {r:.2f}){said}; check that it is upright "
-            "and that bone is bright", feats)
-
-
-def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
-    """Output folder names of radiographs in batch mode: each file name without its format
-    suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs of a folder would share one
-    (``hip.dcm``, ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``).
-    With ``root`` (a folder read with its sub-folders), each name is prefixed with its file's
-    folder relative to ``root`` (``PAT1/STUDY1/IM00001``)."""
-    stems = [file_stem(p) for p in inputs]
-    keys = [(p.parent, s) if root else s for p, s in zip(inputs, stems)]  # clashes within a folder
-    counts = Counter(keys)
-    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if counts[key] > 1 else s
-             for s, p, key in zip(stems, inputs, keys)]
-    if root is not None:
-        names = [(p.parent.relative_to(root) / n).as_posix() for p, n in zip(inputs, names)]
-    if len(set(names)) < len(names):
-        raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")
-    return names
-
-
-def decompose_file(decomposer: Decomposer, path: Path, target: Path,
-                   pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
-                   magnification: float | None = None) -> tuple[dict, Decomposition | None]:
-    """Decompose one radiograph file into the folder ``target``; returns a summary (input,
-    output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
-    already holds the result of the same file content, settings and model: ``skipped``).
-    A ``target`` holding any other decomposition is refused (FileExistsError), never
-    overwritten (files without ``decomposition.json``, which is written last, are the leftovers
-    of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
-    sidecar = read_sidecar_path(path)  # a NIfTI/NRRD/MHA file's: other formats read none
-    options = {"table_version": TABLE_VERSION,
-               "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
-               "magnification": magnification, "tta": tta, "seed": seed,
-               "model_sha256": decomposer.origin.get("weights_sha256"),
-               "model_json_sha256": decomposer.origin.get("metadata_sha256"),
-               "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
-               "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
-               "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
-    summary = {"input": str(path), "output": str(target)}
-    done = output_files(target)["json"]  # written last: without it, other files are leftovers
-    if done.is_file():                     # of an interrupted write, redone below
-        key = {"input_sha256": file_sha256(path), **options}
-        recorded = _recorded_batch_key(done)
-        if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
-            raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
-                                  f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
-                                  "choose another output folder (--out) or delete it")
-        if recorded != key:
-            changed = ", ".join(k for k in key if (recorded or {}).get(k) != key[k]) or "unreadable record"
-            raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
-                                  f"than {path} with these options (differs in: {changed}); choose another "
-                                  "output folder (--out) or delete it")
-        return {**summary, "skipped": True}, None
-    t0 = time.perf_counter()
-    result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification), tta=tta, seed=seed)
-    result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
-    paths = result.write(target)
-    return {**summary, "ood": result.ood.flag, "reasons": result.ood.reasons,
-            "seconds": time.perf_counter() - t0, "files": {k: str(v) for k, v in paths.items()}}, result
-
-
-def output_files(target: Path, drr_types: Sequence[str] = DRR_TYPES) -> dict[str, Path]:
-    """The files :meth:`Decomposition.write` writes into ``target``: ``csv`` and ``json`` (the
-    table; the JSON written last) and, per DRR type, its stack."""
-    return {"csv": target / "decomposition.csv", "json": target / "decomposition.json",
-            **{t: target / f"decomposition_{t}.nii.gz" for t in drr_types}}
-
-
-def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
-                    pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
-                    progress: Progress | None = None, magnification: float | None = None,
-                    root: Path | None = None) -> list[dict]:
-    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`, with
-    ``root`` the folder whose sub-folders ``inputs`` come from;
-    :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
-    be used, which does not stop the others: its input error, or any other exception with its
-    type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
-    done, so an interrupted batch resumes). An output folder holding a result of other input,
-    settings or model is that file's error (FileExistsError's message), never overwritten."""
-    report = progress or (lambda f, m: None)
-    summaries = []
-    for k, (path, name) in enumerate(zip(inputs, output_names(inputs, root))):
-        report(k / max(1, len(inputs)), f"{path.name}")
-        try:
-            summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
-                                            magnification)[0])
-        except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
-            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
-        except Exception as e:  # a bug on one file: reported with its traceback, the others go on
-            summaries.append({"input": str(path), "output": str(out / name),
-                              "error": f"{path}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-    report(1.0, "done")
-    return summaries
-
-
-def _recorded_batch_key(table: Path) -> dict | None:
-    """What a batch result was made from (``source.batch``), None if unreadable."""
-    try:
-        key = json.loads(table.read_text())["source"]["batch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return key if isinstance(key, dict) else None

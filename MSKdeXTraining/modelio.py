@@ -12,7 +12,7 @@ model grid: the dataset's reference geometry resampled to the training image siz
 spacing in mm; radiographs are seen on it matched to their magnification, see
 :meth:`~MSKdeXTraining.imaging.geometry.Geometry.matched`),
 ``input`` (radiograph normalisation ``(x - mean) / std``, x in [0, 1]), ``ood`` (training
-radiograph statistics, see :meth:`LoadedModel.ood`; ``layout_grid`` and ``layout_mean``, the
+radiograph statistics, see :mod:`~MSKdeXTraining.ood`; ``layout_grid`` and ``layout_mean``, the
 mean layout of the orientation check, are optional: a model trained before they were added
 lacks them and its results say that the orientation was not checked), ``split`` (fold and
 case ids).
@@ -35,33 +35,13 @@ from .fileio import file_sha256, read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
 from .imaging.projector import DRR_TYPES, DRR_UNITS
 from .models import Generator
+from .ood import ood_scores
 
 FORMAT = "mskdex-model"
 VERSION = 2
 UNITS = {**DRR_UNITS, "scale": "units of the DRR type per network unit", "pixel_spacing": "mm"}
 _META_FIELDS = ("code_version", "config", "objects", "kinds", "drr_types", "scale", "geometry",
                 "input", "ood")
-#: Side of the block grid of a radiograph's layout (:func:`layout`).
-LAYOUT_GRID = 8
-#: What the orientation check tries on a radiograph (B, 1, H, W): turned or flipped.
-ORIENTATIONS = {
-    "flipped top to bottom": lambda x: x.flip(-2),
-    "turned 180 degrees": lambda x: x.rot90(2, (-2, -1)),
-    "turned 90 degrees clockwise": lambda x: x.rot90(-1, (-2, -1)),
-    "turned 90 degrees counter-clockwise": lambda x: x.rot90(1, (-2, -1)),
-}
-
-
-def layout(xray: torch.Tensor, grid: int = LAYOUT_GRID) -> torch.Tensor:
-    """(B, 1, H, W) -> (B, grid^2) block means: the coarse layout of each radiograph."""
-    return torch.nn.functional.adaptive_avg_pool2d(xray.double(), grid).flatten(1)
-
-
-def layout_correlation(layouts: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """(B,) Pearson r of each :func:`layout` (B, grid^2) with a mean layout (grid^2,)."""
-    a = layouts.double() - layouts.double().mean(1, keepdim=True)
-    b = mean.double().flatten() - mean.double().mean()
-    return (a @ b) / (a.norm(dim=1) * b.norm()).clamp_min(1e-12)
 
 
 class ModelFormatError(InputError):
@@ -253,30 +233,9 @@ class LoadedModel:
 
     @torch.no_grad()
     def ood(self, xray: torch.Tensor) -> dict[str, np.ndarray]:
-        """Out-of-distribution scores per image (B,), relative to the training radiographs.
-
-        ``feature_score``: Mahalanobis distance of the pooled G features to the training
-        mean, divided by the 99th percentile over the training images (> 1: unusual);
-        ``intensity_z``: largest |z| of the image's mean and std of intensity;
-        ``layout_r``: Pearson r of the image's block layout with the training radiographs' mean
-        layout, and ``layout_<orientation>``: the same for the image as each of
-        :data:`ORIENTATIONS` would correct it (both absent for a model without ``layout_mean``).
-        """
-        stats = self.meta["ood"]
-        f = self.features(xray).double().cpu().numpy()
-        mean = np.asarray(stats["feature_mean"])
-        prec = np.linalg.inv(np.asarray(stats["feature_cov"]))
-        d = f - mean
-        maha = np.sqrt(np.einsum("bi,ij,bj->b", d, prec, d))
-        x = xray.double().cpu().numpy().reshape(len(xray), -1)
-        z_mean = np.abs(x.mean(1) - stats["intensity_mean"][0]) / stats["intensity_mean"][1]
-        z_std = np.abs(x.std(1) - stats["intensity_std"][0]) / stats["intensity_std"][1]
-        scores = {"feature_score": maha / stats["feature_p99"], "intensity_z": np.maximum(z_mean, z_std)}
-        if "layout_mean" in stats:
-            mean_layout, grid, films = torch.tensor(stats["layout_mean"]), stats["layout_grid"], xray.cpu()
-            for name, turn in {"r": lambda x: x, **ORIENTATIONS}.items():
-                scores[f"layout_{name}"] = layout_correlation(layout(turn(films), grid), mean_layout).numpy()
-        return scores
+        """Out-of-distribution scores per image (B,) of ``xray`` (B, 1, H, W) in [0, 1], relative
+        to the training radiographs: :func:`~MSKdeXTraining.ood.ood_scores` of its :meth:`features`."""
+        return ood_scores(self.meta["ood"], self.features(xray), xray)
 
 
 def load_model(run: str | Path, device: str | torch.device = "cpu",

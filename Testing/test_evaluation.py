@@ -337,8 +337,6 @@ def test_anova_compares_the_absolute_errors(evaluated):
     twice the absolute errors of the first (the same evaluation twice gives F = 0, p = 1)."""
     from scipy import stats
 
-    from MSKdeXTraining.evaluation.crossval import anova
-
     _, preds = evaluated
     worse = copy.deepcopy(preds)
     worse.mass_pred = preds.mass_true + 2 * (preds.mass_pred - preds.mass_true)

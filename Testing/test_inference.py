@@ -16,11 +16,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from MSKdeXTraining.batch import decompose_files, output_names
 from MSKdeXTraining.commands import decompose as decompose_cmd
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import per_pixel_area
-from MSKdeXTraining.inference import (OOD_FEATURE, OOD_Z, ORIENTATION_MARGIN, Decomposer, decompose_files, output_names, sample_augmentations,
-                                      to_detector)
+from MSKdeXTraining.inference import Decomposer, sample_augmentations, to_detector
+from MSKdeXTraining.ood import OOD_FEATURE, OOD_Z, ORIENTATION_MARGIN
 from MSKdeXTraining.radiograph_io import Radiograph
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import PreparedDataset
@@ -311,7 +312,7 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from MSKdeXTraining.cli import main
-    from MSKdeXTraining.radiograph_io import DICOMDIR_SOP_CLASS
+    from MSKdeXTraining.radiograph_formats import DICOMDIR_SOP_CLASS
 
     data, run = trained
     folder = tmp_path / "in"
@@ -507,7 +508,7 @@ def test_a_write_cut_short_leaves_no_table_and_is_redone(trained, decomposer, tm
     """decomposition.json is written last: a run killed while writing the DRR stacks leaves
     none, so the next run redoes the folder instead of taking the leftovers as done."""
     from MSKdeXTraining import inference
-    from MSKdeXTraining.inference import decompose_file
+    from MSKdeXTraining.batch import decompose_file
 
     xray = toy_film_file(trained[0], 0, tmp_path / "hip.mha")
     written, real_write = [], sitk.WriteImage
@@ -568,7 +569,7 @@ def test_batch_records_any_failure_of_one_file_and_goes_on(trained, decomposer, 
     decomposed."""
     from test_radiograph_io import write_dicom
 
-    from MSKdeXTraining import inference
+    from MSKdeXTraining import batch
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -576,14 +577,14 @@ def test_batch_records_any_failure_of_one_file_and_goes_on(trained, decomposer, 
     ramp = (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16)
     empty = write_dicom(folder / "empty.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5], RescaleSlope="",
                         RescaleIntercept=0)
-    read = inference.read_radiograph
+    read = batch.read_radiograph
 
     def fails_on_hip1(path, *args):
         if path.name == "hip1.mha":
             raise RuntimeError("disk went away")
         return read(path, *args)
 
-    monkeypatch.setattr(inference, "read_radiograph", fails_on_hip1)
+    monkeypatch.setattr(batch, "read_radiograph", fails_on_hip1)
     summaries = decompose_files(decomposer, [empty, *films], tmp_path / "out", tta=1)
     assert summaries[0]["error"] == f"{empty}: RescaleSlope (0028,1053) is empty; expected one number"
     assert "ood" in summaries[1] and (tmp_path / "out" / "hip0" / "decomposition.json").is_file()

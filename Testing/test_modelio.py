@@ -76,7 +76,7 @@ def test_ood_scores_flag_foreign_images(run):
 
 
 def test_layout_correlation_is_pearson_r_of_block_means():
-    from MSKdeXTraining.modelio import layout, layout_correlation
+    from MSKdeXTraining.ood import layout, layout_correlation
 
     x = torch.rand(3, 1, 40, 24, generator=torch.Generator().manual_seed(1))
     blocks = x.double().numpy()[:, 0].reshape(3, 8, 5, 8, 3).mean(axis=(2, 4)).reshape(3, 64)

@@ -14,13 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
+from MSKdeXTraining.dicom_radiograph import HIP_ABOVE_TABLE_MM
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.prepare import _aligned_bones, dataset_geometry, merge_manifest, prepare_dataset, read_cohort
-from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM
 
 #: Registration budget for the tests: the data flow is tested here, accuracy elsewhere.
 CHEAP = RegistrationSettings(levels=(Level(8.0, "cma", 4, 1.0),), popsize=6)

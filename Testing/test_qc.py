@@ -84,8 +84,6 @@ def test_bilateral_object_without_sides_is_not_fragmented():
 
 
 def test_custom_range_and_real_segmentation(shared_data):
-    from MSKdeXTraining.imaging.volume import read_ct
-
     folder = shared_data / "totalsegmentator-example"
     labels = read_labels(folder / "example_seg_fast_force_split.nii.gz")
     objects = load_object_map("totalsegmentator")

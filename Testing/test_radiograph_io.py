@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
+from MSKdeXTraining.dicom_radiograph import HIP_ABOVE_TABLE_MM
 from MSKdeXTraining.imaging.volume import InputError
-from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM, read_radiograph, unit_range
+from MSKdeXTraining.radiograph_io import read_radiograph, unit_range
 
 
 def write_dicom(path, array: np.ndarray, photometric="MONOCHROME2", bits=16, **fields):

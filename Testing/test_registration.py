@@ -14,6 +14,7 @@ from scipy import ndimage
 from MSKdeXTraining.cli import main
 from MSKdeXTraining.cohort import RigidBody, XraySettings, simulate_radiograph
 from MSKdeXTraining.cohort.generate import generate_case
+from MSKdeXTraining.dicom_radiograph import HIP_ABOVE_TABLE_MM
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, project, resample_image,
                                              rigid)
@@ -27,7 +28,6 @@ from MSKdeXTraining.imaging.registration.optimise import _FixedGC
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
-from MSKdeXTraining.radiograph_io import HIP_ABOVE_TABLE_MM
 
 #: A cheap optimiser for small phantoms (accuracy is checked, not speed); the box-like
 #: phantom bone says little about depth, so its translation has a prior (5 mm SD).

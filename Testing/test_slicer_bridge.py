@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import unittest
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,9 @@ vtk = pytest.importorskip("vtk")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MSKdeX"))
 
+from MSKdeXTraining.decomposition_table import TABLE_COLUMNS  # noqa: E402
 from MSKdeXTraining.imaging.geometry import Geometry  # noqa: E402
 from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects  # noqa: E402
-from MSKdeXTraining.inference import TABLE_COLUMNS  # noqa: E402
 from MSKdeXTraining.imaging.volume import InputError, read_ct, read_labels  # noqa: E402
 from MSKdeXTraining.objects import load_object_map  # noqa: E402
 from MSKdeXTraining.radiograph_io import read_radiograph  # noqa: E402
@@ -36,7 +37,7 @@ from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, stack_from_layer
 from MSKdeXLib.pipeline import Pipeline  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
-from MSKdeXLib.results_table import COLUMNS, ood_text, table_rows  # noqa: E402
+from MSKdeXLib.results_table import ood_text, table_rows  # noqa: E402
 from MSKdeXLib.scene_io import load_scene, save_scene  # noqa: E402
 from MSKdeXLib.segmentation_nodes import (label_names, labels_from_segmentation, labels_to_segmentation,  # noqa: E402
                                           name_values, unmatched_segments)
@@ -347,6 +348,7 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
     image[:, :20] = 0  # a padded border
     path = write_dicom(tmp_path / "hip.dcm", image, bits=12, ImagerPixelSpacing=[0.6, 0.6], PixelPaddingValue=0,
                        DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
+    (tmp_path / "hip.json").write_text("{not JSON")  # read for a NIfTI/NRRD/MHA file only, as the CLI does
     scene = slicer.vtkMRMLScene()
     node = Pipeline(scene).load_radiograph(path)
     assert node.GetName() == "hip"
@@ -398,6 +400,43 @@ def test_registration_takes_the_films_distances_as_the_cli_does(tmp_path):
     node.RemoveAttribute("MSKdeX.Source")  # loaded by Slicer itself: nothing read from the file
     geometry, assumed = Pipeline.registration_geometry(node)
     assert (geometry.sdd, geometry.sod) == (1100.0, 880.0) and "assuming SDD 1100 mm, SOD 880 mm" in assumed
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["perspective", "parallel"])
+def test_registration_takes_a_cohort_films_sidecar_as_the_cli_does(tmp_path, parallel):
+    """A cohort radiograph (MHA + ``mskdex-xray`` sidecar): bone alignment's geometry is the
+    CLI's (read_xray), the sidecar's exactly (parallel beam included), the distances given
+    replacing its own, for no distance, the SDD only and both; with a spacing given in Load
+    radiograph, or set on the node since, only the sidecar's parallel flag and the distances the
+    reader records count, as ``mskdex register --pixel-spacing`` reads it."""
+    import SimpleITK as sitk
+
+    from MSKdeXTraining.imaging.registration import read_xray
+
+    image = sitk.GetImageFromArray(np.random.default_rng(0).random((40, 60)).astype(np.float32))
+    image.SetSpacing((1.5, 1.5))
+    path = tmp_path / "xray.mha"
+    sitk.WriteImage(image, str(path))
+    sidecar = Geometry(rows=40, cols=60, pixel_spacing=(1.5, 1.5), sdd=1050.0, sod=850.0, parallel=parallel)
+    (tmp_path / "xray.json").write_text(json.dumps(
+        {"format": "mskdex-xray", "version": 1, "geometry": sidecar.to_json()}))
+    scene = slicer.vtkMRMLScene()
+    node = Pipeline(scene).load_radiograph(path)
+    for sdd, sod in [(None, None), (1200.0, None), (1200.0, 900.0)]:
+        geometry, assumed = Pipeline.registration_geometry(node, sdd, sod)
+        assert geometry == read_xray(path, sdd=sdd, sod=sod)[1] and assumed is None, (sdd, sod)
+    assert Pipeline.registration_geometry(node)[0] == sidecar
+    # with another spacing, the sidecar gives only the distances its reader records, and parallel
+    given = Pipeline(scene).load_radiograph(path, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a parallel film's SOD is assumed: registration_geometry notes it
+        for sdd, sod in [(None, None), (1200.0, 900.0)]:
+            expected = read_xray(path, pixel_spacing=(2.0, 2.0), sdd=sdd, sod=sod)[1]
+            assert Pipeline.registration_geometry(given, sdd, sod)[0] == expected, (sdd, sod)
+            # the given spacing is the detector's: neither view scales it (parallel: magnification 1)
+            assert expected.pixel_spacing == (2.0, 2.0) and expected.parallel == parallel
+    node.SetSpacing(2.0, 2.0, 1.0)
+    assert Pipeline.registration_geometry(node, 1200.0, 900.0)[0] == expected
 
 
 def test_a_femur_starts_from_a_pelvis_registered_on_the_same_inputs():
@@ -527,7 +566,7 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
     assert {t for _, t in out.layers} == set(DRR_TYPES)
     rows = table_rows(out.table)
     assert [r["object"] for r in rows] == list(result.names)
-    assert tuple(rows[0]) == COLUMNS == TABLE_COLUMNS == tuple(result.table[0])
+    assert tuple(rows[0]) == TABLE_COLUMNS == tuple(result.table[0])  # the backend's, in its order
     assert out.table.GetColumnUnitLabel("volume_cm3") == "cm3"
     assert out.table.GetColumnUnitLabel("mass_g") == "g"
     assert out.table.GetColumnUnitLabel("mass_sd_g") == "g"
@@ -577,6 +616,26 @@ def test_decompose_rejects_a_folder_without_model(tmp_path):
     node = radiograph_to_node(Radiograph(image, (2.0, 2.0), {}), scene, "xray")
     with pytest.raises(InputError, match="no model.json"):
         Pipeline(scene).decompose(tmp_path, node)
+
+
+def test_results_table_takes_the_backends_columns(monkeypatch):
+    """The table's columns are the backend's TABLE_COLUMNS, in its order: a column the backend
+    adds without a title/unit here, or one it drops, is refused; so are rows lacking a column."""
+    import MSKdeXLib.results_table as module
+    from MSKdeXLib.results_table import results_table
+
+    scene = slicer.vtkMRMLScene()
+    row = {c: ("femur" if c == "object" else "bone" if c == "kind" else 1.0) for c in TABLE_COLUMNS}
+    reordered = TABLE_COLUMNS[:2] + TABLE_COLUMNS[2:][::-1]
+    monkeypatch.setattr(module, "TABLE_COLUMNS", reordered)
+    assert tuple(table_rows(results_table([row], scene, "results"))[0]) == reordered
+    for changed in (TABLE_COLUMNS + ("density_g_cm3",), TABLE_COLUMNS[:-1]):
+        monkeypatch.setattr(module, "TABLE_COLUMNS", changed)
+        with pytest.raises(RuntimeError, match="update TEXT_COLUMNS / NUMBER_COLUMNS"):
+            results_table([row], scene, "results")
+    monkeypatch.setattr(module, "TABLE_COLUMNS", TABLE_COLUMNS)
+    with pytest.raises(InputError, match=r"results: result rows lack the fields \['mass_sd_g'\]"):
+        results_table([{k: v for k, v in row.items() if k != "mass_sd_g"}], scene, "results")
 
 
 def test_scene_save_and_load_preserve_everything(example, tmp_path):

@@ -241,6 +241,27 @@ def test_module_loads_without_torch():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def test_slicer_side_tests_run_without_torch():
+    """MSKdeX/Testing/MSKdeXLibTest.py, which ctest runs inside Slicer, needs only the MRML
+    libraries: it passes with torch impossible to import (a Slicer without PyTorch)."""
+    import subprocess
+    import sys
+
+    code = ("import importlib.abc, sys, unittest\n"
+            "class NoTorch(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ImportError('torch is not installed in this Slicer')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import MSKdeXLibTest\n"
+            "result = unittest.TextTestRunner().run(unittest.defaultTestLoader.loadTestsFromModule(MSKdeXLibTest))\n"
+            "sys.exit(not result.wasSuccessful() or 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(MODULE / "Testing")], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_module_constants_match_the_backend():
     from MSKdeXTraining.imaging.projector import DRR_TYPES
     from MSKdeXTraining.imaging.registration import rigid_bodies

@@ -551,7 +551,7 @@ def test_ood_threshold_comes_from_leave_one_out_distances():
     equals a direct computation; with nearly as many features as images, a threshold from those
     distances lets fresh images of the same distribution through, one from in-sample distances
     does not."""
-    from MSKdeXTraining.training.trainer import leave_one_out_distances, shrunk
+    from MSKdeXTraining.ood import leave_one_out_distances, shrunk
 
     rng = np.random.default_rng(0)
     f = rng.normal(size=(30, 8)) * np.linspace(1.0, 3.0, 8)
@@ -572,7 +572,7 @@ def test_ood_threshold_comes_from_leave_one_out_distances():
 def test_leave_one_out_distances_of_few_or_near_identical_images_are_finite():
     """Three images (n - 2 = 1), two (the in-sample fallback), and identical images with one
     outlier (1 - c q near zero): finite distances, never NaN."""
-    from MSKdeXTraining.training.trainer import leave_one_out_distances
+    from MSKdeXTraining.ood import leave_one_out_distances
 
     rng = np.random.default_rng(1)
     identical = np.tile(rng.normal(size=4), (8, 1))

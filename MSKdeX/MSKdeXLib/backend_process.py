@@ -150,14 +150,17 @@ class BackendProcess:
 
     @property
     def running(self) -> bool:
+        """Whether the process's output is still being read (it has not finished)."""
         return self._reader.is_alive()
 
     @property
     def cancelled(self) -> bool:
+        """Whether :meth:`request_cancel` or :meth:`cancel` was called."""
         return self._cancelled
 
     @property
     def returncode(self) -> int | None:
+        """The process's exit status once it has finished, else ``None``."""
         return None if self.running else self._process.returncode
 
     def poll(self) -> list[ProcessEvent]:

@@ -8,8 +8,15 @@ position, direction, affine or rigid transform goes through this module.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import vtk
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from slicer import vtkMRMLVolumeNode
 
 #: 4x4 change of frame LPS -> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -39,7 +46,8 @@ def from_vtk_matrix(m: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def set_node_geometry(node, spacing, origin_lps, direction_lps) -> None:
+def set_node_geometry(node: vtkMRMLVolumeNode, spacing: Sequence[float] | np.ndarray,
+                      origin_lps: Sequence[float] | np.ndarray, direction_lps: np.ndarray) -> None:
     """Give a volume node the LPS geometry of a backend image (spacing/origin in (i, j, k) order, mm;
     ``direction_lps`` columns are the i, j, k axes in LPS)."""
     spacing = np.asarray(spacing, float).reshape(3)
@@ -49,7 +57,7 @@ def set_node_geometry(node, spacing, origin_lps, direction_lps) -> None:
     node.SetIJKToRASDirections(*[float(direction_ras[r, c]) for r in range(3) for c in range(3)])
 
 
-def node_geometry(node) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def node_geometry(node: vtkMRMLVolumeNode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(spacing (i, j, k) mm, origin LPS mm, direction LPS 3x3) of a volume node."""
     spacing = np.array(node.GetSpacing(), float)
     origin_ras = np.array(node.GetOrigin(), float)

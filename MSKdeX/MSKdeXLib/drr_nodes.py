@@ -10,6 +10,7 @@ the same nodes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
@@ -19,6 +20,9 @@ from MSKdeXTraining.errors import InputError
 
 from .radiograph_nodes import detector_volume, place_like
 from .volume_nodes import volume_from_node, volume_to_node
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLScalarVolumeNode, vtkMRMLScene
 
 OBJECT_ATTRIBUTE = "MSKdeX.Object"
 TYPE_ATTRIBUTE = "MSKdeX.DRRType"
@@ -33,8 +37,9 @@ def layer_name(prefix: str, name: str, drr_type: str) -> str:
     return f"{prefix} {name} {drr_type.upper()}"
 
 
-def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[float, float], scene,
-               prefix: str, reference_node=None) -> dict[tuple[str, str], object]:
+def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[float, float], scene: vtkMRMLScene,
+               prefix: str, reference_node: vtkMRMLScalarVolumeNode | None = None
+               ) -> dict[tuple[str, str], vtkMRMLScalarVolumeNode]:
     """Create or update the 3N layer nodes of ``data`` (3, N, H, W) in physical units.
 
     ``pixel_spacing`` (row, column) mm of the DRR detector; with ``reference_node`` (a
@@ -65,14 +70,14 @@ def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[floa
     return nodes
 
 
-def place_over(layer, radiograph_node) -> None:
+def place_over(layer: vtkMRMLScalarVolumeNode, radiograph_node: vtkMRMLScalarVolumeNode) -> None:
     """Put a layer of :func:`drr_layers` in the plane of ``radiograph_node``, centred on it, at
     the layer's own pixel spacing (as :func:`drr_layers` with that ``reference_node`` does)."""
     spacing = layer.GetSpacing()
     place_like(layer, radiograph_node, (spacing[1], spacing[0]))
 
 
-def stack_from_layers(nodes: dict[tuple[str, str], object], names: Sequence[str]) -> np.ndarray:
+def stack_from_layers(nodes: dict[tuple[str, str], vtkMRMLScalarVolumeNode], names: Sequence[str]) -> np.ndarray:
     """(3, N, H, W) float32 stack back from the layer nodes of :func:`drr_layers`."""
     return np.stack([np.stack([volume_from_node(nodes[(n, t)]).array[0] for n in names])
                      for t in DRR_TYPES])

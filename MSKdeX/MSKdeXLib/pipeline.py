@@ -25,7 +25,9 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
-from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph, stem
+from MSKdeXTraining.radiograph_formats import stem
+from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph
+from MSKdeXTraining.sidecar import file_sidecar, fits
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
@@ -33,13 +35,14 @@ from MSKdeXTraining.training.distributed import pick_device
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers, layer_name, place_over
 from .progress import ProgressRelay
-from .radiograph_nodes import radiograph_from_node, radiograph_to_node
+from .radiograph_nodes import radiograph_from_node, radiograph_to_node, sidecar_from_node
 from .results_table import results_chart, results_table
 from .segmentation_nodes import labels_from_segmentation, name_values, unmatched_segments
 from .volume_nodes import volume_from_node
 
 if TYPE_CHECKING:
-    from slicer import vtkMRMLLinearTransformNode, vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+    from slicer import (vtkMRMLLinearTransformNode, vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLScene,
+                        vtkMRMLSegmentationNode, vtkMRMLTableNode)
 
     from MSKdeXTraining.imaging.registration import RegistrationResult
     from MSKdeXTraining.inference import Decomposition
@@ -105,8 +108,8 @@ def _listed(names: list[str], most: int = 10) -> str:
 class Pipeline:
     """The MSKdeX steps on the nodes of one MRML ``scene``."""
 
-    def __init__(self, scene):
-        self.scene = scene
+    def __init__(self, scene: vtkMRMLScene):
+        self.scene = scene  #: where the steps read their input nodes and write their output nodes
 
     # -- inputs -------------------------------------------------------------------------
     @staticmethod
@@ -114,18 +117,23 @@ class Pipeline:
         """A built-in object map by name or a JSON file (see ``MSKdeXTraining.objects``)."""
         return load_object_map(name_or_path)
 
-    def load_radiograph(self, path: str | Path, pixel_spacing: float | tuple[float, float] | None = None):
+    def load_radiograph(self, path: str | Path, pixel_spacing: float | tuple[float, float] | None = None,
+                        magnification: float | None = None) -> vtkMRMLScalarVolumeNode:
         """A new radiograph node (named after the file) read by the backend reader
         (:func:`~MSKdeXTraining.radiograph_io.read_radiograph`), keeping its source record:
-        magnification, pixel padding, bit depth and colour count as for the file itself.
-        ``pixel_spacing`` (row, column mm, or one value for both) overrides the file's."""
+        magnification, pixel padding, bit depth and colour count as for the file itself; and
+        the geometry of its ``mskdex-xray`` sidecar, if any, for :meth:`registration_geometry`.
+        ``pixel_spacing`` (row, column mm, or one value for both) and ``magnification`` (SDD /
+        SOD) override the file's."""
         if not str(path).strip() or Path(path) == Path("."):
             raise InputError("radiograph file: choose a file to load (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG)")
         path = Path(path)
-        return radiograph_to_node(read_radiograph(path, pixel_spacing), self.scene,
-                                  self.scene.GenerateUniqueName(stem(path)))
+        radiograph = read_radiograph(path, pixel_spacing, magnification)
+        return radiograph_to_node(radiograph, self.scene, self.scene.GenerateUniqueName(stem(path)),
+                                  sidecar=file_sidecar(path, radiograph.source))
 
-    def inputs(self, ct_node, segmentation_node, objects: ObjectMap) -> tuple[Volume, Volume]:
+    def inputs(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,
+               objects: ObjectMap) -> tuple[Volume, Volume]:
         """(CT in HU, label map on the CT grid) from the nodes; segments are matched to label
         values by their object-map names (see :func:`label_names`) or their MSKdeX tag;
         other segments are ignored."""
@@ -134,8 +142,9 @@ class Pipeline:
         check_hu(ct, labels, objects, f"CT volume {ct_node.GetName()!r}")
         return ct, labels
 
-    def segmentation_qc(self, ct_node, segmentation_node, objects: ObjectMap,
-                        progress: ProgressRelay | None = None) -> tuple[SegmentationQC, vtkMRMLTableNode]:
+    def segmentation_qc(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,
+                        objects: ObjectMap, progress: ProgressRelay | None = None
+                        ) -> tuple[SegmentationQC, vtkMRMLTableNode]:
         """Backend segmentation QC of the selected segmentation; returns (qc, table node)."""
         from MSKdeXTraining.qc import segmentation_qc
 
@@ -157,8 +166,10 @@ class Pipeline:
         ``mskdex drr`` renders it (docs/formats.md)."""
         return default_ap_pose(view_center(labels, objects), geometry)
 
-    def compute_drrs(self, ct_node, segmentation_node, objects: ObjectMap, geometry: Geometry,
-                     reference_node=None, progress: ProgressRelay | None = None) -> tuple[DRRResult, dict]:
+    def compute_drrs(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,
+                     objects: ObjectMap, geometry: Geometry, reference_node: vtkMRMLScalarVolumeNode | None = None,
+                     progress: ProgressRelay | None = None
+                     ) -> tuple[DRRResult, dict[tuple[str, str], vtkMRMLScalarVolumeNode]]:
         """Object-wise DRRs of the CT in the default AP pose (:meth:`reference_pose`) as layers;
         returns (result with the stack and its metrics (DRR sums vs 3D volume/mass, and
         ``unmatched_segments``: segments left out; :func:`drr_warnings` sums them up), layers)."""
@@ -171,7 +182,8 @@ class Pipeline:
                             DRR_PREFIX, reference_node)
         return result, layers
 
-    def drr_layer(self, name: str, drr_type: str, over=None) -> vtkMRMLScalarVolumeNode | None:
+    def drr_layer(self, name: str, drr_type: str,
+                  over: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode | None:
         """The layer of object ``name`` and ``drr_type`` of the last :meth:`compute_drrs`, if any;
         with ``over`` (a radiograph node) placed in its plane, centred on it, to be shown over it
         (whichever radiograph, if any, the layers were computed with)."""
@@ -182,29 +194,40 @@ class Pipeline:
 
     # -- bone alignment -----------------------------------------------------------------
     @staticmethod
-    def registration_geometry(radiograph_node, sdd: float | None = None,
+    def registration_geometry(radiograph_node: vtkMRMLScalarVolumeNode, sdd: float | None = None,
                               sod: float | None = None) -> tuple[Geometry, str | None]:
         """(detector geometry, note when the distances were assumed) of the radiograph node as
         ``mskdex register`` reads its file
-        (:func:`~MSKdeXTraining.imaging.registration.radiograph_geometry`): ``sdd`` / ``sod``
-        (mm) if given, else the file's (kept by *Load radiograph*), else SDD 1100 / SOD 880
-        assumed; a spacing calibrated at the patient is scaled to the detector."""
+        (:func:`~MSKdeXTraining.imaging.registration.read_xray`). A file with an ``mskdex-xray``
+        sidecar (a cohort radiograph), while the node keeps the sidecar's pixels: the sidecar's
+        geometry exactly, parallel beam included, ``sdd`` / ``sod`` (mm) replacing its own when
+        given (:func:`~MSKdeXTraining.imaging.registration.sidecar_film_geometry`). Any
+        other (:func:`~MSKdeXTraining.imaging.registration.radiograph_geometry`): ``sdd`` /
+        ``sod`` if given, else the file's (kept by *Load radiograph*), else SDD 1100 / SOD 880
+        assumed; a spacing calibrated at the patient is scaled to the detector; parallel when a
+        sidecar says so."""
         return Pipeline._registration_film(radiograph_node, sdd, sod)[1:]
 
     @staticmethod
-    def _registration_film(radiograph_node, sdd: float | None,
+    def _registration_film(radiograph_node: vtkMRMLScalarVolumeNode, sdd: float | None,
                            sod: float | None) -> tuple[Radiograph, Geometry, str | None]:
         """The radiograph of the node with its :meth:`registration_geometry`."""
-        from MSKdeXTraining.imaging.registration import radiograph_geometry
+        from MSKdeXTraining.imaging.registration import radiograph_geometry, sidecar_film_geometry
 
         radiograph = radiograph_from_node(radiograph_node)
+        where = f"radiograph {radiograph_node.GetName()!r}"
+        sidecar = sidecar_from_node(radiograph_node)
+        # exact while the node keeps the sidecar's pixels: no distance assumed
+        if sidecar is not None and fits(sidecar, radiograph.shape, radiograph.pixel_spacing):
+            return radiograph, sidecar_film_geometry(sidecar, where, sdd, sod), None
         with warnings.catch_warnings(record=True) as assumed:  # its only warning: distances assumed
             warnings.simplefilter("always")
-            geometry = radiograph_geometry(radiograph, f"radiograph {radiograph_node.GetName()!r}", sdd, sod)
+            geometry = radiograph_geometry(radiograph, where, sdd, sod,
+                                           parallel=sidecar is not None and sidecar.parallel)
         return radiograph, geometry, "; ".join(str(w.message) for w in assumed) or None
 
     @staticmethod
-    def registration_distances(transform_node) -> str:
+    def registration_distances(transform_node: vtkMRMLLinearTransformNode) -> str:
         """The SDD / SOD a pose node was registered with (:data:`INPUTS_ATTRIBUTE`), as text."""
         inputs = json.loads(transform_node.GetAttribute(INPUTS_ATTRIBUTE) or "{}")
         if "sdd" not in inputs:
@@ -212,7 +235,8 @@ class Pipeline:
         text = f"SDD {inputs['sdd']:.1f} mm, SOD {inputs['sod']:.1f} mm"
         return text + (" (assumed: not in the file nor given)" if inputs.get("assumed") else "")
 
-    def register(self, ct_node, segmentation_node, radiograph_node, objects: ObjectMap, body: str,
+    def register(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,
+                 radiograph_node: vtkMRMLScalarVolumeNode, objects: ObjectMap, body: str,
                  sdd: float | None = None, sod: float | None = None, preset: str = "accurate",
                  progress: ProgressRelay | None = None, start_pose: np.ndarray | None = None
                  ) -> tuple[RegistrationResult, vtkMRMLLinearTransformNode, vtkMRMLScalarVolumeNode]:
@@ -295,7 +319,7 @@ class Pipeline:
         return BackendProcess(backend_command("train", arguments))
 
     # -- decompose ----------------------------------------------------------------------
-    def decompose(self, model: Path, radiograph_node, tta: int = 8, seed: int = 0,
+    def decompose(self, model: Path, radiograph_node: vtkMRMLScalarVolumeNode, tta: int = 8, seed: int = 0,
                   progress: ProgressRelay | None = None, magnification: float | None = None,
                   table_node: vtkMRMLTableNode | None = None) -> DecomposeOutput:
         """Decompose the radiograph with the model run folder ``model``: one layer per object

@@ -11,6 +11,7 @@ attributes.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.geometry import check_pose
 
 from .coordinates import from_vtk_matrix, lps_to_ras_transform, ras_to_lps_transform, to_vtk_matrix
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLLinearTransformNode, vtkMRMLScene
 
 POSE_ATTRIBUTE = "MSKdeX.Pose"
 REFERENCE_ATTRIBUTE = "MSKdeX.ReferencePose"
@@ -34,9 +38,11 @@ def pose_node_name(body: str) -> str:
     return f"{ALIGNED_PREFIX} {body} pose"
 
 
-def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, name: str,
-                           gc: float | None = None):
-    """Create or update (by ``name``) a linear transform node for ``pose`` relative to ``reference_pose``."""
+def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene: vtkMRMLScene, name: str,
+                           gc: float | None = None) -> vtkMRMLLinearTransformNode:
+    """Create or update (by ``name``) a linear transform node for ``pose`` relative to
+    ``reference_pose`` (both 4x4 world LPS -> camera, mm), recording both and ``gc`` (the
+    registration's gradient correlation) as attributes, not accepted; returns the node."""
     pose, reference_pose = check_pose(pose, name), check_pose(reference_pose, name)
     motion_lps = np.linalg.inv(reference_pose) @ pose
     node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
@@ -49,17 +55,17 @@ def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene, 
     return node
 
 
-def accept_pose(node) -> None:
+def accept_pose(node: vtkMRMLLinearTransformNode) -> None:
     """Mark the pose of ``node`` as accepted by the user (a femur starts only from an accepted pelvis)."""
     node.SetAttribute(ACCEPTED_ATTRIBUTE, "1")
 
 
-def is_accepted(node) -> bool:
+def is_accepted(node: vtkMRMLLinearTransformNode) -> bool:
     """Whether the user accepted the pose of ``node`` (every registration resets it)."""
     return node.GetAttribute(ACCEPTED_ATTRIBUTE) == "1"
 
 
-def pose_from_transform_node(node) -> np.ndarray:
+def pose_from_transform_node(node: vtkMRMLLinearTransformNode | None) -> np.ndarray:
     """The world->camera pose (4x4, LPS mm) a transform node stands for (after any user edit)."""
     text = node.GetAttribute(REFERENCE_ATTRIBUTE) if node is not None else None
     if not text:

@@ -8,9 +8,14 @@ case: missing, volume_low, volume_high, metal, and truncated for a muscle), ``wa
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from MSKdeXTraining.qc import SegmentationQC
 
 from .table_nodes import add_number_column, add_text_column, empty_table
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLScene, vtkMRMLTableNode
 
 #: (column, unit, description) of the numeric columns.
 NUMERIC = (
@@ -35,8 +40,10 @@ def qc_rows(qc: SegmentationQC) -> list[dict]:
     return rows
 
 
-def qc_table(qc: SegmentationQC, scene, name: str, node=None):
-    """Create or fill a table node with :func:`qc_rows`; returns it."""
+def qc_table(qc: SegmentationQC, scene: vtkMRMLScene, name: str,
+             node: vtkMRMLTableNode | None = None) -> vtkMRMLTableNode:
+    """Fill ``node`` (or a new table node called ``name``) with :func:`qc_rows`, units and
+    descriptions, and the attribute ``MSKdeX.QCFailed`` (1/0); returns it."""
     rows = qc_rows(qc)
     node = empty_table(scene, name, node)
     for column in ("object", "status"):

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import slicer
 
 from MSKdeXTraining.fileio import blocking_file
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLNode, vtkMRMLScene
 
 
 def check_scene_folder(folder: str | Path) -> None:
@@ -29,7 +33,7 @@ def check_scene_folder(folder: str | Path) -> None:
         raise FileExistsError(f"{blocking}: is a file, so the scene folder {folder} cannot be made")
 
 
-def save_scene(scene, folder: str | Path, name: str = "scene") -> Path:
+def save_scene(scene: vtkMRMLScene, folder: str | Path, name: str = "scene") -> Path:
     """Write every storable node's data and the .mrml file into ``folder``; returns the .mrml path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -59,7 +63,7 @@ def save_scene(scene, folder: str | Path, name: str = "scene") -> Path:
     return path
 
 
-def load_scene(path: str | Path, scene=None):
+def load_scene(path: str | Path, scene: vtkMRMLScene | None = None) -> vtkMRMLScene:
     """Read a .mrml file and its data files into ``scene`` (a new scene when None); returns it."""
     path = Path(path)
     if not path.is_file():
@@ -72,7 +76,7 @@ def load_scene(path: str | Path, scene=None):
     return scene
 
 
-def _has_data(node) -> bool:
+def _has_data(node: vtkMRMLNode) -> bool:
     if node.IsA("vtkMRMLVolumeNode"):
         return node.GetImageData() is not None
     if node.IsA("vtkMRMLSegmentationNode"):

@@ -17,6 +17,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import slicer
@@ -27,6 +28,9 @@ from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.objects import ObjectMap
 
 from .volume_nodes import labels_from_node, volume_to_node
+
+if TYPE_CHECKING:
+    from slicer import vtkMRMLScene, vtkMRMLSegmentationNode, vtkMRMLVolumeNode
 
 #: Segment tag that records the label value a segment stands for.
 VALUE_TAG = "MSKdeX.LabelValue"
@@ -65,8 +69,8 @@ def _color_table(scene, names: Mapping[int, str], node_name: str):
     return table
 
 
-def labels_to_segmentation(labels: Volume, scene, name: str,
-                           names: Mapping[int, str] | None = None, node=None):
+def labels_to_segmentation(labels: Volume, scene: vtkMRMLScene, name: str, names: Mapping[int, str] | None = None,
+                           node: vtkMRMLSegmentationNode | None = None) -> vtkMRMLSegmentationNode:
     """A segmentation node with one segment per non-zero label value of ``labels``.
 
     ``names`` gives segment names (default ``label_<value>``); every segment carries its value
@@ -111,7 +115,7 @@ def _segment_value(segment, values: Mapping[str, int] | None) -> tuple[int | Non
     return None, False
 
 
-def segment_values(node, values: Mapping[str, int] | None = None,
+def segment_values(node: vtkMRMLSegmentationNode, values: Mapping[str, int] | None = None,
                    skip_unknown: bool = False) -> dict[str, int]:
     """Segment ID -> label value, from ``values`` (by segment name) first, then the
     :data:`VALUE_TAG` tag, then a ``Label_<value>`` name. Segments with none of these raise
@@ -143,7 +147,7 @@ def segment_values(node, values: Mapping[str, int] | None = None,
     return out
 
 
-def unmatched_segments(node, values: Mapping[str, int]) -> list[str]:
+def unmatched_segments(node: vtkMRMLSegmentationNode, values: Mapping[str, int]) -> list[str]:
     """Names of the segments that stand for no label value of ``values`` (an object map's, by
     name): first those without a value (see :func:`segment_values`; most likely misnamed
     objects), then those with a value not among them. Such segments are left out of every
@@ -155,8 +159,8 @@ def unmatched_segments(node, values: Mapping[str, int]) -> list[str]:
     return [name for name, value in sorted(found, key=lambda f: f[1] is not None) if value not in wanted]
 
 
-def labels_from_segmentation(node, reference_node, values: Mapping[str, int] | None = None,
-                             skip_unknown: bool = False) -> Volume:
+def labels_from_segmentation(node: vtkMRMLSegmentationNode, reference_node: vtkMRMLVolumeNode,
+                             values: Mapping[str, int] | None = None, skip_unknown: bool = False) -> Volume:
     """Label map (backend :class:`Volume`) of a segmentation on the grid of ``reference_node``.
 
     Label values come from :func:`segment_values`. Where segments overlap, the later segment wins.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import vtk
 
+if TYPE_CHECKING:
+    from slicer import vtkMRMLScene, vtkMRMLTableNode
 
-def empty_table(scene, name: str, node=None):
+
+def empty_table(scene: vtkMRMLScene, name: str, node: vtkMRMLTableNode | None = None) -> vtkMRMLTableNode:
     """``node`` (or a new ``vtkMRMLTableNode`` called ``name`` in ``scene``) with its table cleared."""
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
@@ -15,7 +19,7 @@ def empty_table(scene, name: str, node=None):
     return node
 
 
-def add_text_column(node, name: str, values: Iterable) -> None:
+def add_text_column(node: vtkMRMLTableNode, name: str, values: Iterable) -> None:
     """Append a string column."""
     array = vtk.vtkStringArray()
     array.SetName(name)
@@ -24,7 +28,7 @@ def add_text_column(node, name: str, values: Iterable) -> None:
     node.GetTable().AddColumn(array)
 
 
-def add_number_column(node, name: str, values: Iterable, unit: str = "", description: str = "",
+def add_number_column(node: vtkMRMLTableNode, name: str, values: Iterable, unit: str = "", description: str = "",
                       title: str | None = None) -> None:
     """Append a float column (None becomes NaN) with its unit label, description and title,
     which Slicer saves in the table's schema file."""

@@ -6,6 +6,8 @@ geometry goes through :mod:`MSKdeXLib.coordinates` only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import slicer.util
 
@@ -14,12 +16,15 @@ from MSKdeXTraining.imaging.volume import Volume, check_labels
 
 from .coordinates import node_geometry, set_node_geometry
 
+if TYPE_CHECKING:
+    from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScene, vtkMRMLVolumeNode
+
 #: numpy dtypes that VTK renders; int64 volumes are refused by Slicer (see slicer.util).
 _WIDEN = {np.dtype(np.int64): np.int32, np.dtype(np.uint64): np.uint32, np.dtype(bool): np.uint8}
 
 
-def volume_to_node(volume: Volume, scene, name: str, node=None,
-                   node_class: str = "vtkMRMLScalarVolumeNode"):
+def volume_to_node(volume: Volume, scene: vtkMRMLScene, name: str, node: vtkMRMLVolumeNode | None = None,
+                   node_class: str = "vtkMRMLScalarVolumeNode") -> vtkMRMLVolumeNode:
     """Put ``volume`` into ``node`` (a new ``node_class`` node in ``scene`` when None); returns the node.
 
     int64 arrays are stored as int32 after checking that no value changes.
@@ -43,7 +48,7 @@ def volume_to_node(volume: Volume, scene, name: str, node=None,
     return node
 
 
-def volume_from_node(node, what: str = "volume") -> Volume:
+def volume_from_node(node: vtkMRMLVolumeNode | None, what: str = "volume") -> Volume:
     """Backend :class:`Volume` (a copy of the voxels, LPS geometry) of a scalar/label-map volume node."""
     if node is None or node.GetImageData() is None:
         raise InputError(f"{what}: no volume selected, or the node holds no image data")
@@ -52,6 +57,6 @@ def volume_from_node(node, what: str = "volume") -> Volume:
     return Volume(array, spacing, origin, direction)
 
 
-def labels_from_node(node, what: str = "label map") -> Volume:
+def labels_from_node(node: vtkMRMLLabelMapVolumeNode, what: str = "label map") -> Volume:
     """Backend label :class:`Volume` of a label-map node; refuses non-integer or negative values."""
     return check_labels(volume_from_node(node, what), f"{what} ({node.GetName()})")

@@ -60,10 +60,8 @@ def run(argv: list[str]) -> int:
 
         from MSKdeXTraining.errors import INPUT_ERRORS, InputError
         from MSKdeXTraining.fileio import refuse_existing
-        from MSKdeXTraining.radiograph_io import read_radiograph, stem
 
         from MSKdeXLib.pipeline import Pipeline
-        from MSKdeXLib.radiograph_nodes import radiograph_to_node
         from MSKdeXLib.results_table import table_rows, write_csv
         from MSKdeXLib.scene_io import check_scene_folder, save_scene
     except ImportError as e:
@@ -83,13 +81,13 @@ def run(argv: list[str]) -> int:
         scene = getattr(slicer, "mrmlScene", None)  # the application's scene inside Slicer
         if scene is None:
             scene = slicer.vtkMRMLScene()
-        radiograph = read_radiograph(args.xray, args.pixel_spacing, args.magnification)
-        node = radiograph_to_node(radiograph, scene, stem(args.xray))
+        pipeline = Pipeline(scene)
+        node = pipeline.load_radiograph(args.xray, args.pixel_spacing, args.magnification)
 
         def report(fraction: float, message: str) -> None:
             print(f"mskdex_batch: {100 * fraction:3.0f}% {message}", flush=True)
 
-        out = Pipeline(scene).decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
+        out = pipeline.decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
         write_csv(table_rows(out.table), args.out, out.decomposition.ood.flag)
         if args.scene is not None:
             save_scene(scene, args.scene, "mskdex")

@@ -33,6 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from ..dicom_radiograph import HIP_ABOVE_TABLE_MM
 from ..errors import InputError
 from ..fileio import file_sha256, read_json_object, remove_stale, write_json
 from ..imaging.geometry import Geometry
@@ -42,8 +43,8 @@ from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
 from ..progress import Progress
 from ..qc import check_hu
-from ..radiograph_io import (HIP_ABOVE_TABLE_MM, SIDECAR_FORMAT, SIDECAR_VERSION, Radiograph,
-                             check_magnification, read_radiograph)
+from ..radiograph_io import Radiograph, check_magnification, read_radiograph
+from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, truth_objects
 from .patient import CROP_MARGIN_MM
 

@@ -30,7 +30,7 @@ from ..imaging.volume import Volume, detector_image
 from ..objects import ObjectMap
 from ..parallel import run_jobs
 from ..progress import Progress
-from ..radiograph_io import SIDECAR_FORMAT, SIDECAR_VERSION
+from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
                       template_settings)
 from .patient import build_patient, sample_patient

@@ -41,7 +41,7 @@ def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> lis
     ``recursive`` the output folder ``out`` when it lies inside, left out; an ``out`` that is
     the folder or holds it is refused then, as its results would be read back)."""
     from ..errors import InputError
-    from ..radiograph_io import SUFFIXES, is_radiograph_file
+    from ..radiograph_formats import SUFFIXES, is_radiograph_file
 
     if path.is_dir():
         found = path.rglob("*") if recursive else path.iterdir()
@@ -75,8 +75,9 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..batch import decompose_file, decompose_files
     from ..fileio import refuse_overwrite
-    from ..inference import Decomposer, decompose_file, decompose_files, output_files
+    from ..inference import Decomposer, output_files
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     _check_out(args.out)
@@ -141,7 +142,7 @@ def _format(table: list[dict], level: float | None) -> str:
 def _print_ood(name: str, flag: bool, reasons: list[str]) -> None:
     """The out-of-distribution warning (its reasons) and, flagged or not, the notes (assumed or
     user-given values, checks not made, missing intervals)."""
-    from ..inference import split_notes
+    from ..ood import split_notes
 
     flags, notes = split_notes(reasons)
     if flag:

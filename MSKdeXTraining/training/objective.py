@@ -63,7 +63,7 @@ class Objective:
     """Computes the losses of one batch and steps the optimisers."""
 
     def __init__(self, config: TrainConfig, nets: Networks, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer | None, pools: tuple[ImagePool, ImagePool],
+                 opt_d: torch.optim.Optimizer | None, *, pools: tuple[ImagePool, ImagePool],
                  norm: Normalisation | None, bone_index: list[int], info: DistInfo) -> None:
         self.c, self.nets, self.opt_g, self.opt_d = config, nets, opt_g, opt_d
         self.pools = pools

@@ -52,7 +52,7 @@ def _phantom(rng: np.random.Generator, objects: tuple[str, ...], shape: int, spa
     return hu, labels
 
 
-def write_toy_dataset(out: str | Path, n_cases: int = 6, size: int = 32, seed: int = 0,
+def write_toy_dataset(out: str | Path, *, n_cases: int = 6, size: int = 32, seed: int = 0,
                       objects: tuple[str, ...] = DEFAULT_OBJECTS, excluded: int = 0) -> Path:
     """Write a prepared dataset v2 of ``n_cases`` phantom cases on a ``size``^2 detector.
 

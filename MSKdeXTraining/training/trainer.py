@@ -29,7 +29,8 @@ from .. import __version__
 from ..errors import InputError, TrainingDiverged
 from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
-from ..modelio import LAYOUT_GRID, ModelFormatError, layout, layout_correlation, save_model
+from ..modelio import ModelFormatError, save_model
+from ..ood import ood_statistics
 from ..progress import Progress
 from . import distributed
 from .checkpoint import latest_checkpoint, load_newest_checkpoint, prune_checkpoints, save_checkpoint
@@ -39,8 +40,6 @@ from .objective import LOSS_NAMES, Networks, Normalisation, Objective
 from .pool import ImagePool
 
 LOG_COLUMNS = ("epoch", "lr", "lambda_is", "seconds") + LOSS_NAMES
-#: Shrinkage of the feature covariance towards its mean variance (OOD statistics).
-COV_SHRINKAGE = 0.1
 
 
 def build_networks(config: TrainConfig, n_objects: int) -> Networks:
@@ -93,7 +92,8 @@ def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
     if cuda and config.compile:
         run = Networks(*(torch.compile(m) if m is not None else None
                          for m in (nets.G, nets.F, nets.DX, nets.DD)))
-    objective = Objective(config, run, opt_g, opt_d, pools, None, bone_index, info)
+    objective = Objective(config, run, opt_g, opt_d, pools=pools, norm=None, bone_index=bone_index,
+                          info=info)
     return TrainingParts(nets, objective, optims, scheds)
 
 
@@ -114,77 +114,6 @@ def normalisation(ds: PreparedDataset) -> Normalisation:
     scale = s_drr / n
     scale = scale.clamp_min(float(scale.max()) * 1e-6).float()
     return Normalisation(mean, std, scale)
-
-
-def shrunk(cov: np.ndarray) -> np.ndarray:
-    """``cov`` shrunk by :data:`COV_SHRINKAGE` towards its mean variance times the identity."""
-    avg_var = max(float(np.trace(cov)) / len(cov), 1e-12)
-    return (1 - COV_SHRINKAGE) * cov + COV_SHRINKAGE * avg_var * np.eye(len(cov))
-
-
-def shrunk_covariance(f: np.ndarray) -> np.ndarray:
-    """The shrunk covariance of the rows of ``f`` (n, d) (zero before shrinking for one row)."""
-    return shrunk(np.atleast_2d(np.cov(f, rowvar=False) if len(f) > 1 else np.zeros((f.shape[1],) * 2)))
-
-
-def leave_one_out_distances(f: np.ndarray) -> np.ndarray:
-    """Mahalanobis distance of each row of ``f`` (n, d) to the mean and shrunk covariance of
-    the other rows: what a new image meets. In-sample distances run low, the more so the
-    closer d is to n (in-sample d^2 averages about d, a new image's far more), so a threshold
-    from them would flag ordinary new films. With fewer than 3 rows, the in-sample distances.
-
-    Without row i the scatter matrix loses k d_i d_i^T (d_i = f_i - mean, k = n / (n - 1)), so
-    in the eigenbasis of the full scatter each covariance is a diagonal minus a rank-one
-    term: one eigendecomposition, then Sherman-Morrison, O(n d^2) in all."""
-    n, dim = f.shape
-    d = f - f.mean(0)
-    if n < 3:
-        return np.sqrt(np.einsum("bi,ij,bj->b", d, np.linalg.inv(shrunk_covariance(f)), d))
-    eigval, eigvec = np.linalg.eigh(d.T @ d)
-    w2 = (d @ eigvec) ** 2  # each row's d_i in the eigenbasis, squared
-    k, a = n / (n - 1), (1 - COV_SHRINKAGE) / (n - 2)
-    avg_var = np.maximum((eigval.sum() - k * w2.sum(1)) / ((n - 2) * dim), 1e-12)
-    # cov_-i = diag(a * eigval + shrinkage * avg_var_i) - a k w_i w_i^T; the distance of
-    # f_i - (mean of the others) = k d_i by Sherman-Morrison
-    q = (w2 / (a * eigval[None, :] + COV_SHRINKAGE * avg_var[:, None])).sum(1)
-    # q + c q^2 / (1 - c q) = q / (1 - c q); near-identical rows make 1 - c q round to <= 0
-    return k * np.sqrt(q / np.maximum(1.0 - a * k * q, 1e-12))
-
-
-@torch.no_grad()
-def ood_statistics(G: Generator, ds: PreparedDataset, norm: Normalisation,
-                   device: torch.device) -> dict:
-    """Training-set statistics for the out-of-distribution check (:meth:`LoadedModel.ood`):
-    mean/std over images of the per-image intensity mean and std; mean and shrunk
-    covariance of G's pooled head features and the 99th percentile of the training
-    images' leave-one-out Mahalanobis distances; the mean block layout (layout check) and the
-    [min, median] of the training images' correlations with the mean of the others (as a new
-    film meets it: in-sample correlations run high when the images are few)."""
-    G.eval()
-    feats, means, stds, layouts = [], [], [], []
-    for i in range(len(ds)):
-        x = ds.load(i)["xray"][None].to(device)
-        feats.append(G.pooled_features(norm.xin(x)).double().cpu()[0])
-        means.append(float(x.mean()))
-        stds.append(float(x.std(correction=0)))  # as LoadedModel.ood computes it (numpy, ddof 0)
-        layouts.append(layout(x.cpu()))
-    G.train()
-    layouts = torch.cat(layouts)
-    layout_mean = layouts.mean(0)
-    n = len(layouts)
-    others = (n * layout_mean - layouts) / (n - 1) if n > 1 else layouts
-    layout_r = torch.cat([layout_correlation(layouts[i:i + 1], others[i]) for i in range(n)]).numpy()
-    f = torch.stack(feats).numpy()
-    maha = leave_one_out_distances(f)
-    return {"intensity_mean": [float(np.mean(means)), max(float(np.std(means)), 1e-6)],
-            "intensity_std": [float(np.mean(stds)), max(float(np.std(stds)), 1e-6)],
-            "feature_mean": f.mean(0).tolist(), "feature_cov": shrunk_covariance(f).tolist(),
-            "feature_p99": max(float(np.percentile(maha, 99)), 1e-6), "n_images": len(f),
-            "feature_p99_of": "leave-one-out distances" if len(f) > 2 else "in-sample distances",
-            "feature": "global mean of G's HRNetV2 head features", "shrinkage": COV_SHRINKAGE,
-            "layout_mean": layout_mean.tolist(), "layout_grid": LAYOUT_GRID,
-            "layout_r_min_median": [float(layout_r.min()), float(np.median(layout_r))],
-            "layout_r_of": "leave-one-out correlations" if n > 1 else "in-sample correlations"}
 
 
 def _rng_state() -> dict:
@@ -302,7 +231,53 @@ def _check_resume_split(last: Path, state: dict, out: Path, fold: tuple[int, int
                          "it as it was started (in Slicer: the hold-out ticked as then)")
 
 
-def train(config: TrainConfig, data: str | Path, out: str | Path,
+@dataclass(frozen=True)
+class RunPlan:
+    """The checked inputs of a run: what it reads, where it writes, which cases it trains on."""
+
+    data: Path
+    out: Path
+    manifest: dict
+    fold: tuple[int, int] | None
+    train_ids: list[str]
+    test_ids: list[str]
+    resume: bool                         # continue from the newest readable checkpoint
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def split(self) -> dict:
+        """The cases a checkpoint records (a resume must train on the same)."""
+        return {"fold": list(self.fold) if self.fold else None, "train_ids": self.train_ids}
+
+
+@dataclass
+class TrainingState:
+    """What the epochs of one process carry forward."""
+
+    ds: PreparedDataset
+    parts: TrainingParts                 # the objective's ``norm`` is set
+    norm: Normalisation
+    sampler: DistributedSampler
+    loader: DataLoader
+    start: int                           # epochs trained before this call (0: a new run)
+    rows: list[dict]                     # log.csv so far (rank 0; the others log nothing)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """One epoch's learning rate and OWIS weight, when it began (``time.perf_counter``) and
+    its mean loss terms (means over its steps and over processes, by name)."""
+
+    epoch: int
+    lr: float
+    lambda_is: float
+    began: float
+    means: dict[str, float]
+
+
+def train(config: TrainConfig, data: str | Path, out: str | Path, *,
           fold: tuple[int, int] | None = None, resume: bool = False,
           progress: Progress | None = None) -> Path:
     """Train G (and F and the critics) on the prepared dataset ``data``; returns ``out``.
@@ -315,13 +290,29 @@ def train(config: TrainConfig, data: str | Path, out: str | Path,
     """
     info = distributed.init(config.device)
     try:
-        return _train(config, Path(data), Path(out), fold, resume, progress, info)
+        return _train(config, Path(data), Path(out), fold=fold, resume=resume, progress=progress, info=info)
     finally:
         distributed.shutdown(info)
 
 
-def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
+def _train(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, int] | None, resume: bool,
            progress: Progress | None, info: distributed.DistInfo) -> Path:
+    """:func:`train` in one process: check, set up (or restore), the epochs, the model."""
+    plan = _plan_run(config, data, out, fold=fold, resume=resume, info=info)
+    state = _set_up(config, plan, info)
+    for epoch in range(state.start + 1, config.epochs + 1):
+        stats = _train_epoch(config, state, epoch, progress, info)
+        _end_epoch(config, plan, state, stats, info)
+    if info.main:
+        _write_model(config, plan, state, info)
+    distributed.barrier(info)
+    return out
+
+
+def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, int] | None,
+              resume: bool, info: distributed.DistInfo) -> RunPlan:
+    """Check the dataset, the split, the batch size and the run folder before anything is
+    built or written."""
     refuse_overwrite(out, [data])
     manifest = read_manifest(data)
     if config.bone_loss and not manifest["aligned_bones"]:
@@ -341,118 +332,155 @@ def _train(config: TrainConfig, data: Path, out: Path, fold, resume: bool,
     if len(train_ids) < config.batch_size:
         raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
                          f"{config.batch_size}")
-    ckpt_dir = out / "checkpoints"
-    last = latest_checkpoint(ckpt_dir) if resume else None
-    if resume and last is None:
+    plan = RunPlan(data, out, manifest, fold, train_ids, test_ids, resume)
+    if resume and latest_checkpoint(plan.checkpoints) is None:
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/epoch_*.json)")
-    if not resume and ((out / "model.json").exists() or latest_checkpoint(ckpt_dir) is not None):
+    if not resume and ((out / "model.json").exists() or latest_checkpoint(plan.checkpoints) is not None):
         raise FileExistsError(f"{out}: a run folder already exists here; pass --resume to continue "
                               "it or choose another output folder")
     if resume:
         _check_resume_config(out, config)
         check_run_dataset(out, manifest)
+    return plan
 
-    ds = PreparedDataset(data, train_ids, config.size,
+
+def _set_up(config: TrainConfig, plan: RunPlan, info: distributed.DistInfo) -> TrainingState:
+    """The dataset, networks, optimisers and normalisation of a new run (its folder started)
+    or of a resumed one (restored from its checkpoint); records the environment."""
+    ds = PreparedDataset(plan.data, plan.train_ids, config.size,
                          flip_seed=config.seed if config.augment_flip else None)
     parts = build_training(config, len(ds.objects), ds.bone_index, info)
-    nets, objective = parts.nets, parts.objective
-    optims, scheds, pools = parts.optimizers, parts.schedulers, objective.pools
-    dev = info.device
-
-    start = 0
-    if last is not None:
-        last, state = load_newest_checkpoint(ckpt_dir)  # the one before when the newest is damaged
-        _check_resume_split(last, state, out, fold, train_ids)
-        if state["world_size"] != info.world:
-            raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
-                             f"same number (now {info.world}) to continue exactly")
-        norm = Normalisation(state["x_mean"], state["x_std"], state["scale"].to(dev))
-        _restore(last, state, nets, optims, scheds, pools, info)
-        start = state["epoch"]
-        if config.epochs < start:
-            raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
-                             f"{start} (now {config.epochs})")
-        if info.main:  # the config may differ in RESUME_MAY_CHANGE only (_check_resume_config)
-            write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+    if plan.resume:
+        start, norm = _resume(config, plan, parts, info)
     else:
-        norm = normalisation(ds)
-        norm.scale = norm.scale.to(dev)
-        if info.main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_atomic(out / "config.yaml", lambda p: p.write_text(dump_config(config)))
-            write_json(out / "manifest.json", manifest)
+        start, norm = 0, _start_new_run(config, plan, ds, info)
     if info.main:
-        _record_environment(out / "environment.json", info, start)
-    rows = _read_log(out / "log.csv", start) if info.main else []
-
-    objective.norm = norm
+        _record_environment(plan.out / "environment.json", info, start)
+    rows = _read_log(plan.out / "log.csv", start) if info.main else []
+    parts.objective.norm = norm
     sampler = DistributedSampler(ds, num_replicas=info.world, rank=info.rank, shuffle=True,
                                  seed=config.seed, drop_last=True)
     loader = DataLoader(ds, batch_size=config.batch_size // info.world, sampler=sampler,
                         drop_last=True, num_workers=config.num_workers,
-                        pin_memory=dev.type == "cuda")
-    steps = len(loader)
-    for epoch in range(start + 1, config.epochs + 1):
-        t0 = time.perf_counter()
-        ds.set_epoch(epoch, config.seed)
-        sampler.set_epoch(epoch)
-        w_is = config.lambda_is * (min(1.0, epoch / config.owis_warmup_epochs)
-                                   if config.owis_warmup_epochs else 1.0)
-        lr = optims[0].param_groups[0]["lr"]
-        sums: dict[str, float] = {}
-        for s, batch in enumerate(loader):
-            values = objective.step(batch, w_is)
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if progress is not None:
-                shown = " ".join(f"{k}={sums[k] / (s + 1):.4g}" for k in ("g_total", "owis", "bone", "cycle")
-                                 if k in sums)
-                progress(((epoch - 1) + (s + 1) / steps) / config.epochs,
-                         f"epoch {epoch}/{config.epochs} {shown}")
-        names = sorted(sums)
-        means = distributed.mean_over_processes(
-            torch.tensor([sums[k] / steps for k in names], dtype=torch.float64), info)
-        for sch in scheds:
-            sch.step()
-        row = {"epoch": epoch, "lr": f"{lr:.6g}", "lambda_is": f"{w_is:.6g}",
-               "seconds": f"{time.perf_counter() - t0:.2f}"}
-        row.update({k: f"{float(v):.8g}" for k, v in zip(names, means)})
-        rows.append(row)
-        if info.main:
-            _write_log(out / "log.csv", rows)
-        _check_finite(dict(zip(names, means.tolist())), epoch, ckpt_dir)  # the same on every process
-        if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
-            _checkpoint(ckpt_dir, epoch, nets, optims, scheds, pools, norm, info,
-                        {"fold": list(fold) if fold else None, "train_ids": train_ids})
+                        pin_memory=info.device.type == "cuda")
+    return TrainingState(ds, parts, norm, sampler, loader, start, rows)
+
+
+def _start_new_run(config: TrainConfig, plan: RunPlan, ds: PreparedDataset, info: distributed.DistInfo
+           ) -> Normalisation:
+    """The normalisation of a new run, from its training cases; rank 0 starts the run folder
+    (config.yaml, manifest.json)."""
+    norm = normalisation(ds)
+    norm.scale = norm.scale.to(info.device)
     if info.main:
-        meta = {"config": config.to_dict(), "objects": ds.objects, "kinds": ds.kinds,
-                "aligned_bones": list(manifest["aligned_bones"]),
-                "scale": norm.scale.cpu().tolist(), "geometry": ds.geometry.to_json(),
-                "input": {"range": [0.0, 1.0], "mean": norm.x_mean, "std": norm.x_std,
-                          "normalisation": "(x - mean) / std",
-                          "prepared_shape": list(ds.dataset_geometry.shape)},
-                "ood": ood_statistics(nets.G, ds, norm, dev),
-                "split": {"fold": list(fold) if fold else None, "fold_seed": config.fold_seed,
-                          "train_ids": train_ids, "test_ids": test_ids},
-                "dataset": {"path": str(data), "n_train": len(train_ids)},
-                "epochs_trained": config.epochs, "world_size": info.world}
-        save_model(out, nets.G, meta)
-    distributed.barrier(info)
-    return out
+        plan.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+        write_json(plan.out / "manifest.json", plan.manifest)
+    return norm
 
 
-def _restore(path: Path, state: dict, nets: Networks, optims, scheds, pools, info: distributed.DistInfo
-             ) -> None:
+def _resume(config: TrainConfig, plan: RunPlan, parts: TrainingParts, info: distributed.DistInfo
+            ) -> tuple[int, Normalisation]:
+    """Restore ``parts`` from the newest readable checkpoint (the one before, with a warning,
+    when the newest is damaged); (epochs it trained, its normalisation). Rank 0 records the
+    config, which may differ in :data:`RESUME_MAY_CHANGE` only (:func:`_check_resume_config`)."""
+    last, state = load_newest_checkpoint(plan.checkpoints)
+    _check_resume_split(last, state, plan.out, plan.fold, plan.train_ids)
+    if state["world_size"] != info.world:
+        raise InputError(f"{last}: written by {state['world_size']} processes; resume with the "
+                         f"same number (now {info.world}) to continue exactly")
+    norm = Normalisation(state["x_mean"], state["x_std"], state["scale"].to(info.device))
+    _restore(last, state, parts, info)
+    start = state["epoch"]
+    if config.epochs < start:
+        raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
+                         f"{start} (now {config.epochs})")
+    if info.main:
+        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+    return start, norm
+
+
+def _owis_weight(config: TrainConfig, epoch: int) -> float:
+    """lambda_is of ``epoch`` (1-based): ramped up linearly over ``owis_warmup_epochs``."""
+    return config.lambda_is * (min(1.0, epoch / config.owis_warmup_epochs)
+                               if config.owis_warmup_epochs else 1.0)
+
+
+def _train_epoch(config: TrainConfig, state: TrainingState, epoch: int, progress: Progress | None,
+                 info: distributed.DistInfo) -> EpochStats:
+    """One pass over this process's shard of the training cases, a step per batch (reported
+    to ``progress`` with the running means of the main terms)."""
+    began = time.perf_counter()
+    state.ds.set_epoch(epoch, config.seed)
+    state.sampler.set_epoch(epoch)
+    w_is = _owis_weight(config, epoch)
+    lr = state.parts.optimizers[0].param_groups[0]["lr"]
+    steps = len(state.loader)
+    sums: dict[str, float] = {}
+    for s, batch in enumerate(state.loader):
+        values = state.parts.objective.step(batch, w_is)
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if progress is not None:
+            shown = " ".join(f"{k}={sums[k] / (s + 1):.4g}" for k in ("g_total", "owis", "bone", "cycle")
+                             if k in sums)
+            progress(((epoch - 1) + (s + 1) / steps) / config.epochs,
+                     f"epoch {epoch}/{config.epochs} {shown}")
+    names = sorted(sums)
+    means = distributed.mean_over_processes(
+        torch.tensor([sums[k] / steps for k in names], dtype=torch.float64), info)
+    return EpochStats(epoch, lr, w_is, began, dict(zip(names, means.tolist())))
+
+
+def _end_epoch(config: TrainConfig, plan: RunPlan, state: TrainingState, stats: EpochStats,
+               info: distributed.DistInfo) -> None:
+    """Step the SGDR schedulers, log the epoch (rank 0), stop a diverged run, and checkpoint
+    every ``checkpoint_every`` epochs and at the last."""
+    for sch in state.parts.schedulers:
+        sch.step()
+    epoch = stats.epoch
+    row = {"epoch": epoch, "lr": f"{stats.lr:.6g}", "lambda_is": f"{stats.lambda_is:.6g}",
+           "seconds": f"{time.perf_counter() - stats.began:.2f}"}
+    row.update({k: f"{v:.8g}" for k, v in stats.means.items()})
+    state.rows.append(row)
+    if info.main:
+        _write_log(plan.out / "log.csv", state.rows)
+    _check_finite(stats.means, epoch, plan.checkpoints)  # the same on every process
+    if epoch % config.checkpoint_every == 0 or epoch == config.epochs:
+        _checkpoint(plan.checkpoints, epoch, state.parts, state.norm, info, split=plan.split())
+
+
+def _write_model(config: TrainConfig, plan: RunPlan, state: TrainingState, info: distributed.DistInfo
+                 ) -> None:
+    """model.safetensors + model.json: G with its normalisation, OOD statistics from the
+    training cases, split and provenance (rank 0)."""
+    ds, norm = state.ds, state.norm
+    meta = {"config": config.to_dict(), "objects": ds.objects, "kinds": ds.kinds,
+            "aligned_bones": list(plan.manifest["aligned_bones"]),
+            "scale": norm.scale.cpu().tolist(), "geometry": ds.geometry.to_json(),
+            "input": {"range": [0.0, 1.0], "mean": norm.x_mean, "std": norm.x_std,
+                      "normalisation": "(x - mean) / std",
+                      "prepared_shape": list(ds.dataset_geometry.shape)},
+            "ood": ood_statistics(state.parts.nets.G, ds, norm, info.device),
+            "split": {"fold": list(plan.fold) if plan.fold else None, "fold_seed": config.fold_seed,
+                      "train_ids": plan.train_ids, "test_ids": plan.test_ids},
+            "dataset": {"path": str(plan.data), "n_train": len(plan.train_ids)},
+            "epochs_trained": config.epochs, "world_size": info.world}
+    save_model(plan.out, state.parts.nets.G, meta)
+
+
+def _restore(path: Path, state: dict, parts: TrainingParts, info: distributed.DistInfo) -> None:
     """Load the networks, optimisers, schedulers, this process's image pools and RNG state from a
-    checkpoint ``state`` (read from ``path``); one that does not fit this code's networks is a
-    ModelFormatError naming the file and the MSKdeX version that wrote it."""
+    checkpoint ``state`` (read from ``path``) into ``parts``; one that does not fit this code's
+    networks is a ModelFormatError naming the file and the MSKdeX version that wrote it."""
+    nets, pools = parts.nets, parts.objective.pools
     try:
         for name, net in zip(("G", "F", "DX", "DD"), (nets.G, nets.F, nets.DX, nets.DD)):
             if net is not None:
                 net.load_state_dict(state["nets"][name])
-        for o, s in zip(optims, state["optimizers"], strict=True):
+        for o, s in zip(parts.optimizers, state["optimizers"], strict=True):
             o.load_state_dict(s)
-        for sch, s in zip(scheds, state["schedulers"], strict=True):
+        for sch, s in zip(parts.schedulers, state["schedulers"], strict=True):
             sch.load_state_dict(s)
         mine = state["ranks"][info.rank]
         pools[0].load_state(mine["pool_x"], info.device)
@@ -478,10 +506,11 @@ def _check_finite(means: dict[str, float], epoch: int, ckpt_dir: Path) -> None:
                                "or lambda_is (a resume keeps the config), or check the dataset")
 
 
-def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools, norm: Normalisation,
-                info: distributed.DistInfo, split: dict) -> None:
+def _checkpoint(folder: Path, epoch: int, parts: TrainingParts, norm: Normalisation,
+                info: distributed.DistInfo, *, split: dict) -> None:
     """Gather every process's pools and RNG states; rank 0 writes the checkpoint (with the
     ``split`` it trains on)."""
+    nets, pools = parts.nets, parts.objective.pools
     mine = {"pool_x": pools[0].state(), "pool_d": pools[1].state(), "rng": _rng_state()}
     ranks = distributed.gather_to_main(mine, info)
     if info.main:
@@ -489,8 +518,8 @@ def _checkpoint(folder: Path, epoch: int, nets: Networks, optims, scheds, pools,
                  "nets": {k: m.state_dict() for k, m in zip(("G", "F", "DX", "DD"),
                                                             (nets.G, nets.F, nets.DX, nets.DD))
                           if m is not None},
-                 "optimizers": [o.state_dict() for o in optims],
-                 "schedulers": [s.state_dict() for s in scheds],
+                 "optimizers": [o.state_dict() for o in parts.optimizers],
+                 "schedulers": [s.state_dict() for s in parts.schedulers],
                  "ranks": ranks, "x_mean": norm.x_mean, "x_std": norm.x_std,
                  "scale": norm.scale.cpu(), **split}
         save_checkpoint(folder, epoch, state)

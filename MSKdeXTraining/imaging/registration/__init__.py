@@ -37,12 +37,11 @@ from .bodies import (body_centroid, default_isocenter, femoral_head_center, regi
 from .sequence import register_bodies, register_body
 from .optimise import pose_from_params, register_bone, working_film
 from .render import BodyRenderer, render_body
-from .settings import (GC_THRESHOLD, PRESETS, Level, Progress, RegistrationResult,
-                       RegistrationSettings)
-from .xray import radiograph_geometry, read_xray
+from .settings import GC_THRESHOLD, PRESETS, Level, RegistrationResult, RegistrationSettings
+from .xray import radiograph_geometry, read_xray, sidecar_film_geometry
 
-__all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "Progress", "RegistrationResult",
+__all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "RegistrationResult",
            "RegistrationSettings", "body_centroid", "default_isocenter",
            "femoral_head_center", "pose_from_params", "radiograph_geometry", "read_xray", "register_bodies",
            "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
-           "surface_points", "working_film"]
+           "sidecar_film_geometry", "surface_points", "working_film"]

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ...errors import InputError
-from ...progress import Progress
 from ..geometry import Geometry
 
 

@@ -26,18 +26,28 @@ def read_xray(path: str | Path, pixel_spacing: tuple[float, float] | None = None
     and files without a usable spacing unless ``pixel_spacing`` (row, col mm) is given) and
     gets its geometry from :func:`radiograph_geometry`.
     """
-    from ...radiograph_io import check_sidecar, read_radiograph, read_sidecar
+    from ...radiograph_io import read_radiograph
+    from ...sidecar import check_sidecar, read_sidecar
 
     path = Path(path)
     sidecar = read_sidecar(path)
     if sidecar is not None and pixel_spacing is None:  # simulated: its geometry is exact
         array, spacing = _read_cohort_image(path)
         check_sidecar(sidecar, path, array.shape, spacing)
-        given = {k: float(v) for k, v in (("sdd", sdd), ("sod", sod)) if v is not None}
-        return array, Geometry.from_json({**sidecar.to_json(), **given}, str(path))
+        return array, sidecar_film_geometry(sidecar, path, sdd, sod)
     radiograph = read_radiograph(path, pixel_spacing)
     return radiograph.array, radiograph_geometry(radiograph, path, sdd, sod, require_distances,
                                                  parallel=sidecar is not None and sidecar.parallel)
+
+
+def sidecar_film_geometry(sidecar: Geometry, path: str | Path, sdd: float | None = None,
+                          sod: float | None = None) -> Geometry:
+    """The detector :class:`Geometry` of a radiograph with its ``mskdex-xray`` sidecar's
+    geometry ``sidecar``, as :func:`read_xray` takes it: exact (pixel spacing at the detector,
+    ``parallel`` included), with ``sdd`` / ``sod`` (mm) replacing the sidecar's when given. No
+    distance is assumed, so nothing is warned; ``path`` names the file in errors."""
+    given = {k: float(v) for k, v in (("sdd", sdd), ("sod", sod)) if v is not None}
+    return Geometry.from_json({**sidecar.to_json(), **given}, str(path))
 
 
 def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | None = None,
@@ -50,7 +60,7 @@ def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | N
     matches with), or (0018,1111) for a spacing calibrated at the patient; else the defaults of
     :class:`Geometry` (SDD 1100, SOD 880) with a warning, or an InputError with
     ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the detector
-    by SDD / SOD."""
+    by SDD / SOD, unless the view is ``parallel`` (magnification 1 at any distance)."""
     source = radiograph.source
     m = source.get("magnification")
     sdd = float(sdd) if sdd is not None else source.get("sdd_mm")
@@ -74,7 +84,7 @@ def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | N
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)
     spacing = radiograph.pixel_spacing
-    if m == 1.0:  # a PixelSpacing calibrated at the patient: the detector's pixels are larger
+    if m == 1.0 and not parallel:  # calibrated at the patient: the detector's pixels are larger
         spacing = tuple(s * sdd / sod for s in spacing)
     return Geometry.from_json({"rows": radiograph.shape[0], "cols": radiograph.shape[1],
                                "pixel_spacing": list(spacing), "sdd": sdd, "sod": sod,

@@ -1,0 +1,123 @@
+"""Batch decomposition: radiograph files into result folders, resumably (``mskdex decompose``).
+
+Each file gets a folder (:func:`output_names`) holding what
+:meth:`~MSKdeXTraining.inference.Decomposition.write` writes, the JSON last, which records what
+the result was made from (``source.batch``: the file's SHA-256, the options, the SHA-256s of
+the model and its calibration). A re-run skips a folder done from the same content, options
+and model, redoes one that an interrupted write left without its JSON and refuses to overwrite
+any other (:func:`decompose_file`); a file that cannot be used does not stop the others
+(:func:`decompose_files`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+from .dicom_radiograph import HIP_ABOVE_TABLE_MM
+from .errors import INPUT_ERRORS
+from .fileio import file_sha256
+from .decomposition_table import TABLE_VERSION
+from .inference import Decomposer, Decomposition, output_files
+from .progress import Progress
+from .radiograph_formats import stem as file_stem
+from .radiograph_io import read_radiograph
+from .sidecar import read_sidecar_path
+
+
+def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
+    """Output folder names of radiographs in batch mode: each file name without its format
+    suffix (``1.2.840.1.dcm`` -> ``1.2.840.1``); where two inputs of a folder would share one
+    (``hip.dcm``, ``hip.png``), the suffix is kept with ``_`` for ``.`` (``hip_dcm``, ``hip_png``).
+    With ``root`` (a folder read with its sub-folders), each name is prefixed with its file's
+    folder relative to ``root`` (``PAT1/STUDY1/IM00001``)."""
+    stems = [file_stem(p) for p in inputs]
+    keys = [(p.parent, s) if root else s for p, s in zip(inputs, stems)]  # clashes within a folder
+    counts = Counter(keys)
+    names = [s + "_" + p.name[len(s):].lstrip(".").replace(".", "_") if counts[key] > 1 else s
+             for s, p, key in zip(stems, inputs, keys)]
+    if root is not None:
+        names = [(p.parent.relative_to(root) / n).as_posix() for p, n in zip(inputs, names)]
+    if len(set(names)) < len(names):
+        raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")
+    return names
+
+
+def decompose_file(decomposer: Decomposer, path: Path, target: Path,
+                   pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
+                   magnification: float | None = None) -> tuple[dict, Decomposition | None]:
+    """Decompose one radiograph file into the folder ``target``; returns a summary (input,
+    output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
+    already holds the result of the same file content, settings and model: ``skipped``).
+    A ``target`` holding any other decomposition is refused (FileExistsError), never
+    overwritten (files without ``decomposition.json``, which is written last, are the leftovers
+    of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
+    sidecar = read_sidecar_path(path)  # a NIfTI/NRRD/MHA file's: other formats read none
+    options = {"table_version": TABLE_VERSION,
+               "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
+               "magnification": magnification, "tta": tta, "seed": seed,
+               "model_sha256": decomposer.origin.get("weights_sha256"),
+               "model_json_sha256": decomposer.origin.get("metadata_sha256"),
+               "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
+               "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
+               "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
+    summary = {"input": str(path), "output": str(target)}
+    done = output_files(target)["json"]  # written last: without it, other files are leftovers
+    if done.is_file():                     # of an interrupted write, redone below
+        key = {"input_sha256": file_sha256(path), **options}
+        recorded = _recorded_batch_key(done)
+        if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
+            raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
+                                  f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
+                                  "choose another output folder (--out) or delete it")
+        if recorded != key:
+            changed = ", ".join(k for k in key if (recorded or {}).get(k) != key[k]) or "unreadable record"
+            raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
+                                  f"than {path} with these options (differs in: {changed}); choose another "
+                                  "output folder (--out) or delete it")
+        return {**summary, "skipped": True}, None
+    t0 = time.perf_counter()
+    result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification), tta=tta, seed=seed)
+    result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
+    paths = result.write(target)
+    return {**summary, "ood": result.ood.flag, "reasons": result.ood.reasons,
+            "seconds": time.perf_counter() - t0, "files": {k: str(v) for k, v in paths.items()}}, result
+
+
+def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
+                    pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
+                    progress: Progress | None = None, magnification: float | None = None,
+                    root: Path | None = None) -> list[dict]:
+    """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`, with
+    ``root`` the folder whose sub-folders ``inputs`` come from;
+    :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
+    be used, which does not stop the others: its input error, or any other exception with its
+    type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
+    done, so an interrupted batch resumes). An output folder holding a result of other input,
+    settings or model is that file's error (FileExistsError's message), never overwritten."""
+    report = progress or (lambda f, m: None)
+    summaries = []
+    for k, (path, name) in enumerate(zip(inputs, output_names(inputs, root))):
+        report(k / max(1, len(inputs)), f"{path.name}")
+        try:
+            summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
+                                            magnification)[0])
+        except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
+            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
+        except Exception as e:  # a bug on one file: reported with its traceback, the others go on
+            summaries.append({"input": str(path), "output": str(out / name),
+                              "error": f"{path}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    report(1.0, "done")
+    return summaries
+
+
+def _recorded_batch_key(table: Path) -> dict | None:
+    """What a batch result was made from (``source.batch``), None if unreadable."""
+    try:
+        key = json.loads(table.read_text())["source"]["batch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return key if isinstance(key, dict) else None

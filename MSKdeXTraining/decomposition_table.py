@@ -1,0 +1,32 @@
+"""The decomposition table, the per-object result of :mod:`MSKdeXTraining.inference`: its
+columns, format and CSV form. Needs neither torch nor SimpleITK, so the Slicer module can
+describe and write the table before the backend's heavy dependencies are installed."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .fileio import write_atomic
+
+#: ``format`` and ``version`` of ``decomposition.json`` (docs/formats.md).
+TABLE_FORMAT = "mskdex-decomposition"
+TABLE_VERSION = 2
+
+#: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names):
+#: value, calibrated interval (low, high; empty without calibration) and TTA SD.
+TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_cm3", "volume_sd_cm3",
+                 "mass_g", "mass_low_g", "mass_high_g", "mass_sd_g")
+
+
+def write_table_csv(rows: list[dict], path: str | Path, ood: bool) -> Path:
+    """The decomposition table as CSV (:data:`TABLE_COLUMNS` and the radiograph's OOD flag, 0/1,
+    per row; None or NaN is written empty), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "ood"], lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for row in rows:
+        w.writerow({**{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
+                    "ood": int(ood)})
+    return write_atomic(path, lambda p: p.write_text(buf.getvalue()))

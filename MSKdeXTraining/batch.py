@@ -17,10 +17,10 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+from .decomposition_table import TABLE_VERSION
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
 from .errors import INPUT_ERRORS
 from .fileio import file_sha256
-from .decomposition_table import TABLE_VERSION
 from .inference import Decomposer, Decomposition, output_files
 from .progress import Progress
 from .radiograph_formats import stem as file_stem

@@ -141,6 +141,7 @@ PELVIS_LABELS = (1, 2)  # pelvis, sacrum
 
 
 def synthetic_map() -> ObjectMap:
+    """The ``synthetic`` object map: the label values the cohort writes (mappings/synthetic.json)."""
     return load_object_map("synthetic")
 
 

@@ -73,6 +73,7 @@ SIZES = {
 
 
 def case_id(index: int) -> str:
+    """The id (and folder name) of case ``index`` of a cohort: ``case_0001``."""
     return f"case_{index:04d}"
 
 
@@ -124,6 +125,8 @@ def femur_motion(side: str, angles: dict, centre: np.ndarray) -> np.ndarray:
 
 
 def case_geometry(size: CohortSize, xray: dict) -> Geometry:
+    """The perspective detector of a case's radiograph: ``size``'s pixels and the case's
+    sampled ``xray`` distances (source-image ``sid_mm``, ``object_to_detector_mm``)."""
     sid = xray["sid_mm"]
     return Geometry(size.detector_px, size.detector_px, (size.pixel_mm, size.pixel_mm), sid,
                     sid - xray["object_to_detector_mm"], False)

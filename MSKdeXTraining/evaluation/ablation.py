@@ -33,6 +33,7 @@ BASELINE = (0.0, False)
 
 
 def setting_dir(out: Path, lambda_is: float, bone_loss: bool) -> Path:
+    """The folder of one ablation setting: ``lis<lambda_is>_bone<0|1>`` in ``out``."""
     return Path(out) / f"lis{lambda_is:g}_bone{int(bone_loss)}"
 
 

@@ -72,6 +72,7 @@ def init(device_name: str = "auto") -> DistInfo:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group :func:`init` joined (nothing for a single process)."""
     if info.world > 1 and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -105,7 +106,7 @@ def mean_over_processes(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return (summed / info.world).to(values.device)
 
 
-def gather_to_main(obj, info: DistInfo) -> list | None:
+def gather_to_main(obj: object, info: DistInfo) -> list | None:
     """``[obj of rank 0, obj of rank 1, ...]`` on rank 0, None on the others (pickled in memory
     only; only rank 0 receives the others' objects: a checkpoint's image pools run to GBs)."""
     if info.world == 1:
@@ -116,5 +117,6 @@ def gather_to_main(obj, info: DistInfo) -> list | None:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every process gets here (nothing for a single process)."""
     if info.world > 1:
         dist.barrier()

@@ -234,7 +234,7 @@ def _read_itk(path: Path):
         sidecar = record_geometry(record, path)
         check_sidecar(sidecar, path, array.shape, (sy, sx))
         film = record.get("source")  # an assembled cohort's: the film it was read from
-        source["sidecar_geometry"] = True  # simulated, or checked when assembled: exact
+        source["sidecar_geometry"] = sidecar.to_json()  # simulated, or checked when assembled: exact
         source["spacing_field"] = f"image spacing ({SIDECAR_FORMAT} sidecar: " + (
             f"a radiograph assembled from {film.get('path')})" if isinstance(film, dict)
             else "a simulated radiograph)")

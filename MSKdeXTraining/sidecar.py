@@ -65,10 +65,12 @@ def fits(geometry: Geometry, shape: tuple[int, int], spacing: tuple[float, float
     return geometry.shape == tuple(shape) and bool(np.allclose(geometry.pixel_spacing, spacing, rtol=1e-4))
 
 
-def file_sidecar(path: str | Path, source: dict) -> Geometry | None:
-    """The sidecar geometry that :func:`~.radiograph_io.read_radiograph` took for the
-    radiograph ``path`` it read with the record ``source`` (``None`` when it took none)."""
-    return read_sidecar(path) if source.get("sidecar_geometry") else None
+def source_sidecar(source: dict, where: str) -> Geometry | None:
+    """The sidecar geometry :func:`~.radiograph_io.read_radiograph` took, from its record
+    ``source`` (``None`` when it took none, or for a record of MSKdeX 0.3.3 or older, which kept
+    only that it did); ``where`` names the record in errors."""
+    recorded = source.get("sidecar_geometry")
+    return Geometry.from_json(recorded, f"{where}: field 'sidecar_geometry'") if isinstance(recorded, dict) else None
 
 
 def check_sidecar(geometry: Geometry, path: str | Path, shape: tuple[int, int],

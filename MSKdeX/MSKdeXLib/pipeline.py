@@ -27,7 +27,7 @@ from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_formats import stem
 from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph
-from MSKdeXTraining.sidecar import file_sidecar, fits
+from MSKdeXTraining.sidecar import fits, source_sidecar
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
@@ -35,7 +35,7 @@ from MSKdeXTraining.training.distributed import pick_device
 from .backend_process import BackendProcess, backend_command
 from .drr_nodes import drr_layers, layer_name, place_over
 from .progress import ProgressRelay
-from .radiograph_nodes import radiograph_from_node, radiograph_to_node, sidecar_from_node
+from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
 from .segmentation_nodes import labels_from_segmentation, name_values, unmatched_segments
 from .volume_nodes import volume_from_node
@@ -129,8 +129,7 @@ class Pipeline:
             raise InputError("radiograph file: choose a file to load (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG)")
         path = Path(path)
         radiograph = read_radiograph(path, pixel_spacing, magnification)
-        return radiograph_to_node(radiograph, self.scene, self.scene.GenerateUniqueName(stem(path)),
-                                  sidecar=file_sidecar(path, radiograph.source))
+        return radiograph_to_node(radiograph, self.scene, self.scene.GenerateUniqueName(stem(path)))
 
     def inputs(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,
                objects: ObjectMap) -> tuple[Volume, Volume]:
@@ -216,7 +215,7 @@ class Pipeline:
 
         radiograph = radiograph_from_node(radiograph_node)
         where = f"radiograph {radiograph_node.GetName()!r}"
-        sidecar = sidecar_from_node(radiograph_node)
+        sidecar = source_sidecar(radiograph.source, where)
         # exact while the node keeps the sidecar's pixels: no distance assumed
         if sidecar is not None and fits(sidecar, radiograph.shape, radiograph.pixel_spacing):
             return radiograph, sidecar_film_geometry(sidecar, where, sdd, sod), None

@@ -6,9 +6,8 @@ is placed in the coronal plane the way the default AP view sees the patient (col
 the patient's right to left, rows head to foot; see ``imaging.geometry.AP_ROTATION``), centred
 on the world origin, so Slicer's coronal view shows it as a radiologist hangs it. The node
 keeps the reader's source record (:data:`SOURCE_ATTRIBUTE`: magnification, pixel padding, bit
-depth, colour...), which decomposition uses as for the file itself, and the geometry of the
-file's ``mskdex-xray`` sidecar if it has one (:data:`SIDECAR_ATTRIBUTE`), which bone alignment
-takes as ``mskdex register`` does. A radiograph loaded by Slicer itself (DICOM DX/CR, PNG) has
+depth, colour..., and the geometry of the file's ``mskdex-xray`` sidecar if it has one), which
+decomposition and bone alignment use as for the file itself. A radiograph loaded by Slicer itself (DICOM DX/CR, PNG) has
 no such record (its results say so) and keeps its own placement; detector layers computed from
 it (DRRs, overlays) take its plane and centre via :func:`place_like`.
 """
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import slicer.util
 
-from MSKdeXTraining.imaging.geometry import AP_ROTATION, Geometry, detector_origin
+from MSKdeXTraining.imaging.geometry import AP_ROTATION, detector_origin
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.radiograph_formats import LUMA, PLACEHOLDER_SPACING_MM
@@ -35,9 +34,6 @@ if TYPE_CHECKING:
 
 #: Node attribute holding the radiograph's source record (JSON).
 SOURCE_ATTRIBUTE = "MSKdeX.Source"
-#: Node attribute holding the geometry of the file's ``mskdex-xray`` sidecar
-#: (JSON, :meth:`Geometry.to_json`; absent when the file has none).
-SIDECAR_ATTRIBUTE = "MSKdeX.SidecarGeometry"
 #: Note of a radiograph node without a source record (what the file held is unknown).
 NOT_READ_NOTE = ("the radiograph node {name!r} was loaded by Slicer, not read by MSKdeX: the file's "
                  "magnification, pixel padding and bit depth were not read (load it with 'Load radiograph' "
@@ -57,17 +53,11 @@ def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Vo
 
 
 def radiograph_to_node(radiograph: Radiograph, scene: vtkMRMLScene, name: str,
-                       node: vtkMRMLScalarVolumeNode | None = None,
-                       sidecar: Geometry | None = None) -> vtkMRMLScalarVolumeNode:
+                       node: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode:
     """A scalar volume node (one slice) holding ``radiograph`` (``node``, or a new one called
-    ``name``), with its source record and ``sidecar``, the geometry of its file's
-    ``mskdex-xray`` sidecar, if any; returns the node."""
+    ``name``) with its source record; returns the node."""
     node = volume_to_node(detector_volume(radiograph.array, radiograph.pixel_spacing), scene, name, node)
     node.SetAttribute(SOURCE_ATTRIBUTE, json.dumps(radiograph.source, default=str))
-    if sidecar is None:
-        node.RemoveAttribute(SIDECAR_ATTRIBUTE)
-    else:
-        node.SetAttribute(SIDECAR_ATTRIBUTE, json.dumps(sidecar.to_json()))
     display = node.GetDisplayNode()
     lo, hi = float(np.min(radiograph.array)), float(np.max(radiograph.array))
     display.AutoWindowLevelOff()
@@ -110,16 +100,6 @@ def radiograph_from_node(node: vtkMRMLScalarVolumeNode, what: str = "radiograph"
                              f"that stores none; {fix}")
         check_spacing(f"{what} ({node.GetName()})", array.shape[1:], pixel_spacing, source["spacing_field"], fix)
     return Radiograph(np.array(array[0], dtype=np.float32), pixel_spacing, source)
-
-
-def sidecar_from_node(node: vtkMRMLScalarVolumeNode) -> Geometry | None:
-    """The geometry of the ``mskdex-xray`` sidecar of the file *Load radiograph* read into
-    ``node`` (:data:`SIDECAR_ATTRIBUTE`), or ``None``: whether it is still the image's
-    geometry, :func:`MSKdeXTraining.sidecar.fits` says."""
-    recorded = node.GetAttribute(SIDECAR_ATTRIBUTE)
-    if not recorded:
-        return None
-    return Geometry.from_json(json.loads(recorded), f"radiograph {node.GetName()!r}: attribute {SIDECAR_ATTRIBUTE}")
 
 
 def place_like(node: vtkMRMLScalarVolumeNode, reference_node: vtkMRMLScalarVolumeNode,

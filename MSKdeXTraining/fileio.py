@@ -22,16 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The temporary name keeps the suffixes of ``path`` (writers pick the format from them).
     On error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
-        try:  # the kernel applies the process umask to 0o666, as for any new file
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            break
-        except FileExistsError:
-            continue
+    tmp = _new_temp(Path(path))
     mode = tmp.stat().st_mode & 0o777
     try:
         yield tmp
@@ -40,6 +31,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path`` (its folder made if missing), hidden, with a unique name
+    that keeps the suffixes of ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}"
+        try:  # the kernel applies the process umask to 0o666, as for any new file
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def file_sha256(path: str | Path) -> str:
@@ -124,6 +129,22 @@ def write_json(path: str | Path, data: object) -> Path:
     """Write ``data`` as indented UTF-8 JSON, non-finite numbers (NaN, infinity) as null,
     atomically."""
     return write_atomic(path, lambda p: p.write_text(_json_text(data, indent=2) + "\n", encoding="utf-8"))
+
+
+def create_json(path: str | Path, data: object) -> bool:
+    """Write ``data`` as :func:`write_json` does, but only if ``path`` does not exist yet, in
+    one step (a hard link to the finished file): of processes racing to create it, exactly one
+    does, and none sees it half-written. Returns whether this call created it."""
+    path = Path(path)
+    tmp = _new_temp(path)
+    try:
+        tmp.write_text(_json_text(data, indent=2) + "\n", encoding="utf-8")
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+    return True
 
 
 def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) -> None:

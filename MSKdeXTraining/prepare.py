@@ -27,7 +27,9 @@ cases have one, so the last shard to finish writes it; :func:`merge_manifest` do
 demand.
 ``prepare.json`` records the settings and the cohort (its identity hash, :func:`_cohort_sha256`,
 and where it was last read from); a run with other settings or another cohort into the same
-folder is refused, while a cohort and dataset moved elsewhere resume.
+folder is refused, also a shard started at the same moment as one with other settings (the
+first creates the record, :func:`~MSKdeXTraining.fileio.create_json`), while a cohort and
+dataset moved elsewhere resume.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import atomic_path, file_sha256, read_format_json, read_json_object, write_json
+from .fileio import atomic_path, create_json, file_sha256, read_format_json, read_json_object, write_json
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -290,7 +292,7 @@ def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     new = json.loads(json.dumps(settings))
     where = str(cohort.resolve())
-    if path.is_file():
+    if not create_json(path, {"cohort": where, **new}):  # shards started together: one records
         old = read_json_object(path, (), InputError)
         if isinstance(old.get("registration"), dict):
             old["registration"] = _current_registration_fields(path, old["registration"])
@@ -309,7 +311,7 @@ def _check_settings(out: Path, cohort: Path, settings: dict) -> None:
                     if recorded_at == where else f"cohort_sha256: prepared from {recorded_at}, not {where}")
             raise InputError(f"{path}: this dataset was prepared with other settings ({', '.join(diff)} "
                              "differ); use another --out folder or the same settings")
-    write_json(path, {"cohort": where, **new})
+        write_json(path, {"cohort": where, **new})  # today's fields, the cohort's current place
 
 
 def _current_registration_fields(path: Path, recorded: dict) -> dict:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from MSKdeXTraining.fileio import atomic_path, refuse_overwrite, write_atomic, write_json
+from MSKdeXTraining.fileio import atomic_path, create_json, refuse_overwrite, write_atomic, write_json
 
 
 def test_write_json_creates_parents_and_replaces(tmp_path):
@@ -27,6 +27,30 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise RuntimeError("writer crashed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def _create_after(barrier, path: Path, n: int, won) -> None:
+    barrier.wait()
+    won[n] = create_json(path, {"writer": n})
+
+
+def test_create_json_lets_exactly_one_of_racing_writers_create_the_file(tmp_path):
+    """Shards started together (prepare.json): one creates the record whole, the others find it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    target = tmp_path / "prepare.json"
+    barrier, won = ctx.Barrier(4), ctx.Array("b", 4)
+    writers = [ctx.Process(target=_create_after, args=(barrier, target, n, won)) for n in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    assert [w.exitcode for w in writers] == [0] * 4
+    assert sum(won) == 1 and json.loads(target.read_text()) == {"writer": list(won).index(1)}
+    assert not create_json(target, {"writer": 9})
+    assert json.loads(target.read_text()) == {"writer": list(won).index(1)}
+    assert [p.name for p in tmp_path.iterdir()] == ["prepare.json"]
 
 
 def test_refuse_overwrite_detects_the_same_file(tmp_path):

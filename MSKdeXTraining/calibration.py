@@ -5,10 +5,14 @@ calibrate`` write ``RUN/calibration.json`` (format ``mskdex-calibration`` v1) fr
 held-out cases: per object and quantity (volume, mass) the conformal
 quantile ``q`` of the log error ``|ln(predicted / true)|`` at :data:`LEVEL`. A new prediction
 ``p`` then has the interval ``[p e^-q, p e^q]``, which holds the truth with probability at least
-:data:`LEVEL` for a radiograph drawn like the held-out ones (Vovk et al. 2005; Angelopoulos &
-Bates 2021): not for one flagged out-of-distribution. With ``n`` held-out cases, ``q`` is the
-``ceil((n + 1) LEVEL)``-th smallest error; with too few cases (``n < 9`` at 0.9) there is none.
-The file names the model weights it calibrates; :func:`read_calibration` refuses another's.
+:data:`LEVEL` for a radiograph of a new patient drawn like the held-out ones (Vovk et al. 2005;
+Angelopoulos & Bates 2021): not for one flagged out-of-distribution. The patients, not their
+films, are what is exchangeable (the folds split by patient), so each held-out patient counts
+once, with the largest error over their films (valid for each film of a new patient, Dunn et
+al. 2022); with one film per patient that is the plain case-wise quantile. With ``n`` held-out
+patients, ``q`` is the ``ceil((n + 1) LEVEL)``-th smallest error; with too few (``n < 9`` at
+0.9) there is none. The file names the model weights it calibrates; :func:`read_calibration`
+refuses another's.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def conformal_quantile(errors: np.ndarray, level: float = LEVEL) -> float | None
 
 
 def min_cases(level: float = LEVEL) -> int:
-    """The fewest held-out cases that give an interval at ``level`` (9 at 0.9)."""
+    """The fewest held-out patients that give an interval at ``level`` (9 at 0.9)."""
     return next(n for n in range(1, 10**6) if math.ceil((n + 1) * level) <= n)
 
 
@@ -48,21 +52,32 @@ def log_errors(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(ok, np.abs(np.log(np.where(ok, pred, 1.0) / np.where(ok, true, 1.0))), np.inf)
 
 
+def patient_max(errors: np.ndarray, patients: list[str]) -> np.ndarray:
+    """Each patient's largest of ``errors`` (one per case; ``patients`` the case's patient),
+    in the order of their first case."""
+    errors = np.asarray(errors, float)
+    groups = {p: np.flatnonzero([q == p for q in patients]) for p in dict.fromkeys(patients)}
+    return np.array([errors[idx].max() for idx in groups.values()])
+
+
 def fit_calibration(predictions: dict, level: float = LEVEL) -> dict:
     """The calibration document of a predictions document (``mskdex-predictions``: held-out
-    cases of the model whose weights' SHA-256 it records)."""
+    cases of the model whose weights' SHA-256 it records, each with its ``patient``; a case
+    without one counts as its own patient)."""
     cases = predictions["cases"]
+    patients = [str(c.get("patient", f"case {c['id']}")) for c in cases]
     objects = {}
     for i, name in enumerate(predictions["objects"]):
         objects[name] = {"n": len(cases)}
         for quantity, (true_key, pred_key) in QUANTITIES.items():
             errors = log_errors([c[true_key][i] for c in cases], [c[pred_key][i] for c in cases])
-            objects[name][f"{quantity}_log_q"] = conformal_quantile(errors, level)
+            objects[name][f"{quantity}_log_q"] = conformal_quantile(patient_max(errors, patients), level)
     return {"format": FORMAT, "version": VERSION, "level": level,
             "weights_sha256": predictions["weights_sha256"],
-            "method": "split conformal: q = ceil((n + 1) level)-th smallest |ln(pred / true)| "
-                      "over the model's held-out cases; interval [p exp(-q), p exp(q)]",
-            "held_out_ids": [c["id"] for c in cases], "objects": objects}
+            "method": "split conformal over patients: q = ceil((n + 1) level)-th smallest of the n held-out "
+                      "patients' largest |ln(pred / true)| over their films; interval [p exp(-q), p exp(q)]",
+            "held_out_ids": [c["id"] for c in cases], "held_out_patients": len(set(patients)),
+            "objects": objects}
 
 
 def write_calibration(run: str | Path, predictions: dict) -> Path:
@@ -98,7 +113,18 @@ def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> 
         raise InputError(f"{path}: field 'level' must be a coverage from 0.5 to 0.99, got {doc['level']!r}")
     if not isinstance(doc["held_out_ids"], list):
         raise InputError(f"{path}: field 'held_out_ids' must be a list of case ids")
+    patients = doc.get("held_out_patients", 1)
+    if not (isinstance(patients, int) and not isinstance(patients, bool)
+            and 1 <= patients <= max(len(doc["held_out_ids"]), 1)):
+        raise InputError(f"{path}: field 'held_out_patients' must be a count from 1 to the number of "
+                         f"held-out cases ({len(doc['held_out_ids'])}), got {patients!r}")
     return {**doc, "sha256": file_sha256(path)}
+
+
+def held_out_patients(calibration: dict) -> int:
+    """How many held-out patients calibrate ``calibration``; a file written before 0.3.5 counted
+    its cases (each case then calibrated as its own patient)."""
+    return calibration.get("held_out_patients", len(calibration["held_out_ids"]))
 
 
 def _is_log_q(value) -> bool:

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .calibration import QUANTITIES, interval, min_cases, read_calibration
+from .calibration import QUANTITIES, held_out_patients, interval, min_cases, read_calibration
 from .decomposition_table import TABLE_FORMAT, TABLE_VERSION, write_table_csv
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
 from .errors import InputError
@@ -153,7 +153,8 @@ class Decomposer:
         self.calibration = calibration
         self.origin = {**model.origin, "calibration": None if calibration is None else {
             "sha256": calibration["sha256"], "level": calibration["level"],
-            "held_out_cases": len(calibration["held_out_ids"])}}
+            "held_out_cases": len(calibration["held_out_ids"]),
+            "held_out_patients": held_out_patients(calibration)}}
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> Decomposer:
@@ -297,8 +298,8 @@ class Decomposer:
             missing = [n for n, o in self.calibration["objects"].items()
                        if any(o[f"{q}_log_q"] is None for q in QUANTITIES)]
             if missing:
-                n, need = len(self.calibration["held_out_ids"]), min_cases(level)
-                why = (f"{n} held-out cases calibrate it, {need} needed" if n < need else
+                n, need = held_out_patients(self.calibration), min_cases(level)
+                why = (f"{n} held-out patients calibrate it, {need} needed" if n < need else
                        "held-out cases with a prediction or truth <= 0")
                 notes.append(f"note: no {100 * level:.0f} % interval for {', '.join(missing)}: {why}")
         return notes

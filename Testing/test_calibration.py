@@ -44,6 +44,27 @@ def test_intervals_cover_new_cases_at_their_level():
     assert 0.88 <= np.mean(covered) <= 0.94  # expected (ceil(21 x 0.9) = 19) / 21 = 0.905
 
 
+def test_intervals_cover_every_film_of_a_new_patient_at_their_level():
+    """Two films per patient share the patient's error: calibrated over 12 held-out patients
+    (each counted once, by their larger error), the intervals hold the truth of both films of a
+    new patient in about 12/13 of patients; counting the 24 films as exchangeable would cover
+    both films of only about 88 %."""
+    rng = np.random.default_rng(2)
+    covered = []
+    for _ in range(400):
+        true = rng.uniform(200, 2000, (24, 1)).repeat(2, axis=1)
+        errors = rng.normal(0, 0.3, (24, 1)) + rng.normal(0, 0.1, (24, 2))
+        pred = true * np.exp(errors)
+        doc = {"objects": ["m"], "weights_sha256": "sha",
+               "cases": [{"id": f"{p}_{j}", "patient": f"p{p}", "volume_true_cm3": [true[p, j]],
+                          "volume_pred_cm3": [pred[p, j]], "mass_true_g": [true[p, j]],
+                          "mass_pred_g": [pred[p, j]]} for p in range(12) for j in range(2)]}
+        calibration = fit_calibration(doc)
+        assert calibration["held_out_patients"] == 12 and calibration["objects"]["m"]["n"] == 24
+        covered.append(np.mean((np.abs(errors[12:]) <= calibration["objects"]["m"]["mass_log_q"]).all(axis=1)))
+    assert 0.90 <= np.mean(covered) <= 0.95  # expected ceil(13 x 0.9) / 13 = 0.923
+
+
 def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
     from MSKdeXTraining.calibration import read_calibration
     from MSKdeXTraining.fileio import write_json
@@ -61,6 +82,10 @@ def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
         calibration["objects"]["m"]["mass_log_q"] = bad
         (tmp_path / "calibration.json").write_text(json.dumps(calibration))
         with pytest.raises(InputError, match="each null or a finite number >= 0"):
+            read_calibration(tmp_path, "abc", ["m"])
+    for bad in (0, 2, True, 1.0):  # one held-out case: one patient
+        (tmp_path / "calibration.json").write_text(json.dumps({**fit_calibration(doc), "held_out_patients": bad}))
+        with pytest.raises(InputError, match="field 'held_out_patients' must be a count from 1 to the number"):
             read_calibration(tmp_path, "abc", ["m"])
     del calibration["held_out_ids"]
     write_json(tmp_path / "calibration.json", calibration)

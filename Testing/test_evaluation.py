@@ -434,22 +434,24 @@ def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(t
     written = json.loads((run / "calibration.json").read_text())
     assert written["weights_sha256"] == file_sha256(run / "model.safetensors")
     assert sorted(written["held_out_ids"]) == sorted(preds.ids)
-    assert all(o["n"] == 4 and o["mass_log_q"] is None for o in written["objects"].values())  # 4 < 9 cases
+    assert all(o["n"] == 4 and o["mass_log_q"] is None for o in written["objects"].values())  # 2 < 9 patients
+    assert written["held_out_patients"] == len(set(preds.patients)) == 2
     radiograph = _as_radiograph(PreparedDataset(toy / "data", [preds.ids[0]], size=(32, 32)).load(0)["xray"][0].numpy(),
                                 PreparedDataset(toy / "data").geometry)
     assert all(r["mass_low_g"] is None for r in Decomposer.from_run(run).decompose(radiograph, tta=1).table)
 
     doc = json.loads((out / "fold_0" / "predictions.json").read_text())
-    # 20 cases with distinct errors (each copy's predictions scaled apart): the 0.9 interval is
-    # the 19th smallest error, not the 18th (ceil(n 0.9)) nor the largest
-    doc["cases"] = [{**c, "mass_pred_g": [v * (1 + 0.01 * j) for v in c["mass_pred_g"]],
+    # 20 patients' cases with distinct errors (each copy's predictions scaled apart): the 0.9
+    # interval is the 19th smallest error, not the 18th (ceil(n 0.9)) nor the largest
+    doc["cases"] = [{**c, "patient": f"{c['patient']}_{j}_{c['id']}",
+                     "mass_pred_g": [v * (1 + 0.01 * j) for v in c["mass_pred_g"]],
                      "volume_pred_cm3": [v * (1 + 0.01 * j) for v in c["volume_pred_cm3"]]}
                     for j in range(5) for c in doc["cases"]]
     calibrated = tmp_path / "run"
     shutil.copytree(run, calibrated)
     write_json(calibrated / "calibration.json", fit_calibration(doc))
     result = Decomposer.from_run(calibrated).decompose(radiograph, tta=1)
-    assert result.model["calibration"]["held_out_cases"] == 20
+    assert result.model["calibration"]["held_out_cases"] == result.model["calibration"]["held_out_patients"] == 20
     for i, row in enumerate(result.table):
         for quantity, unit in (("mass", "g"), ("volume", "cm3")):
             errors = np.sort(np.abs(np.log(np.array([c[f"{quantity}_pred_{unit}"][i] for c in doc["cases"]])
@@ -461,7 +463,7 @@ def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(t
     assert not any("no calibrated interval" in r or "no 90 % interval" in r for r in result.ood.reasons)
     assert any("magnification unknown" in r and "the interval does not include this error" in r
                for r in result.ood.reasons)  # an assumed magnification is beyond the held-out errors
-    assert any("no 90 % interval for gluteus_maximus" in r and "4 held-out cases calibrate it, 9 needed" in r
+    assert any("no 90 % interval for gluteus_maximus" in r and "2 held-out patients calibrate it, 9 needed" in r
                for r in Decomposer.from_run(run).decompose(radiograph, tta=1).ood.reasons)
     from MSKdeXTraining.evaluation.summary import interval_table
 

@@ -751,7 +751,7 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert (tmp_path / "run" / "model.json").is_file() and not (tmp_path / "run" / "calibration.json").exists()
     # fold 0 of 4 is held out (`mskdex train --fold 0/4` calibrates on it, test_training); what counts is
-    # its cases in the trainer's split: two cases a patient, 16 patients hold out 8 cases, 20 hold out 10
+    # its patients in the trainer's split (two cases each): 32 patients hold out 8, 36 hold out 9
     manifest = json.loads((data / "manifest.json").read_text())
     case, big = manifest["cases"][0], tmp_path / "big"
     big.mkdir()
@@ -761,9 +761,9 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
         (big / "manifest.json").write_text(json.dumps(manifest))
         return big
 
-    with pytest.raises(InputError, match=r"holds 8 usable case\(s\); .* at least 9"):
-        Pipeline.training_process(with_patients(16), str(config), tmp_path / "held")
-    process = Pipeline.training_process(with_patients(20), str(config), tmp_path / "held")
+    with pytest.raises(InputError, match=r"holds 8 patient\(s\) with usable cases; .* at least 9"):
+        Pipeline.training_process(with_patients(32), str(config), tmp_path / "held")
+    process = Pipeline.training_process(with_patients(36), str(config), tmp_path / "held")
     process.cancel()
     assert process.command[-2:] == ["--fold", "0/4"]
 

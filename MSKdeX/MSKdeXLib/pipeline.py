@@ -293,8 +293,8 @@ class Pipeline:
                          hold_out: bool = True) -> BackendProcess:
         """Start ``mskdex train`` in a child process (see :class:`BackendProcess`). ``hold_out``
         trains on fold 0 of 4 (``--fold 0/4``): the held-out quarter of the patients calibrates
-        the model's prediction intervals (refused when that fold holds fewer usable cases than
-        :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every patient and
+        the model's prediction intervals (refused when that fold holds fewer patients with usable
+        cases than :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every patient and
         has none."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
@@ -308,11 +308,13 @@ class Pipeline:
             except InputError as e:  # fewer usable patients than folds
                 raise InputError(f"dataset folder {dataset}: the hold-out cannot split it ({e}). Untick the "
                                  "hold-out to train on every patient (the model then reports no interval)") from None
-            if len(held) < min_cases():
+            patient = {c["id"]: str(c["patient"]) for c in manifest["cases"]}
+            patients = len({patient[i] for i in held})
+            if patients < min_cases():
                 raise InputError(f"dataset folder {dataset}: the hold-out (fold 0 of {HOLD_OUT_FOLDS}) holds "
-                                 f"{len(held)} usable case(s); calibrating the intervals needs at least "
-                                 f"{min_cases()}. Untick the hold-out to train on every patient (the model then "
-                                 "reports no interval)")
+                                 f"{patients} patient(s) with usable cases; calibrating the intervals needs at "
+                                 f"least {min_cases()}. Untick the hold-out to train on every patient (the model "
+                                 "then reports no interval)")
         arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
         arguments += (["--fold", f"0/{HOLD_OUT_FOLDS}"] if hold_out else []) + (["--resume"] if resume else [])
         return BackendProcess(backend_command("train", arguments))

@@ -33,8 +33,8 @@ def print_calibration(path: Path) -> None:
     import math
 
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    print(f"wrote {path}: {len(doc['held_out_ids'])} held-out cases; {100 * doc['level']:.0f} % interval "
-          "of a prediction p: p ×/÷ f")
-    factor = lambda q: "n/a (too few cases)" if q is None else f"f = {math.exp(q):.2f}"
+    print(f"wrote {path}: {len(doc['held_out_ids'])} held-out cases of {doc['held_out_patients']} patients; "
+          f"{100 * doc['level']:.0f} % interval of a prediction p: p ×/÷ f")
+    factor = lambda q: "n/a (too few patients)" if q is None else f"f = {math.exp(q):.2f}"
     for name, o in doc["objects"].items():
         print(f"  {name:22s} mass {factor(o['mass_log_q']):>20s}   volume {factor(o['volume_log_q']):>20s}")

@@ -263,19 +263,32 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     with pytest.raises(Killed):
         train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(4))
     assert len(losses_of(tmp_path / "cut")) == 3  # epoch 3 logged, last checkpoint at epoch 2
-    with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\)"):
+    with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\); "
+                                         r"only 'epochs', 'checkpoint_every', 'num_workers', 'device', "
+                                         r"'compile', 'channels_last', 'amp_bf16' may change"):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
-    with pytest.raises(InputError, match=r"changed: \['num_workers'\]\); only 'epochs', 'checkpoint_every' may"):
-        train(TrainConfig.from_dict({**config.to_dict(), "num_workers": 1}), dataset, tmp_path / "cut", resume=True)
-    # when to checkpoint may change
+    # how it computes may change (another machine's device, layout, loader workers): the same
+    # training up to rounding, and environment.json records what changed
+    shutil.copytree(tmp_path / "cut", tmp_path / "moved")
+    how = {"channels_last": not config.channels_last, "device": "cpu", "num_workers": 1}
+    moved = train(TrainConfig.from_dict({**config.to_dict(), **how}), dataset, tmp_path / "moved", resume=True)
+    for row, reference in zip(losses_of(moved), losses_of(full), strict=True):
+        assert {k: float(v) for k, v in row.items()} == pytest.approx(
+            {k: float(v) for k, v in reference.items()}, rel=1e-3, abs=1e-6)
+    (record,) = json.loads((moved / "environment.json").read_text())["resumes"]
+    assert record["after_epoch"] == 2 and record["changed"] == {
+        "num_workers": [0, 1], "device": [config.device, "cpu"],
+        "channels_last": [config.channels_last, not config.channels_last]}
+    # when to checkpoint may change, and changes nothing
     driven = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every": 3})
     resumed = train(driven, dataset, tmp_path / "cut", resume=True)
     assert losses_of(resumed) == losses_of(full)
     env = json.loads((resumed / "environment.json").read_text())
     # the refused resumes stopped before training; the one that trained is recorded
     assert env["torch"] == torch.__version__ and [r["after_epoch"] for r in env["resumes"]] == [2]
+    assert "changed" not in env["resumes"][0]
     a, b = read_safetensors(full / "model.safetensors"), read_safetensors(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a resume to more epochs records them in the run's config

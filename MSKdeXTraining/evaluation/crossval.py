@@ -42,11 +42,6 @@ PRED_VERSION = 1
 #: Columns of predictions.csv: one row per case and object (cm3, g).
 ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
               "mass_true_g", "mass_pred_g"]
-#: Config fields that choose how the same training runs, not what it trains: a finished fold
-#: made with other values is kept (see :func:`_check_reuse`).
-HOW_FIELDS = ("device", "compile", "channels_last", "amp_bf16")
-
-
 @dataclass
 class Predictions:
     """Held-out predictions of one or more folds: arrays (M cases, N objects) in cm3 and g
@@ -263,7 +258,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     (``split_folds`` with the config's ``fold_seed``); resumable: a finished fold is kept (its
     held-out cases are predicted again if its model's weights changed since), an interrupted
     training continues from its last checkpoint. A fold folder made with another config
-    (:data:`HOW_FIELDS` and ``RUN_CONTROL_FIELDS`` aside), K, dataset or split is refused, never
+    (``HOW_FIELDS`` and ``RUN_CONTROL_FIELDS`` aside), K, dataset or split is refused, never
     reused. Each fold model gets its ``calibration.json``. Returns the predictions of ``folds``."""
     from ..training.config import load_config
     from ..training.checkpoint import latest_checkpoint
@@ -324,8 +319,8 @@ def _outdated(doc: dict, run: Path) -> bool:
 
 def _changed(found: dict | None, wanted: dict) -> list[str]:
     """The fields of a fold's recorded key ``found`` that differ from ``wanted``, the config's
-    fields that do not change what is trained aside (:data:`HOW_FIELDS`, ``RUN_CONTROL_FIELDS``)."""
-    from ..training.config import RUN_CONTROL_FIELDS
+    fields that do not change what is trained aside (``HOW_FIELDS``, ``RUN_CONTROL_FIELDS``)."""
+    from ..training.config import HOW_FIELDS, RUN_CONTROL_FIELDS
 
     def learnt(key: dict | None) -> dict:
         if not isinstance(key, dict):

@@ -23,6 +23,9 @@ from ..models import HRNetSpec
 #: Fields that say how a run is driven, not what it learns (a model trained with other values
 #: differs at most by float rounding: data loader workers run one thread each).
 RUN_CONTROL_FIELDS = ("checkpoint_every", "num_workers")
+#: Fields that choose how the same training computes (device, kernels, memory layout,
+#: precision), not what it trains: other values change the result by rounding only.
+HOW_FIELDS = ("device", "compile", "channels_last", "amp_bf16")
 
 
 @dataclass(frozen=True)

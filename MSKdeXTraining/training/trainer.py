@@ -34,7 +34,7 @@ from ..ood import ood_statistics
 from ..progress import Progress
 from . import distributed
 from .checkpoint import latest_checkpoint, load_newest_checkpoint, prune_checkpoints, save_checkpoint
-from .config import TrainConfig, dump_config
+from .config import HOW_FIELDS, RUN_CONTROL_FIELDS, TrainConfig, dump_config
 from .data import PreparedDataset, ok_ids, read_manifest, split_folds
 from .objective import LOSS_NAMES, Networks, Normalisation, Objective
 from .pool import ImagePool
@@ -156,26 +156,30 @@ def _environment(info: distributed.DistInfo) -> dict:
     return env
 
 
-def _record_environment(path: Path, info: distributed.DistInfo, start: int) -> None:
+def _record_environment(path: Path, info: distributed.DistInfo, start: int, changed: dict) -> None:
     """Write the environment of a run (``start`` 0) or, on a resume from epoch ``start``, add
     it to the list ``resumes`` of the record (dropping resumes from ``start`` on, which trained
-    no checkpoint that is kept): which machine trained which epochs. A resume without a record
-    leaves the first machine unknown."""
+    no checkpoint that is kept), with the config fields it ``changed`` ({field: [before, now]}):
+    which machine trained which epochs, and how. A resume without a record leaves the first
+    machine unknown."""
     env = _environment(info)
     if start:
         first = read_json_object(path, (), InputError) if path.is_file() else {}
         kept = [r for r in first.get("resumes", []) if r.get("after_epoch", 0) < start]
-        env = {**first, "resumes": [*kept, {"after_epoch": start, **env}]}
+        env = {**first, "resumes": [*kept, {"after_epoch": start, **({"changed": changed} if changed else {}),
+                                            **env}]}
     write_json(path, env)
 
 
-#: Config fields a resume may change: how long to train and when to checkpoint, neither of
-#: which changes what an epoch computes (not ``num_workers``: a data loader worker runs one
-#: thread, which may round a resampling otherwise).
-RESUME_MAY_CHANGE = ("epochs", "checkpoint_every")
+#: Config fields a resume may change: how long to train, when to checkpoint (neither changes
+#: what an epoch computes) and how it computes (:data:`HOW_FIELDS`, ``num_workers``: the run then
+#: continues as it would have up to float rounding, not bit for bit).
+RESUME_MAY_CHANGE = ("epochs", *RUN_CONTROL_FIELDS, *HOW_FIELDS)
 
 
-def _check_resume_config(out: Path, config: TrainConfig) -> None:
+def _check_resume_config(out: Path, config: TrainConfig) -> dict:
+    """Refuse to resume the run in ``out`` with a config that trains otherwise; the fields that
+    change how it computes, {field: [before, now]}."""
     import yaml
     path = out / "config.yaml"
     try:
@@ -189,6 +193,7 @@ def _check_resume_config(out: Path, config: TrainConfig) -> None:
     if diff:
         raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
                          f"only {', '.join(map(repr, RESUME_MAY_CHANGE))} may change")
+    return {k: [old.get(k), new[k]] for k in ("num_workers", *HOW_FIELDS) if old.get(k, new[k]) != new[k]}
 
 
 #: Manifest fields that may differ between copies of one dataset (where its cohort lies; the
@@ -242,6 +247,7 @@ class RunPlan:
     train_ids: list[str]
     test_ids: list[str]
     resume: bool                         # continue from the newest readable checkpoint
+    changed: dict                        # how a resume computes otherwise: {field: [before, now]}
 
     @property
     def checkpoints(self) -> Path:
@@ -332,16 +338,16 @@ def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, in
     if len(train_ids) < config.batch_size:
         raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
                          f"{config.batch_size}")
-    plan = RunPlan(data, out, manifest, fold, train_ids, test_ids, resume)
-    if resume and latest_checkpoint(plan.checkpoints) is None:
+    if resume and latest_checkpoint(out / "checkpoints") is None:
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/epoch_*.json)")
-    if not resume and ((out / "model.json").exists() or latest_checkpoint(plan.checkpoints) is not None):
+    if not resume and ((out / "model.json").exists() or latest_checkpoint(out / "checkpoints") is not None):
         raise FileExistsError(f"{out}: a run folder already exists here; pass --resume to continue "
                               "it or choose another output folder")
+    changed = {}
     if resume:
-        _check_resume_config(out, config)
+        changed = _check_resume_config(out, config)
         check_run_dataset(out, manifest)
-    return plan
+    return RunPlan(data, out, manifest, fold, train_ids, test_ids, resume, changed)
 
 
 def _set_up(config: TrainConfig, plan: RunPlan, info: distributed.DistInfo) -> TrainingState:
@@ -355,7 +361,7 @@ def _set_up(config: TrainConfig, plan: RunPlan, info: distributed.DistInfo) -> T
     else:
         start, norm = 0, _start_new_run(config, plan, ds, info)
     if info.main:
-        _record_environment(plan.out / "environment.json", info, start)
+        _record_environment(plan.out / "environment.json", info, start, plan.changed)
     rows = _read_log(plan.out / "log.csv", start) if info.main else []
     parts.objective.norm = norm
     sampler = DistributedSampler(ds, num_replicas=info.world, rank=info.rank, shuffle=True,

@@ -294,8 +294,8 @@ class Pipeline:
         """Start ``mskdex train`` in a child process (see :class:`BackendProcess`). ``hold_out``
         trains on fold 0 of 4 (``--fold 0/4``): the held-out quarter of the patients calibrates
         the model's prediction intervals (refused when that fold holds fewer patients with usable
-        cases than :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every patient and
-        has none."""
+        cases than :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every
+        patient and has none."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
                              "`mskdex prepare` (dataset layout v2, see docs/formats.md)")

@@ -42,6 +42,8 @@ PRED_VERSION = 1
 #: Columns of predictions.csv: one row per case and object (cm3, g).
 ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
               "mass_true_g", "mass_pred_g"]
+
+
 @dataclass
 class Predictions:
     """Held-out predictions of one or more folds: arrays (M cases, N objects) in cm3 and g

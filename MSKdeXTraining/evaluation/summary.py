@@ -54,7 +54,8 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
         sections.append(Section(
             "Prediction intervals", "What `mskdex decompose` reports with each fold's model: the "
             f"{100 * LEVEL:.0f} % interval of a prediction p is [p / f, p x f], f = e^q from that "
-            "model's held-out cases (split conformal over patients, calibration.json; n/a: too few patients).", [intervals]))
+            "model's held-out cases (split conformal over patients, calibration.json; n/a: too few "
+            "patients).", [intervals]))
     if comparison is not None:
         sections.append(Section("Comparison (one-way ANOVA)", f"{compare_label or 'The other evaluation'}: "
                                 f"{len(compare.ids)} held-out cases, {compare.folds_text()}.", [comparison]))

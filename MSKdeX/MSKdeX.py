@@ -420,7 +420,7 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
     def loadRadiograph(self, path: Path, pixelSpacing: float | None = None) -> vtkMRMLScalarVolumeNode:
         """A new radiograph node read from ``path`` by MSKdeX's reader (magnification, padding, bit
         depth and colour kept for Decompose); ``pixelSpacing`` (mm) overrides the file's."""
-        return self.pipeline.load_radiograph(path, pixelSpacing)
+        return self.pipeline.load_radiograph(path, pixelSpacing, spacing_option="the 'File pixel spacing' field")
 
     def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> tuple[list[str], list[str]]:
         """Object-wise DRR layers of the CT in the AP pose; returns (object names, warnings:

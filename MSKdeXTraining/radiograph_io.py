@@ -1,4 +1,4 @@
-"""Reading radiographs: DICOM DX/CR, NIfTI/NRRD/MHA (SimpleITK) and PNG/JPEG.
+"""Reading radiographs: DICOM DX/CR, NIfTI/NRRD/MHA (SimpleITK) and pictures (PNG/JPEG/TIFF/BMP).
 
 :func:`read_radiograph` returns a :class:`Radiograph`: a 2D float32 array in which *bright
 means attenuating* (DICOM MONOCHROME1 is inverted, the modality rescale is applied; the
@@ -98,10 +98,12 @@ class Radiograph:
 
 def read_radiograph(path: str | Path,
                     pixel_spacing: tuple[float, float] | float | None = None,
-                    magnification: float | None = None) -> Radiograph:
+                    magnification: float | None = None, *,
+                    spacing_option: str = "--pixel-spacing") -> Radiograph:
     """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
-    overrides whatever the file says and is required for PNG/JPEG; ``magnification``
-    (SDD / SOD) overrides the file's.
+    overrides whatever the file says and is required for PNG/JPEG/TIFF/BMP; ``magnification``
+    (SDD / SOD) overrides the file's. ``spacing_option`` names where the user gives the
+    spacing, for the errors (the CLI option, a table column, a Slicer field).
 
     Raises :class:`InputError` naming the file and field for unreadable files, images that
     are not 2D, a missing, placeholder or implausible pixel spacing and an implausible
@@ -136,14 +138,15 @@ def read_radiograph(path: str | Path,
     elif spacing is None:
         raise InputError(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
-            "pass it explicitly, e.g. --pixel-spacing 0.15 (mm at the detector)")
+            f"pass it explicitly ({spacing_option}, e.g. 0.15 mm at the detector)")
     if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse
         # a spacing given by the user wins over the plausible-range check of file fields
         if explicit is None:
-            check_spacing(path, array.shape, spacing, source["spacing_field"])
+            check_spacing(path, array.shape, spacing, source["spacing_field"],
+                          f"pass the right value explicitly ({spacing_option}, e.g. 0.15 mm at the detector)")
         else:
             check_spacing(path, array.shape, spacing, source["spacing_field"], "check the value given "
-                          "(--pixel-spacing, mm at the detector)", spacing_range=(0.0, float("inf")))
+                          f"({spacing_option}, mm at the detector)", spacing_range=(0.0, float("inf")))
     if magnification is not None:
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
     _check_magnification(path, source)
@@ -166,7 +169,7 @@ def _explicit_spacing(value) -> tuple[float, float] | None:
 
 
 def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float, float], fieldname: str,
-                  fix: str = "pass the right value explicitly, e.g. --pixel-spacing 0.15",
+                  fix: str,
                   spacing_range: tuple[float, float] = SPACING_RANGE_MM) -> None:
     """:class:`InputError` naming ``path`` and ``fieldname`` unless ``spacing`` (row, column mm)
     is a plausible detector spacing for an image of ``shape``: within ``spacing_range``, a field

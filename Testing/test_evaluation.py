@@ -552,7 +552,8 @@ def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out
     # another dataset with the same case ids: its "held-out" cases are not the ones held out
     write_toy_dataset(tmp_path / "other", n_cases=8, size=32, seed=2)
     assert main(["calibrate", "--model", str(run), "--data", str(tmp_path / "other")]) == 2
-    assert "the run was started on another dataset" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the run was started on another dataset" in err and "calibrate it with the dataset it was trained" in err
     meta = json.loads((run / "model.json").read_text())
     meta["split"]["test_ids"] = []  # trained on every case
     (run / "model.json").write_text(json.dumps(meta))

@@ -400,6 +400,10 @@ def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, t
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "4 radiograph(s) already decomposed" in printed and "could not be used" not in printed
+    # into another folder in the tree: the first run's DRR stacks are results, not radiographs
+    assert decompose_cmd._inputs(tree, True, tree / "again") == sorted(films)
+    assert len(list(out.rglob("decomposition_*.nii.gz"))) == 12
+
 
 def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path, capsys):
     folder = shared_data / "pediatric-ap-radiographs"

@@ -557,8 +557,14 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
     image = sitk.ReadImage(str(case / "ct.nii.gz"))
     sitk.WriteImage(sitk.Cast(image, sitk.sitkInt32) + 1024, str(tmp_path / "offset.nii.gz"))
     line = f"{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,4.6"
+    film = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "xray.mha")))
+    sitk.WriteImage(sitk.GetImageFromArray((255 * film / film.max()).astype(np.uint8)), str(tmp_path / "film.png"))
     for rows, message in [([f"a,,{line},1100,900", f"b,,{line},,"],
-                           r"line 3 \(case 'b'\): .*film.mha: source distances not in the file"),
+                           r"line 3 \(case 'b'\): .*film.mha: source distances not in the file .* nor given "
+                           r"\(columns sdd_mm / sod_mm, mm\)"),
+                          ([f"a,,{case}/ct.nii.gz,{case}/labels.nii.gz,film.png,,1100,900"],
+                           r"line 2 \(case 'a'\): .*film.png: no usable pixel spacing .*; pass it explicitly "
+                           r"\(column pixel_spacing_mm, e.g. 0.15 mm at the detector\)"),
                           ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
                            r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
                           ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],

@@ -27,19 +27,19 @@ EXIT_OK, EXIT_ERROR, EXIT_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mskdex_batch.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="mskdex_batch.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, type=Path, help="model run folder (model.safetensors + model.json)")
-    p.add_argument("--xray", required=True, type=Path, help="radiograph: DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG")
+    p.add_argument("--xray", required=True, type=Path,
+                   help="radiograph: DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG/TIFF/BMP")
     p.add_argument("--out", required=True, type=Path,
                    help="results table to write (.csv; volumes cm3, masses g); must not exist")
     p.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
-                   help="detector pixel spacing (row [column]) in mm; required for PNG/JPEG")
+                   help="detector pixel spacing (row [column]) in mm; required for PNG/JPEG/TIFF/BMP")
     p.add_argument("--magnification", type=float, metavar="M",
                    help="magnification at the patient, SDD / SOD (default: the file's, else the "
                         "model's reference, noted)")
-    p.add_argument("--tta", type=int, default=8, help="test-time augmentations for the uncertainty (1 = none)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations")
+    p.add_argument("--tta", type=int, default=8, help="test-time augmentations for the uncertainty (1 = none; default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations (default 0)")
     p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder "
                                             "(new or empty)")
     return p

@@ -144,8 +144,9 @@ def crop_to_region(ct: Volume, labels: Volume, objects: ObjectMap) -> tuple[Volu
 def read_film(pair: dict) -> tuple[Radiograph, Geometry]:
     """The radiograph of a row and its geometry, with the source distances it must have."""
     spacing = (pair["pixel_spacing_mm"],) * 2 if pair["pixel_spacing_mm"] is not None else None
-    radiograph = read_radiograph(pair["xray"], spacing)
-    geometry = radiograph_geometry(radiograph, pair["xray"], pair["sdd_mm"], pair["sod_mm"], require_distances=True)
+    radiograph = read_radiograph(pair["xray"], spacing, spacing_option="column pixel_spacing_mm")
+    geometry = radiograph_geometry(radiograph, pair["xray"], pair["sdd_mm"], pair["sod_mm"], require_distances=True,
+                                   distances_option="columns sdd_mm / sod_mm")
     check_magnification(geometry.magnification, f"{pair['xray']}: SDD / SOD",
                         "give sdd_mm and sod_mm (mm) in the table")
     return radiograph, geometry

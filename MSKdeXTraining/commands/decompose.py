@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tree); results mirror the tree under --out")
     parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                         help="detector pixel spacing in mm (one value, or row and column); "
-                             "required for PNG/JPEG and files without a usable spacing; "
+                             "required for PNG/JPEG/TIFF/BMP and files without a usable spacing; "
                              "overrides the file's value")
     parser.add_argument("--magnification", type=float, metavar="M",
                         help="magnification at the patient, SDD / SOD (default: from the file, "
@@ -37,10 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> list[Path]:
-    """The radiograph files of ``path``: itself, or a folder's (hidden files, and with
-    ``recursive`` the output folder ``out`` when it lies inside, left out; an ``out`` that is
-    the folder or holds it is refused then, as its results would be read back)."""
+    """The radiograph files of ``path``: itself, or a folder's (hidden files, the DRR stacks of
+    earlier results (``decomposition_<type>.nii.gz``) and, with ``recursive``, the output folder
+    ``out`` when it lies inside, left out; an ``out`` that is the folder or holds it is refused
+    then, as its results would be read back)."""
     from ..errors import InputError
+    from ..inference import output_files
     from ..radiograph_formats import SUFFIXES, is_radiograph_file
 
     if path.is_dir():
@@ -49,7 +51,8 @@ def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> lis
         if skip is not None and path.resolve().is_relative_to(skip):
             raise InputError(f"--out {out}: is or holds the input folder {path}; with --recursive the results "
                              "would be read back as radiographs: choose an output folder outside it or inside it")
-        files = sorted(p for p in found if p.is_file() and is_radiograph_file(p)
+        results = {f.name for f in output_files(Path()).values()}
+        files = sorted(p for p in found if p.is_file() and is_radiograph_file(p) and p.name not in results
                        and not any(part.startswith(".") for part in p.relative_to(path).parts)
                        and not (skip and p.resolve().is_relative_to(skip)))
         if not files:

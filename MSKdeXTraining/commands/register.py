@@ -19,14 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, type=Path, help="CT in HU (NIfTI, NRRD, MHA, DICOM folder)")
     parser.add_argument("--labels", required=True, type=Path, help="label map on the CT grid")
     parser.add_argument("--xray", required=True, type=Path,
-                        help="radiograph (DICOM, MHA/NRRD/NIfTI, PNG/JPEG), bright = attenuating")
+                        help="radiograph (DICOM, MHA/NRRD/NIfTI, PNG/JPEG/TIFF/BMP), bright = attenuating")
     parser.add_argument("--objects", required=True,
                         help="object map of the label values: JSON file or built-in name (synthetic: `mskdex "
                              "cohort`'s labels; totalsegmentator); needs 'pelvis' and a 'femur' with left/right sides")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
                         help="detector pixel spacing (mm): one value or row and column; required "
-                             "when the file has none (PNG/JPEG, placeholder DICOM spacing)")
+                             "when the file has none (PNG/JPEG/TIFF/BMP, placeholder DICOM spacing)")
     parser.add_argument("--sdd", type=float, help="source-to-detector distance (mm); default: the "
                                                   "radiograph's xray.json or DICOM (0018,1110), else 1100")
     parser.add_argument("--sod", type=float, help="source-to-isocentre distance (mm); default: the "

@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     with progress_bar("training") as progress:
         out = train(config, args.data, args.out, fold=args.fold, resume=args.resume, progress=progress)
+    if launched_rank() != 0:  # under torchrun, rank 0 wrote the model and calibrates it
+        return 0
     print(f"model written to {out / 'model.safetensors'} (+ model.json)")
-    if args.fold is not None and launched_rank() == 0:
+    if args.fold is not None:
         # the held-out cases calibrate the model's prediction intervals (as `mskdex calibrate`)
         from ..evaluation.crossval import calibrate_run
         from .calibrate import print_calibration

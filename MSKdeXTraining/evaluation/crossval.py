@@ -198,7 +198,8 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None,
                          "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
     manifest = read_manifest(dataset)
     check_dataset(meta, manifest, str(run / "model.json"))
-    check_run_dataset(run, manifest)  # the held-out ids name the same cases as in training
+    check_run_dataset(run, manifest, "calibrate it with the dataset it was trained on, whose cases its "
+                                     "held-out ids name")
     return write_calibration(run, predict_cases(run, dataset, ids, fold=(split.get("fold") or [0])[0],
                                                 progress=progress, device=device))
 

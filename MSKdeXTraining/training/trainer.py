@@ -201,9 +201,10 @@ def _check_resume_config(out: Path, config: TrainConfig) -> dict:
 _PLACE_FIELDS = ("cohort", "cohort_sha256")
 
 
-def check_run_dataset(out: Path, manifest: dict) -> None:
+def check_run_dataset(out: Path, manifest: dict,
+                      fix: str = "continue it on the dataset it was started on, or train into another folder") -> None:
     """Refuse a run folder started on another dataset than ``manifest`` (its copy in
-    ``out/manifest.json``), naming the fields that differ."""
+    ``out/manifest.json``), naming the fields that differ; ``fix`` says what to do."""
     path = Path(out) / "manifest.json"
     if not path.is_file():
         return  # nothing trained yet
@@ -211,8 +212,7 @@ def check_run_dataset(out: Path, manifest: dict) -> None:
     diff = sorted(k for k in set(started) | set(now)
                   if k not in _PLACE_FIELDS and started.get(k) != now.get(k))
     if diff:
-        raise InputError(f"{path}: the run was started on another dataset ({', '.join(diff)} differ); "
-                         "continue it on the dataset it was started on, or train into another folder")
+        raise InputError(f"{path}: the run was started on another dataset ({', '.join(diff)} differ); {fix}")
 
 
 def _check_resume_split(last: Path, state: dict, out: Path, fold: tuple[int, int] | None,

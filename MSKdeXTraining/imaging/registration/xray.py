@@ -52,15 +52,16 @@ def sidecar_film_geometry(sidecar: Geometry, path: str | Path, sdd: float | None
 
 def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | None = None,
                         sod: float | None = None, require_distances: bool = False,
-                        parallel: bool = False) -> Geometry:
+                        parallel: bool = False, *, distances_option: str = "--sdd / --sod") -> Geometry:
     """The detector :class:`Geometry` of a radiograph read by ``read_radiograph``.
 
     Source distances (mm), by priority: the arguments, then the file's: DICOM (0018,1110) SDD and
     the SOD as that SDD over the magnification ``read_radiograph`` found (the one decompose
     matches with), or (0018,1111) for a spacing calibrated at the patient; else the defaults of
     :class:`Geometry` (SDD 1100, SOD 880) with a warning, or an InputError with
-    ``require_distances``. A PixelSpacing calibrated at the patient is scaled to the detector
-    by SDD / SOD, unless the view is ``parallel`` (magnification 1 at any distance)."""
+    ``require_distances`` (``distances_option`` names where the user gives them). A PixelSpacing
+    calibrated at the patient is scaled to the detector by SDD / SOD, unless the view is
+    ``parallel`` (magnification 1 at any distance)."""
     source = radiograph.source
     m = source.get("magnification")
     sdd = float(sdd) if sdd is not None else source.get("sdd_mm")
@@ -79,7 +80,8 @@ def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | N
         assumed.append(f"SOD {sod:g} mm")
     if assumed and require_distances:
         raise InputError(f"{path}: source distances not in the file (DICOM (0018,1110) / (0018,1111)) nor "
-                         "given (sdd / sod, mm); they set the patient's scale, so they are not assumed here")
+                         f"given ({distances_option}, mm); they set the patient's scale, so they are not "
+                         "assumed here")
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
                       f"{', '.join(assumed)}", stacklevel=2)

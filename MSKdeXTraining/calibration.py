@@ -40,7 +40,7 @@ def conformal_quantile(errors: np.ndarray, level: float = LEVEL) -> float | None
     return float(errors[k - 1]) if k <= len(errors) and np.isfinite(errors[k - 1]) else None
 
 
-def min_cases(level: float = LEVEL) -> int:
+def min_patients(level: float = LEVEL) -> int:
     """The fewest held-out patients that give an interval at ``level`` (9 at 0.9)."""
     return next(n for n in range(1, 10**6) if math.ceil((n + 1) * level) <= n)
 
@@ -113,11 +113,11 @@ def read_calibration(run: str | Path, weights_sha256: str, names: list[str]) -> 
         raise InputError(f"{path}: field 'level' must be a coverage from 0.5 to 0.99, got {doc['level']!r}")
     if not isinstance(doc["held_out_ids"], list):
         raise InputError(f"{path}: field 'held_out_ids' must be a list of case ids")
-    patients = doc.get("held_out_patients", 1)
-    if not (isinstance(patients, int) and not isinstance(patients, bool)
-            and 1 <= patients <= max(len(doc["held_out_ids"]), 1)):
+    patients, cases = doc.get("held_out_patients"), len(doc["held_out_ids"])
+    if "held_out_patients" in doc and not (isinstance(patients, int) and not isinstance(patients, bool)
+                                           and min(cases, 1) <= patients <= cases):
         raise InputError(f"{path}: field 'held_out_patients' must be a count from 1 to the number of "
-                         f"held-out cases ({len(doc['held_out_ids'])}), got {patients!r}")
+                         f"held-out cases ({cases}), got {patients!r}")
     return {**doc, "sha256": file_sha256(path)}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -13,6 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import InputError
+
+
+#: ``os.link`` errors of a filesystem without hard links.
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 @contextmanager
@@ -134,7 +139,9 @@ def write_json(path: str | Path, data: object) -> Path:
 def create_json(path: str | Path, data: object) -> bool:
     """Write ``data`` as :func:`write_json` does, but only if ``path`` does not exist yet, in
     one step (a hard link to the finished file): of processes racing to create it, exactly one
-    does, and none sees it half-written. Returns whether this call created it."""
+    does, and none sees it half-written. Returns whether this call created it. On a filesystem
+    without hard links (FAT, some network mounts) it is written atomically if absent, but two
+    processes starting at the same moment may then both write it."""
     path = Path(path)
     tmp = _new_temp(path)
     try:
@@ -142,8 +149,14 @@ def create_json(path: str | Path, data: object) -> bool:
         os.link(tmp, path)
     except FileExistsError:
         return False
+    except OSError as e:
+        if e.errno not in NO_HARD_LINKS:
+            raise
+        if path.exists():
+            return False
+        write_json(path, data)
     finally:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return True
 
 

@@ -36,7 +36,7 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage
 
-from .calibration import QUANTITIES, held_out_patients, interval, min_cases, read_calibration
+from .calibration import QUANTITIES, held_out_patients, interval, min_patients, read_calibration
 from .decomposition_table import TABLE_FORMAT, TABLE_VERSION, write_table_csv
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
 from .errors import InputError
@@ -298,7 +298,7 @@ class Decomposer:
             missing = [n for n, o in self.calibration["objects"].items()
                        if any(o[f"{q}_log_q"] is None for q in QUANTITIES)]
             if missing:
-                n, need = held_out_patients(self.calibration), min_cases(level)
+                n, need = held_out_patients(self.calibration), min_patients(level)
                 why = (f"{n} held-out patients calibrate it, {need} needed" if n < need else
                        "held-out cases with a prediction or truth <= 0")
                 notes.append(f"note: no {100 * level:.0f} % interval for {', '.join(missing)}: {why}")

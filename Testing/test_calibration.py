@@ -50,7 +50,7 @@ def test_intervals_cover_every_film_of_a_new_patient_at_their_level():
     new patient in about 12/13 of patients; counting the 24 films as exchangeable would cover
     both films of only about 88 %."""
     rng = np.random.default_rng(2)
-    covered = []
+    covered, case_wise = [], []
     for _ in range(400):
         true = rng.uniform(200, 2000, (24, 1)).repeat(2, axis=1)
         errors = rng.normal(0, 0.3, (24, 1)) + rng.normal(0, 0.1, (24, 2))
@@ -62,7 +62,12 @@ def test_intervals_cover_every_film_of_a_new_patient_at_their_level():
         calibration = fit_calibration(doc)
         assert calibration["held_out_patients"] == 12 and calibration["objects"]["m"]["n"] == 24
         covered.append(np.mean((np.abs(errors[12:]) <= calibration["objects"]["m"]["mass_log_q"]).all(axis=1)))
+        for c in doc["cases"]:
+            c["patient"] = c["id"]
+        q = fit_calibration(doc)["objects"]["m"]["mass_log_q"]
+        case_wise.append(np.mean((np.abs(errors[12:]) <= q).all(axis=1)))
     assert 0.90 <= np.mean(covered) <= 0.95  # expected ceil(13 x 0.9) / 13 = 0.923
+    assert np.mean(case_wise) < 0.89
 
 
 def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
@@ -87,6 +92,11 @@ def test_a_calibration_of_other_weights_or_objects_is_refused(tmp_path):
         (tmp_path / "calibration.json").write_text(json.dumps({**fit_calibration(doc), "held_out_patients": bad}))
         with pytest.raises(InputError, match="field 'held_out_patients' must be a count from 1 to the number"):
             read_calibration(tmp_path, "abc", ["m"])
+    from MSKdeXTraining.calibration import held_out_patients
+
+    del calibration["held_out_patients"]  # written before 0.3.5: each case calibrated as a patient
+    write_json(tmp_path / "calibration.json", calibration | {"objects": fit_calibration(doc)["objects"]})
+    assert held_out_patients(read_calibration(tmp_path, "abc", ["m"])) == 1
     del calibration["held_out_ids"]
     write_json(tmp_path / "calibration.json", calibration)
     with pytest.raises(InputError, match="held_out_ids"):

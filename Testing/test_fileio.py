@@ -34,6 +34,7 @@ def _create_after(barrier, path: Path, n: int, won) -> None:
     won[n] = create_json(path, {"writer": n})
 
 
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
 def test_create_json_lets_exactly_one_of_racing_writers_create_the_file(tmp_path):
     """Shards started together (prepare.json): one creates the record whole, the others find it."""
     import multiprocessing
@@ -50,6 +51,24 @@ def test_create_json_lets_exactly_one_of_racing_writers_create_the_file(tmp_path
     assert sum(won) == 1 and json.loads(target.read_text()) == {"writer": list(won).index(1)}
     assert not create_json(target, {"writer": 9})
     assert json.loads(target.read_text()) == {"writer": list(won).index(1)}
+    assert [p.name for p in tmp_path.iterdir()] == ["prepare.json"]
+
+
+def test_create_json_without_hard_links_still_creates_once(tmp_path, monkeypatch):
+    """A filesystem without hard links (FAT, some network mounts): written if absent, else kept."""
+    import errno
+
+    def no_links(source, target):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(source))
+
+    monkeypatch.setattr(os, "link", no_links)
+    target = tmp_path / "prepare.json"
+    assert create_json(target, {"writer": 1}) and not create_json(target, {"writer": 2})
+    assert json.loads(target.read_text()) == {"writer": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["prepare.json"]
+    monkeypatch.setattr(os, "link", lambda s, t: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    with pytest.raises(OSError, match="I/O error"):
+        create_json(tmp_path / "other.json", {})
     assert [p.name for p in tmp_path.iterdir()] == ["prepare.json"]
 
 

@@ -270,7 +270,8 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
     # how it computes may change (another machine's device, layout, loader workers): the same
-    # training up to rounding, and environment.json records what changed
+    # training up to rounding, and environment.json records what changed (on a CPU-only machine
+    # the device changes from the config's "auto" to "cpu" only: no GPU checkpoint is resumed)
     shutil.copytree(tmp_path / "cut", tmp_path / "moved")
     how = {"channels_last": not config.channels_last, "device": "cpu", "num_workers": 1}
     moved = train(TrainConfig.from_dict({**config.to_dict(), **how}), dataset, tmp_path / "moved", resume=True)
@@ -288,12 +289,14 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     env = json.loads((resumed / "environment.json").read_text())
     # the refused resumes stopped before training; the one that trained is recorded
     assert env["torch"] == torch.__version__ and [r["after_epoch"] for r in env["resumes"]] == [2]
-    assert "changed" not in env["resumes"][0]
+    assert env["resumes"][0]["changed"] == {"checkpoint_every": [2, 3]}
     a, b = read_safetensors(full / "model.safetensors"), read_safetensors(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # a resume to more epochs records them in the run's config
     longer = train(TrainConfig.from_dict({**config.to_dict(), "epochs": 5}), dataset, resumed, resume=True)
     assert "epochs: 5" in (longer / "config.yaml").read_text() and len(losses_of(longer)) == 5
+    assert json.loads((longer / "environment.json").read_text())["resumes"][-1]["changed"] == {
+        "epochs": [4, 5], "checkpoint_every": [3, 2]}
     lrs = [float(r["lr"]) for r in losses_of(longer)]
     assert lrs == pytest.approx([sgdr_lr(e, config) for e in range(1, 6)], rel=1e-5)
     assert lrs[2] == pytest.approx(config.lr) and lrs[1] == lrs[4] < lrs[3] < lrs[2]  # restart, longer period

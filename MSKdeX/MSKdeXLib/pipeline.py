@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from MSKdeXTraining.calibration import min_cases
+from MSKdeXTraining.calibration import min_patients
 from MSKdeXTraining.drr import DRRResult, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
@@ -29,7 +29,7 @@ from MSKdeXTraining.radiograph_formats import stem
 from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph
 from MSKdeXTraining.sidecar import fits, source_sidecar
 from MSKdeXTraining.training.config import load_config
-from MSKdeXTraining.training.data import read_manifest, split_folds
+from MSKdeXTraining.training.data import patient_of, read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
@@ -296,7 +296,7 @@ class Pipeline:
         """Start ``mskdex train`` in a child process (see :class:`BackendProcess`). ``hold_out``
         trains on fold 0 of 4 (``--fold 0/4``): the held-out quarter of the patients calibrates
         the model's prediction intervals (refused when that fold holds fewer patients with usable
-        cases than :func:`~MSKdeXTraining.calibration.min_cases`); otherwise it trains on every
+        cases than :func:`~MSKdeXTraining.calibration.min_patients`); otherwise it trains on every
         patient and has none."""
         if not (Path(dataset) / "manifest.json").is_file():
             raise InputError(f"dataset folder {dataset}: no manifest.json; expected a folder written by "
@@ -310,12 +310,12 @@ class Pipeline:
             except InputError as e:  # fewer usable patients than folds
                 raise InputError(f"dataset folder {dataset}: the hold-out cannot split it ({e}). Untick the "
                                  "hold-out to train on every patient (the model then reports no interval)") from None
-            patient = {c["id"]: str(c["patient"]) for c in manifest["cases"]}
+            patient = patient_of(manifest)
             patients = len({patient[i] for i in held})
-            if patients < min_cases():
+            if patients < min_patients():
                 raise InputError(f"dataset folder {dataset}: the hold-out (fold 0 of {HOLD_OUT_FOLDS}) holds "
                                  f"{patients} patient(s) with usable cases; calibrating the intervals needs at "
-                                 f"least {min_cases()}. Untick the hold-out to train on every patient (the model "
+                                 f"least {min_patients()}. Untick the hold-out to train on every patient (the model "
                                  "then reports no interval)")
         arguments = ["--data", str(dataset), "--config", config, "--out", str(out)]
         arguments += (["--fold", f"0/{HOLD_OUT_FOLDS}"] if hold_out else []) + (["--resume"] if resume else [])

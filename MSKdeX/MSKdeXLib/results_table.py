@@ -3,7 +3,7 @@
 The columns are the backend's, in its order (:data:`~MSKdeXTraining.decomposition_table.TABLE_COLUMNS`,
 as in its CSV): ``object``, ``kind`` (muscle/bone), ``volume_cm3`` with its calibrated
 interval ``volume_low_cm3`` / ``volume_high_cm3`` (NaN when the model has no calibration, or
-for an object with too few held-out cases) and ``volume_sd_cm3``, ``mass_g`` (lean mass for
+for an object with too few held-out patients) and ``volume_sd_cm3``, ``mass_g`` (lean mass for
 muscles, bone mass for bones) with ``mass_low_g`` / ``mass_high_g`` and ``mass_sd_g`` (the SDs
 are the spread over test-time augmentations). This module adds what the Slicer table shows of
 each numeric column (:data:`NUMBER_COLUMNS`): its unit (``cm3``/``g``), a title and a

@@ -55,6 +55,11 @@ def ok_ids(manifest: dict) -> list[str]:
     return [c["id"] for c in manifest["cases"] if c["status"] == "ok"]
 
 
+def patient_of(manifest: dict) -> dict[str, str]:
+    """Each case id's patient (as text), from a dataset manifest."""
+    return {c["id"]: str(c["patient"]) for c in manifest["cases"]}
+
+
 def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
     """K-fold cross-validation split by patient: ``[(train ids, test ids)] * k``.
 
@@ -62,7 +67,7 @@ def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], 
     patient fall into the same fold. Only cases with status "ok" are used.
     """
     ids = ok_ids(manifest)
-    patient = {c["id"]: str(c["patient"]) for c in manifest["cases"]}
+    patient = patient_of(manifest)
     patients = sorted({patient[i] for i in ids})
     if k < 2 or k > len(patients):
         raise InputError(f"number of folds must be in 2..{len(patients)} (patients), got {k}")

@@ -6,7 +6,8 @@
 A checkpoint holds everything that determines the future of the run (networks,
 optimisers, schedulers, image pools and RNG states of every process, normalisation), so
 ``resume=True`` continues from the last one exactly as if never interrupted (from the one
-before, with a warning, when the last cannot be read).
+before, with a warning, when the last cannot be read); up to float rounding when the resume
+changes how the run computes (device, layout, precision, loader workers).
 """
 
 from __future__ import annotations
@@ -178,8 +179,8 @@ RESUME_MAY_CHANGE = ("epochs", *RUN_CONTROL_FIELDS, *HOW_FIELDS)
 
 
 def _check_resume_config(out: Path, config: TrainConfig) -> dict:
-    """Refuse to resume the run in ``out`` with a config that trains otherwise; the fields that
-    change how it computes, {field: [before, now]}."""
+    """Refuse to resume the run in ``out`` with a config that trains otherwise; the fields it
+    changes, {field: [before, now]}."""
     import yaml
     path = out / "config.yaml"
     try:
@@ -193,7 +194,7 @@ def _check_resume_config(out: Path, config: TrainConfig) -> dict:
     if diff:
         raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
                          f"only {', '.join(map(repr, RESUME_MAY_CHANGE))} may change")
-    return {k: [old.get(k), new[k]] for k in ("num_workers", *HOW_FIELDS) if old.get(k, new[k]) != new[k]}
+    return {k: [old.get(k), new[k]] for k in RESUME_MAY_CHANGE if old.get(k, new[k]) != new[k]}
 
 
 #: Manifest fields that may differ between copies of one dataset (where its cohort lies; the
@@ -247,7 +248,7 @@ class RunPlan:
     train_ids: list[str]
     test_ids: list[str]
     resume: bool                         # continue from the newest readable checkpoint
-    changed: dict                        # how a resume computes otherwise: {field: [before, now]}
+    changed: dict                        # config fields a resume changes: {field: [before, now]}
 
     @property
     def checkpoints(self) -> Path:

@@ -52,7 +52,7 @@ def sidecar_film_geometry(sidecar: Geometry, path: str | Path, sdd: float | None
 
 def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | None = None,
                         sod: float | None = None, require_distances: bool = False,
-                        parallel: bool = False, *, distances_option: str = "--sdd / --sod") -> Geometry:
+                        parallel: bool = False, *, distances_option: str = "sdd / sod") -> Geometry:
     """The detector :class:`Geometry` of a radiograph read by ``read_radiograph``.
 
     Source distances (mm), by priority: the arguments, then the file's: DICOM (0018,1110) SDD and

@@ -52,12 +52,12 @@ def log_errors(true: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(ok, np.abs(np.log(np.where(ok, pred, 1.0) / np.where(ok, true, 1.0))), np.inf)
 
 
-def patient_max(errors: np.ndarray, patients: list[str]) -> np.ndarray:
-    """Each patient's largest of ``errors`` (one per case; ``patients`` the case's patient),
-    in the order of their first case."""
-    errors = np.asarray(errors, float)
-    groups = {p: np.flatnonzero([q == p for q in patients]) for p in dict.fromkeys(patients)}
-    return np.array([errors[idx].max() for idx in groups.values()])
+def patient_max(errors: np.ndarray, patient: np.ndarray) -> np.ndarray:
+    """Each patient's largest of ``errors`` (one per case; ``patient`` the case's patient index,
+    0 to P - 1)."""
+    largest = np.full(int(patient.max()) + 1 if len(patient) else 0, -np.inf)
+    np.maximum.at(largest, patient, np.asarray(errors, float))
+    return largest
 
 
 def fit_calibration(predictions: dict, level: float = LEVEL) -> dict:
@@ -65,18 +65,18 @@ def fit_calibration(predictions: dict, level: float = LEVEL) -> dict:
     cases of the model whose weights' SHA-256 it records, each with its ``patient``; a case
     without one counts as its own patient)."""
     cases = predictions["cases"]
-    patients = [str(c.get("patient", f"case {c['id']}")) for c in cases]
+    patients, patient = np.unique([str(c.get("patient", f"case {c['id']}")) for c in cases], return_inverse=True)
     objects = {}
     for i, name in enumerate(predictions["objects"]):
         objects[name] = {"n": len(cases)}
         for quantity, (true_key, pred_key) in QUANTITIES.items():
             errors = log_errors([c[true_key][i] for c in cases], [c[pred_key][i] for c in cases])
-            objects[name][f"{quantity}_log_q"] = conformal_quantile(patient_max(errors, patients), level)
+            objects[name][f"{quantity}_log_q"] = conformal_quantile(patient_max(errors, patient), level)
     return {"format": FORMAT, "version": VERSION, "level": level,
             "weights_sha256": predictions["weights_sha256"],
             "method": "split conformal over patients: q = ceil((n + 1) level)-th smallest of the n held-out "
                       "patients' largest |ln(pred / true)| over their films; interval [p exp(-q), p exp(q)]",
-            "held_out_ids": [c["id"] for c in cases], "held_out_patients": len(set(patients)),
+            "held_out_ids": [c["id"] for c in cases], "held_out_patients": len(patients),
             "objects": objects}
 
 

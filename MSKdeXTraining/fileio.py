@@ -154,7 +154,7 @@ def create_json(path: str | Path, data: object) -> bool:
             raise
         if path.exists():
             return False
-        write_json(path, data)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return True

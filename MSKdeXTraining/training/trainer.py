@@ -339,9 +339,10 @@ def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, in
     if len(train_ids) < config.batch_size:
         raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
                          f"{config.batch_size}")
-    if resume and latest_checkpoint(out / "checkpoints") is None:
+    last = latest_checkpoint(out / "checkpoints")
+    if resume and last is None:
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/epoch_*.json)")
-    if not resume and ((out / "model.json").exists() or latest_checkpoint(out / "checkpoints") is not None):
+    if not resume and ((out / "model.json").exists() or last is not None):
         raise FileExistsError(f"{out}: a run folder already exists here; pass --resume to continue "
                               "it or choose another output folder")
     changed = {}

@@ -240,7 +240,8 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Loading the radiograph failed."), waitCursor=True):
             p = self._parameterNode
-            node = self.logic.loadRadiograph(p.radiographFile, p.radiographFileSpacing or None)
+            node = self.logic.loadRadiograph(p.radiographFile, p.radiographFileSpacing or None,
+                                             p.radiographMagnification or None)
             p.radiograph = node
             slicer.util.setSliceViewerLayers(background=node, foreground=None, fit=True, rotateToVolumePlane=True)
             self.ui.statusLabel.text = f"Radiograph {node.GetName()!r} loaded."
@@ -417,10 +418,14 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
                                                    progress)
         return qc_rows(qc)
 
-    def loadRadiograph(self, path: Path, pixelSpacing: float | None = None) -> vtkMRMLScalarVolumeNode:
+    def loadRadiograph(self, path: Path, pixelSpacing: float | None = None,
+                       magnification: float | None = None) -> vtkMRMLScalarVolumeNode:
         """A new radiograph node read from ``path`` by MSKdeX's reader (magnification, padding, bit
-        depth and colour kept for Decompose); ``pixelSpacing`` (mm) overrides the file's."""
-        return self.pipeline.load_radiograph(path, pixelSpacing, spacing_option="the 'File pixel spacing' field")
+        depth and colour kept for Decompose); ``pixelSpacing`` (mm) and ``magnification`` (SDD /
+        SOD) override the file's."""
+        return self.pipeline.load_radiograph(path, pixelSpacing, magnification,
+                                             spacing_option="the 'File pixel spacing' field",
+                                             magnification_option="the 'Magnification' field")
 
     def computeDRRs(self, p: MSKdeXParameterNode, progress: ProgressRelay) -> tuple[list[str], list[str]]:
         """Object-wise DRR layers of the CT in the AP pose; returns (object names, warnings:

@@ -80,7 +80,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                                   "output folder (--out) or delete it")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
-    result = decomposer.decompose(read_radiograph(path, pixel_spacing, magnification), tta=tta, seed=seed)
+    radiograph = read_radiograph(path, pixel_spacing, magnification, magnification_option="--magnification")
+    result = decomposer.decompose(radiograph, tta=tta, seed=seed)
     result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
     paths = result.write(target)
     return {**summary, "ood": result.ood.flag, "reasons": result.ood.reasons,

@@ -68,15 +68,17 @@ PIXEL_FIELDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStor
 HIP_ABOVE_TABLE_MM = 110.0
 
 
-def read_dicom(path: Path, file_spacing: bool = True):
+def read_dicom(path: Path, file_spacing: bool = True, *, magnification_option: str | None = None):
     """Array, spacing, source and value range of a DICOM radiograph; ``file_spacing`` False: the
-    caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count).
+    caller overrides the spacing (then a PixelSpacing calibrated at the patient does not count);
+    ``magnification_option`` names where the user gives a magnification, for the notes (``None``:
+    nowhere).
     pydicom's warnings about the file (it warns as values are read) go to the result's notes, or
     to the error, not to the terminal; others (deprecations, for developers) are passed on."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:
-            array, spacing, source, value_range = _decode_dicom(path, file_spacing)
+            array, spacing, source, value_range = _decode_dicom(path, file_spacing, magnification_option)
         except InputError as e:
             said = "; ".join(_warned(caught))
             if not said:
@@ -91,7 +93,7 @@ def read_dicom(path: Path, file_spacing: bool = True):
     return array, spacing, source, value_range
 
 
-def _decode_dicom(path: Path, file_spacing: bool):
+def _decode_dicom(path: Path, file_spacing: bool, magnification_option: str | None):
     """:func:`read_dicom` without its handling of pydicom's warnings."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -140,7 +142,7 @@ def _decode_dicom(path: Path, file_spacing: bool):
     else:
         array = to_grey(raw, path, source)
         value_range = stored
-    spacing, ratio = _dicom_spacing(ds, source)
+    spacing, ratio = _dicom_spacing(ds, source, magnification_option)
     _dicom_magnification(ds, path, source, ratio, calibrated=file_spacing and "PixelSpacingCalibrationType" in ds
                          and source["spacing_field"].startswith("PixelSpacing"))
     return array, spacing, source, value_range
@@ -281,7 +283,8 @@ def _dicom_padding(ds, path: Path, raw: np.ndarray, source: dict) -> tuple[int, 
     return lo, hi
 
 
-def _dicom_spacing(ds, source: dict) -> tuple[tuple[float, float] | None, float | None]:
+def _dicom_spacing(ds, source: dict,
+                   magnification_option: str | None) -> tuple[tuple[float, float] | None, float | None]:
     """The detector spacing (row, column mm) of ``ds``, ImagerPixelSpacing, else PixelSpacing
     unless it is the placeholder (``source`` records the field used, or the problem), and the
     magnification the two give (:func:`_spacing_ratio`; not with a placeholder PixelSpacing)."""
@@ -312,14 +315,16 @@ def _dicom_spacing(ds, source: dict) -> tuple[tuple[float, float] | None, float 
     source.setdefault("spacing_field", "none")
     ratio = None
     if len(spacings) == 2 and spacings["PixelSpacing"] != PLACEHOLDER_SPACING_MM:  # a placeholder: no ratio
-        ratio = _spacing_ratio(ds, source, spacings["ImagerPixelSpacing"], spacings["PixelSpacing"])
+        ratio = _spacing_ratio(ds, source, spacings["ImagerPixelSpacing"], spacings["PixelSpacing"],
+                               magnification_option)
     return spacing, ratio
 
 
-def _spacing_ratio(ds, source: dict, imager: tuple[float, float], pixel: tuple[float, float]) -> float | None:
+def _spacing_ratio(ds, source: dict, imager: tuple[float, float], pixel: tuple[float, float],
+                   magnification_option: str | None) -> float | None:
     """ImagerPixelSpacing / PixelSpacing, the magnification when PixelSpacingCalibrationType
     says PixelSpacing is calibrated (else ``None``: a note in ``source`` when they differ by more
-    than :data:`SPACING_DIFFERENCE`)."""
+    than :data:`SPACING_DIFFERENCE`, naming ``magnification_option``)."""
     ratios = [i / p for i, p in zip(imager, pixel) if p > 0]
     if len(ratios) != 2:
         return None
@@ -332,8 +337,9 @@ def _spacing_ratio(ds, source: dict, imager: tuple[float, float], pixel: tuple[f
         source.setdefault("notes", []).append(
             f"ImagerPixelSpacing (0018,1164) {list(imager)} mm and PixelSpacing (0028,0030) {list(pixel)} mm "
             f"differ by more than {100 * SPACING_DIFFERENCE:g} % and PixelSpacingCalibrationType (0028,0A02) "
-            "does not say what PixelSpacing is: the detector's ImagerPixelSpacing was used (if PixelSpacing "
-            f"was calibrated at the patient, the magnification is {np.mean(ratios):.3f}: give --magnification)")
+            "does not say what PixelSpacing is: the detector's ImagerPixelSpacing was used; if PixelSpacing "
+            f"was calibrated at the patient, the magnification is {np.mean(ratios):.3f}"
+            + (f": give it ({magnification_option})" if magnification_option else ""))
     return None
 
 

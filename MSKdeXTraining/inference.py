@@ -282,7 +282,7 @@ class Decomposer:
             notes.append(f"note: magnification from the DICOM source distances, with the hip joint centres "
                          f"assumed {HIP_ABOVE_TABLE_MM:g} mm above the table that DistanceSourceToPatient reaches "
                          f"(+-30 mm: about +-3.5 % in magnification, +-7-10 % in volume and mass{beyond}); "
-                         "give --magnification when it is known")
+                         "give it when it is known (--magnification; in Slicer: Magnification)")
         if source.get("magnification") is None:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             notes.append(f"note: magnification unknown{problem}, {info['magnification_field']} "

@@ -99,11 +99,13 @@ class Radiograph:
 def read_radiograph(path: str | Path,
                     pixel_spacing: tuple[float, float] | float | None = None,
                     magnification: float | None = None, *,
-                    spacing_option: str = "--pixel-spacing") -> Radiograph:
+                    spacing_option: str = "--pixel-spacing",
+                    magnification_option: str | None = None) -> Radiograph:
     """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
     overrides whatever the file says and is required for PNG/JPEG/TIFF/BMP; ``magnification``
-    (SDD / SOD) overrides the file's. ``spacing_option`` names where the user gives the
-    spacing, for the errors (the CLI option, a table column, a Slicer field).
+    (SDD / SOD) overrides the file's. ``spacing_option`` and ``magnification_option`` name where
+    the user gives each, for the errors and notes (a CLI option, a table column, a Slicer field;
+    ``None``: the caller takes no magnification, so a wrong one must be corrected in the file).
 
     Raises :class:`InputError` naming the file and field for unreadable files, images that
     are not 2D, a missing, placeholder or implausible pixel spacing and an implausible
@@ -121,7 +123,8 @@ def read_radiograph(path: str | Path,
     elif suffix in PICTURE_SUFFIXES:
         array, spacing, source, value_range = _read_picture(path)
     else:
-        array, spacing, source, value_range = read_dicom(path, file_spacing=explicit is None)
+        array, spacing, source, value_range = read_dicom(path, file_spacing=explicit is None,
+                                                         magnification_option=magnification_option)
     bad = int((~np.isfinite(array)).sum())
     if bad:
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
@@ -149,7 +152,7 @@ def read_radiograph(path: str | Path,
                           f"({spacing_option}, mm at the detector)", spacing_range=(0.0, float("inf")))
     if magnification is not None:
         source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
-    _check_magnification(path, source)
+    _check_magnification(path, source, magnification_option)
     source["path"] = str(path)
     source["sha256"] = file_sha256(path)
     source["shape"] = list(array.shape)
@@ -191,15 +194,16 @@ def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float
                          f"expected a projection radiograph's detector spacing; {fix}")
 
 
-def _check_magnification(path: Path, source: dict) -> None:
+def _check_magnification(path: Path, source: dict, option: str | None) -> None:
     source.setdefault("magnification", None)
     source.setdefault("magnification_field", "none")
     if source["magnification"] is not None:
-        check_magnification(source["magnification"], f"{path}: magnification from {source['magnification_field']}")
+        fix = f"pass the right value explicitly ({option})" if option else "correct the file's field"
+        check_magnification(source["magnification"], f"{path}: magnification from {source['magnification_field']}",
+                            fix)
 
 
-def check_magnification(m: float, where: str,
-                        fix: str = "pass the right value explicitly, e.g. --magnification 1.2") -> None:
+def check_magnification(m: float, where: str, fix: str) -> None:
     """:class:`InputError` saying ``where`` the value came from unless ``m`` (SDD / SOD) lies
     in :data:`MAGNIFICATION_RANGE`; ``fix`` says what to do."""
     lo, hi = MAGNIFICATION_RANGE

@@ -583,10 +583,10 @@ def test_batch_records_any_failure_of_one_file_and_goes_on(trained, decomposer, 
                         RescaleIntercept=0)
     read = batch.read_radiograph
 
-    def fails_on_hip1(path, *args):
+    def fails_on_hip1(path, *args, **kwargs):
         if path.name == "hip1.mha":
             raise RuntimeError("disk went away")
-        return read(path, *args)
+        return read(path, *args, **kwargs)
 
     monkeypatch.setattr(batch, "read_radiograph", fails_on_hip1)
     summaries = decompose_files(decomposer, [empty, *films], tmp_path / "out", tta=1)

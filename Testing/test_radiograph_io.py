@@ -187,8 +187,12 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     assert plain.magnification is None and plain.source["magnification_field"] == "none"
     bad = write_dicom(tmp_path / "b.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                       EstimatedRadiographicMagnificationFactor=3.5)
-    with pytest.raises(InputError, match=r"b.dcm: magnification from EstimatedRadiographic.* is 3.5: implausible"):
+    with pytest.raises(InputError, match=r"b.dcm: magnification from EstimatedRadiographic.* is 3.5: implausible"
+                       r".*; correct the file's field$"):  # a caller that takes no magnification
         read_radiograph(bad)
+    with pytest.raises(InputError, match=r"is 3.5: implausible.*; pass the right value explicitly \(--magnification\)$"):
+        read_radiograph(bad, magnification_option="--magnification")  # the option is named where there is one
+    assert read_radiograph(bad, magnification=1.2).magnification == 1.2  # and it replaces the file's
 
 
 def test_registration_geometry_from_dicom_distances(tmp_path, ramp):
@@ -464,7 +468,9 @@ def test_magnification_from_imager_over_calibrated_pixel_spacing(tmp_path, ramp)
     r = read_radiograph(f)
     assert r.pixel_spacing == (0.6, 0.6) and r.magnification is None
     [note] = r.source["notes"]
-    assert "differ by more than 1 %" in note and "ImagerPixelSpacing was used" in note and "1.200" in note
+    assert "differ by more than 1 %" in note and "ImagerPixelSpacing was used" in note and note.endswith("1.200")
+    [note] = read_radiograph(f, magnification_option="the 'Magnification' field").source["notes"]
+    assert note.endswith("the magnification is 1.200: give it (the 'Magnification' field)")
     f = write_dicom(tmp_path / "c.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.598, 0.598])
     assert "notes" not in read_radiograph(f).source  # within 1 %: nothing to say
 

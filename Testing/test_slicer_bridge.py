@@ -367,6 +367,14 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
     assert given.pixel_spacing == (0.5, 0.5) and given.source["spacing_field"] == "argument (pixel_spacing)"
     with pytest.raises(InputError, match="radiograph file: choose a file"):
         Pipeline(scene).load_radiograph(Path())  # the panel's empty path field
+    # an implausible magnification in the file: the error names where to give one, which then loads
+    wrong = write_dicom(tmp_path / "wrong.dcm", image, bits=12, ImagerPixelSpacing=[0.6, 0.6],
+                        EstimatedRadiographicMagnificationFactor=3.5)
+    field = "the 'Magnification' field"
+    with pytest.raises(InputError, match=r"wrong.dcm: magnification from EstimatedRadiographicMagnificationFactor "
+                                         r"\(0018,1114\) is 3.5: implausible.*\(the 'Magnification' field\)$"):
+        Pipeline(scene).load_radiograph(wrong, magnification_option=field)
+    assert radiograph_from_node(Pipeline(scene).load_radiograph(wrong, None, 1.2)).magnification == 1.2
     # the same pixels in a node MSKdeX did not read: the decomposition says what it lacks
     node.RemoveAttribute("MSKdeX.Source")
     notes = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition.ood.split()[1]

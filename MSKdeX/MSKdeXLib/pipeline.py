@@ -119,18 +119,21 @@ class Pipeline:
 
     def load_radiograph(self, path: str | Path, pixel_spacing: float | tuple[float, float] | None = None,
                         magnification: float | None = None, *,
-                        spacing_option: str = "--pixel-spacing") -> vtkMRMLScalarVolumeNode:
+                        spacing_option: str = "--pixel-spacing",
+                        magnification_option: str | None = "--magnification") -> vtkMRMLScalarVolumeNode:
         """A new radiograph node (named after the file) read by the backend reader
         (:func:`~MSKdeXTraining.radiograph_io.read_radiograph`), keeping its source record:
         magnification, pixel padding, bit depth and colour count as for the file itself; and
         the geometry of its ``mskdex-xray`` sidecar, if any, for :meth:`registration_geometry`.
         ``pixel_spacing`` (row, column mm, or one value for both) and ``magnification`` (SDD /
-        SOD) override the file's; errors name ``spacing_option`` as where to give the spacing."""
+        SOD) override the file's; errors and notes name ``spacing_option`` and
+        ``magnification_option`` as where to give them."""
         if not str(path).strip() or Path(path) == Path("."):
             raise InputError("radiograph file: choose a file to load (DICOM DX/CR, NIfTI/NRRD/MHA, "
                              "PNG/JPEG/TIFF/BMP)")
         path = Path(path)
-        radiograph = read_radiograph(path, pixel_spacing, magnification, spacing_option=spacing_option)
+        radiograph = read_radiograph(path, pixel_spacing, magnification, spacing_option=spacing_option,
+                                     magnification_option=magnification_option)
         return radiograph_to_node(radiograph, self.scene, self.scene.GenerateUniqueName(stem(path)))
 
     def inputs(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,

@@ -228,7 +228,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDependencies(self) -> None:
         if self._relay is not None:
             return
-        with slicer.util.tryWithErrorDisplay(_("MSKdeX dependencies are missing."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("MSKdeX dependencies are missing.")):  # no wait cursor: it asks
             ensure_torch()  # the PyTorch extension asks before installing
             installed = ensure_requirements(
                 lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="MSKdeX"))
@@ -271,7 +271,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.drrObjectComboBox.clear()
             names, warnings = self.logic.computeDRRs(self._parameterNode, progress)
             self.ui.drrObjectComboBox.addItems(names)
-            self.onShowDRR()
+            self._showDRR()
             if warnings:
                 slicer.util.warningDisplay("\n".join(warnings), windowTitle=_("MSKdeX DRRs"))
             return "; ".join(warnings) or f"all {len(names)} objects present, volumes plausible"
@@ -279,20 +279,26 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runWork("Computing DRRs", work)
 
     def onShowDRR(self, *_args) -> None:
-        """Show the DRR layer picked in the object and type boxes (over the radiograph if any,
-        placed like it)."""
+        """Show the DRR layer picked in the object and type boxes (not while a step runs: its
+        progress reports let the boxes' signals through)."""
+        if self._relay is not None:
+            return
         with slicer.util.tryWithErrorDisplay(_("Showing the DRR failed.")):
-            p = self._parameterNode
-            name = self.ui.drrObjectComboBox.currentText
-            layer = self.logic.drrLayer(name, p.drrType, p.radiograph) if p and name else None
-            if layer is None:
-                return
-            if p.radiograph is not None:
-                slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
-                                                 fit=True, rotateToVolumePlane=True)
-            else:
-                slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True,
-                                                 rotateToVolumePlane=True)
+            self._showDRR()
+
+    def _showDRR(self) -> None:
+        """Show the DRR layer picked in the object and type boxes over the radiograph if any,
+        placed like it; errors go to the caller (no dialog of its own inside a step's)."""
+        p = self._parameterNode
+        name = self.ui.drrObjectComboBox.currentText
+        layer = self.logic.drrLayer(name, p.drrType, p.radiograph) if p and name else None
+        if layer is None:
+            return
+        if p.radiograph is not None:
+            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
+                                             fit=True, rotateToVolumePlane=True)
+        else:
+            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True, rotateToVolumePlane=True)
 
     def onRegister(self, redo: bool = False) -> None:
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""

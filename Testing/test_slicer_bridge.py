@@ -817,9 +817,9 @@ def test_requirements_detection(tmp_path):
 
 
 def test_missing_requirements_are_installed_the_way_slicer_offers(tmp_path, monkeypatch):
-    """Slicer 5.11+: slicer.pydeps.pip_ensure gets the Requirement objects (and asks the user
-    itself); older Slicer: the confirm callback, then slicer.util.pip_install. A package still
-    missing afterwards, or a declined installation, is an error naming it."""
+    """Slicer with pip_ensure (slicer.packaging, first slicer.pydeps) gets the Requirement objects
+    (and asks the user itself); older Slicer: the confirm callback, then slicer.util.pip_install.
+    A package still missing afterwards, or a declined installation, is an error naming it."""
     import types
 
     import slicer
@@ -839,13 +839,15 @@ def test_missing_requirements_are_installed_the_way_slicer_offers(tmp_path, monk
     with pytest.raises(RuntimeError, match=r"still missing after installation: no-such-package-mskdex>=1"):
         ensure_requirements(lambda text: True, path)
     assert calls == [("pip_install", ["no-such-package-mskdex>=1"])]
-    pydeps = types.ModuleType("slicer.pydeps")
-    pydeps.pip_ensure = lambda reqs, requester: calls.append(("pip_ensure", reqs, requester))
-    monkeypatch.setitem(sys.modules, "slicer.pydeps", pydeps)
-    monkeypatch.setattr(slicer, "pydeps", pydeps, raising=False)
-    with pytest.raises(RuntimeError, match=r"still missing after installation"):
-        ensure_requirements(lambda text: pytest.fail("pip_ensure asks the user itself"), path)
-    assert calls[-1] == ("pip_ensure", [Requirement("no-such-package-mskdex>=1")], "MSKdeX")
+    monkeypatch.setitem(sys.modules, "slicer.packaging", types.ModuleType("slicer.packaging"))  # no pip_ensure
+    for name in ("pydeps", "packaging"):  # the first name, then the present one, which wins
+        module = types.ModuleType(f"slicer.{name}")
+        module.pip_ensure = lambda reqs, requester, name=name: calls.append((name, reqs, requester))
+        monkeypatch.setitem(sys.modules, f"slicer.{name}", module)
+        monkeypatch.setattr(slicer, name, module, raising=False)
+        with pytest.raises(RuntimeError, match=r"still missing after installation"):
+            ensure_requirements(lambda text: pytest.fail("pip_ensure asks the user itself"), path)
+        assert calls[-1] == (name, [Requirement("no-such-package-mskdex>=1")], "MSKdeX")
 
 
 def test_slicer_side_unittests_pass():

@@ -367,3 +367,20 @@ def test_the_module_checks_python_before_loading_the_backend():
     checked = next(i for i, n in enumerate(body) if ast.unparse(n) == "require_python()")
     backend = [i for i, n in enumerate(body) if isinstance(n, ast.ImportFrom) and n.module.startswith("MSKdeXTraining")]
     assert backend and checked < min(backend)
+
+
+def test_steps_call_no_slot_and_short_slots_wait_for_steps():
+    """A step's work (a function given to _runWork) calls no on* slot: the slot's own error dialog
+    would come on top of the step's and mark a finished step failed. A slot with a dialog of its
+    own returns at once while a step runs (its progress reports let Qt signals through)."""
+    tree = ast.parse(MODULE_PY.read_text())
+    widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MSKdeXWidget")
+    slots = [n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name.startswith("on")]
+    for slot in slots:
+        for work in (n for n in ast.walk(slot) if isinstance(n, ast.FunctionDef) and n is not slot):
+            called = {ast.unparse(c.func) for c in ast.walk(work) if isinstance(c, ast.Call)}
+            assert not {c for c in called if c.startswith("self.on")}, (slot.name, called)
+        dialog = any(isinstance(s, ast.With) and "tryWithErrorDisplay" in ast.unparse(s) for s in slot.body)
+        if dialog:
+            first = next(s for s in slot.body if not isinstance(s, ast.Expr))  # after the docstring
+            assert isinstance(first, ast.If) and "self._relay is not None" in ast.unparse(first.test), slot.name

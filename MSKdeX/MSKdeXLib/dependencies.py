@@ -2,8 +2,9 @@
 
 torch comes from the PyTorch extension (its PyTorchUtils module picks the right CPU/CUDA
 build); the other packages are listed in ``Resources/requirements.txt`` and installed with
-``slicer.pydeps.pip_ensure`` (Slicer 5.11+, which asks the user itself) or, on older
-Slicer, ``slicer.util.pip_install`` after the ``confirm`` callback agrees. Nothing here
+Slicer's ``pip_ensure`` (``slicer.packaging``; ``slicer.pydeps`` in the first releases that had
+it), which asks the user itself, or, on older Slicer, ``slicer.util.pip_install`` after the
+``confirm`` callback agrees. Nothing here
 imports Qt: the widget passes its confirmation dialog in as ``confirm``.
 """
 
@@ -100,27 +101,38 @@ def ensure_torch() -> None:
 def ensure_requirements(confirm: Callable[[str], bool], path: str | Path = REQUIREMENTS) -> list[str]:
     """Install the missing packages of ``path`` after the user agrees; returns what was missing.
 
-    Uses ``slicer.pydeps.pip_ensure`` where Slicer has it (5.11+: it shows its own prompt and
-    progress), else asks ``confirm(message)`` and calls ``slicer.util.pip_install``.
+    Uses Slicer's ``pip_ensure`` where it has one (:func:`slicer_pip_ensure`: it shows its own
+    prompt and progress), else asks ``confirm(message)`` and calls ``slicer.util.pip_install``.
     Raises RuntimeError when the user declines.
     """
     missing = missing_requirements(read_requirements(path))
     if not missing:
         return []
     names = [str(r) for r in missing]
-    try:
-        from slicer import pydeps
-    except ImportError:  # Slicer before 5.11
-        pydeps = None
-    if pydeps is not None:
-        pydeps.pip_ensure(missing, requester="MSKdeX")
+    pip_ensure = slicer_pip_ensure()
+    if pip_ensure is not None:
+        pip_ensure(missing, requester="MSKdeX")
     else:
         if not confirm(f"MSKdeX needs these Python packages: {', '.join(names)}. Install them now?"):
             raise RuntimeError(f"MSKdeX cannot run without {', '.join(names)} (installation declined)")
         import slicer.util
 
         slicer.util.pip_install(names)
+    importlib.invalidate_caches()  # let this process see what the pip subprocess installed
     still = missing_requirements(missing)
     if still:
         raise RuntimeError(f"still missing after installation: {', '.join(map(str, still))}")
     return names
+
+
+def slicer_pip_ensure() -> Callable | None:
+    """Slicer's ``pip_ensure`` (``slicer.packaging``, or ``slicer.pydeps`` as it was first
+    named), or ``None`` on a Slicer without one."""
+    for name in ("slicer.packaging", "slicer.pydeps"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "pip_ensure"):
+            return module.pip_ensure
+    return None

@@ -3,8 +3,8 @@
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches. Bad input (:data:`~.errors.INPUT_ERRORS`:
 invalid files, fields and values; a missing input; an output that exists or would overwrite an
-input) is printed as one clear line with exit code 2; anything else is a bug and keeps its
-traceback.
+input) and an output that cannot be written (:data:`~.errors.STORAGE_ERRNOS`) are printed as
+one clear line with exit code 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import INPUT_ERRORS
+from .errors import INPUT_ERRORS, STORAGE_ERRNOS
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "assemble", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
@@ -55,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except INPUT_ERRORS as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRNOS:
+            raise
+        print(f"mskdex {args.command}: error: cannot write {e.filename or 'the output'}: {e.strerror}; "
+              "choose an output folder on a writable disk with room", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mskdex {args.command}: interrupted; finished work is kept: run the same command "

@@ -4,6 +4,8 @@ Messages name the file, the field and what was expected. The CLI prints them as 
 the Slicer module shows them in an error dialog. Subclasses say which kind of input it was.
 """
 
+import errno
+
 
 class InputError(ValueError):
     """Input data that MSKdeX cannot use; the message names the file and the field."""
@@ -19,3 +21,7 @@ class TrainingDiverged(RuntimeError):
 #: wrong kind or without permission; and a training that diverged on its config and data.
 INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
                 PermissionError, TrainingDiverged)
+
+#: errno values of an output that cannot be written: a read-only file system, a full disk or
+#: quota. Reported like :data:`INPUT_ERRORS` (nothing is half-written: writes are atomic).
+STORAGE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)

@@ -174,6 +174,32 @@ def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) ->
                                   "another output folder")
 
 
+#: The top-level entries (glob patterns) that mark each kind of MSKdeX output folder, and the
+#: command that makes it. A folder holding another kind's marks is never written into.
+OUTPUT_KINDS = {"cohort": (("cohort.json",), "mskdex cohort or assemble"),
+                "dataset": (("prepare.json", "cases"), "mskdex prepare"),
+                "run": (("model.json", "checkpoints"), "mskdex train"),
+                "evaluation": (("fold_*", "predictions.csv"), "mskdex evaluate"),
+                "ablation": (("ablation.json", "lis*_bone*"), "mskdex ablation")}
+
+
+def refuse_other_kind(out: str | Path, kind: str) -> None:
+    """Before any work: raise FileExistsError if the folder ``out``, to hold a ``kind`` of
+    output (a key of :data:`OUTPUT_KINDS`), is a file or holds another kind's marks (e.g. a
+    training run's ``--out`` that is a prepared dataset): writing there would replace or mix
+    that output's files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: is a file; expected a folder for the {kind} (a new one, or one to resume)")
+    if not out.is_dir():
+        return
+    for other, (patterns, maker) in OUTPUT_KINDS.items():
+        found = [p.name for pattern in patterns for p in sorted(out.glob(pattern))] if other != kind else []
+        if found:
+            raise FileExistsError(f"{out}: holds {found[0]}, so it is the output of {maker} (a {other}); "
+                                  f"writing a {kind} there would mix the two: choose another output folder")
+
+
 def blocking_file(path: str | Path) -> Path | None:
     """The first of ``path`` and its parents that exists but is not a folder (so no folder
     ``path`` can be, or be made), or None."""

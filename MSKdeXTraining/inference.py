@@ -49,6 +49,10 @@ from .progress import Progress
 from .radiograph_io import Radiograph
 from .training.data import resize
 
+#: Most test-time augmentations per radiograph (Slicer's TTA field has the same range): each
+#: holds the model's whole output in memory until the spread is taken.
+MAX_TTA = 32
+
 
 @dataclass
 class Augmentation:
@@ -215,8 +219,8 @@ class Decomposer:
         """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity). A
         prediction that is NaN or infinite anywhere (any augmentation) is an :class:`InputError`
         naming the radiograph, the model and the objects: no table of empty values."""
-        if tta < 1:
-            raise InputError(f"tta must be >= 1 (1 = no augmentation), got {tta}")
+        if not 1 <= tta <= MAX_TTA:
+            raise InputError(f"tta must be in 1..{MAX_TTA} (1 = no augmentation), got {tta}")
         if seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
         report = progress or (lambda f, m: None)

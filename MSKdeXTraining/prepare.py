@@ -47,7 +47,8 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import atomic_path, create_json, file_sha256, read_format_json, read_json_object, write_json
+from .fileio import (atomic_path, create_json, file_sha256, read_format_json, read_json_object, refuse_other_kind,
+                     write_json)
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
@@ -65,6 +66,9 @@ MAX_LOST_FRACTION = 0.005
 #: Longest side (pixels) of the default dataset detector: the paper's 512, so a clinical
 #: film's 2000-3000 pixels (0.3-1 GB of DRRs per case) are not kept unasked.
 DEFAULT_MAX_PX = 512
+#: Largest side (pixels) a dataset detector may be given: 4x the paper's; 27 DRR channels of
+#: 2048 x 2048 float32 are 450 MB per case.
+MAX_PX = 2048
 
 
 def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
@@ -87,13 +91,24 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
 
 def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = None) -> Geometry:
     """The first case's radiograph detector resampled to ``rows`` x ``cols``; by default its
-    own pixels, at most :data:`DEFAULT_MAX_PX` on the longer side (same field of view)."""
+    own pixels, at most :data:`DEFAULT_MAX_PX` on the longer side (same field of view). Given
+    sizes must lie in 1..:data:`MAX_PX` and keep the pixels within 2x of square (InputError)."""
     meta, _ = read_cohort(cohort)
     _, g = read_xray(Path(cohort) / meta["cases"][0] / "xray.mha", require_distances=True)
     if rows is None and cols is None:
         f = DEFAULT_MAX_PX / max(g.rows, g.cols)
         return g if f >= 1 else g.resized(max(1, round(g.rows * f)), max(1, round(g.cols * f)))
-    return g.resized(rows or cols, cols or rows)
+    sized = g.resized(rows or cols, cols or rows)
+    if not all(1 <= n <= MAX_PX for n in sized.shape):
+        raise InputError(f"dataset detector {sized.rows} x {sized.cols} pixels: expected 1 to {MAX_PX} "
+                         "on each side (--image-size, or --rows / --cols)")
+    dy, dx = sized.pixel_spacing
+    if max(dy, dx) / min(dy, dx) > 2.0:
+        raise InputError(f"dataset detector {sized.rows} x {sized.cols} pixels over the films' "
+                         f"{g.rows * g.pixel_spacing[0]:.0f} x {g.cols * g.pixel_spacing[1]:.0f} mm gives pixels of "
+                         f"{dy:.3g} x {dx:.3g} mm; expected nearly square pixels (within 2x): choose --rows / "
+                         "--cols in the films' proportions, or --image-size")
+    return sized
 
 
 def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geometry,
@@ -248,6 +263,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise InputError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    refuse_other_kind(out, "dataset")
     meta, objects = read_cohort(cohort)
     rigid_bodies(objects)  # the map must name pelvis and sided femurs before any work starts
     geometry = geometry or dataset_geometry(cohort)

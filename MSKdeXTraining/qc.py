@@ -220,6 +220,17 @@ def check_hu(ct: Volume, labels: Volume, objects: ObjectMap, source: object) -> 
                              "a stored value without its rescale slope / intercept?)")
 
 
+def check_map_fits(labels: Volume, objects: ObjectMap, source: object) -> None:
+    """Refuse a label map (named ``source``) that holds none of the objects of ``objects``: the
+    wrong object map for it, which would make every ground truth 0."""
+    present = np.unique(labels.array)
+    if not any(np.isin(o.labels, present).any() for o in objects.objects):
+        held = [int(v) for v in present[present != 0]]
+        shown = "only background" if not held else f"labels {held[:12]}{' ...' if len(held) > 12 else ''}"
+        raise InputError(f"{source}: holds none of the labels of object map {objects.name!r} (the file has "
+                         f"{shown}); is {objects.name!r} the map of this segmentation?")
+
+
 def _faces(mask: np.ndarray) -> list[str]:
     """The :data:`FACES` of the volume that ``mask`` ([k, j, i]) touches."""
     ends = (mask[0], mask[-1], mask[:, 0], mask[:, -1], mask[:, :, 0], mask[:, :, -1])

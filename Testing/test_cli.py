@@ -1,5 +1,7 @@
 """The ``mskdex`` CLI: every subcommand is registered and bad input ends as one clear line."""
 
+import errno
+import os
 import subprocess
 import sys
 
@@ -132,6 +134,27 @@ def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
 
     monkeypatch.setattr("MSKdeXTraining.commands.cohort.run", broken)
     with pytest.raises(ValueError, match="internal invariant"):
+        main(["cohort", "--n", "1", "--out", str(tmp_path / "c")])
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
+def test_an_unwritable_output_is_one_line(monkeypatch, tmp_path, capsys, code):
+    """A read-only or full disk under --out: one line naming the file, exit 2; another OS error
+    (e.g. an I/O error of the disk) keeps its traceback."""
+    def fails(args):
+        raise OSError(code, os.strerror(code), str(tmp_path / "c" / ".cohort.json.tmp"))
+
+    monkeypatch.setattr("MSKdeXTraining.commands.cohort.run", fails)
+    assert main(["cohort", "--n", "1", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mskdex cohort: error: cannot write {tmp_path / 'c' / '.cohort.json.tmp'}: "
+                          f"{os.strerror(code)}; choose an output folder") and err.count("\n") == 1
+
+    def broken(args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "x")
+
+    monkeypatch.setattr("MSKdeXTraining.commands.cohort.run", broken)
+    with pytest.raises(OSError, match="Input/output error"):
         main(["cohort", "--n", "1", "--out", str(tmp_path / "c")])
 
 

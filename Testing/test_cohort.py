@@ -117,6 +117,22 @@ def test_template_files_named_in_template_json(tmp_path, monkeypatch):
     assert np.array_equal(anatomy.load_template(folder).labels.array, expected.labels.array)
 
 
+def test_a_run_that_makes_no_case_binds_no_rerun(tmp_path):
+    """A template that fails as the first case is built (here its object map) leaves no
+    cohort.json behind, so a corrected run goes into the same folder."""
+    folder = tmp_path / "bad"
+    shutil.copytree(anatomy.find_templates()[0], folder)
+    settings = json.loads((folder / "template.json").read_text()) if (folder / "template.json").is_file() else {}
+    (folder / "template.json").write_text(json.dumps({"format": "mskdex-template", "version": 1, **settings,
+                                                      "object_map": "nope"}))
+    out = tmp_path / "cohort"
+    with pytest.raises(InputError, match="nope"):
+        generate.generate_cohort(1, 0, out, "test", workers=1, templates=[folder])
+    assert not (out / "cohort.json").exists()
+    generate.generate_cohort(1, 0, out, "test", workers=1)
+    assert json.loads((out / "cohort.json").read_text())["complete"]
+
+
 def test_same_seed_same_bytes_and_resume(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     parser = argparse.ArgumentParser()

@@ -768,3 +768,15 @@ def test_report_files_are_utf8_whatever_the_locale(tmp_path):
     assert done.returncode == 0, done.stderr
     for name in ("a.csv", "a.md", "a.html"):
         assert "mass ×/÷ fold 0" in (tmp_path / name).read_text(encoding="utf-8")
+
+
+def test_ablation_checks_every_settings_config_before_training(tmp_path):
+    """An infinite lambda_is (e.g. --lambdas 1e400) is refused before any setting trains or any
+    folder is made, not reported afterwards as a diverged training."""
+    import math
+
+    from MSKdeXTraining.evaluation.ablation import ablation
+
+    with pytest.raises(InputError, match=r"config key 'lambda_is' must be a finite number, got inf"):
+        ablation(tmp_path / "no-dataset", tmp_path / "ablation", lambdas=(0.0, math.inf))
+    assert not (tmp_path / "ablation").exists()

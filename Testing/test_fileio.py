@@ -175,3 +175,48 @@ def test_non_finite_numbers_are_written_as_null(tmp_path):
     assert "NaN" not in text and "Infinity" not in text
     expected = {"psnr": None, "pcc": [None, 0.5, None], "pair": [1.0, None], "n": 3}
     assert json.loads(text) == as_written(data) == expected
+
+
+@pytest.mark.parametrize("command, kind, marks", [
+    ("train --data {tmp}/data --out {out}", "run", ["prepare.json", "manifest.json", "cases/"]),
+    ("evaluate --data {out} --out {out}", "evaluation", ["prepare.json", "manifest.json"]),
+    ("ablation --data {tmp}/data --out {out}", "ablation", ["fold_0/", "predictions.csv", "report.html"]),
+    ("evaluate --data {tmp}/data --out {out}", "evaluation", ["ablation.json", "lis0_bone0/", "report.html"]),
+    ("cohort --n 1 --out {out}", "cohort", ["prepare.json", "cases/"]),
+])
+def test_an_output_folder_of_another_kind_is_refused_untouched(tmp_path, capsys, command, kind, marks):
+    """Each command's --out holding another command's output (its marks: fileio.OUTPUT_KINDS) is
+    refused before anything is read or written, naming the mark and the command that made it."""
+    from MSKdeXTraining.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for mark in marks:
+        (out / mark).mkdir() if mark.endswith("/") else (out / mark).write_text("{}")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(command.format(tmp=tmp_path, out=out).split()) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: holds " in err and f"writing a {kind} there would mix the two" in err, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(m.rstrip("/") for m in marks)
+
+
+def test_an_output_of_its_own_kind_or_empty_or_a_file(tmp_path):
+    """refuse_other_kind lets a folder of its own kind (a resume) or a new/empty one through, and
+    refuses a file where the folder should be."""
+    from MSKdeXTraining.fileio import OUTPUT_KINDS, refuse_other_kind
+
+    for kind, (patterns, _maker) in OUTPUT_KINDS.items():
+        folder = tmp_path / kind
+        folder.mkdir()
+        refuse_other_kind(folder, kind)  # empty
+        (folder / patterns[0].replace("*", "0")).write_text("{}")
+        refuse_other_kind(folder, kind)  # its own
+        refuse_other_kind(tmp_path / "new" / kind, kind)  # not there yet
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match=r"file: is a file; expected a folder for the run"):
+        refuse_other_kind(tmp_path / "file", "run")
+    from MSKdeXTraining.prepare import prepare_dataset
+
+    with pytest.raises(FileExistsError, match=r"run: holds model.json, so it is the output of mskdex train"):
+        prepare_dataset(tmp_path / "cohort", tmp_path / "run")  # before the cohort is even read

@@ -543,6 +543,11 @@ def test_tta_is_seeded(trained, decomposer):
     assert [x["mass_sd_g"] for x in a.table] == [x["mass_sd_g"] for x in b.table]
     assert [x["mass_sd_g"] for x in a.table] != [x["mass_sd_g"] for x in c.table]
     assert [x.shift for x in a.augmentations] == [x.shift for x in sample_augmentations(3, 4)]
+    from MSKdeXTraining.inference import MAX_TTA
+
+    for tta in (0, MAX_TTA + 1):  # none, or more than memory should hold: refused before any work
+        with pytest.raises(InputError, match=rf"tta must be in 1\.\.{MAX_TTA} \(1 = no augmentation\), got {tta}"):
+            decomposer.decompose(r, tta=tta)
 
 
 def test_raw_radiograph_window_ignores_a_few_saturated_pixels():

@@ -165,6 +165,12 @@ def test_the_default_dataset_detector_is_at_most_512_pixels(cohort, monkeypatch)
     small = dataset_geometry(cohort)
     assert small.shape == (own.rows // 2, own.cols // 2) and small.sdd == own.sdd
     assert small.rows * small.pixel_spacing[0] == pytest.approx(own.rows * own.pixel_spacing[0])
+    # a size given is held to 1..MAX_PX pixels and to nearly square pixels, before any work
+    assert dataset_geometry(cohort, prepare.MAX_PX).shape == (prepare.MAX_PX,) * 2
+    with pytest.raises(InputError, match=r"dataset detector 2049 x 2049 pixels: expected 1 to 2048 on each side"):
+        dataset_geometry(cohort, prepare.MAX_PX + 1)
+    with pytest.raises(InputError, match=r"gives pixels of .* mm; expected nearly square pixels"):
+        dataset_geometry(cohort, 2000, 3)
 
 
 def test_a_ct_with_an_implant_is_excluded(cohort, tmp_path):
@@ -548,8 +554,8 @@ def test_a_bad_pairs_table_names_the_file_line_and_field(cohort, tmp_path, text,
 
 
 def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
-    """No guessed source distances (found before any case is written); a CT whose values are
-    not HU; one CT given two patients."""
+    """No guessed source distances; a CT whose values are not HU; one CT given two patients (the
+    first and last found before any case is written); the wrong object map."""
     from MSKdeXTraining.cohort.assemble import assemble_cohort
 
     case = cohort / "case_0000"
@@ -559,7 +565,7 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
     line = f"{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,4.6"
     film = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "xray.mha")))
     sitk.WriteImage(sitk.GetImageFromArray((255 * film / film.max()).astype(np.uint8)), str(tmp_path / "film.png"))
-    for rows, message in [([f"a,,{line},1100,900", f"b,,{line},,"],
+    for i, (rows, message) in enumerate([([f"a,,{line},1100,900", f"b,,{line},,"],
                            r"line 3 \(case 'b'\): .*film.mha: source distances not in the file .* nor given "
                            r"\(columns sdd_mm / sod_mm, mm\)"),
                           ([f"a,,{case}/ct.nii.gz,{case}/labels.nii.gz,film.png,,1100,900"],
@@ -568,13 +574,18 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
                           ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
                            r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
                           ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
-                           r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'")]:
+                           r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'")]):
         (tmp_path / "t.csv").write_text("\n".join(["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm",
                                                    *rows]) + "\n")
         with pytest.raises(InputError, match=message):
-            assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out", workers=1)
-        if "source distances" in message:  # found before case 'a' was written
-            assert not (tmp_path / "out").exists()
+            assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / f"out{i}", workers=1)
+        if "source distances" in message or "its CT is that of" in message:  # before case 'a' is written
+            assert not (tmp_path / f"out{i}").exists()
+    # the wrong object map for the label maps: every truth would be 0
+    (tmp_path / "t.csv").write_text(f"case,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm\na,{line},1100,900\n")
+    with pytest.raises(InputError, match=r"labels.nii.gz: holds none of the labels of object map 'totalsegmentator' "
+                                         r"\(the file has labels \[1, 2, .*\] \.\.\.\); is 'totalsegmentator' the map"):
+        assemble_cohort(tmp_path / "t.csv", "totalsegmentator", tmp_path / "out2", workers=1)
 
 
 def _table(path, rows: list[str]) -> None:

@@ -275,6 +275,9 @@ def test_module_constants_match_the_backend():
             except ValueError:
                 pass
     assert constants["DRR_TYPES"] == list(DRR_TYPES)
+    from MSKdeXTraining.inference import MAX_TTA
+
+    assert f"tta: Annotated[int, WithinRange(1, {MAX_TTA})]" in MODULE_PY.read_text()
     assert constants["BONES"] == list(rigid_bodies(load_object_map("synthetic")))
 
 

@@ -92,9 +92,16 @@ def test_config_errors_name_the_key(tmp_path):
                          ({"d_layers": 5}, "at least 96 pixels for the critic")]:
         with pytest.raises(InputError, match=message):
             load_config("small", bad)
+    for key in ("lr", "lambda_is", "lambda_cyc"):  # infinite weights train a NaN model to its end
+        with pytest.raises(InputError, match=rf"config key '{key}' must be a finite number, got inf"):
+            load_config("small", {key: math.inf})
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"epochs": 3, "image_size": [32, 48]}))
     assert load_config(cfg).size == (32, 48)
+    binary = tmp_path / "config.png"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(InputError, match=r"config.png: not a text file \(not UTF-8\); expected a YAML or JSON config"):
+        load_config(binary)
     with pytest.raises(FileNotFoundError, match="built-in"):
         load_config("nonexistent")
     assert parse_overrides(["lr=1e-3", "gan=false", "image_size=[32, 40]"]) == \

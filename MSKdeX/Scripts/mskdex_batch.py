@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="magnification at the patient, SDD / SOD (default: the file's, else the "
                         "model's reference, noted)")
     p.add_argument("--tta", type=int, default=8,
-                   help="test-time augmentations for the uncertainty (1 = none; default 8)")
+                   help="test-time augmentations for the uncertainty (1 = none, at most 32; default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations (default 0)")
     p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder "
                                             "(new or empty)")

@@ -42,7 +42,7 @@ from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, r
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
 from ..progress import Progress
-from ..qc import check_hu
+from ..qc import check_hu, check_map_fits
 from ..radiograph_io import Radiograph, check_magnification, read_radiograph
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, truth_objects
@@ -203,6 +203,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     ``record`` of what it is made from (:func:`_record`)."""
     ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
     check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
+    check_map_fits(labels, objects, pair["labels"])
     check_hu(ct, labels, objects, pair["ct"])
     ct, labels = crop_to_region(ct, labels, objects)
     radiograph, geometry = read_film(pair)
@@ -231,14 +232,13 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> dict:
-    """Make the case of one row unless it is there already from the same row, inputs and map;
-    returns its record (:func:`_record`). Errors name the table, line and case."""
+def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> None:
+    """Make the case of one row unless it is there already from the same row, inputs and map
+    (:func:`_record`). Errors name the table, line and case."""
     with _naming_row(pair):
         done, record = out / pair["case"] / "truth.json", _record(pair, objects)
         if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
             assemble_case(pair, objects, out, record)
-    return record
 
 
 def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, workers: int | None = None,
@@ -257,23 +257,20 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
               "patients": {p["case"]: p["patient"] for p in pairs}}
     _refuse_inputs_in_cases(pairs, out)
     check_resume(out, header, ("format", "version", "generator"))
-    for pair in pairs:  # every film's geometry before any case is written: nothing half-done
+    ct_patient: dict[str, dict] = {}
+    for pair in pairs:  # every film's geometry and CT's patient before any case is written
         with _naming_row(pair):
             _refuse_foreign_case(out / pair["case"])
             read_film(pair)
+        seen = ct_patient.setdefault(source_sha256(pair["ct"]), pair)
+        if seen["patient"] != pair["patient"]:
+            raise InputError(f"{pair['where']}: its CT is that of {seen['where']}, of patient {seen['patient']!r}, "
+                             f"but its patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
-    records = {}
-    for done, (k, record) in enumerate(run_jobs(assemble_pair, [(p, omap, out) for p in pairs], workers), 1):
-        records[k] = record
+    for done, (k, _) in enumerate(run_jobs(assemble_pair, [(p, omap, out) for p in pairs], workers), 1):
         report(done / len(pairs), pairs[k]["case"])
-    ct_patient: dict[str, dict] = {}
-    for k, pair in enumerate(pairs):
-        seen = ct_patient.setdefault(records[k]["ct"]["sha256"], pair)
-        if seen["patient"] != pair["patient"]:
-            raise InputError(f"{pair['where']}: its CT is that of {seen['where']}, of patient {seen['patient']!r}, "
-                             f"but its patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
     return out

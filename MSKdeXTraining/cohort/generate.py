@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from .. import __version__
 from ..errors import InputError
-from ..fileio import remove_stale, write_json
+from ..fileio import refuse_other_kind, remove_stale, write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume, detector_image
@@ -248,8 +248,13 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     report(done / n, f"{done}/{n} cases")
     paths = [str(d) for d in dirs]
     jobs = [(i, seed, out, size, paths) for i in todo]
-    for done, _ in enumerate(run_jobs(generate_case, jobs, workers), done + 1):
-        report(done / n, f"{done}/{n} cases")
+    try:
+        for done, _ in enumerate(run_jobs(generate_case, jobs, workers), done + 1):
+            report(done / n, f"{done}/{n} cases")
+    except BaseException:
+        if not old and not any((out / case_id(i) / "truth.json").is_file() for i in range(n)):
+            (out / "cohort.json").unlink(missing_ok=True)  # a new cohort that made nothing binds no rerun
+        raise
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [case_id(i) for i in range(n)]})
     return out
 
@@ -274,7 +279,9 @@ def check_resume(out: Path, header: dict, keys: tuple[str, ...]) -> dict:
     """The ``cohort.json`` of ``out`` if it agrees with this run's ``header`` on ``keys`` (the
     package's version aside): a run resumes its own cohort. Refuses (InputError) another
     cohort, and a folder that holds anything (hidden files aside) but no ``cohort.json``: a
-    cohort never writes into a folder of other files. Returns {} for a new or empty folder."""
+    cohort never writes into a folder of other files (:func:`~..fileio.refuse_other_kind` names
+    the MSKdeX output it holds). Returns {} for a new or empty folder."""
+    refuse_other_kind(out, "cohort")
     path = out / "cohort.json"
     if not path.is_file():
         if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, TrainingDiverged
-from ..fileio import write_json
+from ..fileio import refuse_other_kind, write_json
 from ..objects import DISPLAY_NAMES
 from ..parallel import run_jobs, worker_count
 from ..progress import Progress
@@ -52,15 +52,18 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     from ..training.data import read_manifest
 
     report = progress or (lambda f, m: None)
+    refuse_other_kind(out, "ablation")
     cfg = load_config(config, overrides)
     settings = list(dict.fromkeys((float(l), bool(b)) for l in lambdas for b in bone_losses))
     folders = [setting_dir(out, *s) for s in settings]
     if len(set(folders)) < len(folders):
         raise InputError(f"--lambdas {list(lambdas)}: two settings would share an output folder "
                          f"({sorted(str(f.name) for f in folders)})")
-    workers = worker_count(workers, len(settings))
     jobs = [(Path(dataset), setting_dir(out, *s), config,
              {**(overrides or {}), "lambda_is": s[0], "bone_loss": s[1]}, k, [fold]) for s in settings]
+    for job in jobs:  # every setting's config is valid (e.g. a finite lambda_is) before any trains
+        load_config(config, job[3])
+    workers = worker_count(workers, len(settings))
     results: dict[tuple[float, bool], Predictions] = {}
     diverged: dict[tuple[float, bool], str] = {}
     report(0.0, f"{len(settings)} settings on {workers} process(es)")

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..calibration import write_calibration
 from ..errors import InputError
-from ..fileio import as_written, file_sha256, read_format_json, read_json_object, write_json
+from ..fileio import as_written, file_sha256, read_format_json, read_json_object, refuse_other_kind, write_json
 from ..objects import DEFAULT_MUSCLES
 from ..progress import Progress
 from . import metrics
@@ -454,6 +454,7 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
 
     report = progress or (lambda f, m: None)
     dataset, out = Path(dataset), Path(out)
+    refuse_other_kind(out, "evaluation")
     other = load_predictions(Path(compare)) if compare else None
     manifest, _, keys = _fold_keys(dataset, load_config(config, overrides), k)
     if other is not None:

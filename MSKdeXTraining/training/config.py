@@ -9,6 +9,7 @@ Built-in configurations ship as package data (``MSKdeXTraining/configs/<name>.ya
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -164,6 +165,8 @@ def _coerce(value, default, key: str, source: str):
             raise InputError(f"{source}: config key {key!r} must be true/false, got {value!r}")
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{source}: config key {key!r} must be a finite number, got {value!r}")
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -206,7 +209,11 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> Trai
         text = resources.files("MSKdeXTraining").joinpath(f"configs/{name_or_path}.yaml").read_text()
         source = f"built-in config {name_or_path!r}"
     elif path.is_file():
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{source}: not a text file (not UTF-8); expected a YAML or JSON config") from None
     else:
         raise FileNotFoundError(f"config {str(name_or_path)!r} is neither a file nor a built-in "
                                 f"config {builtin_configs()}")

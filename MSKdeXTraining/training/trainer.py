@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..errors import InputError, TrainingDiverged
-from ..fileio import read_json_object, refuse_overwrite, write_atomic, write_json
+from ..fileio import read_json_object, refuse_other_kind, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
 from ..modelio import ModelFormatError, save_model
 from ..ood import ood_statistics
@@ -321,6 +321,7 @@ def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, in
     """Check the dataset, the split, the batch size and the run folder before anything is
     built or written."""
     refuse_overwrite(out, [data])
+    refuse_other_kind(out, "run")
     manifest = read_manifest(data)
     if config.bone_loss and not manifest["aligned_bones"]:
         raise InputError(f"{data / 'manifest.json'}: field 'aligned_bones' is empty, but the config has "

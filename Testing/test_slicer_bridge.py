@@ -745,7 +745,7 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
                       "channels_last: false\n")
     with pytest.raises(InputError, match="manifest.json"):
         Pipeline.training_process(tmp_path, str(config), tmp_path / "run")
-    with pytest.raises(InputError, match=r"cannot split it \(number of folds must be in 2\.\.1 .*Untick the hold-out"):
+    with pytest.raises(InputError, match=r"cannot split it \(the dataset has 1 patient\(s\) .*Untick the hold-out"):
         Pipeline.training_process(data, str(config), tmp_path / "run")  # holding out is the default
     assert not (tmp_path / "run").exists()
     process = Pipeline.training_process(data, str(config), tmp_path / "run", hold_out=False)

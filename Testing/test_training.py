@@ -149,6 +149,10 @@ def test_split_folds_by_patient(dataset):
     assert split_folds(manifest, 3, seed=1) == folds
     with pytest.raises(InputError, match=r"number of folds must be in 2..3 \(patients\), got 4"):
         split_folds(manifest, 4)  # only 3 patients
+    one = {**manifest, "cases": [c for c in manifest["cases"] if c["patient"] == patient["toy_000"]]}
+    with pytest.raises(InputError, match=r"the dataset has 1 patient\(s\) with cases prepared ok; "
+                                         r"cross-validation needs at least 2"):
+        split_folds(one, 2)
 
 
 @pytest.mark.parametrize("size", [(16, 16), (20, 20), (8, 48)])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .decomposition_table import TABLE_VERSION
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
-from .errors import INPUT_ERRORS
+from .errors import INPUT_ERRORS, STORAGE_ERRNOS
 from .fileio import file_sha256
 from .inference import Decomposer, Decomposition, output_files
 from .progress import Progress
@@ -96,7 +96,8 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     ``root`` the folder whose sub-folders ``inputs`` come from;
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
     be used, which does not stop the others: its input error, or any other exception with its
-    type and, under ``traceback``, where it arose, a bug to report; ``skipped`` for one already
+    type and, under ``traceback``, where it arose, a bug to report, but an output that cannot
+    be written (:data:`~.errors.STORAGE_ERRNOS`) stops the batch; ``skipped`` for one already
     done, so an interrupted batch resumes). An output folder holding a result of other input,
     settings or model is that file's error (FileExistsError's message), never overwritten."""
     report = progress or (lambda f, m: None)
@@ -109,6 +110,8 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
             summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
         except Exception as e:  # a bug on one file: reported with its traceback, the others go on
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                raise  # a read-only or full disk fails every file alike: the batch stops
             summaries.append({"input": str(path), "output": str(out / name),
                               "error": f"{path}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
     report(1.0, "done")

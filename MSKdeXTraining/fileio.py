@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import json
 import math
@@ -183,21 +184,27 @@ OUTPUT_KINDS = {"cohort": (("cohort.json",), "mskdex cohort or assemble"),
                 "ablation": (("ablation.json", "lis*_bone*"), "mskdex ablation")}
 
 
+def marked_kind(name: str) -> str | None:
+    """The kind of output folder (a key of :data:`OUTPUT_KINDS`) whose marks include the file
+    or folder name ``name``, or None."""
+    return next((kind for kind, (patterns, _) in OUTPUT_KINDS.items()
+                 if any(fnmatch.fnmatchcase(name, p) for p in patterns)), None)
+
+
 def refuse_other_kind(out: str | Path, kind: str) -> None:
-    """Before any work: raise FileExistsError if the folder ``out``, to hold a ``kind`` of
+    """Before writing: raise FileExistsError if the folder ``out``, to hold a ``kind`` of
     output (a key of :data:`OUTPUT_KINDS`), is a file or holds another kind's marks (e.g. a
     training run's ``--out`` that is a prepared dataset): writing there would replace or mix
     that output's files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: is a file; expected a folder for the {kind} (a new one, or one to resume)")
-    if not out.is_dir():
-        return
-    for other, (patterns, maker) in OUTPUT_KINDS.items():
-        found = [p.name for pattern in patterns for p in sorted(out.glob(pattern))] if other != kind else []
-        if found:
-            raise FileExistsError(f"{out}: holds {found[0]}, so it is the output of {maker} (a {other}); "
-                                  f"writing a {kind} there would mix the two: choose another output folder")
+    for entry in sorted(out.iterdir()) if out.is_dir() else ():
+        other = marked_kind(entry.name)
+        if other not in (None, kind):
+            raise FileExistsError(f"{out}: holds {entry.name}, so it is the output of {OUTPUT_KINDS[other][1]} "
+                                  f"({other}); writing this {kind} there would mix the two: choose another "
+                                  "output folder")
 
 
 def blocking_file(path: str | Path) -> Path | None:

@@ -54,6 +54,12 @@ from .training.data import resize
 MAX_TTA = 32
 
 
+def check_tta(tta: int, option: str = "tta") -> None:
+    """InputError naming ``option`` unless ``tta`` augmentations lie in 1..:data:`MAX_TTA`."""
+    if not 1 <= tta <= MAX_TTA:
+        raise InputError(f"{option} must be in 1..{MAX_TTA} (1 = no augmentation), got {tta}")
+
+
 @dataclass
 class Augmentation:
     """One test-time augmentation: shift (rows, cols, pixels), gain and gamma of [0, 1] input."""
@@ -216,11 +222,10 @@ class Decomposer:
 
     def decompose(self, radiograph: Radiograph, tta: int = 8, seed: int = 0,
                   progress: Progress | None = None) -> Decomposition:
-        """Decompose one radiograph; ``tta`` >= 1 augmentations (the first is the identity). A
+        """Decompose one radiograph; ``tta`` augmentations, 1..:data:`MAX_TTA` (the first is the identity). A
         prediction that is NaN or infinite anywhere (any augmentation) is an :class:`InputError`
         naming the radiograph, the model and the objects: no table of empty values."""
-        if not 1 <= tta <= MAX_TTA:
-            raise InputError(f"tta must be in 1..{MAX_TTA} (1 = no augmentation), got {tta}")
+        check_tta(tta)
         if seed < 0:
             raise InputError(f"seed must be >= 0, got {seed}")
         report = progress or (lambda f, m: None)

@@ -107,7 +107,7 @@ def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = N
         raise InputError(f"dataset detector {sized.rows} x {sized.cols} pixels over the films' "
                          f"{g.rows * g.pixel_spacing[0]:.0f} x {g.cols * g.pixel_spacing[1]:.0f} mm gives pixels of "
                          f"{dy:.3g} x {dx:.3g} mm; expected nearly square pixels (within 2x): choose --rows / "
-                         "--cols in the films' proportions, or --image-size")
+                         "--cols in the films' proportions, or leave the size out (the films' own pixels)")
     return sized
 
 

@@ -194,11 +194,12 @@ def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float
                          f"expected a projection radiograph's detector spacing; {fix}")
 
 
-def _check_magnification(path: Path, source: dict, option: str | None) -> None:
+def _check_magnification(path: Path, source: dict, magnification_option: str | None) -> None:
     source.setdefault("magnification", None)
     source.setdefault("magnification_field", "none")
     if source["magnification"] is not None:
-        fix = f"pass the right value explicitly ({option})" if option else "correct the file's field"
+        fix = (f"pass the right value explicitly ({magnification_option})" if magnification_option
+               else "correct the file's field")
         check_magnification(source["magnification"], f"{path}: magnification from {source['magnification_field']}",
                             fix)
 

@@ -158,6 +158,12 @@ def test_an_unwritable_output_is_one_line(monkeypatch, tmp_path, capsys, code):
         main(["cohort", "--n", "1", "--out", str(tmp_path / "c")])
 
 
+def test_decompose_refuses_a_tta_out_of_range_before_loading_the_model(tmp_path, capsys):
+    """--tta outside 1..32 is one error up front, not one per file after the model is loaded."""
+    assert main(["decompose", "--model", str(tmp_path / "no-model"), "--xray", str(tmp_path), "--tta", "33"]) == 2
+    assert capsys.readouterr().err == "mskdex decompose: error: --tta must be in 1..32 (1 = no augmentation), got 33\n"
+
+
 def test_outputs_never_overwrite_an_input(tmp_path, capsys):
     """A radiograph stored where `register` or `decompose` would write is refused, untouched."""
     out = tmp_path / "out"

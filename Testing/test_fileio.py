@@ -196,7 +196,7 @@ def test_an_output_folder_of_another_kind_is_refused_untouched(tmp_path, capsys,
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(command.format(tmp=tmp_path, out=out).split()) == 2
     err = capsys.readouterr().err
-    assert f"{out}: holds " in err and f"writing a {kind} there would mix the two" in err, err
+    assert f"{out}: holds " in err and f"writing this {kind} there would mix the two" in err, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in out.iterdir()) == sorted(m.rstrip("/") for m in marks)
 

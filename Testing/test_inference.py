@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import errno
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -599,6 +601,13 @@ def test_batch_records_any_failure_of_one_file_and_goes_on(trained, decomposer, 
     assert "ood" in summaries[1] and (tmp_path / "out" / "hip0" / "decomposition.json").is_file()
     assert summaries[2]["error"] == f"{films[1]}: RuntimeError: disk went away"
     assert "traceback" not in summaries[0] and "in fails_on_hip1" in summaries[2]["traceback"]
+
+    def disk_full(path, *args, **kwargs):  # fails every file alike: the batch stops, as the CLI reports
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "full"))
+
+    monkeypatch.setattr(batch, "read_radiograph", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        decompose_files(decomposer, films, tmp_path / "out2", tta=1)
 
 
 def test_reading_notes_and_padding_reach_the_result(trained, decomposer):

@@ -565,16 +565,18 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
     line = f"{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,4.6"
     film = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "xray.mha")))
     sitk.WriteImage(sitk.GetImageFromArray((255 * film / film.max()).astype(np.uint8)), str(tmp_path / "film.png"))
-    for i, (rows, message) in enumerate([([f"a,,{line},1100,900", f"b,,{line},,"],
-                           r"line 3 \(case 'b'\): .*film.mha: source distances not in the file .* nor given "
-                           r"\(columns sdd_mm / sod_mm, mm\)"),
-                          ([f"a,,{case}/ct.nii.gz,{case}/labels.nii.gz,film.png,,1100,900"],
-                           r"line 2 \(case 'a'\): .*film.png: no usable pixel spacing .*; pass it explicitly "
-                           r"\(column pixel_spacing_mm, e.g. 0.15 mm at the detector\)"),
-                          ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
-                           r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
-                          ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
-                           r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'")]):
+    cases = [([f"a,,{line},1100,900", f"b,,{line},,"],
+              r"line 3 \(case 'b'\): .*film.mha: source distances not in the file .* nor given "
+              r"\(columns sdd_mm / sod_mm, mm\)"),
+             ([f"a,,{case}/ct.nii.gz,{case}/labels.nii.gz,film.png,,1100,900"],
+              r"line 2 \(case 'a'\): .*film.png: no usable pixel spacing .*; pass it explicitly "
+              r"\(column pixel_spacing_mm, e.g. 0.15 mm at the detector\)"),
+             ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
+              r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
+             ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
+              r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'"),
+             ([f"fold_1,,{line},1100,900"], r"line 2: field 'case' 'fold_1' is a name that marks another kind")]
+    for i, (rows, message) in enumerate(cases):
         (tmp_path / "t.csv").write_text("\n".join(["case,patient,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm",
                                                    *rows]) + "\n")
         with pytest.raises(InputError, match=message):
@@ -585,7 +587,7 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
     (tmp_path / "t.csv").write_text(f"case,ct,labels,xray,pixel_spacing_mm,sdd_mm,sod_mm\na,{line},1100,900\n")
     with pytest.raises(InputError, match=r"labels.nii.gz: holds none of the labels of object map 'totalsegmentator' "
                                          r"\(the file has labels \[1, 2, .*\] \.\.\.\); is 'totalsegmentator' the map"):
-        assemble_cohort(tmp_path / "t.csv", "totalsegmentator", tmp_path / "out2", workers=1)
+        assemble_cohort(tmp_path / "t.csv", "totalsegmentator", tmp_path / "out_map", workers=1)
 
 
 def _table(path, rows: list[str]) -> None:

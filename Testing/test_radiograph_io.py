@@ -190,7 +190,8 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     with pytest.raises(InputError, match=r"b.dcm: magnification from EstimatedRadiographic.* is 3.5: implausible"
                        r".*; correct the file's field$"):  # a caller that takes no magnification
         read_radiograph(bad)
-    with pytest.raises(InputError, match=r"is 3.5: implausible.*; pass the right value explicitly \(--magnification\)$"):
+    with pytest.raises(InputError,
+                       match=r"is 3.5: implausible.*; pass the right value explicitly \(--magnification\)$"):
         read_radiograph(bad, magnification_option="--magnification")  # the option is named where there is one
     assert read_radiograph(bad, magnification=1.2).magnification == 1.2  # and it replaces the file's
 

@@ -120,7 +120,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("png_without_spacing", "pixel spacing"),
     ("overwrite_input", "would overwrite the input"),
     ("no_model", "no model.json"),
-    ("bad_tta", "--tta must be >= 1"),
+    ("bad_tta", "--tta must be in 1..32"),
     ("out_is_a_folder", "folder: exists; choose another"),
     ("out_exists", "t.csv: exists; choose another"),  # results are never replaced
     ("scene_not_empty", "scene: folder not empty; choose a new or empty folder"),
@@ -146,7 +146,7 @@ def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_x
             "png_without_spacing": ["--model", str(run), "--xray", str(png), "--out", str(tmp_path / "t.csv")],
             "overwrite_input": ["--model", str(run), "--xray", str(xray), "--out", str(xray)],
             "no_model": ["--model", str(tmp_path), "--xray", str(xray), "--out", str(tmp_path / "t.csv")],
-            "bad_tta": ok + ["--tta", "0"],
+            "bad_tta": ok + ["--tta", "33"],
             "out_is_a_folder": ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "folder")],
             "out_exists": ok,
             "scene_not_empty": ok + ["--scene", str(tmp_path / "scene")],

@@ -374,7 +374,9 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
     with pytest.raises(InputError, match=r"wrong.dcm: magnification from EstimatedRadiographicMagnificationFactor "
                                          r"\(0018,1114\) is 3.5: implausible.*\(the 'Magnification' field\)$"):
         Pipeline(scene).load_radiograph(wrong, magnification_option=field)
-    assert radiograph_from_node(Pipeline(scene).load_radiograph(wrong, None, 1.2)).magnification == 1.2
+    loaded = radiograph_from_node(Pipeline(scene).load_radiograph(wrong, None, 1.2))
+    assert (loaded.magnification, loaded.source["magnification_field"]) == (
+        1.2, "given in MSKdeX (Magnification) when loaded")
     # the same pixels in a node MSKdeX did not read: the decomposition says what it lacks
     node.RemoveAttribute("MSKdeX.Source")
     notes = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition.ood.split()[1]

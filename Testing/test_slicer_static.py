@@ -278,6 +278,9 @@ def test_module_constants_match_the_backend():
     from MSKdeXTraining.inference import MAX_TTA
 
     assert f"tta: Annotated[int, WithinRange(1, {MAX_TTA})]" in MODULE_PY.read_text()
+    # Load radiograph reads with the Decompose section's Magnification, as Decompose does
+    assert re.search(r"self\.logic\.loadRadiograph\(p\.radiographFile, p\.radiographFileSpacing or None,\s*"
+                     r"p\.radiographMagnification or None\)", MODULE_PY.read_text())
     assert constants["BONES"] == list(rigid_bodies(load_object_map("synthetic")))
 
 

@@ -151,7 +151,7 @@ def test_split_folds_by_patient(dataset):
         split_folds(manifest, 4)  # only 3 patients
     one = {**manifest, "cases": [c for c in manifest["cases"] if c["patient"] == patient["toy_000"]]}
     with pytest.raises(InputError, match=r"the dataset has 1 patient\(s\) with cases prepared ok; "
-                                         r"cross-validation needs at least 2"):
+                                         r"a split by patient needs at least 2"):
         split_folds(one, 2)
 
 

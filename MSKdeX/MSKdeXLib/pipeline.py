@@ -134,6 +134,8 @@ class Pipeline:
         path = Path(path)
         radiograph = read_radiograph(path, pixel_spacing, magnification, spacing_option=spacing_option,
                                      magnification_option=magnification_option)
+        if magnification is not None:  # kept by the node: Decompose uses it unless given another
+            radiograph.source["magnification_field"] = "given in MSKdeX (Magnification) when loaded"
         return radiograph_to_node(radiograph, self.scene, self.scene.GenerateUniqueName(stem(path)))
 
     def inputs(self, ct_node: vtkMRMLScalarVolumeNode, segmentation_node: vtkMRMLSegmentationNode,

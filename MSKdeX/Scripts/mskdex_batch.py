@@ -59,8 +59,9 @@ def run(argv: list[str]) -> int:
     try:
         import slicer
 
-        from MSKdeXTraining.errors import INPUT_ERRORS, InputError
+        from MSKdeXTraining.errors import INPUT_ERRORS
         from MSKdeXTraining.fileio import refuse_existing
+        from MSKdeXTraining.inference import check_tta
 
         from MSKdeXLib.pipeline import Pipeline
         from MSKdeXLib.results_table import table_rows, write_csv
@@ -72,8 +73,7 @@ def run(argv: list[str]) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     try:
-        if args.tta < 1:
-            raise InputError(f"--tta must be >= 1, got {args.tta}")
+        check_tta(args.tta, "--tta")
         refuse_existing([args.out], [args.xray, args.model])
         if args.scene is not None:
             check_scene_folder(args.scene)

@@ -35,7 +35,7 @@ import SimpleITK as sitk
 from .. import __version__
 from ..dicom_radiograph import HIP_ABOVE_TABLE_MM
 from ..errors import InputError
-from ..fileio import file_sha256, read_json_object, remove_stale, write_json
+from ..fileio import file_sha256, marked_kind, read_json_object, remove_stale, write_json
 from ..imaging.geometry import Geometry
 from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
@@ -84,6 +84,9 @@ def read_pairs(table: Path) -> list[dict]:
         case = row["case"]
         if not case or case.startswith(".") or "/" in case or "\\" in case:
             raise InputError(f"{where}: field 'case' must name a case folder (no '/', not hidden), got {case!r}")
+        if marked_kind(case) is not None:  # a cohort folder holding it would read as that kind's
+            raise InputError(f"{where}: field 'case' {case!r} is a name that marks another kind of MSKdeX "
+                             f"output folder ({marked_kind(case)}); choose another case name")
         if case.casefold() in seen:
             raise InputError(f"{where}: field 'case' {case!r} repeats line {seen[case.casefold()]} "
                              "(case folder names must differ, also in upper / lower case)")

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="magnification at the patient, SDD / SOD (default: from the file, "
                              "e.g. DICOM (0018,1110)/(0018,1111); else the model's reference, noted)")
     parser.add_argument("--tta", type=int, default=8,
-                        help="test-time augmentations for the TTA SD columns, the model's sensitivity (1 = none, at most 32)")
+                        help="test-time augmentations for the TTA SD columns, the model's sensitivity "
+                             "(1 = none, at most 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations")
     parser.add_argument("--device", default="auto", help="torch device: auto (the GPU if any), cpu, cuda or cuda:K")
 
@@ -80,8 +81,9 @@ def _check_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..batch import decompose_file, decompose_files
     from ..fileio import refuse_overwrite
-    from ..inference import Decomposer, output_files
+    from ..inference import Decomposer, check_tta, output_files
 
+    check_tta(args.tta, "--tta")
     spacing = pixel_spacing_option(args.pixel_spacing)
     _check_out(args.out)
     single = args.xray.is_file()

@@ -70,8 +70,8 @@ def split_folds(manifest: dict, k: int, seed: int = 0) -> list[tuple[list[str], 
     patient = patient_of(manifest)
     patients = sorted({patient[i] for i in ids})
     if len(patients) < 2:
-        raise InputError(f"the dataset has {len(patients)} patient(s) with cases prepared ok; cross-validation "
-                         "needs at least 2 (see its manifest.json for why cases were excluded)")
+        raise InputError(f"the dataset has {len(patients)} patient(s) with cases prepared ok; a split by "
+                         "patient needs at least 2 (its manifest.json gives the reason of each case excluded)")
     if k < 2 or k > len(patients):
         raise InputError(f"number of folds must be in 2..{len(patients)} (patients), got {k}")
     order = np.random.default_rng(seed).permutation(len(patients))

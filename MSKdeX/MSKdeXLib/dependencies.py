@@ -4,8 +4,8 @@ torch comes from the PyTorch extension (its PyTorchUtils module picks the right 
 build); the other packages are listed in ``Resources/requirements.txt`` and installed with
 Slicer's ``pip_ensure`` (``slicer.packaging``; ``slicer.pydeps`` in the first releases that had
 it), which asks the user itself, or, on older Slicer, ``slicer.util.pip_install`` after the
-``confirm`` callback agrees. Nothing here
-imports Qt: the widget passes its confirmation dialog in as ``confirm``.
+``confirm`` callback agrees. Nothing here imports Qt: the widget passes its confirmation dialog
+in as ``confirm``.
 """
 
 from __future__ import annotations

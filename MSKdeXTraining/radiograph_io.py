@@ -43,6 +43,7 @@ import SimpleITK as sitk
 from .dicom_radiograph import SPACING_DIFFERENCE, read_dicom
 from .errors import InputError
 from .fileio import file_sha256
+from .imaging.volume import read_image
 from .radiograph_formats import ITK_SUFFIXES, PICTURE_SUFFIXES, PLACEHOLDER_SPACING_MM, known_suffix, to_grey
 from .sidecar import SIDECAR_FORMAT, check_sidecar, read_sidecar_record, record_geometry
 
@@ -213,10 +214,7 @@ def check_magnification(m: float, where: str, fix: str) -> None:
 
 
 def _read_itk(path: Path):
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+    image = read_image(path)
     size = image.GetSize()
     if image.GetDimension() == 3 and size[2] == 1:
         image = image[:, :, 0]

@@ -663,3 +663,20 @@ def test_assemble_writes_only_into_its_own_cohort_and_cases(cohort, tmp_path):
                                          r"assemble made \(no truth.json with field 'assembled_from'\)"):
         assemble_cohort(table, "synthetic", out, workers=1)
     assert [p.name for p in (out / "case_0001").iterdir()] == ["ct.nii.gz"]
+
+
+def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp_path, capsys):
+    """`mskdex prepare` whose every case is excluded (here each label map unreadable) ends with
+    exit 2 naming the manifest, which is written, with each case's reasons."""
+    from MSKdeXTraining.cli import main
+
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    for case in json.loads((copy / "cohort.json").read_text())["cases"]:
+        (copy / case / "labels.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "ds"
+    assert main(["prepare", "--cohort", str(copy), "--out", str(out), "--image-size", "32", "--workers", "1"]) == 2
+    assert capsys.readouterr().err.endswith(f"mskdex prepare: error: {out / 'manifest.json'}: none of the 3 case(s) "
+                                            "was prepared ok; each case's 'reasons' there say why\n")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert all(c["status"] == "excluded" and "unreadable input" in c["reasons"][0] for c in manifest["cases"])

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if manifest.is_file():
         counts = json.loads(manifest.read_text())["counts"]
         print(f"wrote {manifest}: {counts['ok']} ok, {counts['excluded']} excluded of {counts['cases']}")
+        if not counts["ok"]:  # nothing to train on: an error, the manifest kept for its reasons
+            raise InputError(f"{manifest}: none of the {counts['cases']} case(s) was prepared ok; each case's "
+                             "'reasons' there say why")
     else:
         print(f"shard {args.shard[0]}/{args.shard[1]} done in {out}; the manifest is written when "
               "all shards are (or run `mskdex prepare --merge --out DATASET`)")

@@ -104,7 +104,9 @@ class Volume:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read any SimpleITK format; a directory is read as a DICOM series."""
+    """Read any SimpleITK format; a directory is read as a DICOM series. InputError naming the
+    file when it cannot be read (ITK's "No such file" for a file that is there means its pixel
+    data is cut short, or its .raw / .zraw data file is missing: the message says so)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -127,7 +129,10 @@ def read_image(path: str | Path) -> sitk.Image:
             return image
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+        said = str(e).strip().splitlines()[-1]
+        if path.is_file() and "No such file" in said:  # what ITK says of a file cut short, too
+            said += "; the file is there, so its pixel data is cut short or its separate data file is missing"
+        raise InputError(f"{path}: cannot be read as an image ({said})") from None
 
 
 #: Largest deviation of a DICOM slice step from the series' median step: this many mm (positions

@@ -98,10 +98,9 @@ def _read_cohort_image(path: Path) -> tuple[np.ndarray, tuple[float, float]]:
     (row, column) spacing in mm."""
     import SimpleITK as sitk
 
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+    from ..volume import read_image
+
+    image = read_image(path)
     if image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: radiograph must be a 2D grey image, got size {image.GetSize()}")
     sx, sy = image.GetSpacing()

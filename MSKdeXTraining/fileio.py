@@ -197,8 +197,9 @@ def refuse_other_kind(out: str | Path, kind: str) -> None:
     training run's ``--out`` that is a prepared dataset): writing there would replace or mix
     that output's files."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out}: is a file; expected a folder for the {kind} (a new one, or one to resume)")
+    blocking = blocking_file(out)
+    if blocking is not None:
+        raise FileExistsError(f"{blocking}: is a file; expected a folder for the {kind} (a new one, or one to resume)")
     for entry in sorted(out.iterdir()) if out.is_dir() else ():
         other = marked_kind(entry.name)
         if other not in (None, kind):

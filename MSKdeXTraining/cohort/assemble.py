@@ -84,9 +84,9 @@ def read_pairs(table: Path) -> list[dict]:
         case = row["case"]
         if not case or case.startswith(".") or "/" in case or "\\" in case:
             raise InputError(f"{where}: field 'case' must name a case folder (no '/', not hidden), got {case!r}")
-        if marked_kind(case) is not None:  # a cohort folder holding it would read as that kind's
+        if (kind := marked_kind(case)) is not None:  # a cohort folder holding it would read as that kind's
             raise InputError(f"{where}: field 'case' {case!r} is a name that marks another kind of MSKdeX "
-                             f"output folder ({marked_kind(case)}); choose another case name")
+                             f"output folder ({kind}); choose another case name")
         if case.casefold() in seen:
             raise InputError(f"{where}: field 'case' {case!r} repeats line {seen[case.casefold()]} "
                              "(case folder names must differ, also in upper / lower case)")
@@ -121,9 +121,9 @@ def source_sha256(path: Path) -> str:
     return hashlib.sha256("".join(f"{f.relative_to(path)}\t{file_sha256(f)}\n" for f in files).encode()).hexdigest()
 
 
-def _record(pair: dict, objects: ObjectMap) -> dict:
-    """What a case is made from: its row, its inputs' hashes and the object map."""
-    return {"ct": {"path": str(pair["ct"]), "sha256": source_sha256(pair["ct"])},
+def _record(pair: dict, objects: ObjectMap, ct_sha256: str) -> dict:
+    """What a case is made from: its row, its inputs' hashes (the CT's given) and the object map."""
+    return {"ct": {"path": str(pair["ct"]), "sha256": ct_sha256},
             "labels": {"path": str(pair["labels"]), "sha256": source_sha256(pair["labels"])},
             "xray": {"path": str(pair["xray"]), "sha256": source_sha256(pair["xray"])},
             **{k: pair[k] for k in ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")},
@@ -235,11 +235,11 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def assemble_pair(pair: dict, objects: ObjectMap, out: Path) -> None:
-    """Make the case of one row unless it is there already from the same row, inputs and map
-    (:func:`_record`). Errors name the table, line and case."""
+def assemble_pair(pair: dict, objects: ObjectMap, out: Path, ct_sha256: str) -> None:
+    """Make the case of one row (its CT's SHA-256 ``ct_sha256``) unless it is there already from
+    the same row, inputs and map (:func:`_record`). Errors name the table, line and case."""
     with _naming_row(pair):
-        done, record = out / pair["case"] / "truth.json", _record(pair, objects)
+        done, record = out / pair["case"] / "truth.json", _record(pair, objects, ct_sha256)
         if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
             assemble_case(pair, objects, out, record)
 
@@ -261,11 +261,12 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     _refuse_inputs_in_cases(pairs, out)
     check_resume(out, header, ("format", "version", "generator"))
     ct_patient: dict[str, dict] = {}
-    for pair in pairs:  # every film's geometry and CT's patient before any case is written
+    ct_hashes = [source_sha256(pair["ct"]) for pair in pairs]  # once: the jobs' records take them
+    for pair, ct_sha256 in zip(pairs, ct_hashes):  # films' geometry, CTs' patients: before any case is written
         with _naming_row(pair):
             _refuse_foreign_case(out / pair["case"])
             read_film(pair)
-        seen = ct_patient.setdefault(source_sha256(pair["ct"]), pair)
+        seen = ct_patient.setdefault(ct_sha256, pair)
         if seen["patient"] != pair["patient"]:
             raise InputError(f"{pair['where']}: its CT is that of {seen['where']}, of patient {seen['patient']!r}, "
                              f"but its patient is {pair['patient']!r}: one CT, one patient (or folds would mix them)")
@@ -273,7 +274,8 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
-    for done, (k, _) in enumerate(run_jobs(assemble_pair, [(p, omap, out) for p in pairs], workers), 1):
+    jobs = [(pair, omap, out, ct_sha256) for pair, ct_sha256 in zip(pairs, ct_hashes)]
+    for done, (k, _) in enumerate(run_jobs(assemble_pair, jobs, workers), 1):
         report(done / len(pairs), pairs[k]["case"])
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
     return out

@@ -27,7 +27,7 @@ class names), for segmentations whose segments are matched by name (the Slicer m
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -90,6 +90,13 @@ class ObjectMap:
     unmapped_labels: Literal["error", "ignore"] = "error"
     # other segment names -> label value; not part of what the labels mean (to_json, ==)
     aliases: dict[str, int] = field(default_factory=dict, hash=False, compare=False)
+    # the JSON file the map was read from ("" for a built-in map), named in errors
+    origin: str = field(default="", hash=False, compare=False)
+
+    @property
+    def title(self) -> str:
+        """How errors name the map: ``object map 'name'``, with its file when it came from one."""
+        return f"object map {self.name!r}" + (f" ({self.origin})" if self.origin else "")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -106,7 +113,7 @@ class ObjectMap:
         for o in self.objects:
             if o.name == name:
                 return o
-        raise KeyError(f"object {name!r} is not in object map {self.name!r} (has {self.names})")
+        raise KeyError(f"object {name!r} is not in {self.title} (has {self.names})")
 
     def index(self, name: str) -> int:
         return self.names.index(name)
@@ -127,7 +134,7 @@ class ObjectMap:
         unknown = [int(v) for v in present if v != 0 and table[v] < 0]
         if unknown and self.unmapped_labels == "error":
             raise ObjectMapError(
-                f"{source}: label values {unknown} are not in object map {self.name!r}; "
+                f"{source}: label values {unknown} are not in {self.title}; "
                 f"add them to an object or set \"unmapped_labels\": \"ignore\" in the map")
         return table
 
@@ -144,14 +151,14 @@ class ObjectMap:
                         for s, v in o.sides.items()]
             else:
                 out.append(o)
-        return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels, self.aliases)
+        return ObjectMap(f"{self.name}-per-side", tuple(out), self.unmapped_labels, self.aliases, self.origin)
 
     def select(self, names: tuple[str, ...] | list[str]) -> ObjectMap:
         """The sub-map with the named objects, in the given order (and the aliases of their labels)."""
         objects = tuple(self[n] for n in names)
         kept = {v for o in objects for v in o.labels}
         return ObjectMap(self.name, objects, self.unmapped_labels,
-                         {a: v for a, v in self.aliases.items() if v in kept})
+                         {a: v for a, v in self.aliases.items() if v in kept}, self.origin)
 
     def to_json(self) -> dict:
         """The JSON form of what the label values mean, as cohorts, datasets and their hashes
@@ -250,4 +257,5 @@ def load_object_map(name_or_path: str | Path) -> ObjectMap:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ObjectMapError(f"{source}: not valid JSON ({e})") from None
-    return ObjectMap.from_json(data, source)
+    objects = ObjectMap.from_json(data, source)
+    return objects if source.startswith("built-in") else replace(objects, origin=source)

@@ -64,6 +64,9 @@ METAL_MIN_CM3 = 0.5
 METAL_MARGIN_MM = 10.0
 #: Plausible median HU inside the muscle labels of a CT in HU (lean muscle ~50, fatty ~-50).
 MUSCLE_HU_RANGE = (-200.0, 200.0)
+#: A hip CT in HU holds values below this: subcutaneous fat (-50 to -150) and air (-1000). A
+#: label map, or any image of values >= 0, holds none.
+FAT_OR_AIR_HU = -50.0
 #: Flags that make a case fail; the others are warnings.
 FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
 #: Flags that make a case fail unless the object may be cut (:attr:`ObjectQC.may_be_cut`).
@@ -210,7 +213,8 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
 
 def check_hu(ct: Volume, labels: Volume, objects: ObjectMap, source: object) -> None:
     """Refuse a CT (named ``source``) whose muscles do not read as HU (e.g. a lost rescale
-    intercept: +1024), which would make every lean fraction and density wrong."""
+    intercept: +1024) or that holds neither fat nor air (e.g. a label map given as the CT), which
+    would make every lean fraction and density wrong."""
     muscle = np.isin(labels.array, [v for o in objects.objects if o.is_muscle for v in o.labels])
     if muscle.any():
         median = float(np.median(ct.array[muscle]))
@@ -218,6 +222,10 @@ def check_hu(ct: Volume, labels: Volume, objects: ObjectMap, source: object) -> 
         if not lo <= median <= hi:
             raise InputError(f"{source}: the muscles' median is {median:g}, not HU (expected {lo:g} to {hi:g}; "
                              "a stored value without its rescale slope / intercept?)")
+    lowest = float(ct.array.min())
+    if lowest >= FAT_OR_AIR_HU:
+        raise InputError(f"{source}: its lowest value is {lowest:g}, not HU: a hip CT holds fat and air, below "
+                         f"{FAT_OR_AIR_HU:g} HU (is it a label map or another image given as the CT?)")
 
 
 def check_map_fits(labels: Volume, objects: ObjectMap, source: object) -> None:
@@ -227,7 +235,7 @@ def check_map_fits(labels: Volume, objects: ObjectMap, source: object) -> None:
     if not any(np.isin(o.labels, present).any() for o in objects.objects):
         held = [int(v) for v in present[present != 0]]
         shown = "only background" if not held else f"labels {held[:12]}{' ...' if len(held) > 12 else ''}"
-        raise InputError(f"{source}: holds none of the labels of object map {objects.name!r} (the file has "
+        raise InputError(f"{source}: holds none of the labels of {objects.title} (the file has "
                          f"{shown}); is {objects.name!r} the map of this segmentation?")
 
 

@@ -115,6 +115,16 @@ def test_template_files_named_in_template_json(tmp_path, monkeypatch):
     assert anatomy.find_templates([tmp_path]) == [folder]
     expected = anatomy.load_template(anatomy.find_templates()[0])
     assert np.array_equal(anatomy.load_template(folder).labels.array, expected.labels.array)
+    # a bad 'object_map' is traced to the template.json that names it
+    for value, message in ((5, "must name a built-in object map or a JSON file, got 5"),
+                           ("maps/none.json", "field 'object_map': object map .*none.json' is neither a file"),
+                           ("maps/bad.json", "field 'object_map': .*bad.json: not valid JSON")):
+        (folder / "maps" / "bad.json").write_text("{")
+        (folder / "template.json").write_text(json.dumps({
+            "format": "mskdex-template", "version": 1, "object_map": value, "label_file": "seg.mhd"}))
+        anatomy.load_template.cache_clear()
+        with pytest.raises(InputError, match=rf"{folder / 'template.json'}: .*{message}"):
+            anatomy.load_template(folder)
 
 
 def test_a_run_that_makes_no_case_binds_no_rerun(tmp_path):
@@ -156,6 +166,14 @@ def test_same_seed_same_bytes_and_resume(tmp_path):
     assert not list(b.glob(".case_*"))
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # a case whose film was cut short (a copy that stopped) is redone too: truth.json records the sizes
+    truth = json.loads((b / "case_0000" / "truth.json").read_text())
+    assert truth["files"] == {n: (b / "case_0000" / n).stat().st_size
+                              for n in ("ct.nii.gz", "labels.nii.gz", "xray.mha", "xray.json")}
+    film = b / "case_0000" / "xray.mha"
+    film.write_bytes(film.read_bytes()[:-100])
+    generate.generate_cohort(2, 3, b, "test", workers=1)
+    assert film.read_bytes() == (a / "case_0000" / "xray.mha").read_bytes()
     meta = json.loads((b / "cohort.json").read_text())
     assert meta["complete"] and meta["cases"] == ["case_0000", "case_0001"]
     assert meta["object_map"]["name"] == "synthetic"

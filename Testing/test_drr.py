@@ -138,6 +138,7 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
 @pytest.mark.parametrize("case, field", [
     ("grid", "spacing"), ("nan", "NaN"), ("float_labels", "non-integer"), ("unmapped", "label values [7]"),
     ("2d", "3D image"), ("missing", "file not found"), ("not_hu", "the muscles' median is 1069, not HU"),
+    ("label_map_as_ct", "its lowest value is 0, not HU"),
 ])
 def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
     ct_path, labels_path, ct, labels = phantom
@@ -158,6 +159,8 @@ def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
         ct_path = _write(tmp_path / "bad.nii.gz", ct[10], spacing=(2.0, 2.0), origin=(0.0, 0.0))
     elif case == "not_hu":  # stored values without their rescale intercept (-1024)
         ct_path = _write(tmp_path / "bad.nii.gz", ct + 1024)
+    elif case == "label_map_as_ct":  # its muscle labels (11) lie within the muscles' HU range
+        ct_path = _write(tmp_path / "bad.nii.gz", labels)
     else:
         ct_path = tmp_path / "bad.nii.gz"
     with pytest.raises((InputError, ObjectMapError)) as err:

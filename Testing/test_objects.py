@@ -98,3 +98,22 @@ def test_per_side_lookup_table_and_errors():
 def test_malformed_map_shapes_are_named(change, message):
     with pytest.raises(ObjectMapError, match=message):
         ObjectMap.from_json(change(load_object_map("synthetic").to_json()), "map.json")
+
+
+def test_a_map_read_from_a_file_is_named_by_its_file(tmp_path):
+    """Errors about a map from a JSON file name that file (its internal name alone may be any);
+    a built-in map is named by its name, and derived maps keep the file."""
+    from MSKdeXTraining.imaging.registration.bodies import rigid_bodies
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(dict(load_object_map("synthetic").to_json(), unmapped_labels="error",
+                                    name="pelvic_reference")))
+    mine = load_object_map(path)
+    assert mine.title == f"object map 'pelvic_reference' ({path})" == mine.select(["pelvis"]).title
+    assert mine.per_side().title == f"object map 'pelvic_reference-per-side' ({path})"
+    assert load_object_map("synthetic").title == "object map 'synthetic'"
+    with pytest.raises(ObjectMapError, match=rf"labels.nii: label values \[31\] are not in object map "
+                                             rf"'pelvic_reference' \({path}\)"):
+        mine.lookup_table(np.array([0, 31]), "labels.nii")
+    with pytest.raises(ObjectMapError, match=rf"object map 'pelvic_reference' \({path}\): registration needs"):
+        rigid_bodies(mine.select(["pelvis"]))

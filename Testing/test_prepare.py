@@ -452,8 +452,8 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     """`mskdex assemble` on a spreadsheet-saved table (BOM, spaces, CRLF) of the cohort's own CTs
     and labels with its films as a 16-bit DICOM (distances in the tags) and a plain image
     (distances in the table): the generator's ground truth and geometry, the DICOM film as
-    decompose will see it, default and given patients; a rerun redoes only a changed row; the
-    cohort prepares with its patients."""
+    decompose will see it, default and given patients; a rerun redoes only a changed row (or a
+    case whose files were cut short); the cohort prepares with its patients."""
     from test_radiograph_io import write_dicom
 
     from MSKdeXTraining.cli import main
@@ -495,6 +495,10 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     assemble_cohort(table, "synthetic", out, workers=1)  # hip1's row changed: only hip1 is made again
     assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamps[0]
     assert (out / "hip1" / "truth.json").stat().st_mtime_ns != stamps[1]
+    film = (out / "hip0" / "xray.mha").read_bytes()  # a case cut short (a copy that stopped) is made again
+    (out / "hip0" / "xray.mha").write_bytes(film[:-100])
+    assemble_cohort(table, "synthetic", out, workers=1)
+    assert (out / "hip0" / "xray.mha").read_bytes() == film
     manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())
     assert [c["patient"] for c in manifest["cases"]] == ["p1", "p2"]
 
@@ -554,8 +558,9 @@ def test_a_bad_pairs_table_names_the_file_line_and_field(cohort, tmp_path, text,
 
 
 def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
-    """No guessed source distances; a CT whose values are not HU; one CT given two patients (the
-    first and last found before any case is written); the wrong object map."""
+    """No guessed source distances; a CT whose values are not HU (or a label map given as the CT);
+    one CT given two patients (the first and last found before any case is written); the wrong
+    object map."""
     from MSKdeXTraining.cohort.assemble import assemble_cohort
 
     case = cohort / "case_0000"
@@ -573,6 +578,8 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
               r"\(column pixel_spacing_mm, e.g. 0.15 mm at the detector\)"),
              ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
               r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
+             ([f"a,,{case}/labels.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
+              r"labels.nii.gz: its lowest value is 0, not HU: .* \(is it a label map"),
              ([f"a,p1,{line},1100,900", f"b,p2,{line},1100,900"],
               r"line 3 \(case 'b'\): its CT is that of .*line 2 .*patient 'p1'"),
              ([f"fold_1,,{line},1100,900"], r"line 2: field 'case' 'fold_1' is a name that marks another kind")]

@@ -509,7 +509,7 @@ def test_bone_alignment_through_the_bridge():
     labels[((x - 14) / 9) ** 2 + ((y - 14) / 4) ** 2 + ((z - 18) / 5) ** 2 <= 1] = 1  # pelvis
     labels[(x - 7) ** 2 + (y - 14) ** 2 + (z - 7) ** 2 <= 4.5 ** 2] = 3  # femur left (a head)
     labels[(x - 21) ** 2 + (y - 14) ** 2 + (z - 7) ** 2 <= 4.5 ** 2] = 4  # femur right
-    ct = Volume(np.where(labels > 0, 700, 0).astype(np.int16), (4.0, 4.0, 4.0), (-56.0, -56.0, -56.0), np.eye(3))
+    ct = Volume(np.where(labels > 0, 700, -1000).astype(np.int16), (4.0, 4.0, 4.0), (-56.0, -56.0, -56.0), np.eye(3))
     labels = ct.with_array(labels)
     scene = slicer.vtkMRMLScene()
     ct_node = volume_to_node(ct, scene, "CT")

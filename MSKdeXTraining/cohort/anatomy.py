@@ -114,9 +114,12 @@ def load_template(folder: str | Path) -> Template:
         raise InputError(f"{folder}: no label map found (expected label.* or labels.*)")
     raw = read_labels(label_path)
     name = settings.get("object_map", "pelvic_reference")
-    if str(name).endswith(".json"):  # a path relative to the template.json
-        name = settings_path.parent / name
-    objects = load_object_map(name)
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{source}: field 'object_map' must name a built-in object map or a JSON file, got {name!r}")
+    try:  # a path is relative to the template.json
+        objects = load_object_map(settings_path.parent / name if name.endswith(".json") else name)
+    except InputError as e:
+        raise InputError(f"{source}: field 'object_map': {e}") from None
     other = settings.get("other_labels", "muscle")
     if other not in ("muscle", "soft_tissue"):
         raise InputError(f"{source}: field 'other_labels' must be 'muscle' or 'soft_tissue', got {other!r}")
@@ -189,7 +192,7 @@ def convert_labels(raw: Volume, objects: ObjectMap, spine_labels: tuple[int, ...
         else:
             split.append((tuple(vals), t.sides["left"][0], t.sides["right"][0]))
     if not found:
-        raise InputError(f"{source}: object map {objects.name!r} names none of the cohort "
+        raise InputError(f"{source}: {objects.title} names none of the cohort "
                          f"objects {target.names}")
     out = table[a]
     if split:

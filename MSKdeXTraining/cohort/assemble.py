@@ -45,14 +45,13 @@ from ..progress import Progress
 from ..qc import check_hu, check_map_fits
 from ..radiograph_io import Radiograph, check_magnification, read_radiograph
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
-from .generate import COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, truth_objects
+from .generate import (CASE_FILES, COHORT_FORMAT, TRUTH_FORMAT, VERSION, case_complete, check_resume, file_sizes,
+                       truth_objects)
 from .patient import CROP_MARGIN_MM
 
 #: Columns of the pairs table: required, then optional.
 REQUIRED_COLUMNS = ("case", "ct", "labels", "xray")
 OPTIONAL_COLUMNS = ("patient", "sdd_mm", "sod_mm", "pixel_spacing_mm")
-#: The files of an assembled case: a rerun replaces a case folder that holds these only.
-CASE_FILES = ("ct.nii.gz", "labels.nii.gz", "xray.mha", "xray.json", "truth.json")
 
 
 def read_pairs(table: Path) -> list[dict]:
@@ -227,7 +226,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
                                        "geometry": geometry.to_json(), "source": radiograph.source})
         write_json(tmp / "truth.json", {
             "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
-            "objects": truth_objects(ct, labels, objects), "assembled_from": record})
+            "files": file_sizes(tmp), "objects": truth_objects(ct, labels, objects), "assembled_from": record})
         _refuse_foreign_case(final)
         shutil.rmtree(final, ignore_errors=True)  # an outdated case (its row or inputs changed)
         os.replace(tmp, final)
@@ -237,10 +236,10 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
 
 def assemble_pair(pair: dict, objects: ObjectMap, out: Path, ct_sha256: str) -> None:
     """Make the case of one row (its CT's SHA-256 ``ct_sha256``) unless it is there already from
-    the same row, inputs and map (:func:`_record`). Errors name the table, line and case."""
+    the same row, inputs and map (:func:`_record`), and whole. Errors name the table, line and case."""
     with _naming_row(pair):
-        done, record = out / pair["case"] / "truth.json", _record(pair, objects, ct_sha256)
-        if not done.is_file() or read_json_object(done, (), InputError).get("assembled_from") != record:
+        folder, record = out / pair["case"], _record(pair, objects, ct_sha256)
+        if not case_complete(folder) or read_json_object(folder / "truth.json").get("assembled_from") != record:
             assemble_case(pair, objects, out, record)
 
 

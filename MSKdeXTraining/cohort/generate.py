@@ -45,6 +45,9 @@ VERSION = 1
 #: 4: fat infiltration = a systemic (patient) level + a per-muscle deviation.
 #: 5: soft tissue held to the bones near it and volume-corrected without flux into them.
 GENERATOR_VERSION = 5
+#: The files of a case; ``truth.json`` records the byte sizes of the others (``files``), so that
+#: a resume remakes a case whose files were cut short (e.g. by a copy that stopped).
+CASE_FILES = ("ct.nii.gz", "labels.nii.gz", "xray.mha", "xray.json", "truth.json")
 
 
 @dataclass(frozen=True)
@@ -196,17 +199,17 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
         "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, "processing": radiograph.processing})
     write_json(tmp / "truth.json", {
         "format": TRUTH_FORMAT, "version": VERSION, "units": {"volume": "cm3", "mass": "g"},
-        "objects": truth_objects(ct, labels, synthetic_map()),
+        "files": file_sizes(tmp), "objects": truth_objects(ct, labels, synthetic_map()),
         "objects_per_side": truth_objects(ct, labels, synthetic_map().per_side()),
         "poses": {k: v.tolist() for k, v in poses.items()},
         "params": {"cohort_seed": seed, "index": index, "size": size, **params},
         "derived": derived})
-    if final.is_dir() and not (final / "truth.json").is_file():
-        shutil.rmtree(final, ignore_errors=True)  # a case folder without its truth (damaged by hand): made again
+    if final.is_dir() and not case_complete(final):
+        shutil.rmtree(final, ignore_errors=True)  # a damaged case folder (no truth, a file cut short): made again
     try:
         os.replace(tmp, final)
     except OSError:  # another run on this folder finished the case first: same seed, same bytes
-        if not (final / "truth.json").is_file():
+        if not case_complete(final):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -242,7 +245,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".case_*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
-    todo = [i for i in range(n) if not (out / case_id(i) / "truth.json").is_file()]
+    todo = [i for i in range(n) if not case_complete(out / case_id(i))]
     done = n - len(todo)
     report = progress or (lambda f, m: None)
     report(done / n, f"{done}/{n} cases")
@@ -257,6 +260,21 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
         raise
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [case_id(i) for i in range(n)]})
     return out
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Byte size of each of a case's :data:`CASE_FILES` but ``truth.json``, which records them."""
+    return {name: (folder / name).stat().st_size for name in CASE_FILES if name != "truth.json"}
+
+
+def case_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a case's ``truth.json`` and, where it records them (cases made
+    before release 0.3.7 do not), files of the recorded sizes."""
+    try:
+        recorded = json.loads((folder / "truth.json").read_text()).get("files", {})
+        return all((folder / name).stat().st_size == size for name, size in recorded.items())
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _template_digest(folder: Path) -> str:

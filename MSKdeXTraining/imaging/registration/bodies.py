@@ -21,12 +21,12 @@ def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
         pelvis = objects["pelvis"].labels
         femur = objects["femur"]
     except KeyError as e:
-        raise ObjectMapError(f"object map {objects.name!r}: registration needs the objects "
+        raise ObjectMapError(f"{objects.title}: registration needs the objects "
                              f"'pelvis' and 'femur' ({e})") from None
     if "sacrum" in objects.names:
         pelvis = pelvis + objects["sacrum"].labels
     if not {"left", "right"} <= set(femur.sides):
-        raise ObjectMapError(f"object map {objects.name!r}: object 'femur' needs \"sides\" with "
+        raise ObjectMapError(f"{objects.title}: object 'femur' needs \"sides\" with "
                              f"'left' and 'right' label values to register each femur, got "
                              f"{sorted(femur.sides)}")
     return {"pelvis": tuple(pelvis), "femur_left": tuple(femur.sides["left"]),

@@ -247,9 +247,13 @@ def load_object_map(name_or_path: str | Path) -> ObjectMap:
     path = Path(name_or_path)
     if path.suffix != ".json" and str(name_or_path) in builtin_maps():
         text = resources.files(__package__).joinpath(f"mappings/{name_or_path}.json").read_text()
-        source = f"built-in object map {name_or_path!r}"
+        source, origin = f"built-in object map {name_or_path!r}", ""
     elif path.is_file():
-        text, source = path.read_text(), str(path)
+        source = origin = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ObjectMapError(f"{source}: not a JSON object map (not UTF-8 text: {e})") from None
     else:
         raise ObjectMapError(
             f"object map {str(name_or_path)!r} is neither a file nor a built-in map {builtin_maps()}")
@@ -257,5 +261,4 @@ def load_object_map(name_or_path: str | Path) -> ObjectMap:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ObjectMapError(f"{source}: not valid JSON ({e})") from None
-    objects = ObjectMap.from_json(data, source)
-    return objects if source.startswith("built-in") else replace(objects, origin=source)
+    return replace(ObjectMap.from_json(data, source), origin=origin)

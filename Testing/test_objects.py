@@ -117,3 +117,6 @@ def test_a_map_read_from_a_file_is_named_by_its_file(tmp_path):
         mine.lookup_table(np.array([0, 31]), "labels.nii")
     with pytest.raises(ObjectMapError, match=rf"object map 'pelvic_reference' \({path}\): registration needs"):
         rigid_bodies(mine.select(["pelvis"]))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff")  # not text at all
+    with pytest.raises(ObjectMapError, match=rf"{path}: not a JSON object map \(not UTF-8 text"):
+        load_object_map(path)

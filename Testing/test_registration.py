@@ -236,7 +236,7 @@ def test_register_command_writes_poses_and_qc(cohort_case, tmp_path, monkeypatch
     """`mskdex register --preset fast --seed 3` on a cohort case: exit 0; poses.json v1 with the
     radiograph's geometry, the preset's settings and seed, each body's labels and a pose near
     its true one; the QC overlays; a rerun into the folder is refused (exit 2) and changes
-    nothing. The preset's optimiser budget is cut to two short CMA-ES levels (its accuracy is
+    nothing, as is a CT that is not in HU. The preset's optimiser budget is cut to two short CMA-ES levels (its accuracy is
     tested above)."""
     preset = RegistrationSettings.preset
     monkeypatch.setattr(RegistrationSettings, "preset", classmethod(lambda cls, name: replace(
@@ -269,6 +269,11 @@ def test_register_command_writes_poses_and_qc(cohort_case, tmp_path, monkeypatch
     assert main(args) == 2
     assert "poses.json: exists" in capsys.readouterr().err
     assert (out / "poses.json").read_bytes() == written
+    # a label map given as the CT is refused before any registration, as drr and assemble refuse it
+    args[args.index("--ct") + 1], args[args.index("--out") + 1] = str(case / "labels.nii.gz"), str(tmp_path / "r2")
+    assert main(args) == 2
+    assert "labels.nii.gz: its lowest value is 0, not HU" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
 
 
 @pytest.mark.slow

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                         render_body, rigid_bodies, working_film)
     from ..imaging.volume import check_same_grid, read_ct, read_labels
     from ..objects import load_object_map
+    from ..qc import check_hu
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     objects = load_object_map(args.objects)
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                     [args.ct, args.labels, args.xray])
     ct, labels = read_ct(args.ct), read_labels(args.labels)
     check_same_grid(ct, labels, str(args.ct), str(args.labels))
+    check_hu(ct, labels, objects, args.ct)
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)
     settings = replace(RegistrationSettings.preset(args.preset), seed=args.seed)
     with progress_bar("registering", leave=False) as progress:

@@ -121,3 +121,26 @@ def test_a_null_prediction_is_an_infinite_error():
     assert fit_calibration(doc)["objects"]["m"]["mass_log_q"] == pytest.approx(math.log(1.09))
     cases[0]["mass_pred_g"] = [None]
     assert fit_calibration(doc)["objects"]["m"]["mass_log_q"] is None  # the 10th smallest error is infinite
+
+
+def test_a_calibration_of_an_implausible_level_or_without_a_case_list_is_refused(tmp_path):
+    """read_calibration holds 'level' to a coverage (a float) from 0.5 to 0.99 and
+    'held_out_ids' to a list; 9 held-out patients are the fewest that give a 90 % interval."""
+    import re
+
+    from MSKdeXTraining.calibration import min_patients, read_calibration
+    from MSKdeXTraining.fileio import write_json
+
+    assert (min_patients(0.9), min_patients(0.5)) == (9, 1)
+    doc = {"objects": ["m"], "weights_sha256": "abc", "cases": [
+        {"id": "a", "volume_true_cm3": [1.0], "volume_pred_cm3": [1.1], "mass_true_g": [1.0], "mass_pred_g": [0.9]}]}
+    calibration = fit_calibration(doc)
+    for level in (0.3, 1.0, 1, "0.9"):
+        write_json(tmp_path / "calibration.json", {**calibration, "level": level})
+        with pytest.raises(InputError, match=re.escape(f"field 'level' must be a coverage from 0.5 to 0.99, got {level!r}")):
+            read_calibration(tmp_path, "abc", ["m"])
+    write_json(tmp_path / "calibration.json", {**calibration, "held_out_ids": "a"})
+    with pytest.raises(InputError, match="field 'held_out_ids' must be a list of case ids"):
+        read_calibration(tmp_path, "abc", ["m"])
+    write_json(tmp_path / "calibration.json", {**calibration, "level": 0.5})
+    assert read_calibration(tmp_path, "abc", ["m"])["level"] == 0.5

@@ -431,3 +431,12 @@ def test_radiograph_orientation_and_processing():
     assert li_sum == pytest.approx(expected * magnification ** 2, rel=0.03)
     again = radiograph.simulate_radiograph(ct, None, geometry, pose, None, settings)
     assert np.array_equal(r.image, again.image)
+
+
+def test_a_folder_of_hidden_files_only_takes_a_new_cohort(tmp_path):
+    """Hidden files (a desktop's .DS_Store, a killed run's hidden leftovers) do not make a folder
+    one of other files: check_resume takes it as a new cohort."""
+    (tmp_path / ".DS_Store").write_text("")
+    (tmp_path / ".hip0.partial-1").mkdir()
+    header = {"format": generate.COHORT_FORMAT, "version": generate.VERSION, "generator": {"name": "x"}}
+    assert generate.check_resume(tmp_path, header, ("format", "version", "generator")) == {}

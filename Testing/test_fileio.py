@@ -220,3 +220,46 @@ def test_an_output_of_its_own_kind_or_empty_or_a_file(tmp_path):
 
     with pytest.raises(FileExistsError, match=r"run: holds model.json, so it is the output of mskdex train"):
         prepare_dataset(tmp_path / "cohort", tmp_path / "run")  # before the cohort is even read
+
+
+def test_every_mark_of_a_kind_refuses_the_other_kinds(tmp_path):
+    """Each of a kind's marks (fileio.OUTPUT_KINDS), not only its first, makes a folder that
+    kind's output: a run's checkpoints/, a dataset's cases/, an evaluation's predictions.csv, an
+    ablation's lis*_bone* folder each refuse every other kind's --out, and let their own through."""
+    import re
+
+    from MSKdeXTraining.fileio import OUTPUT_KINDS, marked_kind, refuse_other_kind
+
+    for kind, (patterns, maker) in OUTPUT_KINDS.items():
+        for pattern in patterns:
+            name = pattern.replace("*", "1")
+            assert marked_kind(name) == kind
+            folder = tmp_path / f"{kind}_{name}"
+            (folder / name).mkdir(parents=True)
+            refuse_other_kind(folder, kind)
+            for other in sorted(OUTPUT_KINDS.keys() - {kind}):
+                with pytest.raises(FileExistsError, match=re.escape(f"holds {name}, so it is the output of {maker}")):
+                    refuse_other_kind(folder, other)
+    assert marked_kind("notes.txt") is None
+
+
+def test_remove_stale_keeps_the_folder_of_a_process_that_is_not_ours(tmp_path, monkeypatch):
+    """A process that exists but belongs to another user (os.kill: PermissionError; e.g. another
+    user's run writing into a shared folder) is running: its working folder stays."""
+    import errno
+
+    from MSKdeXTraining.fileio import remove_stale
+
+    kill = os.kill
+
+    def another_users(pid, sig):
+        if pid == 424242:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return kill(pid, sig)
+
+    monkeypatch.setattr(os, "kill", another_users)
+    theirs, dead = tmp_path / ".partial-aaaa-424242", tmp_path / ".partial-bbbb-999999999"  # (no such process)
+    for folder in (theirs, dead):
+        folder.mkdir()
+    remove_stale(tmp_path, ".partial-*")
+    assert [p.name for p in tmp_path.iterdir()] == [theirs.name]

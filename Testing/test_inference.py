@@ -678,3 +678,65 @@ def test_non_finite_predictions_are_an_error_naming_the_objects(trained, decompo
     with pytest.raises(InputError, match=rf"hip.mha: the model .* predicts NaN or infinite DRRs for "
                                          rf"{decomposer.names[1]}; no result"):
         Decomposer(broken).decompose(r, tta=2)  # the un-augmented prediction is finite: checked all
+
+
+def test_notes_name_an_object_missing_one_interval_and_why(decomposer):
+    """A calibration of 9 held-out patients (enough for 90 %) where one object lacks only its
+    mass interval (a held-out prediction or truth <= 0): the note names that object and that
+    reason, not too few patients; objects with both intervals are not named."""
+    names = decomposer.names
+    calibration = {"sha256": "c" * 64, "level": 0.9, "held_out_ids": [str(i) for i in range(9)],
+                   "held_out_patients": 9,
+                   "objects": {n: {"volume_log_q": 0.1, "mass_log_q": None if n == names[0] else 0.2} for n in names}}
+    notes = Decomposer(decomposer.model, calibration=calibration).notes({"magnification": 1.2}, {}, True)
+    assert notes == [f"note: no 90 % interval for {names[0]}: held-out cases with a prediction or truth <= 0"]
+
+
+def test_notes_for_a_given_spacing_and_the_dicom_distances_only_where_they_apply(decomposer, tmp_path):
+    """A pixel spacing given by the user is noted; the hips assumed above the table are noted
+    where the magnification came from the DICOM distances, not where a magnification factor in
+    the file or a magnification given replaced them."""
+    from test_radiograph_io import write_dicom
+
+    from MSKdeXTraining.radiograph_io import read_radiograph
+
+    film = (np.arange(200 * 160).reshape(200, 160) % 4096).astype(np.uint16)
+    distances = {"ImagerPixelSpacing": [0.5, 0.5], "DistanceSourceToDetector": 1150.0, "DistanceSourceToPatient": 920.0}
+    f = write_dicom(tmp_path / "d.dcm", film, **distances)
+    g = write_dicom(tmp_path / "f.dcm", film, EstimatedRadiographicMagnificationFactor=1.2, **distances)
+
+    def notes(radiograph) -> str:
+        return " | ".join(decomposer.notes(radiograph.source, {}, True))
+
+    assert "hip joint centres assumed 110 mm above the table" in notes(read_radiograph(f))
+    for radiograph in (read_radiograph(g), read_radiograph(f, magnification=1.25)):
+        assert "hip_above_table_mm" in radiograph.source and "above the table" not in notes(radiograph)
+    assert "pixel spacing given by the user, not read from the file" in notes(read_radiograph(f, pixel_spacing=0.5))
+    assert "pixel spacing given" not in notes(read_radiograph(f))
+
+
+def test_ood_verdict_coverage_threshold_and_score():
+    """ood_verdict on its own: a film covering 70 % of the model's field of view (below 80 %) is
+    flagged, one covering 85 % is not; the score is the larger of the feature and intensity
+    scores, each over its threshold."""
+    from MSKdeXTraining.ood import ood_verdict
+
+    x = np.random.default_rng(0).random((32, 32))
+    bright = {"feature_score": np.array([0.3]), "intensity_z": np.array([2 * OOD_Z])}
+    verdict = ood_verdict(x, bright, {}, 0.7, None)
+    assert verdict.flag and verdict.score == pytest.approx(2.0)
+    assert verdict.reasons == ["the radiograph covers 70 % of the model's field of view (< 80 %): check the pixel "
+                               "spacing", "intensity statistics 8.0 SD from the training radiographs"]
+    usual = {"feature_score": np.array([0.6 * OOD_FEATURE]), "intensity_z": np.array([0.5 * OOD_Z])}
+    verdict = ood_verdict(x, usual, {}, 0.85, None)
+    assert not verdict.flag and verdict.reasons == [] and verdict.score == pytest.approx(0.6)
+
+
+def test_batch_resume_with_another_seed_is_refused(trained, decomposer, tmp_path):
+    """--seed draws other augmentations (another TTA SD): a folder done with another seed is
+    that file's error, not reused; the same seed is skipped."""
+    film = toy_film_file(trained[0], 0, tmp_path / "hip.mha")
+    assert "ood" in decompose_files(decomposer, [film], tmp_path / "out", tta=2, seed=0)[0]
+    [error] = errors(decompose_files(decomposer, [film], tmp_path / "out", tta=2, seed=1))
+    assert "other input content, settings or model" in error and "differs in: seed)" in error
+    assert decompose_files(decomposer, [film], tmp_path / "out", tta=2, seed=0)[0]["skipped"]

@@ -114,3 +114,16 @@ def test_non_finite_pairs_are_left_out(pair):
     assert metrics.agreement(bad, truth)["n"] == 37
     none = metrics.agreement(np.full(5, np.nan), np.arange(5.0))
     assert none["n"] == 0 and all(np.isnan(none[k]) for k in ("pcc", "icc", "mae"))
+
+
+def test_pairs_with_a_non_finite_truth_are_left_out_and_anova_needs_two_values_per_group(pair):
+    """A pair is scored only where the truth is finite too (not only the prediction); one-way
+    ANOVA refuses a group of a single value (no within-group variance)."""
+    pred, truth = pair
+    bad = truth.copy()
+    bad[[1, 2]], bad[3] = np.nan, -np.inf
+    keep = np.isfinite(bad)
+    assert metrics.agreement(pred, bad) == metrics.agreement(pred[keep], truth[keep])
+    assert metrics.agreement(pred, bad)["n"] == 37
+    with pytest.raises(ValueError, match="at least two groups of at least two values"):
+        metrics.anova_oneway([1.0, 2.0, 3.0], [4.0])

@@ -687,3 +687,94 @@ def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp
                                             "was prepared ok; each case's 'reasons' there say why\n")
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(c["status"] == "excluded" and "unreadable input" in c["reasons"][0] for c in manifest["cases"])
+
+
+def test_a_cohort_unfinished_or_with_patients_of_no_case_is_refused(cohort, tmp_path):
+    """read_cohort takes a cohort whose 'complete' is true (absent: not known to be finished)
+    and whose 'patients' name cases of its own; a dataset detector's pixels within 2x of square."""
+    meta = json.loads((cohort / "cohort.json").read_text())
+    for change, message in [({"complete": None}, r"field 'complete' is not true"),
+                            ({"patients": {"case_0000": "p1", "case_9999": "p2"}},
+                             r"field 'patients' must map case names \(of 'cases'\) to patient ids")]:
+        (tmp_path / "cohort.json").write_text(json.dumps({k: v for k, v in {**meta, **change}.items()
+                                                          if v is not None}))
+        with pytest.raises(InputError, match=rf"cohort.json: {message}"):
+            read_cohort(tmp_path)
+    _, own = read_xray(cohort / meta["cases"][0] / "xray.mha", require_distances=True)
+    rows = own.rows // 4
+    with pytest.raises(InputError, match=r"gives pixels of .* mm; expected nearly square pixels"):
+        dataset_geometry(cohort, rows, 3 * own.cols // 4)  # pixels 3x as tall as wide
+    sized = dataset_geometry(cohort, rows, round(1.8 * own.cols / 4))
+    assert 1.7 < sized.pixel_spacing[0] / sized.pixel_spacing[1] < 1.9
+
+
+def test_a_rerun_with_every_case_done_writes_a_missing_manifest(cohort, tmp_path):
+    """A run killed after its last case but before the manifest: the rerun, with no case left to
+    prepare, writes it (here with every label map unreadable, so no case is registered); a shard
+    index outside 0..n-1 is refused before any work."""
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    for case in json.loads((copy / "cohort.json").read_text())["cases"]:
+        (copy / case / "labels.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / "ds"
+    with pytest.raises(InputError, match=r"shard must be \(i, n\) with 0 <= i < n, got \(2, 2\)"):
+        prepare_dataset(copy, out, dataset_geometry(cohort, 32), shard=(2, 2), workers=1)
+    assert not out.exists()
+    _prepare(copy, out)
+    written = (out / "manifest.json").read_text()
+    (out / "manifest.json").unlink()
+    _prepare(copy, out)
+    assert (out / "manifest.json").read_text() == written
+
+
+def test_a_pairs_table_refuses_zero_or_infinite_numbers_and_hidden_cases(cohort, tmp_path):
+    """Distances and a pixel spacing of 0 mm (a spreadsheet's empty number) or infinity, and a
+    hidden case name (a cohort folder's hidden entries are passed over, as not its cases): the row and
+    field named, before any work."""
+    from MSKdeXTraining.cohort.assemble import read_pairs
+
+    ct = cohort / "case_0000" / "ct.nii.gz"
+    for key, text in (("sdd_mm", "0"), ("sod_mm", "0.0"), ("pixel_spacing_mm", "inf")):
+        (tmp_path / "t.csv").write_text(f"case,ct,labels,xray,{key}\nhip0,{ct},{ct},{ct},{text}\n")
+        with pytest.raises(InputError, match=rf"t.csv line 2: field '{key}' must be a number > 0 \(mm\), got '{text}'"):
+            read_pairs(tmp_path / "t.csv")
+    (tmp_path / "t.csv").write_text(f"case,ct,labels,xray\n.hip0,{ct},{ct},{ct}\n")
+    with pytest.raises(InputError, match=r"t.csv line 2: field 'case' must name a case folder \(no '/', not hidden\)"):
+        read_pairs(tmp_path / "t.csv")
+
+
+def test_assemble_refuses_table_distances_of_an_implausible_magnification(cohort, tmp_path):
+    """sdd_mm / sod_mm of the table giving a magnification of 2.5 (e.g. the distance to the
+    table for sod_mm): refused naming the film, before any case is written."""
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+
+    case = cohort / "case_0000"
+    shutil.copy(case / "xray.mha", tmp_path / "film.mha")
+    spacing = json.loads((case / "xray.json").read_text())["geometry"]["pixel_spacing"][0]
+    _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{case}/labels.nii.gz,film.mha,{spacing},1000,400"])
+    with pytest.raises(InputError, match=r"line 2 \(case 'a'\): .*film.mha: SDD / SOD is 2.5: implausible; expected "
+                                         r"SDD / SOD in \[1, 2\]; give sdd_mm and sod_mm \(mm\) in the table"):
+        assemble_cohort(tmp_path / "t.csv", "synthetic", tmp_path / "out", workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
+    """A label map whose values run past 255 (a map of many structures) is written with them
+    whole (16-bit), not wrapped into 8 bits: the case's labels equal the input's."""
+    from MSKdeXTraining.cohort.assemble import assemble_cohort
+
+    case = cohort / "case_0000"
+    image = sitk.ReadImage(str(case / "labels.nii.gz"))
+    array = sitk.GetArrayFromImage(image).astype(np.uint16)
+    shifted = sitk.GetImageFromArray(np.where(array > 0, array + 300, 0).astype(np.uint16))
+    shifted.CopyInformation(image)
+    sitk.WriteImage(shifted, str(tmp_path / "labels.nii.gz"))
+    spec = load_object_map("synthetic").to_json()
+    for o in spec["objects"]:
+        o["labels"] = [v + 300 for v in o["labels"]]
+        o["sides"] = {side: [v + 300 for v in values] for side, values in o.get("sides", {}).items()}
+    (tmp_path / "map.json").write_text(json.dumps(spec))
+    _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{tmp_path}/labels.nii.gz,{case}/xray.mha,{_film(cohort, 'case_0000')}"])
+    out = assemble_cohort(tmp_path / "t.csv", tmp_path / "map.json", tmp_path / "out", workers=1)
+    written = read_labels(out / "a" / "labels.nii.gz").array
+    assert written.max() > 300 and set(np.unique(written)) == set(np.unique(read_labels(tmp_path / "labels.nii.gz").array))

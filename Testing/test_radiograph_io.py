@@ -678,3 +678,103 @@ def test_a_truncated_image_file_says_so(tmp_path):
     with pytest.raises(InputError, match=r"cut.mha: cannot be read as an image \(.*No such file.*; the file is "
                                          r"there, so its pixel data is cut short or its separate data file is missing"):
         read_radiograph(path)
+
+
+def test_a_given_spacing_or_magnification_out_of_range_is_refused(tmp_path, ramp):
+    """A spacing given as zero, not finite or of three values, and a magnification given below 1
+    (a film is never smaller than the patient) or above 2: errors naming the value, before use."""
+    f = write_dicom(tmp_path / "d.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
+    for bad in (0, (0.5, 0.0), float("nan"), (0.5, 0.5, 0.5)):
+        with pytest.raises(InputError, match=r"pixel_spacing must be one or two positive numbers \(row, column mm\)"):
+            read_radiograph(f, pixel_spacing=bad)
+    for m in (0.9, 2.5):
+        with pytest.raises(InputError, match=rf"d.dcm: magnification from argument \(magnification\) is {m:g}: "
+                                             r"implausible; expected SDD / SOD in \[1, 2\]"):
+            read_radiograph(f, magnification=m)
+    assert read_radiograph(f, magnification=1.0).magnification == 1.0  # a spacing calibrated at the patient
+
+
+def test_a_uniform_stored_image_windows_to_zeros_not_nan():
+    """A blank film (every stored value alike) has an empty percentile window: its model input is
+    0 everywhere (flagged as nearly uniform by decompose), not NaN."""
+    x, method = unit_range(np.full((40, 30), 1000, np.uint16), (0, 4095))
+    assert x.dtype == np.float32 and np.isfinite(x).all() and not x.any()
+    assert method.startswith("window [1000, 1000]")
+
+
+def test_a_mirrored_exif_orientation_is_applied_and_noted(tmp_path):
+    """EXIF Orientation 2 mirrors the picture left-right (which side is the patient's left): the
+    mirror is applied as viewers show it, and noted."""
+    a = (np.random.default_rng(4).random((100, 80)) * 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 2
+    Image.fromarray(a).save(tmp_path / "mirrored.png", exif=exif)
+    r = read_radiograph(tmp_path / "mirrored.png", pixel_spacing=1.0)
+    np.testing.assert_array_equal(r.array, a[:, ::-1])
+    assert r.source["exif_orientation"] == 2 and "EXIF Orientation (2)" in r.source["notes"][0]
+
+
+def test_a_multi_frame_dicom_is_refused(tmp_path, ramp):
+    """Two frames (a series or a cine stored in one file): an error naming NumberOfFrames."""
+    import pydicom
+
+    f = write_dicom(tmp_path / "two.dcm", np.concatenate([ramp, ramp]), ImagerPixelSpacing=[0.5, 0.5])
+    ds = pydicom.dcmread(f)
+    ds.Rows, ds.NumberOfFrames = ramp.shape[0], 2
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"two.dcm: NumberOfFrames \(0028,0008\) is 2; expected one 2D radiograph"):
+        read_radiograph(f)
+
+
+def test_imager_and_pixel_spacing_near_their_thresholds(tmp_path, ramp):
+    """ImagerPixelSpacing over a calibrated PixelSpacing that differs between rows and columns
+    is no magnification (the problem says why); without PixelSpacingCalibrationType, a 5 %
+    difference (above 1 %) is noted."""
+    f = write_dicom(tmp_path / "a.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.5, 0.4],
+                    PixelSpacingCalibrationType="GEOMETRY")
+    r = read_radiograph(f)
+    assert r.pixel_spacing == (0.6, 0.6) and r.magnification is None
+    assert r.source["magnification_problem"] == ("ImagerPixelSpacing / PixelSpacing is 1.2 for rows, 1.5 for "
+                                                 "columns: not one magnification")
+    f = write_dicom(tmp_path / "n.dcm", ramp, ImagerPixelSpacing=[0.6, 0.6], PixelSpacing=[0.57, 0.57])
+    [note] = read_radiograph(f).source["notes"]
+    assert "differ by more than 1 %" in note and note.endswith("the magnification is 1.053")
+
+
+def test_zero_source_distances_are_unknown_not_used(tmp_path, ramp):
+    """Distances and a magnification factor of 0 (what devices write when they do not know
+    them) are not used: the film reads, with no magnification and no source distance."""
+    f = write_dicom(tmp_path / "z.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5], DistanceSourceToDetector=0,
+                    DistanceSourceToPatient=0, EstimatedRadiographicMagnificationFactor=0)
+    r = read_radiograph(f)
+    assert r.magnification is None and r.source["magnification_field"] == "none"
+    assert "sdd_mm" not in r.source and "distance_source_to_patient_mm" not in r.source
+
+
+def test_an_uncompressed_ybr_full_422_dicom_is_not_taken_for_truncated(tmp_path):
+    """YBR_FULL_422 stores two bytes per pixel (chroma shared by two pixels), two thirds of
+    Rows x Columns x 3: a whole file reads (here a grey film, chroma 128), not refused as cut short."""
+    import pydicom
+
+    grey = (np.arange(200 * 160).reshape(200, 160) % 256).astype(np.uint8)
+    f = write_dicom(tmp_path / "ybr.dcm", grey, bits=8, ImagerPixelSpacing=[0.5, 0.5])
+    ds = pydicom.dcmread(f)
+    ds.SamplesPerPixel, ds.PlanarConfiguration, ds.PhotometricInterpretation = 3, 0, "YBR_FULL_422"
+    pairs = grey.reshape(200, 80, 2)  # Y1 Y2 Cb Cr for each two pixels of a row
+    ds.PixelData = np.concatenate([pairs, np.full_like(pairs, 128)], axis=2).tobytes()
+    ds.save_as(f)
+    r = read_radiograph(f)
+    assert r.source["colour"] is False
+    np.testing.assert_array_equal(r.array, grey)
+
+
+def test_a_sidecar_of_another_version_is_refused(tmp_path):
+    """An mskdex-xray sidecar of a version this reader does not know: an error naming the file
+    and field, not a geometry read as if it were version 1."""
+    img = sitk.GetImageFromArray(np.zeros((64, 64), np.float32))
+    img.SetSpacing((2.0, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "xray.mha"))
+    geometry = {"rows": 64, "cols": 64, "pixel_spacing": [2.0, 2.0], "sdd": 1100.0, "sod": 900.0}
+    (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 2, "geometry": geometry}))
+    with pytest.raises(InputError, match=r"xray.json: field 'version' must be 1, got 2"):
+        read_radiograph(tmp_path / "xray.mha")

@@ -606,3 +606,21 @@ def test_leave_one_out_distances_of_few_or_near_identical_images_are_finite():
     identical[0] += 100.0
     for f in (rng.normal(size=(3, 4)), rng.normal(size=(2, 4)), identical):
         assert np.all(np.isfinite(leave_one_out_distances(f)))
+
+
+def test_config_bounds_and_types_at_their_edges(tmp_path):
+    """A boolean for an int key (YAML's `epochs: yes`), a negative loss weight, AdamW's beta at 1 (its bias correction
+    divides by 1 - beta^t = 0) and an image under 16 pixels, also without the critic's own limit
+    (gan off), are refused naming the key; so is an empty mapping (every default: the paper's
+    600 epochs at 512 pixels, unasked)."""
+    (tmp_path / "empty.json").write_text("{}")
+    with pytest.raises(InputError, match=r"empty.json: expected a non-empty mapping of config keys to values, got dict"):
+        load_config(tmp_path / "empty.json")
+    for bad, message in [({"epochs": True}, r"config key 'epochs' must be int, got True"),
+                         ({"lambda_l1": -1.0}, r"config field 'lambda_l1' must be >= 0, got -1.0"),
+                         ({"beta2": 1.0}, r"config field 'beta2' must be in \[0, 1\) \(AdamW\), got 1.0"),
+                         ({"image_size": 8, "gan": False}, r"config field 'image_size' must be an int or \[rows, cols\], "
+                                                           r"at least 16 pixels, got 8")]:
+        with pytest.raises(InputError, match=message):
+            load_config("small", bad)
+    assert load_config("small", {"image_size": 16, "gan": False, "beta2": 0.0}).size == (16, 16)

@@ -108,3 +108,14 @@ def test_box_center_agrees_with_simpleitk_on_an_oblique_grid():
     expected = volume.to_sitk().TransformContinuousIndexToPhysicalPoint((8.5, 6.0, 4.5))
     np.testing.assert_allclose(volume.box_center(mask), expected, atol=1e-9)
 
+
+
+def test_a_single_slice_or_non_integer_label_map_is_refused(tmp_path):
+    """A CT of one slice (a 3D file holding a 2D image) is no volume; a label map of fractional
+    values (resampled with linear interpolation) would lose them to truncation: both refused."""
+    with pytest.raises(InputError, match=r"one.nrrd: CT must be a 3D image, got size \(4, 3, 1\)"):
+        read_ct(_write(tmp_path / "one.nrrd", np.zeros((1, 3, 4), np.int16)))
+    fractional = np.full((2, 3, 4), 2.0, np.float32)
+    fractional[1, 2, 3] = 1.5
+    with pytest.raises(InputError, match=r"half.nrrd: label map holds non-integer values \(pixel type float32\)"):
+        read_labels(_write(tmp_path / "half.nrrd", fractional))

@@ -110,9 +110,11 @@ def _decode_dicom(path: Path, file_spacing: bool, magnification_option: str | No
         raise InputError(f"{path}: NumberOfFrames (0028,0008) is {frames:g}; expected one 2D radiograph")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     samples = _dicom_number(ds, "SamplesPerPixel", path, 1.0)
-    if "PhotometricInterpretation" in ds and photometric.startswith("MONOCHROME") and samples != 1:
-        raise InputError(f"{path}: PhotometricInterpretation (0028,0004) is {photometric} but SamplesPerPixel "
-                         f"(0028,0002) is {samples:g}; expected 1 sample per pixel for a greyscale image")
+    if photometric.startswith("MONOCHROME") and samples != 1:  # also where it is absent: greyscale assumed
+        given = f"is {photometric}" if "PhotometricInterpretation" in ds else "is missing"
+        raise InputError(f"{path}: PhotometricInterpretation (0028,0004) {given} but SamplesPerPixel (0028,0002) "
+                         f"is {samples:g}; expected 1 sample per pixel for a greyscale image (or a colour "
+                         "PhotometricInterpretation, e.g. RGB, for a colour one)")
     source = {"format": "dicom", "modality": str(ds.get("Modality", "")),
               "presentation_intent": str(ds.get("PresentationIntentType", "")),
               "photometric_interpretation": photometric,

@@ -652,8 +652,8 @@ def test_implausible_user_spacing_says_to_check_it(tmp_path, ramp):
 
 
 def test_a_greyscale_dicom_with_three_samples_is_refused(tmp_path, ramp):
-    """PhotometricInterpretation MONOCHROME2 over RGB pixels (a bad export): an error naming both
-    fields, not a 3-channel 'radiograph' that fails later or far from the file."""
+    """PhotometricInterpretation MONOCHROME2 (or none) over RGB pixels (a bad export): an error
+    naming both fields, not a 3-channel 'radiograph' that fails later or far from the file."""
     import pydicom
 
     f = write_dicom(tmp_path / "rgb.dcm", ramp, bits=8, ImagerPixelSpacing=[0.5, 0.5])
@@ -662,6 +662,11 @@ def test_a_greyscale_dicom_with_three_samples_is_refused(tmp_path, ramp):
     ds.PixelData = np.repeat(ramp.astype(np.uint8)[..., None], 3, axis=2).tobytes()
     ds.save_as(f)
     with pytest.raises(InputError, match=r"rgb.dcm: PhotometricInterpretation \(0028,0004\) is MONOCHROME2 but "
+                                         r"SamplesPerPixel \(0028,0002\) is 3; expected 1 sample per pixel"):
+        read_radiograph(f)
+    del ds.PhotometricInterpretation  # GDCM would decode three channels and call them greyscale
+    ds.save_as(f)
+    with pytest.raises(InputError, match=r"rgb.dcm: PhotometricInterpretation \(0028,0004\) is missing but "
                                          r"SamplesPerPixel \(0028,0002\) is 3; expected 1 sample per pixel"):
         read_radiograph(f)
 

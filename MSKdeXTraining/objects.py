@@ -251,7 +251,7 @@ def load_object_map(name_or_path: str | Path) -> ObjectMap:
     elif path.is_file():
         source = origin = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Windows editors write
         except UnicodeDecodeError as e:
             raise ObjectMapError(f"{source}: not a JSON object map (not UTF-8 text: {e})") from None
     else:

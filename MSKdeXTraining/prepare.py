@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
 from .errors import InputError
-from .fileio import (atomic_path, create_json, file_sha256, read_format_json, read_json_object, refuse_other_kind,
+from .fileio import (atomic_path, create_json, read_format_json, read_json_object, refuse_other_kind,
                      write_json)
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
 from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
@@ -293,13 +293,27 @@ def _cohort_sha256(cohort: Path, meta: dict) -> str:
     """A cohort's identity: the SHA-256 of the canonical JSON of :data:`IDENTITY_FIELDS` of its
     ``cohort.json`` (``meta``; the generator without ``code_version``; ``patients`` where given,
     since they decide the folds) and of each case's name with the SHA-256 of its ``truth.json``
-    (which tells apart cohorts assembled by hand)."""
+    (which tells apart cohorts assembled by hand; of its canonical JSON without ``files`` where it
+    records them, since compressed sizes depend on the zlib build, not on the cohort)."""
     identity = {k: meta.get(k) for k in IDENTITY_FIELDS + (("patients",) if "patients" in meta else ())}
     if isinstance(identity["generator"], dict):
         identity["generator"] = {k: v for k, v in identity["generator"].items() if k != "code_version"}
     truths = {c: Path(cohort) / c / "truth.json" for c in meta["cases"]}
-    identity["truth_sha256"] = {c: file_sha256(t) if t.is_file() else None for c, t in truths.items()}
+    identity["truth_sha256"] = {c: _truth_sha256(t) if t.is_file() else None for c, t in truths.items()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _truth_sha256(path: Path) -> str:
+    """SHA-256 of a case's ``truth.json``: of its bytes, or, where it records its case's file
+    sizes (``files``), of its canonical JSON without them."""
+    data = path.read_bytes()
+    try:
+        truth = json.loads(data)
+    except ValueError:
+        truth = None
+    if isinstance(truth, dict) and "files" in truth:
+        data = json.dumps({k: v for k, v in truth.items() if k != "files"}, sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _check_settings(out: Path, cohort: Path, settings: dict) -> None:

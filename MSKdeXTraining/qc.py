@@ -225,7 +225,8 @@ def check_hu(ct: Volume, labels: Volume, objects: ObjectMap, source: object) -> 
     lowest = float(ct.array.min())
     if lowest >= FAT_OR_AIR_HU:
         raise InputError(f"{source}: its lowest value is {lowest:g}, not HU: a hip CT holds fat and air, below "
-                         f"{FAT_OR_AIR_HU:g} HU (is it a label map or another image given as the CT?)")
+                         f"{FAT_OR_AIR_HU:g} HU (is it a label map or another image given as the CT, or stored "
+                         "values without their rescale intercept?)")
 
 
 def check_map_fits(labels: Volume, objects: ObjectMap, source: object) -> None:

@@ -137,7 +137,8 @@ def test_a_calibration_of_an_implausible_level_or_without_a_case_list_is_refused
     calibration = fit_calibration(doc)
     for level in (0.3, 1.0, 1, "0.9"):
         write_json(tmp_path / "calibration.json", {**calibration, "level": level})
-        with pytest.raises(InputError, match=re.escape(f"field 'level' must be a coverage from 0.5 to 0.99, got {level!r}")):
+        message = f"field 'level' must be a coverage from 0.5 to 0.99, got {level!r}"
+        with pytest.raises(InputError, match=re.escape(message)):
             read_calibration(tmp_path, "abc", ["m"])
     write_json(tmp_path / "calibration.json", {**calibration, "held_out_ids": "a"})
     with pytest.raises(InputError, match="field 'held_out_ids' must be a list of case ids"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -116,14 +117,14 @@ def test_template_files_named_in_template_json(tmp_path, monkeypatch):
     expected = anatomy.load_template(anatomy.find_templates()[0])
     assert np.array_equal(anatomy.load_template(folder).labels.array, expected.labels.array)
     # a bad 'object_map' is traced to the template.json that names it
+    (folder / "maps" / "bad.json").write_text("{")
     for value, message in ((5, "must name a built-in object map or a JSON file, got 5"),
                            ("maps/none.json", "field 'object_map': object map .*none.json' is neither a file"),
                            ("maps/bad.json", "field 'object_map': .*bad.json: not valid JSON")):
-        (folder / "maps" / "bad.json").write_text("{")
         (folder / "template.json").write_text(json.dumps({
             "format": "mskdex-template", "version": 1, "object_map": value, "label_file": "seg.mhd"}))
         anatomy.load_template.cache_clear()
-        with pytest.raises(InputError, match=rf"{folder / 'template.json'}: .*{message}"):
+        with pytest.raises(InputError, match=rf"{re.escape(str(folder / 'template.json'))}: .*{message}"):
             anatomy.load_template(folder)
 
 
@@ -141,6 +142,24 @@ def test_a_run_that_makes_no_case_binds_no_rerun(tmp_path):
     assert not (out / "cohort.json").exists()
     generate.generate_cohort(1, 0, out, "test", workers=1)
     assert json.loads((out / "cohort.json").read_text())["complete"]
+
+
+def test_a_case_is_complete_with_its_files_of_the_recorded_sizes(tmp_path):
+    """What a resume keeps: the files that truth.json records, at their sizes; a case written
+    before the sizes were recorded, when its files are there; nothing from an odd truth.json."""
+    case = generate.generate_case(0, 3, tmp_path, "test")
+    truth = json.loads((case / "truth.json").read_text())
+    assert generate.case_complete(case)
+    for files in ({}, {"": 4096}, {**truth["files"], "xray.mha": 1}, None):
+        (case / "truth.json").write_text(json.dumps({**truth, "files": files}))
+        assert not generate.case_complete(case), files
+    for odd in ("[]", "{", "3", '"files"'):
+        (case / "truth.json").write_text(odd)
+        assert not generate.case_complete(case), odd
+    (case / "truth.json").write_text(json.dumps({k: v for k, v in truth.items() if k != "files"}))  # before 0.3.7
+    assert generate.case_complete(case)
+    (case / "xray.json").unlink()
+    assert not generate.case_complete(case)
 
 
 def test_same_seed_same_bytes_and_resume(tmp_path):

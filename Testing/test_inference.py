@@ -726,7 +726,7 @@ def test_ood_verdict_coverage_threshold_and_score():
     verdict = ood_verdict(x, bright, {}, 0.7, None)
     assert verdict.flag and verdict.score == pytest.approx(2.0)
     assert verdict.reasons == ["the radiograph covers 70 % of the model's field of view (< 80 %): check the pixel "
-                               "spacing", "intensity statistics 8.0 SD from the training radiographs"]
+                               "spacing", f"intensity statistics {2 * OOD_Z:.1f} SD from the training radiographs"]
     usual = {"feature_score": np.array([0.6 * OOD_FEATURE]), "intensity_z": np.array([0.5 * OOD_Z])}
     verdict = ood_verdict(x, usual, {}, 0.85, None)
     assert not verdict.flag and verdict.reasons == [] and verdict.score == pytest.approx(0.6)

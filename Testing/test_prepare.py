@@ -226,8 +226,14 @@ def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     (moved / "cohort.json").write_text(json.dumps({**meta, "seed": meta["seed"] + 1}))
     with pytest.raises(InputError, match=ANOTHER_COHORT):
         _prepare(moved, data)
-    # cohorts assembled by hand may share every cohort.json field: their cases' truths tell them apart
     (moved / "cohort.json").write_text(json.dumps(meta))
+    # made again with another zlib build: other compressed file sizes (and JSON layout), the same cohort
+    path = moved / "case_0001" / "truth.json"
+    truth = json.loads(path.read_text())
+    path.write_text(json.dumps({**truth, "files": {k: v + 1 for k, v in truth["files"].items()}}, indent=2))
+    _prepare(moved, data)
+    assert {f: f.stat().st_mtime_ns for f in (data / "cases").iterdir()} == stamps
+    # cohorts assembled by hand may share every cohort.json field: their cases' truths tell them apart
     truth = json.loads((moved / "case_0001" / "truth.json").read_text())
     truth["objects"][next(iter(truth["objects"]))]["mass_g"] += 1.0
     (moved / "case_0001" / "truth.json").write_text(json.dumps(truth))
@@ -453,7 +459,8 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     and labels with its films as a 16-bit DICOM (distances in the tags) and a plain image
     (distances in the table): the generator's ground truth and geometry, the DICOM film as
     decompose will see it, default and given patients; a rerun redoes only a changed row (or a
-    case whose files were cut short); the cohort prepares with its patients."""
+    case whose files were cut short, its truth.json aside: that case is refused); the cohort
+    prepares with its patients."""
     from test_radiograph_io import write_dicom
 
     from MSKdeXTraining.cli import main
@@ -499,6 +506,12 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     (out / "hip0" / "xray.mha").write_bytes(film[:-100])
     assemble_cohort(table, "synthetic", out, workers=1)
     assert (out / "hip0" / "xray.mha").read_bytes() == film
+    truth = (out / "hip0" / "truth.json").read_bytes()  # ... unless the cut file is the record of what it is
+    (out / "hip0" / "truth.json").write_bytes(truth[:-100])
+    with pytest.raises(InputError, match=r"hip0: exists but is no case that assemble made \(its truth.json is "
+                                         r"missing or unreadable, e.g. cut short: .*not valid JSON"):
+        assemble_cohort(table, "synthetic", out, workers=1)
+    (out / "hip0" / "truth.json").write_bytes(truth)
     manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())
     assert [c["patient"] for c in manifest["cases"]] == ["p1", "p2"]
 
@@ -674,7 +687,9 @@ def test_assemble_writes_only_into_its_own_cohort_and_cases(cohort, tmp_path):
 
 def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp_path, capsys):
     """`mskdex prepare` whose every case is excluded (here each label map unreadable) ends with
-    exit 2 naming the manifest, which is written, with each case's reasons."""
+    exit 2 naming the manifest, which is written, with each case's reasons; a run killed after
+    its last case but before the manifest is finished by the rerun, with no case left to do; a
+    shard index outside 0..n-1 is refused before any work."""
     from MSKdeXTraining.cli import main
 
     copy = tmp_path / "c"
@@ -682,11 +697,19 @@ def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp
     for case in json.loads((copy / "cohort.json").read_text())["cases"]:
         (copy / case / "labels.nii.gz").write_bytes(b"not an image")
     out = tmp_path / "ds"
-    assert main(["prepare", "--cohort", str(copy), "--out", str(out), "--image-size", "32", "--workers", "1"]) == 2
+    with pytest.raises(InputError, match=r"shard must be \(i, n\) with 0 <= i < n, got \(2, 2\)"):
+        prepare_dataset(copy, out, dataset_geometry(cohort, 32), shard=(2, 2), workers=1)
+    assert not out.exists()
+    args = ["prepare", "--cohort", str(copy), "--out", str(out), "--image-size", "32", "--workers", "1"]
+    assert main(args) == 2
     assert capsys.readouterr().err.endswith(f"mskdex prepare: error: {out / 'manifest.json'}: none of the 3 case(s) "
                                             "was prepared ok; each case's 'reasons' there say why\n")
-    manifest = json.loads((out / "manifest.json").read_text())
+    written = (out / "manifest.json").read_text()
+    manifest = json.loads(written)
     assert all(c["status"] == "excluded" and "unreadable input" in c["reasons"][0] for c in manifest["cases"])
+    (out / "manifest.json").unlink()
+    assert main(args) == 2
+    assert (out / "manifest.json").read_text() == written
 
 
 def test_a_cohort_unfinished_or_with_patients_of_no_case_is_refused(cohort, tmp_path):
@@ -706,25 +729,6 @@ def test_a_cohort_unfinished_or_with_patients_of_no_case_is_refused(cohort, tmp_
         dataset_geometry(cohort, rows, 3 * own.cols // 4)  # pixels 3x as tall as wide
     sized = dataset_geometry(cohort, rows, round(1.8 * own.cols / 4))
     assert 1.7 < sized.pixel_spacing[0] / sized.pixel_spacing[1] < 1.9
-
-
-def test_a_rerun_with_every_case_done_writes_a_missing_manifest(cohort, tmp_path):
-    """A run killed after its last case but before the manifest: the rerun, with no case left to
-    prepare, writes it (here with every label map unreadable, so no case is registered); a shard
-    index outside 0..n-1 is refused before any work."""
-    copy = tmp_path / "c"
-    shutil.copytree(cohort, copy)
-    for case in json.loads((copy / "cohort.json").read_text())["cases"]:
-        (copy / case / "labels.nii.gz").write_bytes(b"not an image")
-    out = tmp_path / "ds"
-    with pytest.raises(InputError, match=r"shard must be \(i, n\) with 0 <= i < n, got \(2, 2\)"):
-        prepare_dataset(copy, out, dataset_geometry(cohort, 32), shard=(2, 2), workers=1)
-    assert not out.exists()
-    _prepare(copy, out)
-    written = (out / "manifest.json").read_text()
-    (out / "manifest.json").unlink()
-    _prepare(copy, out)
-    assert (out / "manifest.json").read_text() == written
 
 
 def test_a_pairs_table_refuses_zero_or_infinite_numbers_and_hidden_cases(cohort, tmp_path):
@@ -774,7 +778,9 @@ def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
         o["labels"] = [v + 300 for v in o["labels"]]
         o["sides"] = {side: [v + 300 for v in values] for side, values in o.get("sides", {}).items()}
     (tmp_path / "map.json").write_text(json.dumps(spec))
-    _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{tmp_path}/labels.nii.gz,{case}/xray.mha,{_film(cohort, 'case_0000')}"])
+    film = _film(cohort, "case_0000")
+    _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{tmp_path}/labels.nii.gz,{case}/xray.mha,{film}"])
     out = assemble_cohort(tmp_path / "t.csv", tmp_path / "map.json", tmp_path / "out", workers=1)
     written = read_labels(out / "a" / "labels.nii.gz").array
-    assert written.max() > 300 and set(np.unique(written)) == set(np.unique(read_labels(tmp_path / "labels.nii.gz").array))
+    given = read_labels(tmp_path / "labels.nii.gz").array
+    assert written.max() > 300 and set(np.unique(written)) == set(np.unique(given))

@@ -236,8 +236,8 @@ def test_register_command_writes_poses_and_qc(cohort_case, tmp_path, monkeypatch
     """`mskdex register --preset fast --seed 3` on a cohort case: exit 0; poses.json v1 with the
     radiograph's geometry, the preset's settings and seed, each body's labels and a pose near
     its true one; the QC overlays; a rerun into the folder is refused (exit 2) and changes
-    nothing, as is a CT that is not in HU. The preset's optimiser budget is cut to two short CMA-ES levels (its accuracy is
-    tested above)."""
+    nothing, as is a CT that is not in HU. The preset's optimiser budget is cut to two short
+    CMA-ES levels (its accuracy is tested above)."""
     preset = RegistrationSettings.preset
     monkeypatch.setattr(RegistrationSettings, "preset", classmethod(lambda cls, name: replace(
         preset(name), levels=(Level(8.0, "cma", 6, 1.0), Level(4.0, "cma", 4, 0.3)), popsize=6)))

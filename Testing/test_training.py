@@ -614,13 +614,14 @@ def test_config_bounds_and_types_at_their_edges(tmp_path):
     (gan off), are refused naming the key; so is an empty mapping (every default: the paper's
     600 epochs at 512 pixels, unasked)."""
     (tmp_path / "empty.json").write_text("{}")
-    with pytest.raises(InputError, match=r"empty.json: expected a non-empty mapping of config keys to values, got dict"):
+    with pytest.raises(InputError, match=r"empty.json: expected a non-empty mapping of config keys to values, "
+                                         r"got dict"):
         load_config(tmp_path / "empty.json")
     for bad, message in [({"epochs": True}, r"config key 'epochs' must be int, got True"),
                          ({"lambda_l1": -1.0}, r"config field 'lambda_l1' must be >= 0, got -1.0"),
                          ({"beta2": 1.0}, r"config field 'beta2' must be in \[0, 1\) \(AdamW\), got 1.0"),
-                         ({"image_size": 8, "gan": False}, r"config field 'image_size' must be an int or \[rows, cols\], "
-                                                           r"at least 16 pixels, got 8")]:
+                         ({"image_size": 8, "gan": False},
+                          r"config field 'image_size' must be an int or \[rows, cols\], at least 16 pixels, got 8")]:
         with pytest.raises(InputError, match=message):
             load_config("small", bad)
     assert load_config("small", {"image_size": 16, "gan": False, "beta2": 0.0}).size == (16, 16)

@@ -109,7 +109,6 @@ def test_box_center_agrees_with_simpleitk_on_an_oblique_grid():
     np.testing.assert_allclose(volume.box_center(mask), expected, atol=1e-9)
 
 
-
 def test_a_single_slice_or_non_integer_label_map_is_refused(tmp_path):
     """A CT of one slice (a 3D file holding a 2D image) is no volume; a label map of fractional
     values (resampled with linear interpolation) would lose them to truncation: both refused."""

@@ -109,10 +109,6 @@ def load_template(folder: str | Path) -> Template:
     folder = Path(folder)
     settings, settings_path = template_settings(folder)
     source = str(settings_path)
-    label_path = _label_file(folder, settings)
-    if label_path is None:
-        raise InputError(f"{folder}: no label map found (expected label.* or labels.*)")
-    raw = read_labels(label_path)
     name = settings.get("object_map", "pelvic_reference")
     if not isinstance(name, str) or not name:
         raise InputError(f"{source}: field 'object_map' must name a built-in object map or a JSON file, got {name!r}")
@@ -120,6 +116,10 @@ def load_template(folder: str | Path) -> Template:
         objects = load_object_map(settings_path.parent / name if name.endswith(".json") else name)
     except InputError as e:
         raise InputError(f"{source}: field 'object_map': {e}") from None
+    label_path = _label_file(folder, settings)
+    if label_path is None:
+        raise InputError(f"{folder}: no label map found (expected label.* or labels.*)")
+    raw = read_labels(label_path)
     other = settings.get("other_labels", "muscle")
     if other not in ("muscle", "soft_tissue"):
         raise InputError(f"{source}: field 'other_labels' must be 'muscle' or 'soft_tissue', got {other!r}")

@@ -177,10 +177,13 @@ def _refuse_foreign_case(folder: Path) -> None:
         why = "not a folder"
     elif other := sorted(p.name for p in folder.iterdir() if p.name not in CASE_FILES):
         why = f"it also holds {other}"
-    elif not (folder / "truth.json").is_file() or "assembled_from" not in read_json_object(folder / "truth.json"):
-        why = "no truth.json with field 'assembled_from'"
     else:
-        return
+        try:
+            if "assembled_from" in read_json_object(folder / "truth.json"):
+                return
+            why = "no truth.json with field 'assembled_from'"
+        except InputError as e:  # missing, or cut short by a copy that stopped
+            why = f"its truth.json is missing or unreadable, e.g. cut short: {e}"
     raise InputError(f"{folder}: exists but is no case that assemble made ({why}); assemble replaces only "
                      "its own cases: move it away or choose another --out")
 

@@ -268,12 +268,16 @@ def file_sizes(folder: Path) -> dict[str, int]:
 
 
 def case_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a case's ``truth.json`` and, where it records them (cases made
-    before release 0.3.7 do not), files of the recorded sizes."""
+    """Whether ``folder`` holds a case's :data:`CASE_FILES` of the sizes its ``truth.json``
+    records (cases made before release 0.3.7 record none: then the files need only be there)."""
     try:
-        recorded = json.loads((folder / "truth.json").read_text()).get("files", {})
-        return all((folder / name).stat().st_size == size for name, size in recorded.items())
-    except (OSError, ValueError, AttributeError):
+        truth = json.loads((folder / "truth.json").read_text())
+        if not isinstance(truth, dict):
+            return False
+        if "files" not in truth:
+            return all((folder / name).is_file() for name in CASE_FILES)
+        return truth["files"] == file_sizes(folder)
+    except (OSError, ValueError):
         return False
 
 

@@ -509,7 +509,7 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     truth = (out / "hip0" / "truth.json").read_bytes()  # ... unless the cut file is the record of what it is
     (out / "hip0" / "truth.json").write_bytes(truth[:-100])
     with pytest.raises(InputError, match=r"hip0: exists but is no case that assemble made \(its truth.json is "
-                                         r"missing or unreadable, e.g. cut short: .*not valid JSON"):
+                                         r"unreadable, e.g. cut short: .*not valid JSON"):
         assemble_cohort(table, "synthetic", out, workers=1)
     (out / "hip0" / "truth.json").write_bytes(truth)
     manifest = json.loads((_prepare(out, tmp_path / "ds") / "manifest.json").read_text())

@@ -178,12 +178,15 @@ def _refuse_foreign_case(folder: Path) -> None:
     elif other := sorted(p.name for p in folder.iterdir() if p.name not in CASE_FILES):
         why = f"it also holds {other}"
     else:
+        truth = folder / "truth.json"
         try:
-            if "assembled_from" in read_json_object(folder / "truth.json"):
+            record = read_json_object(truth) if truth.is_file() else {}
+        except InputError as e:  # e.g. cut short by a copy that stopped
+            why = f"its truth.json is unreadable, e.g. cut short: {e}"
+        else:
+            if "assembled_from" in record:
                 return
             why = "no truth.json with field 'assembled_from'"
-        except InputError as e:  # missing, or cut short by a copy that stopped
-            why = f"its truth.json is missing or unreadable, e.g. cut short: {e}"
     raise InputError(f"{folder}: exists but is no case that assemble made ({why}); assemble replaces only "
                      "its own cases: move it away or choose another --out")
 

@@ -28,17 +28,20 @@ from .fileio import refuse_existing, refuse_overwrite, staged_folder, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
 from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, project_objects
+from .ct_input import read_ct_and_labels
 from .errors import InputError
-from .imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels, resample_labels
+from .imaging.volume import Volume, detector_image
 from .objects import ObjectMap, load_object_map
 from .progress import Progress
-from .qc import check_hu, plausible_volume, segmentation_qc, volume_flag
+from .qc import plausible_volume, segmentation_qc, volume_flag
 
 METRICS_FORMAT = "mskdex-drr-metrics"
 STACK_FORMAT = "mskdex-drr-stack"
 FORMAT_VERSION = 1
 #: Relative tolerance between DRR sums and 3D values (objects inside the field of view).
 SUM_TOLERANCE = 1e-3
+#: What to do about a label map on another grid than the CT's.
+RESAMPLE_OPTION = "resample the labels onto the CT grid (`--resample-labels`: nearest neighbour)"
 
 
 @dataclass
@@ -48,23 +51,6 @@ class DRRResult:
     stack: DRRStack
     metrics: dict
     pose: np.ndarray
-
-
-def load_inputs(ct_path: str | Path, labels_path: str | Path,
-                resample: bool = False) -> tuple[Volume, Volume]:
-    """Read a CT (HU) and its label map; the grids must match unless ``resample`` is set.
-
-    Raises :class:`InputError` naming the file and field: unreadable files, non-3D images,
-    NaN/inf HU, non-integer labels, differing grids (size, spacing, origin, direction).
-    ``resample`` resamples the labels onto the CT grid by nearest neighbour.
-    """
-    ct = read_ct(ct_path)
-    labels = read_labels(labels_path)
-    if resample and ct.grid_differences(labels):
-        labels = resample_labels(labels, ct)
-    check_same_grid(ct, labels, str(ct_path), str(labels_path),
-                    "resample the labels onto the CT grid (`--resample-labels`: nearest neighbour)")
-    return ct, labels
 
 
 def voxel_metrics(ct: Volume, labels: Volume, objects: ObjectMap,
@@ -202,8 +188,8 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
                    objects: str | Path | ObjectMap = "synthetic", geometry: Geometry | None = None,
                    resample: bool = False, per_side: bool = False, device: str = "cpu",
                    progress: Progress | None = None) -> DRRResult:
-    """Read CT + labels (refusing a CT whose muscles do not read as HU), render every
-    object's DRRs and write them to ``out_dir``.
+    """Read CT + labels (:func:`~MSKdeXTraining.ct_input.read_ct_and_labels`: on one grid, holding
+    the map's objects, in HU), render every object's DRRs and write them to ``out_dir``.
 
     ``objects`` is an :class:`ObjectMap`, a built-in map name or a JSON path; ``per_side``
     splits objects that declare sides into ``<name>_left`` / ``<name>_right``.
@@ -213,8 +199,7 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
         omap = omap.per_side()
     refuse_existing([Path(out_dir) / f"{t}.nrrd" for t in DRR_TYPES] + [Path(out_dir) / "metrics.json"],
                     [ct_path, labels_path])
-    ct, labels = load_inputs(ct_path, labels_path, resample)
-    check_hu(ct, labels, omap, ct_path)
+    ct, labels = read_ct_and_labels(ct_path, labels_path, omap, resample, RESAMPLE_OPTION)
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)
     result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample,

@@ -8,7 +8,8 @@ from conftest import write_image
 import SimpleITK as sitk
 
 from MSKdeXTraining.commands import drr as drr_command
-from MSKdeXTraining.drr import drr_from_files, load_inputs, read_drr_stack, render_drr, view_center
+from MSKdeXTraining.ct_input import read_ct_and_labels
+from MSKdeXTraining.drr import drr_from_files, read_drr_stack, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.volume import InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
@@ -24,8 +25,9 @@ def example(shared_data):
 
 @pytest.fixture(scope="module")
 def example_result(example):
-    ct, labels = load_inputs(*example)
-    return ct, labels, render_drr(ct, labels, load_object_map("totalsegmentator"), WIDE)
+    objects = load_object_map("totalsegmentator")
+    ct, labels = read_ct_and_labels(*example, objects)
+    return ct, labels, render_drr(ct, labels, objects, WIDE)
 
 
 def test_real_ct_drr_sums_equal_voxel_volume_and_mass(example_result):
@@ -121,8 +123,8 @@ def test_cli_writes_stacks_with_geometry_metadata_and_metrics(phantom, tmp_path,
 def test_per_side_and_resampled_labels(phantom, tmp_path):
     ct_path, _, _, labels = phantom
     shifted = _write(tmp_path / "shifted.nii.gz", labels, spacing=(2.0, 2.0, 2.5), origin=(2.0, 0.0, 0.0))
-    with pytest.raises(InputError, match=r"shifted.nii.gz.*origin"):
-        load_inputs(ct_path, shifted)
+    with pytest.raises(InputError, match=r"shifted.nii.gz.*origin.*`--resample-labels`"):
+        drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48))
     result = drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48), resample=True,
                             per_side=True)
     names = [r["name"] for r in result.metrics["objects"]]
@@ -138,7 +140,7 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
 @pytest.mark.parametrize("case, field", [
     ("grid", "spacing"), ("nan", "NaN"), ("float_labels", "non-integer"), ("unmapped", "label values [7]"),
     ("2d", "3D image"), ("missing", "file not found"), ("not_hu", "the muscles' median is 1069, not HU"),
-    ("label_map_as_ct", "its lowest value is 0, not HU"),
+    ("label_map_as_ct", "its lowest value is 0, not HU"), ("wrong_map", "holds none of the labels of object map"),
 ])
 def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
     ct_path, labels_path, ct, labels = phantom
@@ -155,6 +157,11 @@ def test_bad_input_errors_name_file_and_field(phantom, tmp_path, case, field):
         objects = tmp_path / "map.json"
         strict = ObjectMap("strict", (ObjectSpec("pelvis", "bone", (1,)),), "error")
         objects.write_text(json.dumps(strict.to_json()))
+    elif case == "wrong_map":  # a map whose objects the label map does not hold: every DRR would be 0
+        labels_path = _write(tmp_path / "bad.nii.gz", labels)
+        objects = tmp_path / "map.json"
+        other = ObjectMap("other", (ObjectSpec("pelvis", "bone", (50,)),), "ignore")
+        objects.write_text(json.dumps(other.to_json()))
     elif case == "2d":
         ct_path = _write(tmp_path / "bad.nii.gz", ct[10], spacing=(2.0, 2.0), origin=(0.0, 0.0))
     elif case == "not_hu":  # stored values without their rescale intercept (-1024)
@@ -183,8 +190,8 @@ def test_metrics_flag_a_detector_too_small_and_match_attenuation_in_parallel(pha
     the DRR sums miss of the 3D values, and the sums are out of tolerance. In parallel geometry
     the WVDRR sum is the attenuation integral; in perspective it is magnified by about M^2."""
     ct_path, labels_path, _, _ = phantom
-    ct, labels = load_inputs(ct_path, labels_path)
     omap = load_object_map("synthetic")
+    ct, labels = read_ct_and_labels(ct_path, labels_path, omap)
     small = render_drr(ct, labels, omap, Geometry(6, 6, (2.0, 2.0))).metrics
     assert small["outside_fov"] == ["gluteus_maximus", "pelvis"]
     assert small["sums_within_tolerance"] is False and small["max_rel_error"] > 0.5

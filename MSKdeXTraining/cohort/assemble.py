@@ -33,16 +33,16 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from ..ct_input import read_ct_and_labels
 from ..dicom_radiograph import HIP_ABOVE_TABLE_MM
 from ..errors import InputError
 from ..fileio import file_sha256, marked_kind, read_json_object, remove_stale, write_json
 from ..imaging.geometry import Geometry
 from ..imaging.registration import radiograph_geometry, rigid_bodies
-from ..imaging.volume import Volume, check_same_grid, detector_image, read_ct, read_labels
+from ..imaging.volume import Volume, detector_image
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
 from ..progress import Progress
-from ..qc import check_hu, check_map_fits
 from ..radiograph_io import Radiograph, check_magnification, read_radiograph
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .generate import (CASE_FILES, COHORT_FORMAT, TRUTH_FORMAT, VERSION, case_complete, check_resume, file_sizes,
@@ -209,10 +209,7 @@ def _naming_row(pair: dict) -> Iterator[None]:
 def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> None:
     """Write one case into ``out/<case>`` (atomically, replacing an outdated one) with the
     ``record`` of what it is made from (:func:`_record`)."""
-    ct, labels = read_ct(pair["ct"]), read_labels(pair["labels"])
-    check_same_grid(ct, labels, str(pair["ct"]), str(pair["labels"]))
-    check_map_fits(labels, objects, pair["labels"])
-    check_hu(ct, labels, objects, pair["ct"])
+    ct, labels = read_ct_and_labels(pair["ct"], pair["labels"], objects)
     ct, labels = crop_to_region(ct, labels, objects)
     radiograph, geometry = read_film(pair)
     xray, _ = radiograph.windowed()  # as decompose does

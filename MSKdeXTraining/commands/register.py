@@ -41,22 +41,19 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..ct_input import read_ct_and_labels
     from ..fileio import refuse_existing, staged_folder, write_json
     from ..imaging.qc_images import overlay_image, write_qc_figure
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies, working_film)
-    from ..imaging.volume import check_same_grid, read_ct, read_labels
     from ..objects import load_object_map
-    from ..qc import check_hu
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     objects = load_object_map(args.objects)
     bodies = rigid_bodies(objects)
     refuse_existing([args.out / name for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]],
                     [args.ct, args.labels, args.xray])
-    ct, labels = read_ct(args.ct), read_labels(args.labels)
-    check_same_grid(ct, labels, str(args.ct), str(args.labels))
-    check_hu(ct, labels, objects, args.ct)
+    ct, labels = read_ct_and_labels(args.ct, args.labels, objects)
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)
     settings = replace(RegistrationSettings.preset(args.preset), seed=args.seed)
     with progress_bar("registering", leave=False) as progress:

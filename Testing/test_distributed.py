@@ -39,7 +39,7 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     one = train(load_config("small", OVERRIDES), data, tmp_path / "one")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # torchrun's log folders, too
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(script), json.dumps(OVERRIDES), str(data), str(tmp_path / "two")],

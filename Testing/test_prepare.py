@@ -233,6 +233,12 @@ def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     path.write_text(json.dumps({**truth, "files": {k: v + 1 for k, v in truth["files"].items()}}, indent=2))
     _prepare(moved, data)
     assert {f: f.stat().st_mtime_ns for f in (data / "cases").iterdir()} == stamps
+    entry = data / "cases" / "case_0001.json"  # a case whose shard has not run is named, not skipped
+    entry.rename(tmp_path / "aside.json")
+    with pytest.raises(InputError, match=r"1 case\(s\) not prepared yet \(first: \['case_0001'\]\)"):
+        merge_manifest(data)
+    assert (data / "manifest.json").read_bytes() == merged
+    (tmp_path / "aside.json").rename(entry)
     # cohorts assembled by hand may share every cohort.json field: their cases' truths tell them apart
     truth = json.loads((moved / "case_0001" / "truth.json").read_text())
     truth["objects"][next(iter(truth["objects"]))]["mass_g"] += 1.0

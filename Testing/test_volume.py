@@ -100,6 +100,20 @@ def test_a_dicom_series_off_a_regular_grid_is_refused(tmp_path, z_of, y_of, mess
     assert read_ct(regular).spacing[2] == pytest.approx(0.625, abs=0.05)
 
 
+@pytest.mark.parametrize("step, off, refused", [
+    (2.0, 0.49, False), (2.0, 0.51, True),  # a quarter of the step: 0.5 mm
+    (0.4, 0.14, False), (0.4, 0.16, True),  # at least 0.15 mm (positions written to 0.1 mm)
+])
+def test_slice_step_tolerance_edge(tmp_path, step, off, refused):
+    """One slice step off by just under / over max(0.15 mm, a quarter of the step)."""
+    _dicom_series(tmp_path, "1.2.3.4.1", 6, 40, "a", lambda k: step * k + off * (k >= 3))
+    if refused:
+        with pytest.raises(InputError, match=r"a002.dcm and a003.dcm \(slices 3 and 4 of 6\)"):
+            read_ct(tmp_path)
+    else:
+        assert read_ct(tmp_path).array.shape == (6, 8, 8)
+
+
 def test_box_center_agrees_with_simpleitk_on_an_oblique_grid():
     direction = sitk.VersorTransform((0.2, 0.5, -0.3), 0.7).GetMatrix()
     volume = Volume(np.zeros((10, 12, 14), np.uint8), (0.8, 1.1, 2.5), (-30.0, 12.0, 400.0), direction)

@@ -14,11 +14,14 @@ HELP = ("End-to-end demo: synthetic cohort from the bundled anatomy -> prepare -
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cohort.generate import SIZES
+
     parser.add_argument("--out", type=Path, default=Path("mskdex-demo"),
                         help="demo folder; re-running with the same folder continues")
     parser.add_argument("--n", type=int, default=96, help="number of synthetic patients")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed")
-    parser.add_argument("--size", default="demo", help="cohort resolution preset (demo, full, test)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="demo",
+                        help="cohort resolution preset (mskdex cohort --help)")
     parser.add_argument("--workers", type=positive_int, help="processes for cohort and prepare (default: all cores)")
     parser.add_argument("--registration", choices=("accurate", "fast"), default="accurate",
                         help="bone registration preset used by prepare (fast: fewer evaluations)")

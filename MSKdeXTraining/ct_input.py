@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .imaging.volume import Volume, check_same_grid, read_ct, read_labels, resample_labels
+from .imaging.volume import RESAMPLE_FIX, Volume, check_same_grid, read_ct, read_labels, resample_labels
 from .objects import ObjectMap
 from .qc import check_hu, check_map_fits
-
-#: What to do about differing grids, for steps without a resampling option.
-RESAMPLE_FIX = "resample the labels onto the CT grid (nearest neighbour)"
 
 
 def read_ct_and_labels(ct_path: str | Path, labels_path: str | Path, objects: ObjectMap,

@@ -226,8 +226,12 @@ def check_labels(vol: Volume, source: str) -> Volume:
     return vol.with_array(a)
 
 
+#: What to do about a label map on another grid than the CT's, where no option resamples it.
+RESAMPLE_FIX = "resample the labels onto the CT grid (nearest neighbour)"
+
+
 def check_same_grid(ct: Volume, labels: Volume, ct_path: str = "", labels_path: str = "label map",
-                    fix: str = "resample the labels onto the CT grid (nearest neighbour)") -> None:
+                    fix: str = RESAMPLE_FIX) -> None:
     """Raise :class:`InputError` naming both, listing every geometry field where the grids
     differ and saying how to ``fix`` it."""
     diff = ct.grid_differences(labels)

@@ -240,3 +240,19 @@ def test_default_view_centres_the_hip_region_of_a_long_ct():
     np.testing.assert_allclose(view_center(labels, without_region), (-50 + 4 * 7.5, -40 + 4 * 11.5, -900 + 4 * 2))
     empty = labels.with_array(np.zeros_like(labels.array))
     np.testing.assert_allclose(view_center(empty, omap), labels.center)
+
+
+def test_read_ct_and_labels_default_hint_and_resample(phantom, tmp_path):
+    """Without a caller's hint (register, assemble) a grid mismatch says how to fix it, naming
+    both files; ``resample`` puts the labels on the CT grid instead."""
+    from MSKdeXTraining.imaging.volume import RESAMPLE_FIX
+
+    ct_path, _, _, labels = phantom
+    shifted = _write(tmp_path / "shifted.nrrd", labels, origin=(2.0, 0.0, 0.0))
+    omap = load_object_map("synthetic")
+    with pytest.raises(InputError, match=r"shifted.nrrd: label grid differs from CT .*ct.nii.gz: origin") as err:
+        read_ct_and_labels(ct_path, shifted, omap)
+    assert str(err.value).endswith(f"; {RESAMPLE_FIX}")
+    ct, moved = read_ct_and_labels(ct_path, shifted, omap, resample=True)
+    assert not ct.grid_differences(moved)
+    assert np.array_equal(moved.array[:, :, 1:], labels[:, :, :-1])  # one voxel (2 mm) along i

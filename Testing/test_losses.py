@@ -99,3 +99,25 @@ def test_gan_losses():
 def test_cycle_loss():
     x, d = torch.zeros(1, 1, 2, 2), torch.zeros(1, 3, 2, 2, 2)
     assert float(losses.cycle_loss(x, x + 0.5, d, d - 2)) == pytest.approx(2.5)
+
+
+def test_gc_beta_counts_the_mdrr_channel():
+    """Eq. 2 correlates the WVDRR with both the VDRR and the MDRR: a flat MDRR (GC 0) halves the loss."""
+    wv = ramp()
+    pred = torch.stack([wv, 2 * wv + 1, torch.zeros_like(wv)])[None, :, None]  # (1, 3, 1, H, W)
+    assert float(losses.gc_beta_loss(pred)) == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_bone_validity_mask_is_per_sample():
+    """``valid`` (B, N_b) masks each sample's own bones, with batch size > 1."""
+    a = torch.stack([ramp(), ramp(gain=2.0)])[None, None].repeat(2, 3, 1, 1, 1)  # (B=2, 3, Nb=2, H, W)
+    pred = a + 0.1
+    full = losses.bone_terms(pred, a, 100.0)
+    valid = torch.tensor([[True, True], [False, False]])  # second sample: both registrations failed
+    torch.testing.assert_close(losses.bone_terms(pred, a, 100.0, valid), full / 2)
+
+
+def test_virtual_xray_sums_the_objects():
+    """V(.) is the sum over objects (GC alone cannot tell a sum from a mean)."""
+    wv = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    torch.testing.assert_close(losses.virtual_xray(wv), wv[:, 0] + wv[:, 1] + wv[:, 2])

@@ -93,7 +93,7 @@ def test_pickle_renamed_as_safetensors_is_refused(run, tmp_path):
     with pytest.raises(ModelFormatError, match="pickle.*never unpickles"):
         load_model(dst)
     (dst / "model.safetensors").write_bytes(pickle.dumps({"evil": 1}))  # raw pickle protocol
-    with pytest.raises(ModelFormatError, match="pickle"):
+    with pytest.raises(ModelFormatError, match="this is a Python pickle"):  # (the tmp path holds "pickle")
         load_model(dst)
     (dst / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     with pytest.raises(ModelFormatError, match="not a safetensors file"):
@@ -137,6 +137,7 @@ OOD = {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "inten
     ("ood.feature_cov", [[1.0], [1.0, 2.0]], "field 'ood.feature_cov' must be .*got a ragged array"),
     ("ood.feature_p99", 0, "field 'ood.feature_p99' must be a finite number > 0, got 0"),
     ("ood.intensity_std", [0.2, -0.1], "field 'ood.intensity_std' must be \\[mean, std\\] with std > 0"),
+    ("ood.intensity_mean", [0.5, 0.0], "field 'ood.intensity_mean' must be \\[mean, std\\] with std > 0"),
     ("ood", {**OOD, "feature_mean": [0.0] * 5, "feature_cov": [[1.0] * 5] * 5}, "'ood' has 5 feature statistics"),
     ("ood", {**OOD, "layout_grid": 8, "layout_mean": [0.0] * 63},
      "field 'ood.layout_mean' must be layout_grid\\^2 finite numbers, got shape \\(63,\\)"),
@@ -165,6 +166,10 @@ def test_dataset_mismatch_is_refused(run):
     geo = {**manifest["geometry"], "sdd": 1500.0}
     with pytest.raises(ModelFormatError, match="field 'geometry'"):
         load_model(path, manifest={**manifest, "geometry": geo})
+    with pytest.raises(ModelFormatError, match="field 'drr_types'"):  # each field is compared
+        load_model(path, manifest={**manifest, "drr_types": ["wvdrr", "vdrr"]})
+    with pytest.raises(ModelFormatError, match="field 'geometry'"):  # same distances, parallel beam
+        load_model(path, manifest={**manifest, "geometry": {**manifest["geometry"], "parallel": True}})
 
 
 def test_weights_not_fitting_config_are_refused(run, tmp_path):
@@ -200,6 +205,9 @@ def test_model_from_a_newer_minor_version_is_refused(tmp_path):
         check_code_version(f"{major}.{minor + 1}.0", "model.json")
     with pytest.raises(ModelFormatError, match=f"written by MSKdeX {major + 1}.0.0"):
         check_code_version(f"{major + 1}.0.0", "model.json")
+    for unversioned in (f"{major}", "dev"):  # no minor to compare: refused, not taken as older
+        with pytest.raises(ModelFormatError, match=f"written by MSKdeX {unversioned},"):
+            check_code_version(unversioned, "model.json")
 
 
 def test_a_model_saved_again_drops_its_old_json_before_the_weights(run, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging import hu
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, rigid
-from MSKdeXTraining.imaging.projector import (Splatter, _box_weights, footprint_mm,
+from MSKdeXTraining.imaging.projector import (Splatter, _box_weights, footprint_mm, per_pixel_area,
                                               project_objects, subdivision, voxel_amounts)
 from MSKdeXTraining.imaging.volume import Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec
@@ -360,3 +360,59 @@ def test_voxels_wider_than_256_pixels_are_refused_naming_the_spacings():
     with pytest.raises(InputError, match=r"^seg.nii: CT spacing \[1.0, 1.0, 1.0\] mm against detector pixel_spacing "
                                          r"\[0.001, 0.001\] mm: voxels project to more than 256 pixels"):
         project_objects(ct, labels, ONE, g, default_ap_pose((0, 0, 0), g), source="seg.nii")
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_uniform_slab_projects_flat_on_non_square_pixels(parallel):
+    """Footprints are sized per detector axis: column width from the column spacing, row height
+    from the row spacing (the other slab tests use square pixels)."""
+    ct, labels = slab(1.1)  # sub-voxels needed along the rows (1.0 mm) but not the columns
+    g = Geometry(rows=48, cols=40, pixel_spacing=(1.0, 1.6), sdd=1000, sod=800, parallel=parallel)
+    image = project_objects(ct, labels, ONE, g, default_ap_pose((0, 0, 0), g)).data[1, 0].numpy()
+    c = image[24 - 7:24 + 7, 20 - 5:20 + 5]
+    assert c.min() > 0.99 * c.max()
+    expected_cm = 10 * 1.1 / 10 * (1.0 if parallel else (g.sod / g.sdd) ** 2)
+    assert c.mean() == pytest.approx(expected_cm, rel=2e-3)
+
+
+def test_integer_hu_bone_mass_is_the_full_density():
+    """Bone voxels in the lookup-table path carry rho x volume, not the muscles' lean share
+    (0 HU: the lean fraction would halve it)."""
+    amounts = voxel_amounts(np.array([0, 0, 60], np.int16), np.array([False, True, False]), 0.5)
+    rho = hu.mass_density(np.array([0.0, 60.0]))
+    np.testing.assert_allclose(amounts[:, 2], [0.5 * rho[0], 0.25 * rho[0], 0.5 * rho[1]], rtol=1e-6)
+    np.testing.assert_allclose(amounts[:, 1], 0.5)
+
+
+def test_an_object_reaching_behind_the_source_is_refused_though_most_lies_in_front():
+    """The depth check uses the nearest corner: a rod from 20 mm behind the source to 600 mm in
+    front of it is refused (the existing test's object lies wholly behind)."""
+    ct = Volume(np.zeros((32, 3, 3), np.int16), (1.0, 1.0, 20.0), (-1.0, -1.0, -10.0), np.eye(3))
+    with pytest.raises(InputError, match="behind the X-ray source"):
+        project_objects(ct, ct.with_array(np.ones((32, 3, 3), np.uint8)), ONE, Geometry(rows=16, cols=16),
+                        np.eye(4))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_per_pixel_area_rescales_volume_and_mass_but_not_line_integrals(kind):
+    """VDRR/MDRR pixels are amounts per area (sum x area is kept); WVDRR pixels are line integrals."""
+    drr = np.arange(1.0, 3 * 2 * 2 * 2 + 1).reshape(3, 2, 2, 2).astype(np.float32)
+    src = drr if kind == "numpy" else torch.from_numpy(drr)
+    out = np.asarray(per_pixel_area(src, 0.04, 0.01))
+    np.testing.assert_allclose(out[0], drr[0])
+    np.testing.assert_allclose(out[1:], drr[1:] * 4.0)
+    assert out.dtype == np.float32
+
+
+def test_lost_amounts_are_never_negative():
+    """float32 rounding of the image can exceed the float64 total; a border hit smaller than
+    that rounding leaves a lost amount of 0, not a negative one."""
+    g = Geometry(rows=4, cols=4, pixel_spacing=(1.0, 1.0), parallel=True)
+    sp = Splatter(g, 1, (False,))
+    centre = torch.tensor([[-0.5, -0.5, 800.0]])  # the centre of pixel (1, 1): bilinear weight 1
+    sp.add(centre, torch.tensor([[1.0]]), torch.zeros(1, dtype=torch.long))
+    # 0.6 float32 ulps of 1.0 at the same pixel: the float32 image rounds up a whole ulp
+    sp.add(centre, torch.tensor([[0.6 * 2.0 ** -23]]), torch.zeros(1, dtype=torch.long))
+    sp.add(torch.tensor([[100.0, 0.0, 800.0]]), torch.tensor([[1e-9]]), torch.zeros(1, dtype=torch.long))
+    _, lost = sp.result()
+    assert float(lost[0, 0]) >= 0.0

@@ -167,3 +167,84 @@ def test_objects_cut_by_the_scan_range():
     assert qc.objects["gluteus_minimus"].failing and not qc.ok
     assert qc.failed == ["gluteus_minimus: touches the label map's first column: cut by the scan range or "
                          "field of view, its volume and mass fall short"]
+
+
+def test_flag_thresholds_are_inclusive_where_documented():
+    """Volumes at the range ends are plausible; 90 % in the main part is not fragmented;
+    exactly METAL_MIN_CM3 of voxels at exactly METAL_HU is metal."""
+    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
+    from MSKdeXTraining.qc import METAL_HU, METAL_MIN_CM3, volume_flag
+
+    assert volume_flag(150.0, (150.0, 3000.0)) is None and volume_flag(3000.0, (150.0, 3000.0)) is None
+    assert volume_flag(149.9, (150.0, 3000.0))[0] == "volume_low"
+    assert volume_flag(3000.1, (150.0, 3000.0))[0] == "volume_high"
+    one = ObjectMap("one", (ObjectSpec("thing", "bone", (1,)),), "ignore")
+    a = np.zeros((12, 12, 12), np.uint8)
+    a[1:9, 1:3, 1:3] = 1                        # 32 voxels and islands of 4 and 4: 90 % in the
+    a[1:2, 6:8, 6:8] = a[1:2, 6:8, 9:11] = 1    # two largest (an object without sides)
+    hu = _tissue(a)
+    hu[10, 6:8, 6:8] = METAL_HU                 # 4 voxels of 0.125 cm3 = 0.5 cm3, 5 mm below the box
+    qc = segmentation_qc(_labels(a), one, ct=_ct(hu))
+    assert qc.objects["thing"].largest_fraction == 0.9 and "fragmented" not in qc.objects["thing"].flags
+    assert METAL_MIN_CM3 == 0.5 and qc.objects["thing"].metal_cm3 == 0.5
+    assert qc.objects["thing"].flags == ["metal"]
+
+
+def test_metal_margin_is_in_mm_per_axis():
+    """On a (4, 5, 2) mm grid the 10 mm margin is 3 voxels along i and 5 along k (rounded up):
+    metal 5 slices below the object counts, metal 3 columns past it counts, 4 columns past does not."""
+    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
+
+    one = ObjectMap("one", (ObjectSpec("thing", "bone", (1,)),), "ignore")
+    a = np.zeros((40, 20, 24), np.uint8)        # [k, j, i]
+    a[15:25, 5:15, 5:15] = 1
+    hu = np.where(a > 0, 40, -1000).astype(np.int16)
+    hu[10, 5:15, 5:15] = 3071                   # 100 voxels, 5 slices (10 mm) below the box
+    hu[15:20, 5:15, 17] = 3071                  # 50 voxels, 3 columns (12 mm) past it
+    hu[15:25, 5:15, 18:20] = 3071               # 200 voxels, 4-5 columns (16 mm) past it
+    grid = dict(spacing=(4.0, 5.0, 2.0), origin=(0.0, 0.0, 0.0), direction=np.eye(3))
+    labels, ct = Volume(a, **grid), Volume(hu, **grid)
+    qc = segmentation_qc(labels, one, ct=ct)
+    assert qc.objects["thing"].metal_cm3 == pytest.approx(150 * 0.04)
+
+
+def test_enclosed_cavities_are_6_connected():
+    """Background is 6-connected (the dual of the objects' 26-connectivity): cavities that touch
+    the outside only at a corner are holes."""
+    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
+
+    a = np.ones((5, 5, 5), np.uint8)
+    a[0, 0, 0] = a[1, 1, 1] = a[2, 2, 2] = 0    # a diagonal chain of empty voxels from a corner
+    qc = segmentation_qc(_labels(a), ObjectMap("one", (ObjectSpec("thing", "bone", (1,)),), "ignore"))
+    assert qc.objects["thing"].holes == 2 and qc.objects["thing"].components == 1
+
+
+def test_check_hu_refuses_muscles_below_the_hu_range_and_a_ct_without_fat_or_air():
+    """The muscles' median must lie in MUSCLE_HU_RANGE on both sides; a lowest value at exactly
+    FAT_OR_AIR_HU is not fat or air."""
+    from MSKdeXTraining.errors import InputError
+    from MSKdeXTraining.qc import FAT_OR_AIR_HU, MUSCLE_HU_RANGE, check_hu
+
+    a, objects = _healthy(), load_object_map("synthetic")
+    check_hu(_ct(_tissue(a)), _labels(a), objects, "ct.nii")
+    low = np.where(a > 0, MUSCLE_HU_RANGE[0] - 100, -1000)
+    with pytest.raises(InputError, match=r"ct.nii: the muscles' median is -300, not HU"):
+        check_hu(_ct(low), _labels(a), objects, "ct.nii")
+    no_air = _volume(np.where(a > 0, 40, FAT_OR_AIR_HU).astype(np.int16), int(FAT_OR_AIR_HU))
+    with pytest.raises(InputError, match=r"ct.nii: its lowest value is -50, not HU"):
+        check_hu(no_air, _labels(a), objects, "ct.nii")
+
+
+def test_low_volume_fails_and_a_muscle_cut_at_region_only_warns():
+    """volume_low fails the case; a muscle the map marks cut_at_region (TotalSegmentator's
+    iliopsoas) may touch a face of the label map with a warning (no shared data needed)."""
+    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
+
+    a = np.zeros((6, 6, 6), np.uint8)
+    a[0:3, 1:4, 1:4] = 1                        # 27 voxels (3.375 cm3) touching the first slice
+    small = segmentation_qc(_labels(a), ObjectMap("m", (ObjectSpec("thing", "bone", (1,)),), "ignore"),
+                            ranges={"thing": (5.0, 100.0)})
+    assert small.objects["thing"].flags == ["volume_low"] and not small.ok
+    cut = ObjectMap("m", (ObjectSpec("iliacus", "muscle", (1,), cut_at_region=True),), "ignore")
+    qc = segmentation_qc(_labels(a, pad=0), cut, ranges={"iliacus": (1.0, 100.0)})
+    assert qc.objects["iliacus"].flags == ["truncated"] and qc.ok and len(qc.warnings) == 1

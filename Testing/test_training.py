@@ -340,6 +340,25 @@ def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
     assert [r["after_epoch"] for r in env["resumes"]] == [1]
 
 
+def test_a_checkpoint_of_another_world_size_is_refused(dataset, tmp_path):
+    """A checkpoint written by 2 processes is not resumed by 1 (its pools and RNG states are per
+    process, the batches split otherwise): refused, naming both counts; so is a config.yaml
+    lacking a setting."""
+    config = load_config("small", {**TINY, "epochs": 2})
+    run = train(config, dataset, tmp_path / "run")
+    path = run / "checkpoints" / "epoch_0002.json"
+    head = json.loads(path.read_text())
+    head["state"]["world_size"] = 2
+    path.write_text(json.dumps(head))
+    with pytest.raises(InputError, match=r"epoch_0002.json: written by 2 processes; resume with the same number \(now 1\)"):
+        train(dataclasses.replace(config, epochs=3), dataset, run, resume=True)
+    # a setting the run's config.yaml lacks (written by another version) is a change too
+    yaml_path = run / "config.yaml"
+    yaml_path.write_text("\n".join(line for line in yaml_path.read_text().splitlines() if not line.startswith("lr:")))
+    with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\)"):
+        train(dataclasses.replace(config, epochs=3), dataset, run, resume=True)
+
+
 def test_a_diverging_run_stops_before_checkpointing_nan_weights(dataset, tmp_path, monkeypatch):
     """Non-finite epoch losses stop the run with an error naming the epoch, the terms and the
     checkpoint kept (before, it trained on to the end and died in the OOD statistics)."""
@@ -365,6 +384,52 @@ def test_a_diverging_run_stops_before_checkpointing_nan_weights(dataset, tmp_pat
     assert losses_of(tmp_path / "run")[-1]["owis"] == "nan"  # the diverged epoch is logged
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == [
         "epoch_0001.json", "epoch_0001.safetensors"]
+
+
+def test_infinite_loss_terms_count_as_diverged(tmp_path):
+    """inf, not only NaN, stops a run (the check is isfinite)."""
+    from MSKdeXTraining.errors import TrainingDiverged
+    from MSKdeXTraining.training.trainer import _check_finite
+
+    _check_finite({"gan_g": 1.0, "owis": 0.0}, 3, tmp_path)
+    with pytest.raises(TrainingDiverged, match=r"epoch 3: the loss terms gan_g are NaN or infinite .*no checkpoint"):
+        _check_finite({"gan_g": -math.inf, "owis": 0.0}, 3, tmp_path)
+
+
+def test_unpaired_partners_and_flips_are_drawn_afresh_each_epoch(dataset):
+    """The unpaired DRR partner of a case is a seeded permutation per epoch (the same for the same
+    epoch and seed, another for the next epoch); a case's radiograph flip (stream 0) and its flip
+    as someone's unpaired partner (stream 1) are independent draws."""
+    ds = PreparedDataset(dataset, flip_seed=0)
+    pairings = []
+    for epoch in (1, 2, 3, 1):
+        ds.set_epoch(epoch, 7)
+        pairings.append(ds.pairing.tolist())
+        assert sorted(pairings[-1]) == list(range(len(ds)))
+    assert pairings[0] == pairings[3] and len({tuple(p) for p in pairings}) == 3
+    flips = set()
+    for epoch in range(1, 10):
+        ds.set_epoch(epoch, 7)
+        flips |= {(ds._flip(i, 0), ds._flip(i, 1)) for i in range(len(ds))}
+    assert {(True, False), (False, True)} <= flips
+
+
+def test_the_case_order_is_shuffled_afresh_each_epoch(dataset, tmp_path, monkeypatch):
+    """The sampler is told the epoch: each epoch draws its own batches."""
+    from MSKdeXTraining.training.objective import Objective
+
+    seen = []
+
+    def step(self, batch, lambda_is, real=Objective.step):
+        seen.append(batch["index"].tolist())
+        return real(self, batch, lambda_is)
+
+    monkeypatch.setattr(Objective, "step", step)
+    config = load_config("small", {**TINY, "epochs": 3, "gan": False, "bone_loss": False})
+    train(config, dataset, tmp_path / "run")
+    per_epoch = len(seen) // 3
+    orders = [sum(seen[e * per_epoch:(e + 1) * per_epoch], []) for e in range(3)]
+    assert len({tuple(o) for o in orders}) > 1, orders
 
 
 def test_a_case_file_holding_nan_names_it(dataset, tmp_path):
@@ -509,6 +574,9 @@ def test_latest_checkpoint_is_the_highest_epoch(tmp_path):
         (tmp_path / f"epoch_{e:04d}.json").write_text("{}")
     (tmp_path / "epoch_0011.json.tmp").write_text("{}")
     assert latest_checkpoint(tmp_path).name == "epoch_0010.json"
+    for e in (9999, 10000):  # past four digits the names no longer sort as text
+        (tmp_path / f"epoch_{e:04d}.json").write_text("{}")
+    assert latest_checkpoint(tmp_path).name == "epoch_10000.json"
 
 
 def test_a_run_keeps_its_two_newest_checkpoints(dataset, tmp_path):
@@ -527,6 +595,9 @@ def test_a_run_keeps_its_two_newest_checkpoints(dataset, tmp_path):
     (folder / ".epoch_0006.safetensors.0123abcd.tmp.safetensors").write_bytes(b"0" * 64)  # a write killed midway
     assert [p.name for p in prune_checkpoints(folder, keep=1)] == ["epoch_0001.json", "epoch_0003.json"]
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_0005.json", "epoch_0005.safetensors"]
+    save_checkpoint(folder, 6, {"w": torch.zeros(2)})
+    assert [p.name for p in prune_checkpoints(folder, keep=0)] == ["epoch_0005.json"]  # keep >= 1: the newest stays
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_0006.json", "epoch_0006.safetensors"]
 
 
 def test_a_checkpoint_without_its_tensors_names_them(tmp_path):
@@ -543,6 +614,11 @@ def test_a_checkpoint_without_its_tensors_names_them(tmp_path):
         load_checkpoint(path)
     head = json.loads(path.read_text())
     path.write_text(json.dumps({**head, "tensors": ["epoch_0001.safetensors"]}))
+    with pytest.raises(ModelFormatError, match=r"epoch_0001.json: field 'tensors' must name a file beside it"):
+        load_checkpoint(path)
+    elsewhere = tmp_path / "elsewhere"
+    save_checkpoint(elsewhere, 1, {"w": torch.zeros(2), "b": torch.ones(1)})
+    path.write_text(json.dumps({**head, "tensors": "elsewhere/epoch_0001.safetensors"}))  # a real file, not beside it
     with pytest.raises(ModelFormatError, match=r"epoch_0001.json: field 'tensors' must name a file beside it"):
         load_checkpoint(path)
 

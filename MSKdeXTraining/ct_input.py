@@ -25,9 +25,9 @@ def read_ct_and_labels(ct_path: str | Path, labels_path: str | Path, objects: Ob
     ``resample`` resamples the labels onto the CT grid by nearest neighbour instead.
     """
     ct, labels = read_ct(ct_path), read_labels(labels_path)
+    check_map_fits(labels, objects, labels_path)  # as read: resampling may leave out what lies outside the CT
     if resample and ct.grid_differences(labels):
         labels = resample_labels(labels, ct)
     check_same_grid(ct, labels, str(ct_path), str(labels_path), fix)
-    check_map_fits(labels, objects, labels_path)
     check_hu(ct, labels, objects, ct_path)
     return ct, labels

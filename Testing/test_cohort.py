@@ -453,13 +453,13 @@ def test_radiograph_orientation_and_processing():
 
 
 def test_voxels_at_or_below_air_hu_are_not_projected():
-    """The radiograph leaves out CT values at or below AIR_HU (-900), though their mu is not 0."""
+    """The radiograph leaves out CT values at or below AIR_HU, though their mu is not 0."""
     geometry = Geometry(16, 16, (2.0, 2.0), 1000.0, 800.0)
-    ct = Volume(np.full((8, 8, 8), -900.0, np.float32), (2.0, 2.0, 2.0), (-8.0, -8.0, -8.0), np.eye(3))
+    ct = Volume(np.full((8, 8, 8), hu_conv.AIR_HU, np.float32), (2.0, 2.0, 2.0), (-8.0, -8.0, -8.0), np.eye(3))
     pose = default_ap_pose(ct.center, geometry)
-    assert float(hu_conv.attenuation(np.array(-900.0))) > 0
+    assert float(hu_conv.attenuation(np.array(hu_conv.AIR_HU))) > 0
     assert not radiograph.line_integral(ct, None, geometry, pose).any()
-    above = ct.with_array(np.full((8, 8, 8), -899.0, np.float32))
+    above = ct.with_array(np.full((8, 8, 8), hu_conv.AIR_HU + 1, np.float32))
     assert radiograph.line_integral(above, None, geometry, pose).max() > 0
 
 

@@ -11,7 +11,7 @@ from MSKdeXTraining.commands import drr as drr_command
 from MSKdeXTraining.ct_input import read_ct_and_labels
 from MSKdeXTraining.drr import drr_from_files, read_drr_stack, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
-from MSKdeXTraining.imaging.volume import InputError, Volume
+from MSKdeXTraining.imaging.volume import RESAMPLE_FIX, InputError, Volume
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, ObjectSpec, load_object_map
 
 WIDE = Geometry(rows=200, cols=160, pixel_spacing=(3.0, 3.0))  # holds every object of the example CT
@@ -245,8 +245,6 @@ def test_default_view_centres_the_hip_region_of_a_long_ct():
 def test_read_ct_and_labels_default_hint_and_resample(phantom, tmp_path):
     """Without a caller's hint (register, assemble) a grid mismatch says how to fix it, naming
     both files; ``resample`` puts the labels on the CT grid instead."""
-    from MSKdeXTraining.imaging.volume import RESAMPLE_FIX
-
     ct_path, _, _, labels = phantom
     shifted = _write(tmp_path / "shifted.nrrd", labels, origin=(2.0, 0.0, 0.0))
     omap = load_object_map("synthetic")

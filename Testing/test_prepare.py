@@ -198,7 +198,8 @@ def test_a_ct_with_an_implant_is_excluded(cohort, tmp_path):
 def test_a_moved_cohort_and_dataset_resume(cohort, tmp_path):
     """The dataset knows its cohort by a hash of cohort.json's identity fields and its cases'
     truths, not by place: moved together they resume without redoing a case or changing the
-    manifest; a cohort.json rewritten by a newer package resumes too; another cohort is refused."""
+    manifest; a cohort.json rewritten by a newer package resumes too; another cohort is refused;
+    a merge with a case not prepared names it."""
     _prepare(cohort, tmp_path / "ds")
     before = (tmp_path / "ds" / "manifest.json").read_bytes()
     shutil.copytree(cohort, tmp_path / "a" / "c")

@@ -385,8 +385,8 @@ def test_integer_hu_bone_mass_is_the_full_density():
 
 
 def test_an_object_reaching_behind_the_source_is_refused_though_most_lies_in_front():
-    """The depth check uses the nearest corner: a rod from 20 mm behind the source to 600 mm in
-    front of it is refused (the existing test's object lies wholly behind)."""
+    """The depth check uses the nearest corner: a rod from 20 mm behind the source to 620 mm in
+    front of it is refused (the other test's object lies wholly behind)."""
     ct = Volume(np.zeros((32, 3, 3), np.int16), (1.0, 1.0, 20.0), (-1.0, -1.0, -10.0), np.eye(3))
     with pytest.raises(InputError, match="behind the X-ray source"):
         project_objects(ct, ct.with_array(np.ones((32, 3, 3), np.uint8)), ONE, Geometry(rows=16, cols=16),

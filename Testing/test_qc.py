@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MSKdeXTraining.imaging.volume import Volume, read_labels
-from MSKdeXTraining.objects import load_object_map
-from MSKdeXTraining.qc import segmentation_qc
+from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.imaging.volume import Volume, read_ct, read_labels
+from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
+from MSKdeXTraining.qc import (FACES, FAT_OR_AIR_HU, METAL_HU, METAL_MARGIN_MM, METAL_MIN_CM3, MUSCLE_HU_RANGE, check_hu,
+                               segmentation_qc, volume_flag)
 
 
 def _volume(array: np.ndarray, background: int = 0, pad: int = 1) -> Volume:
@@ -72,8 +74,6 @@ def test_broken_segmentation_is_flagged():
 def test_bilateral_object_without_sides_is_not_fragmented():
     """A map that keeps both femurs (or muscles) under one label without "sides": two
     components are its two sides, not fragments."""
-    from MSKdeXTraining.objects import ObjectMap
-
     spec = load_object_map("synthetic").to_json()
     for o in spec["objects"]:
         o.pop("sides", None)
@@ -104,9 +104,6 @@ def test_custom_range_and_real_segmentation(shared_data):
 def test_metal_near_an_object_fails_it():
     """A femoral stem (1 cm3 at the 12-bit ceiling, 3071 HU) fails the femur, whose box holds it,
     and no object farther than the margin; one stray bright voxel (0.125 cm3) fails nothing."""
-    from MSKdeXTraining.errors import InputError
-    from MSKdeXTraining.qc import METAL_HU, METAL_MARGIN_MM, METAL_MIN_CM3
-
     a, objects = _healthy(), load_object_map("synthetic")
     hu = _tissue(a)
     clean = segmentation_qc(_labels(a), objects, ct=_ct(hu))
@@ -138,8 +135,6 @@ def test_metal_near_an_object_fails_it():
 def test_the_real_ct_holds_a_left_hip_implant(shared_data):
     """The TotalSegmentator example CT has a left femoral stem (7.5 cm3 above 2995 HU, up to
     3382 HU): the left side's bones and the muscles around it fail, the sacrum does not."""
-    from MSKdeXTraining.imaging.volume import read_ct
-
     folder = shared_data / "totalsegmentator-example"
     qc = segmentation_qc(read_labels(folder / "example_seg_fast_force_split.nii.gz"),
                          load_object_map("totalsegmentator"), ct=read_ct(folder / "example_ct.nii.gz"))
@@ -153,8 +148,6 @@ def test_the_real_ct_holds_a_left_hip_implant(shared_data):
 def test_objects_cut_by_the_scan_range():
     """Without the padding the pelvis (rows 0-9) touches the first slice and every block the
     first rows and columns: a truncated muscle fails the case, a truncated bone warns."""
-    from MSKdeXTraining.qc import FACES
-
     qc = segmentation_qc(_labels(_healthy(), pad=0), load_object_map("synthetic"))
     assert qc.objects["pelvis"].faces == ["first slice"]  # rows 5-24 keep off the row/column faces
     assert qc.objects["pelvis"].flags == ["truncated"] and not qc.objects["pelvis"].failing
@@ -172,9 +165,6 @@ def test_objects_cut_by_the_scan_range():
 def test_flag_thresholds_are_inclusive_where_documented():
     """Volumes at the range ends are plausible; 90 % in the main part is not fragmented;
     exactly METAL_MIN_CM3 of voxels at exactly METAL_HU is metal."""
-    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
-    from MSKdeXTraining.qc import METAL_HU, METAL_MIN_CM3, volume_flag
-
     assert volume_flag(150.0, (150.0, 3000.0)) is None and volume_flag(3000.0, (150.0, 3000.0)) is None
     assert volume_flag(149.9, (150.0, 3000.0))[0] == "volume_low"
     assert volume_flag(3000.1, (150.0, 3000.0))[0] == "volume_high"
@@ -183,18 +173,18 @@ def test_flag_thresholds_are_inclusive_where_documented():
     a[1:9, 1:3, 1:3] = 1                        # 32 voxels and islands of 4 and 4: 90 % in the
     a[1:2, 6:8, 6:8] = a[1:2, 6:8, 9:11] = 1    # two largest (an object without sides)
     hu = _tissue(a)
-    hu[10, 6:8, 6:8] = METAL_HU                 # 4 voxels of 0.125 cm3 = 0.5 cm3, 5 mm below the box
+    metal = round(METAL_MIN_CM3 / 0.125)        # voxels of 0.125 cm3 (5 mm grid): exactly METAL_MIN_CM3
+    hu[10, 6, 6:6 + metal] = METAL_HU           # 10 mm (the margin) past the box's last slice
     qc = segmentation_qc(_labels(a), one, ct=_ct(hu))
-    assert qc.objects["thing"].largest_fraction == 0.9 and "fragmented" not in qc.objects["thing"].flags
-    assert METAL_MIN_CM3 == 0.5 and qc.objects["thing"].metal_cm3 == 0.5
+    assert qc.objects["thing"].largest_fraction == pytest.approx(0.9)
+    assert "fragmented" not in qc.objects["thing"].flags
+    assert qc.objects["thing"].metal_cm3 == pytest.approx(METAL_MIN_CM3)
     assert qc.objects["thing"].flags == ["metal"]
 
 
 def test_metal_margin_is_in_mm_per_axis():
     """On a (4, 5, 2) mm grid the 10 mm margin is 3 voxels along i and 5 along k (rounded up):
     metal 5 slices below the object counts, metal 3 columns past it counts, 4 columns past does not."""
-    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
-
     one = ObjectMap("one", (ObjectSpec("thing", "bone", (1,)),), "ignore")
     a = np.zeros((40, 20, 24), np.uint8)        # [k, j, i]
     a[15:25, 5:15, 5:15] = 1
@@ -211,8 +201,6 @@ def test_metal_margin_is_in_mm_per_axis():
 def test_enclosed_cavities_are_6_connected():
     """Background is 6-connected (the dual of the objects' 26-connectivity): cavities that touch
     the outside only at a corner are holes."""
-    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
-
     a = np.ones((5, 5, 5), np.uint8)
     a[0, 0, 0] = a[1, 1, 1] = a[2, 2, 2] = 0    # a diagonal chain of empty voxels from a corner
     qc = segmentation_qc(_labels(a), ObjectMap("one", (ObjectSpec("thing", "bone", (1,)),), "ignore"))
@@ -222,9 +210,6 @@ def test_enclosed_cavities_are_6_connected():
 def test_check_hu_refuses_muscles_below_the_hu_range_and_a_ct_without_fat_or_air():
     """The muscles' median must lie in MUSCLE_HU_RANGE on both sides; a lowest value at exactly
     FAT_OR_AIR_HU is not fat or air."""
-    from MSKdeXTraining.errors import InputError
-    from MSKdeXTraining.qc import FAT_OR_AIR_HU, MUSCLE_HU_RANGE, check_hu
-
     a, objects = _healthy(), load_object_map("synthetic")
     check_hu(_ct(_tissue(a)), _labels(a), objects, "ct.nii")
     low = np.where(a > 0, MUSCLE_HU_RANGE[0] - 100, -1000)
@@ -238,8 +223,6 @@ def test_check_hu_refuses_muscles_below_the_hu_range_and_a_ct_without_fat_or_air
 def test_low_volume_fails_and_a_muscle_cut_at_region_only_warns():
     """volume_low fails the case; a muscle the map marks cut_at_region (TotalSegmentator's
     iliopsoas) may touch a face of the label map with a warning (no shared data needed)."""
-    from MSKdeXTraining.objects import ObjectMap, ObjectSpec
-
     a = np.zeros((6, 6, 6), np.uint8)
     a[0:3, 1:4, 1:4] = 1                        # 27 voxels (3.375 cm3) touching the first slice
     small = segmentation_qc(_labels(a), ObjectMap("m", (ObjectSpec("thing", "bone", (1,)),), "ignore"),

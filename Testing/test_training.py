@@ -353,6 +353,8 @@ def test_a_checkpoint_of_another_world_size_is_refused(dataset, tmp_path):
     with pytest.raises(InputError, match=r"epoch_0002.json: written by 2 processes; resume with the same number \(now 1\)"):
         train(dataclasses.replace(config, epochs=3), dataset, run, resume=True)
     # a setting the run's config.yaml lacks (written by another version) is a change too
+    head["state"]["world_size"] = 1
+    path.write_text(json.dumps(head))
     yaml_path = run / "config.yaml"
     yaml_path.write_text("\n".join(line for line in yaml_path.read_text().splitlines() if not line.startswith("lr:")))
     with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['lr'\]\)"):

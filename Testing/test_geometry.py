@@ -6,7 +6,8 @@ import torch
 
 from scipy.spatial.transform import Rotation
 
-from MSKdeXTraining.imaging.geometry import Geometry, apply, default_ap_pose, project, resample_image, rigid
+from MSKdeXTraining.imaging.geometry import (Geometry, apply, check_pose, default_ap_pose, fit_sphere, project,
+                                             resample_image, rigid)
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import Splatter
 
@@ -108,3 +109,51 @@ def test_downsampling_is_anti_aliased():
     noise = np.random.default_rng(0).random((160, 160)).astype(np.float32)
     out = resample_image(noise, src, src.resized(40))
     assert out[2:-2, 2:-2].std() < 0.3 * noise.std()
+
+
+def test_resampling_a_non_square_detector_matches_rows_to_rows_and_columns_to_columns():
+    """Rows follow the row origin and columns the column origin; only pixels beyond the source's columns get 0."""
+    source = Geometry(rows=10, cols=20, pixel_spacing=(1.0, 1.0))
+    image = (np.arange(10)[:, None] * 100 + np.arange(20)[None, :]).astype(np.float32)
+    rows = resample_image(image, source, Geometry(rows=6, cols=20, pixel_spacing=(1.0, 1.0)))
+    np.testing.assert_allclose(rows, image[2:8], atol=1e-4)  # the central 6 rows
+    wide = resample_image(image, source, Geometry(rows=10, cols=30, pixel_spacing=(1.0, 1.0)))
+    np.testing.assert_allclose(wide[:, 5:25], image, atol=1e-4)
+    assert wide[:, :5].max() == 0.0 and wide[:, 25:].max() == 0.0
+
+
+def test_upsampling_is_not_blurred():
+    """A finer target's pixels on source pixel centres keep the source values exactly (no anti-aliasing filter)."""
+    source = Geometry(rows=10, cols=10, pixel_spacing=(2.0, 2.0))
+    image = np.random.default_rng(1).random((10, 10)).astype(np.float32)
+    out = resample_image(image, source, Geometry(rows=19, cols=19, pixel_spacing=(1.0, 1.0)))
+    np.testing.assert_allclose(out[::2, ::2], image, atol=1e-6)
+
+
+def test_a_source_at_the_detector_and_a_boolean_size_are_refused():
+    """sod must be strictly below sdd, and a JSON true is no detector size."""
+    with pytest.raises(InputError, match="need 0 < sod < sdd < inf"):
+        Geometry(sdd=1100.0, sod=1100.0)
+    with pytest.raises(InputError, match="m.json: field 'rows' must be an integer, got True"):
+        Geometry.from_json(dict(Geometry().to_json(), rows=True), "m.json")
+
+
+def test_check_pose_refuses_a_scaled_or_sheared_matrix():
+    """check_pose accepts a rigid transform and refuses one whose 3x3 block is not orthonormal."""
+    pose = rigid((10.0, -5.0, 30.0), (1.0, 2.0, 880.0))
+    np.testing.assert_array_equal(check_pose(pose, "pose"), pose)
+    scaled = pose.copy()
+    scaled[:3, :3] *= 1.01
+    with pytest.raises(InputError, match="start pose must be a finite 4x4 world->camera rigid transform"):
+        check_pose(scaled, "start pose")
+
+
+def test_fit_sphere_finds_a_sphere_and_refuses_coplanar_points():
+    """fit_sphere gives the centre and radius of points on a sphere, and None for points in one plane."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(30, 3))
+    points = np.array([10.0, -20.0, 30.0]) + 24.0 * directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    centre, radius = fit_sphere(points)
+    np.testing.assert_allclose(centre, [10.0, -20.0, 30.0], atol=1e-6)
+    assert radius == pytest.approx(24.0, abs=1e-6)
+    assert fit_sphere(np.c_[rng.normal(size=(30, 2)) * 20.0, np.full(30, 5.0)]) is None

@@ -20,6 +20,7 @@ import torch
 
 from MSKdeXTraining.batch import decompose_files, output_names
 from MSKdeXTraining.commands import decompose as decompose_cmd
+from MSKdeXTraining.decomposition_table import TABLE_COLUMNS, write_table_csv
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import per_pixel_area
 from MSKdeXTraining.inference import Decomposer, sample_augmentations, to_detector
@@ -740,3 +741,13 @@ def test_batch_resume_with_another_seed_is_refused(trained, decomposer, tmp_path
     [error] = errors(decompose_files(decomposer, [film], tmp_path / "out", tta=2, seed=1))
     assert "other input content, settings or model" in error and "differs in: seed)" in error
     assert decompose_files(decomposer, [film], tmp_path / "out", tta=2, seed=0)[0]["skipped"]
+
+
+def test_table_csv_writes_missing_and_nan_values_empty(tmp_path):
+    """write_table_csv writes None and NaN as empty cells, numbers as they are, and the OOD flag as 0/1."""
+    row = {c: 1.5 for c in TABLE_COLUMNS} | {"object": "pelvis", "kind": "bone", "volume_low_cm3": None,
+                                            "mass_sd_g": float("nan")}
+    with write_table_csv([row], tmp_path / "t.csv", ood=True).open() as fh:
+        (written,) = list(csv.DictReader(fh))
+    assert written["volume_low_cm3"] == written["mass_sd_g"] == "" and written["mass_g"] == "1.5"
+    assert written["object"] == "pelvis" and written["ood"] == "1"

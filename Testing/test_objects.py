@@ -124,3 +124,28 @@ def test_a_map_read_from_a_file_is_named_by_its_file(tmp_path):
     path.write_bytes(b"\x89PNG\r\n\x1a\n\xff")  # not text at all
     with pytest.raises(ObjectMapError, match=rf"{at}: not a JSON object map \(not UTF-8 text"):
         load_object_map(path)
+
+
+def test_negative_label_values_are_refused_and_select_keeps_the_given_order():
+    """lookup_table refuses a negative label value; select returns the named objects in the order asked for."""
+    synthetic = load_object_map("synthetic")
+    with pytest.raises(ObjectMapError, match=r"labels.nii: label values must be >= 0, found -1"):
+        synthetic.lookup_table(np.array([0, -1, 1]), "labels.nii")
+    picked = synthetic.select(["femur", "pelvis"])
+    assert picked.names == ("femur", "pelvis")
+    table = picked.lookup_table(np.array([0, 1, 3]))
+    assert (table[3], table[1]) == (0, 1)
+
+
+@pytest.mark.parametrize("objects, message", [
+    ([{"name": "pelvis", "kind": "bone", "labels": [0]}],
+     r"map.json: objects\[0\].labels must be a non-empty list of integers 1-65535, got \[0\]"),
+    ([{"name": "femur", "kind": "bone", "labels": [3, 4], "sides": {"left": [3], "right": [5]}}],
+     r"map.json: objects\[0\].sides must partition objects\[0\].labels \[3, 4\]"),
+    ([{"name": "femur", "kind": "bone", "labels": [3]}, {"name": "femur", "kind": "bone", "labels": [4]}],
+     r"map.json: objects\[1\].name 'femur' appears twice"),
+])
+def test_background_labels_sides_outside_the_labels_and_repeated_names_are_refused(objects, message):
+    """from_json refuses label 0 (background), sides that do not partition the labels, and a name used twice."""
+    with pytest.raises(ObjectMapError, match=message):
+        ObjectMap.from_json({"format": "mskdex-object-map", "version": 1, "objects": objects}, "map.json")

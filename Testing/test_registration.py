@@ -20,11 +20,14 @@ from MSKdeXTraining.imaging.geometry import (Geometry, apply, default_ap_pose, p
                                              rigid)
 from MSKdeXTraining.imaging.qc_images import overlay_image, write_qc_figure
 from MSKdeXTraining.imaging.registration import (
-    GC_THRESHOLD, PRESETS, Level, RegistrationSettings, body_centroid,
+    GC_THRESHOLD, PRESETS, Level, RegistrationResult, RegistrationSettings, body_centroid,
     default_isocenter, femoral_head_center, read_xray, register_bodies, register_body, register_bone,
     pose_from_params, registration_errors, render_body, rigid_bodies, surface_points)
 from MSKdeXTraining.imaging.projector import project_objects
-from MSKdeXTraining.imaging.registration.optimise import _FixedGC
+import MSKdeXTraining.imaging.registration.optimise as optimise
+import MSKdeXTraining.imaging.registration.sequence as sequence
+from MSKdeXTraining.imaging.registration.optimise import _FixedGC, _grid_search
+from MSKdeXTraining.imaging.registration.settings import binned
 from MSKdeXTraining.imaging.similarity import gradient_correlation
 from MSKdeXTraining.imaging.volume import Volume, read_ct, read_labels
 from MSKdeXTraining.objects import ObjectMap, ObjectMapError, load_object_map
@@ -441,3 +444,98 @@ def test_only_the_femurs_restart_and_bad_restarts_are_refused(monkeypatch):
         RegistrationSettings(femur_restarts=((12.0, 0.0),))
     with pytest.raises(InputError, match="'restart_iterations' must be >= 1"):
         RegistrationSettings(restart_iterations=0)
+
+
+def test_ok_is_the_gc_reaching_the_settings_threshold_and_level_gc_leaves_out_the_prior(phantom_case):
+    """ok is gc >= settings.gc_threshold (not the default threshold); a full-resolution last level's GC over the
+    whole image equals the final GC, its translation prior's cost added back."""
+    ct, labels, g, base, truth, xray = phantom_case
+    settings = replace(QUICK, levels=(Level(8.0, "cma", 6, 1.0), Level(0.0, "powell", 30)), mask_margin_mm=None)
+    r = register_bone(ct, labels, (1,), xray, g, base, settings)
+    assert np.abs(r.params[3:]).max() > 1.0  # it moved: the prior costs something
+    assert r.level_gc[-1] == pytest.approx(r.gc, abs=1e-6)
+    for threshold, ok in ((r.gc, True), (r.gc + 1e-6, False), (GC_THRESHOLD - 1.0, True)):
+        again = register_bone(ct, labels, (1,), xray, g, base, replace(settings, gc_threshold=threshold))
+        assert (again.gc, again.ok, again.gc_threshold) == (r.gc, ok, threshold)
+
+
+@pytest.mark.parametrize("level", [Level(8.0, "cma", 3, 1.0), Level(8.0, "powell", 40)], ids=["cma", "powell"])
+def test_each_level_searches_within_its_bounds(phantom_case, monkeypatch, level):
+    """Every pose a level scores lies within +-bounds (search units) of its start, for CMA-ES and Powell."""
+    ct, labels, g, base, truth, xray = phantom_case
+    scored = []
+    call = optimise._Objective.__call__
+    monkeypatch.setattr(optimise._Objective, "__call__", lambda self, xs: scored.append(np.atleast_2d(xs).copy())
+                        or call(self, xs))
+    register_bone(ct, labels, (1,), xray, g, base, replace(QUICK, levels=(level,), bounds=0.3))
+    assert np.abs(np.concatenate(scored)).max() <= 0.3 + 1e-9  # the start is x = 0
+
+
+def test_restarts_run_at_the_last_cma_level_only(phantom_case, monkeypatch):
+    """The restarts run after the last CMA-ES level, for restart_iterations generations each."""
+    ct, labels, g, base, truth, xray = phantom_case
+    runs = []
+    run_cma = optimise._run_cma
+    monkeypatch.setattr(optimise, "_run_cma", lambda obj, x0, level, settings, li: runs.append((li, level.iterations))
+                        or run_cma(obj, x0, level, settings, li))
+    levels = (Level(8.0, "cma", 2, 1.0), Level(8.0, "cma", 3, 0.5), Level(8.0, "powell", 10))
+    register_bone(ct, labels, (1,), xray, g, base, replace(QUICK, levels=levels, restarts=((5.0, 0, 0, 0, 0, 0),),
+                                                          restart_iterations=1))
+    assert runs == [(0, 2), (1, 3), (1, 1)]
+
+
+def test_the_grid_search_reaches_both_ends_of_its_range():
+    """_grid_search tries shifts from -range to +range inclusive (in mm, whatever the search scale)."""
+    scale = np.array([5.0, 5.0, 5.0, 8.0, 4.0, 20.0])
+    best = _grid_search(lambda xs: -xs[:, 3] * scale[3] + xs[:, 4] * scale[4], np.zeros(6), (32.0, 8.0), scale)
+    np.testing.assert_allclose(best * scale, [0.0, 0.0, 0.0, 32.0, -32.0, 0.0], atol=1e-9)
+
+
+def test_binning_brings_the_finer_axis_to_the_pixel_size_and_bins_rows_and_columns_alike():
+    """binned: one whole factor from the finer pixel axis (no axis finer than pixel_mm), applied to rows and columns."""
+    g = binned(Geometry(rows=120, cols=60, pixel_spacing=(0.5, 0.25)), 1.0)
+    assert (g.rows, g.cols) == (30, 15) and g.pixel_spacing == (2.0, 1.0)
+    assert binned(Geometry(rows=40, cols=30, pixel_spacing=(2.5, 2.5)), 1.0) == Geometry(40, 30, (2.5, 2.5))
+
+
+def test_bodies_start_search_and_turn_as_documented(monkeypatch):
+    """register_body/register_bodies: the pelvis searches in plane only from the default view, a femur starts from
+    the pelvis pose, turns about its head and takes the stricter GC threshold."""
+    calls = {}
+
+    def fake(ct, labels, values, radiograph, geometry, start, settings, progress, center=None):
+        calls.setdefault(values, []).append((start, settings, center))
+        return RegistrationResult(rigid((0.0, 0.0, 0.0), (5.0, 0.0, 0.0)) @ start, 0.9, True, np.zeros(6), np.zeros(3),
+                                  1, 0.0)
+
+    monkeypatch.setattr(sequence, "register_bone", fake)
+    objects = load_object_map("synthetic")
+    k, j, i = np.mgrid[:30, :30, :30]
+    array = np.zeros((30, 30, 30), np.uint8)
+    array[18:26, 8:22, 6:24] = 1  # pelvis (above)
+    array[(i - 8) ** 2 + (j - 15) ** 2 + (k - 10) ** 2 <= 16] = 3  # femur heads
+    array[(i - 22) ** 2 + (j - 15) ** 2 + (k - 10) ** 2 <= 16] = 4
+    labels = Volume(array, (4.0, 4.0, 4.0), (-60.0, -60.0, -60.0), np.eye(3))
+    g = Geometry(rows=8, cols=8, pixel_spacing=(8.0, 8.0))
+    ap = default_ap_pose(default_isocenter(labels, objects), g)
+    given, pelvis_pose = rigid((2.0, 0.0, 0.0), (1.0, 2.0, 3.0)) @ ap, rigid((0.0, 3.0, 0.0)) @ ap
+    zeros = np.zeros((8, 8))
+    register_body(labels, labels, objects, "pelvis", zeros, g)
+    register_body(labels, labels, objects, "pelvis", zeros, g, start_pose=given)
+    register_body(labels, labels, objects, "pelvis", zeros, g, pelvis_pose=pelvis_pose)
+    np.testing.assert_array_equal(calls[(1, 2)][0][0], ap)
+    assert calls[(1, 2)][0][1].grid_search_mm == (48.0, 8.0)
+    np.testing.assert_array_equal(calls[(1, 2)][1][0], given)
+    assert calls[(1, 2)][1][1].grid_search_mm is None
+    np.testing.assert_array_equal(calls[(1, 2)][2][0], ap)  # a pelvis pose is a femur's start only
+    register_body(labels, labels, objects, "femur_left", zeros, g, pelvis_pose=pelvis_pose,
+                  settings=RegistrationSettings(gc_threshold=0.7))
+    start, settings, center = calls[(3,)][0]
+    np.testing.assert_array_equal(start, pelvis_pose)
+    assert settings.gc_threshold == 0.7 and settings.grid_search_mm is None
+    np.testing.assert_allclose(center, femoral_head_center(labels, (3,)), atol=1e-9)
+    calls.clear()
+    results = register_bodies(labels, labels, objects, zeros, g, start_pose=given)
+    np.testing.assert_array_equal(calls[(1, 2)][0][0], given)
+    for values in ((3,), (4,)):
+        np.testing.assert_array_equal(calls[values][0][0], results["pelvis"].pose)

@@ -65,3 +65,15 @@ def test_gradient_is_finite_for_a_flat_prediction():
     flat = torch.zeros(1, 1, 16, 16, requires_grad=True)
     gradient_correlation(_image()[None, None][..., :16, :16], flat).sum().backward()
     assert torch.isfinite(flat.grad).all()
+
+
+def test_sobel_of_a_row_ramp_has_a_positive_y_gradient():
+    """sobel's second output is d/dy along rows: +8 per unit step for an image increasing down the rows."""
+    ramp = torch.arange(8.0)[:, None].repeat(1, 10)  # increases along rows
+    gx, gy = sobel(ramp)
+    assert torch.allclose(gy, torch.full_like(gy, 8.0)) and torch.all(gx == 0)
+
+
+def test_gc_within_an_empty_mask_is_zero():
+    """A mask with no pixel gives GC 0, not NaN (nothing to correlate)."""
+    assert float(gradient_correlation(_image(0), _image(1), torch.zeros(40, 40))) == 0.0

@@ -25,16 +25,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MSKdeX"))
 
 from MSKdeXTraining.decomposition_table import TABLE_COLUMNS  # noqa: E402
-from MSKdeXTraining.imaging.geometry import Geometry  # noqa: E402
+from MSKdeXTraining.imaging.geometry import Geometry, apply, rigid  # noqa: E402
 from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects  # noqa: E402
-from MSKdeXTraining.imaging.volume import InputError, read_ct, read_labels  # noqa: E402
-from MSKdeXTraining.objects import load_object_map  # noqa: E402
-from MSKdeXTraining.radiograph_io import read_radiograph  # noqa: E402
+from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels  # noqa: E402
+from MSKdeXTraining.objects import ObjectMap, load_object_map  # noqa: E402
+from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E402
 
-from MSKdeXLib.backend_process import BackendProcess  # noqa: E402
+from MSKdeXLib.backend_process import BackendProcess, parse_progress  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
-from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, stack_from_layers  # noqa: E402
-from MSKdeXLib.pipeline import Pipeline  # noqa: E402
+from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_layers, place_over, stack_from_layers  # noqa: E402
+from MSKdeXLib.pipeline import Pipeline, drr_warnings, registered_on  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
 from MSKdeXLib.results_table import ood_text, table_rows  # noqa: E402
@@ -873,3 +873,120 @@ def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
     assert (source["magnification"], source["magnification_field"]) == (1.2, "given in MSKdeX (Magnification)")
     with pytest.raises(InputError, match="panel field 'Magnification' is 0.8"):
         Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=0.8)
+
+
+def test_a_pose_node_moves_a_world_point_where_the_registration_moved_the_bone():
+    """The pose node's RAS matrix is the bone's LPS motion inv(reference) @ pose with x and y flipped on both sides."""
+    reference = rigid((90.0, 0.0, 0.0), (0.0, 0.0, 880.0))
+    pose = rigid((3.0, -2.0, 5.0), (4.0, -6.0, 2.0), (10.0, 20.0, 30.0)) @ reference
+    node = pose_to_transform_node(pose, reference, slicer.vtkMRMLScene(), "pose")
+    matrix = vtk.vtkMatrix4x4()
+    node.GetMatrixTransformToParent(matrix)
+    point_lps = np.array([12.0, -34.0, 56.0])
+    moved_lps = apply(np.linalg.inv(reference), apply(pose, point_lps))  # seen by the reference pose as by `pose`
+    flip = np.array([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(apply(from_vtk_matrix(matrix), flip * point_lps), flip * moved_lps, atol=1e-9)
+
+
+def test_an_int64_volume_is_narrowed_to_int32_only_when_no_value_changes():
+    """int64 voxels are stored as int32 when they fit; a value beyond int32 is refused, not wrapped."""
+    scene = slicer.vtkMRMLScene()
+    array = np.zeros((2, 3, 4), np.int64)
+    array[1, 2, 3] = 70000
+    back = volume_from_node(volume_to_node(Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), scene, "fits"))
+    assert back.array.dtype == np.int32 and np.array_equal(back.array, array)
+    array[0, 0, 0] = 2 ** 31
+    with pytest.raises(InputError, match=r"big: voxel values do not fit int32 \(range 0\.\.2147483648\)"):
+        volume_to_node(Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), scene, "big")
+
+
+def test_a_side_of_several_label_values_names_a_segment_per_value():
+    """label_names: a side of one value is <object>_<side>; a side of several gives <object>_<side>_<value> each."""
+    objects = ObjectMap.from_json({"format": "mskdex-object-map", "version": 1, "objects": [
+        {"name": "pelvis", "kind": "bone", "labels": [1]},
+        {"name": "femur", "kind": "bone", "labels": [3, 4, 5], "sides": {"left": [3, 5], "right": [4]}}]})
+    assert label_names(objects) == {1: "pelvis", 3: "femur_left_3", 5: "femur_left_5", 4: "femur_right"}
+    assert name_values(objects) == {"pelvis": 1, "femur_left_3": 3, "femur_left_5": 5, "femur_right": 4}
+
+
+def test_segments_named_segment_or_label_and_a_number_give_that_value_and_two_segments_one_value_are_refused():
+    """Untagged segments named Segment_<n> / label <n> export as n; two segments mapped to one value are refused."""
+    scene = slicer.vtkMRMLScene()
+    ct = Volume(np.zeros((6, 6, 6), np.int16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    array = np.zeros((6, 6, 6), np.uint8)
+    array[1:3, 1:3, 1:3], array[3:5, 3:5, 3:5] = 1, 2
+    ct_node = volume_to_node(ct, scene, "CT")
+    seg = labels_to_segmentation(ct.with_array(array), scene, "seg", {1: "Segment_7", 2: "label 9"})
+    for i in range(2):
+        seg.GetSegmentation().GetNthSegment(i).RemoveTag("MSKdeX.LabelValue")
+    assert np.array_equal(labels_from_segmentation(seg, ct_node).array, np.choose(array, [0, 7, 9]))
+    with pytest.raises(InputError, match="seg': two segments map to the same label value"):
+        labels_from_segmentation(seg, ct_node, {"Segment_7": 4, "label 9": 4})
+
+
+def test_a_name_mapping_wins_over_the_segments_value_tag():
+    """segment_values takes a segment's value from the name -> value mapping before its MSKdeX tag."""
+    scene = slicer.vtkMRMLScene()
+    ct = Volume(np.zeros((6, 6, 6), np.int16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    array = np.zeros((6, 6, 6), np.uint8)
+    array[1:4, 2:5, 1:3] = 1
+    ct_node = volume_to_node(ct, scene, "CT")
+    seg = labels_to_segmentation(ct.with_array(array), scene, "seg", {1: "pelvis"})  # tagged 1
+    assert np.array_equal(labels_from_segmentation(seg, ct_node, {"pelvis": 5}).array, array * 5)
+
+
+def test_a_grey_picture_in_a_vector_volume_is_not_recorded_as_colour():
+    """A vector volume whose three channels are equal is grey: recorded as not colour, its grey values kept."""
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "grey photo")
+    grey = np.linspace(0, 250, 400 * 500).reshape(1, 400, 500, 1)
+    slicer.util.updateVolumeFromArray(node, np.repeat(grey, 3, axis=-1).astype(np.uint8))
+    node.SetSpacing(0.5, 0.5, 1.0)
+    radiograph = radiograph_from_node(node)
+    assert radiograph.source["colour"] is False
+    np.testing.assert_allclose(radiograph.array, grey[0, ..., 0].astype(np.uint8), atol=1e-3)
+
+
+def test_a_layer_with_non_square_pixels_keeps_its_spacing_when_placed_over_a_radiograph():
+    """Layers placed over a radiograph keep their (row, column) spacing: column spacing along i, row spacing along j."""
+    scene = slicer.vtkMRMLScene()
+    xray = radiograph_to_node(Radiograph(np.linspace(0, 1, 60 * 80, dtype=np.float32).reshape(60, 80), (3.0, 3.0),
+                                         {}), scene, "xray")
+    layer = drr_layers(np.ones((3, 1, 20, 30), np.float32), ["pelvis"], (4.0, 2.5), scene, "test", xray)[
+        ("pelvis", "vdrr")]
+    assert layer.GetSpacing()[:2] == (2.5, 4.0)
+    np.testing.assert_allclose(_centre_ras(layer), _centre_ras(xray), atol=1e-9)
+    place_over(layer, xray)  # again: unchanged
+    assert layer.GetSpacing()[:2] == (2.5, 4.0)
+    np.testing.assert_allclose(_centre_ras(layer), _centre_ras(xray), atol=1e-9)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("epochs:  33%|###3      | 1/3 [00:01<00:02,  1.0it/s]", (1 / 3, "epochs")),  # n/total, not the rounded %
+    ("cases:  50%|#####     | 500/1.00k [00:10<00:10, 50.0it/s]", (0.5, "cases")),  # tqdm's k suffix
+    ("epochs: 100%|##########| 12/10 [00:01<00:00]", (1.0, "epochs")),  # never past 1
+    ("train:  45%|####5     | 9/20 [00:01<00:02] epoch 3/600, g 0.25", (0.45, "train: epoch 3/600, g 0.25")),
+])
+def test_progress_fraction_and_message_of_tqdm_lines(line, expected):
+    """parse_progress: the fraction is n/total (k/M suffixes scaled, clamped to 1), the message desc: postfix."""
+    fraction, message = parse_progress(line)
+    assert fraction == pytest.approx(expected[0], abs=1e-12) and message == expected[1]
+
+
+def test_a_pelvis_registered_with_a_shorter_distance_is_not_the_femurs_start():
+    """registered_on compares SDD / SOD within 0.01 mm either way: a recorded distance 1 mm below does not match."""
+    inputs = {"ct": "vtkMRMLScalarVolumeNode1", "segmentation": "vtkMRMLSegmentationNode1",
+              "radiograph": "vtkMRMLScalarVolumeNode2", "sdd": 1100.0, "sod": 880.0, "assumed": False}
+    assert registered_on(json.dumps({**inputs, "sod": 880.005}), inputs)
+    assert not registered_on(json.dumps({**inputs, "sod": 879.0}), inputs)
+    assert not registered_on(json.dumps({**inputs, "sdd": 1099.0}), inputs)
+
+
+def test_drr_warnings_list_ten_names_without_a_remainder_and_a_stack_of_other_objects_is_refused():
+    """Ten absent objects are listed whole (no "and 0 more"); drr_layers refuses a stack of another N than names."""
+    names = [f"object_{k}" for k in range(10)]
+    metrics = {"objects": [], "absent": names, "outside_fov": [], "unmatched_segments": [], "object_map": "m"}
+    assert drr_warnings(metrics) == [
+        "10 object(s) absent from the segmentation (their layers are zero): " + ", ".join(names)]
+    with pytest.raises(InputError, match=r"layers: DRR stack must be \(3, 1, H, W\), got \(3, 2, 4, 4\)"):
+        drr_layers(np.ones((3, 2, 4, 4), np.float32), ["pelvis"], (1.0, 1.0), slicer.vtkMRMLScene(), "layers")

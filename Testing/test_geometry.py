@@ -144,8 +144,11 @@ def test_check_pose_refuses_a_scaled_or_sheared_matrix():
     np.testing.assert_array_equal(check_pose(pose, "pose"), pose)
     scaled = pose.copy()
     scaled[:3, :3] *= 1.01
-    with pytest.raises(InputError, match="start pose must be a finite 4x4 world->camera rigid transform"):
-        check_pose(scaled, "start pose")
+    sheared = pose.copy()
+    sheared[0, 1] += 0.05
+    for bad in (scaled, sheared):
+        with pytest.raises(InputError, match="start pose must be a finite 4x4 world->camera rigid transform"):
+            check_pose(bad, "start pose")
 
 
 def test_fit_sphere_finds_a_sphere_and_refuses_coplanar_points():

@@ -751,3 +751,5 @@ def test_table_csv_writes_missing_and_nan_values_empty(tmp_path):
         (written,) = list(csv.DictReader(fh))
     assert written["volume_low_cm3"] == written["mass_sd_g"] == "" and written["mass_g"] == "1.5"
     assert written["object"] == "pelvis" and written["ood"] == "1"
+    with write_table_csv([row], tmp_path / "u.csv", ood=False).open() as fh:
+        assert next(csv.DictReader(fh))["ood"] == "0"

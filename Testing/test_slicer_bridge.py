@@ -116,8 +116,6 @@ def test_segmentation_round_trip_is_exact(example):
 def test_a_segmentation_under_another_transform_than_the_ct_is_refused():
     """Slicer's export would move the labels by the segmentation's transform; the bridge
     refuses that, and reads the labels once both share the transform."""
-    from MSKdeXTraining.imaging.volume import Volume
-
     scene = slicer.vtkMRMLScene()
     ct = Volume(np.zeros((20, 20, 20), np.int16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
     array = np.zeros((20, 20, 20), np.uint8)
@@ -288,8 +286,6 @@ def test_drrs_through_the_bridge_equal_the_backend(example):
 def test_drr_warnings_name_absent_objects_and_unmatched_segments(example):
     """Segments named unlike the object map are left out of the DRRs: the warnings name them and
     the objects they leave empty (the panel shows these instead of a bare "done")."""
-    from MSKdeXLib.pipeline import drr_warnings
-
     scene, objects = example["scene"], example["objects"]
     seg = labels_to_segmentation(example["labels"], scene, "renamed", label_names(objects))
     segmentation = seg.GetSegmentation()
@@ -320,8 +316,6 @@ def test_a_drr_layer_is_shown_placed_like_the_radiograph(example):
     pipeline = Pipeline(scene)
     pipeline.compute_drrs(example["ct_node"], example["seg_node"], example["objects"], Geometry(32, 32, (16.0, 16.0)))
     image = np.linspace(0, 1, 60 * 80, dtype=np.float32).reshape(60, 80)
-    from MSKdeXTraining.radiograph_io import Radiograph
-
     xray = radiograph_to_node(Radiograph(image, (3.0, 3.0), {}), scene, "moved xray")
     xray.SetOrigin(40.0, -25.0, 130.0)
     layer = pipeline.drr_layer("pelvis", "vdrr")
@@ -452,8 +446,6 @@ def test_registration_takes_a_cohort_films_sidecar_as_the_cli_does(tmp_path, par
 def test_a_femur_starts_from_a_pelvis_registered_on_the_same_inputs():
     """The pelvis pose's recorded inputs match on node IDs and distances to 0.01 mm: not on the
     last bits of a distance computed from a magnification, nor on fields a 0.3.2 scene lacks."""
-    from MSKdeXLib.pipeline import registered_on
-
     inputs = {"ct": "vtkMRMLScalarVolumeNode1", "segmentation": "vtkMRMLSegmentationNode1",
               "radiograph": "vtkMRMLScalarVolumeNode2", "sdd": 900.0, "sod": 900 / (900 / 760), "assumed": False}
     assert inputs["sod"] != 760.0  # one rounding step away
@@ -498,10 +490,7 @@ def test_a_progress_text_with_percent_signs_shows_as_is():
 def test_bone_alignment_through_the_bridge():
     """Register a small synthetic pelvis to its own DRR in a shifted pose: transform node, GC, layer;
     then a femur, which starts from the pelvis's pose node and turns about its head."""
-    from MSKdeXTraining.imaging.geometry import apply, rigid
     from MSKdeXTraining.imaging.registration import femoral_head_center
-    from MSKdeXTraining.imaging.volume import Volume
-    from MSKdeXTraining.radiograph_io import Radiograph
 
     objects = load_object_map("synthetic")
     z, y, x = np.mgrid[:28, :28, :28].astype(float)
@@ -619,8 +608,6 @@ def _centre_ras(node) -> np.ndarray:
 
 
 def test_decompose_rejects_a_folder_without_model(tmp_path):
-    from MSKdeXTraining.radiograph_io import Radiograph
-
     scene = slicer.vtkMRMLScene()
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     node = radiograph_to_node(Radiograph(image, (2.0, 2.0), {}), scene, "xray")
@@ -864,8 +851,6 @@ def test_slicer_side_unittests_pass():
 
 def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
     """The panel's magnification replaces the file's and is recorded; outside 1-2 it is refused."""
-    from MSKdeXTraining.radiograph_io import Radiograph
-
     scene = slicer.vtkMRMLScene()
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     node = radiograph_to_node(Radiograph(image, (4.0, 4.0), {"magnification": 1.1}), scene, "xray")
@@ -968,7 +953,7 @@ def test_a_layer_with_non_square_pixels_keeps_its_spacing_when_placed_over_a_rad
     ("train:  45%|####5     | 9/20 [00:01<00:02] epoch 3/600, g 0.25", (0.45, "train: epoch 3/600, g 0.25")),
 ])
 def test_progress_fraction_and_message_of_tqdm_lines(line, expected):
-    """parse_progress: the fraction is n/total (k/M suffixes scaled, clamped to 1), the message desc: postfix."""
+    """parse_progress: the fraction is n/total (a k suffix scaled, clamped to 1), the message desc: postfix."""
     fraction, message = parse_progress(line)
     assert fraction == pytest.approx(expected[0], abs=1e-12) and message == expected[1]
 
@@ -979,6 +964,7 @@ def test_a_pelvis_registered_with_a_shorter_distance_is_not_the_femurs_start():
               "radiograph": "vtkMRMLScalarVolumeNode2", "sdd": 1100.0, "sod": 880.0, "assumed": False}
     assert registered_on(json.dumps({**inputs, "sod": 880.005}), inputs)
     assert not registered_on(json.dumps({**inputs, "sod": 879.0}), inputs)
+    assert not registered_on(json.dumps({**inputs, "sod": 881.0}), inputs)
     assert not registered_on(json.dumps({**inputs, "sdd": 1099.0}), inputs)
 
 

@@ -27,6 +27,7 @@ require_python()  # a clear error on an old Slicer's Python, before the backend 
 from MSKdeXTraining.objects import builtin_maps  # noqa: E402
 
 from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
+from MSKdeXLib.layouts import show_film_layout  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name  # noqa: E402
 from MSKdeXLib.progress import PERCENT_FORMAT, Cancelled, ProgressRelay, bar_format  # noqa: E402
 from MSKdeXLib.results_table import ood_text  # noqa: E402
@@ -243,7 +244,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.loadRadiograph(p.radiographFile, p.radiographFileSpacing or None,
                                              p.radiographMagnification or None)
             p.radiograph = node
-            slicer.util.setSliceViewerLayers(background=node, foreground=None, fit=True, rotateToVolumePlane=True)
+            self._showFilm(node)
             self.ui.statusLabel.text = f"Radiograph {node.GetName()!r} loaded."
 
     def onSegmentationQC(self) -> None:
@@ -295,10 +296,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if layer is None:
             return
         if p.radiograph is not None:
-            slicer.util.setSliceViewerLayers(background=p.radiograph, foreground=layer, foregroundOpacity=0.6,
-                                             fit=True, rotateToVolumePlane=True)
+            self._showFilm(p.radiograph, layer, opacity=0.6)
         else:
-            slicer.util.setSliceViewerLayers(background=layer, foreground=None, fit=True, rotateToVolumePlane=True)
+            self._showFilm(layer)
 
     def onRegister(self, redo: bool = False) -> None:
         """Register the bone (Redo: from its pose node, maybe moved by hand); show DRR overlay and GC."""
@@ -309,8 +309,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             result, layer, distances = self.logic.register(self._parameterNode, progress, redo)
             self.ui.gcLabel.text = (f"{bone}: GC {result.gc:.3f} ({'ok' if result.ok else 'below threshold'}); "
                                     f"{distances}")
-            slicer.util.setSliceViewerLayers(background=radiograph, foreground=layer,
-                                             foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
+            self._showFilm(radiograph, layer)
             self._registeredBone, self.ui.acceptPoseButton.enabled = bone, True
 
         self._runWork(f"Registering {self._parameterNode.bone}", work)
@@ -379,14 +378,22 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runWork("Decomposing", work)
 
     def showResults(self, out: DecomposeOutput, radiograph: vtkMRMLScalarVolumeNode) -> None:
-        """Table + bar chart in the layout, the first object's MDRR over ``radiograph``."""
-        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
-        slicer.modules.plots.logic().ShowChartInLayout(out.chart)
-        slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(out.table.GetID())
-        slicer.app.applicationLogic().PropagateTableSelection()
-        first = out.layers[(out.decomposition.names[0], "mdrr")]
-        slicer.util.setSliceViewerLayers(background=radiograph, foreground=first,
-                                         foregroundOpacity=0.5, fit=True, rotateToVolumePlane=True)
+        """The first object's MDRR over ``radiograph``, beside the table and bar chart."""
+        self._showFilm(radiograph, out.layers[(out.decomposition.names[0], "mdrr")], results=True)
+        appLogic = slicer.app.applicationLogic()
+        appLogic.GetSelectionNode().SetActiveTableID(out.table.GetID())
+        appLogic.GetSelectionNode().SetActivePlotChartID(out.chart.GetID())
+        appLogic.PropagateTableSelection()
+        appLogic.PropagatePlotChartSelection()
+
+    @staticmethod
+    def _showFilm(background: vtkMRMLScalarVolumeNode, foreground: vtkMRMLScalarVolumeNode | None = None,
+                  opacity: float = 0.5, results: bool = False) -> None:
+        """Show a film (with a detector layer over it) face on in the slice view of its plane,
+        alone or, with ``results``, beside the table and plot views."""
+        show_film_layout(slicer.mrmlScene, background, results)
+        slicer.util.setSliceViewerLayers(background=background, foreground=foreground, foregroundOpacity=opacity,
+                                         fit=True, rotateToVolumePlane=True)
 
 
 class MSKdeXLogic(ScriptedLoadableModuleLogic):

@@ -33,6 +33,7 @@ from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E4
 
 from MSKdeXLib.backend_process import BackendProcess, parse_progress  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
+from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, show_film_layout  # noqa: E402
 from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_layers, place_over, stack_from_layers  # noqa: E402
 from MSKdeXLib.pipeline import Pipeline, drr_warnings, registered_on  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
@@ -248,6 +249,44 @@ def test_a_colour_node_loaded_by_slicer_is_recorded_as_colour():
     radiograph = radiograph_from_node(node)
     assert radiograph.source["colour"] is True
     np.testing.assert_allclose(radiograph.array, 200 * 0.299, rtol=1e-6)
+
+
+def layout_views(element) -> list[tuple[str, str]]:
+    """(class, singletontag) of every view in a parsed layout description, depth first."""
+    if element.GetName() == "view":
+        return [(element.GetAttribute("class"), element.GetAttribute("singletontag"))]
+    return [v for i in range(element.GetNumberOfNestedElements()) for v in layout_views(element.GetNestedElement(i))]
+
+
+def test_a_film_is_shown_face_on_in_the_view_of_its_plane():
+    """A one-slice film gets the slice view of its plane, alone or beside the results table and
+    plot; a scene without a layout node (headless) is left alone."""
+    scene = slicer.vtkMRMLScene()
+    film = radiograph_to_node(Radiograph(np.zeros((40, 30), np.float32), (2.0, 2.0), {}), scene, "film")
+    assert show_film_layout(scene, film) is None  # no layout node: nothing to switch
+    layout = scene.AddNode(slicer.vtkMRMLLayoutNode())
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    assert show_film_layout(scene, film) == "Green"  # MSKdeX places films coronal (AP)
+    assert layout.GetViewArrangement() == ONE_UP["Green"] == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpGreenSliceView
+    assert show_film_layout(scene, film, results=True) == "Green"
+    assert layout.GetViewArrangement() == RESULTS_LAYOUT["Green"]
+    root = slicer.vtkMRMLLayoutNode.ParseLayout(layout.GetCurrentLayoutDescription())
+    assert layout_views(root) == [("vtkMRMLSliceNode", "Green"), ("vtkMRMLTableViewNode", "TableView1"),
+                                  ("vtkMRMLPlotViewNode", "PlotView1")]
+    show_film_layout(scene, film)  # another layer over the film keeps the results beside it
+    assert layout.GetViewArrangement() == RESULTS_LAYOUT["Green"]
+    # a film Slicer loaded itself lies where it put it: axial (a PNG) -> Red, sagittal -> Yellow;
+    # the plane's normal decides, not a slice axis skewed towards another view's
+    skewed = np.array([[1, 0, 0], [0, 0, 0.6], [0, 1, 0.8]])  # columns i, j (coronal plane), k
+    for directions, view in ((np.eye(3), "Red"), (np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]]), "Yellow"),
+                             (skewed, "Green")):
+        film.SetIJKToRASDirections(*directions.ravel().tolist())
+        assert show_film_layout(scene, film) == view
+        assert layout.GetViewArrangement() == ONE_UP[view]
+    film.SetIJKToRASDirections(*np.eye(3).ravel().tolist())
+    assert show_film_layout(scene, film, results=True) == "Red"
+    assert layout_views(slicer.vtkMRMLLayoutNode.ParseLayout(layout.GetCurrentLayoutDescription()))[0] == (
+        "vtkMRMLSliceNode", "Red")
 
 
 def test_drrs_through_the_bridge_equal_the_backend(example):

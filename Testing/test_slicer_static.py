@@ -308,8 +308,22 @@ def test_logic_shows_no_dialogs():
                or c.endswith(("Display", "messageBox")) or "QMessageBox" in c}
     assert not dialogs, dialogs
     views = {c for c in called if any(g in c for g in ("layoutManager", "setSliceViewerLayers", "InLayout",
-                                                          "applicationLogic"))}
+                                                          "applicationLogic", "show_film_layout"))}
     assert not views, views
+
+
+def test_films_are_shown_through_the_film_layout():
+    """Every film the widget shows goes through _showFilm, which switches to the view of its plane
+    first (a one-slice film is a line in the other views)."""
+    tree = ast.parse(MODULE_PY.read_text())
+    shown_in = [f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+                if isinstance(n, ast.Call) and ast.unparse(n.func) == "slicer.util.setSliceViewerLayers"]
+    assert shown_in == ["_showFilm"], shown_in
+    calls = [ast.unparse(n.func) for n in ast.walk(_method("_showFilm")) if isinstance(n, ast.Call)]
+    assert calls.index("show_film_layout") < calls.index("slicer.util.setSliceViewerLayers")
+    users = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
+             if isinstance(n, ast.Call) and ast.unparse(n.func) == "self._showFilm"}
+    assert users >= {"onLoadRadiograph", "_showDRR", "onRegister", "showResults"}, users
 
 
 def test_help_links_to_the_extension_homepage():

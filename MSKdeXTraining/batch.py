@@ -6,7 +6,7 @@ the result was made from (``source.batch``: the file's SHA-256, the options, the
 the model and its calibration). A re-run skips a folder done from the same content, options
 and model, redoes one that an interrupted write left without its JSON and refuses to overwrite
 any other (:func:`decompose_file`); a file that cannot be used does not stop the others
-(:func:`decompose_files`).
+(:func:`decompose_files`). :func:`write_batch_table` gathers a batch's tables into one CSV.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from .decomposition_table import TABLE_VERSION
+from .decomposition_table import TABLE_VERSION, write_tables_csv
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
 from .errors import INPUT_ERRORS, STORAGE_ERRNOS
-from .fileio import file_sha256
+from .fileio import file_sha256, refuse_other_kind
 from .inference import Decomposer, Decomposition, output_files
 from .progress import Progress
 from .radiograph_formats import stem as file_stem
@@ -52,9 +52,10 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     """Decompose one radiograph file into the folder ``target``; returns a summary (input,
     output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
     already holds the result of the same file content, settings and model: ``skipped``).
-    A ``target`` holding any other decomposition is refused (FileExistsError), never
-    overwritten (files without ``decomposition.json``, which is written last, are the leftovers
-    of an interrupted run and are redone); an unusable file raises :class:`InputError`."""
+    A ``target`` holding any other decomposition, or another kind of MSKdeX output (a dataset,
+    a model run...), is refused (FileExistsError), never overwritten (files without
+    ``decomposition.json``, which is written last, are the leftovers of an interrupted run and
+    are redone); an unusable file raises :class:`InputError`."""
     sidecar = read_sidecar_path(path)  # a NIfTI/NRRD/MHA file's: other formats read none
     options = {"table_version": TABLE_VERSION,
                "pixel_spacing": None if pixel_spacing is None else list(pixel_spacing),
@@ -65,6 +66,7 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
                "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
     summary = {"input": str(path), "output": str(target)}
+    refuse_other_kind(target, "decomposition")
     done = output_files(target)["json"]  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
         key = {"input_sha256": file_sha256(path), **options}
@@ -116,6 +118,27 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                               "error": f"{path}: {type(e).__name__}: {e}", "traceback": traceback.format_exc()})
     report(1.0, "done")
     return summaries
+
+
+#: The CSV of all radiographs of a batch, in its output folder.
+BATCH_TABLE = "decompositions.csv"
+
+
+def write_batch_table(summaries: list[dict], out: Path, root: Path) -> Path | None:
+    """``out/decompositions.csv``: the tables of a batch's decomposed radiographs (this run's
+    and those skipped as done before; not the files that could not be used), one line per
+    radiograph and object: ``radiograph`` (its path relative to the input folder ``root``),
+    ``result`` (its folder relative to ``out``), then the table's columns and OOD flag, read
+    back from each result's ``decomposition.json``. None, writing nothing, when none was."""
+    tables = []
+    for s in summaries:
+        if "error" in s:
+            continue
+        record = json.loads(output_files(Path(s["output"]))["json"].read_text(encoding="utf-8"))
+        first = {"radiograph": Path(s["input"]).relative_to(root).as_posix(),
+                 "result": Path(s["output"]).relative_to(out).as_posix()}
+        tables.append((first, record["objects"], bool(record["ood"]["flag"])))
+    return write_tables_csv(tables, out / BATCH_TABLE) if tables else None
 
 
 def _recorded_batch_key(table: Path) -> dict | None:

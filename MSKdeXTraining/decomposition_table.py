@@ -23,10 +23,20 @@ TABLE_COLUMNS = ("object", "kind", "volume_cm3", "volume_low_cm3", "volume_high_
 def write_table_csv(rows: list[dict], path: str | Path, ood: bool) -> Path:
     """The decomposition table as CSV (:data:`TABLE_COLUMNS` and the radiograph's OOD flag, 0/1,
     per row; None or NaN is written empty), atomically."""
+    return write_tables_csv([({}, rows, ood)], path)
+
+
+def write_tables_csv(tables: list[tuple[dict, list[dict], bool]], path: str | Path) -> Path:
+    """Several radiographs' tables in one CSV, atomically: per table (leading columns, e.g. the
+    radiograph's name, the same keys for each; its rows; its OOD flag), one line per row with
+    the leading columns, :data:`TABLE_COLUMNS` and the OOD flag (0/1; None or NaN written empty)."""
+    leading = list(tables[0][0]) if tables else []
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=[*TABLE_COLUMNS, "ood"], lineterminator="\n", extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=[*leading, *TABLE_COLUMNS, "ood"], lineterminator="\n",
+                       extrasaction="ignore")
     w.writeheader()
-    for row in rows:
-        w.writerow({**{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
-                    "ood": int(ood)})
+    for first, rows, ood in tables:
+        for row in rows:
+            w.writerow({**first, **{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
+                        "ood": int(ood)})
     return write_atomic(path, lambda p: p.write_text(buf.getvalue()))

@@ -181,7 +181,9 @@ OUTPUT_KINDS = {"cohort": (("cohort.json",), "mskdex cohort or assemble"),
                 "dataset": (("prepare.json", "cases"), "mskdex prepare"),
                 "run": (("model.json", "checkpoints"), "mskdex train"),
                 "evaluation": (("fold_*", "predictions.csv"), "mskdex evaluate"),
-                "ablation": (("ablation.json", "lis*_bone*"), "mskdex ablation")}
+                "ablation": (("ablation.json", "lis*_bone*"), "mskdex ablation"),
+                "decomposition": (("decomposition.json", "decomposition.csv", "decomposition_*.nii.gz",
+                                   "decompositions.csv"), "mskdex decompose")}
 
 
 def marked_kind(name: str) -> str | None:

@@ -183,6 +183,10 @@ def test_non_finite_numbers_are_written_as_null(tmp_path):
     ("ablation --data {tmp}/data --out {out}", "ablation", ["fold_0/", "predictions.csv", "report.html"]),
     ("evaluate --data {tmp}/data --out {out}", "evaluation", ["ablation.json", "lis0_bone0/", "report.html"]),
     ("cohort --n 1 --out {out}", "cohort", ["prepare.json", "cases/"]),
+    ("decompose --model {tmp}/run --xray {tmp}/hip.dcm --out {out}", "decomposition", ["model.json"]),
+    ("decompose --model {tmp}/run --xray {tmp}/films --out {out}", "decomposition", ["prepare.json", "cases/"]),
+    ("train --data {tmp}/data --out {out}", "run", ["decomposition.csv", "decomposition.json"]),
+    ("ablation --data {tmp}/data --out {out}", "ablation", ["decompositions.csv", "hip/"]),
 ])
 def test_an_output_folder_of_another_kind_is_refused_untouched(tmp_path, capsys, command, kind, marks):
     """Each command's --out holding another command's output (its marks: fileio.OUTPUT_KINDS) is

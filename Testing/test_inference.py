@@ -369,6 +369,8 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     err = capsys.readouterr().err
     assert code == 2 and "broken.dcm" in err and "1 of 3 file(s) could not be used" in err
     assert (tmp_path / "cli" / "hip1" / "decomposition.json").is_file()
+    with open(tmp_path / "cli" / "decompositions.csv", newline="") as f:  # the films that could be used
+        assert {r["radiograph"] for r in csv.DictReader(f)} == {"hip0.mha", "hip1.mha"}
 
 
 
@@ -400,9 +402,21 @@ def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, t
     assert done == ["PAT1/ST1/SE1/hip", "PAT1/ST1/SE2/hip", "PAT2/ST1/SE1/hip_mha", "PAT2/ST1/SE1/hip_nrrd"]
     first = json.loads((out / "PAT1/ST1/SE2/hip/decomposition.json").read_text())
     assert first["source"]["path"] == str(films[1])
+    # all four tables in one CSV: each film's rows, named by its path and its result folder
+    with open(out / "decompositions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:2] == ["radiograph", "result"] and len(rows) == 4 * len(first["objects"])
+    for name in done:
+        with open(out / name / "decomposition.csv", newline="") as f:
+            own = list(csv.DictReader(f))
+        mine = [{k: v for k, v in r.items() if k not in ("radiograph", "result")} for r in rows if r["result"] == name]
+        assert mine == own, name
+    assert {r["radiograph"] for r in rows if r["result"] == "PAT2/ST1/SE1/hip_nrrd"} == {"PAT2/ST1/SE1/hip.nrrd"}
+    combined = (out / "decompositions.csv").read_bytes()
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "4 radiograph(s) already decomposed" in printed and "could not be used" not in printed
+    assert (out / "decompositions.csv").read_bytes() == combined  # the skipped films' tables, read back
     # into another folder in the tree: the first run's DRR stacks are results, not radiographs
     assert decompose_cmd._inputs(tree, True, tree / "again") == sorted(films)
     assert len(list(out.rglob("decomposition_*.nii.gz"))) == 12

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xray", required=True, type=Path,
                         help="radiograph file (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG/TIFF/BMP) or a folder of them")
     parser.add_argument("--out", type=Path, default=Path("decomposition"),
-                        help="output folder (one sub-folder per radiograph in folder mode)")
+                        help="output folder (in folder mode: one sub-folder per radiograph and all their "
+                             "tables in decompositions.csv)")
     parser.add_argument("--recursive", action="store_true",
                         help="folder mode: read the sub-folders too (a PACS export's PATIENT/STUDY/SERIES "
                              "tree); results mirror the tree under --out")
@@ -79,13 +80,14 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import decompose_file, decompose_files
-    from ..fileio import refuse_overwrite
+    from ..batch import decompose_file, decompose_files, write_batch_table
+    from ..fileio import refuse_other_kind, refuse_overwrite
     from ..inference import Decomposer, check_tta, output_files
 
     check_tta(args.tta, "--tta")
     spacing = pixel_spacing_option(args.pixel_spacing)
     _check_out(args.out)
+    refuse_other_kind(args.out, "decomposition")  # before the model is loaded
     single = args.xray.is_file()
     if single:
         for path in output_files(args.out).values():
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("decompose") as bar:
         summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
                                     args.magnification, args.xray if args.recursive else None)
+    table = write_batch_table(summaries, args.out, args.xray)
     done = [s for s in summaries if "ood" in s]
     failed = [s for s in summaries if "error" in s]
     for s in done:
@@ -119,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     skipped = [s for s in summaries if s.get("skipped")]
     if skipped:
         print(f"{len(skipped)} radiograph(s) already decomposed with these options and model in {args.out}: skipped")
+    if table is not None:
+        print(f"all their tables in {table}")
     if failed:
         print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
     return 2 if failed else 0

@@ -53,6 +53,8 @@ SPACING_RANGE_MM = (0.02, 2.0)
 FOV_RANGE_MM = (50.0, 1000.0)
 #: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
 MAGNIFICATION_RANGE = (1.0, 2.0)
+#: Sides (mm) of the usual cassette of a hip film (35 x 43 cm), for the spacing hint.
+CASSETTE_MM = (350.0, 430.0)
 #: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
 WINDOW_PERCENTILES = (1.0, 99.5)
 
@@ -142,23 +144,44 @@ def read_radiograph(path: str | Path,
     elif spacing is None:
         raise InputError(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
-            f"pass it explicitly ({spacing_option}, e.g. 0.15 mm at the detector)")
+            f"pass it explicitly ({spacing_option}, {spacing_hint(array.shape)})")
     if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse
         # a spacing given by the user wins over the plausible-range check of file fields
         if explicit is None:
             check_spacing(path, array.shape, spacing, source["spacing_field"],
-                          f"pass the right value explicitly ({spacing_option}, e.g. 0.15 mm at the detector)")
+                          f"pass the right value explicitly ({spacing_option}, {spacing_hint(array.shape)})")
         else:
             check_spacing(path, array.shape, spacing, source["spacing_field"], "check the value given "
                           f"({spacing_option}, mm at the detector)", spacing_range=(0.0, float("inf")))
     if magnification is not None:
-        source["magnification"], source["magnification_field"] = float(magnification), "argument (magnification)"
+        set_magnification(source, magnification, "argument (magnification)")
     _check_magnification(path, source, magnification_option)
     source["path"] = str(path)
     source["sha256"] = file_sha256(path)
     source["shape"] = list(array.shape)
     source["value_range"] = None if value_range is None else [float(v) for v in value_range]
     return Radiograph(array.astype(np.float32), (float(spacing[0]), float(spacing[1])), source)
+
+
+def set_magnification(source: dict, magnification: float, field: str) -> None:
+    """Put a magnification given by the user (``field``: where) into a radiograph's ``source``,
+    with a note of the factor it changes volumes and masses by where the radiograph had another
+    (more than 1 % apart); the one replaced is kept as ``magnification_in_file``."""
+    before = source.get("magnification")
+    if before is not None and abs(magnification / before - 1.0) > SPACING_DIFFERENCE:
+        source.setdefault("notes", []).append(
+            f"the magnification given, {magnification:g}, was used instead of {before:.4g} "
+            f"({source.get('magnification_field')}): volumes and masses are {(before / magnification) ** 2:.3g}x "
+            "what that value gives")
+    source.update(magnification_in_file=before, magnification=float(magnification), magnification_field=field)
+
+
+def spacing_hint(shape: tuple[int, ...]) -> str:
+    """An example detector spacing for an image of ``shape`` (rows, columns): what its columns
+    would have if they spanned a hip film's cassette (:data:`CASSETTE_MM`)."""
+    cols = shape[-1]
+    return (f"mm at the detector: e.g. {CASSETTE_MM[0] / cols:.2g}-{CASSETTE_MM[1] / cols:.2g} mm if the film's "
+            f"{cols} columns span a {CASSETTE_MM[0] / 10:g} x {CASSETTE_MM[1] / 10:g} cm cassette")
 
 
 def _explicit_spacing(value) -> tuple[float, float] | None:

@@ -595,7 +595,7 @@ def test_assemble_refuses_what_would_give_wrong_ground_truth(cohort, tmp_path):
               r"\(columns sdd_mm / sod_mm, mm\)"),
              ([f"a,,{case}/ct.nii.gz,{case}/labels.nii.gz,film.png,,1100,900"],
               r"line 2 \(case 'a'\): .*film.png: no usable pixel spacing .*; pass it explicitly "
-              r"\(column pixel_spacing_mm, e.g. 0.15 mm at the detector\)"),
+              r"\(column pixel_spacing_mm, mm at the detector: e.g. .* mm if the film's \d+ columns span"),
              ([f"a,,{tmp_path}/offset.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],
               r"offset.nii.gz: the muscles' median is 10\d\d, not HU"),
              ([f"a,,{case}/labels.nii.gz,{case}/labels.nii.gz,film.mha,4.6,1100,900"],

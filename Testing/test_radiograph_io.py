@@ -171,7 +171,14 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     f = write_dicom(tmp_path / "e.dcm", ramp, ImagerPixelSpacing=[0.5, 0.5],
                     EstimatedRadiographicMagnificationFactor=1.15)
     assert read_radiograph(f).magnification == pytest.approx(1.15)
-    assert read_radiograph(f, magnification=1.3).magnification == 1.3  # the argument wins
+    given = read_radiograph(f, magnification=1.3)
+    assert given.magnification == 1.3 and given.source["magnification_in_file"] == pytest.approx(1.15)
+    # the argument wins, with a note of what it changes (area at the patient: (1.15 / 1.3)^2)
+    [note] = [n for n in given.source["notes"] if "magnification given" in n]
+    assert "1.3, was used instead of 1.15 (EstimatedRadiographicMagnificationFactor" in note
+    assert "volumes and masses are 0.783x" in note
+    same = read_radiograph(f, magnification=1.155)  # within 1 %: nothing to note
+    assert not any("magnification given" in n for n in same.source.get("notes", []))
     # a spacing calibrated at the patient is already at the patient's scale
     f = write_dicom(tmp_path / "c.dcm", ramp, PixelSpacing=[0.45, 0.45], PixelSpacingCalibrationType="GEOMETRY",
                     DistanceSourceToDetector=1150.0, DistanceSourceToPatient=920.0)
@@ -431,7 +438,8 @@ def test_itk_default_spacing_is_refused_as_a_placeholder(tmp_path, ramp, suffix)
     path = tmp_path / f"h{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(ramp), str(path))
     with pytest.raises(InputError, match=rf"h{suffix}: no usable pixel spacing \(image spacing is 1.0 x 1.0 mm, "
-                                         r".*placeholder.*\); pass it explicitly \(--pixel-spacing, e.g. 0.15 mm"):
+                                         r".*placeholder.*\); pass it explicitly \(--pixel-spacing, mm at the detector: e.g. "
+                                         r"2.2-2.7 mm if the film's 160 columns span a 35 x 43 cm cassette\)"):
         read_radiograph(path)
     r = read_radiograph(path, pixel_spacing=1.0)
     assert r.pixel_spacing == (1.0, 1.0) and r.source["spacing_field"] == "argument (pixel_spacing)"

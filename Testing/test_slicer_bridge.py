@@ -895,6 +895,8 @@ def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
     node = radiograph_to_node(Radiograph(image, (4.0, 4.0), {"magnification": 1.1}), scene, "xray")
     source = Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=1.2).decomposition.source
     assert (source["magnification"], source["magnification_field"]) == (1.2, "given in MSKdeX (Magnification)")
+    assert source["magnification_in_file"] == 1.1
+    assert any("magnification given, 1.2, was used instead of 1.1" in n and "0.84x" in n for n in source["notes"])
     with pytest.raises(InputError, match="panel field 'Magnification' is 0.8"):
         Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=0.8)
 

@@ -26,7 +26,7 @@ from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_formats import stem
-from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph
+from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph, set_magnification
 from MSKdeXTraining.sidecar import fits, source_sidecar
 from MSKdeXTraining.training.config import load_config
 from MSKdeXTraining.training.data import patient_of, read_manifest, split_folds
@@ -346,8 +346,7 @@ class Pipeline:
         if magnification is not None:
             check_magnification(magnification, "MSKdeX panel field 'Magnification'",
                                 "or choose 'from the file'")
-            radiograph.source.update(magnification=float(magnification),
-                                     magnification_field="given in MSKdeX (Magnification)")
+            set_magnification(radiograph.source, magnification, "given in MSKdeX (Magnification)")
         report = progress or (lambda f, m: None)
         report(0.0, "loading the model")
         decomposer = Decomposer.from_run(model)

@@ -248,7 +248,8 @@ def test_read_ct_and_labels_default_hint_and_resample(phantom, tmp_path):
     ct_path, _, _, labels = phantom
     shifted = _write(tmp_path / "shifted.nrrd", labels, origin=(2.0, 0.0, 0.0))
     omap = load_object_map("synthetic")
-    with pytest.raises(InputError, match=r"shifted.nrrd: label grid differs from CT .*ct.nii.gz: origin") as err:
+    with pytest.raises(InputError, match=r"shifted.nrrd: label grid differs from CT .*ct.nii.gz: "
+                                         r"origin \[2.0, 0.0, 0.0\] vs \[0.0, 0.0, 0.0\]") as err:  # labels', CT's
         read_ct_and_labels(ct_path, shifted, omap)
     assert str(err.value).endswith(f"; {RESAMPLE_FIX}")
     ct, moved = read_ct_and_labels(ct_path, shifted, omap, resample=True)

@@ -680,16 +680,17 @@ def test_a_greyscale_dicom_with_three_samples_is_refused(tmp_path, ramp):
 
 
 def test_a_truncated_image_file_says_so(tmp_path):
-    """ITK reports "No such file or directory" for an MHA cut short: the error adds that the file
-    is there and its pixel data is what is missing (CT, labels and radiographs read alike)."""
+    """ITK reports "No such file or directory" for an MHA cut short: the error says first that
+    its pixel data is cut short, ITK's words after (CT, labels and radiographs read alike)."""
     image = sitk.GetImageFromArray(np.random.default_rng(0).random((64, 64)).astype(np.float32))
     image.SetSpacing((0.5, 0.5))
     path = tmp_path / "cut.mha"
     sitk.WriteImage(image, str(path))
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    with pytest.raises(InputError, match=r"cut.mha: cannot be read as an image \(.*No such file.*; the file is "
-                                         r"there, so its pixel data is cut short or its separate data file is missing"):
+    with pytest.raises(InputError, match=r"cut.mha: cannot be read as an image: its pixel data is cut short "
+                                         r"\(.*\) or its separate data file \(.raw / .zraw\) is missing "
+                                         r"\(ITK: .*No such file"):
         read_radiograph(path)
 
 

@@ -304,9 +304,9 @@ def _body_mask(folder: Path, settings: dict, raw: Volume) -> np.ndarray:
     for path in candidates:
         if path.is_file():
             mask = read_labels(path)
-            if raw.grid_differences(mask):
+            if mask.grid_differences(raw):
                 raise InputError(f"{path}: body mask grid differs from the label map: "
-                                 + "; ".join(raw.grid_differences(mask)))
+                                 + "; ".join(mask.grid_differences(raw)))
             return mask.array > 0
     if name:
         raise InputError(f"{folder / name}: body mask named by 'mask_file' not found")

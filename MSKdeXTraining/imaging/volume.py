@@ -131,7 +131,9 @@ def read_image(path: str | Path) -> sitk.Image:
     except RuntimeError as e:
         said = str(e).strip().splitlines()[-1]
         if path.is_file() and "No such file" in said:  # what ITK says of a file cut short, too
-            said += "; the file is there, so its pixel data is cut short or its separate data file is missing"
+            raise InputError(f"{path}: cannot be read as an image: its pixel data is cut short (a copy or "
+                             "download not finished?) or its separate data file (.raw / .zraw) is missing "
+                             f"(ITK: {said})") from None
         raise InputError(f"{path}: cannot be read as an image ({said})") from None
 
 
@@ -233,8 +235,8 @@ RESAMPLE_FIX = "resample the labels onto the CT grid (nearest neighbour)"
 def check_same_grid(ct: Volume, labels: Volume, ct_path: str = "", labels_path: str = "label map",
                     fix: str = RESAMPLE_FIX) -> None:
     """Raise :class:`InputError` naming both, listing every geometry field where the grids
-    differ and saying how to ``fix`` it."""
-    diff = ct.grid_differences(labels)
+    differ (the labels' value first, as the message names them) and saying how to ``fix`` it."""
+    diff = labels.grid_differences(ct)
     if diff:
         raise InputError(f"{labels_path}: label grid differs from {f'CT {ct_path}' if ct_path else 'the CT'}: "
                          + "; ".join(diff) + f"; {fix}")

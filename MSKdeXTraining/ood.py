@@ -172,6 +172,10 @@ OOD_Z = 4.0
 OOD_FEATURE = 1.5
 #: Fraction of the model's field of view the radiograph must cover.
 MIN_COVERAGE = 0.8
+#: DICOM Modality values of projection radiographs (digital, computed, radiographic imaging,
+#: fluoroscopy, angiography) and of "other" (OT: secondary captures, e.g. exported films); any
+#: other modality (CT, MR, US, ...) is flagged.
+PROJECTION_MODALITIES = ("DX", "CR", "RG", "RF", "XA", "OT")
 #: A radiograph is flagged when turning or inverting it raises the Pearson r of its layout with
 #: the training radiographs' mean layout by more than this (a film upside down, sideways or
 #: with bone dark: r 0.89-0.99 upright on the demo's films, <= 0.73 turned, < 0 inverted).
@@ -227,6 +231,9 @@ def ood_verdict(x: np.ndarray, scores: dict[str, np.ndarray], source: dict, cove
     reasons = []
     if source.get("colour"):
         reasons.append("colour image (its channels differ); radiographs are grey")
+    if source.get("modality") and source["modality"] not in PROJECTION_MODALITIES:
+        reasons.append(f"DICOM Modality (0008,0060) {source['modality']}: not a projection radiograph "
+                       "(DX or CR)")
     if source.get("presentation_intent") == "FOR PROCESSING":
         reasons.append("raw detector data (PresentationIntentType (0008,0068) FOR PROCESSING), "
                        "not processed like the training radiographs")

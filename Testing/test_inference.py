@@ -220,6 +220,11 @@ def test_ood_flags(trained, decomposer):
     raw.source["direction"] = [1.0, 0.0, 0.0, -1.0]
     reasons = decomposer.decompose(raw, tta=1).ood.reasons
     assert any("FOR PROCESSING" in r for r in reasons) and any("upright" in r for r in reasons)
+    for modality, flagged in (("CT", True), ("MR", True), ("DX", False), ("CR", False), ("OT", False)):
+        film = toy_radiograph(trained[0], 0)
+        film.source["modality"] = modality  # e.g. a CT slice exported as one DICOM image
+        result = decomposer.decompose(film, tta=1).ood
+        assert result.flag == flagged and any(f"Modality (0008,0060) {modality}" in r for r in result.reasons) == flagged
 
 
 def test_orientation_check_flags_a_turned_or_inverted_film(trained, decomposer, tmp_path):

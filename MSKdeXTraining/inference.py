@@ -119,14 +119,18 @@ class Decomposition:
         for t, dtype in enumerate(self.drr_types):
             image = detector_image(self.drr[t], self.geometry)  # (N, H, W) -> x = column
             write_atomic(paths[dtype], lambda p, im=image: sitk.WriteImage(im, str(p), True))
-        write_json(paths["json"], {
-            "format": TABLE_FORMAT, "version": TABLE_VERSION,
-            "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": DRR_SHORT_UNITS},
-            "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
-            "source": self.source, "model": self.model,
-            "augmentations": [asdict(a) for a in self.augmentations],
-            "drr_stacks": {t: paths[t].name for t in self.drr_types}})
+        write_json(paths["json"], self.record({t: paths[t].name for t in self.drr_types}))
         return paths
+
+    def record(self, drr_stacks: dict[str, str] | None = None) -> dict:
+        """The ``decomposition.json`` record (docs/formats.md): table, OOD verdict and notes,
+        geometry, source, model, augmentations and the names of the DRR stack files written
+        beside it (``drr_stacks``, type -> file name; none when only the record is written)."""
+        return {"format": TABLE_FORMAT, "version": TABLE_VERSION,
+                "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": DRR_SHORT_UNITS},
+                "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
+                "source": self.source, "model": self.model,
+                "augmentations": [asdict(a) for a in self.augmentations], "drr_stacks": drr_stacks or {}}
 
 
 def to_detector(array: np.ndarray, spacing: tuple[float, float],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     run, xray = model_and_xray
     out = tmp_path / "table.csv"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--model", str(run), "--xray", str(xray), "--out", str(out),
-                           "--tta", "2", "--scene", str(tmp_path / "scene")],
+                           "--tta", "2", "--scene", str(tmp_path / "scene"), "--json", str(tmp_path / "record.json")],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert b"\r\n" not in out.read_bytes()  # the same CSV as `mskdex decompose` writes
@@ -83,6 +84,14 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     assert "mskdex_batch: note: no calibrated interval" in proc.stderr  # notes are printed, flagged or not
     assert ("mskdex_batch: warning: out of distribution" in proc.stderr) == result.ood.flag
     assert "wrote" in proc.stdout and "100%" in proc.stdout
+    # the full record, as `mskdex decompose` writes it: the reasons and notes printed above, kept
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert (record["format"], record["version"]) == ("mskdex-decomposition", 2) and record["drr_stacks"] == {}
+    assert [o["object"] for o in record["objects"]] == names
+    assert record["objects"][0]["mass_g"] == pytest.approx(expected[0]["mass_g"], rel=1e-9)
+    assert record["ood"]["flag"] == result.ood.flag and record["ood"]["reasons"] == result.ood.reasons
+    assert any("no calibrated interval" in r for r in record["ood"]["reasons"])
+    assert record["source"]["sha256"] == result.source["sha256"] and record["model"]["weights_sha256"]
 
     sys.path.insert(0, str(ROOT / "MSKdeX"))
     from MSKdeXLib.drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE
@@ -127,6 +136,8 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("scene_is_a_file", "scene: is a file; expected a new or empty folder"),
     ("scene_under_a_file", "x.png: is a file, so the scene folder"),
     ("scene_is_out", "the same path as --out"),
+    ("json_is_out", "--json"),
+    ("json_exists", "t.json: exists; choose another"),
 ])
 def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
     """Bad inputs and output targets are refused before any work, naming the path; nothing is written."""
@@ -141,6 +152,8 @@ def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_x
         (tmp_path / "scene" / "notes.txt").write_text("mine\n")
     elif case == "scene_is_a_file":
         (tmp_path / "scene").write_text("mine\n")
+    elif case == "json_exists":
+        (tmp_path / "t.json").write_text("{}")
     ok = ["--model", str(run), "--xray", str(xray), "--out", str(tmp_path / "t.csv")]
     argv = {"missing_xray": ["--model", str(run), "--xray", str(tmp_path / "nope.dcm"), "--out", str(tmp_path / "t.csv")],
             "png_without_spacing": ["--model", str(run), "--xray", str(png), "--out", str(tmp_path / "t.csv")],
@@ -152,7 +165,9 @@ def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_x
             "scene_not_empty": ok + ["--scene", str(tmp_path / "scene")],
             "scene_is_a_file": ok + ["--scene", str(tmp_path / "scene")],
             "scene_under_a_file": ok + ["--scene", str(png / "scene")],
-            "scene_is_out": ok + ["--scene", str(tmp_path / "t.csv")]}[case]
+            "scene_is_out": ok + ["--scene", str(tmp_path / "t.csv")],
+            "json_is_out": ok + ["--json", str(tmp_path / "t.csv")],
+            "json_exists": ok + ["--json", str(tmp_path / "t.json")]}[case]
     assert load_script().run(argv) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("mskdex_batch: error:") and message in captured.err

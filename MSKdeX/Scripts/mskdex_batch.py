@@ -6,9 +6,11 @@ Inside Slicer::
 
 or under plain Python with the slicer-core wheel (``python mskdex_batch.py ...``). The
 radiograph goes through the same MRML nodes and pipeline as the module's Decompose button;
-``--scene DIR`` also saves the scene (radiograph, DRR layers, table, chart) for Slicer. Output
-targets are checked before any work: an existing ``--out`` and a ``--scene`` that is a file or a
-non-empty folder are refused (exit 2, naming it); nothing is overwritten.
+``--scene DIR`` also saves the scene (radiograph, DRR layers, table, chart) for Slicer, and
+``--json FILE`` the full record (``decomposition.json`` of ``mskdex decompose``: OOD reasons,
+notes, source, model). Output targets are checked before any work: an existing ``--out`` or
+``--json`` and a ``--scene`` that is a file or a non-empty folder are refused (exit 2, naming
+it); nothing is overwritten.
 
 Exit codes: 0 success, 2 bad input (message names the file/field), 1 unexpected error.
 """
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations (default 0)")
     p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder "
                                             "(new or empty)")
+    p.add_argument("--json", type=Path, help="also write the full record here (.json: table, out-of-distribution "
+                                           "reasons, notes, source, model; must not exist)")
     return p
 
 
@@ -60,7 +64,7 @@ def run(argv: list[str]) -> int:
         import slicer
 
         from MSKdeXTraining.errors import INPUT_ERRORS
-        from MSKdeXTraining.fileio import refuse_existing
+        from MSKdeXTraining.fileio import refuse_existing, write_json
         from MSKdeXTraining.inference import check_tta
 
         from MSKdeXLib.pipeline import Pipeline
@@ -74,7 +78,9 @@ def run(argv: list[str]) -> int:
         return EXIT_ERROR
     try:
         check_tta(args.tta, "--tta")
-        refuse_existing([args.out], [args.xray, args.model])
+        refuse_existing([args.out] + ([args.json] if args.json else []), [args.xray, args.model])
+        if args.json is not None and args.json.resolve() == args.out.resolve():
+            raise FileExistsError(f"--json {args.json}: the same path as --out; choose another file")
         if args.scene is not None:
             check_scene_folder(args.scene)
             if args.scene.resolve() == args.out.resolve():
@@ -90,6 +96,8 @@ def run(argv: list[str]) -> int:
 
         out = pipeline.decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
         write_csv(table_rows(out.table), args.out, out.decomposition.ood.flag)
+        if args.json is not None:
+            write_json(args.json, out.decomposition.record())
         if args.scene is not None:
             save_scene(scene, args.scene, "mskdex")
         ood = out.decomposition.ood
@@ -98,7 +106,8 @@ def run(argv: list[str]) -> int:
             print("mskdex_batch: warning: out of distribution: " + "; ".join(flags), file=sys.stderr)
         for note in notes:
             print(f"mskdex_batch: note: {note}", file=sys.stderr)
-        print(f"mskdex_batch: wrote {args.out} ({len(out.decomposition.table)} objects)")
+        print(f"mskdex_batch: wrote {args.out}{f' and {args.json}' if args.json else ''} "
+              f"({len(out.decomposition.table)} objects)")
         return EXIT_OK
     except INPUT_ERRORS as e:
         print(f"mskdex_batch: error: {e}", file=sys.stderr)

@@ -791,3 +791,28 @@ def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
     written = read_labels(out / "a" / "labels.nii.gz").array
     given = read_labels(tmp_path / "labels.nii.gz").array
     assert written.max() > 300 and set(np.unique(written)) == set(np.unique(given))
+
+
+def test_the_summary_counts_failing_cases_kept_by_include_failed(tmp_path, monkeypatch, capsys):
+    """`mskdex prepare --include-failed` says how many of its ok cases fail QC or registration,
+    rather than reading as if all passed."""
+    import MSKdeXTraining.prepare as prepare
+    from MSKdeXTraining.cli import main
+
+    cases = [{"id": "a", "status": "ok", "reasons": ["femur_right: registration GC 0.41 below 0.5"]},
+             {"id": "b", "status": "ok", "reasons": []}, {"id": "c", "status": "excluded", "reasons": ["metal"]}]
+
+    def fake_prepare(cohort, out, *args, **kw):
+        out.mkdir()
+        (out / "manifest.json").write_text(json.dumps({"counts": {"cases": 3, "ok": 2, "excluded": 1}, "cases": cases}))
+        return out
+
+    monkeypatch.setattr(prepare, "dataset_geometry", lambda *a: None)
+    monkeypatch.setattr(prepare, "prepare_dataset", fake_prepare)
+    assert main(["prepare", "--cohort", str(tmp_path), "--out", str(tmp_path / "ds"), "--include-failed"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 ok (1 of them failing QC or registration, kept by --include-failed" in printed
+    assert printed.rstrip().endswith("1 excluded of 3")
+    cases[0]["reasons"] = []
+    assert main(["prepare", "--cohort", str(tmp_path), "--out", str(tmp_path / "ds2")]) == 0
+    assert "manifest.json: 2 ok, 1 excluded of 3" in capsys.readouterr().out

@@ -74,8 +74,12 @@ def run(args: argparse.Namespace) -> int:
                               RegistrationSettings.preset(args.preset))
     manifest = out / "manifest.json"
     if manifest.is_file():
-        counts = json.loads(manifest.read_text())["counts"]
-        print(f"wrote {manifest}: {counts['ok']} ok, {counts['excluded']} excluded of {counts['cases']}")
+        written = json.loads(manifest.read_text())
+        counts = written["counts"]
+        kept = sum(bool(c["status"] == "ok" and c.get("reasons")) for c in written["cases"])
+        failing = (f" ({kept} of them failing QC or registration, kept by --include-failed: see their "
+                   "'reasons' there)" if kept else "")
+        print(f"wrote {manifest}: {counts['ok']} ok{failing}, {counts['excluded']} excluded of {counts['cases']}")
         if not counts["ok"]:  # nothing to train on: an error, the manifest kept for its reasons
             raise InputError(f"{manifest}: none of the {counts['cases']} case(s) was prepared ok; each case's "
                              "'reasons' there say why")

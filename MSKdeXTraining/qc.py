@@ -16,6 +16,10 @@ volume of the largest component, and flags:
   cut it, so its volume and mass fall short): **fails** the case for a muscle, a warning for a
   bone (hip CTs end in the femur; a bone's target is the part scanned) and for an object the
   map marks ``cut_at_region`` (e.g. TotalSegmentator's iliopsoas, which runs up the spine);
+* ``sides_swapped`` - an object's ``left`` side lies to the patient's right of its ``right``
+  side (LPS x, +x the patient's left: bounding-box centres): the object map's sides, or the
+  CT's orientation, are wrong: **fails** the case, as every per-side result would be the other
+  side's;
 * ``metal`` - with the CT given, at least ``METAL_MIN_CM3`` of voxels at or above ``METAL_HU``
   (an implant, e.g. a hip prosthesis or screws, or its artefacts) inside the object's bounding
   box (of each side, for objects with sides) widened by ``METAL_MARGIN_MM``: **fails** the
@@ -68,7 +72,7 @@ MUSCLE_HU_RANGE = (-200.0, 200.0)
 #: label map, or any image of values >= 0, holds none.
 FAT_OR_AIR_HU = -50.0
 #: Flags that make a case fail; the others are warnings.
-FAILING_FLAGS = ("missing", "volume_low", "volume_high", "metal")
+FAILING_FLAGS = ("missing", "volume_low", "volume_high", "sides_swapped", "metal")
 #: Flags that make a case fail unless the object may be cut (:attr:`ObjectQC.may_be_cut`).
 UNCUT_FAILING_FLAGS = ("truncated",)
 #: Names of the label map's faces, in the order :func:`_faces` checks them.
@@ -94,6 +98,8 @@ class ObjectQC:
     metal_sides: list[str] = field(default_factory=list)
     #: the faces of the label map (:data:`FACES`) the object touches
     faces: list[str] = field(default_factory=list)
+    #: LPS x (mm, +x the patient's left) of the bounding-box centre of each side present
+    side_x_mm: dict[str, float] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
 
@@ -170,6 +176,7 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
                      min((t[1] / c for t, c in zip(topo, counts) if c > 0), default=1.0))
         q.side_volumes_cm3 = {side: c * voxel_cm3 for side, c in zip(spec.sides, counts)}
         q.faces = [face for face in FACES if any(face in _faces(m) for m in masks)]
+        q.side_x_mm = {side: float(labels.box_center(m)[0]) for side, m, c in zip(spec.sides, masks, counts) if c}
         if metal is not None and not metal_anywhere:  # most CTs: no full-volume masks per object
             q.metal_cm3 = 0.0
         elif metal is not None:
@@ -196,6 +203,11 @@ def _flag(q: ObjectQC, values: tuple[int, ...], plausible: tuple[float, float] |
     flag = volume_flag(q.volume_cm3, plausible)
     if flag is not None:
         add(*flag)
+    x = q.side_x_mm
+    if "left" in x and "right" in x and x["left"] < x["right"]:
+        add("sides_swapped", f"its left side lies to the patient's right of its right side (LPS x {x['left']:.0f} "
+                             f"vs {x['right']:.0f} mm; +x is the patient's left): are the object map's sides "
+                             "swapped, or the CT's orientation wrong?")
     if q.largest_fraction < MIN_LARGEST_FRACTION:
         add("fragmented", f"{q.components} components, the largest holds "
                           f"{100 * q.largest_fraction:.0f} % of the volume")

@@ -231,3 +231,22 @@ def test_low_volume_fails_and_a_muscle_cut_at_region_only_warns():
     cut = ObjectMap("m", (ObjectSpec("iliacus", "muscle", (1,), cut_at_region=True),), "ignore")
     qc = segmentation_qc(_labels(a, pad=0), cut, ranges={"iliacus": (1.0, 100.0)})
     assert qc.objects["iliacus"].flags == ["truncated"] and qc.ok and len(qc.warnings) == 1
+
+
+def test_swapped_sides_fail_the_case():
+    """An object whose left side lies to the patient's right of its right side (LPS x, +x the
+    patient's left) fails: the map's sides are swapped (or the CT's orientation is wrong)."""
+    a = np.zeros((10, 10, 40), np.uint8)
+    a[2:8, 2:8, 25:35] = 1  # at larger i, so larger LPS x: the patient's left
+    a[2:8, 2:8, 5:15] = 2
+    right_way = ObjectMap("m", (ObjectSpec("femur", "bone", (1, 2), {"left": (1,), "right": (2,)}),), "ignore")
+    swapped = ObjectMap("m", (ObjectSpec("femur", "bone", (1, 2), {"left": (2,), "right": (1,)}),), "ignore")
+    ranges = {"femur": (1.0, 100.0)}
+    good = segmentation_qc(_labels(a), right_way, ranges)
+    assert good.ok and good.objects["femur"].side_x_mm == {"left": 152.5, "right": 52.5}
+    bad = segmentation_qc(_labels(a), swapped, ranges)
+    assert bad.objects["femur"].flags == ["sides_swapped"] and not bad.ok
+    assert "left side lies to the patient's right of its right side (LPS x 52 vs 152 mm" in bad.failed[0]
+    mirrored = _labels(a)  # the same labels in a CT whose x axis runs the other way: its sides are swapped
+    mirrored = Volume(mirrored.array, mirrored.spacing, (195.0, 0.0, 0.0), np.diag([-1.0, 1.0, 1.0]))
+    assert segmentation_qc(mirrored, right_way, ranges).objects["femur"].flags == ["sides_swapped"]

@@ -101,7 +101,8 @@ def _decode_dicom(path: Path, file_spacing: bool, magnification_option: str | No
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError) as e:
-        raise InputError(f"{path}: not a readable DICOM file ({e}); radiographs are read from "
+        said = str(e).replace(" Use force=True to force reading.", "")  # pydicom's advice to programmers
+        raise InputError(f"{path}: not a readable DICOM file ({said}); radiographs are read from "
                          f"DICOM, {', '.join(ITK_SUFFIXES + PICTURE_SUFFIXES)}") from None
     if "PixelData" not in ds:
         raise InputError(f"{path}: PixelData (7FE0,0010) is missing or truncated; expected the image's pixels")

@@ -229,3 +229,15 @@ def test_a_model_saved_again_drops_its_old_json_before_the_weights(run, tmp_path
     assert not (dst / "model.json").exists() and (dst / "model.safetensors").is_file()
     with pytest.raises(ModelFormatError, match="model.json: file not found"):
         load_model(dst)
+
+
+def test_a_folder_holding_model_runs_names_them(run, tmp_path):
+    """--model given an evaluation or ablation folder (not a run): the error names the runs in it."""
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(run[0], evaluation / "fold_0" / "run")
+    with pytest.raises(ModelFormatError, match=rf"{evaluation} is not a model run folder \(the model runs in it: "
+                                               rf"{evaluation / 'fold_0' / 'run'}\); run `mskdex train`"):
+        load_model(evaluation)
+    with pytest.raises(ModelFormatError, match=rf"{tmp_path / 'empty'} is not a model run folder; run"):
+        load_model(tmp_path / "empty")
+    assert load_model(evaluation / "fold_0" / "run").meta["format"]

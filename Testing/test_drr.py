@@ -68,6 +68,9 @@ def test_cli_reports_the_real_cts_implant_and_cut_muscles(example, tmp_path, cap
     captured = capsys.readouterr()
     assert "holes, truncated, metal" in captured.out
     assert captured.err.count("(segmentation QC would exclude this case from a dataset)") == 7  # 6 metal, 1 cut
+    # the warnings that do not exclude a case are explained too (a bone cut by the scan range, holes)
+    assert "note: femur: touches the label map's" in captured.err and "note: femur: " in captured.err
+    assert "outside FOV 0.09 %, truncated, metal" in captured.out  # the iliacus reaches past the detector
 
 
 def _write(path, array, spacing=(2.0, 2.0, 2.5), origin=(0.0, 0.0, 0.0)):

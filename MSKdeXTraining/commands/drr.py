@@ -11,7 +11,7 @@ from . import pixel_spacing_option, progress_bar
 HELP = ("Render the object-wise DRRs (WVDRR, VDRR cm, MDRR g/cm2) of a CT and its label map; "
         "writes wvdrr/vdrr/mdrr.nrrd and metrics.json (volume cm3, mass g: 3D vs DRR sums)")
 #: Segmentation QC flags shown beside the sums (volume flags show as "implausible volume").
-QC_FLAGS = ("metal", "truncated", "fragmented", "holes")
+QC_FLAGS = ("metal", "sides_swapped", "truncated", "fragmented", "holes")
 
 
 def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     m = result.metrics
     print(f"{'object':24s} {'volume cm3 (3D / DRR)':>24s} {'mass g (3D / DRR)':>22s}  flags")
     for r in m["objects"]:
+        lost = 100 * r["lost_fraction"]["vdrr"]
         flags = [f for f, on in (("absent", r["absent"]),
-                                 (f"outside FOV {100 * r['lost_fraction']['vdrr']:.2f} %", r["lost_fraction"]["vdrr"] > 0),
+                                 (f"outside FOV {f'{lost:.2f}' if lost >= 0.01 else '< 0.01'} %", lost > 0),
                                  ("implausible volume", r["implausible_volume"])) if on]
         flags += [f for f in m["qc"]["objects"][r["name"]]["flags"] if f in QC_FLAGS]
         print(f"{r['name']:24s} {r['volume_cm3_3d']:11.2f} / {r['volume_cm3_drr']:10.2f} "
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
             if flag in QC_FLAGS and message in m["qc"]["failed"]:
                 print(f"warning: {message} (segmentation QC would exclude this case from a dataset)",
                       file=sys.stderr)
+            elif flag in QC_FLAGS:
+                print(f"note: {message}", file=sys.stderr)
     odd = m["absent"] + m["implausible_volume"]
     if len(odd) >= 2:
         print(f"warning: {len(odd)} of {len(m['objects'])} objects are absent or of implausible volume "

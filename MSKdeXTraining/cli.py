@@ -4,7 +4,8 @@ Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only dispatches. Bad input (:data:`~.errors.INPUT_ERRORS`:
 invalid files, fields and values; a missing input; an output that exists or would overwrite an
 input) and an output that cannot be written (:data:`~.errors.STORAGE_ERRNOS`) are printed as
-one clear line with exit code 2; anything else is a bug and keeps its traceback.
+one clear line with exit code 2; anything else is a bug and keeps its traceback. MSKdeX's own
+warnings (e.g. an assumed source distance) print as ``mskdex COMMAND: warning: ...``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
-from .errors import INPUT_ERRORS, STORAGE_ERRNOS
+from . import __version__
+from .errors import INPUT_ERRORS, STORAGE_ERRNOS, MSKdeXWarning
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "assemble", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
@@ -36,6 +39,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     option definitions import heavy modules: ``mskdex --help`` needs none of them)."""
     parser = argparse.ArgumentParser(
         prog="mskdex", description="MSKdeX: musculoskeletal decomposition of hip radiographs.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f".commands.{name}", __package__)
@@ -52,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=command).parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+            return int(args.handler(args) or 0)
     except INPUT_ERRORS as e:
         print(f"mskdex {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -66,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mskdex {args.command}: interrupted; finished work is kept: run the same command "
               "again to resume (train: add --resume)", file=sys.stderr)
         return 130
+
+
+def _warning_printer(command: str, show_other):
+    """A ``warnings.showwarning`` that prints MSKdeX's own warnings (:class:`~.errors.MSKdeXWarning`)
+    as one line naming the command, not the source line that raised them, and passes the others
+    to ``show_other``."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, MSKdeXWarning):
+            print(f"mskdex {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+    return show
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The exception types for input MSKdeX cannot use (bad files, fields, values).
+"""The exception types for input MSKdeX cannot use (bad files, fields, values), and its warning type.
 
 Messages name the file, the field and what was expected. The CLI prints them as one line;
 the Slicer module shows them in an error dialog. Subclasses say which kind of input it was.
@@ -9,6 +9,11 @@ import errno
 
 class InputError(ValueError):
     """Input data that MSKdeX cannot use; the message names the file and the field."""
+
+
+class MSKdeXWarning(UserWarning):
+    """Something MSKdeX assumed or did in place of what the input lacked (e.g. a source distance);
+    the CLI prints it as one line naming the command."""
 
 
 class TrainingDiverged(RuntimeError):

@@ -70,6 +70,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--rows", "64"], "--rows and --cols go together"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--cols", "64"], "--rows and --cols go together"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--rows", "0", "--cols", "64"], "--rows must be >= 1, got 0"),
+    (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--rows", "64", "--cols", "0"], "--cols must be >= 1, got 0"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "64", "--rows", "64"],
      "argument --rows: not allowed with argument --image-size"),
     (["prepare", "--out", "{tmp}/d"], "--cohort is required (unless --merge)"),
@@ -96,6 +97,12 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "--out {tmp}/afile/o: {tmp}/afile is a file; expected a folder"),
     # demo's --dataset-px (argparse, before the cohort is generated; --n 3 would stop later)
     (["demo", "--n", "3", "--out", "{tmp}/d", "--dataset-px", "0"], "argument --dataset-px: must be >= 1, got 0"),
+    # the ablation's own axes are its options, not --set; a folder that is no dataset fails before any training
+    (["ablation", "--data", "{tmp}", "--out", "{tmp}/d", "--set", "lambda_is=5"],
+     "--set lambda_is: the ablation trains the --lambdas values; put the value there"),
+    (["ablation", "--data", "{tmp}", "--out", "{tmp}/d", "--set", "bone_loss=false"],
+     "--set bone_loss: the ablation trains the --bone-loss values"),
+    (["ablation", "--data", "{tmp}", "--out", "{tmp}/d"], "{tmp} is not a prepared dataset (no manifest.json)"),
 ])
 def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
     """Exit code 2 and one message naming the option (argparse's own usage errors exit 2 too)."""
@@ -116,6 +123,44 @@ def test_shard_option_parses_i_of_n():
     assert _shard("0/1") == (0, 1) and _shard("3/4") == (3, 4) and _shard(" 2 / 5 ") == (2, 5)
     args = build_parser(only="prepare").parse_args(["prepare", "--out", "d", "--cohort", "c"])
     assert args.shard == (0, 1) and args.rows is None and args.cols is None  # default: every case
+
+
+def test_train_fold_and_pixel_spacing_options():
+    """--fold k/K needs K >= 2 and 0 <= k < K; --pixel-spacing is one value or row and column."""
+    import argparse
+
+    from MSKdeXTraining.commands import pixel_spacing_option
+    from MSKdeXTraining.commands.train import parse_fold
+
+    assert parse_fold("0/2") == (0, 2) and parse_fold("3/4") == (3, 4)
+    for text in ("0/1", "-1/4", "4/4", "a/4", "1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--fold"):
+            parse_fold(text)
+    assert pixel_spacing_option([0.2, 0.3]) == (0.2, 0.3) and pixel_spacing_option([0.2]) == (0.2, 0.2)
+    assert pixel_spacing_option(None) is None
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--n", "4", "--k", "3"], "--k 3 folds of --n 4 patients: need 2 <= k <= n / 2"),
+    (["--n", "4", "--k", "1"], "--k 1 folds of --n 4 patients"),
+    (["--n", "4", "--k", "2", "--set", "no_such_key=1"], "unknown config keys ['no_such_key']"),
+])
+def test_demo_checks_its_options_before_generating_the_cohort(tmp_path, capsys, monkeypatch, argv, says):
+    def generate_cohort(*args, **kwargs):
+        raise AssertionError("the cohort was generated before the options were checked")
+
+    monkeypatch.setattr("MSKdeXTraining.cohort.generate_cohort", generate_cohort)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--size", "test", *argv]) == 2
+    assert says in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_demo_checks_the_registration_preset_before_generating_the_cohort(tmp_path, monkeypatch):
+    from MSKdeXTraining.errors import InputError
+    from MSKdeXTraining.evaluation.demo import run_demo
+
+    monkeypatch.setattr("MSKdeXTraining.cohort.generate_cohort", lambda *a, **kw: pytest.fail("cohort generated"))
+    with pytest.raises(InputError, match="registration preset must be one of"):
+        run_demo(tmp_path / "d", n=4, k=2, size="test", registration="slow")
 
 
 def test_interrupt_says_how_to_resume(monkeypatch, tmp_path, capsys):
@@ -187,3 +232,35 @@ def test_every_command_prints_its_help(capsys):
         with pytest.raises(SystemExit) as done:
             main([name, "--help"] if name else ["--help"])
         assert done.value.code == 0 and "usage: mskdex" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    from MSKdeXTraining import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out == f"mskdex {__version__}\n"
+
+
+def test_mskdex_warnings_are_one_line_naming_the_command(monkeypatch, capsys):
+    """A warning of MSKdeX's own (an assumed source distance) prints as `mskdex CMD: warning: ...`,
+    not as Python's file:line: UserWarning; other packages' warnings go to the handler before."""
+    import warnings
+
+    import numpy as np
+
+    import MSKdeXTraining.commands.drr as drr_cmd
+    from MSKdeXTraining.imaging.registration import radiograph_geometry
+    from MSKdeXTraining.radiograph_io import Radiograph
+
+    def run(args):
+        radiograph_geometry(Radiograph(np.zeros((100, 100), np.float32), (1.0, 1.0), {}), "film.mha")
+        warnings.warn_explicit("a library's own", UserWarning, "library.py", 7)
+        return 0
+
+    monkeypatch.setattr(drr_cmd, "run", run)
+    with pytest.warns(UserWarning, match="a library's own") as passed_on:  # to the handler before
+        assert main(["drr", "--ct", "c", "--labels", "l", "--objects", "synthetic", "--out", "o"]) == 0
+    assert [str(w.message) for w in passed_on] == ["a library's own"]
+    assert capsys.readouterr().err.splitlines() == [
+        "mskdex drr: warning: film.mha: source distances not in the file or arguments; assuming SDD 1100 mm, SOD 880 mm"]

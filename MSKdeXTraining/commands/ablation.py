@@ -25,13 +25,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..evaluation.ablation import ablation, print_table2
     from ..training.config import parse_overrides
 
+    overrides = parse_overrides(args.overrides)
+    for key, option in (("lambda_is", "--lambdas"), ("bone_loss", "--bone-loss")):
+        if key in overrides:
+            raise InputError(f"--set {key}: the ablation trains the {option} values; put the value there "
+                             f"(the config's own {key} only picks the setting compared with the baseline)")
     bone = {"both": (False, True), "on": (True,), "off": (False,)}[args.bone_loss]
     with progress_bar("ablation") as bar:
         rows = ablation(args.data, args.out, args.config, tuple(args.lambdas), bone, args.k,
-                        args.fold, args.workers, parse_overrides(args.overrides), progress=bar)
+                        args.fold, args.workers, overrides, progress=bar)
     print(print_table2(rows))
     print(f"report: {args.out / 'report.html'}")
     return 0

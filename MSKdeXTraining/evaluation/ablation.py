@@ -63,6 +63,7 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
              {**(overrides or {}), "lambda_is": s[0], "bone_loss": s[1]}, k, [fold]) for s in settings]
     for job in jobs:  # every setting's config is valid (e.g. a finite lambda_is) before any trains
         load_config(config, job[3])
+    objects = list(read_manifest(dataset)["objects"])  # and the dataset can be read
     workers = worker_count(workers, len(settings))
     results: dict[tuple[float, bool], Predictions] = {}
     diverged: dict[tuple[float, bool], str] = {}
@@ -75,7 +76,6 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
             results[s] = preds
         report((len(results) + len(diverged)) / len(settings),
                f"lambda_is={s[0]:g} bone_loss={s[1]} {'diverged' if s in diverged else 'done'}")
-    objects = list(read_manifest(dataset)["objects"])
     rows = [_row(s, results[s]) if s in results else _diverged_row(s, objects, diverged[s]) for s in settings]
     _write(Path(out), rows, results, k, fold, (float(cfg.lambda_is), bool(cfg.bone_loss)))
     return rows

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MSKdeXWarning
 from ..fileio import read_format_json, write_json
 from ..modelio import ModelFormatError, read_safetensors, write_safetensors
 
@@ -133,6 +134,6 @@ def load_newest_checkpoint(folder: str | Path) -> tuple[Path, dict]:
             damaged.append(str(e))
             continue
         for why in damaged:
-            warnings.warn(f"{why}; resuming from the older {path.name}", stacklevel=2)
+            warnings.warn(f"{why}; resuming from the older {path.name}", MSKdeXWarning, stacklevel=2)
         return path, state
     raise ModelFormatError(f"{folder}: no checkpoint can be read ({'; '.join(damaged)})")

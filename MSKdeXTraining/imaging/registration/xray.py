@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import InputError
+from ...errors import InputError, MSKdeXWarning
 from ..geometry import Geometry
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def radiograph_geometry(radiograph: Radiograph, path: str | Path, sdd: float | N
                          "assumed here")
     if assumed:
         warnings.warn(f"{path}: source distances not in the file or arguments; assuming "
-                      f"{', '.join(assumed)}", stacklevel=2)
+                      f"{', '.join(assumed)}", MSKdeXWarning, stacklevel=2)
     spacing = radiograph.pixel_spacing
     if m == 1.0 and not parallel:  # calibrated at the patient: the detector's pixels are larger
         spacing = tuple(s * sdd / sod for s in spacing)

@@ -16,7 +16,7 @@ import pytest
 from MSKdeXTraining.evaluation import figures
 from MSKdeXTraining.evaluation.ablation import ablation
 from MSKdeXTraining.evaluation.crossval import Predictions, anova, evaluate, load_predictions
-from MSKdeXTraining.evaluation.report import Section, Table, write_html
+from MSKdeXTraining.evaluation.report import Section, Table, write_html, write_markdown
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
 from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_folds
@@ -118,6 +118,8 @@ def test_report_written_with_figures(evaluated):
     assert (f"Mean lean-mass PCC over 6 muscles: {means['mass']:.3f}; mean volume PCC: "
             f"{means['volume']:.3f}; mean lean-density PCC: {means['density']:.3f}") in html
     assert "held-out cases of 2 patients: folds 0 of 2; fold 1 left out: not predicted" in html
+    assert "<h2>Prediction intervals</h2>" in html and (out / "intervals.csv").is_file()
+    assert "![Mass: predicted vs ground truth (colour: fold)](scatter_mass.png)" in md
 
 
 def test_predictions_are_the_held_out_fold(toy, evaluated):
@@ -169,11 +171,12 @@ def test_resume_keeps_finished_folds(toy, evaluated):
     with pytest.raises(InputError, match="made with another config"):
         evaluate(toy / "data", out, toy / "tiny.yaml", {"lambda_is": 0.0}, k=2, folds=[0])
     (out / "fold_0" / "predictions.json").rename(out / "moved.json")  # the model is reused ...
-    with pytest.raises(InputError, match="model.json: made with another test_ids"):
+    with pytest.raises(InputError, match=r"model.json: made with another test_ids.* delete \S+fold_0 to train"):
         evaluate(toy / "data", out, toy / "tiny.yaml", k=3, folds=[0])  # ... only for its own split
     (out / "moved.json").rename(out / "fold_0" / "predictions.json")
-    with pytest.raises(InputError, match="folds must be in 0..1"):
-        evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[])
+    for folds in ([], [2], [-1]):
+        with pytest.raises(InputError, match="folds must be in 0..1"):
+            evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=folds)
 
 
 def test_bones_of_failed_registrations_are_not_scored(toy, evaluated, tmp_path):
@@ -224,10 +227,13 @@ def test_figures_and_html(tmp_path):
     x = rng.random((24, 24))
     drr = rng.random((3, 2, 24, 24))
     panel = figures.decomposition_figure(x, drr, drr, ["iliacus", "pelvis"], tmp_path / "d.png")
-    html = write_html(tmp_path / "r.html", "t", [Section("s", "text", [Table(["a", "b"], [["x", float("nan")]])],
-                                                            [(png, "scatter"), (panel, "panel")])])
-    text = html.read_text()
-    assert "n/a" in text and len(_embedded_pngs(text)) == 2
+    sections = [Section("s", "first\n\nsecond", [Table(["a", "b"], [["<x & y>", float("nan")]])],
+                        [(png, "scatter"), (panel, "panel")])]
+    text = write_html(tmp_path / "r.html", "t", sections).read_text()
+    assert "<td>&lt;x &amp; y&gt;</td><td>n/a</td>" in text and len(_embedded_pngs(text)) == 2
+    assert "<p>first</p>\n<p>second</p>" in text  # a paragraph each
+    md = write_markdown(tmp_path / "r.md", "t", sections).read_text()
+    assert "| <x & y> | n/a |" in md and "![scatter](s.png)" in md and "![panel](d.png)" in md
 
 
 def test_scatter_colours_are_named_in_a_fold_legend(tmp_path, monkeypatch):
@@ -244,6 +250,46 @@ def test_scatter_colours_are_named_in_a_fold_legend(tmp_path, monkeypatch):
     assert np.allclose(legend.legend_handles[1].get_color()[:3], colours[2])
     assert not np.allclose(colours[2], colours[0])
 
+
+def test_figures_say_which_values_they_leave_out(tmp_path, monkeypatch):
+    """A scatter panel counts the cases it does not draw (prediction or truth not finite); a
+    decomposition panel without finite values, even both of a pair, is left empty and says why."""
+    from MSKdeXTraining.objects import DISPLAY_NAMES
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi: drawn.append(fig) or path)
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(50, 150, (6, 4))
+    pred = truth * 1.1
+    truth[0, 1], pred[1, 1] = np.nan, np.inf
+    names = ["iliacus", "pelvis", "femur", "sacrum"]  # four panels: two rows of three
+    figures.scatter_figure(truth, pred, names, "Mass", "g", tmp_path / "s.png")
+    titles = [ax.get_title() for ax in drawn[0].axes if ax.get_visible()]
+    assert len(titles) == 4 and titles[1].endswith("\n2 not finite, not shown") and "not shown" not in titles[0]
+    drr = rng.random((3, 2, 8, 8))
+    drr[:, 1] = np.nan  # a diverged prediction of a bone whose registration failed
+    figures.decomposition_figure(rng.random((8, 8)), drr, drr, ["iliacus", "pelvis"], tmp_path / "d.png")
+    titles = {ax.get_title() for ax in drawn[1].axes}
+    pelvis = DISPLAY_NAMES["pelvis"]
+    assert {f"{pelvis} MDRR\npredicted: not finite", f"{pelvis} MDRR\nreference: registration failed",
+            f"{DISPLAY_NAMES['iliacus']} MDRR\nreference"} <= titles
+
+
+def test_the_decomposition_panel_shows_the_papers_objects_of_the_median_case(evaluated, tmp_path, monkeypatch):
+    """Fig. 4's objects (gluteus maximus and medius, pelvis, sacrum) where the model has them,
+    for the case of median error."""
+    from MSKdeXTraining.evaluation.summary import PANEL_OBJECTS, representative_case, write_evaluation
+
+    out = tmp_path / "eval"
+    shutil.copytree(evaluated[0], out)
+    shown, draw = [], figures.decomposition_figure
+    monkeypatch.setattr(figures, "decomposition_figure",
+                        lambda *args, **kw: shown.append((args[5], kw["title"])) or draw(*args, **kw))
+    preds = evaluated[1]
+    write_evaluation(out, preds, evaluated[0].parent / "data", "t")
+    [(objects, title)] = shown
+    assert set(PANEL_OBJECTS) <= set(preds.names) and objects == list(PANEL_OBJECTS)
+    assert title.startswith(f"case {preds.ids[representative_case(preds)]} (median error)")
 
 
 def test_a_figure_that_fails_leaves_the_last_runs_tables(evaluated, tmp_path, monkeypatch):
@@ -423,6 +469,10 @@ def test_ablation_cli_prints_table2(monkeypatch, tmp_path, capsys):
             "| 100 | (False) | 0.600 | n/a | 0.350 |\n| 100 | (True) | 0.600 | n/a | 0.350 |\n") in printed
     assert "Lean muscle mass and bone mass estimation accuracy (PCC), held-out cases n = 4" in printed
     assert f"report: {tmp_path / 'a' / 'report.html'}" in printed
+    for choice, bone in (("on", (True,)), ("off", (False,))):
+        assert main(["ablation", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "a"),
+                     "--bone-loss", choice]) == 0
+        assert calls[-1][4] == bone
 
 
 def test_evaluation_calibrates_each_fold_model_and_decompose_reports_intervals(toy, evaluated, tmp_path):
@@ -483,6 +533,8 @@ def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_pred
     doc["weights_sha256"] = "0" * 64  # as if the run had been trained on after the predictions
     doc["cases"][0]["mass_pred_g"][0] += 100.0
     (out / "fold_0" / "predictions.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match="predictions.json: made with another k, test_ids"):  # another split
+        evaluate(toy / "data", out, toy / "tiny.yaml", k=3, folds=[0])
     (run / "calibration.json").unlink()
     again = evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0])
     fresh = json.loads((out / "fold_0" / "predictions.json").read_text())
@@ -494,6 +546,7 @@ def test_evaluate_predicts_again_for_new_weights_and_keeps_a_removed_models_pred
     assert evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0]).ids == again.ids
     assert not (run / "calibration.json").exists()
     assert not (out / "decomposition.png").exists()  # no model to draw it with: not an earlier run's
+    assert not (out / "intervals.csv").exists()  # nor intervals of its model
 
 
 def test_a_fold_trained_on_with_more_epochs_is_predicted_again(toy, evaluated, tmp_path):
@@ -561,6 +614,17 @@ def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out
     assert "holds no held-out cases" in capsys.readouterr().err
 
 
+def _write_fold(folder: Path, doc: dict, fold: int, ids: list[str], evaluation: dict | None) -> None:
+    """Write ``folder/fold_<fold>/predictions.json``: ``doc``'s cases (repeated as needed) as the
+    cases ``ids``, recorded as made with ``evaluation`` (None: no record, as older releases)."""
+    from MSKdeXTraining.fileio import write_json
+
+    cases = [{**doc["cases"][n % len(doc["cases"])], "id": i} for n, i in enumerate(ids)]
+    record = {} if evaluation is None else {"evaluation": evaluation}
+    write_json(folder / f"fold_{fold}" / "predictions.json",
+               {**{k: v for k, v in doc.items() if k != "evaluation"}, "fold": fold, "cases": cases, **record})
+
+
 def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_medius", "gluteus_minimus",
                                                "iliacus", "obturator_externus", "pectineus", "pelvis")):
     """Predictions of 12 cases of 12 patients (fold 0): truth uniform 200-900, prediction the truth
@@ -573,6 +637,22 @@ def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_mediu
     ids = [f"c{i:02d}" for i in range(12)]
     return Predictions(ids, ids, np.zeros(12, int), list(names), ["muscle"] * (n - 1) + ["bone"], [],
                        vol_true, vol_pred, mass_true, mass_pred, [{}] * 12)
+
+
+def test_the_representative_case_has_the_median_muscle_error():
+    """The decomposition figure's case: the median of the cases' mean relative lean-mass errors
+    over the muscles, among the cases where it is finite; with no muscle, over every object."""
+    from MSKdeXTraining.evaluation.summary import representative_case
+
+    preds = _synthetic(0, 0.2)
+    relative = np.abs(preds.mass_pred - preds.mass_true) / preds.mass_true
+    order = np.argsort(relative[:, :6].mean(axis=1))
+    assert representative_case(preds) == order[6]
+    preds.mass_pred[order[:4], 2] = np.nan  # the four best cases: no score
+    assert representative_case(preds) == order[4 + 4]
+    bones = _synthetic(0, 0.2)
+    bones.kinds = ["bone"] * 7
+    assert representative_case(bones) == np.argsort(relative.mean(axis=1))[6]
 
 
 def test_muscle_mean_is_undefined_with_an_undefined_pcc_and_image_means_share_cases():
@@ -618,6 +698,22 @@ def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged
     doc = json.loads((tmp_path / "ablation.json").read_text())
     assert (doc["anova"]["chosen"], doc["anova"]["lambda_is"], doc["anova"]["bone_loss"]) == ("best", 1000.0, True)
     assert "## Best setting vs baseline" in (tmp_path / "ablation.md").read_text()
+    assert rows[1]["mean_muscle_volume_pcc"] == pytest.approx(_synthetic(2, 0.2).mean_muscle_pcc("volume"))
+    diverged = ablation_module._diverged_row((0.0, True), list(rows[0]["mass_pcc"]), "training diverged")
+    assert "held-out cases n = 12; training diverged, so n/a: lambda_is 0 (True)" in \
+        ablation_module.table2([diverged, rows[0]]).caption
+
+
+def test_the_ablation_anova_needs_the_baseline_and_another_setting():
+    """The config's setting is compared with the baseline; where the baseline is the config's
+    setting, the best other one is; without the baseline, none."""
+    from MSKdeXTraining.evaluation.ablation import BASELINE, compared_setting
+
+    results = {BASELINE: _synthetic(1, 0.01), (100.0, True): _synthetic(2, 0.5), (1000.0, True): _synthetic(3, 0.2)}
+    assert compared_setting(results, (100.0, True)) == ((100.0, True), "default")
+    assert compared_setting(results, BASELINE) == ((1000.0, True), "best")  # the baseline, best here, is not
+    del results[BASELINE]
+    assert compared_setting(results, (100.0, True)) is None
 
 
 def test_non_finite_predictions_are_reported_not_fatal(toy, evaluated, tmp_path, capsys):
@@ -667,11 +763,13 @@ def test_compare_is_checked_before_training_and_a_failing_one_writes_nothing(toy
                                          r"\['gluteus_maximus'\]; only there: \['psoas'\]"):
         evaluate(toy / "data", fresh, toy / "tiny.yaml", k=2, folds=[0], compare=other)
     assert not fresh.exists()  # nothing trained
-    write_json(other / "fold_0" / "predictions.json",
-               {**doc, "cases": [{**c, "id": c["id"] + "x"} for c in doc["cases"]]})
-    with pytest.raises(InputError, match=rf"--compare {re.escape(str(other))}: shares 0 held-out cases"):
-        evaluate(toy / "data", fresh, toy / "tiny.yaml", k=2, folds=[0], compare=other)
-    assert not fresh.exists()
+    for shared in (1, 0):  # one-way ANOVA needs two
+        write_json(other / "fold_0" / "predictions.json",
+                   {**doc, "cases": [{**c, "id": c["id"] + ("x" if n >= shared else "")}
+                                     for n, c in enumerate(doc["cases"])]})
+        with pytest.raises(InputError, match=rf"--compare {re.escape(str(other))}: shares {shared} held-out cases"):
+            evaluate(toy / "data", fresh, toy / "tiny.yaml", k=2, folds=[0], compare=other)
+        assert not fresh.exists()
     # the report's own check: every section is computed before a file is written
     out = tmp_path / "eval"
     shutil.copytree(evaluated[0], out)
@@ -691,9 +789,7 @@ def test_compare_pools_the_other_folders_folds_as_its_report_does(toy, evaluated
     doc = json.loads((other / "fold_0" / "predictions.json").read_text())
     held = split_folds(read_manifest(toy / "data"), 2, seed=0)[1][1]
     key = doc["evaluation"]
-    write_json(other / "fold_1" / "predictions.json", {
-        **doc, "fold": 1, "cases": [{**c, "id": i} for c, i in zip(doc["cases"], held, strict=True)],
-        "evaluation": {**key, "config": {**key["config"], "lambda_is": 0.0}, "test_ids": held}})
+    _write_fold(other, doc, 1, held, {**key, "config": {**key["config"], "lambda_is": 0.0}, "test_ids": held})
     preds = load_predictions(other)
     assert preds.ids == evaluated[1].ids and preds.left_out == {1: "made with another config"}
     out = tmp_path / "eval"
@@ -710,20 +806,90 @@ def test_compare_pools_the_other_folders_folds_as_its_report_does(toy, evaluated
 def test_compare_reads_an_evaluation_written_before_its_settings_were_recorded(toy, evaluated, tmp_path):
     """Folds without the 'evaluation' record (older releases): a folder of only such folds is
     pooled whole, as before; beside recorded folds they are left out, saying why."""
-    from MSKdeXTraining.fileio import write_json
-
     old = tmp_path / "old"
     shutil.copytree(evaluated[0], old)
     doc = json.loads((old / "fold_0" / "predictions.json").read_text())
-    write_json(old / "fold_0" / "predictions.json", {k: v for k, v in doc.items() if k != "evaluation"})
+    _write_fold(old, doc, 0, [c["id"] for c in doc["cases"]], None)
     legacy = load_predictions(old)
     assert legacy.ids == evaluated[1].ids and legacy.left_out == {}
+    many = tmp_path / "many"  # pooled in the order of the folds: fold_10 after fold_2
+    for fold in (10, 2, 0):
+        _write_fold(many, doc, fold, [f"f{fold}_{n}" for n in range(2)], None)
+    assert load_predictions(many).folds.tolist() == [0, 0, 2, 2, 10, 10]
     held = split_folds(read_manifest(toy / "data"), 2, seed=0)[1][1]
-    write_json(old / "fold_1" / "predictions.json", {
-        **doc, "fold": 1, "cases": [{**c, "id": i} for c, i in zip(doc["cases"], held, strict=True)],
-        "evaluation": {**doc["evaluation"], "test_ids": held}})
+    _write_fold(old, doc, 1, held, {**doc["evaluation"], "test_ids": held})
     mixed = load_predictions(old)
     assert mixed.ids == held and mixed.left_out == {0: "written before MSKdeX recorded its settings"}
+
+
+def test_the_settings_most_folds_were_made_with_are_pooled(toy, evaluated, tmp_path):
+    """Of K = 3 folds, fold 0 made with another config: the config of folds 1 and 2 is pooled,
+    not the lowest fold's."""
+    doc = json.loads((evaluated[0] / "fold_0" / "predictions.json").read_text())
+    key = {**doc["evaluation"], "k": 3}
+    folder = tmp_path / "eval"
+    for fold, (_, held) in enumerate(split_folds(read_manifest(toy / "data"), 3, seed=0)):
+        config = {**key["config"], "lambda_is": 0.0} if fold == 0 else key["config"]
+        _write_fold(folder, doc, fold, held, {**key, "config": config, "test_ids": held})
+    preds = load_predictions(folder)
+    assert sorted(set(preds.folds.tolist())) == [1, 2] and preds.left_out == {0: "made with another config"}
+
+
+def test_compare_may_share_cases_with_any_fold_the_report_pools(toy, evaluated, tmp_path):
+    """--compare is checked against every fold the report pools, not only those run now: an
+    evaluation sharing cases only with the finished fold 1 in --out is compared when fold 0 runs."""
+    doc = json.loads((evaluated[0] / "fold_0" / "predictions.json").read_text())
+    held = split_folds(read_manifest(toy / "data"), 2, seed=0)[1][1]
+    out, other = tmp_path / "eval", tmp_path / "other"
+    shutil.copytree(evaluated[0], out)
+    _write_fold(out, doc, 1, held, {**doc["evaluation"], "test_ids": held})
+    _write_fold(other, doc, 0, held, {**doc["evaluation"], "test_ids": held})
+    evaluate(toy / "data", out, toy / "tiny.yaml", k=2, folds=[0], compare=other)
+    with (out / "anova.csv").open() as fh:
+        assert {r["n"] for r in csv.DictReader(fh)} == {str(len(held))}
+
+
+def test_an_interrupted_fold_training_resumes_from_its_checkpoint(toy, tmp_path):
+    """An evaluation stopped during a fold's training (in epoch 2, after epoch 1's checkpoint)
+    continues that training when run again, not refusing its run folder as taken."""
+    class Stopped(Exception):
+        pass
+
+    def stop_in_epoch_2(fraction, message):
+        if "epoch 2/" in message:
+            raise Stopped
+
+    out, settings = tmp_path / "eval", {"epochs": 2, "checkpoint_every": 1}
+    with pytest.raises(Stopped):
+        evaluate(toy / "data", out, toy / "tiny.yaml", settings, k=2, folds=[0], progress=stop_in_epoch_2)
+    run = out / "fold_0" / "run"
+    assert (run / "checkpoints" / "epoch_0001.json").is_file() and not (run / "model.json").exists()
+    preds = evaluate(toy / "data", out, toy / "tiny.yaml", settings, k=2, folds=[0])
+    assert sorted(preds.ids) == sorted(split_folds(read_manifest(toy / "data"), 2, seed=0)[0][1])
+    assert json.loads((run / "model.json").read_text())["config"]["epochs"] == 2
+
+
+def test_muscle_means_average_every_muscle_without_the_papers_six():
+    preds = _synthetic(0, 0.1, names=("psoas", "sartorius", "pelvis"))
+    assert preds.muscles() == ["psoas", "sartorius"]
+    assert preds.mean_muscle_pcc("volume") == pytest.approx(np.mean([m["volume"]["pcc"]
+                                                                     for m in preds.object_metrics()[:2]]))
+
+
+def test_anova_scores_the_cases_whose_mass_and_volume_errors_are_all_finite():
+    """A case with a non-finite volume error is left out of the object's mass ANOVA too; one
+    common case left gives n = 1 and undefined F and p, not an error."""
+    from scipy import stats
+
+    a, b = _synthetic(0, 0.1), _synthetic(1, 0.2)
+    a.mass_pred[1:, 0] = np.nan
+    a.volume_pred[2, 1] = np.inf
+    first, second = anova(a, b)[:2]
+    assert first["n"] == 1 and np.isnan(first["mass"]["f"]) and np.isnan(first["volume"]["p"])
+    assert first["volume"]["mae_b"] == pytest.approx(abs(b.volume_pred[0, 0] - b.volume_true[0, 0]))
+    keep = np.arange(12) != 2
+    ea, eb = (np.abs(p.mass_pred[keep, 1] - p.mass_true[keep, 1]) for p in (a, b))
+    assert second["n"] == 11 and second["mass"]["f"] == pytest.approx(stats.f_oneway(ea, eb).statistic)
 
 
 def test_the_report_pools_every_finished_fold_of_this_run(toy, evaluated, tmp_path, capsys):
@@ -779,4 +945,11 @@ def test_ablation_checks_every_settings_config_before_training(tmp_path):
 
     with pytest.raises(InputError, match=r"config key 'lambda_is' must be a finite number, got inf"):
         ablation(tmp_path / "no-dataset", tmp_path / "ablation", lambdas=(0.0, math.inf))
+    assert not (tmp_path / "ablation").exists()
+
+
+def test_ablation_refuses_settings_that_would_share_a_folder_before_training(toy, tmp_path):
+    with pytest.raises(InputError, match=r"--lambdas \[100.0, 100.0000001\]: two settings would share"):
+        ablation(toy / "data", tmp_path / "ablation", toy / "tiny.yaml", lambdas=(100.0, 100.0000001),
+                 bone_losses=(False,), k=2)
     assert not (tmp_path / "ablation").exists()

@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from MSKdeXTraining.parallel import THREAD_VARIABLES, run_jobs
+from MSKdeXTraining.parallel import THREAD_VARIABLES, run_jobs, worker_count
 
 
 def thread_settings() -> tuple[int, tuple[str | None, ...]]:
@@ -28,6 +28,14 @@ def test_results_and_indices(workers):
 
 def test_in_process_order_and_worker_threads():
     assert [i for i, _ in run_jobs(pow, [(3, 1), (3, 2)], 1)] == [0, 1]
+    assert dict(run_jobs(os.getpid, [()] * 2, 1)) == {0: os.getpid(), 1: os.getpid()}  # one worker: this process
+    assert worker_count(8, 2) == 2 and worker_count(2, 8) == 2 and worker_count(None, 0) == 1  # at most one a job
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # an in-process job runs with its threads, then this process's are restored
+        assert dict(run_jobs(thread_settings, [()], 1, threads=1))[0][0] == 1 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
     before = {k: os.environ.get(k) for k in THREAD_VARIABLES}
     workers = set()
     for _, settings in run_jobs(thread_settings, [()] * 2, 2, threads=3):

@@ -135,6 +135,17 @@ def test_manifest_validation(tmp_path, dataset):
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match=r"manifest.json: cases\[0\] \(toy_000\) field 'file' is None; expected"):
         read_manifest(tmp_path)
+    data["cases"][0]["file"] = "cases/toy_000.safetensors"
+    for field, value, says in [
+            ("drr_types", ["vdrr", "mdrr", "wvdrr"], r"field 'drr_types' must be \['wvdrr', 'vdrr', 'mdrr'\]"),
+            ("aligned_bones", ["pelvis", "tibia"], r"aligned_bones \['tibia'\] are not in 'objects'"),
+            ("cases", [{k: v for k, v in c.items() if k != "patient"} for c in data["cases"]],
+             r"cases\[0\] has no field 'patient'"),
+            ("cases", [{k: v for k, v in c.items() if k != "geometry"} for c in data["cases"]],
+             r"cases\[0\] \(toy_000\) has no field 'geometry'")]:
+        (tmp_path / "manifest.json").write_text(json.dumps({**data, field: value}))
+        with pytest.raises(InputError, match=rf"manifest.json: {says}"):
+            read_manifest(tmp_path)
 
 
 def test_split_folds_by_patient(dataset):
@@ -147,8 +158,11 @@ def test_split_folds_by_patient(dataset):
         assert not {patient[i] for i in train_ids} & {patient[i] for i in test_ids}
         assert sorted(train_ids + test_ids) == all_test
     assert split_folds(manifest, 3, seed=1) == folds
+    assert len({str(split_folds(manifest, 3, seed=s)) for s in range(6)}) > 1  # patients shuffled by the seed
     with pytest.raises(InputError, match=r"number of folds must be in 2..3 \(patients\), got 4"):
         split_folds(manifest, 4)  # only 3 patients
+    with pytest.raises(InputError, match=r"number of folds must be in 2..3 \(patients\), got 1"):
+        split_folds(manifest, 1)
     one = {**manifest, "cases": [c for c in manifest["cases"] if c["patient"] == patient["toy_000"]]}
     with pytest.raises(InputError, match=r"the dataset has 1 patient\(s\) with cases prepared ok; "
                                          r"a split by patient needs at least 2"):
@@ -197,6 +211,8 @@ def test_bones_of_a_failed_registration_are_marked(dataset):
     assert PreparedDataset(dataset).load(0)["aligned_ok"].tolist() == [True, True]
     with pytest.raises(InputError, match="not 'ok'"):
         PreparedDataset(dataset, ids=["toy_x000"])
+    with pytest.raises(InputError, match="no usable cases"):
+        PreparedDataset(dataset, ids=[])
 
 
 def test_training_steps_reduce_owis(dataset):
@@ -414,6 +430,15 @@ def test_unpaired_partners_and_flips_are_drawn_afresh_each_epoch(dataset):
         ds.set_epoch(epoch, 7)
         flips |= {(ds._flip(i, 0), ds._flip(i, 1)) for i in range(len(ds))}
     assert {(True, False), (False, True)} <= flips
+    mirrored = 0  # an item's unpaired DRRs: its partner's, mirrored where the partner's stream-1 flip says so
+    for epoch in (1, 2, 3):
+        ds.set_epoch(epoch, 7)
+        for i in range(len(ds)):
+            partner = int(ds.pairing[i])
+            drr, flip = ds.load(partner)["drr"], ds._flip(partner, 1)
+            assert torch.equal(ds[i]["drr_unpaired"], drr.flip(-1)[:, ds.mirrored] if flip else drr)
+            mirrored += flip
+    assert mirrored
 
 
 def test_the_case_order_is_shuffled_afresh_each_epoch(dataset, tmp_path, monkeypatch):
@@ -434,17 +459,23 @@ def test_the_case_order_is_shuffled_afresh_each_epoch(dataset, tmp_path, monkeyp
     assert len({tuple(o) for o in orders}) > 1, orders
 
 
-def test_a_case_file_holding_nan_names_it(dataset, tmp_path):
+def test_a_damaged_case_file_names_it_and_the_tensor(dataset, tmp_path):
+    """A tensor missing, of the wrong shape or holding NaN is named, not a KeyError or a shape error later."""
     from MSKdeXTraining.modelio import write_safetensors
 
     copy = shutil.copytree(dataset, tmp_path / "data")
     ds = PreparedDataset(copy, ok_ids(read_manifest(copy)), (32, 32))
     path = ds.files[ds.ids[1]]
-    tensors = read_safetensors(path)
-    tensors["drr"][1, 0, 3, 3] = math.nan
-    write_safetensors(path, tensors)
-    with pytest.raises(InputError, match=rf"{path.name}: tensor 'drr' holds NaN or infinite values"):
-        ds.load(1)
+    good = read_safetensors(path)
+    nan = good["drr"].clone()
+    nan[1, 0, 3, 3] = math.nan
+    for tensors, says in [({**good, "drr": nan}, "tensor 'drr' holds NaN or infinite values"),
+                          ({k: v for k, v in good.items() if k != "mass_g"}, "missing tensor 'mass_g'"),
+                          ({**good, "xray": good["xray"][:-1]},
+                           r"tensor 'xray' has shape \(31, 32\), expected \(32, 32\)")]:
+        write_safetensors(path, tensors)
+        with pytest.raises(InputError, match=rf"{path.name}: {says}"):
+            ds.load(1)
 
 
 def test_a_checkpoint_that_does_not_fit_the_networks_is_named(dataset, tmp_path):
@@ -489,7 +520,7 @@ def test_cli_runs_in_process(dataset, tmp_path, capsys):
     assert train_cmd.run(args) == 0
     out = capsys.readouterr().out
     meta = json.loads((tmp_path / "run" / "model.json").read_text())
-    assert "model written" in out and meta["split"]["fold"] == [1, 3]
+    assert "model written" in out and meta["split"]["fold"] == [1, 3] and meta["config"]["device"] == "cpu"
     # the held-out fold calibrated the model's intervals
     calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert calibration["held_out_ids"] == meta["split"]["test_ids"] and "held-out cases" in out
@@ -623,6 +654,21 @@ def test_a_checkpoint_without_its_tensors_names_them(tmp_path):
     path.write_text(json.dumps({**head, "tensors": "elsewhere/epoch_0001.safetensors"}))  # a real file, not beside it
     with pytest.raises(ModelFormatError, match=r"epoch_0001.json: field 'tensors' must name a file beside it"):
         load_checkpoint(path)
+
+
+def test_the_newest_readable_checkpoint_is_loaded(tmp_path):
+    """A newest checkpoint whose tensors file is gone is skipped, with a warning naming it; a
+    folder without checkpoints is a FileNotFoundError."""
+    from MSKdeXTraining.training.checkpoint import load_newest_checkpoint, save_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        load_newest_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)})
+    save_checkpoint(tmp_path, 2, {"w": torch.ones(2)})
+    (tmp_path / "epoch_0002.safetensors").unlink()
+    with pytest.warns(UserWarning, match=r"epoch_0002.safetensors.*; resuming from the older epoch_0001.json"):
+        path, state = load_newest_checkpoint(tmp_path)
+    assert path.name == "epoch_0001.json" and torch.equal(state["w"], torch.zeros(2))
 
 
 def test_image_pool_draws_and_state():

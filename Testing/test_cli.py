@@ -263,4 +263,5 @@ def test_mskdex_warnings_are_one_line_naming_the_command(monkeypatch, capsys):
         assert main(["drr", "--ct", "c", "--labels", "l", "--objects", "synthetic", "--out", "o"]) == 0
     assert [str(w.message) for w in passed_on] == ["a library's own"]
     assert capsys.readouterr().err.splitlines() == [
-        "mskdex drr: warning: film.mha: source distances not in the file or arguments; assuming SDD 1100 mm, SOD 880 mm"]
+        "mskdex drr: warning: film.mha: source distances not in the file or arguments; "
+        "assuming SDD 1100 mm, SOD 880 mm"]

@@ -27,7 +27,7 @@ require_python()  # a clear error on an old Slicer's Python, before the backend 
 from MSKdeXTraining.objects import builtin_maps  # noqa: E402
 
 from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
-from MSKdeXLib.layouts import show_film_layout  # noqa: E402
+from MSKdeXLib.layouts import register_layouts, show_film_layout  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name  # noqa: E402
 from MSKdeXLib.progress import PERCENT_FORMAT, Cancelled, ProgressRelay, bar_format  # noqa: E402
 from MSKdeXLib.results_table import ood_text  # noqa: E402
@@ -64,6 +64,8 @@ class MSKdeX(ScriptedLoadableModule):
             "fine-grained estimation of lean muscle mass and muscle volume. MICCAI 2023 "
             "(arXiv:2305.19920). Sample data: TotalSegmentator test files (Apache-2.0).")
         slicer.app.connect("startupCompleted()", registerSampleData)
+        # before any scene is loaded: a scene saved with MSKdeX's results layout shown reopens with it
+        slicer.app.connect("startupCompleted()", lambda: register_layouts(slicer.mrmlScene))
 
 
 def registerSampleData() -> None:
@@ -244,7 +246,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             node = self.logic.loadRadiograph(p.radiographFile, p.radiographFileSpacing or None,
                                              p.radiographMagnification or None)
             p.radiograph = node
-            self._showFilm(node)
+            self._showFilm(node, results=False)  # a new film: no earlier results beside it
             self.ui.statusLabel.text = f"Radiograph {node.GetName()!r} loaded."
 
     def onSegmentationQC(self) -> None:
@@ -388,9 +390,10 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _showFilm(background: vtkMRMLScalarVolumeNode, foreground: vtkMRMLScalarVolumeNode | None = None,
-                  opacity: float = 0.5, results: bool = False) -> None:
-        """Show a film (with a detector layer over it) face on in the slice view of its plane,
-        alone or, with ``results``, beside the table and plot views."""
+                  opacity: float = 0.5, results: bool | None = None) -> None:
+        """Show a film (with a detector layer over it) face on in the slice view of its plane:
+        beside the table and plot views with ``results``, alone with False, as the layout is
+        with None (see :func:`MSKdeXLib.layouts.show_film_layout`)."""
         show_film_layout(slicer.mrmlScene, background, results)
         slicer.util.setSliceViewerLayers(background=background, foreground=foreground, foregroundOpacity=opacity,
                                          fit=True, rotateToVolumePlane=True)

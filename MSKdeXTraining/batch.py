@@ -129,7 +129,8 @@ def write_batch_table(summaries: list[dict], out: Path, root: Path) -> Path | No
     and those skipped as done before; not the files that could not be used), one line per
     radiograph and object: ``radiograph`` (its path relative to the input folder ``root``),
     ``result`` (its folder relative to ``out``), then the table's columns and OOD flag, read
-    back from each result's ``decomposition.json``. None, writing nothing, when none was."""
+    back from each result's ``decomposition.json``. None when none was (a table of an earlier
+    run is removed then: it would not be this run's)."""
     tables = []
     for s in summaries:
         if "error" in s:
@@ -138,7 +139,10 @@ def write_batch_table(summaries: list[dict], out: Path, root: Path) -> Path | No
         first = {"radiograph": Path(s["input"]).relative_to(root).as_posix(),
                  "result": Path(s["output"]).relative_to(out).as_posix()}
         tables.append((first, record["objects"], bool(record["ood"]["flag"])))
-    return write_tables_csv(tables, out / BATCH_TABLE) if tables else None
+    if not tables:
+        (out / BATCH_TABLE).unlink(missing_ok=True)
+        return None
+    return write_tables_csv(tables, out / BATCH_TABLE)
 
 
 def _recorded_batch_key(table: Path) -> dict | None:

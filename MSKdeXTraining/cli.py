@@ -14,6 +14,7 @@ import argparse
 import importlib
 import sys
 import warnings
+from collections.abc import Callable
 
 from . import __version__
 from .errors import INPUT_ERRORS, STORAGE_ERRNOS, MSKdeXWarning
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _warning_printer(command: str, show_other):
+def _warning_printer(command: str, show_other: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` that prints MSKdeX's own warnings (:class:`~.errors.MSKdeXWarning`)
     as one line naming the command, not the source line that raised them, and passes the others
     to ``show_other``."""

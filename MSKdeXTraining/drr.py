@@ -194,15 +194,22 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
     ``objects`` is an :class:`ObjectMap`, a built-in map name or a JSON path; ``per_side``
     splits objects that declare sides into ``<name>_left`` / ``<name>_right``.
     """
-    omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
-    if per_side:
-        omap = omap.per_side()
+    whole = objects if isinstance(objects, ObjectMap) else load_object_map(objects)
+    omap = whole.per_side() if per_side else whole
     refuse_existing([Path(out_dir) / f"{t}.nrrd" for t in DRR_TYPES] + [Path(out_dir) / "metrics.json"],
                     [ct_path, labels_path])
     ct, labels = read_ct_and_labels(ct_path, labels_path, omap, resample, RESAMPLE_OPTION)
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)
+    qc = segmentation_qc(labels, omap, ct=ct)
+    if per_side:  # the split objects have no sides to compare: the whole objects' check, on each side
+        for name, q in segmentation_qc(labels, whole).objects.items():
+            for flag, message in zip(q.flags, q.messages):
+                if flag == "sides_swapped":
+                    for side in whole[name].sides:
+                        qc.objects[f"{name}_{side}"].flags.append(flag)
+                        qc.objects[f"{name}_{side}"].messages.append(message)
     result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample,
-                          qc=segmentation_qc(labels, omap, ct=ct).to_json())
+                          qc=qc.to_json())
     write_drr(result, out_dir, [ct_path, labels_path])
     return result

@@ -186,6 +186,12 @@ OUTPUT_KINDS = {"cohort": (("cohort.json",), "mskdex cohort or assemble"),
                                    "decompositions.csv"), "mskdex decompose")}
 
 
+#: The files (glob pattern) that make a folder a result of a kind whose results take their inputs'
+#: names (a decomposition's folder per radiograph, e.g. ``cases/`` for ``cases.dcm``, also one
+#: cut short by an interruption): such a folder is that kind's own, whatever kind its name marks.
+RESULT_FILES = {"decomposition": "decomposition*"}
+
+
 def marked_kind(name: str) -> str | None:
     """The kind of output folder (a key of :data:`OUTPUT_KINDS`) whose marks include the file
     or folder name ``name``, or None."""
@@ -204,10 +210,16 @@ def refuse_other_kind(out: str | Path, kind: str) -> None:
         raise FileExistsError(f"{blocking}: is a file; expected a folder for the {kind} (a new one, or one to resume)")
     for entry in sorted(out.iterdir()) if out.is_dir() else ():
         other = marked_kind(entry.name)
-        if other not in (None, kind):
+        if other not in (None, kind) and not _holds_results(entry, kind):
             raise FileExistsError(f"{out}: holds {entry.name}, so it is the output of {OUTPUT_KINDS[other][1]} "
                                   f"({other}); writing this {kind} there would mix the two: choose another "
                                   "output folder")
+
+
+def _holds_results(entry: Path, kind: str) -> bool:
+    """Whether ``entry`` is a folder holding results of ``kind`` (:data:`RESULT_FILES`), at any depth."""
+    result = RESULT_FILES.get(kind)
+    return result is not None and entry.is_dir() and next(entry.rglob(result), None) is not None
 
 
 def blocking_file(path: str | Path) -> Path | None:

@@ -181,7 +181,7 @@ def read_meta(run: str | Path) -> dict:
     """Read and validate ``run/model.json``: every field that loading and prediction use."""
     path = Path(run) / "model.json"
     inside = [] if path.is_file() else sorted(
-        p.parent for pattern in ("*/model.json", "*/*/model.json") for p in Path(run).glob(pattern))
+        p.parent for pattern in ("*/model.json", "*/*/model.json", "*/*/*/model.json") for p in Path(run).glob(pattern))
     held = (f" (the model runs in it: {', '.join(map(str, inside[:4]))}{', ...' if len(inside) > 4 else ''})"
             if inside else "")
     meta = read_format_json(path, FORMAT, VERSION, _META_FIELDS, ModelFormatError,

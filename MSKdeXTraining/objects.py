@@ -217,6 +217,8 @@ class ObjectMap:
                 raise fail(f"{where}.sides must map each side to a non-empty list of its label values, "
                            f"got {raw_sides!r}")
             sides = {s: tuple(v) for s, v in raw_sides.items()}
+            if sides and set(sides) != {"left", "right"}:  # the patient's: per-side names and QC's check use them
+                raise fail(f"{where}.sides must name the patient's 'left' and 'right' sides, got {sorted(sides)}")
             if sides and sorted(x for v in sides.values() for x in v) != sorted(labels):
                 raise fail(f"{where}.sides must partition {where}.labels {labels}, got {o['sides']}")
             cut = o.get("cut_at_region", False)

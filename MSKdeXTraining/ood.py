@@ -233,7 +233,7 @@ def ood_verdict(x: np.ndarray, scores: dict[str, np.ndarray], source: dict, cove
         reasons.append("colour image (its channels differ); radiographs are grey")
     if source.get("modality") and source["modality"] not in PROJECTION_MODALITIES:
         reasons.append(f"DICOM Modality (0008,0060) {source['modality']}: not a projection radiograph "
-                       "(DX or CR)")
+                       f"({', '.join(PROJECTION_MODALITIES)})")
     if source.get("presentation_intent") == "FOR PROCESSING":
         reasons.append("raw detector data (PresentationIntentType (0008,0068) FOR PROCESSING), "
                        "not processed like the training radiographs")

@@ -53,6 +53,8 @@ SPACING_RANGE_MM = (0.02, 2.0)
 FOV_RANGE_MM = (50.0, 1000.0)
 #: Plausible magnification at the patient (SDD / SOD) of a projection radiograph.
 MAGNIFICATION_RANGE = (1.0, 2.0)
+#: How the note of a magnification given over the file's begins (:func:`set_magnification`).
+MAGNIFICATION_NOTE = "the magnification given, "
 #: Sides (mm) of the usual cassette of a hip film (35 x 43 cm), for the spacing hint.
 CASSETTE_MM = (350.0, 430.0)
 #: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
@@ -165,15 +167,21 @@ def read_radiograph(path: str | Path,
 
 def set_magnification(source: dict, magnification: float, field: str) -> None:
     """Put a magnification given by the user (``field``: where) into a radiograph's ``source``,
-    with a note of the factor it changes volumes and masses by where the radiograph had another
-    (more than 1 % apart); the one replaced is kept as ``magnification_in_file``."""
-    before = source.get("magnification")
+    with a note of the factor it changes volumes and masses by where the file had another (more
+    than 1 % apart). The file's value and field are kept as ``magnification_in_file`` and
+    ``magnification_field_in_file`` by the first call; a later one (Slicer's panel after *Load
+    radiograph* was given one) compares with them and replaces the earlier note."""
+    if "magnification_in_file" not in source:
+        source.update(magnification_in_file=source.get("magnification"),
+                      magnification_field_in_file=source.get("magnification_field"))
+    before, where = source["magnification_in_file"], source["magnification_field_in_file"]
+    notes = [n for n in source.get("notes", []) if not n.startswith(MAGNIFICATION_NOTE)]
     if before is not None and abs(magnification / before - 1.0) > SPACING_DIFFERENCE:
-        source.setdefault("notes", []).append(
-            f"the magnification given, {magnification:g}, was used instead of {before:.4g} "
-            f"({source.get('magnification_field')}): volumes and masses are {(before / magnification) ** 2:.3g}x "
-            "what that value gives")
-    source.update(magnification_in_file=before, magnification=float(magnification), magnification_field=field)
+        notes.append(f"{MAGNIFICATION_NOTE}{magnification:g}, was used instead of the file's own {before:.4g} "
+                     f"({where}): volumes and masses are {(before / magnification) ** 2:.3g}x what that value gives")
+    if notes or "notes" in source:
+        source["notes"] = notes
+    source.update(magnification=float(magnification), magnification_field=field)
 
 
 def spacing_hint(shape: tuple[int, ...]) -> str:

@@ -138,6 +138,16 @@ def test_per_side_and_resampled_labels(phantom, tmp_path):
     assert result.metrics["resampled_labels"] is True
     with pytest.raises(FileExistsError, match="wvdrr.nrrd: exists"):  # refused before any work
         drr_from_files(ct_path, shifted, tmp_path / "o", "synthetic", Geometry(48, 48), resample=True)
+    # a map whose sides are swapped is caught per side too (the split objects have no sides of their own)
+    k, j, i = np.mgrid[:20, :24, :28]
+    both = np.where(((i - 4) ** 2 + (j - 12) ** 2 + (k - 9) ** 2) < 9, 12, labels).astype(np.uint8)  # right: -x
+    swapped = ObjectMap("swapped", (ObjectSpec("gluteus_maximus", "muscle", (11, 12), {"left": (12,), "right": (11,)}),
+                                    ObjectSpec("pelvis", "bone", (1,))), "ignore")
+    result = drr_from_files(ct_path, _write(tmp_path / "both.nrrd", both), tmp_path / "s", swapped, Geometry(48, 48),
+                            per_side=True)
+    qc = result.metrics["qc"]["objects"]
+    assert qc["gluteus_maximus_left"]["flags"][-1] == qc["gluteus_maximus_right"]["flags"][-1] == "sides_swapped"
+    assert "pelvis" in qc and "sides_swapped" not in qc["pelvis"]["flags"]
 
 
 @pytest.mark.parametrize("case, field", [

@@ -376,6 +376,11 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     assert (tmp_path / "cli" / "hip1" / "decomposition.json").is_file()
     with open(tmp_path / "cli" / "decompositions.csv", newline="") as f:  # the films that could be used
         assert {r["radiograph"] for r in csv.DictReader(f)} == {"hip0.mha", "hip1.mha"}
+    (tmp_path / "only_broken").mkdir()  # a later batch into the same folder that decomposes nothing:
+    shutil.copyfile(folder / "broken.dcm", tmp_path / "only_broken" / "broken.dcm")  # no stale table
+    assert main(["decompose", "--model", str(run), "--xray", str(tmp_path / "only_broken"), "--out",
+                 str(tmp_path / "cli"), "--tta", "1"]) == 2
+    assert not (tmp_path / "cli" / "decompositions.csv").exists()
 
 
 
@@ -425,6 +430,31 @@ def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, t
     # into another folder in the tree: the first run's DRR stacks are results, not radiographs
     assert decompose_cmd._inputs(tree, True, tree / "again") == sorted(films)
     assert len(list(out.rglob("decomposition_*.nii.gz"))) == 12
+
+
+def test_a_batch_resumes_over_films_named_like_other_outputs(trained, tmp_path, capsys):
+    """Result folders take their films' names: `cases`, `fold_1` or `checkpoints` (marks of a
+    dataset, an evaluation, a run) are this batch's own results, so a re-run resumes; a folder of
+    that name holding no result is still refused."""
+    from MSKdeXTraining.cli import main
+
+    data, run = trained
+    films = tmp_path / "films"
+    films.mkdir()
+    for i, name in enumerate(("cases", "fold_1", "checkpoints")):
+        toy_film_file(data, i, films / f"{name}.mha")
+    out = tmp_path / "out"
+    command = ["decompose", "--model", str(run), "--xray", str(films), "--out", str(out), "--tta", "1"]
+    assert main(command) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cases", "checkpoints", "decompositions.csv", "fold_1"]
+    assert main(command) == 0
+    assert "3 radiograph(s) already decomposed" in capsys.readouterr().out
+    (out / "cases" / "decomposition.json").unlink()  # interrupted before its last file: redone
+    assert main(command) == 0 and (out / "cases" / "decomposition.json").is_file()
+    shutil.rmtree(out / "cases")
+    (out / "cases").mkdir()  # a folder named cases holding none of a result's files: a dataset's, as far as
+    assert main(command) == 2  # anyone can tell
+    assert "holds cases, so it is the output of mskdex prepare" in capsys.readouterr().err
 
 
 def test_real_pediatric_dicoms_are_flagged(shared_data, decomposer, trained, tmp_path, capsys):

@@ -241,3 +241,7 @@ def test_a_folder_holding_model_runs_names_them(run, tmp_path):
     with pytest.raises(ModelFormatError, match=rf"{tmp_path / 'empty'} is not a model run folder; run"):
         load_model(tmp_path / "empty")
     assert load_model(evaluation / "fold_0" / "run").meta["format"]
+    ablation = tmp_path / "ablation"  # its runs lie a level deeper
+    shutil.copytree(run[0], ablation / "lis100_bone1" / "fold_0" / "run")
+    with pytest.raises(ModelFormatError, match=rf"the model runs in it: {ablation / 'lis100_bone1' / 'fold_0' / 'run'}"):
+        load_model(ablation)

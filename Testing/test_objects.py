@@ -142,10 +142,15 @@ def test_negative_label_values_are_refused_and_select_keeps_the_given_order():
      r"map.json: objects\[0\].labels must be a non-empty list of integers 1-65535, got \[0\]"),
     ([{"name": "femur", "kind": "bone", "labels": [3, 4], "sides": {"left": [3], "right": [5]}}],
      r"map.json: objects\[0\].sides must partition objects\[0\].labels \[3, 4\]"),
+    ([{"name": "iliacus", "kind": "muscle", "labels": [3, 4], "sides": {"L": [3], "R": [4]}}],
+     r"map.json: objects\[0\].sides must name the patient's 'left' and 'right' sides, got \['L', 'R'\]"),
+    ([{"name": "iliacus", "kind": "muscle", "labels": [3], "sides": {"left": [3]}}],
+     r"objects\[0\].sides must name the patient's 'left' and 'right' sides, got \['left'\]"),
     ([{"name": "femur", "kind": "bone", "labels": [3]}, {"name": "femur", "kind": "bone", "labels": [4]}],
      r"map.json: objects\[1\].name 'femur' appears twice"),
 ])
 def test_background_labels_sides_outside_the_labels_and_repeated_names_are_refused(objects, message):
-    """from_json refuses label 0 (background), sides that do not partition the labels, and a name used twice."""
+    """from_json refuses label 0 (background), sides that are not left and right or do not partition the
+    labels, and a name used twice."""
     with pytest.raises(ObjectMapError, match=message):
         ObjectMap.from_json({"format": "mskdex-object-map", "version": 1, "objects": objects}, "map.json")

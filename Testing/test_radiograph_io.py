@@ -175,7 +175,7 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     assert given.magnification == 1.3 and given.source["magnification_in_file"] == pytest.approx(1.15)
     # the argument wins, with a note of what it changes (area at the patient: (1.15 / 1.3)^2)
     [note] = [n for n in given.source["notes"] if "magnification given" in n]
-    assert "1.3, was used instead of 1.15 (EstimatedRadiographicMagnificationFactor" in note
+    assert "1.3, was used instead of the file's own 1.15 (EstimatedRadiographicMagnificationFactor" in note
     assert "volumes and masses are 0.783x" in note
     same = read_radiograph(f, magnification=1.155)  # within 1 %: nothing to note
     assert not any("magnification given" in n for n in same.source.get("notes", []))

@@ -137,6 +137,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("scene_under_a_file", "x.png: is a file, so the scene folder"),
     ("scene_is_out", "the same path as --out"),
     ("json_is_out", "--json"),
+    ("scene_is_json", "the same path as --out or --json"),
     ("json_exists", "t.json: exists; choose another"),
 ])
 def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
@@ -167,6 +168,7 @@ def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_x
             "scene_under_a_file": ok + ["--scene", str(png / "scene")],
             "scene_is_out": ok + ["--scene", str(tmp_path / "t.csv")],
             "json_is_out": ok + ["--json", str(tmp_path / "t.csv")],
+            "scene_is_json": ok + ["--json", str(tmp_path / "r.json"), "--scene", str(tmp_path / "r.json")],
             "json_exists": ok + ["--json", str(tmp_path / "t.json")]}[case]
     assert load_script().run(argv) == 2
     captured = capsys.readouterr()

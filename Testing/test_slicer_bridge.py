@@ -33,7 +33,7 @@ from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E4
 
 from MSKdeXLib.backend_process import BackendProcess, parse_progress  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
-from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, show_film_layout  # noqa: E402
+from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, register_layouts, show_film_layout  # noqa: E402
 from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_layers, place_over, stack_from_layers  # noqa: E402
 from MSKdeXLib.pipeline import Pipeline, drr_warnings, registered_on  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
@@ -264,7 +264,10 @@ def test_a_film_is_shown_face_on_in_the_view_of_its_plane():
     scene = slicer.vtkMRMLScene()
     film = radiograph_to_node(Radiograph(np.zeros((40, 30), np.float32), (2.0, 2.0), {}), scene, "film")
     assert show_film_layout(scene, film) is None  # no layout node: nothing to switch
+    register_layouts(scene)  # nor to register with
     layout = scene.AddNode(slicer.vtkMRMLLayoutNode())
+    register_layouts(scene)  # at startup: a scene saved with one of them shown reopens with it
+    assert all(layout.IsLayoutDescription(i) for i in RESULTS_LAYOUT.values())
     layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
     assert show_film_layout(scene, film) == "Green"  # MSKdeX places films coronal (AP)
     assert layout.GetViewArrangement() == ONE_UP["Green"] == slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpGreenSliceView
@@ -275,6 +278,8 @@ def test_a_film_is_shown_face_on_in_the_view_of_its_plane():
                                   ("vtkMRMLPlotViewNode", "PlotView1")]
     show_film_layout(scene, film)  # another layer over the film keeps the results beside it
     assert layout.GetViewArrangement() == RESULTS_LAYOUT["Green"]
+    show_film_layout(scene, film, results=False)  # a new film: not beside the last patient's results
+    assert layout.GetViewArrangement() == ONE_UP["Green"]
     # a film Slicer loaded itself lies where it put it: axial (a PNG) -> Red, sagittal -> Yellow;
     # the plane's normal decides, not a slice axis skewed towards another view's
     skewed = np.array([[1, 0, 0], [0, 0, 0.6], [0, 1, 0.8]])  # columns i, j (coronal plane), k
@@ -407,9 +412,17 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
     with pytest.raises(InputError, match=r"wrong.dcm: magnification from EstimatedRadiographicMagnificationFactor "
                                          r"\(0018,1114\) is 3.5: implausible.*\(the 'Magnification' field\)$"):
         Pipeline(scene).load_radiograph(wrong, magnification_option=field)
-    loaded = radiograph_from_node(Pipeline(scene).load_radiograph(wrong, None, 1.2))
+    loaded_node = Pipeline(scene).load_radiograph(wrong, None, 1.2)
+    loaded = radiograph_from_node(loaded_node)
     assert (loaded.magnification, loaded.source["magnification_field"]) == (
         1.2, "given in MSKdeX (Magnification) when loaded")
+    assert loaded.source["magnification_in_file"] == 3.5
+    # the panel's value changed before Decompose: compared with the file's, one note, not a stale one
+    source = Pipeline(scene).decompose(tiny_model, loaded_node, tta=1, magnification=1.4).decomposition.source
+    assert (source["magnification_in_file"], source["magnification"]) == (3.5, 1.4)
+    assert [n for n in source["notes"] if n.startswith("the magnification given")] == [
+        "the magnification given, 1.4, was used instead of the file's own 3.5 (EstimatedRadiographicMagnification"
+        "Factor (0018,1114)): volumes and masses are 6.25x what that value gives"]
     # the same pixels in a node MSKdeX did not read: the decomposition says what it lacks
     node.RemoveAttribute("MSKdeX.Source")
     notes = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition.ood.split()[1]
@@ -896,7 +909,8 @@ def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
     source = Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=1.2).decomposition.source
     assert (source["magnification"], source["magnification_field"]) == (1.2, "given in MSKdeX (Magnification)")
     assert source["magnification_in_file"] == 1.1
-    assert any("magnification given, 1.2, was used instead of 1.1" in n and "0.84x" in n for n in source["notes"])
+    assert any("magnification given, 1.2, was used instead of the file's own 1.1" in n and "0.84x" in n
+               for n in source["notes"])
     with pytest.raises(InputError, match="panel field 'Magnification' is 0.8"):
         Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=0.8)
 

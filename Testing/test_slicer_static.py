@@ -324,6 +324,11 @@ def test_films_are_shown_through_the_film_layout():
     users = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) for n in ast.walk(f)
              if isinstance(n, ast.Call) and ast.unparse(n.func) == "self._showFilm"}
     assert users >= {"onLoadRadiograph", "_showDRR", "onRegister", "showResults"}, users
+    # a new film alone (not beside the last patient's results), the results beside their film
+    for method, results in (("onLoadRadiograph", "False"), ("showResults", "True")):
+        [call] = [n for n in ast.walk(_method(method))
+                  if isinstance(n, ast.Call) and ast.unparse(n.func) == "self._showFilm"]
+        assert {k.arg: ast.unparse(k.value) for k in call.keywords}.get("results") == results, method
 
 
 def test_help_links_to_the_extension_homepage():

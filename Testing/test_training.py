@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from MSKdeXTraining.commands import train as train_cmd
-from MSKdeXTraining.errors import InputError
+from MSKdeXTraining.errors import InputError, MSKdeXWarning
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
 from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_order, ok_ids,
@@ -346,7 +346,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
     with pytest.raises(ModelFormatError, match=r"no checkpoint can be read \(.*epoch_0002.safetensors: not a "
                                                r"safetensors file .*epoch_0001.json: not valid JSON"):
         train(config, dataset, tmp_path / "lost", resume=True)
-    with pytest.warns(UserWarning, match=r"epoch_0002.safetensors: not a safetensors file \(bad header\); "
+    with pytest.warns(MSKdeXWarning, match=r"epoch_0002.safetensors: not a safetensors file \(bad header\); "
                                          r"resuming from the older epoch_0001.json"):
         resumed = train(config, dataset, tmp_path / "cut", resume=True)
     assert losses_of(resumed) == losses_of(full)
@@ -666,7 +666,7 @@ def test_the_newest_readable_checkpoint_is_loaded(tmp_path):
     save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)})
     save_checkpoint(tmp_path, 2, {"w": torch.ones(2)})
     (tmp_path / "epoch_0002.safetensors").unlink()
-    with pytest.warns(UserWarning, match=r"epoch_0002.safetensors.*; resuming from the older epoch_0001.json"):
+    with pytest.warns(MSKdeXWarning, match=r"epoch_0002.safetensors.*; resuming from the older epoch_0001.json"):
         path, state = load_newest_checkpoint(tmp_path)
     assert path.name == "epoch_0001.json" and torch.equal(state["w"], torch.zeros(2))
 

@@ -4,7 +4,8 @@ A radiograph or DRR node is a volume one slice thick: only the slice view whose 
 film's shows it, the other two cut it into a line. :func:`show_film_layout` picks that view
 from the node's geometry (Slicer's coronal Green view for a film placed by MSKdeX, whatever
 plane one loaded by Slicer itself lies in) and switches the scene's layout node to that view
-alone, or to it beside the results table and bar chart. MRML only: no Qt, no layout manager.
+alone, or to it beside the results table and bar chart (:func:`register_layouts` adds those
+layouts). MRML only: no Qt, no layout manager.
 """
 
 from __future__ import annotations
@@ -59,19 +60,26 @@ def results_layout_xml(view: str) -> str:
         '</layout>')
 
 
-def show_film_layout(scene: vtkMRMLScene, film: vtkMRMLVolumeNode, results: bool = False) -> str | None:
+def register_layouts(scene: vtkMRMLScene) -> None:
+    """Add MSKdeX's results layouts (:data:`RESULTS_LAYOUT`) to the scene's layout node, if it has
+    one and they are not there yet (a scene saved with one of them shown then reopens with it)."""
+    layout_node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    for view, layout in RESULTS_LAYOUT.items() if layout_node is not None else ():
+        if not layout_node.IsLayoutDescription(layout):
+            layout_node.AddLayoutDescription(layout, results_layout_xml(view))
+
+
+def show_film_layout(scene: vtkMRMLScene, film: vtkMRMLVolumeNode, results: bool | None = None) -> str | None:
     """Switch the scene's layout to the slice view showing ``film`` face on: beside the table and
-    plot views if ``results`` (or if such a layout of that view is shown already), else alone.
-    Returns the view's name; None, changing nothing, where the scene has no layout node
-    (headless)."""
+    plot views if ``results``; alone if ``results`` is False (a new film: another patient's
+    results are not shown beside it); with None, as it is if that view's results layout is shown
+    (a DRR layer over the same film), else alone. Returns the view's name; None, changing
+    nothing, where the scene has no layout node (headless)."""
     layout_node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layout_node is None:
         return None
+    register_layouts(scene)
     view = film_view(film)
-    if not layout_node.IsLayoutDescription(RESULTS_LAYOUT[view]):
-        layout_node.AddLayoutDescription(RESULTS_LAYOUT[view], results_layout_xml(view))
-    if results or layout_node.GetViewArrangement() == RESULTS_LAYOUT[view]:
-        layout_node.SetViewArrangement(RESULTS_LAYOUT[view])
-    else:
-        layout_node.SetViewArrangement(ONE_UP[view])
+    keep = results is None and layout_node.GetViewArrangement() == RESULTS_LAYOUT[view]
+    layout_node.SetViewArrangement(RESULTS_LAYOUT[view] if results or keep else ONE_UP[view])
     return view

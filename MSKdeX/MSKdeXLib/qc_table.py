@@ -2,7 +2,7 @@
 
 One row per object: volume (cm3), connected components, enclosed holes, share of the volume
 in the largest component (%), flags, and a ``status``: ``failed`` (a flag that fails the
-case: missing, volume_low, volume_high, metal, and truncated for a muscle), ``warning``
+case: missing, volume_low, volume_high, sides_swapped, metal, and truncated for a muscle), ``warning``
 (fragmented, holes, a truncated bone) or ``ok``.
 """
 

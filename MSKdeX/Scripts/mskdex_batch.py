@@ -83,8 +83,8 @@ def run(argv: list[str]) -> int:
             raise FileExistsError(f"--json {args.json}: the same path as --out; choose another file")
         if args.scene is not None:
             check_scene_folder(args.scene)
-            if args.scene.resolve() == args.out.resolve():
-                raise FileExistsError(f"--scene {args.scene}: the same path as --out; choose another folder")
+            if args.scene.resolve() in (args.out.resolve(), args.json and args.json.resolve()):
+                raise FileExistsError(f"--scene {args.scene}: the same path as --out or --json; choose another folder")
         scene = getattr(slicer, "mrmlScene", None)  # the application's scene inside Slicer
         if scene is None:
             scene = slicer.vtkMRMLScene()

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     for key, option in (("lambda_is", "--lambdas"), ("bone_loss", "--bone-loss")):
         if key in overrides:
             raise InputError(f"--set {key}: the ablation trains the {option} values; put the value there "
-                             f"(the config's own {key} only picks the setting compared with the baseline)")
+                             f"(to choose the setting compared with the baseline, set {key} in a --config file)")
     bone = {"both": (False, True), "on": (True,), "off": (False,)}[args.bone_loss]
     with progress_bar("ablation") as bar:
         rows = ablation(args.data, args.out, args.config, tuple(args.lambdas), bone, args.k,

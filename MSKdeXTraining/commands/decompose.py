@@ -52,7 +52,8 @@ def _inputs(path: Path, recursive: bool = False, out: Path | None = None) -> lis
         skip = out.resolve() if recursive and out is not None else None
         if skip is not None and path.resolve().is_relative_to(skip):
             raise InputError(f"--out {out}: is or holds the input folder {path}; with --recursive the results "
-                             "would be read back as radiographs: choose an output folder outside it, or a sub-folder of it")
+                             "would be read back as radiographs: choose an output folder outside it, "
+                             "or a sub-folder of it")
         results = {f.name for f in output_files(Path()).values()}
         files = sorted(p for p in found if p.is_file() and is_radiograph_file(p) and p.name not in results
                        and not any(part.startswith(".") for part in p.relative_to(path).parts)

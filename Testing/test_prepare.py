@@ -461,7 +461,7 @@ def test_decompose_feeds_the_model_what_training_fed_it(cohort, tmp_path):
         np.testing.assert_allclose(x, trained_on.load(k)["xray"][0].numpy(), atol=1e-5)
 
 
-def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
+def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path, capsys):
     """`mskdex assemble` on a spreadsheet-saved table (BOM, spaces, CRLF) of the cohort's own CTs
     and labels with its films as a 16-bit DICOM (distances in the tags) and a plain image
     (distances in the table): the generator's ground truth and geometry, the DICOM film as
@@ -489,7 +489,11 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     table = tmp_path / "pairs.csv"
     table.write_text("\r\n".join([header, *rows]) + "\r\n", encoding="utf-8")
     out = tmp_path / "own"
-    assert main(["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out), "--workers", "2"]) == 0
+    command = ["assemble", "--pairs", str(table), "--objects", "synthetic", "--out", str(out), "--workers", "2"]
+    assert main(command) == 0
+    assert f"cohort of 2 cases (2 patients) in {out}: 2 made; next:" in capsys.readouterr().out
+    assert main(command) == 0  # resumed: what it kept is said
+    assert f"in {out}: 0 made, 2 kept as an earlier run made them; next:" in capsys.readouterr().out
     meta = json.loads((out / "cohort.json").read_text())
     assert meta["complete"] and meta["cases"] == ["hip0", "hip1"]
     assert meta["patients"] == {"hip0": "p1", "hip1": "hip1"}
@@ -503,15 +507,15 @@ def test_own_pairs_assemble_into_a_cohort_that_prepares(cohort, tmp_path):
     assert read_radiograph(out / "hip0" / "xray.mha").source["spacing_field"].endswith(
         f"a radiograph assembled from {dicom})")
     stamps = [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)]
-    assemble_cohort(table, "synthetic", out, workers=1)  # unchanged: nothing redone
+    assert assemble_cohort(table, "synthetic", out, workers=1) == []  # unchanged: nothing redone
     assert [(out / f"hip{k}" / "truth.json").stat().st_mtime_ns for k in (0, 1)] == stamps
     table.write_text("\n".join([header, rows[0], rows[1].replace("hip1,,", "hip1,p2,")]) + "\n")
-    assemble_cohort(table, "synthetic", out, workers=1)  # hip1's row changed: only hip1 is made again
+    assert assemble_cohort(table, "synthetic", out, workers=1) == ["hip1"]  # its row changed: made again
     assert (out / "hip0" / "truth.json").stat().st_mtime_ns == stamps[0]
     assert (out / "hip1" / "truth.json").stat().st_mtime_ns != stamps[1]
     film = (out / "hip0" / "xray.mha").read_bytes()  # a case cut short (a copy that stopped) is made again
     (out / "hip0" / "xray.mha").write_bytes(film[:-100])
-    assemble_cohort(table, "synthetic", out, workers=1)
+    assert assemble_cohort(table, "synthetic", out, workers=1) == ["hip0"]
     assert (out / "hip0" / "xray.mha").read_bytes() == film
     truth = (out / "hip0" / "truth.json").read_bytes()  # ... unless the cut file is the record of what it is
     (out / "hip0" / "truth.json").write_bytes(truth[:-100])
@@ -787,7 +791,8 @@ def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
     (tmp_path / "map.json").write_text(json.dumps(spec))
     film = _film(cohort, "case_0000")
     _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{tmp_path}/labels.nii.gz,{case}/xray.mha,{film}"])
-    out = assemble_cohort(tmp_path / "t.csv", tmp_path / "map.json", tmp_path / "out", workers=1)
+    out = tmp_path / "out"
+    assert assemble_cohort(tmp_path / "t.csv", tmp_path / "map.json", out, workers=1) == ["a"]
     written = read_labels(out / "a" / "labels.nii.gz").array
     given = read_labels(tmp_path / "labels.nii.gz").array
     assert written.max() > 300 and set(np.unique(written)) == set(np.unique(given))

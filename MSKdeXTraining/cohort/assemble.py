@@ -237,21 +237,24 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def assemble_pair(pair: dict, objects: ObjectMap, out: Path, ct_sha256: str) -> None:
+def assemble_pair(pair: dict, objects: ObjectMap, out: Path, ct_sha256: str) -> bool:
     """Make the case of one row (its CT's SHA-256 ``ct_sha256``) unless it is there already from
-    the same row, inputs and map (:func:`_record`), and whole. Errors name the table, line and case."""
+    the same row, inputs and map (:func:`_record`), and whole; returns whether it was made.
+    Errors name the table, line and case."""
     with _naming_row(pair):
         folder, record = out / pair["case"], _record(pair, objects, ct_sha256)
-        if not case_complete(folder) or read_json_object(folder / "truth.json").get("assembled_from") != record:
-            assemble_case(pair, objects, out, record)
+        if case_complete(folder) and read_json_object(folder / "truth.json").get("assembled_from") == record:
+            return False
+        assemble_case(pair, objects, out, record)
+        return True
 
 
 def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, workers: int | None = None,
-                    progress: Progress | None = None) -> Path:
+                    progress: Progress | None = None) -> list[str]:
     """Assemble the pairs of ``table`` (:func:`read_pairs`) with the object map ``objects``
-    into the cohort folder ``out`` with ``workers`` processes (default: all cores) and return
-    it. Resumable: a case whose row, inputs and map are unchanged is kept, any other is made
-    (again). Refuses, before any work, an input inside a case folder of ``out``, a folder
+    into the cohort folder ``out`` with ``workers`` processes (default: all cores); returns the
+    cases made by this call, in the table's order. Resumable: a case whose row, inputs and map
+    are unchanged is kept, any other is made (again). Refuses, before any work, an input inside a case folder of ``out``, a folder
     ``out`` of other files or another cohort, and a case folder that assemble did not make."""
     table, out = Path(table), Path(out)
     pairs = read_pairs(table)
@@ -277,7 +280,9 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
     jobs = [(pair, omap, out, ct_sha256) for pair, ct_sha256 in zip(pairs, ct_hashes)]
-    for done, (k, _) in enumerate(run_jobs(assemble_pair, jobs, workers), 1):
-        report(done / len(pairs), pairs[k]["case"])
+    made = set()
+    for done, (k, was_made) in enumerate(run_jobs(assemble_pair, jobs, workers), 1):
+        report(done / len(pairs), f"{pairs[k]['case']} {'made' if was_made else 'kept'}")
+        made |= {k} if was_made else set()
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
-    return out
+    return [p["case"] for k, p in enumerate(pairs) if k in made]

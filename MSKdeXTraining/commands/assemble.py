@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_overwrite(args.out, [args.pairs])
     with progress_bar("assemble") as progress:
-        out = assemble_cohort(args.pairs, args.objects, args.out, args.workers, progress)
-    meta = json.loads((out / "cohort.json").read_text())
-    print(f"cohort of {len(meta['cases'])} cases ({len(set(meta['patients'].values()))} patients) in {out}; "
-          f"next: mskdex prepare --cohort {out} --out DATASET")
+        made = assemble_cohort(args.pairs, args.objects, args.out, args.workers, progress)
+    meta = json.loads((args.out / "cohort.json").read_text())
+    kept = len(meta["cases"]) - len(made)
+    print(f"cohort of {len(meta['cases'])} cases ({len(set(meta['patients'].values()))} patients) in {args.out}: "
+          f"{len(made)} made" + (f", {kept} kept as an earlier run made them" if kept else "")
+          + f"; next: mskdex prepare --cohort {args.out} --out DATASET")
     return 0

@@ -254,8 +254,9 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     """Assemble the pairs of ``table`` (:func:`read_pairs`) with the object map ``objects``
     into the cohort folder ``out`` with ``workers`` processes (default: all cores); returns the
     cases made by this call, in the table's order. Resumable: a case whose row, inputs and map
-    are unchanged is kept, any other is made (again). Refuses, before any work, an input inside a case folder of ``out``, a folder
-    ``out`` of other files or another cohort, and a case folder that assemble did not make."""
+    are unchanged is kept, any other is made (again). Refuses, before any work, an input inside
+    a case folder of ``out``, a folder ``out`` of other files or another cohort, and a case
+    folder that assemble did not make."""
     table, out = Path(table), Path(out)
     pairs = read_pairs(table)
     omap = objects if isinstance(objects, ObjectMap) else load_object_map(objects)

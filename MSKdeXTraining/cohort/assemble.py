@@ -281,9 +281,10 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     report = progress or (lambda f, m: None)
     jobs = [(pair, omap, out, ct_sha256) for pair, ct_sha256 in zip(pairs, ct_hashes)]
-    made = set()
+    made = []
     for done, (k, was_made) in enumerate(run_jobs(assemble_pair, jobs, workers), 1):
         report(done / len(pairs), f"{pairs[k]['case']} {'made' if was_made else 'kept'}")
-        made |= {k} if was_made else set()
+        if was_made:
+            made.append(k)
     write_json(out / "cohort.json", {**header, "complete": True, "cases": [p["case"] for p in pairs]})
-    return [p["case"] for k, p in enumerate(pairs) if k in made]
+    return [pairs[k]["case"] for k in sorted(made)]

@@ -243,5 +243,6 @@ def test_a_folder_holding_model_runs_names_them(run, tmp_path):
     assert load_model(evaluation / "fold_0" / "run").meta["format"]
     ablation = tmp_path / "ablation"  # its runs lie a level deeper
     shutil.copytree(run[0], ablation / "lis100_bone1" / "fold_0" / "run")
-    with pytest.raises(ModelFormatError, match=rf"the model runs in it: {ablation / 'lis100_bone1' / 'fold_0' / 'run'}"):
+    deeper = ablation / "lis100_bone1" / "fold_0" / "run"
+    with pytest.raises(ModelFormatError, match=rf"the model runs in it: {deeper}"):
         load_model(ablation)

@@ -439,8 +439,9 @@ def test_itk_default_spacing_is_refused_as_a_placeholder(tmp_path, ramp, suffix)
     path = tmp_path / f"h{suffix}"
     sitk.WriteImage(sitk.GetImageFromArray(ramp), str(path))
     with pytest.raises(InputError, match=rf"h{suffix}: no usable pixel spacing \(image spacing is 1.0 x 1.0 mm, "
-                                         r".*placeholder.*\); pass it explicitly \(--pixel-spacing, mm at the detector: e.g. "
-                                         r"2.2-2.7 mm if the film's 160 columns span a 35 x 43 cm cassette\)"):
+                                         r".*placeholder.*\); pass it explicitly \(--pixel-spacing, mm at the "
+                                         r"detector: e.g. 2.2-2.7 mm if the film's 160 columns span a 35 x 43 cm "
+                                         r"cassette\)"):
         read_radiograph(path)
     r = read_radiograph(path, pixel_spacing=1.0)
     assert r.pixel_spacing == (1.0, 1.0) and r.source["spacing_field"] == "argument (pixel_spacing)"

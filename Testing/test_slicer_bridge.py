@@ -609,10 +609,12 @@ def test_decompose_creates_layers_table_and_chart(example, shared_data, tiny_mod
                                  pixel_spacing=(0.6, 0.6))
     node = radiograph_to_node(radiograph, scene, "xray")
     steps = []
-    out = Pipeline(scene).decompose(tiny_model, node, tta=2, progress=lambda f, m: steps.append(f))
+    out = Pipeline(scene).decompose(tiny_model, node, tta=2, progress=lambda f, m: steps.append((f, m)))
     result = out.decomposition
     n = len(result.names)
-    assert steps[-1] == 1.0
+    fractions = [f for f, _ in steps]  # rising to 100 % once, when the layers and the table are there
+    assert fractions == sorted(fractions) and fractions.count(1.0) == 1 and steps[-1] == (1.0, "done")
+    assert (0.9, "adding the layers and the results table") in steps
     assert len(out.layers) == 3 * n
     assert {t for _, t in out.layers} == set(DRR_TYPES)
     rows = table_rows(out.table)

@@ -350,8 +350,10 @@ class Pipeline:
         report = progress or (lambda f, m: None)
         report(0.0, "loading the model")
         decomposer = Decomposer.from_run(model)
-        result = decomposer.decompose(radiograph, tta=tta, seed=seed, progress=progress)
-        report(1.0, "adding the layers and the results table")
+        # the decomposition's own steps fill 90 % of the bar, the layers and table the rest
+        result = decomposer.decompose(radiograph, tta=tta, seed=seed,
+                                      progress=lambda f, m: report(0.9 * f, "decomposed" if f == 1.0 else m))
+        report(0.9, "adding the layers and the results table")
         layers = drr_layers(result.drr, result.names, result.geometry.pixel_spacing, self.scene,
                             RESULT_PREFIX, radiograph_node)
         if table_node is None:
@@ -363,4 +365,5 @@ class Pipeline:
         calibration = result.model["calibration"]  # the interval columns' level, or none
         table.SetAttribute("MSKdeX.IntervalLevel", "" if calibration is None else str(calibration["level"]))
         chart = results_chart(table, self.scene, CHART_NAME, node=self.scene.GetFirstNodeByName(CHART_NAME))
+        report(1.0, "done")
         return DecomposeOutput(result, layers, table, chart)

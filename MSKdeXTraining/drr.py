@@ -202,13 +202,12 @@ def drr_from_files(ct_path: str | Path, labels_path: str | Path, out_dir: str | 
     result = render_drr(ct, labels, omap, geometry, device=device, source=str(labels_path),
                         progress=progress)
     qc = segmentation_qc(labels, omap, ct=ct)
-    if per_side:  # the split objects have no sides to compare: the whole objects' check, on each side
-        for name, q in segmentation_qc(labels, whole).objects.items():
-            for flag, message in zip(q.flags, q.messages):
-                if flag == "sides_swapped":
-                    for side in whole[name].sides:
-                        qc.objects[f"{name}_{side}"].flags.append(flag)
-                        qc.objects[f"{name}_{side}"].messages.append(message)
+    swapped = segmentation_qc(labels, whole).objects.items() if per_side else ()  # split objects have no sides
+    for name, q in swapped:  # to compare: the whole objects' check, on each side
+        if "sides_swapped" in q.flags:
+            for side in whole[name].sides:
+                qc.objects[f"{name}_{side}"].flags.append("sides_swapped")
+                qc.objects[f"{name}_{side}"].messages.append(q.messages[q.flags.index("sides_swapped")])
     result.metrics.update(ct=str(ct_path), labels=str(labels_path), resampled_labels=resample,
                           qc=qc.to_json())
     write_drr(result, out_dir, [ct_path, labels_path])

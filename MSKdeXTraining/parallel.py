@@ -3,6 +3,7 @@ torchrun instead)."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -32,8 +33,10 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
     result is the same bytes whatever the number of workers (BLAS sums in another order with
     another pool size). With one worker (:func:`worker_count` of ``workers``) the jobs run in
     this process, in order, its pools limited meanwhile. Otherwise they run in spawned
-    processes (pools sized by :data:`THREAD_VARIABLES`, set while the workers start); the first
-    failure cancels the jobs not yet started and is raised once the running ones have finished.
+    processes (pools sized by :data:`THREAD_VARIABLES`, set while the workers start), and the
+    warnings a job raised there are raised again here as it finishes, so this process's
+    warning filters and printer see them; the first failure cancels the jobs not yet started
+    and is raised once the running ones have finished.
     """
     workers = worker_count(workers, len(jobs))
     if workers <= 1:
@@ -46,13 +49,24 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         with _temporary_environ({k: str(threads) for k in THREAD_VARIABLES}):
             # the executor starts its workers within submit(): all of them before this ends
-            futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
+            futures = {pool.submit(_call_recording_warnings, fn, *job): index
+                       for index, job in enumerate(jobs)}
         try:
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                result, caught = future.result()
+                for message, category, filename, lineno in caught:
+                    warnings.warn_explicit(message, category, filename, lineno)
+                yield futures[future], result
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+
+
+def _call_recording_warnings(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[tuple]]:
+    """In a worker: ``fn(*args)`` and the warnings it raised, as (message, category, file, line)."""
+    with warnings.catch_warnings(record=True) as caught:
+        result = fn(*args)
+    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
 
 
 @contextmanager

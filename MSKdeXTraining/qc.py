@@ -124,6 +124,8 @@ class ObjectQC:
             d["metal_sides"] = list(self.metal_sides)
         if self.faces:
             d["faces"] = list(self.faces)
+        if self.side_x_mm:
+            d["side_x_mm"] = {k: round(v, 1) for k, v in self.side_x_mm.items()}
         return d
 
 

@@ -39,9 +39,8 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(flat))
     code = main(["drr", "--ct", str(flat), "--labels", str(flat), "--objects", "synthetic", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    line = err[err.index("mskdex drr: error: "):]
-    assert code == 2
-    assert "must be a 3D image" in line and str(flat) in line and line.count("\n") == 1
+    assert code == 2 and err.startswith("mskdex drr: error: "), err  # no progress bar drawn above it
+    assert "must be a 3D image" in err and str(flat) in err and err.count("\n") == 1
     assert "Traceback" not in err and not (tmp_path / "o").exists()
 
 

@@ -470,3 +470,13 @@ def test_a_folder_of_hidden_files_only_takes_a_new_cohort(tmp_path):
     (tmp_path / ".hip0.partial-1").mkdir()
     header = {"format": generate.COHORT_FORMAT, "version": generate.VERSION, "generator": {"name": "x"}}
     assert generate.check_resume(tmp_path, header, ("format", "version", "generator")) == {}
+
+
+def test_a_soft_tissue_correction_that_stops_early_is_a_warning_naming_its_case(tmp_path, monkeypatch):
+    from MSKdeXTraining.cohort import deformation
+    from MSKdeXTraining.errors import MSKdeXWarning
+
+    monkeypatch.setattr(deformation, "CG_MAX_ITERATIONS", 1)
+    with pytest.warns(MSKdeXWarning, match=r"^case_0002: soft-tissue volume correction: conjugate gradients "
+                                           r"stopped at 1 iterations"):
+        generate.generate_case(2, 3, tmp_path, "test")

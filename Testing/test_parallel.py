@@ -1,5 +1,6 @@
 """run_jobs: the same results in this process and in worker processes, failures raised."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -59,3 +60,14 @@ def test_jobs_run_with_the_same_pools_in_this_process_and_in_workers(workers):
 def test_failure_is_raised(workers):
     with pytest.raises(ValueError, match="invalid literal"):
         list(run_jobs(int, [("1",), ("not a number",), ("3",)], workers))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_jobs_warnings_reach_this_process(workers):
+    """A worker's warnings are raised again here, where the CLI prints MSKdeX's own in its form."""
+    from MSKdeXTraining.errors import MSKdeXWarning
+
+    jobs = [(f"job {k}: a damaged checkpoint skipped", MSKdeXWarning) for k in range(2)]
+    with pytest.warns(MSKdeXWarning) as caught:
+        assert dict(run_jobs(warnings.warn, jobs, workers)) == {0: None, 1: None}
+    assert sorted(str(w.message) for w in caught) == [m for m, _ in jobs]

@@ -244,6 +244,7 @@ def test_swapped_sides_fail_the_case():
     ranges = {"femur": (1.0, 100.0)}
     good = segmentation_qc(_labels(a), right_way, ranges)
     assert good.ok and good.objects["femur"].side_x_mm == {"left": 152.5, "right": 52.5}
+    assert good.to_json()["objects"]["femur"]["side_x_mm"] == {"left": 152.5, "right": 52.5}
     bad = segmentation_qc(_labels(a), swapped, ranges)
     assert bad.objects["femur"].flags == ["sides_swapped"] and not bad.ok
     assert "left side lies to the patient's right of its right side (LPS x 52 vs 152 mm" in bad.failed[0]

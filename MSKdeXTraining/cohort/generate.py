@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,7 +186,10 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
     dirs = find_templates(templates)
     template = load_template(dirs[index % len(dirs)])
     params = sample_case(case_rng(seed, index), template)
-    ct, labels, radiograph, poses, derived = build_case(template, params, preset)
+    with warnings.catch_warnings(record=True) as caught:
+        ct, labels, radiograph, poses, derived = build_case(template, params, preset)
+    for w in caught:  # named by their case
+        warnings.warn_explicit(f"{case_id(index)}: {w.message}", w.category, w.filename, w.lineno)
     final = Path(out) / case_id(index)
     tmp = Path(out) / f".{case_id(index)}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -13,16 +13,27 @@ from ..progress import Progress
 @contextmanager
 def progress_bar(desc: str, leave: bool = True) -> Iterator[Progress]:
     """Yield a ``progress(fraction, message)`` callback that moves a 0-100 % tqdm bar and shows
-    the latest message (the one bar format the Slicer module parses from a child process)."""
+    the latest message (the one bar format the Slicer module parses from a child process).
+
+    The bar is drawn at the first call, so an input refused before any work starts leaves no
+    bar above its error."""
     from tqdm import tqdm
 
-    with tqdm(total=100, desc=desc, unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-              dynamic_ncols=True, leave=leave) as bar:
-        def update(fraction: float, message: str) -> None:
-            bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
-            bar.set_postfix_str(message, refresh=False)
-            bar.refresh()
+    bar = None
+
+    def update(fraction: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=100, desc=desc, unit="%", dynamic_ncols=True, leave=leave,
+                       bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        bar.set_postfix_str(message, refresh=False)
+        bar.refresh()
+    try:
         yield update
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def positive_int(text: str) -> int:

@@ -48,10 +48,12 @@ def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
 
 def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                    pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
-                   magnification: float | None = None) -> tuple[dict, Decomposition | None]:
+                   magnification: float | None = None, missing_spacing: tuple[float, float] | None = None
+                   ) -> tuple[dict, Decomposition | None]:
     """Decompose one radiograph file into the folder ``target``; returns a summary (input,
     output, ood flag, reasons, output paths, seconds) and the result (None when ``target``
     already holds the result of the same file content, settings and model: ``skipped``).
+    ``pixel_spacing``, ``magnification`` and ``missing_spacing`` go to :func:`read_radiograph`.
     A ``target`` holding any other decomposition, or another kind of MSKdeX output (a dataset,
     a model run...), is refused (FileExistsError), never overwritten (files without
     ``decomposition.json``, which is written last, are the leftovers of an interrupted run and
@@ -65,6 +67,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
                "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
                "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
+    if missing_spacing is not None:  # only then: results of earlier versions, without it, still match
+        options["pixel_spacing_if_missing"] = list(missing_spacing)
     summary = {"input": str(path), "output": str(target)}
     refuse_other_kind(target, "decomposition")
     done = output_files(target)["json"]  # written last: without it, other files are leftovers
@@ -82,7 +86,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                                   "output folder (--out) or delete it")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
-    radiograph = read_radiograph(path, pixel_spacing, magnification, magnification_option="--magnification")
+    radiograph = read_radiograph(path, pixel_spacing, magnification, missing_spacing=missing_spacing,
+                                 magnification_option="--magnification")
     result = decomposer.decompose(radiograph, tta=tta, seed=seed)
     result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
     paths = result.write(target)
@@ -93,7 +98,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
 def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
                     pixel_spacing: tuple[float, float] | None = None, tta: int = 8, seed: int = 0,
                     progress: Progress | None = None, magnification: float | None = None,
-                    root: Path | None = None) -> list[dict]:
+                    root: Path | None = None, missing_spacing: tuple[float, float] | None = None
+                    ) -> list[dict]:
     """Decompose every file in ``inputs`` into ``out/<name>/`` (:func:`output_names`, with
     ``root`` the folder whose sub-folders ``inputs`` come from;
     :func:`decompose_file`); returns one summary per file (``error`` for a file that could not
@@ -108,7 +114,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
         report(k / max(1, len(inputs)), f"{path.name}")
         try:
             summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
-                                            magnification)[0])
+                                            magnification, missing_spacing)[0])
         except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
             summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
         except Exception as e:  # a bug on one file: reported with its traceback, the others go on

@@ -24,6 +24,8 @@ implausible spacing (outside
 aspect beyond 2): the error names the file and the field and says to pass the spacing
 explicitly (``pixel_spacing=`` / ``--pixel-spacing``), which always takes precedence (held to
 the field of view and the aspect only; an implausible one is an error saying to check it).
+``missing_spacing=`` / ``--pixel-spacing-if-missing`` is used only where the file has none or a
+placeholder (e.g. a folder of DICOMs, some exported without their spacing).
 
 Magnification (source-detector over source-isocentre distance, which models need to see
 every patient at the same scale) is read when the file has it: from DICOM fields (see
@@ -55,6 +57,8 @@ FOV_RANGE_MM = (50.0, 1000.0)
 MAGNIFICATION_RANGE = (1.0, 2.0)
 #: How the note of a magnification given over the file's begins (:func:`set_magnification`).
 MAGNIFICATION_NOTE = "the magnification given, "
+#: The CLI option of ``missing_spacing``, named in its errors.
+MISSING_SPACING_OPTION = "--pixel-spacing-if-missing"
 #: Sides (mm) of the usual cassette of a hip film (35 x 43 cm), for the spacing hint.
 CASSETTE_MM = (350.0, 430.0)
 #: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
@@ -104,11 +108,13 @@ class Radiograph:
 def read_radiograph(path: str | Path,
                     pixel_spacing: tuple[float, float] | float | None = None,
                     magnification: float | None = None, *,
+                    missing_spacing: tuple[float, float] | float | None = None,
                     spacing_option: str = "--pixel-spacing",
                     magnification_option: str | None = None) -> Radiograph:
     """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
-    overrides whatever the file says and is required for PNG/JPEG/TIFF/BMP; ``magnification``
-    (SDD / SOD) overrides the file's. ``spacing_option`` and ``magnification_option`` name where
+    overrides whatever the file says and is required for PNG/JPEG/TIFF/BMP unless
+    ``missing_spacing`` is given, which is used only where the file has no usable spacing
+    (none, or a placeholder); ``magnification`` (SDD / SOD) overrides the file's. ``spacing_option`` and ``magnification_option`` name where
     the user gives each, for the errors and notes (a CLI option, a table column, a Slicer field;
     ``None``: the caller takes no magnification, so a wrong one must be corrected in the file).
 
@@ -122,6 +128,7 @@ def read_radiograph(path: str | Path,
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     explicit = _explicit_spacing(pixel_spacing)
+    fallback = _explicit_spacing(missing_spacing)
     suffix = known_suffix(path) or path.suffix.lower()
     if suffix in ITK_SUFFIXES:
         array, spacing, source, value_range = _read_itk(path)
@@ -133,7 +140,10 @@ def read_radiograph(path: str | Path,
     bad = int((~np.isfinite(array)).sum())
     if bad:
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
-    if explicit is not None:
+    if explicit is None and spacing is None and fallback is not None:
+        explicit, spacing_option = fallback, MISSING_SPACING_OPTION
+        source["spacing_field"] = "argument (missing_spacing)"
+    elif explicit is not None:
         if spacing is not None and not np.allclose(explicit, spacing, rtol=SPACING_DIFFERENCE, atol=0):
             area = explicit[0] * explicit[1] / (spacing[0] * spacing[1])
             source.setdefault("notes", []).append(
@@ -141,6 +151,7 @@ def read_radiograph(path: str | Path,
                 f"{list(spacing)} mm ({source['spacing_field']}): volumes and masses are {area:.3g}x "
                 "what the file's spacing gives")
         source["spacing_field"] = "argument (pixel_spacing)"
+    if explicit is not None:
         source["spacing_in_file"] = None if spacing is None else list(spacing)
         spacing = explicit
     elif spacing is None:

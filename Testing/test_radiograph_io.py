@@ -128,6 +128,22 @@ def test_a_given_spacing_that_overrides_the_files_own_is_noted(tmp_path, ramp):
     assert not any("pixel spacing given" in n for n in same.source.get("notes", []))
 
 
+def test_a_spacing_for_files_without_one_leaves_the_others_their_own(tmp_path, ramp):
+    """--pixel-spacing-if-missing (``missing_spacing``) for a mixed folder: used for a file with
+    no spacing or a placeholder one, never over a file's own; held to the field of view."""
+    own = write_dicom(tmp_path / "own.dcm", ramp, bits=12, ImagerPixelSpacing=[0.4, 0.4])
+    r = read_radiograph(own, missing_spacing=0.5)
+    assert r.pixel_spacing == (0.4, 0.4) and r.source["spacing_field"].startswith("ImagerPixelSpacing")
+    for f in (write_dicom(tmp_path / "none.dcm", ramp, bits=12),
+              write_dicom(tmp_path / "placeholder.dcm", ramp, bits=12, PixelSpacing=[1.0, 1.0])):
+        r = read_radiograph(f, missing_spacing=(0.5, 0.6))
+        assert r.pixel_spacing == (0.5, 0.6), f
+        assert r.source["spacing_field"] == "argument (missing_spacing)" and r.source["spacing_in_file"] is None
+    assert read_radiograph(own, pixel_spacing=0.5).pixel_spacing == (0.5, 0.5)  # --pixel-spacing: always
+    with pytest.raises(InputError, match=r"none\.dcm.*field of view.*check the value given \(--pixel-spacing-if-missing"):
+        read_radiograph(tmp_path / "none.dcm", missing_spacing=0.01)
+
+
 def test_implausible_spacing_is_an_error(tmp_path, ramp):
     f = write_dicom(tmp_path / "e.dcm", ramp, bits=12, ImagerPixelSpacing=[5.0, 5.0])
     with pytest.raises(InputError, match=r"e\.dcm.*ImagerPixelSpacing.*outside"):

@@ -47,10 +47,11 @@ def positive_int(text: str) -> int:
     return value
 
 
-def pixel_spacing_option(values: list[float] | None) -> tuple[float, float] | None:
-    """``--pixel-spacing`` (one value, or row and column; mm) as (row, column), None if absent."""
+def pixel_spacing_option(values: list[float] | None, option: str = "--pixel-spacing"
+                         ) -> tuple[float, float] | None:
+    """A spacing option (one value, or row and column; mm) as (row, column), None if absent."""
     if values is None:
         return None
     if len(values) not in (1, 2):
-        raise InputError(f"--pixel-spacing takes one or two values (mm), got {len(values)}")
+        raise InputError(f"{option} takes one or two values (mm), got {len(values)}")
     return (float(values[0]), float(values[-1]))

@@ -24,10 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recursive", action="store_true",
                         help="folder mode: read the sub-folders too (a PACS export's PATIENT/STUDY/SERIES "
                              "tree); results mirror the tree under --out")
-    parser.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
-                        help="detector pixel spacing in mm (one value, or row and column); "
-                             "required for PNG/JPEG/TIFF/BMP and files without a usable spacing; "
-                             "overrides the file's value")
+    spacing = parser.add_mutually_exclusive_group()
+    spacing.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
+                         help="detector pixel spacing in mm (one value, or row and column); "
+                              "required for PNG/JPEG/TIFF/BMP and files without a usable spacing; "
+                              "overrides the file's value")
+    spacing.add_argument("--pixel-spacing-if-missing", type=float, nargs="+", metavar="MM",
+                         help="as --pixel-spacing, but only for the files without a usable spacing "
+                              "(none, or a placeholder); the others keep their own")
     parser.add_argument("--magnification", type=float, metavar="M",
                         help="magnification at the patient, SDD / SOD (default: from the file, "
                              "e.g. DICOM (0018,1110)/(0018,1111); else the model's reference, noted)")
@@ -87,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_tta(args.tta, "--tta")
     spacing = pixel_spacing_option(args.pixel_spacing)
+    missing = pixel_spacing_option(args.pixel_spacing_if_missing, "--pixel-spacing-if-missing")
     _check_out(args.out)
     refuse_other_kind(args.out, "decomposition")  # before the model is loaded
     single = args.xray.is_file()
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     decomposer = Decomposer.from_run(args.model, device=args.device)
     if single:
         summary, result = decompose_file(decomposer, args.xray, args.out, spacing, args.tta, args.seed,
-                                         args.magnification)
+                                         args.magnification, missing)
         if result is None:
             print(f"{args.out} already holds this decomposition of {args.xray} (same content, options "
                   "and model); nothing to do")
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     files = _inputs(args.xray, args.recursive, args.out)
     with progress_bar("decompose") as bar:
         summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
-                                    args.magnification, args.xray if args.recursive else None)
+                                    args.magnification, args.xray if args.recursive else None, missing)
     table = write_batch_table(summaries, args.out, args.xray)
     done = [s for s in summaries if "ood" in s]
     failed = [s for s in summaries if "error" in s]

@@ -24,8 +24,12 @@ from .fileio import file_sha256, refuse_other_kind
 from .inference import Decomposer, Decomposition, output_files
 from .progress import Progress
 from .radiograph_formats import stem as file_stem
-from .radiograph_io import read_radiograph
+from .radiograph_io import MISSING_SPACING_FIELD, read_radiograph
 from .sidecar import read_sidecar_path
+
+
+#: The re-run key's entry of ``missing_spacing`` (``--pixel-spacing-if-missing``).
+FALLBACK_KEY = "pixel_spacing_if_missing"
 
 
 def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
@@ -67,20 +71,21 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
                "calibration_sha256": (decomposer.origin["calibration"] or {}).get("sha256"),
                "sidecar_sha256": None if sidecar is None else file_sha256(sidecar),
                "hip_above_table_mm": HIP_ABOVE_TABLE_MM}  # how DICOM source distances are read
-    if missing_spacing is not None:  # only then: results of earlier versions, without it, still match
-        options["pixel_spacing_if_missing"] = list(missing_spacing)
+    # a spacing for files without one is an option of the results that used it only
+    fallback = {} if missing_spacing is None else {FALLBACK_KEY: list(missing_spacing)}
     summary = {"input": str(path), "output": str(target)}
     refuse_other_kind(target, "decomposition")
     done = output_files(target)["json"]  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
-        key = {"input_sha256": file_sha256(path), **options}
         recorded = _recorded_batch_key(done)
+        key = {"input_sha256": file_sha256(path), **options, **(fallback if FALLBACK_KEY in (recorded or {}) else {})}
         if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
             raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
                                   f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
                                   "choose another output folder (--out) or delete it")
         if recorded != key:
-            changed = ", ".join(k for k in key if (recorded or {}).get(k) != key[k]) or "unreadable record"
+            seen = recorded or {}
+            changed = ", ".join(k for k in {**key, **seen} if seen.get(k) != key.get(k))
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options (differs in: {changed}); choose another "
                                   "output folder (--out) or delete it")
@@ -89,7 +94,8 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     radiograph = read_radiograph(path, pixel_spacing, magnification, missing_spacing=missing_spacing,
                                  magnification_option="--magnification")
     result = decomposer.decompose(radiograph, tta=tta, seed=seed)
-    result.source["batch"] = {"input_sha256": result.source["sha256"], **options}
+    used = fallback if radiograph.source["spacing_field"] == MISSING_SPACING_FIELD else {}
+    result.source["batch"] = {"input_sha256": result.source["sha256"], **options, **used}
     paths = result.write(target)
     return {**summary, "ood": result.ood.flag, "reasons": result.ood.reasons,
             "seconds": time.perf_counter() - t0, "files": {k: str(v) for k, v in paths.items()}}, result

@@ -77,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _warning_printer(command: str, show_other: Callable[..., None]) -> Callable[..., None]:
     """A ``warnings.showwarning`` that prints MSKdeX's own warnings (:class:`~.errors.MSKdeXWarning`)
-    as one line naming the command, not the source line that raised them, and passes the others
-    to ``show_other``."""
+    as one line naming the command, not the source line that raised them (on a line of its own:
+    a progress bar is cleared, then drawn again below it), and passes the others to ``show_other``."""
+    from tqdm import tqdm
+
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, MSKdeXWarning):
-            print(f"mskdex {command}: warning: {message}", file=file or sys.stderr)
+            with tqdm.external_write_mode(file=file or sys.stderr):
+                print(f"mskdex {command}: warning: {message}", file=file or sys.stderr)
         else:
             show_other(message, category, filename, lineno, file, line)
     return show

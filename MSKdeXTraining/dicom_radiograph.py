@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, recorded, warn_again
 from .radiograph_formats import ITK_SUFFIXES, PICTURE_SUFFIXES, PLACEHOLDER_SPACING_MM, to_grey
 
 #: DICOM spacing fields, in the order they are used, and their tags.
@@ -84,9 +84,7 @@ def read_dicom(path: Path, file_spacing: bool = True, *, magnification_option: s
             if not said:
                 raise
             raise InputError(f"{e} (pydicom warned: {said})") from None
-    for w in caught:
-        if not issubclass(w.category, UserWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    warn_again(recorded(w for w in caught if not issubclass(w.category, UserWarning)))
     warned = _warned(caught)
     if warned:
         source.setdefault("notes", []).extend(f"pydicom, reading the file: {m}" for m in warned)

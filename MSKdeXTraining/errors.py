@@ -1,10 +1,16 @@
-"""The exception types for input MSKdeX cannot use (bad files, fields, values), and its warning type.
+"""The exception types for input MSKdeX cannot use (bad files, fields, values), its warning type,
+and the raising again of warnings recorded elsewhere (in a worker process, under a case's name).
 
 Messages name the file, the field and what was expected. The CLI prints them as one line;
 the Slicer module shows them in an error dialog. Subclasses say which kind of input it was.
 """
 
 import errno
+import warnings
+from collections.abc import Iterable
+
+#: A recorded warning that pickles: (message, category, file, line).
+Recorded = tuple[str, type[Warning], str, int]
 
 
 class InputError(ValueError):
@@ -30,3 +36,16 @@ INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, NotADirectoryErr
 #: errno values of an output that cannot be written: a read-only file system, a full disk or
 #: quota. Reported like :data:`INPUT_ERRORS` (nothing is half-written: writes are atomic).
 STORAGE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+
+
+def recorded(caught: Iterable[warnings.WarningMessage]) -> list[Recorded]:
+    """Warnings caught by ``warnings.catch_warnings(record=True)``, in a form that pickles."""
+    return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+
+
+def warn_again(caught: Iterable[Recorded], prefix: str = "", registry: dict | None = None) -> None:
+    """Raise recorded warnings again here, each message after ``prefix``, so this process's
+    filters and printer (the CLI's: :class:`MSKdeXWarning` as one line) see them; ``registry``
+    shows a repeated one once, as at its origin."""
+    for message, category, filename, lineno in caught:
+        warnings.warn_explicit(f"{prefix}{message}", category, filename, lineno, registry=registry)

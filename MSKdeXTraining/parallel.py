@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from typing import Any
 
 import torch
 from threadpoolctl import threadpool_limits
+
+from .errors import Recorded, recorded, warn_again
 
 
 #: Environment variables that size the OpenMP / BLAS thread pools of a process as it loads
@@ -51,22 +53,44 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
             # the executor starts its workers within submit(): all of them before this ends
             futures = {pool.submit(_call_recording_warnings, fn, *job): index
                        for index, job in enumerate(jobs)}
+        pending, registry = set(futures), {}
         try:
             for future in as_completed(futures):
-                result, caught = future.result()
-                for message, category, filename, lineno in caught:
-                    warnings.warn_explicit(message, category, filename, lineno)
-                yield futures[future], result
+                pending.discard(future)
+                yield futures[future], _outcome(future, registry)
         except BaseException:
             pool.shutdown(cancel_futures=True)
+            for future in pending:  # the jobs that were running: their warnings too
+                if not future.cancelled():
+                    with suppress(BaseException):
+                        _outcome(future, registry)
             raise
 
 
-def _call_recording_warnings(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[tuple]]:
-    """In a worker: ``fn(*args)`` and the warnings it raised, as (message, category, file, line)."""
-    with warnings.catch_warnings(record=True) as caught:
-        result = fn(*args)
-    return result, [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+#: The attribute of a failed job's exception that carries the warnings the job raised.
+JOB_WARNINGS = "mskdex_job_warnings"
+
+
+def _call_recording_warnings(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[Recorded]]:
+    """In a worker: ``fn(*args)`` and the warnings it raised (on failure: on its exception)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            result = fn(*args)
+    except BaseException as error:
+        setattr(error, JOB_WARNINGS, recorded(caught))
+        raise
+    return result, recorded(caught)
+
+
+def _outcome(future: Future, registry: dict) -> Any:
+    """A finished job's result (or its exception, raised), its warnings raised again here first."""
+    try:
+        result, caught = future.result()
+    except BaseException as error:
+        warn_again(getattr(error, JOB_WARNINGS, ()), registry=registry)
+        raise
+    warn_again(caught, registry=registry)
+    return result
 
 
 @contextmanager

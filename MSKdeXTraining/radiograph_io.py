@@ -57,8 +57,9 @@ FOV_RANGE_MM = (50.0, 1000.0)
 MAGNIFICATION_RANGE = (1.0, 2.0)
 #: How the note of a magnification given over the file's begins (:func:`set_magnification`).
 MAGNIFICATION_NOTE = "the magnification given, "
-#: The CLI option of ``missing_spacing``, named in its errors.
+#: The CLI option of ``missing_spacing``, named in its errors, and the ``spacing_field`` it gives.
 MISSING_SPACING_OPTION = "--pixel-spacing-if-missing"
+MISSING_SPACING_FIELD = "argument (missing_spacing)"
 #: Sides (mm) of the usual cassette of a hip film (35 x 43 cm), for the spacing hint.
 CASSETTE_MM = (350.0, 430.0)
 #: Percentiles of a raw radiograph mapped to 0 and 1 (the cohort's clinical processing default).
@@ -114,9 +115,10 @@ def read_radiograph(path: str | Path,
     """Read a radiograph file; ``pixel_spacing`` (row, column mm, or one value for both)
     overrides whatever the file says and is required for PNG/JPEG/TIFF/BMP unless
     ``missing_spacing`` is given, which is used only where the file has no usable spacing
-    (none, or a placeholder); ``magnification`` (SDD / SOD) overrides the file's. ``spacing_option`` and ``magnification_option`` name where
-    the user gives each, for the errors and notes (a CLI option, a table column, a Slicer field;
-    ``None``: the caller takes no magnification, so a wrong one must be corrected in the file).
+    (none, or a placeholder; not with ``pixel_spacing``); ``magnification`` (SDD / SOD) overrides
+    the file's. ``spacing_option`` and ``magnification_option`` name where the user gives each,
+    for the errors and notes (a CLI option, a table column, a Slicer field; ``None``: the caller
+    takes no magnification, so a wrong one must be corrected in the file).
 
     Raises :class:`InputError` naming the file and field for unreadable files, images that
     are not 2D, a missing, placeholder or implausible pixel spacing and an implausible
@@ -129,6 +131,8 @@ def read_radiograph(path: str | Path,
         raise InputError(f"{path}: file not found")
     explicit = _explicit_spacing(pixel_spacing)
     fallback = _explicit_spacing(missing_spacing)
+    if explicit is not None and fallback is not None:
+        raise InputError("pixel_spacing and missing_spacing exclude each other: the first applies to every file")
     suffix = known_suffix(path) or path.suffix.lower()
     if suffix in ITK_SUFFIXES:
         array, spacing, source, value_range = _read_itk(path)
@@ -142,7 +146,7 @@ def read_radiograph(path: str | Path,
         raise InputError(f"{path}: {bad} pixel(s) are NaN or infinite; expected finite intensities")
     if explicit is None and spacing is None and fallback is not None:
         explicit, spacing_option = fallback, MISSING_SPACING_OPTION
-        source["spacing_field"] = "argument (missing_spacing)"
+        source["spacing_field"] = MISSING_SPACING_FIELD
     elif explicit is not None:
         if spacing is not None and not np.allclose(explicit, spacing, rtol=SPACING_DIFFERENCE, atol=0):
             area = explicit[0] * explicit[1] / (spacing[0] * spacing[1])

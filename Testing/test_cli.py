@@ -264,3 +264,27 @@ def test_mskdex_warnings_are_one_line_naming_the_command(monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines() == [
         "mskdex drr: warning: film.mha: source distances not in the file or arguments; "
         "assuming SDD 1100 mm, SOD 880 mm"]
+
+
+def test_a_warning_under_a_progress_bar_gets_a_line_of_its_own(monkeypatch, capsys):
+    """A worker's warning, raised again while the cohort's bar is drawn, clears the bar and
+    prints on its own line (Slicer reads the child's lines: a warning glued to the bar would pass
+    for a progress report), then the bar is drawn again."""
+    import warnings
+
+    import MSKdeXTraining.commands.cohort as cohort_cmd
+    from MSKdeXTraining.commands import progress_bar
+    from MSKdeXTraining.errors import MSKdeXWarning
+
+    def run(args):
+        with progress_bar("cohort") as bar:
+            bar(0.25, "case_0001: done")
+            warnings.warn("case_0002: soft-tissue volume correction stopped", MSKdeXWarning)
+            bar(0.5, "case_0002: done")
+        return 0
+
+    monkeypatch.setattr(cohort_cmd, "run", run)
+    assert main(["cohort", "--n", "4", "--out", "o"]) == 0
+    err = capsys.readouterr().err
+    assert "\rmskdex cohort: warning: case_0002: soft-tissue volume correction stopped\n" in err, repr(err)
+    assert err.rindex("case_0002: done") > err.index("warning:")

@@ -808,7 +808,8 @@ def test_table_csv_writes_missing_and_nan_values_empty(tmp_path):
 
 def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path, capsys):
     """--pixel-spacing-if-missing: a picture takes it, a film with a spacing of its own keeps
-    that; it is one of the options a re-run must repeat, and it excludes --pixel-spacing."""
+    that; a re-run must repeat it for the results that used it only (a film done before it was
+    given is skipped); it excludes --pixel-spacing."""
     from PIL import Image
 
     from MSKdeXTraining.cli import main
@@ -819,17 +820,21 @@ def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path
     x = sitk.GetArrayFromImage(sitk.ReadImage(str(toy_film_file(data, 0, folder / "own.mha"))))  # 2 mm
     Image.fromarray(np.round(255 * x / x.max()).astype(np.uint8)).save(folder / "picture.png")
     argv = ["decompose", "--model", str(run), "--xray", str(folder), "--out", str(out), "--tta", "1"]
+    assert main(argv) == 2 and "picture.png: no usable pixel spacing" in capsys.readouterr().err
     assert main(argv + ["--pixel-spacing-if-missing", "1.8"]) == 0
+    assert "1 radiograph(s) already" in capsys.readouterr().out  # own.mha, from the first run
     source = {n: json.loads((out / n / "decomposition.json").read_text())["source"] for n in ("own", "picture")}
     assert source["own"]["resampling"]["input_pixel_spacing_mm"] == [2.0, 2.0]
     assert source["own"]["spacing_field"] == "image spacing"
     assert source["picture"]["resampling"]["input_pixel_spacing_mm"] == [1.8, 1.8]
     assert source["picture"]["spacing_field"] == "argument (missing_spacing)"
     assert source["picture"]["batch"]["pixel_spacing_if_missing"] == [1.8, 1.8]
-    capsys.readouterr()
     assert main(argv + ["--pixel-spacing-if-missing", "1.8"]) == 0 and "2 radiograph(s) already" in capsys.readouterr().out
-    assert main(argv + ["--pixel-spacing-if-missing", "1.9"]) == 2
-    assert "differs in: pixel_spacing_if_missing" in capsys.readouterr().err
+    for other in (["--pixel-spacing-if-missing", "1.9"], []):  # the picture's result is refused, own.mha's kept
+        assert main(argv + other) == 2
+        captured = capsys.readouterr()
+        assert "1 radiograph(s) already" in captured.out
+        assert "picture.png with these options (differs in: pixel_spacing_if_missing)" in captured.err
     with pytest.raises(SystemExit):
         main(argv + ["--pixel-spacing", "2", "--pixel-spacing-if-missing", "1.8"])
     assert "not allowed with argument" in capsys.readouterr().err

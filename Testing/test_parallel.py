@@ -71,3 +71,21 @@ def test_a_jobs_warnings_reach_this_process(workers):
     with pytest.warns(MSKdeXWarning) as caught:
         assert dict(run_jobs(warnings.warn, jobs, workers)) == {0: None, 1: None}
     assert sorted(str(w.message) for w in caught) == [m for m, _ in jobs]
+
+
+def warn_then_fail(message: str) -> None:
+    from MSKdeXTraining.errors import MSKdeXWarning
+
+    warnings.warn(message, MSKdeXWarning)
+    raise ValueError(f"failed after: {message}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_jobs_warnings_reach_this_process_with_its_error(workers):
+    from MSKdeXTraining.errors import MSKdeXWarning
+
+    """Also those of a job still running when another failed: it is waited for."""
+    jobs = [("job 0, before its failure",), ("job 1, before its failure",)]
+    with pytest.warns(MSKdeXWarning) as caught, pytest.raises(ValueError, match="failed after: job"):
+        list(run_jobs(warn_then_fail, jobs, workers))
+    assert {str(w.message) for w in caught} == ({m for m, in jobs} if workers == 2 else {jobs[0][0]})

@@ -142,6 +142,8 @@ def test_a_spacing_for_files_without_one_leaves_the_others_their_own(tmp_path, r
     assert read_radiograph(own, pixel_spacing=0.5).pixel_spacing == (0.5, 0.5)  # --pixel-spacing: always
     with pytest.raises(InputError, match=r"none\.dcm.*field of view.*check the value given \(--pixel-spacing-if-missing"):
         read_radiograph(tmp_path / "none.dcm", missing_spacing=0.01)
+    with pytest.raises(InputError, match="pixel_spacing and missing_spacing exclude each other"):
+        read_radiograph(own, pixel_spacing=0.5, missing_spacing=0.5)
 
 
 def test_implausible_spacing_is_an_error(tmp_path, ramp):

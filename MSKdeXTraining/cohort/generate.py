@@ -23,7 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..errors import InputError
+from ..errors import InputError, recorded, warn_again
 from ..fileio import refuse_other_kind, remove_stale, write_json
 from ..imaging import hu as hu_conv
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
@@ -186,10 +186,11 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
     dirs = find_templates(templates)
     template = load_template(dirs[index % len(dirs)])
     params = sample_case(case_rng(seed, index), template)
-    with warnings.catch_warnings(record=True) as caught:
-        ct, labels, radiograph, poses, derived = build_case(template, params, preset)
-    for w in caught:  # named by their case
-        warnings.warn_explicit(f"{case_id(index)}: {w.message}", w.category, w.filename, w.lineno)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            ct, labels, radiograph, poses, derived = build_case(template, params, preset)
+    finally:
+        warn_again(recorded(caught), f"{case_id(index)}: ")  # named by their case
     final = Path(out) / case_id(index)
     tmp = Path(out) / f".{case_id(index)}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

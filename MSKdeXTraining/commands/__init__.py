@@ -23,10 +23,12 @@ def progress_bar(desc: str, leave: bool = True) -> Iterator[Progress]:
 
     def update(fraction: float, message: str) -> None:
         nonlocal bar
-        if bar is None:
-            bar = tqdm(total=100, desc=desc, unit="%", dynamic_ncols=True, leave=leave,
-                       bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
-        bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        percent = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        if bar is None:  # drawn once, with this report
+            bar = tqdm(total=100, initial=percent, postfix=message, desc=desc, unit="%", dynamic_ncols=True,
+                       leave=leave, bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+            return
+        bar.n = percent
         bar.set_postfix_str(message, refresh=False)
         bar.refresh()
     try:

@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "tree); results mirror the tree under --out")
     spacing = parser.add_mutually_exclusive_group()
     spacing.add_argument("--pixel-spacing", type=float, nargs="+", metavar="MM",
-                         help="detector pixel spacing in mm (one value, or row and column); "
-                              "required for PNG/JPEG/TIFF/BMP and files without a usable spacing; "
-                              "overrides the file's value")
+                         help="detector pixel spacing in mm (one value, or row and column) for every "
+                              "file, over the file's own value; PNG/JPEG/TIFF/BMP and files without a "
+                              "usable spacing need it or --pixel-spacing-if-missing")
     spacing.add_argument("--pixel-spacing-if-missing", type=float, nargs="+", metavar="MM",
                          help="as --pixel-spacing, but only for the files without a usable spacing "
                               "(none, or a placeholder); the others keep their own")

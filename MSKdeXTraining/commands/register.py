@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
             state = "ok" if r.ok else "LOW: registration failed"
             write_qc_figure(stage / f"qc_{name}.png", overlay_image(xray, drr),
                             f"{name}: GC {r.gc:.3f} {state}", flagged=not r.ok)
-        write_qc_figure(stage / "qc_all.png", overlay_image(xray, np.stack(drrs)),
-                        "  ".join(f"{n} GC {r.gc:.2f}{'' if r.ok else ' LOW'}" for n, r in results.items()), flagged=not ok)
+        title = "  ".join(f"{n} GC {r.gc:.2f}{'' if r.ok else ' LOW'}" for n, r in results.items())
+        write_qc_figure(stage / "qc_all.png", overlay_image(xray, np.stack(drrs)), title, flagged=not ok)
         write_json(stage / "poses.json", {
             "format": POSES_FORMAT, "version": 1, "geometry": geometry.to_json(),
             "ct": str(args.ct), "labels": str(args.labels), "xray": str(args.xray),

@@ -78,13 +78,13 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     done = output_files(target)["json"]  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
         recorded = _recorded_batch_key(done)
-        key = {"input_sha256": file_sha256(path), **options, **(fallback if FALLBACK_KEY in (recorded or {}) else {})}
+        seen = recorded or {}
+        key = {"input_sha256": file_sha256(path), **options, **(fallback if FALLBACK_KEY in seen else {})}
         if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
             raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
                                   f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
                                   "choose another output folder (--out) or delete it")
         if recorded != key:
-            seen = recorded or {}
             changed = ", ".join(k for k in {**key, **seen} if seen.get(k) != key.get(k))
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options (differs in: {changed}); choose another "

@@ -24,7 +24,7 @@ from .fileio import file_sha256, refuse_other_kind
 from .inference import Decomposer, Decomposition, output_files
 from .progress import Progress
 from .radiograph_formats import stem as file_stem
-from .radiograph_io import MISSING_SPACING_FIELD, read_radiograph
+from .radiograph_io import MISSING_SPACING_FIELD, MISSING_SPACING_OPTION, SpacingMissing, read_radiograph
 from .sidecar import read_sidecar_path
 
 
@@ -83,12 +83,12 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
         if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
             raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
                                   f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
-                                  "choose another output folder (--out) or delete it")
+                                  f"choose another output folder (--out) or delete {target}")
         if recorded != key:
             changed = ", ".join(k for k in {**key, **seen} if seen.get(k) != key.get(k))
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options (differs in: {changed}); choose another "
-                                  "output folder (--out) or delete it")
+                                  f"output folder (--out) or delete {target}")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
     radiograph = read_radiograph(path, pixel_spacing, magnification, missing_spacing=missing_spacing,
@@ -122,7 +122,9 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
             summaries.append(decompose_file(decomposer, path, out / name, pixel_spacing, tta, seed,
                                             magnification, missing_spacing)[0])
         except INPUT_ERRORS as e:  # one file's bad input or refused output folder, reported with the others
-            summaries.append({"input": str(path), "output": str(out / name), "error": str(e)})
+            hint = (f"; {MISSING_SPACING_OPTION} gives a spacing to the files without one only"
+                    if isinstance(e, SpacingMissing) else "")
+            summaries.append({"input": str(path), "output": str(out / name), "error": f"{e}{hint}"})
         except Exception as e:  # a bug on one file: reported with its traceback, the others go on
             if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
                 raise  # a read-only or full disk fails every file alike: the batch stops

@@ -13,7 +13,7 @@ so (volumes and masses scale with the square of the magnification's error).
 
 Uncertainty: a calibrated interval (:data:`~MSKdeXTraining.calibration.LEVEL`, 90 %) from the
 model's held-out errors when its run folder holds ``calibration.json`` (written by ``mskdex
-evaluate``; :mod:`MSKdeXTraining.calibration`), and the standard deviation of the
+train --fold``, ``mskdex evaluate`` and ``mskdex calibrate``; :mod:`MSKdeXTraining.calibration`), and the standard deviation of the
 volumes/masses over ``tta`` test-time augmentations (sub-pixel-to-few-pixel shifts and a small
 gain/gamma jitter, sampled from a seeded generator and recorded): the model's sensitivity, not
 an error bar. The table's values are those of the un-augmented prediction, so they equal the
@@ -96,7 +96,10 @@ def output_files(target: Path, drr_types: Sequence[str] = DRR_TYPES) -> dict[str
 
 @dataclass
 class Decomposition:
-    """The result for one radiograph (see module docstring)."""
+    """The result for one radiograph (see module docstring): ``table`` has one dict per object
+    with the columns of :data:`~.decomposition_table.TABLE_COLUMNS` (volume cm3, lean muscle or
+    bone mass g, their interval ends and TTA SDs), ``ood`` the flag and its reasons and notes,
+    ``drr`` the DRR stack whose sums give the table."""
 
     drr: np.ndarray                  # (3, N, H, W) float32, WVDRR 1, VDRR cm, MDRR g/cm2
     xray: np.ndarray                 # (H, W) model input in [0, 1] on ``geometry``
@@ -113,7 +116,8 @@ class Decomposition:
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write :func:`output_files`: the table as CSV, one NIfTI stack per DRR type (image
         axes: detector columns x rows x objects; spacing column, row in mm) and, last, the JSON;
-        each atomically."""
+        each atomically, replacing files of those names (``mskdex decompose`` and
+        :mod:`MSKdeXTraining.batch` refuse a folder holding another result first)."""
         paths = output_files(Path(out_dir), self.drr_types)
         write_table_csv(self.table, paths["csv"], self.ood.flag)
         for t, dtype in enumerate(self.drr_types):

@@ -179,9 +179,15 @@ def _meta_problems(meta: dict) -> list[str]:
 
 def read_meta(run: str | Path) -> dict:
     """Read and validate ``run/model.json``: every field that loading and prediction use."""
-    path = Path(run) / "model.json"
+    run = Path(run)
+    path = run / "model.json"
+    if run.is_file():
+        raise ModelFormatError(f"{run}: is a file; expected the model run folder that holds model.json and "
+                               f"model.safetensors (e.g. {run.parent})")
+    if not run.exists():
+        raise ModelFormatError(f"{run}: model run folder not found")
     inside = [] if path.is_file() else sorted(
-        p.parent for pattern in ("*/model.json", "*/*/model.json", "*/*/*/model.json") for p in Path(run).glob(pattern))
+        p.parent for pattern in ("*/model.json", "*/*/model.json", "*/*/*/model.json") for p in run.glob(pattern))
     held = (f" (the model runs in it: {', '.join(map(str, inside[:4]))}{', ...' if len(inside) > 4 else ''})"
             if inside else "")
     meta = read_format_json(path, FORMAT, VERSION, _META_FIELDS, ModelFormatError,

@@ -66,6 +66,10 @@ CASSETTE_MM = (350.0, 430.0)
 WINDOW_PERCENTILES = (1.0, 99.5)
 
 
+class SpacingMissing(InputError):
+    """A radiograph file without a usable pixel spacing (none, or a placeholder), none given."""
+
+
 @dataclass
 class Radiograph:
     """A 2D radiograph: ``array`` (H, W) float32, bright = attenuating; ``pixel_spacing``
@@ -159,7 +163,7 @@ def read_radiograph(path: str | Path,
         source["spacing_in_file"] = None if spacing is None else list(spacing)
         spacing = explicit
     elif spacing is None:
-        raise InputError(
+        raise SpacingMissing(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             f"pass it explicitly ({spacing_option}, {spacing_hint(array.shape)})")
     if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse

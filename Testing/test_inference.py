@@ -820,7 +820,11 @@ def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path
     x = sitk.GetArrayFromImage(sitk.ReadImage(str(toy_film_file(data, 0, folder / "own.mha"))))  # 2 mm
     Image.fromarray(np.round(255 * x / x.max()).astype(np.uint8)).save(folder / "picture.png")
     argv = ["decompose", "--model", str(run), "--xray", str(folder), "--out", str(out), "--tta", "1"]
-    assert main(argv) == 2 and "picture.png: no usable pixel spacing" in capsys.readouterr().err
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "picture.png: no usable pixel spacing" in captured.err
+    assert "; --pixel-spacing-if-missing gives a spacing to the files without one only" in captured.err
+    assert "decompositions.csv (not those of the files that could not be used)" in captured.out
     assert main(argv + ["--pixel-spacing-if-missing", "1.8"]) == 0
     assert "1 radiograph(s) already" in capsys.readouterr().out  # own.mha, from the first run
     source = {n: json.loads((out / n / "decomposition.json").read_text())["source"] for n in ("own", "picture")}
@@ -835,6 +839,7 @@ def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path
         captured = capsys.readouterr()
         assert "1 radiograph(s) already" in captured.out
         assert "picture.png with these options (differs in: pixel_spacing_if_missing)" in captured.err
+        assert f"or delete {out / 'picture'}" in captured.err
     with pytest.raises(SystemExit):
         main(argv + ["--pixel-spacing", "2", "--pixel-spacing-if-missing", "1.8"])
     assert "not allowed with argument" in capsys.readouterr().err

@@ -238,8 +238,14 @@ def test_a_folder_holding_model_runs_names_them(run, tmp_path):
     with pytest.raises(ModelFormatError, match=rf"{evaluation} is not a model run folder \(the model runs in it: "
                                                rf"{evaluation / 'fold_0' / 'run'}\); run `mskdex train`"):
         load_model(evaluation)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ModelFormatError, match=rf"{tmp_path / 'empty'} is not a model run folder; run"):
         load_model(tmp_path / "empty")
+    with pytest.raises(ModelFormatError, match=rf"{tmp_path / 'nope'}: model run folder not found"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(ModelFormatError, match=rf"model.json: is a file; expected the model run folder .*"
+                                               rf"\(e.g. {evaluation / 'fold_0' / 'run'}\)"):
+        load_model(evaluation / "fold_0" / "run" / "model.json")
     assert load_model(evaluation / "fold_0" / "run").meta["format"]
     ablation = tmp_path / "ablation"  # its runs lie a level deeper
     shutil.copytree(run[0], ablation / "lis100_bone1" / "fold_0" / "run")

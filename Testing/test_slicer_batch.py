@@ -128,7 +128,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("missing_xray", "file not found"),
     ("png_without_spacing", "pixel spacing"),
     ("overwrite_input", "would overwrite the input"),
-    ("no_model", "no model.json"),
+    ("no_model", "is not a model run folder; run `mskdex train`"),
     ("bad_tta", "--tta must be in 1..32"),
     ("out_is_a_folder", "folder: exists; choose another"),
     ("out_exists", "t.csv: exists; choose another"),  # results are never replaced

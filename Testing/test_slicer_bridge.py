@@ -665,8 +665,11 @@ def test_decompose_rejects_a_folder_without_model(tmp_path):
     scene = slicer.vtkMRMLScene()
     image = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     node = radiograph_to_node(Radiograph(image, (2.0, 2.0), {}), scene, "xray")
-    with pytest.raises(InputError, match="no model.json"):
+    with pytest.raises(InputError, match=rf"{tmp_path} is not a model run folder; run `mskdex train`"):
         Pipeline(scene).decompose(tmp_path, node)
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(InputError, match=r"model.json: is a file; expected the model run folder"):
+        Pipeline(scene).decompose(tmp_path / "model.json", node)
 
 
 def test_results_table_takes_the_backends_columns(monkeypatch):

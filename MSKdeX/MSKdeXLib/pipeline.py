@@ -23,6 +23,7 @@ from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
+from MSKdeXTraining.modelio import read_meta
 from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
 from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_formats import stem
@@ -339,9 +340,7 @@ class Pipeline:
         from MSKdeXTraining.inference import Decomposer
 
         model = Path(model)
-        if not (model / "model.json").is_file():
-            raise InputError(f"model folder {model}: no model.json; expected a run folder written by "
-                             "`mskdex train` (model.safetensors + model.json)")
+        read_meta(model)  # before any work: a folder that is no model run is refused, naming any runs in it
         radiograph = radiograph_from_node(radiograph_node)
         if magnification is not None:
             check_magnification(magnification, "MSKdeX panel field 'Magnification'",

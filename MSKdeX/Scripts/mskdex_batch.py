@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the test-time augmentations (default 0)")
     p.add_argument("--scene", type=Path, help="also save the MRML scene (.mrml + data files) in this folder "
                                             "(new or empty)")
-    p.add_argument("--json", type=Path, help="also write the full record here (.json: table, out-of-distribution "
-                                           "reasons, notes, source, model; must not exist)")
+    p.add_argument("--json", type=Path, help="also write the full record here (.json: the table under 'objects', "
+                                           "out-of-distribution reasons, notes, source, model; must not exist)")
     return p
 
 

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{len(skipped)} radiograph(s) already decomposed with these options and model in {args.out}: skipped")
     if table is not None:
-        print(f"all their tables in {table}")
+        print(f"all their tables in {table}" + (" (not those of the files that could not be used)" if failed else ""))
     if failed:
         print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
     return 2 if failed else 0

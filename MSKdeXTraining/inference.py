@@ -14,10 +14,9 @@ so (volumes and masses scale with the square of the magnification's error).
 Uncertainty: a calibrated interval (:data:`~MSKdeXTraining.calibration.LEVEL`, 90 %) from the
 model's held-out errors when its run folder holds ``calibration.json`` (written by ``mskdex
 train --fold``, ``mskdex evaluate`` and ``mskdex calibrate``; :mod:`MSKdeXTraining.calibration`),
-and the standard deviation of the
-volumes/masses over ``tta`` test-time augmentations (sub-pixel-to-few-pixel shifts and a small
-gain/gamma jitter, sampled from a seeded generator and recorded): the model's sensitivity, not
-an error bar. The table's values are those of the un-augmented prediction, so they equal the
+and the standard deviation of the volumes/masses over ``tta`` test-time augmentations
+(sub-pixel-to-few-pixel shifts and a small gain/gamma jitter, sampled from a seeded generator
+and recorded): the model's sensitivity, not an error bar. The table's values are those of the un-augmented prediction, so they equal the
 sums of the returned DRRs exactly.
 
 Out-of-distribution flag (:class:`~MSKdeXTraining.ood.OODResult`): image-level checks plus

@@ -83,12 +83,12 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
         if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
             raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
                                   f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
-                                  f"choose another output folder (--out) or delete {target}")
+                                  f"choose another output folder (--out) or delete {done} to redo it")
         if recorded != key:
             changed = ", ".join(k for k in {**key, **seen} if seen.get(k) != key.get(k))
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
                                   f"than {path} with these options (differs in: {changed}); choose another "
-                                  f"output folder (--out) or delete {target}")
+                                  f"output folder (--out) or delete {done} to redo it")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
     radiograph = read_radiograph(path, pixel_spacing, magnification, missing_spacing=missing_spacing,

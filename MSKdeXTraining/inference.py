@@ -16,8 +16,8 @@ model's held-out errors when its run folder holds ``calibration.json`` (written 
 train --fold``, ``mskdex evaluate`` and ``mskdex calibrate``; :mod:`MSKdeXTraining.calibration`),
 and the standard deviation of the volumes/masses over ``tta`` test-time augmentations
 (sub-pixel-to-few-pixel shifts and a small gain/gamma jitter, sampled from a seeded generator
-and recorded): the model's sensitivity, not an error bar. The table's values are those of the un-augmented prediction, so they equal the
-sums of the returned DRRs exactly.
+and recorded): the model's sensitivity, not an error bar. The table's values are those of the
+un-augmented prediction, so they equal the sums of the returned DRRs exactly.
 
 Out-of-distribution flag (:class:`~MSKdeXTraining.ood.OODResult`): image-level checks plus
 the model's scores against its training radiographs (:mod:`MSKdeXTraining.ood`).

@@ -182,8 +182,9 @@ def read_meta(run: str | Path) -> dict:
     run = Path(run)
     path = run / "model.json"
     if run.is_file():
+        holder = f" (e.g. {run.parent})" if (run.parent / "model.json").is_file() else ""
         raise ModelFormatError(f"{run}: is a file; expected the model run folder that holds model.json and "
-                               f"model.safetensors (e.g. {run.parent})")
+                               f"model.safetensors{holder}")
     if not run.exists():
         raise ModelFormatError(f"{run}: model run folder not found")
     inside = [] if path.is_file() else sorted(

@@ -839,7 +839,7 @@ def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path
         captured = capsys.readouterr()
         assert "1 radiograph(s) already" in captured.out
         assert "picture.png with these options (differs in: pixel_spacing_if_missing)" in captured.err
-        assert f"or delete {out / 'picture'}" in captured.err
+        assert f"or delete {out / 'picture' / 'decomposition.json'} to redo it" in captured.err
     with pytest.raises(SystemExit):
         main(argv + ["--pixel-spacing", "2", "--pixel-spacing-if-missing", "1.8"])
     assert "not allowed with argument" in capsys.readouterr().err

@@ -246,6 +246,10 @@ def test_a_folder_holding_model_runs_names_them(run, tmp_path):
     with pytest.raises(ModelFormatError, match=rf"model.json: is a file; expected the model run folder .*"
                                                rf"\(e.g. {evaluation / 'fold_0' / 'run'}\)"):
         load_model(evaluation / "fold_0" / "run" / "model.json")
+    (tmp_path / "hip.dcm").write_bytes(b"DICM")  # a file beside no model: no folder suggested
+    with pytest.raises(ModelFormatError, match=r"hip.dcm: is a file; expected the model run folder that holds "
+                                               r"model.json and model.safetensors$"):
+        load_model(tmp_path / "hip.dcm")
     assert load_model(evaluation / "fold_0" / "run").meta["format"]
     ablation = tmp_path / "ablation"  # its runs lie a level deeper
     shutil.copytree(run[0], ablation / "lis100_bone1" / "fold_0" / "run")

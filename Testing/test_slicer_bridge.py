@@ -670,6 +670,9 @@ def test_decompose_rejects_a_folder_without_model(tmp_path):
     (tmp_path / "model.json").write_text("{}")
     with pytest.raises(InputError, match=r"model.json: is a file; expected the model run folder"):
         Pipeline(scene).decompose(tmp_path / "model.json", node)
+    for unset in ("", "."):  # the panel's empty field: refused without searching the working folder
+        with pytest.raises(InputError, match="model folder: choose the run folder of a trained model"):
+            Pipeline(scene).decompose(Path(unset), node)
 
 
 def test_results_table_takes_the_backends_columns(monkeypatch):

@@ -339,6 +339,8 @@ class Pipeline:
         the file's; without either, the model's reference is assumed and the result notes it."""
         from MSKdeXTraining.inference import Decomposer
 
+        if not str(model).strip() or Path(model) == Path("."):
+            raise InputError("model folder: choose the run folder of a trained model (mskdex train)")
         model = Path(model)
         read_meta(model)  # before any work: a folder that is no model run is refused, naming any runs in it
         radiograph = radiograph_from_node(radiograph_node)

@@ -6,11 +6,12 @@ the Slicer module shows them in an error dialog. Subclasses say which kind of in
 """
 
 import errno
+import sys
 import warnings
 from collections.abc import Iterable
 
-#: A recorded warning that pickles: (message, category, file, line).
-Recorded = tuple[str, type[Warning], str, int]
+#: A recorded warning that pickles: (message, category, file, line, module name or None).
+Recorded = tuple[str, type[Warning], str, int, str | None]
 
 
 class InputError(ValueError):
@@ -39,13 +40,16 @@ STORAGE_ERRNOS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 def recorded(caught: Iterable[warnings.WarningMessage]) -> list[Recorded]:
-    """Warnings caught by ``warnings.catch_warnings(record=True)``, in a form that pickles."""
-    return [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+    """Warnings caught by ``warnings.catch_warnings(record=True)``, in a form that pickles, with
+    the name of the module that warned (what a ``module=`` warning filter matches)."""
+    caught = list(caught)
+    modules = {getattr(m, "__file__", None): name for name, m in list(sys.modules.items())} if caught else {}
+    return [(str(w.message), w.category, w.filename, w.lineno, modules.get(w.filename)) for w in caught]
 
 
 def warn_again(caught: Iterable[Recorded], prefix: str = "", registry: dict | None = None) -> None:
     """Raise recorded warnings again here, each message after ``prefix``, so this process's
     filters and printer (the CLI's: :class:`MSKdeXWarning` as one line) see them; ``registry``
     shows a repeated one once, as at its origin."""
-    for message, category, filename, lineno in caught:
-        warnings.warn_explicit(f"{prefix}{message}", category, filename, lineno, registry=registry)
+    for message, category, filename, lineno, module in caught:
+        warnings.warn_explicit(f"{prefix}{message}", category, filename, lineno, module, registry)

@@ -111,7 +111,7 @@ class _Oracle(torch.nn.Module):
         self.generator, self.target = generator, target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.target[None].expand(len(x), *self.target.shape)
+        return self.target.to(x.device)[None].expand(len(x), *self.target.shape)
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator.pooled_features(x)
@@ -126,7 +126,7 @@ def test_a_perfect_generator_tabulates_the_ct_truth(trained, decomposer):
     ds = PreparedDataset(data, size=decomposer.geometry.shape)
     train_ids = json.loads((run / "model.json").read_text())["split"]["train_ids"]
     on_train = [ds.load(ds.ids.index(c))["drr"].double().mean(dim=(-1, -2)) for c in train_ids]
-    scale = decomposer.model.scale  # the training cases' mean pixel per channel (physical units)
+    scale = decomposer.model.scale.cpu()  # the training cases' mean pixel per channel (physical units)
     torch.testing.assert_close(scale.double(), torch.stack(on_train).mean(dim=0), rtol=1e-5, atol=0)
     item = ds.load(5)
     oracle = copy.copy(decomposer.model)

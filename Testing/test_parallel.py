@@ -82,10 +82,23 @@ def warn_then_fail(message: str) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_failing_jobs_warnings_reach_this_process_with_its_error(workers):
+    """Also those of a job still running when another failed: it is waited for."""
     from MSKdeXTraining.errors import MSKdeXWarning
 
-    """Also those of a job still running when another failed: it is waited for."""
     jobs = [("job 0, before its failure",), ("job 1, before its failure",)]
     with pytest.warns(MSKdeXWarning) as caught, pytest.raises(ValueError, match="failed after: job"):
         list(run_jobs(warn_then_fail, jobs, workers))
     assert {str(w.message) for w in caught} == ({m for m, in jobs} if workers == 2 else {jobs[0][0]})
+
+
+def warn_here(message: str) -> None:
+    warnings.warn(message, UserWarning)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_filter_naming_the_module_that_warned_applies_to_a_jobs_warnings(workers):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.filterwarnings("ignore", "kept out", module=warn_here.__module__)
+        list(run_jobs(warn_here, [("kept out",), ("shown",)], workers))
+    assert [str(w.message) for w in caught] == ["shown"]

@@ -21,7 +21,7 @@ from MSKdeXTraining.training.data import (PreparedDataset, aligned_ok, mirrored_
 from MSKdeXTraining.training.toy import write_toy_dataset
 from MSKdeXTraining.training.distributed import DistInfo
 from MSKdeXTraining.training.pool import ImagePool
-from MSKdeXTraining.training.trainer import build_training, normalisation, train
+from MSKdeXTraining.training.trainer import build_training, deterministic_kernels, normalisation, train
 
 #: A network small enough for 32x32 tests (the "small" config's objective, unchanged).
 TINY = {"image_size": 32, "batch_size": 2, "g_width": 4, "g_branches": 2, "g_blocks": 1,
@@ -284,8 +284,9 @@ def test_baseline_switches_off_owis_and_bone(dataset, tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
-    """Also: the logged learning rate follows SGDR across a restart and the resumes."""
-    config = load_config("small", {**TINY, "epochs": 4, "sgdr_t0": 2, "sgdr_t_mult": 2})
+    """Also: the logged learning rate follows SGDR across a restart and the resumes. On the CPU,
+    where a run is bit for bit reproducible (CUDA: test_training_on_cuda_is_reproducible)."""
+    config = load_config("small", {**TINY, "epochs": 4, "sgdr_t0": 2, "sgdr_t_mult": 2, "device": "cpu"})
     full = train(config, dataset, tmp_path / "full")
     with pytest.raises(Killed):
         train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(4))
@@ -296,19 +297,17 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
-    # how it computes may change (another machine's device, layout, loader workers): the same
-    # training up to rounding, and environment.json records what changed (on a CPU-only machine
-    # the device changes from the config's "auto" to "cpu" only: no GPU checkpoint is resumed)
+    # how it computes may change (layout, loader workers; also the device): the same training up
+    # to rounding, and environment.json records what changed
     shutil.copytree(tmp_path / "cut", tmp_path / "moved")
-    how = {"channels_last": not config.channels_last, "device": "cpu", "num_workers": 1}
+    how = {"channels_last": not config.channels_last, "num_workers": 1}
     moved = train(TrainConfig.from_dict({**config.to_dict(), **how}), dataset, tmp_path / "moved", resume=True)
     for row, reference in zip(losses_of(moved), losses_of(full), strict=True):
         assert {k: float(v) for k, v in row.items()} == pytest.approx(
             {k: float(v) for k, v in reference.items()}, rel=1e-3, abs=1e-6)
     (record,) = json.loads((moved / "environment.json").read_text())["resumes"]
     assert record["after_epoch"] == 2 and record["changed"] == {
-        "num_workers": [0, 1], "device": [config.device, "cpu"],
-        "channels_last": [config.channels_last, not config.channels_last]}
+        "num_workers": [0, 1], "channels_last": [config.channels_last, not config.channels_last]}
     # when to checkpoint may change, and changes nothing
     driven = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every": 3})
     resumed = train(driven, dataset, tmp_path / "cut", resume=True)
@@ -328,6 +327,38 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
     assert lrs == pytest.approx([sgdr_lr(e, config) for e in range(1, 6)], rel=1e-5)
     assert lrs[2] == pytest.approx(config.lr) and lrs[1] == lrs[4] < lrs[3] < lrs[2]  # restart, longer period
 
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_on_cuda_is_reproducible(dataset, tmp_path):
+    """On a GPU (deterministic kernels: training's default there) the same seed trains the same
+    model, and a run killed and resumed ends where the uninterrupted one does (CUDA RNG states,
+    pools and optimisers restored)."""
+    config = load_config("small", {**TINY, "epochs": 4, "device": "cuda"})
+    full = train(config, dataset, tmp_path / "full")
+    again = train(config, dataset, tmp_path / "again")
+    with pytest.raises(Killed):
+        train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(4))
+    resumed = train(config, dataset, tmp_path / "cut", resume=True)
+    reference = read_safetensors(full / "model.safetensors")
+    for run in (again, resumed):
+        for row, ref in zip(losses_of(run), losses_of(full), strict=True):
+            assert {k: float(v) for k, v in row.items()} == pytest.approx(
+                {k: float(v) for k, v in ref.items()}, rel=1e-4, abs=1e-6)
+        weights = read_safetensors(run / "model.safetensors")
+        for k in reference:
+            torch.testing.assert_close(weights[k], reference[k], rtol=1e-4, atol=1e-5)
+
+
+def test_deterministic_kernels_are_asked_for_on_cuda_only_and_restored_after():
+    def setting():
+        return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+
+    before = setting()
+    with deterministic_kernels(torch.device("cpu")):
+        assert setting() == before
+    with deterministic_kernels(torch.device("cuda")):  # a flag: settable without a GPU
+        assert setting() == (True, True)
+    assert setting() == before
 
 def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
     """A newest checkpoint cut short is skipped with a warning naming it; the run continues

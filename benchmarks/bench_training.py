@@ -4,9 +4,9 @@ Runs real optimisation steps (G, F, both critics, all losses) on batches of a sm
 prepared dataset resampled to the configuration's image size; content does not change
 the cost. Prints one line per variant: the median over rounds that alternate the
 variants, and the median ratio to the first (baseline) variant in the same process. The
-baseline is fp32 without channels_last; on the CPU the other variant adds channels_last
-(what training uses there), on CUDA bf16 autocast + channels_last (+ torch.compile with
---compile). The paper's anchor:
+baseline is fp32 without channels_last; the second adds channels_last (the small config's default);
+on CUDA also bf16 autocast (``amp_bf16``) and, with --compile, torch.compile; all with the
+deterministic kernels training uses. The paper's anchor:
 4 min/epoch for 404 images of 512^2 at batch 2 on an RTX A6000, about 1.7 images/s.
 
     python benchmarks/bench_training.py --config small --steps 8 --rounds 10
@@ -30,7 +30,7 @@ from MSKdeXTraining.training.config import load_config, parse_overrides
 from MSKdeXTraining.training.data import PreparedDataset
 from MSKdeXTraining.training.distributed import DistInfo, pick_device
 from MSKdeXTraining.training.toy import write_toy_dataset
-from MSKdeXTraining.training.trainer import build_training, normalisation
+from MSKdeXTraining.training.trainer import build_training, deterministic_kernels, normalisation
 
 PAPER_IMAGES_PER_S = 404 / (4 * 60)
 
@@ -81,18 +81,17 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, parse_overrides(args.set))
     device = pick_device(args.device)
-    variants = [("baseline fp32", dict(amp_bf16=False, channels_last=False, compile=False))]
+    variants = [("baseline fp32", dict(amp_bf16=False, channels_last=False, compile=False)),
+                ("channels_last (fp32)", dict(amp_bf16=False, channels_last=True, compile=False))]
     if device.type == "cuda":
-        variants.append(("bf16 + channels_last", dict(amp_bf16=True, channels_last=True, compile=False)))
+        variants.append(("channels_last + bf16", dict(amp_bf16=True, channels_last=True, compile=False)))
         if args.compile:
-            variants.append(("bf16 + channels_last + compile", dict(amp_bf16=True, channels_last=True, compile=True)))
-    else:
-        variants.append(("channels_last (fp32)", dict(amp_bf16=False, channels_last=True, compile=False)))
+            variants.append(("channels_last + compile (fp32)", dict(amp_bf16=False, channels_last=True, compile=True)))
     print(f"config {config.name}: image {config.size}, batch {config.batch_size}, G HRNet "
           f"width {config.g_width} x {config.g_branches} branches, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
              f", {torch.get_num_threads()} threads"))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, deterministic_kernels(device):  # as training runs
         data = write_toy_dataset(tmp, n_cases=max(2, config.batch_size), size=64)
         runs = [stepper(dataclasses.replace(config, **flags), data, device, args.warmup)
                 for _, flags in variants]

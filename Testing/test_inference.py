@@ -767,6 +767,21 @@ def test_notes_for_a_given_spacing_and_the_dicom_distances_only_where_they_apply
     assert "pixel spacing given" not in notes(read_radiograph(f))
 
 
+def test_a_film_much_larger_than_the_models_field_of_view_is_noted(trained, decomposer):
+    """Its pixel spacing may be too large: noted from LARGE_EXTENT times the model's field of view."""
+    from MSKdeXTraining.inference import LARGE_EXTENT
+
+    film = toy_radiograph(trained[0], 5)
+
+    def notes(scale: float) -> str:
+        r = Radiograph(film.array, tuple(scale * s for s in film.pixel_spacing), film.source)
+        return " | ".join(decomposer.decompose(r, tta=1).ood.reasons)
+
+    assert "spans" not in notes(1.0) and "spans" not in notes(0.98 * LARGE_EXTENT)
+    assert "note: the film spans 1.6x the model's field of view; for a film framed like the training ones, " \
+           "check that its pixel spacing is not too large" in notes(1.6)
+
+
 def test_ood_verdict_coverage_threshold_and_score():
     """ood_verdict on its own: a film covering 70 % of the model's field of view (below 80 %) is
     flagged, one covering 85 % is not; the score is the larger of the feature and intensity

@@ -161,18 +161,21 @@ def create_json(path: str | Path, data: object) -> bool:
     return True
 
 
-def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = ()) -> None:
+def refuse_existing(outputs: list[str | Path], inputs: list[str | Path] = (), *,
+                    chosen: str = "output folder") -> None:
     """Before any work: raise FileExistsError if an output exists (results are never silently
-    replaced), would overwrite one of the ``inputs``, or lies under a path that is a file."""
+    replaced), would overwrite one of the ``inputs``, or lies under a path that is a file.
+    ``chosen`` is what the user picked, named in the advice (the folder of the outputs, or the
+    output file itself)."""
     for output in map(Path, outputs):
         refuse_overwrite(output, list(inputs))
         if output.exists():
-            raise FileExistsError(f"{output}: exists; choose another output folder or delete it "
+            raise FileExistsError(f"{output}: exists; choose another {chosen} or delete it "
                                   "(MSKdeX does not overwrite results)")
         blocking = blocking_file(output)  # output itself exists not, from the check above
         if blocking is not None:
             raise FileExistsError(f"{blocking}: is a file, so {output} cannot be written; choose "
-                                  "another output folder")
+                                  f"another {chosen}")
 
 
 #: The top-level entries (glob patterns) that mark each kind of MSKdeX output folder, and the

@@ -131,14 +131,14 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     ("no_model", "is not a model run folder; run `mskdex train`"),
     ("bad_tta", "--tta must be in 1..32"),
     ("out_is_a_folder", "folder: exists; choose another"),
-    ("out_exists", "t.csv: exists; choose another"),  # results are never replaced
+    ("out_exists", "t.csv: exists; choose another file name"),  # results are never replaced
     ("scene_not_empty", "scene: folder not empty; choose a new or empty folder"),
     ("scene_is_a_file", "scene: is a file; expected a new or empty folder"),
     ("scene_under_a_file", "x.png: is a file, so the scene folder"),
     ("scene_is_out", "the same path as --out"),
     ("json_is_out", "--json"),
     ("scene_is_json", "the same path as --out or --json"),
-    ("json_exists", "t.json: exists; choose another"),
+    ("json_exists", "t.json: exists; choose another file name"),
 ])
 def test_batch_bad_input_exits_2_with_a_clear_message(case, message, model_and_xray, tmp_path, capsys):
     """Bad inputs and output targets are refused before any work, naming the path; nothing is written."""

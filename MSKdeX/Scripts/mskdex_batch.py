@@ -78,7 +78,8 @@ def run(argv: list[str]) -> int:
         return EXIT_ERROR
     try:
         check_tta(args.tta, "--tta")
-        refuse_existing([args.out] + ([args.json] if args.json else []), [args.xray, args.model])
+        refuse_existing([args.out] + ([args.json] if args.json else []), [args.xray, args.model],
+                        chosen="file name")
         if args.json is not None and args.json.resolve() == args.out.resolve():
             raise FileExistsError(f"--json {args.json}: the same path as --out; choose another file")
         if args.scene is not None:

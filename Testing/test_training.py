@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -297,17 +298,19 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
-    # how it computes may change (layout, loader workers; also the device): the same training up
-    # to rounding, and environment.json records what changed
+    # how it computes may change (device, layout, loader workers): the same training up to
+    # rounding, and environment.json records what changed ("cpu:0": another name of the CPU, so
+    # that a GPU machine's TF32 convolutions do not enter this comparison)
     shutil.copytree(tmp_path / "cut", tmp_path / "moved")
-    how = {"channels_last": not config.channels_last, "num_workers": 1}
+    how = {"channels_last": not config.channels_last, "device": "cpu:0", "num_workers": 1}
     moved = train(TrainConfig.from_dict({**config.to_dict(), **how}), dataset, tmp_path / "moved", resume=True)
     for row, reference in zip(losses_of(moved), losses_of(full), strict=True):
         assert {k: float(v) for k, v in row.items()} == pytest.approx(
             {k: float(v) for k, v in reference.items()}, rel=1e-3, abs=1e-6)
     (record,) = json.loads((moved / "environment.json").read_text())["resumes"]
     assert record["after_epoch"] == 2 and record["changed"] == {
-        "num_workers": [0, 1], "channels_last": [config.channels_last, not config.channels_last]}
+        "num_workers": [0, 1], "device": ["cpu", "cpu:0"],
+        "channels_last": [config.channels_last, not config.channels_last]}
     # when to checkpoint may change, and changes nothing
     driven = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every": 3})
     resumed = train(driven, dataset, tmp_path / "cut", resume=True)
@@ -329,16 +332,22 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_training_on_cuda_is_reproducible(dataset, tmp_path):
+def test_training_on_cuda_is_reproducible(tmp_path):
     """On a GPU (deterministic kernels: training's default there) the same seed trains the same
     model, and a run killed and resumed ends where the uninterrupted one does (CUDA RNG states,
-    pools and optimisers restored)."""
-    config = load_config("small", {**TINY, "epochs": 4, "device": "cuda"})
-    full = train(config, dataset, tmp_path / "full")
-    again = train(config, dataset, tmp_path / "again")
-    with pytest.raises(Killed):
-        train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(4))
-    resumed = train(config, dataset, tmp_path / "cut", resume=True)
+    pools and optimisers restored); no kernel warns that it has no deterministic version. The
+    small config's own networks on its 64^2 grid: on an H100 without the deterministic kernels,
+    two of their runs parted by 22.5 % in a weight within 3 epochs (the tiny ones by chance not)."""
+    dataset = write_toy_dataset(tmp_path / "data", n_cases=8, size=64)
+    config = load_config("small", {"epochs": 3, "checkpoint_every": 2, "augment_flip": True, "device": "cuda"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        full = train(config, dataset, tmp_path / "full")
+        again = train(config, dataset, tmp_path / "again")
+        with pytest.raises(Killed):
+            train(config, dataset, tmp_path / "cut", progress=kill_in_epoch(3))
+        resumed = train(config, dataset, tmp_path / "cut", resume=True)
+    assert not [str(w.message) for w in caught if "deterministic" in str(w.message)]
     reference = read_safetensors(full / "model.safetensors")
     for run in (again, resumed):
         for row, ref in zip(losses_of(run), losses_of(full), strict=True):
@@ -349,16 +358,39 @@ def test_training_on_cuda_is_reproducible(dataset, tmp_path):
             torch.testing.assert_close(weights[k], reference[k], rtol=1e-4, atol=1e-5)
 
 
-def test_deterministic_kernels_are_asked_for_on_cuda_only_and_restored_after():
-    def setting():
-        return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+def deterministic_setting() -> tuple[bool, bool]:
+    return torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
 
-    before = setting()
+
+def test_deterministic_kernels_are_asked_for_on_cuda_only_and_restored_after():
+    before = deterministic_setting()
     with deterministic_kernels(torch.device("cpu")):
-        assert setting() == before
+        assert deterministic_setting() == before
     with deterministic_kernels(torch.device("cuda")):  # a flag: settable without a GPU
-        assert setting() == (True, True)
-    assert setting() == before
+        assert deterministic_setting() == (True, True)
+    assert deterministic_setting() == before
+    torch.use_deterministic_algorithms(True)  # a caller's own setting, strict, survives an error
+    try:
+        with pytest.raises(Killed), deterministic_kernels(torch.device("cuda")):
+            assert deterministic_setting() == (True, True)
+            raise Killed
+        assert deterministic_setting() == (True, False)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_training_on_cuda_asks_for_deterministic_kernels(dataset, tmp_path, monkeypatch):
+    """train() runs its epochs inside deterministic_kernels on a CUDA device (the device and the
+    epochs replaced here, as this machine may have no GPU)."""
+    from MSKdeXTraining.training import trainer
+
+    seen = []
+    monkeypatch.setattr(trainer.distributed, "init", lambda name: DistInfo(0, 1, 0, torch.device("cuda")))
+    monkeypatch.setattr(trainer, "_train", lambda *args, **kwargs: seen.append(deterministic_setting()) or tmp_path)
+    before = deterministic_setting()
+    assert train(load_config("small", TINY), dataset, tmp_path / "run") == tmp_path
+    assert seen == [(True, True)] and deterministic_setting() == before
+
 
 def test_resume_falls_back_past_a_damaged_checkpoint(dataset, tmp_path):
     """A newest checkpoint cut short is skipped with a warning naming it; the run continues

@@ -307,10 +307,10 @@ def train(config: TrainConfig, data: str | Path, out: str | Path, *,
 
 @contextmanager
 def deterministic_kernels(device: torch.device) -> Iterator[None]:
-    """On CUDA, PyTorch's deterministic kernels (cuDNN's convolutions too) inside the block, so a
-    seed gives one model; the process's setting is restored after. An operation without one warns.
-    Without them, on an H100, two runs of the small configuration parted within 3 epochs
-    (session 29). The CPU's kernels are deterministic already: nothing changes there."""
+    """On CUDA, PyTorch's deterministic kernels (cuDNN's convolutions and bilinear upsampling's
+    backward too) inside the block, so a seed gives one model; the process's setting is restored
+    after. An operation without one warns. Without them, on an H100, two runs of the small
+    configuration parted within 3 epochs (session 29). Nothing changes on the CPU."""
     if device.type != "cuda":
         yield
         return

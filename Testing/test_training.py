@@ -337,7 +337,8 @@ def test_training_on_cuda_is_reproducible(tmp_path):
     model, and a run killed and resumed ends where the uninterrupted one does (CUDA RNG states,
     pools and optimisers restored); no kernel warns that it has no deterministic version. The
     small config's own networks on its 64^2 grid: on an H100 without the deterministic kernels,
-    two of their runs parted by 22.5 % in a weight within 3 epochs (the tiny ones by chance not)."""
+    two of their runs parted by 22.5 % in a weight within 3 epochs (the tests' tiny ones in one of
+    two processes)."""
     dataset = write_toy_dataset(tmp_path / "data", n_cases=8, size=64)
     config = load_config("small", {"epochs": 3, "checkpoint_every": 2, "augment_flip": True, "device": "cuda"})
     with warnings.catch_warnings(record=True) as caught:

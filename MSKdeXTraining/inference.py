@@ -224,8 +224,7 @@ class Decomposer:
         detector = self.detector(radiograph)
         prepared = self.model.meta["input"].get("prepared_shape") or list(detector.shape)
         x, coverage = to_detector(x, radiograph.pixel_spacing, detector.resized(*prepared))
-        extent = np.multiply(radiograph.shape, radiograph.pixel_spacing) / np.multiply(detector.shape,
-                                                                                      detector.pixel_spacing)
+        extent = np.multiply(radiograph.shape, radiograph.pixel_spacing) / detector.field_of_view_mm
         x = resize(torch.from_numpy(x), detector.shape).numpy()
         return x, detector, {
             "input_shape": list(radiograph.shape),

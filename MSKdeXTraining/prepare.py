@@ -104,10 +104,11 @@ def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = N
                          "on each side (--image-size, or --rows / --cols)")
     dy, dx = sized.pixel_spacing
     if max(dy, dx) / min(dy, dx) > 2.0:
+        fov_rows, fov_cols = g.field_of_view_mm
         raise InputError(f"dataset detector {sized.rows} x {sized.cols} pixels over the films' "
-                         f"{g.rows * g.pixel_spacing[0]:.0f} x {g.cols * g.pixel_spacing[1]:.0f} mm gives pixels of "
-                         f"{dy:.3g} x {dx:.3g} mm; expected nearly square pixels (within 2x): choose --rows / "
-                         "--cols in the films' proportions, or leave the size out (the films' own pixels)")
+                         f"{fov_rows:.0f} x {fov_cols:.0f} mm gives pixels of {dy:.3g} x {dx:.3g} mm; expected "
+                         "nearly square pixels (within 2x): choose --rows / --cols in the films' proportions, "
+                         "or leave the size out (the films' own pixels)")
     return sized
 
 

@@ -65,6 +65,11 @@ class Geometry:
         return self.rows, self.cols
 
     @property
+    def field_of_view_mm(self) -> tuple[float, float]:
+        """Detector extent (rows, columns) in mm."""
+        return self.rows * self.pixel_spacing[0], self.cols * self.pixel_spacing[1]
+
+    @property
     def pixel_area_cm2(self) -> float:
         """Area of one detector pixel (cm2): the factor from pixel sums to volume/mass."""
         return self.pixel_spacing[0] * self.pixel_spacing[1] / 100.0
@@ -82,7 +87,7 @@ class Geometry:
     def resized(self, rows: int, cols: int | None = None) -> Geometry:
         """Same field of view sampled with another number of pixels."""
         cols = rows if cols is None else cols
-        fov = (self.rows * self.pixel_spacing[0], self.cols * self.pixel_spacing[1])
+        fov = self.field_of_view_mm
         return replace(self, rows=rows, cols=cols, pixel_spacing=(fov[0] / rows, fov[1] / cols))
 
     def matched(self, reference: Geometry) -> Geometry:

@@ -6,6 +6,7 @@ the Slicer module shows them in an error dialog. Subclasses say which kind of in
 """
 
 import errno
+import pickle
 import sys
 import warnings
 from collections.abc import Iterable
@@ -44,7 +45,19 @@ def recorded(caught: Iterable[warnings.WarningMessage]) -> list[Recorded]:
     the name of the module that warned (what a ``module=`` warning filter matches)."""
     caught = list(caught)
     modules = {getattr(m, "__file__", None): name for name, m in list(sys.modules.items())} if caught else {}
-    return [(str(w.message), w.category, w.filename, w.lineno, modules.get(w.filename)) for w in caught]
+    return [(*_picklable(str(w.message), w.category), w.filename, w.lineno, modules.get(w.filename))
+            for w in caught]
+
+
+def _picklable(message: str, category: type[Warning]) -> tuple[str, type[Warning]]:
+    """(message, category), or, for a category that does not pickle (a class defined in a
+    function, say), its name put before the message and the nearest built-in base category."""
+    try:
+        pickle.dumps(category)
+        return message, category
+    except (pickle.PicklingError, AttributeError, TypeError):
+        base = next(c for c in category.__mro__ if c.__module__ == "builtins")
+        return f"{category.__qualname__}: {message}", base
 
 
 def warn_again(caught: Iterable[Recorded], prefix: str = "", registry: dict | None = None) -> None:

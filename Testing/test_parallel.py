@@ -102,3 +102,21 @@ def test_a_filter_naming_the_module_that_warned_applies_to_a_jobs_warnings(worke
         warnings.filterwarnings("ignore", "kept out", module=warn_here.__module__)
         list(run_jobs(warn_here, [("kept out",), ("shown",)], workers))
     assert [str(w.message) for w in caught] == ["shown"]
+
+
+def warn_with_a_local_category(message: str) -> None:
+    class LibraryWarning(RuntimeWarning):
+        """Defined in a function, as some libraries do: pickle cannot name it."""
+
+    warnings.warn(message, LibraryWarning)
+
+
+def test_a_warning_whose_category_does_not_pickle_reaches_this_process_by_name():
+    """A worker's warning of a category pickle cannot name comes back as its nearest built-in
+    category, the message after the category's name (it failed the job before)."""
+    jobs = [("odd input 0",), ("odd input 1",)]
+    with pytest.warns(RuntimeWarning) as caught:
+        assert dict(run_jobs(warn_with_a_local_category, jobs, 2)) == {0: None, 1: None}
+    name = "warn_with_a_local_category.<locals>.LibraryWarning"
+    assert sorted(str(w.message) for w in caught) == [f"{name}: odd input 0", f"{name}: odd input 1"]
+    assert {w.category for w in caught} == {RuntimeWarning}

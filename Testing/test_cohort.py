@@ -149,17 +149,17 @@ def test_a_case_is_complete_with_its_files_of_the_recorded_sizes(tmp_path):
     before the sizes were recorded, when its files are there; nothing from an odd truth.json."""
     case = generate.generate_case(0, 3, tmp_path, "test")
     truth = json.loads((case / "truth.json").read_text())
-    assert generate.case_complete(case)
+    assert generate.complete_case_truth(case) == truth
     for files in ({}, {"": 4096}, {**truth["files"], "xray.mha": 1}, None):
         (case / "truth.json").write_text(json.dumps({**truth, "files": files}))
-        assert not generate.case_complete(case), files
+        assert generate.complete_case_truth(case) is None, files
     for odd in ("[]", "{", "3", '"files"'):
         (case / "truth.json").write_text(odd)
-        assert not generate.case_complete(case), odd
+        assert generate.complete_case_truth(case) is None, odd
     (case / "truth.json").write_text(json.dumps({k: v for k, v in truth.items() if k != "files"}))  # before 0.3.7
-    assert generate.case_complete(case)
+    assert generate.complete_case_truth(case) is not None
     (case / "xray.json").unlink()
-    assert not generate.case_complete(case)
+    assert generate.complete_case_truth(case) is None
 
 
 def test_same_seed_same_bytes_and_resume(tmp_path):

@@ -13,8 +13,9 @@ radiograph as ``decompose`` will see it (``xray.mha``: windowed to [0, 1], brigh
 attenuating) with its geometry and the reader's record (``xray.json``), and ``truth.json``:
 each object's volume (cm3) and MDRR mass (g; lean muscle mass for muscles, from HU as the DRRs
 compute it) from the 3D CT, with what it was made from. Every row's fields and paths are
-checked, and every film's geometry read, before anything is written; cases are made in parallel, each atomically, and a rerun keeps a case
-only if its row, its input files and the object map are unchanged. It writes into a new or empty
+checked, and every film's geometry read, before anything is written; cases are made in parallel,
+each atomically, and a rerun keeps a case only if its row, its input files and the object map are
+unchanged. It writes into a new or empty
 folder or a cohort it wrote, and replaces only case folders it made, never one holding an input.
 """
 
@@ -45,8 +46,8 @@ from ..parallel import run_jobs
 from ..progress import Progress
 from ..radiograph_io import Radiograph, check_magnification, read_radiograph
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
-from .generate import (CASE_FILES, COHORT_FORMAT, TRUTH_FORMAT, VERSION, case_complete, check_resume, file_sizes,
-                       truth_objects)
+from .generate import (CASE_FILES, COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, complete_case_truth,
+                       file_sizes, truth_objects)
 from .patient import CROP_MARGIN_MM
 
 #: Columns of the pairs table: required, then optional.
@@ -243,7 +244,7 @@ def assemble_pair(pair: dict, objects: ObjectMap, out: Path, ct_sha256: str) -> 
     Errors name the table, line and case."""
     with _naming_row(pair):
         folder, record = out / pair["case"], _record(pair, objects, ct_sha256)
-        if case_complete(folder) and read_json_object(folder / "truth.json").get("assembled_from") == record:
+        if (complete_case_truth(folder) or {}).get("assembled_from") == record:
             return False
         assemble_case(pair, objects, out, record)
         return True

@@ -209,12 +209,12 @@ def generate_case(index: int, seed: int, out: Path, size: str = "demo",
         "poses": {k: v.tolist() for k, v in poses.items()},
         "params": {"cohort_seed": seed, "index": index, "size": size, **params},
         "derived": derived})
-    if final.is_dir() and not case_complete(final):
+    if final.is_dir() and complete_case_truth(final) is None:
         shutil.rmtree(final, ignore_errors=True)  # a damaged case folder (no truth, a file cut short): made again
     try:
         os.replace(tmp, final)
     except OSError:  # another run on this folder finished the case first: same seed, same bytes
-        if not case_complete(final):
+        if complete_case_truth(final) is None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -250,7 +250,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".case_*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
-    todo = [i for i in range(n) if not case_complete(out / case_id(i))]
+    todo = [i for i in range(n) if complete_case_truth(out / case_id(i)) is None]
     done = n - len(todo)
     report = progress or (lambda f, m: None)
     report(done / n, f"{done}/{n} cases")
@@ -272,18 +272,19 @@ def file_sizes(folder: Path) -> dict[str, int]:
     return {name: (folder / name).stat().st_size for name in CASE_FILES if name != "truth.json"}
 
 
-def case_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a case's :data:`CASE_FILES` of the sizes its ``truth.json``
-    records (cases made before release 0.3.7 record none: then the files need only be there)."""
+def complete_case_truth(folder: Path) -> dict | None:
+    """The ``truth.json`` of the case in ``folder`` when it holds the :data:`CASE_FILES` of the
+    sizes that file records (cases made before release 0.3.7 record none: then the files need
+    only be there); None for a case missing, damaged or cut short."""
     try:
         truth = json.loads((folder / "truth.json").read_text())
         if not isinstance(truth, dict):
-            return False
+            return None
         if "files" not in truth:
-            return all((folder / name).is_file() for name in CASE_FILES)
-        return truth["files"] == file_sizes(folder)
+            return truth if all((folder / name).is_file() for name in CASE_FILES) else None
+        return truth if truth["files"] == file_sizes(folder) else None
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def _template_digest(folder: Path) -> str:

@@ -203,7 +203,7 @@ class Decomposer:
                 progress(done / len(x), f"predicting: {done} of {len(x)} images")
         return np.concatenate(outs)
 
-    def detector(self, radiograph: Radiograph) -> Geometry:
+    def matched_detector(self, radiograph: Radiograph) -> Geometry:
         """The radiograph's matched detector (its magnification, else the model's). A
         magnification of 1 (spacing calibrated at the patient) is a parallel view."""
         m = radiograph.magnification or self.geometry.magnification
@@ -221,7 +221,7 @@ class Decomposer:
         count (``model.json`` input ``prepared_shape``; older models: the model grid), then
         averaged onto the model grid."""
         x, method = radiograph.windowed()
-        detector = self.detector(radiograph)
+        detector = self.matched_detector(radiograph)
         prepared = self.model.meta["input"].get("prepared_shape") or list(detector.shape)
         x, coverage = to_detector(x, radiograph.pixel_spacing, detector.resized(*prepared))
         extent = np.multiply(radiograph.shape, radiograph.pixel_spacing) / detector.field_of_view_mm

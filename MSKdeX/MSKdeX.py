@@ -185,7 +185,9 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        """The scene's parameter node, and its DRR layers' objects offered (a saved scene's too)."""
         self.setParameterNode(self.logic.getParameterNode())
+        self._listDRRObjects(self.logic.drrObjects())
 
     def setParameterNode(self, inputParameterNode: MSKdeXParameterNode | None) -> None:
         if self._parameterNode:
@@ -271,15 +273,29 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onComputeDRRs(self) -> None:
         def work(progress: ProgressRelay) -> str:
-            self.ui.drrObjectComboBox.clear()
             names, warnings = self.logic.computeDRRs(self._parameterNode, progress)
-            self.ui.drrObjectComboBox.addItems(names)
+            self._listDRRObjects(names)
             self._showDRR()
             if warnings:
                 slicer.util.warningDisplay("\n".join(warnings), windowTitle=_("MSKdeX DRRs"))
             return "; ".join(warnings) or f"all {len(names)} objects present, volumes plausible"
 
         self._runWork("Computing DRRs", work)
+
+    def _listDRRObjects(self, names: list[str]) -> None:
+        """Offer ``names`` in the DRR object box, keeping the object picked if it is among them
+        (silently: showing a layer is the caller's choice)."""
+        box = self.ui.drrObjectComboBox
+        if [box.itemText(i) for i in range(box.count)] == names:
+            return
+        picked = box.currentText
+        box.blockSignals(True)
+        try:
+            box.clear()
+            box.addItems(names)
+            box.setCurrentIndex(names.index(picked) if picked in names else 0)
+        finally:
+            box.blockSignals(False)
 
     def onShowDRR(self, *_args) -> None:
         """Show the DRR layer picked in the object and type boxes (not while a step runs: its
@@ -451,6 +467,10 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         result, _layers = self.pipeline.compute_drrs(
             p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
         return list(result.stack.names), drr_warnings(result.metrics)
+
+    def drrObjects(self) -> list[str]:
+        """The objects with DRR layers in the scene."""
+        return self.pipeline.drr_objects()
 
     def drrLayer(self, name: str, drrType: str,
                  radiograph: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode | None:

@@ -43,6 +43,7 @@ from .errors import InputError
 from .imaging.hu import SCHNEIDER_LOWER_HU
 from .imaging.volume import Volume
 from .objects import ObjectMap
+from .progress import Progress
 
 #: Plausible volume range (cm3) of each of the paper's objects, both sides together.
 PLAUSIBLE_VOLUME_CM3: dict[str, tuple[float, float]] = {
@@ -154,19 +155,20 @@ class SegmentationQC:
 
 def segmentation_qc(labels: Volume, objects: ObjectMap,
                     ranges: Mapping[str, tuple[float, float]] | None = None,
-                    ct: Volume | None = None) -> SegmentationQC:
+                    ct: Volume | None = None, progress: Progress | None = None) -> SegmentationQC:
     """Check every object of ``objects`` in the label map ``labels`` (see module docs), and
     for metal near it in ``ct`` (HU, the labels' grid) when given.
 
     ``ranges`` {object: (min, max) cm3} overrides :data:`PLAUSIBLE_VOLUME_CM3`; objects
-    without a range are only checked for presence.
+    without a range are only checked for presence. ``progress`` gets the fraction of objects
+    checked after each.
     """
     ranges = {**PLAUSIBLE_VOLUME_CM3, **(ranges or {})}
     voxel_cm3 = labels.voxel_volume_cm3
     metal = None if ct is None else _metal_mask(ct, labels)
     metal_anywhere = metal is not None and bool(metal.any())
     out: dict[str, ObjectQC] = {}
-    for spec in objects.objects:
+    for done, spec in enumerate(objects.objects, 1):
         # objects with sides are checked side by side (two femurs are two components); one
         # without may be bilateral, so its two largest components count as its main part
         parts = list(spec.sides.values()) or [spec.labels]
@@ -188,6 +190,8 @@ def segmentation_qc(labels: Volume, objects: ObjectMap,
                              if np.count_nonzero(metal & n) * voxel_cm3 >= METAL_MIN_CM3]
         _flag(q, spec.labels, ranges.get(spec.name))
         out[spec.name] = q
+        if progress is not None:
+            progress(done / len(objects.objects), f"checked {spec.name} ({done} of {len(objects.objects)})")
     return SegmentationQC(out)
 
 

@@ -50,6 +50,17 @@ def test_healthy_segmentation_passes_with_exact_volumes():
     assert qc.to_json()["objects"]["pelvis"]["flags"] == []
 
 
+def test_progress_is_reported_after_each_object():
+    """So that a long QC (Slicer: a full TotalSegmentator segmentation) shows how far it is and
+    can be cancelled between objects."""
+    objects = load_object_map("synthetic")
+    calls = []
+    segmentation_qc(_labels(_healthy()), objects, progress=lambda f, m: calls.append((f, m)))
+    n = len(objects.objects)
+    assert [f for f, _ in calls] == [k / n for k in range(1, n + 1)]
+    assert calls[0][1] == f"checked {objects.objects[0].name} (1 of {n})"
+
+
 def test_broken_segmentation_is_flagged():
     a = _healthy()
     a[a == 4] = 0                      # right femur missing

@@ -33,7 +33,7 @@ from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E4
 
 from MSKdeXLib.backend_process import BackendProcess, parse_progress  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
-from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, register_layouts, show_film_layout  # noqa: E402
+from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, film_view, register_layouts, show_film_layout  # noqa: E402
 from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_layers, place_over, stack_from_layers  # noqa: E402
 from MSKdeXLib.pipeline import Pipeline, drr_warnings, registered_on  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
@@ -135,6 +135,76 @@ def test_a_segmentation_under_another_transform_than_the_ct_is_refused():
     assert np.array_equal(labels_from_segmentation(seg, ct_node).array, array)
 
 
+def test_label_maps_in_and_out_of_a_segmentation_leave_no_nodes_behind():
+    """Slicer's import and export add a display node and a colour table per call besides the
+    label map asked for; none of them stays (they piled up with every QC, DRR or Register)."""
+    scene = slicer.vtkMRMLScene()
+    ct = Volume(np.zeros((20, 20, 20), np.int16), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    array = np.zeros((20, 20, 20), np.uint8)
+    array[5:10, 5:10, 5:10], array[12:15, 5:10, 5:10] = 1, 2
+    ct_node = volume_to_node(ct, scene, "CT")
+
+    def nodes() -> dict[str, str]:
+        return {n.GetID(): n.GetClassName() for n in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+                if not n.IsA("vtkMRMLSubjectHierarchyNode")}
+
+    before = nodes()
+    seg = labels_to_segmentation(ct.with_array(array), scene, "seg", {1: "gluteus_medius_left", 2: "pelvis"})
+    added = {k: v for k, v in nodes().items() if k not in before}
+    assert sorted(added.values()) == ["vtkMRMLSegmentationDisplayNode", "vtkMRMLSegmentationNode"]
+    with_segmentation = nodes()
+    for _ in range(2):
+        assert np.array_equal(labels_from_segmentation(seg, ct_node).array, array)
+        assert nodes() == with_segmentation
+    labels_to_segmentation(ct.with_array(array), scene, "seg", {1: "gluteus_medius_left", 2: "pelvis"}, node=seg)
+    assert nodes() == with_segmentation  # the same node filled again
+
+
+def test_a_ct_under_a_transform_is_refused_and_a_layer_follows_its_films_transform():
+    """MSKdeX reads voxels in their own geometry: a CT the views show moved (rotated to fix its
+    orientation, say) is refused, naming the transform; under the identity it is read. A layer
+    over a film under a transform lies under it too, and the film's view is the one the
+    transform turns it into."""
+    scene = slicer.vtkMRMLScene()
+    hu = np.full((20, 20, 20), -1000, np.int16)  # air around muscle
+    hu[5:10, 5:10, 5:10] = 40
+    ct = Volume(hu, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    ct_node = volume_to_node(ct, scene, "CT")
+    seg = labels_to_segmentation(ct.with_array((hu == 40).astype(np.uint8)), scene, "seg", {1: "gluteus_medius_left"})
+    turn = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "feet first")
+    for node in (ct_node, seg):
+        node.SetAndObserveTransformNodeID(turn.GetID())
+    objects = load_object_map("synthetic")
+    assert Pipeline(scene).segmentation_qc(ct_node, seg, objects)[0].objects["gluteus_medius"].volume_cm3 > 0
+    rotation = vtk.vtkMatrix4x4()
+    rotation.SetElement(1, 1, -1.0)
+    rotation.SetElement(2, 2, -1.0)  # 180 degrees about R
+    turn.SetMatrixTransformToParent(rotation)
+    with pytest.raises(InputError, match=r"CT volume 'CT': it lies under transform 'feet first', which MSKdeX "
+                                         r"would not apply .*Harden transform"):
+        Pipeline(scene).segmentation_qc(ct_node, seg, objects)
+
+    film = radiograph_to_node(Radiograph(np.zeros((40, 30), np.float32), (2.0, 2.0), {}), scene, "film")
+    layer = radiograph_to_node(Radiograph(np.ones((20, 15), np.float32), (4.0, 4.0), {}), scene, "layer")
+    place_over(layer, film)
+    assert layer.GetParentTransformNode() is None and film_view(film) == "Green"
+    axial = vtk.vtkMatrix4x4()
+    axial.SetElement(1, 1, 0.0), axial.SetElement(1, 2, -1.0), axial.SetElement(2, 1, 1.0), axial.SetElement(2, 2, 0.0)
+    turn.SetMatrixTransformToParent(axial)  # 90 degrees about R: the coronal film now lies axial
+    film.SetAndObserveTransformNodeID(turn.GetID())
+    place_over(layer, film)
+    assert layer.GetTransformNodeID() == turn.GetID() and film_view(film) == "Red"
+
+
+def test_the_objects_with_drr_layers_are_those_of_compute_drrs_not_other_layers():
+    scene = slicer.vtkMRMLScene()
+    assert Pipeline(scene).drr_objects() == []
+    stack = np.ones((3, 2, 8, 8), np.float32)
+    drr_layers(stack, ["pelvis", "femur"], (2.0, 2.0), scene, "MSKdeX DRR")
+    drr_layers(stack[:, :1], ["sacrum"], (2.0, 2.0), scene, "MSKdeX aligned")  # a registered bone's layer
+    assert Pipeline(scene).drr_objects() == ["pelvis", "femur"]
+
+
 def test_segments_are_matched_by_name(example):
     """A segmentation made elsewhere (no MSKdeX tags) is read by object-map segment names."""
     scene, objects = example["scene"], example["objects"]
@@ -185,6 +255,9 @@ def test_segmentation_qc_through_the_bridge(example):
 
     scene, objects = example["scene"], example["objects"]
     qc, table = Pipeline(scene).segmentation_qc(example["ct_node"], example["seg_node"], objects)
+    count = scene.GetNumberOfNodes()
+    assert Pipeline(scene).segmentation_qc(example["ct_node"], example["seg_node"], objects)[1] is table
+    assert scene.GetNumberOfNodes() == count  # the same table filled again, no export nodes left
     assert qc.to_json() == segmentation_qc(example["labels"], objects, ct=example["ct"]).to_json()
     assert table.GetNumberOfRows() == len(objects)
     assert table.GetColumnUnitLabel("volume_cm3") == table.GetColumnUnitLabel("metal_cm3") == "cm3"
@@ -720,6 +793,7 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
     assert np.array_equal(back.array, ct.array) and back.grid_differences(ct) == []
     assert np.array_equal(labels_from_segmentation(loaded.GetFirstNodeByName("segmentation"), ct2).array,
                           labels.array)
+    assert Pipeline(loaded).drr_objects() == list(objects.names)  # what the panel offers to show
     for (name, drr_type), node in layers.items():
         again = loaded.GetFirstNodeByName(node.GetName())
         assert again.GetAttribute(TYPE_ATTRIBUTE) == drr_type

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import vtk
 
+from MSKdeXTraining.errors import InputError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from slicer import vtkMRMLVolumeNode
+    from slicer import vtkMRMLTransformableNode, vtkMRMLVolumeNode
 
 #: 4x4 change of frame LPS -> RAS (its own inverse).
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -65,3 +67,37 @@ def node_geometry(node: vtkMRMLVolumeNode) -> tuple[np.ndarray, np.ndarray, np.n
     node.GetIJKToRASDirections(direction_ras)
     flip = LPS_TO_RAS[:3, :3]
     return spacing, flip @ origin_ras, flip @ direction_ras
+
+
+def to_world_matrix(node: vtkMRMLTransformableNode) -> np.ndarray | None:
+    """The 4x4 RAS matrix of the transforms ``node`` lies under (the identity under none);
+    None for a chain that is not linear (a grid or B-spline transform)."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return np.eye(4)
+    if not parent.IsTransformToWorldLinear():
+        return None
+    m = vtk.vtkMatrix4x4()
+    parent.GetMatrixTransformToWorld(m)
+    return from_vtk_matrix(m)
+
+
+def check_untransformed(node: vtkMRMLTransformableNode, what: str) -> None:
+    """Raise InputError for a ``node`` under a transform other than the identity: MSKdeX reads a
+    volume in its own geometry, where the views show it moved by the transform."""
+    m = to_world_matrix(node)
+    if m is not None and np.allclose(m, np.eye(4), atol=1e-9):
+        return
+    raise InputError(f"{what} {node.GetName()!r}: it lies under transform {node.GetParentTransformNode().GetName()!r}, "
+                     "which MSKdeX would not apply (it reads the voxels in their own geometry); harden the "
+                     "transform (Data module: right-click the node, Harden transform) or take the node out "
+                     "from under it")
+
+
+def world_directions(node: vtkMRMLVolumeNode) -> np.ndarray:
+    """RAS 3x3 whose columns are the i, j, k axes of a volume node as the views show it (its
+    linear parent transforms applied; a non-linear chain is left out)."""
+    directions = np.zeros((3, 3))
+    node.GetIJKToRASDirections(directions)
+    m = to_world_matrix(node)
+    return directions if m is None else m[:3, :3] @ directions

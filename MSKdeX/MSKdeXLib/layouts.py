@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from slicer import vtkMRMLLayoutNode
 
+from .coordinates import world_directions
+
 if TYPE_CHECKING:
     from slicer import vtkMRMLScene, vtkMRMLVolumeNode
 
@@ -33,9 +35,9 @@ RESULTS_LAYOUT = {"Red": 5301, "Yellow": 5302, "Green": 5303}
 
 
 def film_view(node: vtkMRMLVolumeNode) -> str:
-    """Name of the slice view (Red, Yellow, Green) whose plane lies nearest the one-slice ``node``'s."""
-    directions = np.zeros((3, 3))
-    node.GetIJKToRASDirections(directions)
+    """Name of the slice view (Red, Yellow, Green) whose plane lies nearest the one-slice
+    ``node``'s, as the views show it (under its transforms)."""
+    directions = world_directions(node)
     normal = np.cross(directions[:, 0], directions[:, 1])  # the k axis may be missing or skewed
     return VIEW_BY_NORMAL[int(np.argmax(np.abs(normal)))]
 

@@ -20,7 +20,7 @@ import numpy as np
 from MSKdeXTraining.calibration import min_patients
 from MSKdeXTraining.drr import DRRResult, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
-from MSKdeXTraining.imaging.projector import project_objects
+from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.modelio import read_meta
@@ -34,7 +34,8 @@ from MSKdeXTraining.training.data import patient_of, read_manifest, split_folds
 from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
-from .drr_nodes import drr_layers, layer_name, place_over
+from .coordinates import check_untransformed
+from .drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, drr_layers, layer_name, place_over
 from .progress import ProgressRelay
 from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
@@ -143,7 +144,8 @@ class Pipeline:
                objects: ObjectMap) -> tuple[Volume, Volume]:
         """(CT in HU, label map on the CT grid) from the nodes; segments are matched to label
         values by their object-map names (see :func:`label_names`) or their MSKdeX tag;
-        other segments are ignored."""
+        other segments are ignored. A CT under a transform is refused (:func:`check_untransformed`)."""
+        check_untransformed(ct_node, "CT volume")
         ct = check_ct(volume_from_node(ct_node, "CT"), f"CT volume {ct_node.GetName()!r}")
         labels = labels_from_segmentation(segmentation_node, ct_node, name_values(objects), skip_unknown=True)
         check_hu(ct, labels, objects, f"CT volume {ct_node.GetName()!r}")
@@ -161,7 +163,7 @@ class Pipeline:
         report(0.0, "exporting the segmentation")
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         report(0.5, "checking each object")
-        qc = segmentation_qc(labels, objects, ct=ct)
+        qc = segmentation_qc(labels, objects, ct=ct, progress=lambda f, m: report(0.5 + 0.45 * f, m))
         report(1.0, "writing the QC table")
         table = qc_table(qc, self.scene, QC_TABLE_NAME, self.scene.GetFirstNodeByName(QC_TABLE_NAME))
         return qc, table
@@ -198,6 +200,14 @@ class Pipeline:
         if layer is not None and over is not None and over.GetImageData() is not None:
             place_over(layer, over)
         return layer
+
+    def drr_objects(self) -> list[str]:
+        """The objects that have DRR layers of :meth:`compute_drrs` in the scene (computed now or
+        in a saved scene loaded since), in the scene's order."""
+        first = DRR_TYPES[0]
+        nodes = (self.scene.GetNthNode(i) for i in range(self.scene.GetNumberOfNodes()))
+        return [name for n in nodes if n.GetAttribute(TYPE_ATTRIBUTE) == first
+                and (name := n.GetAttribute(OBJECT_ATTRIBUTE)) and n.GetName() == layer_name(DRR_PREFIX, name, first)]
 
     # -- bone alignment -----------------------------------------------------------------
     @staticmethod

@@ -106,10 +106,11 @@ def place_like(node: vtkMRMLScalarVolumeNode, reference_node: vtkMRMLScalarVolum
                pixel_spacing: tuple[float, float]) -> None:
     """Put the one-slice ``node`` (pixel spacing (row, column) mm) in the plane of
     ``reference_node``: same orientation, same image centre (detector images are centred on
-    the central ray, as ``inference.to_detector`` resamples them)."""
+    the central ray, as ``inference.to_detector`` resamples them), under the same transform."""
     ref_spacing, ref_origin, direction = node_geometry(reference_node)
     ref_dims = np.array(reference_node.GetImageData().GetDimensions(), float)
     dims = np.array(node.GetImageData().GetDimensions(), float)
     spacing = np.array([pixel_spacing[1], pixel_spacing[0], ref_spacing[2]], float)
     centre = ref_origin + direction @ ((ref_dims - 1) / 2 * ref_spacing)
     set_node_geometry(node, spacing, centre - direction @ ((dims - 1) / 2 * spacing), direction)
+    node.SetAndObserveTransformNodeID(reference_node.GetTransformNodeID())

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -57,6 +58,23 @@ def name_values(objects: ObjectMap) -> dict[str, int]:
     return {**objects.aliases, **{name: value for value, name in label_names(objects).items()}}
 
 
+@contextmanager
+def _scratch_nodes(scene: vtkMRMLScene) -> Iterator[None]:
+    """Remove on leaving every node added to ``scene`` inside the block but singletons and the
+    subject hierarchy (a scene's one tree, made on first use): Slicer's label map import and
+    export add display nodes and a colour table besides the nodes asked for, which would
+    otherwise pile up with every run."""
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [n for n in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+                 if n.GetID() not in before and n.GetSingletonTag() is None
+                 and not n.IsA("vtkMRMLSubjectHierarchyNode")]
+        for n in reversed(added):
+            scene.RemoveNode(n)
+
+
 def _color_table(scene, names: Mapping[int, str], node_name: str):
     """A user colour table whose entry ``value`` is named ``names[value]`` (others unnamed)."""
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", node_name)
@@ -80,26 +98,23 @@ def labels_to_segmentation(labels: Volume, scene: vtkMRMLScene, name: str, names
     if not values:
         raise InputError(f"{name}: the label map is empty (only background 0)")
     names = {v: (names or {}).get(v, f"label_{v}") for v in values}
-    labelmap = volume_to_node(labels, scene, f"__{name}_labels__", node_class="vtkMRMLLabelMapVolumeNode")
-    table = _color_table(scene, names, f"__{name}_names__")
-    labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
     node.GetSegmentation().RemoveAllSegments()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-    try:
+    with _scratch_nodes(scene):
+        labelmap = volume_to_node(labels, scene, f"__{name}_labels__", node_class="vtkMRMLLabelMapVolumeNode")
+        table = _color_table(scene, names, f"__{name}_names__")
+        labelmap.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+        node.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node):
             raise InputError(f"{name}: Slicer could not import the label map into a segmentation")
-    finally:
-        scene.RemoveNode(labelmap)
-        scene.RemoveNode(table)
     segmentation = node.GetSegmentation()
     by_name = {n: v for v, n in names.items()}
     for i in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(i)
         segment.SetTag(VALUE_TAG, str(by_name[segment.GetName()]))
-    if node.GetDisplayNode() is None:
-        node.CreateDefaultDisplayNodes()
     return node
 
 
@@ -185,17 +200,14 @@ def labels_from_segmentation(node: vtkMRMLSegmentationNode, reference_node: vtkM
     names = {v: segmentation.GetSegment(sid).GetName() for sid, v in ids_to_value.items()}
     if len(names) != len(ids_to_value):
         raise InputError(f"segmentation {node.GetName()!r}: two segments map to the same label value")
-    table = _color_table(scene, names, "__export_names__")
     ids = vtk.vtkStringArray()
     for sid in ids_to_value:
         ids.InsertNextValue(sid)
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__export_labels__")
-    try:
+    with _scratch_nodes(scene):
+        table = _color_table(scene, names, "__export_names__")
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__export_labels__")
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
             node, ids, labelmap, reference_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, table)
         if not ok:
             raise InputError(f"segmentation {node.GetName()!r}: export to a label map failed")
         return labels_from_node(labelmap, f"segmentation {node.GetName()!r}")
-    finally:
-        scene.RemoveNode(labelmap)
-        scene.RemoveNode(table)

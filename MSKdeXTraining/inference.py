@@ -9,7 +9,7 @@ physical units per area of that detector and reads the per-object volume (cm3, V
 pixel area) and lean muscle or bone mass (g, MDRR sum x pixel area) from it (a NaN or infinite
 prediction, of a model whose training diverged, is an error, not a result). A radiograph of
 unknown magnification is taken at the model's reference magnification, and the result says
-so (volumes and masses scale with the square of the magnification's error).
+so (volumes and masses depend strongly on the magnification's error, by no fixed factor).
 
 Uncertainty: a calibrated interval (:data:`~MSKdeXTraining.calibration.LEVEL`, 90 %) from the
 model's held-out errors when its run folder holds ``calibration.json`` (written by ``mskdex
@@ -46,7 +46,7 @@ from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
 from .imaging.volume import detector_image
 from .ood import OODResult, ood_verdict
 from .progress import Progress
-from .radiograph_io import Radiograph
+from .radiograph_io import SCALE_EFFECT, Radiograph
 from .training.data import resize
 
 #: A film spanning more than this times the model's field of view (along either axis, at the
@@ -298,7 +298,7 @@ class Decomposer:
         beyond = "; the interval does not include this error" if self.calibration else ""
         if str(source.get("spacing_field", "")).startswith("argument"):
             notes.append("note: pixel spacing given by the user, not read from the file "
-                         f"(volumes and masses scale with its square{beyond})")
+                         f"({SCALE_EFFECT}{beyond})")
         if info.get("film_extent_ratio", 1.0) > LARGE_EXTENT:
             notes.append(f"note: the film spans {info['film_extent_ratio']:.1f}x the model's field of view; "
                          "for a film framed like the training ones, check that its pixel spacing is not too "
@@ -310,12 +310,12 @@ class Decomposer:
         if "hip_above_table_mm" in source and "(0018,1111)" in str(source.get("magnification_field")):
             notes.append(f"note: magnification from the DICOM source distances, with the hip joint centres "
                          f"assumed {HIP_ABOVE_TABLE_MM:g} mm above the table that DistanceSourceToPatient reaches "
-                         f"(+-30 mm: about +-3.5 % in magnification, +-7-10 % in volume and mass{beyond}); "
+                         f"(+-30 mm: about +-3.5 % in magnification; {SCALE_EFFECT}{beyond}); "
                          "give it when it is known (--magnification; in Slicer: Magnification)")
         if source.get("magnification") is None:
             problem = f" ({source['magnification_problem']})" if "magnification_problem" in source else ""
             notes.append(f"note: magnification unknown{problem}, {info['magnification_field']} "
-                         f"(volumes and masses scale with the square of its error{beyond}); give it "
+                         f"({SCALE_EFFECT}{beyond}); give it "
                          "(--magnification; in Slicer: Magnification)")
         if self.calibration is None:
             notes.append("note: no calibrated interval: the model's run folder has no calibration.json "

@@ -57,6 +57,10 @@ FOV_RANGE_MM = (50.0, 1000.0)
 MAGNIFICATION_RANGE = (1.0, 2.0)
 #: How the note of a magnification given over the file's begins (:func:`set_magnification`).
 MAGNIFICATION_NOTE = "the magnification given, "
+#: What the notes on a spacing or magnification given or assumed say of its effect: the model
+#: sees the anatomy larger or smaller, and its volumes and masses do not follow a square law
+#: (docs/evaluation.md, Pixel spacing: a 10 % change moved the demo model's by -38 to +130 %).
+SCALE_EFFECT = "volumes and masses depend strongly on it, by no fixed factor"
 #: The CLI option of ``missing_spacing``, named in its errors, and the ``spacing_field`` it gives.
 MISSING_SPACING_OPTION = "--pixel-spacing-if-missing"
 MISSING_SPACING_FIELD = "argument (missing_spacing)"
@@ -153,11 +157,11 @@ def read_radiograph(path: str | Path,
         source["spacing_field"] = MISSING_SPACING_FIELD
     elif explicit is not None:
         if spacing is not None and not np.allclose(explicit, spacing, rtol=SPACING_DIFFERENCE, atol=0):
-            area = explicit[0] * explicit[1] / (spacing[0] * spacing[1])
+            size = np.sqrt(explicit[0] * explicit[1] / (spacing[0] * spacing[1]))
             source.setdefault("notes", []).append(
                 f"the pixel spacing given, {list(explicit)} mm, was used instead of the file's own "
-                f"{list(spacing)} mm ({source['spacing_field']}): volumes and masses are {area:.3g}x "
-                "what the file's spacing gives")
+                f"{list(spacing)} mm ({source['spacing_field']}): the anatomy looks {size:.3g}x as large to the "
+                f"model as with the file's; {SCALE_EFFECT}")
         source["spacing_field"] = "argument (pixel_spacing)"
     if explicit is not None:
         source["spacing_in_file"] = None if spacing is None else list(spacing)
@@ -186,8 +190,7 @@ def read_radiograph(path: str | Path,
 
 def set_magnification(source: dict, magnification: float, field: str) -> None:
     """Put a magnification given by the user (``field``: where) into a radiograph's ``source``,
-    with a note of the factor it changes volumes and masses by where the file had another (more
-    than 1 % apart). The file's value and field are kept as ``magnification_in_file`` and
+    with a note of both values where the file had another (more than 1 % apart). The file's value and field are kept as ``magnification_in_file`` and
     ``magnification_field_in_file`` by the first call; a later one (Slicer's panel after *Load
     radiograph* was given one) compares with them and replaces the earlier note."""
     if "magnification_in_file" not in source:
@@ -197,7 +200,8 @@ def set_magnification(source: dict, magnification: float, field: str) -> None:
     notes = [n for n in source.get("notes", []) if not n.startswith(MAGNIFICATION_NOTE)]
     if before is not None and abs(magnification / before - 1.0) > SPACING_DIFFERENCE:
         notes.append(f"{MAGNIFICATION_NOTE}{magnification:g}, was used instead of the file's own {before:.4g} "
-                     f"({where}): volumes and masses are {(before / magnification) ** 2:.3g}x what that value gives")
+                     f"({where}): the anatomy looks {before / magnification:.3g}x as large to the model as with "
+                     f"the file's; {SCALE_EFFECT}")
     if notes or "notes" in source:
         source["notes"] = notes
     source.update(magnification=float(magnification), magnification_field=field)

@@ -117,13 +117,14 @@ def test_dicom_without_spacing_is_an_error_unless_given(tmp_path, ramp):
 
 def test_a_given_spacing_that_overrides_the_files_own_is_noted(tmp_path, ramp):
     """--pixel-spacing for the pictures of a mixed folder also applies to its DICOMs: where a
-    file's own spacing differs, the result says so and by how much the volumes change."""
+    file's own spacing differs, the result says so, and how much larger the anatomy looks."""
     f = write_dicom(tmp_path / "a.dcm", ramp, bits=12, ImagerPixelSpacing=[0.4, 0.4])
     r = read_radiograph(f, pixel_spacing=0.5)
     assert r.pixel_spacing == (0.5, 0.5) and r.source["spacing_in_file"] == [0.4, 0.4]
     [note] = [n for n in r.source.get("notes", []) if "pixel spacing given" in n]
     assert "[0.5, 0.5] mm, was used instead of the file's own [0.4, 0.4] mm (ImagerPixelSpacing" in note
-    assert "1.56x what the file's spacing gives" in note
+    assert note.endswith("the anatomy looks 1.25x as large to the model as with the file's; volumes and masses "
+                         "depend strongly on it, by no fixed factor")
     same = read_radiograph(f, pixel_spacing=0.402)  # within 1 %: nothing to say
     assert not any("pixel spacing given" in n for n in same.source.get("notes", []))
 
@@ -194,7 +195,7 @@ def test_dicom_magnification_fields(tmp_path, ramp):
     # the argument wins, with a note of what it changes (area at the patient: (1.15 / 1.3)^2)
     [note] = [n for n in given.source["notes"] if "magnification given" in n]
     assert "1.3, was used instead of the file's own 1.15 (EstimatedRadiographicMagnificationFactor" in note
-    assert "volumes and masses are 0.783x" in note
+    assert "the anatomy looks 0.885x as large to the model" in note
     same = read_radiograph(f, magnification=1.155)  # within 1 %: nothing to note
     assert not any("magnification given" in n for n in same.source.get("notes", []))
     # a spacing calibrated at the patient is already at the patient's scale

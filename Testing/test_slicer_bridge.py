@@ -495,7 +495,8 @@ def test_a_loaded_radiograph_decomposes_as_the_file_does(tmp_path, tiny_model):
     assert (source["magnification_in_file"], source["magnification"]) == (3.5, 1.4)
     assert [n for n in source["notes"] if n.startswith("the magnification given")] == [
         "the magnification given, 1.4, was used instead of the file's own 3.5 (EstimatedRadiographicMagnification"
-        "Factor (0018,1114)): volumes and masses are 6.25x what that value gives"]
+        "Factor (0018,1114)): the anatomy looks 2.5x as large to the model as with the file's; volumes and masses "
+        "depend strongly on it, by no fixed factor"]
     # the same pixels in a node MSKdeX did not read: the decomposition says what it lacks
     node.RemoveAttribute("MSKdeX.Source")
     notes = Pipeline(scene).decompose(tiny_model, node, tta=1).decomposition.ood.split()[1]
@@ -991,7 +992,7 @@ def test_decompose_magnification_from_the_panel_is_checked(tiny_model):
     source = Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=1.2).decomposition.source
     assert (source["magnification"], source["magnification_field"]) == (1.2, "given in MSKdeX (Magnification)")
     assert source["magnification_in_file"] == 1.1
-    assert any("magnification given, 1.2, was used instead of the file's own 1.1" in n and "0.84x" in n
+    assert any("magnification given, 1.2, was used instead of the file's own 1.1" in n and "looks 0.917x" in n
                for n in source["notes"])
     with pytest.raises(InputError, match="panel field 'Magnification' is 0.8"):
         Pipeline(scene).decompose(tiny_model, node, tta=1, magnification=0.8)

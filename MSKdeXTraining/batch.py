@@ -45,8 +45,11 @@ def output_names(inputs: list[Path], root: Path | None = None) -> list[str]:
              for s, p, key in zip(stems, inputs, keys)]
     if root is not None:
         names = [(p.parent.relative_to(root) / n).as_posix() for p, n in zip(inputs, names)]
-    if len(set(names)) < len(names):
-        raise FileExistsError(f"radiographs with the same name: {sorted(str(p) for p in inputs)}")
+    twice = {n for n, count in Counter(names).items() if count > 1}
+    if twice:
+        clash = sorted(str(p) for p, n in zip(inputs, names) if n in twice)
+        raise FileExistsError(f"radiographs whose results would share a folder name ({', '.join(sorted(twice))}): "
+                              f"{clash}; rename one of each")
     return names
 
 
@@ -144,7 +147,7 @@ def write_batch_table(summaries: list[dict], out: Path, root: Path) -> Path | No
     radiograph and object: ``radiograph`` (its path relative to the input folder ``root``),
     ``result`` (its folder relative to ``out``), then the table's columns and OOD flag, read
     back from each result's ``decomposition.json``. None when none was (a table of an earlier
-    run is removed then: it would not be this run's)."""
+    run is removed then: it would not be this run's; the caller says so)."""
     tables = []
     for s in summaries:
         if "error" in s:

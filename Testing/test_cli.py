@@ -52,7 +52,7 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["cohort", "--n", "0", "--out", "{tmp}/c"], "--n must be >= 1, got 0"),
     (["prepare", "--cohort", "{tmp}", "--out", "{tmp}/d", "--image-size", "0"], "--image-size must be >= 1, got 0"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/o",
-      "--pixel-spacing", "0"], "pixel_spacing must be finite and > 0 mm"),
+      "--pixel-spacing", "0"], "geometry options: --pixel-spacing must be numbers > 0 (mm), got 0"),
     (["drr", "--ct", "{tmp}/ct.mha", "--labels", "{tmp}/l.mha", "--objects", "synthetic", "--out", "{tmp}/afile/o"], "afile: is a file"),
     (["demo", "--n", "3", "--out", "{tmp}/d"], "--k 4 folds of --n 3 patients"),  # before any work
     (["evaluate", "--data", "{tmp}", "--out", "{tmp}/e", "--compare", "{tmp}/none"],
@@ -89,6 +89,15 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
      "geometry options: detector size must be >= 1 pixel, got 0x256"),
     (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/o", "--pixel-spacing", "1", "2", "3"],
      "--pixel-spacing takes one or two values (mm), got 3"),
+    # decompose's values, checked once and by their option's name before the model is loaded
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}", "--out", "{tmp}/o", "--pixel-spacing", "0"],
+     "--pixel-spacing must be numbers > 0 (mm), got 0"),
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}", "--out", "{tmp}/o", "--pixel-spacing-if-missing", "0.2", "nan"],
+     "--pixel-spacing-if-missing must be numbers > 0 (mm), got 0.2 nan"),
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}", "--out", "{tmp}/o", "--magnification", "0.5"],
+     "--magnification is 0.5: implausible; expected SDD / SOD in [1, 2]"),
+    (["decompose", "--model", "{tmp}", "--xray", "{tmp}", "--out", "{tmp}/o", "--seed", "-1"],
+     "--seed must be >= 0, got -1"),
     # decompose's --out: a file, or under one, is refused before the model is loaded
     (["decompose", "--model", "{tmp}", "--xray", "{tmp}/afile", "--out", "{tmp}/afile"],
      "--out {tmp}/afile: it is a file; expected a folder (new or existing) for the results"),

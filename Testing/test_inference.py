@@ -290,8 +290,10 @@ def test_batch_output_names_are_distinct():
     names = output_names([Path("a/hip.dcm"), Path("a/hip.png"), Path("a/1.2.840.1.dcm"),
                           Path("a/1.2.840.2.dcm"), Path("a/IM00001"), Path("a/ct.nii.gz")])
     assert names == ["hip_dcm", "hip_png", "1.2.840.1", "1.2.840.2", "IM00001", "ct"]
-    with pytest.raises(FileExistsError, match="same name"):
-        output_names([Path("a/x.dcm"), Path("b/x.dcm")])
+    with pytest.raises(FileExistsError, match=r"would share a folder name \(x_dcm\): \['a/x.dcm', 'b/x.dcm'\]; rename"):
+        output_names([Path("a/x.dcm"), Path("b/x.dcm"), Path("b/y.dcm")])
+    with pytest.raises(FileExistsError, match=r"\(c01_png\): \['a/c01.png', 'a/c01_png'\]; rename one of each"):
+        output_names([Path("a/c01.png"), Path("a/c01_png"), Path("a/c01.dcm"), Path("a/c02.png")])
 
 
 def test_batch_over_uid_named_and_suffixless_dicoms(shared_data, decomposer, tmp_path):
@@ -382,6 +384,7 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     assert main(["decompose", "--model", str(run), "--xray", str(tmp_path / "only_broken"), "--out",
                  str(tmp_path / "cli"), "--tta", "1"]) == 2
     assert not (tmp_path / "cli" / "decompositions.csv").exists()
+    assert "decompositions.csv removed: it listed an earlier run's results" in capsys.readouterr().err
 
 
 

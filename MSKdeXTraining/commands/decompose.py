@@ -85,11 +85,17 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import decompose_file, decompose_files, write_batch_table
+    from ..batch import BATCH_TABLE, decompose_file, decompose_files, write_batch_table
+    from ..errors import InputError
     from ..fileio import refuse_other_kind, refuse_overwrite
     from ..inference import Decomposer, check_tta, output_files
+    from ..radiograph_io import check_magnification
 
     check_tta(args.tta, "--tta")
+    if args.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {args.seed}")
+    if args.magnification is not None:
+        check_magnification(args.magnification, "--magnification", "give the film's SDD / SOD at the hips")
     spacing = pixel_spacing_option(args.pixel_spacing)
     missing = pixel_spacing_option(args.pixel_spacing_if_missing, "--pixel-spacing-if-missing")
     _check_out(args.out)
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("decompose") as bar:
         summaries = decompose_files(decomposer, files, args.out, spacing, args.tta, args.seed, bar,
                                     args.magnification, args.xray if args.recursive else None, missing)
+    earlier = (args.out / BATCH_TABLE).is_file()
     table = write_batch_table(summaries, args.out, args.xray)
     done = [s for s in summaries if "ood" in s]
     failed = [s for s in summaries if "error" in s]
@@ -130,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(skipped)} radiograph(s) already decomposed with these options and model in {args.out}: skipped")
     if table is not None:
         print(f"all their tables in {table}" + (" (not those of the files that could not be used)" if failed else ""))
+    elif earlier:
+        print(f"{args.out / BATCH_TABLE} removed: it listed an earlier run's results, not this run's (their "
+              "folders are kept; that run's command, run again, skips them and writes the table again)", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
     return 2 if failed else 0

@@ -607,6 +607,10 @@ def test_calibrate_command_matches_evaluate_and_refuses_a_model_without_held_out
     assert main(["calibrate", "--model", str(run), "--data", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert "the run was started on another dataset" in err and "calibrate it with the dataset it was trained" in err
+    (run / "manifest.json").rename(tmp_path / "manifest.json")  # a model folder of what decompose needs only
+    assert main(["calibrate", "--model", str(run), "--data", str(tmp_path / "other")]) == 2
+    assert f"{run / 'manifest.json'}: missing; it is the training run's copy" in capsys.readouterr().err
+    (tmp_path / "manifest.json").rename(run / "manifest.json")
     meta = json.loads((run / "model.json").read_text())
     meta["split"]["test_ids"] = []  # trained on every case
     (run / "model.json").write_text(json.dumps(meta))

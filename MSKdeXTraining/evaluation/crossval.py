@@ -198,6 +198,10 @@ def calibrate_run(run: Path, dataset: Path, progress: Progress | None = None,
                          "with --fold k/K (or run `mskdex evaluate`, whose fold models are calibrated)")
     manifest = read_manifest(dataset)
     check_dataset(meta, manifest, str(run / "model.json"))
+    if not (run / "manifest.json").is_file():  # what tells the dataset trained on from another
+        raise InputError(f"{run / 'manifest.json'}: missing; it is the training run's copy of its dataset's "
+                         f"manifest, which shows that {dataset} is that dataset (another one may reuse its case "
+                         "ids for other cases); copy it from the training run into the model folder")
     check_run_dataset(run, manifest, "calibrate it with the dataset it was trained on, whose cases its "
                                      "held-out ids name")
     return write_calibration(run, predict_cases(run, dataset, ids, fold=(split.get("fold") or [0])[0],

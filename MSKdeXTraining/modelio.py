@@ -24,6 +24,7 @@ import reprlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .fileio import file_sha256, read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
 from .imaging.projector import DRR_TYPES, DRR_UNITS
 from .models import Generator
+from .objects import Kind
 from .ood import ood_scores
 
 FORMAT = "mskdex-model"
@@ -145,9 +147,9 @@ def _meta_problems(meta: dict) -> list[str]:
                 for k in ("input", "ood") if not isinstance(meta[k], dict)]
     if meta["drr_types"] != list(DRR_TYPES):
         problems.append(f"field 'drr_types' must be {list(DRR_TYPES)}, got {reprlib.repr(meta['drr_types'])}")
-    kinds = meta["kinds"]
-    if not (isinstance(kinds, list) and len(kinds) == n and all(isinstance(k, str) for k in kinds)):
-        problems.append(f"field 'kinds' must have one entry per object ({n}), got {reprlib.repr(kinds)}")
+    kinds, allowed = meta["kinds"], get_args(Kind)
+    if not (isinstance(kinds, list) and len(kinds) == n and all(k in allowed for k in kinds)):
+        problems.append(f"field 'kinds' must have one of {list(allowed)} per object ({n}), got {reprlib.repr(kinds)}")
     inp = meta["input"] if isinstance(meta["input"], dict) else {}
     ood = meta["ood"] if isinstance(meta["ood"], dict) else {}
     width = len(ood["feature_mean"]) if isinstance(ood.get("feature_mean"), list) else None
@@ -266,9 +268,12 @@ def load_model(run: str | Path, device: str | torch.device = "cpu",
     state = read_safetensors(run / "model.safetensors")
     try:
         generator.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelFormatError(f"{run / 'model.safetensors'}: weights do not fit the network "
-                               f"described in model.json ({str(e).splitlines()[0]})") from None
+    except RuntimeError as e:  # torch: a header line, then one line per mismatch
+        details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+        more = f" and {len(details) - 1} more" if len(details) > 1 else ""
+        raise ModelFormatError(f"{run / 'model.safetensors'}: weights do not fit the network described in "
+                               f"model.json field 'config' ({details[0]}{more}); keep the two files of one "
+                               "run together") from None
     width = generator.net.out.in_channels  # the pooled features' width
     if len(meta["ood"]["feature_mean"]) != width:
         raise ModelFormatError(f"{run / 'model.json'}: field 'ood' has {len(meta['ood']['feature_mean'])} "

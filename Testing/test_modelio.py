@@ -119,7 +119,8 @@ OOD = {"feature_mean": [0.0], "feature_cov": [[1.0]], "feature_p99": 1.0, "inten
     ("objects", 9, "field 'objects' must be a non-empty list of distinct names, got 9"),
     ("objects", [], "field 'objects' must be a non-empty list"),
     ("objects", ["femur"] * 9, "field 'objects' must be a non-empty list of distinct names"),
-    ("kinds", ["muscle"], "field 'kinds' must have one entry per object \\(9\\)"),
+    ("kinds", ["muscle"], "field 'kinds' must have one of \\['muscle', 'bone'\\] per object \\(9\\)"),
+    ("kinds", ["fat"] * 9, "field 'kinds' must have one of \\['muscle', 'bone'\\] per object \\(9\\), got \\['fat'"),
     ("drr_types", 3, "field 'drr_types' must be \\['wvdrr', 'vdrr', 'mdrr'\\], got 3"),
     ("scale", [[1.0]], "field 'scale' must be numbers > 0 of shape \\(3, 9\\) .*got shape \\(1, 1\\)"),
     ("scale", [[-1.0] * 9] * 3, "field 'scale' must be numbers > 0 .*got \\[\\[-1.0"),
@@ -177,7 +178,8 @@ def test_weights_not_fitting_config_are_refused(run, tmp_path):
     meta = json.loads((dst / "model.json").read_text())
     meta["config"]["g_width"] = 8
     (dst / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFormatError, match="do not fit"):
+    with pytest.raises(ModelFormatError, match=r"do not fit the network described in model.json field 'config' "
+                                               r"\(size mismatch for [\w.]+: .* and \d+ more\); keep the two files"):
         load_model(dst)
 
 

@@ -190,9 +190,10 @@ def read_radiograph(path: str | Path,
 
 def set_magnification(source: dict, magnification: float, field: str) -> None:
     """Put a magnification given by the user (``field``: where) into a radiograph's ``source``,
-    with a note of both values where the file had another (more than 1 % apart). The file's value and field are kept as ``magnification_in_file`` and
-    ``magnification_field_in_file`` by the first call; a later one (Slicer's panel after *Load
-    radiograph* was given one) compares with them and replaces the earlier note."""
+    with a note of both values where the file had another (more than 1 % apart). The file's
+    value and field are kept as ``magnification_in_file`` and ``magnification_field_in_file`` by
+    the first call; a later one (Slicer's panel after *Load radiograph* was given one) compares
+    with them and replaces the earlier note."""
     if "magnification_in_file" not in source:
         source.update(magnification_in_file=source.get("magnification"),
                       magnification_field_in_file=source.get("magnification_field"))

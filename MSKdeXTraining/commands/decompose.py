@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"all their tables in {table}" + (" (not those of the files that could not be used)" if failed else ""))
     elif earlier:
         print(f"{args.out / BATCH_TABLE} removed: it listed an earlier run's results, not this run's (their "
-              "folders are kept; that run's command, run again, skips them and writes the table again)", file=sys.stderr)
+              "folders are kept; that run's command, run again, skips them and writes the table again)",
+              file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(summaries)} file(s) could not be used (listed above)", file=sys.stderr)
     return 2 if failed else 0

@@ -66,6 +66,12 @@ def check_tta(tta: int, option: str = "tta") -> None:
         raise InputError(f"{option} must be in 1..{MAX_TTA} (1 = no augmentation), got {tta}")
 
 
+def check_seed(seed: int, option: str = "seed") -> None:
+    """InputError naming ``option`` unless the augmentations' ``seed`` is >= 0."""
+    if seed < 0:
+        raise InputError(f"{option} must be >= 0, got {seed}")
+
+
 @dataclass
 class Augmentation:
     """One test-time augmentation: shift (rows, cols, pixels), gain and gamma of [0, 1] input."""
@@ -242,8 +248,7 @@ class Decomposer:
         prediction that is NaN or infinite anywhere (any augmentation) is an :class:`InputError`
         naming the radiograph, the model and the objects: no table of empty values."""
         check_tta(tta)
-        if seed < 0:
-            raise InputError(f"seed must be >= 0, got {seed}")
+        check_seed(seed)
         report = progress or (lambda f, m: None)
         x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)

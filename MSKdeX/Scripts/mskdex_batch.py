@@ -65,7 +65,7 @@ def run(argv: list[str]) -> int:
 
         from MSKdeXTraining.errors import INPUT_ERRORS
         from MSKdeXTraining.fileio import refuse_existing, write_json
-        from MSKdeXTraining.inference import check_tta
+        from MSKdeXTraining.inference import check_seed, check_tta
 
         from MSKdeXLib.pipeline import Pipeline
         from MSKdeXLib.results_table import table_rows, write_csv
@@ -78,6 +78,7 @@ def run(argv: list[str]) -> int:
         return EXIT_ERROR
     try:
         check_tta(args.tta, "--tta")
+        check_seed(args.seed, "--seed")
         refuse_existing([args.out] + ([args.json] if args.json else []), [args.xray, args.model],
                         chosen="file name")
         if args.json is not None and args.json.resolve() == args.out.resolve():

@@ -86,14 +86,12 @@ def _check_out(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..batch import BATCH_TABLE, decompose_file, decompose_files, write_batch_table
-    from ..errors import InputError
     from ..fileio import refuse_other_kind, refuse_overwrite
-    from ..inference import Decomposer, check_tta, output_files
+    from ..inference import Decomposer, check_seed, check_tta, output_files
     from ..radiograph_io import check_magnification
 
     check_tta(args.tta, "--tta")
-    if args.seed < 0:
-        raise InputError(f"--seed must be >= 0, got {args.seed}")
+    check_seed(args.seed, "--seed")
     if args.magnification is not None:
         check_magnification(args.magnification, "--magnification", "give the film's SDD / SOD at the hips")
     spacing = pixel_spacing_option(args.pixel_spacing)

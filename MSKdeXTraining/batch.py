@@ -80,18 +80,16 @@ def decompose_file(decomposer: Decomposer, path: Path, target: Path,
     refuse_other_kind(target, "decomposition")
     done = output_files(target)["json"]  # written last: without it, other files are leftovers
     if done.is_file():                     # of an interrupted write, redone below
-        recorded = _recorded_batch_key(done)
-        seen = recorded or {}
-        key = {"input_sha256": file_sha256(path), **options, **(fallback if FALLBACK_KEY in seen else {})}
-        if recorded is not None and recorded.get("table_version") != TABLE_VERSION:
+        redo = f"choose another output folder (--out) or delete {done} to redo it"
+        recorded = _recorded_batch_key(done, path, redo)
+        key = {"input_sha256": file_sha256(path), **options, **(fallback if FALLBACK_KEY in recorded else {})}
+        if recorded.get("table_version") != TABLE_VERSION:
             raise FileExistsError(f"{done}: written by another MSKdeX version (decomposition format "
-                                  f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); "
-                                  f"choose another output folder (--out) or delete {done} to redo it")
+                                  f"v{recorded.get('table_version', 1)}; this one writes v{TABLE_VERSION}); {redo}")
         if recorded != key:
-            changed = ", ".join(k for k in {**key, **seen} if seen.get(k) != key.get(k))
+            changed = ", ".join(k for k in {**key, **recorded} if recorded.get(k) != key.get(k))
             raise FileExistsError(f"{done}: holds a result of other input content, settings or model "
-                                  f"than {path} with these options (differs in: {changed}); choose another "
-                                  f"output folder (--out) or delete {done} to redo it")
+                                  f"than {path} with these options (differs in: {changed}); {redo}")
         return {**summary, "skipped": True}, None
     t0 = time.perf_counter()
     radiograph = read_radiograph(path, pixel_spacing, magnification, missing_spacing=missing_spacing,
@@ -162,10 +160,18 @@ def write_batch_table(summaries: list[dict], out: Path, root: Path) -> Path | No
     return write_tables_csv(tables, out / BATCH_TABLE)
 
 
-def _recorded_batch_key(table: Path) -> dict | None:
-    """What a batch result was made from (``source.batch``), None if unreadable."""
+def _recorded_batch_key(table: Path, path: Path, redo: str) -> dict:
+    """What the batch result ``table`` was made from (its ``source.batch``); FileExistsError
+    saying why it cannot be compared with ``path``'s run (unreadable, or no such record), then
+    ``redo``."""
     try:
-        key = json.loads(table.read_text())["source"]["batch"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return key if isinstance(key, dict) else None
+        content = json.loads(table.read_text())
+    except (OSError, ValueError) as e:
+        raise FileExistsError(f"{table}: cannot be read as a decomposition ({e}); {redo}") from None
+    source = content.get("source") if isinstance(content, dict) else None
+    key = source.get("batch") if isinstance(source, dict) else None
+    if not isinstance(key, dict):
+        raise FileExistsError(f"{table}: a decomposition without the record of what a batch made it from "
+                              f"(field source.batch: written by the Python API or Slicer?), so it cannot be "
+                              f"matched to {path}; {redo}")
+    return key

@@ -314,6 +314,9 @@ def _read_picture(path: Path):
 
     try:
         with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:  # e.g. a multi-page TIFF: which page is the film?
+                raise InputError(f"{path}: holds {im.n_frames} pages (frames); expected one 2D radiograph: "
+                                 "save the film alone")
             mode = im.mode
             orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
             im = ImageOps.exif_transpose(im)  # as viewers show it

@@ -368,6 +368,13 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
     [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
     assert "another MSKdeX version (decomposition format v1; this one writes v2)" in error
+    del older["source"]["batch"]  # as the Python API or Slicer writes it
+    (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
+    [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
+    assert "without the record of what a batch made it from (field source.batch" in error
+    (out / "hip0" / "decomposition.json").write_text(written[:100])  # cut short by something else
+    [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
+    assert "decomposition.json: cannot be read as a decomposition (" in error and "delete" in error
     (out / "hip0" / "decomposition.json").write_text(written)
     shutil.copyfile(files[2], files[1])  # hip0.mha now holds another radiograph
     summaries = decompose_files(decomposer, files[1:], out, tta=2)

@@ -413,6 +413,15 @@ def test_cmyk_picture_is_read_and_a_decompression_bomb_refused(tmp_path, monkeyp
         read_radiograph(tmp_path / "cmyk.jpg", pixel_spacing=0.5)
 
 
+def test_multi_page_tiff_is_refused_not_read_as_its_first_page(tmp_path):
+    pages = [Image.fromarray(np.full((200, 160), v, np.uint8)) for v in (10, 200)]
+    pages[0].save(tmp_path / "two.tif", save_all=True, append_images=pages[1:])
+    with pytest.raises(InputError, match=r"two.tif: holds 2 pages \(frames\); expected one 2D radiograph"):
+        read_radiograph(tmp_path / "two.tif", pixel_spacing=0.5)
+    pages[0].save(tmp_path / "one.tif")
+    assert read_radiograph(tmp_path / "one.tif", pixel_spacing=0.5).array.shape == (200, 160)
+
+
 def test_dicom_presentation_intent_is_recorded(tmp_path, ramp):
     f = write_dicom(tmp_path / "raw.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.4],
                     PresentationIntentType="FOR PROCESSING", PresentationLUTShape="INVERSE",

@@ -196,13 +196,18 @@ def test_a_ct_under_a_transform_is_refused_and_a_layer_follows_its_films_transfo
     assert layer.GetTransformNodeID() == turn.GetID() and film_view(film) == "Red"
 
 
-def test_the_objects_with_drr_layers_are_those_of_compute_drrs_not_other_layers():
+def test_the_objects_with_drr_layers_are_those_of_the_last_compute_drrs_not_other_layers():
     scene = slicer.vtkMRMLScene()
     assert Pipeline(scene).drr_objects() == []
     stack = np.ones((3, 2, 8, 8), np.float32)
     drr_layers(stack, ["pelvis", "femur"], (2.0, 2.0), scene, "MSKdeX DRR")
     drr_layers(stack[:, :1], ["sacrum"], (2.0, 2.0), scene, "MSKdeX aligned")  # a registered bone's layer
     assert Pipeline(scene).drr_objects() == ["pelvis", "femur"]
+    kept = scene.GetFirstNodeByName("MSKdeX DRR pelvis MDRR")
+    drr_layers(stack[:, :1], ["pelvis"], (2.0, 2.0), scene, "MSKdeX DRR")  # another map: no femur now
+    assert Pipeline(scene).drr_objects() == ["pelvis"] and scene.GetFirstNodeByName("MSKdeX DRR femur VDRR") is None
+    assert scene.GetFirstNodeByName("MSKdeX DRR pelvis MDRR") is kept  # updated, not made again
+    assert scene.GetFirstNodeByName("MSKdeX aligned sacrum VDRR") is not None  # another prefix's: kept
 
 
 def test_segments_are_matched_by_name(example):

@@ -35,7 +35,7 @@ from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
 from .coordinates import check_untransformed
-from .drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, drr_layers, layer_name, place_over
+from .drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, drr_layers, layer_name, layers_of, place_over
 from .progress import ProgressRelay
 from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
@@ -204,10 +204,8 @@ class Pipeline:
     def drr_objects(self) -> list[str]:
         """The objects that have DRR layers of :meth:`compute_drrs` in the scene (computed now or
         in a saved scene loaded since), in the scene's order."""
-        first = DRR_TYPES[0]
-        nodes = (self.scene.GetNthNode(i) for i in range(self.scene.GetNumberOfNodes()))
-        return [name for n in nodes if n.GetAttribute(TYPE_ATTRIBUTE) == first
-                and (name := n.GetAttribute(OBJECT_ATTRIBUTE)) and n.GetName() == layer_name(DRR_PREFIX, name, first)]
+        return [n.GetAttribute(OBJECT_ATTRIBUTE) for n in layers_of(self.scene, DRR_PREFIX)
+                if n.GetAttribute(TYPE_ATTRIBUTE) == DRR_TYPES[0]]
 
     # -- bone alignment -----------------------------------------------------------------
     @staticmethod

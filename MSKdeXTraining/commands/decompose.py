@@ -15,6 +15,8 @@ HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volu
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..dicom_radiograph import HIP_ABOVE_TABLE_MM
+
     parser.add_argument("--model", required=True, type=Path, help="model run folder (mskdex train)")
     parser.add_argument("--xray", required=True, type=Path,
                         help="radiograph file (DICOM DX/CR, NIfTI/NRRD/MHA, PNG/JPEG/TIFF/BMP) or a folder of them")
@@ -33,8 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="as --pixel-spacing, but only for the files without a usable spacing "
                               "(none, or a placeholder); the others keep their own")
     parser.add_argument("--magnification", type=float, metavar="M",
-                        help="magnification at the patient, SDD / SOD (default: from the file, "
-                             "e.g. DICOM (0018,1110)/(0018,1111); else the model's reference, noted)")
+                        help="magnification at the hips, SDD / SOD, 1-2 (default: from the file: DICOM "
+                             f"(0018,1114), else (0018,1110) / ((0018,1111) - {HIP_ABOVE_TABLE_MM:g} mm), "
+                             "else a calibrated PixelSpacing; a cohort film's sidecar; else the model's "
+                             "reference, noted)")
     parser.add_argument("--tta", type=int, default=8,
                         help="test-time augmentations for the TTA SD columns, the model's sensitivity "
                              "(1 = none, at most 32)")

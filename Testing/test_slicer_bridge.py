@@ -671,6 +671,7 @@ def test_bone_alignment_through_the_bridge():
     head = femoral_head_center(labels, (3,))
     np.testing.assert_allclose(femur.center_cam, apply(pelvis_pose, head), atol=1e-9)
     assert femur.gc_threshold == 0.5 and femur.gc > 0.5
+    assert scene.GetFirstNodeByName("MSKdeX aligned pelvis WVDRR") is not None  # each bone's layer stays
     # a pelvis registered with other distances is not a femur's start: the AP view is
     other, _, _ = Pipeline(scene).register(ct_node, seg_node, xray_node, objects, "femur_left", geometry.sdd + 50,
                                            geometry.sod + 50, "fast")

@@ -4,7 +4,8 @@ Each layer is a one-slice scalar volume named ``<prefix> <object> <TYPE>`` with 
 :data:`OBJECT_ATTRIBUTE`, :data:`TYPE_ATTRIBUTE` and :data:`UNIT_ATTRIBUTE` (WVDRR 1, VDRR cm,
 MDRR g/cm2), windowed from 0 to its maximum, with a colour map when the scene has one, and
 filed in a subject-hierarchy folder named ``prefix``. Running again with the same prefix updates
-the same nodes and removes the layers of objects no longer in the stack.
+the same nodes and removes the layers of objects no longer in the stack (unless told to keep them:
+the aligned bones, registered one at a time).
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ def layer_name(prefix: str, name: str, drr_type: str) -> str:
 
 
 def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[float, float], scene: vtkMRMLScene,
-               prefix: str, reference_node: vtkMRMLScalarVolumeNode | None = None
+               prefix: str, reference_node: vtkMRMLScalarVolumeNode | None = None, prune: bool = True
                ) -> dict[tuple[str, str], vtkMRMLScalarVolumeNode]:
-    """Create or update the 3N layer nodes of ``data`` (3, N, H, W) in physical units; the
-    ``prefix``'s layers of other objects (an earlier run's) are removed.
+    """Create or update the 3N layer nodes of ``data`` (3, N, H, W) in physical units; with
+    ``prune``, the ``prefix``'s layers of other objects (an earlier run's) are removed.
 
     ``pixel_spacing`` (row, column) mm of the DRR detector; with ``reference_node`` (a
     radiograph node) the layers lie in its plane, centred on it.
@@ -68,7 +69,7 @@ def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[floa
             _display(node, image, drr_type, scene)
             hierarchy.SetItemParent(hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(folder, node), folder)
             nodes[(name, drr_type)] = node
-    for node in layers_of(scene, prefix):
+    for node in layers_of(scene, prefix) if prune else ():
         if (node.GetAttribute(OBJECT_ATTRIBUTE), node.GetAttribute(TYPE_ATTRIBUTE)) not in nodes:
             scene.RemoveNode(node)
     return nodes

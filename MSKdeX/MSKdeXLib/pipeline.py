@@ -300,7 +300,7 @@ class Pipeline:
         shown = binned(geometry, FINEST_PIXEL_MM)  # the resolution registration saw (a fine film: ~1 mm)
         drr = project_objects(ct, labels, bone, shown, result.pose, device=pick_device("auto"))
         layer = drr_layers(drr.data.numpy(), bone.names, shown.pixel_spacing, self.scene,
-                           ALIGNED_PREFIX, radiograph_node)[(body, "wvdrr")]
+                           ALIGNED_PREFIX, radiograph_node, prune=False)[(body, "wvdrr")]  # the other bones' stay
         return result, transform, layer
 
     # -- training -----------------------------------------------------------------------

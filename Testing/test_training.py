@@ -228,7 +228,8 @@ def test_training_steps_reduce_owis(dataset):
 
 
 def test_full_objective_writes_run_folder(dataset, tmp_path):
-    config = load_config("small", {**TINY, "epochs": 2, "checkpoint_every": 1})
+    # unzoomed: on 4 cases, each epoch's zooms move the bone loss more than one epoch's learning
+    config = load_config("small", {**TINY, "epochs": 2, "checkpoint_every": 1, "augment_zoom": 0.0})
     messages = []
     run = train(config, dataset, tmp_path / "run", fold=(0, 3),
                 progress=lambda f, m: messages.append((f, m)))
@@ -503,6 +504,73 @@ def test_unpaired_partners_and_flips_are_drawn_afresh_each_epoch(dataset):
             assert torch.equal(ds[i]["drr_unpaired"], drr.flip(-1)[:, ds.mirrored] if flip else drr)
             mirrored += flip
     assert mirrored
+
+
+def test_zoom_resampling_moves_edges_exactly_and_keeps_sums():
+    """resize's zoom about the centre: a block's edges land where the magnification puts them
+    (independent geometry), and the image sum goes x zoom^2 while nothing leaves the field, on
+    the same grid and onto a coarser one."""
+    from MSKdeXTraining.training.data import resize
+
+    block = torch.zeros(64, 64, dtype=torch.float64)
+    block[24:40, 20:44] = 1.0  # about the centre (32, 32): rows -8..8, columns -12..12
+    expected = torch.zeros(64, 64, dtype=torch.float64)
+    expected[22:42, 17:47] = 1.0  # x 1.25: rows -10..10, columns -15..15
+    torch.testing.assert_close(resize(block, (64, 64), 1.25), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(resize(block, (32, 32), 1.25), resize(expected, (32, 32)), rtol=0, atol=1e-12)
+    blob = torch.rand(3, 2, 48, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    blob[..., :8, :] = blob[..., -8:, :] = blob[..., :, :8] = blob[..., :, -8:] = 0.0
+    for zoom, size in ((0.8, (48, 40)), (1.1, (48, 40)), (0.9, (24, 20)), (1.2, (30, 25))):
+        area = (48 / size[0]) * (40 / size[1])  # output pixel area in input pixels
+        torch.testing.assert_close(resize(blob, size, zoom).sum(dim=(-1, -2)) * area,
+                                   blob.sum(dim=(-1, -2)) * zoom ** 2, rtol=1e-12, atol=0)
+    assert resize(block, (64, 64), 1.0) is block
+
+
+def test_zoom_augmentation_scales_a_case_as_a_larger_patient(dataset):
+    """A zoomed case: DRR sums and targets x zoom^3 (thickness x zoom, area x zoom^2), radiograph
+    and DRRs magnified alike; the zoom is drawn per epoch and case in the configured range."""
+    from MSKdeXTraining.training.data import resize
+
+    plain = PreparedDataset(dataset)
+    zoomed = PreparedDataset(dataset, zoom_seed=3, max_zoom=0.1)
+    seen = set()
+    for epoch in (1, 2):
+        zoomed.set_epoch(epoch, 7)
+        for i in range(len(zoomed)):
+            s = zoomed.zoom(i)
+            assert 1 / 1.1 <= s <= 1.1 and s == zoomed.zoom(i)
+            seen.add(round(s, 12))
+            item, base = zoomed[i], plain[i]
+            torch.testing.assert_close(item["xray"], resize(base["xray"], plain.size, s))
+            torch.testing.assert_close(item["aligned"], resize(base["aligned"], plain.size, s) * s)
+            for key in ("volume_cm3", "mass_g"):
+                torch.testing.assert_close(item[key], base[key] * s ** 3)
+            if s < 1:  # nothing leaves the field
+                torch.testing.assert_close(item["drr"].double().sum(dim=(-1, -2)),
+                                           base["drr"].double().sum(dim=(-1, -2)) * s ** 3, rtol=1e-5, atol=1e-6)
+    assert len(seen) == 2 * len(zoomed)
+    assert PreparedDataset(dataset, zoom_seed=3).zoom(0) == 1.0  # a range of 0: off
+
+
+def test_a_run_recorded_before_augment_zoom_compares_as_it_trained(tmp_path):
+    """A config.yaml or evaluation key written before 0.3.13 has no augment_zoom: it trained
+    without zoom, so a config with 0 resumes and reuses it, and one with a zoom is refused."""
+    import yaml
+
+    from MSKdeXTraining.evaluation.crossval import _changed
+    from MSKdeXTraining.training.trainer import _check_resume_config
+
+    unzoomed = load_config("small", {"augment_zoom": 0.0})
+    old = {k: v for k, v in unzoomed.to_dict().items() if k != "augment_zoom"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert _check_resume_config(tmp_path, unzoomed) == {}
+    with pytest.raises(InputError, match=r"changed: \['augment_zoom'\]"):
+        _check_resume_config(tmp_path, load_config("small", {"augment_zoom": 0.1}))
+    assert _changed({"config": old, "k": 4}, {"config": unzoomed.to_dict(), "k": 4}) == []
+    assert _changed({"config": old, "k": 4}, {"config": load_config("small").to_dict(), "k": 4}) == ["config"]
+    with pytest.raises(InputError, match=r"'augment_zoom' must be in \[0, 0.5\]"):
+        load_config("small", {"augment_zoom": -0.1})
 
 
 def test_the_case_order_is_shuffled_afresh_each_epoch(dataset, tmp_path, monkeypatch):

@@ -326,15 +326,16 @@ def _outdated(doc: dict, run: Path) -> bool:
 
 def _changed(found: dict | None, wanted: dict) -> list[str]:
     """The fields of a fold's recorded key ``found`` that differ from ``wanted``, the config's
-    fields that do not change what is trained aside (``HOW_FIELDS``, ``RUN_CONTROL_FIELDS``)."""
-    from ..training.config import HOW_FIELDS, RUN_CONTROL_FIELDS
+    fields that do not change what is trained aside (``HOW_FIELDS``, ``RUN_CONTROL_FIELDS``), and
+    those added since ``found`` was written taken as it trained (``as_recorded_now``)."""
+    from ..training.config import HOW_FIELDS, RUN_CONTROL_FIELDS, as_recorded_now
 
     def learnt(key: dict | None) -> dict:
         if not isinstance(key, dict):
             return {}
         if not isinstance(key.get("config"), dict):
             return key
-        return {**key, "config": {k: v for k, v in key["config"].items()
+        return {**key, "config": {k: v for k, v in as_recorded_now(key["config"]).items()
                                   if k not in RUN_CONTROL_FIELDS + HOW_FIELDS}}
 
     found, wanted = learnt(found), learnt(wanted)

@@ -27,6 +27,16 @@ RUN_CONTROL_FIELDS = ("checkpoint_every", "num_workers")
 #: Fields that choose how the same training computes (device, kernels, memory layout,
 #: precision), not what it trains: other values change the result by rounding only.
 HOW_FIELDS = ("device", "compile", "channels_last", "amp_bf16")
+#: Fields added after runs were first recorded, with the value that does what runs recorded
+#: before (without the field) did: see :func:`as_recorded_now`.
+ADDED_FIELDS = {"augment_zoom": 0.0}  # 0.3.13
+
+
+def as_recorded_now(config: dict) -> dict:
+    """A run's recorded config (config.yaml, model.json, an evaluation's key) with the fields
+    added since it was written (:data:`ADDED_FIELDS`) filled in as it trained, so it compares
+    equal to the same settings recorded now."""
+    return {**ADDED_FIELDS, **config}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class TrainConfig:
     lambda_bone: float = 1.0
     pool_size: int = 50
     augment_flip: bool = False           # left-right flip of whole cases (sums kept; _left/_right swap)
+    augment_zoom: float = 0.0            # zoom whole cases by (1 + this)^U(-1, 1) (DRR sums x zoom^3)
     # networks
     g_width: int = 32
     g_branches: int = 4
@@ -96,6 +107,7 @@ class TrainConfig:
             need(getattr(self, f) >= 0, f, ">= 0")
         for f in ("beta1", "beta2"):
             need(0 <= getattr(self, f) < 1, f, "in [0, 1) (AdamW)")
+        need(0 <= self.augment_zoom <= 0.5, "augment_zoom", "in [0, 0.5] (0: off; 0.1: up to 10 % larger or smaller)")
         need(self.g_head_width is None or self.g_head_width >= 1, "g_head_width", "null or >= 1")
         need(self.lr_min <= self.lr, "lr_min", f"<= lr ({self.lr})")
         need(self.gan_mode in GAN_MODES, "gan_mode", f"one of {GAN_MODES}")

@@ -104,28 +104,32 @@ def aligned_ok(case: dict, bones: list[str]) -> torch.Tensor:
                          for bone in bones])
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resample ``(..., H, W)`` (values per unit area) to ``size`` over the same field of view:
-    each output pixel is the area-weighted mean of the input pixels it overlaps, so the image
-    sum times the pixel area (a volume, a mass) is kept exactly, whatever the factors."""
+def resize(images: torch.Tensor, size: tuple[int, int], zoom: float = 1.0) -> torch.Tensor:
+    """Resample ``(..., H, W)`` (values per unit area) to ``size`` over the same field of view,
+    magnified ``zoom`` times about its centre: each output pixel is the area-weighted mean of
+    the input it covers, so the image sum times the pixel area (a volume, a mass) is kept
+    exactly (times ``zoom`` squared where zoomed; less what a zoom above 1 pushes out of the
+    field, and zero where one below 1 leaves the field empty)."""
     shape = tuple(images.shape[-2:])
-    if shape == tuple(size):
+    if shape == tuple(size) and zoom == 1.0:
         return images
     if images.numel() == 0:  # e.g. the aligned bones of a dataset without them
         return images.new_zeros(*images.shape[:-2], *size)
-    if all(n % m == 0 for n, m in zip(shape, size)):  # whole blocks: the same means, faster
+    if zoom == 1.0 and all(n % m == 0 for n, m in zip(shape, size)):  # whole blocks: the same means, faster
         x = F.avg_pool2d(images.reshape(1, -1, *shape), (shape[0] // size[0], shape[1] // size[1]))
         return x.reshape(*images.shape[:-2], *size)
-    rows, cols = (_overlap(n, m).to(images.dtype) for n, m in zip(shape, size))
+    rows, cols = (_overlap(n, m, zoom).to(images.dtype) for n, m in zip(shape, size))
     return rows @ images @ cols.T
 
 
-def _overlap(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in): the share of output pixel ``o`` covered by input pixel ``i`` when both
-    grids tile the same interval (rows sum to 1)."""
-    a, b = np.linspace(0.0, 1.0, n_in + 1), np.linspace(0.0, 1.0, n_out + 1)
+def _overlap(n_in: int, n_out: int, zoom: float = 1.0) -> torch.Tensor:
+    """(n_out, n_in): the share of output pixel ``o``'s preimage covered by input pixel ``i``
+    when both grids tile the same interval and the output is the input magnified ``zoom`` times
+    about the centre (rows sum to 1 where the preimage lies inside the input)."""
+    a = np.linspace(0.0, 1.0, n_in + 1)
+    b = 0.5 + (np.linspace(0.0, 1.0, n_out + 1) - 0.5) / zoom  # output edges on the input
     overlap = np.minimum(b[1:, None], a[None, 1:]) - np.maximum(b[:-1, None], a[None, :-1])
-    return torch.from_numpy(np.clip(overlap, 0.0, None) * n_out)
+    return torch.from_numpy(np.clip(overlap, 0.0, None) * n_out * zoom)
 
 
 #: Bytes of cases on the model grid a :class:`PreparedDataset` keeps in memory by default: a
@@ -143,6 +147,11 @@ class PreparedDataset(Dataset):
     :meth:`set_epoch`). With ``flip_seed`` set, whole cases are flipped left-right at random
     (per epoch and case; image sums and the xray-aligned pairing are unchanged; the channels
     of objects named ``<name>_left`` / ``<name>_right`` trade places, as their anatomy does).
+    With ``zoom_seed`` set, whole cases are zoomed about the centre by ``(1 + max_zoom)^u``,
+    ``u ~ U(-1, 1)`` per epoch and case (:meth:`zoom`): the patient as if ``s`` times as large
+    in every direction, so the radiograph and DRRs are magnified ``s`` times, the DRRs' values
+    (thicknesses) and the targets ``s`` and ``s^3`` times; the radiograph's grey values are
+    kept (a processed film's window hides the thicker path).
 
     Up to ``cache_bytes`` of cases are kept in memory once read (in the main process only,
     not in DataLoader workers); items share those tensors, so never change them in place.
@@ -150,7 +159,7 @@ class PreparedDataset(Dataset):
 
     def __init__(self, root: str | Path, ids: list[str] | None = None,
                  size: tuple[int, int] | None = None, flip_seed: int | None = None,
-                 cache_bytes: int = CACHE_BYTES) -> None:
+                 cache_bytes: int = CACHE_BYTES, zoom_seed: int | None = None, max_zoom: float = 0.0) -> None:
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
         usable = ok_ids(self.manifest)
@@ -175,6 +184,7 @@ class PreparedDataset(Dataset):
         self.size = tuple(size) if size else self.dataset_geometry.shape
         self.geometry = self.dataset_geometry.resized(*self.size)
         self.flip_seed = flip_seed
+        self.zoom_seed, self.max_zoom = zoom_seed, max_zoom
         self.epoch = 0
         self.pairing = np.arange(len(self.ids))
         self.cache_bytes = cache_bytes
@@ -233,8 +243,21 @@ class PreparedDataset(Dataset):
             return False
         return bool(np.random.default_rng([self.flip_seed, self.epoch, index, stream]).random() < 0.5)
 
+    def zoom(self, index: int) -> float:
+        """The zoom of case ``index`` this epoch (1 without ``zoom_seed``)."""
+        if self.zoom_seed is None or self.max_zoom == 0.0:
+            return 1.0
+        u = np.random.default_rng([self.zoom_seed, self.epoch, index, 2]).uniform(-1.0, 1.0)
+        return float((1.0 + self.max_zoom) ** u)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.load(index)
+        if (s := self.zoom(index)) != 1.0:
+            item["xray"] = resize(item["xray"], self.size, s)
+            for key in ("drr", "aligned"):
+                item[key] = resize(item[key], self.size, s) * s
+            for key in ("volume_cm3", "mass_g"):
+                item[key] = item[key] * s ** 3
         if self._flip(index, 0):
             item["xray"] = item["xray"].flip(-1)
             item["drr"] = item["drr"].flip(-1)[:, self.mirrored]

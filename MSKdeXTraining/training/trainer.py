@@ -37,7 +37,7 @@ from ..ood import ood_statistics
 from ..progress import Progress
 from . import distributed
 from .checkpoint import latest_checkpoint, load_newest_checkpoint, prune_checkpoints, save_checkpoint
-from .config import HOW_FIELDS, RUN_CONTROL_FIELDS, TrainConfig, dump_config
+from .config import HOW_FIELDS, RUN_CONTROL_FIELDS, TrainConfig, as_recorded_now, dump_config
 from .data import PreparedDataset, ok_ids, read_manifest, split_folds
 from .objective import LOSS_NAMES, Networks, Normalisation, Objective
 from .pool import ImagePool
@@ -191,7 +191,7 @@ def _check_resume_config(out: Path, config: TrainConfig) -> dict:
         raise InputError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(old, dict):
         raise InputError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
-    new = config.to_dict()
+    old, new = as_recorded_now(old), config.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))
     if diff:
         raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
@@ -377,7 +377,8 @@ def _set_up(config: TrainConfig, plan: RunPlan, info: distributed.DistInfo) -> T
     """The dataset, networks, optimisers and normalisation of a new run (its folder started)
     or of a resumed one (restored from its checkpoint); records the environment."""
     ds = PreparedDataset(plan.data, plan.train_ids, config.size,
-                         flip_seed=config.seed if config.augment_flip else None)
+                         flip_seed=config.seed if config.augment_flip else None, zoom_seed=config.seed,
+                         max_zoom=config.augment_zoom)
     parts = build_training(config, len(ds.objects), ds.bone_index, info)
     if plan.resume:
         start, norm = _resume(config, plan, parts, info)

@@ -265,17 +265,19 @@ class Decomposer:
         report(0.9, "tabulating")
         sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * detector.pixel_area_cm2  # (T, 3, N)
         vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
-        vol_sd = vol.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
-        mass_sd = mass.std(axis=0, ddof=1) if tta > 1 else np.zeros(len(self.names))
+
+        def sd(values: np.ndarray) -> float | None:  # over the augmentations; one measures no spread
+            return float(values.std(ddof=1)) if tta > 1 else None
+
         table = []
         for i, (name, kind) in enumerate(zip(self.names, self.kinds)):
             q = self.calibration["objects"][name] if self.calibration else {}
             v_low, v_high = interval(float(vol[0, i]), q.get("volume_log_q"))
             m_low, m_high = interval(float(mass[0, i]), q.get("mass_log_q"))
             table.append({"object": name, "kind": kind, "volume_cm3": float(vol[0, i]),
-                          "volume_low_cm3": v_low, "volume_high_cm3": v_high, "volume_sd_cm3": float(vol_sd[i]),
+                          "volume_low_cm3": v_low, "volume_high_cm3": v_high, "volume_sd_cm3": sd(vol[:, i]),
                           "mass_g": float(mass[0, i]), "mass_low_g": m_low, "mass_high_g": m_high,
-                          "mass_sd_g": float(mass_sd[i])})
+                          "mass_sd_g": sd(mass[:, i])})
         ood = self.check_ood(x, radiograph.source, info)
         source = {**radiograph.source, "resampling": info, "tta": tta, "seed": seed}
         report(1.0, "done")

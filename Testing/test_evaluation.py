@@ -15,7 +15,7 @@ import pytest
 
 from MSKdeXTraining.evaluation import figures
 from MSKdeXTraining.evaluation.ablation import ablation
-from MSKdeXTraining.evaluation.crossval import Predictions, anova, evaluate, load_predictions
+from MSKdeXTraining.evaluation.crossval import Predictions, anova, evaluate, load_predictions, mean_pcc_difference
 from MSKdeXTraining.evaluation.report import Section, Table, write_html, write_markdown
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
@@ -429,6 +429,7 @@ def test_evaluate_cli_compare_writes_the_anova_and_its_report_section(toy, evalu
     assert (f"<td>{preds.names[0]}</td><td>4</td><td>{first['mass']['mae']:.1f}</td>"
             f"<td>{first['mass']['mae']:.1f}</td><td>0.00</td><td>1.0000</td>") in section
     assert section.count("<td>1.0000</td>") == 2 * len(preds.names)
+    assert "Muscle-mean PCC, this minus eval, on their common cases: lean mass +0.000, volume +0.000 (" in section
     assert "## Comparison (one-way ANOVA)" in (out / "metrics.md").read_text()
     assert not (evaluated[0] / "anova.csv").exists()  # the compared evaluation is only read
     assert f"| {preds.names[0]} | muscle | 0 | 4 | {first['mass']['pcc']:.3f} |" in printed
@@ -672,6 +673,39 @@ def test_muscle_mean_is_undefined_with_an_undefined_pcc_and_image_means_share_ca
                                       "ssim": pytest.approx(0.6)}]
 
 
+def test_muscle_mean_pcc_intervals_and_the_paired_difference():
+    """The muscle mean on chosen cases (repeats allowed) is the mean of the muscles' PCCs there; its
+    95 % interval holds it; the text shows it. The difference of two evaluations matches cases by id
+    (another order gives the same): clearly better predictions give an interval above 0, two alike
+    noisy ones an interval holding 0."""
+    from MSKdeXTraining.evaluation.summary import difference_text, mean_pcc_text
+
+    a = _synthetic(0, 0.1)
+    cases = np.array([0, 0, 3, 5, 7, 8, 11])
+    assert a.mean_muscle_pcc("volume", cases) == pytest.approx(
+        np.mean([np.corrcoef(a.volume_pred[cases, i], a.volume_true[cases, i])[0, 1] for i in range(6)]), rel=1e-12)
+    low, high = a.mean_muscle_pcc_ci("mass")
+    assert -1 <= low < a.mean_muscle_pcc("mass") < high <= 1
+    assert f"Mean lean-mass PCC over 6 muscles: {a.mean_muscle_pcc('mass'):.3f} ({low:.2f} to {high:.2f});" \
+        in mean_pcc_text(a)
+    worse, alike = copy.deepcopy(a), copy.deepcopy(a)
+    rng = np.random.default_rng(9)
+    worse.mass_pred = a.mass_true * (1 + 0.5 * rng.standard_normal(a.mass_true.shape))
+    alike.mass_pred = a.mass_true * (1 + 0.1 * rng.standard_normal(a.mass_true.shape))
+    diff, low, high = mean_pcc_difference(a, worse)
+    assert diff == pytest.approx(a.mean_muscle_pcc() - worse.mean_muscle_pcc()) and 0 < low < diff < high
+    assert difference_text(a, worse, "w").startswith(
+        f"Muscle-mean PCC, this minus w, on their common cases: lean mass {diff:+.3f} ({low:.2f} to {high:.2f}), "
+        "volume +0.000")  # the same volumes
+    order = np.arange(12)[::-1]
+    shuffled = Predictions([worse.ids[i] for i in order], [worse.patients[i] for i in order], worse.folds[order],
+                           worse.names, worse.kinds, [], worse.volume_true[order], worse.volume_pred[order],
+                           worse.mass_true[order], worse.mass_pred[order], [{}] * 12)
+    assert mean_pcc_difference(a, shuffled) == pytest.approx((diff, low, high), rel=1e-12)
+    _, low, high = mean_pcc_difference(a, alike)
+    assert low < 0 < high
+
+
 def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged_setting(tmp_path):
     """The ANOVA takes the config's own setting (100, L_B) against the baseline, not the best
     scoring one; without it the best whose muscle mean is defined. A setting whose predictions
@@ -694,6 +728,9 @@ def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged
     assert doc["rows"][3]["mean_muscle_mass_pcc"] is None
     md = (tmp_path / "ablation.md").read_text()
     assert "## Default setting vs baseline" in md and "lambda_is=100, L_B=True" in md
+    diff, low, high = mean_pcc_difference(results[(100.0, True)], results[(0.0, False)])
+    assert f"Muscle-mean PCC, this minus baseline, on their common cases: lean mass {diff:+.3f} ({low:.2f} to " \
+        f"{high:.2f})" in md
     assert "| 0 | (True) | n/a | n/a |" in md
     mae = np.mean(np.abs(results[(100.0, True)].mass_pred[:, 0] - results[(100.0, True)].mass_true[:, 0]))
     assert doc["anova"]["rows"][0]["mass"]["mae_a"] == pytest.approx(mae)

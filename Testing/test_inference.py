@@ -79,7 +79,7 @@ def toy_radiograph(data: Path, index: int) -> Radiograph:
     return Radiograph(x, ds.geometry.pixel_spacing, {"format": "test", "bits_stored": 32})
 
 
-def test_table_equals_drr_sums(trained, decomposer):
+def test_table_equals_drr_sums(trained, decomposer, tmp_path):
     result = decomposer.decompose(toy_radiograph(trained[0], 5), tta=4)
     area = result.geometry.pixel_area_cm2
     assert result.drr.shape == (3, 9, 32, 32) and area == pytest.approx(0.75 * 0.75)
@@ -90,7 +90,14 @@ def test_table_equals_drr_sums(trained, decomposer):
         assert row["volume_sd_cm3"] >= 0 and row["mass_sd_g"] >= 0
     assert any(r["mass_sd_g"] > 0 for r in result.table)  # augmentations change the prediction
     single = decomposer.decompose(toy_radiograph(trained[0], 5), tta=1)
-    assert all(r["mass_sd_g"] == 0 for r in single.table)
+    # one augmentation measures no spread: no SD (not 0), empty in the CSV, null in the JSON, "-" printed
+    assert all(r["volume_sd_cm3"] is None and r["mass_sd_g"] is None for r in single.table)
+    paths = single.write(tmp_path / "single")
+    with paths["csv"].open() as fh:
+        assert {(r["volume_sd_cm3"], r["mass_sd_g"]) for r in csv.DictReader(fh)} == {("", "")}
+    assert {(r["volume_sd_cm3"], r["mass_sd_g"]) for r in json.loads(paths["json"].read_text())["objects"]} \
+        == {(None, None)}
+    assert all(line.endswith("      -") for line in decompose_cmd._format(single.table, None).splitlines()[1:10])
     assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
     with pytest.raises(InputError, match="seed must be >= 0, got -1"):
         decomposer.decompose(toy_radiograph(trained[0], 5), tta=2, seed=-1)

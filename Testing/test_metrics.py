@@ -17,9 +17,10 @@ def pair():
     return truth + rng.normal(0, 20, 40), truth
 
 
-def test_pcc_matches_numpy(pair):
+def test_pcc_matches_scipy(pair):
     pred, truth = pair
-    assert metrics.pcc(pred, truth) == pytest.approx(np.corrcoef(pred, truth)[0, 1], abs=1e-12)
+    assert metrics.pcc(pred, truth) == pytest.approx(stats.pearsonr(pred, truth).statistic, abs=1e-12)
+    assert metrics.pcc(2 * truth + 1, truth) == 1.0 and metrics.pcc(-truth, truth) == -1.0  # clipped to [-1, 1]
     assert np.isnan(metrics.pcc(np.ones(5), np.arange(5)))
 
 
@@ -127,3 +128,24 @@ def test_pairs_with_a_non_finite_truth_are_left_out_and_anova_needs_two_values_p
     assert metrics.agreement(pred, bad)["n"] == 37
     with pytest.raises(ValueError, match="at least two groups of at least two values"):
         metrics.anova_oneway([1.0, 2.0, 3.0], [4.0])
+
+
+def test_bootstrap_ci_is_scipys_bca_and_resamples_whole_groups(pair):
+    """Each case its own group: scipy.stats.bootstrap's BCa interval of the same statistic, with
+    the same seed. Every patient's case twice, grouped by patient: the interval of the mean is that
+    of the single cases (resampling patients, not cases, which would narrow it)."""
+    pred, _ = pair
+    ids = [f"p{i}" for i in range(40)]
+    low, high = metrics.bootstrap_ci(lambda cases: float(pred[cases].mean()), ids, n_resamples=500, seed=4)
+    ref = stats.bootstrap((pred,), np.mean, vectorized=False, n_resamples=500, method="BCa",
+                          rng=np.random.default_rng(4)).confidence_interval
+    assert (low, high) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert low < pred.mean() < high
+    twice = np.repeat(pred, 2)
+    grouped = metrics.bootstrap_ci(lambda cases: float(twice[cases].mean()), np.repeat(ids, 2), n_resamples=500, seed=4)
+    assert grouped == pytest.approx((low, high), rel=1e-12)
+    as_cases = metrics.bootstrap_ci(lambda cases: float(twice[cases].mean()), [f"c{i}" for i in range(80)],
+                                    n_resamples=500, seed=4)
+    assert as_cases[1] - as_cases[0] < 0.8 * (high - low)
+    assert metrics.bootstrap_ci(lambda cases: 1.0, ["a", "b", "a"]) == pytest.approx((np.nan, np.nan), nan_ok=True)
+    assert np.isnan(metrics.bootstrap_ci(lambda cases: np.nan, ids)).all()  # undefined statistic: no interval

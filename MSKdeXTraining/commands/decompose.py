@@ -152,19 +152,22 @@ def _format(table: list[dict], level: float | None) -> str:
     def span(low: float | None, high: float | None) -> str:
         return f"{'-':>15s}" if low is None else f"{f'{low:.1f}-{high:.1f}':>15s}"
 
+    def sd(value: float | None) -> str:
+        return f"{'-':>7s}" if value is None else f"{value:7.1f}"
+
     head = f"{100 * level:.0f} % interval" if level else "interval"
     lines = [f"{'object':22s} {'kind':6s} {'volume cm3':>10s} {head:>15s} {'TTA SD':>7s}"
              f" {'mass g':>9s} {head:>15s} {'TTA SD':>7s}"]
     for r in table:
         lines.append(f"{r['object']:22s} {r['kind']:6s} {r['volume_cm3']:10.1f} "
-                     f"{span(r['volume_low_cm3'], r['volume_high_cm3'])} {r['volume_sd_cm3']:7.1f}"
-                     f" {r['mass_g']:9.1f} {span(r['mass_low_g'], r['mass_high_g'])} {r['mass_sd_g']:7.1f}")
+                     f"{span(r['volume_low_cm3'], r['volume_high_cm3'])} {sd(r['volume_sd_cm3'])}"
+                     f" {r['mass_g']:9.1f} {span(r['mass_low_g'], r['mass_high_g'])} {sd(r['mass_sd_g'])}")
     lines.append(f"interval: {100 * level:.0f} % prediction interval calibrated on the model's held-out cases "
                  "(calibration.json): marginal over patients, not for flagged films, without the error of an "
                  "assumed magnification or a hand-given spacing (see the notes)"
                  if level else "interval: none (the model has no calibration.json: see the note)")
     lines.append("TTA SD: spread over the test-time augmentations (--tta), the model's sensitivity, "
-                 "not an error bar (docs/evaluation.md)")
+                 "not an error bar (docs/evaluation.md); - with --tta 1")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from ..parallel import run_jobs, worker_count
 from ..progress import Progress
 from .crossval import Predictions, anova, run_folds
 from .report import Section, Table, anova_table, markdown, write_csv, write_html, write_markdown
+from .summary import difference_text
 
 LAMBDAS = (0.0, 100.0, 1000.0)
 BONE_LOSS = (False, True)
@@ -152,7 +153,8 @@ def _write(out: Path, rows: list[dict], results: dict, k: int, fold: int, defaul
                 "the best setting by muscle-mean lean-mass PCC, chosen on these same held-out cases "
                 f"(the default setting {'diverged' if default_diverged else 'was not run'})")
         sections.append(Section(f"{why.capitalize()} setting vs baseline",
-                                f"One-way ANOVA of the absolute errors: {what} ({label}) against the baseline.",
+                                f"One-way ANOVA of the absolute errors: {what} ({label}) against the baseline. "
+                                + difference_text(results[(lis, bone)], results[BASELINE], "baseline"),
                                 [anova_table(rows_anova, label, "baseline")]))
     write_csv(out / "ablation_mass_pcc.csv", mass)
     write_csv(out / "ablation_volume_pcc.csv", volume)

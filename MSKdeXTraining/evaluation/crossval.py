@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 PRED_FORMAT = "mskdex-predictions"
 PRED_VERSION = 1
+#: What the agreement metrics score: lean/bone mass (g), volume (cm3), density (g/cm3).
+AGREEMENT_QUANTITIES = ("mass", "volume", "density")
 #: Columns of predictions.csv: one row per case and object (cm3, g).
 ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
               "mass_true_g", "mass_pred_g"]
@@ -93,22 +95,23 @@ class Predictions:
                  self.volume_true[m, i], self.volume_pred[m, i], self.mass_true[m, i], self.mass_pred[m, i]]
                 for m, cid in enumerate(self.ids) for i, n in enumerate(self.names)]
 
-    def object_metrics(self) -> list[dict]:
-        """Per object: agreement (n, pcc, icc, mae) of mass (g), volume (cm3) and density
-        (mass / volume, g/cm3: for a muscle its lean mass per cm3, which fat infiltration
-        lowers), each over the cases where prediction and truth are finite, and ``non_finite``,
-        the number of cases whose predicted mass or volume is not finite."""
-        def density(i: int) -> dict[str, float]:
+    def values(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted and true (cases, objects) arrays of ``quantity``: ``mass`` (g), ``volume``
+        (cm3) or ``density`` (mass / volume, g/cm3: for a muscle its lean mass per cm3, which fat
+        infiltration lowers; not finite where the volume is 0)."""
+        if quantity == "density":
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                pred = self.mass_pred[:, i] / self.volume_pred[:, i]
-                true = self.mass_true[:, i] / self.volume_true[:, i]
-            keep = np.isfinite(pred) & np.isfinite(true)
-            return metrics.agreement(pred[keep], true[keep])
+                return self.mass_pred / self.volume_pred, self.mass_true / self.volume_true
+        return getattr(self, f"{quantity}_pred"), getattr(self, f"{quantity}_true")
+
+    def object_metrics(self) -> list[dict]:
+        """Per object: agreement (n, pcc, icc, mae) of each of :data:`AGREEMENT_QUANTITIES` (:meth:`values`),
+        each over the cases where prediction and truth are finite, and ``non_finite``, the number
+        of cases whose predicted mass or volume is not finite."""
+        values = {q: self.values(q) for q in AGREEMENT_QUANTITIES}
         return [{"object": n, "kind": self.kinds[i],
                  "non_finite": int(np.sum(~(np.isfinite(self.mass_pred[:, i]) & np.isfinite(self.volume_pred[:, i])))),
-                 "mass": metrics.agreement(self.mass_pred[:, i], self.mass_true[:, i]),
-                 "volume": metrics.agreement(self.volume_pred[:, i], self.volume_true[:, i]),
-                 "density": density(i)}
+                 **{q: metrics.agreement(pred[:, i], true[:, i]) for q, (pred, true) in values.items()}}
                 for i, n in enumerate(self.names)]
 
     def muscles(self) -> list[str]:
@@ -117,12 +120,19 @@ class Predictions:
         present = [n for n, k in zip(self.names, self.kinds) if k == "muscle"]
         return [n for n in DEFAULT_MUSCLES if n in present] or present
 
-    def mean_muscle_pcc(self, quantity: str = "mass") -> float:
-        """Mean PCC over :meth:`muscles`; NaN (undefined) when any of them has no PCC (e.g. a
-        constant channel) or there are none."""
-        per = {m["object"]: m[quantity]["pcc"] for m in self.object_metrics()}
-        chosen = [per[n] for n in self.muscles()]
+    def mean_muscle_pcc(self, quantity: str = "mass", cases: np.ndarray | None = None) -> float:
+        """Mean PCC of ``quantity`` over :meth:`muscles` (on the ``cases`` at these indices, repeats
+        allowed; default all); NaN (undefined) when any of them has no PCC (e.g. a constant channel)
+        or there are none."""
+        pred, true = self.values(quantity)
+        rows = slice(None) if cases is None else cases
+        chosen = [metrics.pcc(pred[rows, i], true[rows, i]) for i in map(self.names.index, self.muscles())]
         return float(np.mean(chosen)) if chosen else float("nan")
+
+    def mean_muscle_pcc_ci(self, quantity: str = "mass") -> tuple[float, float]:
+        """95 % confidence interval of :meth:`mean_muscle_pcc`, BCa bootstrap over the patients
+        (:func:`~MSKdeXTraining.evaluation.metrics.bootstrap_ci`)."""
+        return metrics.bootstrap_ci(lambda cases: self.mean_muscle_pcc(quantity, cases), self.patients)
 
     def image_metrics(self) -> list[dict]:
         """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the same ``n`` cases,
@@ -422,6 +432,19 @@ def anova(a: Predictions, b: Predictions, name: str = "the other evaluation") ->
             row[q] = dict(zip(("f", "p"), stat), mae_a=mean(ea), mae_b=mean(eb))
         out.append(row)
     return out
+
+
+def mean_pcc_difference(a: Predictions, b: Predictions, quantity: str = "mass",
+                        name: str = "the other evaluation") -> tuple[float, float, float]:
+    """The muscle-mean PCC of ``a`` minus that of ``b`` (called ``name`` in errors, refused by
+    :func:`check_comparable`) on their common cases, and its 95 % confidence interval by a paired
+    BCa bootstrap over the patients (the same patients resampled for both): (difference, low, high)."""
+    check_comparable(b, name, a.names, set(a.ids))
+    common = [i for i in a.ids if i in set(b.ids)]
+    ia, ib = np.array([a.ids.index(i) for i in common]), np.array([b.ids.index(i) for i in common])
+    diff = lambda cases: a.mean_muscle_pcc(quantity, ia[cases]) - b.mean_muscle_pcc(quantity, ib[cases])
+    return (diff(np.arange(len(common))),
+            *metrics.bootstrap_ci(diff, [a.patients[i] for i in ia]))
 
 
 def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

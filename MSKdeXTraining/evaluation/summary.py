@@ -9,7 +9,7 @@ import numpy as np
 from ..calibration import LEVEL, QUANTITIES, read_calibration
 from ..fileio import file_sha256
 from . import figures
-from .crossval import ROW_HEADER, Predictions, anova, case_images
+from .crossval import AGREEMENT_QUANTITIES, ROW_HEADER, Predictions, anova, case_images, mean_pcc_difference
 from .report import (Section, Table, agreement_table, anova_table, image_table, markdown,
                      write_csv, write_html, write_markdown)
 
@@ -42,6 +42,7 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     intervals = interval_table(out, folds, preds.names)
     comparison = None if compare is None else anova_table(
         anova(preds, compare, f"--compare {compare_label}"), "this", compare_label or "other")
+    difference = None if compare is None else difference_text(preds, compare, compare_label)
     m = representative_case(preds)
     run = out / f"fold_{preds.folds[m]}" / "run"
     panel = case_images(run, dataset, preds.ids[m]) if (run / "model.safetensors").is_file() else None
@@ -58,7 +59,8 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
             "patients).", [intervals]))
     if comparison is not None:
         sections.append(Section("Comparison (one-way ANOVA)", f"{compare_label or 'The other evaluation'}: "
-                                f"{len(compare.ids)} held-out cases, {compare.folds_text()}.", [comparison]))
+                                f"{len(compare.ids)} held-out cases, {compare.folds_text()}. {difference}",
+                                [comparison]))
 
     out.mkdir(parents=True, exist_ok=True)  # figures first: one that fails leaves the tables as they were
     figs = [(figures.scatter_figure(preds.mass_true, preds.mass_pred, preds.names,
@@ -89,14 +91,31 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     return write_html(out / "report.html", title, sections)
 
 
+def _with_ci(value: float, low: float, high: float, signed: bool = False) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+    return text + (f" ({low:.2f} to {high:.2f})" if np.isfinite(low) and np.isfinite(high) else "")
+
+
 def mean_pcc_text(preds: Predictions) -> str:
-    """The muscle-mean PCCs of lean mass, volume and lean density, and how many muscles they
-    average (n/a: a muscle's PCC is undefined, so is their mean)."""
-    mean = {q: preds.mean_muscle_pcc(q) for q in ("mass", "volume", "density")}
-    text = {q: f"{v:.3f}" if np.isfinite(v) else "n/a" for q, v in mean.items()}
+    """The muscle-mean PCCs of lean mass, volume and lean density with their 95 % confidence
+    intervals (bootstrap over the patients), and how many muscles they average (n/a: a muscle's
+    PCC is undefined, so is their mean)."""
+    text = {q: _with_ci(preds.mean_muscle_pcc(q), *preds.mean_muscle_pcc_ci(q)) for q in AGREEMENT_QUANTITIES}
     return (f"Mean lean-mass PCC over {len(preds.muscles())} muscles: {text['mass']}; mean volume PCC: "
-            f"{text['volume']}; mean lean-density PCC: {text['density']} (n/a: undefined, as a muscle's "
-            "PCC is).")
+            f"{text['volume']}; mean lean-density PCC: {text['density']} (in brackets: 95 % confidence "
+            "interval, BCa bootstrap over the patients; n/a: undefined, as a muscle's PCC is).")
+
+
+def difference_text(preds: Predictions, compare: Predictions, label: str) -> str:
+    """The muscle-mean PCCs of lean mass and volume of ``preds`` minus those of ``compare`` on
+    their common cases, with 95 % confidence intervals (paired bootstrap over the patients)."""
+    name = f"--compare {label}"
+    diff = {q: _with_ci(*mean_pcc_difference(preds, compare, q, name), signed=True) for q in ("mass", "volume")}
+    return (f"Muscle-mean PCC, this minus {label or 'the other'}, on their common cases: lean mass {diff['mass']}, "
+            f"volume {diff['volume']} (in brackets: 95 % confidence interval, paired BCa bootstrap over the "
+            "patients: an interval that holds 0 shows no difference).")
 
 
 def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | None:

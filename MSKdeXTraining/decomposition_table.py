@@ -12,7 +12,7 @@ from .fileio import write_atomic
 
 #: ``format`` and ``version`` of ``decomposition.json`` (docs/formats.md).
 TABLE_FORMAT = "mskdex-decomposition"
-TABLE_VERSION = 2
+TABLE_VERSION = 3  # 3 (0.3.14): no TTA SD (null) with one augmentation; 2 wrote 0
 
 #: Columns of the decomposition table (CSV header, JSON ``objects`` keys; units in the names):
 #: value, calibrated interval (low, high; empty without calibration) and TTA SD.

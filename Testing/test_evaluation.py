@@ -15,7 +15,8 @@ import pytest
 
 from MSKdeXTraining.evaluation import figures
 from MSKdeXTraining.evaluation.ablation import ablation
-from MSKdeXTraining.evaluation.crossval import Predictions, anova, evaluate, load_predictions, mean_pcc_difference
+from MSKdeXTraining.evaluation.crossval import (Predictions, anova, evaluate, load_predictions,
+                                                  mean_pcc_differences)
 from MSKdeXTraining.evaluation.report import Section, Table, write_html, write_markdown
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
@@ -115,8 +116,9 @@ def test_report_written_with_figures(evaluated):
     muscles = [n for n in DEFAULT_MUSCLES if n in expected]
     means = {q: np.mean([expected[n][q]["pcc"] for n in muscles]) for q in ("mass", "volume", "density")}
     assert len(muscles) == 6
-    assert (f"Mean lean-mass PCC over 6 muscles: {means['mass']:.3f}; mean volume PCC: "
-            f"{means['volume']:.3f}; mean lean-density PCC: {means['density']:.3f}") in html
+    assert (f"Mean lean-mass PCC over 6 muscles: {means['mass']:.3f} (no interval); mean volume PCC: "
+            f"{means['volume']:.3f} (no interval); mean lean-density PCC: {means['density']:.3f} (no interval)") \
+        in html  # 2 patients: too few for an interval
     assert "held-out cases of 2 patients: folds 0 of 2; fold 1 left out: not predicted" in html
     assert "<h2>Prediction intervals</h2>" in html and (out / "intervals.csv").is_file()
     assert "![Mass: predicted vs ground truth (colour: fold)](scatter_mass.png)" in md
@@ -429,7 +431,8 @@ def test_evaluate_cli_compare_writes_the_anova_and_its_report_section(toy, evalu
     assert (f"<td>{preds.names[0]}</td><td>4</td><td>{first['mass']['mae']:.1f}</td>"
             f"<td>{first['mass']['mae']:.1f}</td><td>0.00</td><td>1.0000</td>") in section
     assert section.count("<td>1.0000</td>") == 2 * len(preds.names)
-    assert "Muscle-mean PCC, this minus eval, on their common cases: lean mass +0.000, volume +0.000 (" in section
+    assert ("Muscle-mean PCC, this minus eval, on their common cases: lean mass +0.000 (no interval) on 4 cases, "
+            "volume +0.000 (no interval) on 4 cases") in section
     assert "## Comparison (one-way ANOVA)" in (out / "metrics.md").read_text()
     assert not (evaluated[0] / "anova.csv").exists()  # the compared evaluation is only read
     assert f"| {preds.names[0]} | muscle | 0 | 4 | {first['mass']['pcc']:.3f} |" in printed
@@ -677,7 +680,8 @@ def test_muscle_mean_pcc_intervals_and_the_paired_difference():
     """The muscle mean on chosen cases (repeats allowed) is the mean of the muscles' PCCs there; its
     95 % interval holds it; the text shows it. The difference of two evaluations matches cases by id
     (another order gives the same): clearly better predictions give an interval above 0, two alike
-    noisy ones an interval holding 0."""
+    noisy ones an interval holding 0. A case one evaluation cannot score is left out of both: the
+    same predictions with some NaN differ by 0."""
     from MSKdeXTraining.evaluation.summary import difference_text, mean_pcc_text
 
     a = _synthetic(0, 0.1)
@@ -692,18 +696,27 @@ def test_muscle_mean_pcc_intervals_and_the_paired_difference():
     rng = np.random.default_rng(9)
     worse.mass_pred = a.mass_true * (1 + 0.5 * rng.standard_normal(a.mass_true.shape))
     alike.mass_pred = a.mass_true * (1 + 0.1 * rng.standard_normal(a.mass_true.shape))
-    diff, low, high = mean_pcc_difference(a, worse)
-    assert diff == pytest.approx(a.mean_muscle_pcc() - worse.mean_muscle_pcc()) and 0 < low < diff < high
-    assert difference_text(a, worse, "w").startswith(
-        f"Muscle-mean PCC, this minus w, on their common cases: lean mass {diff:+.3f} ({low:.2f} to {high:.2f}), "
-        "volume +0.000")  # the same volumes
+    found = mean_pcc_differences(a, worse)
+    d = found["mass"]
+    assert d["difference"] == pytest.approx(a.mean_muscle_pcc() - worse.mean_muscle_pcc())
+    assert 0 < d["low"] < d["difference"] < d["high"] and d["n"] == 12
+    assert found["volume"]["difference"] == 0 and np.isnan(found["volume"]["low"])  # the same volumes
+    assert difference_text(found, "this", "w") == (
+        f"Muscle-mean PCC, this minus w, on their common cases: lean mass {d['difference']:+.3f} "
+        f"({d['low']:+.3f} to {d['high']:+.3f}) on 12 cases, volume +0.000 (no interval) on 12 cases (in brackets: "
+        "95 % confidence interval, paired BCa bootstrap over the patients; an interval that holds 0 does not "
+        "show a difference).")
     order = np.arange(12)[::-1]
     shuffled = Predictions([worse.ids[i] for i in order], [worse.patients[i] for i in order], worse.folds[order],
                            worse.names, worse.kinds, [], worse.volume_true[order], worse.volume_pred[order],
                            worse.mass_true[order], worse.mass_pred[order], [{}] * 12)
-    assert mean_pcc_difference(a, shuffled) == pytest.approx((diff, low, high), rel=1e-12)
-    _, low, high = mean_pcc_difference(a, alike)
-    assert low < 0 < high
+    assert mean_pcc_differences(a, shuffled)["mass"] == pytest.approx(d, rel=1e-12)
+    d = mean_pcc_differences(a, alike)["mass"]
+    assert d["low"] < 0 < d["high"]
+    gaps = copy.deepcopy(a)
+    gaps.mass_pred[[1, 4, 6], [0, 2, 5]] = np.nan  # three cases b cannot score: not a's either
+    d = mean_pcc_differences(a, gaps)["mass"]
+    assert d["difference"] == 0 and d["n"] == 9
 
 
 def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged_setting(tmp_path):
@@ -728,9 +741,10 @@ def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged
     assert doc["rows"][3]["mean_muscle_mass_pcc"] is None
     md = (tmp_path / "ablation.md").read_text()
     assert "## Default setting vs baseline" in md and "lambda_is=100, L_B=True" in md
-    diff, low, high = mean_pcc_difference(results[(100.0, True)], results[(0.0, False)])
-    assert f"Muscle-mean PCC, this minus baseline, on their common cases: lean mass {diff:+.3f} ({low:.2f} to " \
-        f"{high:.2f})" in md
+    d = mean_pcc_differences(results[(100.0, True)], results[(0.0, False)])["mass"]
+    assert (f"Muscle-mean PCC, lambda_is=100, L_B=True minus the baseline, on their common cases: lean mass "
+            f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}) on 12 cases") in md
+    assert doc["anova"]["mean_pcc_difference"]["mass"] == pytest.approx(d)
     assert "| 0 | (True) | n/a | n/a |" in md
     mae = np.mean(np.abs(results[(100.0, True)].mass_pred[:, 0] - results[(100.0, True)].mass_true[:, 0]))
     assert doc["anova"]["rows"][0]["mass"]["mae_a"] == pytest.approx(mae)

@@ -97,7 +97,9 @@ def test_table_equals_drr_sums(trained, decomposer, tmp_path):
         assert {(r["volume_sd_cm3"], r["mass_sd_g"]) for r in csv.DictReader(fh)} == {("", "")}
     assert {(r["volume_sd_cm3"], r["mass_sd_g"]) for r in json.loads(paths["json"].read_text())["objects"]} \
         == {(None, None)}
-    assert all(line.endswith("      -") for line in decompose_cmd._format(single.table, None).splitlines()[1:10])
+    for line in decompose_cmd._format(single.table, None).splitlines()[1:10]:  # object kind volume interval SD
+        cells = line.split()                                                      # mass interval SD
+        assert len(cells) == 8 and cells[4] == cells[7] == "-", line
     assert [r["mass_g"] for r in single.table] == pytest.approx([r["mass_g"] for r in result.table], rel=1e-5)
     with pytest.raises(InputError, match="seed must be >= 0, got -1"):
         decomposer.decompose(toy_radiograph(trained[0], 5), tta=2, seed=-1)
@@ -264,7 +266,7 @@ def test_write_saves_table_stacks_and_metadata(trained, decomposer, tmp_path):
     paths = result.write(tmp_path / "one")
     assert set(paths) == {"csv", "json", "wvdrr", "vdrr", "mdrr"}
     doc = json.loads(paths["json"].read_text())
-    assert doc["format"] == "mskdex-decomposition" and doc["version"] == 2 and len(doc["objects"]) == 9
+    assert doc["format"] == "mskdex-decomposition" and doc["version"] == 3 and len(doc["objects"]) == 9
     assert doc["objects"] == json.loads(json.dumps(result.table))
     assert doc["ood"] == {"flag": True, "score": result.ood.score, "reasons": result.ood.reasons,
                           "features": result.ood.features}
@@ -374,7 +376,7 @@ def test_batch_resumes_only_identical_work_and_goes_past_bad_files(trained, deco
     del older["source"]["batch"]["table_version"]  # as decomposition v1 wrote it
     (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
     [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))
-    assert "another MSKdeX version (decomposition format v1; this one writes v2)" in error
+    assert "another MSKdeX version (decomposition format v1; this one writes v3)" in error
     del older["source"]["batch"]  # as the Python API or Slicer writes it
     (out / "hip0" / "decomposition.json").write_text(json.dumps(older))
     [error] = errors(decompose_files(decomposer, files[1:2], out, tta=2))

@@ -20,7 +20,6 @@ def pair():
 def test_pcc_matches_scipy(pair):
     pred, truth = pair
     assert metrics.pcc(pred, truth) == pytest.approx(stats.pearsonr(pred, truth).statistic, abs=1e-12)
-    assert metrics.pcc(2 * truth + 1, truth) == 1.0 and metrics.pcc(-truth, truth) == -1.0  # clipped to [-1, 1]
     assert np.isnan(metrics.pcc(np.ones(5), np.arange(5)))
 
 

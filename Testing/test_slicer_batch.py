@@ -86,7 +86,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     assert "wrote" in proc.stdout and proc.stdout.count("100%") == 1 and "100% done" in proc.stdout
     # the full record, as `mskdex decompose` writes it: the reasons and notes printed above, kept
     record = json.loads((tmp_path / "record.json").read_text())
-    assert (record["format"], record["version"]) == ("mskdex-decomposition", 2) and record["drr_stacks"] == {}
+    assert (record["format"], record["version"]) == ("mskdex-decomposition", 3) and record["drr_stacks"] == {}
     assert [o["object"] for o in record["objects"]] == names
     assert record["objects"][0]["mass_g"] == pytest.approx(expected[0]["mass_g"], rel=1e-9)
     assert record["ood"]["flag"] == result.ood.flag and record["ood"]["reasons"] == result.ood.reasons

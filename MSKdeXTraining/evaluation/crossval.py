@@ -434,17 +434,29 @@ def anova(a: Predictions, b: Predictions, name: str = "the other evaluation") ->
     return out
 
 
-def mean_pcc_difference(a: Predictions, b: Predictions, quantity: str = "mass",
-                        name: str = "the other evaluation") -> tuple[float, float, float]:
-    """The muscle-mean PCC of ``a`` minus that of ``b`` (called ``name`` in errors, refused by
-    :func:`check_comparable`) on their common cases, and its 95 % confidence interval by a paired
-    BCa bootstrap over the patients (the same patients resampled for both): (difference, low, high)."""
+def mean_pcc_differences(a: Predictions, b: Predictions, name: str = "the other evaluation") -> dict[str, dict]:
+    """Per quantity (lean mass, volume): the muscle-mean PCC of ``a`` minus that of ``b`` (called
+    ``name`` in errors, refused by :func:`check_comparable`) on the ``n`` common cases where every
+    muscle's value is finite in both (as :func:`anova`: a case one cannot score is left out of
+    both), with its 95 % confidence interval (``low``, ``high``) by a paired BCa bootstrap over the
+    patients (the same patients resampled for both)."""
     check_comparable(b, name, a.names, set(a.ids))
     common = [i for i in a.ids if i in set(b.ids)]
-    ia, ib = np.array([a.ids.index(i) for i in common]), np.array([b.ids.index(i) for i in common])
-    diff = lambda cases: a.mean_muscle_pcc(quantity, ia[cases]) - b.mean_muscle_pcc(quantity, ib[cases])
-    return (diff(np.arange(len(common))),
-            *metrics.bootstrap_ci(diff, [a.patients[i] for i in ia]))
+    ia, ib = np.array([a.ids.index(i) for i in common], int), np.array([b.ids.index(i) for i in common], int)
+    muscles = [a.names.index(n) for n in a.muscles()]
+
+    def finite(p: Predictions, rows: np.ndarray, quantity: str) -> np.ndarray:
+        return np.all([np.isfinite(v[np.ix_(rows, muscles)]).all(axis=1) for v in p.values(quantity)], axis=0)
+
+    out = {}
+    for q in ("mass", "volume"):
+        keep = finite(a, ia, q) & finite(b, ib, q)
+        ka, kb = ia[keep], ib[keep]
+        diff = lambda cases: a.mean_muscle_pcc(q, ka[cases]) - b.mean_muscle_pcc(q, kb[cases])
+        low, high = metrics.bootstrap_ci(diff, [a.patients[i] for i in ka])
+        out[q] = {"difference": diff(np.arange(len(ka))) if len(ka) else float("nan"), "low": low, "high": high,
+                  "n": int(keep.sum())}
+    return out
 
 
 def case_images(run: Path, dataset: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 from ..calibration import LEVEL, QUANTITIES, read_calibration
 from ..fileio import file_sha256
 from . import figures
-from .crossval import AGREEMENT_QUANTITIES, ROW_HEADER, Predictions, anova, case_images, mean_pcc_difference
+from .crossval import AGREEMENT_QUANTITIES, ROW_HEADER, Predictions, anova, case_images, mean_pcc_differences
 from .report import (Section, Table, agreement_table, anova_table, image_table, markdown,
                      write_csv, write_html, write_markdown)
 
@@ -42,7 +42,8 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     intervals = interval_table(out, folds, preds.names)
     comparison = None if compare is None else anova_table(
         anova(preds, compare, f"--compare {compare_label}"), "this", compare_label or "other")
-    difference = None if compare is None else difference_text(preds, compare, compare_label)
+    difference = None if compare is None else difference_text(
+        mean_pcc_differences(preds, compare, f"--compare {compare_label}"), "this", compare_label or "the other")
     m = representative_case(preds)
     run = out / f"fold_{preds.folds[m]}" / "run"
     panel = case_images(run, dataset, preds.ids[m]) if (run / "model.safetensors").is_file() else None
@@ -92,10 +93,13 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
 
 
 def _with_ci(value: float, low: float, high: float, signed: bool = False) -> str:
+    """``value`` (3 decimals) with its interval in brackets (2 decimals; 3 and signed for a
+    difference), or "(no interval)"; n/a for an undefined value."""
     if not np.isfinite(value):
         return "n/a"
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
-    return text + (f" ({low:.2f} to {high:.2f})" if np.isfinite(low) and np.isfinite(high) else "")
+    form = "+.3f" if signed else ".2f"
+    interval = (f"({low:{form}} to {high:{form}})" if np.isfinite(low) and np.isfinite(high) else "(no interval)")
+    return f"{value:{'+.3f' if signed else '.3f'}} {interval}"
 
 
 def mean_pcc_text(preds: Predictions) -> str:
@@ -105,17 +109,18 @@ def mean_pcc_text(preds: Predictions) -> str:
     text = {q: _with_ci(preds.mean_muscle_pcc(q), *preds.mean_muscle_pcc_ci(q)) for q in AGREEMENT_QUANTITIES}
     return (f"Mean lean-mass PCC over {len(preds.muscles())} muscles: {text['mass']}; mean volume PCC: "
             f"{text['volume']}; mean lean-density PCC: {text['density']} (in brackets: 95 % confidence "
-            "interval, BCa bootstrap over the patients; n/a: undefined, as a muscle's PCC is).")
+            "interval, BCa bootstrap over the patients, none with fewer than 3; n/a: undefined, as a muscle's "
+            "PCC is).")
 
 
-def difference_text(preds: Predictions, compare: Predictions, label: str) -> str:
-    """The muscle-mean PCCs of lean mass and volume of ``preds`` minus those of ``compare`` on
-    their common cases, with 95 % confidence intervals (paired bootstrap over the patients)."""
-    name = f"--compare {label}"
-    diff = {q: _with_ci(*mean_pcc_difference(preds, compare, q, name), signed=True) for q in ("mass", "volume")}
-    return (f"Muscle-mean PCC, this minus {label or 'the other'}, on their common cases: lean mass {diff['mass']}, "
-            f"volume {diff['volume']} (in brackets: 95 % confidence interval, paired BCa bootstrap over the "
-            "patients: an interval that holds 0 shows no difference).")
+def difference_text(differences: dict[str, dict], this: str, other: str) -> str:
+    """:func:`~MSKdeXTraining.evaluation.crossval.mean_pcc_differences` as a sentence: ``this``
+    minus ``other``."""
+    text = {q: _with_ci(d["difference"], d["low"], d["high"], signed=True) + f" on {d['n']} cases"
+            for q, d in differences.items()}
+    return (f"Muscle-mean PCC, {this} minus {other}, on their common cases: lean mass {text['mass']}, volume "
+            f"{text['volume']} (in brackets: 95 % confidence interval, paired BCa bootstrap over the patients; "
+            "an interval that holds 0 does not show a difference).")
 
 
 def interval_table(out: Path, folds: list[int], names: list[str]) -> Table | None:

@@ -120,19 +120,22 @@ class Predictions:
         present = [n for n, k in zip(self.names, self.kinds) if k == "muscle"]
         return [n for n in DEFAULT_MUSCLES if n in present] or present
 
-    def mean_muscle_pcc(self, quantity: str = "mass", cases: np.ndarray | None = None) -> float:
-        """Mean PCC of ``quantity`` over :meth:`muscles` (on the ``cases`` at these indices, repeats
-        allowed; default all); NaN (undefined) when any of them has no PCC (e.g. a constant channel)
-        or there are none."""
+    def muscle_values(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`values` of the :meth:`muscles` only: (cases, muscles), in that order."""
+        columns = [self.names.index(n) for n in self.muscles()]
         pred, true = self.values(quantity)
-        rows = slice(None) if cases is None else cases
-        chosen = [metrics.pcc(pred[rows, i], true[rows, i]) for i in map(self.names.index, self.muscles())]
-        return float(np.mean(chosen)) if chosen else float("nan")
+        return pred[:, columns], true[:, columns]
+
+    def mean_muscle_pcc(self, quantity: str = "mass", cases: np.ndarray | None = None) -> float:
+        """Mean PCC of ``quantity`` over :meth:`muscles` (:func:`~MSKdeXTraining.evaluation.metrics.mean_pcc`,
+        on the ``cases`` at these indices, repeats allowed; default all)."""
+        return metrics.mean_pcc(*self.muscle_values(quantity), cases)
 
     def mean_muscle_pcc_ci(self, quantity: str = "mass") -> tuple[float, float]:
         """95 % confidence interval of :meth:`mean_muscle_pcc`, BCa bootstrap over the patients
         (:func:`~MSKdeXTraining.evaluation.metrics.bootstrap_ci`)."""
-        return metrics.bootstrap_ci(lambda cases: self.mean_muscle_pcc(quantity, cases), self.patients)
+        pred, true = self.muscle_values(quantity)
+        return metrics.bootstrap_ci(lambda cases: metrics.mean_pcc(pred, true, cases), self.patients)
 
     def image_metrics(self) -> list[dict]:
         """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the same ``n`` cases,
@@ -442,19 +445,16 @@ def mean_pcc_differences(a: Predictions, b: Predictions, name: str = "the other 
     patients (the same patients resampled for both)."""
     check_comparable(b, name, a.names, set(a.ids))
     common = [i for i in a.ids if i in set(b.ids)]
-    ia, ib = np.array([a.ids.index(i) for i in common], int), np.array([b.ids.index(i) for i in common], int)
-    muscles = [a.names.index(n) for n in a.muscles()]
-
-    def finite(p: Predictions, rows: np.ndarray, quantity: str) -> np.ndarray:
-        return np.all([np.isfinite(v[np.ix_(rows, muscles)]).all(axis=1) for v in p.values(quantity)], axis=0)
-
+    ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
     out = {}
     for q in ("mass", "volume"):
-        keep = finite(a, ia, q) & finite(b, ib, q)
-        ka, kb = ia[keep], ib[keep]
-        diff = lambda cases: a.mean_muscle_pcc(q, ka[cases]) - b.mean_muscle_pcc(q, kb[cases])
-        low, high = metrics.bootstrap_ci(diff, [a.patients[i] for i in ka])
-        out[q] = {"difference": diff(np.arange(len(ka))) if len(ka) else float("nan"), "low": low, "high": high,
+        pa, ta = (v[ia] for v in a.muscle_values(q))
+        pb, tb = (v[ib] for v in b.muscle_values(q))
+        keep = np.isfinite(np.hstack([pa, ta, pb, tb])).all(axis=1)
+        pa, ta, pb, tb = pa[keep], ta[keep], pb[keep], tb[keep]
+        diff = lambda cases: metrics.mean_pcc(pa, ta, cases) - metrics.mean_pcc(pb, tb, cases)
+        low, high = metrics.bootstrap_ci(diff, [a.patients[i] for i, k in zip(ia, keep) if k])
+        out[q] = {"difference": diff(None) if keep.any() else float("nan"), "low": low, "high": high,
                   "n": int(keep.sum())}
     return out
 

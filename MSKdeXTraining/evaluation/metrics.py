@@ -46,6 +46,15 @@ def pcc(pred: ArrayLike, truth: ArrayLike) -> float:
     return float(np.corrcoef(p, t)[0, 1])  # (numpy clips it to [-1, 1])
 
 
+def mean_pcc(pred: np.ndarray, truth: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Mean over the columns of ``(cases, columns)`` arrays of their :func:`pcc` (on the cases at
+    the indices ``rows``, repeats allowed; default all); NaN (undefined) when any column's PCC is
+    (e.g. a constant channel) or there is no column."""
+    take = slice(None) if rows is None else rows
+    chosen = [pcc(p, t) for p, t in zip(pred[take].T, truth[take].T)]
+    return float(np.mean(chosen)) if chosen else float("nan")
+
+
 def icc_a1(ratings: ArrayLike) -> float:
     """ICC(2,1) of an ``(n_subjects, k_raters)`` table (absolute agreement, single rater).
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MSKdeXTraining.evaluation import figures
+from MSKdeXTraining.evaluation import figures, metrics
 from MSKdeXTraining.evaluation.ablation import ablation
 from MSKdeXTraining.evaluation.crossval import (Predictions, anova, evaluate, load_predictions,
                                                   mean_pcc_differences)
-from MSKdeXTraining.evaluation.report import Section, Table, write_html, write_markdown
+from MSKdeXTraining.evaluation.report import Section, Table, agreement_table, write_html, write_markdown
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.inference import Decomposer
 from MSKdeXTraining.training.data import PreparedDataset, read_manifest, split_folds
@@ -104,9 +104,10 @@ def test_report_written_with_figures(evaluated):
             assert float(row[f"{q} ICC"]) == pytest.approx(e[q]["icc"], rel=1e-9)
             assert float(row[f"{q} MAE ({unit})"]) == pytest.approx(e[q]["mae"], rel=1e-9)
         assert float(row["density PCC"]) == pytest.approx(e["density"]["pcc"], rel=1e-9)
-        cells = [row["object"], e["kind"], "0"] + [c for q in ("mass", "volume") for c in ["4"] + [
-            f"{e[q][m]:.{1 if m == 'mae' else 3}f}" for m in ("pcc", "icc", "mae")]]
-        cells += ["4", f"{e['density']['pcc']:.3f}"]
+        assert all(row[f"{q} PCC {b}"] == "nan" for q in ("mass", "volume", "density") for b in ("low", "high"))
+        cells = [row["object"], e["kind"], "0"] + [c for q in ("mass", "volume") for c in [
+            "4", f"{e[q]['pcc']:.3f}", "n/a", "n/a", f"{e[q]['icc']:.3f}", f"{e[q]['mae']:.1f}"]]
+        cells += ["4", f"{e['density']['pcc']:.3f}", "n/a", "n/a"]  # 2 patients: too few for an interval
         assert "| " + " | ".join(cells) + " |" in md, cells
         assert "".join(f"<td>{c}</td>" for c in cells) in html, cells
     # the density agreement (its ICC and MAE are not tabulated) is the recomputed one
@@ -356,8 +357,9 @@ def test_a_diverged_setting_is_reported_and_the_others_finish(toy, monkeypatch):
     assert all(np.isfinite(r["mean_muscle_mass_pcc"]) and "diverged" not in r for r in rows[:2])
     assert "training diverged in epoch 1" in rows[2]["diverged"] and np.isnan(rows[2]["mean_muscle_mass_pcc"])
     md = (toy / "ablation" / "ablation.md").read_text()
-    assert "held-out cases n = 4; training diverged, so n/a: lambda_is 1000 (False)" in md
-    assert "| 1000 | (False) | n/a | n/a |" in md and "Training diverged, so no predictions" in md
+    assert "held-out cases n = 4; low, high: the muscle mean's 95 % confidence interval (BCa bootstrap over the " \
+        "patients); training diverged, so n/a: lambda_is 1000 (False)" in md
+    assert "| 1000 | (False) | n/a | n/a | n/a | n/a | n/a |" in md and "Training diverged, so no predictions" in md
     assert "(the default setting diverged) (lambda_is=100, L_B=False) against the baseline" in md
     assert "Training diverged" in (toy / "ablation" / "report.html").read_text()
     doc = json.loads((toy / "ablation" / "ablation.json").read_text())
@@ -458,7 +460,8 @@ def test_ablation_cli_prints_table2(monkeypatch, tmp_path, capsys):
         return [{"lambda_is": l, "bone_loss": b, "n": 4,
                  "mass_pcc": {"gluteus_maximus": 0.5 + l / 1000, "pelvis": float("nan")},
                  "volume_pcc": {"gluteus_maximus": 0.1, "pelvis": 0.2},
-                 "mean_muscle_mass_pcc": 0.25 + l / 1000, "mean_muscle_volume_pcc": 0.1}
+                 "mean_muscle_mass_pcc": 0.25 + l / 1000, "mean_muscle_volume_pcc": 0.1,
+                 "mean_muscle_mass_pcc_ci": [0.1, 0.4 + l / 1000], "mean_muscle_volume_pcc_ci": [0.0, 0.2]}
                 for l in lambdas for b in bone]
 
     monkeypatch.setattr(ablation_module, "ablation", fake)
@@ -468,9 +471,10 @@ def test_ablation_cli_prints_table2(monkeypatch, tmp_path, capsys):
     assert calls == [(tmp_path / "d", tmp_path / "a", "small", (0.0, 100.0), (False, True), 3, 2, None,
                       {"epochs": 1})]
     printed = capsys.readouterr().out
-    assert ("| lambda_is | with L_B | Glu. max. | Pelv. | muscle mean |\n|---|---|---|---|---|\n"
-            "| 0 | (False) | 0.500 | n/a | 0.250 |\n| 0 | (True) | 0.500 | n/a | 0.250 |\n"
-            "| 100 | (False) | 0.600 | n/a | 0.350 |\n| 100 | (True) | 0.600 | n/a | 0.350 |\n") in printed
+    assert ("| lambda_is | with L_B | Glu. max. | Pelv. | muscle mean | low | high |\n|---|---|---|---|---|---|---|\n"
+            "| 0 | (False) | 0.500 | n/a | 0.250 | 0.10 | 0.40 |\n| 0 | (True) | 0.500 | n/a | 0.250 | 0.10 | 0.40 |\n"
+            "| 100 | (False) | 0.600 | n/a | 0.350 | 0.10 | 0.50 |\n| 100 | (True) | 0.600 | n/a | 0.350 | 0.10 | 0.50 |\n"
+            ) in printed
     assert "Lean muscle mass and bone mass estimation accuracy (PCC), held-out cases n = 4" in printed
     assert f"report: {tmp_path / 'a' / 'report.html'}" in printed
     for choice, bone in (("on", (True,)), ("off", (False,))):
@@ -678,7 +682,9 @@ def test_muscle_mean_is_undefined_with_an_undefined_pcc_and_image_means_share_ca
 
 def test_muscle_mean_pcc_intervals_and_the_paired_difference():
     """The muscle mean on chosen cases (repeats allowed) is the mean of the muscles' PCCs there; its
-    95 % interval holds it; the text shows it. The difference of two evaluations matches cases by id
+    95 % interval holds it; the text shows it. Each object's interval is its PCC's over its finite cases
+    (every patient's cases doubled: the same interval, patients are resampled, not cases), and the table
+    shows it. The difference of two evaluations matches cases by id
     (another order gives the same): clearly better predictions give an interval above 0, two alike
     noisy ones an interval holding 0. A case one evaluation cannot score is left out of both: the
     same predictions with some NaN differ by 0."""
@@ -690,6 +696,27 @@ def test_muscle_mean_pcc_intervals_and_the_paired_difference():
         np.mean([np.corrcoef(a.volume_pred[cases, i], a.volume_true[cases, i])[0, 1] for i in range(6)]), rel=1e-12)
     low, high = a.mean_muscle_pcc_ci("mass")
     assert -1 <= low < a.mean_muscle_pcc("mass") < high <= 1
+    pred, true = a.muscle_values("mass")
+    assert (low, high) == pytest.approx(metrics.bootstrap_ci(lambda c: metrics.mean_pcc(pred, true, c), a.patients),
+                                        rel=1e-12)
+    holes = copy.deepcopy(a)
+    holes.volume_pred[[2, 5], 1] = np.nan  # each object's interval: of its PCC over its own finite pairs
+    per_object = holes.object_metrics(intervals=True)
+    for i, m in enumerate(per_object):
+        keep = np.isfinite(holes.volume_pred[:, i])
+        p, t = holes.volume_pred[keep, i], holes.volume_true[keep, i]
+        alone = metrics.bootstrap_ci(lambda c: metrics.pcc(p[c], t[c]), np.array(a.patients)[keep].tolist())
+        assert (m["volume"]["pcc_low"], m["volume"]["pcc_high"]) == pytest.approx(alone, rel=1e-9)
+        assert m["volume"]["pcc_low"] < m["volume"]["pcc"] < m["volume"]["pcc_high"]
+    twice = Predictions([f"{i}{k}" for i in holes.ids for k in "ab"], list(np.repeat(holes.patients, 2)),
+                        np.repeat(holes.folds, 2), holes.names, holes.kinds, [],
+                        *(np.repeat(x, 2, axis=0) for x in (holes.volume_true, holes.volume_pred, holes.mass_true,
+                                                            holes.mass_pred)), [{}] * 24)
+    assert np.array(twice.pcc_intervals("volume")) == pytest.approx(np.array(holes.pcc_intervals("volume")), rel=1e-6)
+    table = agreement_table(per_object, intervals=True)
+    assert table.header[4:11] == ["mass PCC", "mass PCC low", "mass PCC high", "mass ICC", "mass MAE (g)",
+                                  "volume n", "volume PCC"]
+    assert table.formatted()[1][11:13] == [f"{per_object[1]['volume'][b]:.2f}" for b in ("pcc_low", "pcc_high")]
     assert f"Mean lean-mass PCC over 6 muscles: {a.mean_muscle_pcc('mass'):.3f} ({low:.2f} to {high:.2f});" \
         in mean_pcc_text(a)
     worse, alike = copy.deepcopy(a), copy.deepcopy(a)
@@ -738,6 +765,11 @@ def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged
     assert doc["anova"]["chosen"] == "default" and (doc["anova"]["lambda_is"], doc["anova"]["bone_loss"]) == (100.0, True)
     diverged = doc["rows"][4]
     assert diverged["mean_muscle_mass_pcc"] is None and set(diverged["mass_pcc"].values()) == {None}
+    assert diverged["mean_muscle_mass_pcc_ci"] == [None, None]
+    low, high = results[(100.0, True)].mean_muscle_pcc_ci("mass")
+    assert doc["rows"][1]["mean_muscle_mass_pcc_ci"] == pytest.approx([low, high]) and low < high
+    assert f"| {doc['rows'][1]['mean_muscle_mass_pcc']:.3f} | {low:.2f} | {high:.2f} |" in \
+        (tmp_path / "ablation.md").read_text()
     assert doc["rows"][3]["mean_muscle_mass_pcc"] is None
     md = (tmp_path / "ablation.md").read_text()
     assert "## Default setting vs baseline" in md and "lambda_is=100, L_B=True" in md
@@ -755,7 +787,7 @@ def test_ablation_compares_the_default_with_the_baseline_and_survives_a_diverged
     assert "## Best setting vs baseline" in (tmp_path / "ablation.md").read_text()
     assert rows[1]["mean_muscle_volume_pcc"] == pytest.approx(_synthetic(2, 0.2).mean_muscle_pcc("volume"))
     diverged = ablation_module._diverged_row((0.0, True), list(rows[0]["mass_pcc"]), "training diverged")
-    assert "held-out cases n = 12; training diverged, so n/a: lambda_is 0 (True)" in \
+    assert "bootstrap over the patients); training diverged, so n/a: lambda_is 0 (True)" in \
         ablation_module.table2([diverged, rows[0]]).caption
 
 

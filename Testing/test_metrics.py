@@ -23,6 +23,29 @@ def test_pcc_matches_scipy(pair):
     assert np.isnan(metrics.pcc(np.ones(5), np.arange(5)))
 
 
+def test_column_pccs_match_numpy_over_each_columns_finite_pairs():
+    """Each column's PCC over its own finite pairs (np.corrcoef there); NaN for a constant side
+    or fewer than 2 pairs; clipped to [-1, 1]."""
+    rng = np.random.default_rng(5)
+    pred = rng.normal(size=(30, 6))
+    truth = pred + rng.normal(size=(30, 6))
+    pred[4, 1], truth[9, 2], truth[11, 2] = np.nan, np.inf, -np.inf
+    pred[:, 3] = 2.5  # constant
+    truth[1:, 4] = np.nan  # one pair
+    truth[:, 5] = 3 * pred[:, 5] + 1  # exactly linear
+    found = metrics.pccs(pred, truth)
+    for i in (0, 1, 2):
+        keep = np.isfinite(pred[:, i]) & np.isfinite(truth[:, i])
+        assert keep.sum() == (30, 29, 28)[i]
+        assert found[i] == pytest.approx(np.corrcoef(pred[keep, i], truth[keep, i])[0, 1], abs=1e-12)
+        assert metrics.pcc(pred[:, i], truth[:, i]) == pytest.approx(found[i], abs=1e-15)
+    assert np.isnan(found[3]) and np.isnan(found[4]) and found[5] == pytest.approx(1.0, abs=1e-12) and found[5] <= 1
+    assert metrics.mean_pcc(pred[:, :3], truth[:, :3]) == pytest.approx(found[:3].mean(), rel=1e-12)
+    assert np.isnan(metrics.mean_pcc(pred, truth))
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.pccs(pred, truth[:, :2])
+
+
 def test_mae_matches_numpy(pair):
     pred, truth = pair
     assert metrics.mae(pred, truth) == pytest.approx(np.abs(pred - truth).mean())
@@ -148,3 +171,18 @@ def test_bootstrap_ci_is_scipys_bca_and_resamples_whole_groups(pair):
     assert as_cases[1] - as_cases[0] < 0.8 * (high - low)
     assert metrics.bootstrap_ci(lambda cases: 1.0, ["a", "b", "a"]) == pytest.approx((np.nan, np.nan), nan_ok=True)
     assert np.isnan(metrics.bootstrap_ci(lambda cases: np.nan, ids)).all()  # undefined statistic: no interval
+
+
+def test_bootstrap_ci_of_an_array_statistic_gives_each_values_interval(pair):
+    """An array statistic: each value's interval is the one of that value alone (the same
+    resamples); a value undefined on the data has none, the others keep theirs."""
+    pred, truth = pair
+    ids = [f"p{i}" for i in range(40)]
+    both = lambda cases: np.array([pred[cases].mean(), metrics.pcc(pred[cases], truth[cases]), np.nan])
+    low, high = metrics.bootstrap_ci(both, ids, n_resamples=500, seed=4)
+    alone = (lambda cases: float(pred[cases].mean()), lambda cases: metrics.pcc(pred[cases], truth[cases]))
+    for j, one in enumerate(alone):
+        assert (low[j], high[j]) == pytest.approx(metrics.bootstrap_ci(one, ids, n_resamples=500, seed=4), rel=1e-12)
+    assert np.isnan(low[2]) and np.isnan(high[2])
+    few = metrics.bootstrap_ci(both, ["a", "b", "a"])
+    assert few[0].shape == (3,) and np.isnan(few).all()

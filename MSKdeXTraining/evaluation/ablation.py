@@ -95,7 +95,9 @@ def _diverged_row(setting: tuple[float, bool], objects: list[str], message: str)
     """The row of a setting whose training diverged: no predictions, every PCC NaN."""
     nan = {n: float("nan") for n in objects}
     return {"lambda_is": setting[0], "bone_loss": setting[1], "n": 0, "mass_pcc": nan, "volume_pcc": dict(nan),
-            "mean_muscle_mass_pcc": float("nan"), "mean_muscle_volume_pcc": float("nan"), "diverged": message}
+            "mean_muscle_mass_pcc": float("nan"), "mean_muscle_volume_pcc": float("nan"),
+            "mean_muscle_mass_pcc_ci": [float("nan")] * 2, "mean_muscle_volume_pcc_ci": [float("nan")] * 2,
+            "diverged": message}
 
 
 def _row(setting: tuple[float, bool], preds: Predictions) -> dict:
@@ -104,20 +106,24 @@ def _row(setting: tuple[float, bool], preds: Predictions) -> dict:
             "mass_pcc": {m["object"]: m["mass"]["pcc"] for m in per},
             "volume_pcc": {m["object"]: m["volume"]["pcc"] for m in per},
             "mean_muscle_mass_pcc": preds.mean_muscle_pcc("mass"),
-            "mean_muscle_volume_pcc": preds.mean_muscle_pcc("volume")}
+            "mean_muscle_volume_pcc": preds.mean_muscle_pcc("volume"),
+            "mean_muscle_mass_pcc_ci": list(preds.mean_muscle_pcc_ci("mass")),
+            "mean_muscle_volume_pcc_ci": list(preds.mean_muscle_pcc_ci("volume"))}
 
 
 def table2(rows: list[dict], quantity: str = "mass") -> Table:
-    """The paper's Table 2 layout: lambda_is, with L_B, PCC per object, mean over muscles; the
-    caption names the settings whose training diverged (their row all n/a)."""
+    """The paper's Table 2 layout: lambda_is, with L_B, PCC per object, mean over muscles and its
+    95 % confidence interval; the caption names the settings whose training diverged (their row
+    all n/a)."""
     names = list(rows[0][f"{quantity}_pcc"])
-    header = ["lambda_is", "with L_B"] + [DISPLAY_NAMES.get(n, n) for n in names] + ["muscle mean"]
+    header = ["lambda_is", "with L_B"] + [DISPLAY_NAMES.get(n, n) for n in names] + ["muscle mean", "low", "high"]
     body = [[f"{r['lambda_is']:g}", f"({r['bone_loss']})"] + [r[f"{quantity}_pcc"][n] for n in names]
-            + [r[f"mean_muscle_{quantity}_pcc"]] for r in rows]
+            + [r[f"mean_muscle_{quantity}_pcc"], *r[f"mean_muscle_{quantity}_pcc_ci"]] for r in rows]
     what = "Lean muscle mass and bone mass" if quantity == "mass" else "Muscle and bone volume"
     failed = [f"lambda_is {r['lambda_is']:g} ({r['bone_loss']})" for r in rows if r.get("diverged")]
-    return Table(header, body, f"{what} estimation accuracy (PCC), held-out cases n = {max(r['n'] for r in rows)}"
-                 + (f"; training diverged, so n/a: {', '.join(failed)}" if failed else ""))
+    return Table(header, body, f"{what} estimation accuracy (PCC), held-out cases n = {max(r['n'] for r in rows)}; "
+                 "low, high: the muscle mean's 95 % confidence interval (BCa bootstrap over the patients)"
+                 + (f"; training diverged, so n/a: {', '.join(failed)}" if failed else ""), {"low": 2, "high": 2})
 
 
 def compared_setting(results: dict[tuple[float, bool], Predictions],

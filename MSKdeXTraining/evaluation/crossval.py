@@ -104,15 +104,20 @@ class Predictions:
                 return self.mass_pred / self.volume_pred, self.mass_true / self.volume_true
         return getattr(self, f"{quantity}_pred"), getattr(self, f"{quantity}_true")
 
-    def object_metrics(self) -> list[dict]:
+    def object_metrics(self, intervals: bool = False) -> list[dict]:
         """Per object: agreement (n, pcc, icc, mae) of each of :data:`AGREEMENT_QUANTITIES` (:meth:`values`),
-        each over the cases where prediction and truth are finite, and ``non_finite``, the number
-        of cases whose predicted mass or volume is not finite."""
+        each over the cases where prediction and truth are finite, with ``intervals`` also the 95 %
+        confidence interval of its PCC (pcc_low, pcc_high: :meth:`pcc_intervals`), and ``non_finite``,
+        the number of cases whose predicted mass or volume is not finite."""
         values = {q: self.values(q) for q in AGREEMENT_QUANTITIES}
-        return [{"object": n, "kind": self.kinds[i],
-                 "non_finite": int(np.sum(~(np.isfinite(self.mass_pred[:, i]) & np.isfinite(self.volume_pred[:, i])))),
-                 **{q: metrics.agreement(pred[:, i], true[:, i]) for q, (pred, true) in values.items()}}
-                for i, n in enumerate(self.names)]
+        found = [{"object": n, "kind": self.kinds[i],
+                  "non_finite": int(np.sum(~(np.isfinite(self.mass_pred[:, i]) & np.isfinite(self.volume_pred[:, i])))),
+                  **{q: metrics.agreement(pred[:, i], true[:, i]) for q, (pred, true) in values.items()}}
+                 for i, n in enumerate(self.names)]
+        for q in AGREEMENT_QUANTITIES if intervals else ():
+            for m, (low, high) in zip(found, self.pcc_intervals(q)):
+                m[q].update(pcc_low=low, pcc_high=high)
+        return found
 
     def muscles(self) -> list[str]:
         """The muscles the muscle means average: the paper's six present in this model, or
@@ -136,6 +141,24 @@ class Predictions:
         (:func:`~MSKdeXTraining.evaluation.metrics.bootstrap_ci`)."""
         pred, true = self.muscle_values(quantity)
         return metrics.bootstrap_ci(lambda cases: metrics.mean_pcc(pred, true, cases), self.patients)
+
+    def pcc_intervals(self, quantity: str) -> list[tuple[float, float]]:
+        """Per object, the 95 % confidence interval of its PCC of ``quantity`` (:meth:`values`), BCa
+        bootstrap over the patients of the cases where its prediction and truth are finite (those
+        :meth:`object_metrics` scores); one bootstrap for the objects scored on the same cases."""
+        pred, true = self.values(quantity)
+        scored = np.isfinite(pred) & np.isfinite(true)
+        shared: dict[bytes, list[int]] = {}  # scored cases -> the objects scored on them
+        for i in range(len(self.names)):
+            shared.setdefault(scored[:, i].tobytes(), []).append(i)
+        bounds = {}
+        for objects in shared.values():
+            rows = scored[:, objects[0]]
+            p, t = pred[rows][:, objects], true[rows][:, objects]
+            low, high = metrics.bootstrap_ci(lambda cases: metrics.pccs(p[cases], t[cases]),
+                                             [g for g, k in zip(self.patients, rows) if k])
+            bounds.update({i: (float(a), float(b)) for i, a, b in zip(objects, low, high)})
+        return [bounds[i] for i in range(len(self.names))]
 
     def image_metrics(self) -> list[dict]:
         """Per aligned bone and DRR type: mean PSNR (dB) and SSIM over the same ``n`` cases,

@@ -4,7 +4,7 @@ The agreement metrics score the pairs where both values are finite (a diverged m
 infinite predictions are left out, and :func:`agreement` reports how many pairs were scored);
 none left gives NaN.
 
-* :func:`pcc` - Pearson correlation coefficient (numpy.corrcoef);
+* :func:`pcc` / :func:`pccs` - Pearson correlation coefficient (of each column);
 * :func:`icc_a1` - ICC(2,1): two-way random effects, absolute agreement, single rater
   (Shrout & Fleiss 1979, Psychol Bull 86:420, their case 2; McGraw & Wong 1996 "ICC(A,1)");
 * :func:`mae` - mean absolute error, in the unit of the inputs (cm3 or g);
@@ -37,22 +37,45 @@ def _pair(pred: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return p[keep], t[keep]
 
 
+def pccs(pred: ArrayLike, truth: ArrayLike) -> np.ndarray:
+    """Pearson correlation coefficient of each column of ``(cases, columns)`` arrays, over the
+    column's finite pairs; NaN for a column with fewer than 2 finite pairs or a constant side."""
+    p = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 2:
+        raise ValueError(f"prediction and truth must be (cases, columns) arrays of one shape, got {p.shape} "
+                         f"and {t.shape}")
+    keep = np.isfinite(p) & np.isfinite(t)
+    n = keep.sum(axis=0)
+    flat = np.zeros(p.shape[1], bool)
+    centred = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for x in (p, t):
+            flat |= np.where(keep, x, -np.inf).max(axis=0, initial=-np.inf) == np.where(keep, x, np.inf).min(
+                axis=0, initial=np.inf)
+            x = np.where(keep, x, 0.0)
+            centred.append(np.where(keep, x - x.sum(axis=0) / n, 0.0))
+        pc, tc = centred
+        r = (pc * tc).sum(axis=0) / np.sqrt((pc * pc).sum(axis=0) * (tc * tc).sum(axis=0))
+    return np.where((n >= 2) & ~flat, np.clip(r, -1.0, 1.0), np.nan)
+
+
 def pcc(pred: ArrayLike, truth: ArrayLike) -> float:
     """Pearson correlation coefficient of two 1D samples (their finite pairs); NaN when either
     is constant or n < 2."""
-    p, t = _pair(pred, truth)
-    if p.size < 2 or np.ptp(p) == 0 or np.ptp(t) == 0:
-        return float("nan")
-    return float(np.corrcoef(p, t)[0, 1])  # (numpy clips it to [-1, 1])
+    p, t = (np.asarray(x, dtype=np.float64).ravel() for x in (pred, truth))
+    if p.shape != t.shape:
+        raise ValueError(f"prediction and truth must have the same length, got {p.size} and {t.size}")
+    return float(pccs(p[:, None], t[:, None])[0])
 
 
 def mean_pcc(pred: np.ndarray, truth: np.ndarray, rows: np.ndarray | None = None) -> float:
-    """Mean over the columns of ``(cases, columns)`` arrays of their :func:`pcc` (on the cases at
-    the indices ``rows``, repeats allowed; default all); NaN (undefined) when any column's PCC is
-    (e.g. a constant channel) or there is no column."""
+    """Mean over the columns of ``(cases, columns)`` arrays of their PCCs (:func:`pccs`, on the
+    cases at the indices ``rows``, repeats allowed; default all); NaN (undefined) when any column's
+    PCC is (e.g. a constant channel) or there is no column."""
     take = slice(None) if rows is None else rows
-    chosen = [pcc(p, t) for p, t in zip(pred[take].T, truth[take].T)]
-    return float(np.mean(chosen)) if chosen else float("nan")
+    chosen = pccs(pred[take], truth[take])
+    return float(chosen.mean()) if chosen.size else float("nan")
 
 
 def icc_a1(ratings: ArrayLike) -> float:
@@ -136,24 +159,28 @@ def agreement(pred: ArrayLike, truth: ArrayLike) -> dict[str, float]:
     return {"n": int(p.size), "pcc": pcc(p, t), "icc": icc(p, t), "mae": mae(p, t)}
 
 
-def bootstrap_ci(statistic: Callable[[np.ndarray], float], groups: Sequence[str], level: float = 0.95,
-                 n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(statistic: Callable[[np.ndarray], float | np.ndarray], groups: Sequence[str], level: float = 0.95,
+                 n_resamples: int = 2000, seed: int = 0) -> tuple[float, float] | tuple[np.ndarray, np.ndarray]:
     """BCa bootstrap confidence interval (scipy.stats.bootstrap, seeded) of ``statistic(cases)``,
-    a float of the cases at the given indices into ``groups`` (repeats allowed), resampling whole
-    groups with replacement: with ``groups`` the cases' patients, a patient's cases stay together.
-    (NaN, NaN) with fewer than 3 groups or a statistic undefined (NaN) on the data or on resamples."""
+    a float or a 1D array of floats (an interval each, from the same resamples) of the cases at
+    the given indices into ``groups`` (repeats allowed), resampling whole groups with replacement:
+    with ``groups`` the cases' patients, a patient's cases stay together. (low, high), arrays for
+    an array statistic; NaN with fewer than 3 groups or for a value undefined (NaN) on the data or
+    on resamples."""
     first = {g: i for i, g in enumerate(dict.fromkeys(groups))}  # groups in order of appearance
     member = np.array([first[g] for g in groups], dtype=int)
     members = [np.flatnonzero(member == g) for g in range(len(first))]
-    if len(members) < 3 or not np.isfinite(statistic(np.arange(len(member)))):
-        return float("nan"), float("nan")
+    value = np.asarray(statistic(np.arange(len(member))), dtype=np.float64)
+    low, high = np.full(value.shape, np.nan), np.full(value.shape, np.nan)
+    if len(members) >= 3 and np.isfinite(value).any():
+        def resampled(sample: np.ndarray) -> np.ndarray:
+            return statistic(np.concatenate([members[g] for g in sample]))
 
-    def resampled(sample: np.ndarray) -> float:
-        return statistic(np.concatenate([members[g] for g in sample]))
-
-    with warnings.catch_warnings():  # a degenerate or undefined resample gives NaN: reported as such
-        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        ci = stats.bootstrap((np.arange(len(members)),), resampled, vectorized=False, n_resamples=n_resamples,
-                             confidence_level=level, method="BCa", rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
+        with warnings.catch_warnings():  # a degenerate or undefined resample gives NaN: reported as such
+            warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ci = stats.bootstrap((np.arange(len(members)),), resampled, vectorized=False, n_resamples=n_resamples,
+                                 confidence_level=level, method="BCa", rng=np.random.default_rng(seed)
+                                 ).confidence_interval
+        low, high = (np.where(np.isfinite(value), bound, np.nan) for bound in (ci.low, ci.high))
+    return (float(low), float(high)) if value.ndim == 0 else (low, high)

@@ -109,21 +109,26 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
     return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
 
 
-def agreement_table(object_metrics: list[dict]) -> Table:
+def agreement_table(object_metrics: list[dict], intervals: bool = False) -> Table:
     """Per object: the number of cases whose prediction is not finite (left out), then n (cases
     scored), PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and n and PCC of the density
-    (mass / volume, g/cm3)."""
-    header = ["object", "kind", "non-finite", "mass n", "mass PCC", "mass ICC", "mass MAE (g)",
-              "volume n", "volume PCC", "volume ICC", "volume MAE (cm3)", "density n", "density PCC"]
-    rows = [[m["object"], m["kind"], m["non_finite"]]
-            + [m[q][k] for q in ("mass", "volume") for k in ("n", "pcc", "icc", "mae")]
-            + [m["density"]["n"], m["density"]["pcc"]] for m in object_metrics]
+    (mass / volume, g/cm3); with ``intervals`` each PCC followed by its 95 % confidence interval
+    (``object_metrics`` from ``Predictions.object_metrics(intervals=True)``)."""
+    ci = [("PCC low", "pcc_low"), ("PCC high", "pcc_high")] if intervals else []
+    columns = {"mass": [("n", "n"), ("PCC", "pcc"), *ci, ("ICC", "icc"), ("MAE (g)", "mae")],
+               "volume": [("n", "n"), ("PCC", "pcc"), *ci, ("ICC", "icc"), ("MAE (cm3)", "mae")],
+               "density": [("n", "n"), ("PCC", "pcc"), *ci]}
+    header = ["object", "kind", "non-finite"] + [f"{q} {label}" for q, cols in columns.items() for label, _ in cols]
+    rows = [[m["object"], m["kind"], m["non_finite"]] + [m[q][key] for q, cols in columns.items() for _, key in cols]
+            for m in object_metrics]
     return Table(header, rows, "Mass and volume from the predicted DRR sums vs the 3D CT "
                  "(PCC: Pearson; ICC(2,1): two-way random, absolute agreement, single rater; "
                  "non-finite: cases whose predicted mass or volume is NaN or infinite; each quantity "
                  "is scored over its own n cases, those where its prediction and truth are finite; "
-                 "density: mass / volume in g/cm3, for a muscle its lean mass per cm3)",
-                 {"mass MAE (g)": 1, "volume MAE (cm3)": 1})
+                 "density: mass / volume in g/cm3, for a muscle its lean mass per cm3"
+                 + ("; PCC low / high: 95 % confidence interval, BCa bootstrap over the patients, n/a with "
+                    "fewer than 3 patients or where the PCC is undefined on a resample" if intervals else "") + ")",
+                 {"mass MAE (g)": 1, "volume MAE (cm3)": 1} | {f"{q} {label}": 2 for q in columns for label, _ in ci})
 
 
 def image_table(image_metrics: list[dict]) -> Table:

@@ -713,7 +713,7 @@ def test_muscle_mean_pcc_intervals_and_the_paired_difference():
                         *(np.repeat(x, 2, axis=0) for x in (holes.volume_true, holes.volume_pred, holes.mass_true,
                                                             holes.mass_pred)), [{}] * 24)
     assert np.array(twice.pcc_intervals("volume")) == pytest.approx(np.array(holes.pcc_intervals("volume")), rel=1e-6)
-    table = agreement_table(per_object, intervals=True)
+    table = agreement_table(per_object)
     assert table.header[4:11] == ["mass PCC", "mass PCC low", "mass PCC high", "mass ICC", "mass MAE (g)",
                                   "volume n", "volume PCC"]
     assert table.formatted()[1][11:13] == [f"{per_object[1]['volume'][b]:.2f}" for b in ("pcc_low", "pcc_high")]

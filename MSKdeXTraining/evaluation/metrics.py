@@ -63,9 +63,7 @@ def pccs(pred: ArrayLike, truth: ArrayLike) -> np.ndarray:
 def pcc(pred: ArrayLike, truth: ArrayLike) -> float:
     """Pearson correlation coefficient of two 1D samples (their finite pairs); NaN when either
     is constant or n < 2."""
-    p, t = (np.asarray(x, dtype=np.float64).ravel() for x in (pred, truth))
-    if p.shape != t.shape:
-        raise ValueError(f"prediction and truth must have the same length, got {p.size} and {t.size}")
+    p, t = _pair(pred, truth)
     return float(pccs(p[:, None], t[:, None])[0])
 
 

@@ -109,11 +109,12 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
     return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
 
 
-def agreement_table(object_metrics: list[dict], intervals: bool = False) -> Table:
+def agreement_table(object_metrics: list[dict]) -> Table:
     """Per object: the number of cases whose prediction is not finite (left out), then n (cases
     scored), PCC / ICC(2,1) / MAE of mass (g) and of volume (cm3), and n and PCC of the density
-    (mass / volume, g/cm3); with ``intervals`` each PCC followed by its 95 % confidence interval
-    (``object_metrics`` from ``Predictions.object_metrics(intervals=True)``)."""
+    (mass / volume, g/cm3); each PCC followed by its 95 % confidence interval when the metrics
+    hold one (``Predictions.object_metrics(intervals=True)``)."""
+    intervals = bool(object_metrics) and "pcc_low" in object_metrics[0]["mass"]
     ci = [("PCC low", "pcc_low"), ("PCC high", "pcc_high")] if intervals else []
     columns = {"mass": [("n", "n"), ("PCC", "pcc"), *ci, ("ICC", "icc"), ("MAE (g)", "mae")],
                "volume": [("n", "n"), ("PCC", "pcc"), *ci, ("ICC", "icc"), ("MAE (cm3)", "mae")],

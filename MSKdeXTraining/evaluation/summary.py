@@ -36,7 +36,7 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
     figures drawn before the tables are written (a figure that fails leaves the tables and
     report of the last run; figures drawn before it are already new), and outputs that no
     longer apply (intervals.csv, anova.csv, decomposition.png) are removed."""
-    agree = agreement_table(preds.object_metrics(intervals=True), intervals=True)
+    agree = agreement_table(preds.object_metrics(intervals=True))
     images = image_table(preds.image_metrics())
     folds = sorted(set(preds.folds.tolist()))
     intervals = interval_table(out, folds, preds.names)

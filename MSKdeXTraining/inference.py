@@ -39,6 +39,7 @@ from scipy import ndimage
 from .calibration import QUANTITIES, held_out_patients, interval, min_patients, read_calibration
 from .decomposition_table import TABLE_FORMAT, TABLE_VERSION, write_table_csv
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
+from .environment import environment
 from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
@@ -140,13 +141,15 @@ class Decomposition:
 
     def record(self, drr_stacks: dict[str, str] | None = None) -> dict:
         """The ``decomposition.json`` record (docs/formats.md): table, OOD verdict and notes,
-        geometry, source, model, augmentations and the names of the DRR stack files written
-        beside it (``drr_stacks``, type -> file name; none when only the record is written)."""
+        geometry, source, model, augmentations, the names of the DRR stack files written
+        beside it (``drr_stacks``, type -> file name; none when only the record is written) and
+        the software and machine that computed it (:func:`~MSKdeXTraining.environment.environment`)."""
         return {"format": TABLE_FORMAT, "version": TABLE_VERSION,
                 "units": {"volume_cm3": "cm3", "mass_g": "g", "drr": DRR_SHORT_UNITS},
                 "objects": self.table, "ood": asdict(self.ood), "geometry": self.geometry.to_json(),
                 "source": self.source, "model": self.model,
-                "augmentations": [asdict(a) for a in self.augmentations], "drr_stacks": drr_stacks or {}}
+                "augmentations": [asdict(a) for a in self.augmentations], "drr_stacks": drr_stacks or {},
+                "environment": environment()}
 
 
 def to_detector(array: np.ndarray, spacing: tuple[float, float],

@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
+from .environment import environment
 from .errors import InputError
 from .fileio import (atomic_path, create_json, read_format_json, read_json_object, refuse_other_kind,
                      write_json)
@@ -173,6 +174,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
 
 def _finish(entry: dict, out: Path, t0: float) -> dict:
     entry["seconds"] = round(time.perf_counter() - t0, 2)
+    entry["environment"] = environment()  # shards may run on other machines: each case says where
     write_json(out / "cases" / f"{entry['id']}.json", entry)
     return entry
 

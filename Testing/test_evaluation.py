@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from MSKdeXTraining.environment import environment
 from MSKdeXTraining.evaluation import figures, metrics
 from MSKdeXTraining.evaluation.ablation import ablation
 from MSKdeXTraining.evaluation.crossval import (Predictions, anova, evaluate, load_predictions,
@@ -78,6 +80,13 @@ def test_report_written_with_figures(evaluated):
     pngs = _embedded_pngs(html)
     assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)
     assert pngs == [(out / f).read_bytes() for f in ("scatter_mass.png", "scatter_volume.png", "decomposition.png")]
+    env = environment()
+    assert html.endswith(f"<h2>Software and machine</h2>\n<p>mskdex: {env['mskdex']}; python: {env['python']}; "
+                         f"torch: {env['torch']}; numpy: {env['numpy']}; scipy: {env['scipy']}; SimpleITK: "
+                         f"{env['SimpleITK']}; scikit-image: {env['scikit-image']}; cma: {env['cma']}; pydicom: "
+                         f"{env['pydicom']}; pillow: {env['pillow']}; platform: {env['platform']}; cpu: "
+                         f"{env['cpu']}; cpu_capability: {env['cpu_capability']}; cpus: {env['cpus']}. The training of "
+                         "each model is recorded in its run folder (environment.json).</p>\n</body></html>")
     # image_metrics.csv: per bone and DRR type, the means of the cases' PSNR / SSIM over the same cases
     cases = [c for f in sorted(out.glob("fold_*/predictions.json")) for c in json.loads(f.read_text())["cases"]]
     with (out / "image_metrics.csv").open() as fh:
@@ -361,8 +370,10 @@ def test_a_diverged_setting_is_reported_and_the_others_finish(toy, monkeypatch):
         "patients); training diverged, so n/a: lambda_is 1000 (False)" in md
     assert "| 1000 | (False) | n/a | n/a | n/a | n/a | n/a |" in md and "Training diverged, so no predictions" in md
     assert "(the default setting diverged) (lambda_is=100, L_B=False) against the baseline" in md
-    assert "Training diverged" in (toy / "ablation" / "report.html").read_text()
+    report = (toy / "ablation" / "report.html").read_text()
+    assert "Training diverged" in report and f"torch: {torch.__version__}; numpy: {np.__version__}" in report
     doc = json.loads((toy / "ablation" / "ablation.json").read_text())
+    assert doc["environment"] == environment()
     assert (doc["anova"]["lambda_is"], doc["anova"]["chosen"]) == (100.0, "best")
     assert doc["rows"][2]["mean_muscle_mass_pcc"] is None and doc["rows"][2]["n"] == 0
 

@@ -21,6 +21,7 @@ import torch
 from MSKdeXTraining.batch import decompose_files, output_names
 from MSKdeXTraining.commands import decompose as decompose_cmd
 from MSKdeXTraining.decomposition_table import TABLE_COLUMNS, write_table_csv
+from MSKdeXTraining.environment import environment
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.projector import per_pixel_area
 from MSKdeXTraining.inference import Decomposer, sample_augmentations, to_detector
@@ -275,6 +276,7 @@ def test_write_saves_table_stacks_and_metadata(trained, decomposer, tmp_path):
     assert doc["units"] == {"volume_cm3": "cm3", "mass_g": "g", "drr": {"wvdrr": "1", "vdrr": "cm", "mdrr": "g/cm2"}}
     assert doc["drr_stacks"] == {t: f"decomposition_{t}.nii.gz" for t in ("wvdrr", "vdrr", "mdrr")}
     assert doc["source"]["tta"] == 2 and len(doc["augmentations"]) == 2
+    assert doc["environment"] == environment()
     with paths["csv"].open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["object"] for r in rows] == result.names

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from MSKdeXTraining.cohort import generate_cohort
 from MSKdeXTraining.dicom_radiograph import HIP_ABOVE_TABLE_MM
+from MSKdeXTraining.environment import environment
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose, resample_image, rigid
 from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.imaging.registration import Level, RegistrationSettings, read_xray
@@ -78,6 +79,7 @@ def test_prepare_writes_manifest_and_cases(cohort, tmp_path):
     broken = m["cases"][2]
     assert any("gluteus_minimus" in r and "right side" in r for r in broken["reasons"])
     assert broken["file"] is None and broken["registration"] == {}
+    assert all(c["environment"] == environment() for c in m["cases"])  # prepared in this process
     assert status["case_0001"] == "excluded"
     checked = []
     for c in m["cases"][:2]:

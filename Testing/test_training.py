@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from MSKdeXTraining.commands import train as train_cmd
+from MSKdeXTraining.environment import environment
 from MSKdeXTraining.errors import InputError, MSKdeXWarning
 from MSKdeXTraining.modelio import read_safetensors
 from MSKdeXTraining.training.config import TrainConfig, load_config, parse_overrides
@@ -248,6 +249,8 @@ def test_full_objective_writes_run_folder(dataset, tmp_path):
         assert (run / name).is_file(), name
     meta = json.loads((run / "model.json").read_text())
     assert meta["split"]["fold"] == [0, 3] and len(meta["split"]["test_ids"]) == 2
+    assert json.loads((run / "environment.json").read_text()) == {
+        **environment(), "device": "cpu", "world_size": 1, "threads": torch.get_num_threads()}
     assert np.shape(meta["scale"]) == (3, 9) and min(min(r) for r in meta["scale"]) > 0
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, dataset, run)

@@ -18,13 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..environment import environment
 from ..errors import InputError, TrainingDiverged
 from ..fileio import refuse_other_kind, write_json
 from ..objects import DISPLAY_NAMES
 from ..parallel import run_jobs, worker_count
 from ..progress import Progress
 from .crossval import Predictions, anova, mean_pcc_differences, run_folds
-from .report import Section, Table, anova_table, markdown, write_csv, write_html, write_markdown
+from .report import (Section, Table, anova_table, environment_section, markdown, write_csv, write_html,
+                     write_markdown)
 from .summary import difference_text
 
 LAMBDAS = (0.0, 100.0, 1000.0)
@@ -166,10 +168,11 @@ def _write(out: Path, rows: list[dict], results: dict, k: int, fold: int, defaul
                                 + (" Chosen as the best on these cases, it is favoured by the choice." if why == "best"
                                    else ""),
                                 [anova_table(rows_anova, label, "baseline")]))
+    sections.append(environment_section())
     write_csv(out / "ablation_mass_pcc.csv", mass)
     write_csv(out / "ablation_volume_pcc.csv", volume)
     write_json(out / "ablation.json", {"format": "mskdex-ablation", "version": 1, "k": k,
-                                       "fold": fold, "rows": rows, "anova": record})
+                                       "fold": fold, "rows": rows, "anova": record, "environment": environment()})
     write_markdown(out / "ablation.md", "MSKdeX ablation", sections)
     return write_html(out / "report.html", "MSKdeX ablation", sections)
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..environment import environment
 from ..fileio import write_atomic
 
 
@@ -107,6 +108,14 @@ def write_html(path: str | Path, title: str, sections: list[Section]) -> Path:
         parts += [_html_figure(png, cap) for png, cap in s.figures]
     parts.append("</body></html>")
     return write_atomic(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
+
+
+def environment_section() -> Section:
+    """The report's last section: the software and machine that computed it
+    (:func:`~MSKdeXTraining.environment.environment`), and where its models' training is recorded."""
+    env = environment()
+    return Section("Software and machine", "; ".join(f"{k}: {v}" for k, v in env.items())
+                   + ". The training of each model is recorded in its run folder (environment.json).")
 
 
 def agreement_table(object_metrics: list[dict]) -> Table:

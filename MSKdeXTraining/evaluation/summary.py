@@ -10,7 +10,7 @@ from ..calibration import LEVEL, QUANTITIES, read_calibration
 from ..fileio import file_sha256
 from . import figures
 from .crossval import AGREEMENT_QUANTITIES, ROW_HEADER, Predictions, anova, case_images, mean_pcc_differences
-from .report import (Section, Table, agreement_table, anova_table, image_table, markdown,
+from .report import (Section, Table, agreement_table, anova_table, environment_section, image_table, markdown,
                      write_csv, write_html, write_markdown)
 
 #: Objects of the paper's Fig. 4, shown in the decomposition panel when present.
@@ -79,7 +79,7 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
             title=f"case {preds.ids[m]} (median error), held out in fold {preds.folds[m]}"),
             "Decomposition of a representative held-out case: predicted vs reference "
             "(CT DRRs; aligned DRRs for the registered bones, none where the registration failed)"))
-    sections.append(Section("Figures", "", [], figs))
+    sections += [Section("Figures", "", [], figs), environment_section()]
     write_csv(out / "predictions.csv", Table(ROW_HEADER, preds.rows()))
     write_csv(out / "metrics.csv", agree)
     write_csv(out / "image_metrics.csv", images)

@@ -30,8 +30,10 @@ MU_WATER_PER_CM = 0.2059
 
 #: Schneider W, Bortfeld T, Schlegel W. Correlation between CT numbers and tissue parameters
 #: needed for Monte Carlo simulations of clinical dose distributions. Phys Med Biol
-#: 45:459-478 (2000), the piecewise-linear HU -> mass density calibration (their Fig. 5).
-#: Section k covers HU in [LOWER[k], LOWER[k+1]); rho = OFFSET + FACTOR * (FACTOR_OFFSET + HU).
+#: 45:459-478 (2000), the piecewise-linear HU -> mass density calibration (their Fig. 5), extended
+#: above 2000 HU to dense bone (0.0005 g/cm3 per HU) and, from 2995 HU, to titanium (4.54 g/cm3): a
+#: CT's saturated voxels are an implant's metal, which segmentation QC flags. Section k covers
+#: HU in [LOWER[k], LOWER[k+1]); rho = OFFSET + FACTOR * (FACTOR_OFFSET + HU).
 SCHNEIDER_LOWER_HU = (-1000.0, -98.0, 15.0, 23.0, 101.0, 2001.0, 2995.0)
 SCHNEIDER_UPPER_HU = 2996.0
 SCHNEIDER_OFFSET = (0.00121, 1.018, 1.03, 1.003, 1.017, 2.201, 4.54)

@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import math
-import platform
 import random
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
+from ..environment import environment
 from ..errors import InputError, TrainingDiverged
 from ..fileio import read_json_object, refuse_other_kind, refuse_overwrite, write_atomic, write_json
 from ..models import Generator, PatchGAN, ResnetTranslator
@@ -151,9 +151,8 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 
 def _environment(info: distributed.DistInfo) -> dict:
-    env = {"mskdex": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "platform": platform.platform(), "device": str(info.device),
-           "world_size": info.world, "threads": torch.get_num_threads()}
+    env = {**environment(), "device": str(info.device), "world_size": info.world,
+           "threads": torch.get_num_threads()}
     if info.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(info.device)
     return env

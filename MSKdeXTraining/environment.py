@@ -3,7 +3,8 @@
 Float results depend on more than the code: session 33 found a dataset prepared on a CPU
 with other vector kernels register its bones to poses that differ in the last bits, which
 training then amplifies. So every result that a machine makes records :func:`environment`:
-``prepare`` per case, ``train`` per run (``environment.json``) and ``decompose`` per film.
+``prepare`` per case, ``train`` per run (``environment.json``), ``decompose`` per film, and the
+evaluation and ablation reports.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ PACKAGES = ("torch", "numpy", "scipy", "SimpleITK", "scikit-image", "cma", "pydi
 
 def environment() -> dict:
     """The versions of MSKdeX, Python and each of :data:`PACKAGES` installed (by name; absent
-    ones left out), the platform, the CPU's model name, the vector instructions PyTorch's CPU
+    ones left out; torch's as ``torch.__version__``, and ``torch_cuda`` the CUDA it was built
+    with, if any), the platform, the CPU's model name, the vector instructions PyTorch's CPU
     kernels use (``cpu_capability``, e.g. AVX512) and the number of CPUs: a new dict each call,
     of what this process found first (finding it takes 6-9 ms)."""
     return dict(_environment())
@@ -36,9 +37,12 @@ def _environment() -> dict:
     env = {"mskdex": __version__, "python": platform.python_version()}
     for name in PACKAGES:
         try:
-            env[name] = metadata.version(name)
+            # torch's own version names its build (+cpu, +cu130); its distribution's may not
+            env[name] = torch.__version__ if name == "torch" else metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    if torch.version.cuda:
+        env["torch_cuda"] = torch.version.cuda
     return {**env, "platform": platform.platform(), "cpu": cpu_model(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count()}
 

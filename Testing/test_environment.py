@@ -19,7 +19,8 @@ def test_environment_names_the_versions_and_the_cpu():
     assert env["mskdex"] == __version__ and env["python"] == platform.python_version()
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__ and env["scipy"] == scipy.__version__
     assert env["SimpleITK"] == sitk.Version.VersionString()
-    assert all(env[name] == metadata.version(name) for name in PACKAGES)
+    assert all(env[name] == metadata.version(name) for name in PACKAGES if name != "torch")
+    assert env.get("torch_cuda") == torch.version.cuda  # a CPU build: None, and no key
     assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["cpus"] == os.cpu_count()
     assert env["cpu"] and env["platform"] == platform.platform()
     assert json.loads(json.dumps(env)) == env

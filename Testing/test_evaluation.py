@@ -84,7 +84,9 @@ def test_report_written_with_figures(evaluated):
     assert html.endswith(f"<h2>Software and machine</h2>\n<p>mskdex: {env['mskdex']}; python: {env['python']}; "
                          f"torch: {env['torch']}; numpy: {env['numpy']}; scipy: {env['scipy']}; SimpleITK: "
                          f"{env['SimpleITK']}; scikit-image: {env['scikit-image']}; cma: {env['cma']}; pydicom: "
-                         f"{env['pydicom']}; pillow: {env['pillow']}; platform: {env['platform']}; cpu: "
+                         f"{env['pydicom']}; pillow: {env['pillow']}; "
+                         + (f"torch_cuda: {env['torch_cuda']}; " if "torch_cuda" in env else "")  # a CUDA build
+                         + f"platform: {env['platform']}; cpu: "
                          f"{env['cpu']}; cpu_capability: {env['cpu_capability']}; cpus: {env['cpus']}. The training of "
                          "each model is recorded in its run folder (environment.json).</p>\n</body></html>")
     # image_metrics.csv: per bone and DRR type, the means of the cases' PSNR / SSIM over the same cases

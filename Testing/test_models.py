@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from MSKdeXTraining.models import Generator, HRNetSpec, PatchGAN, ResnetTranslator
+from MSKdeXTraining.models.layers import bilinear_by_matrices, resize_bilinear
 
 
 @pytest.mark.parametrize("spec", [
@@ -85,3 +87,40 @@ def test_hrnet_fusion_mixes_the_lowest_resolution_into_the_highest():
         a = fuse(xs)[0]
         b = fuse(xs[:2] + [xs[2] + torch.randn_like(xs[2])])[0]
     assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("size_in, size_out", [((8, 8), (16, 16)), ((4, 6), (16, 24)), ((5, 9), (9, 17)),
+                                               ((19, 37), (37, 74)), ((16, 12), (7, 5)), ((1, 3), (4, 4)),
+                                               ((6, 6), (6, 6))])
+def test_bilinear_by_matrices_is_pytorchs_bilinear_resize_and_its_gradient(size_in, size_out):
+    """Up (2x, 4x, odd sizes), down, from one row, identity: values and gradients as PyTorch's kernel."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size_in, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, *size_out, dtype=torch.float64)
+    ours = bilinear_by_matrices(x, size_out)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), x)
+    native = F.interpolate(x, size=size_out, mode="bilinear", align_corners=False)
+    (native_grad,) = torch.autograd.grad((native * weights).sum(), x)
+    torch.testing.assert_close(ours, native, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad, native_grad, rtol=0, atol=1e-12)
+
+
+def test_resize_bilinear_is_the_native_kernel_on_the_cpu():
+    """The CPU keeps PyTorch's kernel bit for bit, deterministic algorithms or not (so CPU runs are
+    unchanged); CUDA under deterministic algorithms takes the matrices (checked where a GPU is)."""
+    x = torch.randn(1, 4, 9, 13)
+    native = F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        assert torch.equal(resize_bilinear(x, (18, 26)), native)
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert torch.equal(resize_bilinear(x, (18, 26)), native)
+    if torch.cuda.is_available():
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            y = resize_bilinear(x.cuda(), (18, 26))
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.testing.assert_close(y.cpu(), native, rtol=0, atol=1e-5)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import BasicBlock, conv_norm_act
+from .layers import BasicBlock, conv_norm_act, resize_bilinear
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class _Fuse(nn.Module):
                     continue
                 y = path(xs[i])
                 if i > j:
-                    y = F.interpolate(y, size=xs[j].shape[-2:], mode="bilinear", align_corners=False)
+                    y = resize_bilinear(y, xs[j].shape[-2:])
                 acc = acc + y
             out.append(F.relu(acc))
         return out
@@ -134,11 +134,10 @@ class HRNet(nn.Module):
                 xs = xs + [self.transitions[s - 1](xs[-1])]
             xs = stage(xs)
         top = xs[0].shape[-2:]
-        cat = torch.cat([xs[0]] + [F.interpolate(y, size=top, mode="bilinear", align_corners=False)
-                                   for y in xs[1:]], dim=1)
+        cat = torch.cat([xs[0]] + [resize_bilinear(y, top) for y in xs[1:]], dim=1)
         y = self.head(cat)
         if y.shape[-2:] != size:
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            y = resize_bilinear(y, size)
         return self.refine(y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import BasicBlock, conv_norm_act
+from .layers import BasicBlock, conv_norm_act, resize_bilinear
 
 
 class ResnetTranslator(nn.Module):
@@ -45,5 +44,5 @@ class ResnetTranslator(nn.Module):
             y = d(y)
         y = self.blocks(y)
         for u, size in zip(self.ups, reversed(sizes)):
-            y = u(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+            y = u(resize_bilinear(y, size))
         return torch.sigmoid(self.out(y))

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from MSKdeXTraining.models import Generator, HRNetSpec, PatchGAN, ResnetTranslator
 from MSKdeXTraining.models.layers import bilinear_by_matrices, resize_bilinear
+from MSKdeXTraining.training.trainer import deterministic_kernels
 
 
 @pytest.mark.parametrize("spec", [
@@ -105,22 +106,22 @@ def test_bilinear_by_matrices_is_pytorchs_bilinear_resize_and_its_gradient(size_
     torch.testing.assert_close(grad, native_grad, rtol=0, atol=1e-12)
 
 
-def test_resize_bilinear_is_the_native_kernel_on_the_cpu():
-    """The CPU keeps PyTorch's kernel bit for bit, deterministic algorithms or not (so CPU runs are
-    unchanged); CUDA under deterministic algorithms takes the matrices (checked where a GPU is)."""
-    x = torch.randn(1, 4, 9, 13)
-    native = F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False)
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        assert torch.equal(resize_bilinear(x, (18, 26)), native)
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-    assert torch.equal(resize_bilinear(x, (18, 26)), native)
-    if torch.cuda.is_available():
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            y = resize_bilinear(x.cuda(), (18, 26))
-        finally:
-            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.testing.assert_close(y.cpu(), native, rtol=0, atol=1e-5)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_resize_bilinear_is_pytorchs_kernel_on_the_cpu(deterministic):
+    """Deterministic algorithms or not, the CPU keeps PyTorch's kernel: CPU runs are unchanged bit for bit."""
+    x = torch.randn(1, 4, 9, 13, requires_grad=True)
+    with deterministic_kernels(torch.device("cuda" if deterministic else "cpu")):  # a flag: no GPU needed
+        assert torch.are_deterministic_algorithms_enabled() == deterministic
+        y = resize_bilinear(x, (18, 26))
+    assert torch.equal(y, F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False))
+    assert type(y.grad_fn).__name__.startswith("UpsampleBilinear2D")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_resize_bilinear_takes_the_matrices_on_cuda_under_deterministic_algorithms():
+    x = torch.randn(1, 4, 9, 13, device="cuda", requires_grad=True)
+    with deterministic_kernels(x.device):
+        y = resize_bilinear(x, (18, 26))
+    assert not type(y.grad_fn).__name__.startswith("Upsample")
+    torch.testing.assert_close(y, F.interpolate(x, size=(18, 26), mode="bilinear", align_corners=False),
+                               rtol=0, atol=1e-5)

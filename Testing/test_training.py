@@ -229,7 +229,8 @@ def test_training_steps_reduce_owis(dataset):
 
 
 def test_full_objective_writes_run_folder(dataset, tmp_path):
-    config = load_config("small", {**TINY, "epochs": 2, "checkpoint_every": 1, "device": "cpu"})  # also on a GPU machine
+    # on the CPU also on a GPU machine: environment.json names the device
+    config = load_config("small", {**TINY, "epochs": 2, "checkpoint_every": 1, "device": "cpu"})
     messages = []
     run = train(config, dataset, tmp_path / "run", fold=(0, 3),
                 progress=lambda f, m: messages.append((f, m)))

@@ -3,4 +3,4 @@
 Pure Python + PyTorch; never imports Slicer or Qt, so it runs on any server.
 """
 
-__version__ = "0.3.17"
+__version__ = "0.3.18"

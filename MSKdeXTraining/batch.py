@@ -165,7 +165,7 @@ def _recorded_batch_key(table: Path, path: Path, redo: str) -> dict:
     saying why it cannot be compared with ``path``'s run (unreadable, or no such record), then
     ``redo``."""
     try:
-        content = json.loads(table.read_text())
+        content = json.loads(table.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise FileExistsError(f"{table}: cannot be read as a decomposition ({e}); {redo}") from None
     source = content.get("source") if isinstance(content, dict) else None

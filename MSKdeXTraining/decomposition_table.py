@@ -39,4 +39,4 @@ def write_tables_csv(tables: list[tuple[dict, list[dict], bool]], path: str | Pa
         for row in rows:
             w.writerow({**first, **{k: ("" if row[k] is None or row[k] != row[k] else row[k]) for k in TABLE_COLUMNS},
                         "ood": int(ood)})
-    return write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+    return write_atomic(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))

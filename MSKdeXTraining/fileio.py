@@ -266,7 +266,7 @@ def read_json_object(path: str | Path, required: tuple[str, ...] = (),
     if not path.is_file():
         raise error(f"{path}: file not found{'; ' + missing_hint if missing_hint else ''}")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):

@@ -248,7 +248,7 @@ def load_object_map(name_or_path: str | Path) -> ObjectMap:
     """Load a shipped map by name (see :func:`builtin_maps`) or a JSON file by path."""
     path = Path(name_or_path)
     if path.suffix != ".json" and str(name_or_path) in builtin_maps():
-        text = resources.files(__package__).joinpath(f"mappings/{name_or_path}.json").read_text()
+        text = resources.files(__package__).joinpath(f"mappings/{name_or_path}.json").read_text(encoding="utf-8")
         source, origin = f"built-in object map {name_or_path!r}", ""
     elif path.is_file():
         source = origin = str(path)

@@ -170,14 +170,14 @@ def read_radiograph(path: str | Path,
         raise SpacingMissing(
             f"{path}: no usable pixel spacing ({source.get('spacing_problem', 'the format stores none')}); "
             f"pass it explicitly ({spacing_option}, {spacing_hint(array.shape)})")
-    if not source.get("sidecar_geometry"):  # a cohort radiograph's geometry is exact, however coarse
-        # a spacing given by the user wins over the plausible-range check of file fields
-        if explicit is None:
-            check_spacing(path, array.shape, spacing, source["spacing_field"],
-                          f"pass the right value explicitly ({spacing_option}, {spacing_hint(array.shape)})")
-        else:
-            check_spacing(path, array.shape, spacing, source["spacing_field"], "check the value given "
-                          f"({spacing_option}, mm at the detector)", spacing_range=(0.0, float("inf")))
+    # a spacing given by the user wins over the plausible-range check of file fields, not over the
+    # field-of-view check; a cohort radiograph's own spacing (its sidecar's geometry) is exact, however coarse
+    if explicit is not None:
+        check_spacing(path, array.shape, spacing, source["spacing_field"], "check the value given "
+                      f"({spacing_option}, mm at the detector)", spacing_range=(0.0, float("inf")))
+    elif not source.get("sidecar_geometry"):
+        check_spacing(path, array.shape, spacing, source["spacing_field"],
+                      f"pass the right value explicitly ({spacing_option}, {spacing_hint(array.shape)})")
     if magnification is not None:
         set_magnification(source, magnification, "argument (magnification)")
     _check_magnification(path, source, magnification_option)
@@ -271,6 +271,7 @@ def check_magnification(m: float, where: str, fix: str) -> None:
 def _read_itk(path: Path):
     image = read_image(path)
     size = image.GetSize()
+    direction = image.GetDirection()  # the file's: one slice of a 3D image may read as the identity
     if image.GetDimension() == 3 and size[2] == 1:
         image = image[:, :, 0]
     if image.GetDimension() != 2:
@@ -279,8 +280,7 @@ def _read_itk(path: Path):
               "spacing_field": "image spacing"}
     raw = sitk.GetArrayFromImage(image)
     sx, sy = image.GetSpacing()  # ITK order (column, row)
-    direction = image.GetDirection()
-    if not np.allclose(direction, np.eye(2).ravel(), atol=1e-6):
+    if not np.allclose(direction, np.eye(len(size)).ravel(), atol=1e-6):
         # which way is up is not defined by a 2D radiograph's direction matrix: writers differ
         # (a NIfTI of an identity RAS affine reads as a 180-degree turn in ITK's LPS), so the
         # pixels keep their stored order and the result says so

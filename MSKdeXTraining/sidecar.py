@@ -37,9 +37,10 @@ def read_sidecar_record(path: str | Path) -> dict | None:
     if not side.is_file():
         return None
     try:
-        data = json.loads(side.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{side}: not valid JSON ({e})") from None
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{side}: not valid UTF-8 JSON ({e}); a <stem>.json beside a NIfTI/NRRD/MHA "
+                         "radiograph is read as its mskdex-xray sidecar: rename or move it") from None
     if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
         return None
     if data.get("version") != SIDECAR_VERSION:

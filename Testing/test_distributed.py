@@ -78,6 +78,8 @@ def test_device_names_are_checked():
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(InputError, match="device 'banana': expected auto, cpu, cuda or cuda:K"):
         pick_device("banana")
+    with pytest.raises(InputError, match=r"device 'mps': expected auto, cpu, cuda or cuda:K \(mps is not supported\)"):
+        pick_device("mps")  # one line, not PyTorch's error from deep inside .to(device)
     if not torch.cuda.is_available():
         assert pick_device("auto") == torch.device("cpu")
         with pytest.raises(InputError, match="CUDA is not available"):

@@ -879,3 +879,24 @@ def test_a_spacing_for_the_films_without_one_of_a_mixed_folder(trained, tmp_path
     with pytest.raises(SystemExit):
         main(argv + ["--pixel-spacing", "2", "--pixel-spacing-if-missing", "1.8"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_decomposition_tables_are_utf8_whatever_the_locale(tmp_path):
+    """The tables are UTF-8 (docs/formats.md) also where the locale's encoding is not (Windows'
+    cp1252, an ASCII C locale): a folder of films named in Japanese is written, not a crash after
+    the whole batch has run."""
+    import subprocess
+    import sys
+
+    name = "患者01/股関節.dcm"
+    script = ("import sys; from MSKdeXTraining.decomposition_table import write_tables_csv; "
+              "from MSKdeXTraining.decomposition_table import TABLE_COLUMNS as C; "
+              "row = dict.fromkeys(C, 1.0) | dict(object='gluteus_medius', kind='muscle'); "
+              f"write_tables_csv([({{'radiograph': {ascii(name)}}}, [row], False)], sys.argv[1])")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0"}
+    env.pop("PYTHONUTF8", None)
+    path = tmp_path / "decompositions.csv"
+    run = subprocess.run([sys.executable, "-X", "utf8=0", "-c", script, str(path)], env=env,
+                         capture_output=True, text=True, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    assert path.read_bytes().splitlines()[1].startswith(f"{name},gluteus_medius,".encode())

@@ -266,6 +266,9 @@ def test_cohort_sidecar_gives_magnification(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "plain.mha"))
     with pytest.raises(InputError, match="plain.mha: implausible pixel spacing"):
         read_radiograph(tmp_path / "plain.mha")
+    # a spacing the user gives instead is checked as for any film: a 12.8 m field of view is refused
+    with pytest.raises(InputError, match=r"xray.mha: implausible pixel spacing .* 64 x 200 = 12800.0 mm"):
+        read_radiograph(tmp_path / "xray.mha", pixel_spacing=200.0)
     (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 1, "geometry": {}}))
     with pytest.raises(InputError, match=r"xray.json: field 'geometry': missing field\(s\)"):
         read_radiograph(tmp_path / "xray.mha")
@@ -380,6 +383,14 @@ def test_itk_direction_is_recorded_not_applied(tmp_path, ramp):
     r = read_radiograph(tmp_path / "ras.nii.gz")
     np.testing.assert_array_equal(r.array, ramp)
     assert r.pixel_spacing == pytest.approx((0.4, 0.6)) and r.source["direction"] == [-1.0, 0.0, 0.0, -1.0]
+    # one slice of a 3D NIfTI, stored coronally (row 0 at the feet): a slice's own direction would
+    # read as the identity, the file's is recorded
+    coronal = sitk.GetImageFromArray(ramp[None])
+    coronal.SetDirection((1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0))
+    sitk.WriteImage(coronal, str(tmp_path / "coronal.nii.gz"))
+    r = read_radiograph(tmp_path / "coronal.nii.gz", pixel_spacing=0.5)
+    np.testing.assert_array_equal(r.array, ramp)
+    assert r.source["direction"] == [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0]
 
 
 def test_non_finite_pixels_are_refused(tmp_path):
@@ -822,3 +833,14 @@ def test_a_sidecar_of_another_version_is_refused(tmp_path):
     (tmp_path / "xray.json").write_text(json.dumps({"format": "mskdex-xray", "version": 2, "geometry": geometry}))
     with pytest.raises(InputError, match=r"xray.json: field 'version' must be 1, got 2"):
         read_radiograph(tmp_path / "xray.mha")
+
+
+def test_a_json_beside_the_film_that_is_not_utf8_json_is_refused_by_name(tmp_path):
+    """A ``<stem>.json`` beside an MHA that is not UTF-8 (e.g. another tool's Latin-1 file): one
+    error naming that file, not a decoding traceback naming the film."""
+    img = sitk.GetImageFromArray(np.zeros((64, 64), np.float32))
+    img.SetSpacing((2.0, 2.0))
+    sitk.WriteImage(img, str(tmp_path / "hip.mha"))
+    (tmp_path / "hip.json").write_bytes(b'{"ProtocolName": "H\xfcfte a.p."}')
+    with pytest.raises(InputError, match=r"hip.json: not valid UTF-8 JSON .*rename or move it"):
+        read_radiograph(tmp_path / "hip.mha")

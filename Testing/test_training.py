@@ -554,6 +554,10 @@ def test_zoom_augmentation_scales_a_case_as_a_larger_patient(dataset):
             if s < 1:  # nothing leaves the field
                 torch.testing.assert_close(item["drr"].double().sum(dim=(-1, -2)),
                                            base["drr"].double().sum(dim=(-1, -2)) * s ** 3, rtol=1e-5, atol=1e-6)
+            partner = int(zoomed.pairing[i])  # the unpaired DRRs: zoomed as their case, by a draw of their own
+            s_u = zoomed.zoom(partner, unpaired=True)
+            assert 1 / 1.1 <= s_u <= 1.1 and s_u != zoomed.zoom(partner)
+            torch.testing.assert_close(item["drr_unpaired"], resize(plain.load(partner)["drr"], plain.size, s_u) * s_u)
     assert len(seen) == 2 * len(zoomed)
     assert PreparedDataset(dataset, zoom_seed=3).zoom(0) == 1.0  # a range of 0: off
 

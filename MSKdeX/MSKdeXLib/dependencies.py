@@ -42,7 +42,7 @@ def read_requirements(path: str | Path = REQUIREMENTS) -> list[Requirement]:
     """Requirements of a requirements.txt (comments and blank lines skipped)."""
     path = Path(path)
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

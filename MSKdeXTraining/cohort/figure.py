@@ -34,8 +34,8 @@ def cohort_figure(cohort: Path, out: Path, n_cases: int = 3) -> Path:
     for row, case in zip(axes, cases):
         ct = read_ct(case / "ct.nii.gz")
         labels = read_labels(case / "labels.nii.gz")
-        truth = json.loads((case / "truth.json").read_text())
-        xray_meta = json.loads((case / "xray.json").read_text())
+        truth = json.loads((case / "truth.json").read_text(encoding="utf-8"))
+        xray_meta = json.loads((case / "xray.json").read_text(encoding="utf-8"))
         geometry = Geometry.from_json(xray_meta["geometry"])
         xray = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "xray.mha")))
         hip = np.array(truth["derived"]["hip_centres_mm"]["left"])

@@ -277,7 +277,7 @@ def complete_case_truth(folder: Path) -> dict | None:
     sizes that file records (cases made before release 0.3.7 record none: then the files need
     only be there); None for a case missing, damaged or cut short."""
     try:
-        truth = json.loads((folder / "truth.json").read_text())
+        truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
         if not isinstance(truth, dict):
             return None
         if "files" not in truth:
@@ -317,7 +317,7 @@ def check_resume(out: Path, header: dict, keys: tuple[str, ...]) -> dict:
                              "to resume; choose another --out")
         return {}
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e}); remove the folder or choose another --out") from None
     if not isinstance(old, dict):

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwrite(args.out, [args.pairs])
     with progress_bar("assemble") as progress:
         made = assemble_cohort(args.pairs, args.objects, args.out, args.workers, progress)
-    meta = json.loads((args.out / "cohort.json").read_text())
+    meta = json.loads((args.out / "cohort.json").read_text(encoding="utf-8"))
     kept = len(meta["cases"]) - len(made)
     print(f"cohort of {len(meta['cases'])} cases ({len(set(meta['patients'].values()))} patients) in {args.out}: "
           f"{len(made)} made" + (f", {kept} kept as an earlier run made them" if kept else "")

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                               RegistrationSettings.preset(args.preset))
     manifest = out / "manifest.json"
     if manifest.is_file():
-        written = json.loads(manifest.read_text())
+        written = json.loads(manifest.read_text(encoding="utf-8"))
         counts = written["counts"]
         kept = sum(bool(c["status"] == "ok" and c.get("reasons")) for c in written["cases"])
         failing = (f" ({kept} of them failing QC or registration, kept by --include-failed: see their "

@@ -218,7 +218,7 @@ def load_config(name_or_path: str | Path, overrides: dict | None = None) -> Trai
     ``overrides`` (a mapping of keys to values)."""
     path = Path(name_or_path)
     if str(name_or_path) in builtin_configs() and not path.is_file():
-        text = resources.files("MSKdeXTraining").joinpath(f"configs/{name_or_path}.yaml").read_text()
+        text = resources.files("MSKdeXTraining").joinpath(f"configs/{name_or_path}.yaml").read_text(encoding="utf-8")
         source = f"built-in config {name_or_path!r}"
     elif path.is_file():
         source = str(path)

@@ -151,7 +151,8 @@ class PreparedDataset(Dataset):
     ``u ~ U(-1, 1)`` per epoch and case (:meth:`zoom`): the patient as if ``s`` times as large
     in every direction, so the radiograph and DRRs are magnified ``s`` times, the DRRs' values
     (thicknesses) and the targets ``s`` and ``s^3`` times; the radiograph's grey values are
-    kept (a processed film's window hides the thicker path).
+    kept (a processed film's window hides the thicker path). The unpaired DRRs are flipped
+    and zoomed as their own case, by draws of their own.
 
     Up to ``cache_bytes`` of cases are kept in memory once read (in the main process only,
     not in DataLoader workers); items share those tensors, so never change them in place.
@@ -243,11 +244,12 @@ class PreparedDataset(Dataset):
             return False
         return bool(np.random.default_rng([self.flip_seed, self.epoch, index, stream]).random() < 0.5)
 
-    def zoom(self, index: int) -> float:
-        """The zoom of case ``index`` this epoch (1 without ``zoom_seed``)."""
+    def zoom(self, index: int, unpaired: bool = False) -> float:
+        """The zoom of case ``index`` this epoch (1 without ``zoom_seed``): as the item itself or,
+        with ``unpaired``, as another item's unpaired DRRs (a draw of its own)."""
         if self.zoom_seed is None or self.max_zoom == 0.0:
             return 1.0
-        u = np.random.default_rng([self.zoom_seed, self.epoch, index, 2]).uniform(-1.0, 1.0)
+        u = np.random.default_rng([self.zoom_seed, self.epoch, index, 3 if unpaired else 2]).uniform(-1.0, 1.0)
         return float((1.0 + self.max_zoom) ** u)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
@@ -267,6 +269,8 @@ class PreparedDataset(Dataset):
                 item[key] = item[key][self.mirrored]
         partner = int(self.pairing[index])
         drr_u = self.load(partner)["drr"]
+        if (s := self.zoom(partner, unpaired=True)) != 1.0:
+            drr_u = resize(drr_u, self.size, s) * s
         item["drr_unpaired"] = drr_u.flip(-1)[:, self.mirrored] if self._flip(partner, 1) else drr_u
         item["index"] = torch.tensor(index)
         return item

@@ -35,16 +35,18 @@ class DistInfo:
 
 def pick_device(name: str, local_rank: int = 0, world: int = 1) -> torch.device:
     """``auto`` -> the local CUDA device if any, else CPU; ``cuda`` -> ``cuda:<local rank>``
-    (each torchrun process on its own GPU); otherwise ``name`` as given (a fixed ``cuda:K``
-    only in a single process)."""
+    (each torchrun process on its own GPU); ``cpu`` or a fixed ``cuda:K`` (only in a single
+    process) as given; other device types (mps, xpu, ...) are refused."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:K") from None
-    if device.type != "cuda":
+    if device.type == "cpu":
         return device
+    if device.type != "cuda":  # e.g. mps, xpu: untested, and mps lacks float64, which the OOD features use
+        raise InputError(f"device {name!r}: expected auto, cpu, cuda or cuda:K ({device.type} is not supported)")
     if not torch.cuda.is_available():
         raise InputError(f"device {name!r} requested but CUDA is not available")
     if device.index is not None and world > 1:

@@ -138,7 +138,7 @@ def _set_rng_state(state: dict) -> None:
 def _read_log(path: Path, upto: int) -> list[dict]:
     if not path.is_file():
         return []
-    with path.open() as fh:
+    with path.open(encoding="utf-8", newline="") as fh:
         return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto]
 
 
@@ -147,7 +147,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, restval="", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    write_atomic(path, lambda p: p.write_text(buf.getvalue()))
+    write_atomic(path, lambda p: p.write_text(buf.getvalue(), encoding="utf-8"))
 
 
 def _environment(info: distributed.DistInfo) -> dict:
@@ -185,7 +185,7 @@ def _check_resume_config(out: Path, config: TrainConfig) -> dict:
     import yaml
     path = out / "config.yaml"
     try:
-        old = yaml.safe_load(path.read_text())
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise InputError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(old, dict):
@@ -403,7 +403,7 @@ def _start_new_run(config: TrainConfig, plan: RunPlan, ds: PreparedDataset, info
     norm.scale = norm.scale.to(info.device)
     if info.main:
         plan.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config), encoding="utf-8"))
         write_json(plan.out / "manifest.json", plan.manifest)
     return norm
 
@@ -425,7 +425,7 @@ def _resume(config: TrainConfig, plan: RunPlan, parts: TrainingParts, info: dist
         raise InputError(f"{last}: the run has trained {start} epochs; resume with epochs >= "
                          f"{start} (now {config.epochs})")
     if info.main:
-        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config)))
+        write_atomic(plan.out / "config.yaml", lambda p: p.write_text(dump_config(config), encoding="utf-8"))
     return start, norm
 
 

@@ -27,6 +27,7 @@ require_python()  # a clear error on an old Slicer's Python, before the backend 
 from MSKdeXTraining.objects import builtin_maps  # noqa: E402
 
 from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
+from MSKdeXLib.layer_names import drr_objects  # noqa: E402
 from MSKdeXLib.layouts import register_layouts, show_film_layout  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_node_name  # noqa: E402
 from MSKdeXLib.progress import PERCENT_FORMAT, Cancelled, ProgressRelay, bar_format  # noqa: E402
@@ -469,8 +470,9 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         return list(result.stack.names), drr_warnings(result.metrics)
 
     def drrObjects(self) -> list[str]:
-        """The objects with DRR layers in the scene."""
-        return self.pipeline.drr_objects()
+        """The objects with DRR layers in the scene (without the backend: the panel lists them on
+        entering, before the dependencies may be installed)."""
+        return drr_objects(slicer.mrmlScene)
 
     def drrLayer(self, name: str, drrType: str,
                  radiograph: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode | None:

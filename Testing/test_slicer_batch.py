@@ -94,7 +94,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     assert record["source"]["sha256"] == result.source["sha256"] and record["model"]["weights_sha256"]
 
     sys.path.insert(0, str(ROOT / "MSKdeX"))
-    from MSKdeXLib.drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE
+    from MSKdeXLib.layer_names import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE
     from MSKdeXLib.results_table import table_rows
     from MSKdeXLib.scene_io import load_scene
     from MSKdeXLib.volume_nodes import volume_from_node

@@ -34,7 +34,8 @@ from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E4
 from MSKdeXLib.backend_process import BackendProcess, parse_progress  # noqa: E402
 from MSKdeXLib.coordinates import from_vtk_matrix  # noqa: E402
 from MSKdeXLib.layouts import ONE_UP, RESULTS_LAYOUT, film_view, register_layouts, show_film_layout  # noqa: E402
-from MSKdeXLib.drr_nodes import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_layers, place_over, stack_from_layers  # noqa: E402
+from MSKdeXLib.drr_nodes import drr_layers, place_over, stack_from_layers  # noqa: E402
+from MSKdeXLib.layer_names import TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, drr_objects  # noqa: E402
 from MSKdeXLib.pipeline import Pipeline, drr_warnings, registered_on  # noqa: E402
 from MSKdeXLib.pose_nodes import accept_pose, pose_from_transform_node, pose_to_transform_node  # noqa: E402
 from MSKdeXLib.radiograph_nodes import radiograph_from_node, radiograph_to_node  # noqa: E402
@@ -198,14 +199,14 @@ def test_a_ct_under_a_transform_is_refused_and_a_layer_follows_its_films_transfo
 
 def test_the_objects_with_drr_layers_are_those_of_the_last_compute_drrs_not_other_layers():
     scene = slicer.vtkMRMLScene()
-    assert Pipeline(scene).drr_objects() == []
+    assert drr_objects(scene) == []
     stack = np.ones((3, 2, 8, 8), np.float32)
     drr_layers(stack, ["pelvis", "femur"], (2.0, 2.0), scene, "MSKdeX DRR")
     drr_layers(stack[:, :1], ["sacrum"], (2.0, 2.0), scene, "MSKdeX aligned")  # a registered bone's layer
-    assert Pipeline(scene).drr_objects() == ["pelvis", "femur"]
+    assert drr_objects(scene) == ["pelvis", "femur"]
     kept = scene.GetFirstNodeByName("MSKdeX DRR pelvis MDRR")
     drr_layers(stack[:, :1], ["pelvis"], (2.0, 2.0), scene, "MSKdeX DRR")  # another map: no femur now
-    assert Pipeline(scene).drr_objects() == ["pelvis"] and scene.GetFirstNodeByName("MSKdeX DRR femur VDRR") is None
+    assert drr_objects(scene) == ["pelvis"] and scene.GetFirstNodeByName("MSKdeX DRR femur VDRR") is None
     assert scene.GetFirstNodeByName("MSKdeX DRR pelvis MDRR") is kept  # updated, not made again
     assert scene.GetFirstNodeByName("MSKdeX aligned sacrum VDRR") is not None  # another prefix's: kept
 
@@ -800,7 +801,7 @@ def test_scene_save_and_load_preserve_everything(example, tmp_path):
     assert np.array_equal(back.array, ct.array) and back.grid_differences(ct) == []
     assert np.array_equal(labels_from_segmentation(loaded.GetFirstNodeByName("segmentation"), ct2).array,
                           labels.array)
-    assert Pipeline(loaded).drr_objects() == list(objects.names)  # what the panel offers to show
+    assert drr_objects(loaded) == list(objects.names)  # what the panel offers to show
     for (name, drr_type), node in layers.items():
         again = loaded.GetFirstNodeByName(node.GetName())
         assert again.GetAttribute(TYPE_ATTRIBUTE) == drr_type

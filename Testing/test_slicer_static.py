@@ -411,3 +411,21 @@ def test_steps_call_no_slot_and_short_slots_wait_for_steps():
         if dialog:
             first = next(s for s in slot.body if not isinstance(s, ast.Expr))  # after the docstring
             assert isinstance(first, ast.If) and "self._relay is not None" in ast.unparse(first.test), slot.name
+
+
+def test_entering_the_module_needs_no_backend():
+    """Opening the panel, entering it again and closing a scene run initializeParameterNode; it
+    and the Logic methods it calls never reach the pipeline (which needs PyTorch): before *Check
+    dependencies* has run, that would raise on every entry."""
+    tree = ast.parse(MODULE_PY.read_text())
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    methods = {c: {f.name: f for f in classes[c].body if isinstance(f, ast.FunctionDef)}
+               for c in ("MSKdeXWidget", "MSKdeXLogic")}
+    init = methods["MSKdeXWidget"]["initializeParameterNode"]
+    called = {c.func.attr for c in ast.walk(init) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+              and ast.unparse(c.func.value) == "self.logic"}
+    assert "drrObjects" in called
+    for body in [init] + [methods["MSKdeXLogic"][name] for name in called if name in methods["MSKdeXLogic"]]:
+        names = {n.attr for n in ast.walk(body) if isinstance(n, ast.Attribute)} | \
+                {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}
+        assert not names & {"pipeline", "require_dependencies", "ensure_torch"}, body.name

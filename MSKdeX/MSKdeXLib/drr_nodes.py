@@ -1,8 +1,7 @@
 """Object-wise DRR stacks ``(3, N, H, W)`` as overlay layers: one volume node per object and type.
 
-Each layer is a one-slice scalar volume named ``<prefix> <object> <TYPE>`` with attributes
-:data:`OBJECT_ATTRIBUTE`, :data:`TYPE_ATTRIBUTE` and :data:`UNIT_ATTRIBUTE` (WVDRR 1, VDRR cm,
-MDRR g/cm2), windowed from 0 to its maximum, with a colour map when the scene has one, and
+Each layer is a one-slice scalar volume named and tagged as :mod:`.layer_names` says (units WVDRR 1,
+VDRR cm, MDRR g/cm2), windowed from 0 to its maximum, with a colour map when the scene has one, and
 filed in a subject-hierarchy folder named ``prefix``. Running again with the same prefix updates
 the same nodes and removes the layers of objects no longer in the stack (unless told to keep them:
 the aligned bones, registered one at a time).
@@ -19,23 +18,16 @@ import slicer
 from MSKdeXTraining.imaging.projector import DRR_SHORT_UNITS, DRR_TYPES
 from MSKdeXTraining.errors import InputError
 
+from .layer_names import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, layer_name, layers_of
 from .radiograph_nodes import detector_volume, place_like
 from .volume_nodes import volume_from_node, volume_to_node
 
 if TYPE_CHECKING:
     from slicer import vtkMRMLScalarVolumeNode, vtkMRMLScene
 
-OBJECT_ATTRIBUTE = "MSKdeX.Object"
-TYPE_ATTRIBUTE = "MSKdeX.DRRType"
-UNIT_ATTRIBUTE = "MSKdeX.Unit"
 #: Colour maps tried for each type (Slicer's built-in colour nodes; grey when absent).
 COLOR_NODE = {"wvdrr": "vtkMRMLColorTableNodeGrey", "vdrr": "vtkMRMLColorTableNodeFileViridis.txt",
               "mdrr": "vtkMRMLColorTableNodeFileInferno.txt"}
-
-
-def layer_name(prefix: str, name: str, drr_type: str) -> str:
-    """Name of the layer node of object ``name`` and ``drr_type``, e.g. ``MSKdeX DRR pelvis VDRR``."""
-    return f"{prefix} {name} {drr_type.upper()}"
 
 
 def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[float, float], scene: vtkMRMLScene,
@@ -73,13 +65,6 @@ def drr_layers(data: np.ndarray, names: Sequence[str], pixel_spacing: tuple[floa
         if (node.GetAttribute(OBJECT_ATTRIBUTE), node.GetAttribute(TYPE_ATTRIBUTE)) not in nodes:
             scene.RemoveNode(node)
     return nodes
-
-
-def layers_of(scene: vtkMRMLScene, prefix: str) -> list[vtkMRMLScalarVolumeNode]:
-    """The layer nodes :func:`drr_layers` made with ``prefix`` in ``scene``, in the scene's order."""
-    nodes = (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
-    return [n for n in nodes if (name := n.GetAttribute(OBJECT_ATTRIBUTE)) and (t := n.GetAttribute(TYPE_ATTRIBUTE))
-            and n.GetName() == layer_name(prefix, name, t)]
 
 
 def place_over(layer: vtkMRMLScalarVolumeNode, radiograph_node: vtkMRMLScalarVolumeNode) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from MSKdeXTraining.calibration import min_patients
 from MSKdeXTraining.drr import DRRResult, render_drr, view_center
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
-from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects
+from MSKdeXTraining.imaging.projector import project_objects
 from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.modelio import read_meta
@@ -35,7 +35,8 @@ from MSKdeXTraining.training.distributed import pick_device
 
 from .backend_process import BackendProcess, backend_command
 from .coordinates import check_untransformed
-from .drr_nodes import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, drr_layers, layer_name, layers_of, place_over
+from .drr_nodes import drr_layers, place_over
+from .layer_names import DRR_PREFIX, layer_name
 from .progress import ProgressRelay
 from .radiograph_nodes import radiograph_from_node, radiograph_to_node
 from .results_table import results_chart, results_table
@@ -50,8 +51,7 @@ if TYPE_CHECKING:
     from MSKdeXTraining.inference import Decomposition
     from MSKdeXTraining.qc import SegmentationQC
 
-#: Names of the output nodes (a re-run updates the same nodes).
-DRR_PREFIX = "MSKdeX DRR"
+#: Names of the output nodes (a re-run updates the same nodes; DRR layers: layer_names.DRR_PREFIX).
 RESULT_PREFIX = "MSKdeX"
 TABLE_NAME = "MSKdeX results"
 CHART_NAME = "MSKdeX results chart"
@@ -200,12 +200,6 @@ class Pipeline:
         if layer is not None and over is not None and over.GetImageData() is not None:
             place_over(layer, over)
         return layer
-
-    def drr_objects(self) -> list[str]:
-        """The objects that have DRR layers of :meth:`compute_drrs` in the scene (computed now or
-        in a saved scene loaded since), in the scene's order."""
-        return [n.GetAttribute(OBJECT_ATTRIBUTE) for n in layers_of(self.scene, DRR_PREFIX)
-                if n.GetAttribute(TYPE_ATTRIBUTE) == DRR_TYPES[0]]
 
     # -- bone alignment -----------------------------------------------------------------
     @staticmethod

@@ -1121,3 +1121,26 @@ def test_drr_warnings_list_ten_names_without_a_remainder_and_a_stack_of_other_ob
         "10 object(s) absent from the segmentation (their layers are zero): " + ", ".join(names)]
     with pytest.raises(InputError, match=r"layers: DRR stack must be \(3, 1, H, W\), got \(3, 2, 4, 4\)"):
         drr_layers(np.ones((3, 2, 4, 4), np.float32), ["pelvis"], (1.0, 1.0), slicer.vtkMRMLScene(), "layers")
+
+
+def test_segments_of_the_totalsegmentator_extension_match_by_their_ids():
+    """The TotalSegmentator extension keeps each class name as the segment's ID and, by default
+    ("standard segment names"), renames the segment itself after its terminology (e.g. "Right
+    iliopsoas muscle"): such segments are matched by ID, not left out of every object."""
+    objects = load_object_map("totalsegmentator")
+    array = np.zeros((10, 12, 14), np.int16)
+    array[2:5, 2:9, 3:10], array[6:8, 4:10, 5:12] = 77, 89
+    labels = Volume(array, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    scene = slicer.vtkMRMLScene()
+    ct = volume_to_node(labels.with_array(np.zeros_like(array)), scene, "CT")
+    seg = labels_to_segmentation(labels, scene, "TotalSegmentator", {77: "hip_left", 89: "iliopsoas_right"})
+    segmentation = seg.GetSegmentation()
+    for class_name, standard in (("hip_left", "Left hip bone"), ("iliopsoas_right", "Right iliopsoas muscle")):
+        segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(class_name))
+        segmentation.RemoveSegment(segment)
+        segment.RemoveTag("MSKdeX.LabelValue")
+        segment.SetName(standard)
+        segmentation.AddSegment(segment, class_name)
+    assert sorted(segmentation.GetSegmentIDs()) == ["hip_left", "iliopsoas_right"]
+    assert unmatched_segments(seg, name_values(objects)) == []
+    assert np.array_equal(labels_from_segmentation(seg, ct, name_values(objects)).array, array)

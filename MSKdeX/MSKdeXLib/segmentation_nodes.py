@@ -3,8 +3,10 @@
 A label map imported here becomes one segment per label value, named after the object map
 (``gluteus_maximus_left``, ``pelvis``, ...) and tagged with its value (segment tag
 :data:`VALUE_TAG`), so exporting it again gives back the same values on the same grid. A
-segmentation made elsewhere (Segment Editor, TotalSegmentator) is exported by segment name:
-pass ``values`` (name -> label value), e.g. from :func:`label_names` inverted; segments named
+segmentation made elsewhere (Segment Editor, TotalSegmentator) is exported by segment name or ID:
+pass ``values`` (name -> label value), e.g. from :func:`label_names` inverted (the TotalSegmentator
+extension keeps each class name as the segment's ID, e.g. ``femur_left``, while its default
+"standard segment names" rename the segment itself); segments named
 ``Label_<value>`` (a label map imported without a colour table) or ``Segment_<value>`` (a label
 file loaded as a segmentation) give that value. The Segment Editor names new segments
 ``Segment_<n>`` too, so such a mapping is logged as a warning, and the segmentation QC shows
@@ -118,11 +120,12 @@ def labels_to_segmentation(labels: Volume, scene: vtkMRMLScene, name: str, names
     return node
 
 
-def _segment_value(segment, values: Mapping[str, int] | None) -> tuple[int | None, bool]:
-    """(label value of ``segment`` or None, whether it came from a ``Label_<value>`` name)."""
+def _segment_value(segment, sid: str, values: Mapping[str, int] | None) -> tuple[int | None, bool]:
+    """(label value of ``segment`` (ID ``sid``) or None, whether it came from a ``Label_<value>`` name)."""
     tag = vtk.mutable("")
-    if values is not None and segment.GetName() in values:
-        return int(values[segment.GetName()]), False
+    for key in (segment.GetName(), sid):
+        if values is not None and key in values:
+            return int(values[key]), False
     if segment.GetTag(VALUE_TAG, tag):
         return int(str(tag)), False
     if match := _VALUE_NAME.match(segment.GetName()):
@@ -132,7 +135,7 @@ def _segment_value(segment, values: Mapping[str, int] | None) -> tuple[int | Non
 
 def segment_values(node: vtkMRMLSegmentationNode, values: Mapping[str, int] | None = None,
                    skip_unknown: bool = False) -> dict[str, int]:
-    """Segment ID -> label value, from ``values`` (by segment name) first, then the
+    """Segment ID -> label value, from ``values`` (by segment name, then by ID) first, then the
     :data:`VALUE_TAG` tag, then a ``Label_<value>`` name. Segments with none of these raise
     :class:`InputError` listing them, unless ``skip_unknown``."""
     segmentation = node.GetSegmentation()
@@ -145,7 +148,7 @@ def segment_values(node: vtkMRMLSegmentationNode, values: Mapping[str, int] | No
     for i in range(segmentation.GetNumberOfSegments()):
         sid = segmentation.GetNthSegmentID(i)
         segment = segmentation.GetSegment(sid)
-        value, from_name = _segment_value(segment, values)
+        value, from_name = _segment_value(segment, sid, values)
         if value is None:
             unknown.append(segment.GetName())
             continue
@@ -169,8 +172,9 @@ def unmatched_segments(node: vtkMRMLSegmentationNode, values: Mapping[str, int])
     object, so they show in no DRR layer."""
     wanted = set(values.values())
     segmentation = node.GetSegmentation()
-    found = [(s.GetName(), _segment_value(s, values)[0])
-             for s in (segmentation.GetNthSegment(i) for i in range(segmentation.GetNumberOfSegments()))]
+    ids = (segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments()))
+    found = [(segmentation.GetSegment(sid).GetName(), _segment_value(segmentation.GetSegment(sid), sid, values)[0])
+             for sid in ids]
     return [name for name, value in sorted(found, key=lambda f: f[1] is not None) if value not in wanted]
 
 

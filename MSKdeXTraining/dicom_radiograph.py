@@ -30,6 +30,11 @@ caller) already is at the patient's scale (magnification 1 for it), and beside I
 (without the factor or the distances) the ratio ImagerPixelSpacing / PixelSpacing is the
 magnification (a placeholder PixelSpacing of 1.0 x 1.0 beside ImagerPixelSpacing is not
 compared).
+
+The pixels are turned to :data:`FRONTAL_ORIENTATION` when PatientOrientation (0020,0020) says
+they are stored mirrored (columns running to the patient's right, e.g. a PA film kept as seen
+from behind) or upside down (rows running to the head); without the field they are kept as
+stored, and a mirrored film cannot be told from a correct one (the pelvis is nearly symmetric).
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ PYDICOM_ONLY_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1.98", "1.2.840.10008.1.2.5
 #: The image fields (group 0028) pydicom decodes with: one that is empty or not a number is an
 #: error naming it before decoding.
 PIXEL_FIELDS = ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
+#: PatientOrientation (0020,0020) of a film as MSKdeX reads it: an AP view shown with the patient's
+#: right on the viewer's left, head up (columns run to the patient's left, rows to the feet).
+FRONTAL_ORIENTATION = ("L", "F")
 #: Assumed height (mm) of the hip joint centres above the table or bucky surface that DICOM
 #: DistanceSourceToPatient (0018,1111) reaches: about half an adult's anteroposterior thickness
 #: at the hips (about 220 mm). A stated assumption, noted in results; +-30 mm changes the
@@ -147,10 +155,41 @@ def _decode_dicom(path: Path, file_spacing: bool, magnification_option: str | No
     else:
         array = to_grey(raw, path, source)
         value_range = stored
+    array = _oriented(ds, array, source)
     spacing, ratio = _dicom_spacing(ds, source, magnification_option)
     _dicom_magnification(ds, path, source, ratio, calibrated=file_spacing and "PixelSpacingCalibrationType" in ds
                          and source["spacing_field"].startswith("PixelSpacing"))
     return array, spacing, source, value_range
+
+
+def _oriented(ds, array: np.ndarray, source: dict) -> np.ndarray:
+    """``array`` mirrored and/or flipped to :data:`FRONTAL_ORIENTATION` as PatientOrientation
+    (0020,0020) asks, recorded in ``source`` (``patient_orientation``, a note); a value that is
+    not a frontal view (e.g. A or P: a lateral film) or not two values is noted and changes nothing."""
+    from pydicom.multival import MultiValue
+
+    value = ds.get("PatientOrientation")
+    if value is None or value == "":
+        return array
+    values = [str(v).strip().upper() for v in (value if isinstance(value, MultiValue) else [value])]
+    source["patient_orientation"] = values
+    stored, wanted = "\\".join(values), "\\".join(FRONTAL_ORIENTATION)
+    columns, rows = values if len(values) == 2 else ("", "")
+    if columns[:1] not in ("L", "R") or rows[:1] not in ("H", "F"):
+        source.setdefault("notes", []).append(
+            f"PatientOrientation (0020,0020) {stored}: not a frontal film as stored (expected {wanted}, an AP view "
+            "with the patient's right on the viewer's left, or its mirror or flip); its pixels were used as stored")
+        return array
+    turned = []
+    if columns[0] == "R":
+        array, turned = array[:, ::-1], turned + ["mirrored left-right"]
+    if rows[0] == "H":
+        array, turned = array[::-1], turned + ["flipped top-bottom"]
+    if turned:
+        source.setdefault("notes", []).append(
+            f"PatientOrientation (0020,0020) {stored}: the pixels were {' and '.join(turned)} to {wanted} (the "
+            "patient's right on the viewer's left, head up)")
+    return np.ascontiguousarray(array)
 
 
 def _tag(keyword: str) -> str:

@@ -139,14 +139,16 @@ def test_a_source_at_the_detector_and_a_boolean_size_are_refused():
 
 
 def test_check_pose_refuses_a_scaled_or_sheared_matrix():
-    """check_pose accepts a rigid transform and refuses one whose 3x3 block is not orthonormal."""
+    """check_pose accepts a rigid transform and refuses one whose 3x3 block is not a rotation."""
     pose = rigid((10.0, -5.0, 30.0), (1.0, 2.0, 880.0))
     np.testing.assert_array_equal(check_pose(pose, "pose"), pose)
     scaled = pose.copy()
     scaled[:3, :3] *= 1.01
     sheared = pose.copy()
     sheared[0, 1] += 0.05
-    for bad in (scaled, sheared):
+    mirrored = pose.copy()  # orthonormal, determinant -1: it would render mirrored DRRs
+    mirrored[0, :3] *= -1
+    for bad in (scaled, sheared, mirrored):
         with pytest.raises(InputError, match="start pose must be a finite 4x4 world->camera rigid transform"):
             check_pose(bad, "start pose")
 

@@ -844,3 +844,26 @@ def test_a_json_beside_the_film_that_is_not_utf8_json_is_refused_by_name(tmp_pat
     (tmp_path / "hip.json").write_bytes(b'{"ProtocolName": "H\xfcfte a.p."}')
     with pytest.raises(InputError, match=r"hip.json: not valid UTF-8 JSON .*rename or move it"):
         read_radiograph(tmp_path / "hip.mha")
+
+
+def test_dicom_patient_orientation_turns_a_mirrored_or_flipped_film_to_the_ap_convention(tmp_path, ramp):
+    """PatientOrientation (0020,0020) L\\F is how MSKdeX reads a film; R (columns to the patient's
+    right: a mirrored film, which registers and decomposes as if the sides were swapped) and H
+    (rows to the head) are undone and noted; a lateral one (A/P) and an absent one change nothing."""
+    def read(name: str, **fields):
+        return read_radiograph(write_dicom(tmp_path / name, ramp, ImagerPixelSpacing=[0.4, 0.4], **fields))
+
+    plain = read("plain.dcm")
+    assert "patient_orientation" not in plain.source
+    np.testing.assert_array_equal(plain.array, ramp)
+    for orientation, expected in ((["L", "F"], ramp), (["R", "F"], ramp[:, ::-1]), (["L", "H"], ramp[::-1]),
+                                  (["R", "H"], ramp[::-1, ::-1]), (["RP", "FL"], ramp[:, ::-1])):
+        r = read("oriented.dcm", PatientOrientation=orientation)
+        np.testing.assert_array_equal(r.array, expected)
+        assert r.source["patient_orientation"] == orientation
+        turned = [n for n in r.source.get("notes", []) if n.startswith("PatientOrientation")]
+        assert len(turned) == (orientation != ["L", "F"]), turned
+    assert "mirrored left-right and flipped top-bottom to L\\F" in read("rh.dcm", PatientOrientation=["R", "H"]).source["notes"][0]
+    lateral = read("lateral.dcm", PatientOrientation=["P", "F"])
+    np.testing.assert_array_equal(lateral.array, ramp)
+    assert "P\\F: not a frontal film as stored" in lateral.source["notes"][0]

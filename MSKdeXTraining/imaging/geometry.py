@@ -159,12 +159,13 @@ def rigid(rotation_deg: ArrayLike = (0.0, 0.0, 0.0), translation_mm: ArrayLike =
 
 def check_pose(pose: ArrayLike, name: str) -> np.ndarray:
     """``pose`` as a float 4x4 array; an :class:`InputError` naming ``name`` unless it is a finite
-    rigid transform (orthonormal 3x3 block, last row 0 0 0 1)."""
+    rigid transform (a rotation: orthonormal 3x3 block of determinant +1, not a reflection, which
+    would mirror the DRRs; last row 0 0 0 1)."""
     m = np.asarray(pose, float)
     if (m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], (0, 0, 0, 1))
-            or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6)):
-        raise InputError(f"{name} must be a finite 4x4 world->camera rigid transform with last row "
-                         f"[0, 0, 0, 1], got {np.array2string(m, precision=3)}")
+            or not np.allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-6) or np.linalg.det(m[:3, :3]) < 0):
+        raise InputError(f"{name} must be a finite 4x4 world->camera rigid transform (a rotation, not a "
+                         f"reflection) with last row [0, 0, 0, 1], got {np.array2string(m, precision=3)}")
     return m
 
 

@@ -60,6 +60,7 @@ from .parallel import run_jobs
 from .progress import Progress
 from .qc import segmentation_qc
 from .radiograph_io import unit_range
+from .sidecar import simulated
 from .training.data import FORMAT, VERSION  # the dataset format its reader defines
 SETTINGS_FILE = "prepare.json"
 #: Largest fraction of an object that may project outside the detector in the default view.
@@ -134,15 +135,15 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         return _finish(entry, out, t0)
     try:
         results = register_bodies(ct, labels, objects, xray, xray_geometry, settings=settings,
-                                  source=str(case_dir / "labels.nii.gz"))
+                                  source=str(case_dir / "labels.nii.gz"),
+                                  check_mirror=not simulated(case_dir / "xray.mha"))  # an assembled film
     except InputError as e:
         entry["reasons"].append(f"registration impossible: {e}")
         return _finish(entry, out, t0)
     for name, r in results.items():
         entry["registration"][name] = r.to_json()
         if not r.ok:
-            entry["reasons"].append(f"registration of {name} failed: GC {r.gc:.3f} < "
-                                    f"{r.gc_threshold:g}")
+            entry["reasons"].append(f"registration of {name} failed: {r.problem()}")
     g = xray_geometry.matched(geometry)
     try:  # unpaired targets: the CT in its own default AP view, centred on the CT
         drr = project_objects(ct, labels, objects, g, default_ap_pose(ct.center, g))

@@ -48,6 +48,14 @@ def read_sidecar_record(path: str | Path) -> dict | None:
     return data
 
 
+def simulated(path: str | Path) -> bool:
+    """Whether ``path`` is a radiograph MSKdeX simulated: its ``mskdex-xray`` sidecar names no
+    film it was assembled from (its orientation is then known: AP, the patient's right on the
+    viewer's left)."""
+    record = read_sidecar_record(path)
+    return record is not None and not isinstance(record.get("source"), dict)
+
+
 def read_sidecar(path: str | Path) -> Geometry | None:
     """The geometry of a cohort radiograph's ``<stem>.json`` sidecar (format ``mskdex-xray`` v1),
     or ``None`` when there is none."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -535,3 +536,30 @@ def test_bodies_start_search_and_turn_as_documented(monkeypatch):
     np.testing.assert_array_equal(calls[(1, 2)][0][0], given)
     for values in ((3,), (4,)):
         np.testing.assert_array_equal(calls[values][0][0], results["pelvis"].pose)
+
+
+def test_a_mirrored_film_is_flagged_by_its_mirror_fitting_better(cohort_case, tmp_path):
+    """The pelvis is nearly symmetric: a film stored mirrored registers at a wrong pose with a GC
+    above the threshold. With check_mirror the pelvis is registered to the mirrored film too;
+    the film as simulated beats its mirror, a mirrored film does not and is not ok. Only a
+    radiograph MSKdeX simulated skips the check (simulated: its sidecar names no source film)."""
+    from MSKdeXTraining.sidecar import simulated
+
+    case = cohort_case
+    ct, labels = read_ct(case / "ct.nii.gz"), read_labels(case / "labels.nii.gz")
+    xray, g = read_xray(case / "xray.mha")
+    settings = replace(RegistrationSettings.preset("fast"), levels=(Level(8.0, "cma", 8, 1.0), Level(4.0, "cma", 6, 0.3)))
+    objects = load_object_map("synthetic")
+    film = register_bodies(ct, labels, objects, xray, g, settings=settings, check_mirror=True)["pelvis"]
+    assert film.ok and film.mirror_gc < film.gc and film.problem() is None
+    assert film.to_json()["mirror_gc"] == round(film.mirror_gc, 5)
+    mirrored = register_bodies(ct, labels, objects, np.ascontiguousarray(xray[:, ::-1]), g, settings=settings,
+                               check_mirror=True)["pelvis"]
+    assert mirrored.gc >= mirrored.gc_threshold  # as good a fit by the threshold alone
+    assert mirrored.mirrored and not mirrored.ok and "the film mirrored left-right fits better" in mirrored.problem()
+    assert simulated(case / "xray.mha")
+    sidecar = json.loads((case / "xray.json").read_text())
+    shutil.copy(case / "xray.mha", tmp_path / "film.mha")
+    assert not simulated(tmp_path / "film.mha")  # no sidecar: a film from elsewhere
+    (tmp_path / "film.json").write_text(json.dumps({**sidecar, "source": {"path": "hip.dcm"}}))
+    assert not simulated(tmp_path / "film.mha")  # assembled from a real film

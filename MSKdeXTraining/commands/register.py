@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies, working_film)
     from ..objects import load_object_map
+    from ..sidecar import simulated
 
     spacing = pixel_spacing_option(args.pixel_spacing)
     objects = load_object_map(args.objects)
@@ -57,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     xray, geometry = read_xray(args.xray, spacing, args.sdd, args.sod)
     settings = replace(RegistrationSettings.preset(args.preset), seed=args.seed)
     with progress_bar("registering", leave=False) as progress:
-        results = register_bodies(ct, labels, objects, xray, geometry, settings=settings,
-                                  progress=progress, source=str(args.labels))
+        results = register_bodies(ct, labels, objects, xray, geometry, settings=settings, progress=progress,
+                                  source=str(args.labels), check_mirror=not simulated(args.xray))
     drrs = []
     ok = all(r.ok for r in results.values())
     xray, shown = working_film(xray, geometry)  # the overlays at the registration's resolution
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         for name, r in results.items():
             drr = render_body(ct, labels, bodies[name], r.pose, shown)
             drrs.append(drr)
-            state = "ok" if r.ok else "LOW: registration failed"
+            state = "ok" if r.ok else ("MIRRORED? the mirrored film fits better" if r.mirrored
+                                       else "LOW: registration failed")
             write_qc_figure(stage / f"qc_{name}.png", overlay_image(xray, drr),
                             f"{name}: GC {r.gc:.3f} {state}", flagged=not r.ok)
         title = "  ".join(f"{n} GC {r.gc:.2f}{'' if r.ok else ' LOW'}" for n, r in results.items())
@@ -78,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
             "pose_convention": "4x4 world (LPS mm) -> camera (mm), see docs/formats.md",
             "bodies": {n: {**r.to_json(), "labels": list(bodies[n])} for n, r in results.items()}})
     for name, r in results.items():
-        print(f"{name:12s} GC {r.gc:.3f} {'ok' if r.ok else 'FAILED (GC below threshold)'} "
-              f"({r.seconds:.1f} s)")
+        print(f"{name:12s} GC {r.gc:.3f} {'ok' if r.ok else 'FAILED: ' + r.problem()} ({r.seconds:.1f} s)")
     print(f"wrote poses.json and qc_*.png in {args.out}")
     return 0 if ok else 1

@@ -59,9 +59,14 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
                     geometry: Geometry, start_pose: np.ndarray | None = None,
                     settings: RegistrationSettings | None = None,
                     progress: Progress | None = None,
-                    source: str = "label map") -> dict[str, RegistrationResult]:
+                    source: str = "label map", check_mirror: bool = False) -> dict[str, RegistrationResult]:
     """Register the pelvis, then each femur, of one CT to its radiograph. ``source`` names
     the label map in the error raised, before any work, for a body without voxels.
+
+    With ``check_mirror`` the pelvis is also registered to the film mirrored left-right (one
+    more registration): the pelvis is nearly symmetric, so a film stored mirrored registers too,
+    at a wrong pose, with a GC above the threshold; if the mirror fits at least as well, the
+    pelvis result is not ok (:attr:`RegistrationResult.mirrored`).
 
     The pelvis (with sacrum) starts from ``start_pose`` (default: the AP view about
     :func:`default_isocenter`, with a search over in-plane shifts of +-``settings.start_search_mm``).
@@ -74,10 +79,12 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
     _require_voxels(labels, bodies, source)
     names = list(bodies)
 
-    def sub(step: int, name: str) -> Progress:
+    steps = names + ["pelvis, film mirrored"] * check_mirror
+
+    def sub(step: int) -> Progress:
         def report(f: float, msg: str) -> None:
             if progress is not None:
-                progress((step + f) / len(names), f"{name}: {msg}")
+                progress((step + f) / len(steps), f"{steps[step]}: {msg}")
         return report
 
     results: dict[str, RegistrationResult] = {}
@@ -85,5 +92,10 @@ def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: 
         results[name] = register_body(ct, labels, objects, name, radiograph, geometry,
                                       start_pose if name == "pelvis" else None,
                                       results["pelvis"].pose if "pelvis" in results else None,
-                                      settings, sub(k, name), source)
+                                      settings, sub(k), source)
+    if check_mirror:  # from the default start: a given start pose is the film's
+        mirror = register_body(ct, labels, objects, "pelvis", np.ascontiguousarray(radiograph[:, ::-1]), geometry,
+                               None, None, settings, sub(len(names)), source)
+        pelvis = results["pelvis"]
+        results["pelvis"] = replace(pelvis, mirror_gc=mirror.gc, ok=pelvis.ok and pelvis.gc > mirror.gc)
     return results

@@ -171,7 +171,10 @@ class RegistrationResult:
     ``params`` (deg, mm) are relative to the start pose about ``center_cam`` (mm); ``gc``
     is the final gradient correlation at full resolution (the radiograph's pixels, or about
     :data:`FINEST_PIXEL_MM` for a finer film); ``ok`` says whether it
-    reaches ``gc_threshold``. ``level_gc`` records the best GC of each level.
+    reaches ``gc_threshold`` (and, where ``mirror_gc`` was measured, beats it). ``level_gc``
+    records the best GC of each level. ``mirror_gc``: the GC of the same body registered to the
+    film mirrored left-right (:func:`register_bodies` with ``check_mirror``), ``None`` if not
+    measured; a film that fits as well mirrored is likely stored mirrored.
     """
 
     pose: np.ndarray
@@ -183,6 +186,22 @@ class RegistrationResult:
     seconds: float
     level_gc: list[float] = field(default_factory=list)
     gc_threshold: float = GC_THRESHOLD
+    mirror_gc: float | None = None
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the film mirrored left-right fits this body at least as well as the film."""
+        return self.mirror_gc is not None and self.mirror_gc >= self.gc
+
+    def problem(self) -> str | None:
+        """Why the registration is not ok, in words (``None`` when it is)."""
+        if self.mirrored:
+            return (f"the film mirrored left-right fits better (GC {self.mirror_gc:.3f} against {self.gc:.3f}): "
+                    "it looks stored mirrored; check its orientation (an AP view shows the patient's right on "
+                    "the viewer's left)")
+        if not self.ok:
+            return f"GC {self.gc:.3f} < {self.gc_threshold:g}"
+        return None
 
     def to_json(self) -> dict:
         return {"pose": np.asarray(self.pose).tolist(), "gc": round(float(self.gc), 5),
@@ -193,4 +212,5 @@ class RegistrationResult:
                 "center_cam": [round(float(c), 3) for c in self.center_cam],
                 "evaluations": int(self.evaluations), "seconds": round(float(self.seconds), 3),
                 "level_gc": [round(float(g), 5) for g in self.level_gc],
-                "gc_threshold": float(self.gc_threshold)}
+                "gc_threshold": float(self.gc_threshold),
+                "mirror_gc": None if self.mirror_gc is None else round(float(self.mirror_gc), 5)}

@@ -132,3 +132,24 @@ def test_a_single_slice_or_non_integer_label_map_is_refused(tmp_path):
     fractional[1, 2, 3] = 1.5
     with pytest.raises(InputError, match=r"half.nrrd: label map holds non-integer values \(pixel type float32\)"):
         read_labels(_write(tmp_path / "half.nrrd", fractional))
+
+
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+def test_a_nifti_cut_short_is_refused_not_read_with_zeros(tmp_path, name):
+    """ITK reads a NIfTI file cut short (a copy not finished) without a word, its missing voxels
+    0: the CT's masses would then fall short of its truth. It is refused, naming the file; a
+    complete one reads, also a .nii.gz of two gzip members (its last size field is the second's)."""
+    import gzip
+
+    hu = np.random.default_rng(0).integers(-1000, 1500, (30, 40, 50)).astype(np.int16)
+    image = sitk.GetImageFromArray(hu)
+    sitk.WriteImage(image, str(tmp_path / name))
+    data = (tmp_path / name).read_bytes()
+    np.testing.assert_array_equal(read_ct(tmp_path / name).array, hu)
+    (tmp_path / f"cut_{name}").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(InputError, match=rf"cut_{name}: cannot be read as an image: its (voxel|compressed) data is "
+                                         r"cut short"):
+        read_ct(tmp_path / f"cut_{name}")
+    if name.endswith(".gz"):
+        (tmp_path / "two.nii.gz").write_bytes(data + gzip.compress(b""))
+        np.testing.assert_array_equal(read_ct(tmp_path / "two.nii.gz").array, hu)

@@ -7,6 +7,9 @@ order, millimetres, and ``direction`` whose columns are the i, j, k axes in LPS.
 
 from __future__ import annotations
 
+import gzip
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,13 +106,64 @@ class Volume:
         return image
 
 
+def nifti_data_end(header: bytes) -> int | None:
+    """Where a NIfTI-1 or NIfTI-2 file's voxel data ends (bytes from the start: ``vox_offset``
+    plus the voxels), from its first 540 bytes; ``None`` if they are not a NIfTI header."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            dims, bitpix = struct.unpack(order + "8q", header[16:80]), struct.unpack(order + "h", header[14:16])[0]
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or not offset >= 0:
+            return None
+        return int(offset) + int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]], dtype=np.int64)) * bitpix // 8
+    return None
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """InputError unless a ``.nii`` / ``.nii.gz`` file holds all its voxels (ITK reads a file cut
+    short without a word, the missing voxels 0). A gzip file's size field (its last 4 bytes, the
+    length modulo 2^32) is compared first; only where it disagrees is the file decompressed to
+    count."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")) or not path.is_file():
+        return
+    packed = name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if packed else path.open("rb")) as f:
+            end = nifti_data_end(f.read(540))
+            if end is None:
+                return  # not NIfTI inside: ITK says what it is
+            if not packed:
+                size = path.stat().st_size
+            else:
+                with path.open("rb") as raw:
+                    raw.seek(-4, 2)
+                    size = struct.unpack("<I", raw.read(4))[0]
+                if size != end % 2 ** 32:
+                    f.seek(0)
+                    size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
+    except (EOFError, OSError, zlib.error) as e:
+        raise InputError(f"{path}: cannot be read as an image: its compressed data is cut short or damaged (a copy "
+                         f"or download not finished?) ({e})") from None
+    if size < end:
+        raise InputError(f"{path}: cannot be read as an image: its voxel data is cut short ({size} of the {end} "
+                         "bytes its header describes; a copy or download not finished?)")
+
+
 def read_image(path: str | Path) -> sitk.Image:
     """Read any SimpleITK format; a directory is read as a DICOM series. InputError naming the
     file when it cannot be read (ITK's "No such file" for a file that is there means its pixel
-    data is cut short, or its .raw / .zraw data file is missing: the message says so)."""
+    data is cut short, or its .raw / .zraw data file is missing: the message says so; a NIfTI
+    file cut short, which ITK reads with zeros, is refused before)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    _check_nifti_complete(path)
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()

@@ -205,15 +205,15 @@ class ObjectMap:
             if o.get("kind") not in ("muscle", "bone"):
                 raise fail(f"{where}.kind must be 'muscle' or 'bone', got {o.get('kind')!r}")
             labels = o.get("labels")
-            if not isinstance(labels, list) or not labels or not all(
-                    isinstance(v, int) and 0 < v <= MAX_LABEL for v in labels):
+            if not isinstance(labels, list) or not labels or not all(map(_label_value, labels)):
                 raise fail(f"{where}.labels must be a non-empty list of integers 1-{MAX_LABEL}, got {labels!r}")
             for v in labels:
                 if v in seen_labels:
                     raise fail(f"{where}.labels: value {v} already belongs to {seen_labels[v]!r}")
                 seen_labels[v] = name
             raw_sides = o.get("sides") or {}
-            if not isinstance(raw_sides, dict) or not all(isinstance(v, list) and v for v in raw_sides.values()):
+            if not isinstance(raw_sides, dict) or not all(isinstance(v, list) and v and all(map(_label_value, v))
+                                                          for v in raw_sides.values()):
                 raise fail(f"{where}.sides must map each side to a non-empty list of its label values, "
                            f"got {raw_sides!r}")
             sides = {s: tuple(v) for s, v in raw_sides.items()}
@@ -233,7 +233,7 @@ class ObjectMap:
             if not alias or any(alias == n or alias.startswith(f"{n}_") for n in seen_names):
                 raise fail(f"aliases: {alias!r} must be a non-empty name that is neither an object's "
                            "nor begins with one and '_' (the map's own segment names)")
-            if not isinstance(value, int) or isinstance(value, bool) or value not in seen_labels:
+            if not _label_value(value) or value not in seen_labels:
                 raise fail(f"aliases[{alias!r}] must be a label value of an object, got {value!r}")
         return cls(str(data.get("name", source)), tuple(objects), policy, dict(aliases))
 
@@ -242,6 +242,11 @@ def builtin_maps() -> list[str]:
     """Names of the object maps shipped with MSKdeX (``mappings/<name>.json``)."""
     files = resources.files(__package__).joinpath("mappings").iterdir()
     return sorted(Path(f.name).stem for f in files if f.name.endswith(".json"))
+
+
+def _label_value(v: object) -> bool:
+    """Whether ``v`` is a label value of a map: an integer 1-:data:`MAX_LABEL` (JSON's true is not)."""
+    return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_LABEL
 
 
 def load_object_map(name_or_path: str | Path) -> ObjectMap:

@@ -82,8 +82,16 @@ def read_cohort(cohort: Path) -> tuple[dict, ObjectMap]:
         raise InputError(f"{path}: field 'complete' is not true: the cohort is still being written or its "
                          "run was interrupted; rerun the command that wrote it (`mskdex cohort` or "
                          "`mskdex assemble`) to finish it")
-    if not isinstance(meta.get("cases"), list) or not meta["cases"]:
+    cases = meta.get("cases")
+    if not isinstance(cases, list) or not cases:
         raise InputError(f"{path}: field 'cases' must be a non-empty list of case folder names")
+    bad = [c for c in cases if not (isinstance(c, str) and c and c[0] != "." and not {"/", "\\"} & set(c))]
+    if bad:
+        raise InputError(f"{path}: field 'cases' holds {bad[0]!r}; expected names of case folders in the cohort "
+                         "folder (no '/' or '\\', not hidden)")
+    if len(set(cases)) != len(cases):
+        twice = sorted({c for c in cases if cases.count(c) > 1})
+        raise InputError(f"{path}: field 'cases' names {twice} more than once; expected each case folder once")
     patients = meta.get("patients", {})
     if not (isinstance(patients, dict) and set(patients) <= set(meta["cases"])
             and all(isinstance(v, str) and v for v in patients.values())):

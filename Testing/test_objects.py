@@ -95,6 +95,12 @@ def test_per_side_lookup_table_and_errors():
      r"map.json: objects\[0\].cut_at_region must be true or false, got 'yes'"),
     (lambda m: dict(m, objects=[dict(m["objects"][0], labels=[70000], sides={})]),
      r"map.json: objects\[0\].labels must be a non-empty list of integers 1-65535, got \[70000\]"),
+    (lambda m: dict(m, objects=[dict(m["objects"][0], labels=[True], sides={})]),  # JSON true, not a label
+     r"map.json: objects\[0\].labels must be a non-empty list of integers 1-65535, got \[True\]"),
+    (lambda m: dict(m, objects=[dict(m["objects"][0], labels=[3, 4], sides={"left": ["3"], "right": [4]})]),
+     r"map.json: objects\[0\].sides must map each side to a non-empty list of its label values, got"),
+    (lambda m: dict(m, objects=[dict(m["objects"][0], labels=[3, 4], sides={"left": [[3]], "right": [4]})]),
+     r"map.json: objects\[0\].sides must map each side to a non-empty list of its label values, got"),
 ])
 def test_malformed_map_shapes_are_named(change, message):
     with pytest.raises(ObjectMapError, match=message):

@@ -723,6 +723,17 @@ def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp
     (out / "manifest.json").unlink()
     assert main(args) == 2
     assert (out / "manifest.json").read_text() == written
+    capsys.readouterr()
+    # a manifest edited by hand or damaged, on a rerun with nothing left to do: named, with the way to rebuild it
+    for damaged, problem in [(json.dumps({k: v for k, v in manifest.items() if k != "counts"}), "missing field"),
+                             (json.dumps({**manifest, "counts": []}), "fields 'counts' (ok, excluded, cases) or"),
+                             ("[]", "expected a JSON object"), (written + "junk", "not valid JSON")]:
+        (out / "manifest.json").write_text(damaged)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert problem in err and err.endswith(f"rebuild it from the case entries: mskdex prepare --merge --out {out}\n")
+    assert main(["prepare", "--merge", "--out", str(out), "--cohort", str(copy)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["counts"] == manifest["counts"]
 
 
 def test_a_cohort_unfinished_or_with_patients_of_no_case_is_refused(cohort, tmp_path):
@@ -841,3 +852,25 @@ def test_a_case_whose_files_differ_from_the_recorded_sizes_is_named(cohort, tmp_
                                          rf"\(missing, recorded \d+\), xray.mha \({len(film) - 100} bytes, recorded "
                                          rf"{len(film)}\) \(a copy cut short\?"):
         _read_truth(case / "truth.json", objects)
+
+
+@pytest.mark.parametrize("cases, message", [
+    (["case_0000", 1], r"field 'cases' holds 1; expected names of case folders"),
+    (["case_0000", None], r"field 'cases' holds None; expected names of case folders"),
+    (["case_0000", ""], r"field 'cases' holds ''; expected names of case folders"),
+    (["case_0000", "../elsewhere"], r"field 'cases' holds '../elsewhere'; expected names of case folders"),
+    (["case_0000", ".hidden"], r"field 'cases' holds '.hidden'; expected names of case folders"),
+    (["case_0000", "case_0001", "case_0000"], r"field 'cases' names \['case_0000'\] more than once"),
+])
+def test_a_hand_written_cohort_json_names_each_case_folder_once(cohort, tmp_path, cases, message):
+    """cases of cohort.json (which users may write by hand, docs/formats.md): names of folders in
+    the cohort, each once; anything else is named, not a TypeError, a case prepared twice or a
+    path out of the cohort."""
+    from MSKdeXTraining.prepare import read_cohort
+
+    copy = tmp_path / "c"
+    copy.mkdir()
+    meta = json.loads((cohort / "cohort.json").read_text())
+    (copy / "cohort.json").write_text(json.dumps({**meta, "cases": cases}))
+    with pytest.raises(InputError, match=message):
+        read_cohort(copy)

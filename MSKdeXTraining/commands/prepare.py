@@ -46,11 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-
     from ..imaging.registration import RegistrationSettings
     from ..errors import InputError
+    from ..fileio import read_json_object
     from ..prepare import dataset_geometry, merge_manifest, prepare_dataset
 
     if args.merge:
@@ -74,9 +72,17 @@ def run(args: argparse.Namespace) -> int:
                               RegistrationSettings.preset(args.preset))
     manifest = out / "manifest.json"
     if manifest.is_file():
-        written = json.loads(manifest.read_text(encoding="utf-8"))
-        counts = written["counts"]
-        kept = sum(bool(c["status"] == "ok" and c.get("reasons")) for c in written["cases"])
+        rebuild = f"rebuild it from the case entries: mskdex prepare --merge --out {out}"
+        try:
+            written = read_json_object(manifest, ("counts", "cases"))
+        except InputError as e:
+            raise InputError(f"{e}; {rebuild}") from None
+        counts, cases = written["counts"], written["cases"]
+        if not (isinstance(counts, dict) and all(isinstance(counts.get(k), int) for k in ("ok", "excluded", "cases"))
+                and isinstance(cases, list) and all(isinstance(c, dict) for c in cases)):
+            raise InputError(f"{manifest}: fields 'counts' (ok, excluded, cases) or 'cases' are not as prepare "
+                             f"writes them (edited by hand?); {rebuild}")
+        kept = sum(bool(c.get("status") == "ok" and c.get("reasons")) for c in cases)
         failing = (f" ({kept} of them failing QC or registration, kept by --include-failed: see their "
                    "'reasons' there)" if kept else "")
         print(f"wrote {manifest}: {counts['ok']} ok{failing}, {counts['excluded']} excluded of {counts['cases']}")

@@ -29,11 +29,17 @@ class TrainingDiverged(RuntimeError):
     the data); the message names the epoch, the terms and the last checkpoint kept."""
 
 
+class WorkerLost(RuntimeError):
+    """A worker process that ended abruptly (killed from outside, e.g. by the out-of-memory killer);
+    the message names the job and what to do."""
+
+
 #: What bad input raises (CLI exit code 2, a one-line message, no traceback): InputError, and the
 #: OS errors of a missing input, an output that exists or would overwrite an input, a path of the
-#: wrong kind or without permission; and a training that diverged on its config and data.
+#: wrong kind or without permission; a training that diverged on its config and data; and a
+#: worker process lost to the machine (too many workers for its memory).
 INPUT_ERRORS = (InputError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
-                PermissionError, TrainingDiverged)
+                PermissionError, TrainingDiverged, WorkerLost)
 
 #: errno values of an output that cannot be written: a read-only file system, a full disk or
 #: quota. Reported like :data:`INPUT_ERRORS` (nothing is half-written: writes are atomic).

@@ -3,9 +3,12 @@ torchrun instead)."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 from multiprocessing import get_context
 from typing import Any
@@ -13,7 +16,7 @@ from typing import Any
 import torch
 from threadpoolctl import threadpool_limits
 
-from .errors import Recorded, recorded, warn_again
+from .errors import Recorded, WorkerLost, recorded, warn_again
 
 
 #: Environment variables that size the OpenMP / BLAS thread pools of a process as it loads
@@ -38,7 +41,8 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
     processes (pools sized by :data:`THREAD_VARIABLES`, set while the workers start), and the
     warnings a job raised there are raised again here as it finishes, so this process's
     warning filters and printer see them; the first failure cancels the jobs not yet started
-    and is raised once the running ones have finished.
+    and is raised once the running ones have finished (a worker killed from outside as
+    :class:`~.errors.WorkerLost`). Workers end with this process, also when it is killed.
     """
     workers = worker_count(workers, len(jobs))
     if workers <= 1:
@@ -48,7 +52,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
             yield index, result
         return
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+                             initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
         with _temporary_environ({k: str(threads) for k in THREAD_VARIABLES}):
             # the executor starts its workers within submit(): all of them before this ends
             futures = {pool.submit(_call_recording_warnings, fn, *job): index
@@ -57,7 +61,13 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
         try:
             for future in as_completed(futures):
                 pending.discard(future)
-                yield futures[future], _outcome(future, registry)
+                try:
+                    outcome = _outcome(future, registry)
+                except BrokenProcessPool:
+                    raise WorkerLost(f"a worker process ended abruptly (killed from outside: out of memory?) while "
+                                     f"job {futures[future] + 1} of {len(jobs)} ran; finished work is kept: run the "
+                                     f"same command again with fewer workers (here {workers})") from None
+                yield futures[future], outcome
         except BaseException:
             pool.shutdown(cancel_futures=True)
             for future in pending:  # the jobs that were running: their warnings too
@@ -65,6 +75,20 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
                     with suppress(BaseException):
                         _outcome(future, registry)
             raise
+
+
+def _start_worker(threads: int, parent: int) -> None:
+    """In a worker as it starts: ``threads`` torch threads, and a watch that ends the worker once
+    the process that started it is gone (killed: its workers would otherwise finish their jobs
+    unseen, then wait for more forever)."""
+    torch.set_num_threads(threads)
+    threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
+
+
+def _end_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 #: The attribute of a failed job's exception that carries the warnings the job raised.

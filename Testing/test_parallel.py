@@ -1,5 +1,7 @@
 """run_jobs: the same results in this process and in worker processes, failures raised."""
+import contextlib
 import os
+import sys
 import warnings
 
 import pytest
@@ -120,3 +122,73 @@ def test_a_warning_whose_category_does_not_pickle_reaches_this_process_by_name()
     name = "warn_with_a_local_category.<locals>.LibraryWarning"
     assert sorted(str(w.message) for w in caught) == [f"{name}: odd input 0", f"{name}: odd input 1"]
     assert {w.category for w in caught} == {RuntimeWarning}
+
+
+def killed_from_outside(k: int) -> int:
+    """A job whose worker is killed (as the out-of-memory killer would) while it runs."""
+    import signal
+    import time
+
+    if k == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    return k
+
+
+def test_a_worker_killed_from_outside_is_named_not_a_broken_pool_traceback():
+    from MSKdeXTraining.errors import INPUT_ERRORS, WorkerLost
+
+    with pytest.raises(WorkerLost, match=r"a worker process ended abruptly \(killed from outside: out of memory\?\) "
+                                         r"while job \d of 3 ran; .* with fewer workers \(here 2\)"):
+        list(run_jobs(killed_from_outside, [(0,), (1,), (2,)], 2))
+    assert WorkerLost in INPUT_ERRORS  # the CLI: one line, exit 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
+    """Killed (SIGKILL: no clean-up), a run's workers would finish their jobs unseen, then wait
+    for more forever; they end within seconds."""
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys, time; sys.path.insert(0, sys.argv[2])\n"
+              "from MSKdeXTraining.parallel import run_jobs\n"
+              "from test_parallel import report_and_wait\n"
+              "list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(2)], 2))\n")
+    main = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), os.path.dirname(__file__)])
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker_*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
+        assert len(workers) == 2
+        main.send_signal(signal.SIGKILL)
+        main.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        main.kill()
+        for p in tmp_path.glob("worker_*"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(p.name.split("_")[1]), 9)
+
+
+def report_and_wait(folder: str, k: int) -> None:
+    """A job that says which process runs it, then waits long."""
+    import time
+    from pathlib import Path
+
+    Path(folder, f"worker_{os.getpid()}").touch()
+    time.sleep(300)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

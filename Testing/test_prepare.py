@@ -731,7 +731,8 @@ def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp
         (out / "manifest.json").write_text(damaged)
         assert main(args) == 2
         err = capsys.readouterr().err
-        assert problem in err and err.endswith(f"rebuild it from the case entries: mskdex prepare --merge --out {out}\n")
+        assert problem in err
+        assert err.endswith(f"rebuild it from the case entries: mskdex prepare --merge --out {out}\n")
     assert main(["prepare", "--merge", "--out", str(out), "--cohort", str(copy)]) == 0
     assert json.loads((out / "manifest.json").read_text())["counts"] == manifest["counts"]
 

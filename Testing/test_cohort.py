@@ -126,6 +126,13 @@ def test_template_files_named_in_template_json(tmp_path, monkeypatch):
         anatomy.load_template.cache_clear()
         with pytest.raises(InputError, match=rf"{re.escape(str(folder / 'template.json'))}: .*{message}"):
             anatomy.load_template(folder)
+    for field, value in (("label_file", 5), ("mask_file", ["mask.mhd"]), ("label_file", "")):  # named, not a TypeError
+        (folder / "template.json").write_text(json.dumps({
+            "format": "mskdex-template", "version": 1, "label_file": "seg.mhd", field: value}))
+        anatomy.load_template.cache_clear()
+        with pytest.raises(InputError, match=rf"template.json: field '{field}' must name a file in the template's "
+                                             rf"folder, got {re.escape(repr(value))}"):
+            anatomy.load_template(folder)
 
 
 def test_a_run_that_makes_no_case_binds_no_rerun(tmp_path):

@@ -98,7 +98,12 @@ def template_settings(folder: Path) -> tuple[dict, Path]:
     :class:`InputError` when there is none."""
     path = _settings_path(folder)
     if path is not None:
-        return read_format_json(path, TEMPLATE_FORMAT, 1), path
+        settings = read_format_json(path, TEMPLATE_FORMAT, 1)
+        for field in ("label_file", "mask_file"):  # file names, relative to the template's folder
+            value = settings.get(field)
+            if value is not None and not (isinstance(value, str) and value):
+                raise InputError(f"{path}: field {field!r} must name a file in the template's folder, got {value!r}")
+        return settings, path
     raise InputError(f"{folder}: no template.json in the folder or its parent; it names the "
                      "object map of the labels (see docs/cohort.md, 'Your own templates')")
 

@@ -15,9 +15,11 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from . import __version__
 from .errors import INPUT_ERRORS, STORAGE_ERRNOS, MSKdeXWarning
+from .fileio import check_utf8_path
 
 #: Subcommands in the order a user meets them.
 COMMANDS = ("drr", "cohort", "assemble", "register", "prepare", "train", "calibrate", "decompose", "evaluate",
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=command).parse_args(argv)
     try:
+        for name, value in vars(args).items():  # before any work: SimpleITK aborts on such a path
+            for path in value if isinstance(value, list) else [value]:
+                if isinstance(path, Path):
+                    check_utf8_path(path, f"--{name.replace('_', '-')}")
         with warnings.catch_warnings():
             warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
             return int(args.handler(args) or 0)

@@ -258,6 +258,17 @@ def read_format_json(path: str | Path, fmt: str, version: int, required: tuple[s
     return data
 
 
+def check_utf8_path(path: str | Path, what: str = "") -> None:
+    """InputError unless ``path`` is valid UTF-8 text: SimpleITK, which reads and writes the
+    images, aborts the whole process on another (e.g. a Latin-1 folder name from an old archive);
+    ``what`` names where the path came from."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what + ' ' if what else ''}{str(path)!r}: the path is not valid UTF-8 (a folder or file "
+                         "name from another system's encoding?); rename it") from None
+
+
 def read_json_object(path: str | Path, required: tuple[str, ...] = (),
                      error: type[Exception] = InputError, missing_hint: str = "") -> dict:
     """Read a JSON object with the ``required`` fields; raises ``error`` naming the file (and

@@ -111,6 +111,8 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     (["ablation", "--data", "{tmp}", "--out", "{tmp}/d", "--set", "bone_loss=false"],
      "--set bone_loss: the ablation trains the --bone-loss values"),
     (["ablation", "--data", "{tmp}", "--out", "{tmp}/d"], "{tmp} is not a prepared dataset (no manifest.json)"),
+    # a path that is not UTF-8 (a Latin-1 name as the shell passes it: undecodable bytes): SimpleITK would abort
+    (["cohort", "--n", "1", "--out", "{tmp}/out\udce9"], "--out '{tmp}/out\\udce9': the path is not valid UTF-8"),
 ])
 def test_invalid_values_are_reported_not_raised(tmp_path, capsys, argv, says):
     """Exit code 2 and one message naming the option (argparse's own usage errors exit 2 too)."""

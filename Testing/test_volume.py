@@ -153,3 +153,10 @@ def test_a_nifti_cut_short_is_refused_not_read_with_zeros(tmp_path, name):
     if name.endswith(".gz"):
         (tmp_path / "two.nii.gz").write_bytes(data + gzip.compress(b""))
         np.testing.assert_array_equal(read_ct(tmp_path / "two.nii.gz").array, hu)
+
+
+def test_a_path_that_is_not_utf8_is_refused_before_simpleitk_aborts(tmp_path):
+    """SimpleITK ends the whole process (SIGABRT) on a path that is not UTF-8, e.g. a Latin-1
+    folder name found in a folder listing: an error naming the path instead."""
+    with pytest.raises(InputError, match=r"ct\\udce9.nii.gz': the path is not valid UTF-8"):
+        read_ct(tmp_path / "ct\udce9.nii.gz")

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from ..fileio import check_utf8_path
 from ..objects import MAX_LABEL
 from .geometry import Geometry
 
@@ -161,6 +162,7 @@ def read_image(path: str | Path) -> sitk.Image:
     data is cut short, or its .raw / .zraw data file is missing: the message says so; a NIfTI
     file cut short, which ITK reads with zeros, is refused before)."""
     path = Path(path)
+    check_utf8_path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     _check_nifti_complete(path)

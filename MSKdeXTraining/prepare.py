@@ -204,14 +204,6 @@ def _read_truth(path: Path, objects: ObjectMap) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise InputError(f"{path}: field 'objects.{name}.{key}' must be a number >= 0 ({unit}), "
                                  f"got {value!r}")
-    recorded = data.get("files")  # since 0.3.7: the sizes of the case's other files
-    if isinstance(recorded, dict):
-        sizes = {n: (path.parent / n).stat().st_size if (path.parent / n).is_file() else None for n in recorded}
-        changed = [f"{n} ({'missing' if sizes[n] is None else f'{sizes[n]} bytes'}, recorded {size})"
-                   for n, size in recorded.items() if sizes[n] != size]
-        if changed:
-            raise InputError(f"{path.parent}: files differ from the sizes truth.json records: {', '.join(changed)} "
-                             "(a copy cut short? copy the case again)")
     return found
 
 

@@ -122,6 +122,10 @@ def dataset_geometry(cohort: Path, rows: int | None = None, cols: int | None = N
     return sized
 
 
+#: The reason of a case excluded because its input could not be read (tried again on a rerun).
+UNREADABLE = "unreadable input"
+
+
 def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geometry,
                  settings: RegistrationSettings, include_failed: bool, out: Path,
                  patient: str | None = None) -> dict:
@@ -136,7 +140,7 @@ def prepare_case(case_dir: Path, case_id: str, objects: ObjectMap, geometry: Geo
         truth = _read_truth(case_dir / "truth.json", objects)
         qc = segmentation_qc(labels, objects, ct=ct)
     except InputError as e:  # excluded, so the other cases still make a dataset
-        entry["reasons"].append(f"unreadable input: {e}")
+        entry["reasons"].append(f"{UNREADABLE}: {e}")
         return _finish(entry, out, t0)
     entry["reasons"], entry["qc"] = list(qc.failed), qc.to_json()
     if qc.failed and not include_failed:
@@ -260,6 +264,19 @@ def merge_manifest(out: Path, cohort: Path | None = None) -> Path:
     return write_json(out / "manifest.json", manifest)
 
 
+def _to_prepare(entry: Path) -> bool:
+    """Whether the case of manifest entry ``entry`` is (still) to prepare: no entry yet, or one of
+    a case excluded because its input could not be read (a file missing or damaged then, perhaps
+    mended since: tried again; a case excluded by QC or registration keeps its verdict)."""
+    if not entry.is_file():
+        return True
+    try:
+        doc = json.loads(entry.read_text(encoding="utf-8"))
+        return doc["status"] == "excluded" and any(str(r).startswith(UNREADABLE) for r in doc["reasons"])
+    except (OSError, ValueError, KeyError, TypeError):  # an entry cut short or edited: prepared again
+        return True
+
+
 def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
                     shard: tuple[int, int] = (0, 1), workers: int | None = None,
                     include_failed: bool = False, progress: Progress | None = None,
@@ -268,7 +285,8 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
 
     ``geometry``: the dataset detector (default: the first radiograph's); ``shard`` (i, n);
     ``workers`` processes (default: all cores, at most one per case; 1 runs in this process); ``settings`` of the
-    registration (default: the accurate preset). Finished cases are kept (resume).
+    registration (default: the accurate preset). Finished cases are kept (resume), but for those
+    excluded because their input could not be read, which are tried again.
     ``out/manifest.json`` is written when every case of the cohort is prepared.
     """
     cohort, out = Path(cohort), Path(out)
@@ -282,8 +300,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
     settings = settings or RegistrationSettings()
     _check_settings(out, cohort, {"cohort_sha256": _cohort_sha256(cohort, meta), "geometry": geometry.to_json(),
                                   "registration": settings.to_json(), "include_failed": include_failed})
-    todo = [c for k, c in enumerate(meta["cases"]) if k % n == i
-            and not (out / "cases" / f"{c}.json").is_file()]
+    todo = [c for k, c in enumerate(meta["cases"]) if k % n == i and _to_prepare(out / "cases" / f"{c}.json")]
     total = len(todo)
     report = progress or (lambda f, m: None)
     report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")

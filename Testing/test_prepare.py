@@ -700,9 +700,10 @@ def test_assemble_writes_only_into_its_own_cohort_and_cases(cohort, tmp_path):
 
 def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp_path, capsys):
     """`mskdex prepare` whose every case is excluded (here each label map unreadable) ends with
-    exit 2 naming the manifest, which is written, with each case's reasons; a run killed after
-    its last case but before the manifest is finished by the rerun, with no case left to do; a
-    shard index outside 0..n-1 is refused before any work."""
+    exit 2 naming the manifest, which is written, with each case's reasons; a rerun tries the
+    unreadable cases again; a run killed after its last case but before the manifest is
+    finished by the rerun, with no case left to do; a shard index outside 0..n-1 is refused
+    before any work."""
     from MSKdeXTraining.cli import main
 
     copy = tmp_path / "c"
@@ -717,13 +718,18 @@ def test_prepare_with_no_case_ok_is_an_error_that_keeps_the_manifest(cohort, tmp
     assert main(args) == 2
     assert capsys.readouterr().err.endswith(f"mskdex prepare: error: {out / 'manifest.json'}: none of the 3 case(s) "
                                             "was prepared ok; each case's 'reasons' there say why\n")
-    written = (out / "manifest.json").read_text()
-    manifest = json.loads(written)
+    manifest = json.loads((out / "manifest.json").read_text())
     assert all(c["status"] == "excluded" and "unreadable input" in c["reasons"][0] for c in manifest["cases"])
+    assert main(args) == 2  # cases excluded for unreadable input are tried again (their files may be mended)
+    assert "3 case(s) to prepare" in capsys.readouterr().err
+    for entry in (out / "cases").glob("*.json"):  # as if excluded by QC: a verdict that stays
+        entry.write_text(json.dumps({**json.loads(entry.read_text()), "reasons": ["segmentation QC failed"]}))
     (out / "manifest.json").unlink()
     assert main(args) == 2
-    assert (out / "manifest.json").read_text() == written
-    capsys.readouterr()
+    assert "0 case(s) to prepare" in capsys.readouterr().err  # the manifest rebuilt from the case entries
+    written = (out / "manifest.json").read_text()
+    manifest = json.loads(written)
+    assert _entries(manifest) and all(c["reasons"] == ["segmentation QC failed"] for c in manifest["cases"])
     # a manifest edited by hand or damaged, on a rerun with nothing left to do: named, with the way to rebuild it
     for damaged, problem in [(json.dumps({k: v for k, v in manifest.items() if k != "counts"}), "missing field"),
                              (json.dumps({**manifest, "counts": []}), "fields 'counts' (ok, excluded, cases) or"),
@@ -857,3 +863,17 @@ def test_a_hand_written_cohort_json_names_each_case_folder_once(cohort, tmp_path
     (copy / "cohort.json").write_text(json.dumps({**meta, "cases": cases}))
     with pytest.raises(InputError, match=message):
         read_cohort(copy)
+
+
+def test_a_case_excluded_for_unreadable_input_is_prepared_once_its_file_is_mended(cohort, tmp_path):
+    """A rerun tries a case excluded because its input could not be read again: its file may
+    have been copied since (a case excluded by QC or registration keeps its verdict)."""
+    copy = tmp_path / "c"
+    shutil.copytree(cohort, copy)
+    (copy / "case_0001" / "labels.nii.gz").unlink()
+    first = json.loads((_prepare(copy, tmp_path / "ds") / "manifest.json").read_text())
+    assert first["cases"][1]["reasons"][0].startswith("unreadable input: ") and first["counts"]["excluded"] >= 1
+    shutil.copy(cohort / "case_0001" / "labels.nii.gz", copy / "case_0001" / "labels.nii.gz")
+    again = json.loads((_prepare(copy, tmp_path / "ds") / "manifest.json").read_text())
+    assert again["cases"][1]["file"] == "cases/case_0001.safetensors" and again["cases"][1]["registration"]
+    assert _entries(again)[0] == _entries(first)[0]  # the others kept as they were

@@ -52,7 +52,7 @@ def simulated(path: str | Path) -> bool:
     """Whether ``path`` is a radiograph MSKdeX simulated: its ``mskdex-xray`` sidecar names no
     film it was assembled from (its orientation is then known: AP, the patient's right on the
     viewer's left)."""
-    record = read_sidecar_record(path)
+    record = read_sidecar_record(path) if read_sidecar_path(path) is not None else None
     return record is not None and not isinstance(record.get("source"), dict)
 
 

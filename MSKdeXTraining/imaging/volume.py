@@ -144,8 +144,10 @@ def _check_nifti_complete(path: Path) -> None:
             else:
                 with path.open("rb") as raw:
                     raw.seek(-4, 2)
-                    size = struct.unpack("<I", raw.read(4))[0]
-                if size != end % 2 ** 32:
+                    recorded = struct.unpack("<I", raw.read(4))[0]
+                if recorded == end % 2 ** 32:  # as long as the header says (or 4 GiB more, beyond belief)
+                    size = end
+                else:
                     f.seek(0)
                     size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 24), b""))
     except (EOFError, OSError, zlib.error) as e:

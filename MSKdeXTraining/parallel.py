@@ -3,6 +3,7 @@ torchrun instead)."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 import warnings
@@ -77,12 +78,26 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
             raise
 
 
+#: Whether this worker process runs a job now (see :func:`_interrupted`).
+_running = False
+
+
 def _start_worker(threads: int, parent: int) -> None:
-    """In a worker as it starts: ``threads`` torch threads, and a watch that ends the worker once
-    the process that started it is gone (killed: its workers would otherwise finish their jobs
-    unseen, then wait for more forever)."""
+    """In a worker as it starts: ``threads`` torch threads, Ctrl-C handled by :func:`_interrupted`,
+    and a watch that ends the worker once the process that started it is gone (killed: its
+    workers would otherwise finish their jobs unseen, then wait for more forever)."""
     torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, _interrupted)
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C in a worker: it ends quietly, a running job first stopped by a KeyboardInterrupt
+    (so its clean-up runs: no temporary file left) and not followed by the next; the process
+    that started it reports the interruption once, not a traceback per worker."""
+    if _running:
+        raise KeyboardInterrupt
+    os._exit(130)
 
 
 def _end_with(parent: int) -> None:
@@ -97,12 +112,18 @@ JOB_WARNINGS = "mskdex_job_warnings"
 
 def _call_recording_warnings(fn: Callable[..., Any], *args: Any) -> tuple[Any, list[Recorded]]:
     """In a worker: ``fn(*args)`` and the warnings it raised (on failure: on its exception)."""
+    global _running
+    _running = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             result = fn(*args)
+    except KeyboardInterrupt:  # Ctrl-C (_interrupted): the job has cleaned up; no next job
+        os._exit(130)
     except BaseException as error:
         setattr(error, JOB_WARNINGS, recorded(caught))
         raise
+    finally:
+        _running = False
     return result, recorded(caught)
 
 

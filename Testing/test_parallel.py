@@ -176,6 +176,39 @@ def test_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
                 os.kill(int(p.name.split("_")[1]), 9)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and SIGINT as a terminal sends")
+def test_ctrl_c_ends_the_workers_without_a_traceback_each(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) with two workers busy and more jobs queued: the
+    run ends with the one KeyboardInterrupt of the process that started them, no worker prints
+    a traceback, and none is left running."""
+    import signal
+    import subprocess
+    import time
+
+    script = ("import sys; sys.path.insert(0, sys.argv[2])\n"
+              "from MSKdeXTraining.parallel import run_jobs\n"
+              "from test_parallel import report_and_wait\n"
+              "try:\n"
+              "    list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(4)], 2))\n"
+              "except KeyboardInterrupt:\n"
+              "    sys.exit(130)\n")
+    main = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), os.path.dirname(__file__)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker_*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
+        assert len(workers) == 2
+        os.killpg(main.pid, signal.SIGINT)
+        _, err = main.communicate(timeout=60)
+        assert main.returncode == 130, err
+        assert "Traceback" not in err, err
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        main.kill()
+
+
 def report_and_wait(folder: str, k: int) -> None:
     """A job that says which process runs it, then waits long."""
     import time

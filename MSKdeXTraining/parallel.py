@@ -65,6 +65,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
                 try:
                     outcome = _outcome(future, registry)
                 except BrokenProcessPool:
+                    time.sleep(0.5)  # a worker ended by Ctrl-C: this process's KeyboardInterrupt comes first
                     raise WorkerLost(f"a worker process ended abruptly (killed from outside: out of memory?) while "
                                      f"job {futures[future] + 1} of {len(jobs)} ran; finished work is kept: run the "
                                      f"same command again with fewer workers (here {workers})") from None
@@ -73,7 +74,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int | None 
             pool.shutdown(cancel_futures=True)
             for future in pending:  # the jobs that were running: their warnings too
                 if not future.cancelled():
-                    with suppress(BaseException):
+                    with suppress(Exception):  # not a KeyboardInterrupt arriving meanwhile
                         _outcome(future, registry)
             raise
 

@@ -84,11 +84,13 @@ _running = False
 
 
 def _start_worker(threads: int, parent: int) -> None:
-    """In a worker as it starts: ``threads`` torch threads, Ctrl-C handled by :func:`_interrupted`,
-    and a watch that ends the worker once the process that started it is gone (killed: its
-    workers would otherwise finish their jobs unseen, then wait for more forever)."""
+    """In a worker as it starts: ``threads`` torch threads, Ctrl-C handled by :func:`_interrupted`
+    (unless ignored, as a background job's is), and a watch that ends the worker once the process
+    that started it is gone (killed: its workers would otherwise finish their jobs unseen, then
+    wait for more forever)."""
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, _interrupted)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored as by the process that started it
+        signal.signal(signal.SIGINT, _interrupted)
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
 
 

@@ -185,7 +185,8 @@ def test_ctrl_c_ends_the_workers_without_a_traceback_each(tmp_path):
     import subprocess
     import time
 
-    script = ("import sys; sys.path.insert(0, sys.argv[2])\n"
+    script = ("import signal, sys; sys.path.insert(0, sys.argv[2])\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, not pytest-xdist's\n"
               "from MSKdeXTraining.parallel import run_jobs\n"
               "from test_parallel import report_and_wait\n"
               "try:\n"

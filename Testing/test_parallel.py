@@ -144,36 +144,47 @@ def test_a_worker_killed_from_outside_is_named_not_a_broken_pool_traceback():
     assert WorkerLost in INPUT_ERRORS  # the CLI: one line, exit 2
 
 
+#: The start of a script whose run_jobs workers run report_and_wait (argv: the folder, Testing/).
+WAITING_RUN = ("import signal, sys, time; sys.path.insert(0, sys.argv[2])\n"
+               "from MSKdeXTraining.parallel import run_jobs\n"
+               "from test_parallel import report_and_wait\n")
+
+
+def _started(script: str, folder, **popen):
+    """``script`` started in a process of its own, and its two workers' pids once both run a job."""
+    import subprocess
+    import time
+
+    main = subprocess.Popen([sys.executable, "-c", WAITING_RUN + script, str(folder), os.path.dirname(__file__)],
+                            **popen)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("worker_*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = [int(p.name.split("_")[1]) for p in folder.glob("worker_*")]
+    if len(workers) != 2:
+        main.kill()
+        pytest.fail(f"the workers did not start: {workers}")
+    return main, workers
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_end_when_the_process_that_started_them_is_killed(tmp_path):
     """Killed (SIGKILL: no clean-up), a run's workers would finish their jobs unseen, then wait
     for more forever; they end within seconds."""
-    import signal
-    import subprocess
     import time
 
-    script = ("import sys, time; sys.path.insert(0, sys.argv[2])\n"
-              "from MSKdeXTraining.parallel import run_jobs\n"
-              "from test_parallel import report_and_wait\n"
-              "list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(2)], 2))\n")
-    main = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), os.path.dirname(__file__)])
+    main, workers = _started("list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(2)], 2))\n", tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("worker_*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
-        assert len(workers) == 2
-        main.send_signal(signal.SIGKILL)
+        main.kill()
         main.wait()
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(_alive(pid) for pid in workers)
     finally:
-        main.kill()
-        for p in tmp_path.glob("worker_*"):
+        for pid in workers:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(p.name.split("_")[1]), 9)
+                os.kill(pid, 9)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and SIGINT as a terminal sends")
@@ -183,24 +194,14 @@ def test_ctrl_c_ends_the_workers_without_a_traceback_each(tmp_path):
     a traceback, and none is left running."""
     import signal
     import subprocess
-    import time
 
-    script = ("import signal, sys; sys.path.insert(0, sys.argv[2])\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, not pytest-xdist's\n"
-              "from MSKdeXTraining.parallel import run_jobs\n"
-              "from test_parallel import report_and_wait\n"
-              "try:\n"
-              "    list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(4)], 2))\n"
-              "except KeyboardInterrupt:\n"
-              "    sys.exit(130)\n")
-    main = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), os.path.dirname(__file__)],
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    main, workers = _started("signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's, not xdist's\n"
+                             "try:\n"
+                             "    list(run_jobs(report_and_wait, [(sys.argv[1], k) for k in range(4)], 2))\n"
+                             "except KeyboardInterrupt:\n"
+                             "    sys.exit(130)\n", tmp_path, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("worker_*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        workers = [int(p.name.split("_")[1]) for p in tmp_path.glob("worker_*")]
-        assert len(workers) == 2
         os.killpg(main.pid, signal.SIGINT)
         _, err = main.communicate(timeout=60)
         assert main.returncode == 130, err

@@ -24,7 +24,8 @@ from MSKdeXLib.dependencies import ensure_requirements, ensure_torch, require_de
 require_python()  # a clear error on an old Slicer's Python, before the backend fails obscurely
 
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
-from MSKdeXTraining.objects import builtin_maps  # noqa: E402
+from MSKdeXTraining.drr_types import DRR_TYPES  # noqa: E402
+from MSKdeXTraining.objects import RIGID_BODIES, builtin_maps  # noqa: E402
 
 from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
 from MSKdeXLib.layer_names import drr_objects  # noqa: E402
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from MSKdeXLib.backend_process import BackendProcess
     from MSKdeXLib.pipeline import DecomposeOutput, Pipeline
 
-DRR_TYPES = ["wvdrr", "vdrr", "mdrr"]  # = MSKdeXTraining.imaging.projector.DRR_TYPES (checked by a test)
-BONES = ["pelvis", "femur_left", "femur_right"]  # = keys of imaging.registration.rigid_bodies
 QC_COLOURS = {"failed": (255, 170, 170), "warning": (255, 235, 160)}  # row backgrounds (RGB)
 TRAIN_LOG_TAIL = 40  # log lines shown with a failed training's error
 
@@ -91,8 +90,8 @@ class MSKdeXParameterNode:
     pixelSpacing: Annotated[float, WithinRange(0.1, 10.0)] = 1.6  # mm at the detector
     sourceDetectorDistance: Annotated[float, WithinRange(100.0, 3000.0)] = 1100.0  # mm, of the DRRs
     sourceIsocenterDistance: Annotated[float, WithinRange(50.0, 2900.0)] = 880.0  # mm, of the DRRs
-    drrType: Annotated[str, Choice(DRR_TYPES)] = "vdrr"
-    bone: Annotated[str, Choice(BONES)] = "pelvis"
+    drrType: Annotated[str, Choice(list(DRR_TYPES))] = "vdrr"
+    bone: Annotated[str, Choice(list(RIGID_BODIES))] = "pelvis"
     registrationPreset: Annotated[str, Choice(["accurate", "fast"])] = "accurate"
     registrationSDD: Annotated[float, WithinRange(0.0, 3000.0)] = 0.0  # mm; 0: the radiograph file's
     registrationSOD: Annotated[float, WithinRange(0.0, 2900.0)] = 0.0  # mm; 0: the radiograph file's

@@ -25,11 +25,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from .ct_input import read_ct_and_labels
+from .drr_types import DRR_TYPES, DRR_UNITS
+from .errors import InputError
 from .fileio import refuse_existing, refuse_overwrite, staged_folder, write_json
 from .imaging import hu as hu_conv
 from .imaging.geometry import Geometry, default_ap_pose
-from .imaging.projector import DRR_TYPES, DRR_UNITS, DRRStack, project_objects
-from .errors import InputError
+from .imaging.projector import DRRStack, project_objects
 from .imaging.volume import Volume, detector_image
 from .objects import ObjectMap, load_object_map
 from .progress import Progress

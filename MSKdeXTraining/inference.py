@@ -39,11 +39,12 @@ from scipy import ndimage
 from .calibration import QUANTITIES, held_out_patients, interval, min_patients, read_calibration
 from .decomposition_table import TABLE_FORMAT, TABLE_VERSION, write_table_csv
 from .dicom_radiograph import HIP_ABOVE_TABLE_MM
+from .drr_types import DRR_SHORT_UNITS, DRR_TYPES, volume_mass
 from .environment import environment
 from .errors import InputError
 from .fileio import write_atomic, write_json
 from .imaging.geometry import Geometry, resample_image
-from .imaging.projector import DRR_SHORT_UNITS, DRR_TYPES, per_pixel_area
+from .imaging.projector import per_pixel_area
 from .imaging.volume import detector_image
 from .ood import OODResult, ood_verdict
 from .progress import Progress
@@ -59,6 +60,8 @@ LARGE_EXTENT = 1.5
 #: Most test-time augmentations per radiograph (Slicer's TTA field has the same range): each
 #: holds the model's whole output in memory until the spread is taken.
 MAX_TTA = 32
+#: Augmentations the model runs at once.
+BATCH_SIZE = 4
 
 
 def check_tta(tta: int, option: str = "tta") -> None:
@@ -176,13 +179,12 @@ class Decomposer:
     radiographs; ``geometry``; ``meta``).
     """
 
-    def __init__(self, model, batch_size: int = 4, calibration: dict | None = None) -> None:
+    def __init__(self, model, calibration: dict | None = None) -> None:
         self.model = model
         self.geometry: Geometry = model.geometry
         self.names = list(model.meta["objects"])
         self.kinds = list(model.meta["kinds"])
         self.drr_types = list(model.meta["drr_types"])
-        self.batch_size = batch_size
         self.calibration = calibration
         self.origin = {**model.origin, "calibration": None if calibration is None else {
             "sha256": calibration["sha256"], "level": calibration["level"],
@@ -204,11 +206,11 @@ class Decomposer:
         """(B, H, W) model inputs in [0, 1] -> (B, 3, N, H, W) float32 physical DRRs;
         ``progress`` gets the fraction done after each batch."""
         outs = []
-        for b in range(0, len(x), self.batch_size):
-            t = torch.from_numpy(np.ascontiguousarray(x[b:b + self.batch_size], np.float32))[:, None]
+        for b in range(0, len(x), BATCH_SIZE):
+            t = torch.from_numpy(np.ascontiguousarray(x[b:b + BATCH_SIZE], np.float32))[:, None]
             outs.append(self.model.predict(t).float().cpu().numpy())
             if progress is not None:
-                done = min(b + self.batch_size, len(x))
+                done = min(b + BATCH_SIZE, len(x))
                 progress(done / len(x), f"predicting: {done} of {len(x)} images")
         return np.concatenate(outs)
 
@@ -266,8 +268,7 @@ class Decomposer:
                              f"{', '.join(n for n, ok in zip(self.names, finite) if not ok)}; no result: "
                              "a model whose training diverged cannot be used, retrain it")
         report(0.9, "tabulating")
-        sums = drrs.astype(np.float64).sum(axis=(-1, -2)) * detector.pixel_area_cm2  # (T, 3, N)
-        vol, mass = sums[:, self.drr_types.index("vdrr")], sums[:, self.drr_types.index("mdrr")]
+        vol, mass = volume_mass(drrs, detector.pixel_area_cm2, self.drr_types)  # (T, N) each
 
         def sd(values: np.ndarray) -> float | None:  # over the augmentations; one measures no spread
             return float(values.std(ddof=1)) if tta > 1 else None

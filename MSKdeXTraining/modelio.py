@@ -31,10 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import __version__
+from .drr_types import DRR_TYPES, DRR_UNITS
 from .errors import InputError
 from .fileio import file_sha256, read_format_json, write_atomic, write_json
 from .imaging.geometry import Geometry
-from .imaging.projector import DRR_TYPES, DRR_UNITS
 from .models import Generator
 from .objects import Kind
 from .ood import ood_scores

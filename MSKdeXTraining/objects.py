@@ -52,6 +52,9 @@ DEFAULT_BONES = ("pelvis", "femur", "sacrum")
 DEFAULT_OBJECTS = DEFAULT_MUSCLES + DEFAULT_BONES
 #: Bones whose DRRs are aligned with the radiograph by 2D/3D registration (paper Sec. 2.2).
 ALIGNED_BONES = ("pelvis", "femur")
+#: The rigid bodies registered to a radiograph, each on its own: the pelvis (with the sacrum) and
+#: each femur (imaging.registration.rigid_bodies).
+RIGID_BODIES = ("pelvis", "femur_left", "femur_right")
 #: Short names used in tables and figures (paper Table 1).
 DISPLAY_NAMES = {
     "gluteus_maximus": "Glu. max.", "gluteus_medius": "Glu. med.",

@@ -46,12 +46,13 @@ from safetensors.torch import save_file
 
 from .cohort.generate import COHORT_FORMAT, TRUTH_FORMAT
 from .cohort.generate import VERSION as COHORT_VERSION
+from .drr_types import DRR_TYPES, DRR_UNITS
 from .environment import environment
 from .errors import InputError
 from .fileio import (atomic_path, create_json, read_format_json, read_json_object, refuse_other_kind,
                      write_json)
 from .imaging.geometry import Geometry, default_ap_pose, resample_image
-from .imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
+from .imaging.projector import project_objects
 from .imaging.registration import (RegistrationSettings, read_xray,
                                    register_bodies, rigid_bodies)
 from .imaging.volume import read_ct, read_labels

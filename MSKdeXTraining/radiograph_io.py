@@ -137,8 +137,8 @@ def read_radiograph(path: str | Path,
         raise InputError(f"{path}: is a folder; expected one radiograph file")
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    explicit = _explicit_spacing(pixel_spacing)
-    fallback = _explicit_spacing(missing_spacing)
+    explicit = explicit_spacing(pixel_spacing, spacing_option)
+    fallback = explicit_spacing(missing_spacing, MISSING_SPACING_OPTION)
     if explicit is not None and fallback is not None:
         raise InputError("pixel_spacing and missing_spacing exclude each other: the first applies to every file")
     suffix = known_suffix(path) or path.suffix.lower()
@@ -216,15 +216,21 @@ def spacing_hint(shape: tuple[int, ...]) -> str:
             f"{cols} columns span a {CASSETTE_MM[0] / 10:g} x {CASSETTE_MM[1] / 10:g} cm cassette")
 
 
-def _explicit_spacing(value) -> tuple[float, float] | None:
+def explicit_spacing(value, option: str = "--pixel-spacing") -> tuple[float, float] | None:
+    """A pixel spacing the user gives (mm: one value for rows and columns, or row and column) as
+    (row, column); None when not given; InputError naming ``option`` (where it was given: a CLI
+    option, a table column, a Slicer field) unless one or two finite numbers > 0."""
     if value is None:
         return None
-    v = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
-    if v.size == 1:
-        v = np.repeat(v, 2)
-    if v.size != 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise InputError(f"pixel_spacing must be one or two positive numbers (row, column mm), got {value!r}")
-    return float(v[0]), float(v[1])
+    try:
+        v = np.atleast_1d(np.asarray(value, dtype=np.float64)).ravel()
+    except (TypeError, ValueError):
+        raise InputError(f"{option} must be numbers > 0 (mm), got {value!r}") from None
+    if v.size not in (1, 2):
+        raise InputError(f"{option} takes one or two values (mm), got {v.size}")
+    if not np.all(np.isfinite(v) & (v > 0)):
+        raise InputError(f"{option} must be numbers > 0 (mm), got {' '.join(f'{x:g}' for x in v)}")
+    return float(v[0]), float(v[-1])
 
 
 def check_spacing(path: Path | str, shape: tuple[int, ...], spacing: tuple[float, float], fieldname: str,

@@ -139,15 +139,15 @@ def test_train_fold_and_pixel_spacing_options():
     """--fold k/K needs K >= 2 and 0 <= k < K; --pixel-spacing is one value or row and column."""
     import argparse
 
-    from MSKdeXTraining.commands import pixel_spacing_option
     from MSKdeXTraining.commands.train import parse_fold
+    from MSKdeXTraining.radiograph_io import explicit_spacing
 
     assert parse_fold("0/2") == (0, 2) and parse_fold("3/4") == (3, 4)
     for text in ("0/1", "-1/4", "4/4", "a/4", "1"):
         with pytest.raises(argparse.ArgumentTypeError, match="--fold"):
             parse_fold(text)
-    assert pixel_spacing_option([0.2, 0.3]) == (0.2, 0.3) and pixel_spacing_option([0.2]) == (0.2, 0.2)
-    assert pixel_spacing_option(None) is None
+    assert explicit_spacing([0.2, 0.3]) == (0.2, 0.3) and explicit_spacing([0.2]) == (0.2, 0.2)
+    assert explicit_spacing(None) is None
 
 
 @pytest.mark.parametrize("argv, says", [

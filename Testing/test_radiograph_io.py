@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_implausible_spacing_is_an_error(tmp_path, ramp):
         read_radiograph(f)
     with pytest.raises(InputError, match="field of view"):
         read_radiograph(f, pixel_spacing=(0.1, 0.1))  # 20 mm x 16 mm: not a hip radiograph
-    with pytest.raises(InputError, match="positive"):
+    with pytest.raises(InputError, match=r"--pixel-spacing must be numbers > 0 \(mm\), got -1 1"):
         read_radiograph(f, pixel_spacing=(-1, 1))
     # a spacing given explicitly wins over the file's plausible range (e.g. 2.3 mm demo pixels);
     # the field of view must still be a radiograph's
@@ -739,9 +740,15 @@ def test_a_given_spacing_or_magnification_out_of_range_is_refused(tmp_path, ramp
     """A spacing given as zero, not finite or of three values, and a magnification given below 1
     (a film is never smaller than the patient) or above 2: errors naming the value, before use."""
     f = write_dicom(tmp_path / "d.dcm", ramp, bits=12, ImagerPixelSpacing=[0.5, 0.5])
-    for bad in (0, (0.5, 0.0), float("nan"), (0.5, 0.5, 0.5)):
-        with pytest.raises(InputError, match=r"pixel_spacing must be one or two positive numbers \(row, column mm\)"):
+    for bad, message in ((0, "must be numbers > 0 (mm), got 0"), ((0.5, 0.0), "must be numbers > 0 (mm), got 0.5 0"),
+                         (float("nan"), "must be numbers > 0 (mm), got nan"), ("x", "must be numbers > 0 (mm), got 'x'"),
+                         ((0.5, 0.5, 0.5), "takes one or two values (mm), got 3")):
+        with pytest.raises(InputError, match=re.escape(f"--pixel-spacing {message}")):
             read_radiograph(f, pixel_spacing=bad)
+        with pytest.raises(InputError, match=re.escape(f"the 'File pixel spacing' field {message}")):
+            read_radiograph(f, pixel_spacing=bad, spacing_option="the 'File pixel spacing' field")
+        with pytest.raises(InputError, match=re.escape(f"--pixel-spacing-if-missing {message}")):
+            read_radiograph(f, missing_spacing=bad)
     for m in (0.9, 2.5):
         with pytest.raises(InputError, match=rf"d.dcm: magnification from argument \(magnification\) is {m:g}: "
                                              r"implausible; expected SDD / SOD in \[1, 2\]"):

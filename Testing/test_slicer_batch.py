@@ -67,7 +67,7 @@ def test_batch_writes_the_table_and_scene(model_and_xray, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert b"\r\n" not in out.read_bytes()  # the same CSV as `mskdex decompose` writes
     rows = list(csv.DictReader(out.open()))
-    from MSKdeXTraining.imaging.projector import DRR_SHORT_UNITS, DRR_TYPES
+    from MSKdeXTraining.drr_types import DRR_SHORT_UNITS, DRR_TYPES
     from MSKdeXTraining.inference import Decomposer
     from MSKdeXTraining.radiograph_io import read_radiograph
 

@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "MSKdeX"))
 
 from MSKdeXTraining.decomposition_table import TABLE_COLUMNS  # noqa: E402
 from MSKdeXTraining.imaging.geometry import Geometry, apply, rigid  # noqa: E402
-from MSKdeXTraining.imaging.projector import DRR_TYPES, project_objects  # noqa: E402
+from MSKdeXTraining.drr_types import DRR_TYPES  # noqa: E402
+from MSKdeXTraining.imaging.projector import project_objects  # noqa: E402
 from MSKdeXTraining.imaging.volume import InputError, Volume, read_ct, read_labels  # noqa: E402
 from MSKdeXTraining.objects import ObjectMap, load_object_map  # noqa: E402
 from MSKdeXTraining.radiograph_io import Radiograph, read_radiograph  # noqa: E402

@@ -265,25 +265,23 @@ def test_slicer_side_tests_run_without_torch():
 
 
 def test_module_constants_match_the_backend():
-    from MSKdeXTraining.imaging.projector import DRR_TYPES
+    """The module takes the DRR types and the registered bodies from the backend's torch-free
+    modules (no copies), and its MAX_TTA bound from the backend."""
     from MSKdeXTraining.imaging.registration import rigid_bodies
-    from MSKdeXTraining.objects import load_object_map
-
-    constants = {}
-    for node in ast.parse(MODULE_PY.read_text()).body:
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            try:
-                constants[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    assert constants["DRR_TYPES"] == list(DRR_TYPES)
     from MSKdeXTraining.inference import MAX_TTA
+    from MSKdeXTraining.objects import RIGID_BODIES, load_object_map
 
-    assert f"tta: Annotated[int, WithinRange(1, {MAX_TTA})]" in MODULE_PY.read_text()
+    text = MODULE_PY.read_text()
+    assigned = {node.targets[0].id for node in ast.parse(text).body
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    assert not assigned & {"DRR_TYPES", "BONES", "RIGID_BODIES"}
+    assert "from MSKdeXTraining.drr_types import DRR_TYPES" in text
+    assert "Choice(list(DRR_TYPES))" in text and "Choice(list(RIGID_BODIES))" in text
+    assert tuple(rigid_bodies(load_object_map("synthetic"))) == RIGID_BODIES
+    assert f"tta: Annotated[int, WithinRange(1, {MAX_TTA})]" in text
     # Load radiograph reads with the Decompose section's Magnification, as Decompose does
     assert re.search(r"self\.logic\.loadRadiograph\(p\.radiographFile, p\.radiographFileSpacing or None,\s*"
-                     r"p\.radiographMagnification or None\)", MODULE_PY.read_text())
-    assert constants["BONES"] == list(rigid_bodies(load_object_map("synthetic")))
+                     r"p\.radiographMagnification or None\)", text)
 
 
 def test_sample_data_checksums_match_the_files(shared_data):

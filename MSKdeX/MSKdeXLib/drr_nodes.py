@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import slicer
 
-from MSKdeXTraining.imaging.projector import DRR_SHORT_UNITS, DRR_TYPES
+from MSKdeXTraining.drr_types import DRR_SHORT_UNITS, DRR_TYPES
 from MSKdeXTraining.errors import InputError
 
 from .layer_names import OBJECT_ATTRIBUTE, TYPE_ATTRIBUTE, UNIT_ATTRIBUTE, layer_name, layers_of

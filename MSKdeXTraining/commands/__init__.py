@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..errors import InputError
 from ..progress import Progress
 
 
@@ -48,16 +46,3 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
-
-
-def pixel_spacing_option(values: list[float] | None, option: str = "--pixel-spacing"
-                         ) -> tuple[float, float] | None:
-    """A spacing option (one value, or row and column; mm) as (row, column), None if absent;
-    InputError naming ``option`` unless one or two finite numbers > 0."""
-    if values is None:
-        return None
-    if len(values) not in (1, 2):
-        raise InputError(f"{option} takes one or two values (mm), got {len(values)}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise InputError(f"{option} must be numbers > 0 (mm), got {' '.join(f'{v:g}' for v in values)}")
-    return (float(values[0]), float(values[-1]))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import pixel_spacing_option, progress_bar
+from . import progress_bar
 
 HELP = ("Decompose radiographs with a trained model: per-object DRR stacks, volume (cm3), "
         "lean muscle / bone mass (g), a 90 % interval from the model's held-out errors (calibration.json, "
@@ -92,14 +92,14 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import BATCH_TABLE, decompose_file, decompose_files, write_batch_table
     from ..fileio import refuse_other_kind, refuse_overwrite
     from ..inference import Decomposer, check_seed, check_tta, output_files
-    from ..radiograph_io import check_magnification
+    from ..radiograph_io import check_magnification, explicit_spacing
 
     check_tta(args.tta, "--tta")
     check_seed(args.seed, "--seed")
     if args.magnification is not None:
         check_magnification(args.magnification, "--magnification", "give the film's SDD / SOD at the hips")
-    spacing = pixel_spacing_option(args.pixel_spacing)
-    missing = pixel_spacing_option(args.pixel_spacing_if_missing, "--pixel-spacing-if-missing")
+    spacing = explicit_spacing(args.pixel_spacing)
+    missing = explicit_spacing(args.pixel_spacing_if_missing, "--pixel-spacing-if-missing")
     _check_out(args.out)
     refuse_other_kind(args.out, "decomposition")  # before the model is loaded
     single = args.xray.is_file()

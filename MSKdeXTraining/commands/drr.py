@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import pixel_spacing_option, progress_bar
+from . import progress_bar
 
 HELP = ("Render the object-wise DRRs (WVDRR, VDRR cm, MDRR g/cm2) of a CT and its label map; "
         "writes wvdrr/vdrr/mdrr.nrrd and metrics.json (volume cm3, mass g: 3D vs DRR sums)")
@@ -32,12 +32,13 @@ def add_geometry_arguments(parser: argparse.ArgumentParser) -> None:
 
 def geometry_from_args(args: argparse.Namespace):
     """The :class:`Geometry` described by :func:`add_geometry_arguments` options."""
-    from ..imaging.geometry import Geometry
     from ..errors import InputError
+    from ..imaging.geometry import Geometry
+    from ..radiograph_io import explicit_spacing
 
     try:
         return Geometry(rows=args.rows, cols=args.cols,
-                        pixel_spacing=pixel_spacing_option(args.pixel_spacing),
+                        pixel_spacing=explicit_spacing(args.pixel_spacing),
                         sdd=args.sdd, sod=args.sod, parallel=args.parallel)
     except ValueError as e:
         raise InputError(f"geometry options: {e}") from None

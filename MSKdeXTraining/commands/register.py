@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import pixel_spacing_option, progress_bar
+from . import progress_bar
 
 HELP = ("Register the pelvis (with sacrum) and each femur of a CT to a radiograph (6-DoF, "
         "gradient correlation); writes poses.json and QC overlays (qc_<body>.png)")
@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from ..imaging.registration import (RegistrationSettings, read_xray, register_bodies,
                                         render_body, rigid_bodies, working_film)
     from ..objects import load_object_map
+    from ..radiograph_io import explicit_spacing
     from ..sidecar import simulated
 
-    spacing = pixel_spacing_option(args.pixel_spacing)
+    spacing = explicit_spacing(args.pixel_spacing)
     objects = load_object_map(args.objects)
     bodies = rigid_bodies(objects)
     refuse_existing([args.out / name for name in ["poses.json", "qc_all.png", *(f"qc_{b}.png" for b in bodies)]],

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..calibration import write_calibration
+from ..drr_types import volume_mass
 from ..errors import InputError
 from ..fileio import as_written, file_sha256, read_format_json, read_json_object, refuse_other_kind, write_json
 from ..objects import DEFAULT_MUSCLES
@@ -195,7 +196,7 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
     for m, cid in enumerate(data.ids):
         item = data.load(m)
         pred = decomposer.predict(item["xray"].numpy())[0]  # (3, N, H, W)
-        sums = pred.astype(np.float64).sum(axis=(-1, -2)) * area
+        volume, mass = volume_mass(pred, area, decomposer.drr_types)
         aligned = item["aligned"].numpy()
         ok = item["aligned_ok"].tolist()  # a failed registration's DRR is no reference: NaN
         image = {b: {t: {"psnr": metrics.psnr(pred[k, bone_index[j]], aligned[k, j]) if ok[j] else float("nan"),
@@ -203,9 +204,9 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
                      for k, t in enumerate(decomposer.drr_types)} for j, b in enumerate(bones)}
         cases.append({"id": cid, "patient": case_patient[cid],
                       "volume_true_cm3": item["volume_cm3"].tolist(),
-                      "volume_pred_cm3": sums[decomposer.drr_types.index("vdrr")].tolist(),
+                      "volume_pred_cm3": volume.tolist(),
                       "mass_true_g": item["mass_g"].tolist(),
-                      "mass_pred_g": sums[decomposer.drr_types.index("mdrr")].tolist(),
+                      "mass_pred_g": mass.tolist(),
                       "image": image})
         report((m + 1) / len(data.ids), f"predicted {cid}")
     return {"format": PRED_FORMAT, "version": PRED_VERSION, "run": str(run),

@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..drr_types import DRR_TYPES
 from ..fileio import write_atomic
-from ..imaging.projector import DRR_TYPES
 from ..objects import DISPLAY_NAMES
 from .metrics import icc, pcc
 

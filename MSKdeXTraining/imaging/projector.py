@@ -31,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ..drr_types import DRR_TYPES, PER_AREA_TYPES
 from ..errors import InputError
 from ..objects import ObjectMap
 from ..progress import Progress
@@ -38,12 +39,6 @@ from . import hu as hu_conv
 from .geometry import Geometry, check_pose
 from .volume import Volume, check_same_grid
 
-DRR_TYPES = ("wvdrr", "vdrr", "mdrr")
-DRR_UNITS = {"wvdrr": "1 (line integral of mu)", "vdrr": "cm (cm3/cm2)", "mdrr": "g/cm2"}
-#: The same units in short form (image metadata, axis labels).
-DRR_SHORT_UNITS = {t: u.split()[0] for t, u in DRR_UNITS.items()}
-#: DRR types whose pixels are amounts per detector area (their sums times pixel area are cm3, g).
-PER_AREA_TYPES = ("vdrr", "mdrr")
 #: A numpy array or a torch tensor (functions taking either return the same kind).
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 

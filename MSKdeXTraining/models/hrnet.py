@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..drr_types import DRR_TYPES
 from .layers import BasicBlock, conv_norm_act, resize_bilinear
 
 
@@ -151,17 +152,18 @@ SOFTPLUS_ONE = math.log(math.e - 1.0)
 
 
 class Generator(nn.Module):
-    """G: radiograph ``(B, 1, H, W)`` (normalised) -> DRRs ``(B, 3, N, H, W)``, scaled units.
+    """G: radiograph ``(B, 1, H, W)`` (normalised) -> DRRs ``(B, 3, N, H, W)``, scaled units
+    (the three :data:`~MSKdeXTraining.drr_types.DRR_TYPES` of each of N objects).
 
     Output is non-negative (softplus). Scaled units: physical value = output x scale
     constant of the channel (:mod:`MSKdeXTraining.modelio`), so an output of 1 is the
     training-set mean pixel value of that channel.
     """
 
-    def __init__(self, n_objects: int, spec: HRNetSpec, n_types: int = 3) -> None:
+    def __init__(self, n_objects: int, spec: HRNetSpec) -> None:
         super().__init__()
-        self.n_objects, self.n_types = n_objects, n_types
-        self.net = HRNet(1, n_types * n_objects, spec)
+        self.n_objects, self.n_types = n_objects, len(DRR_TYPES)
+        self.net = HRNet(1, self.n_types * n_objects, spec)
         with torch.no_grad():
             self.net.out.weight.mul_(0.1)
         nn.init.constant_(self.net.out.bias, SOFTPLUS_ONE)

@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, get_worker_info
 
+from ..drr_types import DRR_TYPES
+from ..errors import InputError
 from ..fileio import read_format_json
 from ..imaging.geometry import Geometry
-from ..imaging.projector import DRR_TYPES, per_pixel_area
-from ..errors import InputError
+from ..imaging.projector import per_pixel_area
 
 FORMAT = "mskdex-dataset"
 VERSION = 2

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..drr_types import DRR_TYPES, DRR_UNITS
 from ..fileio import write_json
 from ..imaging.geometry import Geometry, default_ap_pose, rigid
-from ..imaging.projector import DRR_TYPES, DRR_UNITS, project_objects
+from ..imaging.projector import project_objects
 from ..imaging.volume import Volume
 from ..modelio import write_safetensors
 from ..objects import ALIGNED_BONES, DEFAULT_OBJECTS, ObjectMap, ObjectSpec

@@ -7,13 +7,14 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import InputError
-from ...objects import ObjectMap, ObjectMapError
+from ...objects import RIGID_BODIES, ObjectMap, ObjectMapError
 from ..geometry import Geometry, apply, fit_sphere, project
 from ..volume import Volume
 
 
 def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
-    """Label values of each rigid body: ``pelvis`` (pelvis + sacrum), ``femur_left/right``.
+    """Label values of each rigid body (:data:`~MSKdeXTraining.objects.RIGID_BODIES`): ``pelvis``
+    (pelvis + sacrum), ``femur_left/right``.
 
     The femur object must declare ``sides`` with ``left`` and ``right`` label values.
     """
@@ -29,8 +30,7 @@ def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
         raise ObjectMapError(f"{objects.title}: object 'femur' needs \"sides\" with "
                              f"'left' and 'right' label values to register each femur, got "
                              f"{sorted(femur.sides)}")
-    return {"pelvis": tuple(pelvis), "femur_left": tuple(femur.sides["left"]),
-            "femur_right": tuple(femur.sides["right"])}
+    return dict(zip(RIGID_BODIES, (tuple(pelvis), tuple(femur.sides["left"]), tuple(femur.sides["right"]))))
 
 
 def body_centroid(labels: Volume, body_labels: tuple[int, ...]) -> np.ndarray:

@@ -242,7 +242,8 @@ def ood_verdict(x: np.ndarray, scores: dict[str, np.ndarray], source: dict, cove
                        "training radiographs (continuous detector values)")
     if coverage < MIN_COVERAGE:
         reasons.append(f"the radiograph covers {100 * coverage:.0f} % of the model's "
-                       f"field of view (< {100 * MIN_COVERAGE:.0f} %): check the pixel spacing")
+                       f"field of view (< {100 * MIN_COVERAGE:.0f} %): a smaller film or crop than the "
+                       "training radiographs, or a pixel spacing given too small (never enlarge a right one)")
     if feats["std"] < 0.02:
         reasons.append("nearly uniform image (intensity std < 0.02)")
     if feats["feature_score"] > OOD_FEATURE:

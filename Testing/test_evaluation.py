@@ -664,6 +664,29 @@ def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_mediu
                        vol_true, vol_pred, mass_true, mass_pred, [{}] * 12)
 
 
+def test_scores_of_few_patients_or_of_a_model_ignoring_its_input_get_a_warning():
+    """Twelve patients and predictions that follow the truth: no warning; nine patients: a
+    warning; an object predicted about the same for every case (an untrained model's mean): a
+    warning naming it, whose PCC would otherwise read like any other."""
+    import copy
+
+    from MSKdeXTraining.evaluation.crossval import FEW_PATIENTS
+
+    preds = _synthetic(0, 0.1)
+    assert FEW_PATIENTS == 10 and preds.warnings_text() == ""
+    few = copy.deepcopy(preds)
+    few.patients = [f"p{i % 9}" for i in range(12)]  # 12 films of 9 patients
+    assert few.warnings_text() == ("Warning: 9 held-out patient(s): correlations over so few are mostly chance "
+                                   "(a PCC's 95 % interval then spans much of -1 to 1); evaluate on 10 or more.")
+    flat = copy.deepcopy(preds)
+    rng = np.random.default_rng(1)
+    flat.volume_pred[:, 1] = 500 * (1 + 0.02 * rng.standard_normal(12))  # SD ~10 cm3 against the truth's ~200
+    warning = flat.warnings_text()
+    assert warning.startswith("Warning: the predictions of gluteus_medius hardly vary between cases (SD below 10 % "
+                              "of the truth's)") and "pelvis" not in warning
+    assert np.isfinite(flat.object_metrics()[1]["volume"]["pcc"])  # scored all the same, with the warning
+
+
 def test_the_representative_case_has_the_median_muscle_error():
     """The decomposition figure's case: the median of the cases' mean relative lean-mass errors
     over the muscles, among the cases where it is finite; with no muscle, over every object."""

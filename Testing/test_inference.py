@@ -813,8 +813,9 @@ def test_ood_verdict_coverage_threshold_and_score():
     bright = {"feature_score": np.array([0.3]), "intensity_z": np.array([2 * OOD_Z])}
     verdict = ood_verdict(x, bright, {}, 0.7, None)
     assert verdict.flag and verdict.score == pytest.approx(2.0)
-    assert verdict.reasons == ["the radiograph covers 70 % of the model's field of view (< 80 %): check the pixel "
-                               "spacing", f"intensity statistics {2 * OOD_Z:.1f} SD from the training radiographs"]
+    assert verdict.reasons == ["the radiograph covers 70 % of the model's field of view (< 80 %): a smaller film or "
+                               "crop than the training radiographs, or a pixel spacing given too small (never enlarge "
+                               "a right one)", f"intensity statistics {2 * OOD_Z:.1f} SD from the training radiographs"]
     usual = {"feature_score": np.array([0.6 * OOD_FEATURE]), "intensity_z": np.array([0.5 * OOD_Z])}
     verdict = ood_verdict(x, usual, {}, 0.85, None)
     assert not verdict.flag and verdict.reasons == [] and verdict.score == pytest.approx(0.6)

@@ -795,7 +795,8 @@ def test_assemble_refuses_table_distances_of_an_implausible_magnification(cohort
 
 def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
     """A label map whose values run past 255 (a map of many structures) is written with them
-    whole (16-bit), not wrapped into 8 bits: the case's labels equal the input's."""
+    whole (16-bit), not wrapped into 8 bits: the case's labels equal the input's. A value the map
+    leaves unclaimed while it says "unmapped_labels": "error" is refused by assemble."""
     from MSKdeXTraining.cohort.assemble import assemble_cohort
 
     case = cohort / "case_0000"
@@ -812,6 +813,14 @@ def test_assemble_keeps_label_values_above_255(cohort, tmp_path):
     film = _film(cohort, "case_0000")
     _table(tmp_path / "t.csv", [f"a,{case}/ct.nii.gz,{tmp_path}/labels.nii.gz,{case}/xray.mha,{film}"])
     out = tmp_path / "out"
+    # a map that does not claim every label value (sacrum 302 left out) and says so ("error"): refused
+    # here, naming the line and value, not after prepare's registration
+    strict = {**spec, "unmapped_labels": "error", "objects": [o for o in spec["objects"] if o["name"] != "sacrum"]}
+    (tmp_path / "strict.json").write_text(json.dumps(strict))
+    with pytest.raises(InputError, match=r"line 2 \(case 'a'\): .*labels.nii.gz: label values \[302(, \d+)*\] are not in "
+                                         r"object map .*; add them to an object or set \"unmapped_labels\": \"ignore\""):
+        assemble_cohort(tmp_path / "t.csv", tmp_path / "strict.json", out, workers=1)
+    assert not out.joinpath("a").exists()
     assert assemble_cohort(tmp_path / "t.csv", tmp_path / "map.json", out, workers=1) == ["a"]
     written = read_labels(out / "a" / "labels.nii.gz").array
     given = read_labels(tmp_path / "labels.nii.gz").array
@@ -837,10 +846,14 @@ def test_the_summary_counts_failing_cases_kept_by_include_failed(tmp_path, monke
     assert main(["prepare", "--cohort", str(tmp_path), "--out", str(tmp_path / "ds"), "--include-failed"]) == 0
     printed = capsys.readouterr().out
     assert "2 ok (1 of them failing QC or registration, kept by --include-failed" in printed
-    assert printed.rstrip().endswith("1 excluded of 3")
+    assert printed.rstrip().endswith("1 excluded of 3\n  excluded c: metal")  # each excluded case and why
     cases[0]["reasons"] = []
+    cases += [{"id": f"x{i}", "status": "excluded", "reasons": ["unreadable input: a", "b"]} for i in range(25)]
     assert main(["prepare", "--cohort", str(tmp_path), "--out", str(tmp_path / "ds2")]) == 0
-    assert "manifest.json: 2 ok, 1 excluded of 3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "manifest.json: 2 ok, 1 excluded of 3\n  excluded c: metal\n  excluded x0: unreadable input: a; b\n" in printed
+    assert printed.count("  excluded ") == 20 and printed.rstrip().endswith(
+        f"... and 6 more excluded: their 'reasons' in {tmp_path / 'ds2' / 'manifest.json'}")
 
 
 @pytest.mark.parametrize("cases, message", [

@@ -78,7 +78,10 @@ def test_builtin_configs_follow_the_paper():
     assert (paper.lambda_cyc, paper.lambda_gca, paper.lambda_l1, paper.lambda_is) == (10, 0.5, 100, 100)
     assert paper.pool_size == 50 and paper.bone_loss and paper.gan
     small = load_config("small", {"lambda_is": 0, "bone_loss": False})
-    assert small.lambda_is == 0.0 and not small.bone_loss and small.sgdr_t0 <= small.epochs
+    assert small.lambda_is == 0.0 and not small.bone_loss and small.sgdr_t0 == small.epochs == 80
+    # small's one SGDR cycle follows the epochs it is given (the learning rate ends at lr_min)
+    assert load_config("small", {"epochs": 30}).sgdr_t0 == 30 and load_config("small", {"sgdr_t0": 7}).sgdr_t0 == 7
+    assert TrainConfig.from_dict({**load_config("small", {"epochs": 30}).to_dict(), "epochs": 40}).sgdr_t0 == 30
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -303,6 +306,12 @@ def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):
                                          r"only 'epochs', 'checkpoint_every', 'num_workers', 'device', "
                                          r"'compile', 'channels_last', 'amp_bf16' may change"):
         train(TrainConfig.from_dict({**config.to_dict(), "lr": 0.5}), dataset, tmp_path / "cut", resume=True)
+    large = TrainConfig.from_dict({**config.to_dict(), "batch_size": 64})  # a resume must repeat the --set values
+    with pytest.raises(InputError, match=r"cannot resume with a different config \(changed: \['batch_size'\]\)"):
+        train(large, dataset, tmp_path / "cut", resume=True)
+    with pytest.raises(InputError, match=r": 6 training cases, fewer than batch_size 64; set a smaller batch "
+                                         r"\(--set batch_size=N, N <= 6\) or prepare more cases"):
+        train(large, dataset, tmp_path / "large")
     with pytest.raises(InputError, match=r"trained 2 epochs; resume with epochs >= 2 \(now 1\)"):
         train(TrainConfig.from_dict({**config.to_dict(), "epochs": 1}), dataset, tmp_path / "cut", resume=True)
     # how it computes may change (device, layout, loader workers): the same training up to

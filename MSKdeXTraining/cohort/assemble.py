@@ -211,6 +211,7 @@ def assemble_case(pair: dict, objects: ObjectMap, out: Path, record: dict) -> No
     """Write one case into ``out/<case>`` (atomically, replacing an outdated one) with the
     ``record`` of what it is made from (:func:`_record`)."""
     ct, labels = read_ct_and_labels(pair["ct"], pair["labels"], objects)
+    objects.lookup_table(labels.array, str(pair["labels"]))  # label values the map does not claim: now, not in prepare
     ct, labels = crop_to_region(ct, labels, objects)
     radiograph, geometry = read_film(pair)
     xray, _ = radiograph.windowed()  # as decompose does

@@ -12,6 +12,10 @@ HELP = ("Prepare a cohort for training: segmentation QC, bone registration, obje
         "parallel, resumable, shardable")
 
 
+#: Excluded cases listed with their reasons after a run (the manifest lists them all).
+SHOWN_EXCLUDED = 20
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -86,6 +90,11 @@ def run(args: argparse.Namespace) -> int:
         failing = (f" ({kept} of them failing QC or registration, kept by --include-failed: see their "
                    "'reasons' there)" if kept else "")
         print(f"wrote {manifest}: {counts['ok']} ok{failing}, {counts['excluded']} excluded of {counts['cases']}")
+        excluded = [c for c in cases if c.get("status") == "excluded"]
+        for c in excluded[:SHOWN_EXCLUDED]:
+            print(f"  excluded {c.get('id')}: {'; '.join(map(str, c.get('reasons') or ['no reason recorded']))}")
+        if len(excluded) > SHOWN_EXCLUDED:
+            print(f"  ... and {len(excluded) - SHOWN_EXCLUDED} more excluded: their 'reasons' in {manifest}")
         if not counts["ok"]:  # nothing to train on: an error, the manifest kept for its reasons
             raise InputError(f"{manifest}: none of the {counts['cases']} case(s) was prepared ok; each case's "
                              "'reasons' there say why")

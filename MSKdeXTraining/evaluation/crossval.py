@@ -42,6 +42,10 @@ PRED_FORMAT = "mskdex-predictions"
 PRED_VERSION = 1
 #: What the agreement metrics score: lean/bone mass (g), volume (cm3), density (g/cm3).
 AGREEMENT_QUANTITIES = ("mass", "volume", "density")
+#: Fewer held-out patients than this: the scores get a warning (mostly chance).
+FEW_PATIENTS = 10
+#: Predictions whose SD (over the cases) is below this fraction of the truth's get a warning.
+FLAT_SD_RATIO = 0.1
 #: Columns of predictions.csv: one row per case and object (cm3, g).
 ROW_HEADER = ["case", "patient", "fold", "object", "kind", "volume_true_cm3", "volume_pred_cm3",
               "mass_true_g", "mass_pred_g"]
@@ -84,11 +88,29 @@ class Predictions:
         text = f"folds {', '.join(map(str, folds))}" + (f" of {self.k}" if self.k else "")
         return text + "".join(f"; fold {f} left out: {why}" for f, why in sorted(self.left_out.items()))
 
-    def non_finite_text(self) -> str:
-        """A warning naming the objects with non-finite predictions (empty when none has)."""
+    def warnings_text(self) -> str:
+        """Warnings about what the scores rest on (empty when none applies): objects with
+        non-finite predictions (left out of the scores), fewer than :data:`FEW_PATIENTS` patients,
+        and objects whose predictions hardly vary between cases (SD of the predicted mass or
+        volume below :data:`FLAT_SD_RATIO` of the truth's: a model that ignores its input)."""
+        warnings = []
         bad = [f"{m['object']} {m['non_finite']}" for m in self.object_metrics() if m["non_finite"]]
-        return ("" if not bad else "Warning: predictions not finite (NaN or infinite: a diverged model?), "
-                f"left out of the scores, cases per object: {', '.join(bad)}.")
+        if bad:
+            warnings.append("Warning: predictions not finite (NaN or infinite: a diverged model?), left out of the "
+                            f"scores, cases per object: {', '.join(bad)}.")
+        patients = len(set(self.patients))
+        if patients < FEW_PATIENTS:
+            warnings.append(f"Warning: {patients} held-out patient(s): correlations over so few are mostly chance "
+                            f"(a PCC's 95 % interval then spans much of -1 to 1); evaluate on {FEW_PATIENTS} or more.")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.minimum(*(np.nanstd(self.values(q)[0], axis=0) / np.nanstd(self.values(q)[1], axis=0)
+                                 for q in ("mass", "volume")))
+        flat = [n for n, r in zip(self.names, ratio) if r < FLAT_SD_RATIO]
+        if flat:
+            warnings.append(f"Warning: the predictions of {', '.join(flat)} hardly vary between cases (SD below "
+                            f"{100 * FLAT_SD_RATIO:.0f} % of the truth's): the model barely responds to its input (trained "
+                            "too briefly?); its PCC and ICC mean little.")
+        return " ".join(warnings)
 
     def rows(self) -> list[list]:
         """Long format, columns :data:`ROW_HEADER`."""

@@ -50,7 +50,7 @@ def write_evaluation(out: Path, preds: Predictions, dataset: Path, title: str,
 
     summary = (f"{len(preds.ids)} held-out cases of {len(set(preds.patients))} patients: {preds.folds_text()} "
                "(every finished fold in this folder made with this config, K and dataset). "
-               + mean_pcc_text(preds) + "\n\n" + preds.non_finite_text()).strip()
+               + mean_pcc_text(preds) + "\n\n" + preds.warnings_text()).strip()
     sections = [Section("Per-object accuracy", summary, [agree]), Section("Bone DRRs", "", [images])]
     if intervals is not None:
         sections.append(Section(
@@ -109,8 +109,8 @@ def mean_pcc_text(preds: Predictions) -> str:
     text = {q: _with_ci(preds.mean_muscle_pcc(q), *preds.mean_muscle_pcc_ci(q)) for q in AGREEMENT_QUANTITIES}
     return (f"Mean lean-mass PCC over {len(preds.muscles())} muscles: {text['mass']}; mean volume PCC: "
             f"{text['volume']}; mean lean-density PCC: {text['density']} (in brackets: 95 % confidence "
-            "interval, BCa bootstrap over the patients, none with fewer than 3; n/a: undefined, as a muscle's "
-            "PCC is).")
+            "interval, BCa bootstrap over the patients, none with fewer than 3 or where a resample's PCC is "
+            "undefined; n/a: undefined, as a muscle's PCC is).")
 
 
 def difference_text(differences: dict[str, dict], this: str, other: str) -> str:
@@ -146,5 +146,5 @@ def print_table(preds: Predictions) -> str:
     """The per-object table, the muscle means, the folds pooled and any warning, as text for the
     terminal."""
     lines = [markdown(agreement_table(preds.object_metrics())), mean_pcc_text(preds),
-             f"{len(preds.ids)} held-out cases: {preds.folds_text()}", preds.non_finite_text()]
+             f"{len(preds.ids)} held-out cases: {preds.folds_text()}", preds.warnings_text()]
     return "\n".join(line for line in lines if line) + "\n"

@@ -54,7 +54,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    sgdr_t0: int = 200
+    sgdr_t0: int | None = 200            # epochs of the first SGDR cycle; null: = epochs (one cycle)
     sgdr_t_mult: int = 1
     # losses (paper Eq. 1-5; supplement Eq. 1-2)
     gan: bool = True
@@ -97,6 +97,8 @@ class TrainConfig:
         def need(ok: bool, field: str, what: str) -> None:
             if not ok:
                 raise InputError(f"config field {field!r} must be {what}, got {getattr(self, field)!r}")
+        if self.sgdr_t0 is None:  # one cycle over the run, whatever epochs is set to
+            object.__setattr__(self, "sgdr_t0", self.epochs)
         for f in ("epochs", "batch_size", "sgdr_t0", "sgdr_t_mult", "checkpoint_every",
                   "g_width", "g_branches", "g_modules", "g_blocks", "f_width", "d_width",
                   "d_layers", "d_scales"):
@@ -165,11 +167,12 @@ class TrainConfig:
 
 def _coerce(value, default, key: str, source: str):
     """Check/convert ``value`` to the type of the field's default."""
-    if key in ("image_size", "g_head_width"):
-        ok = value is None and key == "g_head_width" or isinstance(value, int) and not isinstance(value, bool) \
+    if key in ("image_size", "g_head_width", "sgdr_t0"):
+        ok = value is None and key != "image_size" or isinstance(value, int) and not isinstance(value, bool) \
             or key == "image_size" and isinstance(value, list) and all(isinstance(v, int) for v in value)
         if not ok:
-            raise InputError(f"{source}: config key {key!r} must be an int{' or [rows, cols]' if key == 'image_size' else ''}, got {value!r}")
+            also = {"image_size": " or [rows, cols]", "sgdr_t0": " or null (= epochs)"}.get(key, "")
+            raise InputError(f"{source}: config key {key!r} must be an int{also}, got {value!r}")
         return value
     kind = type(default)
     if kind is bool:

@@ -353,12 +353,6 @@ def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, in
         train_ids, test_ids = split_folds(manifest, n_folds, config.fold_seed)[k]
     else:
         train_ids, test_ids = ok_ids(manifest), []
-    if config.batch_size % info.world:
-        raise InputError(f"batch_size {config.batch_size} must be a multiple of the number of "
-                         f"processes {info.world}")
-    if len(train_ids) < config.batch_size:
-        raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
-                         f"{config.batch_size}")
     last = latest_checkpoint(out / "checkpoints")
     if resume and last is None:
         raise FileNotFoundError(f"{out}: nothing to resume (no checkpoints/epoch_*.json)")
@@ -367,8 +361,15 @@ def _plan_run(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, in
                               "it or choose another output folder")
     changed = {}
     if resume:
-        changed = _check_resume_config(out, config)
+        changed = _check_resume_config(out, config)  # first: a resume must repeat the run's --set values
         check_run_dataset(out, manifest)
+    if config.batch_size % info.world:
+        raise InputError(f"batch_size {config.batch_size} must be a multiple of the number of "
+                         f"processes {info.world}")
+    if len(train_ids) < config.batch_size:
+        raise InputError(f"{data}: {len(train_ids)} training cases, fewer than batch_size "
+                         f"{config.batch_size}; set a smaller batch (--set batch_size=N, N <= {len(train_ids)}) "
+                         "or prepare more cases")
     return RunPlan(data, out, manifest, fold, train_ids, test_ids, resume, changed)
 
 

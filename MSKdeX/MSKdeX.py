@@ -25,7 +25,7 @@ require_python()  # a clear error on an old Slicer's Python, before the backend 
 
 # Only modules that load without torch: the module must load before "Check dependencies" ran.
 from MSKdeXTraining.drr_types import DRR_TYPES  # noqa: E402
-from MSKdeXTraining.objects import RIGID_BODIES, builtin_maps  # noqa: E402
+from MSKdeXTraining.objects import RIGID_BODIES, builtin_maps, load_object_map  # noqa: E402
 
 from MSKdeXLib.backend_process import LOG_LINES  # noqa: E402
 from MSKdeXLib.layer_names import drr_objects  # noqa: E402
@@ -365,7 +365,7 @@ class MSKdeXWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.trainProgressBar.value = int(100 * event.fraction)
                 self.ui.trainProgressBar.setFormat(bar_format(event.text))
             else:
-                cancelled, failed = bool(event.text), event.returncode != 0 and not event.text
+                cancelled, failed = event.cancelled, event.returncode != 0 and not event.cancelled
                 state = ("cancelled" if cancelled else f"failed with exit code {event.returncode}" if failed
                          else "finished")
                 self.ui.trainLogTextEdit.appendPlainText(f"Training {state}.")
@@ -446,7 +446,7 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         """QC rows (:func:`MSKdeXLib.qc_table.qc_rows`) of the segmentation; also fills the QC table node."""
         from MSKdeXLib.qc_table import qc_rows
 
-        qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap),
+        qc, _table = self.pipeline.segmentation_qc(p.ctVolume, p.segmentation, load_object_map(p.objectMap),
                                                    progress)
         return qc_rows(qc)
 
@@ -465,7 +465,7 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         from MSKdeXLib.pipeline import drr_warnings
 
         result, _layers = self.pipeline.compute_drrs(
-            p.ctVolume, p.segmentation, self.pipeline.object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
+            p.ctVolume, p.segmentation, load_object_map(p.objectMap), self._geometry(p), p.radiograph, progress)
         return list(result.stack.names), drr_warnings(result.metrics)
 
     def drrObjects(self) -> list[str]:
@@ -485,7 +485,7 @@ class MSKdeXLogic(ScriptedLoadableModuleLogic):
         radiograph file's); returns (result, aligned bone DRR layer, the SDD / SOD used as text)."""
         start = pose_from_transform_node(self.poseNode(p.bone)) if redo else None
         result, transform, layer = self.pipeline.register(
-            p.ctVolume, p.segmentation, p.radiograph, self.pipeline.object_map(p.objectMap), p.bone,
+            p.ctVolume, p.segmentation, p.radiograph, load_object_map(p.objectMap), p.bone,
             p.registrationSDD or None, p.registrationSOD or None, p.registrationPreset, progress, start)
         return result, layer, self.pipeline.registration_distances(transform)
 

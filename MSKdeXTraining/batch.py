@@ -22,7 +22,7 @@ from .dicom_radiograph import HIP_ABOVE_TABLE_MM
 from .errors import INPUT_ERRORS, STORAGE_ERRNOS
 from .fileio import file_sha256, refuse_other_kind
 from .inference import Decomposer, Decomposition, output_files
-from .progress import Progress
+from .progress import Progress, silent
 from .radiograph_formats import stem as file_stem
 from .radiograph_io import MISSING_SPACING_FIELD, MISSING_SPACING_OPTION, SpacingMissing, read_radiograph
 from .sidecar import read_sidecar_path
@@ -115,7 +115,7 @@ def decompose_files(decomposer: Decomposer, inputs: list[Path], out: Path,
     be written (:data:`~.errors.STORAGE_ERRNOS`) stops the batch; ``skipped`` for one already
     done, so an interrupted batch resumes). An output folder holding a result of other input,
     settings or model is that file's error (FileExistsError's message), never overwritten."""
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     summaries = []
     for k, (path, name) in enumerate(zip(inputs, output_names(inputs, root))):
         report(k / max(1, len(inputs)), f"{path.name}")

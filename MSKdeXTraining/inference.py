@@ -47,7 +47,7 @@ from .imaging.geometry import Geometry, resample_image
 from .imaging.projector import per_pixel_area
 from .imaging.volume import detector_image
 from .ood import OODResult, ood_verdict
-from .progress import Progress
+from .progress import Progress, part, silent
 from .radiograph_io import SCALE_EFFECT, Radiograph
 from .training.data import resize
 
@@ -254,12 +254,12 @@ class Decomposer:
         naming the radiograph, the model and the objects: no table of empty values."""
         check_tta(tta)
         check_seed(seed)
-        report = progress or (lambda f, m: None)
+        report = progress or silent
         x, detector, info = self.model_input(radiograph)
         augs = sample_augmentations(tta, seed)
         report(0.1, "predicting")
         drrs = per_pixel_area(self.predict(np.stack([a.apply(x) for a in augs]),
-                                           lambda f, m: report(0.1 + 0.8 * f, m)),
+                                           part(report, 0.1, 0.8)),
                               self.geometry.pixel_area_cm2, detector.pixel_area_cm2)
         finite = np.isfinite(drrs).all(axis=(0, 1, 3, 4))  # per object, over augmentations and DRR types
         if not finite.all():

@@ -58,7 +58,7 @@ from .imaging.registration import (RegistrationSettings, read_xray,
 from .imaging.volume import read_ct, read_labels
 from .objects import ALIGNED_BONES, ObjectMap
 from .parallel import run_jobs
-from .progress import Progress
+from .progress import Progress, silent
 from .qc import segmentation_qc
 from .radiograph_io import unit_range
 from .sidecar import simulated
@@ -303,7 +303,7 @@ def prepare_dataset(cohort: Path, out: Path, geometry: Geometry | None = None,
                                   "registration": settings.to_json(), "include_failed": include_failed})
     todo = [c for k, c in enumerate(meta["cases"]) if k % n == i and _to_prepare(out / "cases" / f"{c}.json")]
     total = len(todo)
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     report(0.0, f"{total} case(s) to prepare in shard {i + 1}/{n}")
     patients = meta.get("patients", {})
     jobs = [(cohort / c, c, objects, geometry, settings, include_failed, out, patients.get(c)) for c in todo]

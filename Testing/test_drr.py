@@ -199,9 +199,10 @@ def test_cli_main_reports_bad_input_as_one_line(phantom, tmp_path, capsys):
 
 
 def test_metrics_flag_a_detector_too_small_and_match_attenuation_in_parallel(phantom):
-    """A 12 mm detector cuts both spheres: outside_fov names them, their lost fractions are what
-    the DRR sums miss of the 3D values, and the sums are out of tolerance. In parallel geometry
-    the WVDRR sum is the attenuation integral; in perspective it is magnified by about M^2."""
+    """A 12 mm detector cuts both spheres: outside_fov names them (also when 1-2 % of each falls
+    outside a 46 mm one), their lost fractions are what the DRR sums miss of the 3D values, and
+    the sums are out of tolerance. In parallel geometry the WVDRR sum is the attenuation
+    integral; in perspective it is magnified by about M^2."""
     ct_path, labels_path, _, _ = phantom
     omap = load_object_map("synthetic")
     ct, labels = read_ct_and_labels(ct_path, labels_path, omap)
@@ -215,6 +216,9 @@ def test_metrics_flag_a_detector_too_small_and_match_attenuation_in_parallel(pha
         assert r["volume_rel_error"] == pytest.approx(-r["lost_fraction"]["vdrr"], abs=1e-4)
     assert small["max_rel_error"] == max(abs(r[k]) for r in small["objects"]
                                          for k in ("volume_rel_error", "mass_rel_error"))
+    sliver = render_drr(ct, labels, omap, Geometry(40, 23, (2.0, 2.0))).metrics  # 1-2 % of each outside
+    assert sliver["outside_fov"] == ["gluteus_maximus", "pelvis"]
+    assert all(0.01 < r["lost_fraction"]["vdrr"] < 0.02 for r in sliver["objects"] if not r["absent"])
     parallel = render_drr(ct, labels, omap, Geometry(40, 48, (2.0, 2.0), parallel=True)).metrics
     perspective = render_drr(ct, labels, omap, Geometry(40, 48, (2.0, 2.0))).metrics
     assert parallel["outside_fov"] == [] and parallel["sums_within_tolerance"] is True

@@ -72,11 +72,17 @@ def test_create_json_without_hard_links_still_creates_once(tmp_path, monkeypatch
     assert [p.name for p in tmp_path.iterdir()] == ["prepare.json"]
 
 
-def test_refuse_overwrite_detects_the_same_file(tmp_path):
-    src = tmp_path / "ct.nii.gz"
+def test_refuse_overwrite_detects_the_same_file(tmp_path, monkeypatch):
+    """The same file however it is named: with ``..``, relative to the working folder, or through
+    a link to its folder."""
+    src = tmp_path / "sub" / "ct.nii.gz"
+    src.parent.mkdir()
     src.write_text("ct")
-    with pytest.raises(FileExistsError, match="overwrite the input"):
-        refuse_overwrite(tmp_path / "." / "ct.nii.gz", [src])
+    (tmp_path / "link").symlink_to(src.parent)
+    monkeypatch.chdir(src.parent)
+    for same in (tmp_path / "sub" / ".." / "sub" / "ct.nii.gz", Path("ct.nii.gz"), tmp_path / "link" / "ct.nii.gz"):
+        with pytest.raises(FileExistsError, match="overwrite the input"):
+            refuse_overwrite(same, [src])
     refuse_overwrite(tmp_path / "other.nii.gz", [src])
 
 

@@ -456,8 +456,9 @@ def test_recursive_batch_mirrors_a_pacs_tree_and_skips_its_own_output(trained, t
 
 def test_a_batch_resumes_over_films_named_like_other_outputs(trained, tmp_path, capsys):
     """Result folders take their films' names: `cases`, `fold_1` or `checkpoints` (marks of a
-    dataset, an evaluation, a run) are this batch's own results, so a re-run resumes; a folder of
-    that name holding no result is still refused."""
+    dataset, an evaluation, a run) are this batch's own results, so a re-run resumes, also where
+    they lie deeper (a subfolder of films named `fold_2`); a folder of that name holding no result
+    is still refused."""
     from MSKdeXTraining.cli import main
 
     data, run = trained
@@ -465,12 +466,15 @@ def test_a_batch_resumes_over_films_named_like_other_outputs(trained, tmp_path, 
     films.mkdir()
     for i, name in enumerate(("cases", "fold_1", "checkpoints")):
         toy_film_file(data, i, films / f"{name}.mha")
+    (films / "fold_2").mkdir()  # a subfolder so named: its results one level further down
+    toy_film_file(data, 3, films / "fold_2" / "hip.mha")
     out = tmp_path / "out"
-    command = ["decompose", "--model", str(run), "--xray", str(films), "--out", str(out), "--tta", "1"]
+    command = ["decompose", "--model", str(run), "--xray", str(films), "--out", str(out), "--tta", "1", "--recursive"]
     assert main(command) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["cases", "checkpoints", "decompositions.csv", "fold_1"]
+    assert sorted(p.name for p in out.iterdir()) == ["cases", "checkpoints", "decompositions.csv", "fold_1", "fold_2"]
+    assert (out / "fold_2" / "hip" / "decomposition.json").is_file()
     assert main(command) == 0
-    assert "3 radiograph(s) already decomposed" in capsys.readouterr().out
+    assert "4 radiograph(s) already decomposed" in capsys.readouterr().out
     (out / "cases" / "decomposition.json").unlink()  # interrupted before its last file: redone
     assert main(command) == 0 and (out / "cases" / "decomposition.json").is_file()
     shutil.rmtree(out / "cases")

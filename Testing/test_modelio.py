@@ -174,12 +174,35 @@ def test_dataset_mismatch_is_refused(run):
 
 
 def test_weights_not_fitting_config_are_refused(run, tmp_path):
+    """Weights of another width, a network with more blocks than the weights hold, weights
+    lacking a tensor or holding one more: refused, never loaded with layers left as initialised;
+    a model.json of another format version too."""
+    from MSKdeXTraining.modelio import VERSION, write_safetensors
+
     dst = copy_run(run[0], tmp_path)
-    meta = json.loads((dst / "model.json").read_text())
+    original = json.loads((dst / "model.json").read_text())
+    meta = json.loads(json.dumps(original))
     meta["config"]["g_width"] = 8
     (dst / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match=r"do not fit the network described in model.json field 'config' "
                                                r"\(size mismatch for [\w.]+: .* and \d+ more\); keep the two files"):
+        load_model(dst)
+    meta = json.loads(json.dumps(original))
+    meta["config"]["g_blocks"] += 1
+    (dst / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=r"do not fit .*\(Missing key\(s\) in state_dict"):
+        load_model(dst)
+    (dst / "model.json").write_text(json.dumps(original))
+    weights = read_safetensors(dst / "model.safetensors")
+    for changed in ({k: v for k, v in weights.items() if k != sorted(weights)[-1]},
+                    {**weights, "extra.weight": torch.zeros(2)}):
+        write_safetensors(dst / "model.safetensors", changed)
+        with pytest.raises(ModelFormatError, match=r"do not fit .*(Missing|Unexpected) key\(s\) in state_dict"):
+            load_model(dst)
+    write_safetensors(dst / "model.safetensors", weights)
+    load_model(dst)  # the same tensors again: loads
+    (dst / "model.json").write_text(json.dumps({**original, "version": VERSION - 1}))
+    with pytest.raises(ModelFormatError, match=rf"model.json: field 'version' must be {VERSION}, got {VERSION - 1}"):
         load_model(dst)
 
 

@@ -617,6 +617,11 @@ def test_pixel_padding_is_left_out_of_the_window_and_set_to_zero(tmp_path, photo
     lo, hi = np.percentile(inside, (1, 99.5))
     np.testing.assert_allclose(x[~border], np.clip((inside - lo) / (hi - lo), 0, 1), atol=1e-6)
     assert (x[border] == 0).all() and "padding pixel(s) left out" in method
+    high = film.copy()
+    high[border] = 4095 - np.arange(border.sum()) % 11  # stored 4085-4095: the value above its range limit
+    down = read_radiograph(write_dicom(tmp_path / "h.dcm", high, bits=12, ImagerPixelSpacing=[0.5, 0.5],
+                                       PixelPaddingValue=4095, PixelPaddingRangeLimit=4085))
+    np.testing.assert_array_equal(down.padding, border)
     single = read_radiograph(write_dicom(tmp_path / "s.dcm", film, bits=12, ImagerPixelSpacing=[0.5, 0.5],
                                          PixelPaddingValue=0))
     assert single.padding.sum() == (film == 0).sum() > 0  # without a range limit: the one value

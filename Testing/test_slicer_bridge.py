@@ -830,7 +830,7 @@ def test_backend_process_reports_progress_and_cancels():
     process.cancel(grace_s=5)
     assert not process.running and process.cancelled
     events = process.poll()
-    assert events[-1].kind == "finished" and events[-1].returncode != 0
+    assert events[-1].kind == "finished" and events[-1].returncode != 0 and events[-1].cancelled
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
@@ -887,7 +887,7 @@ def test_training_runs_the_real_cli_in_a_process(tmp_path, tiny_model):
         time.sleep(0.1)
     events = process.poll()
     fractions += [e.fraction for e in events if e.kind == "progress"]
-    assert events[-1].kind == "finished" and events[-1].returncode == 0, process.log
+    assert events[-1].kind == "finished" and events[-1].returncode == 0 and not events[-1].cancelled, process.log
     assert fractions and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert (tmp_path / "run" / "model.json").is_file() and not (tmp_path / "run" / "calibration.json").exists()
     # fold 0 of 4 is held out (`mskdex train --fold 0/4` calibrates on it, test_training); what counts is

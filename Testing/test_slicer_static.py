@@ -351,6 +351,7 @@ def test_a_failed_training_shows_an_error_with_the_log_tail():
               and any(ast.unparse(t) == "self.ui.statusLabel.text" for t in n.targets)]
     assert status and "Training {state}" in ast.unparse(status[0].value)  # the status line says the state...
     assert "failed with exit code {event.returncode}" in ast.unparse(poll)  # ...and a failure is one
+    assert "event.cancelled" in ast.unparse(poll)  # a cancelled run is told apart by its event, not its text
 
 
 def test_the_widget_self_test_enters_the_module_first():

@@ -21,6 +21,11 @@ def test_round_trip_affine_and_resampling(tmp_path):
     assert "size (4, 3, 2) vs (8, 6, 4)" in ct.grid_differences(labels)[0]
     on_ct = resample_labels(labels, ct)
     assert not ct.grid_differences(on_ct) and on_ct.array.dtype == np.uint8 and on_ct.array.all()
+    # the same size, spacing and origin, the axes flipped (a label map stored left-right mirrored):
+    # a different grid, whose labels would otherwise be projected on the wrong side
+    flipped = Volume(np.zeros(ct.array.shape, np.uint8), ct.spacing, ct.origin, np.diag([-1.0, 1.0, 1.0]))
+    assert ct.grid_differences(flipped) == ["direction [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]] vs "
+                                            "[[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]"]
 
 
 def test_reading_refuses_bad_images(tmp_path):

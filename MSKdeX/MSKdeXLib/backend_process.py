@@ -41,12 +41,14 @@ _COUNTS_AND_TIMES = re.compile(r"^\s*(?:[\d.]+[kM]?/[\d.]+[kM]?)?\s*(?:\[[^\]]*\
 
 @dataclass(frozen=True)
 class ProcessEvent:
-    """One thing the child process said: a log line, a progress update, or its end."""
+    """One thing the child process said: a log line, a progress update, or its end (with its
+    exit status, and whether it ended because it was cancelled)."""
 
     kind: Literal["log", "progress", "finished"]
     text: str = ""
     fraction: float | None = None
     returncode: int | None = None
+    cancelled: bool = False
 
 
 def parse_progress(line: str) -> tuple[float, str] | None:
@@ -89,7 +91,7 @@ class BackendProcess:
     """A started child process whose output is parsed line by line without blocking the caller
     (nor does :meth:`request_cancel`; :meth:`cancel` waits up to twice its grace period)."""
 
-    def __init__(self, command: list[str], cwd: str | Path | None = None):
+    def __init__(self, command: list[str]):
         env = dict(os.environ)
         package_root = str(Path(MSKdeXTraining.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -103,7 +105,7 @@ class BackendProcess:
         self._kill_at: float | None = None  # time.monotonic() after which poll() sends SIGKILL
         try:
             self._process = subprocess.Popen(
-                self.command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, bufsize=0,
                 # its own process group, so cancel stops what it starts (on Windows, Slicer's
                 # launcher starts python-real.exe, which outlives a terminated launcher)
@@ -137,7 +139,7 @@ class BackendProcess:
             self._emit(pending.decode(errors="replace"))
         self._process.stdout.close()
         code = self._process.wait()
-        self._events.put(ProcessEvent("finished", "cancelled" if self._cancelled else "", returncode=code))
+        self._events.put(ProcessEvent("finished", returncode=code, cancelled=self._cancelled))
 
     def _emit(self, line: str) -> None:
         if not line.strip():
@@ -158,11 +160,6 @@ class BackendProcess:
         """Whether :meth:`request_cancel` or :meth:`cancel` was called."""
         return self._cancelled
 
-    @property
-    def returncode(self) -> int | None:
-        """The process's exit status once it has finished, else ``None``."""
-        return None if self.running else self._process.returncode
-
     def poll(self) -> list[ProcessEvent]:
         """Every event since the last call (possibly none); updates :attr:`fraction`,
         :attr:`message` and :attr:`log`, and kills the process once a :meth:`request_cancel`'s
@@ -182,7 +179,7 @@ class BackendProcess:
             events.append(event)
 
     def wait(self, timeout: float | None = None) -> int:
-        """Block until the process ends (tests and batch use); returns its exit code."""
+        """Block until the process ends (a caller without a GUI timer); returns its exit code."""
         self._reader.join(timeout)
         if self._reader.is_alive():
             raise TimeoutError(f"{self.command[:4]} still running after {timeout} s")

@@ -19,12 +19,13 @@ import numpy as np
 
 from MSKdeXTraining.calibration import min_patients
 from MSKdeXTraining.drr import DRRResult, render_drr, view_center
+from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.geometry import Geometry, default_ap_pose
 from MSKdeXTraining.imaging.projector import project_objects
-from MSKdeXTraining.errors import InputError
 from MSKdeXTraining.imaging.volume import Volume, check_ct
 from MSKdeXTraining.modelio import read_meta
-from MSKdeXTraining.objects import ObjectMap, ObjectSpec, load_object_map
+from MSKdeXTraining.objects import ObjectMap, ObjectSpec
+from MSKdeXTraining.progress import part, silent
 from MSKdeXTraining.qc import check_hu
 from MSKdeXTraining.radiograph_formats import stem
 from MSKdeXTraining.radiograph_io import Radiograph, check_magnification, read_radiograph, set_magnification
@@ -114,11 +115,6 @@ class Pipeline:
         self.scene = scene  #: where the steps read their input nodes and write their output nodes
 
     # -- inputs -------------------------------------------------------------------------
-    @staticmethod
-    def object_map(name_or_path: str) -> ObjectMap:
-        """A built-in object map by name or a JSON file (see ``MSKdeXTraining.objects``)."""
-        return load_object_map(name_or_path)
-
     def load_radiograph(self, path: str | Path, pixel_spacing: float | tuple[float, float] | None = None,
                         magnification: float | None = None, *,
                         spacing_option: str = "--pixel-spacing",
@@ -159,11 +155,11 @@ class Pipeline:
 
         from .qc_table import qc_table
 
-        report = progress or (lambda f, m: None)
+        report = progress or silent
         report(0.0, "exporting the segmentation")
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         report(0.5, "checking each object")
-        qc = segmentation_qc(labels, objects, ct=ct, progress=lambda f, m: report(0.5 + 0.45 * f, m))
+        qc = segmentation_qc(labels, objects, ct=ct, progress=part(report, 0.5, 0.45))
         report(1.0, "writing the QC table")
         table = qc_table(qc, self.scene, QC_TABLE_NAME, self.scene.GetFirstNodeByName(QC_TABLE_NAME))
         return qc, table
@@ -261,15 +257,13 @@ class Pipeline:
         the pelvis's pose node when one was registered from the same CT, segmentation,
         radiograph and SDD/SOD (:func:`registered_on`) and accepted (:func:`accept_pose`;
         not accepted: InputError), and from the AP view when there is none."""
-        from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_bodies
+        from MSKdeXTraining.imaging.registration import RegistrationSettings, register_body, rigid_body
         from MSKdeXTraining.imaging.registration.settings import FINEST_PIXEL_MM, binned
 
         from .pose_nodes import (ALIGNED_PREFIX, is_accepted, pose_from_transform_node, pose_node_name,
                                  pose_to_transform_node)
 
-        bodies = rigid_bodies(objects)
-        if body not in bodies:
-            raise InputError(f"bone: expected one of {sorted(bodies)}, got {body!r}")
+        values = rigid_body(objects, body)
         ct, labels = self.inputs(ct_node, segmentation_node, objects)
         radiograph, geometry, assumed = self._registration_film(radiograph_node, sdd, sod)
         inputs = {"ct": ct_node.GetID(), "segmentation": segmentation_node.GetID(),
@@ -290,7 +284,7 @@ class Pipeline:
         transform = pose_to_transform_node(result.pose, reference, self.scene, pose_node_name(body),
                                            gc=result.gc)
         transform.SetAttribute(INPUTS_ATTRIBUTE, json.dumps(inputs))  # a femur reuses only a pelvis of these
-        bone = ObjectMap(body, (ObjectSpec(body, "bone", tuple(bodies[body])),), "ignore")
+        bone = ObjectMap(body, (ObjectSpec(body, "bone", values),), "ignore")
         shown = binned(geometry, FINEST_PIXEL_MM)  # the resolution registration saw (a fine film: ~1 mm)
         drr = project_objects(ct, labels, bone, shown, result.pose, device=pick_device("auto"))
         layer = drr_layers(drr.data.numpy(), bone.names, shown.pixel_spacing, self.scene,
@@ -350,7 +344,7 @@ class Pipeline:
             check_magnification(magnification, "MSKdeX panel field 'Magnification'",
                                 "or choose 'from the file'")
             set_magnification(radiograph.source, magnification, "given in MSKdeX (Magnification)")
-        report = progress or (lambda f, m: None)
+        report = progress or silent
         report(0.0, "loading the model")
         decomposer = Decomposer.from_run(model)
         # the decomposition's own steps fill 90 % of the bar, the layers and table the rest

@@ -23,7 +23,6 @@ from .coordinates import from_vtk_matrix, lps_to_ras_transform, ras_to_lps_trans
 if TYPE_CHECKING:
     from slicer import vtkMRMLLinearTransformNode, vtkMRMLScene
 
-POSE_ATTRIBUTE = "MSKdeX.Pose"
 REFERENCE_ATTRIBUTE = "MSKdeX.ReferencePose"
 GC_ATTRIBUTE = "MSKdeX.GradientCorrelation"
 ACCEPTED_ATTRIBUTE = "MSKdeX.Accepted"
@@ -41,13 +40,13 @@ def pose_node_name(body: str) -> str:
 def pose_to_transform_node(pose: np.ndarray, reference_pose: np.ndarray, scene: vtkMRMLScene, name: str,
                            gc: float | None = None) -> vtkMRMLLinearTransformNode:
     """Create or update (by ``name``) a linear transform node for ``pose`` relative to
-    ``reference_pose`` (both 4x4 world LPS -> camera, mm), recording both and ``gc`` (the
+    ``reference_pose`` (both 4x4 world LPS -> camera, mm; the node's matrix is the motion from
+    the reference, which the user may edit), recording the reference and ``gc`` (the
     registration's gradient correlation) as attributes, not accepted; returns the node."""
     pose, reference_pose = check_pose(pose, name), check_pose(reference_pose, name)
     motion_lps = np.linalg.inv(reference_pose) @ pose
     node = scene.GetFirstNodeByName(name) or scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
     node.SetMatrixTransformToParent(to_vtk_matrix(lps_to_ras_transform(motion_lps)))
-    node.SetAttribute(POSE_ATTRIBUTE, json.dumps(pose.tolist()))
     node.SetAttribute(REFERENCE_ATTRIBUTE, json.dumps(reference_pose.tolist()))
     node.SetAttribute(ACCEPTED_ATTRIBUTE, "0")
     if gc is not None:

@@ -52,11 +52,10 @@ def detector_volume(image: np.ndarray, pixel_spacing: tuple[float, float]) -> Vo
     return Volume(image[None], (col_mm, row_mm, 1.0), direction @ corner, direction)
 
 
-def radiograph_to_node(radiograph: Radiograph, scene: vtkMRMLScene, name: str,
-                       node: vtkMRMLScalarVolumeNode | None = None) -> vtkMRMLScalarVolumeNode:
-    """A scalar volume node (one slice) holding ``radiograph`` (``node``, or a new one called
-    ``name``) with its source record; returns the node."""
-    node = volume_to_node(detector_volume(radiograph.array, radiograph.pixel_spacing), scene, name, node)
+def radiograph_to_node(radiograph: Radiograph, scene: vtkMRMLScene, name: str) -> vtkMRMLScalarVolumeNode:
+    """A new scalar volume node (one slice) called ``name`` holding ``radiograph`` with its source
+    record."""
+    node = volume_to_node(detector_volume(radiograph.array, radiograph.pixel_spacing), scene, name)
     node.SetAttribute(SOURCE_ATTRIBUTE, json.dumps(radiograph.source, default=str))
     display = node.GetDisplayNode()
     lo, hi = float(np.min(radiograph.array)), float(np.max(radiograph.array))
@@ -65,7 +64,7 @@ def radiograph_to_node(radiograph: Radiograph, scene: vtkMRMLScene, name: str,
     return node
 
 
-def radiograph_from_node(node: vtkMRMLScalarVolumeNode, what: str = "radiograph") -> Radiograph:
+def radiograph_from_node(node: vtkMRMLScalarVolumeNode) -> Radiograph:
     """The :class:`Radiograph` (array (H, W) float32, spacing (row, column) mm) of a one-slice node.
 
     Colour (vector) volumes are turned into grey with the BT.601 luma weights. A node that
@@ -75,6 +74,7 @@ def radiograph_from_node(node: vtkMRMLScalarVolumeNode, what: str = "radiograph"
     differ is recorded as ``colour``, and a note (:data:`NOT_READ_NOTE`) says that the file's
     magnification, padding and bit depth are unknown.
     """
+    what = "radiograph"
     if node is None or node.GetImageData() is None:
         raise InputError(f"{what}: no radiograph selected, or the node holds no image data")
     array = np.asarray(slicer.util.arrayFromVolume(node))

@@ -13,13 +13,12 @@ description, which Slicer saves in the table's schema file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import slicer
 
 from MSKdeXTraining.calibration import LEVEL
-from MSKdeXTraining.decomposition_table import TABLE_COLUMNS, write_table_csv
+from MSKdeXTraining.decomposition_table import TABLE_COLUMNS
 from MSKdeXTraining.errors import InputError
 
 from .table_nodes import add_number_column, add_text_column, empty_table
@@ -127,9 +126,3 @@ def ood_text(ood: OODResult) -> str:
     flags, notes = ood.split()
     text = ("Out of distribution: " + "; ".join(flags)) if ood.flag else "In distribution."
     return text + "".join(f"\nNote: {n}" for n in notes)
-
-
-def write_csv(rows: Sequence[Mapping], path: str | Path, ood: bool) -> Path:
-    """Write the rows (e.g. :func:`table_rows` of a results table) as ``mskdex decompose``
-    writes its CSV (:func:`~MSKdeXTraining.decomposition_table.write_table_csv`), atomically."""
-    return write_table_csv([dict(r) for r in rows], path, ood)

@@ -63,12 +63,13 @@ def run(argv: list[str]) -> int:
     try:
         import slicer
 
+        from MSKdeXTraining.decomposition_table import write_table_csv
         from MSKdeXTraining.errors import INPUT_ERRORS
         from MSKdeXTraining.fileio import refuse_existing, write_json
         from MSKdeXTraining.inference import check_seed, check_tta
 
         from MSKdeXLib.pipeline import Pipeline
-        from MSKdeXLib.results_table import table_rows, write_csv
+        from MSKdeXLib.results_table import table_rows
         from MSKdeXLib.scene_io import check_scene_folder, save_scene
     except ImportError as e:
         print(f"mskdex_batch: error: {e}. Most likely PyTorch (or another package MSKdeX needs) is missing: "
@@ -97,7 +98,7 @@ def run(argv: list[str]) -> int:
             print(f"mskdex_batch: {100 * fraction:3.0f}% {message}", flush=True)
 
         out = pipeline.decompose(args.model, node, tta=args.tta, seed=args.seed, progress=report)
-        write_csv(table_rows(out.table), args.out, out.decomposition.ood.flag)
+        write_table_csv(table_rows(out.table), args.out, out.decomposition.ood.flag)
         if args.json is not None:
             write_json(args.json, out.decomposition.record())
         if args.scene is not None:

@@ -155,9 +155,9 @@ def synthetic_map() -> ObjectMap:
 
 def region_labels() -> tuple[int, ...]:
     """Cohort label values of the clinically relevant region of a hip CT: pelvis, sacrum and
-    the muscles of the ``synthetic`` map (a synthetic CT is cropped to their extent)."""
-    muscles = [v for o in synthetic_map().objects if o.is_muscle for v in o.labels]
-    return PELVIS_LABELS + tuple(sorted(muscles))
+    the muscles, the ``synthetic`` map's objects not ``cut_at_region`` (a synthetic CT is cropped
+    to their extent, as assemble crops a CT by its map)."""
+    return tuple(sorted(synthetic_map().region_labels()))
 
 
 def z_extent(vol: Volume, mask: np.ndarray) -> tuple[float, float]:

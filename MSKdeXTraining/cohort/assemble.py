@@ -43,7 +43,7 @@ from ..imaging.registration import radiograph_geometry, rigid_bodies
 from ..imaging.volume import Volume, detector_image
 from ..objects import ObjectMap, load_object_map
 from ..parallel import run_jobs
-from ..progress import Progress
+from ..progress import Progress, silent
 from ..radiograph_io import Radiograph, check_magnification, read_radiograph
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .generate import (CASE_FILES, COHORT_FORMAT, TRUTH_FORMAT, VERSION, check_resume, complete_case_truth,
@@ -281,7 +281,7 @@ def assemble_cohort(table: Path, objects: str | Path | ObjectMap, out: Path, wor
     out.mkdir(parents=True, exist_ok=True)
     remove_stale(out, ".*.partial-*")  # of runs killed while writing a case
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     jobs = [(pair, omap, out, ct_sha256) for pair, ct_sha256 in zip(pairs, ct_hashes)]
     made = []
     for done, (k, was_made) in enumerate(run_jobs(assemble_pair, jobs, workers), 1):

@@ -30,12 +30,12 @@ from ..imaging.geometry import Geometry, default_ap_pose, rigid
 from ..imaging.volume import Volume, detector_image
 from ..objects import ObjectMap
 from ..parallel import run_jobs
-from ..progress import Progress
+from ..progress import Progress, silent
 from ..sidecar import SIDECAR_FORMAT, SIDECAR_VERSION
 from .anatomy import (FEMUR, PELVIS_LABELS, Template, find_templates, load_template, synthetic_map,
                       template_settings)
 from .patient import build_patient, sample_patient
-from .radiograph import Radiograph, RigidBody, XraySettings, simulate_radiograph
+from .radiograph import RigidBody, SimulatedRadiograph, XraySettings, simulate_radiograph
 
 COHORT_FORMAT = "mskdex-cohort"
 TRUTH_FORMAT = "mskdex-truth"
@@ -137,7 +137,7 @@ def case_geometry(size: CohortSize, xray: dict) -> Geometry:
 
 
 def build_case(template: Template, params: dict, size: CohortSize
-               ) -> tuple[Volume, Volume, Radiograph, dict[str, np.ndarray], dict]:
+               ) -> tuple[Volume, Volume, SimulatedRadiograph, dict[str, np.ndarray], dict]:
     """CT, labels (cropped), radiograph (of the whole body), rigid-body poses (world->camera)
     and derived values of a case."""
     patient = build_patient(template, params["patient"], size.ct_spacing_mm)
@@ -252,7 +252,7 @@ def generate_cohort(n: int, seed: int, out: Path, size: str = "demo", workers: i
     write_json(out / "cohort.json", {**header, "complete": False, "cases": []})
     todo = [i for i in range(n) if complete_case_truth(out / case_id(i)) is None]
     done = n - len(todo)
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     report(done / n, f"{done}/{n} cases")
     paths = [str(d) for d in dirs]
     jobs = [(i, seed, out, size, paths) for i in todo]

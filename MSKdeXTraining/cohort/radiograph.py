@@ -74,7 +74,7 @@ class XraySettings:
 
 
 @dataclass
-class Radiograph:
+class SimulatedRadiograph:
     """A simulated radiograph: ``image`` (H, W) float32 in [0, 1] (bright = attenuating),
     ``line_integral`` (H, W) of mu (dimensionless, noise-free), its geometry and processing."""
 
@@ -86,7 +86,7 @@ class Radiograph:
 
 def simulate_radiograph(ct: Volume, labels: Volume | None, geometry: Geometry, pose: np.ndarray,
                         bodies: Mapping[str, RigidBody] | None = None,
-                        settings: XraySettings = XraySettings()) -> Radiograph:
+                        settings: XraySettings = XraySettings()) -> SimulatedRadiograph:
     """Simulate the radiograph of ``ct`` (HU) seen from ``pose`` (world->camera, 4x4).
 
     ``labels`` (same grid) with ``bodies`` moves each rigid body to its own pose and the soft
@@ -173,7 +173,7 @@ def n_sub(ct: Volume, geometry: Geometry, pose: np.ndarray) -> tuple[int, int, i
     return subdivision(m[:3, :3], max(z_min, 1.0), geometry, FOOTPRINT_PX)
 
 
-def expose(li: np.ndarray, geometry: Geometry, settings: XraySettings) -> Radiograph:
+def expose(li: np.ndarray, geometry: Geometry, settings: XraySettings) -> SimulatedRadiograph:
     """Beer-Lambert exposure of a line-integral image, scatter, noise, blur and processing."""
     s = settings
     px = np.array(geometry.pixel_spacing)
@@ -198,7 +198,7 @@ def expose(li: np.ndarray, geometry: Geometry, settings: XraySettings) -> Radiog
     image = np.clip((log - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** s.gamma
     processing = {"log": "-ln(counts / photons_per_pixel)", "window": [float(lo), float(hi)],
                   "effective_energy_kev": hu_conv.EFFECTIVE_ENERGY_KEV, **s.to_json()}
-    return Radiograph(image.astype(np.float32), li.astype(np.float32), geometry, processing)
+    return SimulatedRadiograph(image.astype(np.float32), li.astype(np.float32), geometry, processing)
 
 
 def _interpolate(values: torch.Tensor, start: torch.Tensor, strides: tuple[int, int, int],

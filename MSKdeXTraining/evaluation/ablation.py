@@ -23,7 +23,7 @@ from ..errors import InputError, TrainingDiverged
 from ..fileio import refuse_other_kind, write_json
 from ..objects import DISPLAY_NAMES
 from ..parallel import run_jobs, worker_count
-from ..progress import Progress
+from ..progress import Progress, silent
 from .crossval import Predictions, anova, mean_pcc_differences, run_folds
 from .report import (Section, Table, anova_table, environment_section, markdown, write_csv, write_html,
                      write_markdown)
@@ -54,7 +54,7 @@ def ablation(dataset: Path, out: Path, config: str | Path = "small",
     from ..training.config import load_config
     from ..training.data import read_manifest
 
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     refuse_other_kind(out, "ablation")
     cfg = load_config(config, overrides)
     settings = list(dict.fromkeys((float(l), bool(b)) for l in lambdas for b in bone_losses))

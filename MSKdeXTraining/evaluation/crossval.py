@@ -30,7 +30,7 @@ from ..drr_types import volume_mass
 from ..errors import InputError
 from ..fileio import as_written, file_sha256, read_format_json, read_json_object, refuse_other_kind, write_json
 from ..objects import DEFAULT_MUSCLES
-from ..progress import Progress
+from ..progress import Progress, part, silent
 from . import metrics
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ def predict_cases(run: Path, dataset: Path, ids: list[str], fold: int = 0,
     from ..modelio import load_model
     from ..training.data import PreparedDataset
 
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     model = load_model(run, device=device)
     decomposer = Decomposer(model)
     data = PreparedDataset(dataset, ids, size=model.geometry.shape, cache_bytes=0)  # each read once
@@ -331,7 +331,7 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     from ..training.distributed import pick_device
     from ..training.trainer import check_run_dataset, train
 
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     cfg = load_config(config, overrides)
     dataset, out = Path(dataset), Path(out)
     manifest, splits, keys = _fold_keys(dataset, cfg, k)
@@ -340,9 +340,11 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         target, key = out / f"fold_{f}" / "predictions.json", keys[f]
         run = out / f"fold_{f}" / "run"
         if target.is_file() and _finished(target, run, key):
+            if (run / "model.safetensors").is_file():  # calibrated again, or for the first time
+                write_calibration(run, read_predictions(target))
             continue
         span = 1.0 / len(folds)
-        sub = lambda frac, msg, base=n * span: report(base + span * frac, f"fold {f}/{k}: {msg}")
+        sub = part(report, n * span, span, f"fold {f}/{k}: ")
         check_run_dataset(run, manifest)
         if (run / "model.json").is_file():
             meta = read_json_object(run / "model.json", ("config", "split"))
@@ -351,9 +353,9 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
         else:
             train(cfg, dataset, run, fold=(f, k),
                   resume=latest_checkpoint(run / "checkpoints") is not None,
-                  progress=lambda frac, msg: sub(0.9 * frac, msg))
+                  progress=part(sub, 0.0, 0.9))
         doc = predict_cases(run, dataset, splits[f][1], fold=f, device=pick_device(cfg.device),
-                            progress=lambda frac, msg: sub(0.9 + 0.1 * frac, msg))
+                            progress=part(sub, 0.9, 0.1))
         write_calibration(run, doc)
         write_json(target, {**doc, "evaluation": key})
     report(1.0, "folds done")
@@ -362,8 +364,8 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
 
 def _finished(target: Path, run: Path, key: dict) -> bool:
     """Whether a fold's predictions (``target``, made with the same ``key`` or refused) can be
-    kept: made by the model's present weights (then calibrated, again or for the first time) or
-    the model was removed since (kept uncalibrated: predictions and key still hold). False:
+    kept: made by the model's present weights or the model was removed since (predictions and
+    key still hold). False:
     predict again (the model was trained on since, e.g. resumed with more ``epochs``, or the
     predictions predate the record of its weights); then its model.json, not the predictions'
     config, must match ``key``'s (checked by :func:`run_folds`)."""
@@ -371,8 +373,6 @@ def _finished(target: Path, run: Path, key: dict) -> bool:
     if _outdated(doc, run) and set(_changed(doc.get("evaluation"), key)) <= {"config"}:
         return False
     _check_reuse(target, doc.get("evaluation"), key)
-    if (run / "model.safetensors").is_file():
-        write_calibration(run, doc)
     return True
 
 
@@ -538,7 +538,7 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
     from ..training.config import load_config
     from .summary import write_evaluation
 
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     dataset, out = Path(dataset), Path(out)
     refuse_other_kind(out, "evaluation")
     other = load_predictions(Path(compare)) if compare else None
@@ -547,7 +547,7 @@ def evaluate(dataset: Path, out: Path, config: str | Path = "small", overrides: 
         pooled = set(_fold_list(folds, k)) | set(_pool(out, keys)[0])
         check_comparable(other, f"--compare {compare}", list(manifest["objects"]),
                          {i for f in pooled for i in keys[f]["test_ids"]})
-    run_folds(dataset, out, config, overrides, k, folds, progress=lambda f, m: report(0.95 * f, m))
+    run_folds(dataset, out, config, overrides, k, folds, progress=part(report, 0.0, 0.95))
     preds = _pooled(out, keys)
     report(0.96, f"writing the report ({preds.folds_text()})")
     write_evaluation(out, preds, dataset, title=title, compare=other,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
-from ..progress import Progress
+from ..progress import Progress, part, silent
 from .crossval import Predictions, evaluate
 
 #: Share of the total time each stage takes (for the progress fraction).
@@ -43,14 +43,14 @@ def run_demo(out: Path, n: int = 96, seed: int = 0, config: str | Path = "small"
                          "at least two patients)")
     RegistrationSettings.preset(registration)
     load_config(config, overrides)
-    report = progress or (lambda f, m: None)
+    report = progress or silent
     starts, acc = {}, 0.0
     for name, share in STAGES:
         starts[name], acc = (acc, share), acc + share
 
     def stage(name: str) -> Progress:
         base, share = starts[name]
-        return lambda f, m: report(base + share * f, f"{name}: {m}")
+        return part(report, base, share, f"{name}: ")
 
     cohort = generate_cohort(n, seed, out / "cohort", size=size, workers=workers,
                              progress=stage("cohort"))

@@ -33,7 +33,7 @@ cohorts it pulled poses away from the truth (docs/registration.md).
 """
 
 from .bodies import (body_centroid, default_isocenter, femoral_head_center, registration_errors,
-                     rigid_bodies, surface_points)
+                     rigid_bodies, rigid_body, surface_points)
 from .sequence import register_bodies, register_body
 from .optimise import pose_from_params, register_bone, working_film
 from .render import BodyRenderer, render_body
@@ -43,5 +43,5 @@ from .xray import radiograph_geometry, read_xray, sidecar_film_geometry
 __all__ = ["BodyRenderer", "GC_THRESHOLD", "Level", "PRESETS", "RegistrationResult",
            "RegistrationSettings", "body_centroid", "default_isocenter",
            "femoral_head_center", "pose_from_params", "radiograph_geometry", "read_xray", "register_bodies",
-           "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies",
+           "register_body", "register_bone", "registration_errors", "render_body", "rigid_bodies", "rigid_body",
            "sidecar_film_geometry", "surface_points", "working_film"]

@@ -33,6 +33,15 @@ def rigid_bodies(objects: ObjectMap) -> dict[str, tuple[int, ...]]:
     return dict(zip(RIGID_BODIES, (tuple(pelvis), tuple(femur.sides["left"]), tuple(femur.sides["right"]))))
 
 
+def rigid_body(objects: ObjectMap, name: str) -> tuple[int, ...]:
+    """Label values of the rigid body ``name`` (:func:`rigid_bodies`); InputError naming the
+    field ``bone`` unless it is one of them."""
+    bodies = rigid_bodies(objects)
+    if name not in bodies:
+        raise InputError(f"bone: expected one of {sorted(bodies)}, got {name!r}")
+    return bodies[name]
+
+
 def body_centroid(labels: Volume, body_labels: tuple[int, ...]) -> np.ndarray:
     """World (LPS mm) centroid of the voxels of a body; :class:`InputError` if it has none."""
     idx = np.argwhere(np.isin(labels.array, body_labels))

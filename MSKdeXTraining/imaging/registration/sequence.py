@@ -11,7 +11,7 @@ from ...objects import ObjectMap
 from ...progress import Progress
 from ..geometry import Geometry, default_ap_pose
 from ..volume import Volume
-from .bodies import default_isocenter, femoral_head_center, rigid_bodies
+from .bodies import default_isocenter, femoral_head_center, rigid_bodies, rigid_body
 from .optimise import register_bone
 from .settings import RegistrationResult, RegistrationSettings
 
@@ -35,10 +35,8 @@ def register_body(ct: Volume, labels: Volume, objects: ObjectMap, name: str, rad
     (the registered pelvis, the CT's hip posture) and the pelvis, or a femur without it, from
     the AP view about :func:`default_isocenter` (the pelvis then with the in-plane search).
     """
-    bodies = rigid_bodies(objects)
-    if name not in bodies:
-        raise InputError(f"bone: expected one of {sorted(bodies)}, got {name!r}")
-    _require_voxels(labels, {name: bodies[name]}, source)
+    values = rigid_body(objects, name)
+    _require_voxels(labels, {name: values}, source)
     settings = settings or RegistrationSettings()
     default = start_pose is None and (name == "pelvis" or pelvis_pose is None)
     start = (default_ap_pose(default_isocenter(labels, objects), geometry) if default
@@ -47,12 +45,12 @@ def register_body(ct: Volume, labels: Volume, objects: ObjectMap, name: str, rad
         search = settings.start_search_mm
         if default:
             settings = replace(settings, grid_search_mm=(search, search / 6))
-        return register_bone(ct, labels, bodies[name], radiograph, geometry, start, settings, progress)
+        return register_bone(ct, labels, values, radiograph, geometry, start, settings, progress)
     femur = replace(settings, scale=settings.femur_scale, translation_sd_mm=settings.femur_translation_sd_mm,
                     gc_threshold=max(settings.gc_threshold, settings.femur_gc_threshold),
                     restarts=settings.femur_restarts)
-    return register_bone(ct, labels, bodies[name], radiograph, geometry, start, femur, progress,
-                         femoral_head_center(labels, bodies[name]))
+    return register_bone(ct, labels, values, radiograph, geometry, start, femur, progress,
+                         femoral_head_center(labels, values))
 
 
 def register_bodies(ct: Volume, labels: Volume, objects: ObjectMap, radiograph: np.ndarray,

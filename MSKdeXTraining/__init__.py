@@ -3,4 +3,4 @@
 Pure Python + PyTorch; never imports Slicer or Qt, so it runs on any server.
 """
 
-__version__ = "0.3.18"
+__version__ = "0.3.19"

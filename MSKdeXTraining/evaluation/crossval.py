@@ -19,6 +19,7 @@ The report pools every ``fold_*/predictions.json`` made with this run's config, 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,24 +94,25 @@ class Predictions:
         non-finite predictions (left out of the scores), fewer than :data:`FEW_PATIENTS` patients,
         and objects whose predictions hardly vary between cases (SD of the predicted mass or
         volume below :data:`FLAT_SD_RATIO` of the truth's: a model that ignores its input)."""
-        warnings = []
+        found = []
         bad = [f"{m['object']} {m['non_finite']}" for m in self.object_metrics() if m["non_finite"]]
         if bad:
-            warnings.append("Warning: predictions not finite (NaN or infinite: a diverged model?), left out of the "
+            found.append("Warning: predictions not finite (NaN or infinite: a diverged model?), left out of the "
                             f"scores, cases per object: {', '.join(bad)}.")
         patients = len(set(self.patients))
         if patients < FEW_PATIENTS:
-            warnings.append(f"Warning: {patients} held-out patient(s): correlations over so few are mostly chance "
+            found.append(f"Warning: {patients} held-out patient(s): correlations over so few are mostly chance "
                             f"(a PCC's 95 % interval then spans much of -1 to 1); evaluate on {FEW_PATIENTS} or more.")
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an object without finite predictions: NaN
             ratio = np.minimum(*(np.nanstd(self.values(q)[0], axis=0) / np.nanstd(self.values(q)[1], axis=0)
                                  for q in ("mass", "volume")))
         flat = [n for n, r in zip(self.names, ratio) if r < FLAT_SD_RATIO]
         if flat:
-            warnings.append(f"Warning: the predictions of {', '.join(flat)} hardly vary between cases (SD below "
+            found.append(f"Warning: the predictions of {', '.join(flat)} hardly vary between cases (SD below "
                             f"{100 * FLAT_SD_RATIO:.0f} % of the truth's): the model barely responds to its input (trained "
                             "too briefly?); its PCC and ICC mean little.")
-        return " ".join(warnings)
+        return " ".join(found)
 
     def rows(self) -> list[list]:
         """Long format, columns :data:`ROW_HEADER`."""

@@ -8,6 +8,7 @@ import csv
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -664,6 +665,23 @@ def _synthetic(seed: int, noise: float, names=("gluteus_maximus", "gluteus_mediu
                        vol_true, vol_pred, mass_true, mass_pred, [{}] * 12)
 
 
+def test_a_fold_recorded_with_a_concrete_cycle_matches_a_config_leaving_it_null():
+    """A config with ``sgdr_t0: null`` (small's) matches a fold whose record holds the number its
+    run made of it (e.g. 80, then resumed to 120 epochs and evaluated with ``--set epochs=120``);
+    an explicit other number does not; nor does any other field."""
+    from MSKdeXTraining.evaluation.crossval import _changed
+    from MSKdeXTraining.training.config import load_config
+
+    recorded = {"k": 4, "config": load_config("small", {"epochs": 120, "sgdr_t0": 80}).to_dict()}
+    assert _changed(recorded, {"k": 4, "config": load_config("small", {"epochs": 120}).to_dict()}) == []
+    assert _changed(recorded, {"k": 4, "config": load_config("small", {"epochs": 120, "sgdr_t0": 40}).to_dict()}) \
+        == ["config"]
+    assert _changed(recorded, {"k": 4, "config": load_config("small", {"epochs": 120, "lr": 0.5}).to_dict()}) \
+        == ["config"]
+    unconcrete = {"k": 4, "config": load_config("small").to_dict()}  # both null (a key written by evaluate)
+    assert _changed(unconcrete, unconcrete) == []
+
+
 def test_scores_of_few_patients_or_of_a_model_ignoring_its_input_get_a_warning():
     """Twelve patients and predictions that follow the truth: no warning; nine patients: a
     warning; an object predicted about the same for every case (an untrained model's mean): a
@@ -685,6 +703,11 @@ def test_scores_of_few_patients_or_of_a_model_ignoring_its_input_get_a_warning()
     assert warning.startswith("Warning: the predictions of gluteus_medius hardly vary between cases (SD below 10 % "
                               "of the truth's)") and "pelvis" not in warning
     assert np.isfinite(flat.object_metrics()[1]["volume"]["pcc"])  # scored all the same, with the warning
+    empty = copy.deepcopy(preds)
+    empty.mass_pred[:, 0] = np.nan  # nothing finite to take a spread of: the non-finite warning, quietly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert empty.warnings_text().startswith("Warning: predictions not finite")
 
 
 def test_the_representative_case_has_the_median_muscle_error():

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from MSKdeXTraining.commands import train as train_cmd
@@ -78,10 +79,8 @@ def test_builtin_configs_follow_the_paper():
     assert (paper.lambda_cyc, paper.lambda_gca, paper.lambda_l1, paper.lambda_is) == (10, 0.5, 100, 100)
     assert paper.pool_size == 50 and paper.bone_loss and paper.gan
     small = load_config("small", {"lambda_is": 0, "bone_loss": False})
-    assert small.lambda_is == 0.0 and not small.bone_loss and small.sgdr_t0 == small.epochs == 80
-    # small's one SGDR cycle follows the epochs it is given (the learning rate ends at lr_min)
-    assert load_config("small", {"epochs": 30}).sgdr_t0 == 30 and load_config("small", {"sgdr_t0": 7}).sgdr_t0 == 7
-    assert TrainConfig.from_dict({**load_config("small", {"epochs": 30}).to_dict(), "epochs": 40}).sgdr_t0 == 30
+    assert small.lambda_is == 0.0 and not small.bone_loss and small.sgdr_t0 is None and small.epochs == 80
+    assert load_config("small", {"sgdr_t0": 7}).sgdr_t0 == 7  # null: one cycle over the run (below)
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -290,6 +289,23 @@ def test_baseline_switches_off_owis_and_bone(dataset, tmp_path):
     terms = weighted_terms(row, config)
     assert terms["owis"] == 0.0 and set(terms) == {"cycle", "gc_alpha", "gc_beta", "owis"}
     assert float(row["g_total"]) == pytest.approx(sum(terms.values()), rel=1e-5)
+
+
+def test_one_sgdr_cycle_follows_the_epochs_and_a_resume_keeps_it(dataset, tmp_path):
+    """small's ``sgdr_t0: null``: a run of 3 epochs anneals over 3 (not small's 80) and records 3;
+    resumed to 4 epochs through the same named config (only ``epochs`` changed), it keeps its
+    first cycle of 3, so the learning rate restarts at epoch 4, as SGDR does."""
+    overrides = {**TINY, "device": "cpu", "gan": False, "lambda_cyc": 0.0}
+    config = load_config("small", {**overrides, "epochs": 3})
+    assert config.sgdr_t0 is None
+    run = train(config, dataset, tmp_path / "run")
+    assert yaml.safe_load((run / "config.yaml").read_text())["sgdr_t0"] == 3
+    concrete = TrainConfig.from_dict({**config.to_dict(), "sgdr_t0": 3})
+    assert [float(r["lr"]) for r in losses_of(run)] == pytest.approx([sgdr_lr(e, concrete) for e in (1, 2, 3)])
+    train(load_config("small", {**overrides, "epochs": 4}), dataset, run, resume=True)
+    lrs = [float(r["lr"]) for r in losses_of(run)]
+    assert lrs[3] == pytest.approx(config.lr) and lrs[2] < lrs[1] < lrs[0] == pytest.approx(config.lr)
+    assert yaml.safe_load((run / "config.yaml").read_text())["sgdr_t0"] == 3
 
 
 def test_resume_reproduces_uninterrupted_run(dataset, tmp_path):

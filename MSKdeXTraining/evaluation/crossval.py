@@ -385,6 +385,18 @@ def _outdated(doc: dict, run: Path) -> bool:
     return weights.is_file() and doc.get("weights_sha256") != file_sha256(weights)
 
 
+def _as_recorded_schedule(wanted: dict, found: dict | None) -> dict:
+    """A fold key ``wanted`` whose config leaves ``sgdr_t0`` null (made concrete when a run
+    starts: its epochs) with the number its fold's record ``found`` holds, as a resumed run keeps
+    it; the key as it is otherwise."""
+    config = wanted.get("config") if isinstance(wanted, dict) else None
+    found_config = found.get("config") if isinstance(found, dict) else None
+    recorded = found_config.get("sgdr_t0") if isinstance(found_config, dict) else None
+    if not isinstance(config, dict) or config.get("sgdr_t0") is not None or not isinstance(recorded, int):
+        return wanted
+    return {**wanted, "config": {**config, "sgdr_t0": recorded}}
+
+
 def _changed(found: dict | None, wanted: dict) -> list[str]:
     """The fields of a fold's recorded key ``found`` that differ from ``wanted``, the config's
     fields that do not change what is trained aside (``HOW_FIELDS``, ``RUN_CONTROL_FIELDS``), and
@@ -399,7 +411,7 @@ def _changed(found: dict | None, wanted: dict) -> list[str]:
         return {**key, "config": {k: v for k, v in as_recorded_now(key["config"]).items()
                                   if k not in RUN_CONTROL_FIELDS + HOW_FIELDS}}
 
-    found, wanted = learnt(found), learnt(wanted)
+    found, wanted = learnt(found), learnt(_as_recorded_schedule(wanted, found))
     return sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
 
 

@@ -54,7 +54,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    sgdr_t0: int | None = 200            # epochs of the first SGDR cycle; null: = epochs (one cycle)
+    sgdr_t0: int | None = 200            # epochs of the first SGDR cycle; null: the run's epochs (one cycle)
     sgdr_t_mult: int = 1
     # losses (paper Eq. 1-5; supplement Eq. 1-2)
     gan: bool = True
@@ -97,9 +97,7 @@ class TrainConfig:
         def need(ok: bool, field: str, what: str) -> None:
             if not ok:
                 raise InputError(f"config field {field!r} must be {what}, got {getattr(self, field)!r}")
-        if self.sgdr_t0 is None:  # one cycle over the run, whatever epochs is set to
-            object.__setattr__(self, "sgdr_t0", self.epochs)
-        for f in ("epochs", "batch_size", "sgdr_t0", "sgdr_t_mult", "checkpoint_every",
+        for f in ("epochs", "batch_size", "sgdr_t_mult", "checkpoint_every",
                   "g_width", "g_branches", "g_modules", "g_blocks", "f_width", "d_width",
                   "d_layers", "d_scales"):
             need(getattr(self, f) >= 1, f, ">= 1")
@@ -109,6 +107,7 @@ class TrainConfig:
             need(getattr(self, f) >= 0, f, ">= 0")
         for f in ("beta1", "beta2"):
             need(0 <= getattr(self, f) < 1, f, "in [0, 1) (AdamW)")
+        need(self.sgdr_t0 is None or self.sgdr_t0 >= 1, "sgdr_t0", "null or >= 1")
         need(0 <= self.augment_zoom <= 0.5, "augment_zoom", "in [0, 0.5] (0: off; 0.1: up to 10 % larger or smaller)")
         need(self.g_head_width is None or self.g_head_width >= 1, "g_head_width", "null or >= 1")
         need(self.lr_min <= self.lr, "lr_min", f"<= lr ({self.lr})")

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +179,8 @@ def _record_environment(path: Path, info: distributed.DistInfo, start: int, chan
 RESUME_MAY_CHANGE = ("epochs", *RUN_CONTROL_FIELDS, *HOW_FIELDS)
 
 
-def _check_resume_config(out: Path, config: TrainConfig) -> dict:
-    """Refuse to resume the run in ``out`` with a config that trains otherwise; the fields it
-    changes, {field: [before, now]}."""
+def _recorded_config(out: Path) -> dict:
+    """The config recorded in a run folder's ``config.yaml``."""
     import yaml
     path = out / "config.yaml"
     try:
@@ -190,7 +189,23 @@ def _check_resume_config(out: Path, config: TrainConfig) -> dict:
         raise InputError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(old, dict):
         raise InputError(f"{path}: expected a mapping of settings, got {type(old).__name__}")
-    old, new = as_recorded_now(old), config.to_dict()
+    return old
+
+
+def _concrete_schedule(config: TrainConfig, out: Path, resume: bool) -> TrainConfig:
+    """``config`` with ``sgdr_t0: null`` made concrete, as the run records it: a resumed run
+    keeps the first cycle it started with (resumed to more epochs, SGDR restarts after it), a new
+    run takes its epochs (one cycle over the run)."""
+    if config.sgdr_t0 is not None:
+        return config
+    recorded = _recorded_config(out).get("sgdr_t0") if resume and (out / "config.yaml").is_file() else None
+    return replace(config, sgdr_t0=recorded if isinstance(recorded, int) else config.epochs)
+
+
+def _check_resume_config(out: Path, config: TrainConfig) -> dict:
+    """Refuse to resume the run in ``out`` with a config that trains otherwise; the fields it
+    changes, {field: [before, now]}."""
+    old, new = as_recorded_now(_recorded_config(out)), config.to_dict()
     diff = sorted(k for k in set(old) | set(new) if k not in RESUME_MAY_CHANGE and old.get(k) != new.get(k))
     if diff:
         raise InputError(f"{out}: cannot resume with a different config (changed: {diff}); "
@@ -324,6 +339,7 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
 def _train(config: TrainConfig, data: Path, out: Path, *, fold: tuple[int, int] | None, resume: bool,
            progress: Progress | None, info: distributed.DistInfo) -> Path:
     """:func:`train` in one process: check, set up (or restore), the epochs, the model."""
+    config = _concrete_schedule(config, out, resume)
     plan = _plan_run(config, data, out, fold=fold, resume=resume, info=info)
     state = _set_up(config, plan, info)
     for epoch in range(state.start + 1, config.epochs + 1):

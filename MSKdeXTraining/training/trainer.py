@@ -88,7 +88,7 @@ def build_training(config: TrainConfig, n_objects: int, bone_index: list[int],
                               betas=betas, weight_decay=config.weight_decay) if config.gan else None
     optims = [o for o in (opt_g, opt_d) if o is not None]
     scheds = [torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        o, T_0=config.sgdr_t0, T_mult=config.sgdr_t_mult, eta_min=config.lr_min) for o in optims]
+        o, T_0=config.sgdr_t0 or config.epochs, T_mult=config.sgdr_t_mult, eta_min=config.lr_min) for o in optims]
     pools = (ImagePool(config.pool_size, [config.seed, info.rank, 0]),
              ImagePool(config.pool_size, [config.seed, info.rank, 1]))
     run = nets
@@ -198,8 +198,9 @@ def _concrete_schedule(config: TrainConfig, out: Path, resume: bool) -> TrainCon
     run takes its epochs (one cycle over the run)."""
     if config.sgdr_t0 is not None:
         return config
-    recorded = _recorded_config(out).get("sgdr_t0") if resume and (out / "config.yaml").is_file() else None
-    return replace(config, sgdr_t0=recorded if isinstance(recorded, int) else config.epochs)
+    recorded = _recorded_config(out) if resume and (out / "config.yaml").is_file() else {}
+    kept = recorded.get("sgdr_t0", config.epochs)
+    return replace(config, sgdr_t0=kept if kept is None or isinstance(kept, int) else config.epochs)
 
 
 def _check_resume_config(out: Path, config: TrainConfig) -> dict:

@@ -110,8 +110,8 @@ class Predictions:
         flat = [n for n, r in zip(self.names, ratio) if r < FLAT_SD_RATIO]
         if flat:
             found.append(f"Warning: the predictions of {', '.join(flat)} hardly vary between cases (SD below "
-                            f"{100 * FLAT_SD_RATIO:.0f} % of the truth's): the model barely responds to its input (trained "
-                            "too briefly?); its PCC and ICC mean little.")
+                            f"{100 * FLAT_SD_RATIO:.0f} % of the truth's): the model barely responds to its input "
+                            "(trained too briefly?); its PCC and ICC mean little.")
         return " ".join(found)
 
     def rows(self) -> list[list]:

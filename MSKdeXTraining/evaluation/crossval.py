@@ -105,8 +105,8 @@ class Predictions:
                             f"(a PCC's 95 % interval then spans much of -1 to 1); evaluate on {FEW_PATIENTS} or more.")
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an object without finite predictions: NaN
-            ratio = np.minimum(*(np.nanstd(self.values(q)[0], axis=0) / np.nanstd(self.values(q)[1], axis=0)
-                                 for q in ("mass", "volume")))
+            ratio = np.minimum(*(np.nanstd(pred, axis=0) / np.nanstd(true, axis=0)
+                                 for pred, true in map(self.values, ("mass", "volume"))))
         flat = [n for n, r in zip(self.names, ratio) if r < FLAT_SD_RATIO]
         if flat:
             found.append(f"Warning: the predictions of {', '.join(flat)} hardly vary between cases (SD below "
@@ -341,9 +341,10 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     for n, f in enumerate(folds):
         target, key = out / f"fold_{f}" / "predictions.json", keys[f]
         run = out / f"fold_{f}" / "run"
-        if target.is_file() and _finished(target, run, key):
+        kept = _kept_predictions(target, run, key) if target.is_file() else None
+        if kept is not None:
             if (run / "model.safetensors").is_file():  # calibrated again, or for the first time
-                write_calibration(run, read_predictions(target))
+                write_calibration(run, kept)
             continue
         span = 1.0 / len(folds)
         sub = part(report, n * span, span, f"fold {f}/{k}: ")
@@ -364,18 +365,18 @@ def run_folds(dataset: Path, out: Path, config: str | Path = "small", overrides:
     return Predictions.from_json([read_predictions(out / f"fold_{f}" / "predictions.json") for f in folds])
 
 
-def _finished(target: Path, run: Path, key: dict) -> bool:
-    """Whether a fold's predictions (``target``, made with the same ``key`` or refused) can be
+def _kept_predictions(target: Path, run: Path, key: dict) -> dict | None:
+    """A fold's predictions (``target``, made with the same ``key`` or refused) if they can be
     kept: made by the model's present weights or the model was removed since (predictions and
-    key still hold). False:
+    key still hold). None:
     predict again (the model was trained on since, e.g. resumed with more ``epochs``, or the
     predictions predate the record of its weights); then its model.json, not the predictions'
     config, must match ``key``'s (checked by :func:`run_folds`)."""
     doc = read_predictions(target)
     if _outdated(doc, run) and set(_changed(doc.get("evaluation"), key)) <= {"config"}:
-        return False
+        return None
     _check_reuse(target, doc.get("evaluation"), key)
-    return True
+    return doc
 
 
 def _outdated(doc: dict, run: Path) -> bool:
